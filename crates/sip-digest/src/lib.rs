@@ -1,0 +1,275 @@
+//! # sip-digest: Digest authentication for SIP, with no I/O
+//!
+//! - [`Algorithm`], [`ha1`] and [`response`]: RFC 7616 §3.4.1–§3.4.3 computations for
+//!   MD5 and SHA-256 (RFC 8760 brings SHA-256 to SIP), with `qop=auth` and the RFC 2069
+//!   form without qop.
+//! - [`NonceIssuer`]: self-validating nonces (timestamp + random + truncated HMAC), so a
+//!   nonce proves it came from us and how old it is without per-nonce state; an expired
+//!   nonce gets `stale=true` (RFC 7616 §3.3).
+//! - [`ReplayGuard`]: nonce-count tracking (RFC 7616 §3.4: the server should refuse a
+//!   repeated or decreasing nc for a nonce).
+//!
+//! Time is passed in as seconds so callers (and tests) own the clock.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use md5::{Digest as _, Md5};
+use parking_lot::Mutex;
+use sha2::Sha256;
+
+/// Digest hash algorithm (RFC 8760 §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    Md5,
+    Sha256,
+}
+
+impl Algorithm {
+    /// Parses the `algorithm` parameter; absent means MD5 (RFC 7616 §3.3).
+    pub fn from_param(p: Option<&str>) -> Option<Algorithm> {
+        match p {
+            None => Some(Algorithm::Md5),
+            Some(a) if a.eq_ignore_ascii_case("MD5") => Some(Algorithm::Md5),
+            Some(a) if a.eq_ignore_ascii_case("SHA-256") => Some(Algorithm::Sha256),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::Md5 => "MD5",
+            Algorithm::Sha256 => "SHA-256",
+        }
+    }
+
+    fn hash(self, data: &[u8]) -> String {
+        match self {
+            Algorithm::Md5 => hex::encode(Md5::digest(data)),
+            Algorithm::Sha256 => hex::encode(Sha256::digest(data)),
+        }
+    }
+}
+
+/// H(username ":" realm ":" password), the value stored instead of the password.
+pub fn ha1(alg: Algorithm, username: &str, realm: &str, password: &str) -> String {
+    alg.hash(format!("{username}:{realm}:{password}").as_bytes())
+}
+
+/// The parameters of one Authorization / Proxy-Authorization response.
+#[derive(Debug, Clone, Default)]
+pub struct DigestResponse<'a> {
+    pub method: &'a str,
+    pub uri: &'a str,
+    pub nonce: &'a str,
+    /// `Some("auth")` with qop, `None` for the RFC 2069 form.
+    pub qop: Option<&'a str>,
+    pub nc: Option<&'a str>,
+    pub cnonce: Option<&'a str>,
+}
+
+/// The request-digest a client computes (RFC 7616 §3.4.1) from the stored HA1.
+pub fn response(alg: Algorithm, ha1: &str, r: &DigestResponse<'_>) -> String {
+    let ha2 = alg.hash(format!("{}:{}", r.method, r.uri).as_bytes());
+    match r.qop {
+        Some(qop) => alg.hash(
+            format!(
+                "{ha1}:{}:{}:{}:{qop}:{ha2}",
+                r.nonce,
+                r.nc.unwrap_or(""),
+                r.cnonce.unwrap_or("")
+            )
+            .as_bytes(),
+        ),
+        None => alg.hash(format!("{ha1}:{}:{ha2}", r.nonce).as_bytes()),
+    }
+}
+
+/// Compares two digests without an early exit, so timing does not leak the match length.
+pub fn digests_equal(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter()
+        .zip(b)
+        .fold(0u8, |acc, (x, y)| acc | (x.to_ascii_lowercase() ^ y.to_ascii_lowercase()))
+        == 0
+}
+
+/// What a nonce turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonceState {
+    /// Ours and within its lifetime.
+    Fresh,
+    /// Ours but older than its lifetime: answer with `stale=true`.
+    Expired,
+    /// Not ours (forged, or from before a restart).
+    Unknown,
+}
+
+/// Issues and checks nonces: base64url(issued_at[8] ‖ random[8] ‖ HMAC-SHA256(key)[..12]).
+pub struct NonceIssuer {
+    key: [u8; 32],
+    lifetime_secs: u64,
+}
+
+const NONCE_RAW: usize = 8 + 8 + 12;
+
+impl NonceIssuer {
+    pub fn new(lifetime_secs: u64) -> Self {
+        NonceIssuer { key: rand::random(), lifetime_secs }
+    }
+
+    pub fn lifetime_secs(&self) -> u64 {
+        self.lifetime_secs
+    }
+
+    fn mac(&self, data: &[u8]) -> [u8; 32] {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
+            .expect("HMAC takes a key of any length");
+        mac.update(data);
+        mac.finalize().into_bytes().into()
+    }
+
+    pub fn issue(&self, now_secs: u64) -> String {
+        let mut raw = [0u8; NONCE_RAW];
+        raw[..8].copy_from_slice(&now_secs.to_be_bytes());
+        raw[8..16].copy_from_slice(&rand::random::<[u8; 8]>());
+        let mac = self.mac(&raw[..16]);
+        raw[16..].copy_from_slice(&mac[..12]);
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    pub fn check(&self, nonce: &str, now_secs: u64) -> NonceState {
+        let Ok(raw) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(nonce) else {
+            return NonceState::Unknown;
+        };
+        if raw.len() != NONCE_RAW {
+            return NonceState::Unknown;
+        }
+        let mac = self.mac(&raw[..16]);
+        if !digests_equal(&hex::encode(&mac[..12]), &hex::encode(&raw[16..])) {
+            return NonceState::Unknown;
+        }
+        let issued = u64::from_be_bytes(raw[..8].try_into().unwrap_or([0; 8]));
+        if now_secs.saturating_sub(issued) > self.lifetime_secs || issued > now_secs + 5 {
+            NonceState::Expired
+        } else {
+            NonceState::Fresh
+        }
+    }
+}
+
+/// Remembers the highest nonce-count used with each nonce, until the nonce expires.
+pub struct ReplayGuard {
+    seen: Mutex<HashMap<String, (u64, u64)>>, // nonce -> (highest nc, expires_at)
+    lifetime_secs: u64,
+}
+
+impl ReplayGuard {
+    pub fn new(lifetime_secs: u64) -> Self {
+        ReplayGuard { seen: Mutex::new(HashMap::new()), lifetime_secs }
+    }
+
+    /// Accepts `nc` for `nonce` only if it is higher than any accepted before. `nc = None`
+    /// (no qop) makes the nonce single-use.
+    pub fn accept(&self, nonce: &str, nc: Option<&str>, now_secs: u64) -> bool {
+        let nc = match nc {
+            Some(h) => match u64::from_str_radix(h, 16) {
+                Ok(n) if h.len() == 8 && n > 0 => n,
+                _ => return false,
+            },
+            None => u64::MAX,
+        };
+        let mut seen = self.seen.lock();
+        if seen.len() > 100_000 {
+            seen.retain(|_, (_, exp)| *exp > now_secs);
+        }
+        match seen.get_mut(nonce) {
+            Some((last, _)) if *last >= nc || *last == u64::MAX => false,
+            Some((last, _)) => {
+                *last = nc;
+                true
+            }
+            None => {
+                seen.insert(nonce.to_owned(), (nc, now_secs + self.lifetime_secs + 10));
+                true
+            }
+        }
+    }
+
+    /// Forgets expired nonces; call now and then.
+    pub fn sweep(&self, now_secs: u64) {
+        self.seen.lock().retain(|_, (_, exp)| *exp > now_secs);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc2617_example() {
+        // RFC 2617 §3.5 (MD5, qop=auth).
+        let h = ha1(Algorithm::Md5, "Mufasa", "testrealm@host.com", "Circle Of Life");
+        let r = response(
+            Algorithm::Md5,
+            &h,
+            &DigestResponse {
+                method: "GET",
+                uri: "/dir/index.html",
+                nonce: "dcd98b7102dd2f0e8b11d0f600bfb0c093",
+                qop: Some("auth"),
+                nc: Some("00000001"),
+                cnonce: Some("0a4f113b"),
+            },
+        );
+        assert_eq!(r, "6629fae49393a05397450978507c4ef1");
+    }
+
+    #[test]
+    fn rfc7616_sha256_example() {
+        // RFC 7616 §3.9.1 (SHA-256, qop=auth).
+        let h = ha1(Algorithm::Sha256, "Mufasa", "http-auth@example.org", "Circle of Life");
+        let r = response(
+            Algorithm::Sha256,
+            &h,
+            &DigestResponse {
+                method: "GET",
+                uri: "/dir/index.html",
+                nonce: "7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v",
+                qop: Some("auth"),
+                nc: Some("00000001"),
+                cnonce: Some("f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ"),
+            },
+        );
+        assert_eq!(r, "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1");
+    }
+
+    #[test]
+    fn nonces_expire_and_resist_forgery() {
+        let n = NonceIssuer::new(300);
+        let nonce = n.issue(1000);
+        assert_eq!(n.check(&nonce, 1000), NonceState::Fresh);
+        assert_eq!(n.check(&nonce, 1301), NonceState::Expired);
+        let mut forged = nonce.clone().into_bytes();
+        forged[2] ^= 1;
+        assert_eq!(n.check(std::str::from_utf8(&forged).unwrap(), 1000), NonceState::Unknown);
+        assert_eq!(NonceIssuer::new(300).check(&nonce, 1000), NonceState::Unknown);
+    }
+
+    #[test]
+    fn nonce_counts_must_increase() {
+        let g = ReplayGuard::new(300);
+        assert!(g.accept("n", Some("00000001"), 0));
+        assert!(!g.accept("n", Some("00000001"), 0));
+        assert!(g.accept("n", Some("00000002"), 0));
+        assert!(!g.accept("n", Some("00000001"), 0));
+        assert!(g.accept("m", None, 0));
+        assert!(!g.accept("m", None, 0));
+        assert!(!g.accept("k", Some("zz"), 0));
+    }
+}

@@ -1,0 +1,303 @@
+//! The user directory: accounts, their credential hashes, enable/disable.
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use md4::{Digest as _, Md4};
+use parking_lot::Mutex;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use sip_digest::{ha1, Algorithm};
+
+use crate::{Address, StoreError};
+
+/// Password-equivalent hashes; the password itself is never stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// Digest HA1 with MD5, realm = the user's domain.
+    pub ha1_md5: String,
+    /// Digest HA1 with SHA-256, realm = the user's domain.
+    pub ha1_sha256: String,
+    /// NT hash: MD4(UTF-16LE(password)) (MS-NLMP §3.3.1 NTOWFv1), hex.
+    pub nt_hash: String,
+}
+
+impl Credentials {
+    pub fn derive(address: &Address, password: &str) -> Credentials {
+        let utf16: Vec<u8> = password.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        Credentials {
+            ha1_md5: ha1(Algorithm::Md5, &address.user, &address.domain, password),
+            ha1_sha256: ha1(Algorithm::Sha256, &address.user, &address.domain, password),
+            nt_hash: hex::encode(Md4::digest(&utf16)),
+        }
+    }
+
+    pub fn ha1(&self, alg: Algorithm) -> &str {
+        match alg {
+            Algorithm::Md5 => &self.ha1_md5,
+            Algorithm::Sha256 => &self.ha1_sha256,
+        }
+    }
+}
+
+/// One account.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UserRecord {
+    #[serde(serialize_with = "ser_address")]
+    pub address: Address,
+    pub display_name: Option<String>,
+    pub enabled: bool,
+    #[serde(skip)]
+    pub credentials: Credentials,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+fn ser_address<S: serde::Serializer>(a: &Address, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&a.to_string())
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+struct Cache {
+    data_version: i64,
+    users: HashMap<Address, Option<UserRecord>>,
+    domains: Option<Vec<String>>,
+}
+
+/// The user directory over one SQLite connection, with a lookup cache that is dropped
+/// whenever any connection (the CLI's included) commits a change.
+pub struct UserDirectory {
+    conn: Mutex<Connection>,
+    cache: Mutex<Cache>,
+}
+
+fn row_to_user(r: &Row<'_>) -> rusqlite::Result<UserRecord> {
+    Ok(UserRecord {
+        address: Address { user: r.get(0)?, domain: r.get(1)? },
+        display_name: r.get(2)?,
+        credentials: Credentials { ha1_md5: r.get(3)?, ha1_sha256: r.get(4)?, nt_hash: r.get(5)? },
+        enabled: r.get::<_, i64>(6)? != 0,
+        created_at: r.get(7)?,
+        updated_at: r.get(8)?,
+    })
+}
+
+const USER_COLUMNS: &str =
+    "username, domain, display_name, ha1_md5, ha1_sha256, nt_hash, enabled, created_at, updated_at";
+
+impl UserDirectory {
+    pub(crate) fn new(conn: Connection) -> Self {
+        UserDirectory {
+            conn: Mutex::new(conn),
+            cache: Mutex::new(Cache { data_version: -1, users: HashMap::new(), domains: None }),
+        }
+    }
+
+    /// Drops the cache if the database changed since it was filled. `data_version` moves
+    /// on every commit by another connection (SQLite's documented contract).
+    fn revalidate(&self, conn: &Connection, cache: &mut Cache) -> Result<(), StoreError> {
+        let v: i64 = conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        if v != cache.data_version {
+            cache.users.clear();
+            cache.domains = None;
+            cache.data_version = v;
+        }
+        Ok(())
+    }
+
+    fn invalidate(&self) {
+        let mut c = self.cache.lock();
+        c.users.clear();
+        c.domains = None;
+    }
+
+    /// Looks a user up (cached).
+    pub fn find(&self, address: &Address) -> Result<Option<UserRecord>, StoreError> {
+        let conn = self.conn.lock();
+        let mut cache = self.cache.lock();
+        self.revalidate(&conn, &mut cache)?;
+        if let Some(hit) = cache.users.get(address) {
+            return Ok(hit.clone());
+        }
+        let user = conn
+            .query_row(
+                &format!("SELECT {USER_COLUMNS} FROM users WHERE username = ?1 AND domain = ?2"),
+                params![address.user, address.domain],
+                row_to_user,
+            )
+            .optional()?;
+        if cache.users.len() > 200_000 {
+            cache.users.clear();
+        }
+        cache.users.insert(address.clone(), user.clone());
+        Ok(user)
+    }
+
+    /// Every domain that has at least one user (cached).
+    pub fn domains(&self) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn.lock();
+        let mut cache = self.cache.lock();
+        self.revalidate(&conn, &mut cache)?;
+        if let Some(d) = &cache.domains {
+            return Ok(d.clone());
+        }
+        let mut stmt = conn.prepare("SELECT DISTINCT domain FROM users ORDER BY domain")?;
+        let d = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        cache.domains = Some(d.clone());
+        Ok(d)
+    }
+
+    pub fn add(
+        &self,
+        address: &Address,
+        password: &str,
+        display_name: Option<&str>,
+    ) -> Result<UserRecord, StoreError> {
+        let creds = Credentials::derive(address, password);
+        let t = now();
+        let r = self.conn.lock().execute(
+            "INSERT INTO users (username, domain, display_name, ha1_md5, ha1_sha256, nt_hash, enabled, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?7)",
+            params![address.user, address.domain, display_name, creds.ha1_md5, creds.ha1_sha256, creds.nt_hash, t],
+        );
+        self.invalidate();
+        match r {
+            Ok(_) => {}
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                return Err(StoreError::UserExists(address.to_string()))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.find(address)?
+            .ok_or_else(|| StoreError::NoSuchUser(address.to_string()))
+    }
+
+    fn update(&self, address: &Address, sql: &str, value: &dyn rusqlite::ToSql) -> Result<(), StoreError> {
+        let n = self
+            .conn
+            .lock()
+            .execute(sql, params![value, now(), address.user, address.domain])?;
+        self.invalidate();
+        if n == 0 {
+            return Err(StoreError::NoSuchUser(address.to_string()));
+        }
+        Ok(())
+    }
+
+    pub fn set_password(&self, address: &Address, password: &str) -> Result<(), StoreError> {
+        let c = Credentials::derive(address, password);
+        let n = self.conn.lock().execute(
+            "UPDATE users SET ha1_md5 = ?1, ha1_sha256 = ?2, nt_hash = ?3, updated_at = ?4 WHERE username = ?5 AND domain = ?6",
+            params![c.ha1_md5, c.ha1_sha256, c.nt_hash, now(), address.user, address.domain],
+        )?;
+        self.invalidate();
+        if n == 0 {
+            return Err(StoreError::NoSuchUser(address.to_string()));
+        }
+        Ok(())
+    }
+
+    pub fn set_enabled(&self, address: &Address, enabled: bool) -> Result<(), StoreError> {
+        self.update(
+            address,
+            "UPDATE users SET enabled = ?1, updated_at = ?2 WHERE username = ?3 AND domain = ?4",
+            &(enabled as i64),
+        )
+    }
+
+    pub fn remove(&self, address: &Address) -> Result<(), StoreError> {
+        let n = self.conn.lock().execute(
+            "DELETE FROM users WHERE username = ?1 AND domain = ?2",
+            params![address.user, address.domain],
+        )?;
+        self.invalidate();
+        if n == 0 {
+            return Err(StoreError::NoSuchUser(address.to_string()));
+        }
+        Ok(())
+    }
+
+    pub fn list(&self) -> Result<Vec<UserRecord>, StoreError> {
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {USER_COLUMNS} FROM users ORDER BY domain, username"
+        ))?;
+        let users = stmt
+            .query_map([], row_to_user)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(users)
+    }
+
+    /// Adds many users in one transaction (benchmarks and imports).
+    pub fn add_many(&self, users: &[(Address, String)]) -> Result<usize, StoreError> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction()?;
+        let t = now();
+        let mut n = 0;
+        {
+            let mut stmt = tx.prepare(
+                "INSERT OR REPLACE INTO users (username, domain, display_name, ha1_md5, ha1_sha256, nt_hash, enabled, created_at, updated_at)
+                 VALUES (?1, ?2, NULL, ?3, ?4, ?5, 1, ?6, ?6)",
+            )?;
+            for (a, pw) in users {
+                let c = Credentials::derive(a, pw);
+                n += stmt.execute(params![a.user, a.domain, c.ha1_md5, c.ha1_sha256, c.nt_hash, t])?;
+            }
+        }
+        tx.commit()?;
+        drop(conn);
+        self.invalidate();
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> Address {
+        Address::parse(s).unwrap()
+    }
+
+    #[test]
+    fn nt_hash_matches_ms_nlmp_vector() {
+        // MS-NLMP §4.2.2.1.2: NTOWFv1("Password").
+        let c = Credentials::derive(&addr("user@domain"), "Password");
+        assert_eq!(c.nt_hash, "a4f49c406510bdcab6824ee7c30fd852");
+    }
+
+    #[test]
+    fn no_plaintext_and_other_connections_are_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = crate::open(dir.path()).unwrap();
+        let b = crate::open(dir.path()).unwrap();
+        let alice = addr("sip:Alice@Example.com");
+        assert_eq!(a.find(&alice).unwrap(), None);
+        b.add(&alice, "s3cret-pw", Some("Alice")).unwrap();
+        let found = a.find(&alice).unwrap().expect("seen through data_version");
+        assert_eq!(found.address.to_string(), "alice@example.com");
+        assert_eq!(a.domains().unwrap(), vec!["example.com".to_string()]);
+        b.set_password(&alice, "new-pw").unwrap();
+        assert_eq!(a.find(&alice).unwrap().unwrap().credentials, Credentials::derive(&alice, "new-pw"));
+        b.set_enabled(&alice, false).unwrap();
+        assert!(!a.find(&alice).unwrap().unwrap().enabled);
+        assert!(matches!(b.add(&alice, "x", None), Err(StoreError::UserExists(_))));
+        b.remove(&alice).unwrap();
+        assert_eq!(a.find(&alice).unwrap(), None);
+        assert!(matches!(b.remove(&alice), Err(StoreError::NoSuchUser(_))));
+        let raw = std::fs::read(dir.path().join("switchboard.db")).unwrap();
+        let wal = std::fs::read(dir.path().join("switchboard.db-wal")).unwrap_or_default();
+        for bytes in [raw, wal] {
+            assert!(!bytes.windows(9).any(|w| w == b"s3cret-pw"));
+        }
+    }
+}
