@@ -108,6 +108,12 @@ pub fn parse_stream_message(data: &[u8]) -> Result<Message, Rejected> {
     parse_framed(data, head_len, false)
 }
 
+/// Reads just the start line and header lines of a request head, for answering a
+/// message that cannot be framed or is too large. `None` for responses and garbage.
+pub fn read_request_head(head: &[u8]) -> Option<RejectedHead> {
+    split_head(head).ok().filter(|h| h.method.is_some())
+}
+
 /// The raw split of a header section: start line plus unfolded header lines.
 fn split_head(head: &[u8]) -> Result<RejectedHead, ParseError> {
     let (_, method, headers) = split_lines(head)?;

@@ -1,0 +1,251 @@
+//! # sip-transaction: the transaction layer of RFC 3261 §17
+//!
+//! Sits between the transports and the transaction user (the proxy core):
+//! - **server transactions** (§17.2): matched by branch, sent-by and method (§17.2.3,
+//!   with an RFC 2543 fallback key for branches without the magic cookie); retransmitted
+//!   requests are absorbed or answered with the last response; INVITE final responses
+//!   are retransmitted over UDP (Timer G) until ACK (Timer H, then Timer I); non-INVITE
+//!   transactions linger for Timer J; a 2xx to INVITE keeps the transaction in the
+//!   Accepted state of RFC 6026 §8.7 for 64·T1 to absorb retransmitted INVITEs.
+//! - **client transactions** (§17.1): requests retransmitted over UDP (Timers A/E), timed
+//!   out by Timers B/F, ACK generated for non-2xx final responses to INVITE (§17.1.1.3),
+//!   late final responses absorbed (Timers D/K), 2xx retransmissions passed up during
+//!   Timer M (RFC 6026).
+//! - §18.2.1 Via processing: `received` and `rport` (RFC 3581) are added to the top Via of
+//!   every request received; responses go back per §18.2.2 (same connection for streams).
+//!
+//! Every timer is a tokio timer, so tests pause time and advance it.
+#![forbid(unsafe_code)]
+
+mod client;
+mod server;
+
+pub use client::{cancel_for, ClientEvent, ClientTransaction};
+pub use server::{ServerRequest, ServerTxHandle};
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use sip_message::{HeaderName, Message, Method, Via, BRANCH_COOKIE};
+use sip_transport::{ConnectionId, Handler, Inbound, Source, Target, TransportKind, Transports};
+use tokio::sync::mpsc;
+
+/// RFC 3261 §17.1.1.1 timer values.
+#[derive(Debug, Clone, Copy)]
+pub struct Timers {
+    pub t1: Duration,
+    pub t2: Duration,
+    pub t4: Duration,
+}
+
+impl Default for Timers {
+    fn default() -> Self {
+        Timers { t1: Duration::from_millis(500), t2: Duration::from_secs(4), t4: Duration::from_secs(5) }
+    }
+}
+
+/// What the transaction user (the proxy/registrar core) receives.
+pub trait TransactionUser: Send + Sync + 'static {
+    /// A new request (not ACK) with its server transaction.
+    fn on_request(&self, request: ServerRequest);
+    /// An ACK that matched no server transaction (the ACK for a 2xx, RFC 3261 §17.1.1.3).
+    fn on_ack(&self, ack: Inbound);
+    /// A response that matched no client transaction (e.g. a retransmitted 2xx).
+    fn on_stray_response(&self, _response: Inbound) {}
+    /// A stream connection closed.
+    fn on_connection_closed(&self, _id: ConnectionId) {}
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct TxKey {
+    branch: String,
+    sent_by: String,
+    method: Method,
+}
+
+pub(crate) struct Inner {
+    pub(crate) transports: Transports,
+    pub(crate) timers: Timers,
+    pub(crate) server: Mutex<HashMap<TxKey, Arc<server::ServerTx>>>,
+    pub(crate) client: Mutex<HashMap<(String, Method), mpsc::UnboundedSender<Message>>>,
+    pub(crate) tu: OnceLock<Arc<dyn TransactionUser>>,
+}
+
+/// The transaction layer. Cheap to clone.
+#[derive(Clone)]
+pub struct TransactionLayer {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl TransactionLayer {
+    /// Creates the layer and makes it the handler of `transports`.
+    pub fn new(transports: Transports, timers: Timers) -> Self {
+        let layer = TransactionLayer {
+            inner: Arc::new(Inner {
+                transports: transports.clone(),
+                timers,
+                server: Mutex::new(HashMap::new()),
+                client: Mutex::new(HashMap::new()),
+                tu: OnceLock::new(),
+            }),
+        };
+        transports.set_handler(Arc::new(layer.clone()));
+        layer
+    }
+
+    pub fn set_user(&self, tu: Arc<dyn TransactionUser>) {
+        let _ = self.inner.tu.set(tu);
+    }
+
+    pub fn transports(&self) -> &Transports {
+        &self.inner.transports
+    }
+
+    pub fn timers(&self) -> Timers {
+        self.inner.timers
+    }
+
+    /// Number of live server and client transactions (for metrics and tests).
+    pub fn counts(&self) -> (usize, usize) {
+        (self.inner.server.lock().len(), self.inner.client.lock().len())
+    }
+
+    /// The INVITE server transaction a CANCEL refers to (RFC 3261 §9.2: same key as the
+    /// CANCEL but with method INVITE).
+    pub fn invite_for_cancel(&self, cancel: &Message) -> Option<ServerTxHandle> {
+        let key = server_key(cancel, Method::Invite)?;
+        let tx = self.inner.server.lock().get(&key).cloned()?;
+        Some(ServerTxHandle { tx, layer: self.clone() })
+    }
+
+    /// Sends a response outside any transaction (to a stray ACK... or a 2xx
+    /// retransmission being forwarded upstream, RFC 3261 §16.7).
+    pub async fn send_stateless(&self, target: Target, msg: &Message) {
+        if let Err(e) = self.inner.transports.send(target, msg.encode().into()).await {
+            tracing::debug!(error = %e, "stateless send failed");
+        }
+    }
+}
+
+/// A fresh RFC 3261 branch (magic cookie + 96 random bits).
+pub fn new_branch() -> String {
+    format!("{BRANCH_COOKIE}{:024x}", rand::random::<u128>() >> 32)
+}
+
+/// RFC 3261 §17.2.3 matching key; `method` is the method to match (INVITE for ACK/CANCEL
+/// lookups).
+pub(crate) fn server_key(msg: &Message, method: Method) -> Option<TxKey> {
+    let via = msg.top_via().ok()?;
+    let sent_by = match via.port {
+        Some(p) => format!("{}:{p}", via.host),
+        None => via.host.to_string(),
+    };
+    if via.has_rfc3261_branch() {
+        return Some(TxKey { branch: via.branch()?.to_owned(), sent_by, method });
+    }
+    // RFC 2543 fallback (§17.2.3): Request-URI, From tag, Call-ID, CSeq number, top Via.
+    let from_tag = msg.from_header().ok().and_then(|f| f.tag().map(str::to_owned)).unwrap_or_default();
+    let ruri = msg.request_uri().map(|u| u.to_string()).unwrap_or_default();
+    let seq = msg.cseq().ok()?.seq;
+    let branch = format!("2543|{ruri}|{from_tag}|{}|{seq}|{}", msg.call_id()?, via);
+    Some(TxKey { branch, sent_by, method })
+}
+
+/// §18.2.2: where the responses of a server transaction go.
+pub(crate) fn response_target(via: &Via, source: &Source) -> Target {
+    let via_addr = |default_port: u16| {
+        let port = via.port.unwrap_or(default_port);
+        std::net::SocketAddr::new(source.remote.ip(), port)
+    };
+    match source.connection {
+        Some(id) => Target::Connection { id, fallback: Some((source.transport, via_addr(5060))) },
+        None if via.params.has("rport") => Target::Addr(TransportKind::Udp, source.remote),
+        None => Target::Addr(TransportKind::Udp, via_addr(5060)),
+    }
+}
+
+/// §18.2.1 / RFC 3581 §4: records where the request really came from in its top Via.
+fn stamp_received(msg: &mut Message, source: &Source) -> Option<Via> {
+    let mut via = msg.top_via().ok()?;
+    let ip = source.remote.ip();
+    let host_is_ip = match &via.host {
+        sip_message::Host::V4(a) => std::net::IpAddr::V4(*a) == ip,
+        sip_message::Host::V6(a) => std::net::IpAddr::V6(*a) == ip,
+        sip_message::Host::Domain(_) => false,
+    };
+    let wants_rport = via.params.has("rport");
+    if host_is_ip && !wants_rport {
+        return Some(via);
+    }
+    if !host_is_ip || wants_rport {
+        let ip_text = match ip {
+            std::net::IpAddr::V4(a) => a.to_string(),
+            std::net::IpAddr::V6(a) => format!("[{a}]"),
+        };
+        via.params.set("received", Some(&ip_text));
+    }
+    if wants_rport {
+        via.params.set("rport", Some(&source.remote.port().to_string()));
+    }
+    msg.headers.pop_first_value(&HeaderName::Via);
+    msg.headers.insert_first(HeaderName::Via, via.to_string());
+    Some(via)
+}
+
+impl Handler for TransactionLayer {
+    fn on_message(&self, inbound: Inbound) {
+        let Inbound { mut message, source } = inbound;
+        let Some(tu) = self.inner.tu.get().cloned() else { return };
+        match message.method().cloned() {
+            Some(method) => {
+                let Some(via) = stamp_received(&mut message, &source) else { return };
+                if method == Method::Ack {
+                    if let Some(key) = server_key(&message, Method::Invite) {
+                        let tx = self.inner.server.lock().get(&key).cloned();
+                        if let Some(tx) = tx {
+                            if tx.on_ack() {
+                                return;
+                            }
+                        }
+                    }
+                    tu.on_ack(Inbound { message, source });
+                    return;
+                }
+                let Some(key) = server_key(&message, method.clone()) else { return };
+                let existing = self.inner.server.lock().get(&key).cloned();
+                if let Some(tx) = existing {
+                    // A retransmission (§17.2.1, §17.2.2).
+                    let layer = self.clone();
+                    tokio::spawn(async move { tx.on_retransmission(&layer).await });
+                    return;
+                }
+                let target = response_target(&via, &source);
+                let tx = Arc::new(server::ServerTx::new(key.clone(), method == Method::Invite, source.transport.is_reliable(), target));
+                self.inner.server.lock().insert(key, tx.clone());
+                tu.on_request(ServerRequest { message, source, tx: ServerTxHandle { tx, layer: self.clone() } });
+            }
+            None => {
+                let Ok(via) = message.top_via() else { return };
+                let Some(branch) = via.branch() else {
+                    tu.on_stray_response(Inbound { message, source });
+                    return;
+                };
+                let Ok(cseq) = message.cseq() else { return };
+                let key = (branch.to_owned(), cseq.method);
+                let chan = self.inner.client.lock().get(&key).cloned();
+                match chan {
+                    Some(ch) if ch.send(message.clone()).is_ok() => {}
+                    _ => tu.on_stray_response(Inbound { message, source }),
+                }
+            }
+        }
+    }
+
+    fn on_connection_closed(&self, id: ConnectionId) {
+        if let Some(tu) = self.inner.tu.get() {
+            tu.on_connection_closed(id);
+        }
+    }
+}

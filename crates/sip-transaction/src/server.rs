@@ -1,0 +1,162 @@
+//! Server transactions (RFC 3261 §17.2, RFC 6026 §8).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use sip_message::Message;
+use sip_transport::{Source, Target};
+use tokio::sync::Notify;
+
+use crate::{TransactionLayer, TxKey};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Trying,
+    Proceeding,
+    Completed,
+    Confirmed,
+    Accepted,
+    Terminated,
+}
+
+pub(crate) struct ServerTx {
+    key: TxKey,
+    is_invite: bool,
+    reliable: bool,
+    target: Target,
+    state: Mutex<(Phase, Option<Bytes>)>,
+    acked: Notify,
+}
+
+impl ServerTx {
+    pub(crate) fn new(key: TxKey, is_invite: bool, reliable: bool, target: Target) -> Self {
+        let phase = if is_invite { Phase::Proceeding } else { Phase::Trying };
+        ServerTx { key, is_invite, reliable, target, state: Mutex::new((phase, None)), acked: Notify::new() }
+    }
+
+    /// An ACK matched this INVITE transaction: true if absorbed here (§17.2.1: ACK for a
+    /// non-2xx final response).
+    pub(crate) fn on_ack(&self) -> bool {
+        let mut st = self.state.lock();
+        match st.0 {
+            Phase::Completed => {
+                st.0 = Phase::Confirmed;
+                self.acked.notify_one();
+                true
+            }
+            Phase::Confirmed => true,
+            _ => false,
+        }
+    }
+
+    /// A retransmitted request: resend the last response, if any (§17.2.1, §17.2.2).
+    pub(crate) async fn on_retransmission(&self, layer: &TransactionLayer) {
+        let last = {
+            let st = self.state.lock();
+            match st.0 {
+                Phase::Proceeding | Phase::Completed => st.1.clone(),
+                _ => None,
+            }
+        };
+        if let Some(bytes) = last {
+            let _ = layer.inner.transports.send(self.target, bytes).await;
+        }
+    }
+}
+
+/// A request delivered to the transaction user, with the transaction that answers it.
+pub struct ServerRequest {
+    pub message: Message,
+    pub source: Source,
+    pub tx: ServerTxHandle,
+}
+
+/// The TU's handle on a server transaction.
+#[derive(Clone)]
+pub struct ServerTxHandle {
+    pub(crate) tx: Arc<ServerTx>,
+    pub(crate) layer: TransactionLayer,
+}
+
+impl ServerTxHandle {
+    /// True once a final response was sent.
+    pub fn is_final(&self) -> bool {
+        !matches!(self.tx.state.lock().0, Phase::Trying | Phase::Proceeding)
+    }
+
+    /// Where this transaction's responses go.
+    pub fn target(&self) -> Target {
+        self.tx.target
+    }
+
+    /// Sends a response through the transaction. Responses after the final one are
+    /// dropped (§17.2.1), except 2xx retransmissions in the Accepted state (RFC 6026).
+    pub async fn respond(&self, response: &Message) {
+        let status = response.status().unwrap_or(500);
+        let bytes = Bytes::from(response.encode());
+        {
+            let mut st = self.tx.state.lock();
+            match st.0 {
+                Phase::Trying | Phase::Proceeding => {}
+                Phase::Accepted if (200..300).contains(&status) => {}
+                _ => return,
+            }
+            st.1 = Some(bytes.clone());
+            st.0 = match (status, self.tx.is_invite) {
+                (100..=199, _) => Phase::Proceeding,
+                (200..=299, true) => Phase::Accepted,
+                _ => Phase::Completed,
+            };
+        }
+        if let Err(e) = self.layer.inner.transports.send(self.tx.target, bytes.clone()).await {
+            tracing::debug!(error = %e, status, "could not send response");
+        }
+        if status >= 200 {
+            self.after_final(status, bytes);
+        }
+    }
+
+    fn after_final(&self, status: u16, bytes: Bytes) {
+        let tx = self.tx.clone();
+        let layer = self.layer.clone();
+        let timers = layer.inner.timers;
+        tokio::spawn(async move {
+            if tx.is_invite && status >= 300 {
+                // §17.2.1: Timer G retransmits over UDP until ACK; Timer H gives up.
+                let deadline = tokio::time::Instant::now() + timers.t1 * 64;
+                let mut interval = timers.t1;
+                loop {
+                    let wait = if tx.reliable { deadline } else { (tokio::time::Instant::now() + interval).min(deadline) };
+                    tokio::select! {
+                        _ = tx.acked.notified() => break,
+                        _ = tokio::time::sleep_until(wait) => {}
+                    }
+                    if tx.state.lock().0 != Phase::Completed {
+                        break;
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        tracing::debug!("Timer H fired: no ACK for a final response");
+                        break;
+                    }
+                    let _ = layer.inner.transports.send(tx.target, bytes.clone()).await;
+                    interval = (interval * 2).min(timers.t2);
+                }
+                // Timer I absorbs ACK retransmissions.
+                if !tx.reliable {
+                    tokio::time::sleep(timers.t4).await;
+                }
+            } else {
+                // Timer J (non-INVITE, §17.2.2) or RFC 6026 Timer L (INVITE 2xx).
+                if !tx.reliable || tx.is_invite {
+                    tokio::time::sleep(timers.t1 * 64).await;
+                }
+            }
+            tx.state.lock().0 = Phase::Terminated;
+            let mut map = layer.inner.server.lock();
+            if map.get(&tx.key).is_some_and(|t| Arc::ptr_eq(t, &tx)) {
+                map.remove(&tx.key);
+            }
+        });
+    }
+}

@@ -1,0 +1,128 @@
+//! # sip-transport: getting SIP messages on and off the wire
+//!
+//! - UDP sockets (RFC 3261 §18.2.1/§18.2.2): one datagram, one message.
+//! - TCP and TLS connections (rustls): stream framing with mandatory Content-Length
+//!   (§18.3), CRLF keep-alive pings answered with a pong (RFC 5626 §4.4.1), a size limit
+//!   per message (413/513 answered when the head can be read, then the connection closed).
+//! - A connection table, so requests for a registered endpoint and responses go back over
+//!   the connection the endpoint opened (connection reuse; clients behind NAT and TLS
+//!   clients without a listening certificate can be reached only that way).
+//!
+//! Malformed requests are answered here, statelessly, with the status the parser chose
+//! (400, 505, ...); malformed responses are dropped (RFC 4475 §3.1.2.19). Everything that
+//! parses is handed to a [`Handler`] (the transaction layer).
+//!
+//! WebSocket (RFC 7118) will be one more [`TransportKind`] feeding the same handler.
+#![forbid(unsafe_code)]
+
+mod stream;
+mod table;
+mod udp;
+
+pub use table::{ConnectionId, Transports, TransportsConfig};
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use sip_message::Message;
+
+/// The transport protocols of a Via header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransportKind {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl TransportKind {
+    /// The Via transport token (RFC 3261 §20.42).
+    pub fn via_name(self) -> &'static str {
+        match self {
+            TransportKind::Udp => "UDP",
+            TransportKind::Tcp => "TCP",
+            TransportKind::Tls => "TLS",
+        }
+    }
+
+    /// The `transport=` URI parameter value.
+    pub fn param(self) -> &'static str {
+        match self {
+            TransportKind::Udp => "udp",
+            TransportKind::Tcp => "tcp",
+            TransportKind::Tls => "tls",
+        }
+    }
+
+    /// Parses a Via transport or `transport=` value (case-insensitive; pidgin-sipe writes
+    /// `SIP/2.0/tls`).
+    pub fn from_name(s: &str) -> Option<TransportKind> {
+        match s.to_ascii_lowercase().as_str() {
+            "udp" => Some(TransportKind::Udp),
+            "tcp" => Some(TransportKind::Tcp),
+            "tls" => Some(TransportKind::Tls),
+            _ => None,
+        }
+    }
+
+    pub fn is_reliable(self) -> bool {
+        !matches!(self, TransportKind::Udp)
+    }
+}
+
+impl fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.param())
+    }
+}
+
+/// Where a message came from, and how to answer it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Source {
+    pub transport: TransportKind,
+    pub remote: SocketAddr,
+    /// Our address the message arrived on (a real address for streams; for UDP on a
+    /// wildcard socket, the wildcard).
+    pub local: SocketAddr,
+    /// The stream connection, if any.
+    pub connection: Option<ConnectionId>,
+}
+
+/// Where to send a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Over an existing connection; falls back to `fallback` if it is gone.
+    Connection { id: ConnectionId, fallback: Option<(TransportKind, SocketAddr)> },
+    /// To an address; streams reuse an open connection to it or open a new TCP one.
+    Addr(TransportKind, SocketAddr),
+}
+
+/// A parsed message and its source.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    pub message: Message,
+    pub source: Source,
+}
+
+/// Receives everything the transports read. Called on the reading task, so it must not
+/// block; per connection, calls come in wire order.
+pub trait Handler: Send + Sync + 'static {
+    fn on_message(&self, inbound: Inbound);
+    /// A stream connection closed (RFC 5626 §5.4: its flow is gone).
+    fn on_connection_closed(&self, _id: ConnectionId) {}
+}
+
+/// Transport failures.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("no {0} transport is listening")]
+    NoTransport(TransportKind),
+    #[error("connection {0:?} is closed")]
+    ConnectionClosed(ConnectionId),
+    #[error("no connection to {1} over {0}, and new outbound {0} connections are not made")]
+    NoOutbound(TransportKind, SocketAddr),
+    #[error("connect to {0} timed out")]
+    ConnectTimeout(SocketAddr),
+}

@@ -1,0 +1,273 @@
+//! The set of transports and the table of open stream connections.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use sip_message::{reason_phrase, response_from_headers, HeaderName, RejectedHead};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+use crate::{Handler, Source, Target, TransportError, TransportKind};
+
+/// Identifies one stream connection for as long as it is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(pub u64);
+
+/// Limits of the transport layer.
+#[derive(Debug, Clone)]
+pub struct TransportsConfig {
+    /// Largest message accepted, head and body (answered 513 above it).
+    pub max_message_size: usize,
+    /// A stream connection with no traffic for this long is closed.
+    pub idle_timeout: Duration,
+    /// Open stream connections at most; further ones are refused at accept.
+    pub max_connections: usize,
+    pub tls_handshake_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl Default for TransportsConfig {
+    fn default() -> Self {
+        TransportsConfig {
+            max_message_size: 128 * 1024,
+            idle_timeout: Duration::from_secs(3900),
+            max_connections: 20_000,
+            tls_handshake_timeout: Duration::from_secs(15),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+pub(crate) struct Conn {
+    pub(crate) tx: mpsc::Sender<Bytes>,
+    pub(crate) kind: TransportKind,
+    pub(crate) remote: SocketAddr,
+    pub(crate) local: SocketAddr,
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: TransportsConfig,
+    pub(crate) handler: OnceLock<Arc<dyn Handler>>,
+    udp: RwLock<Vec<Arc<UdpSocket>>>,
+    listening: RwLock<HashMap<TransportKind, SocketAddr>>,
+    pub(crate) conns: RwLock<HashMap<ConnectionId, Conn>>,
+    by_remote: RwLock<HashMap<(TransportKind, SocketAddr), ConnectionId>>,
+    next_id: AtomicU64,
+    pub(crate) shutdown: watch::Sender<bool>,
+    pub(crate) conn_slots: Arc<Semaphore>,
+    local_ip_cache: Mutex<HashMap<IpAddr, IpAddr>>,
+}
+
+/// All transports of one server. Cheap to clone.
+#[derive(Clone)]
+pub struct Transports {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl Transports {
+    pub fn new(config: TransportsConfig) -> Self {
+        let slots = Arc::new(Semaphore::new(config.max_connections));
+        Transports {
+            inner: Arc::new(Inner {
+                config,
+                handler: OnceLock::new(),
+                udp: RwLock::new(Vec::new()),
+                listening: RwLock::new(HashMap::new()),
+                conns: RwLock::new(HashMap::new()),
+                by_remote: RwLock::new(HashMap::new()),
+                next_id: AtomicU64::new(1),
+                shutdown: watch::channel(false).0,
+                conn_slots: slots,
+                local_ip_cache: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Sets the receiver of inbound messages; call once, before adding listeners.
+    pub fn set_handler(&self, handler: Arc<dyn Handler>) {
+        let _ = self.inner.handler.set(handler);
+    }
+
+    pub fn config(&self) -> &TransportsConfig {
+        &self.inner.config
+    }
+
+    /// Serves a bound UDP socket.
+    pub fn add_udp(&self, socket: UdpSocket) -> std::io::Result<SocketAddr> {
+        let addr = socket.local_addr()?;
+        let socket = Arc::new(socket);
+        self.inner.udp.write().push(socket.clone());
+        self.inner.listening.write().entry(TransportKind::Udp).or_insert(addr);
+        // Two receive loops per socket so parsing can use both cores.
+        let readers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(4);
+        for _ in 0..readers {
+            tokio::spawn(crate::udp::receive_loop(self.clone(), socket.clone()));
+        }
+        Ok(addr)
+    }
+
+    /// Serves a bound TCP listener (plain SIP over TCP).
+    pub fn add_tcp_listener(&self, listener: TcpListener) -> std::io::Result<SocketAddr> {
+        let addr = listener.local_addr()?;
+        self.inner.listening.write().entry(TransportKind::Tcp).or_insert(addr);
+        tokio::spawn(crate::stream::accept_loop(self.clone(), listener, None));
+        Ok(addr)
+    }
+
+    /// Serves a bound TCP listener with TLS.
+    pub fn add_tls_listener(
+        &self,
+        listener: TcpListener,
+        acceptor: TlsAcceptor,
+    ) -> std::io::Result<SocketAddr> {
+        let addr = listener.local_addr()?;
+        self.inner.listening.write().entry(TransportKind::Tls).or_insert(addr);
+        tokio::spawn(crate::stream::accept_loop(self.clone(), listener, Some(acceptor)));
+        Ok(addr)
+    }
+
+    /// The address a transport listens on.
+    pub fn listening(&self, kind: TransportKind) -> Option<SocketAddr> {
+        self.inner.listening.read().get(&kind).copied()
+    }
+
+    /// Stops accepting and closes every connection.
+    pub fn shutdown(&self) {
+        let _ = self.inner.shutdown.send(true);
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.inner.conns.read().len()
+    }
+
+    /// Transport, remote and local address of an open connection.
+    pub fn connection(&self, id: ConnectionId) -> Option<(TransportKind, SocketAddr, SocketAddr)> {
+        self.inner.conns.read().get(&id).map(|c| (c.kind, c.remote, c.local))
+    }
+
+    /// The local IP address this host uses to reach `remote` (for Via and Record-Route
+    /// when listening on a wildcard address).
+    pub fn local_ip_for(&self, remote: IpAddr) -> IpAddr {
+        if let Some(ip) = self.inner.local_ip_cache.lock().get(&remote) {
+            return *ip;
+        }
+        let probe = if remote.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+        let ip = std::net::UdpSocket::bind(probe)
+            .and_then(|s| s.connect((remote, 9)).map(|_| s))
+            .and_then(|s| s.local_addr())
+            .map(|a| a.ip())
+            .unwrap_or(remote);
+        self.inner.local_ip_cache.lock().insert(remote, ip);
+        ip
+    }
+
+    pub(crate) fn register_conn(&self, conn: Conn) -> ConnectionId {
+        let id = ConnectionId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
+        self.inner.by_remote.write().insert((conn.kind, conn.remote), id);
+        self.inner.conns.write().insert(id, conn);
+        id
+    }
+
+    pub(crate) fn unregister_conn(&self, id: ConnectionId) {
+        if let Some(c) = self.inner.conns.write().remove(&id) {
+            let mut by = self.inner.by_remote.write();
+            if by.get(&(c.kind, c.remote)) == Some(&id) {
+                by.remove(&(c.kind, c.remote));
+            }
+        }
+        if let Some(h) = self.inner.handler.get() {
+            h.on_connection_closed(id);
+        }
+    }
+
+    /// Sends bytes. Returns the source description of the path used (for Via).
+    pub async fn send(&self, target: Target, data: Bytes) -> Result<Source, TransportError> {
+        match target {
+            Target::Connection { id, fallback } => match self.send_on(id, data.clone()).await {
+                Ok(s) => Ok(s),
+                Err(e) => match fallback {
+                    Some((kind, addr)) => Box::pin(self.send(Target::Addr(kind, addr), data)).await,
+                    None => Err(e),
+                },
+            },
+            Target::Addr(TransportKind::Udp, addr) => {
+                let socket = {
+                    let socks = self.inner.udp.read();
+                    socks
+                        .iter()
+                        .find(|s| s.local_addr().map(|l| l.is_ipv4() == addr.is_ipv4()).unwrap_or(false))
+                        .or_else(|| socks.first())
+                        .cloned()
+                };
+                let socket = socket.ok_or(TransportError::NoTransport(TransportKind::Udp))?;
+                socket.send_to(&data, addr).await?;
+                Ok(Source {
+                    transport: TransportKind::Udp,
+                    remote: addr,
+                    local: socket.local_addr()?,
+                    connection: None,
+                })
+            }
+            Target::Addr(kind, addr) => {
+                let existing = self.inner.by_remote.read().get(&(kind, addr)).copied();
+                if let Some(id) = existing {
+                    if let Ok(s) = self.send_on(id, data.clone()).await {
+                        return Ok(s);
+                    }
+                }
+                if kind != TransportKind::Tcp {
+                    return Err(TransportError::NoOutbound(kind, addr));
+                }
+                let stream = tokio::time::timeout(self.inner.config.connect_timeout, TcpStream::connect(addr))
+                    .await
+                    .map_err(|_| TransportError::ConnectTimeout(addr))??;
+                let id = crate::stream::spawn_connection(self.clone(), stream, kind, None)?;
+                self.send_on(id, data).await
+            }
+        }
+    }
+
+    async fn send_on(&self, id: ConnectionId, data: Bytes) -> Result<Source, TransportError> {
+        let (tx, source) = {
+            let conns = self.inner.conns.read();
+            let c = conns.get(&id).ok_or(TransportError::ConnectionClosed(id))?;
+            (
+                c.tx.clone(),
+                Source { transport: c.kind, remote: c.remote, local: c.local, connection: Some(id) },
+            )
+        };
+        match tokio::time::timeout(Duration::from_secs(5), tx.send(data)).await {
+            Ok(Ok(())) => Ok(source),
+            _ => Err(TransportError::ConnectionClosed(id)),
+        }
+    }
+
+    /// Answers a request that could not be accepted, statelessly (RFC 3261 §8.2: a
+    /// request that cannot be processed still gets a final response). ACK is never
+    /// answered.
+    pub(crate) async fn answer_rejected(&self, head: &RejectedHead, status: u16, detail: &str, to: Target) {
+        if head.method.as_deref() == Some("ACK") {
+            return;
+        }
+        let tag: u64 = rand_tag();
+        let mut resp = response_from_headers(&head.headers, status, reason_phrase(status), Some(&format!("{tag:x}")));
+        let detail: String = detail.chars().filter(|c| *c != '"' && !c.is_control()).take(200).collect();
+        resp.headers.push(HeaderName::Warning, format!("399 switchboard \"{detail}\""));
+        if let Err(e) = self.send(to, Bytes::from(resp.encode())).await {
+            tracing::debug!(error = %e, "could not answer a rejected message");
+        }
+    }
+}
+
+fn rand_tag() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0));
+    h.finish()
+}
