@@ -1,0 +1,33 @@
+//! The seam where the IM service (the "IM MCU") attaches: every MESSAGE between users
+//! passes through [`ImHook`] before and after it is relayed, so the service can anchor
+//! conversations, count messages for CDR, and store messages for offline users.
+
+use sip_message::Message;
+
+/// What the hook decides about a request about to be relayed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookDecision {
+    /// Relay it to the recipient's devices.
+    Relay,
+    /// Answer it with this status instead (e.g. 202 when stored for later delivery).
+    Respond(u16),
+}
+
+/// Observes and steers IM traffic. Implementations must be quick: they run on the
+/// request path.
+pub trait ImHook: Send + Sync + 'static {
+    /// An authenticated pager-mode MESSAGE from `from` to `to` (both AoRs, `sip:u@d`).
+    /// `online` is false when the recipient has no registered device.
+    fn before_message(&self, _msg: &Message, _from: &str, _to: &str, _online: bool) -> HookDecision {
+        HookDecision::Relay
+    }
+    /// The final status the sender got for a relayed MESSAGE.
+    fn after_message(&self, _msg: &Message, _from: &str, _to: &str, _status: u16) {}
+    /// `aor` registered a new device.
+    fn on_registered(&self, _aor: &str) {}
+}
+
+/// The hook used until the IM service is attached: relays everything.
+pub struct RelayAll;
+
+impl ImHook for RelayAll {}

@@ -1,0 +1,398 @@
+//! # switchboard-proxy: the SIP core of a Switchboard front end
+//!
+//! The transaction user that every request reaches. In order (RFC 3261 §16.3–§16.7):
+//! 1. request validation: URI scheme (416), Max-Forwards (483), Proxy-Require (420), loop
+//!    detection (482), our own Route entries removed (§16.4);
+//! 2. REGISTER → authentication (401) → the registrar ([`switchboard_registrar`]);
+//! 3. OPTIONS addressed to the server → answered here (§11.2);
+//! 4. everything else → authentication of the sender (407) → routing: only to users of
+//!    the domains served (403 otherwise: **not an open relay**), 404 for an unknown user,
+//!    480 for a user with no device → forked in parallel to every registered device over
+//!    the flow it registered on, with Record-Route on dialog-creating requests, and the
+//!    best response returned (§16.7).
+//!
+//! Pager-mode MESSAGE passes through an [`ImHook`], where the IM service attaches.
+//!
+//! ## Layout
+//! - `auth`: Digest challenges and verification.
+//! - `routing`: target selection, the forwarded request, the response context.
+//! - [`hook`]: the IM service seam.
+#![forbid(unsafe_code)]
+
+mod auth;
+pub mod hook;
+mod routing;
+
+pub use hook::{HookDecision, ImHook, RelayAll};
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use md5::{Digest as _, Md5};
+use parking_lot::{Mutex, RwLock};
+use sip_digest::{Algorithm, NonceIssuer, ReplayGuard};
+use sip_message::{HeaderName, Host, Message, Method, Uri};
+use sip_transaction::{ServerRequest, TransactionLayer, TransactionUser};
+use sip_transport::{ConnectionId, Inbound, TransportKind};
+use switchboard_registrar::{Location, RegisterError};
+use switchboard_store::{Address, UserDirectory};
+use tokio::sync::Notify;
+
+use auth::AuthResult;
+
+/// Methods this server handles or relays, for Allow headers.
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, INFO, REFER, NOTIFY, SUBSCRIBE, PUBLISH, UPDATE, PRACK, SERVICE, BENOTIFY";
+
+/// Core settings.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Domains served in addition to those of the users in the directory.
+    pub domains: Vec<String>,
+    /// Digest algorithms offered, most preferred first.
+    pub digest_algorithms: Vec<Algorithm>,
+    pub nonce_lifetime: Duration,
+    /// Server / User-Agent product token.
+    pub server_name: String,
+    /// Extra host names that mean "this server" in Request-URIs and Routes.
+    pub hostnames: Vec<String>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            domains: Vec::new(),
+            digest_algorithms: vec![Algorithm::Sha256, Algorithm::Md5],
+            nonce_lifetime: Duration::from_secs(300),
+            server_name: format!("Switchboard/{}", env!("CARGO_PKG_VERSION")),
+            hostnames: Vec::new(),
+        }
+    }
+}
+
+/// The SIP core. Create with [`Core::new`] and attach with [`Core::attach`].
+pub struct Core {
+    pub(crate) layer: TransactionLayer,
+    pub(crate) users: Arc<UserDirectory>,
+    pub(crate) location: Arc<Location>,
+    pub(crate) config: ProxyConfig,
+    pub(crate) nonces: NonceIssuer,
+    pub(crate) replay: ReplayGuard,
+    pub(crate) hook: Arc<dyn ImHook>,
+    epoch: tokio::time::Instant,
+    /// Addresses that are "us" (learned from listeners and connections).
+    pub(crate) own_addrs: RwLock<Vec<SocketAddr>>,
+    /// INVITEs being forwarded, by (branch, Call-ID), so CANCEL can reach them.
+    pub(crate) pending_invites: Mutex<HashMap<(String, String), Arc<Notify>>>,
+    me: Weak<Core>,
+}
+
+impl Core {
+    pub fn new(
+        layer: TransactionLayer,
+        users: Arc<UserDirectory>,
+        location: Arc<Location>,
+        config: ProxyConfig,
+        hook: Arc<dyn ImHook>,
+    ) -> Arc<Core> {
+        let lifetime = config.nonce_lifetime.as_secs();
+        Arc::new_cyclic(|me| Core {
+            me: me.clone(),
+            layer,
+            users,
+            location,
+            nonces: NonceIssuer::new(lifetime),
+            replay: ReplayGuard::new(lifetime),
+            config,
+            hook,
+            epoch: tokio::time::Instant::now(),
+            own_addrs: RwLock::new(Vec::new()),
+            pending_invites: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Makes this core the transaction user and starts housekeeping (binding expiry,
+    /// nonce-count memory).
+    pub fn attach(self: &Arc<Self>) {
+        self.layer.set_user(self.clone());
+        for kind in [TransportKind::Udp, TransportKind::Tcp, TransportKind::Tls] {
+            if let Some(a) = self.layer.transports().listening(kind) {
+                self.own_addrs.write().push(a);
+            }
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(core) = weak.upgrade() else { return };
+                let n = core.location.sweep();
+                if n > 0 {
+                    tracing::debug!(expired = n, "bindings expired");
+                }
+                core.replay.sweep(core.now_secs());
+            }
+        });
+    }
+
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    pub(crate) fn now_secs(&self) -> u64 {
+        // tokio time, so tests that pause the clock can expire nonces.
+        self.epoch.elapsed().as_secs() + 1_000_000
+    }
+
+    /// A To tag for responses we generate, stable across retransmissions of a request.
+    pub(crate) fn to_tag(&self, msg: &Message) -> String {
+        let mut h = Md5::new();
+        h.update(msg.call_id().unwrap_or("").as_bytes());
+        h.update(msg.headers.get(&HeaderName::Via).unwrap_or("").as_bytes());
+        h.update(msg.headers.get(&HeaderName::CSeq).unwrap_or("").as_bytes());
+        hex::encode(&h.finalize()[..6])
+    }
+
+    /// Is `domain` served here (a configured domain or the domain of some user)?
+    pub fn serves_domain(&self, domain: &str) -> bool {
+        let d = domain.to_ascii_lowercase();
+        if self.config.domains.iter().any(|x| x.eq_ignore_ascii_case(&d)) {
+            return true;
+        }
+        match self.users.domains() {
+            Ok(list) => list.contains(&d),
+            Err(e) => {
+                tracing::error!(error = %e, "user directory unavailable");
+                false
+            }
+        }
+    }
+
+    /// Does this host (and port) name this server itself?
+    pub(crate) fn is_own(&self, host: &Host, port: Option<u16>) -> bool {
+        let ip: Option<IpAddr> = match host {
+            Host::V4(a) => Some(IpAddr::V4(*a)),
+            Host::V6(a) => Some(IpAddr::V6(*a)),
+            Host::Domain(d) => {
+                if self.config.hostnames.iter().any(|h| h.eq_ignore_ascii_case(d)) {
+                    return port.is_none() || self.own_addrs.read().iter().any(|a| Some(a.port()) == port);
+                }
+                None
+            }
+        };
+        let Some(ip) = ip else { return false };
+        let addrs = self.own_addrs.read();
+        addrs.iter().any(|a| {
+            let ip_ok = a.ip() == ip || (a.ip().is_unspecified() && (ip.is_loopback() || self.is_local_ip(ip)));
+            let port_ok = match port {
+                Some(p) => a.port() == p,
+                None => a.port() == 5060 || a.port() == 5061,
+            };
+            ip_ok && port_ok
+        })
+    }
+
+    fn is_local_ip(&self, ip: IpAddr) -> bool {
+        // An address of one of our interfaces: binding a socket to it succeeds.
+        std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
+    }
+
+    async fn respond(&self, req: &ServerRequest, status: u16) {
+        let resp = self.response(&req.message, status);
+        req.tx.respond(&resp).await;
+    }
+
+    pub(crate) fn response(&self, msg: &Message, status: u16) -> Message {
+        let mut resp = msg.response(status, Some(&self.to_tag(msg)));
+        resp.headers.push(HeaderName::Server, self.config.server_name.clone());
+        resp
+    }
+
+    async fn respond_warning(&self, req: &ServerRequest, status: u16, text: &str) {
+        let mut resp = self.response(&req.message, status);
+        resp.headers.push(HeaderName::Warning, format!("399 switchboard \"{text}\""));
+        req.tx.respond(&resp).await;
+    }
+
+    async fn handle(self: Arc<Self>, mut req: ServerRequest) {
+        let method = req.message.method().cloned().unwrap_or(Method::Options);
+        // RFC 3261 §16.3 step 2 / RFC 4475 §3.3.2: only sip/sips Request-URIs.
+        if !matches!(req.message.request_uri(), Some(Uri::Sip(_))) {
+            return self.respond(&req, 416).await;
+        }
+        // §16.3 step 6: Proxy-Require lists extensions a proxy must support; we support none.
+        let proxy_require: Vec<String> = req.message.headers.values(&HeaderName::ProxyRequire).map(str::to_owned).collect();
+        if !proxy_require.is_empty() {
+            let mut resp = self.response(&req.message, 420);
+            resp.headers.push(HeaderName::Unsupported, proxy_require.join(", "));
+            return req.tx.respond(&resp).await;
+        }
+        if self.is_loop(&req.message) {
+            return self.respond(&req, 482).await;
+        }
+        self.pop_own_routes(&mut req.message);
+        match method {
+            Method::Cancel => self.handle_cancel(req).await,
+            Method::Register => self.handle_register(req).await,
+            _ => self.handle_routed(req).await,
+        }
+    }
+
+    /// §16.4: Route entries naming us were put there by our Record-Route; drop them.
+    fn pop_own_routes(&self, msg: &mut Message) {
+        loop {
+            let Ok(routes) = msg.name_addrs(&HeaderName::Route) else { return };
+            let Some(first) = routes.first() else { return };
+            let own = first.uri.as_sip().is_some_and(|u| self.is_own(&u.host, u.port));
+            if !own {
+                return;
+            }
+            msg.headers.pop_first_value(&HeaderName::Route);
+        }
+    }
+
+    /// §10.3 and §11: requests we answer as a UAS must not require unknown extensions.
+    fn unsupported_required(&self, msg: &Message) -> Option<Vec<String>> {
+        let unknown: Vec<String> = msg
+            .headers
+            .values(&HeaderName::Require)
+            .filter(|o| !o.eq_ignore_ascii_case("gruu"))
+            .map(str::to_owned)
+            .collect();
+        (!unknown.is_empty()).then_some(unknown)
+    }
+
+    async fn handle_cancel(&self, req: ServerRequest) {
+        // §16.10 / §9.2: find the INVITE; answer the CANCEL; cancel its branches.
+        match self.layer.invite_for_cancel(&req.message) {
+            Some(invite_tx) => {
+                self.respond(&req, 200).await;
+                let key = routing::invite_key(&req.message);
+                let notify = self.pending_invites.lock().get(&key).cloned();
+                match notify {
+                    Some(n) => n.notify_one(),
+                    None if !invite_tx.is_final() => {
+                        let resp = self.response(&req.message, 487);
+                        // The 487 answers the INVITE (its CSeq method is INVITE).
+                        let mut resp = resp;
+                        if let Ok(c) = req.message.cseq() {
+                            resp.headers.set(HeaderName::CSeq, format!("{} INVITE", c.seq));
+                        }
+                        invite_tx.respond(&resp).await;
+                    }
+                    None => {}
+                }
+            }
+            None => self.respond(&req, 481).await,
+        }
+    }
+
+    async fn handle_register(&self, req: ServerRequest) {
+        let msg = &req.message;
+        let Ok(to) = msg.to_header() else { return self.respond(&req, 400).await };
+        // RFC 4475 §3.3.4: a registrar needs a SIP To.
+        let Some(to_uri) = to.uri.as_sip() else {
+            return self.respond_warning(&req, 400, "To is not a SIP URI").await;
+        };
+        let Some(user) = to_uri.user_unescaped() else {
+            return self.respond_warning(&req, 400, "To has no user part").await;
+        };
+        let domain = to_uri.host.to_string();
+        if !self.serves_domain(&domain) {
+            return self.respond_warning(&req, 403, "domain not served here").await;
+        }
+        if let Some(unknown) = self.unsupported_required(msg) {
+            let mut resp = self.response(msg, 420);
+            resp.headers.push(HeaderName::Unsupported, unknown.join(", "));
+            return req.tx.respond(&resp).await;
+        }
+        let authed = match self.authenticate(msg, &domain) {
+            AuthResult::Ok(a) => a,
+            AuthResult::Challenge { stale } => {
+                let ch = self.challenge(msg, &domain, stale);
+                return req.tx.respond(&ch).await;
+            }
+            AuthResult::Forbidden(why) => return self.respond_warning(&req, 403, why).await,
+        };
+        let aor_addr = match Address::parse(&format!("{user}@{domain}")) {
+            Ok(a) => a,
+            Err(_) => return self.respond_warning(&req, 400, "bad address of record").await,
+        };
+        if authed != aor_addr {
+            return self.respond_warning(&req, 403, "credentials do not match the To address").await;
+        }
+        let aor = format!("sip:{aor_addr}");
+        match self.location.register(&aor, msg, req.source) {
+            Ok(outcome) => {
+                let mut resp = self.response(msg, 200);
+                for c in self.location.contact_values(&aor, &outcome.bindings, &domain) {
+                    resp.headers.push(HeaderName::Contact, c);
+                }
+                resp.headers.push(HeaderName::Date, httpdate::fmt_http_date(std::time::SystemTime::now()));
+                resp.headers.push(HeaderName::Supported, "gruu");
+                resp.headers.push(HeaderName::AllowEvents, "presence");
+                req.tx.respond(&resp).await;
+                if outcome.added {
+                    tracing::info!(aor, devices = outcome.bindings.len(), "registered");
+                    self.hook.on_registered(&aor);
+                }
+            }
+            Err(e) => {
+                let mut resp = self.response(msg, e.status());
+                if let RegisterError::IntervalTooBrief { min_expires } = e {
+                    resp.headers.push(HeaderName::MinExpires, min_expires.to_string());
+                } else {
+                    resp.headers.push(HeaderName::Warning, format!("399 switchboard \"{e}\""));
+                }
+                req.tx.respond(&resp).await;
+            }
+        }
+    }
+
+    /// §11.2: OPTIONS to the server itself.
+    async fn answer_options(&self, req: &ServerRequest) {
+        if let Some(unknown) = self.unsupported_required(&req.message) {
+            let mut resp = self.response(&req.message, 420);
+            resp.headers.push(HeaderName::Unsupported, unknown.join(", "));
+            return req.tx.respond(&resp).await;
+        }
+        let mut resp = self.response(&req.message, 200);
+        resp.headers.push(HeaderName::Allow, ALLOW);
+        resp.headers.push(HeaderName::Accept, "application/sdp, text/plain, application/pidf+xml");
+        resp.headers.push(HeaderName::Supported, "gruu");
+        req.tx.respond(&resp).await;
+    }
+}
+
+impl TransactionUser for Core {
+    fn on_request(&self, request: ServerRequest) {
+        // The Arc is recovered from the layer's registration; spawn so parsing and
+        // transport reading never wait on routing.
+        let Some(core) = self.self_arc() else { return };
+        tokio::spawn(core.handle(request));
+    }
+
+    fn on_ack(&self, ack: Inbound) {
+        let Some(core) = self.self_arc() else { return };
+        tokio::spawn(async move { core.forward_ack(ack).await });
+    }
+
+    fn on_stray_response(&self, response: Inbound) {
+        let Some(core) = self.self_arc() else { return };
+        tokio::spawn(async move { core.forward_stray_response(response).await });
+    }
+
+    fn on_connection_closed(&self, id: ConnectionId) {
+        let gone = self.location.flow_closed(id);
+        if !gone.is_empty() {
+            tracing::debug!(?gone, "flow closed; bindings removed");
+        }
+    }
+}
+
+impl Core {
+    fn self_arc(&self) -> Option<Arc<Core>> {
+        self.me.upgrade()
+    }
+}

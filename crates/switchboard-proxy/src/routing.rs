@@ -1,0 +1,445 @@
+//! Routing and forwarding (RFC 3261 §16.5–§16.7): choosing targets, building each
+//! branch's request, forking in parallel, and picking the response to return.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use md5::{Digest as _, Md5};
+use sip_message::{HeaderName, Host, Message, Method, NameAddr, Uri, Via};
+use sip_transaction::{cancel_for, new_branch, ClientEvent, ServerRequest};
+use sip_transport::{Inbound, Source, Target, TransportKind};
+use switchboard_registrar::Binding;
+use switchboard_store::Address;
+use tokio::sync::{mpsc, Notify};
+
+use crate::auth::AuthResult;
+use crate::hook::HookDecision;
+use crate::Core;
+
+/// Prefix of the branches we generate; the loop-detection hash follows it.
+const OUR_BRANCH: &str = "z9hG4bKsb";
+
+/// (top Via branch, Call-ID): identifies an INVITE and its CANCEL (§9.2).
+pub(crate) fn invite_key(msg: &Message) -> (String, String) {
+    let branch = msg.top_via().ok().and_then(|v| v.branch().map(str::to_owned)).unwrap_or_default();
+    (branch, msg.call_id().unwrap_or("").to_owned())
+}
+
+/// §16.6 step 8: the part of our branch that is the same each time the same request
+/// passes through (Request-URI as received, tags, Call-ID, CSeq number).
+fn loop_hash(msg: &Message) -> String {
+    let mut h = Md5::new();
+    h.update(msg.request_uri().map(|u| u.to_string()).unwrap_or_default().as_bytes());
+    for name in [HeaderName::From, HeaderName::To] {
+        let tag = msg.headers.get(&name).and_then(|v| NameAddr::parse(v).ok()).and_then(|n| n.tag().map(str::to_owned));
+        h.update(tag.unwrap_or_default().as_bytes());
+        h.update(b"|");
+    }
+    h.update(msg.call_id().unwrap_or("").as_bytes());
+    h.update(msg.cseq().map(|c| c.seq.to_string()).unwrap_or_default().as_bytes());
+    hex::encode(&h.finalize()[..8])
+}
+
+/// Where an outbound request goes and what we say about ourselves on that path.
+struct Hop {
+    target: Target,
+    transport: TransportKind,
+    /// Our address on this path, for Via and Record-Route.
+    local: SocketAddr,
+}
+
+impl Core {
+    /// §16.3 step 4: one of the Vias is ours with the same loop hash → a loop, not a spiral.
+    pub(crate) fn is_loop(&self, msg: &Message) -> bool {
+        let Ok(vias) = msg.vias() else { return false };
+        let mine: Vec<&Via> = vias.iter().filter(|v| v.branch().is_some_and(|b| b.starts_with(OUR_BRANCH))).collect();
+        if mine.is_empty() {
+            return false;
+        }
+        let hash = loop_hash(msg);
+        mine.iter().any(|v| {
+            self.is_own(&v.host, v.port) && v.branch().is_some_and(|b| b[OUR_BRANCH.len()..].starts_with(&hash))
+        })
+    }
+
+    pub(crate) async fn handle_routed(self: Arc<Self>, req: ServerRequest) {
+        let msg = &req.message;
+        let method = msg.method().cloned().unwrap_or(Method::Options);
+        let Some(ruri) = msg.request_uri().and_then(Uri::as_sip).cloned() else {
+            return self.respond(&req, 416).await;
+        };
+        // Requests addressed to the server itself (no user part).
+        let addressed_to_us = ruri.user.is_none() && (self.is_own(&ruri.host, ruri.port) || self.serves_domain(&ruri.host.to_string()));
+        if addressed_to_us {
+            return match method {
+                Method::Options => self.answer_options(&req).await,
+                _ => {
+                    let mut resp = self.response(msg, 405);
+                    resp.headers.push(HeaderName::Allow, "OPTIONS, REGISTER");
+                    req.tx.respond(&resp).await
+                }
+            };
+        }
+        // §16.3 step 3.
+        match msg.header_u32(&HeaderName::MaxForwards) {
+            Ok(Some(0)) => return self.respond(&req, 483).await,
+            Ok(_) => {}
+            Err(_) => return self.respond(&req, 400).await,
+        }
+        // Routes that remain after ours were removed point elsewhere: we relay nothing
+        // off this server.
+        if msg.headers.has(&HeaderName::Route) {
+            return self.respond_warning(&req, 403, "relaying denied").await;
+        }
+        // In-dialog request to a registered contact: send it over that device's flow.
+        let in_dialog = msg.to_header().ok().is_some_and(|t| t.tag().is_some());
+        let domain_target = ruri.user.is_some() && self.serves_domain(&ruri.host.to_string());
+        let contact_binding = if in_dialog && !domain_target { self.location.binding_for_contact(&Uri::Sip(ruri.clone())) } else { None };
+        if !domain_target && contact_binding.is_none() {
+            return self.respond_warning(&req, 403, "relaying denied: domain not served here").await;
+        }
+        // Authenticate the sender: a user of a domain we serve (§22.3, 407).
+        let Ok(from) = msg.from_header() else { return self.respond(&req, 400).await };
+        let Some(from_uri) = from.uri.as_sip() else {
+            return self.respond_warning(&req, 403, "sender is not a SIP user").await;
+        };
+        let from_domain = from_uri.host.to_string();
+        if !self.serves_domain(&from_domain) {
+            return self.respond_warning(&req, 403, "sender's domain is not served here").await;
+        }
+        let sender = match self.authenticate(msg, &from_domain) {
+            AuthResult::Ok(a) => a,
+            AuthResult::Challenge { stale } => {
+                let ch = self.challenge(msg, &from_domain, stale);
+                return req.tx.respond(&ch).await;
+            }
+            AuthResult::Forbidden(why) => return self.respond_warning(&req, 403, why).await,
+        };
+        let from_addr = from_uri.user_unescaped().and_then(|u| Address::parse(&format!("{u}@{from_domain}")).ok());
+        if from_addr.as_ref() != Some(&sender) {
+            return self.respond_warning(&req, 403, "From does not match the credentials").await;
+        }
+        let from_aor = format!("sip:{sender}");
+
+        if let Some(b) = contact_binding {
+            return self.forward(req, vec![b], from_aor, None).await;
+        }
+
+        // Target: a GRUU (one device) or an AoR (all devices).
+        let user = ruri.user_unescaped().unwrap_or_default();
+        let domain = ruri.host.to_string();
+        let aor_addr = match Address::parse(&format!("{user}@{domain}")) {
+            Ok(a) => a,
+            Err(_) => return self.respond(&req, 404).await,
+        };
+        let aor = format!("sip:{aor_addr}");
+        let gr = ruri.params.get("gr");
+        if gr.is_some() || user.starts_with("tgruu.") {
+            return match self.location.lookup_gruu(&aor, gr.flatten(), &user) {
+                Some((aor, b)) => self.forward(req, vec![b], from_aor, Some(aor)).await,
+                None => self.respond(&req, 480).await,
+            };
+        }
+        match self.users.find(&aor_addr) {
+            Ok(Some(u)) if u.enabled => {}
+            Ok(_) => return self.respond(&req, 404).await,
+            Err(e) => {
+                tracing::error!(error = %e, "user directory unavailable");
+                return self.respond(&req, 500).await;
+            }
+        }
+        let bindings = self.location.lookup(&aor);
+        if method == Method::Message && !in_dialog {
+            if let HookDecision::Respond(status) = self.hook.before_message(msg, &from_aor, &aor, !bindings.is_empty()) {
+                return self.respond(&req, status).await;
+            }
+        }
+        if bindings.is_empty() {
+            return self.respond(&req, 480).await;
+        }
+        self.forward(req, bindings, from_aor, Some(aor)).await
+    }
+
+    /// The path to a binding: its flow if it registered over a stream, else the address
+    /// its REGISTER came from (NAT-safe, like `;alias`).
+    fn hop_for(&self, b: &Binding) -> Hop {
+        let flow: Source = b.flow;
+        let local = if flow.local.ip().is_unspecified() {
+            SocketAddr::new(self.layer.transports().local_ip_for(flow.remote.ip()), flow.local.port())
+        } else {
+            flow.local
+        };
+        let target = match flow.connection {
+            Some(id) => Target::Connection { id, fallback: None },
+            None => Target::Addr(flow.transport, flow.remote),
+        };
+        Hop { target, transport: flow.transport, local }
+    }
+
+    fn is_own_hop(&self, hop: &Hop, b: &Binding) -> bool {
+        // A contact pointing back at this server would loop.
+        b.contact.uri.as_sip().is_some_and(|u| self.is_own(&u.host, u.port)) && hop.target == Target::Addr(hop.transport, b.flow.remote) && self.is_own(&host_of(b.flow.remote), Some(b.flow.remote.port()))
+    }
+
+    /// §16.6: the request for one branch.
+    fn branch_request(&self, incoming: &Message, in_source: &Source, b: &Binding, hop: &Hop, hash: &str, idx: usize) -> (Message, String) {
+        let mut out = incoming.clone();
+        let mut target_uri = b.contact.uri.clone();
+        if let Some(u) = target_uri.as_sip_mut() {
+            u.headers = None;
+        }
+        if let sip_message::StartLine::Request { uri, .. } = &mut out.start {
+            *uri = target_uri;
+        }
+        let mf = incoming.header_u32(&HeaderName::MaxForwards).ok().flatten().unwrap_or(70);
+        out.headers.set(HeaderName::MaxForwards, mf.saturating_sub(1).to_string());
+        let method = incoming.method().cloned().unwrap_or(Method::Options);
+        let in_dialog = incoming.to_header().ok().is_some_and(|t| t.tag().is_some());
+        if !in_dialog && matches!(method, Method::Invite | Method::Subscribe | Method::Refer) {
+            // §16.6 step 4, with double Record-Route when the transports differ (RFC 5658).
+            let out_rr = format!("<sip:{};transport={};lr>", fmt_addr(hop.local), hop.transport.param());
+            if in_source.transport != hop.transport || in_source.local.port() != hop.local.port() {
+                let in_local = if in_source.local.ip().is_unspecified() {
+                    SocketAddr::new(self.layer.transports().local_ip_for(in_source.remote.ip()), in_source.local.port())
+                } else {
+                    in_source.local
+                };
+                let in_rr = format!("<sip:{};transport={};lr>", fmt_addr(in_local), in_source.transport.param());
+                out.headers.insert_first(HeaderName::RecordRoute, in_rr);
+            }
+            out.headers.insert_first(HeaderName::RecordRoute, out_rr);
+        }
+        // §16.6 step 8: our Via on top, with a branch carrying the loop hash.
+        let branch = format!("{OUR_BRANCH}{hash}.{idx}{}", &new_branch()[7..19]);
+        out.headers.push_front(
+            HeaderName::Via,
+            format!("SIP/2.0/{} {};branch={branch};rport", hop.transport.via_name(), fmt_addr(hop.local)),
+        );
+        // Credentials for our realm stop here (§22.3): the next hop cannot use them.
+        out.headers.remove(&HeaderName::ProxyAuthorization);
+        (out, branch)
+    }
+
+    /// Forks `req` to `bindings` in parallel and returns the best response (§16.7).
+    pub(crate) async fn forward(self: Arc<Self>, req: ServerRequest, bindings: Vec<Binding>, from_aor: String, to_aor: Option<String>) {
+        let method = req.message.method().cloned().unwrap_or(Method::Options);
+        let is_invite = method == Method::Invite;
+        let hash = loop_hash(&req.message);
+        let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<(usize, ClientEvent)>();
+        let mut branches: Vec<(Message, Hop, bool, bool)> = Vec::new(); // request, hop, got provisional, done
+        for b in &bindings {
+            let hop = self.hop_for(b);
+            if self.is_own_hop(&hop, b) {
+                continue;
+            }
+            let idx = branches.len();
+            let (out, _branch) = self.branch_request(&req.message, &req.source, b, &hop, &hash, idx);
+            let mut ctx = self.layer.send_request(out.clone(), hop.target);
+            let ev_tx = ev_tx.clone();
+            tokio::spawn(async move {
+                while let Some(ev) = ctx.events.recv().await {
+                    if ev_tx.send((idx, ev)).is_err() {
+                        return;
+                    }
+                }
+            });
+            branches.push((out, hop, false, false));
+        }
+        drop(ev_tx);
+        if branches.is_empty() {
+            return self.respond(&req, 480).await;
+        }
+        if is_invite {
+            // §16.2: a stateful proxy answers INVITE with 100 Trying at once.
+            let trying = req.message.response(100, None);
+            req.tx.respond(&trying).await;
+        }
+        let cancel = Arc::new(Notify::new());
+        let key = invite_key(&req.message);
+        if is_invite {
+            self.pending_invites.lock().insert(key.clone(), cancel.clone());
+        }
+        let mut best: Option<Message> = None;
+        let mut got_2xx = false;
+        let mut cancelled = false;
+        let mut pending = branches.len();
+        while pending > 0 {
+            let (idx, ev) = tokio::select! {
+                ev = ev_rx.recv() => match ev { Some(e) => e, None => break },
+                _ = cancel.notified(), if !cancelled => {
+                    cancelled = true;
+                    self.cancel_branches(&mut branches);
+                    continue;
+                }
+            };
+            let resp = match ev {
+                ClientEvent::Response(r) => r,
+                ClientEvent::Timeout => synthetic(&branches[idx].0, 408),
+                ClientEvent::TransportError(e) => {
+                    tracing::debug!(error = %e, "branch failed");
+                    synthetic(&branches[idx].0, 503)
+                }
+            };
+            let status = resp.status().unwrap_or(500);
+            if status < 200 {
+                branches[idx].2 = true;
+                if (got_2xx || cancelled) && is_invite {
+                    // A provisional after we decided: now the branch can be cancelled.
+                    let c = cancel_for(&branches[idx].0);
+                    let _ = self.layer.send_request(c, branches[idx].1.target);
+                }
+                if status > 100 && !got_2xx {
+                    if let Some(up) = strip_our_via(resp) {
+                        req.tx.respond(&up).await;
+                    }
+                }
+                continue;
+            }
+            if !branches[idx].3 {
+                branches[idx].3 = true;
+                pending -= 1;
+            }
+            if (200..300).contains(&status) {
+                let first = !got_2xx;
+                got_2xx = true;
+                if let Some(up) = strip_our_via(resp) {
+                    if first || is_invite {
+                        req.tx.respond(&up).await;
+                    }
+                }
+                if first && is_invite {
+                    self.cancel_branches(&mut branches);
+                }
+                if !is_invite && first {
+                    self.after_relay(&req.message, &from_aor, to_aor.as_deref(), status);
+                }
+                continue;
+            }
+            best = Some(pick_best(best, resp));
+        }
+        if is_invite {
+            self.pending_invites.lock().remove(&key);
+        }
+        if got_2xx {
+            return;
+        }
+        // §16.7 step 9: the chosen response goes upstream without our Via.
+        let mut resp = best.and_then(strip_our_via).unwrap_or_else(|| self.response(&req.message, 408));
+        let mut status = resp.status().unwrap_or(500);
+        if status == 503 {
+            // §16.7 step 6: a 503 from downstream becomes 500 upstream.
+            status = 500;
+            resp = self.response(&req.message, 500);
+        } else if cancelled && is_invite && status != 487 {
+            status = 487;
+            resp = self.response(&req.message, 487);
+        }
+        if !is_invite {
+            self.after_relay(&req.message, &from_aor, to_aor.as_deref(), status);
+        }
+        req.tx.respond(&resp).await;
+    }
+
+    fn after_relay(&self, msg: &Message, from: &str, to: Option<&str>, status: u16) {
+        let in_dialog = msg.to_header().ok().is_some_and(|t| t.tag().is_some());
+        if msg.method() == Some(&Method::Message) && !in_dialog {
+            if let Some(to) = to {
+                self.hook.after_message(msg, from, to, status);
+            }
+        }
+    }
+
+    fn cancel_branches(&self, branches: &mut [(Message, Hop, bool, bool)]) {
+        for (out, hop, provisional, done) in branches.iter() {
+            // §9.1: CANCEL only branches that answered provisionally and are not done.
+            if *provisional && !*done {
+                let _ = self.layer.send_request(cancel_for(out), hop.target);
+            }
+        }
+    }
+
+    /// ACK for a 2xx (no transaction, §16.7 / §13.2.2.4): forwarded statelessly to the
+    /// device over its flow.
+    pub(crate) async fn forward_ack(&self, ack: Inbound) {
+        let mut msg = ack.message;
+        self.pop_own_routes(&mut msg);
+        if msg.headers.has(&HeaderName::Route) {
+            return;
+        }
+        let Some(uri) = msg.request_uri().cloned() else { return };
+        let Some(b) = self.location.binding_for_contact(&uri) else { return };
+        let hop = self.hop_for(&b);
+        let mf = msg.header_u32(&HeaderName::MaxForwards).ok().flatten().unwrap_or(70);
+        if mf == 0 {
+            return;
+        }
+        msg.headers.set(HeaderName::MaxForwards, (mf - 1).to_string());
+        msg.headers.push_front(
+            HeaderName::Via,
+            format!("SIP/2.0/{} {};branch={}", hop.transport.via_name(), fmt_addr(hop.local), new_branch()),
+        );
+        self.layer.send_stateless(hop.target, &msg).await;
+    }
+
+    /// A response with no client transaction (a 2xx retransmission): if the top Via is
+    /// ours, forward it statelessly to the next Via (§16.7, §18.2.2).
+    pub(crate) async fn forward_stray_response(&self, resp: Inbound) {
+        let msg = resp.message;
+        let Ok(top) = msg.top_via() else { return };
+        if !top.branch().is_some_and(|b| b.starts_with(OUR_BRANCH)) {
+            return;
+        }
+        let Some(up) = strip_our_via(msg) else { return };
+        let Ok(next) = up.top_via() else { return };
+        let Some(kind) = TransportKind::from_name(&next.transport) else { return };
+        let ip = next
+            .params
+            .value("received")
+            .and_then(|r| r.trim_matches(['[', ']']).parse().ok())
+            .or(match &next.host {
+                Host::V4(a) => Some(std::net::IpAddr::V4(*a)),
+                Host::V6(a) => Some(std::net::IpAddr::V6(*a)),
+                Host::Domain(_) => None,
+            });
+        let Some(ip) = ip else { return };
+        let port = next.params.value("rport").and_then(|p| p.parse().ok()).or(next.port).unwrap_or(5060);
+        self.layer.send_stateless(Target::Addr(kind, SocketAddr::new(ip, port)), &up).await;
+    }
+}
+
+fn host_of(a: SocketAddr) -> Host {
+    match a.ip() {
+        std::net::IpAddr::V4(v) => Host::V4(v),
+        std::net::IpAddr::V6(v) => Host::V6(v),
+    }
+}
+
+fn fmt_addr(a: SocketAddr) -> String {
+    match a {
+        SocketAddr::V4(v) => v.to_string(),
+        SocketAddr::V6(v) => format!("[{}]:{}", v.ip(), v.port()),
+    }
+}
+
+/// Removes our top Via from a response (§16.7 step 3); `None` if nothing is left.
+fn strip_our_via(mut resp: Message) -> Option<Message> {
+    resp.headers.pop_first_value(&HeaderName::Via)?;
+    resp.headers.has(&HeaderName::Via).then_some(resp)
+}
+
+/// A response we make up for a branch (timeout, transport failure), §16.7 step 5/6.
+fn synthetic(req: &Message, status: u16) -> Message {
+    req.response(status, Some("sb-synthetic"))
+}
+
+/// §16.7 step 6: 6xx wins; otherwise the lowest class; within a class the first seen.
+fn pick_best(current: Option<Message>, new: Message) -> Message {
+    let Some(cur) = current else { return new };
+    let (a, b) = (cur.status().unwrap_or(500), new.status().unwrap_or(500));
+    let rank = |s: u16| if s >= 600 { 0 } else { s / 100 };
+    if rank(b) < rank(a) || (rank(b) == rank(a) && a == 408 && b != 408) {
+        new
+    } else {
+        cur
+    }
+}

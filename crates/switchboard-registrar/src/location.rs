@@ -1,0 +1,327 @@
+//! Bindings, REGISTER processing (RFC 3261 §10.3 steps 6–8), expiry, GRUU lookups.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use sip_message::{quote, ContactValue, HeaderName, Message, NameAddr, Uri};
+use sip_transport::{ConnectionId, Source};
+use tokio::time::Instant;
+
+/// Registrar limits.
+#[derive(Debug, Clone)]
+pub struct RegistrarConfig {
+    /// Used when the request gives no expiry.
+    pub default_expires: u32,
+    /// Requests for shorter (non-zero) expiry get 423 with Min-Expires (§10.3 step 7).
+    pub min_expires: u32,
+    /// Longer requested expiries are cut to this.
+    pub max_expires: u32,
+    /// Devices per user at most.
+    pub max_bindings_per_aor: usize,
+}
+
+impl Default for RegistrarConfig {
+    fn default() -> Self {
+        RegistrarConfig { default_expires: 3600, min_expires: 60, max_expires: 7200, max_bindings_per_aor: 32 }
+    }
+}
+
+/// One registered contact of one AoR.
+#[derive(Debug, Clone)]
+pub struct Binding {
+    /// The Contact as registered (URI plus header parameters such as `+sip.instance`).
+    pub contact: NameAddr,
+    /// The contact URI in its canonical printed form (binding identity, §10.3 step 7).
+    pub contact_key: String,
+    pub expires_at: Instant,
+    pub call_id: String,
+    pub cseq: u32,
+    /// `+sip.instance` (RFC 5626 §4.1), unquoted, e.g. `<urn:uuid:...>`.
+    pub instance: Option<String>,
+    pub reg_id: Option<u32>,
+    /// The flow the REGISTER arrived on: requests for this binding go back over it.
+    pub flow: Source,
+    /// RFC 5627 temporary GRUU user part, if one was issued.
+    pub temp_gruu: Option<String>,
+}
+
+impl Binding {
+    pub fn remaining(&self, now: Instant) -> u32 {
+        self.expires_at.saturating_duration_since(now).as_secs() as u32
+    }
+}
+
+/// Why a REGISTER failed, with the status to answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RegisterError {
+    #[error("{0}")]
+    Bad(String),
+    #[error("interval too brief")]
+    IntervalTooBrief { min_expires: u32 },
+    #[error("too many registered devices (at most {0})")]
+    TooManyBindings(usize),
+}
+
+impl RegisterError {
+    pub fn status(&self) -> u16 {
+        match self {
+            RegisterError::Bad(_) => 400,
+            RegisterError::IntervalTooBrief { .. } => 423,
+            RegisterError::TooManyBindings(_) => 403,
+        }
+    }
+}
+
+/// The result of a successful REGISTER: the AoR's bindings after the change.
+#[derive(Debug, Clone)]
+pub struct RegisterOutcome {
+    pub bindings: Vec<Binding>,
+    /// True when this REGISTER added a binding that did not exist.
+    pub added: bool,
+}
+
+/// The location service.
+pub struct Location {
+    config: RegistrarConfig,
+    aors: RwLock<HashMap<String, Vec<Binding>>>,
+    /// temp-GRUU user part -> (AoR, instance)
+    temp_gruus: RwLock<HashMap<String, (String, String)>>,
+}
+
+fn instance_of(c: &NameAddr) -> Option<String> {
+    c.params.value("+sip.instance").map(|v| sip_message::unquote(v.trim_matches('"')))
+}
+
+/// Canonical contact key: the URI without the header params (§19.1.4 is approximated by
+/// the normalised print: scheme, user, lower-cased host, port, params).
+fn contact_key(uri: &Uri) -> String {
+    uri.to_string()
+}
+
+impl Location {
+    pub fn new(config: RegistrarConfig) -> Self {
+        Location { config, aors: RwLock::new(HashMap::new()), temp_gruus: RwLock::new(HashMap::new()) }
+    }
+
+    pub fn config(&self) -> &RegistrarConfig {
+        &self.config
+    }
+
+    /// Applies a REGISTER for `aor` (already authenticated) that arrived over `flow`.
+    pub fn register(&self, aor: &str, req: &Message, flow: Source) -> Result<RegisterOutcome, RegisterError> {
+        let now = Instant::now();
+        let call_id = req.call_id().unwrap_or("").to_owned();
+        let cseq = req.cseq().map_err(|e| RegisterError::Bad(e.reason))?.seq;
+        let header_expires = req
+            .header_u32(&HeaderName::Expires)
+            .map_err(|e| RegisterError::Bad(e.reason))?;
+        let contacts = req.contacts().map_err(|e| RegisterError::Bad(e.reason))?;
+        let mut aors = self.aors.write();
+        let existing = aors.entry(aor.to_owned()).or_default();
+        existing.retain(|b| b.expires_at > now);
+        let mut added = false;
+        match contacts {
+            ContactValue::Star => {
+                // §10.3 step 6: '*' only with Expires: 0 and alone.
+                if header_expires != Some(0) || req.headers.count(&HeaderName::Contact) != 1 {
+                    return Err(RegisterError::Bad("Contact: * requires Expires: 0".into()));
+                }
+                if existing.iter().any(|b| b.call_id == call_id && b.cseq >= cseq) {
+                    return Err(RegisterError::Bad("CSeq out of order".into()));
+                }
+                existing.clear();
+            }
+            ContactValue::List(list) => {
+                // Check everything first so a failing REGISTER changes nothing.
+                let mut planned = Vec::with_capacity(list.len());
+                for c in &list {
+                    match &c.uri {
+                        Uri::Sip(_) => {}
+                        _ => return Err(RegisterError::Bad("contact is not a SIP URI".into())),
+                    }
+                    let expires = match c.params.value("expires") {
+                        Some(v) => v.parse::<u64>().map(|v| v.min(u32::MAX as u64) as u32).map_err(|_| RegisterError::Bad("bad expires parameter".into()))?,
+                        None => header_expires.unwrap_or(self.config.default_expires),
+                    };
+                    if expires != 0 && expires < self.config.min_expires {
+                        return Err(RegisterError::IntervalTooBrief { min_expires: self.config.min_expires });
+                    }
+                    planned.push((c, expires.min(self.config.max_expires)));
+                }
+                for (c, _) in &planned {
+                    let key = contact_key(&c.uri);
+                    let inst = instance_of(c);
+                    if let Some(b) = existing.iter().find(|b| same_binding(b, &key, &inst, c)) {
+                        if b.call_id == call_id && b.cseq >= cseq {
+                            return Err(RegisterError::Bad("CSeq out of order".into()));
+                        }
+                    }
+                }
+                for (c, expires) in planned {
+                    let key = contact_key(&c.uri);
+                    let inst = instance_of(c);
+                    let pos = existing.iter().position(|b| same_binding(b, &key, &inst, c));
+                    if expires == 0 {
+                        if let Some(p) = pos {
+                            existing.remove(p);
+                        }
+                        continue;
+                    }
+                    let reg_id = c.params.value("reg-id").and_then(|v| v.parse().ok());
+                    let mut binding = Binding {
+                        contact: c.clone(),
+                        contact_key: key,
+                        expires_at: now + Duration::from_secs(expires as u64),
+                        call_id: call_id.clone(),
+                        cseq,
+                        instance: inst.clone(),
+                        reg_id,
+                        flow,
+                        temp_gruu: None,
+                    };
+                    match pos {
+                        Some(p) => {
+                            binding.temp_gruu = existing[p].temp_gruu.clone();
+                            existing[p] = binding;
+                        }
+                        None => {
+                            if existing.len() >= self.config.max_bindings_per_aor {
+                                return Err(RegisterError::TooManyBindings(self.config.max_bindings_per_aor));
+                            }
+                            added = true;
+                            existing.push(binding);
+                        }
+                    }
+                }
+            }
+        }
+        // RFC 5627 §5: a temporary GRUU for each instance (kept across refreshes).
+        if let Some(list) = aors.get_mut(aor) {
+            for b in list.iter_mut() {
+                if let (Some(inst), None) = (&b.instance, &b.temp_gruu) {
+                    let t = format!("tgruu.{:016x}", rand::random::<u64>());
+                    self.temp_gruus.write().insert(t.clone(), (aor.to_owned(), inst.clone()));
+                    b.temp_gruu = Some(t);
+                }
+            }
+        }
+        let bindings = aors.get(aor).cloned().unwrap_or_default();
+        if bindings.is_empty() {
+            aors.remove(aor);
+        }
+        Ok(RegisterOutcome { bindings, added })
+    }
+
+    /// The live bindings of an AoR.
+    pub fn lookup(&self, aor: &str) -> Vec<Binding> {
+        let now = Instant::now();
+        self.aors
+            .read()
+            .get(aor)
+            .map(|v| v.iter().filter(|b| b.expires_at > now).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Resolves a GRUU (RFC 5627 §3): a public GRUU `aor;gr=<instance>` or a temporary
+    /// one; returns the AoR and the one binding it names.
+    pub fn lookup_gruu(&self, aor: &str, gr: Option<&str>, user: &str) -> Option<(String, Binding)> {
+        let (aor, instance) = match gr {
+            Some(inst) if !inst.is_empty() && !user.starts_with("tgruu.") => (aor.to_owned(), sip_message::uri::unescape(inst)),
+            _ => self.temp_gruus.read().get(user).cloned()?,
+        };
+        let b = self.lookup(&aor).into_iter().find(|b| b.instance.as_deref().map(|i| i.trim_matches(['<', '>'])) == Some(instance.trim_matches(['<', '>'])))?;
+        Some((aor, b))
+    }
+
+    /// Finds the binding whose contact URI is `uri` (in-dialog requests sent to a
+    /// registered contact go back over its flow).
+    pub fn binding_for_contact(&self, uri: &Uri) -> Option<Binding> {
+        let key = contact_key(uri);
+        let now = Instant::now();
+        let aors = self.aors.read();
+        aors.values()
+            .flatten()
+            .find(|b| b.contact_key == key && b.expires_at > now)
+            .cloned()
+    }
+
+    /// RFC 5626 §5.4: a flow that failed makes its bindings unusable; they are removed.
+    /// Returns the AoRs that lost bindings.
+    pub fn flow_closed(&self, id: ConnectionId) -> Vec<String> {
+        let mut affected = Vec::new();
+        let mut aors = self.aors.write();
+        aors.retain(|aor, list| {
+            let before = list.len();
+            list.retain(|b| b.flow.connection != Some(id));
+            if list.len() != before {
+                affected.push(aor.clone());
+            }
+            !list.is_empty()
+        });
+        affected
+    }
+
+    /// Drops expired bindings; returns how many. Run periodically.
+    pub fn sweep(&self) -> usize {
+        let now = Instant::now();
+        let mut n = 0;
+        let mut aors = self.aors.write();
+        aors.retain(|_, list| {
+            let before = list.len();
+            list.retain(|b| b.expires_at > now);
+            n += before - list.len();
+            !list.is_empty()
+        });
+        drop(aors);
+        if n > 0 {
+            let live: std::collections::HashSet<String> = self
+                .aors
+                .read()
+                .values()
+                .flatten()
+                .filter_map(|b| b.temp_gruu.clone())
+                .collect();
+            self.temp_gruus.write().retain(|k, _| live.contains(k));
+        }
+        n
+    }
+
+    /// Number of AoRs and bindings.
+    pub fn counts(&self) -> (usize, usize) {
+        let aors = self.aors.read();
+        (aors.len(), aors.values().map(Vec::len).sum())
+    }
+
+    /// The Contact header values of a 200 OK to REGISTER (§10.3 step 8), with each
+    /// binding's remaining time and, for instances, its GRUUs (RFC 5627 §5).
+    pub fn contact_values(&self, aor: &str, bindings: &[Binding], domain: &str) -> Vec<String> {
+        let now = Instant::now();
+        bindings
+            .iter()
+            .map(|b| {
+                let mut c = NameAddr::new(b.contact.uri.clone());
+                c.params = b.contact.params.clone();
+                c.params.set("expires", Some(&b.remaining(now).max(1).to_string()));
+                if let Some(inst) = &b.instance {
+                    let inst_uri = inst.trim_matches(['<', '>']);
+                    c.params.set("pub-gruu", Some(&quote(&format!("{aor};gr={inst_uri}"))));
+                    if let Some(t) = &b.temp_gruu {
+                        c.params.set("temp-gruu", Some(&quote(&format!("sip:{t}@{domain};gr"))));
+                    }
+                }
+                c.to_string()
+            })
+            .collect()
+    }
+}
+
+fn same_binding(b: &Binding, key: &str, inst: &Option<String>, c: &NameAddr) -> bool {
+    match (inst, &b.instance) {
+        // RFC 5626 §6: instance (and reg-id) identify the binding.
+        (Some(i), Some(bi)) => {
+            i == bi && c.params.value("reg-id").and_then(|v| v.parse::<u32>().ok()) == b.reg_id
+        }
+        _ => b.contact_key == key,
+    }
+}

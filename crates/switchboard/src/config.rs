@@ -1,0 +1,199 @@
+//! Server configuration: a TOML file whose every setting a command-line flag can
+//! override (flags win), with defaults that need nothing else installed.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+/// A listener setting: an address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listen {
+    Off,
+    On(SocketAddr),
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(Listen::Off);
+        }
+        s.parse::<SocketAddr>()
+            .map(Listen::On)
+            .map_err(|_| format!("'{s}' is not an address like 0.0.0.0:5060, [::]:5060 or 'off'"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Listen {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The configuration file (all keys optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub domains: Option<Vec<String>>,
+    pub hostnames: Option<Vec<String>>,
+    pub sip: Option<SipSection>,
+    pub tls: Option<TlsSection>,
+    pub http: Option<HttpSection>,
+    pub registrar: Option<RegistrarSection>,
+    pub auth: Option<AuthSection>,
+    pub log: Option<LogSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SipSection {
+    pub udp: Option<Listen>,
+    pub tcp: Option<Listen>,
+    pub tls: Option<Listen>,
+    pub max_message_size: Option<usize>,
+    pub idle_timeout_secs: Option<u64>,
+    pub max_connections: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub certificate: Option<PathBuf>,
+    pub private_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    pub listen: Option<Listen>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrarSection {
+    pub default_expires: Option<u32>,
+    pub min_expires: Option<u32>,
+    pub max_expires: Option<u32>,
+    pub max_devices_per_user: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// Digest algorithms offered, preferred first: "SHA-256", "MD5".
+    pub digest_algorithms: Option<Vec<String>>,
+    pub nonce_lifetime_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// "human" or "json".
+    pub format: Option<String>,
+    /// A tracing filter, e.g. "info" or "switchboard_proxy=debug".
+    pub level: Option<String>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<FileConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("bad config file {}", path.display()))
+    }
+}
+
+/// Everything `serve` needs, after file and flags are merged.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub domains: Vec<String>,
+    pub hostnames: Vec<String>,
+    pub sip_udp: Listen,
+    pub sip_tcp: Listen,
+    pub sip_tls: Listen,
+    pub http: Listen,
+    pub tls_certificate: Option<PathBuf>,
+    pub tls_private_key: Option<PathBuf>,
+    pub max_message_size: usize,
+    pub idle_timeout_secs: u64,
+    pub max_connections: usize,
+    pub registrar: switchboard_registrar::RegistrarConfig,
+    pub digest_algorithms: Vec<sip_digest::Algorithm>,
+    pub nonce_lifetime_secs: u64,
+}
+
+impl ServerConfig {
+    /// Defaults: UDP and TCP on 0.0.0.0:5060, TLS on 0.0.0.0:5061, HTTP on 127.0.0.1:8060.
+    pub fn with_defaults(data_dir: PathBuf) -> ServerConfig {
+        let any = |p| Listen::On(SocketAddr::from(([0, 0, 0, 0], p)));
+        ServerConfig {
+            data_dir,
+            domains: Vec::new(),
+            hostnames: Vec::new(),
+            sip_udp: any(5060),
+            sip_tcp: any(5060),
+            sip_tls: any(5061),
+            http: Listen::On(SocketAddr::from(([127, 0, 0, 1], 8060))),
+            tls_certificate: None,
+            tls_private_key: None,
+            max_message_size: 128 * 1024,
+            idle_timeout_secs: 3900,
+            max_connections: 20_000,
+            registrar: Default::default(),
+            digest_algorithms: vec![sip_digest::Algorithm::Sha256, sip_digest::Algorithm::Md5],
+            nonce_lifetime_secs: 300,
+        }
+    }
+
+    /// Applies a config file over the defaults.
+    pub fn apply_file(&mut self, f: FileConfig) -> Result<()> {
+        if let Some(d) = f.domains {
+            self.domains = d;
+        }
+        if let Some(h) = f.hostnames {
+            self.hostnames = h;
+        }
+        if let Some(s) = f.sip {
+            self.sip_udp = s.udp.unwrap_or(self.sip_udp);
+            self.sip_tcp = s.tcp.unwrap_or(self.sip_tcp);
+            self.sip_tls = s.tls.unwrap_or(self.sip_tls);
+            self.max_message_size = s.max_message_size.unwrap_or(self.max_message_size);
+            self.idle_timeout_secs = s.idle_timeout_secs.unwrap_or(self.idle_timeout_secs);
+            self.max_connections = s.max_connections.unwrap_or(self.max_connections);
+        }
+        if let Some(t) = f.tls {
+            self.tls_certificate = t.certificate.or(self.tls_certificate.take());
+            self.tls_private_key = t.private_key.or(self.tls_private_key.take());
+        }
+        if let Some(h) = f.http {
+            self.http = h.listen.unwrap_or(self.http);
+        }
+        if let Some(r) = f.registrar {
+            let reg = &mut self.registrar;
+            reg.default_expires = r.default_expires.unwrap_or(reg.default_expires);
+            reg.min_expires = r.min_expires.unwrap_or(reg.min_expires);
+            reg.max_expires = r.max_expires.unwrap_or(reg.max_expires);
+            reg.max_bindings_per_aor = r.max_devices_per_user.unwrap_or(reg.max_bindings_per_aor);
+        }
+        if let Some(a) = f.auth {
+            if let Some(list) = a.digest_algorithms {
+                let mut algs = Vec::new();
+                for name in list {
+                    match sip_digest::Algorithm::from_param(Some(&name)) {
+                        Some(alg) => algs.push(alg),
+                        None => bail!("unknown digest algorithm '{name}' (use \"SHA-256\" or \"MD5\")"),
+                    }
+                }
+                if algs.is_empty() {
+                    bail!("auth.digest_algorithms must name at least one algorithm");
+                }
+                self.digest_algorithms = algs;
+            }
+            self.nonce_lifetime_secs = a.nonce_lifetime_secs.unwrap_or(self.nonce_lifetime_secs);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,261 @@
+//! The `switchboard` command: `serve` runs the server; `user` manages the directory.
+
+use std::io::{BufRead as _, IsTerminal as _};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use switchboard::config::{FileConfig, Listen, ServerConfig};
+use switchboard_store::Address;
+
+#[derive(Parser)]
+#[command(name = "switchboard", version, about = "IM and presence server (SIP/SIMPLE and the Lync dialect)")]
+struct Cli {
+    /// Data directory (database, generated TLS certificate).
+    #[arg(long, global = true, env = "SWITCHBOARD_DATA_DIR", default_value = "./switchboard-data")]
+    data_dir: PathBuf,
+    /// Log format.
+    #[arg(long, global = true, value_enum, env = "SWITCHBOARD_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
+    /// Log filter (e.g. info, debug, switchboard_proxy=debug); RUST_LOG also works.
+    #[arg(long, global = true, env = "SWITCHBOARD_LOG")]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML configuration file; flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// A domain to serve (repeatable); the domains of the users are always served.
+    #[arg(long = "domain")]
+    domains: Vec<String>,
+    /// SIP over UDP: ADDR or off [default 0.0.0.0:5060].
+    #[arg(long)]
+    sip_udp: Option<Listen>,
+    /// SIP over TCP: ADDR or off [default 0.0.0.0:5060].
+    #[arg(long)]
+    sip_tcp: Option<Listen>,
+    /// SIP over TLS: ADDR or off [default 0.0.0.0:5061].
+    #[arg(long)]
+    sip_tls: Option<Listen>,
+    /// HTTP status endpoints: ADDR or off [default 127.0.0.1:8060].
+    #[arg(long)]
+    http: Option<Listen>,
+}
+
+#[derive(Args)]
+struct PasswordArgs {
+    /// The password (visible to other local users in the process list; prefer --password-stdin).
+    #[arg(long, conflicts_with = "password_stdin")]
+    password: Option<String>,
+    /// Read the password from the first line of standard input.
+    #[arg(long)]
+    password_stdin: bool,
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user: ADDRESS is alice@example.com or sip:alice@example.com.
+    Add {
+        address: String,
+        #[command(flatten)]
+        password: PasswordArgs,
+        #[arg(long)]
+        display_name: Option<String>,
+    },
+    /// List users.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a user's password.
+    Passwd {
+        address: String,
+        #[command(flatten)]
+        password: PasswordArgs,
+    },
+    /// Stop a user from signing in (existing data kept).
+    Disable { address: String },
+    /// Let a disabled user sign in again.
+    Enable { address: String },
+    /// Delete a user.
+    Remove { address: String },
+}
+
+fn read_password(p: &PasswordArgs) -> Result<String> {
+    let pw = match (&p.password, p.password_stdin) {
+        (Some(pw), false) => pw.clone(),
+        (None, true) => {
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line).context("cannot read the password from standard input")?;
+            line.trim_end_matches(['\r', '\n']).to_owned()
+        }
+        _ => bail!("give the password with --password PW or --password-stdin"),
+    };
+    if pw.is_empty() {
+        bail!("the password must not be empty");
+    }
+    Ok(pw)
+}
+
+fn init_logging(format: Option<LogFormat>, level: Option<&str>, file_format: Option<&str>, file_level: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level.or(file_level) {
+        Some(l) => EnvFilter::new(l),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let json = match format {
+        Some(f) => f == LogFormat::Json,
+        None => file_format == Some("json"),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("switchboard: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(cli.data_dir, cli.log_format, cli.log_level, args),
+        Command::User(cmd) => user(&cli.data_dir, cmd),
+    }
+}
+
+fn serve(data_dir: PathBuf, log_format: Option<LogFormat>, log_level: Option<String>, args: ServeArgs) -> Result<()> {
+    let file = match &args.config {
+        Some(p) => FileConfig::load(p)?,
+        None => FileConfig::default(),
+    };
+    let (file_format, file_level) = file
+        .log
+        .as_ref()
+        .map(|l| (l.format.clone(), l.level.clone()))
+        .unwrap_or_default();
+    if let Some(f) = &file_format {
+        if f != "human" && f != "json" {
+            bail!("log.format must be \"human\" or \"json\", not \"{f}\"");
+        }
+    }
+    init_logging(log_format, log_level.as_deref(), file_format.as_deref(), file_level.as_deref());
+    let mut cfg = ServerConfig::with_defaults(data_dir);
+    cfg.apply_file(file)?;
+    cfg.domains.extend(args.domains);
+    cfg.sip_udp = args.sip_udp.unwrap_or(cfg.sip_udp);
+    cfg.sip_tcp = args.sip_tcp.unwrap_or(cfg.sip_tcp);
+    cfg.sip_tls = args.sip_tls.unwrap_or(cfg.sip_tls);
+    cfg.http = args.http.unwrap_or(cfg.http);
+    if [cfg.sip_udp, cfg.sip_tcp, cfg.sip_tls].iter().all(|l| *l == Listen::Off) {
+        bail!("every SIP transport is off; turn at least one on (--sip-udp, --sip-tcp, --sip-tls)");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let server = switchboard::server::start(cfg.clone()).await?;
+        if let Some(ca) = &server.ca_cert {
+            tracing::info!(ca = %ca.display(), "TLS uses a generated certificate; give clients this CA file to trust");
+        }
+        if let Some(h) = server.http {
+            tracing::info!(address = %h, "HTTP status at /healthz and /status");
+        }
+        let domains = server.core.location().counts();
+        tracing::info!(data_dir = %cfg.data_dir.display(), registered = domains.1, "switchboard ready");
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        server.shutdown();
+        // Let writers flush final responses and connections close.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        Ok::<_, anyhow::Error>(())
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn user(data_dir: &std::path::Path, cmd: UserCommand) -> Result<()> {
+    let dir = switchboard_store::open(data_dir)
+        .with_context(|| format!("cannot open the data directory {}", data_dir.display()))?;
+    let parse = |a: &str| Address::parse(a).map_err(anyhow::Error::from);
+    match cmd {
+        UserCommand::Add { address, password, display_name } => {
+            let a = parse(&address)?;
+            let pw = read_password(&password)?;
+            dir.add(&a, &pw, display_name.as_deref())?;
+            println!("added sip:{a}");
+        }
+        UserCommand::List { json } => {
+            let users = dir.list()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&users)?);
+            } else if users.is_empty() {
+                println!("no users; add one with: switchboard user add alice@example.com --password-stdin");
+            } else {
+                println!("{:<40} {:<8} DISPLAY NAME", "ADDRESS", "STATE");
+                for u in users {
+                    let state = if u.enabled { "enabled" } else { "disabled" };
+                    println!("{:<40} {:<8} {}", format!("sip:{}", u.address), state, u.display_name.unwrap_or_default());
+                }
+            }
+        }
+        UserCommand::Passwd { address, password } => {
+            let a = parse(&address)?;
+            let pw = read_password(&password)?;
+            dir.set_password(&a, &pw)?;
+            println!("password changed for sip:{a}");
+        }
+        UserCommand::Disable { address } => {
+            let a = parse(&address)?;
+            dir.set_enabled(&a, false)?;
+            println!("disabled sip:{a}");
+        }
+        UserCommand::Enable { address } => {
+            let a = parse(&address)?;
+            dir.set_enabled(&a, true)?;
+            println!("enabled sip:{a}");
+        }
+        UserCommand::Remove { address } => {
+            let a = parse(&address)?;
+            dir.remove(&a)?;
+            println!("removed sip:{a}");
+        }
+    }
+    Ok(())
+}

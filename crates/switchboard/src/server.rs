@@ -1,0 +1,153 @@
+//! Wiring one Standard Edition server: store, transports, transactions, core, HTTP.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use sip_transaction::{Timers, TransactionLayer};
+use sip_transport::{TransportKind, Transports, TransportsConfig};
+use switchboard_proxy::{Core, ProxyConfig, RelayAll};
+use switchboard_registrar::Location;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::watch;
+
+use crate::config::{Listen, ServerConfig};
+
+/// A started server: where it listens, and how to stop it.
+pub struct RunningServer {
+    pub sip_udp: Option<SocketAddr>,
+    pub sip_tcp: Option<SocketAddr>,
+    pub sip_tls: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+    /// The private CA that signed a generated TLS certificate, to hand to clients.
+    pub ca_cert: Option<PathBuf>,
+    pub core: Arc<Core>,
+    transports: Transports,
+    stop: watch::Sender<bool>,
+}
+
+impl RunningServer {
+    /// Stops listening and closes connections.
+    pub fn shutdown(&self) {
+        self.transports.shutdown();
+        let _ = self.stop.send(true);
+    }
+}
+
+fn listen_error(what: &str, flag: &str, addr: SocketAddr, e: std::io::Error) -> anyhow::Error {
+    let hint = match e.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            "another program already uses this port; pick another with {flag} ADDR, or turn it off with {flag} off"
+        ),
+        std::io::ErrorKind::PermissionDenied => format!(
+            "not allowed to bind this address (ports below 1024 need privileges); use {flag} ADDR"
+        ),
+        std::io::ErrorKind::AddrNotAvailable => "this host has no such address".to_string(),
+        _ => format!("use {flag} ADDR or {flag} off"),
+    };
+    anyhow::anyhow!("cannot listen for {what} on {addr}: {e} ({hint})")
+}
+
+/// Opens the store, binds every listener, and starts serving.
+pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
+    let users = Arc::new(
+        switchboard_store::open(&cfg.data_dir)
+            .with_context(|| format!("cannot open the data directory {}", cfg.data_dir.display()))?,
+    );
+    let transports = Transports::new(TransportsConfig {
+        max_message_size: cfg.max_message_size,
+        idle_timeout: Duration::from_secs(cfg.idle_timeout_secs),
+        max_connections: cfg.max_connections,
+        ..Default::default()
+    });
+    let layer = TransactionLayer::new(transports.clone(), Timers::default());
+
+    // Bind everything before serving anything, so a bad address fails the start cleanly.
+    let udp = match cfg.sip_udp {
+        Listen::On(a) => Some(UdpSocket::bind(a).await.map_err(|e| listen_error("SIP over UDP", "--sip-udp", a, e))?),
+        Listen::Off => None,
+    };
+    let tcp = match cfg.sip_tcp {
+        Listen::On(a) => Some(TcpListener::bind(a).await.map_err(|e| listen_error("SIP over TCP", "--sip-tcp", a, e))?),
+        Listen::Off => None,
+    };
+    let tls = match cfg.sip_tls {
+        Listen::On(a) => Some(TcpListener::bind(a).await.map_err(|e| listen_error("SIP over TLS", "--sip-tls", a, e))?),
+        Listen::Off => None,
+    };
+    let http = match cfg.http {
+        Listen::On(a) => Some(TcpListener::bind(a).await.map_err(|e| listen_error("HTTP", "--http", a, e))?),
+        Listen::Off => None,
+    };
+
+    let mut ca_cert = None;
+    let tls_acceptor = match (&tls, &cfg.tls_certificate, &cfg.tls_private_key) {
+        (None, _, _) => None,
+        (Some(_), Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
+        (Some(_), None, None) => {
+            let mut names: Vec<String> = cfg.hostnames.clone();
+            names.extend(cfg.domains.iter().cloned());
+            names.extend(users.domains().unwrap_or_default());
+            names.extend(["localhost".into(), "127.0.0.1".into(), "::1".into()]);
+            if let Listen::On(a) = cfg.sip_tls {
+                if !a.ip().is_unspecified() {
+                    names.push(a.ip().to_string());
+                } else if let Ok(h) = std::fs::read_to_string("/etc/hostname") {
+                    names.push(h.trim().to_string());
+                }
+            }
+            names.retain(|n| !n.is_empty());
+            let paths = crate::tls::ensure_generated(&cfg.data_dir, &names)
+                .context("cannot create the TLS certificate in the data directory")?;
+            ca_cert = Some(paths.ca_cert.clone());
+            Some(crate::tls::server_config(&paths.cert, &paths.key)?)
+        }
+        _ => anyhow::bail!("TLS needs both tls.certificate and tls.private_key in the config (or neither, to use a generated one)"),
+    };
+
+    let location = Arc::new(Location::new(cfg.registrar.clone()));
+    let core = Core::new(
+        layer.clone(),
+        users.clone(),
+        location,
+        ProxyConfig {
+            domains: cfg.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            digest_algorithms: cfg.digest_algorithms.clone(),
+            nonce_lifetime: Duration::from_secs(cfg.nonce_lifetime_secs),
+            hostnames: cfg.hostnames.clone(),
+            ..Default::default()
+        },
+        Arc::new(RelayAll),
+    );
+    let sip_udp = match udp {
+        Some(s) => Some(transports.add_udp(s)?),
+        None => None,
+    };
+    let sip_tcp = match tcp {
+        Some(l) => Some(transports.add_tcp_listener(l)?),
+        None => None,
+    };
+    let sip_tls = match (tls, tls_acceptor) {
+        (Some(l), Some(cfg)) => Some(transports.add_tls_listener(l, tokio_rustls::TlsAcceptor::from(cfg))?),
+        _ => None,
+    };
+    core.attach();
+
+    let (stop, stop_rx) = watch::channel(false);
+    let http_addr = match http {
+        Some(l) => {
+            let addr = l.local_addr()?;
+            tokio::spawn(crate::http::serve(l, core.clone(), transports.clone(), layer.clone(), stop_rx));
+            Some(addr)
+        }
+        None => None,
+    };
+    for (kind, addr) in [(TransportKind::Udp, sip_udp), (TransportKind::Tcp, sip_tcp), (TransportKind::Tls, sip_tls)] {
+        if let Some(a) = addr {
+            tracing::info!(transport = %kind, address = %a, "listening for SIP");
+        }
+    }
+    Ok(RunningServer { sip_udp, sip_tcp, sip_tls, http: http_addr, ca_cert, core, transports, stop })
+}
