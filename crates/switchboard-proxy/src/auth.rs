@@ -42,9 +42,6 @@ impl Core {
         let Some(alg) = Algorithm::from_param(creds.param("algorithm")) else {
             return AuthResult::Challenge { stale: false };
         };
-        if !self.config.digest_algorithms.contains(&alg) {
-            return AuthResult::Challenge { stale: false };
-        }
         let qop = creds.param("qop");
         if qop.is_some_and(|q| !q.eq_ignore_ascii_case("auth")) {
             return AuthResult::Challenge { stale: false };

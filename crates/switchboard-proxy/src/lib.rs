@@ -50,7 +50,8 @@ pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, I
 pub struct ProxyConfig {
     /// Domains served in addition to those of the users in the directory.
     pub domains: Vec<String>,
-    /// Digest algorithms offered, most preferred first.
+    /// Digest algorithms offered in challenges, most preferred first. Responses computed
+    /// with MD5 or SHA-256 are accepted whichever was offered.
     pub digest_algorithms: Vec<Algorithm>,
     pub nonce_lifetime: Duration,
     /// Server / User-Agent product token.
@@ -63,7 +64,7 @@ impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
             domains: Vec::new(),
-            digest_algorithms: vec![Algorithm::Sha256, Algorithm::Md5],
+            digest_algorithms: vec![Algorithm::Md5],
             nonce_lifetime: Duration::from_secs(300),
             server_name: format!("Switchboard/{}", env!("CARGO_PKG_VERSION")),
             hostnames: Vec::new(),

@@ -143,7 +143,11 @@ impl ServerConfig {
             idle_timeout_secs: 3900,
             max_connections: 20_000,
             registrar: Default::default(),
-            digest_algorithms: vec![sip_digest::Algorithm::Sha256, sip_digest::Algorithm::Md5],
+            // MD5 only by default: baresip 1.0 (libre) gives up ("Function not implemented")
+            // when any challenge names another algorithm, and JsSIP reads only the first.
+            // Credentials computed with SHA-256 are accepted whichever challenge was sent;
+            // `auth.digest_algorithms = ["SHA-256", "MD5"]` offers both (RFC 8760 §2.4).
+            digest_algorithms: vec![sip_digest::Algorithm::Md5],
             nonce_lifetime_secs: 300,
         }
     }

@@ -1,0 +1,172 @@
+#!/usr/bin/env python3
+"""baresip (Debian 12, 1.0.0) against Switchboard: registration with Digest, pager-mode
+MESSAGE both ways, and a MESSAGE forked to both of a user's devices.
+
+Usage: baresip_im.py udp|tcp|tls     (needs the switchboard binary built; see sbtest.py)
+
+baresip is driven through its ctrl_tcp module (netstring JSON) and its 'cons' console,
+where each incoming MESSAGE is printed as  sip:peer: "text".
+"""
+import json, os, re, socket, subprocess, sys, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sbtest import Results, Server, free_port
+
+ANSI = re.compile(r'\x1b\[[0-9;]*m')
+
+
+class Ctrl:
+    """ctrl_tcp client: netstring-framed JSON commands and responses."""
+
+    def __init__(self, port, timeout=15):
+        end = time.time() + timeout
+        while True:
+            try:
+                self.sock = socket.create_connection(('127.0.0.1', port), timeout=1)
+                break
+            except OSError:
+                if time.time() > end:
+                    raise
+                time.sleep(0.1)
+        self.buf, self.seq = b'', 0
+
+    def _frame(self, timeout):
+        self.sock.settimeout(timeout)
+        while True:
+            head, sep, rest = self.buf.partition(b':')
+            if sep and head.isdigit() and len(rest) > int(head):
+                n = int(head)
+                self.buf = rest[n + 1:]
+                return json.loads(rest[:n])
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError('baresip closed its control socket')
+            self.buf += chunk
+
+    def cmd(self, command, params='', timeout=5):
+        self.seq += 1
+        token = 'q%d' % self.seq
+        body = json.dumps({'command': command, 'params': params, 'token': token}).encode()
+        self.sock.sendall(b'%d:%s,' % (len(body), body))
+        end = time.time() + timeout
+        while time.time() < end:
+            msg = self._frame(max(0.05, end - time.time()))
+            if msg.get('response') and msg.get('token') == token:
+                return msg
+        raise TimeoutError(command)
+
+
+class Console:
+    """The 'cons' module: after one key press, UI output (incoming IM) streams here."""
+
+    def __init__(self, port):
+        end = time.time() + 15
+        while True:
+            try:
+                self.sock = socket.create_connection(('127.0.0.1', port), timeout=1)
+                break
+            except OSError:
+                if time.time() > end:
+                    raise
+                time.sleep(0.1)
+        self.sock.sendall(b'r')
+        self.text = ''
+
+    def wait_for(self, pattern, timeout=8):
+        end = time.time() + timeout
+        while True:
+            m = re.search(pattern, ANSI.sub('', self.text))
+            if m or time.time() >= end:
+                return m
+            self.sock.settimeout(max(0.05, end - time.time()))
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            if not data:
+                return None
+            self.text += data.decode(errors='replace')
+
+
+class Baresip:
+    def __init__(self, workdir, name, user, server, transport, contacts):
+        self.dir = os.path.join(workdir, name)
+        os.makedirs(self.dir, exist_ok=True)
+        sip, self.ctrl_port, self.cons_port = free_port(both=True), free_port(), free_port()
+        port = server.tls_port if transport == 'tls' else server.port
+        with open(os.path.join(self.dir, 'config'), 'w') as f:
+            f.write('\n'.join([
+                'poll_method epoll', 'sip_listen 127.0.0.1:%d' % sip, 'sip_trans_def %s' % transport,
+                'audio_player none', 'audio_source none', 'audio_alert none', 'video_source none',
+                'module_path /usr/lib/baresip/modules', 'module g711.so',
+                'module_app account.so', 'module_app contact.so', 'module_app menu.so',
+                'module_app ctrl_tcp.so', 'ctrl_tcp_listen 127.0.0.1:%d' % self.ctrl_port,
+                'module_app cons.so', 'cons_listen 127.0.0.1:%d' % self.cons_port,
+                'dns_server 127.0.0.1:53', '']))
+        with open(os.path.join(self.dir, 'accounts'), 'w') as f:
+            f.write('<sip:%s@127.0.0.1>;auth_user=%s;auth_pass=pw-%s;outbound="sip:127.0.0.1:%d;transport=%s";regint=600\n'
+                    % (user, user, user, port, transport))
+        with open(os.path.join(self.dir, 'contacts'), 'w') as f:
+            for c in contacts:
+                f.write('"%s" <sip:%s@127.0.0.1>\n' % (c, c))
+        self.log = open(self.dir + '.log', 'w')
+        self.proc = subprocess.Popen(['baresip', '-f', self.dir], stdin=subprocess.DEVNULL, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.ctrl = Ctrl(self.ctrl_port)
+        self.cons = Console(self.cons_port)
+        self.aor = 'sip:%s@127.0.0.1' % user
+
+    def registered(self, timeout=10):
+        end = time.time() + timeout
+        while time.time() < end:
+            info = ANSI.sub('', self.ctrl.cmd('reginfo')['data'])
+            if re.search(re.escape(self.aor) + r'\s+OK', info):
+                return True
+            time.sleep(0.1)
+        return False
+
+    def stop(self):
+        try:
+            self.ctrl.cmd('quit', timeout=2)
+        except Exception:
+            pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def main():
+    transport = sys.argv[1] if len(sys.argv) > 1 else 'udp'
+    r = Results('baresip-' + transport)
+    server = Server(['alice', 'bob'])
+    clients = []
+    try:
+        alice = Baresip(server.dir, 'alice', 'alice', server, transport, ['bob']); clients.append(alice)
+        bob1 = Baresip(server.dir, 'bob1', 'bob', server, transport, ['alice']); clients.append(bob1)
+        bob2 = Baresip(server.dir, 'bob2', 'bob', server, transport, ['alice']); clients.append(bob2)
+        for c, who in ((alice, 'alice'), (bob1, 'bob device 1'), (bob2, 'bob device 2')):
+            r.check('%s registers with Digest' % who, c.registered())
+        status = json.loads(__import__('urllib.request').request.urlopen(
+            'http://127.0.0.1:%d/status' % server.http_port, timeout=5).read())
+        r.check('server counts 3 devices of 2 users', status['registered_devices'] == 3 and status['registered_users'] == 2, str(status))
+
+        alice.ctrl.cmd('message', 'hello bob, from alice')
+        for c, who in ((bob1, 'device 1'), (bob2, 'device 2')):
+            m = c.cons.wait_for(r'sip:alice@127\.0\.0\.1: "hello bob, from alice"')
+            r.check('bob %s receives alice\'s MESSAGE' % who, bool(m), '' if m else c.cons.text[-300:])
+        bob1.ctrl.cmd('message', 'hi alice, bob here')
+        m = alice.cons.wait_for(r'sip:bob@127\.0\.0\.1: "hi alice, bob here"')
+        r.check('alice receives bob\'s reply', bool(m), '' if m else alice.cons.text[-300:])
+    finally:
+        for c in clients:
+            c.stop()
+        server.stop()
+    if r.failed:
+        print(server.tail())
+    r.exit()
+
+
+if __name__ == '__main__':
+    main()

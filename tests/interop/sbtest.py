@@ -1,0 +1,92 @@
+"""Shared helpers for the interop tests: start a Switchboard server on loopback with a
+fresh data directory, add users, and stop it by pid. Every wait is bounded."""
+import os, shutil, signal, socket, subprocess, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.environ.get('SWITCHBOARD_BIN', os.path.join(ROOT, 'target', 'debug', 'switchboard'))
+
+
+class Results:
+    def __init__(self, suite):
+        self.suite, self.passed, self.failed = suite, 0, 0
+
+    def check(self, name, ok, detail=''):
+        print('%s %s: %s %s' % ('PASS' if ok else 'FAIL', self.suite, name, detail), flush=True)
+        if ok:
+            self.passed += 1
+        else:
+            self.failed += 1
+        return ok
+
+    def exit(self):
+        print('%s: %d passed, %d failed' % (self.suite, self.passed, self.failed), flush=True)
+        raise SystemExit(0 if self.failed == 0 and self.passed > 0 else 1)
+
+
+def free_port(kind=socket.SOCK_STREAM, both=False):
+    """A port free for TCP (and UDP if both) on 127.0.0.1."""
+    for _ in range(100):
+        s = socket.socket(socket.AF_INET, kind)
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+        s.close()
+        if both:
+            try:
+                u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                u.bind(('127.0.0.1', port))
+                u.close()
+            except OSError:
+                continue
+        return port
+    raise RuntimeError('no free port')
+
+
+class Server:
+    """A switchboard process with its own data directory."""
+
+    def __init__(self, users, domain='127.0.0.1', workdir=None):
+        self.dir = workdir or tempfile.mkdtemp(prefix='sb-interop-')
+        self.data = os.path.join(self.dir, 'data')
+        self.port = free_port(both=True)
+        self.tls_port = free_port()
+        self.http_port = free_port()
+        for user in users:
+            self.cli('user', 'add', '%s@%s' % (user, domain), '--password', 'pw-' + user)
+        self.log_path = os.path.join(self.dir, 'server.log')
+        self.log = open(self.log_path, 'w')
+        self.proc = subprocess.Popen(
+            [BIN, '--data-dir', self.data, '--log-level', os.environ.get('SB_LOG', 'info'), 'serve',
+             '--sip-udp', '127.0.0.1:%d' % self.port, '--sip-tcp', '127.0.0.1:%d' % self.port,
+             '--sip-tls', '127.0.0.1:%d' % self.tls_port, '--http', '127.0.0.1:%d' % self.http_port],
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                socket.create_connection(('127.0.0.1', self.port), timeout=0.5).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError('switchboard did not start; log:\n' + open(self.log_path).read())
+
+    def cli(self, *args):
+        out = subprocess.run([BIN, '--data-dir', self.data] + list(args), capture_output=True, text=True, timeout=30)
+        if out.returncode != 0:
+            raise RuntimeError('switchboard %s failed: %s' % (' '.join(args), out.stderr))
+        return out.stdout
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+    def tail(self, n=40):
+        with open(self.log_path) as f:
+            return ''.join(f.readlines()[-n:])
