@@ -93,10 +93,9 @@ pub fn digests_equal(a: &str, b: &str) -> bool {
     if a.len() != b.len() {
         return false;
     }
-    a.iter()
-        .zip(b)
-        .fold(0u8, |acc, (x, y)| acc | (x.to_ascii_lowercase() ^ y.to_ascii_lowercase()))
-        == 0
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| {
+        acc | (x.to_ascii_lowercase() ^ y.to_ascii_lowercase())
+    }) == 0
 }
 
 /// What a nonce turned out to be.
@@ -120,7 +119,10 @@ const NONCE_RAW: usize = 8 + 8 + 12;
 
 impl NonceIssuer {
     pub fn new(lifetime_secs: u64) -> Self {
-        NonceIssuer { key: rand::random(), lifetime_secs }
+        NonceIssuer {
+            key: rand::random(),
+            lifetime_secs,
+        }
     }
 
     pub fn lifetime_secs(&self) -> u64 {
@@ -171,7 +173,10 @@ pub struct ReplayGuard {
 
 impl ReplayGuard {
     pub fn new(lifetime_secs: u64) -> Self {
-        ReplayGuard { seen: Mutex::new(HashMap::new()), lifetime_secs }
+        ReplayGuard {
+            seen: Mutex::new(HashMap::new()),
+            lifetime_secs,
+        }
     }
 
     /// Accepts `nc` for `nonce` only if it is higher than any accepted before. `nc = None`
@@ -214,7 +219,12 @@ mod tests {
     #[test]
     fn rfc2617_example() {
         // RFC 2617 §3.5 (MD5, qop=auth).
-        let h = ha1(Algorithm::Md5, "Mufasa", "testrealm@host.com", "Circle Of Life");
+        let h = ha1(
+            Algorithm::Md5,
+            "Mufasa",
+            "testrealm@host.com",
+            "Circle Of Life",
+        );
         let r = response(
             Algorithm::Md5,
             &h,
@@ -233,7 +243,12 @@ mod tests {
     #[test]
     fn rfc7616_sha256_example() {
         // RFC 7616 §3.9.1 (SHA-256, qop=auth).
-        let h = ha1(Algorithm::Sha256, "Mufasa", "http-auth@example.org", "Circle of Life");
+        let h = ha1(
+            Algorithm::Sha256,
+            "Mufasa",
+            "http-auth@example.org",
+            "Circle of Life",
+        );
         let r = response(
             Algorithm::Sha256,
             &h,
@@ -246,7 +261,10 @@ mod tests {
                 cnonce: Some("f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ"),
             },
         );
-        assert_eq!(r, "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1");
+        assert_eq!(
+            r,
+            "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1"
+        );
     }
 
     #[test]
@@ -257,8 +275,14 @@ mod tests {
         assert_eq!(n.check(&nonce, 1301), NonceState::Expired);
         let mut forged = nonce.clone().into_bytes();
         forged[2] ^= 1;
-        assert_eq!(n.check(std::str::from_utf8(&forged).unwrap(), 1000), NonceState::Unknown);
-        assert_eq!(NonceIssuer::new(300).check(&nonce, 1000), NonceState::Unknown);
+        assert_eq!(
+            n.check(std::str::from_utf8(&forged).unwrap(), 1000),
+            NonceState::Unknown
+        );
+        assert_eq!(
+            NonceIssuer::new(300).check(&nonce, 1000),
+            NonceState::Unknown
+        );
     }
 
     #[test]

@@ -14,10 +14,16 @@ pub struct ParseError {
 
 impl ParseError {
     pub(crate) fn syntax(reason: impl Into<String>) -> Self {
-        ParseError { reason: reason.into(), status: 400 }
+        ParseError {
+            reason: reason.into(),
+            status: 400,
+        }
     }
     pub(crate) fn with_status(status: u16, reason: impl Into<String>) -> Self {
-        ParseError { reason: reason.into(), status }
+        ParseError {
+            reason: reason.into(),
+            status,
+        }
     }
 }
 

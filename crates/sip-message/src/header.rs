@@ -150,18 +150,37 @@ impl Headers {
     }
 
     pub fn push(&mut self, name: HeaderName, value: impl Into<String>) {
-        self.0.push(Header { name, value: value.into() });
+        self.0.push(Header {
+            name,
+            value: value.into(),
+        });
     }
 
     /// Inserts before every other header field (a proxy's Via, RFC 3261 §16.6 step 8).
     pub fn push_front(&mut self, name: HeaderName, value: impl Into<String>) {
-        self.0.insert(0, Header { name, value: value.into() });
+        self.0.insert(
+            0,
+            Header {
+                name,
+                value: value.into(),
+            },
+        );
     }
 
     /// Inserts before the first line of the same name, or at the end.
     pub fn insert_first(&mut self, name: HeaderName, value: impl Into<String>) {
-        let at = self.0.iter().position(|h| h.name.matches(&name)).unwrap_or(self.0.len());
-        self.0.insert(at, Header { name, value: value.into() });
+        let at = self
+            .0
+            .iter()
+            .position(|h| h.name.matches(&name))
+            .unwrap_or(self.0.len());
+        self.0.insert(
+            at,
+            Header {
+                name,
+                value: value.into(),
+            },
+        );
     }
 
     /// Replaces every line of `name` with one line holding `value`.

@@ -318,7 +318,9 @@ pub fn response_from_headers(
         } else if h.name == HeaderName::To {
             let mut value = h.value.clone();
             if let Some(tag) = to_tag {
-                let has_tag = NameAddr::parse(&value).map(|n| n.tag().is_some()).unwrap_or(true);
+                let has_tag = NameAddr::parse(&value)
+                    .map(|n| n.tag().is_some())
+                    .unwrap_or(true);
                 if !has_tag && status > 100 {
                     value.push_str(";tag=");
                     value.push_str(tag);
@@ -328,7 +330,10 @@ pub fn response_from_headers(
         }
     }
     Message {
-        start: StartLine::Response { status, reason: reason.to_owned() },
+        start: StartLine::Response {
+            status,
+            reason: reason.to_owned(),
+        },
         headers,
         body: Bytes::new(),
     }

@@ -29,7 +29,10 @@ pub enum Frame {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
     #[error("message larger than {limit} bytes")]
-    TooLarge { limit: usize, head_len: Option<usize> },
+    TooLarge {
+        limit: usize,
+        head_len: Option<usize>,
+    },
     #[error("missing Content-Length on a stream transport")]
     MissingContentLength { head_len: usize },
     #[error("bad Content-Length: {0}")]
@@ -45,10 +48,13 @@ fn scan_content_length(head: &[u8]) -> Result<Option<usize>, String> {
     let mut found = None;
     for line in head.split(|&b| b == b'\n').skip(1) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
         let name = line[..colon].trim_ascii();
         if name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"l") {
-            let v = std::str::from_utf8(line[colon + 1..].trim_ascii()).map_err(|e| e.to_string())?;
+            let v =
+                std::str::from_utf8(line[colon + 1..].trim_ascii()).map_err(|e| e.to_string())?;
             let n = parse_u32(v, "Content-Length").map_err(|e| e.reason)? as usize;
             if found.is_some_and(|f| f != n) {
                 return Err("conflicting Content-Length values".into());
@@ -65,14 +71,23 @@ pub fn frame_stream(buf: &[u8], max: usize) -> Result<Frame, FrameError> {
         return Ok(Frame::Ping(4));
     }
     if buf.starts_with(b"\r\n") {
-        return Ok(if buf.len() == 2 { Frame::Incomplete } else if buf[2] == b'\r' && buf.len() < 4 { Frame::Incomplete } else { Frame::Skip(2) });
+        // "\r\n" or "\r\n\r" may still become a ping: wait for the next octet.
+        let undecided = buf.len() == 2 || (buf.len() == 3 && buf[2] == b'\r');
+        return Ok(if undecided {
+            Frame::Incomplete
+        } else {
+            Frame::Skip(2)
+        });
     }
     if buf == b"\r" {
         return Ok(Frame::Incomplete);
     }
     let Some(head_len) = find_head_end(buf) else {
         if buf.len() > max {
-            return Err(FrameError::TooLarge { limit: max, head_len: None });
+            return Err(FrameError::TooLarge {
+                limit: max,
+                head_len: None,
+            });
         }
         return Ok(Frame::Incomplete);
     };
@@ -81,9 +96,16 @@ pub fn frame_stream(buf: &[u8], max: usize) -> Result<Frame, FrameError> {
         .ok_or(FrameError::MissingContentLength { head_len })?;
     let total = head_len + cl;
     if total > max {
-        return Err(FrameError::TooLarge { limit: max, head_len: Some(head_len) });
+        return Err(FrameError::TooLarge {
+            limit: max,
+            head_len: Some(head_len),
+        });
     }
-    Ok(if buf.len() >= total { Frame::Message(total) } else { Frame::Incomplete })
+    Ok(if buf.len() >= total {
+        Frame::Message(total)
+    } else {
+        Frame::Incomplete
+    })
 }
 
 /// Parses one whole datagram. Trailing octets beyond Content-Length are ignored; without
@@ -121,8 +143,8 @@ fn split_head(head: &[u8]) -> Result<RejectedHead, ParseError> {
 }
 
 fn split_lines(head: &[u8]) -> Result<(String, Option<String>, Headers), ParseError> {
-    let text = std::str::from_utf8(head)
-        .map_err(|_| ParseError::syntax("header section is not UTF-8"))?;
+    let text =
+        std::str::from_utf8(head).map_err(|_| ParseError::syntax("header section is not UTF-8"))?;
     let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
     let start = lines.next().unwrap_or("").to_owned();
     let method = if start.starts_with("SIP/") {
@@ -167,20 +189,28 @@ fn split_lines(head: &[u8]) -> Result<(String, Option<String>, Headers), ParseEr
 
 fn make_header(name: &str, value: String) -> Result<Header, ParseError> {
     let trimmed = value.trim_matches([' ', '\t']);
-    let value = if trimmed.len() == value.len() { value } else { trimmed.to_owned() };
-    Ok(Header { name: HeaderName::from_wire(name), value })
+    let value = if trimmed.len() == value.len() {
+        value
+    } else {
+        trimmed.to_owned()
+    };
+    Ok(Header {
+        name: HeaderName::from_wire(name),
+        value,
+    })
 }
 
 fn parse_framed(data: &[u8], head_len: usize, datagram: bool) -> Result<Message, Rejected> {
     let head_bytes = &data[..head_len];
-    let (start, method, headers) = split_lines(head_bytes)
-        .map_err(|error| Rejected { error, head: None })?;
+    let (start, method, headers) =
+        split_lines(head_bytes).map_err(|error| Rejected { error, head: None })?;
     // Only requests are answered; a bad response is dropped (RFC 4475 §3.1.2.19).
     let reject = |error: ParseError, headers: &Headers| Rejected {
         error,
-        head: method
-            .as_ref()
-            .map(|m| RejectedHead { method: Some(m.clone()), headers: headers.clone() }),
+        head: method.as_ref().map(|m| RejectedHead {
+            method: Some(m.clone()),
+            headers: headers.clone(),
+        }),
     };
     let start_line = match parse_start_line(&start) {
         Ok(s) => s,
@@ -203,10 +233,21 @@ fn parse_framed(data: &[u8], head_len: usize, datagram: bool) -> Result<Message,
         Ok(None) => Bytes::new(),
         Err(e) => return Err(reject(e, &headers)),
     };
-    let msg = Message { start: start_line, headers, body };
+    let msg = Message {
+        start: start_line,
+        headers,
+        body,
+    };
     if let Err(e) = validate(&msg) {
         let headers = msg.headers;
-        return Err(if is_request { reject(e, &headers) } else { Rejected { error: e, head: None } });
+        return Err(if is_request {
+            reject(e, &headers)
+        } else {
+            Rejected {
+                error: e,
+                head: None,
+            }
+        });
     }
     Ok(msg)
 }
@@ -237,11 +278,16 @@ fn parse_start_line(line: &str) -> Result<StartLine, ParseError> {
         if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
             return Err(ParseError::syntax("bad status code"));
         }
-        let status: u16 = code.parse().map_err(|_| ParseError::syntax("bad status code"))?;
+        let status: u16 = code
+            .parse()
+            .map_err(|_| ParseError::syntax("bad status code"))?;
         if !(100..=699).contains(&status) {
             return Err(ParseError::syntax("status code out of range"));
         }
-        return Ok(StartLine::Response { status, reason: reason.to_owned() });
+        return Ok(StartLine::Response {
+            status,
+            reason: reason.to_owned(),
+        });
     }
     // RFC 3261 §7.1: Method SP Request-URI SP SIP-Version, single spaces, no LWS.
     let parts: Vec<&str> = line.split(' ').collect();
@@ -259,7 +305,10 @@ fn parse_start_line(line: &str) -> Result<StartLine, ParseError> {
         return Err(ParseError::syntax("bad SIP version"));
     }
     let uri = Uri::parse(parts[1])?;
-    Ok(StartLine::Request { method: Method::from_token(parts[0]), uri })
+    Ok(StartLine::Request {
+        method: Method::from_token(parts[0]),
+        uri,
+    })
 }
 
 /// Header checks that make a message well-formed (RFC 3261 §8.1.1, §20; RFC 4475).
@@ -313,7 +362,9 @@ fn validate(msg: &Message) -> Result<(), ParseError> {
     }
     if let StartLine::Request { method, uri } = &msg.start {
         if cseq.method != *method {
-            return Err(ParseError::syntax("CSeq method does not match the request method"));
+            return Err(ParseError::syntax(
+                "CSeq method does not match the request method",
+            ));
         }
         if let Uri::Sip(sip) = uri {
             // RFC 3261 §19.1.5: headers are not allowed in a Request-URI.

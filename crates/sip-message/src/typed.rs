@@ -39,7 +39,10 @@ fn finish(c: &mut Cursor<'_>, list: bool, what: &str) -> Result<(), ParseError> 
     if c.is_empty() || (list && c.peek() == Some(',')) {
         Ok(())
     } else {
-        Err(ParseError::syntax(format!("unexpected '{}' in {what}", c.rest())))
+        Err(ParseError::syntax(format!(
+            "unexpected '{}' in {what}",
+            c.rest()
+        )))
     }
 }
 
@@ -96,7 +99,12 @@ impl Via {
         }
         let (host, port) = parse_hostport(sent_by)?;
         let params = parse_params(c, "Via")?;
-        Ok(Via { transport, host, port, params })
+        Ok(Via {
+            transport,
+            host,
+            port,
+            params,
+        })
     }
 
     pub fn parse(s: &str) -> Result<Via, ParseError> {
@@ -144,7 +152,11 @@ pub struct NameAddr {
 
 impl NameAddr {
     pub fn new(uri: Uri) -> Self {
-        NameAddr { display: None, uri, params: Params::default() }
+        NameAddr {
+            display: None,
+            uri,
+            params: Params::default(),
+        }
     }
 
     fn parse_one(c: &mut Cursor<'_>) -> Result<NameAddr, ParseError> {
@@ -199,7 +211,11 @@ impl NameAddr {
             Uri::parse(spec)?
         };
         let params = parse_params(c, "name-addr")?;
-        Ok(NameAddr { display, uri, params })
+        Ok(NameAddr {
+            display,
+            uri,
+            params,
+        })
     }
 
     pub fn parse(s: &str) -> Result<NameAddr, ParseError> {
@@ -261,7 +277,10 @@ impl CSeq {
         c.skip_lws();
         let method = c.token("CSeq")?;
         finish(&mut c, false, "CSeq")?;
-        Ok(CSeq { seq, method: Method::from_token(method) })
+        Ok(CSeq {
+            seq,
+            method: Method::from_token(method),
+        })
     }
 }
 

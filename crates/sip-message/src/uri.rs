@@ -125,7 +125,11 @@ impl Params {
     }
     pub fn set(&mut self, name: &str, value: Option<&str>) {
         let v = value.map(str::to_owned);
-        match self.0.iter_mut().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
+        match self
+            .0
+            .iter_mut()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        {
             Some(slot) => slot.1 = v,
             None => self.0.push((name.to_owned(), v)),
         }
@@ -216,7 +220,9 @@ impl SipUri {
             return Err(ParseError::syntax("not a sip: or sips: URI"));
         };
         if let Some(bad) = rest.chars().find(|&c| !is_uri_char(c)) {
-            return Err(ParseError::syntax(format!("character {bad:?} not allowed in a SIP URI")));
+            return Err(ParseError::syntax(format!(
+                "character {bad:?} not allowed in a SIP URI"
+            )));
         }
         check_escapes(rest)?;
         // userinfo ends at the first '@' (user-unreserved may contain ';' and '?').
@@ -252,7 +258,15 @@ impl SipUri {
                 None => params.0.push((p.to_owned(), None)),
             }
         }
-        Ok(SipUri { scheme, user, password, host, port, params, headers })
+        Ok(SipUri {
+            scheme,
+            user,
+            password,
+            host,
+            port,
+            params,
+            headers,
+        })
     }
 
     /// A URI for `user@host`.
@@ -274,7 +288,9 @@ impl SipUri {
 
     /// The `transport` URI parameter, lower-cased.
     pub fn transport(&self) -> Option<String> {
-        self.params.value("transport").map(|t| t.to_ascii_lowercase())
+        self.params
+            .value("transport")
+            .map(|t| t.to_ascii_lowercase())
     }
 
     /// The address-of-record form `sip:user@host` (no port, params or headers), as used
@@ -325,7 +341,10 @@ impl Uri {
             .find(':')
             .ok_or_else(|| ParseError::syntax(format!("'{s}' is not a URI")))?;
         let scheme = &s[..colon];
-        let scheme_ok = scheme.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        let scheme_ok = scheme
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic())
             && scheme
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
@@ -336,7 +355,11 @@ impl Uri {
             return SipUri::parse(s).map(Uri::Sip);
         }
         let rest = &s[colon + 1..];
-        if rest.is_empty() || rest.chars().any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>' || c == '"') {
+        if rest.is_empty()
+            || rest
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>' || c == '"')
+        {
             return Err(ParseError::syntax(format!("bad URI '{s}'")));
         }
         if scheme.eq_ignore_ascii_case("tel") {

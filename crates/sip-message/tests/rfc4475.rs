@@ -34,20 +34,32 @@ fn every_message_gets_its_verdict() {
         match (&result, must_reject) {
             (Ok(msg), false) => {
                 // Serialize and parse again: the same message comes back.
-                let again = parse_datagram(&msg.encode()).unwrap_or_else(|e| panic!("{file} round trip: {e}"));
+                let again = parse_datagram(&msg.encode())
+                    .unwrap_or_else(|e| panic!("{file} round trip: {e}"));
                 assert_eq!(again.start, msg.start, "{file}");
                 assert_eq!(again.body, msg.body, "{file}");
-                assert_eq!(again.headers.0.len(), msg.headers.0.len() + usize::from(!msg.headers.has(&HeaderName::ContentLength)), "{file}");
+                assert_eq!(
+                    again.headers.0.len(),
+                    msg.headers.0.len() + usize::from(!msg.headers.has(&HeaderName::ContentLength)),
+                    "{file}"
+                );
             }
             (Err(rej), true) => {
                 let is_response = data.starts_with(b"SIP/");
                 if is_response {
-                    assert!(rej.head.is_none(), "{file}: a bad response is dropped, not answered");
+                    assert!(
+                        rej.head.is_none(),
+                        "{file}: a bad response is dropped, not answered"
+                    );
                 } else if file != "baddn.dat" {
-                    let head = rej.head.as_ref().unwrap_or_else(|| panic!("{file}: no head to answer"));
+                    let head = rej
+                        .head
+                        .as_ref()
+                        .unwrap_or_else(|| panic!("{file}: no head to answer"));
                     let expected = if file == "badvers.dat" { 505 } else { 400 };
                     assert_eq!(rej.error.status, expected, "{file}: {}", rej.error);
-                    let resp = response_from_headers(&head.headers, rej.error.status, "x", Some("t"));
+                    let resp =
+                        response_from_headers(&head.headers, rej.error.status, "x", Some("t"));
                     assert_eq!(resp.status(), Some(expected));
                 }
             }
@@ -67,7 +79,10 @@ fn details_of_valid_messages() {
     assert_eq!(m.vias().unwrap().len(), 3);
     assert_eq!(m.cseq().unwrap().seq, 9);
     assert_eq!(m.header_u32(&HeaderName::MaxForwards).unwrap(), Some(68));
-    assert_eq!(m.from_header().unwrap().display.as_deref(), Some("J Rosenberg \\\""));
+    assert_eq!(
+        m.from_header().unwrap().display.as_deref(),
+        Some("J Rosenberg \\\"")
+    );
     assert_eq!(m.to_header().unwrap().tag(), Some("1918181833n"));
     assert_eq!(m.body.len(), 150);
     match m.contacts().unwrap() {
@@ -81,7 +96,10 @@ fn details_of_valid_messages() {
     let m = ok("semiuri.dat");
     let uri = m.request_uri().unwrap().as_sip().unwrap();
     assert_eq!(uri.user.as_deref(), Some("user;par=u%40example.net"));
-    assert_eq!(uri.user_unescaped().as_deref(), Some("user;par=u@example.net"));
+    assert_eq!(
+        uri.user_unescaped().as_deref(),
+        Some("user;par=u@example.net")
+    );
 
     let m = ok("escnull.dat");
     match m.contacts().unwrap() {
@@ -94,12 +112,19 @@ fn details_of_valid_messages() {
 
     let m = ok("esc02.dat");
     assert_eq!(m.method(), Some(&Method::Other("RE%47IST%45R".into())));
-    assert_eq!(m.headers.count(&HeaderName::Contact), 2, "C%6Fntact is another header");
+    assert_eq!(
+        m.headers.count(&HeaderName::Contact),
+        2,
+        "C%6Fntact is another header"
+    );
 
     assert_eq!(ok("transports.dat").vias().unwrap().len(), 5);
     assert_eq!(ok("mpart01.dat").body.len(), 553);
     assert_eq!(ok("dblreq.dat").body.len(), 0, "trailing octets ignored");
-    assert!(!ok("inv2543.dat").body.is_empty(), "no Content-Length: body is the rest");
+    assert!(
+        !ok("inv2543.dat").body.is_empty(),
+        "no Content-Length: body is the rest"
+    );
     assert_eq!(ok("noreason.dat").status(), Some(100));
     match ok("unreason.dat").start {
         StartLine::Response { status, reason } => {
@@ -124,13 +149,28 @@ fn details_of_valid_messages() {
 #[test]
 fn stream_framing() {
     // Content-Length larger than what arrived: wait for more (RFC 4475 §3.1.2.2).
-    assert_eq!(frame_stream(&load("clerr.dat"), 65536), Ok(Frame::Incomplete));
-    assert!(matches!(frame_stream(&load("ncl.dat"), 65536), Err(FrameError::BadContentLength(..))));
-    assert!(matches!(frame_stream(&load("mcl01.dat"), 65536), Err(FrameError::BadContentLength(..))));
-    assert!(matches!(frame_stream(&load("inv2543.dat"), 65536), Err(FrameError::MissingContentLength { .. })));
+    assert_eq!(
+        frame_stream(&load("clerr.dat"), 65536),
+        Ok(Frame::Incomplete)
+    );
+    assert!(matches!(
+        frame_stream(&load("ncl.dat"), 65536),
+        Err(FrameError::BadContentLength(..))
+    ));
+    assert!(matches!(
+        frame_stream(&load("mcl01.dat"), 65536),
+        Err(FrameError::BadContentLength(..))
+    ));
+    assert!(matches!(
+        frame_stream(&load("inv2543.dat"), 65536),
+        Err(FrameError::MissingContentLength { .. })
+    ));
     let wsinv = load("wsinv.dat");
     assert_eq!(frame_stream(&wsinv, 65536), Ok(Frame::Message(wsinv.len())));
-    assert!(matches!(frame_stream(&wsinv, 100), Err(FrameError::TooLarge { .. })));
+    assert!(matches!(
+        frame_stream(&wsinv, 100),
+        Err(FrameError::TooLarge { .. })
+    ));
     assert_eq!(frame_stream(b"\r\n\r\n", 100), Ok(Frame::Ping(4)));
     assert_eq!(frame_stream(b"\r\n", 100), Ok(Frame::Incomplete));
     assert_eq!(frame_stream(b"\r\nOPTIONS", 100), Ok(Frame::Skip(2)));

@@ -26,7 +26,10 @@ pub struct ClientTransaction {
 
 /// §17.1.1.3: the ACK for a non-2xx final response to `invite`.
 fn ack_for(invite: &Message, response: &Message) -> Message {
-    let uri = invite.request_uri().cloned().expect("an INVITE has a Request-URI");
+    let uri = invite
+        .request_uri()
+        .cloned()
+        .expect("an INVITE has a Request-URI");
     let mut ack = Message::request(Method::Ack, uri);
     if let Some(v) = invite.headers.get(&HeaderName::Via) {
         let top = sip_message::split_commas(v)[0].to_owned();
@@ -44,7 +47,8 @@ fn ack_for(invite: &Message, response: &Message) -> Message {
         ack.headers.push(HeaderName::CallId, c);
     }
     if let Ok(cseq) = invite.cseq() {
-        ack.headers.push(HeaderName::CSeq, format!("{} ACK", cseq.seq));
+        ack.headers
+            .push(HeaderName::CSeq, format!("{} ACK", cseq.seq));
     }
     for r in invite.headers.get_all(&HeaderName::Route) {
         ack.headers.push(HeaderName::Route, r);
@@ -89,15 +93,23 @@ impl TransactionLayer {
             let start = Instant::now();
             let timeout_at = start + timers.t1 * 64; // Timer B / F
             let mut interval = timers.t1; // Timer A / E
-            let mut next_retransmit = if reliable { None } else { Some(start + interval) };
+            let mut next_retransmit = if reliable {
+                None
+            } else {
+                Some(start + interval)
+            };
             let mut proceeding = false;
             let mut final_deadline: Option<Instant> = None; // Timer D / K / M
             loop {
-                let wake = [Some(timeout_at).filter(|_| final_deadline.is_none()), next_retransmit, final_deadline]
-                    .into_iter()
-                    .flatten()
-                    .min()
-                    .unwrap_or(timeout_at);
+                let wake = [
+                    Some(timeout_at).filter(|_| final_deadline.is_none()),
+                    next_retransmit,
+                    final_deadline,
+                ]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(timeout_at);
                 tokio::select! {
                     r = resp_rx.recv() => {
                         let Some(resp) = r else { break };
@@ -162,18 +174,30 @@ impl TransactionLayer {
 /// §9.1: a CANCEL for a pending INVITE (same Request-URI, Call-ID, To, From, CSeq number
 /// and top Via as the INVITE).
 pub fn cancel_for(invite: &Message) -> Message {
-    let uri = invite.request_uri().cloned().expect("an INVITE has a Request-URI");
+    let uri = invite
+        .request_uri()
+        .cloned()
+        .expect("an INVITE has a Request-URI");
     let mut cancel = Message::request(Method::Cancel, uri);
     if let Some(v) = invite.headers.get(&HeaderName::Via) {
-        cancel.headers.push(HeaderName::Via, sip_message::split_commas(v)[0]);
+        cancel
+            .headers
+            .push(HeaderName::Via, sip_message::split_commas(v)[0]);
     }
-    for name in [HeaderName::MaxForwards, HeaderName::From, HeaderName::To, HeaderName::CallId] {
+    for name in [
+        HeaderName::MaxForwards,
+        HeaderName::From,
+        HeaderName::To,
+        HeaderName::CallId,
+    ] {
         if let Some(v) = invite.headers.get(&name) {
             cancel.headers.push(name, v);
         }
     }
     if let Ok(cseq) = invite.cseq() {
-        cancel.headers.push(HeaderName::CSeq, format!("{} CANCEL", cseq.seq));
+        cancel
+            .headers
+            .push(HeaderName::CSeq, format!("{} CANCEL", cseq.seq));
     }
     for r in invite.headers.get_all(&HeaderName::Route) {
         cancel.headers.push(HeaderName::Route, r);

@@ -42,7 +42,11 @@ pub struct Timers {
 
 impl Default for Timers {
     fn default() -> Self {
-        Timers { t1: Duration::from_millis(500), t2: Duration::from_secs(4), t4: Duration::from_secs(5) }
+        Timers {
+            t1: Duration::from_millis(500),
+            t2: Duration::from_secs(4),
+            t4: Duration::from_secs(5),
+        }
     }
 }
 
@@ -109,7 +113,10 @@ impl TransactionLayer {
 
     /// Number of live server and client transactions (for metrics and tests).
     pub fn counts(&self) -> (usize, usize) {
-        (self.inner.server.lock().len(), self.inner.client.lock().len())
+        (
+            self.inner.server.lock().len(),
+            self.inner.client.lock().len(),
+        )
     }
 
     /// The INVITE server transaction a CANCEL refers to (RFC 3261 §9.2: same key as the
@@ -117,13 +124,21 @@ impl TransactionLayer {
     pub fn invite_for_cancel(&self, cancel: &Message) -> Option<ServerTxHandle> {
         let key = server_key(cancel, Method::Invite)?;
         let tx = self.inner.server.lock().get(&key).cloned()?;
-        Some(ServerTxHandle { tx, layer: self.clone() })
+        Some(ServerTxHandle {
+            tx,
+            layer: self.clone(),
+        })
     }
 
     /// Sends a response outside any transaction (to a stray ACK... or a 2xx
     /// retransmission being forwarded upstream, RFC 3261 §16.7).
     pub async fn send_stateless(&self, target: Target, msg: &Message) {
-        if let Err(e) = self.inner.transports.send(target, msg.encode().into()).await {
+        if let Err(e) = self
+            .inner
+            .transports
+            .send(target, msg.encode().into())
+            .await
+        {
             tracing::debug!(error = %e, "stateless send failed");
         }
     }
@@ -143,26 +158,43 @@ pub(crate) fn server_key(msg: &Message, method: Method) -> Option<TxKey> {
         None => via.host.to_string(),
     };
     if via.has_rfc3261_branch() {
-        return Some(TxKey { branch: via.branch()?.to_owned(), sent_by, method });
+        return Some(TxKey {
+            branch: via.branch()?.to_owned(),
+            sent_by,
+            method,
+        });
     }
     // RFC 2543 fallback (§17.2.3): Request-URI, From tag, Call-ID, CSeq number, top Via.
-    let from_tag = msg.from_header().ok().and_then(|f| f.tag().map(str::to_owned)).unwrap_or_default();
+    let from_tag = msg
+        .from_header()
+        .ok()
+        .and_then(|f| f.tag().map(str::to_owned))
+        .unwrap_or_default();
     let ruri = msg.request_uri().map(|u| u.to_string()).unwrap_or_default();
     let seq = msg.cseq().ok()?.seq;
     let branch = format!("2543|{ruri}|{from_tag}|{}|{seq}|{}", msg.call_id()?, via);
-    Some(TxKey { branch, sent_by, method })
+    Some(TxKey {
+        branch,
+        sent_by,
+        method,
+    })
 }
 
-/// §18.2.2: where the responses of a server transaction go.
+/// §18.2.2: where the responses of a server transaction go. Streams: back over the same
+/// connection. UDP: to the source address and port, whether or not the client asked for
+/// `rport` (RFC 3581 §4 applied to everyone: it is the only address that works through
+/// NAT, and the one a client without a listening socket can read).
 pub(crate) fn response_target(via: &Via, source: &Source) -> Target {
-    let via_addr = |default_port: u16| {
-        let port = via.port.unwrap_or(default_port);
-        std::net::SocketAddr::new(source.remote.ip(), port)
-    };
     match source.connection {
-        Some(id) => Target::Connection { id, fallback: Some((source.transport, via_addr(5060))) },
-        None if via.params.has("rport") => Target::Addr(TransportKind::Udp, source.remote),
-        None => Target::Addr(TransportKind::Udp, via_addr(5060)),
+        Some(id) => {
+            let port = via.port.unwrap_or(5060);
+            let fallback = std::net::SocketAddr::new(source.remote.ip(), port);
+            Target::Connection {
+                id,
+                fallback: Some((source.transport, fallback)),
+            }
+        }
+        None => Target::Addr(TransportKind::Udp, source.remote),
     }
 }
 
@@ -187,7 +219,8 @@ fn stamp_received(msg: &mut Message, source: &Source) -> Option<Via> {
         via.params.set("received", Some(&ip_text));
     }
     if wants_rport {
-        via.params.set("rport", Some(&source.remote.port().to_string()));
+        via.params
+            .set("rport", Some(&source.remote.port().to_string()));
     }
     msg.headers.pop_first_value(&HeaderName::Via);
     msg.headers.insert_first(HeaderName::Via, via.to_string());
@@ -196,11 +229,18 @@ fn stamp_received(msg: &mut Message, source: &Source) -> Option<Via> {
 
 impl Handler for TransactionLayer {
     fn on_message(&self, inbound: Inbound) {
-        let Inbound { mut message, source } = inbound;
-        let Some(tu) = self.inner.tu.get().cloned() else { return };
+        let Inbound {
+            mut message,
+            source,
+        } = inbound;
+        let Some(tu) = self.inner.tu.get().cloned() else {
+            return;
+        };
         match message.method().cloned() {
             Some(method) => {
-                let Some(via) = stamp_received(&mut message, &source) else { return };
+                let Some(via) = stamp_received(&mut message, &source) else {
+                    return;
+                };
                 if method == Method::Ack {
                     if let Some(key) = server_key(&message, Method::Invite) {
                         let tx = self.inner.server.lock().get(&key).cloned();
@@ -213,7 +253,9 @@ impl Handler for TransactionLayer {
                     tu.on_ack(Inbound { message, source });
                     return;
                 }
-                let Some(key) = server_key(&message, method.clone()) else { return };
+                let Some(key) = server_key(&message, method.clone()) else {
+                    return;
+                };
                 let existing = self.inner.server.lock().get(&key).cloned();
                 if let Some(tx) = existing {
                     // A retransmission (§17.2.1, §17.2.2).
@@ -222,9 +264,21 @@ impl Handler for TransactionLayer {
                     return;
                 }
                 let target = response_target(&via, &source);
-                let tx = Arc::new(server::ServerTx::new(key.clone(), method == Method::Invite, source.transport.is_reliable(), target));
+                let tx = Arc::new(server::ServerTx::new(
+                    key.clone(),
+                    method == Method::Invite,
+                    source.transport.is_reliable(),
+                    target,
+                ));
                 self.inner.server.lock().insert(key, tx.clone());
-                tu.on_request(ServerRequest { message, source, tx: ServerTxHandle { tx, layer: self.clone() } });
+                tu.on_request(ServerRequest {
+                    message,
+                    source,
+                    tx: ServerTxHandle {
+                        tx,
+                        layer: self.clone(),
+                    },
+                });
             }
             None => {
                 let Ok(via) = message.top_via() else { return };

@@ -31,8 +31,19 @@ pub(crate) struct ServerTx {
 
 impl ServerTx {
     pub(crate) fn new(key: TxKey, is_invite: bool, reliable: bool, target: Target) -> Self {
-        let phase = if is_invite { Phase::Proceeding } else { Phase::Trying };
-        ServerTx { key, is_invite, reliable, target, state: Mutex::new((phase, None)), acked: Notify::new() }
+        let phase = if is_invite {
+            Phase::Proceeding
+        } else {
+            Phase::Trying
+        };
+        ServerTx {
+            key,
+            is_invite,
+            reliable,
+            target,
+            state: Mutex::new((phase, None)),
+            acked: Notify::new(),
+        }
     }
 
     /// An ACK matched this INVITE transaction: true if absorbed here (§17.2.1: ACK for a
@@ -109,7 +120,13 @@ impl ServerTxHandle {
                 _ => Phase::Completed,
             };
         }
-        if let Err(e) = self.layer.inner.transports.send(self.tx.target, bytes.clone()).await {
+        if let Err(e) = self
+            .layer
+            .inner
+            .transports
+            .send(self.tx.target, bytes.clone())
+            .await
+        {
             tracing::debug!(error = %e, status, "could not send response");
         }
         if status >= 200 {
@@ -127,7 +144,11 @@ impl ServerTxHandle {
                 let deadline = tokio::time::Instant::now() + timers.t1 * 64;
                 let mut interval = timers.t1;
                 loop {
-                    let wait = if tx.reliable { deadline } else { (tokio::time::Instant::now() + interval).min(deadline) };
+                    let wait = if tx.reliable {
+                        deadline
+                    } else {
+                        (tokio::time::Instant::now() + interval).min(deadline)
+                    };
                     tokio::select! {
                         _ = tx.acked.notified() => break,
                         _ = tokio::time::sleep_until(wait) => {}

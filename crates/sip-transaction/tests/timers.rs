@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use sip_message::{parse_datagram, HeaderName, Message, Method, Uri};
-use sip_transaction::{new_branch, ClientEvent, ServerRequest, Timers, TransactionLayer, TransactionUser};
+use sip_transaction::{
+    new_branch, ClientEvent, ServerRequest, Timers, TransactionLayer, TransactionUser,
+};
 use sip_transport::{Inbound, Target, TransportKind, Transports, TransportsConfig};
 use tokio::net::UdpSocket;
 
@@ -14,7 +16,9 @@ struct Answer(u16, Mutex<Vec<String>>);
 
 impl TransactionUser for Answer {
     fn on_request(&self, req: ServerRequest) {
-        self.1.lock().push(req.message.method().unwrap().to_string());
+        self.1
+            .lock()
+            .push(req.message.method().unwrap().to_string());
         let resp = req.message.response(self.0, Some("srv"));
         tokio::spawn(async move { req.tx.respond(&resp).await });
     }
@@ -28,7 +32,9 @@ async fn layer(status: u16) -> (TransactionLayer, Arc<Answer>, std::net::SocketA
     let layer = TransactionLayer::new(transports.clone(), Timers::default());
     let tu = Arc::new(Answer(status, Mutex::new(Vec::new())));
     layer.set_user(tu.clone());
-    let addr = transports.add_udp(UdpSocket::bind("127.0.0.1:0").await.unwrap()).unwrap();
+    let addr = transports
+        .add_udp(UdpSocket::bind("127.0.0.1:0").await.unwrap())
+        .unwrap();
     (layer, tu, addr)
 }
 
@@ -63,8 +69,16 @@ async fn non_invite_client_retransmits_then_times_out() {
     let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let peer = silent.local_addr().unwrap();
     let mut req = Message::request(Method::Message, Uri::parse("sip:bob@example.com").unwrap());
-    req.headers.push(HeaderName::Via, format!("SIP/2.0/UDP 127.0.0.1:1;branch={}", new_branch()));
-    for (n, v) in [("From", "<sip:a@x>;tag=1"), ("To", "<sip:b@x>"), ("Call-ID", "z@x"), ("CSeq", "1 MESSAGE")] {
+    req.headers.push(
+        HeaderName::Via,
+        format!("SIP/2.0/UDP 127.0.0.1:1;branch={}", new_branch()),
+    );
+    for (n, v) in [
+        ("From", "<sip:a@x>;tag=1"),
+        ("To", "<sip:b@x>"),
+        ("Call-ID", "z@x"),
+        ("CSeq", "1 MESSAGE"),
+    ] {
         req.headers.push(HeaderName::from_wire(n), v);
     }
     let started = tokio::time::Instant::now();
@@ -74,7 +88,11 @@ async fn non_invite_client_retransmits_then_times_out() {
         got = Some(ev);
     }
     assert!(matches!(got, Some(ClientEvent::Timeout)));
-    assert_eq!(started.elapsed(), Duration::from_secs(32), "Timer F = 64*T1");
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(32),
+        "Timer F = 64*T1"
+    );
     // Timer E: 0, .5, 1.5, 3.5, 7.5, then every T2 (4 s) up to 31.5 s: 11 sends.
     assert_eq!(drain(&silent).len(), 11);
 }
@@ -85,19 +103,31 @@ async fn invite_server_retransmits_final_until_ack() {
     let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let me = client.local_addr().unwrap();
     let branch = new_branch();
-    client.send_to(&request("INVITE", &branch, me), addr).await.unwrap();
+    client
+        .send_to(&request("INVITE", &branch, me), addr)
+        .await
+        .unwrap();
     settle().await;
     // Retransmitted INVITE: absorbed, answered with the same 486, not passed up.
-    client.send_to(&request("INVITE", &branch, me), addr).await.unwrap();
+    client
+        .send_to(&request("INVITE", &branch, me), addr)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(1600)).await;
     settle().await;
     let got = drain(&client);
     assert!(got.iter().all(|m| m.status() == Some(486)));
     // first send + retransmission answer + Timer G at 0.5 s and 1.5 s
     assert_eq!(got.len(), 4, "{got:?}");
-    assert_eq!(got[0].headers.get(&HeaderName::Via).unwrap().contains(&format!("rport={}", me.port())), true);
+    let via = got[0].headers.get(&HeaderName::Via).unwrap();
+    assert!(
+        via.contains(&format!("rport={}", me.port())),
+        "RFC 3581 rport filled in: {via}"
+    );
     let to = got[0].headers.get(&HeaderName::To).unwrap().to_owned();
-    let ack = String::from_utf8(request("ACK", &branch, me)).unwrap().replace("To: <sip:bob@example.com>", &format!("To: {to}"));
+    let ack = String::from_utf8(request("ACK", &branch, me))
+        .unwrap()
+        .replace("To: <sip:bob@example.com>", &format!("To: {to}"));
     client.send_to(ack.as_bytes(), addr).await.unwrap();
     settle().await;
     tokio::time::sleep(Duration::from_secs(40)).await;
@@ -112,9 +142,15 @@ async fn non_invite_server_answers_retransmissions_then_forgets() {
     let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let me = client.local_addr().unwrap();
     let branch = new_branch();
-    client.send_to(&request("OPTIONS", &branch, me), addr).await.unwrap();
+    client
+        .send_to(&request("OPTIONS", &branch, me), addr)
+        .await
+        .unwrap();
     settle().await;
-    client.send_to(&request("OPTIONS", &branch, me), addr).await.unwrap();
+    client
+        .send_to(&request("OPTIONS", &branch, me), addr)
+        .await
+        .unwrap();
     settle().await;
     assert_eq!(drain(&client).len(), 2);
     assert_eq!(layer.counts().0, 1);

@@ -91,7 +91,10 @@ pub struct Source {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
     /// Over an existing connection; falls back to `fallback` if it is gone.
-    Connection { id: ConnectionId, fallback: Option<(TransportKind, SocketAddr)> },
+    Connection {
+        id: ConnectionId,
+        fallback: Option<(TransportKind, SocketAddr)>,
+    },
     /// To an address; streams reuse an open connection to it or open a new TCP one.
     Addr(TransportKind, SocketAddr),
 }

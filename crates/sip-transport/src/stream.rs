@@ -12,7 +12,11 @@ use tokio_rustls::TlsAcceptor;
 use crate::table::Conn;
 use crate::{ConnectionId, Inbound, Source, Target, TransportKind, Transports};
 
-pub(crate) async fn accept_loop(transports: Transports, listener: TcpListener, tls: Option<TlsAcceptor>) {
+pub(crate) async fn accept_loop(
+    transports: Transports,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+) {
     let mut shutdown = transports.inner.shutdown.subscribe();
     loop {
         let (stream, remote) = tokio::select! {
@@ -34,7 +38,8 @@ pub(crate) async fn accept_loop(transports: Transports, listener: TcpListener, t
         let _ = stream.set_nodelay(true);
         match &tls {
             None => {
-                let _ = spawn_with_permit(transports.clone(), stream, TransportKind::Tcp, Some(permit));
+                let _ =
+                    spawn_with_permit(transports.clone(), stream, TransportKind::Tcp, Some(permit));
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
@@ -47,7 +52,15 @@ pub(crate) async fn accept_loop(transports: Transports, listener: TcpListener, t
                     let timeout = transports.inner.config.tls_handshake_timeout;
                     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
-                            run(transports, tls, TransportKind::Tls, remote, local, Some(permit)).await;
+                            run(
+                                transports,
+                                tls,
+                                TransportKind::Tls,
+                                remote,
+                                local,
+                                Some(permit),
+                            )
+                            .await;
                         }
                         Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
@@ -78,9 +91,16 @@ fn spawn_with_permit(
     let local = stream.local_addr()?;
     let (r, w) = stream.into_split();
     let (tx, rx) = mpsc::channel(1024);
-    let id = transports.register_conn(Conn { tx: tx.clone(), kind, remote, local });
+    let id = transports.register_conn(Conn {
+        tx: tx.clone(),
+        kind,
+        remote,
+        local,
+    });
     tokio::spawn(write_loop(w, rx));
-    tokio::spawn(read_loop(transports, r, tx, id, kind, remote, local, permit));
+    tokio::spawn(read_loop(
+        transports, r, tx, id, kind, remote, local, permit,
+    ));
     Ok(id)
 }
 
@@ -96,7 +116,12 @@ async fn run<S>(
 {
     let (r, w) = tokio::io::split(stream);
     let (tx, rx) = mpsc::channel(1024);
-    let id = transports.register_conn(Conn { tx: tx.clone(), kind, remote, local });
+    let id = transports.register_conn(Conn {
+        tx: tx.clone(),
+        kind,
+        remote,
+        local,
+    });
     tokio::spawn(write_loop(w, rx));
     read_loop(transports, r, tx, id, kind, remote, local, permit).await;
 }
@@ -134,7 +159,12 @@ async fn read_loop<R: AsyncRead + Unpin>(
     let idle = transports.inner.config.idle_timeout;
     let mut shutdown = transports.inner.shutdown.subscribe();
     let mut buf = BytesMut::with_capacity(8192);
-    let source = Source { transport: kind, remote, local, connection: Some(id) };
+    let source = Source {
+        transport: kind,
+        remote,
+        local,
+        connection: Some(id),
+    };
     let reply = Target::Connection { id, fallback: None };
     'conn: loop {
         // Frame and hand over everything complete in the buffer.
@@ -160,7 +190,14 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         Err(rej) => {
                             tracing::debug!(%remote, error = %rej.error, "rejected message");
                             if let Some(head) = rej.head {
-                                transports.answer_rejected(&head, rej.error.status, &rej.error.reason, reply).await;
+                                transports
+                                    .answer_rejected(
+                                        &head,
+                                        rej.error.status,
+                                        &rej.error.reason,
+                                        reply,
+                                    )
+                                    .await;
                             }
                         }
                     }
@@ -173,7 +210,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         FrameError::BadContentLength(_, head_len) => (400, Some(*head_len)),
                     };
                     if let Some(head) = head_len.and_then(|n| read_request_head(&buf[..n])) {
-                        transports.answer_rejected(&head, status, &e.to_string(), reply).await;
+                        transports
+                            .answer_rejected(&head, status, &e.to_string(), reply)
+                            .await;
                     }
                     break 'conn;
                 }

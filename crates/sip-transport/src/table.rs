@@ -103,9 +103,16 @@ impl Transports {
         let addr = socket.local_addr()?;
         let socket = Arc::new(socket);
         self.inner.udp.write().push(socket.clone());
-        self.inner.listening.write().entry(TransportKind::Udp).or_insert(addr);
+        self.inner
+            .listening
+            .write()
+            .entry(TransportKind::Udp)
+            .or_insert(addr);
         // Two receive loops per socket so parsing can use both cores.
-        let readers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(4);
+        let readers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(4);
         for _ in 0..readers {
             tokio::spawn(crate::udp::receive_loop(self.clone(), socket.clone()));
         }
@@ -115,7 +122,11 @@ impl Transports {
     /// Serves a bound TCP listener (plain SIP over TCP).
     pub fn add_tcp_listener(&self, listener: TcpListener) -> std::io::Result<SocketAddr> {
         let addr = listener.local_addr()?;
-        self.inner.listening.write().entry(TransportKind::Tcp).or_insert(addr);
+        self.inner
+            .listening
+            .write()
+            .entry(TransportKind::Tcp)
+            .or_insert(addr);
         tokio::spawn(crate::stream::accept_loop(self.clone(), listener, None));
         Ok(addr)
     }
@@ -127,8 +138,16 @@ impl Transports {
         acceptor: TlsAcceptor,
     ) -> std::io::Result<SocketAddr> {
         let addr = listener.local_addr()?;
-        self.inner.listening.write().entry(TransportKind::Tls).or_insert(addr);
-        tokio::spawn(crate::stream::accept_loop(self.clone(), listener, Some(acceptor)));
+        self.inner
+            .listening
+            .write()
+            .entry(TransportKind::Tls)
+            .or_insert(addr);
+        tokio::spawn(crate::stream::accept_loop(
+            self.clone(),
+            listener,
+            Some(acceptor),
+        ));
         Ok(addr)
     }
 
@@ -148,7 +167,11 @@ impl Transports {
 
     /// Transport, remote and local address of an open connection.
     pub fn connection(&self, id: ConnectionId) -> Option<(TransportKind, SocketAddr, SocketAddr)> {
-        self.inner.conns.read().get(&id).map(|c| (c.kind, c.remote, c.local))
+        self.inner
+            .conns
+            .read()
+            .get(&id)
+            .map(|c| (c.kind, c.remote, c.local))
     }
 
     /// The local IP address this host uses to reach `remote` (for Via and Record-Route
@@ -157,7 +180,11 @@ impl Transports {
         if let Some(ip) = self.inner.local_ip_cache.lock().get(&remote) {
             return *ip;
         }
-        let probe = if remote.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+        let probe = if remote.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        };
         let ip = std::net::UdpSocket::bind(probe)
             .and_then(|s| s.connect((remote, 9)).map(|_| s))
             .and_then(|s| s.local_addr())
@@ -169,7 +196,10 @@ impl Transports {
 
     pub(crate) fn register_conn(&self, conn: Conn) -> ConnectionId {
         let id = ConnectionId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
-        self.inner.by_remote.write().insert((conn.kind, conn.remote), id);
+        self.inner
+            .by_remote
+            .write()
+            .insert((conn.kind, conn.remote), id);
         self.inner.conns.write().insert(id, conn);
         id
     }
@@ -201,7 +231,11 @@ impl Transports {
                     let socks = self.inner.udp.read();
                     socks
                         .iter()
-                        .find(|s| s.local_addr().map(|l| l.is_ipv4() == addr.is_ipv4()).unwrap_or(false))
+                        .find(|s| {
+                            s.local_addr()
+                                .map(|l| l.is_ipv4() == addr.is_ipv4())
+                                .unwrap_or(false)
+                        })
                         .or_else(|| socks.first())
                         .cloned()
                 };
@@ -224,9 +258,12 @@ impl Transports {
                 if kind != TransportKind::Tcp {
                     return Err(TransportError::NoOutbound(kind, addr));
                 }
-                let stream = tokio::time::timeout(self.inner.config.connect_timeout, TcpStream::connect(addr))
-                    .await
-                    .map_err(|_| TransportError::ConnectTimeout(addr))??;
+                let stream = tokio::time::timeout(
+                    self.inner.config.connect_timeout,
+                    TcpStream::connect(addr),
+                )
+                .await
+                .map_err(|_| TransportError::ConnectTimeout(addr))??;
                 let id = crate::stream::spawn_connection(self.clone(), stream, kind, None)?;
                 self.send_on(id, data).await
             }
@@ -239,7 +276,12 @@ impl Transports {
             let c = conns.get(&id).ok_or(TransportError::ConnectionClosed(id))?;
             (
                 c.tx.clone(),
-                Source { transport: c.kind, remote: c.remote, local: c.local, connection: Some(id) },
+                Source {
+                    transport: c.kind,
+                    remote: c.remote,
+                    local: c.local,
+                    connection: Some(id),
+                },
             )
         };
         match tokio::time::timeout(Duration::from_secs(5), tx.send(data)).await {
@@ -251,14 +293,31 @@ impl Transports {
     /// Answers a request that could not be accepted, statelessly (RFC 3261 §8.2: a
     /// request that cannot be processed still gets a final response). ACK is never
     /// answered.
-    pub(crate) async fn answer_rejected(&self, head: &RejectedHead, status: u16, detail: &str, to: Target) {
-        if head.method.as_deref() == Some("ACK") {
+    pub(crate) async fn answer_rejected(
+        &self,
+        head: &RejectedHead,
+        status: u16,
+        detail: &str,
+        to: Target,
+    ) {
+        // ACK is never answered; without a Via there is nobody to address an answer to.
+        if head.method.as_deref() == Some("ACK") || !head.headers.has(&HeaderName::Via) {
             return;
         }
         let tag: u64 = rand_tag();
-        let mut resp = response_from_headers(&head.headers, status, reason_phrase(status), Some(&format!("{tag:x}")));
-        let detail: String = detail.chars().filter(|c| *c != '"' && !c.is_control()).take(200).collect();
-        resp.headers.push(HeaderName::Warning, format!("399 switchboard \"{detail}\""));
+        let mut resp = response_from_headers(
+            &head.headers,
+            status,
+            reason_phrase(status),
+            Some(&format!("{tag:x}")),
+        );
+        let detail: String = detail
+            .chars()
+            .filter(|c| *c != '"' && !c.is_control())
+            .take(200)
+            .collect();
+        resp.headers
+            .push(HeaderName::Warning, format!("399 switchboard \"{detail}\""));
         if let Err(e) = self.send(to, Bytes::from(resp.encode())).await {
             tracing::debug!(error = %e, "could not answer a rejected message");
         }
@@ -268,6 +327,11 @@ impl Transports {
 fn rand_tag() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0));
+    h.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
+    );
     h.finish()
 }

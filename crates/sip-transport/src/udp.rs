@@ -30,9 +30,15 @@ pub(crate) async fn receive_loop(transports: Transports, socket: Arc<UdpSocket>)
         }
         let target = Target::Addr(TransportKind::Udp, remote);
         if n > transports.inner.config.max_message_size {
-            let head_end = data.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4).unwrap_or(n);
+            let head_end = data
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map(|p| p + 4)
+                .unwrap_or(n);
             if let Some(head) = read_request_head(&data[..head_end]) {
-                transports.answer_rejected(&head, 513, "message too large", target).await;
+                transports
+                    .answer_rejected(&head, 513, "message too large", target)
+                    .await;
             }
             continue;
         }
@@ -41,14 +47,21 @@ pub(crate) async fn receive_loop(transports: Transports, socket: Arc<UdpSocket>)
                 if let Some(h) = transports.inner.handler.get() {
                     h.on_message(Inbound {
                         message,
-                        source: Source { transport: TransportKind::Udp, remote, local, connection: None },
+                        source: Source {
+                            transport: TransportKind::Udp,
+                            remote,
+                            local,
+                            connection: None,
+                        },
                     });
                 }
             }
             Err(rej) => {
                 tracing::debug!(%remote, error = %rej.error, "rejected datagram");
                 if let Some(head) = rej.head {
-                    transports.answer_rejected(&head, rej.error.status, &rej.error.reason, target).await;
+                    transports
+                        .answer_rejected(&head, rej.error.status, &rej.error.reason, target)
+                        .await;
                 }
             }
         }

@@ -23,20 +23,31 @@ impl Core {
     /// Proxy-Authorization otherwise).
     pub(crate) fn authenticate(&self, msg: &Message, realm: &str) -> AuthResult {
         let is_register = msg.method() == Some(&sip_message::Method::Register);
-        let header = if is_register { HeaderName::Authorization } else { HeaderName::ProxyAuthorization };
+        let header = if is_register {
+            HeaderName::Authorization
+        } else {
+            HeaderName::ProxyAuthorization
+        };
         // Several credentials may be present (one per realm, §22.3); take ours. Unknown
         // schemes are ignored and the client is challenged (RFC 4475 §3.3.7).
         let creds = msg
             .headers
             .get_all(&header)
             .filter_map(|v| AuthHeader::parse(v).ok())
-            .find(|a| a.scheme.eq_ignore_ascii_case("Digest") && a.param("realm").is_some_and(|r| r.eq_ignore_ascii_case(realm)));
+            .find(|a| {
+                a.scheme.eq_ignore_ascii_case("Digest")
+                    && a.param("realm")
+                        .is_some_and(|r| r.eq_ignore_ascii_case(realm))
+            });
         let Some(creds) = creds else {
             return AuthResult::Challenge { stale: false };
         };
-        let (Some(username), Some(nonce), Some(uri), Some(given)) =
-            (creds.param("username"), creds.param("nonce"), creds.param("uri"), creds.param("response"))
-        else {
+        let (Some(username), Some(nonce), Some(uri), Some(given)) = (
+            creds.param("username"),
+            creds.param("nonce"),
+            creds.param("uri"),
+            creds.param("response"),
+        ) else {
             return AuthResult::Challenge { stale: false };
         };
         let Some(alg) = Algorithm::from_param(creds.param("algorithm")) else {
@@ -61,7 +72,14 @@ impl Core {
             return AuthResult::Forbidden("account disabled");
         }
         let method = msg.method().map(|m| m.as_str()).unwrap_or("");
-        let params = DigestResponse { method, uri, nonce, qop, nc: creds.param("nc"), cnonce: creds.param("cnonce") };
+        let params = DigestResponse {
+            method,
+            uri,
+            nonce,
+            qop,
+            nc: creds.param("nc"),
+            cnonce: creds.param("cnonce"),
+        };
         let expected = response(alg, user.credentials.ha1(alg), &params);
         let correct = digests_equal(&expected, given);
         let now = self.now_secs();

@@ -18,7 +18,13 @@ pub enum HookDecision {
 pub trait ImHook: Send + Sync + 'static {
     /// An authenticated pager-mode MESSAGE from `from` to `to` (both AoRs, `sip:u@d`).
     /// `online` is false when the recipient has no registered device.
-    fn before_message(&self, _msg: &Message, _from: &str, _to: &str, _online: bool) -> HookDecision {
+    fn before_message(
+        &self,
+        _msg: &Message,
+        _from: &str,
+        _to: &str,
+        _online: bool,
+    ) -> HookDecision {
         HookDecision::Relay
     }
     /// The final status the sender got for a relayed MESSAGE.

@@ -158,7 +158,12 @@ impl Core {
     /// Is `domain` served here (a configured domain or the domain of some user)?
     pub fn serves_domain(&self, domain: &str) -> bool {
         let d = domain.to_ascii_lowercase();
-        if self.config.domains.iter().any(|x| x.eq_ignore_ascii_case(&d)) {
+        if self
+            .config
+            .domains
+            .iter()
+            .any(|x| x.eq_ignore_ascii_case(&d))
+        {
             return true;
         }
         match self.users.domains() {
@@ -176,8 +181,14 @@ impl Core {
             Host::V4(a) => Some(IpAddr::V4(*a)),
             Host::V6(a) => Some(IpAddr::V6(*a)),
             Host::Domain(d) => {
-                if self.config.hostnames.iter().any(|h| h.eq_ignore_ascii_case(d)) {
-                    return port.is_none() || self.own_addrs.read().iter().any(|a| Some(a.port()) == port);
+                if self
+                    .config
+                    .hostnames
+                    .iter()
+                    .any(|h| h.eq_ignore_ascii_case(d))
+                {
+                    return port.is_none()
+                        || self.own_addrs.read().iter().any(|a| Some(a.port()) == port);
                 }
                 None
             }
@@ -185,7 +196,8 @@ impl Core {
         let Some(ip) = ip else { return false };
         let addrs = self.own_addrs.read();
         addrs.iter().any(|a| {
-            let ip_ok = a.ip() == ip || (a.ip().is_unspecified() && (ip.is_loopback() || self.is_local_ip(ip)));
+            let ip_ok = a.ip() == ip
+                || (a.ip().is_unspecified() && (ip.is_loopback() || self.is_local_ip(ip)));
             let port_ok = match port {
                 Some(p) => a.port() == p,
                 None => a.port() == 5060 || a.port() == 5061,
@@ -206,13 +218,15 @@ impl Core {
 
     pub(crate) fn response(&self, msg: &Message, status: u16) -> Message {
         let mut resp = msg.response(status, Some(&self.to_tag(msg)));
-        resp.headers.push(HeaderName::Server, self.config.server_name.clone());
+        resp.headers
+            .push(HeaderName::Server, self.config.server_name.clone());
         resp
     }
 
     async fn respond_warning(&self, req: &ServerRequest, status: u16, text: &str) {
         let mut resp = self.response(&req.message, status);
-        resp.headers.push(HeaderName::Warning, format!("399 switchboard \"{text}\""));
+        resp.headers
+            .push(HeaderName::Warning, format!("399 switchboard \"{text}\""));
         req.tx.respond(&resp).await;
     }
 
@@ -223,10 +237,16 @@ impl Core {
             return self.respond(&req, 416).await;
         }
         // §16.3 step 6: Proxy-Require lists extensions a proxy must support; we support none.
-        let proxy_require: Vec<String> = req.message.headers.values(&HeaderName::ProxyRequire).map(str::to_owned).collect();
+        let proxy_require: Vec<String> = req
+            .message
+            .headers
+            .values(&HeaderName::ProxyRequire)
+            .map(str::to_owned)
+            .collect();
         if !proxy_require.is_empty() {
             let mut resp = self.response(&req.message, 420);
-            resp.headers.push(HeaderName::Unsupported, proxy_require.join(", "));
+            resp.headers
+                .push(HeaderName::Unsupported, proxy_require.join(", "));
             return req.tx.respond(&resp).await;
         }
         if self.is_loop(&req.message) {
@@ -243,9 +263,14 @@ impl Core {
     /// §16.4: Route entries naming us were put there by our Record-Route; drop them.
     fn pop_own_routes(&self, msg: &mut Message) {
         loop {
-            let Ok(routes) = msg.name_addrs(&HeaderName::Route) else { return };
+            let Ok(routes) = msg.name_addrs(&HeaderName::Route) else {
+                return;
+            };
             let Some(first) = routes.first() else { return };
-            let own = first.uri.as_sip().is_some_and(|u| self.is_own(&u.host, u.port));
+            let own = first
+                .uri
+                .as_sip()
+                .is_some_and(|u| self.is_own(&u.host, u.port));
             if !own {
                 return;
             }
@@ -278,7 +303,8 @@ impl Core {
                         // The 487 answers the INVITE (its CSeq method is INVITE).
                         let mut resp = resp;
                         if let Ok(c) = req.message.cseq() {
-                            resp.headers.set(HeaderName::CSeq, format!("{} INVITE", c.seq));
+                            resp.headers
+                                .set(HeaderName::CSeq, format!("{} INVITE", c.seq));
                         }
                         invite_tx.respond(&resp).await;
                     }
@@ -291,7 +317,9 @@ impl Core {
 
     async fn handle_register(&self, req: ServerRequest) {
         let msg = &req.message;
-        let Ok(to) = msg.to_header() else { return self.respond(&req, 400).await };
+        let Ok(to) = msg.to_header() else {
+            return self.respond(&req, 400).await;
+        };
         // RFC 4475 §3.3.4: a registrar needs a SIP To.
         let Some(to_uri) = to.uri.as_sip() else {
             return self.respond_warning(&req, 400, "To is not a SIP URI").await;
@@ -301,11 +329,14 @@ impl Core {
         };
         let domain = to_uri.host.to_string();
         if !self.serves_domain(&domain) {
-            return self.respond_warning(&req, 403, "domain not served here").await;
+            return self
+                .respond_warning(&req, 403, "domain not served here")
+                .await;
         }
         if let Some(unknown) = self.unsupported_required(msg) {
             let mut resp = self.response(msg, 420);
-            resp.headers.push(HeaderName::Unsupported, unknown.join(", "));
+            resp.headers
+                .push(HeaderName::Unsupported, unknown.join(", "));
             return req.tx.respond(&resp).await;
         }
         let authed = match self.authenticate(msg, &domain) {
@@ -318,19 +349,31 @@ impl Core {
         };
         let aor_addr = match Address::parse(&format!("{user}@{domain}")) {
             Ok(a) => a,
-            Err(_) => return self.respond_warning(&req, 400, "bad address of record").await,
+            Err(_) => {
+                return self
+                    .respond_warning(&req, 400, "bad address of record")
+                    .await
+            }
         };
         if authed != aor_addr {
-            return self.respond_warning(&req, 403, "credentials do not match the To address").await;
+            return self
+                .respond_warning(&req, 403, "credentials do not match the To address")
+                .await;
         }
         let aor = format!("sip:{aor_addr}");
         match self.location.register(&aor, msg, req.source) {
             Ok(outcome) => {
                 let mut resp = self.response(msg, 200);
-                for c in self.location.contact_values(&aor, &outcome.bindings, &domain) {
+                for c in self
+                    .location
+                    .contact_values(&aor, &outcome.bindings, &domain)
+                {
                     resp.headers.push(HeaderName::Contact, c);
                 }
-                resp.headers.push(HeaderName::Date, httpdate::fmt_http_date(std::time::SystemTime::now()));
+                resp.headers.push(
+                    HeaderName::Date,
+                    httpdate::fmt_http_date(std::time::SystemTime::now()),
+                );
                 resp.headers.push(HeaderName::Supported, "gruu");
                 resp.headers.push(HeaderName::AllowEvents, "presence");
                 req.tx.respond(&resp).await;
@@ -342,9 +385,11 @@ impl Core {
             Err(e) => {
                 let mut resp = self.response(msg, e.status());
                 if let RegisterError::IntervalTooBrief { min_expires } = e {
-                    resp.headers.push(HeaderName::MinExpires, min_expires.to_string());
+                    resp.headers
+                        .push(HeaderName::MinExpires, min_expires.to_string());
                 } else {
-                    resp.headers.push(HeaderName::Warning, format!("399 switchboard \"{e}\""));
+                    resp.headers
+                        .push(HeaderName::Warning, format!("399 switchboard \"{e}\""));
                 }
                 req.tx.respond(&resp).await;
             }
@@ -355,12 +400,16 @@ impl Core {
     async fn answer_options(&self, req: &ServerRequest) {
         if let Some(unknown) = self.unsupported_required(&req.message) {
             let mut resp = self.response(&req.message, 420);
-            resp.headers.push(HeaderName::Unsupported, unknown.join(", "));
+            resp.headers
+                .push(HeaderName::Unsupported, unknown.join(", "));
             return req.tx.respond(&resp).await;
         }
         let mut resp = self.response(&req.message, 200);
         resp.headers.push(HeaderName::Allow, ALLOW);
-        resp.headers.push(HeaderName::Accept, "application/sdp, text/plain, application/pidf+xml");
+        resp.headers.push(
+            HeaderName::Accept,
+            "application/sdp, text/plain, application/pidf+xml",
+        );
         resp.headers.push(HeaderName::Supported, "gruu");
         req.tx.respond(&resp).await;
     }

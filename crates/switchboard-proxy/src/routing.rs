@@ -21,7 +21,11 @@ const OUR_BRANCH: &str = "z9hG4bKsb";
 
 /// (top Via branch, Call-ID): identifies an INVITE and its CANCEL (§9.2).
 pub(crate) fn invite_key(msg: &Message) -> (String, String) {
-    let branch = msg.top_via().ok().and_then(|v| v.branch().map(str::to_owned)).unwrap_or_default();
+    let branch = msg
+        .top_via()
+        .ok()
+        .and_then(|v| v.branch().map(str::to_owned))
+        .unwrap_or_default();
     (branch, msg.call_id().unwrap_or("").to_owned())
 }
 
@@ -29,14 +33,28 @@ pub(crate) fn invite_key(msg: &Message) -> (String, String) {
 /// passes through (Request-URI as received, tags, Call-ID, CSeq number).
 fn loop_hash(msg: &Message) -> String {
     let mut h = Md5::new();
-    h.update(msg.request_uri().map(|u| u.to_string()).unwrap_or_default().as_bytes());
+    h.update(
+        msg.request_uri()
+            .map(|u| u.to_string())
+            .unwrap_or_default()
+            .as_bytes(),
+    );
     for name in [HeaderName::From, HeaderName::To] {
-        let tag = msg.headers.get(&name).and_then(|v| NameAddr::parse(v).ok()).and_then(|n| n.tag().map(str::to_owned));
+        let tag = msg
+            .headers
+            .get(&name)
+            .and_then(|v| NameAddr::parse(v).ok())
+            .and_then(|n| n.tag().map(str::to_owned));
         h.update(tag.unwrap_or_default().as_bytes());
         h.update(b"|");
     }
     h.update(msg.call_id().unwrap_or("").as_bytes());
-    h.update(msg.cseq().map(|c| c.seq.to_string()).unwrap_or_default().as_bytes());
+    h.update(
+        msg.cseq()
+            .map(|c| c.seq.to_string())
+            .unwrap_or_default()
+            .as_bytes(),
+    );
     hex::encode(&h.finalize()[..8])
 }
 
@@ -52,13 +70,18 @@ impl Core {
     /// §16.3 step 4: one of the Vias is ours with the same loop hash → a loop, not a spiral.
     pub(crate) fn is_loop(&self, msg: &Message) -> bool {
         let Ok(vias) = msg.vias() else { return false };
-        let mine: Vec<&Via> = vias.iter().filter(|v| v.branch().is_some_and(|b| b.starts_with(OUR_BRANCH))).collect();
+        let mine: Vec<&Via> = vias
+            .iter()
+            .filter(|v| v.branch().is_some_and(|b| b.starts_with(OUR_BRANCH)))
+            .collect();
         if mine.is_empty() {
             return false;
         }
         let hash = loop_hash(msg);
         mine.iter().any(|v| {
-            self.is_own(&v.host, v.port) && v.branch().is_some_and(|b| b[OUR_BRANCH.len()..].starts_with(&hash))
+            self.is_own(&v.host, v.port)
+                && v.branch()
+                    .is_some_and(|b| b[OUR_BRANCH.len()..].starts_with(&hash))
         })
     }
 
@@ -69,7 +92,8 @@ impl Core {
             return self.respond(&req, 416).await;
         };
         // Requests addressed to the server itself (no user part).
-        let addressed_to_us = ruri.user.is_none() && (self.is_own(&ruri.host, ruri.port) || self.serves_domain(&ruri.host.to_string()));
+        let addressed_to_us = ruri.user.is_none()
+            && (self.is_own(&ruri.host, ruri.port) || self.serves_domain(&ruri.host.to_string()));
         if addressed_to_us {
             return match method {
                 Method::Options => self.answer_options(&req).await,
@@ -94,18 +118,30 @@ impl Core {
         // In-dialog request to a registered contact: send it over that device's flow.
         let in_dialog = msg.to_header().ok().is_some_and(|t| t.tag().is_some());
         let domain_target = ruri.user.is_some() && self.serves_domain(&ruri.host.to_string());
-        let contact_binding = if in_dialog && !domain_target { self.location.binding_for_contact(&Uri::Sip(ruri.clone())) } else { None };
+        let contact_binding = if in_dialog && !domain_target {
+            self.location.binding_for_contact(&Uri::Sip(ruri.clone()))
+        } else {
+            None
+        };
         if !domain_target && contact_binding.is_none() {
-            return self.respond_warning(&req, 403, "relaying denied: domain not served here").await;
+            return self
+                .respond_warning(&req, 403, "relaying denied: domain not served here")
+                .await;
         }
         // Authenticate the sender: a user of a domain we serve (§22.3, 407).
-        let Ok(from) = msg.from_header() else { return self.respond(&req, 400).await };
+        let Ok(from) = msg.from_header() else {
+            return self.respond(&req, 400).await;
+        };
         let Some(from_uri) = from.uri.as_sip() else {
-            return self.respond_warning(&req, 403, "sender is not a SIP user").await;
+            return self
+                .respond_warning(&req, 403, "sender is not a SIP user")
+                .await;
         };
         let from_domain = from_uri.host.to_string();
         if !self.serves_domain(&from_domain) {
-            return self.respond_warning(&req, 403, "sender's domain is not served here").await;
+            return self
+                .respond_warning(&req, 403, "sender's domain is not served here")
+                .await;
         }
         let sender = match self.authenticate(msg, &from_domain) {
             AuthResult::Ok(a) => a,
@@ -115,9 +151,13 @@ impl Core {
             }
             AuthResult::Forbidden(why) => return self.respond_warning(&req, 403, why).await,
         };
-        let from_addr = from_uri.user_unescaped().and_then(|u| Address::parse(&format!("{u}@{from_domain}")).ok());
+        let from_addr = from_uri
+            .user_unescaped()
+            .and_then(|u| Address::parse(&format!("{u}@{from_domain}")).ok());
         if from_addr.as_ref() != Some(&sender) {
-            return self.respond_warning(&req, 403, "From does not match the credentials").await;
+            return self
+                .respond_warning(&req, 403, "From does not match the credentials")
+                .await;
         }
         let from_aor = format!("sip:{sender}");
 
@@ -150,7 +190,10 @@ impl Core {
         }
         let bindings = self.location.lookup(&aor);
         if method == Method::Message && !in_dialog {
-            if let HookDecision::Respond(status) = self.hook.before_message(msg, &from_aor, &aor, !bindings.is_empty()) {
+            if let HookDecision::Respond(status) =
+                self.hook
+                    .before_message(msg, &from_aor, &aor, !bindings.is_empty())
+            {
                 return self.respond(&req, status).await;
             }
         }
@@ -165,7 +208,10 @@ impl Core {
     fn hop_for(&self, b: &Binding) -> Hop {
         let flow: Source = b.flow;
         let local = if flow.local.ip().is_unspecified() {
-            SocketAddr::new(self.layer.transports().local_ip_for(flow.remote.ip()), flow.local.port())
+            SocketAddr::new(
+                self.layer.transports().local_ip_for(flow.remote.ip()),
+                flow.local.port(),
+            )
         } else {
             flow.local
         };
@@ -173,16 +219,33 @@ impl Core {
             Some(id) => Target::Connection { id, fallback: None },
             None => Target::Addr(flow.transport, flow.remote),
         };
-        Hop { target, transport: flow.transport, local }
+        Hop {
+            target,
+            transport: flow.transport,
+            local,
+        }
     }
 
     fn is_own_hop(&self, hop: &Hop, b: &Binding) -> bool {
         // A contact pointing back at this server would loop.
-        b.contact.uri.as_sip().is_some_and(|u| self.is_own(&u.host, u.port)) && hop.target == Target::Addr(hop.transport, b.flow.remote) && self.is_own(&host_of(b.flow.remote), Some(b.flow.remote.port()))
+        b.contact
+            .uri
+            .as_sip()
+            .is_some_and(|u| self.is_own(&u.host, u.port))
+            && hop.target == Target::Addr(hop.transport, b.flow.remote)
+            && self.is_own(&host_of(b.flow.remote), Some(b.flow.remote.port()))
     }
 
     /// §16.6: the request for one branch.
-    fn branch_request(&self, incoming: &Message, in_source: &Source, b: &Binding, hop: &Hop, hash: &str, idx: usize) -> (Message, String) {
+    fn branch_request(
+        &self,
+        incoming: &Message,
+        in_source: &Source,
+        b: &Binding,
+        hop: &Hop,
+        hash: &str,
+        idx: usize,
+    ) -> (Message, String) {
         let mut out = incoming.clone();
         let mut target_uri = b.contact.uri.clone();
         if let Some(u) = target_uri.as_sip_mut() {
@@ -191,20 +254,36 @@ impl Core {
         if let sip_message::StartLine::Request { uri, .. } = &mut out.start {
             *uri = target_uri;
         }
-        let mf = incoming.header_u32(&HeaderName::MaxForwards).ok().flatten().unwrap_or(70);
-        out.headers.set(HeaderName::MaxForwards, mf.saturating_sub(1).to_string());
+        let mf = incoming
+            .header_u32(&HeaderName::MaxForwards)
+            .ok()
+            .flatten()
+            .unwrap_or(70);
+        out.headers
+            .set(HeaderName::MaxForwards, mf.saturating_sub(1).to_string());
         let method = incoming.method().cloned().unwrap_or(Method::Options);
         let in_dialog = incoming.to_header().ok().is_some_and(|t| t.tag().is_some());
         if !in_dialog && matches!(method, Method::Invite | Method::Subscribe | Method::Refer) {
             // §16.6 step 4, with double Record-Route when the transports differ (RFC 5658).
-            let out_rr = format!("<sip:{};transport={};lr>", fmt_addr(hop.local), hop.transport.param());
+            let out_rr = format!(
+                "<sip:{};transport={};lr>",
+                fmt_addr(hop.local),
+                hop.transport.param()
+            );
             if in_source.transport != hop.transport || in_source.local.port() != hop.local.port() {
                 let in_local = if in_source.local.ip().is_unspecified() {
-                    SocketAddr::new(self.layer.transports().local_ip_for(in_source.remote.ip()), in_source.local.port())
+                    SocketAddr::new(
+                        self.layer.transports().local_ip_for(in_source.remote.ip()),
+                        in_source.local.port(),
+                    )
                 } else {
                     in_source.local
                 };
-                let in_rr = format!("<sip:{};transport={};lr>", fmt_addr(in_local), in_source.transport.param());
+                let in_rr = format!(
+                    "<sip:{};transport={};lr>",
+                    fmt_addr(in_local),
+                    in_source.transport.param()
+                );
                 out.headers.insert_first(HeaderName::RecordRoute, in_rr);
             }
             out.headers.insert_first(HeaderName::RecordRoute, out_rr);
@@ -213,7 +292,11 @@ impl Core {
         let branch = format!("{OUR_BRANCH}{hash}.{idx}{}", &new_branch()[7..19]);
         out.headers.push_front(
             HeaderName::Via,
-            format!("SIP/2.0/{} {};branch={branch};rport", hop.transport.via_name(), fmt_addr(hop.local)),
+            format!(
+                "SIP/2.0/{} {};branch={branch};rport",
+                hop.transport.via_name(),
+                fmt_addr(hop.local)
+            ),
         );
         // Credentials for our realm stop here (§22.3): the next hop cannot use them.
         out.headers.remove(&HeaderName::ProxyAuthorization);
@@ -221,7 +304,13 @@ impl Core {
     }
 
     /// Forks `req` to `bindings` in parallel and returns the best response (§16.7).
-    pub(crate) async fn forward(self: Arc<Self>, req: ServerRequest, bindings: Vec<Binding>, from_aor: String, to_aor: Option<String>) {
+    pub(crate) async fn forward(
+        self: Arc<Self>,
+        req: ServerRequest,
+        bindings: Vec<Binding>,
+        from_aor: String,
+        to_aor: Option<String>,
+    ) {
         let method = req.message.method().cloned().unwrap_or(Method::Options);
         let is_invite = method == Method::Invite;
         let hash = loop_hash(&req.message);
@@ -233,7 +322,8 @@ impl Core {
                 continue;
             }
             let idx = branches.len();
-            let (out, _branch) = self.branch_request(&req.message, &req.source, b, &hop, &hash, idx);
+            let (out, _branch) =
+                self.branch_request(&req.message, &req.source, b, &hop, &hash, idx);
             let mut ctx = self.layer.send_request(out.clone(), hop.target);
             let ev_tx = ev_tx.clone();
             tokio::spawn(async move {
@@ -257,7 +347,9 @@ impl Core {
         let cancel = Arc::new(Notify::new());
         let key = invite_key(&req.message);
         if is_invite {
-            self.pending_invites.lock().insert(key.clone(), cancel.clone());
+            self.pending_invites
+                .lock()
+                .insert(key.clone(), cancel.clone());
         }
         let mut best: Option<Message> = None;
         let mut got_2xx = false;
@@ -324,7 +416,9 @@ impl Core {
             return;
         }
         // §16.7 step 9: the chosen response goes upstream without our Via.
-        let mut resp = best.and_then(strip_our_via).unwrap_or_else(|| self.response(&req.message, 408));
+        let mut resp = best
+            .and_then(strip_our_via)
+            .unwrap_or_else(|| self.response(&req.message, 408));
         let mut status = resp.status().unwrap_or(500);
         if status == 503 {
             // §16.7 step 6: a 503 from downstream becomes 500 upstream.
@@ -366,17 +460,31 @@ impl Core {
         if msg.headers.has(&HeaderName::Route) {
             return;
         }
-        let Some(uri) = msg.request_uri().cloned() else { return };
-        let Some(b) = self.location.binding_for_contact(&uri) else { return };
+        let Some(uri) = msg.request_uri().cloned() else {
+            return;
+        };
+        let Some(b) = self.location.binding_for_contact(&uri) else {
+            return;
+        };
         let hop = self.hop_for(&b);
-        let mf = msg.header_u32(&HeaderName::MaxForwards).ok().flatten().unwrap_or(70);
+        let mf = msg
+            .header_u32(&HeaderName::MaxForwards)
+            .ok()
+            .flatten()
+            .unwrap_or(70);
         if mf == 0 {
             return;
         }
-        msg.headers.set(HeaderName::MaxForwards, (mf - 1).to_string());
+        msg.headers
+            .set(HeaderName::MaxForwards, (mf - 1).to_string());
         msg.headers.push_front(
             HeaderName::Via,
-            format!("SIP/2.0/{} {};branch={}", hop.transport.via_name(), fmt_addr(hop.local), new_branch()),
+            format!(
+                "SIP/2.0/{} {};branch={}",
+                hop.transport.via_name(),
+                fmt_addr(hop.local),
+                new_branch()
+            ),
         );
         self.layer.send_stateless(hop.target, &msg).await;
     }
@@ -391,7 +499,9 @@ impl Core {
         }
         let Some(up) = strip_our_via(msg) else { return };
         let Ok(next) = up.top_via() else { return };
-        let Some(kind) = TransportKind::from_name(&next.transport) else { return };
+        let Some(kind) = TransportKind::from_name(&next.transport) else {
+            return;
+        };
         let ip = next
             .params
             .value("received")
@@ -402,8 +512,15 @@ impl Core {
                 Host::Domain(_) => None,
             });
         let Some(ip) = ip else { return };
-        let port = next.params.value("rport").and_then(|p| p.parse().ok()).or(next.port).unwrap_or(5060);
-        self.layer.send_stateless(Target::Addr(kind, SocketAddr::new(ip, port)), &up).await;
+        let port = next
+            .params
+            .value("rport")
+            .and_then(|p| p.parse().ok())
+            .or(next.port)
+            .unwrap_or(5060);
+        self.layer
+            .send_stateless(Target::Addr(kind, SocketAddr::new(ip, port)), &up)
+            .await;
     }
 }
 

@@ -23,7 +23,12 @@ pub struct RegistrarConfig {
 
 impl Default for RegistrarConfig {
     fn default() -> Self {
-        RegistrarConfig { default_expires: 3600, min_expires: 60, max_expires: 7200, max_bindings_per_aor: 32 }
+        RegistrarConfig {
+            default_expires: 3600,
+            min_expires: 60,
+            max_expires: 7200,
+            max_bindings_per_aor: 32,
+        }
     }
 }
 
@@ -90,7 +95,9 @@ pub struct Location {
 }
 
 fn instance_of(c: &NameAddr) -> Option<String> {
-    c.params.value("+sip.instance").map(|v| sip_message::unquote(v.trim_matches('"')))
+    c.params
+        .value("+sip.instance")
+        .map(|v| sip_message::unquote(v.trim_matches('"')))
 }
 
 /// Canonical contact key: the URI without the header params (§19.1.4 is approximated by
@@ -101,7 +108,11 @@ fn contact_key(uri: &Uri) -> String {
 
 impl Location {
     pub fn new(config: RegistrarConfig) -> Self {
-        Location { config, aors: RwLock::new(HashMap::new()), temp_gruus: RwLock::new(HashMap::new()) }
+        Location {
+            config,
+            aors: RwLock::new(HashMap::new()),
+            temp_gruus: RwLock::new(HashMap::new()),
+        }
     }
 
     pub fn config(&self) -> &RegistrarConfig {
@@ -109,7 +120,12 @@ impl Location {
     }
 
     /// Applies a REGISTER for `aor` (already authenticated) that arrived over `flow`.
-    pub fn register(&self, aor: &str, req: &Message, flow: Source) -> Result<RegisterOutcome, RegisterError> {
+    pub fn register(
+        &self,
+        aor: &str,
+        req: &Message,
+        flow: Source,
+    ) -> Result<RegisterOutcome, RegisterError> {
         let now = Instant::now();
         let call_id = req.call_id().unwrap_or("").to_owned();
         let cseq = req.cseq().map_err(|e| RegisterError::Bad(e.reason))?.seq;
@@ -127,7 +143,10 @@ impl Location {
                 if header_expires != Some(0) || req.headers.count(&HeaderName::Contact) != 1 {
                     return Err(RegisterError::Bad("Contact: * requires Expires: 0".into()));
                 }
-                if existing.iter().any(|b| b.call_id == call_id && b.cseq >= cseq) {
+                if existing
+                    .iter()
+                    .any(|b| b.call_id == call_id && b.cseq >= cseq)
+                {
                     return Err(RegisterError::Bad("CSeq out of order".into()));
                 }
                 existing.clear();
@@ -141,11 +160,16 @@ impl Location {
                         _ => return Err(RegisterError::Bad("contact is not a SIP URI".into())),
                     }
                     let expires = match c.params.value("expires") {
-                        Some(v) => v.parse::<u64>().map(|v| v.min(u32::MAX as u64) as u32).map_err(|_| RegisterError::Bad("bad expires parameter".into()))?,
+                        Some(v) => v
+                            .parse::<u64>()
+                            .map(|v| v.min(u32::MAX as u64) as u32)
+                            .map_err(|_| RegisterError::Bad("bad expires parameter".into()))?,
                         None => header_expires.unwrap_or(self.config.default_expires),
                     };
                     if expires != 0 && expires < self.config.min_expires {
-                        return Err(RegisterError::IntervalTooBrief { min_expires: self.config.min_expires });
+                        return Err(RegisterError::IntervalTooBrief {
+                            min_expires: self.config.min_expires,
+                        });
                     }
                     planned.push((c, expires.min(self.config.max_expires)));
                 }
@@ -161,7 +185,9 @@ impl Location {
                 for (c, expires) in planned {
                     let key = contact_key(&c.uri);
                     let inst = instance_of(c);
-                    let pos = existing.iter().position(|b| same_binding(b, &key, &inst, c));
+                    let pos = existing
+                        .iter()
+                        .position(|b| same_binding(b, &key, &inst, c));
                     if expires == 0 {
                         if let Some(p) = pos {
                             existing.remove(p);
@@ -187,7 +213,9 @@ impl Location {
                         }
                         None => {
                             if existing.len() >= self.config.max_bindings_per_aor {
-                                return Err(RegisterError::TooManyBindings(self.config.max_bindings_per_aor));
+                                return Err(RegisterError::TooManyBindings(
+                                    self.config.max_bindings_per_aor,
+                                ));
                             }
                             added = true;
                             existing.push(binding);
@@ -201,7 +229,9 @@ impl Location {
             for b in list.iter_mut() {
                 if let (Some(inst), None) = (&b.instance, &b.temp_gruu) {
                     let t = format!("tgruu.{:016x}", rand::random::<u64>());
-                    self.temp_gruus.write().insert(t.clone(), (aor.to_owned(), inst.clone()));
+                    self.temp_gruus
+                        .write()
+                        .insert(t.clone(), (aor.to_owned(), inst.clone()));
                     b.temp_gruu = Some(t);
                 }
             }
@@ -225,12 +255,22 @@ impl Location {
 
     /// Resolves a GRUU (RFC 5627 §3): a public GRUU `aor;gr=<instance>` or a temporary
     /// one; returns the AoR and the one binding it names.
-    pub fn lookup_gruu(&self, aor: &str, gr: Option<&str>, user: &str) -> Option<(String, Binding)> {
+    pub fn lookup_gruu(
+        &self,
+        aor: &str,
+        gr: Option<&str>,
+        user: &str,
+    ) -> Option<(String, Binding)> {
         let (aor, instance) = match gr {
-            Some(inst) if !inst.is_empty() && !user.starts_with("tgruu.") => (aor.to_owned(), sip_message::uri::unescape(inst)),
+            Some(inst) if !inst.is_empty() && !user.starts_with("tgruu.") => {
+                (aor.to_owned(), sip_message::uri::unescape(inst))
+            }
             _ => self.temp_gruus.read().get(user).cloned()?,
         };
-        let b = self.lookup(&aor).into_iter().find(|b| b.instance.as_deref().map(|i| i.trim_matches(['<', '>'])) == Some(instance.trim_matches(['<', '>'])))?;
+        let b = self.lookup(&aor).into_iter().find(|b| {
+            b.instance.as_deref().map(|i| i.trim_matches(['<', '>']))
+                == Some(instance.trim_matches(['<', '>']))
+        })?;
         Some((aor, b))
     }
 
@@ -302,12 +342,15 @@ impl Location {
             .map(|b| {
                 let mut c = NameAddr::new(b.contact.uri.clone());
                 c.params = b.contact.params.clone();
-                c.params.set("expires", Some(&b.remaining(now).max(1).to_string()));
+                c.params
+                    .set("expires", Some(&b.remaining(now).max(1).to_string()));
                 if let Some(inst) = &b.instance {
                     let inst_uri = inst.trim_matches(['<', '>']);
-                    c.params.set("pub-gruu", Some(&quote(&format!("{aor};gr={inst_uri}"))));
+                    c.params
+                        .set("pub-gruu", Some(&quote(&format!("{aor};gr={inst_uri}"))));
                     if let Some(t) = &b.temp_gruu {
-                        c.params.set("temp-gruu", Some(&quote(&format!("sip:{t}@{domain};gr"))));
+                        c.params
+                            .set("temp-gruu", Some(&quote(&format!("sip:{t}@{domain};gr"))));
                     }
                 }
                 c.to_string()

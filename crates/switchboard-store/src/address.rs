@@ -33,7 +33,10 @@ impl Address {
         if !user_ok || !domain_ok {
             return Err(AddressError(s.into()));
         }
-        Ok(Address { user: user.to_ascii_lowercase(), domain: domain.to_ascii_lowercase() })
+        Ok(Address {
+            user: user.to_ascii_lowercase(),
+            domain: domain.to_ascii_lowercase(),
+        })
     }
 }
 

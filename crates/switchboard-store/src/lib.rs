@@ -27,7 +27,10 @@ use std::path::Path;
 #[non_exhaustive]
 pub enum StoreError {
     #[error("cannot use data directory {path}: {source}")]
-    DataDir { path: String, source: std::io::Error },
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("user {0} already exists")]

@@ -32,7 +32,10 @@ pub(crate) fn apply(conn: &Connection) -> Result<(), StoreError> {
     )?;
     let known = MIGRATIONS.len() as i64;
     if current > known {
-        return Err(StoreError::SchemaTooNew { found: current, known });
+        return Err(StoreError::SchemaTooNew {
+            found: current,
+            known,
+        });
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         // Each migration and its bookkeeping row commit together; a concurrent opener

@@ -78,9 +78,16 @@ pub struct UserDirectory {
 
 fn row_to_user(r: &Row<'_>) -> rusqlite::Result<UserRecord> {
     Ok(UserRecord {
-        address: Address { user: r.get(0)?, domain: r.get(1)? },
+        address: Address {
+            user: r.get(0)?,
+            domain: r.get(1)?,
+        },
         display_name: r.get(2)?,
-        credentials: Credentials { ha1_md5: r.get(3)?, ha1_sha256: r.get(4)?, nt_hash: r.get(5)? },
+        credentials: Credentials {
+            ha1_md5: r.get(3)?,
+            ha1_sha256: r.get(4)?,
+            nt_hash: r.get(5)?,
+        },
         enabled: r.get::<_, i64>(6)? != 0,
         created_at: r.get(7)?,
         updated_at: r.get(8)?,
@@ -94,7 +101,11 @@ impl UserDirectory {
     pub(crate) fn new(conn: Connection) -> Self {
         UserDirectory {
             conn: Mutex::new(conn),
-            cache: Mutex::new(Cache { data_version: -1, users: HashMap::new(), domains: None }),
+            cache: Mutex::new(Cache {
+                data_version: -1,
+                users: HashMap::new(),
+                domains: None,
+            }),
         }
     }
 
@@ -181,7 +192,12 @@ impl UserDirectory {
             .ok_or_else(|| StoreError::NoSuchUser(address.to_string()))
     }
 
-    fn update(&self, address: &Address, sql: &str, value: &dyn rusqlite::ToSql) -> Result<(), StoreError> {
+    fn update(
+        &self,
+        address: &Address,
+        sql: &str,
+        value: &dyn rusqlite::ToSql,
+    ) -> Result<(), StoreError> {
         let n = self
             .conn
             .lock()
@@ -250,7 +266,14 @@ impl UserDirectory {
             )?;
             for (a, pw) in users {
                 let c = Credentials::derive(a, pw);
-                n += stmt.execute(params![a.user, a.domain, c.ha1_md5, c.ha1_sha256, c.nt_hash, t])?;
+                n += stmt.execute(params![
+                    a.user,
+                    a.domain,
+                    c.ha1_md5,
+                    c.ha1_sha256,
+                    c.nt_hash,
+                    t
+                ])?;
             }
         }
         tx.commit()?;
@@ -287,10 +310,16 @@ mod tests {
         assert_eq!(found.address.to_string(), "alice@example.com");
         assert_eq!(a.domains().unwrap(), vec!["example.com".to_string()]);
         b.set_password(&alice, "new-pw").unwrap();
-        assert_eq!(a.find(&alice).unwrap().unwrap().credentials, Credentials::derive(&alice, "new-pw"));
+        assert_eq!(
+            a.find(&alice).unwrap().unwrap().credentials,
+            Credentials::derive(&alice, "new-pw")
+        );
         b.set_enabled(&alice, false).unwrap();
         assert!(!a.find(&alice).unwrap().unwrap().enabled);
-        assert!(matches!(b.add(&alice, "x", None), Err(StoreError::UserExists(_))));
+        assert!(matches!(
+            b.add(&alice, "x", None),
+            Err(StoreError::UserExists(_))
+        ));
         b.remove(&alice).unwrap();
         assert_eq!(a.find(&alice).unwrap(), None);
         assert!(matches!(b.remove(&alice), Err(StoreError::NoSuchUser(_))));

@@ -188,7 +188,9 @@ impl ServerConfig {
                 for name in list {
                     match sip_digest::Algorithm::from_param(Some(&name)) {
                         Some(alg) => algs.push(alg),
-                        None => bail!("unknown digest algorithm '{name}' (use \"SHA-256\" or \"MD5\")"),
+                        None => {
+                            bail!("unknown digest algorithm '{name}' (use \"SHA-256\" or \"MD5\")")
+                        }
                     }
                 }
                 if algs.is_empty() {

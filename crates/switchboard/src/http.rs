@@ -47,11 +47,18 @@ pub(crate) async fn serve(
     let app = Router::new()
         .route("/healthz", get(health))
         .route("/status", get(status))
-        .with_state(AppState { core, transports, layer });
+        .with_state(AppState {
+            core,
+            transports,
+            layer,
+        });
     let shutdown = async move {
         let _ = stop.changed().await;
     };
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
         tracing::error!(error = %e, "HTTP server failed");
     }
 }

@@ -9,10 +9,19 @@ use switchboard::config::{FileConfig, Listen, ServerConfig};
 use switchboard_store::Address;
 
 #[derive(Parser)]
-#[command(name = "switchboard", version, about = "IM and presence server (SIP/SIMPLE and the Lync dialect)")]
+#[command(
+    name = "switchboard",
+    version,
+    about = "IM and presence server (SIP/SIMPLE and the Lync dialect)"
+)]
 struct Cli {
     /// Data directory (database, generated TLS certificate).
-    #[arg(long, global = true, env = "SWITCHBOARD_DATA_DIR", default_value = "./switchboard-data")]
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHBOARD_DATA_DIR",
+        default_value = "./switchboard-data"
+    )]
     data_dir: PathBuf,
     /// Log format.
     #[arg(long, global = true, value_enum, env = "SWITCHBOARD_LOG_FORMAT")]
@@ -105,7 +114,10 @@ fn read_password(p: &PasswordArgs) -> Result<String> {
         (Some(pw), false) => pw.clone(),
         (None, true) => {
             let mut line = String::new();
-            std::io::stdin().lock().read_line(&mut line).context("cannot read the password from standard input")?;
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .context("cannot read the password from standard input")?;
             line.trim_end_matches(['\r', '\n']).to_owned()
         }
         _ => bail!("give the password with --password PW or --password-stdin"),
@@ -116,7 +128,12 @@ fn read_password(p: &PasswordArgs) -> Result<String> {
     Ok(pw)
 }
 
-fn init_logging(format: Option<LogFormat>, level: Option<&str>, file_format: Option<&str>, file_level: Option<&str>) {
+fn init_logging(
+    format: Option<LogFormat>,
+    level: Option<&str>,
+    file_format: Option<&str>,
+    file_level: Option<&str>,
+) {
     use tracing_subscriber::EnvFilter;
     let filter = match level.or(file_level) {
         Some(l) => EnvFilter::new(l),
@@ -126,7 +143,9 @@ fn init_logging(format: Option<LogFormat>, level: Option<&str>, file_format: Opt
         Some(f) => f == LogFormat::Json,
         None => file_format == Some("json"),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -149,7 +168,12 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn serve(data_dir: PathBuf, log_format: Option<LogFormat>, log_level: Option<String>, args: ServeArgs) -> Result<()> {
+fn serve(
+    data_dir: PathBuf,
+    log_format: Option<LogFormat>,
+    log_level: Option<String>,
+    args: ServeArgs,
+) -> Result<()> {
     let file = match &args.config {
         Some(p) => FileConfig::load(p)?,
         None => FileConfig::default(),
@@ -164,7 +188,12 @@ fn serve(data_dir: PathBuf, log_format: Option<LogFormat>, log_level: Option<Str
             bail!("log.format must be \"human\" or \"json\", not \"{f}\"");
         }
     }
-    init_logging(log_format, log_level.as_deref(), file_format.as_deref(), file_level.as_deref());
+    init_logging(
+        log_format,
+        log_level.as_deref(),
+        file_format.as_deref(),
+        file_level.as_deref(),
+    );
     let mut cfg = ServerConfig::with_defaults(data_dir);
     cfg.apply_file(file)?;
     cfg.domains.extend(args.domains);
@@ -172,10 +201,15 @@ fn serve(data_dir: PathBuf, log_format: Option<LogFormat>, log_level: Option<Str
     cfg.sip_tcp = args.sip_tcp.unwrap_or(cfg.sip_tcp);
     cfg.sip_tls = args.sip_tls.unwrap_or(cfg.sip_tls);
     cfg.http = args.http.unwrap_or(cfg.http);
-    if [cfg.sip_udp, cfg.sip_tcp, cfg.sip_tls].iter().all(|l| *l == Listen::Off) {
+    if [cfg.sip_udp, cfg.sip_tcp, cfg.sip_tls]
+        .iter()
+        .all(|l| *l == Listen::Off)
+    {
         bail!("every SIP transport is off; turn at least one on (--sip-udp, --sip-tcp, --sip-tls)");
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let server = switchboard::server::start(cfg.clone()).await?;
         if let Some(ca) = &server.ca_cert {
@@ -215,7 +249,11 @@ fn user(data_dir: &std::path::Path, cmd: UserCommand) -> Result<()> {
         .with_context(|| format!("cannot open the data directory {}", data_dir.display()))?;
     let parse = |a: &str| Address::parse(a).map_err(anyhow::Error::from);
     match cmd {
-        UserCommand::Add { address, password, display_name } => {
+        UserCommand::Add {
+            address,
+            password,
+            display_name,
+        } => {
             let a = parse(&address)?;
             let pw = read_password(&password)?;
             dir.add(&a, &pw, display_name.as_deref())?;
@@ -231,7 +269,12 @@ fn user(data_dir: &std::path::Path, cmd: UserCommand) -> Result<()> {
                 println!("{:<40} {:<8} DISPLAY NAME", "ADDRESS", "STATE");
                 for u in users {
                     let state = if u.enabled { "enabled" } else { "disabled" };
-                    println!("{:<40} {:<8} {}", format!("sip:{}", u.address), state, u.display_name.unwrap_or_default());
+                    println!(
+                        "{:<40} {:<8} {}",
+                        format!("sip:{}", u.address),
+                        state,
+                        u.display_name.unwrap_or_default()
+                    );
                 }
             }
         }

@@ -52,10 +52,10 @@ fn listen_error(what: &str, flag: &str, addr: SocketAddr, e: std::io::Error) -> 
 
 /// Opens the store, binds every listener, and starts serving.
 pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
-    let users = Arc::new(
-        switchboard_store::open(&cfg.data_dir)
-            .with_context(|| format!("cannot open the data directory {}", cfg.data_dir.display()))?,
-    );
+    let users =
+        Arc::new(switchboard_store::open(&cfg.data_dir).with_context(|| {
+            format!("cannot open the data directory {}", cfg.data_dir.display())
+        })?);
     let transports = Transports::new(TransportsConfig {
         max_message_size: cfg.max_message_size,
         idle_timeout: Duration::from_secs(cfg.idle_timeout_secs),
@@ -66,19 +66,35 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
 
     // Bind everything before serving anything, so a bad address fails the start cleanly.
     let udp = match cfg.sip_udp {
-        Listen::On(a) => Some(UdpSocket::bind(a).await.map_err(|e| listen_error("SIP over UDP", "--sip-udp", a, e))?),
+        Listen::On(a) => Some(
+            UdpSocket::bind(a)
+                .await
+                .map_err(|e| listen_error("SIP over UDP", "--sip-udp", a, e))?,
+        ),
         Listen::Off => None,
     };
     let tcp = match cfg.sip_tcp {
-        Listen::On(a) => Some(TcpListener::bind(a).await.map_err(|e| listen_error("SIP over TCP", "--sip-tcp", a, e))?),
+        Listen::On(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .map_err(|e| listen_error("SIP over TCP", "--sip-tcp", a, e))?,
+        ),
         Listen::Off => None,
     };
     let tls = match cfg.sip_tls {
-        Listen::On(a) => Some(TcpListener::bind(a).await.map_err(|e| listen_error("SIP over TLS", "--sip-tls", a, e))?),
+        Listen::On(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .map_err(|e| listen_error("SIP over TLS", "--sip-tls", a, e))?,
+        ),
         Listen::Off => None,
     };
     let http = match cfg.http {
-        Listen::On(a) => Some(TcpListener::bind(a).await.map_err(|e| listen_error("HTTP", "--http", a, e))?),
+        Listen::On(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .map_err(|e| listen_error("HTTP", "--http", a, e))?,
+        ),
         Listen::Off => None,
     };
 
@@ -130,7 +146,9 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
         None => None,
     };
     let sip_tls = match (tls, tls_acceptor) {
-        (Some(l), Some(cfg)) => Some(transports.add_tls_listener(l, tokio_rustls::TlsAcceptor::from(cfg))?),
+        (Some(l), Some(cfg)) => {
+            Some(transports.add_tls_listener(l, tokio_rustls::TlsAcceptor::from(cfg))?)
+        }
         _ => None,
     };
     core.attach();
@@ -139,15 +157,34 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
     let http_addr = match http {
         Some(l) => {
             let addr = l.local_addr()?;
-            tokio::spawn(crate::http::serve(l, core.clone(), transports.clone(), layer.clone(), stop_rx));
+            tokio::spawn(crate::http::serve(
+                l,
+                core.clone(),
+                transports.clone(),
+                layer.clone(),
+                stop_rx,
+            ));
             Some(addr)
         }
         None => None,
     };
-    for (kind, addr) in [(TransportKind::Udp, sip_udp), (TransportKind::Tcp, sip_tcp), (TransportKind::Tls, sip_tls)] {
+    for (kind, addr) in [
+        (TransportKind::Udp, sip_udp),
+        (TransportKind::Tcp, sip_tcp),
+        (TransportKind::Tls, sip_tls),
+    ] {
         if let Some(a) = addr {
             tracing::info!(transport = %kind, address = %a, "listening for SIP");
         }
     }
-    Ok(RunningServer { sip_udp, sip_tcp, sip_tls, http: http_addr, ca_cert, core, transports, stop })
+    Ok(RunningServer {
+        sip_udp,
+        sip_tcp,
+        sip_tls,
+        http: http_addr,
+        ca_cert,
+        core,
+        transports,
+        stop,
+    })
 }

@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -25,7 +28,11 @@ pub struct GeneratedPaths {
 
 pub fn generated_paths(data_dir: &Path) -> GeneratedPaths {
     let dir = data_dir.join("tls");
-    GeneratedPaths { ca_cert: dir.join("ca.pem"), cert: dir.join("server.pem"), key: dir.join("server.key") }
+    GeneratedPaths {
+        ca_cert: dir.join("ca.pem"),
+        cert: dir.join("server.pem"),
+        key: dir.join("server.key"),
+    }
 }
 
 fn write_private(path: &Path, data: &str) -> Result<()> {
@@ -36,7 +43,9 @@ fn write_private(path: &Path, data: &str) -> Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts.open(path).with_context(|| format!("cannot write {}", path.display()))?;
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     f.write_all(data.as_bytes())?;
     Ok(())
 }
@@ -52,15 +61,26 @@ pub fn ensure_generated(data_dir: &Path, names: &[String]) -> Result<GeneratedPa
         .with_context(|| format!("cannot create {}", data_dir.join("tls").display()))?;
     let ca_key = KeyPair::generate()?;
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.distinguished_name.push(DnType::CommonName, "Switchboard private CA");
+    ca.distinguished_name
+        .push(DnType::CommonName, "Switchboard private CA");
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let ca_cert = ca.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca, ca_key);
 
     let leaf_key = KeyPair::generate()?;
     let mut leaf = CertificateParams::new(Vec::<String>::new())?;
-    leaf.distinguished_name.push(DnType::CommonName, names.first().cloned().unwrap_or_else(|| "switchboard".into()));
+    leaf.distinguished_name.push(
+        DnType::CommonName,
+        names
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "switchboard".into()),
+    );
     for n in names {
         let san = match n.parse::<std::net::IpAddr>() {
             Ok(ip) => SanType::IpAddress(ip),
@@ -70,7 +90,10 @@ pub fn ensure_generated(data_dir: &Path, names: &[String]) -> Result<GeneratedPa
             leaf.subject_alt_names.push(san);
         }
     }
-    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    leaf.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let leaf_cert = leaf.signed_by(&leaf_key, &issuer)?;
 
