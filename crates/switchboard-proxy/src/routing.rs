@@ -203,37 +203,39 @@ impl Core {
         self.forward(req, bindings, from_aor, Some(aor)).await
     }
 
-    /// The path to a binding: its flow if it registered over a stream, else the address
-    /// its REGISTER came from (NAT-safe, like `;alias`).
+    /// The path to a binding. Over a stream: the connection it registered on while that is
+    /// open (connection reuse: the only way to reach NATed and TLS clients), else its
+    /// Contact. Over UDP: its Contact when that is on the address the REGISTER came from,
+    /// else the REGISTER's source address (a Contact behind NAT, `;alias` style).
     fn hop_for(&self, b: &Binding) -> Hop {
         let flow: Source = b.flow;
-        let local = if flow.local.ip().is_unspecified() {
-            SocketAddr::new(
-                self.layer.transports().local_ip_for(flow.remote.ip()),
-                flow.local.port(),
-            )
+        let contact = b.contact_addr();
+        let (target, transport) = match flow.connection {
+            Some(id) => {
+                let fallback = contact.filter(|(_, a)| *a != flow.remote);
+                (Target::Connection { id, fallback }, flow.transport)
+            }
+            None => match contact {
+                Some((TransportKind::Udp, a)) if a.ip() == flow.remote.ip() => (Target::Addr(TransportKind::Udp, a), TransportKind::Udp),
+                _ => (Target::Addr(TransportKind::Udp, flow.remote), TransportKind::Udp),
+            },
+        };
+        // Via and Record-Route name our listening address for the transport.
+        let listen = self.layer.transports().listening(transport).unwrap_or(flow.local);
+        let local = if listen.ip().is_unspecified() {
+            SocketAddr::new(self.layer.transports().local_ip_for(flow.remote.ip()), listen.port())
         } else {
-            flow.local
+            listen
         };
-        let target = match flow.connection {
-            Some(id) => Target::Connection { id, fallback: None },
-            None => Target::Addr(flow.transport, flow.remote),
-        };
-        Hop {
-            target,
-            transport: flow.transport,
-            local,
-        }
+        Hop { target, transport, local }
     }
 
-    fn is_own_hop(&self, hop: &Hop, b: &Binding) -> bool {
-        // A contact pointing back at this server would loop.
-        b.contact
-            .uri
-            .as_sip()
-            .is_some_and(|u| self.is_own(&u.host, u.port))
-            && hop.target == Target::Addr(hop.transport, b.flow.remote)
-            && self.is_own(&host_of(b.flow.remote), Some(b.flow.remote.port()))
+    /// A Contact naming this server itself would make the request loop.
+    fn is_own_hop(&self, hop: &Hop) -> bool {
+        match hop.target {
+            Target::Addr(_, a) => self.is_own(&host_of(a), Some(a.port())),
+            Target::Connection { .. } => false,
+        }
     }
 
     /// §16.6: the request for one branch.
@@ -318,7 +320,7 @@ impl Core {
         let mut branches: Vec<(Message, Hop, bool, bool)> = Vec::new(); // request, hop, got provisional, done
         for b in &bindings {
             let hop = self.hop_for(b);
-            if self.is_own_hop(&hop, b) {
+            if self.is_own_hop(&hop) {
                 continue;
             }
             let idx = branches.len();

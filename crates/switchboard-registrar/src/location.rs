@@ -1,11 +1,12 @@
 //! Bindings, REGISTER processing (RFC 3261 §10.3 steps 6–8), expiry, GRUU lookups.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use parking_lot::RwLock;
-use sip_message::{quote, ContactValue, HeaderName, Message, NameAddr, Uri};
-use sip_transport::{ConnectionId, Source};
+use sip_message::{quote, ContactValue, HeaderName, Host, Message, NameAddr, Scheme, Uri};
+use sip_transport::{ConnectionId, Source, TransportKind};
 use tokio::time::Instant;
 
 /// Registrar limits.
@@ -54,6 +55,33 @@ pub struct Binding {
 impl Binding {
     pub fn remaining(&self, now: Instant) -> u32 {
         self.expires_at.saturating_duration_since(now).as_secs() as u32
+    }
+
+    /// The contact's transport (`transport=` parameter; UDP by default for `sip:`,
+    /// RFC 3263 §4.1 without DNS) and socket address, when its host is an IP address.
+    pub fn contact_addr(&self) -> Option<(TransportKind, SocketAddr)> {
+        let uri = self.contact.uri.as_sip()?;
+        let ip: IpAddr = match &uri.host {
+            Host::V4(a) => IpAddr::V4(*a),
+            Host::V6(a) => IpAddr::V6(*a),
+            Host::Domain(_) => return None,
+        };
+        let kind = match uri.transport() {
+            Some(t) => TransportKind::from_name(&t)?,
+            None if uri.scheme == Scheme::Sips => TransportKind::Tls,
+            None => TransportKind::Udp,
+        };
+        let default_port = if kind == TransportKind::Tls { 5061 } else { 5060 };
+        Some((kind, SocketAddr::new(ip, uri.port.unwrap_or(default_port))))
+    }
+
+    /// Whether the device can still be reached once its registration connection is gone:
+    /// only if its Contact names another address we can open a TCP connection to. A
+    /// Contact equal to the connection's own address, a TLS Contact (we open no outbound
+    /// TLS) or an RFC 5626 outbound registration (reg-id) cannot.
+    pub fn reachable_without_flow(&self) -> bool {
+        self.reg_id.is_none()
+            && matches!(self.contact_addr(), Some((TransportKind::Tcp, a)) if a != self.flow.remote)
     }
 }
 
@@ -286,14 +314,15 @@ impl Location {
             .cloned()
     }
 
-    /// RFC 5626 §5.4: a flow that failed makes its bindings unusable; they are removed.
+    /// RFC 5626 §5.4: a flow that failed makes its bindings unusable; they are removed,
+    /// unless their Contact can be reached another way.
     /// Returns the AoRs that lost bindings.
     pub fn flow_closed(&self, id: ConnectionId) -> Vec<String> {
         let mut affected = Vec::new();
         let mut aors = self.aors.write();
         aors.retain(|aor, list| {
             let before = list.len();
-            list.retain(|b| b.flow.connection != Some(id));
+            list.retain(|b| b.flow.connection != Some(id) || b.reachable_without_flow());
             if list.len() != before {
                 affected.push(aor.clone());
             }

@@ -253,27 +253,24 @@ impl UserDirectory {
         Ok(users)
     }
 
-    /// Adds many users in one transaction (benchmarks and imports).
-    pub fn add_many(&self, users: &[(Address, String)]) -> Result<usize, StoreError> {
+    /// Adds or updates many users in one transaction (imports, benchmarks).
+    pub fn upsert_many(&self, users: &[(Address, String, Option<String>)]) -> Result<usize, StoreError> {
         let mut conn = self.conn.lock();
         let tx = conn.transaction()?;
         let t = now();
         let mut n = 0;
         {
             let mut stmt = tx.prepare(
-                "INSERT OR REPLACE INTO users (username, domain, display_name, ha1_md5, ha1_sha256, nt_hash, enabled, created_at, updated_at)
-                 VALUES (?1, ?2, NULL, ?3, ?4, ?5, 1, ?6, ?6)",
+                "INSERT INTO users (username, domain, display_name, ha1_md5, ha1_sha256, nt_hash, enabled, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?7)
+                 ON CONFLICT (username, domain) DO UPDATE SET
+                   display_name = COALESCE(excluded.display_name, users.display_name),
+                   ha1_md5 = excluded.ha1_md5, ha1_sha256 = excluded.ha1_sha256,
+                   nt_hash = excluded.nt_hash, updated_at = excluded.updated_at",
             )?;
-            for (a, pw) in users {
+            for (a, pw, display) in users {
                 let c = Credentials::derive(a, pw);
-                n += stmt.execute(params![
-                    a.user,
-                    a.domain,
-                    c.ha1_md5,
-                    c.ha1_sha256,
-                    c.nt_hash,
-                    t
-                ])?;
+                n += stmt.execute(params![a.user, a.domain, display, c.ha1_md5, c.ha1_sha256, c.nt_hash, t])?;
             }
         }
         tx.commit()?;

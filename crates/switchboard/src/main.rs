@@ -107,6 +107,9 @@ enum UserCommand {
     Enable { address: String },
     /// Delete a user.
     Remove { address: String },
+    /// Add or update many users from a CSV file (`address,password[,display name]` per
+    /// line; `-` reads standard input). Existing users get the new password.
+    Import { file: PathBuf },
 }
 
 fn read_password(p: &PasswordArgs) -> Result<String> {
@@ -293,6 +296,31 @@ fn user(data_dir: &std::path::Path, cmd: UserCommand) -> Result<()> {
             let a = parse(&address)?;
             dir.set_enabled(&a, true)?;
             println!("enabled sip:{a}");
+        }
+        UserCommand::Import { file } => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin()).context("cannot read standard input")?
+            } else {
+                std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?
+            };
+            let mut users = Vec::new();
+            for (n, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let mut fields = line.splitn(3, ',');
+                let (Some(addr), Some(pw)) = (fields.next(), fields.next()) else {
+                    bail!("line {}: expected address,password[,display name]", n + 1);
+                };
+                if pw.is_empty() {
+                    bail!("line {}: empty password", n + 1);
+                }
+                let a = parse(addr).with_context(|| format!("line {}", n + 1))?;
+                users.push((a, pw.to_owned(), fields.next().map(str::to_owned)));
+            }
+            let n = dir.upsert_many(&users)?;
+            println!("imported {n} users");
         }
         UserCommand::Remove { address } => {
             let a = parse(&address)?;

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# SIPp against Switchboard: Digest registration, a refused wrong password, and pager-mode
+# MESSAGE relayed to a registered SIPp recipient, over UDP and over TCP.
+# Usage: tests/sipp/run.sh        (SWITCHBOARD_BIN overrides the binary; needs sipp)
+set -uo pipefail   # no -e: every check runs and is reported
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+BIN=${SWITCHBOARD_BIN:-$ROOT/target/debug/switchboard}
+WORK=$(mktemp -d /tmp/sb-sipp.XXXXXX)
+DOMAIN=sipp.test
+N=20
+failed=0; passed=0
+free_port() { python3 -c 'import socket
+for _ in range(200):
+    t=socket.socket(); t.bind(("127.0.0.1",0)); p=t.getsockname()[1]; t.close()
+    try:
+        u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); u.bind(("127.0.0.1",p)); u.close(); print(p); break
+    except OSError: pass'; }
+result() { if [ "$1" = 0 ]; then echo "PASS sipp: $2"; passed=$((passed+1)); else echo "FAIL sipp: $2 (see $WORK)"; failed=$((failed+1)); fi; }
+
+for i in $(seq 0 9); do echo "u$i@$DOMAIN,pw-u$i"; done > "$WORK/users.csv"
+"$BIN" --data-dir "$WORK/data" user import "$WORK/users.csv" >/dev/null || { echo "FAIL sipp: user import"; exit 1; }
+{ echo SEQUENTIAL; for i in 0 1 2 3 4; do echo "u$i;pw-u$i"; done; } > "$WORK/reg.csv"
+{ echo SEQUENTIAL; for i in 5 6 7 8 9; do echo "u$i;pw-u$i"; done; } > "$WORK/rcpt.csv"
+{ echo SEQUENTIAL; for i in 0 1 2 3 4; do echo "u$i;pw-u$i;u$((i+5))"; done; } > "$WORK/msg.csv"
+
+PORT=$(free_port)
+"$BIN" --data-dir "$WORK/data" serve --sip-udp 127.0.0.1:$PORT --sip-tcp 127.0.0.1:$PORT --sip-tls off --http off \
+  > "$WORK/server.log" 2>&1 &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
+for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
+
+sipp_run() {  # name, then sipp arguments; bounded by timeout
+  local name=$1; shift
+  timeout 60 sipp 127.0.0.1:$PORT -nostdin -timeout 30s -timeout_error -max_recv_loops 10000 \
+    -trace_err -error_file "$WORK/$name.err" "$@" >"$WORK/$name.out" 2>&1
+}
+
+for tr in u1 t1; do
+  t=$([ $tr = u1 ] && echo UDP || echo TCP)
+  P1=$(free_port); P2=$(free_port); UAS=$(free_port)
+  sipp_run "register-$tr" -sf "$HERE/register.xml" -inf "$WORK/reg.csv" -key domain $DOMAIN -key expires 300 \
+    -key cport $P1 -p $P1 -t $tr -m $N -r 50
+  result $? "$N REGISTER with Digest over $t"
+  sipp_run "wrongpw-$tr" -sf "$HERE/register_wrong_password.xml" -inf "$WORK/reg.csv" -key domain $DOMAIN \
+    -p $P2 -t $tr -m 3
+  result $? "wrong password gets 403 over $t"
+  sipp_run "rcpt-$tr" -sf "$HERE/register.xml" -inf "$WORK/rcpt.csv" -key domain $DOMAIN -key expires 300 \
+    -key cport $UAS -p $P2 -t $tr -m 5
+  result $? "recipients registered over $t"
+  timeout 60 sipp -nostdin -sf "$HERE/message_uas.xml" -p $UAS -t $tr -m $N -timeout 30s -timeout_error \
+    > "$WORK/uas-$tr.out" 2>&1 &
+  UASPID=$!
+  sleep 0.3
+  P3=$(free_port)
+  sipp_run "message-$tr" -sf "$HERE/message_uac.xml" -inf "$WORK/msg.csv" -key domain $DOMAIN -p $P3 -t $tr -m $N -r 50
+  result $? "$N MESSAGEs relayed and answered over $t"
+  wait $UASPID; result $? "the recipient got all $N MESSAGEs over $t"
+done
+echo "sipp: $passed passed, $failed failed"
+[ $failed = 0 ] && [ $passed -gt 0 ]
