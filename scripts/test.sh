@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian 12 machine: installs what the tests need
+# (SIPp, baresip), checks formatting and lints, runs the Rust unit and socket-level
+# tests, then the real-client interop tests (SIPp scenarios, baresip over UDP/TCP/TLS).
+# Usage: scripts/test.sh            Exit status 0 only if everything passed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+failed=()
+
+step() { echo; echo "=== $*"; }
+run() {  # name, command...
+  local name=$1; shift
+  step "$name"
+  if "$@"; then echo "--- ok: $name"; else echo "--- FAILED: $name"; failed+=("$name"); fi
+}
+
+# 1. System packages the interop tests drive (only what is missing is installed).
+need=()
+command -v sipp >/dev/null || need+=(sip-tester)
+command -v baresip >/dev/null || need+=(baresip-core)
+command -v python3 >/dev/null || need+=(python3)
+if ((${#need[@]})); then
+  step "installing ${need[*]}"
+  if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -q && $SUDO apt-get install -y -q --no-install-recommends "${need[@]}" \
+    || { echo "cannot install ${need[*]}"; exit 1; }
+fi
+
+# 2. Build, format, lints.
+run "cargo build" cargo build --workspace --all-targets --locked
+run "cargo fmt --check" cargo fmt --all -- --check
+run "cargo clippy -D warnings" cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# 3. Unit tests, RFC 4475 torture tests, transaction timers, socket-level server tests.
+if cargo nextest --version >/dev/null 2>&1; then
+  run "rust tests (nextest)" cargo nextest run --workspace --locked --no-fail-fast
+else
+  run "rust tests" cargo test --workspace --locked --no-fail-fast
+fi
+
+# 4. Real clients nobody here wrote.
+export SWITCHBOARD_BIN="$ROOT/target/debug/switchboard"
+run "SIPp scenarios (UDP, TCP)" timeout 600 tests/sipp/run.sh
+for t in udp tcp tls; do
+  run "baresip over $t" timeout 300 python3 tests/interop/baresip_im.py "$t"
+done
+
+echo
+if ((${#failed[@]})); then
+  echo "FAILED: ${failed[*]}"
+  exit 1
+fi
+echo "all tests passed"
