@@ -216,18 +216,34 @@ impl Core {
                 (Target::Connection { id, fallback }, flow.transport)
             }
             None => match contact {
-                Some((TransportKind::Udp, a)) if a.ip() == flow.remote.ip() => (Target::Addr(TransportKind::Udp, a), TransportKind::Udp),
-                _ => (Target::Addr(TransportKind::Udp, flow.remote), TransportKind::Udp),
+                Some((TransportKind::Udp, a)) if a.ip() == flow.remote.ip() => {
+                    (Target::Addr(TransportKind::Udp, a), TransportKind::Udp)
+                }
+                _ => (
+                    Target::Addr(TransportKind::Udp, flow.remote),
+                    TransportKind::Udp,
+                ),
             },
         };
         // Via and Record-Route name our listening address for the transport.
-        let listen = self.layer.transports().listening(transport).unwrap_or(flow.local);
+        let listen = self
+            .layer
+            .transports()
+            .listening(transport)
+            .unwrap_or(flow.local);
         let local = if listen.ip().is_unspecified() {
-            SocketAddr::new(self.layer.transports().local_ip_for(flow.remote.ip()), listen.port())
+            SocketAddr::new(
+                self.layer.transports().local_ip_for(flow.remote.ip()),
+                listen.port(),
+            )
         } else {
             listen
         };
-        Hop { target, transport, local }
+        Hop {
+            target,
+            transport,
+            local,
+        }
     }
 
     /// A Contact naming this server itself would make the request loop.

@@ -71,7 +71,11 @@ impl Binding {
             None if uri.scheme == Scheme::Sips => TransportKind::Tls,
             None => TransportKind::Udp,
         };
-        let default_port = if kind == TransportKind::Tls { 5061 } else { 5060 };
+        let default_port = if kind == TransportKind::Tls {
+            5061
+        } else {
+            5060
+        };
         Some((kind, SocketAddr::new(ip, uri.port.unwrap_or(default_port))))
     }
 

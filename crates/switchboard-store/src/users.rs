@@ -254,7 +254,10 @@ impl UserDirectory {
     }
 
     /// Adds or updates many users in one transaction (imports, benchmarks).
-    pub fn upsert_many(&self, users: &[(Address, String, Option<String>)]) -> Result<usize, StoreError> {
+    pub fn upsert_many(
+        &self,
+        users: &[(Address, String, Option<String>)],
+    ) -> Result<usize, StoreError> {
         let mut conn = self.conn.lock();
         let tx = conn.transaction()?;
         let t = now();
@@ -270,7 +273,15 @@ impl UserDirectory {
             )?;
             for (a, pw, display) in users {
                 let c = Credentials::derive(a, pw);
-                n += stmt.execute(params![a.user, a.domain, display, c.ha1_md5, c.ha1_sha256, c.nt_hash, t])?;
+                n += stmt.execute(params![
+                    a.user,
+                    a.domain,
+                    display,
+                    c.ha1_md5,
+                    c.ha1_sha256,
+                    c.nt_hash,
+                    t
+                ])?;
             }
         }
         tx.commit()?;

@@ -301,7 +301,8 @@ fn user(data_dir: &std::path::Path, cmd: UserCommand) -> Result<()> {
             let text = if file.as_os_str() == "-" {
                 std::io::read_to_string(std::io::stdin()).context("cannot read standard input")?
             } else {
-                std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?
+                std::fs::read_to_string(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?
             };
             let mut users = Vec::new();
             for (n, line) in text.lines().enumerate() {
