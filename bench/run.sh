@@ -1,0 +1,224 @@
+#!/usr/bin/env bash
+# Switchboard and Kamailio side by side, in one run, on the same SIPp scenarios
+# (tests/sipp/*.xml): Digest REGISTER and pager-mode MESSAGE relay, over UDP and TCP.
+#
+# For each server, test and transport it searches the highest rate (calls/s) that passes:
+# fewer than 1 % of calls failed or slower than LAT_MAX_MS end to end, and at least 95 % of
+# the target rate achieved. Each trial starts the server afresh. It reports calls/s, the
+# server's CPU (100 % = one core) and the ratios, as a table and as CSV.
+#
+#   bench/run.sh                                   # everything (~15 min)
+#   TESTS=register TRANSPORTS=udp DUR=10 bench/run.sh
+#
+# Knobs: TESTS ("register message"), TRANSPORTS ("udp tcp"), SERVERS ("kamailio switchboard"),
+# DUR (10 s per trial), PAR (2 SIPp client instances), MAX_TRIALS (7), LAT_MAX_MS (500),
+# START_register (4000), START_message (2000), WORK (/tmp/sb-bench).
+# Everything listens on 127.0.0.1; processes started here are stopped by pid.
+set -uo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+SCN=$ROOT/tests/sipp
+WORK=${WORK:-/tmp/sb-bench}
+TESTS=${TESTS:-"register message"}
+TRANSPORTS=${TRANSPORTS:-"udp tcp"}
+SERVERS=${SERVERS:-"kamailio switchboard"}
+DUR=${DUR:-10}
+PAR=${PAR:-2}
+MAX_TRIALS=${MAX_TRIALS:-7}
+LAT_MAX_MS=${LAT_MAX_MS:-500}
+: "${START_register:=4000}" "${START_message:=2000}"
+DOMAIN=bench.local
+PORT=5090            # the server under test
+UAS_PORT=5091        # the MESSAGE recipients' SIPp
+CLK_TCK=$(getconf CLK_TCK)
+BIN=$ROOT/target/release/switchboard
+STAMP=$(date +%Y%m%d-%H%M%S)
+OUT=$WORK/results/$STAMP
+mkdir -p "$OUT" "$WORK/run"
+log() { echo "[$(date +%T)] $*" >&2; }
+
+# ---------------------------------------------------------------- setup
+need=()
+command -v kamailio >/dev/null || need+=(kamailio)
+[ -e /usr/lib/x86_64-linux-gnu/kamailio/modules/db_sqlite.so ] || need+=(kamailio-sqlite-modules)
+command -v sipp >/dev/null || need+=(sip-tester)
+command -v sqlite3 >/dev/null || need+=(sqlite3)
+if ((${#need[@]})); then
+  log "installing ${need[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null && \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null || { log "apt-get failed"; exit 1; }
+fi
+log "building switchboard (release)"
+(cd "$ROOT" && cargo build --release -q -p switchboard) || exit 1
+
+DATA=$WORK/data
+rm -rf "$DATA"; mkdir -p "$DATA"
+u() { printf 'b%04d' "$1"; }
+{ for i in $(seq 0 1999); do echo "$(u $i)@$DOMAIN,pw"; done; } > "$DATA/users.csv"
+{ echo RANDOM; for i in $(seq 0 999); do echo "$(u $i);pw"; done; } > "$DATA/reg.csv"
+{ echo SEQUENTIAL; for i in $(seq 1000 1999); do echo "$(u $i);pw"; done; } > "$DATA/rcpt.csv"
+{ echo RANDOM; for i in $(seq 0 999); do echo "$(u $i);pw;$(u $((1000 + (i * 7) % 1000)))"; done; } > "$DATA/msg.csv"
+"$BIN" --data-dir "$DATA/sb" user import "$DATA/users.csv" >/dev/null || exit 1
+SQL=/usr/share/kamailio/db_sqlite
+{ cat "$SQL/standard-create.sql" "$SQL/auth_db-create.sql"
+  echo "BEGIN;"
+  for i in $(seq 0 1999); do echo "INSERT INTO subscriber (username, domain, password) VALUES ('$(u $i)', '$DOMAIN', 'pw');"; done
+  echo "COMMIT;"; } | sqlite3 "$DATA/kamailio.sqlite" || exit 1
+
+# ---------------------------------------------------------------- servers
+SERVER_PID=
+server_pids() {
+  [ -n "$SERVER_PID" ] || return
+  echo "$SERVER_PID"
+  ps -o pid= --ppid "$SERVER_PID" 2>/dev/null
+}
+cpu_ticks() {  # total utime+stime of the server's processes
+  local t=0 p s
+  for p in $(server_pids); do
+    s=$(cat /proc/$p/stat 2>/dev/null) || continue
+    s=${s##*) }; set -- $s
+    t=$((t + ${12} + ${13}))
+  done
+  echo $t
+}
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+start_server() {  # $1 = kamailio|switchboard, $2 = log
+  case $1 in
+    kamailio)
+      kamailio -f "$HERE/kamailio.cfg" -DD -E -m 512 -M 16 -P "$WORK/run/kamailio.pid" -Y "$WORK/run" \
+        -A "DBURL=\"sqlite://$DATA/kamailio.sqlite\"" -A "DOMAIN=\"$DOMAIN\"" -A "ADDR=127.0.0.1" -A "PORT=$PORT" \
+        -A "UDPWORKERS=4" -A "TCPWORKERS=4" >"$2" 2>&1 &
+      ;;
+    switchboard)
+      "$BIN" --data-dir "$DATA/sb" --log-level warn serve --sip-udp 127.0.0.1:$PORT --sip-tcp 127.0.0.1:$PORT \
+        --sip-tls off --http off >"$2" 2>&1 &
+      ;;
+  esac
+  SERVER_PID=$!
+  wait_port || { log "$1 did not start (see $2)"; return 1; }
+}
+stop_server() {
+  [ -n "$SERVER_PID" ] || return
+  kill "$SERVER_PID" 2>/dev/null
+  for _ in $(seq 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$SERVER_PID" 2>/dev/null; wait "$SERVER_PID" 2>/dev/null
+  SERVER_PID=
+}
+
+# ---------------------------------------------------------------- one trial
+# Prints: passed(0/1) achieved_rate server_cpu_pct failed_pct slow_pct avg_rtd_ms
+stat_field() {  # file, column name -> value in the last row
+  python3 - "$1" "$2" <<'PY'
+import sys
+rows = [l.rstrip('\n').split(';') for l in open(sys.argv[1]) if l.strip()]
+head, last = rows[0], rows[-1]
+print(last[head.index(sys.argv[2])] if sys.argv[2] in head else 0)
+PY
+}
+slow_calls() {  # calls whose first-request-to-final time exceeded LAT_MAX_MS
+  python3 - "$1" "$LAT_MAX_MS" <<'PY'
+import sys
+rows = [l.rstrip('\n').split(';') for l in open(sys.argv[1]) if l.strip()]
+head, last, lim = rows[0], rows[-1], int(sys.argv[2])
+n = 0
+for i, h in enumerate(head):
+    if h.startswith('ResponseTimeRepartition1_'):
+        b = h.split('_', 1)[1]
+        edge = int(b.lstrip('<>='))
+        if (b.startswith('<') and edge > lim) or b.startswith('>='):
+            n += int(last[i] or 0)
+print(n)
+PY
+}
+trial() {  # server test transport rate
+  local srv=$1 test=$2 tr=$3 rate=$4 dir=$OUT/$1-$2-$3-$4
+  mkdir -p "$dir"
+  local t=$([ "$tr" = udp ] && echo u1 || echo t1)
+  start_server "$srv" "$dir/server.log" || { echo "0 0 0 100 0 0"; return; }
+  local uas=
+  if [ "$test" = message ]; then
+    timeout 60 sipp 127.0.0.1:$PORT -nostdin -sf "$SCN/register.xml" -inf "$DATA/rcpt.csv" -key domain $DOMAIN \
+      -key expires 3600 -key cport $UAS_PORT -p 5092 -t $t -m 1000 -r 2000 -timeout 30s >"$dir/rcpt.out" 2>&1
+    timeout $((DUR + 40)) sipp -nostdin -sf "$SCN/message_uas.xml" -p $UAS_PORT -t $t -timeout $((DUR + 30))s \
+      -max_recv_loops 100000 >"$dir/uas.out" 2>&1 &
+    uas=$!
+    sleep 0.3
+  fi
+  local scen=$SCN/register.xml inf=$DATA/reg.csv
+  [ "$test" = message ] && scen=$SCN/message_uac.xml inf=$DATA/msg.csv
+  local per=$(( (rate + PAR - 1) / PAR )) calls=$(( rate * DUR / PAR )) pids=() i
+  local c0 t0 c1 t1
+  c0=$(cpu_ticks); t0=$(date +%s.%N)
+  for i in $(seq 1 "$PAR"); do
+    local p=$((5100 + i))
+    timeout $((DUR + 60)) sipp 127.0.0.1:$PORT -nostdin -sf "$scen" -inf "$inf" -key domain $DOMAIN -key expires 3600 \
+      -key cport $p -p $p -t $t -r $per -m $calls -l $((per * 2)) -timeout $((DUR + 30))s -max_recv_loops 100000 \
+      -trace_stat -stf "$dir/stat$i.csv" -fd 1 >"$dir/sipp$i.out" 2>&1 &
+    pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p"; done
+  t1=$(date +%s.%N); c1=$(cpu_ticks)
+  [ -n "$uas" ] && { kill "$uas" 2>/dev/null; wait "$uas" 2>/dev/null; }
+  stop_server
+  local ok=0 bad=0 slow=0 rtd=0 f
+  for i in $(seq 1 "$PAR"); do
+    f=$dir/stat$i.csv
+    [ -s "$f" ] || { bad=$((bad + calls)); continue; }
+    ok=$((ok + $(stat_field "$f" 'SuccessfulCall(C)')))
+    bad=$((bad + $(stat_field "$f" 'FailedCall(C)')))
+    slow=$((slow + $(slow_calls "$f")))
+  done
+  python3 - "$ok" "$bad" "$slow" "$rate" "$t0" "$t1" "$c0" "$c1" "$CLK_TCK" "$((calls * PAR))" <<'PY'
+import sys
+ok, bad, slow, rate = map(int, sys.argv[1:5]); t0, t1 = float(sys.argv[5]), float(sys.argv[6])
+c0, c1, tck, total = int(sys.argv[7]), int(sys.argv[8]), int(sys.argv[9]), int(sys.argv[10])
+wall = max(t1 - t0, 0.001)
+achieved = ok / wall
+cpu = (c1 - c0) / tck / wall * 100
+failed_pct = 100.0 * (bad + max(total - ok - bad, 0)) / max(total, 1)
+slow_pct = 100.0 * slow / max(total, 1)
+passed = failed_pct + slow_pct < 1.0 and achieved >= 0.95 * rate
+print(int(passed), round(achieved), round(cpu), round(failed_pct, 2), round(slow_pct, 2))
+PY
+}
+
+# ---------------------------------------------------------------- search
+echo "server,test,transport,target,achieved,server_cpu_pct,failed_pct,slow_pct,passed" > "$OUT/trials.csv"
+echo "server,test,transport,best_rate,server_cpu_pct" > "$OUT/summary.csv"
+for test in $TESTS; do
+  for tr in $TRANSPORTS; do
+    for srv in $SERVERS; do
+      start=START_$test; rate=${!start}; best=0; best_cpu=0; fail=0
+      for n in $(seq 1 "$MAX_TRIALS"); do
+        read -r passed achieved cpu failed slow < <(trial "$srv" "$test" "$tr" "$rate")
+        log "$srv $test/$tr target $rate/s: achieved $achieved/s, server CPU $cpu %, failed $failed %, slow $slow % -> $([ "$passed" = 1 ] && echo pass || echo fail)"
+        echo "$srv,$test,$tr,$rate,$achieved,$cpu,$failed,$slow,$passed" >> "$OUT/trials.csv"
+        if [ "$passed" = 1 ]; then
+          best=$achieved; best_cpu=$cpu
+          if [ "$fail" = 0 ]; then rate=$((rate * 13 / 10)); else rate=$(((rate + fail) / 2)); fi
+        else
+          fail=$rate
+          if [ "$best" = 0 ]; then rate=$((rate * 6 / 10)); else rate=$(((best + fail) / 2)); fi
+        fi
+        if [ "$best" != 0 ] && [ "$fail" != 0 ] && [ $((fail * 100)) -le $((best * 108)) ]; then break; fi
+      done
+      echo "$srv,$test,$tr,$best,$best_cpu" >> "$OUT/summary.csv"
+    done
+  done
+done
+
+# ---------------------------------------------------------------- report
+python3 - "$OUT/summary.csv" <<'PY' | tee "$OUT/results.txt"
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+best = {(r['server'], r['test'], r['transport']): (int(r['best_rate']), int(r['server_cpu_pct'])) for r in rows}
+keys = sorted({(r['test'], r['transport']) for r in rows})
+print('| test | transport | Kamailio calls/s | Kamailio CPU | Switchboard calls/s | Switchboard CPU | rate ratio | per-core ratio |')
+print('|---|---|---|---|---|---|---|---|')
+for t, tr in keys:
+    k = best.get(('kamailio', t, tr), (0, 0)); s = best.get(('switchboard', t, tr), (0, 0))
+    ratio = s[0] / k[0] if k[0] else float('nan')
+    per_core = (s[0] / max(s[1], 1)) / (k[0] / max(k[1], 1)) if k[0] and s[0] else float('nan')
+    print(f'| {t} | {tr} | {k[0]} | {k[1]} % | {s[0]} | {s[1]} % | {ratio:.2f} | {per_core:.2f} |')
+PY
+log "results in $OUT"
