@@ -6,7 +6,7 @@ use std::fmt;
 use crate::cursor::split_commas;
 
 macro_rules! header_names {
-    ($( $variant:ident => $canon:literal $(, $compact:literal)? ;)*) => {
+    ($( $variant:ident => $canon:literal / $lower:literal $(, $compact:literal)? ;)*) => {
         /// A header field name. Known names are matched case-insensitively and through
         /// their compact forms; unknown ones keep their spelling and pass through untouched.
         #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -22,7 +22,18 @@ macro_rules! header_names {
                     let c = name.as_bytes()[0].to_ascii_lowercase();
                     $( $( if c == $compact { return HeaderName::$variant; } )? )*
                 }
-                $( if name.eq_ignore_ascii_case($canon) { return HeaderName::$variant; } )*
+                // Lower-case into a stack buffer and match once: this runs for every
+                // header line of every message.
+                let mut buf = [0u8; 24];
+                if name.len() <= buf.len() {
+                    let lower = &mut buf[..name.len()];
+                    lower.copy_from_slice(name.as_bytes());
+                    lower.make_ascii_lowercase();
+                    match &*lower {
+                        $( l if l == $lower.as_bytes() => return HeaderName::$variant, )*
+                        _ => {}
+                    }
+                }
                 HeaderName::Other(name.into())
             }
 
@@ -38,48 +49,48 @@ macro_rules! header_names {
 }
 
 header_names! {
-    Accept => "Accept";
-    AcceptContact => "Accept-Contact", b'a';
-    Allow => "Allow";
-    AllowEvents => "Allow-Events", b'u';
-    AuthenticationInfo => "Authentication-Info";
-    Authorization => "Authorization";
-    CallId => "Call-ID", b'i';
-    Contact => "Contact", b'm';
-    ContentEncoding => "Content-Encoding", b'e';
-    ContentLength => "Content-Length", b'l';
-    ContentType => "Content-Type", b'c';
-    CSeq => "CSeq";
-    Date => "Date";
-    Event => "Event", b'o';
-    Expires => "Expires";
-    From => "From", b'f';
-    IdentityInfo => "Identity-Info", b'n';
-    Identity => "Identity", b'y';
-    MaxForwards => "Max-Forwards";
-    MinExpires => "Min-Expires";
-    Path => "Path";
-    ProxyAuthenticate => "Proxy-Authenticate";
-    ProxyAuthorization => "Proxy-Authorization";
-    ProxyRequire => "Proxy-Require";
-    RecordRoute => "Record-Route";
-    ReferTo => "Refer-To", b'r';
-    ReferredBy => "Referred-By", b'b';
-    RejectContact => "Reject-Contact", b'j';
-    RequestDisposition => "Request-Disposition", b'd';
-    Require => "Require";
-    Route => "Route";
-    Server => "Server";
-    SessionExpires => "Session-Expires", b'x';
-    Subject => "Subject", b's';
-    Supported => "Supported", b'k';
-    Timestamp => "Timestamp";
-    To => "To", b't';
-    Unsupported => "Unsupported";
-    UserAgent => "User-Agent";
-    Via => "Via", b'v';
-    Warning => "Warning";
-    WwwAuthenticate => "WWW-Authenticate";
+    Accept => "Accept" / "accept";
+    AcceptContact => "Accept-Contact" / "accept-contact", b'a';
+    Allow => "Allow" / "allow";
+    AllowEvents => "Allow-Events" / "allow-events", b'u';
+    AuthenticationInfo => "Authentication-Info" / "authentication-info";
+    Authorization => "Authorization" / "authorization";
+    CallId => "Call-ID" / "call-id", b'i';
+    Contact => "Contact" / "contact", b'm';
+    ContentEncoding => "Content-Encoding" / "content-encoding", b'e';
+    ContentLength => "Content-Length" / "content-length", b'l';
+    ContentType => "Content-Type" / "content-type", b'c';
+    CSeq => "CSeq" / "cseq";
+    Date => "Date" / "date";
+    Event => "Event" / "event", b'o';
+    Expires => "Expires" / "expires";
+    From => "From" / "from", b'f';
+    IdentityInfo => "Identity-Info" / "identity-info", b'n';
+    Identity => "Identity" / "identity", b'y';
+    MaxForwards => "Max-Forwards" / "max-forwards";
+    MinExpires => "Min-Expires" / "min-expires";
+    Path => "Path" / "path";
+    ProxyAuthenticate => "Proxy-Authenticate" / "proxy-authenticate";
+    ProxyAuthorization => "Proxy-Authorization" / "proxy-authorization";
+    ProxyRequire => "Proxy-Require" / "proxy-require";
+    RecordRoute => "Record-Route" / "record-route";
+    ReferTo => "Refer-To" / "refer-to", b'r';
+    ReferredBy => "Referred-By" / "referred-by", b'b';
+    RejectContact => "Reject-Contact" / "reject-contact", b'j';
+    RequestDisposition => "Request-Disposition" / "request-disposition", b'd';
+    Require => "Require" / "require";
+    Route => "Route" / "route";
+    Server => "Server" / "server";
+    SessionExpires => "Session-Expires" / "session-expires", b'x';
+    Subject => "Subject" / "subject", b's';
+    Supported => "Supported" / "supported", b'k';
+    Timestamp => "Timestamp" / "timestamp";
+    To => "To" / "to", b't';
+    Unsupported => "Unsupported" / "unsupported";
+    UserAgent => "User-Agent" / "user-agent";
+    Via => "Via" / "via", b'v';
+    Warning => "Warning" / "warning";
+    WwwAuthenticate => "WWW-Authenticate" / "www-authenticate";
 }
 
 impl fmt::Display for HeaderName {

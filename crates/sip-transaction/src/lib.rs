@@ -75,6 +75,8 @@ pub(crate) struct Inner {
     pub(crate) server: Mutex<HashMap<TxKey, Arc<server::ServerTx>>>,
     pub(crate) client: Mutex<HashMap<(String, Method), mpsc::UnboundedSender<Message>>>,
     pub(crate) tu: OnceLock<Arc<dyn TransactionUser>>,
+    /// Completed transactions waiting out Timer J / L, in deadline order.
+    pub(crate) linger: Mutex<std::collections::VecDeque<(tokio::time::Instant, Arc<server::ServerTx>)>>,
 }
 
 /// The transaction layer. Cheap to clone.
@@ -93,9 +95,11 @@ impl TransactionLayer {
                 server: Mutex::new(HashMap::new()),
                 client: Mutex::new(HashMap::new()),
                 tu: OnceLock::new(),
+                linger: Mutex::new(std::collections::VecDeque::new()),
             }),
         };
         transports.set_handler(Arc::new(layer.clone()));
+        tokio::spawn(server::sweep_lingering(Arc::downgrade(&layer.inner)));
         layer
     }
 

@@ -138,46 +138,85 @@ impl ServerTxHandle {
         let tx = self.tx.clone();
         let layer = self.layer.clone();
         let timers = layer.inner.timers;
-        tokio::spawn(async move {
-            if tx.is_invite && status >= 300 {
-                // §17.2.1: Timer G retransmits over UDP until ACK; Timer H gives up.
-                let deadline = tokio::time::Instant::now() + timers.t1 * 64;
-                let mut interval = timers.t1;
-                loop {
-                    let wait = if tx.reliable {
-                        deadline
-                    } else {
-                        (tokio::time::Instant::now() + interval).min(deadline)
-                    };
-                    tokio::select! {
-                        _ = tx.acked.notified() => break,
-                        _ = tokio::time::sleep_until(wait) => {}
-                    }
-                    if tx.state.lock().0 != Phase::Completed {
-                        break;
-                    }
-                    if tokio::time::Instant::now() >= deadline {
-                        tracing::debug!("Timer H fired: no ACK for a final response");
-                        break;
-                    }
-                    let _ = layer.inner.transports.send(tx.target, bytes.clone()).await;
-                    interval = (interval * 2).min(timers.t2);
-                }
-                // Timer I absorbs ACK retransmissions.
-                if !tx.reliable {
-                    tokio::time::sleep(timers.t4).await;
-                }
+        if !(tx.is_invite && status >= 300) {
+            // Timer J (non-INVITE, §17.2.2) or RFC 6026 Timer L (INVITE 2xx): one fixed
+            // duration, so a FIFO queue swept by one task replaces a timer task per
+            // transaction (tens of thousands live at once under load).
+            if tx.reliable && !tx.is_invite {
+                terminate(&layer, &tx);
             } else {
-                // Timer J (non-INVITE, §17.2.2) or RFC 6026 Timer L (INVITE 2xx).
-                if !tx.reliable || tx.is_invite {
-                    tokio::time::sleep(timers.t1 * 64).await;
+                let due = tokio::time::Instant::now() + timers.t1 * 64;
+                layer.inner.linger.lock().push_back((due, tx));
+            }
+            return;
+        }
+        tokio::spawn(async move {
+            // §17.2.1: Timer G retransmits over UDP until ACK; Timer H gives up.
+            let deadline = tokio::time::Instant::now() + timers.t1 * 64;
+            let mut interval = timers.t1;
+            loop {
+                let wait = if tx.reliable {
+                    deadline
+                } else {
+                    (tokio::time::Instant::now() + interval).min(deadline)
+                };
+                tokio::select! {
+                    _ = tx.acked.notified() => break,
+                    _ = tokio::time::sleep_until(wait) => {}
                 }
+                if tx.state.lock().0 != Phase::Completed {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    tracing::debug!("Timer H fired: no ACK for a final response");
+                    break;
+                }
+                let _ = layer.inner.transports.send(tx.target, bytes.clone()).await;
+                interval = (interval * 2).min(timers.t2);
             }
-            tx.state.lock().0 = Phase::Terminated;
-            let mut map = layer.inner.server.lock();
-            if map.get(&tx.key).is_some_and(|t| Arc::ptr_eq(t, &tx)) {
-                map.remove(&tx.key);
+            // Timer I absorbs ACK retransmissions.
+            if !tx.reliable {
+                tokio::time::sleep(timers.t4).await;
             }
+            terminate(&layer, &tx);
         });
+    }
+}
+
+/// Ends a server transaction: later copies of its request are new requests.
+fn terminate(layer: &TransactionLayer, tx: &Arc<ServerTx>) {
+    tx.state.lock().0 = Phase::Terminated;
+    let mut map = layer.inner.server.lock();
+    if map.get(&tx.key).is_some_and(|t| Arc::ptr_eq(t, tx)) {
+        map.remove(&tx.key);
+    }
+}
+
+/// Sweeps the queue of lingering transactions (Timer J / L) as their deadlines pass.
+pub(crate) async fn sweep_lingering(layer: std::sync::Weak<crate::Inner>) {
+    loop {
+        let next = {
+            let Some(inner) = layer.upgrade() else { return };
+            let now = tokio::time::Instant::now();
+            let mut expired = Vec::new();
+            let next = {
+                let mut q = inner.linger.lock();
+                while q.front().is_some_and(|(due, _)| *due <= now) {
+                    if let Some((_, tx)) = q.pop_front() {
+                        expired.push(tx);
+                    }
+                }
+                q.front().map(|(due, _)| *due)
+            };
+            let layer = TransactionLayer { inner };
+            for tx in &expired {
+                terminate(&layer, tx);
+            }
+            next
+        };
+        match next {
+            Some(due) => tokio::time::sleep_until(due).await,
+            None => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
     }
 }

@@ -8,6 +8,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use switchboard::config::{FileConfig, Listen, ServerConfig};
 use switchboard_store::Address;
 
+// The SIP hot path allocates many small strings per message; mimalloc's thread-local
+// free lists cost a fraction of glibc malloc's (measured: malloc was ~20 % of CPU).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "switchboard",
