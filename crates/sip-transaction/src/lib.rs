@@ -29,7 +29,9 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use sip_message::{HeaderName, Message, Method, Via, BRANCH_COOKIE};
-use sip_transport::{ConnectionId, Handler, Inbound, Source, Target, TransportKind, Transports};
+use sip_transport::{
+    ConnectionId, Handler, Inbound, Source, Target, TransportKind, Transports, Work,
+};
 use tokio::sync::mpsc;
 
 /// RFC 3261 §17.1.1.1 timer values.
@@ -52,12 +54,15 @@ impl Default for Timers {
 
 /// What the transaction user (the proxy/registrar core) receives.
 pub trait TransactionUser: Send + Sync + 'static {
-    /// A new request (not ACK) with its server transaction.
-    fn on_request(&self, request: ServerRequest);
+    /// A new request (not ACK) with its server transaction. Returned work runs on the
+    /// reading task (see [`sip_transport::Handler`]); spawn anything that waits long.
+    fn on_request(&self, request: ServerRequest) -> Option<Work>;
     /// An ACK that matched no server transaction (the ACK for a 2xx, RFC 3261 §17.1.1.3).
-    fn on_ack(&self, ack: Inbound);
+    fn on_ack(&self, ack: Inbound) -> Option<Work>;
     /// A response that matched no client transaction (e.g. a retransmitted 2xx).
-    fn on_stray_response(&self, _response: Inbound) {}
+    fn on_stray_response(&self, _response: Inbound) -> Option<Work> {
+        None
+    }
     /// A stream connection closed.
     fn on_connection_closed(&self, _id: ConnectionId) {}
 }
@@ -232,40 +237,30 @@ fn stamp_received(msg: &mut Message, source: &Source) -> Option<Via> {
 }
 
 impl Handler for TransactionLayer {
-    fn on_message(&self, inbound: Inbound) {
+    fn on_message(&self, inbound: Inbound) -> Option<Work> {
         let Inbound {
             mut message,
             source,
         } = inbound;
-        let Some(tu) = self.inner.tu.get().cloned() else {
-            return;
-        };
+        let tu = self.inner.tu.get().cloned()?;
         match message.method().cloned() {
             Some(method) => {
-                let Some(via) = stamp_received(&mut message, &source) else {
-                    return;
-                };
+                let via = stamp_received(&mut message, &source)?;
                 if method == Method::Ack {
                     if let Some(key) = server_key(&message, Method::Invite) {
                         let tx = self.inner.server.lock().get(&key).cloned();
-                        if let Some(tx) = tx {
-                            if tx.on_ack() {
-                                return;
-                            }
+                        if tx.is_some_and(|tx| tx.on_ack()) {
+                            return None;
                         }
                     }
-                    tu.on_ack(Inbound { message, source });
-                    return;
+                    return tu.on_ack(Inbound { message, source });
                 }
-                let Some(key) = server_key(&message, method.clone()) else {
-                    return;
-                };
+                let key = server_key(&message, method.clone())?;
                 let existing = self.inner.server.lock().get(&key).cloned();
                 if let Some(tx) = existing {
                     // A retransmission (§17.2.1, §17.2.2).
                     let layer = self.clone();
-                    tokio::spawn(async move { tx.on_retransmission(&layer).await });
-                    return;
+                    return Some(Box::pin(async move { tx.on_retransmission(&layer).await }));
                 }
                 let target = response_target(&via, &source);
                 let tx = Arc::new(server::ServerTx::new(
@@ -282,19 +277,18 @@ impl Handler for TransactionLayer {
                         tx,
                         layer: self.clone(),
                     },
-                });
+                })
             }
             None => {
-                let Ok(via) = message.top_via() else { return };
+                let via = message.top_via().ok()?;
                 let Some(branch) = via.branch() else {
-                    tu.on_stray_response(Inbound { message, source });
-                    return;
+                    return tu.on_stray_response(Inbound { message, source });
                 };
-                let Ok(cseq) = message.cseq() else { return };
+                let cseq = message.cseq().ok()?;
                 let key = (branch.to_owned(), cseq.method);
                 let chan = self.inner.client.lock().get(&key).cloned();
                 match chan {
-                    Some(ch) if ch.send(message.clone()).is_ok() => {}
+                    Some(ch) if ch.send(message.clone()).is_ok() => None,
                     _ => tu.on_stray_response(Inbound { message, source }),
                 }
             }

@@ -9,7 +9,7 @@ use sip_message::{parse_datagram, HeaderName, Message, Method, Uri};
 use sip_transaction::{
     new_branch, ClientEvent, ServerRequest, Timers, TransactionLayer, TransactionUser,
 };
-use sip_transport::{Inbound, Target, TransportKind, Transports, TransportsConfig};
+use sip_transport::{Inbound, Target, TransportKind, Transports, TransportsConfig, Work};
 use tokio::net::UdpSocket;
 
 struct Answer(u16, Mutex<Vec<String>>);

@@ -106,10 +106,15 @@ pub struct Inbound {
     pub source: Source,
 }
 
-/// Receives everything the transports read. Called on the reading task, so it must not
-/// block; per connection, calls come in wire order.
+/// Work a handler hands back to the reading task, which runs it before reading on.
+pub type Work = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>;
+
+/// Receives everything the transports read. Called on the reading task, in wire order per
+/// connection; the returned work is awaited there before the next message is read, so a
+/// handler that may wait long (forwarding) must spawn that part itself. Running short
+/// work in place saves a task spawn and a cross-thread wake-up per message.
 pub trait Handler: Send + Sync + 'static {
-    fn on_message(&self, inbound: Inbound);
+    fn on_message(&self, inbound: Inbound) -> Option<Work>;
     /// A stream connection closed (RFC 5626 §5.4: its flow is gone).
     fn on_connection_closed(&self, _id: ConnectionId) {}
 }

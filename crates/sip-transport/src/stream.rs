@@ -183,8 +183,13 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     let bytes = buf.split_to(n);
                     match parse_stream_message(&bytes) {
                         Ok(message) => {
-                            if let Some(h) = transports.inner.handler.get() {
-                                h.on_message(Inbound { message, source });
+                            let work = transports
+                                .inner
+                                .handler
+                                .get()
+                                .and_then(|h| h.on_message(Inbound { message, source }));
+                            if let Some(w) = work {
+                                w.await;
                             }
                         }
                         Err(rej) => {

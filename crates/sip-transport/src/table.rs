@@ -54,7 +54,8 @@ pub(crate) struct Conn {
 pub(crate) struct Inner {
     pub(crate) config: TransportsConfig,
     pub(crate) handler: OnceLock<Arc<dyn Handler>>,
-    udp: RwLock<Vec<Arc<UdpSocket>>>,
+    /// UDP sockets with their local address (asking the kernel per send is a syscall).
+    udp: RwLock<Vec<(Arc<UdpSocket>, SocketAddr)>>,
     listening: RwLock<HashMap<TransportKind, SocketAddr>>,
     pub(crate) conns: RwLock<HashMap<ConnectionId, Conn>>,
     by_remote: RwLock<HashMap<(TransportKind, SocketAddr), ConnectionId>>,
@@ -102,7 +103,7 @@ impl Transports {
     pub fn add_udp(&self, socket: UdpSocket) -> std::io::Result<SocketAddr> {
         let addr = socket.local_addr()?;
         let socket = Arc::new(socket);
-        self.inner.udp.write().push(socket.clone());
+        self.inner.udp.write().push((socket.clone(), addr));
         self.inner
             .listening
             .write()
@@ -224,24 +225,20 @@ impl Transports {
                 },
             },
             Target::Addr(TransportKind::Udp, addr) => {
-                let socket = {
+                let (socket, local) = {
                     let socks = self.inner.udp.read();
                     socks
                         .iter()
-                        .find(|s| {
-                            s.local_addr()
-                                .map(|l| l.is_ipv4() == addr.is_ipv4())
-                                .unwrap_or(false)
-                        })
+                        .find(|(_, l)| l.is_ipv4() == addr.is_ipv4())
                         .or_else(|| socks.first())
                         .cloned()
+                        .ok_or(TransportError::NoTransport(TransportKind::Udp))?
                 };
-                let socket = socket.ok_or(TransportError::NoTransport(TransportKind::Udp))?;
                 socket.send_to(&data, addr).await?;
                 Ok(Source {
                     transport: TransportKind::Udp,
                     remote: addr,
-                    local: socket.local_addr()?,
+                    local,
                     connection: None,
                 })
             }

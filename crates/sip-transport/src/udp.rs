@@ -45,7 +45,7 @@ pub(crate) async fn receive_loop(transports: Transports, socket: Arc<UdpSocket>)
         match parse_datagram(data) {
             Ok(message) => {
                 if let Some(h) = transports.inner.handler.get() {
-                    h.on_message(Inbound {
+                    let work = h.on_message(Inbound {
                         message,
                         source: Source {
                             transport: TransportKind::Udp,
@@ -54,6 +54,9 @@ pub(crate) async fn receive_loop(transports: Transports, socket: Arc<UdpSocket>)
                             connection: None,
                         },
                     });
+                    if let Some(w) = work {
+                        w.await;
+                    }
                 }
             }
             Err(rej) => {

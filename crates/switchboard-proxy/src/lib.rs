@@ -35,7 +35,7 @@ use parking_lot::{Mutex, RwLock};
 use sip_digest::{Algorithm, NonceIssuer, ReplayGuard};
 use sip_message::{HeaderName, Host, Message, Method, Uri};
 use sip_transaction::{ServerRequest, TransactionLayer, TransactionUser};
-use sip_transport::{ConnectionId, Inbound, TransportKind};
+use sip_transport::{ConnectionId, Inbound, TransportKind, Work};
 use switchboard_registrar::{Location, RegisterError};
 use switchboard_store::{Address, UserDirectory};
 use tokio::sync::Notify;
@@ -418,21 +418,21 @@ impl Core {
 }
 
 impl TransactionUser for Core {
-    fn on_request(&self, request: ServerRequest) {
-        // The Arc is recovered from the layer's registration; spawn so parsing and
-        // transport reading never wait on routing.
-        let Some(core) = self.self_arc() else { return };
-        tokio::spawn(core.handle(request));
+    // Runs on the reading task: everything here is quick (lookups, one send) except
+    // forwarding, which `handle_routed` spawns.
+    fn on_request(&self, request: ServerRequest) -> Option<Work> {
+        let core = self.self_arc()?;
+        Some(Box::pin(core.handle(request)))
     }
 
-    fn on_ack(&self, ack: Inbound) {
-        let Some(core) = self.self_arc() else { return };
-        tokio::spawn(async move { core.forward_ack(ack).await });
+    fn on_ack(&self, ack: Inbound) -> Option<Work> {
+        let core = self.self_arc()?;
+        Some(Box::pin(async move { core.forward_ack(ack).await }))
     }
 
-    fn on_stray_response(&self, response: Inbound) {
-        let Some(core) = self.self_arc() else { return };
-        tokio::spawn(async move { core.forward_stray_response(response).await });
+    fn on_stray_response(&self, response: Inbound) -> Option<Work> {
+        let core = self.self_arc()?;
+        Some(Box::pin(async move { core.forward_stray_response(response).await }))
     }
 
     fn on_connection_closed(&self, id: ConnectionId) {

@@ -162,7 +162,7 @@ impl Core {
         let from_aor = format!("sip:{sender}");
 
         if let Some(b) = contact_binding {
-            return self.forward(req, vec![b], from_aor, None).await;
+            return self.spawn_forward(req, vec![b], from_aor, None);
         }
 
         // Target: a GRUU (one device) or an AoR (all devices).
@@ -176,7 +176,7 @@ impl Core {
         let gr = ruri.params.get("gr");
         if gr.is_some() || user.starts_with("tgruu.") {
             return match self.location.lookup_gruu(&aor, gr.flatten(), &user) {
-                Some((aor, b)) => self.forward(req, vec![b], from_aor, Some(aor)).await,
+                Some((aor, b)) => self.spawn_forward(req, vec![b], from_aor, Some(aor)),
                 None => self.respond(&req, 480).await,
             };
         }
@@ -200,7 +200,7 @@ impl Core {
         if bindings.is_empty() {
             return self.respond(&req, 480).await;
         }
-        self.forward(req, bindings, from_aor, Some(aor)).await
+        self.spawn_forward(req, bindings, from_aor, Some(aor))
     }
 
     /// The path to a binding. Over a stream: the connection it registered on while that is
@@ -319,6 +319,12 @@ impl Core {
         // Credentials for our realm stop here (§22.3): the next hop cannot use them.
         out.headers.remove(&HeaderName::ProxyAuthorization);
         (out, branch)
+    }
+
+    /// Forwarding waits for devices to answer: it runs as its own task so the connection
+    /// it came from keeps being read.
+    fn spawn_forward(self: Arc<Self>, req: ServerRequest, bindings: Vec<Binding>, from_aor: String, to_aor: Option<String>) {
+        tokio::spawn(self.forward(req, bindings, from_aor, to_aor));
     }
 
     /// Forks `req` to `bindings` in parallel and returns the best response (§16.7).

@@ -65,6 +65,9 @@ fn now() -> i64 {
 
 struct Cache {
     data_version: i64,
+    /// (size, mtime, mtime_nsec, inode) of the WAL file when last checked.
+    wal_stamp: Option<(u64, i64, i64, u64)>,
+    checked_at: std::time::Instant,
     users: HashMap<Address, Option<UserRecord>>,
     domains: Option<Vec<String>>,
 }
@@ -72,6 +75,7 @@ struct Cache {
 /// The user directory over one SQLite connection, with a lookup cache that is dropped
 /// whenever any connection (the CLI's included) commits a change.
 pub struct UserDirectory {
+    wal_path: Option<std::path::PathBuf>,
     conn: Mutex<Connection>,
     cache: Mutex<Cache>,
 }
@@ -98,11 +102,14 @@ const USER_COLUMNS: &str =
     "username, domain, display_name, ha1_md5, ha1_sha256, nt_hash, enabled, created_at, updated_at";
 
 impl UserDirectory {
-    pub(crate) fn new(conn: Connection) -> Self {
+    pub(crate) fn new(conn: Connection, wal_path: Option<std::path::PathBuf>) -> Self {
         UserDirectory {
+            wal_path,
             conn: Mutex::new(conn),
             cache: Mutex::new(Cache {
                 data_version: -1,
+                wal_stamp: None,
+                checked_at: std::time::Instant::now(),
                 users: HashMap::new(),
                 domains: None,
             }),
@@ -111,8 +118,28 @@ impl UserDirectory {
 
     /// Drops the cache if the database changed since it was filled. `data_version` moves
     /// on every commit by another connection (SQLite's documented contract).
+    ///
+    /// Asking SQLite takes its shared lock (several fcntl calls, ~10 % of a REGISTER's
+    /// CPU), so first one `stat` of the write-ahead log: every commit by any connection
+    /// appends to it or rewrites it, changing its size or modification time. Only when
+    /// that identity changed (or half a second passed, as a backstop) is SQLite asked.
     fn revalidate(&self, conn: &Connection, cache: &mut Cache) -> Result<(), StoreError> {
-        let v: i64 = conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        let stamp = self.wal_path.as_ref().and_then(|p| std::fs::metadata(p).ok()).map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            (m.size(), m.mtime(), m.mtime_nsec(), m.ino())
+        });
+        let now = std::time::Instant::now();
+        if stamp.is_some()
+            && stamp == cache.wal_stamp
+            && now.duration_since(cache.checked_at) < std::time::Duration::from_millis(500)
+        {
+            return Ok(());
+        }
+        cache.wal_stamp = stamp;
+        cache.checked_at = now;
+        let v: i64 = conn
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?;
         if v != cache.data_version {
             cache.users.clear();
             cache.domains = None;
@@ -136,11 +163,10 @@ impl UserDirectory {
             return Ok(hit.clone());
         }
         let user = conn
-            .query_row(
-                &format!("SELECT {USER_COLUMNS} FROM users WHERE username = ?1 AND domain = ?2"),
-                params![address.user, address.domain],
-                row_to_user,
-            )
+            .prepare_cached(&format!(
+                "SELECT {USER_COLUMNS} FROM users WHERE username = ?1 AND domain = ?2"
+            ))?
+            .query_row(params![address.user, address.domain], row_to_user)
             .optional()?;
         if cache.users.len() > 200_000 {
             cache.users.clear();
