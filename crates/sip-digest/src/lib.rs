@@ -179,7 +179,11 @@ pub struct ReplayGuard {
 
 impl ReplayGuard {
     pub fn new(lifetime_secs: u64) -> Self {
-        ReplayGuard { seen: Mutex::new(HashMap::new()), hasher: Default::default(), lifetime_secs }
+        ReplayGuard {
+            seen: Mutex::new(HashMap::new()),
+            hasher: Default::default(),
+            lifetime_secs,
+        }
     }
 
     /// Accepts `nc` for `nonce` only if it is higher than any accepted before. `nc = None`

@@ -3,9 +3,9 @@
 use bytes::Bytes;
 use sip_message::{HeaderName, Message, Method, StartLine};
 use sip_transport::Target;
-use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 
+use crate::mailbox::{mailbox, Receiver, Sender};
 use crate::TransactionLayer;
 
 /// What a client transaction reports to its owner.
@@ -21,7 +21,23 @@ pub enum ClientEvent {
 
 /// The receiving end of a client transaction. Dropping it does not stop the transaction.
 pub struct ClientTransaction {
-    pub events: mpsc::UnboundedReceiver<ClientEvent>,
+    pub events: Receiver<ClientEvent>,
+}
+
+/// Where a client transaction reports: its own queue, or a queue shared by the branches
+/// of a fork, each event tagged with the branch number.
+enum Sink {
+    Own(Sender<ClientEvent>),
+    Tagged(usize, Sender<(usize, ClientEvent)>),
+}
+
+impl Sink {
+    fn send(&self, ev: ClientEvent) {
+        let _ = match self {
+            Sink::Own(s) => s.send(ev).map_err(drop),
+            Sink::Tagged(i, s) => s.send((*i, ev)).map_err(drop),
+        };
+    }
 }
 
 /// §17.1.1.3: the ACK for a non-2xx final response to `invite`.
@@ -60,8 +76,25 @@ impl TransactionLayer {
     /// Starts a client transaction for `request`, whose top Via must carry a fresh
     /// RFC 3261 branch (see [`crate::new_branch`]).
     pub fn send_request(&self, request: Message, target: Target) -> ClientTransaction {
-        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-        let (resp_tx, mut resp_rx) = mpsc::unbounded_channel::<Message>();
+        let (ev_tx, ev_rx) = mailbox();
+        self.start_client(request, target, Sink::Own(ev_tx));
+        ClientTransaction { events: ev_rx }
+    }
+
+    /// Like [`Self::send_request`], reporting into a queue shared with other branches,
+    /// tagged with `branch`.
+    pub fn send_request_tagged(
+        &self,
+        request: Message,
+        target: Target,
+        branch: usize,
+        sink: Sender<(usize, ClientEvent)>,
+    ) {
+        self.start_client(request, target, Sink::Tagged(branch, sink));
+    }
+
+    fn start_client(&self, request: Message, target: Target, ev_tx: Sink) {
+        let (resp_tx, mut resp_rx) = mailbox::<Message>();
         let branch = request
             .top_via()
             .ok()
@@ -85,7 +118,7 @@ impl TransactionLayer {
                     },
                 ),
                 Err(e) => {
-                    let _ = ev_tx.send(ClientEvent::TransportError(e.to_string()));
+                    ev_tx.send(ClientEvent::TransportError(e.to_string()));
                     layer.inner.client.lock().remove(&key);
                     return;
                 }
@@ -119,7 +152,7 @@ impl TransactionLayer {
                             if is_invite && status >= 300 {
                                 let _ = layer.inner.transports.send(target, ack_for(&request, &resp).encode().into()).await;
                             } else if is_invite && (200..300).contains(&status) {
-                                let _ = ev_tx.send(ClientEvent::Response(resp));
+                                ev_tx.send(ClientEvent::Response(resp));
                             }
                             continue;
                         }
@@ -131,7 +164,7 @@ impl TransactionLayer {
                                 next_retransmit = if is_invite || reliable { None } else { Some(Instant::now() + timers.t2) };
                                 interval = timers.t2;
                             }
-                            let _ = ev_tx.send(ClientEvent::Response(resp));
+                            ev_tx.send(ClientEvent::Response(resp));
                             continue;
                         }
                         next_retransmit = None;
@@ -143,7 +176,7 @@ impl TransactionLayer {
                         } else {
                             final_deadline = Some(Instant::now() + if reliable { std::time::Duration::ZERO } else { timers.t4 });
                         }
-                        let _ = ev_tx.send(ClientEvent::Response(resp));
+                        ev_tx.send(ClientEvent::Response(resp));
                     }
                     _ = sleep_until(wake) => {
                         let now = Instant::now();
@@ -152,7 +185,7 @@ impl TransactionLayer {
                             continue;
                         }
                         if now >= timeout_at {
-                            let _ = ev_tx.send(ClientEvent::Timeout);
+                            ev_tx.send(ClientEvent::Timeout);
                             break;
                         }
                         if let Some(at) = next_retransmit {
@@ -167,7 +200,6 @@ impl TransactionLayer {
             }
             layer.inner.client.lock().remove(&key);
         });
-        ClientTransaction { events: ev_rx }
     }
 }
 

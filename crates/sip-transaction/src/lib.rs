@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 mod client;
+pub mod mailbox;
 mod server;
 
 pub use client::{cancel_for, ClientEvent, ClientTransaction};
@@ -32,7 +33,6 @@ use sip_message::{HeaderName, Message, Method, Via, BRANCH_COOKIE};
 use sip_transport::{
     ConnectionId, Handler, Inbound, Source, Target, TransportKind, Transports, Work,
 };
-use tokio::sync::mpsc;
 
 /// RFC 3261 §17.1.1.1 timer values.
 #[derive(Debug, Clone, Copy)]
@@ -78,10 +78,11 @@ pub(crate) struct Inner {
     pub(crate) transports: Transports,
     pub(crate) timers: Timers,
     pub(crate) server: Mutex<HashMap<TxKey, Arc<server::ServerTx>>>,
-    pub(crate) client: Mutex<HashMap<(String, Method), mpsc::UnboundedSender<Message>>>,
+    pub(crate) client: Mutex<HashMap<(String, Method), mailbox::Sender<Message>>>,
     pub(crate) tu: OnceLock<Arc<dyn TransactionUser>>,
     /// Completed transactions waiting out Timer J / L, in deadline order.
-    pub(crate) linger: Mutex<std::collections::VecDeque<(tokio::time::Instant, Arc<server::ServerTx>)>>,
+    pub(crate) linger:
+        Mutex<std::collections::VecDeque<(tokio::time::Instant, Arc<server::ServerTx>)>>,
 }
 
 /// The transaction layer. Cheap to clone.

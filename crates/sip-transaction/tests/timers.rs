@@ -15,15 +15,16 @@ use tokio::net::UdpSocket;
 struct Answer(u16, Mutex<Vec<String>>);
 
 impl TransactionUser for Answer {
-    fn on_request(&self, req: ServerRequest) {
+    fn on_request(&self, req: ServerRequest) -> Option<Work> {
         self.1
             .lock()
             .push(req.message.method().unwrap().to_string());
         let resp = req.message.response(self.0, Some("srv"));
-        tokio::spawn(async move { req.tx.respond(&resp).await });
+        Some(Box::pin(async move { req.tx.respond(&resp).await }))
     }
-    fn on_ack(&self, _ack: Inbound) {
+    fn on_ack(&self, _ack: Inbound) -> Option<Work> {
         self.1.lock().push("stray ACK".into());
+        None
     }
 }
 

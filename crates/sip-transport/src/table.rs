@@ -110,7 +110,9 @@ impl Transports {
             .entry(TransportKind::Udp)
             .or_insert(addr);
         // Two receive loops per socket so parsing can use both cores.
-        let readers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
+        let readers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(4);
         for _ in 0..readers {
             tokio::spawn(crate::udp::receive_loop(self.clone(), socket.clone()));
         }

@@ -432,7 +432,9 @@ impl TransactionUser for Core {
 
     fn on_stray_response(&self, response: Inbound) -> Option<Work> {
         let core = self.self_arc()?;
-        Some(Box::pin(async move { core.forward_stray_response(response).await }))
+        Some(Box::pin(async move {
+            core.forward_stray_response(response).await
+        }))
     }
 
     fn on_connection_closed(&self, id: ConnectionId) {

@@ -6,11 +6,12 @@ use std::sync::Arc;
 
 use md5::{Digest as _, Md5};
 use sip_message::{HeaderName, Host, Message, Method, NameAddr, Uri, Via};
+use sip_transaction::mailbox::mailbox;
 use sip_transaction::{cancel_for, new_branch, ClientEvent, ServerRequest};
 use sip_transport::{Inbound, Source, Target, TransportKind};
 use switchboard_registrar::Binding;
 use switchboard_store::Address;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 use crate::auth::AuthResult;
 use crate::hook::HookDecision;
@@ -323,7 +324,13 @@ impl Core {
 
     /// Forwarding waits for devices to answer: it runs as its own task so the connection
     /// it came from keeps being read.
-    fn spawn_forward(self: Arc<Self>, req: ServerRequest, bindings: Vec<Binding>, from_aor: String, to_aor: Option<String>) {
+    fn spawn_forward(
+        self: Arc<Self>,
+        req: ServerRequest,
+        bindings: Vec<Binding>,
+        from_aor: String,
+        to_aor: Option<String>,
+    ) {
         tokio::spawn(self.forward(req, bindings, from_aor, to_aor));
     }
 
@@ -338,7 +345,7 @@ impl Core {
         let method = req.message.method().cloned().unwrap_or(Method::Options);
         let is_invite = method == Method::Invite;
         let hash = loop_hash(&req.message);
-        let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<(usize, ClientEvent)>();
+        let (ev_tx, mut ev_rx) = mailbox::<(usize, ClientEvent)>();
         let mut branches: Vec<(Message, Hop, bool, bool)> = Vec::new(); // request, hop, got provisional, done
         for b in &bindings {
             let hop = self.hop_for(b);
@@ -348,15 +355,8 @@ impl Core {
             let idx = branches.len();
             let (out, _branch) =
                 self.branch_request(&req.message, &req.source, b, &hop, &hash, idx);
-            let mut ctx = self.layer.send_request(out.clone(), hop.target);
-            let ev_tx = ev_tx.clone();
-            tokio::spawn(async move {
-                while let Some(ev) = ctx.events.recv().await {
-                    if ev_tx.send((idx, ev)).is_err() {
-                        return;
-                    }
-                }
-            });
+            self.layer
+                .send_request_tagged(out.clone(), hop.target, idx, ev_tx.clone());
             branches.push((out, hop, false, false));
         }
         drop(ev_tx);

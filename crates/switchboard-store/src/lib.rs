@@ -54,5 +54,8 @@ pub fn open(data_dir: &Path) -> Result<UserDirectory, StoreError> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     migrations::apply(&conn)?;
-    Ok(UserDirectory::new(conn, Some(data_dir.join("switchboard.db-wal"))))
+    Ok(UserDirectory::new(
+        conn,
+        Some(data_dir.join("switchboard.db-wal")),
+    ))
 }

@@ -124,10 +124,14 @@ impl UserDirectory {
     /// appends to it or rewrites it, changing its size or modification time. Only when
     /// that identity changed (or half a second passed, as a backstop) is SQLite asked.
     fn revalidate(&self, conn: &Connection, cache: &mut Cache) -> Result<(), StoreError> {
-        let stamp = self.wal_path.as_ref().and_then(|p| std::fs::metadata(p).ok()).map(|m| {
-            use std::os::unix::fs::MetadataExt;
-            (m.size(), m.mtime(), m.mtime_nsec(), m.ino())
-        });
+        let stamp = self
+            .wal_path
+            .as_ref()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                (m.size(), m.mtime(), m.mtime_nsec(), m.ino())
+            });
         let now = std::time::Instant::now();
         if stamp.is_some()
             && stamp == cache.wal_stamp
