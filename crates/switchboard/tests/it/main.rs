@@ -1,6 +1,7 @@
 //! Socket-level integration tests: a real server on ephemeral loopback ports, driven
 //! over UDP, TCP and TLS. One test binary (fewer links on a 2-core machine).
 
+mod cli;
 mod registration;
 mod robustness;
 mod routing;
