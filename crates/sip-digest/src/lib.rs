@@ -165,22 +165,41 @@ impl NonceIssuer {
     }
 }
 
-/// Remembers the highest nonce-count used with each nonce, until the nonce expires.
+/// Remembers the highest nonce-count used with each nonce, for as long as the nonce can be
+/// valid.
 ///
-/// Entries are 16 bytes (a 64-bit hash of the nonce, the count, the expiry): at 10,000
-/// authentications a second with 300-second nonces that is ~50 MB at worst, where keeping
-/// the nonce strings took several times more. A hash collision (~2^-64 a pair) can only
-/// cost a client one extra challenge.
+/// Entries are a 64-bit hash of the nonce and the count (a hash collision, ~2^-64 a pair,
+/// can only cost a client one extra challenge). They live in two generations: new entries
+/// go into the current one, lookups see both, and once a nonce lifetime has passed the
+/// older generation is dropped whole. Nothing is ever scanned, and the maps are split in
+/// sixteen shards so no lock is held for long when a map grows (at 10,000 sign-ins a
+/// second a generation holds millions of entries).
 pub struct ReplayGuard {
-    seen: Mutex<HashMap<u64, (u32, u32)>>, // nonce hash -> (highest nc, expires_at secs)
+    shards: Vec<Mutex<Generations>>,
     hasher: std::hash::RandomState,
     lifetime_secs: u64,
 }
 
+struct Generations {
+    current: HashMap<u64, u32>,
+    previous: HashMap<u64, u32>,
+    rotated_at: u64,
+}
+
+const REPLAY_SHARDS: usize = 16;
+
 impl ReplayGuard {
     pub fn new(lifetime_secs: u64) -> Self {
         ReplayGuard {
-            seen: Mutex::new(HashMap::new()),
+            shards: (0..REPLAY_SHARDS)
+                .map(|_| {
+                    Mutex::new(Generations {
+                        current: HashMap::new(),
+                        previous: HashMap::new(),
+                        rotated_at: 0,
+                    })
+                })
+                .collect(),
             hasher: Default::default(),
             lifetime_secs,
         }
@@ -198,29 +217,39 @@ impl ReplayGuard {
             None => u32::MAX,
         };
         let key = self.hasher.hash_one(nonce);
-        let expires = (now_secs + self.lifetime_secs + 10) as u32;
-        let mut seen = self.seen.lock();
-        match seen.get_mut(&key) {
-            Some((last, _)) if *last >= nc => false,
-            Some((last, _)) => {
-                *last = nc;
-                true
-            }
-            None => {
-                seen.insert(key, (nc, expires));
+        let mut g = self.shards[key as usize % REPLAY_SHARDS].lock();
+        if g.rotated_at == 0 {
+            g.rotated_at = now_secs;
+        }
+        // Rotate once a generation is older than any nonce can be valid (+ slack).
+        if now_secs >= g.rotated_at + self.lifetime_secs + 10 {
+            let old = std::mem::take(&mut g.current);
+            g.previous = old;
+            g.rotated_at = now_secs;
+        }
+        let last = g
+            .current
+            .get(&key)
+            .or_else(|| g.previous.get(&key))
+            .copied();
+        match last {
+            Some(last) if last >= nc => false,
+            _ => {
+                g.current.insert(key, nc);
                 true
             }
         }
     }
 
-    /// Forgets expired nonces; call now and then.
-    pub fn sweep(&self, now_secs: u64) {
-        let now = now_secs as u32;
-        self.seen.lock().retain(|_, (_, exp)| *exp > now);
-    }
-
+    /// Entries held (both generations).
     pub fn len(&self) -> usize {
-        self.seen.lock().len()
+        self.shards
+            .iter()
+            .map(|s| {
+                let g = s.lock();
+                g.current.len() + g.previous.len()
+            })
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -304,12 +333,15 @@ mod tests {
     #[test]
     fn nonce_counts_must_increase() {
         let g = ReplayGuard::new(300);
-        assert!(g.accept("n", Some("00000001"), 0));
+        assert!(g.accept("n", Some("00000001"), 1));
         assert!(!g.accept("n", Some("00000001"), 0));
         assert!(g.accept("n", Some("00000002"), 0));
         assert!(!g.accept("n", Some("00000001"), 0));
         assert!(g.accept("m", None, 0));
         assert!(!g.accept("m", None, 0));
         assert!(!g.accept("k", Some("zz"), 0));
+        // Still remembered one lifetime later, forgotten after two.
+        assert!(!g.accept("n", Some("00000002"), 320));
+        assert!(g.accept("n", Some("00000002"), 700));
     }
 }

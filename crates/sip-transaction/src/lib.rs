@@ -20,6 +20,7 @@
 mod client;
 pub mod mailbox;
 mod server;
+mod shards;
 
 pub use client::{cancel_for, ClientEvent, ClientTransaction};
 pub use server::{ServerRequest, ServerTxHandle};
@@ -77,7 +78,7 @@ pub(crate) struct TxKey {
 pub(crate) struct Inner {
     pub(crate) transports: Transports,
     pub(crate) timers: Timers,
-    pub(crate) server: Mutex<HashMap<TxKey, Arc<server::ServerTx>>>,
+    pub(crate) server: shards::ShardedMap<TxKey, Arc<server::ServerTx>>,
     pub(crate) client: Mutex<HashMap<(String, Method), mailbox::Sender<Message>>>,
     pub(crate) tu: OnceLock<Arc<dyn TransactionUser>>,
     /// Completed transactions waiting out Timer J / L, in deadline order.
@@ -98,7 +99,7 @@ impl TransactionLayer {
             inner: Arc::new(Inner {
                 transports: transports.clone(),
                 timers,
-                server: Mutex::new(HashMap::new()),
+                server: shards::ShardedMap::new(),
                 client: Mutex::new(HashMap::new()),
                 tu: OnceLock::new(),
                 linger: Mutex::new(std::collections::VecDeque::new()),
@@ -123,17 +124,14 @@ impl TransactionLayer {
 
     /// Number of live server and client transactions (for metrics and tests).
     pub fn counts(&self) -> (usize, usize) {
-        (
-            self.inner.server.lock().len(),
-            self.inner.client.lock().len(),
-        )
+        (self.inner.server.len(), self.inner.client.lock().len())
     }
 
     /// The INVITE server transaction a CANCEL refers to (RFC 3261 §9.2: same key as the
     /// CANCEL but with method INVITE).
     pub fn invite_for_cancel(&self, cancel: &Message) -> Option<ServerTxHandle> {
         let key = server_key(cancel, Method::Invite)?;
-        let tx = self.inner.server.lock().get(&key).cloned()?;
+        let tx = self.inner.server.get(&key)?;
         Some(ServerTxHandle {
             tx,
             layer: self.clone(),
@@ -249,7 +247,7 @@ impl Handler for TransactionLayer {
                 let via = stamp_received(&mut message, &source)?;
                 if method == Method::Ack {
                     if let Some(key) = server_key(&message, Method::Invite) {
-                        let tx = self.inner.server.lock().get(&key).cloned();
+                        let tx = self.inner.server.get(&key);
                         if tx.is_some_and(|tx| tx.on_ack()) {
                             return None;
                         }
@@ -257,7 +255,7 @@ impl Handler for TransactionLayer {
                     return tu.on_ack(Inbound { message, source });
                 }
                 let key = server_key(&message, method.clone())?;
-                let existing = self.inner.server.lock().get(&key).cloned();
+                let existing = self.inner.server.get(&key);
                 if let Some(tx) = existing {
                     // A retransmission (§17.2.1, §17.2.2).
                     let layer = self.clone();
@@ -270,7 +268,7 @@ impl Handler for TransactionLayer {
                     source.transport.is_reliable(),
                     target,
                 ));
-                self.inner.server.lock().insert(key, tx.clone());
+                self.inner.server.insert(key, tx.clone());
                 tu.on_request(ServerRequest {
                     message,
                     source,

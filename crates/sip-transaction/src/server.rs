@@ -186,10 +186,10 @@ impl ServerTxHandle {
 /// Ends a server transaction: later copies of its request are new requests.
 fn terminate(layer: &TransactionLayer, tx: &Arc<ServerTx>) {
     tx.state.lock().0 = Phase::Terminated;
-    let mut map = layer.inner.server.lock();
-    if map.get(&tx.key).is_some_and(|t| Arc::ptr_eq(t, tx)) {
-        map.remove(&tx.key);
-    }
+    layer
+        .inner
+        .server
+        .remove_if(&tx.key, |t| Arc::ptr_eq(t, tx));
 }
 
 /// Sweeps the queue of lingering transactions (Timer J / L) as their deadlines pass.

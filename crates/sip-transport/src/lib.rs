@@ -21,6 +21,20 @@ mod udp;
 
 pub use table::{ConnectionId, Transports, TransportsConfig};
 
+/// Binds a UDP socket for SIP with large kernel buffers: bursts of requests arriving
+/// while the readers are busy must wait in the socket, not be dropped (a dropped request
+/// costs the client a 500 ms retransmission). The kernel caps the size at
+/// `net.core.rmem_max` / `wmem_max`.
+pub fn bind_udp(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    let _ = socket.set_recv_buffer_size(8 << 20);
+    let _ = socket.set_send_buffer_size(4 << 20);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    tokio::net::UdpSocket::from_std(socket.into())
+}
+
 use std::fmt;
 use std::net::SocketAddr;
 

@@ -87,6 +87,8 @@ pub struct Core {
     /// INVITEs being forwarded, by (branch, Call-ID), so CANCEL can reach them.
     pub(crate) pending_invites: Mutex<HashMap<(String, String), Arc<Notify>>>,
     me: Weak<Core>,
+    /// Which IP addresses are this host's (asked of the kernel once each).
+    local_ips: Mutex<HashMap<IpAddr, bool>>,
 }
 
 impl Core {
@@ -100,6 +102,7 @@ impl Core {
         let lifetime = config.nonce_lifetime.as_secs();
         Arc::new_cyclic(|me| Core {
             me: me.clone(),
+            local_ips: Mutex::new(HashMap::new()),
             layer,
             users,
             location,
@@ -131,9 +134,6 @@ impl Core {
                 let n = core.location.sweep();
                 if n > 0 {
                     tracing::debug!(expired = n, "bindings expired");
-                }
-                if core.now_secs() % 10 == 0 {
-                    core.replay.sweep(core.now_secs());
                 }
             }
         });
@@ -209,8 +209,17 @@ impl Core {
     }
 
     fn is_local_ip(&self, ip: IpAddr) -> bool {
+        if let Some(known) = self.local_ips.lock().get(&ip) {
+            return *known;
+        }
         // An address of one of our interfaces: binding a socket to it succeeds.
-        std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
+        let local = std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok();
+        let mut cache = self.local_ips.lock();
+        if cache.len() > 4096 {
+            cache.clear();
+        }
+        cache.insert(ip, local);
+        local
     }
 
     async fn respond(&self, req: &ServerRequest, status: u16) {

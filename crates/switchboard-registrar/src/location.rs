@@ -124,6 +124,9 @@ pub struct Location {
     aors: RwLock<HashMap<String, Vec<Binding>>>,
     /// temp-GRUU user part -> (AoR, instance)
     temp_gruus: RwLock<HashMap<String, (String, String)>>,
+    /// contact key -> AoR, for in-dialog requests addressed to a contact. Entries are
+    /// checked against the bindings on use and pruned when bindings go.
+    by_contact: RwLock<HashMap<String, String>>,
 }
 
 fn instance_of(c: &NameAddr) -> Option<String> {
@@ -144,6 +147,7 @@ impl Location {
             config,
             aors: RwLock::new(HashMap::new()),
             temp_gruus: RwLock::new(HashMap::new()),
+            by_contact: RwLock::new(HashMap::new()),
         }
     }
 
@@ -169,6 +173,7 @@ impl Location {
         let existing = aors.entry(aor.to_owned()).or_default();
         existing.retain(|b| b.expires_at > now);
         let mut added = false;
+        let mut removed: Vec<String> = Vec::new();
         match contacts {
             ContactValue::Star => {
                 // §10.3 step 6: '*' only with Expires: 0 and alone.
@@ -181,7 +186,7 @@ impl Location {
                 {
                     return Err(RegisterError::Bad("CSeq out of order".into()));
                 }
-                existing.clear();
+                removed.extend(existing.drain(..).map(|b| b.contact_key));
             }
             ContactValue::List(list) => {
                 // Check everything first so a failing REGISTER changes nothing.
@@ -205,14 +210,23 @@ impl Location {
                     }
                     planned.push((c, expires.min(self.config.max_expires)));
                 }
-                for (c, _) in &planned {
+                let mut final_count = existing.len() as isize;
+                for (c, expires) in &planned {
                     let key = contact_key(&c.uri);
                     let inst = instance_of(c);
-                    if let Some(b) = existing.iter().find(|b| same_binding(b, &key, &inst, c)) {
-                        if b.call_id == call_id && b.cseq >= cseq {
+                    match existing.iter().find(|b| same_binding(b, &key, &inst, c)) {
+                        Some(b) if b.call_id == call_id && b.cseq >= cseq => {
                             return Err(RegisterError::Bad("CSeq out of order".into()));
                         }
+                        Some(_) if *expires == 0 => final_count -= 1,
+                        None if *expires > 0 => final_count += 1,
+                        _ => {}
                     }
+                }
+                if final_count > self.config.max_bindings_per_aor as isize {
+                    return Err(RegisterError::TooManyBindings(
+                        self.config.max_bindings_per_aor,
+                    ));
                 }
                 for (c, expires) in planned {
                     let key = contact_key(&c.uri);
@@ -222,7 +236,7 @@ impl Location {
                         .position(|b| same_binding(b, &key, &inst, c));
                     if expires == 0 {
                         if let Some(p) = pos {
-                            existing.remove(p);
+                            removed.push(existing.remove(p).contact_key);
                         }
                         continue;
                     }
@@ -244,11 +258,6 @@ impl Location {
                             existing[p] = binding;
                         }
                         None => {
-                            if existing.len() >= self.config.max_bindings_per_aor {
-                                return Err(RegisterError::TooManyBindings(
-                                    self.config.max_bindings_per_aor,
-                                ));
-                            }
                             added = true;
                             existing.push(binding);
                         }
@@ -271,6 +280,19 @@ impl Location {
         let bindings = aors.get(aor).cloned().unwrap_or_default();
         if bindings.is_empty() {
             aors.remove(aor);
+        }
+        {
+            let mut index = self.by_contact.write();
+            for key in removed {
+                if index.get(&key).is_some_and(|a| a == aor)
+                    && !bindings.iter().any(|b| b.contact_key == key)
+                {
+                    index.remove(&key);
+                }
+            }
+            for b in &bindings {
+                index.insert(b.contact_key.clone(), aor.to_owned());
+            }
         }
         Ok(RegisterOutcome { bindings, added })
     }
@@ -310,12 +332,23 @@ impl Location {
     /// registered contact go back over its flow).
     pub fn binding_for_contact(&self, uri: &Uri) -> Option<Binding> {
         let key = contact_key(uri);
+        let aor = self.by_contact.read().get(&key).cloned()?;
         let now = Instant::now();
-        let aors = self.aors.read();
-        aors.values()
-            .flatten()
+        self.aors
+            .read()
+            .get(&aor)?
+            .iter()
             .find(|b| b.contact_key == key && b.expires_at > now)
             .cloned()
+    }
+
+    /// Drops index entries whose binding is gone.
+    fn prune_contact_index(&self) {
+        let aors = self.aors.read();
+        self.by_contact.write().retain(|key, aor| {
+            aors.get(aor)
+                .is_some_and(|list| list.iter().any(|b| &b.contact_key == key))
+        });
     }
 
     /// RFC 5626 §5.4: a flow that failed makes its bindings unusable; they are removed,
@@ -332,6 +365,10 @@ impl Location {
             }
             !list.is_empty()
         });
+        drop(aors);
+        if !affected.is_empty() {
+            self.prune_contact_index();
+        }
         affected
     }
 
@@ -356,6 +393,7 @@ impl Location {
                 .filter_map(|b| b.temp_gruu.clone())
                 .collect();
             self.temp_gruus.write().retain(|k, _| live.contains(k));
+            self.prune_contact_index();
         }
         n
     }
@@ -399,5 +437,147 @@ fn same_binding(b: &Binding, key: &str, inst: &Option<String>, c: &NameAddr) -> 
             i == bi && c.params.value("reg-id").and_then(|v| v.parse::<u32>().ok()) == b.reg_id
         }
         _ => b.contact_key == key,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sip_transport::TransportKind;
+
+    fn flow(port: u16, conn: Option<u64>) -> Source {
+        Source {
+            transport: if conn.is_some() {
+                TransportKind::Tcp
+            } else {
+                TransportKind::Udp
+            },
+            remote: SocketAddr::from(([127, 0, 0, 1], port)),
+            local: SocketAddr::from(([127, 0, 0, 1], 5060)),
+            connection: conn.map(ConnectionId),
+        }
+    }
+
+    fn register(call_id: &str, cseq: u32, contacts: &[&str], expires: Option<u32>) -> Message {
+        let mut text = format!(
+            "REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKx{cseq}\r\n\
+             From: <sip:bob@example.com>;tag=1\r\nTo: <sip:bob@example.com>\r\nCall-ID: {call_id}\r\nCSeq: {cseq} REGISTER\r\n"
+        );
+        for c in contacts {
+            text.push_str(&format!("Contact: {c}\r\n"));
+        }
+        if let Some(e) = expires {
+            text.push_str(&format!("Expires: {e}\r\n"));
+        }
+        text.push_str("Content-Length: 0\r\n\r\n");
+        sip_message::parse_datagram(text.as_bytes()).unwrap()
+    }
+
+    const AOR: &str = "sip:bob@example.com";
+
+    #[tokio::test(start_paused = true)]
+    async fn bindings_expire_on_tokio_time() {
+        let loc = Location::new(RegistrarConfig::default());
+        let r = register("a", 1, &["<sip:bob@127.0.0.1:5070>"], Some(120));
+        assert_eq!(
+            loc.register(AOR, &r, flow(5070, None))
+                .unwrap()
+                .bindings
+                .len(),
+            1
+        );
+        tokio::time::advance(Duration::from_secs(119)).await;
+        assert_eq!(loc.lookup(AOR).len(), 1);
+        assert_eq!(loc.lookup(AOR)[0].remaining(Instant::now()), 1);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(loc.lookup(AOR).is_empty());
+        assert_eq!(loc.sweep(), 1);
+        assert_eq!(loc.counts(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn refresh_ordering_and_limits() {
+        let loc = Location::new(RegistrarConfig {
+            max_bindings_per_aor: 2,
+            ..Default::default()
+        });
+        let r = register("a", 5, &["<sip:bob@127.0.0.1:5070>"], None);
+        loc.register(AOR, &r, flow(5070, None)).unwrap();
+        // Same Call-ID, older CSeq: refused (RFC 3261 §10.3 step 7).
+        let old = register("a", 4, &["<sip:bob@127.0.0.1:5070>"], None);
+        assert!(matches!(
+            loc.register(AOR, &old, flow(5070, None)),
+            Err(RegisterError::Bad(_))
+        ));
+        // Two more devices at once would exceed the limit: nothing changes.
+        let two = register(
+            "b",
+            1,
+            &["<sip:bob@127.0.0.1:5071>", "<sip:bob@127.0.0.1:5072>"],
+            None,
+        );
+        assert!(matches!(
+            loc.register(AOR, &two, flow(5071, None)),
+            Err(RegisterError::TooManyBindings(2))
+        ));
+        assert_eq!(loc.lookup(AOR).len(), 1);
+        // Expiry below the minimum: 423.
+        let brief = register("c", 1, &["<sip:bob@127.0.0.1:5073>"], Some(5));
+        assert!(matches!(
+            loc.register(AOR, &brief, flow(5073, None)),
+            Err(RegisterError::IntervalTooBrief { min_expires: 60 })
+        ));
+        // Expiry above the maximum is cut down.
+        let long = register("d", 1, &["<sip:bob@127.0.0.1:5074>"], Some(999_999));
+        let out = loc.register(AOR, &long, flow(5074, None)).unwrap();
+        assert!(out
+            .bindings
+            .iter()
+            .all(|b| b.remaining(Instant::now()) <= 7200));
+    }
+
+    #[tokio::test]
+    async fn contact_index_and_flows() {
+        let loc = Location::new(RegistrarConfig::default());
+        // Over TCP with a Contact equal to the connection's address: only the flow reaches it.
+        let r = register("a", 1, &["<sip:bob@127.0.0.1:40000;transport=tcp>"], None);
+        loc.register(AOR, &r, flow(40000, Some(7))).unwrap();
+        // Over TCP with a listening Contact elsewhere: reachable after the flow closes.
+        let r = register("b", 1, &["<sip:bob@127.0.0.1:5080;transport=tcp>"], None);
+        loc.register(AOR, &r, flow(40001, Some(8))).unwrap();
+        let uri = Uri::parse("sip:bob@127.0.0.1:40000;transport=tcp").unwrap();
+        assert!(loc.binding_for_contact(&uri).is_some());
+        assert_eq!(loc.flow_closed(ConnectionId(7)), vec![AOR.to_string()]);
+        assert!(loc.binding_for_contact(&uri).is_none());
+        assert!(loc.flow_closed(ConnectionId(8)).is_empty());
+        assert_eq!(loc.lookup(AOR).len(), 1);
+        // '*' removes everything and the index follows.
+        let star = register("b", 2, &["*"], Some(0));
+        loc.register(AOR, &star, flow(40001, None)).unwrap();
+        assert!(loc
+            .binding_for_contact(&Uri::parse("sip:bob@127.0.0.1:5080;transport=tcp").unwrap())
+            .is_none());
+    }
+
+    #[tokio::test]
+    async fn instances_are_one_binding_and_get_gruus() {
+        let loc = Location::new(RegistrarConfig::default());
+        let inst = "+sip.instance=\"<urn:uuid:1234>\"";
+        let r = register("a", 1, &[&format!("<sip:bob@127.0.0.1:5070>;{inst}")], None);
+        loc.register(AOR, &r, flow(5070, None)).unwrap();
+        // The same instance from a new address replaces the binding (RFC 5626 §6).
+        let r = register("b", 1, &[&format!("<sip:bob@127.0.0.1:6000>;{inst}")], None);
+        let out = loc.register(AOR, &r, flow(6000, None)).unwrap();
+        assert_eq!(out.bindings.len(), 1);
+        let (_, b) = loc.lookup_gruu(AOR, Some("urn:uuid:1234"), "bob").unwrap();
+        assert_eq!(b.contact.uri.as_sip().unwrap().port, Some(6000));
+        let t = out.bindings[0].temp_gruu.clone().unwrap();
+        assert!(loc.lookup_gruu(AOR, None, &t).is_some());
+        let values = loc.contact_values(AOR, &out.bindings, "example.com");
+        assert!(
+            values[0].contains("pub-gruu=\"sip:bob@example.com;gr=urn:uuid:1234\""),
+            "{}",
+            values[0]
+        );
     }
 }

@@ -10,7 +10,7 @@ use sip_transaction::{Timers, TransactionLayer};
 use sip_transport::{TransportKind, Transports, TransportsConfig};
 use switchboard_proxy::{Core, ProxyConfig, RelayAll};
 use switchboard_registrar::Location;
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::{Listen, ServerConfig};
@@ -67,8 +67,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
     // Bind everything before serving anything, so a bad address fails the start cleanly.
     let udp = match cfg.sip_udp {
         Listen::On(a) => Some(
-            UdpSocket::bind(a)
-                .await
+            sip_transport::bind_udp(a)
                 .map_err(|e| listen_error("SIP over UDP", "--sip-udp", a, e))?,
         ),
         Listen::Off => None,
