@@ -15,19 +15,23 @@ from sbtest import Results, Server, free_port
 ANSI = re.compile(r'\x1b\[[0-9;]*m')
 
 
+def connect(port, timeout=15):
+    """A TCP connection to baresip's port, retried while baresip starts."""
+    end = time.time() + timeout
+    while True:
+        try:
+            return socket.create_connection(('127.0.0.1', port), timeout=1)
+        except OSError:
+            if time.time() > end:
+                raise
+            time.sleep(0.1)
+
+
 class Ctrl:
     """ctrl_tcp client: netstring-framed JSON commands and responses."""
 
-    def __init__(self, port, timeout=15):
-        end = time.time() + timeout
-        while True:
-            try:
-                self.sock = socket.create_connection(('127.0.0.1', port), timeout=1)
-                break
-            except OSError:
-                if time.time() > end:
-                    raise
-                time.sleep(0.1)
+    def __init__(self, port):
+        self.sock = connect(port)
         self.buf, self.seq = b'', 0
 
     def _frame(self, timeout):
@@ -60,15 +64,7 @@ class Console:
     """The 'cons' module: after one key press, UI output (incoming IM) streams here."""
 
     def __init__(self, port):
-        end = time.time() + 15
-        while True:
-            try:
-                self.sock = socket.create_connection(('127.0.0.1', port), timeout=1)
-                break
-            except OSError:
-                if time.time() > end:
-                    raise
-                time.sleep(0.1)
+        self.sock = connect(port)
         self.sock.sendall(b'r')
         self.text = ''
 

@@ -39,7 +39,7 @@ pub(crate) async fn accept_loop(
         match &tls {
             None => {
                 let _ =
-                    spawn_with_permit(transports.clone(), stream, TransportKind::Tcp, Some(permit));
+                    spawn_connection(transports.clone(), stream, TransportKind::Tcp, Some(permit));
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
@@ -52,15 +52,14 @@ pub(crate) async fn accept_loop(
                     let timeout = transports.inner.config.tls_handshake_timeout;
                     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
-                            run(
+                            start(
                                 transports,
                                 tls,
                                 TransportKind::Tls,
                                 remote,
                                 local,
                                 Some(permit),
-                            )
-                            .await;
+                            );
                         }
                         Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
@@ -78,40 +77,21 @@ pub(crate) fn spawn_connection(
     kind: TransportKind,
     permit: Option<OwnedSemaphorePermit>,
 ) -> std::io::Result<ConnectionId> {
-    spawn_with_permit(transports, stream, kind, permit)
-}
-
-fn spawn_with_permit(
-    transports: Transports,
-    stream: TcpStream,
-    kind: TransportKind,
-    permit: Option<OwnedSemaphorePermit>,
-) -> std::io::Result<ConnectionId> {
     let remote = stream.peer_addr()?;
     let local = stream.local_addr()?;
-    let (r, w) = stream.into_split();
-    let (tx, rx) = mpsc::channel(1024);
-    let id = transports.register_conn(Conn {
-        tx: tx.clone(),
-        kind,
-        remote,
-        local,
-    });
-    tokio::spawn(write_loop(w, rx));
-    tokio::spawn(read_loop(
-        transports, r, tx, id, kind, remote, local, permit,
-    ));
-    Ok(id)
+    Ok(start(transports, stream, kind, remote, local, permit))
 }
 
-async fn run<S>(
+/// Registers a connection and spawns its writer and reader; returns its id.
+fn start<S>(
     transports: Transports,
     stream: S,
     kind: TransportKind,
     remote: SocketAddr,
     local: SocketAddr,
     permit: Option<OwnedSemaphorePermit>,
-) where
+) -> ConnectionId
+where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (r, w) = tokio::io::split(stream);
@@ -123,7 +103,10 @@ async fn run<S>(
         local,
     });
     tokio::spawn(write_loop(w, rx));
-    read_loop(transports, r, tx, id, kind, remote, local, permit).await;
+    tokio::spawn(read_loop(
+        transports, r, tx, id, kind, remote, local, permit,
+    ));
+    id
 }
 
 async fn write_loop<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Bytes>) {

@@ -4,6 +4,7 @@
 
 use sip_digest::{digests_equal, response, Algorithm, DigestResponse, NonceState};
 use sip_message::{AuthHeader, HeaderName, Message};
+use sip_transaction::ServerRequest;
 use switchboard_store::Address;
 
 use crate::Core;
@@ -19,6 +20,27 @@ pub(crate) enum AuthResult {
 }
 
 impl Core {
+    /// Authenticates the request for `realm`, or answers it (401/407 challenge, 403) and
+    /// returns `None`.
+    pub(crate) async fn authenticate_or_answer(
+        &self,
+        req: &ServerRequest,
+        realm: &str,
+    ) -> Option<Address> {
+        match self.authenticate(&req.message, realm) {
+            AuthResult::Ok(a) => Some(a),
+            AuthResult::Challenge { stale } => {
+                let ch = self.challenge(&req.message, realm, stale);
+                req.tx.respond(&ch).await;
+                None
+            }
+            AuthResult::Forbidden(why) => {
+                self.respond_warning(req, 403, why).await;
+                None
+            }
+        }
+    }
+
     /// Checks the credentials for `realm` in `msg` (Authorization for REGISTER,
     /// Proxy-Authorization otherwise).
     pub(crate) fn authenticate(&self, msg: &Message, realm: &str) -> AuthResult {

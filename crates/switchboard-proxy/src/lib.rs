@@ -40,8 +40,6 @@ use switchboard_registrar::{Location, RegisterError};
 use switchboard_store::{Address, UserDirectory};
 use tokio::sync::Notify;
 
-use auth::AuthResult;
-
 /// Methods this server handles or relays, for Allow headers.
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, INFO, REFER, NOTIFY, SUBSCRIBE, PUBLISH, UPDATE, PRACK, SERVICE, BENOTIFY";
 
@@ -350,13 +348,8 @@ impl Core {
                 .push(HeaderName::Unsupported, unknown.join(", "));
             return req.tx.respond(&resp).await;
         }
-        let authed = match self.authenticate(msg, &domain) {
-            AuthResult::Ok(a) => a,
-            AuthResult::Challenge { stale } => {
-                let ch = self.challenge(msg, &domain, stale);
-                return req.tx.respond(&ch).await;
-            }
-            AuthResult::Forbidden(why) => return self.respond_warning(&req, 403, why).await,
+        let Some(authed) = self.authenticate_or_answer(&req, &domain).await else {
+            return;
         };
         let aor_addr = match Address::parse(&format!("{user}@{domain}")) {
             Ok(a) => a,

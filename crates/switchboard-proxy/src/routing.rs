@@ -13,7 +13,6 @@ use switchboard_registrar::Binding;
 use switchboard_store::Address;
 use tokio::sync::Notify;
 
-use crate::auth::AuthResult;
 use crate::hook::HookDecision;
 use crate::Core;
 
@@ -144,13 +143,8 @@ impl Core {
                 .respond_warning(&req, 403, "sender's domain is not served here")
                 .await;
         }
-        let sender = match self.authenticate(msg, &from_domain) {
-            AuthResult::Ok(a) => a,
-            AuthResult::Challenge { stale } => {
-                let ch = self.challenge(msg, &from_domain, stale);
-                return req.tx.respond(&ch).await;
-            }
-            AuthResult::Forbidden(why) => return self.respond_warning(&req, 403, why).await,
+        let Some(sender) = self.authenticate_or_answer(&req, &from_domain).await else {
+            return;
         };
         let from_addr = from_uri
             .user_unescaped()
