@@ -37,3 +37,26 @@ pub trait ImHook: Send + Sync + 'static {
 pub struct RelayAll;
 
 impl ImHook for RelayAll {}
+
+/// A MESSAGE the server itself sends to a user (a stored message delivered late).
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The original sender's AoR (`sip:u@d`), written in From.
+    pub from: String,
+    /// The recipient's AoR.
+    pub to: String,
+    pub content_type: String,
+    pub body: bytes::Bytes,
+    /// When the sender sent it (written in a Date header, RFC 3428 §9).
+    pub sent_at_ms: i64,
+}
+
+/// Originates MESSAGEs to users' devices; implemented by the SIP core for the IM service.
+pub trait Deliverer: Send + Sync + 'static {
+    /// Sends `d` to every registered device of `d.to`; resolves to the best final status
+    /// (a 2xx as soon as one device accepts; 480 when none is registered).
+    fn deliver(
+        &self,
+        d: Delivery,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = u16> + Send>>;
+}

@@ -21,9 +21,10 @@
 
 mod auth;
 pub mod hook;
+mod originate;
 mod routing;
 
-pub use hook::{HookDecision, ImHook, RelayAll};
+pub use hook::{Deliverer, Delivery, HookDecision, ImHook, RelayAll};
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -84,7 +85,7 @@ pub struct Core {
     pub(crate) own_addrs: RwLock<Vec<SocketAddr>>,
     /// INVITEs being forwarded, by (branch, Call-ID), so CANCEL can reach them.
     pub(crate) pending_invites: Mutex<HashMap<(String, String), Arc<Notify>>>,
-    me: Weak<Core>,
+    pub(crate) me: Weak<Core>,
     /// Which IP addresses are this host's (asked of the kernel once each).
     local_ips: Mutex<HashMap<IpAddr, bool>>,
 }

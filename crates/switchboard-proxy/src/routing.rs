@@ -59,11 +59,22 @@ fn loop_hash(msg: &Message) -> String {
 }
 
 /// Where an outbound request goes and what we say about ourselves on that path.
-struct Hop {
-    target: Target,
+pub(crate) struct Hop {
+    pub(crate) target: Target,
     transport: TransportKind,
     /// Our address on this path, for Via and Record-Route.
     local: SocketAddr,
+}
+
+impl Hop {
+    /// Our Via for a request sent on this hop (§16.6 step 8, §8.1.1.7).
+    pub(crate) fn via(&self, branch: &str) -> String {
+        format!(
+            "SIP/2.0/{} {};branch={branch};rport",
+            self.transport.via_name(),
+            fmt_addr(self.local)
+        )
+    }
 }
 
 impl Core {
@@ -202,7 +213,7 @@ impl Core {
     /// open (connection reuse: the only way to reach NATed and TLS clients), else its
     /// Contact. Over UDP: its Contact when that is on the address the REGISTER came from,
     /// else the REGISTER's source address (a Contact behind NAT, `;alias` style).
-    fn hop_for(&self, b: &Binding) -> Hop {
+    pub(crate) fn hop_for(&self, b: &Binding) -> Hop {
         let flow: Source = b.flow;
         let contact = b.contact_addr();
         let (target, transport) = match flow.connection {
@@ -242,7 +253,7 @@ impl Core {
     }
 
     /// A Contact naming this server itself would make the request loop.
-    fn is_own_hop(&self, hop: &Hop) -> bool {
+    pub(crate) fn is_own_hop(&self, hop: &Hop) -> bool {
         match hop.target {
             Target::Addr(_, a) => self.is_own(&host_of(a), Some(a.port())),
             Target::Connection { .. } => false,
@@ -303,14 +314,7 @@ impl Core {
         }
         // §16.6 step 8: our Via on top, with a branch carrying the loop hash.
         let branch = format!("{OUR_BRANCH}{hash}.{idx}{}", &new_branch()[7..19]);
-        out.headers.push_front(
-            HeaderName::Via,
-            format!(
-                "SIP/2.0/{} {};branch={branch};rport",
-                hop.transport.via_name(),
-                fmt_addr(hop.local)
-            ),
-        );
+        out.headers.push_front(HeaderName::Via, hop.via(&branch));
         // Credentials for our realm stop here (§22.3): the next hop cannot use them.
         out.headers.remove(&HeaderName::ProxyAuthorization);
         (out, branch)

@@ -8,16 +8,21 @@
 //! (RFC 8760; realm = the user's domain) and the NT hash (MD4 of UTF-16LE, MS-NLMP §3.3.1)
 //! the NTLM sign-in of the Lync dialect needs.
 //!
+//! [`ImStore`] holds the IM service's call detail records (never message content) and
+//! the messages kept for offline users, on a connection of its own.
+//!
 //! [`UserDirectory`] caches lookups for the SIP hot path and notices other processes'
 //! writes through SQLite's `PRAGMA data_version`, so a user added or a password changed
 //! with the CLI is seen by the running server on its next request.
 #![forbid(unsafe_code)]
 
 mod address;
+mod im;
 mod migrations;
 mod users;
 
 pub use address::{Address, AddressError};
+pub use im::{ImStore, OfflineMessage, ParticipantRecord, SessionFilter, SessionRecord};
 pub use users::{Credentials, UserDirectory, UserRecord};
 
 use std::path::Path;
@@ -41,8 +46,17 @@ pub enum StoreError {
     SchemaTooNew { found: i64, known: i64 },
 }
 
-/// Opens (creating if needed) the database in `data_dir`.
+/// Opens (creating if needed) the database in `data_dir`: the user directory.
 pub fn open(data_dir: &Path) -> Result<UserDirectory, StoreError> {
+    let conn = connect(data_dir)?;
+    Ok(UserDirectory::new(
+        conn,
+        Some(data_dir.join("switchboard.db-wal")),
+    ))
+}
+
+/// One connection to the database, migrated to the current schema.
+pub(crate) fn connect(data_dir: &Path) -> Result<rusqlite::Connection, StoreError> {
     std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
         path: data_dir.display().to_string(),
         source,
@@ -54,8 +68,5 @@ pub fn open(data_dir: &Path) -> Result<UserDirectory, StoreError> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     migrations::apply(&conn)?;
-    Ok(UserDirectory::new(
-        conn,
-        Some(data_dir.join("switchboard.db-wal")),
-    ))
+    Ok(conn)
 }

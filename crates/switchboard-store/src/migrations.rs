@@ -19,6 +19,39 @@ const MIGRATIONS: &[&str] = &[
         updated_at    INTEGER NOT NULL,
         UNIQUE (username, domain)
     );",
+    // 2: call detail records of IM sessions, and messages kept for offline users.
+    "CREATE TABLE cdr_sessions (
+        id              TEXT PRIMARY KEY,
+        kind            TEXT NOT NULL,          -- 'two-party' | 'conference'
+        started_at_ms   INTEGER NOT NULL,
+        ended_at_ms     INTEGER,
+        end_reason      TEXT,                   -- 'bye' | 'timeout' | 'server restart' | 'error' | ...
+        initiator       TEXT NOT NULL,
+        organiser       TEXT,
+        escalated_from  TEXT REFERENCES cdr_sessions(id)
+    );
+    CREATE INDEX cdr_sessions_started ON cdr_sessions (started_at_ms);
+    CREATE TABLE cdr_participants (
+        session_id      TEXT NOT NULL REFERENCES cdr_sessions(id) ON DELETE CASCADE,
+        address         TEXT NOT NULL,
+        device          TEXT NOT NULL DEFAULT '',
+        joined_at_ms    INTEGER NOT NULL,
+        left_at_ms      INTEGER,
+        messages        INTEGER NOT NULL DEFAULT 0,
+        bytes           INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (session_id, address)
+    );
+    CREATE INDEX cdr_participants_address ON cdr_participants (address);
+    CREATE TABLE offline_messages (
+        id              INTEGER PRIMARY KEY,
+        recipient       TEXT NOT NULL,
+        sender          TEXT NOT NULL,
+        content_type    TEXT NOT NULL,
+        body            BLOB NOT NULL,
+        received_at_ms  INTEGER NOT NULL,
+        session_id      TEXT
+    );
+    CREATE INDEX offline_messages_recipient ON offline_messages (recipient, id);",
 ];
 
 pub(crate) fn apply(conn: &Connection) -> Result<(), StoreError> {

@@ -44,7 +44,17 @@ pub struct FileConfig {
     pub http: Option<HttpSection>,
     pub registrar: Option<RegistrarSection>,
     pub auth: Option<AuthSection>,
+    pub im: Option<ImSection>,
     pub log: Option<LogSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImSection {
+    /// A pager-mode conversation ends after this many idle seconds.
+    pub pager_idle_secs: Option<u64>,
+    pub offline_max_per_user: Option<usize>,
+    pub offline_max_age_days: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -123,6 +133,7 @@ pub struct ServerConfig {
     pub registrar: switchboard_registrar::RegistrarConfig,
     pub digest_algorithms: Vec<sip_digest::Algorithm>,
     pub nonce_lifetime_secs: u64,
+    pub im: switchboard_im::ImConfig,
 }
 
 impl ServerConfig {
@@ -149,6 +160,7 @@ impl ServerConfig {
             // `auth.digest_algorithms = ["SHA-256", "MD5"]` offers both (RFC 8760 §2.4).
             digest_algorithms: vec![sip_digest::Algorithm::Md5],
             nonce_lifetime_secs: 300,
+            im: Default::default(),
         }
     }
 
@@ -199,6 +211,17 @@ impl ServerConfig {
                 self.digest_algorithms = algs;
             }
             self.nonce_lifetime_secs = a.nonce_lifetime_secs.unwrap_or(self.nonce_lifetime_secs);
+        }
+        if let Some(i) = f.im {
+            if let Some(s) = i.pager_idle_secs {
+                self.im.pager_idle = std::time::Duration::from_secs(s);
+            }
+            self.im.offline_max_per_user = i
+                .offline_max_per_user
+                .unwrap_or(self.im.offline_max_per_user);
+            if let Some(d) = i.offline_max_age_days {
+                self.im.offline_max_age = std::time::Duration::from_secs(d * 24 * 3600);
+            }
         }
         Ok(())
     }

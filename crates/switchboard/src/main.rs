@@ -51,6 +51,50 @@ enum Command {
     /// Manage users.
     #[command(subcommand)]
     User(UserCommand),
+    /// Read call detail records of IM sessions.
+    #[command(subcommand)]
+    Cdr(CdrCommand),
+}
+
+#[derive(Subcommand)]
+enum CdrCommand {
+    /// List sessions, oldest first.
+    List {
+        /// Only sessions started at or after TIME (RFC 3339, e.g. 2026-11-25T08:00:00Z).
+        #[arg(long, value_parser = parse_time)]
+        since: Option<i64>,
+        /// Only sessions this user took part in.
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        #[arg(long)]
+        csv: bool,
+    },
+    /// One session with its participants.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_time(s: &str) -> Result<i64, String> {
+    let t = humantime::parse_rfc3339_weak(s)
+        .map_err(|e| format!("'{s}' is not an RFC 3339 time like 2026-11-25T08:00:00Z ({e})"))?;
+    Ok(t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0))
+}
+
+fn fmt_time(ms: Option<i64>) -> String {
+    match ms {
+        Some(ms) => humantime::format_rfc3339_millis(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64),
+        )
+        .to_string(),
+        None => String::new(),
+    }
 }
 
 #[derive(Args)]
@@ -173,7 +217,129 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(args) => serve(cli.data_dir, cli.log_format, cli.log_level, args),
         Command::User(cmd) => user(&cli.data_dir, cmd),
+        Command::Cdr(cmd) => cdr(&cli.data_dir, cmd),
     }
+}
+
+fn cdr(data_dir: &std::path::Path, cmd: CdrCommand) -> Result<()> {
+    let store = switchboard_store::ImStore::open(data_dir)
+        .with_context(|| format!("cannot open the data directory {}", data_dir.display()))?;
+    match cmd {
+        CdrCommand::List {
+            since,
+            user,
+            json,
+            csv,
+        } => {
+            let participant = match user {
+                Some(u) => Some(format!("sip:{}", Address::parse(&u)?)),
+                None => None,
+            };
+            let filter = switchboard_store::SessionFilter {
+                since_ms: since,
+                participant,
+                limit: None,
+            };
+            let sessions = store.sessions(&filter)?;
+            if json {
+                let rows: Vec<serde_json::Value> = sessions
+                    .iter()
+                    .map(|s| {
+                        let participants = store.session(&s.id).ok().flatten().map(|(_, p)| p).unwrap_or_default();
+                        serde_json::json!({
+                            "id": s.id, "kind": s.kind, "started": fmt_time(Some(s.started_at_ms)),
+                            "ended": s.ended_at_ms.map(|m| fmt_time(Some(m))), "end_reason": s.end_reason,
+                            "initiator": s.initiator, "organiser": s.organiser, "escalated_from": s.escalated_from,
+                            "participants": participants,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else if csv {
+                println!("id,kind,started,ended,end_reason,initiator,participants,messages,bytes");
+                for s in &sessions {
+                    let ps = store.session(&s.id)?.map(|(_, p)| p).unwrap_or_default();
+                    let names: Vec<&str> = ps.iter().map(|p| p.address.as_str()).collect();
+                    println!(
+                        "{},{},{},{},{},{},{},{},{}",
+                        s.id,
+                        s.kind,
+                        fmt_time(Some(s.started_at_ms)),
+                        fmt_time(s.ended_at_ms),
+                        s.end_reason.clone().unwrap_or_default(),
+                        s.initiator,
+                        names.join(" "),
+                        ps.iter().map(|p| p.messages).sum::<i64>(),
+                        ps.iter().map(|p| p.bytes).sum::<i64>()
+                    );
+                }
+            } else if sessions.is_empty() {
+                println!("no sessions");
+            } else {
+                println!(
+                    "{:<32} {:<10} {:<24} {:<24} {:<16} INITIATOR",
+                    "ID", "KIND", "STARTED", "ENDED", "REASON"
+                );
+                for s in &sessions {
+                    println!(
+                        "{:<32} {:<10} {:<24} {:<24} {:<16} {}",
+                        s.id,
+                        s.kind,
+                        fmt_time(Some(s.started_at_ms)),
+                        fmt_time(s.ended_at_ms),
+                        s.end_reason.clone().unwrap_or_else(|| "(open)".into()),
+                        s.initiator
+                    );
+                }
+            }
+        }
+        CdrCommand::Show { id, json } => {
+            let Some((s, ps)) = store.session(&id)? else {
+                bail!("no session with id {id}")
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "session": s, "participants": ps })
+                    )?
+                );
+            } else {
+                println!("session     {}", s.id);
+                println!("kind        {}", s.kind);
+                println!("started     {}", fmt_time(Some(s.started_at_ms)));
+                println!("ended       {}", fmt_time(s.ended_at_ms));
+                println!(
+                    "end reason  {}",
+                    s.end_reason.unwrap_or_else(|| "(open)".into())
+                );
+                println!("initiator   {}", s.initiator);
+                if let Some(o) = s.organiser {
+                    println!("organiser   {o}");
+                }
+                if let Some(e) = s.escalated_from {
+                    println!("escalated from {e}");
+                }
+                println!();
+                println!(
+                    "{:<36} {:>8} {:>10} {:<24} {:<24} DEVICE",
+                    "PARTICIPANT", "MESSAGES", "BYTES", "JOINED", "LEFT"
+                );
+                for p in ps {
+                    println!(
+                        "{:<36} {:>8} {:>10} {:<24} {:<24} {}",
+                        p.address,
+                        p.messages,
+                        p.bytes,
+                        fmt_time(Some(p.joined_at_ms)),
+                        fmt_time(p.left_at_ms),
+                        p.device
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn serve(

@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use sip_transaction::{Timers, TransactionLayer};
 use sip_transport::{TransportKind, Transports, TransportsConfig};
-use switchboard_proxy::{Core, ProxyConfig, RelayAll};
+use switchboard_im::ImService;
+use switchboard_proxy::{Core, Deliverer, ProxyConfig};
 use switchboard_registrar::Location;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -24,13 +25,21 @@ pub struct RunningServer {
     /// The private CA that signed a generated TLS certificate, to hand to clients.
     pub ca_cert: Option<PathBuf>,
     pub core: Arc<Core>,
+    pub im: Arc<ImService>,
     transports: Transports,
     stop: watch::Sender<bool>,
 }
 
 impl RunningServer {
-    /// Stops listening and closes connections.
+    /// Stops listening and closes connections; open IM sessions end as "server shutdown".
     pub fn shutdown(&self) {
+        self.transports.shutdown();
+        self.im.shutdown();
+        let _ = self.stop.send(true);
+    }
+
+    /// Stops serving without ending IM sessions, as a crash would (for tests).
+    pub fn abort(&self) {
         self.transports.shutdown();
         let _ = self.stop.send(true);
     }
@@ -122,6 +131,12 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
         _ => anyhow::bail!("TLS needs both tls.certificate and tls.private_key in the config (or neither, to use a generated one)"),
     };
 
+    let im_store = Arc::new(
+        switchboard_store::ImStore::open(&cfg.data_dir).with_context(|| {
+            format!("cannot open the data directory {}", cfg.data_dir.display())
+        })?,
+    );
+    let im = ImService::start(im_store, cfg.im.clone());
     let location = Arc::new(Location::new(cfg.registrar.clone()));
     let core = Core::new(
         layer.clone(),
@@ -134,8 +149,10 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
             hostnames: cfg.hostnames.clone(),
             ..Default::default()
         },
-        Arc::new(RelayAll),
+        im.clone(),
     );
+    let deliverer: Arc<dyn Deliverer> = core.clone();
+    im.attach(Arc::downgrade(&deliverer));
     let sip_udp = match udp {
         Some(s) => Some(transports.add_udp(s)?),
         None => None,
@@ -183,6 +200,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
         http: http_addr,
         ca_cert,
         core,
+        im,
         transports,
         stop,
     })

@@ -198,7 +198,7 @@ async fn bindings_expire() {
     assert_eq!(s.server.core.location().counts().1, 1);
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let mut alice = s.client(Transport::Udp, "alice").await;
-    let m = alice.message_to("bob", "anyone there?");
+    let m = alice.options_to("bob");
     assert_eq!(status(&alice.send_authenticated(m).await), 480);
     assert_eq!(
         s.server.core.location().counts().1,

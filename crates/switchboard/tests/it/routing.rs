@@ -58,8 +58,11 @@ async fn unknown_user_404_and_offline_user_480() {
     let mut alice = s.client(Transport::Udp, "alice").await;
     let m = alice.message_to("nobody", "hi");
     assert_eq!(status(&alice.send_authenticated(m).await), 404);
-    let m = alice.message_to("bob", "hi");
+    let m = alice.options_to("bob");
     assert_eq!(status(&alice.send_authenticated(m).await), 480);
+    // A MESSAGE is kept for later instead (the IM service's offline store).
+    let m = alice.message_to("bob", "hi");
+    assert_eq!(status(&alice.send_authenticated(m).await), 202);
 }
 
 #[tokio::test]
@@ -134,7 +137,7 @@ async fn a_closed_flow_removes_its_binding() {
     }
     assert_eq!(s.server.core.location().counts().1, 0);
     let mut alice = s.client(Transport::Udp, "alice").await;
-    let m = alice.message_to("bob", "gone?");
+    let m = alice.options_to("bob");
     assert_eq!(status(&alice.send_authenticated(m).await), 480);
 }
 

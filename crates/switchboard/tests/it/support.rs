@@ -19,7 +19,8 @@ pub const WAIT: Duration = Duration::from_secs(5);
 
 pub struct TestServer {
     pub server: RunningServer,
-    pub dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
+    crashed: bool,
 }
 
 impl TestServer {
@@ -29,11 +30,21 @@ impl TestServer {
 
     /// Users are `name@example.com` with password `pw-name`.
     pub async fn start_with(users: &[&str], tweak: impl FnOnce(&mut ServerConfig)) -> TestServer {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), users, tweak).await
+    }
+
+    /// Starts a server over an existing data directory (a restart).
+    pub async fn start_in(
+        dir: tempfile::TempDir,
+        users: &[&str],
+        tweak: impl FnOnce(&mut ServerConfig),
+    ) -> TestServer {
         let store = switchboard_store::open(dir.path()).unwrap();
         for u in users {
             let a = switchboard_store::Address::parse(&format!("{u}@example.com")).unwrap();
-            store.add(&a, &format!("pw-{u}"), None).unwrap();
+            if store.find(&a).unwrap().is_none() {
+                store.add(&a, &format!("pw-{u}"), None).unwrap();
+            }
         }
         let mut cfg = ServerConfig::with_defaults(dir.path().to_path_buf());
         let lo = |p| Listen::On(SocketAddr::from(([127, 0, 0, 1], p)));
@@ -43,11 +54,22 @@ impl TestServer {
         cfg.http = Listen::Off;
         tweak(&mut cfg);
         let server = switchboard::server::start(cfg).await.unwrap();
-        TestServer { server, dir }
+        TestServer {
+            server,
+            dir: Some(dir),
+            crashed: false,
+        }
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().to_path_buf()
+        self.dir.as_ref().unwrap().path().to_path_buf()
+    }
+
+    /// Stops as a crash would (IM sessions left open) and hands back the data directory.
+    pub fn crash(mut self) -> tempfile::TempDir {
+        self.crashed = true;
+        self.server.abort();
+        self.dir.take().unwrap()
     }
 
     pub fn addr(&self, t: Transport) -> SocketAddr {
@@ -65,7 +87,9 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        self.server.shutdown();
+        if !self.crashed {
+            self.server.shutdown();
+        }
     }
 }
 
@@ -393,6 +417,12 @@ impl Client {
     pub async fn register(&mut self, expires: Option<u32>) -> Message {
         let r = self.register_request(expires);
         self.send_authenticated(r).await
+    }
+
+    /// An out-of-dialog OPTIONS to a user (routed like any request, never stored).
+    pub fn options_to(&mut self, to_user: &str) -> Message {
+        let to = format!("sip:{to_user}@example.com");
+        self.request("OPTIONS", &to, &to)
     }
 
     pub fn message_to(&mut self, to_user: &str, text: &str) -> Message {

@@ -1,0 +1,386 @@
+//! # switchboard-im: the IM service (the "IM MCU")
+//!
+//! Every instant message between users passes through here, which is what makes call
+//! detail records possible (the seed: "the IM MCU sits in the middle of every IM, even
+//! two-party"). The service attaches to the SIP core as its [`ImHook`]: the core asks it
+//! before relaying each pager-mode MESSAGE (RFC 3428) and tells it the outcome; the
+//! service originates MESSAGEs through the core's [`Deliverer`] to deliver stored ones.
+//!
+//! What it does so far:
+//! - **Pager-mode conversations**: MESSAGEs between the same two users form one
+//!   conversation (a two-party session) until it has been idle for `pager_idle`. Each has
+//!   a CDR: start, end, end reason, initiator, every participant with device, join and
+//!   leave times, messages and bytes per participant. Message content is never recorded.
+//! - **CDR durability**: a session row is written when the session starts; counters are
+//!   flushed every `flush_interval`; the end is written when it ends. Sessions that a
+//!   crash left open are closed with reason `server restart` at the next start; a
+//!   graceful stop closes them with `server shutdown`.
+//! - **Offline messages**: a MESSAGE to a known user with no device signed in is kept
+//!   (answered 202 Accepted), bounded per user and in age, and delivered in order, once
+//!   (deleted only after a device accepted it), when the user next registers.
+//!
+//! Session-mode IM (INVITE `m=message`), conferences and escalation are built on the same
+//! session records in later work.
+#![forbid(unsafe_code)]
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use sip_message::{HeaderName, Message};
+use switchboard_proxy::{Deliverer, Delivery, HookDecision, ImHook};
+use switchboard_store::{ImStore, OfflineMessage, ParticipantRecord, SessionRecord};
+use tokio::time::Instant;
+
+/// IM service settings.
+#[derive(Debug, Clone)]
+pub struct ImConfig {
+    /// A pager-mode conversation ends after this long without a message.
+    pub pager_idle: Duration,
+    /// Messages kept per offline user at most; further ones are refused (480).
+    pub offline_max_per_user: usize,
+    /// Kept messages older than this are dropped undelivered.
+    pub offline_max_age: Duration,
+    /// How often message counters are written to the CDR.
+    pub flush_interval: Duration,
+}
+
+impl Default for ImConfig {
+    fn default() -> Self {
+        ImConfig {
+            pager_idle: Duration::from_secs(600),
+            offline_max_per_user: 200,
+            offline_max_age: Duration::from_secs(14 * 24 * 3600),
+            flush_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+struct Participant {
+    device: String,
+    joined_at_ms: i64,
+    messages: i64,
+    bytes: i64,
+    dirty: bool,
+}
+
+struct Conversation {
+    id: String,
+    last_activity: Instant,
+    participants: HashMap<String, Participant>,
+}
+
+impl Conversation {
+    fn records(
+        &self,
+        left_at_ms: Option<i64>,
+        only_dirty: bool,
+    ) -> Vec<(String, ParticipantRecord)> {
+        self.participants
+            .iter()
+            .filter(|(_, p)| !only_dirty || p.dirty)
+            .map(|(a, p)| {
+                (
+                    self.id.clone(),
+                    ParticipantRecord {
+                        address: a.clone(),
+                        device: p.device.clone(),
+                        joined_at_ms: p.joined_at_ms,
+                        left_at_ms,
+                        messages: p.messages,
+                        bytes: p.bytes,
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+/// The IM service. Create with [`ImService::start`], give it to the core as its hook,
+/// then [`ImService::attach`] the core as its deliverer.
+pub struct ImService {
+    store: Arc<ImStore>,
+    config: ImConfig,
+    /// Two-party pager conversations by (lower AoR, higher AoR).
+    conversations: Mutex<HashMap<(String, String), Conversation>>,
+    deliverer: OnceLock<Weak<dyn Deliverer>>,
+    /// AoRs whose stored messages are being delivered now.
+    delivering: Mutex<HashSet<String>>,
+    me: Weak<ImService>,
+}
+
+fn pair(a: &str, b: &str) -> (String, String) {
+    if a <= b {
+        (a.to_owned(), b.to_owned())
+    } else {
+        (b.to_owned(), a.to_owned())
+    }
+}
+
+fn device_of(msg: &Message) -> String {
+    msg.headers
+        .get(&HeaderName::UserAgent)
+        .map(|ua| ua.chars().take(120).collect())
+        .unwrap_or_default()
+}
+
+impl ImService {
+    /// Opens the service over `store`, closing sessions a crash left open, and starts its
+    /// housekeeping (counter flushes, idle ends, offline expiry).
+    pub fn start(store: Arc<ImStore>, config: ImConfig) -> Arc<ImService> {
+        match store.close_open_sessions(now_ms(), "server restart") {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(sessions = n, "closed IM sessions left open by the last run"),
+            Err(e) => tracing::error!(error = %e, "cannot close IM sessions of the last run"),
+        }
+        let svc = Arc::new_cyclic(|me| ImService {
+            me: me.clone(),
+            store,
+            config,
+            conversations: Mutex::new(HashMap::new()),
+            deliverer: OnceLock::new(),
+            delivering: Mutex::new(HashSet::new()),
+        });
+        let weak = Arc::downgrade(&svc);
+        tokio::spawn(async move {
+            let period = weak
+                .upgrade()
+                .map(|s| s.config.flush_interval)
+                .unwrap_or(Duration::from_secs(1));
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tick.tick().await;
+                let Some(svc) = weak.upgrade() else { return };
+                svc.housekeeping();
+            }
+        });
+        svc
+    }
+
+    /// Gives the service the means to originate MESSAGEs (the SIP core).
+    pub fn attach(&self, deliverer: Weak<dyn Deliverer>) {
+        let _ = self.deliverer.set(deliverer);
+    }
+
+    /// Writes counters, ends idle conversations, drops expired offline messages.
+    pub fn housekeeping(&self) {
+        let now = Instant::now();
+        let mut dirty = Vec::new();
+        let mut ended = Vec::new();
+        {
+            let mut convs = self.conversations.lock();
+            convs.retain(|_, c| {
+                if now.duration_since(c.last_activity) >= self.config.pager_idle {
+                    ended.push((c.id.clone(), c.records(None, false)));
+                    false
+                } else {
+                    dirty.extend(c.records(None, true));
+                    for p in c.participants.values_mut() {
+                        p.dirty = false;
+                    }
+                    true
+                }
+            });
+        }
+        if !dirty.is_empty() {
+            if let Err(e) = self.store.update_participants(&dirty) {
+                tracing::error!(error = %e, "cannot write CDR counters");
+            }
+        }
+        let at = now_ms();
+        for (id, rows) in ended {
+            self.finish(&id, rows, at, "timeout");
+        }
+        let max_age = self.config.offline_max_age.as_millis() as i64;
+        if let Err(e) = self.store.expire_offline(at - max_age) {
+            tracing::error!(error = %e, "cannot expire offline messages");
+        }
+    }
+
+    fn finish(&self, id: &str, rows: Vec<(String, ParticipantRecord)>, at: i64, reason: &str) {
+        let r = self
+            .store
+            .update_participants(&rows)
+            .and_then(|_| self.store.end_session(id, at, reason));
+        match r {
+            Ok(()) => tracing::debug!(session = id, reason, "IM session ended"),
+            Err(e) => tracing::error!(error = %e, session = id, "cannot end CDR session"),
+        }
+    }
+
+    /// Ends every open conversation (graceful stop).
+    pub fn shutdown(&self) {
+        let convs: Vec<Conversation> = self.conversations.lock().drain().map(|(_, c)| c).collect();
+        let at = now_ms();
+        for c in convs {
+            self.finish(&c.id, c.records(None, false), at, "server shutdown");
+        }
+    }
+
+    /// Counts a message from `from` to `to` in their conversation, starting one if needed.
+    /// Returns the session id.
+    fn record(&self, from: &str, to: &str, device: String, bytes: usize) -> String {
+        let key = pair(from, to);
+        let now = Instant::now();
+        let mut convs = self.conversations.lock();
+        let conv = match convs.get_mut(&key) {
+            Some(c) => c,
+            None => {
+                let id = format!("{:032x}", rand::random::<u128>());
+                let at = now_ms();
+                let mut participants = HashMap::new();
+                for a in [from, to] {
+                    participants.insert(
+                        a.to_owned(),
+                        Participant {
+                            device: String::new(),
+                            joined_at_ms: at,
+                            messages: 0,
+                            bytes: 0,
+                            dirty: false,
+                        },
+                    );
+                }
+                let rec = SessionRecord {
+                    id: id.clone(),
+                    kind: "two-party".into(),
+                    started_at_ms: at,
+                    ended_at_ms: None,
+                    end_reason: None,
+                    initiator: from.to_owned(),
+                    organiser: None,
+                    escalated_from: None,
+                };
+                let conv = Conversation {
+                    id,
+                    last_activity: now,
+                    participants,
+                };
+                if let Err(e) = self.store.start_session(
+                    &rec,
+                    &conv
+                        .records(None, false)
+                        .into_iter()
+                        .map(|(_, p)| p)
+                        .collect::<Vec<_>>(),
+                ) {
+                    tracing::error!(error = %e, "cannot write CDR session start");
+                }
+                tracing::debug!(session = %rec.id, from, to, "IM session started");
+                convs.entry(key).or_insert(conv)
+            }
+        };
+        conv.last_activity = now;
+        if let Some(p) = conv.participants.get_mut(from) {
+            p.messages += 1;
+            p.bytes += bytes as i64;
+            if !device.is_empty() {
+                p.device = device;
+            }
+            p.dirty = true;
+        }
+        conv.id.clone()
+    }
+
+    /// The open conversation between two users, if any (for tests and the status page).
+    pub fn conversation_id(&self, a: &str, b: &str) -> Option<String> {
+        self.conversations
+            .lock()
+            .get(&pair(a, b))
+            .map(|c| c.id.clone())
+    }
+
+    async fn deliver_stored(self: Arc<Self>, aor: String) {
+        if !self.delivering.lock().insert(aor.clone()) {
+            return;
+        }
+        let deliverer = self.deliverer.get().and_then(Weak::upgrade);
+        if let Some(deliverer) = deliverer {
+            match self.store.offline_for(&aor) {
+                Ok(waiting) => {
+                    for m in waiting {
+                        let status = deliverer
+                            .deliver(Delivery {
+                                from: m.sender.clone(),
+                                to: m.recipient.clone(),
+                                content_type: m.content_type.clone(),
+                                body: Bytes::from(m.body.clone()),
+                                sent_at_ms: m.received_at_ms,
+                            })
+                            .await;
+                        if !(200..300).contains(&status) {
+                            // Kept for the next registration; order is preserved.
+                            tracing::info!(aor, status, "stored message not accepted; kept");
+                            break;
+                        }
+                        if let Err(e) = self.store.delete_offline(m.id) {
+                            tracing::error!(error = %e, "cannot delete a delivered message");
+                            break;
+                        }
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "cannot read stored messages"),
+            }
+        }
+        self.delivering.lock().remove(&aor);
+    }
+}
+
+impl ImHook for ImService {
+    fn before_message(&self, msg: &Message, from: &str, to: &str, online: bool) -> HookDecision {
+        if online {
+            return HookDecision::Relay;
+        }
+        let stored = OfflineMessage {
+            id: 0,
+            recipient: to.to_owned(),
+            sender: from.to_owned(),
+            content_type: msg
+                .headers
+                .get(&HeaderName::ContentType)
+                .unwrap_or("text/plain")
+                .to_owned(),
+            body: msg.body.to_vec(),
+            received_at_ms: now_ms(),
+            session_id: self.conversation_id(from, to),
+        };
+        match self
+            .store
+            .store_offline(&stored, self.config.offline_max_per_user)
+        {
+            // RFC 3428 §7: 202 Accepted, the message will be delivered later.
+            Ok(true) => {
+                self.record(from, to, device_of(msg), msg.body.len());
+                HookDecision::Respond(202)
+            }
+            Ok(false) => {
+                tracing::info!(to, "offline store full; message refused");
+                HookDecision::Respond(480)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot store an offline message");
+                HookDecision::Respond(500)
+            }
+        }
+    }
+
+    fn after_message(&self, msg: &Message, from: &str, to: &str, status: u16) {
+        if (200..300).contains(&status) {
+            self.record(from, to, device_of(msg), msg.body.len());
+        }
+    }
+
+    fn on_registered(&self, aor: &str) {
+        let Some(me) = self.me.upgrade() else { return };
+        tokio::spawn(me.deliver_stored(aor.to_owned()));
+    }
+}

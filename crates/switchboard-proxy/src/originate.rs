@@ -1,0 +1,88 @@
+//! Requests the server sends on its own behalf: a stored MESSAGE delivered to a user's
+//! devices when they sign in (RFC 3428 as a UAC, forked like any request to an AoR).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use sip_message::{HeaderName, Message, Method, StartLine, Uri};
+use sip_transaction::mailbox::mailbox;
+use sip_transaction::{new_branch, ClientEvent};
+
+use crate::hook::{Deliverer, Delivery};
+use crate::Core;
+
+impl Core {
+    /// Sends `d` to every device of `d.to` in parallel; the first 2xx wins, else the
+    /// lowest final status (408 for no answer, 480 for no device).
+    pub async fn originate_message(self: Arc<Self>, d: Delivery) -> u16 {
+        let bindings = self.location.lookup(&d.to);
+        let (tx, mut rx) = mailbox::<(usize, ClientEvent)>();
+        let call_id = format!("{:032x}@switchboard", rand::random::<u128>());
+        let from_tag = format!("{:016x}", rand::random::<u64>());
+        let mut sent = 0;
+        for b in &bindings {
+            let hop = self.hop_for(b);
+            if self.is_own_hop(&hop) {
+                continue;
+            }
+            let Ok(to_uri) = Uri::parse(&d.to) else {
+                return 400;
+            };
+            let mut target = b.contact.uri.clone();
+            if let Some(u) = target.as_sip_mut() {
+                u.headers = None;
+            }
+            let mut m = Message::request(Method::Message, to_uri.clone());
+            m.start = StartLine::Request {
+                method: Method::Message,
+                uri: target,
+            };
+            m.headers.push(HeaderName::Via, hop.via(&new_branch()));
+            m.headers.push(HeaderName::MaxForwards, "70");
+            m.headers
+                .push(HeaderName::From, format!("<{}>;tag={from_tag}", d.from));
+            m.headers.push(HeaderName::To, format!("<{}>", d.to));
+            m.headers.push(HeaderName::CallId, call_id.clone());
+            m.headers.push(HeaderName::CSeq, "1 MESSAGE");
+            // RFC 3428 §9 / RFC 3261 §20.17: when the sender sent it.
+            let sent_at = UNIX_EPOCH + Duration::from_millis(d.sent_at_ms.max(0) as u64);
+            m.headers
+                .push(HeaderName::Date, httpdate::fmt_http_date(sent_at));
+            m.headers
+                .push(HeaderName::ContentType, d.content_type.clone());
+            m.body = d.body.clone();
+            self.layer
+                .send_request_tagged(m, hop.target, sent, tx.clone());
+            sent += 1;
+        }
+        drop(tx);
+        if sent == 0 {
+            return 480;
+        }
+        let mut best = 408;
+        while let Some((_, ev)) = rx.recv().await {
+            let status = match ev {
+                ClientEvent::Response(r) => r.status().unwrap_or(500),
+                ClientEvent::Timeout => 408,
+                ClientEvent::TransportError(_) => 503,
+            };
+            if (200..300).contains(&status) {
+                return status;
+            }
+            if status >= 300 && (best == 408 || status < best) {
+                best = status;
+            }
+        }
+        best
+    }
+}
+
+impl Deliverer for Core {
+    fn deliver(&self, d: Delivery) -> Pin<Box<dyn std::future::Future<Output = u16> + Send>> {
+        match self.me.upgrade() {
+            Some(core) => Box::pin(core.originate_message(d)),
+            None => Box::pin(async { 503 }),
+        }
+    }
+}

@@ -1,0 +1,361 @@
+//! The IM service's durable state: call detail records (no message content) and the
+//! messages kept for users who were offline.
+
+use std::path::Path;
+
+use parking_lot::Mutex;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::StoreError;
+
+/// One IM session as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SessionRecord {
+    pub id: String,
+    /// `two-party` or `conference`.
+    pub kind: String,
+    pub started_at_ms: i64,
+    pub ended_at_ms: Option<i64>,
+    pub end_reason: Option<String>,
+    pub initiator: String,
+    pub organiser: Option<String>,
+    pub escalated_from: Option<String>,
+}
+
+/// One participant of a session.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ParticipantRecord {
+    pub address: String,
+    pub device: String,
+    pub joined_at_ms: i64,
+    pub left_at_ms: Option<i64>,
+    pub messages: i64,
+    pub bytes: i64,
+}
+
+/// A message waiting for its recipient to sign in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfflineMessage {
+    pub id: i64,
+    pub recipient: String,
+    pub sender: String,
+    pub content_type: String,
+    pub body: Vec<u8>,
+    pub received_at_ms: i64,
+    pub session_id: Option<String>,
+}
+
+/// Which sessions to list.
+#[derive(Debug, Clone, Default)]
+pub struct SessionFilter {
+    pub since_ms: Option<i64>,
+    /// Sessions this address took part in.
+    pub participant: Option<String>,
+    pub limit: Option<usize>,
+}
+
+/// CDR and offline messages over their own SQLite connection.
+pub struct ImStore {
+    conn: Mutex<Connection>,
+}
+
+impl ImStore {
+    pub fn open(data_dir: &Path) -> Result<ImStore, StoreError> {
+        Ok(ImStore {
+            conn: Mutex::new(crate::connect(data_dir)?),
+        })
+    }
+
+    /// Records the start of a session and its first participants, in one transaction.
+    pub fn start_session(
+        &self,
+        s: &SessionRecord,
+        participants: &[ParticipantRecord],
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO cdr_sessions (id, kind, started_at_ms, ended_at_ms, end_reason, initiator, organiser, escalated_from)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![s.id, s.kind, s.started_at_ms, s.ended_at_ms, s.end_reason, s.initiator, s.organiser, s.escalated_from],
+        )?;
+        for p in participants {
+            upsert_participant(&tx, &s.id, p)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Writes the current counters of many participants at once (flushed periodically).
+    pub fn update_participants(
+        &self,
+        rows: &[(String, ParticipantRecord)],
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction()?;
+        for (session_id, p) in rows {
+            upsert_participant(&tx, session_id, p)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Closes a session: its end time and reason, and everyone still in it leaves then.
+    pub fn end_session(&self, id: &str, ended_at_ms: i64, reason: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "UPDATE cdr_sessions SET ended_at_ms = ?2, end_reason = ?3 WHERE id = ?1 AND ended_at_ms IS NULL",
+            params![id, ended_at_ms, reason],
+        )?;
+        tx.execute(
+            "UPDATE cdr_participants SET left_at_ms = ?2 WHERE session_id = ?1 AND left_at_ms IS NULL",
+            params![id, ended_at_ms],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// At startup: sessions a crash left open are closed with `reason`. Returns how many.
+    pub fn close_open_sessions(&self, at_ms: i64, reason: &str) -> Result<usize, StoreError> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "UPDATE cdr_participants SET left_at_ms = ?1 WHERE left_at_ms IS NULL
+               AND session_id IN (SELECT id FROM cdr_sessions WHERE ended_at_ms IS NULL)",
+            params![at_ms],
+        )?;
+        let n = tx.execute(
+            "UPDATE cdr_sessions SET ended_at_ms = ?1, end_reason = ?2 WHERE ended_at_ms IS NULL",
+            params![at_ms, reason],
+        )?;
+        tx.commit()?;
+        Ok(n)
+    }
+
+    pub fn sessions(&self, f: &SessionFilter) -> Result<Vec<SessionRecord>, StoreError> {
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, kind, started_at_ms, ended_at_ms, end_reason, initiator, organiser, escalated_from
+               FROM cdr_sessions s
+              WHERE (?1 IS NULL OR started_at_ms >= ?1)
+                AND (?2 IS NULL OR EXISTS (SELECT 1 FROM cdr_participants p WHERE p.session_id = s.id AND p.address = ?2))
+              ORDER BY started_at_ms, id
+              LIMIT ?3",
+        )?;
+        let limit = f.limit.map(|l| l as i64).unwrap_or(-1);
+        let rows = stmt
+            .query_map(params![f.since_ms, f.participant, limit], session_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    pub fn session(
+        &self,
+        id: &str,
+    ) -> Result<Option<(SessionRecord, Vec<ParticipantRecord>)>, StoreError> {
+        let conn = self.conn.lock();
+        let s = conn
+            .prepare_cached(
+                "SELECT id, kind, started_at_ms, ended_at_ms, end_reason, initiator, organiser, escalated_from
+                   FROM cdr_sessions WHERE id = ?1",
+            )?
+            .query_row([id], session_row)
+            .optional()?;
+        let Some(s) = s else { return Ok(None) };
+        let mut stmt = conn.prepare_cached(
+            "SELECT address, device, joined_at_ms, left_at_ms, messages, bytes
+               FROM cdr_participants WHERE session_id = ?1 ORDER BY joined_at_ms, address",
+        )?;
+        let ps = stmt
+            .query_map([id], |r| {
+                Ok(ParticipantRecord {
+                    address: r.get(0)?,
+                    device: r.get(1)?,
+                    joined_at_ms: r.get(2)?,
+                    left_at_ms: r.get(3)?,
+                    messages: r.get(4)?,
+                    bytes: r.get(5)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some((s, ps)))
+    }
+
+    /// Keeps a message for `recipient`, unless they already have `max_per_user` waiting.
+    /// Returns whether it was kept.
+    pub fn store_offline(
+        &self,
+        m: &OfflineMessage,
+        max_per_user: usize,
+    ) -> Result<bool, StoreError> {
+        let conn = self.conn.lock();
+        let waiting: i64 = conn
+            .prepare_cached("SELECT COUNT(*) FROM offline_messages WHERE recipient = ?1")?
+            .query_row([&m.recipient], |r| r.get(0))?;
+        if waiting as usize >= max_per_user {
+            return Ok(false);
+        }
+        conn.prepare_cached(
+            "INSERT INTO offline_messages (recipient, sender, content_type, body, received_at_ms, session_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![m.recipient, m.sender, m.content_type, m.body, m.received_at_ms, m.session_id])?;
+        Ok(true)
+    }
+
+    /// Messages waiting for `recipient`, oldest first.
+    pub fn offline_for(&self, recipient: &str) -> Result<Vec<OfflineMessage>, StoreError> {
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, recipient, sender, content_type, body, received_at_ms, session_id
+               FROM offline_messages WHERE recipient = ?1 ORDER BY id",
+        )?;
+        let rows = stmt
+            .query_map([recipient], |r| {
+                Ok(OfflineMessage {
+                    id: r.get(0)?,
+                    recipient: r.get(1)?,
+                    sender: r.get(2)?,
+                    content_type: r.get(3)?,
+                    body: r.get(4)?,
+                    received_at_ms: r.get(5)?,
+                    session_id: r.get(6)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Removes a delivered message.
+    pub fn delete_offline(&self, id: i64) -> Result<(), StoreError> {
+        self.conn
+            .lock()
+            .prepare_cached("DELETE FROM offline_messages WHERE id = ?1")?
+            .execute([id])?;
+        Ok(())
+    }
+
+    /// Drops messages older than `before_ms`; returns how many.
+    pub fn expire_offline(&self, before_ms: i64) -> Result<usize, StoreError> {
+        Ok(self
+            .conn
+            .lock()
+            .prepare_cached("DELETE FROM offline_messages WHERE received_at_ms < ?1")?
+            .execute([before_ms])?)
+    }
+}
+
+fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
+    Ok(SessionRecord {
+        id: r.get(0)?,
+        kind: r.get(1)?,
+        started_at_ms: r.get(2)?,
+        ended_at_ms: r.get(3)?,
+        end_reason: r.get(4)?,
+        initiator: r.get(5)?,
+        organiser: r.get(6)?,
+        escalated_from: r.get(7)?,
+    })
+}
+
+fn upsert_participant(
+    tx: &rusqlite::Transaction<'_>,
+    session_id: &str,
+    p: &ParticipantRecord,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO cdr_participants (session_id, address, device, joined_at_ms, left_at_ms, messages, bytes)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (session_id, address) DO UPDATE SET
+           device = excluded.device, left_at_ms = excluded.left_at_ms,
+           messages = excluded.messages, bytes = excluded.bytes",
+    )?
+    .execute(params![session_id, p.address, p.device, p.joined_at_ms, p.left_at_ms, p.messages, p.bytes])?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_participants_restart_and_offline() {
+        let dir = tempfile::tempdir().unwrap();
+        let _users = crate::open(dir.path()).unwrap();
+        let s = ImStore::open(dir.path()).unwrap();
+        let rec = SessionRecord {
+            id: "s1".into(),
+            kind: "two-party".into(),
+            started_at_ms: 1000,
+            ended_at_ms: None,
+            end_reason: None,
+            initiator: "sip:alice@example.com".into(),
+            organiser: None,
+            escalated_from: None,
+        };
+        let p = |a: &str, n| ParticipantRecord {
+            address: a.into(),
+            device: "d".into(),
+            joined_at_ms: 1000,
+            left_at_ms: None,
+            messages: n,
+            bytes: n * 10,
+        };
+        s.start_session(
+            &rec,
+            &[p("sip:alice@example.com", 0), p("sip:bob@example.com", 0)],
+        )
+        .unwrap();
+        s.update_participants(&[("s1".into(), p("sip:alice@example.com", 3))])
+            .unwrap();
+        let (got, ps) = s.session("s1").unwrap().unwrap();
+        assert_eq!(got.ended_at_ms, None);
+        assert_eq!(
+            ps.iter()
+                .find(|x| x.address.contains("alice"))
+                .unwrap()
+                .messages,
+            3
+        );
+        // A crash leaves it open: the next start closes it.
+        assert_eq!(s.close_open_sessions(5000, "server restart").unwrap(), 1);
+        let (got, ps) = s.session("s1").unwrap().unwrap();
+        assert_eq!(got.end_reason.as_deref(), Some("server restart"));
+        assert!(ps.iter().all(|x| x.left_at_ms == Some(5000)));
+        let f = SessionFilter {
+            participant: Some("sip:bob@example.com".into()),
+            ..Default::default()
+        };
+        assert_eq!(s.sessions(&f).unwrap().len(), 1);
+        let f = SessionFilter {
+            since_ms: Some(2000),
+            ..Default::default()
+        };
+        assert!(s.sessions(&f).unwrap().is_empty());
+
+        let m = |body: &str| OfflineMessage {
+            id: 0,
+            recipient: "sip:bob@example.com".into(),
+            sender: "sip:alice@example.com".into(),
+            content_type: "text/plain".into(),
+            body: body.as_bytes().to_vec(),
+            received_at_ms: 10,
+            session_id: None,
+        };
+        assert!(s.store_offline(&m("one"), 2).unwrap());
+        assert!(s.store_offline(&m("two"), 2).unwrap());
+        assert!(
+            !s.store_offline(&m("three"), 2).unwrap(),
+            "bounded per user"
+        );
+        let waiting = s.offline_for("sip:bob@example.com").unwrap();
+        assert_eq!(
+            waiting.iter().map(|w| w.body.clone()).collect::<Vec<_>>(),
+            vec![b"one".to_vec(), b"two".to_vec()]
+        );
+        s.delete_offline(waiting[0].id).unwrap();
+        assert_eq!(s.expire_offline(11).unwrap(), 1);
+        assert!(s.offline_for("sip:bob@example.com").unwrap().is_empty());
+    }
+}

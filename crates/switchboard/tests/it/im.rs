@@ -1,0 +1,300 @@
+//! The IM service over sockets: pager conversations recorded as CDR with per-participant
+//! counts, idle ends, restart recovery, offline messages delivered in order once.
+
+use std::time::Duration;
+
+use switchboard_store::{ImStore, SessionFilter};
+
+use crate::support::*;
+
+fn quick(c: &mut switchboard::config::ServerConfig) {
+    c.im.flush_interval = Duration::from_millis(100);
+}
+
+async fn registered(s: &TestServer, user: &str) -> Client {
+    let mut c = s.client(Transport::Udp, user).await;
+    assert_eq!(status(&c.register(None).await), 200);
+    c
+}
+
+async fn send(from: &mut Client, to: &mut Client, to_user: &str, text: &str) {
+    let m = from.message_to(to_user, text);
+    from.send(&m).await;
+    let ch = from.final_response().await;
+    let again = from.with_credentials(&m, &ch, &format!("pw-{}", from.user), "MD5", 1);
+    from.send(&again).await;
+    let got = to.answer_next_request(200).await.expect("delivered");
+    assert_eq!(&got.body[..], text.as_bytes());
+    assert_eq!(status(&from.final_response().await), 200);
+}
+
+fn store(s: &TestServer) -> ImStore {
+    ImStore::open(&s.data_dir()).unwrap()
+}
+
+async fn settle(s: &TestServer, pred: impl Fn(&ImStore) -> bool) {
+    let st = store(s);
+    for _ in 0..100 {
+        if pred(&st) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("CDR never reached the expected state");
+}
+
+#[tokio::test]
+async fn a_pager_conversation_is_one_session_with_counts() {
+    let s = TestServer::start_with(&["alice", "bob"], quick).await;
+    let mut alice = registered(&s, "alice").await;
+    let mut bob = registered(&s, "bob").await;
+    for text in ["hi bob", "how are you?", "lunch?"] {
+        send(&mut alice, &mut bob, "bob", text).await;
+    }
+    for text in ["hi alice", "yes!"] {
+        send(&mut bob, &mut alice, "alice", text).await;
+    }
+    let id = s
+        .server
+        .im
+        .conversation_id("sip:alice@example.com", "sip:bob@example.com")
+        .expect("open conversation");
+    settle(&s, |st| {
+        st.session(&id)
+            .unwrap()
+            .is_some_and(|(_, ps)| ps.iter().map(|p| p.messages).sum::<i64>() == 5)
+    })
+    .await;
+    let (session, ps) = store(&s).session(&id).unwrap().unwrap();
+    assert_eq!(session.kind, "two-party");
+    assert_eq!(session.initiator, "sip:alice@example.com");
+    assert_eq!(session.ended_at_ms, None);
+    let a = ps
+        .iter()
+        .find(|p| p.address == "sip:alice@example.com")
+        .unwrap();
+    let b = ps
+        .iter()
+        .find(|p| p.address == "sip:bob@example.com")
+        .unwrap();
+    assert_eq!(
+        (a.messages, a.bytes),
+        (
+            3,
+            ("hi bob".len() + "how are you?".len() + "lunch?".len()) as i64
+        )
+    );
+    assert_eq!(
+        (b.messages, b.bytes),
+        (2, ("hi alice".len() + "yes!".len()) as i64)
+    );
+    // Only one session for the pair, both directions.
+    assert_eq!(
+        store(&s).sessions(&SessionFilter::default()).unwrap().len(),
+        1
+    );
+
+    // The CLI reads the same records.
+    let bin = env!("CARGO_BIN_EXE_switchboard");
+    let out = std::process::Command::new(bin)
+        .args([
+            "--data-dir",
+            s.data_dir().to_str().unwrap(),
+            "cdr",
+            "list",
+            "--user",
+            "bob@example.com",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["id"], id.as_str());
+    assert_eq!(v[0]["participants"].as_array().unwrap().len(), 2);
+    let out = std::process::Command::new(bin)
+        .args([
+            "--data-dir",
+            s.data_dir().to_str().unwrap(),
+            "cdr",
+            "show",
+            &id,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("sip:alice@example.com") && text.contains("two-party"),
+        "{text}"
+    );
+    let out = std::process::Command::new(bin)
+        .args([
+            "--data-dir",
+            s.data_dir().to_str().unwrap(),
+            "cdr",
+            "list",
+            "--since",
+            "2999-01-01T00:00:00Z",
+            "--csv",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        1,
+        "header only"
+    );
+
+    // A graceful stop ends it.
+    s.server.shutdown();
+    let (session, ps) = store(&s).session(&id).unwrap().unwrap();
+    assert_eq!(session.end_reason.as_deref(), Some("server shutdown"));
+    assert!(ps.iter().all(|p| p.left_at_ms.is_some()));
+}
+
+#[tokio::test]
+async fn an_idle_conversation_ends_with_timeout() {
+    let s = TestServer::start_with(&["alice", "bob"], |c| {
+        quick(c);
+        c.im.pager_idle = Duration::from_secs(1);
+    })
+    .await;
+    let mut alice = registered(&s, "alice").await;
+    let mut bob = registered(&s, "bob").await;
+    send(&mut alice, &mut bob, "bob", "ping").await;
+    let id = s
+        .server
+        .im
+        .conversation_id("sip:alice@example.com", "sip:bob@example.com")
+        .unwrap();
+    settle(&s, |st| {
+        st.session(&id).unwrap().unwrap().0.end_reason.as_deref() == Some("timeout")
+    })
+    .await;
+    // The next message starts a new session.
+    send(&mut alice, &mut bob, "bob", "again").await;
+    assert_ne!(
+        s.server
+            .im
+            .conversation_id("sip:alice@example.com", "sip:bob@example.com")
+            .unwrap(),
+        id
+    );
+}
+
+#[tokio::test]
+async fn sessions_open_at_a_crash_are_closed_at_the_next_start() {
+    let s = TestServer::start_with(&["alice", "bob"], quick).await;
+    let mut alice = registered(&s, "alice").await;
+    let mut bob = registered(&s, "bob").await;
+    send(&mut alice, &mut bob, "bob", "before the crash").await;
+    let id = s
+        .server
+        .im
+        .conversation_id("sip:alice@example.com", "sip:bob@example.com")
+        .unwrap();
+    settle(&s, |st| {
+        st.session(&id)
+            .unwrap()
+            .is_some_and(|(_, ps)| ps.iter().any(|p| p.messages == 1))
+    })
+    .await;
+    let dir = s.crash();
+    assert_eq!(
+        ImStore::open(dir.path())
+            .unwrap()
+            .session(&id)
+            .unwrap()
+            .unwrap()
+            .0
+            .ended_at_ms,
+        None
+    );
+    let s = TestServer::start_in(dir, &["alice", "bob"], quick).await;
+    let (session, ps) = store(&s).session(&id).unwrap().unwrap();
+    assert_eq!(session.end_reason.as_deref(), Some("server restart"));
+    assert_eq!(
+        ps.iter()
+            .find(|p| p.address.contains("alice"))
+            .unwrap()
+            .messages,
+        1,
+        "counts kept"
+    );
+}
+
+#[tokio::test]
+async fn offline_messages_are_stored_then_delivered_in_order_once() {
+    let s = TestServer::start_with(&["alice", "bob"], |c| {
+        quick(c);
+        c.im.offline_max_per_user = 3;
+    })
+    .await;
+    let mut alice = registered(&s, "alice").await;
+    for text in ["one", "two", "three"] {
+        let m = alice.message_to("bob", text);
+        let resp = alice.send_authenticated(m).await;
+        assert_eq!(status(&resp), 202, "kept for later (RFC 3428 §7)");
+    }
+    let m = alice.message_to("bob", "four");
+    assert_eq!(
+        status(&alice.send_authenticated(m).await),
+        480,
+        "the per-user bound holds"
+    );
+    assert_eq!(
+        store(&s).offline_for("sip:bob@example.com").unwrap().len(),
+        3
+    );
+
+    let mut bob = s.client(Transport::Udp, "bob").await;
+    let req = bob.register_request(None);
+    bob.send(&req).await;
+    let ch = bob.final_response().await;
+    let again = bob.with_credentials(&req, &ch, "pw-bob", "MD5", 1);
+    bob.send(&again).await;
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let m = bob.recv().await.expect("stored messages arrive");
+        if m.is_request() {
+            assert!(
+                m.headers.has(&sip_message::HeaderName::Date),
+                "original time kept"
+            );
+            assert!(m
+                .from_header()
+                .unwrap()
+                .uri
+                .to_string()
+                .contains("alice@example.com"));
+            bob.send(&m.response(200, Some("b"))).await;
+            got.push(String::from_utf8_lossy(&m.body).into_owned());
+        }
+    }
+    assert_eq!(got, vec!["one", "two", "three"]);
+    settle(&s, |st| {
+        st.offline_for("sip:bob@example.com").unwrap().is_empty()
+    })
+    .await;
+    // Registering again delivers nothing more.
+    assert_eq!(status(&bob.register(None).await), 200);
+    assert!(bob
+        .recv_within(Duration::from_millis(500))
+        .await
+        .is_none_or(|m| !m.is_request()));
+    // The sender's CDR shows the three messages.
+    let id = s
+        .server
+        .im
+        .conversation_id("sip:alice@example.com", "sip:bob@example.com")
+        .unwrap();
+    settle(&s, |st| {
+        st.session(&id)
+            .unwrap()
+            .unwrap()
+            .1
+            .iter()
+            .any(|p| p.address.contains("alice") && p.messages == 3)
+    })
+    .await;
+}
