@@ -39,6 +39,9 @@ use tokio::time::Instant;
 pub struct ImConfig {
     /// A pager-mode conversation ends after this long without a message.
     pub pager_idle: Duration,
+    /// A session-mode session (INVITE) with no traffic for this long is ended (a client
+    /// that vanished without BYE).
+    pub session_idle: Duration,
     /// Messages kept per offline user at most; further ones are refused (480).
     pub offline_max_per_user: usize,
     /// Kept messages older than this are dropped undelivered.
@@ -51,6 +54,7 @@ impl Default for ImConfig {
     fn default() -> Self {
         ImConfig {
             pager_idle: Duration::from_secs(600),
+            session_idle: Duration::from_secs(3600),
             offline_max_per_user: 200,
             offline_max_age: Duration::from_secs(14 * 24 * 3600),
             flush_interval: Duration::from_secs(1),
@@ -112,10 +116,37 @@ pub struct ImService {
     config: ImConfig,
     /// Two-party pager conversations by (lower AoR, higher AoR).
     conversations: Mutex<HashMap<(String, String), Conversation>>,
+    /// Session-mode IM sessions (INVITE `m=message`) by Call-ID.
+    dialogs: Mutex<HashMap<String, Conversation>>,
+    /// Call-IDs of recently ended sessions: later requests in them get 481.
+    ended_dialogs: Mutex<HashMap<String, Instant>>,
     deliverer: OnceLock<Weak<dyn Deliverer>>,
     /// AoRs whose stored messages are being delivered now.
     delivering: Mutex<HashSet<String>>,
     me: Weak<ImService>,
+}
+
+/// Counts one message from `from` in `conv`.
+fn count(conv: &mut Conversation, from: &str, device: String, bytes: usize) {
+    conv.last_activity = Instant::now();
+    if let Some(p) = conv.participants.get_mut(from) {
+        p.messages += 1;
+        p.bytes += bytes as i64;
+        if !device.is_empty() {
+            p.device = device;
+        }
+        p.dirty = true;
+    }
+}
+
+/// Does this SDP offer an MSRP-less IM session (`m=message ... sip`, the Lync style)?
+fn offers_message_media(invite: &Message) -> bool {
+    std::str::from_utf8(&invite.body)
+        .map(|sdp| {
+            sdp.lines()
+                .any(|l| l.trim_start().to_ascii_lowercase().starts_with("m=message"))
+        })
+        .unwrap_or(false)
 }
 
 fn pair(a: &str, b: &str) -> (String, String) {
@@ -147,6 +178,8 @@ impl ImService {
             store,
             config,
             conversations: Mutex::new(HashMap::new()),
+            dialogs: Mutex::new(HashMap::new()),
+            ended_dialogs: Mutex::new(HashMap::new()),
             deliverer: OnceLock::new(),
             delivering: Mutex::new(HashSet::new()),
         });
@@ -191,6 +224,29 @@ impl ImService {
                 }
             });
         }
+        {
+            let mut dialogs = self.dialogs.lock();
+            let mut gone = Vec::new();
+            dialogs.retain(|call_id, c| {
+                if now.duration_since(c.last_activity) >= self.config.session_idle {
+                    ended.push((c.id.clone(), c.records(None, false)));
+                    gone.push(call_id.clone());
+                    false
+                } else {
+                    dirty.extend(c.records(None, true));
+                    for p in c.participants.values_mut() {
+                        p.dirty = false;
+                    }
+                    true
+                }
+            });
+            drop(dialogs);
+            let mut ended_dialogs = self.ended_dialogs.lock();
+            for g in gone {
+                ended_dialogs.insert(g, now);
+            }
+            ended_dialogs.retain(|_, at| now.duration_since(*at) < Duration::from_secs(300));
+        }
         if !dirty.is_empty() {
             if let Err(e) = self.store.update_participants(&dirty) {
                 tracing::error!(error = %e, "cannot write CDR counters");
@@ -219,7 +275,9 @@ impl ImService {
 
     /// Ends every open conversation (graceful stop).
     pub fn shutdown(&self) {
-        let convs: Vec<Conversation> = self.conversations.lock().drain().map(|(_, c)| c).collect();
+        let mut convs: Vec<Conversation> =
+            self.conversations.lock().drain().map(|(_, c)| c).collect();
+        convs.extend(self.dialogs.lock().drain().map(|(_, c)| c));
         let at = now_ms();
         for c in convs {
             self.finish(&c.id, c.records(None, false), at, "server shutdown");
@@ -230,65 +288,60 @@ impl ImService {
     /// Returns the session id.
     fn record(&self, from: &str, to: &str, device: String, bytes: usize) -> String {
         let key = pair(from, to);
-        let now = Instant::now();
         let mut convs = self.conversations.lock();
         let conv = match convs.get_mut(&key) {
             Some(c) => c,
             None => {
-                let id = format!("{:032x}", rand::random::<u128>());
-                let at = now_ms();
-                let mut participants = HashMap::new();
-                for a in [from, to] {
-                    participants.insert(
-                        a.to_owned(),
-                        Participant {
-                            device: String::new(),
-                            joined_at_ms: at,
-                            messages: 0,
-                            bytes: 0,
-                            dirty: false,
-                        },
-                    );
-                }
-                let rec = SessionRecord {
-                    id: id.clone(),
-                    kind: "two-party".into(),
-                    started_at_ms: at,
-                    ended_at_ms: None,
-                    end_reason: None,
-                    initiator: from.to_owned(),
-                    organiser: None,
-                    escalated_from: None,
-                };
-                let conv = Conversation {
-                    id,
-                    last_activity: now,
-                    participants,
-                };
-                if let Err(e) = self.store.start_session(
-                    &rec,
-                    &conv
-                        .records(None, false)
-                        .into_iter()
-                        .map(|(_, p)| p)
-                        .collect::<Vec<_>>(),
-                ) {
-                    tracing::error!(error = %e, "cannot write CDR session start");
-                }
-                tracing::debug!(session = %rec.id, from, to, "IM session started");
+                let conv = self.begin(from, &[(from, String::new()), (to, String::new())]);
                 convs.entry(key).or_insert(conv)
             }
         };
-        conv.last_activity = now;
-        if let Some(p) = conv.participants.get_mut(from) {
-            p.messages += 1;
-            p.bytes += bytes as i64;
-            if !device.is_empty() {
-                p.device = device;
-            }
-            p.dirty = true;
-        }
+        count(conv, from, device, bytes);
         conv.id.clone()
+    }
+
+    /// A new two-party session, written to the CDR at once.
+    fn begin(&self, initiator: &str, participants: &[(&str, String)]) -> Conversation {
+        let id = format!("{:032x}", rand::random::<u128>());
+        let at = now_ms();
+        let participants = participants
+            .iter()
+            .map(|(a, device)| {
+                let p = Participant {
+                    device: device.clone(),
+                    joined_at_ms: at,
+                    messages: 0,
+                    bytes: 0,
+                    dirty: false,
+                };
+                ((*a).to_owned(), p)
+            })
+            .collect();
+        let rec = SessionRecord {
+            id: id.clone(),
+            kind: "two-party".into(),
+            started_at_ms: at,
+            ended_at_ms: None,
+            end_reason: None,
+            initiator: initiator.to_owned(),
+            organiser: None,
+            escalated_from: None,
+        };
+        let conv = Conversation {
+            id,
+            last_activity: Instant::now(),
+            participants,
+        };
+        let rows: Vec<ParticipantRecord> = conv
+            .records(None, false)
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect();
+        if let Err(e) = self.store.start_session(&rec, &rows) {
+            tracing::error!(error = %e, "cannot write CDR session start");
+        }
+        tracing::debug!(session = %rec.id, initiator, "IM session started");
+        conv
     }
 
     /// The open conversation between two users, if any (for tests and the status page).
@@ -376,6 +429,63 @@ impl ImHook for ImService {
     fn after_message(&self, msg: &Message, from: &str, to: &str, status: u16) {
         if (200..300).contains(&status) {
             self.record(from, to, device_of(msg), msg.body.len());
+        }
+    }
+
+    fn on_invite_answered(&self, invite: &Message, answer: &Message, caller: &str, callee: &str) {
+        if !offers_message_media(invite) {
+            return;
+        }
+        let Some(call_id) = invite.call_id() else {
+            return;
+        };
+        let callee_device = answer
+            .headers
+            .get(&HeaderName::UserAgent)
+            .or(answer.headers.get(&HeaderName::Server))
+            .map(|d| d.chars().take(120).collect())
+            .unwrap_or_default();
+        let conv = self.begin(
+            caller,
+            &[(caller, device_of(invite)), (callee, callee_device)],
+        );
+        self.dialogs.lock().insert(call_id.to_owned(), conv);
+    }
+
+    fn in_dialog(&self, msg: &Message, _from: &str) -> HookDecision {
+        let Some(call_id) = msg.call_id() else {
+            return HookDecision::Relay;
+        };
+        if self.dialogs.lock().contains_key(call_id) {
+            return HookDecision::Relay;
+        }
+        if self.ended_dialogs.lock().contains_key(call_id) {
+            // RFC 3261 §12.2.2: the session is gone.
+            return HookDecision::Respond(481);
+        }
+        HookDecision::Relay
+    }
+
+    fn after_in_dialog(&self, msg: &Message, from: &str, status: u16) {
+        let Some(call_id) = msg.call_id() else { return };
+        let method = msg.method().cloned();
+        let mut dialogs = self.dialogs.lock();
+        let Some(conv) = dialogs.get_mut(call_id) else {
+            return;
+        };
+        match method {
+            Some(sip_message::Method::Message) if (200..300).contains(&status) => {
+                count(conv, from, device_of(msg), msg.body.len());
+            }
+            Some(sip_message::Method::Bye) if status >= 200 => {
+                let conv = dialogs.remove(call_id).expect("present above");
+                drop(dialogs);
+                self.ended_dialogs
+                    .lock()
+                    .insert(call_id.to_owned(), Instant::now());
+                self.finish(&conv.id, conv.records(None, false), now_ms(), "bye");
+            }
+            _ => conv.last_activity = Instant::now(),
         }
     }
 

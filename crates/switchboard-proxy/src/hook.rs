@@ -31,6 +31,23 @@ pub trait ImHook: Send + Sync + 'static {
     fn after_message(&self, _msg: &Message, _from: &str, _to: &str, _status: u16) {}
     /// `aor` registered a new device.
     fn on_registered(&self, _aor: &str) {}
+    /// A dialog-creating INVITE from `caller` to `callee` was answered with `answer` (2xx).
+    /// Session-mode IM starts here (INVITE with `m=message`).
+    fn on_invite_answered(
+        &self,
+        _invite: &Message,
+        _answer: &Message,
+        _caller: &str,
+        _callee: &str,
+    ) {
+    }
+    /// A request inside a dialog (MESSAGE, INFO, BYE, re-INVITE...) from `from`, before it
+    /// is relayed. `Respond(481)` refuses a request for a session that no longer exists.
+    fn in_dialog(&self, _msg: &Message, _from: &str) -> HookDecision {
+        HookDecision::Relay
+    }
+    /// The final status the sender got for a relayed in-dialog request.
+    fn after_in_dialog(&self, _msg: &Message, _from: &str, _status: u16) {}
 }
 
 /// The hook used until the IM service is attached: relays everything.

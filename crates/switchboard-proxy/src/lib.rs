@@ -262,29 +262,34 @@ impl Core {
         if self.is_loop(&req.message) {
             return self.respond(&req, 482).await;
         }
-        self.pop_own_routes(&mut req.message);
+        let via_our_route = self.pop_own_routes(&mut req.message);
         match method {
             Method::Cancel => self.handle_cancel(req).await,
             Method::Register => self.handle_register(req).await,
-            _ => self.handle_routed(req).await,
+            _ => self.handle_routed(req, via_our_route).await,
         }
     }
 
     /// §16.4: Route entries naming us were put there by our Record-Route; drop them.
-    fn pop_own_routes(&self, msg: &mut Message) {
+    /// Returns whether there was one (the request belongs to a dialog we are in).
+    fn pop_own_routes(&self, msg: &mut Message) -> bool {
+        let mut popped = false;
         loop {
             let Ok(routes) = msg.name_addrs(&HeaderName::Route) else {
-                return;
+                return popped;
             };
-            let Some(first) = routes.first() else { return };
+            let Some(first) = routes.first() else {
+                return popped;
+            };
             let own = first
                 .uri
                 .as_sip()
                 .is_some_and(|u| self.is_own(&u.host, u.port));
             if !own {
-                return;
+                return popped;
             }
             msg.headers.pop_first_value(&HeaderName::Route);
+            popped = true;
         }
     }
 

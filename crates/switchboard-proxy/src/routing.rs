@@ -96,7 +96,7 @@ impl Core {
         })
     }
 
-    pub(crate) async fn handle_routed(self: Arc<Self>, req: ServerRequest) {
+    pub(crate) async fn handle_routed(self: Arc<Self>, req: ServerRequest, via_our_route: bool) {
         let msg = &req.message;
         let method = msg.method().cloned().unwrap_or(Method::Options);
         let Some(ruri) = msg.request_uri().and_then(Uri::as_sip).cloned() else {
@@ -129,8 +129,19 @@ impl Core {
         // In-dialog request to a registered contact: send it over that device's flow.
         let in_dialog = msg.to_header().ok().is_some_and(|t| t.tag().is_some());
         let domain_target = ruri.user.is_some() && self.serves_domain(&ruri.host.to_string());
+        // In a dialog: the device's registered contact, or else, when the request came
+        // through our Record-Route (we are in the dialog's route set), the remote target
+        // itself (a caller that never registered). Nothing else is relayed.
         let contact_binding = if in_dialog && !domain_target {
-            self.location.binding_for_contact(&Uri::Sip(ruri.clone()))
+            self.location
+                .binding_for_contact(&Uri::Sip(ruri.clone()))
+                .or_else(|| {
+                    if via_our_route {
+                        self.remote_target(&ruri)
+                    } else {
+                        None
+                    }
+                })
         } else {
             None
         };
@@ -167,6 +178,11 @@ impl Core {
         }
         let from_aor = format!("sip:{sender}");
 
+        if in_dialog {
+            if let HookDecision::Respond(status) = self.hook.in_dialog(msg, &from_aor) {
+                return self.respond(&req, status).await;
+            }
+        }
         if let Some(b) = contact_binding {
             return self.spawn_forward(req, vec![b], from_aor, None);
         }
@@ -222,6 +238,11 @@ impl Core {
                 (Target::Connection { id, fallback }, flow.transport)
             }
             None => match contact {
+                // A stream contact that never registered over a connection (a dialog's
+                // remote target): an open connection to it, or a new one.
+                Some((kind, a)) if kind != TransportKind::Udp && flow.transport == kind => {
+                    (Target::Addr(kind, a), kind)
+                }
                 Some((TransportKind::Udp, a)) if a.ip() == flow.remote.ip() => {
                     (Target::Addr(TransportKind::Udp, a), TransportKind::Udp)
                 }
@@ -250,6 +271,33 @@ impl Core {
             transport,
             local,
         }
+    }
+
+    /// A dialog's remote target that is not a registered contact, as a one-off binding:
+    /// reached at the URI's address (IP hosts only; there is no DNS resolution here).
+    fn remote_target(&self, ruri: &sip_message::SipUri) -> Option<Binding> {
+        let contact = NameAddr::new(Uri::Sip(ruri.clone()));
+        let mut b = Binding {
+            contact_key: contact.uri.to_string(),
+            contact,
+            expires_at: tokio::time::Instant::now(),
+            call_id: String::new(),
+            cseq: 0,
+            instance: None,
+            reg_id: None,
+            flow: Source {
+                transport: TransportKind::Udp,
+                remote: SocketAddr::from(([0, 0, 0, 0], 0)),
+                local: SocketAddr::from(([0, 0, 0, 0], 0)),
+                connection: None,
+            },
+            temp_gruu: None,
+        };
+        let (kind, addr) = b.contact_addr()?;
+        b.flow.transport = kind;
+        b.flow.remote = addr;
+        b.flow.local = self.layer.transports().listening(kind)?;
+        Some(b)
     }
 
     /// A Contact naming this server itself would make the request loop.
@@ -416,6 +464,7 @@ impl Core {
             if (200..300).contains(&status) {
                 let first = !got_2xx;
                 got_2xx = true;
+                let answered = (first && is_invite).then(|| resp.clone());
                 if let Some(up) = strip_our_via(resp) {
                     if first || is_invite {
                         req.tx.respond(&up).await;
@@ -423,6 +472,12 @@ impl Core {
                 }
                 if first && is_invite {
                     self.cancel_branches(&mut branches);
+                }
+                if first && is_invite && !in_dialog_request(&req.message) {
+                    if let (Some(to), Some(answer)) = (to_aor.as_deref(), &answered) {
+                        self.hook
+                            .on_invite_answered(&req.message, answer, &from_aor, to);
+                    }
                 }
                 if !is_invite && first {
                     self.after_relay(&req.message, &from_aor, to_aor.as_deref(), status);
@@ -457,8 +512,9 @@ impl Core {
     }
 
     fn after_relay(&self, msg: &Message, from: &str, to: Option<&str>, status: u16) {
-        let in_dialog = msg.to_header().ok().is_some_and(|t| t.tag().is_some());
-        if msg.method() == Some(&Method::Message) && !in_dialog {
+        if in_dialog_request(msg) {
+            self.hook.after_in_dialog(msg, from, status);
+        } else if msg.method() == Some(&Method::Message) {
             if let Some(to) = to {
                 self.hook.after_message(msg, from, to, status);
             }
@@ -558,6 +614,10 @@ fn fmt_addr(a: SocketAddr) -> String {
         SocketAddr::V4(v) => v.to_string(),
         SocketAddr::V6(v) => format!("[{}]:{}", v.ip(), v.port()),
     }
+}
+
+fn in_dialog_request(msg: &Message) -> bool {
+    msg.to_header().ok().is_some_and(|t| t.tag().is_some())
 }
 
 /// Removes our top Via from a response (§16.7 step 3); `None` if nothing is left.

@@ -53,6 +53,8 @@ pub struct FileConfig {
 pub struct ImSection {
     /// A pager-mode conversation ends after this many idle seconds.
     pub pager_idle_secs: Option<u64>,
+    /// A session-mode (INVITE) session without traffic is ended after this many seconds.
+    pub session_idle_secs: Option<u64>,
     pub offline_max_per_user: Option<usize>,
     pub offline_max_age_days: Option<u64>,
 }
@@ -215,6 +217,9 @@ impl ServerConfig {
         if let Some(i) = f.im {
             if let Some(s) = i.pager_idle_secs {
                 self.im.pager_idle = std::time::Duration::from_secs(s);
+            }
+            if let Some(s) = i.session_idle_secs {
+                self.im.session_idle = std::time::Duration::from_secs(s);
             }
             self.im.offline_max_per_user = i
                 .offline_max_per_user

@@ -298,3 +298,187 @@ async fn offline_messages_are_stored_then_delivered_in_order_once() {
     })
     .await;
 }
+
+/// A request inside the dialog, written out by hand (Route from the Record-Route).
+#[allow(clippy::too_many_arguments)]
+fn in_dialog(
+    c: &Client,
+    method: &str,
+    target: &str,
+    route: &str,
+    from: &str,
+    to: &str,
+    call_id: &str,
+    cseq: u32,
+    body: &str,
+) -> sip_message::Message {
+    let text = format!(
+        "{method} {target} SIP/2.0\r\nVia: SIP/2.0/{} 127.0.0.1:{};branch=z9hG4bK{};rport\r\nRoute: {route}\r\n\
+         Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n\
+         Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        c.transport.via(),
+        c.local.port(),
+        rand_hex(),
+        body.len()
+    );
+    sip_message::parse_datagram(text.as_bytes()).unwrap()
+}
+
+/// Sends an in-dialog request, answering a 407 challenge if one comes.
+async fn send_in_dialog(c: &mut Client, m: sip_message::Message) -> sip_message::Message {
+    c.send(&m).await;
+    let first = c.final_response().await;
+    if status(&first) != 407 {
+        return first;
+    }
+    let pw = format!("pw-{}", c.user);
+    let again = c.with_credentials(&m, &first, &pw, "MD5", 1);
+    c.send(&again).await;
+    c.final_response().await
+}
+
+#[tokio::test]
+async fn session_mode_im_is_anchored_recorded_and_481_after_bye() {
+    use sip_message::HeaderName;
+    let s = TestServer::start_with(&["alice", "bob"], quick).await;
+    let mut alice = s.client(Transport::Tcp, "alice").await;
+    let mut bob = s.client(Transport::Tcp, "bob").await;
+    assert_eq!(status(&alice.register(None).await), 200);
+    assert_eq!(status(&bob.register(None).await), 200);
+
+    // INVITE with m=message (RFC 3261 + the Lync IM offer).
+    let to = "sip:bob@example.com";
+    let mut invite = alice.request("INVITE", to, to);
+    invite
+        .headers
+        .push(HeaderName::ContentType, "application/sdp");
+    invite.body = bytes::Bytes::from_static(b"v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=session\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=message 5060 sip null\r\n");
+    alice.send(&invite).await;
+    let ch = alice.final_response().await;
+    let invite = alice.with_credentials(&invite, &ch, "pw-alice", "MD5", 1);
+    alice.send(&invite).await;
+    let got = loop {
+        let m = bob.recv().await.expect("INVITE reaches bob");
+        if m.is_request() {
+            break m;
+        }
+    };
+    let rr = got
+        .headers
+        .get(&HeaderName::RecordRoute)
+        .expect("record-routed")
+        .to_owned();
+    let mut ok = got.response(200, Some("bobtag"));
+    ok.headers.push(HeaderName::RecordRoute, rr.clone());
+    ok.headers.push(HeaderName::Contact, bob.contact());
+    bob.send(&ok).await;
+    let answer = alice.final_response().await;
+    assert_eq!(status(&answer), 200);
+    let from = invite.headers.get(&HeaderName::From).unwrap().to_owned();
+    let to_hdr = answer.headers.get(&HeaderName::To).unwrap().to_owned();
+    let call_id = invite.call_id().unwrap().to_owned();
+    let bob_target = bob.contact().trim_matches(['<', '>']).to_owned();
+    let alice_target = alice.contact().trim_matches(['<', '>']).to_owned();
+    let ack = in_dialog(
+        &alice,
+        "ACK",
+        &bob_target,
+        &rr,
+        &from,
+        &to_hdr,
+        &call_id,
+        2,
+        "",
+    );
+    alice.send(&ack).await;
+    let got_ack = bob.recv().await.unwrap();
+    assert_eq!(got_ack.method(), Some(&sip_message::Method::Ack));
+
+    // MESSAGE in the dialog, both ways, through the server.
+    let m = in_dialog(
+        &alice,
+        "MESSAGE",
+        &bob_target,
+        &rr,
+        &from,
+        &to_hdr,
+        &call_id,
+        3,
+        "hello in session",
+    );
+    alice.send(&m).await;
+    let first = alice.final_response().await;
+    assert_eq!(status(&first), 407);
+    let m = alice.with_credentials(&m, &first, "pw-alice", "MD5", 1);
+    alice.send(&m).await;
+    let got = bob.answer_next_request(200).await.unwrap();
+    assert_eq!(&got.body[..], b"hello in session");
+    assert_eq!(status(&alice.final_response().await), 200);
+    let m = in_dialog(
+        &bob,
+        "MESSAGE",
+        &alice_target,
+        &rr,
+        &to_hdr,
+        &from,
+        &call_id,
+        1,
+        "hi back",
+    );
+    bob.send(&m).await;
+    let first = bob.final_response().await;
+    assert_eq!(
+        status(&first),
+        407,
+        "in-dialog requests are authenticated too"
+    );
+    let m = bob.with_credentials(&m, &first, "pw-bob", "MD5", 1);
+    bob.send(&m).await;
+    let got = alice.answer_next_request(200).await.unwrap();
+    assert_eq!(&got.body[..], b"hi back");
+    assert_eq!(status(&bob.final_response().await), 200);
+
+    // BYE ends it; anything later in the dialog gets 481.
+    let bye = in_dialog(
+        &alice,
+        "BYE",
+        &bob_target,
+        &rr,
+        &from,
+        &to_hdr,
+        &call_id,
+        5,
+        "",
+    );
+    alice.send(&bye).await;
+    let first = alice.final_response().await;
+    let bye = alice.with_credentials(&bye, &first, "pw-alice", "MD5", 2);
+    alice.send(&bye).await;
+    bob.answer_next_request(200).await.unwrap();
+    assert_eq!(status(&alice.final_response().await), 200);
+    let late = in_dialog(
+        &alice,
+        "MESSAGE",
+        &bob_target,
+        &rr,
+        &from,
+        &to_hdr,
+        &call_id,
+        7,
+        "anyone?",
+    );
+    assert_eq!(status(&send_in_dialog(&mut alice, late).await), 481);
+
+    let sessions = store(&s).sessions(&SessionFilter::default()).unwrap();
+    assert_eq!(sessions.len(), 1);
+    let (session, ps) = store(&s).session(&sessions[0].id).unwrap().unwrap();
+    assert_eq!(session.end_reason.as_deref(), Some("bye"));
+    assert_eq!(session.initiator, "sip:alice@example.com");
+    let count = |who: &str| {
+        ps.iter()
+            .find(|p| p.address.contains(who))
+            .unwrap()
+            .messages
+    };
+    assert_eq!((count("alice"), count("bob")), (1, 1));
+}
