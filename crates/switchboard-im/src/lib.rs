@@ -31,7 +31,9 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use sip_message::{HeaderName, Message};
 use switchboard_proxy::{Deliverer, Delivery, HookDecision, ImHook};
-use switchboard_store::{ImStore, OfflineMessage, ParticipantRecord, SessionRecord};
+use switchboard_store::{ImStore, OfflineMessage, ParticipantRecord, SessionRecord, UserDirectory};
+
+mod conference;
 use tokio::time::Instant;
 
 /// IM service settings.
@@ -72,6 +74,8 @@ fn now_ms() -> i64 {
 struct Participant {
     device: String,
     joined_at_ms: i64,
+    /// Set when a conference participant leaves.
+    left_at_ms: Option<i64>,
     messages: i64,
     bytes: i64,
     dirty: bool,
@@ -99,7 +103,7 @@ impl Conversation {
                         address: a.clone(),
                         device: p.device.clone(),
                         joined_at_ms: p.joined_at_ms,
-                        left_at_ms,
+                        left_at_ms: p.left_at_ms.or(left_at_ms),
                         messages: p.messages,
                         bytes: p.bytes,
                     },
@@ -120,6 +124,9 @@ pub struct ImService {
     dialogs: Mutex<HashMap<String, Conversation>>,
     /// Call-IDs of recently ended sessions: later requests in them get 481.
     ended_dialogs: Mutex<HashMap<String, Instant>>,
+    /// Pager-mode conferences by their AoR.
+    conferences: Mutex<HashMap<String, conference::Conference>>,
+    users: Arc<UserDirectory>,
     deliverer: OnceLock<Weak<dyn Deliverer>>,
     /// AoRs whose stored messages are being delivered now.
     delivering: Mutex<HashSet<String>>,
@@ -167,7 +174,11 @@ fn device_of(msg: &Message) -> String {
 impl ImService {
     /// Opens the service over `store`, closing sessions a crash left open, and starts its
     /// housekeeping (counter flushes, idle ends, offline expiry).
-    pub fn start(store: Arc<ImStore>, config: ImConfig) -> Arc<ImService> {
+    pub fn start(
+        store: Arc<ImStore>,
+        users: Arc<UserDirectory>,
+        config: ImConfig,
+    ) -> Arc<ImService> {
         match store.close_open_sessions(now_ms(), "server restart") {
             Ok(0) => {}
             Ok(n) => tracing::info!(sessions = n, "closed IM sessions left open by the last run"),
@@ -180,6 +191,8 @@ impl ImService {
             conversations: Mutex::new(HashMap::new()),
             dialogs: Mutex::new(HashMap::new()),
             ended_dialogs: Mutex::new(HashMap::new()),
+            conferences: Mutex::new(HashMap::new()),
+            users,
             deliverer: OnceLock::new(),
             delivering: Mutex::new(HashSet::new()),
         });
@@ -247,6 +260,21 @@ impl ImService {
             }
             ended_dialogs.retain(|_, at| now.duration_since(*at) < Duration::from_secs(300));
         }
+        {
+            let mut confs = self.conferences.lock();
+            confs.retain(|_, c| {
+                if now.duration_since(c.conv.last_activity) >= self.config.pager_idle {
+                    ended.push((c.conv.id.clone(), c.conv.records(None, false)));
+                    false
+                } else {
+                    dirty.extend(c.conv.records(None, true));
+                    for p in c.conv.participants.values_mut() {
+                        p.dirty = false;
+                    }
+                    true
+                }
+            });
+        }
         if !dirty.is_empty() {
             if let Err(e) = self.store.update_participants(&dirty) {
                 tracing::error!(error = %e, "cannot write CDR counters");
@@ -278,6 +306,7 @@ impl ImService {
         let mut convs: Vec<Conversation> =
             self.conversations.lock().drain().map(|(_, c)| c).collect();
         convs.extend(self.dialogs.lock().drain().map(|(_, c)| c));
+        convs.extend(self.conferences.lock().drain().map(|(_, c)| c.conv));
         let at = now_ms();
         for c in convs {
             self.finish(&c.id, c.records(None, false), at, "server shutdown");
@@ -302,6 +331,18 @@ impl ImService {
 
     /// A new two-party session, written to the CDR at once.
     fn begin(&self, initiator: &str, participants: &[(&str, String)]) -> Conversation {
+        self.begin_session("two-party", initiator, None, None, participants)
+    }
+
+    /// A new session of `kind`, written to the CDR at once.
+    fn begin_session(
+        &self,
+        kind: &str,
+        initiator: &str,
+        organiser: Option<String>,
+        escalated_from: Option<String>,
+        participants: &[(&str, String)],
+    ) -> Conversation {
         let id = format!("{:032x}", rand::random::<u128>());
         let at = now_ms();
         let participants = participants
@@ -310,6 +351,7 @@ impl ImService {
                 let p = Participant {
                     device: device.clone(),
                     joined_at_ms: at,
+                    left_at_ms: None,
                     messages: 0,
                     bytes: 0,
                     dirty: false,
@@ -319,13 +361,13 @@ impl ImService {
             .collect();
         let rec = SessionRecord {
             id: id.clone(),
-            kind: "two-party".into(),
+            kind: kind.into(),
             started_at_ms: at,
             ended_at_ms: None,
             end_reason: None,
             initiator: initiator.to_owned(),
-            organiser: None,
-            escalated_from: None,
+            organiser,
+            escalated_from,
         };
         let conv = Conversation {
             id,
@@ -340,7 +382,7 @@ impl ImService {
         if let Err(e) = self.store.start_session(&rec, &rows) {
             tracing::error!(error = %e, "cannot write CDR session start");
         }
-        tracing::debug!(session = %rec.id, initiator, "IM session started");
+        tracing::debug!(session = %rec.id, kind, initiator, "IM session started");
         conv
     }
 
@@ -368,6 +410,8 @@ impl ImService {
                                 content_type: m.content_type.clone(),
                                 body: Bytes::from(m.body.clone()),
                                 sent_at_ms: m.received_at_ms,
+                                from_display: None,
+                                extra_headers: Vec::new(),
                             })
                             .await;
                         if !(200..300).contains(&status) {
@@ -390,6 +434,11 @@ impl ImService {
 
 impl ImHook for ImService {
     fn before_message(&self, msg: &Message, from: &str, to: &str, online: bool) -> HookDecision {
+        if let Some(command) = conference::command_of(msg) {
+            // Chat commands are answered by the service, never delivered.
+            self.pair_command(from, to, command);
+            return HookDecision::Respond(200);
+        }
         if online {
             return HookDecision::Relay;
         }
@@ -487,6 +536,18 @@ impl ImHook for ImService {
             }
             _ => conv.last_activity = Instant::now(),
         }
+    }
+
+    fn serves(&self, aor: &str) -> bool {
+        conference::is_service_aor(aor)
+    }
+
+    fn to_service(&self, msg: &Message, from: &str, to: &str) -> u16 {
+        if msg.method() != Some(&sip_message::Method::Message) {
+            // Session-mode conferences (INVITE to the conference) are not built yet.
+            return 501;
+        }
+        self.conference_message(msg, from, to)
     }
 
     fn on_registered(&self, aor: &str) {

@@ -48,6 +48,15 @@ pub trait ImHook: Send + Sync + 'static {
     }
     /// The final status the sender got for a relayed in-dialog request.
     fn after_in_dialog(&self, _msg: &Message, _from: &str, _status: u16) {}
+    /// Is `aor` a resource of the IM service (a conference) rather than a user?
+    fn serves(&self, _aor: &str) -> bool {
+        false
+    }
+    /// An authenticated out-of-dialog request from `from` to a resource `serves` claimed;
+    /// returns the status to answer it with.
+    fn to_service(&self, _msg: &Message, _from: &str, _to: &str) -> u16 {
+        404
+    }
 }
 
 /// The hook used until the IM service is attached: relays everything.
@@ -66,6 +75,10 @@ pub struct Delivery {
     pub body: bytes::Bytes,
     /// When the sender sent it (written in a Date header, RFC 3428 §9).
     pub sent_at_ms: i64,
+    /// Display name for From (a conference's name).
+    pub from_display: Option<String>,
+    /// Further header fields, e.g. `Ms-Sender` naming a conference message's author.
+    pub extra_headers: Vec<(String, String)>,
 }
 
 /// Originates MESSAGEs to users' devices; implemented by the SIP core for the IM service.

@@ -40,8 +40,11 @@ impl Core {
             };
             m.headers.push(HeaderName::Via, hop.via(&new_branch()));
             m.headers.push(HeaderName::MaxForwards, "70");
-            m.headers
-                .push(HeaderName::From, format!("<{}>;tag={from_tag}", d.from));
+            let from = match &d.from_display {
+                Some(name) => format!("{} <{}>;tag={from_tag}", sip_message::quote(name), d.from),
+                None => format!("<{}>;tag={from_tag}", d.from),
+            };
+            m.headers.push(HeaderName::From, from);
             m.headers.push(HeaderName::To, format!("<{}>", d.to));
             m.headers.push(HeaderName::CallId, call_id.clone());
             m.headers.push(HeaderName::CSeq, "1 MESSAGE");
@@ -51,6 +54,9 @@ impl Core {
                 .push(HeaderName::Date, httpdate::fmt_http_date(sent_at));
             m.headers
                 .push(HeaderName::ContentType, d.content_type.clone());
+            for (name, value) in &d.extra_headers {
+                m.headers.push(HeaderName::from_wire(name), value.clone());
+            }
             m.body = d.body.clone();
             self.layer
                 .send_request_tagged(m, hop.target, sent, tx.clone());

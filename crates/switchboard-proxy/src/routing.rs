@@ -202,6 +202,10 @@ impl Core {
                 None => self.respond(&req, 480).await,
             };
         }
+        if !in_dialog && self.hook.serves(&aor) {
+            let status = self.hook.to_service(msg, &from_aor, &aor);
+            return self.respond(&req, status).await;
+        }
         match self.users.find(&aor_addr) {
             Ok(Some(u)) if u.enabled => {}
             Ok(_) => return self.respond(&req, 404).await,

@@ -136,7 +136,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
             format!("cannot open the data directory {}", cfg.data_dir.display())
         })?,
     );
-    let im = ImService::start(im_store, cfg.im.clone());
+    let im = ImService::start(im_store, users.clone(), cfg.im.clone());
     let location = Arc::new(Location::new(cfg.registrar.clone()));
     let core = Core::new(
         layer.clone(),

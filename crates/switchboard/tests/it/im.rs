@@ -482,3 +482,193 @@ async fn session_mode_im_is_anchored_recorded_and_481_after_bye() {
     };
     assert_eq!((count("alice"), count("bob")), (1, 1));
 }
+
+/// Answers 200 to the next `n` requests this client receives and returns them.
+async fn take(c: &mut Client, n: usize) -> Vec<sip_message::Message> {
+    let mut got: Vec<sip_message::Message> = Vec::new();
+    while got.len() < n {
+        if let Some(m) = c.inbox.pop_front() {
+            got.push(m);
+            continue;
+        }
+        let m = c
+            .recv()
+            .await
+            .unwrap_or_else(|| panic!("{} of {n} requests arrived", got.len()));
+        if m.is_request() {
+            c.send(&m.response(200, Some("t"))).await;
+            got.push(m);
+        }
+    }
+    got
+}
+
+fn body(m: &sip_message::Message) -> String {
+    String::from_utf8_lossy(&m.body).into_owned()
+}
+
+/// Sends a MESSAGE to `uri` (a user or a conference) and returns the final status.
+async fn write_to(c: &mut Client, uri: &str, text: &str) -> u16 {
+    let user = uri
+        .trim_start_matches("sip:")
+        .split('@')
+        .next()
+        .unwrap()
+        .to_owned();
+    let mut m = c.message_to(&user, text);
+    m.start = sip_message::StartLine::Request {
+        method: sip_message::Method::Message,
+        uri: sip_message::Uri::parse(uri).unwrap(),
+    };
+    m.headers
+        .set(sip_message::HeaderName::To, format!("<{uri}>"));
+    status(&c.send_authenticated(m).await)
+}
+
+#[tokio::test]
+async fn invite_command_escalates_a_chat_to_a_conference() {
+    use sip_message::HeaderName;
+    let s = TestServer::start_with(&["alice", "bob", "carol"], quick).await;
+    let mut alice = registered(&s, "alice").await;
+    let mut bob = registered(&s, "bob").await;
+    let mut carol = registered(&s, "carol").await;
+    send(&mut alice, &mut bob, "bob", "hi bob").await;
+    let pair = s
+        .server
+        .im
+        .conversation_id("sip:alice@example.com", "sip:bob@example.com")
+        .unwrap();
+
+    // The command is answered by the service and never delivered to bob as text.
+    assert_eq!(
+        write_to(
+            &mut alice,
+            "sip:bob@example.com",
+            "/invite carol@example.com"
+        )
+        .await,
+        200
+    );
+    let mut conf = String::new();
+    for c in [&mut alice, &mut bob, &mut carol] {
+        let got = take(c, 1).await;
+        assert!(
+            body(&got[0]).contains("started a group chat"),
+            "{}",
+            body(&got[0])
+        );
+        assert!(!body(&got[0]).starts_with("/invite"));
+        conf = got[0].from_header().unwrap().uri.to_string();
+        assert!(conf.starts_with("sip:chat-"), "{conf}");
+    }
+    let members = s.server.im.conference_members(&conf).unwrap();
+    assert_eq!(
+        members.len(),
+        3,
+        "both original participants are in it without rejoining"
+    );
+
+    // bob writes to the conference: alice and carol get it, author named.
+    assert_eq!(write_to(&mut bob, &conf, "hello everyone").await, 200);
+    for c in [&mut alice, &mut carol] {
+        let got = take(c, 1).await;
+        assert_eq!(body(&got[0]), "bob: hello everyone");
+        assert_eq!(
+            got[0].headers.get(&HeaderName::Other("Ms-Sender".into())),
+            Some("<sip:bob@example.com>")
+        );
+        assert_eq!(got[0].from_header().unwrap().uri.to_string(), conf);
+    }
+    assert!(
+        bob.recv_within(Duration::from_millis(300)).await.is_none(),
+        "no echo to the author"
+    );
+
+    // /who answers the asker only; /leave tells the others.
+    assert_eq!(write_to(&mut carol, &conf, "/who").await, 200);
+    let who = take(&mut carol, 1).await;
+    assert!(
+        body(&who[0]).contains("alice") && body(&who[0]).contains("carol"),
+        "{}",
+        body(&who[0])
+    );
+    assert_eq!(write_to(&mut carol, &conf, "/leave").await, 200);
+    for c in [&mut alice, &mut bob] {
+        assert!(body(&take(c, 1).await[0]).contains("carol left"));
+    }
+    assert_eq!(s.server.im.conference_members(&conf).unwrap().len(), 2);
+
+    // CDR: a conference session, organised by alice, escalated from the two-party chat.
+    let sessions = store(&s).sessions(&SessionFilter::default()).unwrap();
+    let c = sessions
+        .iter()
+        .find(|x| x.kind == "conference")
+        .expect("conference CDR");
+    assert_eq!(c.organiser.as_deref(), Some("sip:alice@example.com"));
+    assert_eq!(c.escalated_from.as_deref(), Some(pair.as_str()));
+    let id = c.id.clone();
+    settle(&s, |st| {
+        let (_, ps) = st.session(&id).unwrap().unwrap();
+        ps.iter()
+            .any(|p| p.address.contains("bob") && p.messages == 1)
+            && ps
+                .iter()
+                .any(|p| p.address.contains("carol") && p.left_at_ms.is_some())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_conference_of_five() {
+    let users = ["alice", "bob", "carol", "dave", "erin"];
+    let s =
+        TestServer::start_with(&["alice", "bob", "carol", "dave", "erin", "frank"], quick).await;
+    let mut clients = Vec::new();
+    for u in users {
+        clients.push(registered(&s, u).await);
+    }
+    assert_eq!(
+        write_to(
+            &mut clients[0],
+            "sip:bob@example.com",
+            "/invite carol@example.com"
+        )
+        .await,
+        200
+    );
+    let mut conf = String::new();
+    for c in clients.iter_mut().take(3) {
+        conf = take(c, 1).await[0].from_header().unwrap().uri.to_string();
+    }
+    for who in ["dave@example.com", "erin@example.com"] {
+        assert_eq!(
+            write_to(&mut clients[0], &conf, &format!("/invite {who}")).await,
+            200
+        );
+    }
+    // Notices: the first three see both additions, dave sees erin's, erin her own.
+    for (i, n) in [(0, 2), (1, 2), (2, 2), (3, 2), (4, 1)] {
+        take(&mut clients[i], n).await;
+    }
+    assert_eq!(s.server.im.conference_members(&conf).unwrap().len(), 5);
+    assert_eq!(
+        write_to(&mut clients[4], &conf, "hi all, erin here").await,
+        200
+    );
+    for c in clients.iter_mut().take(4) {
+        assert_eq!(body(&take(c, 1).await[0]), "erin: hi all, erin here");
+    }
+    // Someone who was not invited writes in, and so joins.
+    let mut frank = registered(&s, "frank").await;
+    assert_eq!(write_to(&mut frank, &conf, "hello?").await, 200);
+    assert_eq!(s.server.im.conference_members(&conf).unwrap().len(), 6);
+    for c in clients.iter_mut() {
+        // Two deliveries in flight at once: either order.
+        let mut got: Vec<String> = take(c, 2).await.iter().map(body).collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec!["*** frank joined".to_string(), "frank: hello?".to_string()]
+        );
+    }
+}

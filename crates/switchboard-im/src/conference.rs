@@ -1,0 +1,350 @@
+//! Pager-mode conferences: group chats hosted by the IM service, each with its own SIP
+//! URI (`sip:chat-<id>@domain`), and the chat commands that create and steer them.
+//!
+//! - `/invite ADDRESS` typed in a two-party chat escalates it: a conference is created
+//!   with both original participants and the invitee already in it (nobody has to join
+//!   by hand); its CDR names the organiser and links the two-party session it came from.
+//!   Typed in a conference, it adds the invitee.
+//! - `/who` lists the participants; `/leave` leaves a conference; `/help` explains.
+//! - A MESSAGE to the conference URI goes to every other participant, from the
+//!   conference URI (so replies come back to it), with the author named in an
+//!   `Ms-Sender` header and, for clients that show only From, in front of the text.
+//!   Someone who writes to a conference they are not in joins it.
+//! - Join and leave notices go to everyone; the conference ends when the last
+//!   participant leaves or after the pager idle time.
+//!
+//! Replies to commands come from `sip:switchboard@<domain>` (a service identity) or from
+//! the conference. A participant with no device signed in gets them as offline messages.
+
+use std::sync::Weak;
+
+use bytes::Bytes;
+use sip_message::{HeaderName, Message};
+use switchboard_proxy::Delivery;
+use switchboard_store::{Address, OfflineMessage};
+
+use crate::{count, now_ms, Conversation, ImService, Participant};
+
+/// The user part of the service identity that answers commands.
+const SERVICE_USER: &str = "switchboard";
+const CONF_PREFIX: &str = "chat-";
+
+pub(crate) struct Conference {
+    pub(crate) conv: Conversation,
+}
+
+impl Conference {
+    fn members(&self) -> Vec<String> {
+        let mut m: Vec<(&String, &Participant)> = self
+            .conv
+            .participants
+            .iter()
+            .filter(|(_, p)| p.left_at_ms.is_none())
+            .collect();
+        m.sort_by_key(|(a, p)| (p.joined_at_ms, (*a).clone()));
+        m.into_iter().map(|(a, _)| a.clone()).collect()
+    }
+}
+
+/// A chat command in a text MESSAGE, if that is what it is.
+pub(crate) fn command_of(msg: &Message) -> Option<String> {
+    let ct = msg
+        .headers
+        .get(&HeaderName::ContentType)
+        .unwrap_or("text/plain");
+    if !ct.to_ascii_lowercase().starts_with("text/plain") {
+        return None;
+    }
+    let text = std::str::from_utf8(&msg.body).ok()?.trim();
+    let word = text.split_whitespace().next()?;
+    matches!(word, "/invite" | "/who" | "/leave" | "/help").then(|| text.to_owned())
+}
+
+/// Does this AoR name a resource of the IM service?
+pub(crate) fn is_service_aor(aor: &str) -> bool {
+    aor.strip_prefix("sip:")
+        .and_then(|a| a.split_once('@'))
+        .is_some_and(|(user, _)| user == SERVICE_USER || user.starts_with(CONF_PREFIX))
+}
+
+fn domain_of(aor: &str) -> &str {
+    aor.rsplit_once('@').map(|(_, d)| d).unwrap_or("localhost")
+}
+
+const HELP: &str = "Commands: /invite ADDRESS adds someone (in a two-person chat it starts a group chat with all three of you); /who lists who is here; /leave leaves a group chat; /help shows this.";
+
+impl ImService {
+    fn display_name(&self, aor: &str) -> String {
+        let addr = aor.strip_prefix("sip:").unwrap_or(aor);
+        Address::parse(addr)
+            .ok()
+            .and_then(|a| self.users.find(&a).ok().flatten())
+            .and_then(|u| u.display_name)
+            .unwrap_or_else(|| addr.split('@').next().unwrap_or(addr).to_owned())
+    }
+
+    /// A known, enabled user's AoR from what someone typed.
+    fn invitee(&self, typed: &str) -> Result<String, String> {
+        let a = Address::parse(typed).map_err(|e| e.to_string())?;
+        match self.users.find(&a) {
+            Ok(Some(u)) if u.enabled => Ok(format!("sip:{a}")),
+            Ok(_) => Err(format!("there is no user {a}")),
+            Err(e) => Err(format!("the user directory is unavailable ({e})")),
+        }
+    }
+
+    /// Sends `text` to `to` from `from` (a conference or the service), or keeps it for them.
+    pub(crate) fn say(
+        &self,
+        from: &str,
+        display: Option<&str>,
+        to: &str,
+        text: String,
+        author: Option<&str>,
+    ) {
+        let Some(deliverer) = self.deliverer.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        let d = Delivery {
+            from: from.to_owned(),
+            to: to.to_owned(),
+            content_type: "text/plain;charset=UTF-8".into(),
+            body: Bytes::from(text.into_bytes()),
+            sent_at_ms: now_ms(),
+            from_display: display.map(str::to_owned),
+            extra_headers: author
+                .map(|a| vec![("Ms-Sender".to_owned(), format!("<{a}>"))])
+                .unwrap_or_default(),
+        };
+        let store = self.store.clone();
+        let max = self.config.offline_max_per_user;
+        tokio::spawn(async move {
+            let status = deliverer.deliver(d.clone()).await;
+            if !(200..300).contains(&status) {
+                let kept = OfflineMessage {
+                    id: 0,
+                    recipient: d.to.clone(),
+                    sender: d.from.clone(),
+                    content_type: d.content_type.clone(),
+                    body: d.body.to_vec(),
+                    received_at_ms: d.sent_at_ms,
+                    session_id: None,
+                };
+                if let Err(e) = store.store_offline(&kept, max) {
+                    tracing::error!(error = %e, "cannot keep a conference message");
+                }
+            }
+        });
+    }
+
+    fn reply(&self, to: &str, text: String) {
+        let service = format!("sip:{SERVICE_USER}@{}", domain_of(to));
+        self.say(&service, Some("Switchboard"), to, text, None);
+    }
+
+    /// A command typed in the two-party chat between `from` and `to`.
+    pub(crate) fn pair_command(&self, from: &str, to: &str, command: String) {
+        let mut words = command.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some("/invite"), Some(target)) => match self.invitee(target) {
+                Ok(third) if third == from || third == to => self.reply(
+                    from,
+                    format!("{} is already in this chat.", self.display_name(&third)),
+                ),
+                Ok(third) => {
+                    let escalated_from = self.conversation_id(from, to);
+                    self.open_conference(from, escalated_from, &[from, to, &third]);
+                }
+                Err(e) => self.reply(from, format!("Cannot invite {target}: {e}.")),
+            },
+            (Some("/invite"), None) => self.reply(from, "Usage: /invite alice@example.com".into()),
+            (Some("/who"), _) => self.reply(
+                from,
+                format!(
+                    "In this chat: {}, {}.",
+                    self.display_name(from),
+                    self.display_name(to)
+                ),
+            ),
+            (Some("/leave"), _) => self.reply(
+                from,
+                "/leave leaves a group chat; this is a two-person chat.".into(),
+            ),
+            _ => self.reply(from, HELP.into()),
+        }
+    }
+
+    fn open_conference(
+        &self,
+        organiser: &str,
+        escalated_from: Option<String>,
+        members: &[&str],
+    ) -> String {
+        let aor = format!(
+            "sip:{CONF_PREFIX}{:08x}@{}",
+            rand::random::<u32>(),
+            domain_of(organiser)
+        );
+        let parts: Vec<(&str, String)> = members.iter().map(|m| (*m, String::new())).collect();
+        let conv = self.begin_session(
+            "conference",
+            organiser,
+            Some(organiser.to_owned()),
+            escalated_from,
+            &parts,
+        );
+        let names: Vec<String> = members.iter().map(|m| self.display_name(m)).collect();
+        self.conferences
+            .lock()
+            .insert(aor.clone(), Conference { conv });
+        let text = format!(
+            "*** {} started a group chat with {}. Reply here to talk to everyone; /help for commands.",
+            self.display_name(organiser),
+            names.join(", ")
+        );
+        for m in members {
+            self.say(&aor, Some("Group chat"), m, text.clone(), None);
+        }
+        tracing::info!(conference = %aor, organiser, "group chat started");
+        aor
+    }
+
+    /// Sends a notice to every active member except `except`.
+    fn notice(&self, conf: &str, members: &[String], except: Option<&str>, text: &str) {
+        for m in members.iter().filter(|m| Some(m.as_str()) != except) {
+            self.say(conf, Some("Group chat"), m, format!("*** {text}"), None);
+        }
+    }
+
+    /// A MESSAGE from `from` to the service or a conference; returns the status to answer.
+    pub(crate) fn conference_message(&self, msg: &Message, from: &str, to: &str) -> u16 {
+        let text = String::from_utf8_lossy(&msg.body).trim().to_owned();
+        if to.starts_with(&format!("sip:{SERVICE_USER}@")) {
+            self.reply(from, HELP.into());
+            return 200;
+        }
+        let mut confs = self.conferences.lock();
+        let Some(conf) = confs.get_mut(to) else {
+            return 404;
+        };
+        let now = now_ms();
+        // Writing to a conference joins it.
+        let joined = match conf.conv.participants.get_mut(from) {
+            Some(p) if p.left_at_ms.is_none() => false,
+            Some(p) => {
+                p.left_at_ms = None;
+                p.dirty = true;
+                true
+            }
+            None => {
+                conf.conv.participants.insert(
+                    from.to_owned(),
+                    Participant {
+                        device: String::new(),
+                        joined_at_ms: now,
+                        left_at_ms: None,
+                        messages: 0,
+                        bytes: 0,
+                        dirty: true,
+                    },
+                );
+                true
+            }
+        };
+        let name = self.display_name(from);
+        let mut members = conf.members();
+        if joined {
+            self.notice(to, &members, Some(from), &format!("{name} joined"));
+        }
+        let command = command_of(msg);
+        let mut words = text.split_whitespace();
+        match (command.as_ref().and(words.next()), words.next()) {
+            (Some("/invite"), Some(target)) => match self.invitee(target) {
+                Ok(who) if members.contains(&who) => self.say(
+                    to,
+                    Some("Group chat"),
+                    from,
+                    format!("*** {} is already here.", self.display_name(&who)),
+                    None,
+                ),
+                Ok(who) => {
+                    conf.conv.participants.insert(
+                        who.clone(),
+                        Participant {
+                            device: String::new(),
+                            joined_at_ms: now,
+                            left_at_ms: None,
+                            messages: 0,
+                            bytes: 0,
+                            dirty: true,
+                        },
+                    );
+                    members.push(who.clone());
+                    self.notice(
+                        to,
+                        &members,
+                        None,
+                        &format!(
+                            "{name} added {}. Reply here to talk to everyone.",
+                            self.display_name(&who)
+                        ),
+                    );
+                }
+                Err(e) => self.say(
+                    to,
+                    Some("Group chat"),
+                    from,
+                    format!("*** Cannot invite {target}: {e}."),
+                    None,
+                ),
+            },
+            (Some("/who"), _) => {
+                let names: Vec<String> = members.iter().map(|m| self.display_name(m)).collect();
+                self.say(
+                    to,
+                    Some("Group chat"),
+                    from,
+                    format!("*** In this group chat: {}.", names.join(", ")),
+                    None,
+                );
+            }
+            (Some("/leave"), _) => {
+                if let Some(p) = conf.conv.participants.get_mut(from) {
+                    p.left_at_ms = Some(now);
+                    p.dirty = true;
+                }
+                let rest: Vec<String> = members.into_iter().filter(|m| m != from).collect();
+                self.notice(to, &rest, None, &format!("{name} left"));
+                if rest.is_empty() {
+                    let conf = confs.remove(to).expect("present above");
+                    drop(confs);
+                    self.finish(
+                        &conf.conv.id,
+                        conf.conv.records(Some(now), false),
+                        now,
+                        "all left",
+                    );
+                }
+            }
+            (Some(_), _) => self.say(to, Some("Group chat"), from, HELP.into(), None),
+            (None, _) => {
+                count(&mut conf.conv, from, crate::device_of(msg), msg.body.len());
+                let body = format!("{name}: {text}");
+                for m in members.iter().filter(|m| m.as_str() != from) {
+                    self.say(to, Some("Group chat"), m, body.clone(), Some(from));
+                }
+            }
+        }
+        200
+    }
+
+    /// The AoRs of a conference's active members (for tests and status).
+    pub fn conference_members(&self, aor: &str) -> Option<Vec<String>> {
+        self.conferences.lock().get(aor).map(Conference::members)
+    }
+
+    /// The conferences open now.
+    pub fn conferences(&self) -> Vec<String> {
+        self.conferences.lock().keys().cloned().collect()
+    }
+}
