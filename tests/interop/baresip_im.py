@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """baresip (Debian 12, 1.0.0) against Switchboard: registration with Digest, pager-mode
-MESSAGE both ways, and a MESSAGE forked to both of a user's devices.
+MESSAGE both ways, a MESSAGE forked to both of a user's devices, a third person added
+with /invite (group chat), and the CDR checked afterwards.
 
 Usage: baresip_im.py udp|tcp|tls     (needs the switchboard binary built; see sbtest.py)
 
@@ -136,7 +137,7 @@ class Baresip:
 def main():
     transport = sys.argv[1] if len(sys.argv) > 1 else 'udp'
     r = Results('baresip-' + transport)
-    server = Server(['alice', 'bob'])
+    server = Server(['alice', 'bob', 'carol'])
     clients = []
     try:
         alice = Baresip(server.dir, 'alice', 'alice', server, transport, ['bob']); clients.append(alice)
@@ -155,6 +156,32 @@ def main():
         bob1.ctrl.cmd('message', 'hi alice, bob here')
         m = alice.cons.wait_for(r'sip:bob@127\.0\.0\.1: "hi alice, bob here"')
         r.check('alice receives bob\'s reply', bool(m), '' if m else alice.cons.text[-300:])
+
+        # A third person: alice types /invite in her chat with bob. The IM service answers
+        # it (bob never sees the command) and opens a group chat holding all three.
+        carol = Baresip(server.dir, 'carol', 'carol', server, transport, ['alice']); clients.append(carol)
+        r.check('carol registers', carol.registered())
+        alice.ctrl.cmd('message', '/invite carol@127.0.0.1')
+        group = None
+        for c, who in ((alice, 'alice'), (bob1, 'bob'), (carol, 'carol')):
+            m = c.cons.wait_for(r'(sip:chat-[0-9a-f]+@127\.0\.0\.1): "\*\*\* alice started a group chat')
+            r.check('%s is put in the group chat' % who, bool(m), '' if m else c.cons.text[-300:])
+            group = m.group(1) if m else group
+        r.check('bob never sees the command as a message', '/invite' not in bob1.cons.text, bob1.cons.text[-200:])
+
+        # The CDR afterwards: the two-person session with its counts, and the group chat
+        # that grew from it.
+        time.sleep(1.5)   # counters are flushed every second
+        sessions = json.loads(server.cli('cdr', 'list', '--json'))
+        pair = [x for x in sessions if x['kind'] == 'two-party']
+        conf = [x for x in sessions if x['kind'] == 'conference']
+        counts = {p['address']: p['messages'] for p in pair[0]['participants']} if pair else {}
+        r.check('CDR: one two-party session with 1 message each',
+                len(pair) == 1 and counts == {'sip:alice@127.0.0.1': 1, 'sip:bob@127.0.0.1': 1}, str(counts))
+        r.check('CDR: a conference escalated from it, organised by alice',
+                len(conf) == 1 and conf[0]['escalated_from'] == pair[0]['id']
+                and conf[0]['organiser'] == 'sip:alice@127.0.0.1' and len(conf[0]['participants']) == 3,
+                json.dumps(conf)[:300])
     finally:
         for c in clients:
             c.stop()
