@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian 12 machine: installs what the tests need
-# (SIPp, baresip), checks formatting and lints, runs the Rust unit and socket-level
+# (SIPp, baresip, linphonec), checks formatting and lints, runs the Rust unit and socket-level
 # tests, then the real-client interop tests (SIPp scenarios, baresip over UDP/TCP/TLS).
 # Usage: scripts/test.sh            Exit status 0 only if everything passed.
 set -uo pipefail
@@ -19,6 +19,7 @@ run() {  # name, command...
 need=()
 command -v sipp >/dev/null || need+=(sip-tester)
 command -v baresip >/dev/null || need+=(baresip-core)
+command -v linphonec >/dev/null || need+=(linphone-cli)
 command -v python3 >/dev/null || need+=(python3)
 if ((${#need[@]})); then
   step "installing ${need[*]}"
@@ -46,6 +47,7 @@ run "SIPp scenarios (UDP, TCP)" timeout 600 tests/sipp/run.sh
 for t in udp tcp tls; do
   run "baresip over $t" timeout 300 python3 tests/interop/baresip_im.py "$t"
 done
+run "linphonec with baresip" timeout 300 python3 tests/interop/linphonec_im.py
 
 echo
 if ((${#failed[@]})); then

@@ -227,6 +227,10 @@ impl ImService {
         let Some(conf) = confs.get_mut(to) else {
             return 404;
         };
+        if !crate::is_instant_message(msg) {
+            // Receipts and typing notices addressed to the group: accepted, not spread.
+            return 200;
+        }
         let now = now_ms();
         // Writing to a conference joins it.
         let joined = match conf.conv.participants.get_mut(from) {

@@ -146,6 +146,19 @@ fn count(conv: &mut Conversation, from: &str, device: String, bytes: usize) {
     }
 }
 
+/// Is this MESSAGE an instant message a person wrote (text, or CPIM-wrapped)? Receipts
+/// (`message/imdn+xml`) and typing notices (`application/im-iscomposing+xml`) are relayed
+/// but neither counted nor stored nor fanned out to groups.
+pub(crate) fn is_instant_message(msg: &Message) -> bool {
+    match msg.headers.get(&HeaderName::ContentType) {
+        None => !msg.body.is_empty(),
+        Some(ct) => {
+            let ct = ct.trim().to_ascii_lowercase();
+            ct.starts_with("text/") || ct.starts_with("message/cpim")
+        }
+    }
+}
+
 /// Does this SDP offer an MSRP-less IM session (`m=message ... sip`, the Lync style)?
 fn offers_message_media(invite: &Message) -> bool {
     std::str::from_utf8(&invite.body)
@@ -442,6 +455,10 @@ impl ImHook for ImService {
         if online {
             return HookDecision::Relay;
         }
+        if !is_instant_message(msg) {
+            // A receipt or typing notice for someone offline is not worth keeping.
+            return HookDecision::Respond(480);
+        }
         let stored = OfflineMessage {
             id: 0,
             recipient: to.to_owned(),
@@ -476,7 +493,7 @@ impl ImHook for ImService {
     }
 
     fn after_message(&self, msg: &Message, from: &str, to: &str, status: u16) {
-        if (200..300).contains(&status) {
+        if (200..300).contains(&status) && is_instant_message(msg) {
             self.record(from, to, device_of(msg), msg.body.len());
         }
     }
@@ -523,7 +540,9 @@ impl ImHook for ImService {
             return;
         };
         match method {
-            Some(sip_message::Method::Message) if (200..300).contains(&status) => {
+            Some(sip_message::Method::Message)
+                if (200..300).contains(&status) && is_instant_message(msg) =>
+            {
                 count(conv, from, device_of(msg), msg.body.len());
             }
             Some(sip_message::Method::Bye) if status >= 200 => {

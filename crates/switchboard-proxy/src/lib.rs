@@ -385,7 +385,6 @@ impl Core {
                     httpdate::fmt_http_date(std::time::SystemTime::now()),
                 );
                 resp.headers.push(HeaderName::Supported, "gruu");
-                resp.headers.push(HeaderName::AllowEvents, "presence");
                 req.tx.respond(&resp).await;
                 if outcome.added {
                     tracing::info!(aor, devices = outcome.bindings.len(), "registered");

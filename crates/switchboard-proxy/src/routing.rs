@@ -206,6 +206,14 @@ impl Core {
             let status = self.hook.to_service(msg, &from_aor, &aor);
             return self.respond(&req, status).await;
         }
+        // Event state (presence, and anything else published or subscribed to) is kept by
+        // a service on the server, never forked to the user's own devices; until one serves
+        // the event, RFC 6665 §8.2.1 / RFC 3903 §6: 489 Bad Event.
+        if !in_dialog && matches!(method, Method::Subscribe | Method::Publish) {
+            return self
+                .respond_warning(&req, 489, "no event package is served yet")
+                .await;
+        }
         match self.users.find(&aor_addr) {
             Ok(Some(u)) if u.enabled => {}
             Ok(_) => return self.respond(&req, 404).await,

@@ -672,3 +672,40 @@ async fn a_conference_of_five() {
         );
     }
 }
+
+#[tokio::test]
+async fn typing_notices_and_receipts_are_relayed_but_not_counted() {
+    use sip_message::HeaderName;
+    let s = TestServer::start_with(&["alice", "bob"], quick).await;
+    let mut alice = registered(&s, "alice").await;
+    let mut bob = registered(&s, "bob").await;
+    for (ct, text) in [
+        (
+            "application/im-iscomposing+xml",
+            "<isComposing><state>active</state></isComposing>",
+        ),
+        ("message/imdn+xml", "<imdn><delivery-notification/></imdn>"),
+    ] {
+        let mut m = alice.message_to("bob", text);
+        m.headers.set(HeaderName::ContentType, ct);
+        alice.send(&m).await;
+        let ch = alice.final_response().await;
+        let again = alice.with_credentials(&m, &ch, "pw-alice", "MD5", 1);
+        alice.send(&again).await;
+        let got = bob.answer_next_request(200).await.expect("relayed");
+        assert_eq!(got.headers.get(&HeaderName::ContentType), Some(ct));
+        assert_eq!(status(&alice.final_response().await), 200);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        s.server
+            .im
+            .conversation_id("sip:alice@example.com", "sip:bob@example.com")
+            .is_none(),
+        "no IM session from notices alone"
+    );
+    assert!(store(&s)
+        .sessions(&SessionFilter::default())
+        .unwrap()
+        .is_empty());
+}

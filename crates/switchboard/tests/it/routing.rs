@@ -273,3 +273,21 @@ async fn invite_is_record_routed_and_can_be_cancelled() {
     let fin = alice.final_response().await;
     assert_eq!(status(&fin), 487);
 }
+
+#[tokio::test]
+async fn subscribe_and_publish_are_not_forked_to_devices() {
+    let s = TestServer::start(&["alice", "bob"]).await;
+    let mut bob = s.client(Transport::Udp, "bob").await;
+    bob.register(None).await;
+    let mut alice = s.client(Transport::Udp, "alice").await;
+    for method in ["SUBSCRIBE", "PUBLISH"] {
+        let to = "sip:bob@example.com";
+        let mut m = alice.request(method, to, to);
+        m.headers.push(HeaderName::Event, "presence");
+        assert_eq!(status(&alice.send_authenticated(m).await), 489, "{method}");
+    }
+    assert!(
+        bob.recv_within(Duration::from_millis(200)).await.is_none(),
+        "nothing reached bob's device"
+    );
+}
