@@ -20,7 +20,7 @@ use std::sync::Weak;
 
 use bytes::Bytes;
 use sip_message::{HeaderName, Message};
-use switchboard_proxy::Delivery;
+use switchboard_proxy::{Delivery, HookDecision};
 use switchboard_store::{Address, OfflineMessage};
 
 use crate::{count, now_ms, Conversation, ImService, Participant};
@@ -172,6 +172,37 @@ impl ImService {
             ),
             _ => self.reply(from, HELP.into()),
         }
+    }
+
+    /// REFER inside a session-mode IM session (RFC 3515, `Refer-To: <sip:carol@…>`): the
+    /// session escalates to a group chat holding both participants and the referred user.
+    /// Answered here with 202 and `Refer-Sub: false` (RFC 4488): a proxy in the dialog
+    /// cannot send the NOTIFYs an implicit subscription would need.
+    pub(crate) fn refer(
+        &self,
+        msg: &Message,
+        from: &str,
+        session_id: String,
+        members: Vec<String>,
+    ) -> HookDecision {
+        let target = msg
+            .headers
+            .get(&HeaderName::ReferTo)
+            .and_then(|v| sip_message::NameAddr::parse(v).ok())
+            .and_then(|n| n.uri.as_sip().map(|u| u.aor()));
+        let Some(target) = target else {
+            return HookDecision::Respond(400);
+        };
+        let third = match self.invitee(target.trim_start_matches("sip:")) {
+            Ok(t) => t,
+            Err(_) => return HookDecision::Respond(404),
+        };
+        let mut all: Vec<&str> = members.iter().map(String::as_str).collect();
+        if !all.contains(&third.as_str()) {
+            all.push(&third);
+        }
+        self.open_conference(from, Some(session_id), &all);
+        HookDecision::RespondWith(202, vec![("Refer-Sub".into(), "false".into())])
     }
 
     fn open_conference(

@@ -518,11 +518,20 @@ impl ImHook for ImService {
         self.dialogs.lock().insert(call_id.to_owned(), conv);
     }
 
-    fn in_dialog(&self, msg: &Message, _from: &str) -> HookDecision {
+    fn in_dialog(&self, msg: &Message, from: &str) -> HookDecision {
         let Some(call_id) = msg.call_id() else {
             return HookDecision::Relay;
         };
-        if self.dialogs.lock().contains_key(call_id) {
+        let session = self.dialogs.lock().get(call_id).map(|c| {
+            (
+                c.id.clone(),
+                c.participants.keys().cloned().collect::<Vec<_>>(),
+            )
+        });
+        if let Some((session_id, members)) = session {
+            if msg.method() == Some(&sip_message::Method::Refer) {
+                return self.refer(msg, from, session_id, members);
+            }
             return HookDecision::Relay;
         }
         if self.ended_dialogs.lock().contains_key(call_id) {

@@ -11,6 +11,8 @@ pub enum HookDecision {
     Relay,
     /// Answer it with this status instead (e.g. 202 when stored for later delivery).
     Respond(u16),
+    /// Answer it with this status and these extra header fields.
+    RespondWith(u16, Vec<(String, String)>),
 }
 
 /// Observes and steers IM traffic. Implementations must be quick: they run on the

@@ -179,8 +179,16 @@ impl Core {
         let from_aor = format!("sip:{sender}");
 
         if in_dialog {
-            if let HookDecision::Respond(status) = self.hook.in_dialog(msg, &from_aor) {
-                return self.respond(&req, status).await;
+            match self.hook.in_dialog(msg, &from_aor) {
+                HookDecision::Relay => {}
+                HookDecision::Respond(status) => return self.respond(&req, status).await,
+                HookDecision::RespondWith(status, headers) => {
+                    let mut resp = self.response(msg, status);
+                    for (name, value) in headers {
+                        resp.headers.push(HeaderName::from_wire(&name), value);
+                    }
+                    return req.tx.respond(&resp).await;
+                }
             }
         }
         if let Some(b) = contact_binding {

@@ -324,28 +324,19 @@ fn in_dialog(
     sip_message::parse_datagram(text.as_bytes()).unwrap()
 }
 
-/// Sends an in-dialog request, answering a 407 challenge if one comes.
-async fn send_in_dialog(c: &mut Client, m: sip_message::Message) -> sip_message::Message {
-    c.send(&m).await;
-    let first = c.final_response().await;
-    if status(&first) != 407 {
-        return first;
-    }
-    let pw = format!("pw-{}", c.user);
-    let again = c.with_credentials(&m, &first, &pw, "MD5", 1);
-    c.send(&again).await;
-    c.final_response().await
+/// The dialog state both sides of a session-mode IM session need.
+struct Dialog {
+    rr: String,
+    from: String,
+    to: String,
+    call_id: String,
+    bob_target: String,
+    alice_target: String,
 }
 
-#[tokio::test]
-async fn session_mode_im_is_anchored_recorded_and_481_after_bye() {
+/// alice INVITEs bob with an m=message offer through the server; bob answers 200; ACK.
+async fn establish_session(alice: &mut Client, bob: &mut Client) -> Dialog {
     use sip_message::HeaderName;
-    let s = TestServer::start_with(&["alice", "bob"], quick).await;
-    let mut alice = s.client(Transport::Tcp, "alice").await;
-    let mut bob = s.client(Transport::Tcp, "bob").await;
-    assert_eq!(status(&alice.register(None).await), 200);
-    assert_eq!(status(&bob.register(None).await), 200);
-
     // INVITE with m=message (RFC 3261 + the Lync IM offer).
     let to = "sip:bob@example.com";
     let mut invite = alice.request("INVITE", to, to);
@@ -393,6 +384,48 @@ async fn session_mode_im_is_anchored_recorded_and_481_after_bye() {
     alice.send(&ack).await;
     let got_ack = bob.recv().await.unwrap();
     assert_eq!(got_ack.method(), Some(&sip_message::Method::Ack));
+
+    Dialog {
+        rr,
+        from,
+        to: to_hdr,
+        call_id,
+        bob_target,
+        alice_target,
+    }
+}
+
+/// Sends an in-dialog request, answering a 407 challenge if one comes.
+async fn send_in_dialog(c: &mut Client, m: sip_message::Message) -> sip_message::Message {
+    c.send(&m).await;
+    let first = c.final_response().await;
+    if status(&first) != 407 {
+        return first;
+    }
+    let pw = format!("pw-{}", c.user);
+    let again = c.with_credentials(&m, &first, &pw, "MD5", 1);
+    c.send(&again).await;
+    c.final_response().await
+}
+
+#[tokio::test]
+async fn session_mode_im_is_anchored_recorded_and_481_after_bye() {
+    use sip_message::HeaderName;
+    let s = TestServer::start_with(&["alice", "bob"], quick).await;
+    let mut alice = s.client(Transport::Tcp, "alice").await;
+    let mut bob = s.client(Transport::Tcp, "bob").await;
+    assert_eq!(status(&alice.register(None).await), 200);
+    assert_eq!(status(&bob.register(None).await), 200);
+
+    let d = establish_session(&mut alice, &mut bob).await;
+    let (rr, from, to_hdr, call_id, bob_target, alice_target) = (
+        d.rr.clone(),
+        d.from.clone(),
+        d.to.clone(),
+        d.call_id.clone(),
+        d.bob_target.clone(),
+        d.alice_target.clone(),
+    );
 
     // MESSAGE in the dialog, both ways, through the server.
     let m = in_dialog(
@@ -708,4 +741,63 @@ async fn typing_notices_and_receipts_are_relayed_but_not_counted() {
         .sessions(&SessionFilter::default())
         .unwrap()
         .is_empty());
+}
+
+#[tokio::test]
+async fn refer_in_a_session_escalates_it_to_a_group_chat() {
+    use sip_message::HeaderName;
+    let s = TestServer::start_with(&["alice", "bob", "carol"], quick).await;
+    let mut alice = s.client(Transport::Tcp, "alice").await;
+    let mut bob = s.client(Transport::Tcp, "bob").await;
+    let mut carol = s.client(Transport::Udp, "carol").await;
+    for c in [&mut alice, &mut bob, &mut carol] {
+        assert_eq!(status(&c.register(None).await), 200);
+    }
+    let d = establish_session(&mut alice, &mut bob).await;
+    let session = store(&s).sessions(&SessionFilter::default()).unwrap()[0]
+        .id
+        .clone();
+    let mut refer = in_dialog(
+        &alice,
+        "REFER",
+        &d.bob_target,
+        &d.rr,
+        &d.from,
+        &d.to,
+        &d.call_id,
+        4,
+        "",
+    );
+    refer
+        .headers
+        .push(HeaderName::ReferTo, "<sip:carol@example.com>");
+    let resp = send_in_dialog(&mut alice, refer).await;
+    assert_eq!(status(&resp), 202);
+    assert_eq!(
+        resp.headers.get(&HeaderName::Other("Refer-Sub".into())),
+        Some("false"),
+        "RFC 4488: no implicit subscription"
+    );
+    let mut conf = String::new();
+    for c in [&mut alice, &mut bob, &mut carol] {
+        let got = take(c, 1).await;
+        assert!(
+            body(&got[0]).contains("started a group chat"),
+            "{}",
+            body(&got[0])
+        );
+        conf = got[0].from_header().unwrap().uri.to_string();
+    }
+    assert_eq!(s.server.im.conference_members(&conf).unwrap().len(), 3);
+    let sessions = store(&s).sessions(&SessionFilter::default()).unwrap();
+    let c = sessions.iter().find(|x| x.kind == "conference").unwrap();
+    assert_eq!(c.escalated_from.as_deref(), Some(session.as_str()));
+    // The group works for all three.
+    assert_eq!(
+        write_to(&mut carol, &conf, "carol joined by REFER").await,
+        200
+    );
+    for c in [&mut alice, &mut bob] {
+        assert_eq!(body(&take(c, 1).await[0]), "carol: carol joined by REFER");
+    }
 }
