@@ -371,7 +371,7 @@ async fn establish_session(alice: &mut Client, bob: &mut Client) -> Dialog {
     let bob_target = bob.contact().trim_matches(['<', '>']).to_owned();
     let alice_target = alice.contact().trim_matches(['<', '>']).to_owned();
     let ack = in_dialog(
-        &alice,
+        alice,
         "ACK",
         &bob_target,
         &rr,
@@ -410,7 +410,6 @@ async fn send_in_dialog(c: &mut Client, m: sip_message::Message) -> sip_message:
 
 #[tokio::test]
 async fn session_mode_im_is_anchored_recorded_and_481_after_bye() {
-    use sip_message::HeaderName;
     let s = TestServer::start_with(&["alice", "bob"], quick).await;
     let mut alice = s.client(Transport::Tcp, "alice").await;
     let mut bob = s.client(Transport::Tcp, "bob").await;
