@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# SIPp against Switchboard: Digest registration, a refused wrong password, and pager-mode
-# MESSAGE relayed to a registered SIPp recipient, over UDP and over TCP.
+# SIPp against Switchboard: Digest registration, a refused wrong password, pager-mode
+# MESSAGE relayed to a registered SIPp recipient, and session-mode IM (INVITE m=message,
+# MESSAGE in the dialog, BYE) with its CDR, over UDP and over TCP.
 # Usage: tests/sipp/run.sh        (SWITCHBOARD_BIN overrides the binary; needs sipp)
 set -uo pipefail   # no -e: every check runs and is reported
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -8,7 +9,8 @@ ROOT=$(cd "$HERE/../.." && pwd)
 BIN=${SWITCHBOARD_BIN:-$ROOT/target/debug/switchboard}
 WORK=$(mktemp -d /tmp/sb-sipp.XXXXXX)
 DOMAIN=sipp.test
-N=20
+N=20      # pager-mode calls per transport
+NS=10     # session-mode calls per transport
 failed=0; passed=0
 free_port() { python3 -c 'import socket
 for _ in range(200):
@@ -57,6 +59,27 @@ for tr in u1 t1; do
   sipp_run "message-$tr" -sf "$HERE/message_uac.xml" -inf "$WORK/msg.csv" -key domain $DOMAIN -p $P3 -t $tr -m $N -r 50
   result $? "$N MESSAGEs relayed and answered over $t"
   wait $UASPID; result $? "the recipient got all $N MESSAGEs over $t"
+
+  # Session-mode IM: INVITE m=message, MESSAGE in the dialog, BYE, all through the server.
+  timeout 60 sipp -nostdin -sf "$HERE/session_uas.xml" -p $UAS -t $tr -m $NS -timeout 30s -timeout_error \
+    > "$WORK/suas-$tr.out" 2>&1 &
+  SUASPID=$!
+  sleep 0.3
+  P4=$(free_port)
+  sipp_run "session-$tr" -sf "$HERE/session_uac.xml" -inf "$WORK/msg.csv" -key domain $DOMAIN -p $P4 -t $tr -m $NS -r 20
+  result $? "$NS session-mode IM sessions (INVITE, MESSAGE, BYE) over $t"
+  wait $SUASPID; result $? "the callee side completed $NS sessions over $t"
 done
+
+# Every session is in the CDR, ended by BYE, with the caller's message counted.
+"$BIN" --data-dir "$WORK/data" cdr list --json > "$WORK/cdr.json" 2>"$WORK/cdr.err"
+python3 - "$WORK/cdr.json" "$NS" <<'PY'
+import json, sys
+sessions = json.load(open(sys.argv[1])); n = int(sys.argv[2])
+bye = [s for s in sessions if s['end_reason'] == 'bye']
+ok = len(bye) == 2 * n and all(sum(p['messages'] for p in s['participants']) == 1 for s in bye)
+sys.exit(0 if ok else 1)
+PY
+result $? "CDR: $((2 * NS)) session-mode sessions ended by BYE, one message each"
 echo "sipp: $passed passed, $failed failed"
 [ $failed = 0 ] && [ $passed -gt 0 ]

@@ -484,7 +484,17 @@ impl Core {
             if (200..300).contains(&status) {
                 let first = !got_2xx;
                 got_2xx = true;
-                let answered = (first && is_invite).then(|| resp.clone());
+                // The IM service learns of the outcome before the sender does, so the
+                // sender's next request (ACK, MESSAGE in the new dialog) finds it ready.
+                if first && is_invite && !in_dialog_request(&req.message) {
+                    if let Some(to) = to_aor.as_deref() {
+                        self.hook
+                            .on_invite_answered(&req.message, &resp, &from_aor, to);
+                    }
+                }
+                if !is_invite && first {
+                    self.after_relay(&req.message, &from_aor, to_aor.as_deref(), status);
+                }
                 if let Some(up) = strip_our_via(resp) {
                     if first || is_invite {
                         req.tx.respond(&up).await;
@@ -492,15 +502,6 @@ impl Core {
                 }
                 if first && is_invite {
                     self.cancel_branches(&mut branches);
-                }
-                if first && is_invite && !in_dialog_request(&req.message) {
-                    if let (Some(to), Some(answer)) = (to_aor.as_deref(), &answered) {
-                        self.hook
-                            .on_invite_answered(&req.message, answer, &from_aor, to);
-                    }
-                }
-                if !is_invite && first {
-                    self.after_relay(&req.message, &from_aor, to_aor.as_deref(), status);
                 }
                 continue;
             }
@@ -554,14 +555,20 @@ impl Core {
     /// device over its flow.
     pub(crate) async fn forward_ack(&self, ack: Inbound) {
         let mut msg = ack.message;
-        self.pop_own_routes(&mut msg);
+        let via_our_route = self.pop_own_routes(&mut msg);
         if msg.headers.has(&HeaderName::Route) {
             return;
         }
         let Some(uri) = msg.request_uri().cloned() else {
             return;
         };
-        let Some(b) = self.location.binding_for_contact(&uri) else {
+        // As for other in-dialog requests: a registered contact, or the remote target of a
+        // dialog we record-routed.
+        let remote = || match (&uri, via_our_route) {
+            (Uri::Sip(u), true) => self.remote_target(u),
+            _ => None,
+        };
+        let Some(b) = self.location.binding_for_contact(&uri).or_else(remote) else {
             return;
         };
         let hop = self.hop_for(&b);
