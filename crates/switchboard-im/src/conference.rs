@@ -31,10 +31,12 @@ const CONF_PREFIX: &str = "chat-";
 
 pub(crate) struct Conference {
     pub(crate) conv: Conversation,
+    /// Subscriptions to the roster (RFC 4575).
+    pub(crate) watchers: Vec<crate::roster::Watcher>,
 }
 
 impl Conference {
-    fn members(&self) -> Vec<String> {
+    pub(crate) fn members(&self) -> Vec<String> {
         let mut m: Vec<(&String, &Participant)> = self
             .conv
             .participants
@@ -74,7 +76,7 @@ fn domain_of(aor: &str) -> &str {
 const HELP: &str = "Commands: /invite ADDRESS adds someone (in a two-person chat it starts a group chat with all three of you); /who lists who is here; /leave leaves a group chat; /help shows this.";
 
 impl ImService {
-    fn display_name(&self, aor: &str) -> String {
+    pub(crate) fn display_name(&self, aor: &str) -> String {
         let addr = aor.strip_prefix("sip:").unwrap_or(aor);
         Address::parse(addr)
             .ok()
@@ -225,9 +227,13 @@ impl ImService {
             &parts,
         );
         let names: Vec<String> = members.iter().map(|m| self.display_name(m)).collect();
-        self.conferences
-            .lock()
-            .insert(aor.clone(), Conference { conv });
+        self.conferences.lock().insert(
+            aor.clone(),
+            Conference {
+                conv,
+                watchers: Vec::new(),
+            },
+        );
         let text = format!(
             "*** {} started a group chat with {}. Reply here to talk to everyone; /help for commands.",
             self.display_name(organiser),
@@ -290,6 +296,7 @@ impl ImService {
         let mut members = conf.members();
         if joined {
             self.notice(to, &members, Some(from), &format!("{name} joined"));
+            self.notify_roster(to, conf);
         }
         let command = command_of(msg);
         let mut words = text.split_whitespace();
@@ -324,6 +331,7 @@ impl ImService {
                             self.display_name(&who)
                         ),
                     );
+                    self.notify_roster(to, conf);
                 }
                 Err(e) => self.say(
                     to,
@@ -348,9 +356,11 @@ impl ImService {
                     p.left_at_ms = Some(now);
                     p.dirty = true;
                 }
+                self.notify_roster(to, conf);
                 let rest: Vec<String> = members.into_iter().filter(|m| m != from).collect();
                 self.notice(to, &rest, None, &format!("{name} left"));
                 if rest.is_empty() {
+                    self.end_watchers(to, conf, "noresource");
                     let conf = confs.remove(to).expect("present above");
                     drop(confs);
                     self.finish(

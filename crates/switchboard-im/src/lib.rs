@@ -30,10 +30,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use sip_message::{HeaderName, Message};
-use switchboard_proxy::{Deliverer, Delivery, HookDecision, ImHook};
+use switchboard_proxy::{Deliverer, Delivery, HookDecision, ImHook, ServiceAnswer};
 use switchboard_store::{ImStore, OfflineMessage, ParticipantRecord, SessionRecord, UserDirectory};
 
 mod conference;
+mod roster;
 use tokio::time::Instant;
 
 /// IM service settings.
@@ -275,11 +276,13 @@ impl ImService {
         }
         {
             let mut confs = self.conferences.lock();
-            confs.retain(|_, c| {
+            confs.retain(|aor, c| {
                 if now.duration_since(c.conv.last_activity) >= self.config.pager_idle {
+                    self.end_watchers(aor, c, "noresource");
                     ended.push((c.conv.id.clone(), c.conv.records(None, false)));
                     false
                 } else {
+                    self.expire_watchers(aor, c);
                     dirty.extend(c.conv.records(None, true));
                     for p in c.conv.participants.values_mut() {
                         p.dirty = false;
@@ -570,12 +573,15 @@ impl ImHook for ImService {
         conference::is_service_aor(aor)
     }
 
-    fn to_service(&self, msg: &Message, from: &str, to: &str) -> u16 {
-        if msg.method() != Some(&sip_message::Method::Message) {
+    fn to_service(&self, msg: &Message, from: &str, to: &str) -> ServiceAnswer {
+        match msg.method() {
+            Some(sip_message::Method::Message) => {
+                ServiceAnswer::status(self.conference_message(msg, from, to))
+            }
+            Some(sip_message::Method::Subscribe) => self.subscribe(msg, from, to),
             // Session-mode conferences (INVITE to the conference) are not built yet.
-            return 501;
+            _ => ServiceAnswer::status(501),
         }
-        self.conference_message(msg, from, to)
     }
 
     fn on_registered(&self, aor: &str) {

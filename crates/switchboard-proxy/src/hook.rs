@@ -54,10 +54,30 @@ pub trait ImHook: Send + Sync + 'static {
     fn serves(&self, _aor: &str) -> bool {
         false
     }
-    /// An authenticated out-of-dialog request from `from` to a resource `serves` claimed;
-    /// returns the status to answer it with.
-    fn to_service(&self, _msg: &Message, _from: &str, _to: &str) -> u16 {
-        404
+    /// An authenticated request from `from` to a resource `serves` claimed (in a dialog
+    /// with it or not); returns how to answer it.
+    fn to_service(&self, _msg: &Message, _from: &str, _to: &str) -> ServiceAnswer {
+        ServiceAnswer::status(404)
+    }
+}
+
+/// How the core answers a request the IM service took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceAnswer {
+    pub status: u16,
+    /// The To tag, when the answer creates a dialog the service keeps (a subscription).
+    pub to_tag: Option<String>,
+    /// Further header fields (Expires, Contact...).
+    pub headers: Vec<(String, String)>,
+}
+
+impl ServiceAnswer {
+    pub fn status(status: u16) -> Self {
+        ServiceAnswer {
+            status,
+            to_tag: None,
+            headers: Vec::new(),
+        }
     }
 }
 
@@ -83,8 +103,14 @@ pub struct Delivery {
     pub extra_headers: Vec<(String, String)>,
 }
 
-/// Originates MESSAGEs to users' devices; implemented by the SIP core for the IM service.
+/// Originates requests to users' devices; implemented by the SIP core for the IM service.
 pub trait Deliverer: Send + Sync + 'static {
+    /// Sends a complete request (without Via, which the core adds) to its Request-URI: a
+    /// registered contact over its flow, or an IP address. Resolves to the final status.
+    fn send_request(
+        &self,
+        request: Message,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = u16> + Send>>;
     /// Sends `d` to every registered device of `d.to`; resolves to the best final status
     /// (a 2xx as soon as one device accepts; 480 when none is registered).
     fn deliver(

@@ -24,7 +24,7 @@ pub mod hook;
 mod originate;
 mod routing;
 
-pub use hook::{Deliverer, Delivery, HookDecision, ImHook, RelayAll};
+pub use hook::{Deliverer, Delivery, HookDecision, ImHook, RelayAll, ServiceAnswer};
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

@@ -84,7 +84,53 @@ impl Core {
     }
 }
 
+impl Core {
+    /// Sends a request the server originates inside a dialog it holds (a NOTIFY of a
+    /// subscription): to the registered contact named by the Request-URI, over its flow,
+    /// or to the URI's IP address.
+    pub async fn send_own_request(self: Arc<Self>, mut request: Message) -> u16 {
+        let Some(Uri::Sip(target)) = request.request_uri().cloned() else {
+            return 416;
+        };
+        let binding = self
+            .location
+            .binding_for_contact(&Uri::Sip(target.clone()))
+            .or_else(|| self.remote_target(&target));
+        let Some(b) = binding else { return 480 };
+        let hop = self.hop_for(&b);
+        request
+            .headers
+            .push_front(HeaderName::Via, hop.via(&new_branch()));
+        let (tx, mut rx) = mailbox::<(usize, ClientEvent)>();
+        self.layer.send_request_tagged(request, hop.target, 0, tx);
+        let mut last = 408;
+        while let Some((_, ev)) = rx.recv().await {
+            match ev {
+                ClientEvent::Response(r) => {
+                    let status = r.status().unwrap_or(500);
+                    if status >= 200 {
+                        return status;
+                    }
+                }
+                ClientEvent::Timeout => last = 408,
+                ClientEvent::TransportError(_) => last = 503,
+            }
+        }
+        last
+    }
+}
+
 impl Deliverer for Core {
+    fn send_request(
+        &self,
+        request: Message,
+    ) -> Pin<Box<dyn std::future::Future<Output = u16> + Send>> {
+        match self.me.upgrade() {
+            Some(core) => Box::pin(core.send_own_request(request)),
+            None => Box::pin(async { 503 }),
+        }
+    }
+
     fn deliver(&self, d: Delivery) -> Pin<Box<dyn std::future::Future<Output = u16> + Send>> {
         match self.me.upgrade() {
             Some(core) => Box::pin(core.originate_message(d)),

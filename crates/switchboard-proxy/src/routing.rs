@@ -210,9 +210,16 @@ impl Core {
                 None => self.respond(&req, 480).await,
             };
         }
-        if !in_dialog && self.hook.serves(&aor) {
-            let status = self.hook.to_service(msg, &from_aor, &aor);
-            return self.respond(&req, status).await;
+        if self.hook.serves(&aor) {
+            let answer = self.hook.to_service(msg, &from_aor, &aor);
+            let tag = answer.to_tag.unwrap_or_else(|| self.to_tag(msg));
+            let mut resp = msg.response(answer.status, Some(&tag));
+            resp.headers
+                .push(HeaderName::Server, self.config.server_name.clone());
+            for (name, value) in answer.headers {
+                resp.headers.push(HeaderName::from_wire(&name), value);
+            }
+            return req.tx.respond(&resp).await;
         }
         // Event state (presence, and anything else published or subscribed to) is kept by
         // a service on the server, never forked to the user's own devices; until one serves
@@ -295,7 +302,7 @@ impl Core {
 
     /// A dialog's remote target that is not a registered contact, as a one-off binding:
     /// reached at the URI's address (IP hosts only; there is no DNS resolution here).
-    fn remote_target(&self, ruri: &sip_message::SipUri) -> Option<Binding> {
+    pub(crate) fn remote_target(&self, ruri: &sip_message::SipUri) -> Option<Binding> {
         let contact = NameAddr::new(Uri::Sip(ruri.clone()));
         let mut b = Binding {
             contact_key: contact.uri.to_string(),

@@ -800,3 +800,91 @@ async fn refer_in_a_session_escalates_it_to_a_group_chat() {
         assert_eq!(body(&take(c, 1).await[0]), "carol: carol joined by REFER");
     }
 }
+
+#[tokio::test]
+async fn the_conference_roster_by_subscription() {
+    use sip_message::HeaderName;
+    let s = TestServer::start_with(&["alice", "bob", "carol"], quick).await;
+    let mut alice = registered(&s, "alice").await;
+    let mut bob = registered(&s, "bob").await;
+    let mut carol = registered(&s, "carol").await;
+    assert_eq!(
+        write_to(
+            &mut alice,
+            "sip:bob@example.com",
+            "/invite carol@example.com"
+        )
+        .await,
+        200
+    );
+    let mut conf = String::new();
+    for c in [&mut alice, &mut bob, &mut carol] {
+        conf = take(c, 1).await[0].from_header().unwrap().uri.to_string();
+    }
+    // A watcher's own subscription: SUBSCRIBE Event: conference (RFC 4575).
+    let mut watcher = s.client(Transport::Udp, "alice").await;
+    let mut sub = watcher.request("SUBSCRIBE", &conf, &conf);
+    sub.headers.push(HeaderName::Event, "conference");
+    sub.headers.push(HeaderName::Expires, "600");
+    let ok = watcher.send_authenticated(sub.clone()).await;
+    assert_eq!(status(&ok), 200);
+    assert_eq!(ok.headers.get(&HeaderName::Expires), Some("600"));
+    let to_tag = ok
+        .to_header()
+        .unwrap()
+        .tag()
+        .expect("dialog tag")
+        .to_owned();
+    let first = take(&mut watcher, 1).await;
+    assert_eq!(first[0].method(), Some(&sip_message::Method::Notify));
+    assert_eq!(first[0].headers.get(&HeaderName::Event), Some("conference"));
+    assert!(first[0]
+        .headers
+        .get(&HeaderName::Other("Subscription-State".into()))
+        .unwrap()
+        .starts_with("active"));
+    let xml = body(&first[0]);
+    assert!(
+        xml.contains("urn:ietf:params:xml:ns:conference-info") && xml.contains("state=\"full\""),
+        "{xml}"
+    );
+    for who in ["alice", "bob", "carol"] {
+        assert!(
+            xml.contains(&format!("entity=\"sip:{who}@example.com\"")),
+            "{who} in {xml}"
+        );
+    }
+    // carol leaves: a new roster without her.
+    assert_eq!(write_to(&mut carol, &conf, "/leave").await, 200);
+    let next = take(&mut watcher, 1).await;
+    let xml = body(&next[0]);
+    assert!(
+        !xml.contains("sip:carol@example.com") && xml.contains("version=\"2\""),
+        "{xml}"
+    );
+    // Unsubscribe inside the dialog: 200, then a final NOTIFY.
+    let mut unsub = watcher.request("SUBSCRIBE", &conf, &conf);
+    unsub.headers.set(
+        HeaderName::From,
+        sub.headers.get(&HeaderName::From).unwrap(),
+    );
+    unsub
+        .headers
+        .set(HeaderName::To, format!("<{conf}>;tag={to_tag}"));
+    unsub
+        .headers
+        .set(HeaderName::CallId, sub.call_id().unwrap());
+    unsub.headers.push(HeaderName::Event, "conference");
+    unsub.headers.push(HeaderName::Expires, "0");
+    assert_eq!(status(&watcher.send_authenticated(unsub).await), 200);
+    let last = take(&mut watcher, 1).await;
+    assert!(last[0]
+        .headers
+        .get(&HeaderName::Other("Subscription-State".into()))
+        .unwrap()
+        .starts_with("terminated"));
+    // Another event package is refused.
+    let mut other = watcher.request("SUBSCRIBE", &conf, &conf);
+    other.headers.push(HeaderName::Event, "presence");
+    assert_eq!(status(&watcher.send_authenticated(other).await), 489);
+}

@@ -1,0 +1,242 @@
+//! The conference event package (RFC 4575) for group chats: a client SUBSCRIBEs to a
+//! conference URI with `Event: conference` and gets NOTIFYs carrying the roster as
+//! `application/conference-info+xml`, full state each time (RFC 4575 §4.3 allows it),
+//! whenever someone joins or leaves, until it unsubscribes, the subscription expires or
+//! the conference ends (RFC 6665 §4.2 subscription lifecycle).
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use sip_message::{HeaderName, Message, Method, NameAddr, StartLine, Uri};
+use switchboard_proxy::ServiceAnswer;
+use tokio::time::Instant;
+
+use crate::conference::Conference;
+use crate::ImService;
+
+const MAX_EXPIRES: u32 = 3600;
+const MIN_EXPIRES: u32 = 60;
+
+/// One subscription to a conference's roster.
+pub(crate) struct Watcher {
+    subscriber: String,
+    /// The subscriber's Contact: where NOTIFYs go.
+    target: String,
+    call_id: String,
+    our_tag: String,
+    their_tag: String,
+    cseq: u32,
+    version: u32,
+    expires_at: Instant,
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+impl ImService {
+    /// RFC 4575 §5: the conference-info document, full state.
+    fn roster_xml(&self, conf_aor: &str, members: &[String], version: u32) -> String {
+        let mut xml = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<conference-info xmlns=\"urn:ietf:params:xml:ns:conference-info\" entity=\"{}\" state=\"full\" version=\"{version}\">\n  <conference-description><subject>Group chat</subject></conference-description>\n  <conference-state><user-count>{}</user-count><active>true</active></conference-state>\n  <users>\n",
+            xml_escape(conf_aor),
+            members.len()
+        );
+        for m in members {
+            xml.push_str(&format!(
+                "    <user entity=\"{e}\" state=\"full\"><display-text>{d}</display-text><endpoint entity=\"{e}\"><status>connected</status></endpoint></user>\n",
+                e = xml_escape(m),
+                d = xml_escape(&self.display_name(m)),
+            ));
+        }
+        xml.push_str("  </users>\n</conference-info>\n");
+        xml
+    }
+
+    /// Sends one NOTIFY to `w` (spawned; the subscriber's answer is not waited for).
+    fn notify(&self, conf_aor: &str, w: &mut Watcher, members: &[String], state: String) {
+        let Some(deliverer) = self.deliverer.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        w.cseq += 1;
+        w.version += 1;
+        let Ok(target) = Uri::parse(&w.target) else {
+            return;
+        };
+        let mut m = Message::request(Method::Notify, target.clone());
+        m.start = StartLine::Request {
+            method: Method::Notify,
+            uri: target,
+        };
+        m.headers.push(HeaderName::MaxForwards, "70");
+        m.headers
+            .push(HeaderName::From, format!("<{conf_aor}>;tag={}", w.our_tag));
+        m.headers.push(
+            HeaderName::To,
+            format!("<{}>;tag={}", w.subscriber, w.their_tag),
+        );
+        m.headers.push(HeaderName::CallId, w.call_id.clone());
+        m.headers
+            .push(HeaderName::CSeq, format!("{} NOTIFY", w.cseq));
+        m.headers.push(HeaderName::Contact, format!("<{conf_aor}>"));
+        m.headers.push(HeaderName::Event, "conference");
+        m.headers
+            .push(HeaderName::from_wire("Subscription-State"), state);
+        m.headers
+            .push(HeaderName::ContentType, "application/conference-info+xml");
+        m.body = bytes::Bytes::from(self.roster_xml(conf_aor, members, w.version).into_bytes());
+        tokio::spawn(async move {
+            let status = deliverer.send_request(m).await;
+            if status >= 300 {
+                tracing::debug!(status, "conference NOTIFY not accepted");
+            }
+        });
+    }
+
+    /// Tells every watcher of `conf` the current roster.
+    pub(crate) fn notify_roster(&self, conf_aor: &str, conf: &mut Conference) {
+        let members = conf.members();
+        let now = Instant::now();
+        for w in conf.watchers.iter_mut() {
+            let left = w.expires_at.saturating_duration_since(now).as_secs();
+            self.notify(conf_aor, w, &members, format!("active;expires={left}"));
+        }
+    }
+
+    /// Ends every subscription of a conference that is going away.
+    pub(crate) fn end_watchers(&self, conf_aor: &str, conf: &mut Conference, reason: &str) {
+        let members = conf.members();
+        for mut w in std::mem::take(&mut conf.watchers) {
+            self.notify(
+                conf_aor,
+                &mut w,
+                &members,
+                format!("terminated;reason={reason}"),
+            );
+        }
+    }
+
+    /// Drops expired subscriptions, telling their subscribers (RFC 6665 §4.2.2).
+    pub(crate) fn expire_watchers(&self, conf_aor: &str, conf: &mut Conference) {
+        let now = Instant::now();
+        let members = conf.members();
+        let (gone, kept): (Vec<Watcher>, Vec<Watcher>) = std::mem::take(&mut conf.watchers)
+            .into_iter()
+            .partition(|w| w.expires_at <= now);
+        conf.watchers = kept;
+        for mut w in gone {
+            self.notify(
+                conf_aor,
+                &mut w,
+                &members,
+                "terminated;reason=timeout".into(),
+            );
+        }
+    }
+
+    /// A SUBSCRIBE to a conference (new, refresh, or Expires: 0 to end it).
+    pub(crate) fn subscribe(&self, msg: &Message, from: &str, conf_aor: &str) -> ServiceAnswer {
+        let event = msg.headers.get(&HeaderName::Event).unwrap_or("");
+        if !event
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .eq_ignore_ascii_case("conference")
+        {
+            let mut a = ServiceAnswer::status(489);
+            a.headers.push(("Allow-Events".into(), "conference".into()));
+            return a;
+        }
+        let requested = match msg.header_u32(&HeaderName::Expires) {
+            Ok(e) => e.unwrap_or(MAX_EXPIRES),
+            Err(_) => return ServiceAnswer::status(400),
+        };
+        if requested != 0 && requested < MIN_EXPIRES {
+            let mut a = ServiceAnswer::status(423);
+            a.headers
+                .push(("Min-Expires".into(), MIN_EXPIRES.to_string()));
+            return a;
+        }
+        let expires = requested.min(MAX_EXPIRES);
+        let Some(call_id) = msg.call_id().map(str::to_owned) else {
+            return ServiceAnswer::status(400);
+        };
+        let Ok(from_hdr) = msg.from_header() else {
+            return ServiceAnswer::status(400);
+        };
+        let their_tag = from_hdr.tag().unwrap_or("").to_owned();
+        let our_tag_in = msg
+            .to_header()
+            .ok()
+            .and_then(|t| t.tag().map(str::to_owned));
+        let mut confs = self.conferences.lock();
+        let Some(conf) = confs.get_mut(conf_aor) else {
+            // In a dialog for a conference that is gone: the subscription does not exist.
+            return ServiceAnswer::status(if our_tag_in.is_some() { 481 } else { 404 });
+        };
+        let members = conf.members();
+        let existing = conf
+            .watchers
+            .iter()
+            .position(|w| w.call_id == call_id && w.their_tag == their_tag);
+        let our_tag = match (our_tag_in, existing) {
+            (Some(tag), Some(i)) if conf.watchers[i].our_tag == tag => tag,
+            (Some(_), _) => return ServiceAnswer::status(481),
+            (None, Some(i)) => conf.watchers[i].our_tag.clone(),
+            (None, None) => {
+                let Some(target) = msg
+                    .headers
+                    .get(&HeaderName::Contact)
+                    .and_then(|c| NameAddr::parse(c).ok())
+                    .map(|c| c.uri.to_string())
+                else {
+                    return ServiceAnswer::status(400);
+                };
+                let tag = format!("{:016x}", rand::random::<u64>());
+                conf.watchers.push(Watcher {
+                    subscriber: from.to_owned(),
+                    target,
+                    call_id: call_id.clone(),
+                    our_tag: tag.clone(),
+                    their_tag: their_tag.clone(),
+                    cseq: 0,
+                    version: 0,
+                    expires_at: Instant::now(),
+                });
+                tag
+            }
+        };
+        let i = conf
+            .watchers
+            .iter()
+            .position(|w| w.call_id == call_id && w.their_tag == their_tag)
+            .expect("present: found or just added");
+        if expires == 0 {
+            let mut w = conf.watchers.remove(i);
+            self.notify(
+                conf_aor,
+                &mut w,
+                &members,
+                "terminated;reason=timeout".into(),
+            );
+        } else {
+            let w = &mut conf.watchers[i];
+            w.expires_at = Instant::now() + Duration::from_secs(expires as u64);
+            // RFC 6665 §4.2.1.2: every accepted SUBSCRIBE is followed by a NOTIFY.
+            self.notify(conf_aor, w, &members, format!("active;expires={expires}"));
+        }
+        ServiceAnswer {
+            status: 200,
+            to_tag: Some(our_tag),
+            headers: vec![
+                ("Expires".into(), expires.to_string()),
+                ("Contact".into(), format!("<{conf_aor}>")),
+                ("Allow-Events".into(), "conference".into()),
+            ],
+        }
+    }
+}
