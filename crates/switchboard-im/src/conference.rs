@@ -13,14 +13,19 @@
 //! - Join and leave notices go to everyone; the conference ends when the last
 //!   participant leaves or after the pager idle time.
 //!
+//! - Session mode: an INVITE to the conference URI with an `m=message` offer joins it; the
+//!   service is the UAS of that dialog, sends the member the group's messages inside it, and
+//!   BYE leaves. Clients may SUBSCRIBE to the roster (RFC 4575, `roster.rs`).
+//!
 //! Replies to commands come from `sip:switchboard@<domain>` (a service identity) or from
 //! the conference. A participant with no device signed in gets them as offline messages.
 
 use std::sync::Weak;
 
 use bytes::Bytes;
+use sip_message::NameAddr;
 use sip_message::{HeaderName, Message};
-use switchboard_proxy::{Delivery, HookDecision};
+use switchboard_proxy::{Delivery, HookDecision, ServiceAnswer};
 use switchboard_store::{Address, OfflineMessage};
 
 use crate::{count, now_ms, Conversation, ImService, Participant};
@@ -28,6 +33,43 @@ use crate::{count, now_ms, Conversation, ImService, Participant};
 /// The user part of the service identity that answers commands.
 const SERVICE_USER: &str = "switchboard";
 const CONF_PREFIX: &str = "chat-";
+
+/// A member's session-mode dialog with a conference (the service is its UAS).
+pub(crate) struct MemberDialog {
+    call_id: String,
+    our_tag: String,
+    their_tag: String,
+    /// The member's Contact: where in-session MESSAGEs go.
+    target: String,
+    cseq: u32,
+}
+
+impl MemberDialog {
+    fn message(&self, conf: &str, member: &str, text: &str, author: Option<&str>) -> Message {
+        let uri = sip_message::Uri::parse(&self.target)
+            .unwrap_or_else(|_| sip_message::Uri::Other(self.target.clone()));
+        let mut m = Message::request(sip_message::Method::Message, uri);
+        m.headers.push(HeaderName::MaxForwards, "70");
+        m.headers.push(
+            HeaderName::From,
+            format!("\"Group chat\" <{conf}>;tag={}", self.our_tag),
+        );
+        m.headers
+            .push(HeaderName::To, format!("<{member}>;tag={}", self.their_tag));
+        m.headers.push(HeaderName::CallId, self.call_id.clone());
+        // Our own CSeq space in this dialog (RFC 3261 §12.2.1.1).
+        m.headers
+            .push(HeaderName::CSeq, format!("{} MESSAGE", self.cseq));
+        if let Some(a) = author {
+            m.headers
+                .push(HeaderName::from_wire("Ms-Sender"), format!("<{a}>"));
+        }
+        m.headers
+            .push(HeaderName::ContentType, "text/plain;charset=UTF-8");
+        m.body = Bytes::from(text.as_bytes().to_vec());
+        m
+    }
+}
 
 pub(crate) struct Conference {
     pub(crate) conv: Conversation,
@@ -107,6 +149,22 @@ impl ImService {
         let Some(deliverer) = self.deliverer.get().and_then(Weak::upgrade) else {
             return;
         };
+        // A member who joined by INVITE gets it inside that session.
+        if let Some(d) = self
+            .member_dialogs
+            .lock()
+            .get_mut(&(from.to_owned(), to.to_owned()))
+        {
+            d.cseq += 1;
+            let m = d.message(from, to, &text, author);
+            tokio::spawn(async move {
+                let status = deliverer.send_request(m).await;
+                if status >= 300 {
+                    tracing::debug!(status, "in-session conference message not accepted");
+                }
+            });
+            return;
+        }
         let d = Delivery {
             from: from.to_owned(),
             to: to.to_owned(),
@@ -270,34 +328,9 @@ impl ImService {
         }
         let now = now_ms();
         // Writing to a conference joins it.
-        let joined = match conf.conv.participants.get_mut(from) {
-            Some(p) if p.left_at_ms.is_none() => false,
-            Some(p) => {
-                p.left_at_ms = None;
-                p.dirty = true;
-                true
-            }
-            None => {
-                conf.conv.participants.insert(
-                    from.to_owned(),
-                    Participant {
-                        device: String::new(),
-                        joined_at_ms: now,
-                        left_at_ms: None,
-                        messages: 0,
-                        bytes: 0,
-                        dirty: true,
-                    },
-                );
-                true
-            }
-        };
+        self.join(to, conf, from);
         let name = self.display_name(from);
         let mut members = conf.members();
-        if joined {
-            self.notice(to, &members, Some(from), &format!("{name} joined"));
-            self.notify_roster(to, conf);
-        }
         let command = command_of(msg);
         let mut words = text.split_whitespace();
         match (command.as_ref().and(words.next()), words.next()) {
@@ -352,15 +385,7 @@ impl ImService {
                 );
             }
             (Some("/leave"), _) => {
-                if let Some(p) = conf.conv.participants.get_mut(from) {
-                    p.left_at_ms = Some(now);
-                    p.dirty = true;
-                }
-                self.notify_roster(to, conf);
-                let rest: Vec<String> = members.into_iter().filter(|m| m != from).collect();
-                self.notice(to, &rest, None, &format!("{name} left"));
-                if rest.is_empty() {
-                    self.end_watchers(to, conf, "noresource");
+                if self.leave(to, conf, from) {
                     let conf = confs.remove(to).expect("present above");
                     drop(confs);
                     self.finish(
@@ -381,6 +406,136 @@ impl ImService {
             }
         }
         200
+    }
+
+    /// Puts `who` in the conference (again); tells the others and the roster watchers.
+    /// Returns whether they were not in it before.
+    fn join(&self, conf_aor: &str, conf: &mut Conference, who: &str) -> bool {
+        let now = now_ms();
+        let joined = match conf.conv.participants.get_mut(who) {
+            Some(p) if p.left_at_ms.is_none() => false,
+            Some(p) => {
+                p.left_at_ms = None;
+                p.dirty = true;
+                true
+            }
+            None => {
+                let p = Participant {
+                    device: String::new(),
+                    joined_at_ms: now,
+                    left_at_ms: None,
+                    messages: 0,
+                    bytes: 0,
+                    dirty: true,
+                };
+                conf.conv.participants.insert(who.to_owned(), p);
+                true
+            }
+        };
+        if joined {
+            let members = conf.members();
+            self.notice(
+                conf_aor,
+                &members,
+                Some(who),
+                &format!("{} joined", self.display_name(who)),
+            );
+            self.notify_roster(conf_aor, conf);
+        }
+        joined
+    }
+
+    /// Takes `who` out of the conference and tells the others. Returns whether nobody is
+    /// left (the caller then ends the conference).
+    fn leave(&self, conf_aor: &str, conf: &mut Conference, who: &str) -> bool {
+        if let Some(p) = conf.conv.participants.get_mut(who) {
+            p.left_at_ms = Some(now_ms());
+            p.dirty = true;
+        }
+        self.member_dialogs
+            .lock()
+            .remove(&(conf_aor.to_owned(), who.to_owned()));
+        self.notify_roster(conf_aor, conf);
+        let rest = conf.members();
+        self.notice(
+            conf_aor,
+            &rest,
+            None,
+            &format!("{} left", self.display_name(who)),
+        );
+        if rest.is_empty() {
+            self.end_watchers(conf_aor, conf, "noresource");
+        }
+        rest.is_empty()
+    }
+
+    /// INVITE to a conference (session mode): the service answers as the conference's
+    /// endpoint, holds the dialog, and sends the member the group's messages inside it.
+    pub(crate) fn conference_invite(&self, msg: &Message, from: &str, to: &str) -> ServiceAnswer {
+        if !crate::offers_message_media(msg) {
+            return ServiceAnswer::status(488);
+        }
+        let (Some(call_id), Ok(f)) = (msg.call_id(), msg.from_header()) else {
+            return ServiceAnswer::status(400);
+        };
+        let target = msg
+            .headers
+            .get(&HeaderName::Contact)
+            .and_then(|c| NameAddr::parse(c).ok())
+            .map(|c| c.uri.to_string());
+        let Some(target) = target else {
+            return ServiceAnswer::status(400);
+        };
+        let mut confs = self.conferences.lock();
+        let Some(conf) = confs.get_mut(to) else {
+            return ServiceAnswer::status(404);
+        };
+        let our_tag = format!("{:016x}", rand::random::<u64>());
+        let dialog = MemberDialog {
+            call_id: call_id.to_owned(),
+            our_tag: our_tag.clone(),
+            their_tag: f.tag().unwrap_or("").to_owned(),
+            target,
+            cseq: 0,
+        };
+        self.member_dialogs
+            .lock()
+            .insert((to.to_owned(), from.to_owned()), dialog);
+        self.join(to, conf, from);
+        let sdp = format!("v=0\r\no=- 0 0 IN IP4 0.0.0.0\r\ns=group chat\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\nm=message 5060 sip {to}\r\n");
+        ServiceAnswer {
+            status: 200,
+            to_tag: Some(our_tag),
+            headers: vec![("Contact".into(), format!("<{to}>"))],
+            body: Some(("application/sdp".into(), Bytes::from(sdp.into_bytes()))),
+        }
+    }
+
+    /// BYE in a member's session with the conference: they leave.
+    pub(crate) fn conference_bye(&self, msg: &Message, from: &str, to: &str) -> ServiceAnswer {
+        let known = self
+            .member_dialogs
+            .lock()
+            .get(&(to.to_owned(), from.to_owned()))
+            .is_some_and(|d| Some(d.call_id.as_str()) == msg.call_id());
+        if !known {
+            return ServiceAnswer::status(481);
+        }
+        let mut confs = self.conferences.lock();
+        if let Some(conf) = confs.get_mut(to) {
+            if self.leave(to, conf, from) {
+                let now = now_ms();
+                let conf = confs.remove(to).expect("present above");
+                drop(confs);
+                self.finish(
+                    &conf.conv.id,
+                    conf.conv.records(Some(now), false),
+                    now,
+                    "all left",
+                );
+            }
+        }
+        ServiceAnswer::status(200)
     }
 
     /// The AoRs of a conference's active members (for tests and status).

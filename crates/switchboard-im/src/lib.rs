@@ -125,8 +125,10 @@ pub struct ImService {
     dialogs: Mutex<HashMap<String, Conversation>>,
     /// Call-IDs of recently ended sessions: later requests in them get 481.
     ended_dialogs: Mutex<HashMap<String, Instant>>,
-    /// Pager-mode conferences by their AoR.
+    /// Conferences by their AoR.
     conferences: Mutex<HashMap<String, conference::Conference>>,
+    /// Members' session-mode dialogs, by (conference AoR, member AoR).
+    member_dialogs: Mutex<HashMap<(String, String), conference::MemberDialog>>,
     users: Arc<UserDirectory>,
     deliverer: OnceLock<Weak<dyn Deliverer>>,
     /// AoRs whose stored messages are being delivered now.
@@ -161,7 +163,7 @@ pub(crate) fn is_instant_message(msg: &Message) -> bool {
 }
 
 /// Does this SDP offer an MSRP-less IM session (`m=message ... sip`, the Lync style)?
-fn offers_message_media(invite: &Message) -> bool {
+pub(crate) fn offers_message_media(invite: &Message) -> bool {
     std::str::from_utf8(&invite.body)
         .map(|sdp| {
             sdp.lines()
@@ -206,6 +208,7 @@ impl ImService {
             dialogs: Mutex::new(HashMap::new()),
             ended_dialogs: Mutex::new(HashMap::new()),
             conferences: Mutex::new(HashMap::new()),
+            member_dialogs: Mutex::new(HashMap::new()),
             users,
             deliverer: OnceLock::new(),
             delivering: Mutex::new(HashSet::new()),
@@ -579,7 +582,17 @@ impl ImHook for ImService {
                 ServiceAnswer::status(self.conference_message(msg, from, to))
             }
             Some(sip_message::Method::Subscribe) => self.subscribe(msg, from, to),
-            // Session-mode conferences (INVITE to the conference) are not built yet.
+            Some(sip_message::Method::Invite)
+                if msg
+                    .to_header()
+                    .ok()
+                    .and_then(|t| t.tag().map(str::to_owned))
+                    .is_none() =>
+            {
+                self.conference_invite(msg, from, to)
+            }
+            Some(sip_message::Method::Bye) => self.conference_bye(msg, from, to),
+            // re-INVITE, INFO and the rest: not part of a group chat.
             _ => ServiceAnswer::status(501),
         }
     }

@@ -232,6 +232,7 @@ impl ImService {
         ServiceAnswer {
             status: 200,
             to_tag: Some(our_tag),
+            body: None,
             headers: vec![
                 ("Expires".into(), expires.to_string()),
                 ("Contact".into(), format!("<{conf_aor}>")),

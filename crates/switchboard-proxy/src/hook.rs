@@ -69,6 +69,8 @@ pub struct ServiceAnswer {
     pub to_tag: Option<String>,
     /// Further header fields (Expires, Contact...).
     pub headers: Vec<(String, String)>,
+    /// A body and its Content-Type (an SDP answer).
+    pub body: Option<(String, bytes::Bytes)>,
 }
 
 impl ServiceAnswer {
@@ -77,6 +79,7 @@ impl ServiceAnswer {
             status,
             to_tag: None,
             headers: Vec::new(),
+            body: None,
         }
     }
 }

@@ -219,6 +219,10 @@ impl Core {
             for (name, value) in answer.headers {
                 resp.headers.push(HeaderName::from_wire(&name), value);
             }
+            if let Some((content_type, body)) = answer.body {
+                resp.headers.push(HeaderName::ContentType, content_type);
+                resp.body = body;
+            }
             return req.tx.respond(&resp).await;
         }
         // Event state (presence, and anything else published or subscribed to) is kept by

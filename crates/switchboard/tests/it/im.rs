@@ -888,3 +888,86 @@ async fn the_conference_roster_by_subscription() {
     other.headers.push(HeaderName::Event, "presence");
     assert_eq!(status(&watcher.send_authenticated(other).await), 489);
 }
+
+#[tokio::test]
+async fn joining_a_conference_by_invite() {
+    use sip_message::HeaderName;
+    let s = TestServer::start_with(&["alice", "bob", "carol", "dave"], quick).await;
+    let mut alice = registered(&s, "alice").await;
+    let mut bob = registered(&s, "bob").await;
+    let mut carol = registered(&s, "carol").await;
+    let mut dave = s.client(Transport::Tcp, "dave").await;
+    assert_eq!(status(&dave.register(None).await), 200);
+    assert_eq!(
+        write_to(
+            &mut alice,
+            "sip:bob@example.com",
+            "/invite carol@example.com"
+        )
+        .await,
+        200
+    );
+    let mut conf = String::new();
+    for c in [&mut alice, &mut bob, &mut carol] {
+        conf = take(c, 1).await[0].from_header().unwrap().uri.to_string();
+    }
+    // Session mode: INVITE the conference with an m=message offer.
+    let mut invite = dave.request("INVITE", &conf, &conf);
+    invite
+        .headers
+        .push(HeaderName::ContentType, "application/sdp");
+    invite.body = bytes::Bytes::from_static(b"v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=message 5060 sip null\r\n");
+    let ok = dave.send_authenticated(invite.clone()).await;
+    assert_eq!(status(&ok), 200);
+    assert!(body(&ok).contains("m=message"), "an SDP answer");
+    let conf_tag = ok.to_header().unwrap().tag().unwrap().to_owned();
+    for c in [&mut alice, &mut bob, &mut carol] {
+        assert!(body(&take(c, 1).await[0]).contains("dave joined"));
+    }
+    assert_eq!(s.server.im.conference_members(&conf).unwrap().len(), 4);
+    // The group's messages reach dave inside his session.
+    assert_eq!(write_to(&mut alice, &conf, "welcome dave").await, 200);
+    for c in [&mut bob, &mut carol] {
+        take(c, 1).await;
+    }
+    let got = take(&mut dave, 1).await;
+    assert_eq!(body(&got[0]), "alice: welcome dave");
+    assert_eq!(got[0].call_id(), invite.call_id(), "in dave's dialog");
+    assert_eq!(got[0].from_header().unwrap().tag(), Some(conf_tag.as_str()));
+    // dave writes inside his session; BYE takes him out.
+    let from = invite.headers.get(&HeaderName::From).unwrap().to_owned();
+    let to = format!("<{conf}>;tag={conf_tag}");
+    let m = in_dialog(
+        &dave,
+        "MESSAGE",
+        &conf,
+        "<sip:127.0.0.1;lr>",
+        &from,
+        &to,
+        invite.call_id().unwrap(),
+        10,
+        "thanks!",
+    );
+    let mut m = m;
+    m.headers.remove(&HeaderName::Route);
+    assert_eq!(status(&send_in_dialog(&mut dave, m).await), 200);
+    for c in [&mut alice, &mut bob, &mut carol] {
+        assert_eq!(body(&take(c, 1).await[0]), "dave: thanks!");
+    }
+    let mut bye = in_dialog(
+        &dave,
+        "BYE",
+        &conf,
+        "<sip:127.0.0.1;lr>",
+        &from,
+        &to,
+        invite.call_id().unwrap(),
+        11,
+        "",
+    );
+    bye.headers.remove(&HeaderName::Route);
+    assert_eq!(status(&send_in_dialog(&mut dave, bye).await), 200);
+    for c in [&mut alice, &mut bob, &mut carol] {
+        assert!(body(&take(c, 1).await[0]).contains("dave left"));
+    }
+}
