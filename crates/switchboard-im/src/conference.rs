@@ -277,7 +277,7 @@ impl ImService {
             domain_of(organiser)
         );
         let parts: Vec<(&str, String)> = members.iter().map(|m| (*m, String::new())).collect();
-        let conv = self.begin_session(
+        let (conv, _) = self.begin_session(
             "conference",
             organiser,
             Some(organiser.to_owned()),

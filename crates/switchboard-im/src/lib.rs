@@ -223,7 +223,8 @@ impl ImService {
             loop {
                 tick.tick().await;
                 let Some(svc) = weak.upgrade() else { return };
-                svc.housekeeping();
+                // Database writes: off the async workers.
+                let _ = tokio::task::spawn_blocking(move || svc.housekeeping()).await;
             }
         });
         svc
@@ -340,7 +341,7 @@ impl ImService {
         let conv = match convs.get_mut(&key) {
             Some(c) => c,
             None => {
-                let conv = self.begin(from, &[(from, String::new()), (to, String::new())]);
+                let (conv, _) = self.begin(from, &[(from, String::new()), (to, String::new())]);
                 convs.entry(key).or_insert(conv)
             }
         };
@@ -348,8 +349,8 @@ impl ImService {
         conv.id.clone()
     }
 
-    /// A new two-party session, written to the CDR at once.
-    fn begin(&self, initiator: &str, participants: &[(&str, String)]) -> Conversation {
+    /// A new two-party session, written to the CDR at once (`false` if that failed).
+    fn begin(&self, initiator: &str, participants: &[(&str, String)]) -> (Conversation, bool) {
         self.begin_session("two-party", initiator, None, None, participants)
     }
 
@@ -361,7 +362,7 @@ impl ImService {
         organiser: Option<String>,
         escalated_from: Option<String>,
         participants: &[(&str, String)],
-    ) -> Conversation {
+    ) -> (Conversation, bool) {
         let id = format!("{:032x}", rand::random::<u128>());
         let at = now_ms();
         let participants = participants
@@ -398,11 +399,31 @@ impl ImService {
             .into_iter()
             .map(|(_, p)| p)
             .collect();
-        if let Err(e) = self.store.start_session(&rec, &rows) {
-            tracing::error!(error = %e, "cannot write CDR session start");
+        let recorded = match self.store.start_session(&rec, &rows) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write CDR session start");
+                false
+            }
+        };
+        tracing::debug!(session = %rec.id, kind, initiator, recorded, "IM session started");
+        (conv, recorded)
+    }
+
+    /// Makes sure the pair has an open conversation whose start is recorded; `false` when
+    /// the CDR cannot be written (then the message is refused rather than relayed
+    /// unrecorded: the IM service is never bypassed).
+    fn ensure_conversation(&self, from: &str, to: &str) -> bool {
+        let key = pair(from, to);
+        let mut convs = self.conversations.lock();
+        if convs.contains_key(&key) {
+            return true;
         }
-        tracing::debug!(session = %rec.id, kind, initiator, "IM session started");
-        conv
+        let (conv, recorded) = self.begin(from, &[(from, String::new()), (to, String::new())]);
+        if recorded {
+            convs.insert(key, conv);
+        }
+        recorded
     }
 
     /// The open conversation between two users, if any (for tests and the status page).
@@ -459,6 +480,16 @@ impl ImHook for ImService {
             return HookDecision::Respond(200);
         }
         if online {
+            if is_instant_message(msg) && !self.ensure_conversation(from, to) {
+                return HookDecision::RespondWith(
+                    503,
+                    vec![(
+                        "Warning".into(),
+                        "399 switchboard \"the IM service cannot record this conversation now\""
+                            .into(),
+                    )],
+                );
+            }
             return HookDecision::Relay;
         }
         if !is_instant_message(msg) {
@@ -517,7 +548,8 @@ impl ImHook for ImService {
             .or(answer.headers.get(&HeaderName::Server))
             .map(|d| d.chars().take(120).collect())
             .unwrap_or_default();
-        let conv = self.begin(
+        // Already answered: a CDR failure is logged (by begin) but cannot refuse it now.
+        let (conv, _) = self.begin(
             caller,
             &[(caller, device_of(invite)), (callee, callee_device)],
         );

@@ -178,18 +178,12 @@ impl Core {
         }
         let from_aor = format!("sip:{sender}");
 
-        if in_dialog {
-            match self.hook.in_dialog(msg, &from_aor) {
-                HookDecision::Relay => {}
-                HookDecision::Respond(status) => return self.respond(&req, status).await,
-                HookDecision::RespondWith(status, headers) => {
-                    let mut resp = self.response(msg, status);
-                    for (name, value) in headers {
-                        resp.headers.push(HeaderName::from_wire(&name), value);
-                    }
-                    return req.tx.respond(&resp).await;
-                }
-            }
+        if in_dialog
+            && self
+                .answer_decision(&req, self.hook.in_dialog(msg, &from_aor))
+                .await
+        {
+            return;
         }
         if let Some(b) = contact_binding {
             return self.spawn_forward(req, vec![b], from_aor, None);
@@ -243,11 +237,11 @@ impl Core {
         }
         let bindings = self.location.lookup(&aor);
         if method == Method::Message && !in_dialog {
-            if let HookDecision::Respond(status) =
-                self.hook
-                    .before_message(msg, &from_aor, &aor, !bindings.is_empty())
-            {
-                return self.respond(&req, status).await;
+            let decision = self
+                .hook
+                .before_message(msg, &from_aor, &aor, !bindings.is_empty());
+            if self.answer_decision(&req, decision).await {
+                return;
             }
         }
         if bindings.is_empty() {
@@ -302,6 +296,21 @@ impl Core {
             transport,
             local,
         }
+    }
+
+    /// Carries out an IM hook's decision; true when the request was answered here.
+    async fn answer_decision(&self, req: &ServerRequest, decision: HookDecision) -> bool {
+        let (status, headers) = match decision {
+            HookDecision::Relay => return false,
+            HookDecision::Respond(status) => (status, Vec::new()),
+            HookDecision::RespondWith(status, headers) => (status, headers),
+        };
+        let mut resp = self.response(&req.message, status);
+        for (name, value) in headers {
+            resp.headers.push(HeaderName::from_wire(&name), value);
+        }
+        req.tx.respond(&resp).await;
+        true
     }
 
     /// A dialog's remote target that is not a registered contact, as a one-off binding:

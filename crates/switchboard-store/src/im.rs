@@ -61,8 +61,13 @@ pub struct ImStore {
 
 impl ImStore {
     pub fn open(data_dir: &Path) -> Result<ImStore, StoreError> {
+        let conn = crate::connect(data_dir)?;
+        // These writes run on the SIP request path: when another process holds the write
+        // lock, fail within a quarter second (the message is refused with a clear error)
+        // rather than stall request handling for SQLite's usual seconds.
+        conn.busy_timeout(std::time::Duration::from_millis(250))?;
         Ok(ImStore {
-            conn: Mutex::new(crate::connect(data_dir)?),
+            conn: Mutex::new(conn),
         })
     }
 

@@ -971,3 +971,36 @@ async fn joining_a_conference_by_invite() {
         assert!(body(&take(c, 1).await[0]).contains("dave left"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_im_service_cannot_record_is_refused_not_bypassed() {
+    use sip_message::HeaderName;
+    let s = TestServer::start_with(&["alice", "bob"], quick).await;
+    let mut alice = registered(&s, "alice").await;
+    let mut bob = registered(&s, "bob").await;
+    // Another process holds the database's write lock: the CDR cannot be written.
+    let blocker = rusqlite::Connection::open(s.data_dir().join("switchboard.db")).unwrap();
+    blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let m = alice.message_to("bob", "unrecorded?");
+    alice.send(&m).await;
+    let ch = alice.final_response().await;
+    let again = alice.with_credentials(&m, &ch, "pw-alice", "MD5", 1);
+    alice.send(&again).await;
+    // The IM store gives up on the lock after a quarter second.
+    let resp = alice
+        .recv_within(Duration::from_secs(5))
+        .await
+        .expect("an answer");
+    assert_eq!(status(&resp), 503);
+    assert!(resp
+        .headers
+        .get(&HeaderName::Warning)
+        .unwrap()
+        .contains("IM service"));
+    assert!(
+        bob.recv_within(Duration::from_millis(300)).await.is_none(),
+        "not relayed around the IM service"
+    );
+    blocker.execute_batch("ROLLBACK").unwrap();
+    send(&mut alice, &mut bob, "bob", "recorded now").await;
+}
