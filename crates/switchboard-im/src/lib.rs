@@ -19,8 +19,21 @@
 //!   (answered 202 Accepted), bounded per user and in age, and delivered in order, once
 //!   (deleted only after a device accepted it), when the user next registers.
 //!
-//! Session-mode IM (INVITE `m=message`), conferences and escalation are built on the same
-//! session records in later work.
+//! - **Session-mode IM** (INVITE `m=message`, MESSAGE in the dialog, BYE): a two-party
+//!   session per dialog, counted per sender; 481 for requests in an ended session.
+//! - **Conferences** (`conference.rs`) with their own URIs, joined by MESSAGE or INVITE,
+//!   escalated from two-party chats by `/invite` or REFER, and their roster by
+//!   subscription (RFC 4575, `roster.rs`).
+//!
+//! ## Why a dialog-stateful proxy, not a B2BUA, for two-party sessions
+//! The core record-routes every INVITE, so each in-dialog request of a two-party session
+//! passes through the server; the service watches and counts them by Call-ID. That keeps
+//! the clients' own dialog (tags, CSeq, route set) intact end to end, which Lync clients
+//! sign (MS-SIPAE) and which standard clients expect, with no second dialog to keep in
+//! step or to lose in a crash, while still giving what a B2BUA would: the server in the
+//! path of every message, the session's state and CDR, and the power to refuse (481
+//! after BYE, 503 when the CDR cannot be written). For conferences the service does act
+//! as an endpoint (the conference URI), because there it really is one party of many.
 #![forbid(unsafe_code)]
 
 use std::collections::{HashMap, HashSet};
