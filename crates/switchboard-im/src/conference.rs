@@ -385,16 +385,8 @@ impl ImService {
                 );
             }
             (Some("/leave"), _) => {
-                if self.leave(to, conf, from) {
-                    let conf = confs.remove(to).expect("present above");
-                    drop(confs);
-                    self.finish(
-                        &conf.conv.id,
-                        conf.conv.records(Some(now), false),
-                        now,
-                        "all left",
-                    );
-                }
+                drop(confs);
+                self.leave_conference(to, from);
             }
             (Some(_), _) => self.say(to, Some("Group chat"), from, HELP.into(), None),
             (None, _) => {
@@ -469,6 +461,25 @@ impl ImService {
         rest.is_empty()
     }
 
+    /// `who` leaves; the conference ends (CDR "all left") when nobody is left.
+    fn leave_conference(&self, conf_aor: &str, who: &str) {
+        let mut confs = self.conferences.lock();
+        let Some(conf) = confs.get_mut(conf_aor) else {
+            return;
+        };
+        if self.leave(conf_aor, conf, who) {
+            let conf = confs.remove(conf_aor).expect("present above");
+            drop(confs);
+            let now = now_ms();
+            self.finish(
+                &conf.conv.id,
+                conf.conv.records(Some(now), false),
+                now,
+                "all left",
+            );
+        }
+    }
+
     /// INVITE to a conference (session mode): the service answers as the conference's
     /// endpoint, holds the dialog, and sends the member the group's messages inside it.
     pub(crate) fn conference_invite(&self, msg: &Message, from: &str, to: &str) -> ServiceAnswer {
@@ -521,20 +532,7 @@ impl ImService {
         if !known {
             return ServiceAnswer::status(481);
         }
-        let mut confs = self.conferences.lock();
-        if let Some(conf) = confs.get_mut(to) {
-            if self.leave(to, conf, from) {
-                let now = now_ms();
-                let conf = confs.remove(to).expect("present above");
-                drop(confs);
-                self.finish(
-                    &conf.conv.id,
-                    conf.conv.records(Some(now), false),
-                    now,
-                    "all left",
-                );
-            }
-        }
+        self.leave_conference(to, from);
         ServiceAnswer::status(200)
     }
 

@@ -149,6 +149,34 @@ pub struct ImService {
     me: Weak<ImService>,
 }
 
+type Rows = Vec<(String, ParticipantRecord)>;
+
+/// Removes the conversations idle for `idle` (their final rows go to `ended`) and collects
+/// the changed counters of the others into `dirty`. Returns the removed keys.
+fn sweep<K: Clone + std::hash::Hash + Eq>(
+    map: &mut HashMap<K, Conversation>,
+    now: Instant,
+    idle: Duration,
+    ended: &mut Vec<(String, Rows)>,
+    dirty: &mut Rows,
+) -> Vec<K> {
+    let mut gone = Vec::new();
+    map.retain(|key, c| {
+        if now.duration_since(c.last_activity) >= idle {
+            ended.push((c.id.clone(), c.records(None, false)));
+            gone.push(key.clone());
+            false
+        } else {
+            dirty.extend(c.records(None, true));
+            for p in c.participants.values_mut() {
+                p.dirty = false;
+            }
+            true
+        }
+    });
+    gone
+}
+
 /// Counts one message from `from` in `conv`.
 fn count(conv: &mut Conversation, from: &str, device: String, bytes: usize) {
     conv.last_activity = Instant::now();
@@ -253,37 +281,22 @@ impl ImService {
         let now = Instant::now();
         let mut dirty = Vec::new();
         let mut ended = Vec::new();
-        {
-            let mut convs = self.conversations.lock();
-            convs.retain(|_, c| {
-                if now.duration_since(c.last_activity) >= self.config.pager_idle {
-                    ended.push((c.id.clone(), c.records(None, false)));
-                    false
-                } else {
-                    dirty.extend(c.records(None, true));
-                    for p in c.participants.values_mut() {
-                        p.dirty = false;
-                    }
-                    true
-                }
-            });
-        }
+        sweep(
+            &mut self.conversations.lock(),
+            now,
+            self.config.pager_idle,
+            &mut ended,
+            &mut dirty,
+        );
         {
             let mut dialogs = self.dialogs.lock();
-            let mut gone = Vec::new();
-            dialogs.retain(|call_id, c| {
-                if now.duration_since(c.last_activity) >= self.config.session_idle {
-                    ended.push((c.id.clone(), c.records(None, false)));
-                    gone.push(call_id.clone());
-                    false
-                } else {
-                    dirty.extend(c.records(None, true));
-                    for p in c.participants.values_mut() {
-                        p.dirty = false;
-                    }
-                    true
-                }
-            });
+            let gone = sweep(
+                &mut dialogs,
+                now,
+                self.config.session_idle,
+                &mut ended,
+                &mut dirty,
+            );
             drop(dialogs);
             let mut ended_dialogs = self.ended_dialogs.lock();
             for g in gone {
