@@ -11,7 +11,7 @@ where each incoming MESSAGE is printed as  sip:peer: "text".
 import json, os, re, socket, subprocess, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sbtest import Results, Server, free_port
+from sbtest import Results, Server, cdr_sessions, free_port, message_counts
 
 ANSI = re.compile(r'\x1b\[[0-9;]*m')
 
@@ -171,11 +171,8 @@ def main():
 
         # The CDR afterwards: the two-person session with its counts, and the group chat
         # that grew from it.
-        time.sleep(1.5)   # counters are flushed every second
-        sessions = json.loads(server.cli('cdr', 'list', '--json'))
-        pair = [x for x in sessions if x['kind'] == 'two-party']
-        conf = [x for x in sessions if x['kind'] == 'conference']
-        counts = {p['address']: p['messages'] for p in pair[0]['participants']} if pair else {}
+        pair, conf = cdr_sessions(server)
+        counts = message_counts(pair[0]) if pair else {}
         r.check('CDR: one two-party session with 1 message each',
                 len(pair) == 1 and counts == {'sip:alice@127.0.0.1': 1, 'sip:bob@127.0.0.1': 1}, str(counts))
         r.check('CDR: a conference escalated from it, organised by alice',

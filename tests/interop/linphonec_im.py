@@ -9,7 +9,7 @@ linphonec is driven over stdin; it prints  Message received from <uri>: <text>.
 import json, os, queue, re, subprocess, sys, threading, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sbtest import Results, Server, free_port
+from sbtest import Results, Server, cdr_sessions, free_port, message_counts
 from baresip_im import Baresip
 
 
@@ -113,14 +113,11 @@ def main():
                 g = c.cons.wait_for(re.escape(group) + r': "alice: hello group"')
                 r.check('baresip %s receives alice\'s group message' % who, bool(g), '' if g else c.cons.text[-300:])
 
-        time.sleep(1.5)   # counters are flushed every second
-        sessions = json.loads(server.cli('cdr', 'list', '--json'))
-        pair = [x for x in sessions if x['kind'] == 'two-party']
-        conf = [x for x in sessions if x['kind'] == 'conference']
-        counts = {p['address']: p['messages'] for p in pair[0]['participants']} if pair else {}
+        pair, conf = cdr_sessions(server)
+        counts = message_counts(pair[0]) if pair else {}
         r.check('CDR: the two-party session counts 1 message each',
                 counts == {'sip:alice@127.0.0.1': 1, 'sip:bob@127.0.0.1': 1}, str(counts))
-        cc = {p['address']: p['messages'] for p in conf[0]['participants']} if conf else {}
+        cc = message_counts(conf[0]) if conf else {}
         r.check('CDR: the group chat, escalated from it, counts alice\'s message',
                 len(conf) == 1 and pair and conf[0]['escalated_from'] == pair[0]['id'] and cc.get('sip:alice@127.0.0.1') == 1,
                 str(cc))

@@ -90,3 +90,16 @@ class Server:
     def tail(self, n=40):
         with open(self.log_path) as f:
             return ''.join(f.readlines()[-n:])
+
+
+def cdr_sessions(server):
+    """The server's CDR as (two-party sessions, conferences), read with `switchboard cdr list --json`.
+    Waits a moment first: counters are written every second."""
+    import json
+    time.sleep(1.5)
+    sessions = json.loads(server.cli('cdr', 'list', '--json'))
+    return ([x for x in sessions if x['kind'] == 'two-party'], [x for x in sessions if x['kind'] == 'conference'])
+
+
+def message_counts(session):
+    return {p['address']: p['messages'] for p in session['participants']}

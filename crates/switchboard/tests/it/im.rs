@@ -395,6 +395,31 @@ async fn establish_session(alice: &mut Client, bob: &mut Client) -> Dialog {
     }
 }
 
+/// Sends an in-dialog request through the server, which challenges it (in-dialog requests
+/// are authenticated too); the peer receives and accepts it. Returns what the peer got.
+async fn relay_in_dialog(
+    sender: &mut Client,
+    peer: &mut Client,
+    m: sip_message::Message,
+) -> sip_message::Message {
+    sender.send(&m).await;
+    let first = sender.final_response().await;
+    assert_eq!(
+        status(&first),
+        407,
+        "in-dialog requests are authenticated too"
+    );
+    let pw = format!("pw-{}", sender.user);
+    let m = sender.with_credentials(&m, &first, &pw, "MD5", 1);
+    sender.send(&m).await;
+    let got = peer
+        .answer_next_request(200)
+        .await
+        .expect("relayed to the peer");
+    assert_eq!(status(&sender.final_response().await), 200);
+    got
+}
+
 /// Sends an in-dialog request, answering a 407 challenge if one comes.
 async fn send_in_dialog(c: &mut Client, m: sip_message::Message) -> sip_message::Message {
     c.send(&m).await;
@@ -438,14 +463,8 @@ async fn session_mode_im_is_anchored_recorded_and_481_after_bye() {
         3,
         "hello in session",
     );
-    alice.send(&m).await;
-    let first = alice.final_response().await;
-    assert_eq!(status(&first), 407);
-    let m = alice.with_credentials(&m, &first, "pw-alice", "MD5", 1);
-    alice.send(&m).await;
-    let got = bob.answer_next_request(200).await.unwrap();
+    let got = relay_in_dialog(&mut alice, &mut bob, m).await;
     assert_eq!(&got.body[..], b"hello in session");
-    assert_eq!(status(&alice.final_response().await), 200);
     let m = in_dialog(
         &bob,
         "MESSAGE",
@@ -457,18 +476,8 @@ async fn session_mode_im_is_anchored_recorded_and_481_after_bye() {
         1,
         "hi back",
     );
-    bob.send(&m).await;
-    let first = bob.final_response().await;
-    assert_eq!(
-        status(&first),
-        407,
-        "in-dialog requests are authenticated too"
-    );
-    let m = bob.with_credentials(&m, &first, "pw-bob", "MD5", 1);
-    bob.send(&m).await;
-    let got = alice.answer_next_request(200).await.unwrap();
+    let got = relay_in_dialog(&mut bob, &mut alice, m).await;
     assert_eq!(&got.body[..], b"hi back");
-    assert_eq!(status(&bob.final_response().await), 200);
 
     // BYE ends it; anything later in the dialog gets 481.
     let bye = in_dialog(
