@@ -142,7 +142,12 @@ impl ServerTxHandle {
             // Timer J (non-INVITE, §17.2.2) or RFC 6026 Timer L (INVITE 2xx): one fixed
             // duration, so a FIFO queue swept by one task replaces a timer task per
             // transaction (tens of thousands live at once under load).
-            if tx.reliable && !tx.is_invite {
+            // A challenge (401/407) to a non-INVITE is answered as a stateless UAS would
+            // (RFC 3261 §8.2.7 names issuing challenges as what stateless UAS behaviour is
+            // for): a retransmission gets a fresh, equivalent challenge. Keeping it for
+            // Timer J would hold half of all live transactions for nothing.
+            let challenge = !tx.is_invite && matches!(status, 401 | 407);
+            if (tx.reliable && !tx.is_invite) || challenge {
                 terminate(&layer, &tx);
             } else {
                 let due = tokio::time::Instant::now() + timers.t1 * 64;

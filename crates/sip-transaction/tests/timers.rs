@@ -160,3 +160,26 @@ async fn non_invite_server_answers_retransmissions_then_forgets() {
     assert_eq!(layer.counts().0, 0, "Timer J removed the transaction");
     assert_eq!(tu.1.lock().len(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_challenge_is_not_kept_for_timer_j() {
+    let (layer, tu, addr) = layer(407).await;
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let me = client.local_addr().unwrap();
+    let branch = new_branch();
+    client
+        .send_to(&request("MESSAGE", &branch, me), addr)
+        .await
+        .unwrap();
+    settle().await;
+    assert_eq!(drain(&client).len(), 1);
+    assert_eq!(layer.counts().0, 0, "no lingering transaction for a 407");
+    // A retransmission is a new request and gets an equivalent challenge.
+    client
+        .send_to(&request("MESSAGE", &branch, me), addr)
+        .await
+        .unwrap();
+    settle().await;
+    assert_eq!(drain(&client)[0].status(), Some(407));
+    assert_eq!(tu.1.lock().len(), 2);
+}
