@@ -326,7 +326,6 @@ impl ImService {
             // Receipts and typing notices addressed to the group: accepted, not spread.
             return 200;
         }
-        let now = now_ms();
         // Writing to a conference joins it.
         self.join(to, conf, from);
         let name = self.display_name(from);
@@ -343,17 +342,7 @@ impl ImService {
                     None,
                 ),
                 Ok(who) => {
-                    conf.conv.participants.insert(
-                        who.clone(),
-                        Participant {
-                            device: String::new(),
-                            joined_at_ms: now,
-                            left_at_ms: None,
-                            messages: 0,
-                            bytes: 0,
-                            dirty: true,
-                        },
-                    );
+                    conf.conv.admit(&who);
                     members.push(who.clone());
                     self.notice(
                         to,
@@ -403,27 +392,7 @@ impl ImService {
     /// Puts `who` in the conference (again); tells the others and the roster watchers.
     /// Returns whether they were not in it before.
     fn join(&self, conf_aor: &str, conf: &mut Conference, who: &str) -> bool {
-        let now = now_ms();
-        let joined = match conf.conv.participants.get_mut(who) {
-            Some(p) if p.left_at_ms.is_none() => false,
-            Some(p) => {
-                p.left_at_ms = None;
-                p.dirty = true;
-                true
-            }
-            None => {
-                let p = Participant {
-                    device: String::new(),
-                    joined_at_ms: now,
-                    left_at_ms: None,
-                    messages: 0,
-                    bytes: 0,
-                    dirty: true,
-                };
-                conf.conv.participants.insert(who.to_owned(), p);
-                true
-            }
-        };
+        let joined = conf.conv.admit(who);
         if joined {
             let members = conf.members();
             self.notice(

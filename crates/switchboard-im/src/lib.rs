@@ -101,7 +101,39 @@ struct Conversation {
     participants: HashMap<String, Participant>,
 }
 
+impl Participant {
+    fn new(device: String, joined_at_ms: i64) -> Self {
+        Participant {
+            device,
+            joined_at_ms,
+            left_at_ms: None,
+            messages: 0,
+            bytes: 0,
+            dirty: false,
+        }
+    }
+}
+
 impl Conversation {
+    /// Makes `who` an active participant: a newcomer, or someone who left coming back
+    /// (keeping their earlier counts). Returns whether they were not active before.
+    fn admit(&mut self, who: &str) -> bool {
+        match self.participants.get_mut(who) {
+            Some(p) if p.left_at_ms.is_none() => false,
+            Some(p) => {
+                p.left_at_ms = None;
+                p.dirty = true;
+                true
+            }
+            None => {
+                let mut p = Participant::new(String::new(), now_ms());
+                p.dirty = true;
+                self.participants.insert(who.to_owned(), p);
+                true
+            }
+        }
+    }
+
     fn records(
         &self,
         left_at_ms: Option<i64>,
@@ -393,17 +425,7 @@ impl ImService {
         let at = now_ms();
         let participants = participants
             .iter()
-            .map(|(a, device)| {
-                let p = Participant {
-                    device: device.clone(),
-                    joined_at_ms: at,
-                    left_at_ms: None,
-                    messages: 0,
-                    bytes: 0,
-                    dirty: false,
-                };
-                ((*a).to_owned(), p)
-            })
+            .map(|(a, device)| ((*a).to_owned(), Participant::new(device.clone(), at)))
             .collect();
         let rec = SessionRecord {
             id: id.clone(),

@@ -1013,3 +1013,53 @@ async fn a_message_the_im_service_cannot_record_is_refused_not_bypassed() {
     blocker.execute_batch("ROLLBACK").unwrap();
     send(&mut alice, &mut bob, "bob", "recorded now").await;
 }
+
+#[tokio::test]
+async fn someone_invited_back_keeps_their_counts() {
+    let s = TestServer::start_with(&["alice", "bob", "carol"], quick).await;
+    let mut alice = registered(&s, "alice").await;
+    let mut bob = registered(&s, "bob").await;
+    let mut carol = registered(&s, "carol").await;
+    assert_eq!(
+        write_to(
+            &mut alice,
+            "sip:bob@example.com",
+            "/invite carol@example.com"
+        )
+        .await,
+        200
+    );
+    let mut conf = String::new();
+    for c in [&mut alice, &mut bob, &mut carol] {
+        conf = take(c, 1).await[0].from_header().unwrap().uri.to_string();
+    }
+    assert_eq!(write_to(&mut carol, &conf, "one from carol").await, 200);
+    for c in [&mut alice, &mut bob] {
+        take(c, 1).await;
+    }
+    assert_eq!(write_to(&mut carol, &conf, "/leave").await, 200);
+    for c in [&mut alice, &mut bob] {
+        take(c, 1).await;
+    }
+    assert_eq!(
+        write_to(&mut alice, &conf, "/invite carol@example.com").await,
+        200
+    );
+    assert_eq!(s.server.im.conference_members(&conf).unwrap().len(), 3);
+    let id = store(&s)
+        .sessions(&SessionFilter::default())
+        .unwrap()
+        .into_iter()
+        .find(|x| x.kind == "conference")
+        .unwrap()
+        .id;
+    settle(&s, |st| {
+        st.session(&id)
+            .unwrap()
+            .unwrap()
+            .1
+            .iter()
+            .any(|p| p.address.contains("carol") && p.messages == 1 && p.left_at_ms.is_none())
+    })
+    .await;
+}
