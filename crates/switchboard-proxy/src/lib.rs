@@ -167,8 +167,8 @@ impl Core {
         {
             return true;
         }
-        match self.users.domains() {
-            Ok(list) => list.contains(&d),
+        match self.users.has_domain(&d) {
+            Ok(served) => served,
             Err(e) => {
                 tracing::error!(error = %e, "user directory unavailable");
                 false

@@ -181,18 +181,28 @@ impl UserDirectory {
 
     /// Every domain that has at least one user (cached).
     pub fn domains(&self) -> Result<Vec<String>, StoreError> {
+        self.with_domains(|d| d.to_vec())
+    }
+
+    /// Whether some user has this (lower-case) domain; asked on every routed request, so
+    /// it reads the cached list in place instead of copying it.
+    pub fn has_domain(&self, domain: &str) -> Result<bool, StoreError> {
+        self.with_domains(|d| d.iter().any(|x| x == domain))
+    }
+
+    fn with_domains<T>(&self, f: impl FnOnce(&[String]) -> T) -> Result<T, StoreError> {
         let conn = self.conn.lock();
         let mut cache = self.cache.lock();
         self.revalidate(&conn, &mut cache)?;
-        if let Some(d) = &cache.domains {
-            return Ok(d.clone());
+        if cache.domains.is_none() {
+            let mut stmt =
+                conn.prepare_cached("SELECT DISTINCT domain FROM users ORDER BY domain")?;
+            let d = stmt
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<Vec<String>, _>>()?;
+            cache.domains = Some(d);
         }
-        let mut stmt = conn.prepare("SELECT DISTINCT domain FROM users ORDER BY domain")?;
-        let d = stmt
-            .query_map([], |r| r.get(0))?
-            .collect::<Result<Vec<String>, _>>()?;
-        cache.domains = Some(d.clone());
-        Ok(d)
+        Ok(f(cache.domains.as_deref().unwrap_or_default()))
     }
 
     pub fn add(
