@@ -84,6 +84,29 @@ impl ServiceAnswer {
     }
 }
 
+/// The seam where event-state services attach (the presence service): SUBSCRIBE and
+/// PUBLISH addressed to users, in a dialog or not, are answered by the service that keeps
+/// the event state (RFC 6665 §4.2 notifier, RFC 3903 §6 state agent) and are never
+/// forked to the user's own devices.
+pub trait EventHook: Send + Sync + 'static {
+    /// Does the service keep state for this event package (the Event header's token)?
+    fn serves_event(&self, event: &str) -> bool;
+    /// The event packages served, for `Allow-Events`.
+    fn allow_events(&self) -> String;
+    /// An authenticated SUBSCRIBE or PUBLISH from `from` for `to` (both AoRs `sip:u@d`)
+    /// that arrived over `source`; returns how to answer it.
+    fn handle(
+        &self,
+        msg: &Message,
+        from: &str,
+        to: &str,
+        source: sip_transport::Source,
+    ) -> ServiceAnswer;
+    /// `msg` (which `handle` took) has been answered with `status`: what must follow the
+    /// answer (RFC 6665 §4.2.1.2: the NOTIFY after a 200) goes now.
+    fn answered(&self, _msg: &Message, _status: u16) {}
+}
+
 /// The hook used until the IM service is attached: relays everything.
 pub struct RelayAll;
 
@@ -113,6 +136,14 @@ pub trait Deliverer: Send + Sync + 'static {
     fn send_request(
         &self,
         request: Message,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = u16> + Send>>;
+    /// Like `send_request`, for a dialog the server holds with a client that may not be
+    /// registered: when the Request-URI is no registered contact, the request goes back
+    /// over `flow`, the connection (or UDP address) the dialog was created from.
+    fn send_request_on(
+        &self,
+        request: Message,
+        flow: sip_transport::Source,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = u16> + Send>>;
     /// Sends `d` to every registered device of `d.to`; resolves to the best final status
     /// (a 2xx as soon as one device accepts; 480 when none is registered).

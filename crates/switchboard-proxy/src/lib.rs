@@ -11,7 +11,8 @@
 //!    the flow it registered on, with Record-Route on dialog-creating requests, and the
 //!    best response returned (§16.7).
 //!
-//! Pager-mode MESSAGE passes through an [`ImHook`], where the IM service attaches.
+//! Pager-mode MESSAGE passes through an [`ImHook`], where the IM service attaches;
+//! SUBSCRIBE and PUBLISH for users go to an [`EventHook`], where presence attaches.
 //!
 //! ## Layout
 //! - `auth`: Digest challenges and verification.
@@ -24,7 +25,7 @@ pub mod hook;
 mod originate;
 mod routing;
 
-pub use hook::{Deliverer, Delivery, HookDecision, ImHook, RelayAll, ServiceAnswer};
+pub use hook::{Deliverer, Delivery, EventHook, HookDecision, ImHook, RelayAll, ServiceAnswer};
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -80,6 +81,8 @@ pub struct Core {
     pub(crate) nonces: NonceIssuer,
     pub(crate) replay: ReplayGuard,
     pub(crate) hook: Arc<dyn ImHook>,
+    /// The event-state service (presence), once attached.
+    pub(crate) events: std::sync::OnceLock<Arc<dyn EventHook>>,
     epoch: tokio::time::Instant,
     /// Addresses that are "us" (learned from listeners and connections).
     pub(crate) own_addrs: RwLock<Vec<SocketAddr>>,
@@ -109,6 +112,7 @@ impl Core {
             replay: ReplayGuard::new(lifetime),
             config,
             hook,
+            events: std::sync::OnceLock::new(),
             epoch: tokio::time::Instant::now(),
             own_addrs: RwLock::new(Vec::new()),
             pending_invites: Mutex::new(HashMap::new()),
@@ -136,6 +140,15 @@ impl Core {
                 }
             }
         });
+    }
+
+    /// Attaches the service that answers SUBSCRIBE and PUBLISH for users (once).
+    pub fn set_event_hook(&self, events: Arc<dyn EventHook>) {
+        let _ = self.events.set(events);
+    }
+
+    pub fn users(&self) -> &UserDirectory {
+        &self.users
     }
 
     pub fn location(&self) -> &Location {

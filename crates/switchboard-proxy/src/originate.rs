@@ -8,6 +8,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use sip_message::{HeaderName, Message, Method, StartLine, Uri};
 use sip_transaction::mailbox::mailbox;
 use sip_transaction::{new_branch, ClientEvent};
+use sip_transport::Source;
 
 use crate::hook::{Deliverer, Delivery};
 use crate::Core;
@@ -88,13 +89,25 @@ impl Core {
     /// Sends a request the server originates inside a dialog it holds (a NOTIFY of a
     /// subscription): to the registered contact named by the Request-URI, over its flow,
     /// or to the URI's IP address.
-    pub async fn send_own_request(self: Arc<Self>, mut request: Message) -> u16 {
+    pub async fn send_own_request(self: Arc<Self>, request: Message) -> u16 {
+        self.send_own_request_on(request, None).await
+    }
+
+    /// [`Core::send_own_request`], falling back to `flow` (where the dialog came from)
+    /// when the Request-URI is not a registered contact.
+    pub async fn send_own_request_on(
+        self: Arc<Self>,
+        mut request: Message,
+        flow: Option<Source>,
+    ) -> u16 {
         let Some(Uri::Sip(target)) = request.request_uri().cloned() else {
             return 416;
         };
         let binding = self
             .location
             .binding_for_contact(&Uri::Sip(target.clone()))
+            // The client's own flow: the only way back to a NATed or TLS client.
+            .or_else(|| flow.map(|f| Core::flow_target(&target, f)))
             .or_else(|| self.remote_target(&target));
         let Some(b) = binding else { return 480 };
         let hop = self.hop_for(&b);
@@ -127,6 +140,17 @@ impl Deliverer for Core {
     ) -> Pin<Box<dyn std::future::Future<Output = u16> + Send>> {
         match self.me.upgrade() {
             Some(core) => Box::pin(core.send_own_request(request)),
+            None => Box::pin(async { 503 }),
+        }
+    }
+
+    fn send_request_on(
+        &self,
+        request: Message,
+        flow: Source,
+    ) -> Pin<Box<dyn std::future::Future<Output = u16> + Send>> {
+        match self.me.upgrade() {
+            Some(core) => Box::pin(core.send_own_request_on(request, Some(flow))),
             None => Box::pin(async { 503 }),
         }
     }

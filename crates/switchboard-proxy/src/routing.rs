@@ -177,6 +177,11 @@ impl Core {
                 .await;
         }
         let from_aor = format!("sip:{sender}");
+        if matches!(method, Method::Subscribe | Method::Publish) && domain_target {
+            if let Some(answered) = self.to_event_service(&req, &ruri, &from_aor).await {
+                return answered;
+            }
+        }
 
         if in_dialog
             && self
@@ -206,26 +211,22 @@ impl Core {
         }
         if self.hook.serves(&aor) {
             let answer = self.hook.to_service(msg, &from_aor, &aor);
-            let tag = answer.to_tag.unwrap_or_else(|| self.to_tag(msg));
-            let mut resp = msg.response(answer.status, Some(&tag));
-            resp.headers
-                .push(HeaderName::Server, self.config.server_name.clone());
-            for (name, value) in answer.headers {
-                resp.headers.push(HeaderName::from_wire(&name), value);
-            }
-            if let Some((content_type, body)) = answer.body {
-                resp.headers.push(HeaderName::ContentType, content_type);
-                resp.body = body;
-            }
-            return req.tx.respond(&resp).await;
+            return self.answer_service(&req, answer).await;
         }
         // Event state (presence, and anything else published or subscribed to) is kept by
-        // a service on the server, never forked to the user's own devices; until one serves
-        // the event, RFC 6665 §8.2.1 / RFC 3903 §6: 489 Bad Event.
+        // a service on the server, never forked to the user's own devices; an event no
+        // service keeps is RFC 6665 §8.2.1 / RFC 3903 §6: 489 Bad Event.
         if !in_dialog && matches!(method, Method::Subscribe | Method::Publish) {
-            return self
-                .respond_warning(&req, 489, "no event package is served yet")
-                .await;
+            let mut resp = self.response(msg, 489);
+            if let Some(events) = self.events.get() {
+                resp.headers
+                    .push(HeaderName::AllowEvents, events.allow_events());
+            }
+            resp.headers.push(
+                HeaderName::Warning,
+                "399 switchboard \"event package not served\"",
+            );
+            return req.tx.respond(&resp).await;
         }
         match self.users.find(&aor_addr) {
             Ok(Some(u)) if u.enabled => {}
@@ -248,6 +249,77 @@ impl Core {
             return self.respond(&req, 480).await;
         }
         self.spawn_forward(req, bindings, from_aor, Some(aor))
+    }
+
+    /// Answers a request a service took, with the service's To tag, headers and body.
+    async fn answer_service(&self, req: &ServerRequest, answer: crate::ServiceAnswer) {
+        let msg = &req.message;
+        let tag = answer.to_tag.unwrap_or_else(|| self.to_tag(msg));
+        let mut resp = msg.response(answer.status, Some(&tag));
+        resp.headers
+            .push(HeaderName::Server, self.config.server_name.clone());
+        for (name, value) in answer.headers {
+            resp.headers.push(HeaderName::from_wire(&name), value);
+        }
+        if let Some((content_type, body)) = answer.body {
+            resp.headers.push(HeaderName::ContentType, content_type);
+            resp.body = body;
+        }
+        req.tx.respond(&resp).await
+    }
+
+    /// SUBSCRIBE/PUBLISH for a user's address whose event a service keeps: answered by
+    /// it. `None` when no service takes the event (the caller goes on routing).
+    async fn to_event_service(
+        &self,
+        req: &ServerRequest,
+        ruri: &sip_message::SipUri,
+        from_aor: &str,
+    ) -> Option<()> {
+        let events = self.events.get()?;
+        let event = req
+            .message
+            .headers
+            .get(&HeaderName::Event)
+            .map(|e| {
+                e.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            })
+            // RFC 6665 §8.2.1: no Event header means the `PINT` package; not ours.
+            .unwrap_or_default();
+        if !events.serves_event(&event) {
+            return None;
+        }
+        let user = ruri.user_unescaped().unwrap_or_default();
+        let Ok(to) = Address::parse(&format!("{user}@{}", ruri.host)) else {
+            self.respond(req, 404).await;
+            return Some(());
+        };
+        let to_aor = format!("sip:{to}");
+        if self.hook.serves(&to_aor) {
+            // A conference: the IM service answers for its own event packages.
+            return None;
+        }
+        match self.users.find(&to) {
+            Ok(Some(u)) if u.enabled => {}
+            Ok(_) => {
+                self.respond(req, 404).await;
+                return Some(());
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "user directory unavailable");
+                self.respond(req, 500).await;
+                return Some(());
+            }
+        }
+        let answer = events.handle(&req.message, from_aor, &to_aor, req.source);
+        let status = answer.status;
+        self.answer_service(req, answer).await;
+        events.answered(&req.message, status);
+        Some(())
     }
 
     /// The path to a binding. Over a stream: the connection it registered on while that is
@@ -316,8 +388,25 @@ impl Core {
     /// A dialog's remote target that is not a registered contact, as a one-off binding:
     /// reached at the URI's address (IP hosts only; there is no DNS resolution here).
     pub(crate) fn remote_target(&self, ruri: &sip_message::SipUri) -> Option<Binding> {
+        let mut b = Self::unregistered_binding(ruri);
+        let (kind, addr) = b.contact_addr()?;
+        b.flow.transport = kind;
+        b.flow.remote = addr;
+        b.flow.local = self.layer.transports().listening(kind)?;
+        Some(b)
+    }
+
+    /// A dialog's remote target reached over the flow the dialog came from (whatever
+    /// its Contact says: it may name no IP address at all, e.g. `*.invalid`).
+    pub(crate) fn flow_target(ruri: &sip_message::SipUri, flow: Source) -> Binding {
+        let mut b = Self::unregistered_binding(ruri);
+        b.flow = flow;
+        b
+    }
+
+    fn unregistered_binding(ruri: &sip_message::SipUri) -> Binding {
         let contact = NameAddr::new(Uri::Sip(ruri.clone()));
-        let mut b = Binding {
+        Binding {
             contact_key: contact.uri.to_string(),
             contact,
             expires_at: tokio::time::Instant::now(),
@@ -332,12 +421,7 @@ impl Core {
                 connection: None,
             },
             temp_gruu: None,
-        };
-        let (kind, addr) = b.contact_addr()?;
-        b.flow.transport = kind;
-        b.flow.remote = addr;
-        b.flow.local = self.layer.transports().listening(kind)?;
-        Some(b)
+        }
     }
 
     /// A Contact naming this server itself would make the request loop.

@@ -11,6 +11,9 @@
 //! [`ImStore`] holds the IM service's call detail records (never message content) and
 //! the messages kept for offline users, on a connection of its own.
 //!
+//! [`PresenceStore`] holds contact lists with privacy relationships, presence state set
+//! without a client (manual, calendar), contact cards and the presence change log.
+//!
 //! [`UserDirectory`] caches lookups for the SIP hot path and notices other processes'
 //! writes through SQLite's `PRAGMA data_version`, so a user added or a password changed
 //! with the CLI is seen by the running server on its next request.
@@ -19,10 +22,15 @@
 mod address;
 mod im;
 mod migrations;
+mod presence;
 mod users;
 
 pub use address::{Address, AddressError};
 pub use im::{ImStore, OfflineMessage, ParticipantRecord, SessionFilter, SessionRecord};
+pub use presence::{
+    CalendarEntry, CalendarKind, ContactCard, ContactEntry, ContactList, ManualState,
+    PresenceStore, Relationship, RelationshipError, StoredPresence,
+};
 pub use users::{Credentials, UserDirectory, UserRecord};
 
 use std::path::Path;

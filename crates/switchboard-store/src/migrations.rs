@@ -52,6 +52,67 @@ const MIGRATIONS: &[&str] = &[
         session_id      TEXT
     );
     CREATE INDEX offline_messages_recipient ON offline_messages (recipient, id);",
+    // 3: presence: contact lists with privacy relationships, state set without a client
+    // (manual, calendar), contact cards, and a change log the running server follows.
+    "CREATE TABLE contact_lists (
+        owner           TEXT PRIMARY KEY,
+        version         INTEGER NOT NULL
+    );
+    CREATE TABLE contact_groups (
+        id              INTEGER PRIMARY KEY,
+        owner           TEXT NOT NULL,
+        name            TEXT NOT NULL,
+        UNIQUE (owner, name)
+    );
+    CREATE TABLE contacts (
+        owner           TEXT NOT NULL,
+        contact         TEXT NOT NULL,
+        relationship    TEXT NOT NULL,          -- blocked | external | colleagues | workgroup | friends
+        added_at_ms     INTEGER NOT NULL,
+        PRIMARY KEY (owner, contact)
+    );
+    CREATE INDEX contacts_contact ON contacts (contact);
+    CREATE TABLE contact_group_members (
+        owner           TEXT NOT NULL,
+        contact         TEXT NOT NULL,
+        group_id        INTEGER NOT NULL REFERENCES contact_groups(id) ON DELETE CASCADE,
+        PRIMARY KEY (owner, contact, group_id),
+        FOREIGN KEY (owner, contact) REFERENCES contacts(owner, contact) ON DELETE CASCADE
+    );
+    CREATE TABLE presence_manual (
+        address         TEXT PRIMARY KEY,
+        availability    TEXT NOT NULL,
+        note            TEXT,
+        until_ms        INTEGER,
+        set_at_ms       INTEGER NOT NULL
+    );
+    CREATE TABLE calendar_entries (
+        id              INTEGER PRIMARY KEY,
+        address         TEXT NOT NULL,
+        kind            TEXT NOT NULL,          -- meeting | out-of-office
+        from_ms         INTEGER NOT NULL,
+        to_ms           INTEGER NOT NULL,
+        subject         TEXT,
+        location        TEXT,
+        note            TEXT
+    );
+    CREATE INDEX calendar_entries_address ON calendar_entries (address, to_ms);
+    CREATE TABLE contact_cards (
+        address         TEXT PRIMARY KEY,
+        title           TEXT,
+        email           TEXT,
+        work_phone      TEXT,
+        personal_phone  TEXT
+    );
+    CREATE TABLE presence_last_active (
+        address         TEXT PRIMARY KEY,
+        at_ms           INTEGER NOT NULL
+    );
+    CREATE TABLE presence_changes (
+        seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+        address         TEXT NOT NULL,
+        at_ms           INTEGER NOT NULL
+    );",
 ];
 
 pub(crate) fn apply(conn: &Connection) -> Result<(), StoreError> {

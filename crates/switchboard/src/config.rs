@@ -45,7 +45,22 @@ pub struct FileConfig {
     pub registrar: Option<RegistrarSection>,
     pub auth: Option<AuthSection>,
     pub im: Option<ImSection>,
+    pub presence: Option<PresenceSection>,
     pub log: Option<LogSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceSection {
+    /// An idle device that published "available" shows inactive after this many seconds.
+    pub inactive_after_secs: Option<u64>,
+    /// ... and away after this many seconds of idleness.
+    pub away_after_secs: Option<u64>,
+    /// At most one NOTIFY per subscription per this many milliseconds (0: no pacing).
+    pub notify_interval_ms: Option<u64>,
+    pub min_expires: Option<u32>,
+    pub max_expires: Option<u32>,
+    pub max_subscriptions_per_user: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -136,6 +151,7 @@ pub struct ServerConfig {
     pub digest_algorithms: Vec<sip_digest::Algorithm>,
     pub nonce_lifetime_secs: u64,
     pub im: switchboard_im::ImConfig,
+    pub presence: switchboard_presence::PresenceConfig,
 }
 
 impl ServerConfig {
@@ -163,6 +179,7 @@ impl ServerConfig {
             digest_algorithms: vec![sip_digest::Algorithm::Md5],
             nonce_lifetime_secs: 300,
             im: Default::default(),
+            presence: Default::default(),
         }
     }
 
@@ -227,6 +244,31 @@ impl ServerConfig {
             if let Some(d) = i.offline_max_age_days {
                 self.im.offline_max_age = std::time::Duration::from_secs(d * 24 * 3600);
             }
+        }
+        if let Some(p) = f.presence {
+            let c = &mut self.presence;
+            if let Some(s) = p.inactive_after_secs {
+                c.rules.inactive_after_ms = s as i64 * 1000;
+            }
+            if let Some(s) = p.away_after_secs {
+                c.rules.away_after_ms = s as i64 * 1000;
+            }
+            if c.rules.away_after_ms < c.rules.inactive_after_ms {
+                bail!(
+                    "presence.away_after_secs must not be less than presence.inactive_after_secs"
+                );
+            }
+            if let Some(ms) = p.notify_interval_ms {
+                c.notify_interval = std::time::Duration::from_millis(ms);
+            }
+            c.min_expires = p.min_expires.unwrap_or(c.min_expires);
+            c.max_expires = p.max_expires.unwrap_or(c.max_expires);
+            if c.min_expires == 0 || c.max_expires < c.min_expires {
+                bail!("presence.min_expires must be at least 1 and at most presence.max_expires");
+            }
+            c.max_subscriptions_per_watcher = p
+                .max_subscriptions_per_user
+                .unwrap_or(c.max_subscriptions_per_watcher);
         }
         Ok(())
     }

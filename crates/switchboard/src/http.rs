@@ -1,21 +1,26 @@
-//! The HTTP listener: health and status for operators and load balancers. (The presence
-//! API and web client of later issues mount here.)
+//! The HTTP listener (loopback by default): health and status for operators and load
+//! balancers, and the presence API (`GET /presence/{address}?as={watcher}`: what that
+//! watcher is allowed to see, through the same privacy filter as every NOTIFY).
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 use sip_transaction::TransactionLayer;
 use sip_transport::Transports;
+use switchboard_presence::PresenceService;
 use switchboard_proxy::Core;
+use switchboard_store::Address;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 #[derive(Clone)]
 struct AppState {
     core: Arc<Core>,
+    presence: Arc<PresenceService>,
     transports: Transports,
     layer: TransactionLayer,
 }
@@ -27,6 +32,7 @@ async fn health() -> Json<serde_json::Value> {
 async fn status(State(s): State<AppState>) -> Json<serde_json::Value> {
     let (aors, bindings) = s.core.location().counts();
     let (server_tx, client_tx) = s.layer.counts();
+    let (presentities, publications, subscriptions) = s.presence.counts();
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "registered_users": aors,
@@ -34,12 +40,62 @@ async fn status(State(s): State<AppState>) -> Json<serde_json::Value> {
         "connections": s.transports.connection_count(),
         "server_transactions": server_tx,
         "client_transactions": client_tx,
+        "presentities": presentities,
+        "publications": publications,
+        "subscriptions": subscriptions,
     }))
+}
+
+fn error(status: StatusCode, text: String) -> (StatusCode, Json<serde_json::Value>) {
+    (status, Json(json!({ "error": text })))
+}
+
+/// The presence of `address` as `as` (a user address; absent: the user themself) sees it.
+async fn presence_of(
+    State(s): State<AppState>,
+    Path(address): Path<String>,
+    RawQuery(query): RawQuery,
+) -> (StatusCode, Json<serde_json::Value>) {
+    let Ok(addr) = Address::parse(&address) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("'{address}' is not a user address"),
+        );
+    };
+    let mut watcher = None;
+    for pair in query.as_deref().unwrap_or("").split('&') {
+        if let Some(v) = pair.strip_prefix("as=") {
+            let v = v
+                .replace("%40", "@")
+                .replace("%3A", ":")
+                .replace("%3a", ":");
+            match Address::parse(&v) {
+                Ok(w) => watcher = Some(format!("sip:{w}")),
+                Err(_) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("'{v}' is not a user address"),
+                    )
+                }
+            }
+        }
+    }
+    match s.core.users().find(&addr) {
+        Ok(Some(_)) => {}
+        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no such user: {addr}")),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+    let view = s.presence.view(&format!("sip:{addr}"), watcher.as_deref());
+    (
+        StatusCode::OK,
+        Json(serde_json::to_value(view).unwrap_or_default()),
+    )
 }
 
 pub(crate) async fn serve(
     listener: TcpListener,
     core: Arc<Core>,
+    presence: Arc<PresenceService>,
     transports: Transports,
     layer: TransactionLayer,
     mut stop: watch::Receiver<bool>,
@@ -47,8 +103,10 @@ pub(crate) async fn serve(
     let app = Router::new()
         .route("/healthz", get(health))
         .route("/status", get(status))
+        .route("/presence/{address}", get(presence_of))
         .with_state(AppState {
             core,
+            presence,
             transports,
             layer,
         });

@@ -8,6 +8,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use switchboard::config::{FileConfig, Listen, ServerConfig};
 use switchboard_store::Address;
 
+mod presence_cli;
+
 // The SIP hot path allocates many small strings per message; mimalloc's thread-local
 // free lists cost a fraction of glibc malloc's (measured: malloc was ~20 % of CPU).
 #[global_allocator]
@@ -54,6 +56,12 @@ enum Command {
     /// Read call detail records of IM sessions.
     #[command(subcommand)]
     Cdr(CdrCommand),
+    /// Manage users' contact lists (groups, contacts, privacy relationships).
+    #[command(subcommand)]
+    Contacts(presence_cli::ContactsCommand),
+    /// Set and show presence without a client (by hand, calendar, out of office).
+    #[command(subcommand)]
+    Presence(presence_cli::PresenceCommand),
 }
 
 #[derive(Subcommand)]
@@ -218,6 +226,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve(args) => serve(cli.data_dir, cli.log_format, cli.log_level, args),
         Command::User(cmd) => user(&cli.data_dir, cmd),
         Command::Cdr(cmd) => cdr(&cli.data_dir, cmd),
+        Command::Contacts(cmd) => presence_cli::contacts(&cli.data_dir, cmd),
+        Command::Presence(cmd) => presence_cli::presence(&cli.data_dir, cmd),
     }
 }
 

@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use sip_transaction::{Timers, TransactionLayer};
 use sip_transport::{TransportKind, Transports, TransportsConfig};
 use switchboard_im::ImService;
+use switchboard_presence::PresenceService;
 use switchboard_proxy::{Core, Deliverer, ProxyConfig};
 use switchboard_registrar::Location;
 use tokio::net::TcpListener;
@@ -26,6 +27,7 @@ pub struct RunningServer {
     pub ca_cert: Option<PathBuf>,
     pub core: Arc<Core>,
     pub im: Arc<ImService>,
+    pub presence: Arc<PresenceService>,
     transports: Transports,
     stop: watch::Sender<bool>,
 }
@@ -33,6 +35,8 @@ pub struct RunningServer {
 impl RunningServer {
     /// Stops listening and closes connections; open IM sessions end as "server shutdown".
     pub fn shutdown(&self) {
+        // Watchers are told first, while connections are still open.
+        self.presence.shutdown();
         self.transports.shutdown();
         self.im.shutdown();
         let _ = self.stop.send(true);
@@ -151,8 +155,16 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
         },
         im.clone(),
     );
+    let presence_store = Arc::new(
+        switchboard_store::PresenceStore::open(&cfg.data_dir).with_context(|| {
+            format!("cannot open the data directory {}", cfg.data_dir.display())
+        })?,
+    );
+    let presence = PresenceService::start(presence_store, users.clone(), cfg.presence.clone());
+    core.set_event_hook(presence.clone());
     let deliverer: Arc<dyn Deliverer> = core.clone();
     im.attach(Arc::downgrade(&deliverer));
+    presence.attach(Arc::downgrade(&deliverer));
     let sip_udp = match udp {
         Some(s) => Some(transports.add_udp(s)?),
         None => None,
@@ -176,6 +188,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
             tokio::spawn(crate::http::serve(
                 l,
                 core.clone(),
+                presence.clone(),
                 transports.clone(),
                 layer.clone(),
                 stop_rx,
@@ -201,6 +214,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
         ca_cert,
         core,
         im,
+        presence,
         transports,
         stop,
     })

@@ -3,6 +3,7 @@
 
 mod cli;
 mod im;
+mod presence;
 mod registration;
 mod robustness;
 mod routing;

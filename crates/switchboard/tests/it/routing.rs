@@ -280,11 +280,29 @@ async fn subscribe_and_publish_are_not_forked_to_devices() {
     let mut bob = s.client(Transport::Udp, "bob").await;
     bob.register(None).await;
     let mut alice = s.client(Transport::Udp, "alice").await;
-    for method in ["SUBSCRIBE", "PUBLISH"] {
+    // The presence service answers (a subscription; no publishing for someone else),
+    // and an event package nobody serves is 489: never the user's devices.
+    for (method, event, want) in [
+        ("SUBSCRIBE", "presence", 200),
+        ("PUBLISH", "presence", 403),
+        ("SUBSCRIBE", "dialog", 489),
+        ("PUBLISH", "dialog", 489),
+    ] {
         let to = "sip:bob@example.com";
         let mut m = alice.request(method, to, to);
-        m.headers.push(HeaderName::Event, "presence");
-        assert_eq!(status(&alice.send_authenticated(m).await), 489, "{method}");
+        m.headers.push(HeaderName::Event, event);
+        if method == "PUBLISH" {
+            m.headers
+                .push(HeaderName::ContentType, "application/pidf+xml");
+            m.body = bytes::Bytes::from_static(
+                b"<presence xmlns='urn:ietf:params:xml:ns:pidf' entity='sip:bob@example.com'/>",
+            );
+        }
+        assert_eq!(
+            status(&alice.send_authenticated(m).await),
+            want,
+            "{method} {event}"
+        );
     }
     assert!(
         bob.recv_within(Duration::from_millis(200)).await.is_none(),

@@ -1,0 +1,494 @@
+//! # switchboard-presence: the presence service
+//!
+//! Keeps one presence model per user ([`model`]) fed by every device's publications, the
+//! state a user sets by hand and their calendar, aggregates it by written rules
+//! ([`aggregate`]), and shows each watcher what their relationship allows ([`privacy`]).
+//!
+//! Standard SIP/SIMPLE on top, attached to the SIP core as its [`EventHook`]:
+//! - PUBLISH (RFC 3903) of PIDF/RPID ([`pidf`]): ETags, refresh, modify, remove, expiry;
+//! - SUBSCRIBE/NOTIFY (RFC 6665, RFC 3856) to a user's presence, with refresh,
+//!   termination, expiry, `Subscription-State` reasons and a NOTIFY rate limit per
+//!   subscription (at most one in flight, at most one per `notify_interval`, the newest
+//!   state always);
+//! - resource lists (RFC 4662): a user SUBSCRIBEs to their own address with
+//!   `Supported: eventlist` and gets their whole contact list in batched
+//!   `multipart/related` RLMI NOTIFYs, full state first and changed resources after;
+//! - watcher information (RFC 3857/3858): `Event: presence.winfo` to one's own address
+//!   lists who watches; watchers not on the user's contact list are `pending` until the
+//!   user places them (any relationship), blocked ones are `terminated`/`rejected`.
+//!
+//! Blocking is polite (the Lync behaviour): a blocked watcher's subscription is accepted
+//! and sees the user offline, so it cannot tell it was blocked.
+//!
+//! Contact lists, hand-set and calendar state live in the database
+//! ([`switchboard_store::PresenceStore`]); the CLI writes there and appends to a change
+//! log this service follows, so watchers hear about CLI changes too. Publications and
+//! subscriptions are kept in memory: clients refresh both.
+#![forbid(unsafe_code)]
+
+pub mod aggregate;
+mod documents;
+pub mod model;
+pub mod pidf;
+pub mod privacy;
+mod publish;
+mod subscribe;
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use sip_message::Message;
+use sip_transport::Source;
+use switchboard_proxy::{Deliverer, EventHook, ServiceAnswer};
+use switchboard_store::{
+    Address, ContactList, PresenceStore, Relationship, StoredPresence, UserDirectory,
+};
+use tokio::time::Instant;
+
+pub use aggregate::{aggregate, AggregationRules};
+pub use model::{Activity, Availability, DeviceState, Presence};
+pub use privacy::{Audience, View};
+
+use subscribe::Subscription;
+
+/// Presence settings.
+#[derive(Debug, Clone)]
+pub struct PresenceConfig {
+    pub rules: AggregationRules,
+    /// At most one NOTIFY per subscription this often (RFC 6665 §4.2.2 throttling); the
+    /// newest state is sent when the interval is over. Zero: no pacing.
+    pub notify_interval: Duration,
+    /// Bounds of subscription and publication lifetimes (423 below the minimum).
+    pub min_expires: u32,
+    pub max_expires: u32,
+    /// Subscriptions a user may hold at once (a runaway client gets 503 beyond it).
+    pub max_subscriptions_per_watcher: usize,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        PresenceConfig {
+            rules: AggregationRules::default(),
+            notify_interval: Duration::from_secs(1),
+            min_expires: 60,
+            max_expires: 3600,
+            max_subscriptions_per_watcher: 1000,
+        }
+    }
+}
+
+/// One publication: one device's state and its entity tag (RFC 3903 §4.1).
+struct Publication {
+    etag: String,
+    state: DeviceState,
+    expires_at: Instant,
+}
+
+/// Everything the service holds about one user while anyone looks at them.
+struct Presentity {
+    publications: Vec<Publication>,
+    stored: StoredPresence,
+    display_name: Option<String>,
+    /// The user's own contact list: the relationship they gave each contact.
+    contacts: ContactList,
+    presence: Presence,
+    /// Subscriptions watching this user: presence, and lists that include them.
+    watchers: Vec<u64>,
+    /// This user's own watcher-information subscriptions.
+    winfo: Vec<u64>,
+    /// This user's own contact-list subscriptions.
+    lists: Vec<u64>,
+}
+
+impl Presentity {
+    fn relationship_of(&self, watcher: &str) -> Option<Relationship> {
+        let bare = watcher.strip_prefix("sip:").unwrap_or(watcher);
+        self.contacts
+            .contacts
+            .iter()
+            .find(|c| c.contact == bare)
+            .map(|c| c.relationship)
+    }
+}
+
+#[derive(Default)]
+struct State {
+    presentities: HashMap<String, Presentity>,
+    subs: HashMap<u64, Subscription>,
+    /// (Call-ID, subscriber's tag) → subscription.
+    by_dialog: HashMap<(String, String), u64>,
+    /// Subscriptions each watcher holds, for the per-watcher limit.
+    per_watcher: HashMap<String, usize>,
+    next_id: u64,
+}
+
+/// A clock in milliseconds since the epoch that follows tokio time, so tests that pause
+/// time move calendar and expiry together.
+struct Clock {
+    wall_at_start_ms: i64,
+    start: Instant,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        Clock {
+            wall_at_start_ms: wall_ms(),
+            start: Instant::now(),
+        }
+    }
+    fn now_ms(&self) -> i64 {
+        self.wall_at_start_ms + self.start.elapsed().as_millis() as i64
+    }
+}
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn bare(aor: &str) -> &str {
+    aor.strip_prefix("sip:").unwrap_or(aor)
+}
+
+fn domain_of(aor: &str) -> &str {
+    bare(aor).rsplit_once('@').map(|(_, d)| d).unwrap_or("")
+}
+
+fn load_presentity(
+    store: &PresenceStore,
+    users: &UserDirectory,
+    rules: &AggregationRules,
+    aor: &str,
+    publications: Vec<Publication>,
+    now: i64,
+) -> Presentity {
+    let addr = bare(aor);
+    let stored = store.load(addr, now).unwrap_or_else(|e| {
+        tracing::error!(error = %e, aor, "cannot load presence state");
+        StoredPresence::default()
+    });
+    let contacts = store.contact_list(addr).unwrap_or_else(|e| {
+        tracing::error!(error = %e, aor, "cannot load contact list");
+        ContactList::default()
+    });
+    let display_name = Address::parse(addr)
+        .ok()
+        .and_then(|a| users.find(&a).ok().flatten())
+        .and_then(|u| u.display_name);
+    let devices: Vec<DeviceState> = publications.iter().map(|p| p.state.clone()).collect();
+    let presence = aggregate(&devices, &stored, rules, now);
+    Presentity {
+        publications,
+        stored,
+        display_name,
+        contacts,
+        presence,
+        watchers: Vec::new(),
+        winfo: Vec::new(),
+        lists: Vec::new(),
+    }
+}
+
+/// What `watcher` may see of `aor` from the database alone, with no device online: the
+/// answer when no server is running (its devices are then all gone).
+pub fn stored_view(
+    store: &PresenceStore,
+    users: &UserDirectory,
+    rules: &AggregationRules,
+    aor: &str,
+    watcher: Option<&str>,
+    now_ms: i64,
+) -> View {
+    let p = load_presentity(store, users, rules, aor, Vec::new(), now_ms);
+    View::of(
+        aor,
+        &p.presence,
+        p.display_name.as_deref(),
+        &p.stored.card,
+        PresenceService::audience(aor, &p, watcher.unwrap_or(aor)),
+    )
+}
+
+/// The presence service. Create with [`PresenceService::start`], give it the core with
+/// [`PresenceService::attach`].
+pub struct PresenceService {
+    me: Weak<PresenceService>,
+    store: Arc<PresenceStore>,
+    users: Arc<UserDirectory>,
+    config: PresenceConfig,
+    clock: Clock,
+    state: Mutex<State>,
+    deliverer: OnceLock<Weak<dyn Deliverer>>,
+    /// The change-log position already applied.
+    change_seq: Mutex<i64>,
+}
+
+impl PresenceService {
+    /// Opens the service and starts its housekeeping (expiry of publications and
+    /// subscriptions, time-driven changes, following the change log).
+    pub fn start(
+        store: Arc<PresenceStore>,
+        users: Arc<UserDirectory>,
+        config: PresenceConfig,
+    ) -> Arc<PresenceService> {
+        let seq = store.latest_change().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot read the presence change log");
+            0
+        });
+        let svc = Arc::new_cyclic(|me| PresenceService {
+            me: me.clone(),
+            store,
+            users,
+            config,
+            clock: Clock::new(),
+            state: Mutex::new(State::default()),
+            deliverer: OnceLock::new(),
+            change_seq: Mutex::new(seq),
+        });
+        let weak = Arc::downgrade(&svc);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut n: u64 = 0;
+            loop {
+                tick.tick().await;
+                let Some(svc) = weak.upgrade() else { return };
+                svc.follow_changes();
+                if n.is_multiple_of(4) {
+                    svc.expire();
+                }
+                n += 1;
+            }
+        });
+        svc
+    }
+
+    /// Gives the service the means to send NOTIFYs (the SIP core).
+    pub fn attach(&self, deliverer: Weak<dyn Deliverer>) {
+        let _ = self.deliverer.set(deliverer);
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// Numbers for `/status`: presentities held, publications, subscriptions.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let st = self.state.lock();
+        let pubs = st.presentities.values().map(|p| p.publications.len()).sum();
+        (st.presentities.len(), pubs, st.subs.len())
+    }
+
+    /// Loads a user's stored state into memory if it is not there yet.
+    fn ensure<'a>(&self, st: &'a mut State, aor: &str) -> &'a mut Presentity {
+        if !st.presentities.contains_key(aor) {
+            let p = self.load(aor, Vec::new());
+            st.presentities.insert(aor.to_owned(), p);
+        }
+        st.presentities.get_mut(aor).expect("inserted above")
+    }
+
+    fn load(&self, aor: &str, publications: Vec<Publication>) -> Presentity {
+        load_presentity(
+            &self.store,
+            &self.users,
+            &self.config.rules,
+            aor,
+            publications,
+            self.now_ms(),
+        )
+    }
+
+    /// Recomputes a presentity's aggregate; when it changed, its watchers hear of it.
+    fn reaggregate(&self, st: &mut State, aor: &str) {
+        let now = self.now_ms();
+        let Some(p) = st.presentities.get_mut(aor) else {
+            return;
+        };
+        let devices: Vec<DeviceState> = p.publications.iter().map(|x| x.state.clone()).collect();
+        let fresh = aggregate(&devices, &p.stored, &self.config.rules, now);
+        let was_online = p.presence.availability.is_online() && !p.presence.manual;
+        let gone = was_online && devices.iter().all(|d| !d.availability.is_online());
+        if fresh == p.presence {
+            return;
+        }
+        p.presence = fresh;
+        if gone {
+            // A6: remember when the last device went away (off the request path).
+            p.stored.last_active_ms = Some(now);
+            p.presence.last_active_ms = Some(now);
+            let store = self.store.clone();
+            let addr = bare(aor).to_owned();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = store.set_last_active(&addr, now) {
+                    tracing::warn!(error = %e, "cannot store last-active time");
+                }
+            });
+        }
+        let watchers = p.watchers.clone();
+        for id in watchers {
+            self.changed(st, id, Some(aor));
+        }
+    }
+
+    /// What `watcher` (an AoR; `None` for the user themself) may see of `aor` now: the
+    /// path the HTTP API and the CLI use.
+    pub fn view(&self, aor: &str, watcher: Option<&str>) -> View {
+        let mut st = self.state.lock();
+        let held = st.presentities.contains_key(aor);
+        let p = self.ensure(&mut st, aor);
+        let v = self.view_of(aor, p, watcher.unwrap_or(aor));
+        if !held && p.watchers.is_empty() && p.publications.is_empty() {
+            // Nobody keeps it in memory: do not let API lookups fill the table.
+            st.presentities.remove(aor);
+        }
+        v
+    }
+
+    fn audience(aor: &str, p: &Presentity, watcher: &str) -> Audience {
+        if bare(watcher) == bare(aor) {
+            return Audience::Own;
+        }
+        Audience::Watcher(
+            p.relationship_of(watcher)
+                .unwrap_or_else(|| Audience::default_for(domain_of(aor), domain_of(watcher))),
+        )
+    }
+
+    fn view_of(&self, aor: &str, p: &Presentity, watcher: &str) -> View {
+        View::of(
+            aor,
+            &p.presence,
+            p.display_name.as_deref(),
+            &p.stored.card,
+            Self::audience(aor, p, watcher),
+        )
+    }
+
+    /// Applies changes the CLI (or another process) logged: reloads each user's stored
+    /// state and contact list and tells whoever is affected.
+    fn follow_changes(&self) {
+        let since = *self.change_seq.lock();
+        let (last, changed) = match self.store.changes_since(since) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the presence change log");
+                return;
+            }
+        };
+        *self.change_seq.lock() = last;
+        for addr in changed {
+            self.reload(&format!("sip:{addr}"));
+        }
+    }
+
+    /// Re-reads `aor`'s stored state and contact list (they changed in the database).
+    pub fn reload(&self, aor: &str) {
+        let mut st = self.state.lock();
+        let Some(old) = st.presentities.remove(aor) else {
+            return;
+        };
+        let mut fresh = self.load(aor, old.publications);
+        fresh.watchers = old.watchers;
+        fresh.winfo = old.winfo;
+        fresh.lists = old.lists;
+        let contacts_changed = fresh.contacts != old.contacts;
+        // Keep the old aggregate so reaggregate notices the change.
+        fresh.presence = old.presence;
+        st.presentities.insert(aor.to_owned(), fresh);
+        self.reaggregate(&mut st, aor);
+        if contacts_changed {
+            // Relationships changed what each watcher may see, the watcher list's
+            // pending/active states, and the user's own list subscriptions.
+            let p = &st.presentities[aor];
+            let ids: Vec<u64> = p.watchers.iter().chain(p.winfo.iter()).copied().collect();
+            let lists = p.lists.clone();
+            for id in ids {
+                self.changed(&mut st, id, Some(aor));
+            }
+            for id in lists {
+                self.list_membership_changed(&mut st, id);
+            }
+        }
+    }
+
+    /// Expires publications and subscriptions; applies time-driven changes.
+    fn expire(&self) {
+        let now = Instant::now();
+        let now_ms = self.now_ms();
+        let mut st = self.state.lock();
+        let mut touched = Vec::new();
+        for (aor, p) in st.presentities.iter_mut() {
+            let before = p.publications.len();
+            p.publications.retain(|x| x.expires_at > now);
+            if p.publications.len() != before
+                || p.presence.next_change_ms.is_some_and(|t| t <= now_ms)
+            {
+                touched.push(aor.clone());
+            }
+        }
+        for aor in touched {
+            self.reaggregate(&mut st, &aor);
+        }
+        let expired: Vec<u64> = st
+            .subs
+            .iter()
+            .filter(|(_, s)| s.expires_at <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            self.terminate(&mut st, id, "timeout");
+        }
+        // Forget users nobody watches and who publish nothing.
+        st.presentities.retain(|_, p| {
+            !p.publications.is_empty()
+                || !p.watchers.is_empty()
+                || !p.winfo.is_empty()
+                || !p.lists.is_empty()
+        });
+        drop(st);
+        if now_ms % 3_600_000 < 1_000 {
+            if let Err(e) = self.store.prune(now_ms - 86_400_000) {
+                tracing::warn!(error = %e, "cannot prune presence change log");
+            }
+        }
+    }
+
+    /// Ends every subscription (the server is stopping): RFC 6665 §4.2.2 `noresource`
+    /// would make clients give up, so `deactivated` invites them to resubscribe.
+    pub fn shutdown(&self) {
+        let mut st = self.state.lock();
+        let ids: Vec<u64> = st.subs.keys().copied().collect();
+        for id in ids {
+            self.terminate(&mut st, id, "deactivated");
+        }
+    }
+}
+
+impl EventHook for PresenceService {
+    fn serves_event(&self, event: &str) -> bool {
+        matches!(event, "presence" | "presence.winfo")
+    }
+
+    fn allow_events(&self) -> String {
+        "presence, presence.winfo".into()
+    }
+
+    fn handle(&self, msg: &Message, from: &str, to: &str, source: Source) -> ServiceAnswer {
+        match msg.method() {
+            Some(sip_message::Method::Publish) => self.publish(msg, from, to),
+            Some(sip_message::Method::Subscribe) => self.subscribe(msg, from, to, source),
+            _ => ServiceAnswer::status(405),
+        }
+    }
+
+    fn answered(&self, msg: &Message, status: u16) {
+        if (200..300).contains(&status) && msg.method() == Some(&sip_message::Method::Subscribe) {
+            self.answered_subscribe(msg);
+        }
+    }
+}

@@ -1,0 +1,594 @@
+//! SUBSCRIBE and NOTIFY (RFC 6665 §4.2, RFC 3856 §6): subscriptions to a user's presence,
+//! to one's own contact list (RFC 4662) and to one's watchers (RFC 3857), and the
+//! notifier that paces NOTIFYs per subscription.
+
+use std::time::Duration;
+
+use sip_message::{HeaderName, Message, Method, NameAddr, StartLine, Uri};
+use sip_transport::Source;
+use switchboard_proxy::ServiceAnswer;
+use tokio::time::Instant;
+
+use crate::documents::{self, ListResource, WatcherEntry};
+use crate::{bare, pidf, PresenceService, State};
+
+/// What a subscription watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A user's presence (RFC 3856).
+    Presence,
+    /// The subscriber's own contact list, batched (RFC 4662).
+    List,
+    /// The subscriber's own watchers (RFC 3857).
+    Winfo,
+}
+
+pub(crate) struct Subscription {
+    kind: Kind,
+    /// The user watched (for lists and watcher info: the subscriber themself).
+    resource: String,
+    watcher: String,
+    /// The Event header as subscribed, echoed in NOTIFYs (its `id` parameter matters).
+    event: String,
+    /// The subscriber's Contact, and the flow the SUBSCRIBE came over.
+    target: String,
+    flow: Source,
+    call_id: String,
+    their_tag: String,
+    our_tag: String,
+    cseq: u32,
+    pub(crate) expires_at: Instant,
+    /// Ends right after the answer (an `Expires: 0` SUBSCRIBE).
+    ending: bool,
+    // Pacing: one NOTIFY in flight, at most one per interval, the newest state.
+    in_flight: bool,
+    dirty: bool,
+    timer_armed: bool,
+    last_sent: Option<Instant>,
+    version: u32,
+    // Lists: the resources, the ones changed since the last NOTIFY, full state next.
+    resources: Vec<String>,
+    pending: Vec<String>,
+    full: bool,
+}
+
+fn status_with(status: u16, name: &str, value: String) -> ServiceAnswer {
+    let mut a = ServiceAnswer::status(status);
+    a.headers.push((name.into(), value));
+    a
+}
+
+/// Does the Accept header (absent: the package default) allow `types`?
+fn accepts(msg: &Message, types: &[&str]) -> bool {
+    let listed: Vec<String> = msg
+        .headers
+        .values(&HeaderName::Accept)
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .filter(|v| !v.is_empty())
+        .collect();
+    listed.is_empty()
+        || types.iter().all(|t| {
+            listed.iter().any(|l| {
+                l == t || l == "*/*" || l.strip_suffix("/*").is_some_and(|p| t.starts_with(p))
+            })
+        })
+}
+
+fn supports_eventlist(msg: &Message) -> bool {
+    msg.headers
+        .values(&HeaderName::Supported)
+        .any(|v| v.trim().eq_ignore_ascii_case("eventlist"))
+}
+
+impl PresenceService {
+    pub(crate) fn subscribe(
+        &self,
+        msg: &Message,
+        from: &str,
+        to: &str,
+        source: Source,
+    ) -> ServiceAnswer {
+        let event = msg
+            .headers
+            .get(&HeaderName::Event)
+            .unwrap_or("")
+            .trim()
+            .to_owned();
+        let package = event
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        let kind = match package.as_str() {
+            "presence" if from == to && supports_eventlist(msg) => Kind::List,
+            "presence" => Kind::Presence,
+            "presence.winfo" => Kind::Winfo,
+            _ => return status_with(489, "Allow-Events", "presence, presence.winfo".into()),
+        };
+        if kind == Kind::Winfo && from != to {
+            let mut a = ServiceAnswer::status(403);
+            a.headers.push((
+                "Warning".into(),
+                "399 switchboard \"only the user may see who watches them\"".into(),
+            ));
+            return a;
+        }
+        let types: &[&str] = match kind {
+            Kind::Presence => &["application/pidf+xml"],
+            Kind::Winfo => &["application/watcherinfo+xml"],
+            Kind::List => &[
+                "multipart/related",
+                "application/rlmi+xml",
+                "application/pidf+xml",
+            ],
+        };
+        if !accepts(msg, types) {
+            // RFC 6665 §4.2.1.1: none of the Accept types can be produced.
+            return status_with(406, "Accept", types.join(", "));
+        }
+        let requested = match msg.header_u32(&HeaderName::Expires) {
+            Ok(e) => e.unwrap_or(self.config.max_expires),
+            Err(_) => return ServiceAnswer::status(400),
+        };
+        if requested != 0 && requested < self.config.min_expires {
+            return status_with(423, "Min-Expires", self.config.min_expires.to_string());
+        }
+        let expires = requested.min(self.config.max_expires);
+        let (Some(call_id), Ok(from_hdr)) = (msg.call_id(), msg.from_header()) else {
+            return ServiceAnswer::status(400);
+        };
+        let their_tag = from_hdr.tag().unwrap_or("").to_owned();
+        let our_tag_in = msg
+            .to_header()
+            .ok()
+            .and_then(|t| t.tag().map(str::to_owned));
+        let contact = msg
+            .headers
+            .get(&HeaderName::Contact)
+            .and_then(|c| NameAddr::parse(c).ok())
+            .map(|c| c.uri.to_string());
+        let key = (call_id.to_owned(), their_tag.clone());
+        let mut st = self.state.lock();
+        let existing = st.by_dialog.get(&key).copied();
+        let id = match (our_tag_in, existing) {
+            (Some(tag), Some(id)) if st.subs[&id].our_tag == tag => id,
+            // RFC 6665 §4.2.1.2: a refresh of a subscription that does not exist.
+            (Some(_), _) => return ServiceAnswer::status(481),
+            // The same SUBSCRIBE again without our tag (its answer was lost): same dialog.
+            (None, Some(id)) => id,
+            (None, None) => {
+                let Some(target) = contact.clone() else {
+                    return ServiceAnswer::status(400);
+                };
+                if expires == 0 {
+                    // A fetch: one NOTIFY with the state, then the subscription is over.
+                } else if st.per_watcher.get(from).copied().unwrap_or(0)
+                    >= self.config.max_subscriptions_per_watcher
+                {
+                    return status_with(503, "Retry-After", "60".into());
+                }
+                self.create(
+                    &mut st,
+                    kind,
+                    to,
+                    from,
+                    event.clone(),
+                    target,
+                    source,
+                    key.clone(),
+                )
+            }
+        };
+        let s = st.subs.get_mut(&id).expect("present");
+        if let Some(c) = contact {
+            // RFC 6665 §4.1.2.1: a refresh may update the remote target.
+            s.target = c;
+            s.flow = source;
+        }
+        s.expires_at = Instant::now() + Duration::from_secs(expires as u64);
+        s.ending = expires == 0;
+        // RFC 6665 §4.2.1.2: every accepted SUBSCRIBE gets a NOTIFY (sent after the 200).
+        s.dirty = true;
+        if s.kind == Kind::List {
+            s.full = true;
+        }
+        let mut a = ServiceAnswer::status(200);
+        a.to_tag = Some(s.our_tag.clone());
+        a.headers.push(("Expires".into(), expires.to_string()));
+        a.headers.push(("Contact".into(), format!("<{to}>")));
+        a.headers
+            .push(("Allow-Events".into(), "presence, presence.winfo".into()));
+        if kind == Kind::List {
+            a.headers.push(("Require".into(), "eventlist".into()));
+        }
+        a
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn create(
+        &self,
+        st: &mut State,
+        kind: Kind,
+        resource: &str,
+        watcher: &str,
+        event: String,
+        target: String,
+        flow: Source,
+        key: (String, String),
+    ) -> u64 {
+        st.next_id += 1;
+        let id = st.next_id;
+        let resources: Vec<String> = match kind {
+            Kind::List => self
+                .ensure(st, resource)
+                .contacts
+                .contacts
+                .iter()
+                .map(|c| format!("sip:{}", c.contact))
+                .collect(),
+            _ => Vec::new(),
+        };
+        *st.per_watcher.entry(watcher.to_owned()).or_default() += 1;
+        st.by_dialog.insert(key.clone(), id);
+        st.subs.insert(
+            id,
+            Subscription {
+                kind,
+                resource: resource.to_owned(),
+                watcher: watcher.to_owned(),
+                event,
+                target,
+                flow,
+                call_id: key.0,
+                their_tag: key.1,
+                our_tag: format!("{:016x}", rand::random::<u64>()),
+                cseq: 0,
+                expires_at: Instant::now(),
+                ending: false,
+                in_flight: false,
+                dirty: true,
+                timer_armed: false,
+                last_sent: None,
+                version: 0,
+                resources: resources.clone(),
+                pending: Vec::new(),
+                full: true,
+            },
+        );
+        match kind {
+            Kind::Presence => {
+                self.ensure(st, resource).watchers.push(id);
+                // The user's watcher list changed.
+                self.kick_winfo(st, resource);
+            }
+            Kind::Winfo => self.ensure(st, resource).winfo.push(id),
+            Kind::List => {
+                self.ensure(st, resource).lists.push(id);
+                for r in &resources {
+                    self.ensure(st, r).watchers.push(id);
+                    self.kick_winfo(st, r);
+                }
+            }
+        }
+        id
+    }
+
+    /// Called once the SUBSCRIBE was answered 2xx: the NOTIFY it calls for goes now.
+    pub(crate) fn answered_subscribe(&self, msg: &Message) {
+        let (Some(call_id), Ok(from)) = (msg.call_id(), msg.from_header()) else {
+            return;
+        };
+        let key = (call_id.to_owned(), from.tag().unwrap_or("").to_owned());
+        let mut st = self.state.lock();
+        let Some(&id) = st.by_dialog.get(&key) else {
+            return;
+        };
+        if st.subs[&id].ending {
+            self.terminate(&mut st, id, "timeout");
+        } else {
+            // First NOTIFY (or the one after a refresh) is not held back by pacing.
+            let s = st.subs.get_mut(&id).expect("present");
+            s.last_sent = None;
+            self.kick(&mut st, id);
+        }
+    }
+
+    fn kick_winfo(&self, st: &mut State, aor: &str) {
+        let ids = st
+            .presentities
+            .get(aor)
+            .map(|p| p.winfo.clone())
+            .unwrap_or_default();
+        for id in ids {
+            self.kick(st, id);
+        }
+    }
+
+    /// Something subscription `id` shows changed (`resource`, for a list).
+    pub(crate) fn changed(&self, st: &mut State, id: u64, resource: Option<&str>) {
+        let Some(s) = st.subs.get_mut(&id) else {
+            return;
+        };
+        if s.kind == Kind::List {
+            if let Some(r) = resource {
+                if !s.pending.iter().any(|p| p == r) {
+                    s.pending.push(r.to_owned());
+                }
+            }
+        }
+        self.kick(st, id);
+    }
+
+    /// The owner's contact list changed: the list subscription follows it, full state next.
+    pub(crate) fn list_membership_changed(&self, st: &mut State, id: u64) {
+        let Some(owner) = st.subs.get(&id).map(|s| s.resource.clone()) else {
+            return;
+        };
+        let fresh: Vec<String> = st.presentities[&owner]
+            .contacts
+            .contacts
+            .iter()
+            .map(|c| format!("sip:{}", c.contact))
+            .collect();
+        let old = std::mem::take(&mut st.subs.get_mut(&id).expect("present").resources);
+        for r in old.iter().filter(|r| !fresh.contains(r)) {
+            if let Some(p) = st.presentities.get_mut(r) {
+                p.watchers.retain(|w| *w != id);
+            }
+            self.kick_winfo(st, r);
+        }
+        for r in fresh.iter().filter(|r| !old.contains(r)) {
+            self.ensure(st, r).watchers.push(id);
+            self.kick_winfo(st, r);
+        }
+        let s = st.subs.get_mut(&id).expect("present");
+        s.resources = fresh;
+        s.full = true;
+        self.kick(st, id);
+    }
+
+    /// RFC 6665 §4.2.2 pacing: send now, or when the interval is over, or when the
+    /// NOTIFY in flight is answered; the state sent is the newest at that moment.
+    pub(crate) fn kick(&self, st: &mut State, id: u64) {
+        let interval = self.config.notify_interval;
+        let Some(s) = st.subs.get_mut(&id) else {
+            return;
+        };
+        s.dirty = true;
+        if s.in_flight || s.timer_armed {
+            return;
+        }
+        let now = Instant::now();
+        let due = s.last_sent.map(|t| t + interval).unwrap_or(now);
+        if due <= now {
+            self.send(st, id);
+            return;
+        }
+        s.timer_armed = true;
+        let me = self.me.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(due).await;
+            let Some(svc) = me.upgrade() else { return };
+            let mut st = svc.state.lock();
+            if let Some(s) = st.subs.get_mut(&id) {
+                s.timer_armed = false;
+                if s.dirty && !s.in_flight {
+                    svc.send(&mut st, id);
+                }
+            }
+        });
+    }
+
+    /// The NOTIFY body for a subscription as things stand: (Content-Type, body).
+    fn body(&self, st: &State, s: &Subscription) -> (String, String) {
+        match s.kind {
+            Kind::Presence => {
+                let p = &st.presentities[&s.resource];
+                let v = self.view_of(&s.resource, p, &s.watcher);
+                ("application/pidf+xml".into(), pidf::render(&v))
+            }
+            Kind::Winfo => {
+                let p = &st.presentities[&s.resource];
+                let mut entries: Vec<WatcherEntry> = Vec::new();
+                for wid in &p.watchers {
+                    let Some(w) = st.subs.get(wid) else { continue };
+                    if entries.iter().any(|e| e.uri == w.watcher) || w.watcher == s.resource {
+                        continue;
+                    }
+                    let (status, event) = match p.relationship_of(&w.watcher) {
+                        None => ("pending", "subscribe"),
+                        Some(switchboard_store::Relationship::Blocked) => {
+                            ("terminated", "rejected")
+                        }
+                        Some(_) => ("active", "approved"),
+                    };
+                    entries.push(WatcherEntry {
+                        id: format!("w{wid}"),
+                        uri: w.watcher.clone(),
+                        status,
+                        event,
+                    });
+                }
+                (
+                    "application/watcherinfo+xml".into(),
+                    documents::watcherinfo(&s.resource, s.version, &entries),
+                )
+            }
+            Kind::List => {
+                let shown: Vec<&String> = if s.full {
+                    s.resources.iter().collect()
+                } else {
+                    s.resources
+                        .iter()
+                        .filter(|r| s.pending.contains(r))
+                        .collect()
+                };
+                let resources: Vec<ListResource> = shown
+                    .into_iter()
+                    .filter_map(|r| {
+                        let p = st.presentities.get(r)?;
+                        let v = self.view_of(r, p, &s.watcher);
+                        Some(ListResource {
+                            uri: r.clone(),
+                            name: v.card.display_name.clone(),
+                            pidf: pidf::render(&v),
+                        })
+                    })
+                    .collect();
+                documents::rlmi(&s.resource, s.version, s.full, &resources)
+            }
+        }
+    }
+
+    fn notify_request(
+        &self,
+        s: &Subscription,
+        state: String,
+        body: (String, String),
+    ) -> Option<Message> {
+        let target = Uri::parse(&s.target).ok()?;
+        let mut m = Message::request(Method::Notify, target.clone());
+        m.start = StartLine::Request {
+            method: Method::Notify,
+            uri: target,
+        };
+        m.headers.push(HeaderName::MaxForwards, "70");
+        m.headers.push(
+            HeaderName::From,
+            format!("<{}>;tag={}", s.resource, s.our_tag),
+        );
+        let to = if s.their_tag.is_empty() {
+            format!("<{}>", s.watcher)
+        } else {
+            format!("<{}>;tag={}", s.watcher, s.their_tag)
+        };
+        m.headers.push(HeaderName::To, to);
+        m.headers.push(HeaderName::CallId, s.call_id.clone());
+        m.headers
+            .push(HeaderName::CSeq, format!("{} NOTIFY", s.cseq));
+        m.headers
+            .push(HeaderName::Contact, format!("<{}>", s.resource));
+        m.headers.push(HeaderName::Event, s.event.clone());
+        m.headers
+            .push(HeaderName::from_wire("Subscription-State"), state);
+        if s.kind == Kind::List {
+            m.headers.push(HeaderName::Require, "eventlist");
+        }
+        m.headers.push(HeaderName::ContentType, body.0);
+        m.body = bytes::Bytes::from(body.1.into_bytes());
+        Some(m)
+    }
+
+    /// Sends the subscription's NOTIFY now, with the current state.
+    fn send(&self, st: &mut State, id: u64) {
+        let Some(deliverer) = self.deliverer.get().and_then(std::sync::Weak::upgrade) else {
+            return;
+        };
+        let body = {
+            let s = &st.subs[&id];
+            self.body(st, s)
+        };
+        let now = Instant::now();
+        let s = st.subs.get_mut(&id).expect("present");
+        s.cseq += 1;
+        s.dirty = false;
+        s.in_flight = true;
+        s.last_sent = Some(now);
+        let left = s.expires_at.saturating_duration_since(now).as_secs();
+        let Some(m) = self.notify_request(s, format!("active;expires={left}"), body) else {
+            s.in_flight = false;
+            return;
+        };
+        s.version += 1;
+        s.full = false;
+        s.pending.clear();
+        let flow = s.flow;
+        let me = self.me.clone();
+        tokio::spawn(async move {
+            let status = deliverer.send_request_on(m, flow).await;
+            if let Some(svc) = me.upgrade() {
+                svc.notify_answered(id, status);
+            }
+        });
+    }
+
+    /// RFC 6665 §4.2.2: a NOTIFY answered 481 or not answered at all ends the
+    /// subscription; otherwise the next NOTIFY may go.
+    fn notify_answered(&self, id: u64, status: u16) {
+        let mut st = self.state.lock();
+        let Some(s) = st.subs.get_mut(&id) else {
+            return;
+        };
+        s.in_flight = false;
+        if status >= 300 && !matches!(status, 491 | 500) {
+            tracing::debug!(status, watcher = %s.watcher, "NOTIFY refused: subscription removed");
+            self.remove(&mut st, id);
+            return;
+        }
+        if s.dirty {
+            self.kick(&mut st, id);
+        }
+    }
+
+    /// Takes a subscription out of every table.
+    fn remove(&self, st: &mut State, id: u64) -> Option<Subscription> {
+        let s = st.subs.remove(&id)?;
+        st.by_dialog
+            .remove(&(s.call_id.clone(), s.their_tag.clone()));
+        if let Some(n) = st.per_watcher.get_mut(&s.watcher) {
+            *n -= 1;
+            if *n == 0 {
+                st.per_watcher.remove(&s.watcher);
+            }
+        }
+        let watched: Vec<String> = match s.kind {
+            Kind::Presence => vec![s.resource.clone()],
+            Kind::List => s.resources.clone(),
+            Kind::Winfo => Vec::new(),
+        };
+        for r in &watched {
+            if let Some(p) = st.presentities.get_mut(r) {
+                p.watchers.retain(|w| *w != id);
+            }
+            self.kick_winfo(st, r);
+        }
+        if let Some(p) = st.presentities.get_mut(&s.resource) {
+            p.winfo.retain(|w| *w != id);
+            p.lists.retain(|w| *w != id);
+        }
+        Some(s)
+    }
+
+    /// Ends a subscription with a final NOTIFY (`terminated;reason=...`, RFC 6665 §4.2.2).
+    pub(crate) fn terminate(&self, st: &mut State, id: u64, reason: &str) {
+        let Some(deliverer) = self.deliverer.get().and_then(std::sync::Weak::upgrade) else {
+            self.remove(st, id);
+            return;
+        };
+        let Some(s) = st.subs.get_mut(&id) else {
+            return;
+        };
+        s.full = true;
+        s.cseq += 1;
+        let body = {
+            let s = &st.subs[&id];
+            self.body(st, s)
+        };
+        let Some(s) = self.remove(st, id) else { return };
+        let Some(m) = self.notify_request(&s, format!("terminated;reason={reason}"), body) else {
+            return;
+        };
+        tracing::debug!(watcher = %bare(&s.watcher), reason, "subscription ended");
+        let flow = s.flow;
+        tokio::spawn(async move {
+            let _ = deliverer.send_request_on(m, flow).await;
+        });
+    }
+}

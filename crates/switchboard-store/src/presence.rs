@@ -1,0 +1,628 @@
+//! The presence service's durable state: contact lists (groups, contacts and the privacy
+//! relationship of each), state a user set without a client (manual availability and
+//! note, calendar meetings and out-of-office), contact cards, last-active times, and a
+//! change log.
+//!
+//! The CLI writes here while the server runs; every write that changes what watchers see
+//! appends the address to `presence_changes`, which the server follows
+//! ([`PresenceStore::changes_since`]) to notify watchers.
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use parking_lot::Mutex;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::StoreError;
+
+/// How much of a user's presence a watcher may see (the Lync privacy model), least to
+/// most. The owner of a contact list sets it per contact.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Relationship {
+    /// Sees the user as offline, and nothing else.
+    Blocked,
+    /// Availability only.
+    External,
+    /// Adds activity, note, calendar free/busy, contact card (the default inside one
+    /// organisation).
+    Colleagues,
+    /// Adds meeting subject and location.
+    Workgroup,
+    /// Adds the personal phone.
+    Friends,
+}
+
+impl Relationship {
+    pub const ALL: [Relationship; 5] = [
+        Relationship::Blocked,
+        Relationship::External,
+        Relationship::Colleagues,
+        Relationship::Workgroup,
+        Relationship::Friends,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Relationship::Blocked => "blocked",
+            Relationship::External => "external",
+            Relationship::Colleagues => "colleagues",
+            Relationship::Workgroup => "workgroup",
+            Relationship::Friends => "friends",
+        }
+    }
+}
+
+impl fmt::Display for Relationship {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("'{0}' is not a relationship: use blocked, external, colleagues, workgroup or friends")]
+pub struct RelationshipError(pub String);
+
+impl FromStr for Relationship {
+    type Err = RelationshipError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim().to_ascii_lowercase();
+        Relationship::ALL
+            .into_iter()
+            .find(|r| r.as_str() == t || (t == "friends-and-family" && *r == Relationship::Friends))
+            .ok_or_else(|| RelationshipError(s.into()))
+    }
+}
+
+/// One entry of a contact list.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ContactEntry {
+    /// `user@domain`.
+    pub contact: String,
+    pub relationship: Relationship,
+    /// Names of the groups it is in (possibly none).
+    pub groups: Vec<String>,
+    pub added_at_ms: i64,
+}
+
+/// A contact list: its groups and contacts, and a version bumped by every change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ContactList {
+    pub version: i64,
+    pub groups: Vec<String>,
+    pub contacts: Vec<ContactEntry>,
+}
+
+/// Availability the user set by hand (a token the presence service parses).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ManualState {
+    pub availability: String,
+    pub note: Option<String>,
+    /// Until when it holds (absent: until cleared).
+    pub until_ms: Option<i64>,
+    pub set_at_ms: i64,
+}
+
+/// What a calendar entry says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CalendarKind {
+    Meeting,
+    OutOfOffice,
+}
+
+impl CalendarKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            CalendarKind::Meeting => "meeting",
+            CalendarKind::OutOfOffice => "out-of-office",
+        }
+    }
+}
+
+/// A meeting or an out-of-office period.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CalendarEntry {
+    pub kind: CalendarKind,
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub subject: Option<String>,
+    pub location: Option<String>,
+    pub note: Option<String>,
+}
+
+/// Contact-card fields beyond the display name (kept in the user directory).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ContactCard {
+    pub title: Option<String>,
+    pub email: Option<String>,
+    pub work_phone: Option<String>,
+    pub personal_phone: Option<String>,
+}
+
+/// Everything stored about one user's presence.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredPresence {
+    pub manual: Option<ManualState>,
+    /// Entries that have not ended yet, by start time.
+    pub calendar: Vec<CalendarEntry>,
+    pub card: ContactCard,
+    pub last_active_ms: Option<i64>,
+}
+
+/// Presence state over its own SQLite connection.
+pub struct PresenceStore {
+    conn: Mutex<Connection>,
+}
+
+impl PresenceStore {
+    pub fn open(data_dir: &Path) -> Result<PresenceStore, StoreError> {
+        let conn = crate::connect(data_dir)?;
+        Ok(PresenceStore {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// A user's contact list (empty, version 0, when they never had one).
+    pub fn contact_list(&self, owner: &str) -> Result<ContactList, StoreError> {
+        let conn = self.conn.lock();
+        let version: i64 = conn
+            .query_row(
+                "SELECT version FROM contact_lists WHERE owner = ?1",
+                [owner],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0);
+        let mut groups = Vec::new();
+        let mut stmt =
+            conn.prepare_cached("SELECT name FROM contact_groups WHERE owner = ?1 ORDER BY id")?;
+        for name in stmt.query_map([owner], |r| r.get::<_, String>(0))? {
+            groups.push(name?);
+        }
+        let mut stmt = conn.prepare_cached(
+            "SELECT c.contact, c.relationship, c.added_at_ms,
+                    (SELECT group_concat(g.name, char(31)) FROM contact_group_members m
+                       JOIN contact_groups g ON g.id = m.group_id
+                      WHERE m.owner = c.owner AND m.contact = c.contact)
+               FROM contacts c WHERE c.owner = ?1 ORDER BY c.contact",
+        )?;
+        let rows = stmt.query_map([owner], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Option<String>>(3)?,
+            ))
+        })?;
+        let mut contacts = Vec::new();
+        for row in rows {
+            let (contact, rel, added_at_ms, groups) = row?;
+            contacts.push(ContactEntry {
+                contact,
+                relationship: rel.parse().unwrap_or(Relationship::Colleagues),
+                groups: groups
+                    .map(|g| g.split('\u{1f}').map(str::to_owned).collect())
+                    .unwrap_or_default(),
+                added_at_ms,
+            });
+        }
+        Ok(ContactList {
+            version,
+            groups,
+            contacts,
+        })
+    }
+
+    /// The relationship `owner` gave `contact`, if `contact` is on their list.
+    pub fn relationship(
+        &self,
+        owner: &str,
+        contact: &str,
+    ) -> Result<Option<Relationship>, StoreError> {
+        let conn = self.conn.lock();
+        let rel: Option<String> = conn
+            .prepare_cached("SELECT relationship FROM contacts WHERE owner = ?1 AND contact = ?2")?
+            .query_row([owner, contact], |r| r.get(0))
+            .optional()?;
+        Ok(rel.and_then(|r| r.parse().ok()))
+    }
+
+    /// Adds `contact` to `owner`'s list, or updates it: `relationship` (when given)
+    /// replaces the current one; `group` (when given) is created if needed and the contact
+    /// added to it. A new contact without a relationship gets `default`.
+    pub fn add_contact(
+        &self,
+        owner: &str,
+        contact: &str,
+        group: Option<&str>,
+        relationship: Option<Relationship>,
+        default: Relationship,
+        now_ms: i64,
+    ) -> Result<ContactEntry, StoreError> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction()?;
+        let existing: Option<String> = tx
+            .query_row(
+                "SELECT relationship FROM contacts WHERE owner = ?1 AND contact = ?2",
+                [owner, contact],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let rel = relationship
+            .or_else(|| existing.as_deref().and_then(|r| r.parse().ok()))
+            .unwrap_or(default);
+        tx.execute(
+            "INSERT INTO contacts (owner, contact, relationship, added_at_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (owner, contact) DO UPDATE SET relationship = excluded.relationship",
+            params![owner, contact, rel.as_str(), now_ms],
+        )?;
+        if let Some(g) = group {
+            tx.execute(
+                "INSERT OR IGNORE INTO contact_groups (owner, name) VALUES (?1, ?2)",
+                [owner, g],
+            )?;
+            tx.execute(
+                "INSERT OR IGNORE INTO contact_group_members (owner, contact, group_id)
+                 SELECT ?1, ?2, id FROM contact_groups WHERE owner = ?1 AND name = ?3",
+                [owner, contact, g],
+            )?;
+        }
+        bump_version(&tx, owner)?;
+        // The contact's view of the owner may have changed (relationship), and so may the
+        // owner's watcher list.
+        log_change(&tx, owner, now_ms)?;
+        tx.commit()?;
+        drop(conn);
+        let list = self.contact_list(owner)?;
+        Ok(list
+            .contacts
+            .into_iter()
+            .find(|c| c.contact == contact)
+            .expect("just written"))
+    }
+
+    /// Removes `contact` from `owner`'s list; false when it was not there.
+    pub fn remove_contact(
+        &self,
+        owner: &str,
+        contact: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction()?;
+        let n = tx.execute(
+            "DELETE FROM contacts WHERE owner = ?1 AND contact = ?2",
+            [owner, contact],
+        )?;
+        if n > 0 {
+            bump_version(&tx, owner)?;
+            log_change(&tx, owner, now_ms)?;
+        }
+        tx.commit()?;
+        Ok(n > 0)
+    }
+
+    /// Sets the user's manual state (replacing any earlier one).
+    pub fn set_manual(&self, address: &str, m: &ManualState) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO presence_manual (address, availability, note, until_ms, set_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (address) DO UPDATE SET availability = excluded.availability, note = excluded.note,
+               until_ms = excluded.until_ms, set_at_ms = excluded.set_at_ms",
+            params![address, m.availability, m.note, m.until_ms, m.set_at_ms],
+        )?;
+        log_change(&tx, address, m.set_at_ms)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Clears the manual state; false when there was none.
+    pub fn clear_manual(&self, address: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction()?;
+        let n = tx.execute("DELETE FROM presence_manual WHERE address = ?1", [address])?;
+        log_change(&tx, address, now_ms)?;
+        tx.commit()?;
+        Ok(n > 0)
+    }
+
+    /// Adds a meeting or an out-of-office period.
+    pub fn add_calendar_entry(
+        &self,
+        address: &str,
+        e: &CalendarEntry,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO calendar_entries (address, kind, from_ms, to_ms, subject, location, note)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                address,
+                e.kind.as_str(),
+                e.from_ms,
+                e.to_ms,
+                e.subject,
+                e.location,
+                e.note
+            ],
+        )?;
+        log_change(&tx, address, now_ms)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Sets the contact-card fields given (others are kept).
+    pub fn set_card(
+        &self,
+        address: &str,
+        card: &ContactCard,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO contact_cards (address, title, email, work_phone, personal_phone) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (address) DO UPDATE SET
+               title = COALESCE(excluded.title, title), email = COALESCE(excluded.email, email),
+               work_phone = COALESCE(excluded.work_phone, work_phone),
+               personal_phone = COALESCE(excluded.personal_phone, personal_phone)",
+            params![address, card.title, card.email, card.work_phone, card.personal_phone],
+        )?;
+        log_change(&tx, address, now_ms)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Remembers when the user's last device went away.
+    pub fn set_last_active(&self, address: &str, at_ms: i64) -> Result<(), StoreError> {
+        self.conn.lock().execute(
+            "INSERT INTO presence_last_active (address, at_ms) VALUES (?1, ?2)
+             ON CONFLICT (address) DO UPDATE SET at_ms = MAX(at_ms, excluded.at_ms)",
+            params![address, at_ms],
+        )?;
+        Ok(())
+    }
+
+    /// Everything stored about `address`; calendar entries that ended before `now_ms` are
+    /// left out.
+    pub fn load(&self, address: &str, now_ms: i64) -> Result<StoredPresence, StoreError> {
+        let conn = self.conn.lock();
+        let manual = conn
+            .prepare_cached(
+                "SELECT availability, note, until_ms, set_at_ms FROM presence_manual WHERE address = ?1",
+            )?
+            .query_row([address], |r| {
+                Ok(ManualState {
+                    availability: r.get(0)?,
+                    note: r.get(1)?,
+                    until_ms: r.get(2)?,
+                    set_at_ms: r.get(3)?,
+                })
+            })
+            .optional()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT kind, from_ms, to_ms, subject, location, note FROM calendar_entries
+              WHERE address = ?1 AND to_ms > ?2 ORDER BY from_ms, id",
+        )?;
+        let calendar = stmt
+            .query_map(params![address, now_ms], |r| {
+                let kind: String = r.get(0)?;
+                Ok(CalendarEntry {
+                    kind: if kind == "out-of-office" {
+                        CalendarKind::OutOfOffice
+                    } else {
+                        CalendarKind::Meeting
+                    },
+                    from_ms: r.get(1)?,
+                    to_ms: r.get(2)?,
+                    subject: r.get(3)?,
+                    location: r.get(4)?,
+                    note: r.get(5)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let card = conn
+            .prepare_cached(
+                "SELECT title, email, work_phone, personal_phone FROM contact_cards WHERE address = ?1",
+            )?
+            .query_row([address], |r| {
+                Ok(ContactCard {
+                    title: r.get(0)?,
+                    email: r.get(1)?,
+                    work_phone: r.get(2)?,
+                    personal_phone: r.get(3)?,
+                })
+            })
+            .optional()?
+            .unwrap_or_default();
+        let last_active_ms = conn
+            .prepare_cached("SELECT at_ms FROM presence_last_active WHERE address = ?1")?
+            .query_row([address], |r| r.get(0))
+            .optional()?;
+        Ok(StoredPresence {
+            manual,
+            calendar,
+            card,
+            last_active_ms,
+        })
+    }
+
+    /// The newest change's sequence number (0 when none).
+    pub fn latest_change(&self) -> Result<i64, StoreError> {
+        Ok(self.conn.lock().query_row(
+            "SELECT COALESCE(MAX(seq), 0) FROM presence_changes",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Addresses changed after `seq`, with the newest sequence number seen.
+    pub fn changes_since(&self, seq: i64) -> Result<(i64, Vec<String>), StoreError> {
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, address FROM presence_changes WHERE seq > ?1 ORDER BY seq LIMIT 10000",
+        )?;
+        let mut last = seq;
+        let mut addrs = Vec::new();
+        for row in stmt.query_map([seq], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))? {
+            let (s, a) = row?;
+            last = s;
+            if !addrs.contains(&a) {
+                addrs.push(a);
+            }
+        }
+        Ok((last, addrs))
+    }
+
+    /// Forgets old change-log rows and calendar entries that have ended.
+    pub fn prune(&self, before_ms: i64) -> Result<(), StoreError> {
+        let conn = self.conn.lock();
+        // Keep the newest row so the sequence never goes backwards for a follower.
+        conn.execute(
+            "DELETE FROM presence_changes WHERE at_ms < ?1 AND seq < (SELECT MAX(seq) FROM presence_changes)",
+            [before_ms],
+        )?;
+        conn.execute("DELETE FROM calendar_entries WHERE to_ms < ?1", [before_ms])?;
+        Ok(())
+    }
+}
+
+fn bump_version(tx: &rusqlite::Transaction<'_>, owner: &str) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO contact_lists (owner, version) VALUES (?1, 1)
+         ON CONFLICT (owner) DO UPDATE SET version = version + 1",
+        [owner],
+    )?;
+    Ok(())
+}
+
+fn log_change(tx: &rusqlite::Transaction<'_>, address: &str, at_ms: i64) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO presence_changes (address, at_ms) VALUES (?1, ?2)",
+        params![address, at_ms],
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contacts_groups_and_relationships_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = PresenceStore::open(dir.path()).unwrap();
+        assert_eq!(s.contact_list("a@x").unwrap(), ContactList::default());
+        let before = s.latest_change().unwrap();
+        s.add_contact(
+            "a@x",
+            "b@x",
+            Some("Team"),
+            None,
+            Relationship::Colleagues,
+            1,
+        )
+        .unwrap();
+        s.add_contact(
+            "a@x",
+            "b@x",
+            Some("Friends"),
+            Some(Relationship::Friends),
+            Relationship::Colleagues,
+            2,
+        )
+        .unwrap();
+        s.add_contact(
+            "a@x",
+            "c@y",
+            None,
+            Some(Relationship::Blocked),
+            Relationship::Colleagues,
+            3,
+        )
+        .unwrap();
+        let list = s.contact_list("a@x").unwrap();
+        assert_eq!(list.version, 3);
+        assert_eq!(list.groups, vec!["Team", "Friends"]);
+        assert_eq!(list.contacts[0].contact, "b@x");
+        assert_eq!(list.contacts[0].relationship, Relationship::Friends);
+        assert_eq!(list.contacts[0].groups.len(), 2);
+        assert_eq!(list.contacts[1].relationship, Relationship::Blocked);
+        assert_eq!(
+            s.relationship("a@x", "c@y").unwrap(),
+            Some(Relationship::Blocked)
+        );
+        assert_eq!(s.relationship("c@y", "a@x").unwrap(), None);
+        let (seq, changed) = s.changes_since(before).unwrap();
+        assert!(seq > before);
+        assert_eq!(changed, vec!["a@x"]);
+        assert!(s.remove_contact("a@x", "b@x", 4).unwrap());
+        assert!(!s.remove_contact("a@x", "b@x", 5).unwrap());
+        assert_eq!(s.contact_list("a@x").unwrap().contacts.len(), 1);
+    }
+
+    #[test]
+    fn manual_calendar_and_card() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = PresenceStore::open(dir.path()).unwrap();
+        s.set_manual(
+            "a@x",
+            &ManualState {
+                availability: "busy".into(),
+                note: Some("heads down".into()),
+                until_ms: Some(50),
+                set_at_ms: 10,
+            },
+        )
+        .unwrap();
+        for (from, to) in [(0, 5), (20, 30)] {
+            s.add_calendar_entry(
+                "a@x",
+                &CalendarEntry {
+                    kind: CalendarKind::Meeting,
+                    from_ms: from,
+                    to_ms: to,
+                    subject: Some("Review".into()),
+                    location: None,
+                    note: None,
+                },
+                1,
+            )
+            .unwrap();
+        }
+        s.set_card(
+            "a@x",
+            &ContactCard {
+                title: Some("Eng".into()),
+                ..Default::default()
+            },
+            1,
+        )
+        .unwrap();
+        s.set_card(
+            "a@x",
+            &ContactCard {
+                email: Some("a@x".into()),
+                ..Default::default()
+            },
+            1,
+        )
+        .unwrap();
+        s.set_last_active("a@x", 7).unwrap();
+        let p = s.load("a@x", 10).unwrap();
+        assert_eq!(p.manual.as_ref().unwrap().availability, "busy");
+        assert_eq!(p.calendar.len(), 1, "the entry that ended is left out");
+        assert_eq!(p.card.title.as_deref(), Some("Eng"));
+        assert_eq!(p.card.email.as_deref(), Some("a@x"));
+        assert_eq!(p.last_active_ms, Some(7));
+        assert!(s.clear_manual("a@x", 11).unwrap());
+        assert!(s.load("a@x", 10).unwrap().manual.is_none());
+    }
+}

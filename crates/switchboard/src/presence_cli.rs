@@ -1,0 +1,461 @@
+//! `switchboard contacts ...` and `switchboard presence ...`: contact lists and presence
+//! state without a client. Changes go to the database and its change log, which the
+//! running server follows within a quarter second, so watchers are notified.
+//! `presence show` asks the running server (it alone knows the devices) over its HTTP
+//! API, and falls back to the stored state (all devices gone) when none runs.
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use switchboard_presence::{stored_view, AggregationRules, Availability, View};
+use switchboard_store::{
+    Address, CalendarEntry, CalendarKind, ContactCard, ManualState, PresenceStore, Relationship,
+    UserDirectory,
+};
+
+use crate::{fmt_time, parse_time};
+
+#[derive(Subcommand)]
+pub(crate) enum ContactsCommand {
+    /// A user's contact list: groups, contacts and the relationship of each.
+    List {
+        owner: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a contact (or change its group or relationship).
+    Add {
+        owner: String,
+        contact: String,
+        /// Group to put the contact in (created if needed).
+        #[arg(long)]
+        group: Option<String>,
+        /// What the contact may see of the owner [default: colleagues inside the owner's
+        /// domain, external outside it].
+        #[arg(long)]
+        relationship: Option<Relationship>,
+    },
+    /// Remove a contact.
+    Remove { owner: String, contact: String },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum PresenceCommand {
+    /// Set the availability by hand (it wins over what devices say until TIME or cleared).
+    Set {
+        address: String,
+        #[arg(long)]
+        availability: Availability,
+        #[arg(long)]
+        note: Option<String>,
+        /// RFC 3339, e.g. 2026-11-25T17:00:00Z.
+        #[arg(long, value_parser = parse_time)]
+        until: Option<i64>,
+    },
+    /// Clear the availability set by hand.
+    Clear { address: String },
+    /// Add a calendar meeting.
+    Meeting {
+        address: String,
+        #[arg(long, value_parser = parse_time)]
+        from: i64,
+        #[arg(long, value_parser = parse_time)]
+        to: i64,
+        #[arg(long)]
+        subject: Option<String>,
+        #[arg(long)]
+        location: Option<String>,
+    },
+    /// Add an out-of-office period.
+    Oof {
+        address: String,
+        #[arg(long, value_parser = parse_time)]
+        from: i64,
+        #[arg(long, value_parser = parse_time)]
+        to: i64,
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Set contact-card details (the display name is the user's, see `user add`).
+    Card {
+        address: String,
+        #[arg(long)]
+        title: Option<String>,
+        #[arg(long)]
+        email: Option<String>,
+        #[arg(long)]
+        work_phone: Option<String>,
+        #[arg(long)]
+        personal_phone: Option<String>,
+    },
+    /// Show a user's presence, as WATCHER sees it (default: as the user sees it).
+    Show {
+        address: String,
+        #[arg(long = "as")]
+        watcher: Option<String>,
+        #[arg(long)]
+        json: bool,
+        /// The running server's HTTP address.
+        #[arg(long, env = "SWITCHBOARD_HTTP", default_value = "127.0.0.1:8060")]
+        server: String,
+    },
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+struct Stores {
+    users: UserDirectory,
+    presence: PresenceStore,
+}
+
+fn open(data_dir: &Path) -> Result<Stores> {
+    let ctx = || format!("cannot open the data directory {}", data_dir.display());
+    Ok(Stores {
+        users: switchboard_store::open(data_dir).with_context(ctx)?,
+        presence: PresenceStore::open(data_dir).with_context(ctx)?,
+    })
+}
+
+impl Stores {
+    /// An address that must be a user of this server.
+    fn user(&self, s: &str) -> Result<Address> {
+        let a = Address::parse(s)?;
+        if self.users.find(&a)?.is_none() {
+            bail!("no such user: {a}");
+        }
+        Ok(a)
+    }
+}
+
+pub(crate) fn contacts(data_dir: &Path, cmd: ContactsCommand) -> Result<()> {
+    let s = open(data_dir)?;
+    match cmd {
+        ContactsCommand::List { owner, json } => {
+            let owner = s.user(&owner)?;
+            let list = s.presence.contact_list(&owner.to_string())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(());
+            }
+            if list.contacts.is_empty() {
+                println!("{owner} has no contacts");
+            }
+            for c in &list.contacts {
+                println!(
+                    "{:<32} {:<11} {}",
+                    c.contact,
+                    c.relationship.as_str(),
+                    c.groups.join(", ")
+                );
+            }
+        }
+        ContactsCommand::Add {
+            owner,
+            contact,
+            group,
+            relationship,
+        } => {
+            let owner = s.user(&owner)?;
+            let contact = Address::parse(&contact)?;
+            if owner == contact {
+                bail!("{owner} cannot be their own contact");
+            }
+            if group.as_deref().is_some_and(|g| g.trim().is_empty()) {
+                bail!("the group name must not be empty");
+            }
+            let default =
+                switchboard_presence::Audience::default_for(&owner.domain, &contact.domain);
+            let e = s.presence.add_contact(
+                &owner.to_string(),
+                &contact.to_string(),
+                group.as_deref().map(str::trim),
+                relationship,
+                default,
+                now_ms(),
+            )?;
+            println!("{owner}: {} ({})", e.contact, e.relationship);
+        }
+        ContactsCommand::Remove { owner, contact } => {
+            let owner = s.user(&owner)?;
+            let contact = Address::parse(&contact)?;
+            if !s
+                .presence
+                .remove_contact(&owner.to_string(), &contact.to_string(), now_ms())?
+            {
+                bail!("{contact} is not a contact of {owner}");
+            }
+            println!("removed {contact} from the contacts of {owner}");
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn presence(data_dir: &Path, cmd: PresenceCommand) -> Result<()> {
+    let s = open(data_dir)?;
+    let now = now_ms();
+    match cmd {
+        PresenceCommand::Set {
+            address,
+            availability,
+            note,
+            until,
+        } => {
+            let a = s.user(&address)?;
+            if until.is_some_and(|u| u <= now) {
+                bail!("--until is in the past");
+            }
+            s.presence.set_manual(
+                &a.to_string(),
+                &ManualState {
+                    availability: availability.as_str().into(),
+                    note,
+                    until_ms: until,
+                    set_at_ms: now,
+                },
+            )?;
+            println!(
+                "{a}: {availability}{}",
+                until
+                    .map(|u| format!(" until {}", fmt_time(Some(u))))
+                    .unwrap_or_default()
+            );
+        }
+        PresenceCommand::Clear { address } => {
+            let a = s.user(&address)?;
+            if s.presence.clear_manual(&a.to_string(), now)? {
+                println!("{a}: availability set by hand cleared");
+            } else {
+                println!("{a}: no availability was set by hand");
+            }
+        }
+        PresenceCommand::Meeting {
+            address,
+            from,
+            to,
+            subject,
+            location,
+        } => calendar(
+            &s,
+            &address,
+            CalendarKind::Meeting,
+            from,
+            to,
+            subject,
+            location,
+            None,
+            now,
+        )?,
+        PresenceCommand::Oof {
+            address,
+            from,
+            to,
+            note,
+        } => calendar(
+            &s,
+            &address,
+            CalendarKind::OutOfOffice,
+            from,
+            to,
+            None,
+            None,
+            note,
+            now,
+        )?,
+        PresenceCommand::Card {
+            address,
+            title,
+            email,
+            work_phone,
+            personal_phone,
+        } => {
+            let a = s.user(&address)?;
+            s.presence.set_card(
+                &a.to_string(),
+                &ContactCard {
+                    title,
+                    email,
+                    work_phone,
+                    personal_phone,
+                },
+                now,
+            )?;
+            println!("{a}: contact card updated");
+        }
+        PresenceCommand::Show {
+            address,
+            watcher,
+            json,
+            server,
+        } => {
+            let a = s.user(&address)?;
+            let w = watcher.as_deref().map(Address::parse).transpose()?;
+            let (value, live) = match ask_server(&server, &a, w.as_ref()) {
+                Ok(v) => (v, true),
+                Err(ServerAnswer::Unreachable) => {
+                    let v = stored_view(
+                        &s.presence,
+                        &s.users,
+                        &AggregationRules::default(),
+                        &format!("sip:{a}"),
+                        w.as_ref().map(|w| format!("sip:{w}")).as_deref(),
+                        now,
+                    );
+                    (serde_json::to_value(v)?, false)
+                }
+                Err(ServerAnswer::Error(e)) => bail!("{e}"),
+            };
+            if !live {
+                eprintln!(
+                    "(no server answers at {server}: shown from stored state, no device online)"
+                );
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                let v: View =
+                    serde_json::from_value(value).context("unexpected answer from the server")?;
+                print_view(&v);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn calendar(
+    s: &Stores,
+    address: &str,
+    kind: CalendarKind,
+    from: i64,
+    to: i64,
+    subject: Option<String>,
+    location: Option<String>,
+    note: Option<String>,
+    now: i64,
+) -> Result<()> {
+    let a = s.user(address)?;
+    if to <= from {
+        bail!("--to must be after --from");
+    }
+    if to <= now {
+        bail!("--to is in the past");
+    }
+    s.presence.add_calendar_entry(
+        &a.to_string(),
+        &CalendarEntry {
+            kind,
+            from_ms: from,
+            to_ms: to,
+            subject,
+            location,
+            note,
+        },
+        now,
+    )?;
+    let what = match kind {
+        CalendarKind::Meeting => "meeting",
+        CalendarKind::OutOfOffice => "out of office",
+    };
+    println!(
+        "{a}: {what} from {} to {}",
+        fmt_time(Some(from)),
+        fmt_time(Some(to))
+    );
+    Ok(())
+}
+
+enum ServerAnswer {
+    Unreachable,
+    Error(String),
+}
+
+/// `GET /presence/{a}?as={w}` on the running server (plain HTTP/1.1 on loopback).
+fn ask_server(
+    server: &str,
+    a: &Address,
+    w: Option<&Address>,
+) -> Result<serde_json::Value, ServerAnswer> {
+    let addr = server.trim_start_matches("http://").trim_end_matches('/');
+    let mut conn = std::net::TcpStream::connect(addr).map_err(|_| ServerAnswer::Unreachable)?;
+    let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+    let query = w.map(|w| format!("?as={w}")).unwrap_or_default();
+    let req =
+        format!("GET /presence/{a}{query} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let io = |e: std::io::Error| ServerAnswer::Error(format!("server at {addr}: {e}"));
+    conn.write_all(req.as_bytes()).map_err(io)?;
+    let mut resp = Vec::new();
+    conn.read_to_end(&mut resp).map_err(io)?;
+    let text = String::from_utf8_lossy(&resp);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| ServerAnswer::Error(format!("server at {addr}: malformed answer")))?;
+    let status = head.split(' ').nth(1).unwrap_or("");
+    let value: serde_json::Value = serde_json::from_str(body)
+        .map_err(|e| ServerAnswer::Error(format!("server at {addr}: {e}")))?;
+    if status != "200" {
+        let msg = value["error"].as_str().unwrap_or("error").to_owned();
+        return Err(ServerAnswer::Error(msg));
+    }
+    Ok(value)
+}
+
+fn print_view(v: &View) {
+    let who = match v.audience {
+        switchboard_presence::Audience::Own => "themself".to_owned(),
+        switchboard_presence::Audience::Watcher(r) => format!("a watcher at level {r}"),
+    };
+    println!("{} as seen by {who}", v.entity);
+    println!("  availability: {}", v.availability);
+    if !v.activities.is_empty() {
+        let acts: Vec<&str> = v.activities.iter().map(|a| a.as_str()).collect();
+        println!("  activities:   {}", acts.join(", "));
+    }
+    if let Some(n) = &v.note {
+        println!("  note:         {}", n.text);
+    }
+    if let Some(m) = &v.meeting {
+        print!(
+            "  meeting:      {} to {}",
+            fmt_time(Some(m.from_ms)),
+            fmt_time(Some(m.to_ms))
+        );
+        if let Some(s) = &m.subject {
+            print!(", \"{s}\"");
+        }
+        if let Some(l) = &m.location {
+            print!(", in {l}");
+        }
+        println!();
+    }
+    if let Some(t) = v.out_of_office_until_ms {
+        println!("  out of office until {}", fmt_time(Some(t)));
+    }
+    if let Some(t) = v.idle_since_ms {
+        println!("  idle since:   {}", fmt_time(Some(t)));
+    }
+    if let Some(t) = v.last_active_ms {
+        println!("  last active:  {}", fmt_time(Some(t)));
+    }
+    let c = &v.card;
+    for (label, value) in [
+        ("display name", &c.display_name),
+        ("title", &c.title),
+        ("email", &c.email),
+        ("work phone", &c.work_phone),
+        ("personal phone", &c.personal_phone),
+    ] {
+        if let Some(x) = value {
+            println!("  {label}: {x}");
+        }
+    }
+    for (d, state) in &v.devices {
+        println!("  device {d}: {state:?}");
+    }
+}
