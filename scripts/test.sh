@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian 12 machine: installs what the tests need
 # (SIPp, baresip, linphonec), checks formatting and lints, runs the Rust unit and socket-level
-# tests, then the real-client interop tests (SIPp scenarios, baresip over UDP/TCP/TLS).
+# tests, then the real-client interop tests (SIPp scenarios, baresip over UDP/TCP/TLS,
+# linphonec, and presence watched by linphonec and baresip).
 # Usage: scripts/test.sh            Exit status 0 only if everything passed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -48,6 +49,7 @@ for t in udp tcp tls; do
   run "baresip over $t" timeout 300 python3 tests/interop/baresip_im.py "$t"
 done
 run "linphonec with baresip" timeout 300 python3 tests/interop/linphonec_im.py
+run "presence: linphonec and baresip watch a SIPp device" timeout 300 python3 tests/interop/presence.py
 
 echo
 if ((${#failed[@]})); then

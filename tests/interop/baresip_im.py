@@ -86,7 +86,7 @@ class Console:
 
 
 class Baresip:
-    def __init__(self, workdir, name, user, server, transport, contacts):
+    def __init__(self, workdir, name, user, server, transport, contacts, presence=False):
         self.dir = os.path.join(workdir, name)
         os.makedirs(self.dir, exist_ok=True)
         sip, self.ctrl_port, self.cons_port = free_port(both=True), free_port(), free_port()
@@ -99,13 +99,15 @@ class Baresip:
                 'module_app account.so', 'module_app contact.so', 'module_app menu.so',
                 'module_app ctrl_tcp.so', 'ctrl_tcp_listen 127.0.0.1:%d' % self.ctrl_port,
                 'module_app cons.so', 'cons_listen 127.0.0.1:%d' % self.cons_port,
+                # presence: PUBLISH open/closed (pubint) and SUBSCRIBE to ;presence=p2p contacts.
+                'module_app presence.so' if presence else '',
                 'dns_server 127.0.0.1:53', '']))
         with open(os.path.join(self.dir, 'accounts'), 'w') as f:
-            f.write('<sip:%s@127.0.0.1>;auth_user=%s;auth_pass=pw-%s;outbound="sip:127.0.0.1:%d;transport=%s";regint=600\n'
-                    % (user, user, user, port, transport))
+            f.write('<sip:%s@127.0.0.1>;auth_user=%s;auth_pass=pw-%s;outbound="sip:127.0.0.1:%d;transport=%s";regint=600%s\n'
+                    % (user, user, user, port, transport, ';pubint=300' if presence else ''))
         with open(os.path.join(self.dir, 'contacts'), 'w') as f:
             for c in contacts:
-                f.write('"%s" <sip:%s@127.0.0.1>\n' % (c, c))
+                f.write('"%s" <sip:%s@127.0.0.1>%s\n' % (c, c, ';presence=p2p' if presence else ''))
         self.log = open(self.dir + '.log', 'w')
         self.proc = subprocess.Popen(['baresip', '-f', self.dir], stdin=subprocess.DEVNULL, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)

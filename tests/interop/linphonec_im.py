@@ -14,20 +14,22 @@ from baresip_im import Baresip
 
 
 class Linphonec:
-    def __init__(self, workdir, user, server):
+    def __init__(self, workdir, user, server, publish=False, friends=()):
         self.home = os.path.join(workdir, 'lp-' + user)
         os.makedirs(os.path.join(self.home, '.local/share/linphone'), exist_ok=True)  # its chat database
         rc = os.path.join(self.home, 'linphonerc')
         sip, rtp = free_port(both=True), free_port(kind=2)
         with open(rc, 'w') as f:
-            # No presence: publish=0 and no friends (presence is another issue's service).
+            # publish=1: PUBLISH "online" at registration; friends: SUBSCRIBE to their presence.
             f.write('\n'.join([
                 '[sip]', 'sip_port=%d' % sip, 'sip_tcp_port=-1', 'sip_tls_port=-1', 'bind_address=127.0.0.1',
                 'default_proxy=0', '[rtp]', 'audio_rtp_port=%d' % rtp, 'video_rtp_port=%d' % (rtp + 2),
                 '[proxy_0]', 'reg_proxy=<sip:127.0.0.1:%d;transport=udp>' % server.port,
                 'reg_route=<sip:127.0.0.1:%d;transport=udp;lr>' % server.port,
-                'reg_identity=sip:%s@127.0.0.1' % user, 'reg_expires=600', 'reg_sendregister=1', 'publish=0',
-                '[auth_info_0]', 'username=%s' % user, 'passwd=pw-%s' % user, 'realm=127.0.0.1', 'domain=127.0.0.1', '']))
+                'reg_identity=sip:%s@127.0.0.1' % user, 'reg_expires=600', 'reg_sendregister=1', 'publish=%d' % publish, 'publish_expires=600',
+                '[auth_info_0]', 'username=%s' % user, 'passwd=pw-%s' % user, 'realm=127.0.0.1', 'domain=127.0.0.1']
+                + sum((['[friend_%d]' % i, 'url="%s" <sip:%s@127.0.0.1>' % (f, f), 'pol=accept', 'subscribe=1']
+                       for i, f in enumerate(friends)), []) + ['']))
         self.lines = queue.Queue()
         self.seen = []
         self.proc = subprocess.Popen(['linphonec', '-c', rc, '-d', '6', '-l', os.path.join(self.home, 'linphone.log')],

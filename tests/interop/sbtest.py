@@ -72,7 +72,10 @@ class Server:
         raise RuntimeError('switchboard did not start; log:\n' + open(self.log_path).read())
 
     def cli(self, *args):
-        out = subprocess.run([BIN, '--data-dir', self.data] + list(args), capture_output=True, text=True, timeout=30)
+        # SWITCHBOARD_HTTP: where `presence show` finds this server's API.
+        env = dict(os.environ, SWITCHBOARD_HTTP='127.0.0.1:%d' % self.http_port)
+        out = subprocess.run([BIN, '--data-dir', self.data] + list(args), capture_output=True, text=True, timeout=30,
+                             env=env)
         if out.returncode != 0:
             raise RuntimeError('switchboard %s failed: %s' % (' '.join(args), out.stderr))
         return out.stdout

@@ -237,15 +237,9 @@ pub fn render(v: &View) -> String {
         if online { "open" } else { "closed" }
     ));
     x.push_str(" <dm:person id=\"sb-person\">\n");
+    // The availability first, the specific activities after it: linphone shows the last
+    // activity it reads (a meeting as "Do not disturb"), baresip any busy or on-the-phone.
     let mut acts: Vec<&str> = Vec::new();
-    for a in &v.activities {
-        acts.push(match a {
-            Activity::InACall => "<rpid:on-the-phone/>",
-            Activity::InAMeeting | Activity::InAConference => "<rpid:meeting/>",
-            Activity::Presenting => "<rpid:presentation/>",
-            Activity::OutOfOffice => "<rpid:vacation/>",
-        });
-    }
     match v.availability {
         Availability::Busy => acts.push("<rpid:busy/>"),
         Availability::DoNotDisturb => {
@@ -256,6 +250,14 @@ pub fn render(v: &View) -> String {
         }
         Availability::Away => acts.push("<rpid:away/>"),
         _ => {}
+    }
+    for a in &v.activities {
+        acts.push(match a {
+            Activity::InACall => "<rpid:on-the-phone/>",
+            Activity::InAMeeting | Activity::InAConference => "<rpid:meeting/>",
+            Activity::Presenting => "<rpid:presentation/>",
+            Activity::OutOfOffice => "<rpid:vacation/>",
+        });
     }
     if online && !acts.is_empty() {
         x.push_str("  <rpid:activities>");

@@ -106,6 +106,7 @@ impl Core {
         let binding = self
             .location
             .binding_for_contact(&Uri::Sip(target.clone()))
+            .or_else(|| self.gruu_binding(&target))
             // The client's own flow: the only way back to a NATed or TLS client.
             .or_else(|| flow.map(|f| Core::flow_target(&target, f)))
             .or_else(|| self.remote_target(&target));

@@ -399,9 +399,30 @@ impl Core {
     /// A dialog's remote target reached over the flow the dialog came from (whatever
     /// its Contact says: it may name no IP address at all, e.g. `*.invalid`).
     pub(crate) fn flow_target(ruri: &sip_message::SipUri, flow: Source) -> Binding {
-        let mut b = Self::unregistered_binding(ruri);
+        // Routed by the flow alone: a contact naming the flow's far end, so a Contact
+        // without a port (or naming a host of ours, like a GRUU) cannot send it elsewhere.
+        let mut via_flow = ruri.clone();
+        via_flow.host = host_of(flow.remote);
+        via_flow.port = Some(flow.remote.port());
+        via_flow
+            .params
+            .set("transport", Some(flow.transport.param()));
+        let mut b = Self::unregistered_binding(&via_flow);
         b.flow = flow;
         b
+    }
+
+    /// The registered device a GRUU (RFC 5627) Request-URI names, if it is one of ours.
+    pub(crate) fn gruu_binding(&self, ruri: &sip_message::SipUri) -> Option<Binding> {
+        let gr = ruri.params.get("gr");
+        let user = ruri.user_unescaped().unwrap_or_default();
+        if gr.is_none() && !user.starts_with("tgruu.") {
+            return None;
+        }
+        let aor = format!("sip:{user}@{}", ruri.host);
+        self.location
+            .lookup_gruu(&aor, gr.flatten(), &user)
+            .map(|(_, b)| b)
     }
 
     fn unregistered_binding(ruri: &sip_message::SipUri) -> Binding {
