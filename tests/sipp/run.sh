@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # SIPp against Switchboard: Digest registration, a refused wrong password, pager-mode
-# MESSAGE relayed to a registered SIPp recipient, and session-mode IM (INVITE m=message,
-# MESSAGE in the dialog, BYE) with its CDR, over UDP and over TCP.
+# MESSAGE relayed to a registered SIPp recipient, session-mode IM (INVITE m=message,
+# MESSAGE in the dialog, BYE) with its CDR, and presence (PUBLISH, SUBSCRIBE/NOTIFY,
+# watchers notified), over UDP and over TCP.
 # Usage: tests/sipp/run.sh        (SWITCHBOARD_BIN overrides the binary; needs sipp)
 set -uo pipefail   # no -e: every check runs and is reported
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -69,6 +70,36 @@ for tr in u1 t1; do
   sipp_run "session-$tr" -sf "$HERE/session_uac.xml" -inf "$WORK/msg.csv" -key domain $DOMAIN -p $P4 -t $tr -m $NS -r 20
   result $? "$NS session-mode IM sessions (INVITE, MESSAGE, BYE) over $t"
   wait $SUASPID; result $? "the callee side completed $NS sessions over $t"
+
+  # Presence (RFC 3903, RFC 6665): publications, subscriptions answered with a NOTIFY,
+  # and watchers notified when a publication comes and goes.
+  P5=$(free_port); PW=$(free_port)
+  sipp_run "seed-$tr" -sf "$HERE/publish_once.xml" -inf "$WORK/rcpt.csv" -key domain $DOMAIN -key expires 300 \
+    -p $P5 -t $tr -m 5
+  result $? "5 presence publications (PUBLISH, SIP-ETag) over $t"
+  sipp_run "subscribe-$tr" -sf "$HERE/subscribe.xml" -inf "$WORK/msg.csv" -key domain $DOMAIN -key expires 120 \
+    -p $P5 -t $tr -m $N -r 50
+  result $? "$N SUBSCRIBEs, each followed by its NOTIFY, over $t"
+  mkdir -p "$WORK/watch-$tr"
+  (cd "$WORK/watch-$tr" && exec timeout 30 sipp 127.0.0.1:$PORT -nostdin -sf "$HERE/watcher.xml" -inf "$WORK/msg.csv" \
+    -key domain $DOMAIN -key expires 120 -p $PW -t $tr -m 5 -trace_counts -fd 1 -timeout 8s >out 2>&1) &
+  WPID=$!
+  sleep 1
+  sipp_run "publish-$tr" -sf "$HERE/publish.xml" -inf "$WORK/rcpt.csv" -key domain $DOMAIN -key expires 300 \
+    -p $P5 -t $tr -m 10 -r 20
+  result $? "10 PUBLISH-and-remove pairs over $t"
+  wait $WPID
+  python3 - "$WORK/watch-$tr" <<'PY'
+import csv, glob, sys
+files = glob.glob(sys.argv[1] + '/*_counts.csv')
+rows = list(csv.reader(open(files[0]), delimiter=';')) if files else []
+head, last = (rows[0], rows[-1]) if len(rows) > 1 else ([], [])
+got = sum(int(last[i] or 0) for i, h in enumerate(head) if h.endswith('_NOTIFY_Recv'))
+print('watchers received %d NOTIFYs' % got)
+# Each of the 5 watchers: its first NOTIFY, then at least one per publication change.
+sys.exit(0 if got >= 10 else 1)
+PY
+  result $? "5 watchers notified of the publications over $t"
 done
 
 # Every session is in the CDR, ended by BYE, with the caller's message counted.
