@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Switchboard and Kamailio side by side, in one run, on the same SIPp scenarios
-# (tests/sipp/*.xml): Digest REGISTER and pager-mode MESSAGE relay, over UDP and TCP.
+# (tests/sipp/*.xml): Digest REGISTER, pager-mode MESSAGE relay, presence SUBSCRIBE (with
+# its NOTIFY) and PUBLISH-and-remove with a watcher per presentity, over UDP and TCP.
 #
 # For each server, test and transport it searches the highest rate (calls/s) that passes:
 # fewer than 1 % of calls failed or slower than LAT_MAX_MS end to end, and at least 95 % of
@@ -10,26 +11,33 @@
 #   bench/run.sh                                   # everything (~15 min)
 #   TESTS=register TRANSPORTS=udp DUR=10 bench/run.sh
 #
-# Knobs: TESTS ("register message"), TRANSPORTS ("udp tcp"), SERVERS ("kamailio switchboard"),
-# DUR (10 s per trial), PAR (2 SIPp client instances), MAX_TRIALS (7), LAT_MAX_MS (500),
-# START_register (4000), START_message (2000), WORK (/tmp/sb-bench).
+# Knobs: TESTS ("register message subscribe publish"), TRANSPORTS ("udp tcp"),
+# SERVERS ("kamailio switchboard"), DUR (10 s per trial), PAR (2 SIPp client instances),
+# MAX_TRIALS (7), LAT_MAX_MS (500), START_register (4000), START_message (2000),
+# START_subscribe (4000), START_publish (2000), MEM_SUBS (100000: Switchboard's memory per
+# subscription at that many subscriptions; 0 skips it), WORK (/tmp/sb-bench).
+# The PUBLISH test passes only if the watchers got at least 99 % of the NOTIFYs due (two
+# per publish-and-remove). Switchboard runs with notify_interval_ms = 0 here (Kamailio does
+# not pace NOTIFYs either).
 # Everything listens on 127.0.0.1; processes started here are stopped by pid.
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 SCN=$ROOT/tests/sipp
 WORK=${WORK:-/tmp/sb-bench}
-TESTS=${TESTS:-"register message"}
+TESTS=${TESTS:-"register message subscribe publish"}
 TRANSPORTS=${TRANSPORTS:-"udp tcp"}
 SERVERS=${SERVERS:-"kamailio switchboard"}
 DUR=${DUR:-10}
 PAR=${PAR:-2}
 MAX_TRIALS=${MAX_TRIALS:-7}
 LAT_MAX_MS=${LAT_MAX_MS:-500}
-: "${START_register:=4000}" "${START_message:=2000}"
+: "${START_register:=4000}" "${START_message:=2000}" "${START_subscribe:=4000}" "${START_publish:=2000}"
+MEM_SUBS=${MEM_SUBS:-100000}
 DOMAIN=bench.local
 PORT=5090            # the server under test
 UAS_PORT=5091        # the MESSAGE recipients' SIPp
+WATCH_PORT=5093      # the PUBLISH test's watchers' SIPp
 CLK_TCK=$(getconf CLK_TCK)
 BIN=$ROOT/target/release/switchboard
 STAMP=$(date +%Y%m%d-%H%M%S)
@@ -58,6 +66,15 @@ u() { printf 'b%04d' "$1"; }
 { echo RANDOM; for i in $(seq 0 999); do echo "$(u $i);pw"; done; } > "$DATA/reg.csv"
 { echo SEQUENTIAL; for i in $(seq 1000 1999); do echo "$(u $i);pw"; done; } > "$DATA/rcpt.csv"
 { echo RANDOM; for i in $(seq 0 999); do echo "$(u $i);pw;$(u $((1000 + (i * 7) % 1000)))"; done; } > "$DATA/msg.csv"
+{ echo RANDOM; for i in $(seq 1000 1999); do echo "$(u $i);pw"; done; } > "$DATA/pub.csv"
+{ echo SEQUENTIAL; for i in $(seq 0 999); do echo "$(u $i);pw;$(u $((1000 + i)))"; done; } > "$DATA/watch.csv"
+# PUBLISH: each SIPp instance cycles through its own presentities in order, so no two
+# publish-and-remove pairs for one presentity overlap (overlapping changes may be told in
+# one NOTIFY: RFC 6665 lets a notifier send only the newest state).
+for i in $(seq 1 "$PAR"); do
+  { echo SEQUENTIAL; for j in $(seq $((1000 + (i - 1) * 1000 / PAR)) $((999 + i * 1000 / PAR))); do echo "$(u $j);pw"; done; } > "$DATA/pub$i.csv"
+done
+printf '[presence]\nnotify_interval_ms = 0\n' > "$DATA/sb.toml"
 "$BIN" --data-dir "$DATA/sb" user import "$DATA/users.csv" >/dev/null || exit 1
 SQL=/usr/share/kamailio/db_sqlite
 { cat "$SQL/standard-create.sql" "$SQL/auth_db-create.sql"
@@ -82,7 +99,7 @@ cpu_ticks() {  # total utime+stime of the server's processes
   echo $t
 }
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
-start_server() {  # $1 = kamailio|switchboard, $2 = log
+start_server() {  # $1 = kamailio|switchboard, $2 = log, $3 = Switchboard's HTTP address (off)
   case $1 in
     kamailio)
       kamailio -f "$HERE/kamailio.cfg" -DD -E -m 512 -M 16 -P "$WORK/run/kamailio.pid" -Y "$WORK/run" \
@@ -90,8 +107,8 @@ start_server() {  # $1 = kamailio|switchboard, $2 = log
         -A "UDPWORKERS=4" -A "TCPWORKERS=4" >"$2" 2>&1 &
       ;;
     switchboard)
-      "$BIN" --data-dir "$DATA/sb" --log-level warn serve --sip-udp 127.0.0.1:$PORT --sip-tcp 127.0.0.1:$PORT \
-        --sip-tls off --http off >"$2" 2>&1 &
+      "$BIN" --data-dir "$DATA/sb" --log-level warn serve --config "$DATA/sb.toml" \
+        --sip-udp 127.0.0.1:$PORT --sip-tcp 127.0.0.1:$PORT --sip-tls off --http "${3:-off}" >"$2" 2>&1 &
       ;;
   esac
   SERVER_PID=$!
@@ -152,6 +169,15 @@ ok = int(col(data[-1], 'SuccessfulCall(C)'))
 print(round(ok / (t_done - start)) if t_done and t_done > start else 0)
 PY
 }
+notify_count() {  # NOTIFYs the watchers received so far (SIPp -trace_counts file in dir $1)
+  python3 - "$1" <<'PY'
+import csv, glob, sys
+files = glob.glob(sys.argv[1] + '/*_counts.csv')
+rows = list(csv.reader(open(files[0]), delimiter=';')) if files else []
+head, last = (rows[0], rows[-1]) if len(rows) > 1 else ([], [])
+print(sum(int(last[i] or 0) for i, h in enumerate(head) if h.endswith('_NOTIFY_Recv')))
+PY
+}
 trial() {  # server test transport rate
   local srv=$1 test=$2 tr=$3 rate=$4 dir=$OUT/$1-$2-$3-$4
   mkdir -p "$dir"
@@ -166,13 +192,31 @@ trial() {  # server test transport rate
     uas=$!
     sleep 0.3
   fi
+  local watcher= notif0=0
+  case $test in
+    subscribe)  # the presentities publish once; each call subscribes to one of them
+      timeout 60 sipp 127.0.0.1:$PORT -nostdin -sf "$SCN/publish_once.xml" -inf "$DATA/pub.csv" -key domain $DOMAIN \
+        -key expires 3600 -p 5092 -t $t -m 1000 -r 2000 -timeout 30s >"$dir/seed.out" 2>&1 ;;
+    publish)    # one long-lived watcher per presentity, counting its NOTIFYs
+      mkdir -p "$dir/watch"
+      (cd "$dir/watch" && exec timeout $((DUR + 90)) sipp 127.0.0.1:$PORT -nostdin -sf "$SCN/watcher.xml" \
+        -inf "$DATA/watch.csv" -key domain $DOMAIN -key expires 3600 -p $WATCH_PORT -t $t -m 1000 -r 2000 -l 1000 \
+        -trace_counts -fd 1 -timeout $((DUR + 80))s -max_recv_loops 100000 >out 2>&1) &
+      watcher=$!
+      for _ in $(seq 100); do
+        notif0=$(notify_count "$dir/watch"); [ "$notif0" -ge 1000 ] && break; sleep 0.2
+      done ;;
+  esac
   local scen=$SCN/register.xml inf=$DATA/reg.csv
   [ "$test" = message ] && scen=$SCN/message_uac.xml inf=$DATA/msg.csv
+  [ "$test" = subscribe ] && scen=$SCN/subscribe.xml inf=$DATA/msg.csv
+  [ "$test" = publish ] && scen=$SCN/publish.xml inf=$DATA/pub.csv
   local per=$(( (rate + PAR - 1) / PAR )) calls=$(( rate * DUR / PAR )) pids=() i
   local c0 t0 c1 t1
   c0=$(cpu_ticks); t0=$(date +%s.%N)
   for i in $(seq 1 "$PAR"); do
     local p=$((5100 + i))
+    [ "$test" = publish ] && inf=$DATA/pub$i.csv
     timeout $((DUR + 60)) sipp 127.0.0.1:$PORT -nostdin -sf "$scen" -inf "$inf" -key domain $DOMAIN -key expires 3600 \
       -key cport $p -p $p -t $t -r $per -m $calls -l $((per * 2)) -timeout $((DUR + 30))s -recv_timeout 5000 \
       -max_recv_loops 100000 \
@@ -182,6 +226,12 @@ trial() {  # server test transport rate
   for p in "${pids[@]}"; do wait "$p"; done
   t1=$(date +%s.%N); c1=$(cpu_ticks)
   [ -n "$uas" ] && { kill "$uas" 2>/dev/null; wait "$uas" 2>/dev/null; }
+  local notified=-1
+  if [ -n "$watcher" ]; then
+    sleep 2   # the last NOTIFYs
+    notified=$(( $(notify_count "$dir/watch") - notif0 ))
+    kill "$watcher" 2>/dev/null; wait "$watcher" 2>/dev/null
+  fi
   stop_server
   local ok=0 bad=0 slow=0 rate_sum=0 f
   for i in $(seq 1 "$PAR"); do
@@ -192,17 +242,20 @@ trial() {  # server test transport rate
     bad=$((bad + $(stat_field "$f" 'FailedCall(C)')))
     slow=$((slow + $(slow_calls "$f")))
   done
-  python3 - "$ok" "$bad" "$slow" "$rate" "$t0" "$t1" "$c0" "$c1" "$CLK_TCK" "$((calls * PAR))" "$rate_sum" <<'PY'
+  python3 - "$ok" "$bad" "$slow" "$rate" "$t0" "$t1" "$c0" "$c1" "$CLK_TCK" "$((calls * PAR))" "$rate_sum" "$notified" <<'PY'
 import sys
 ok, bad, slow, rate = map(int, sys.argv[1:5]); t0, t1 = float(sys.argv[5]), float(sys.argv[6])
 c0, c1, tck, total = int(sys.argv[7]), int(sys.argv[8]), int(sys.argv[9]), int(sys.argv[10])
-achieved = int(sys.argv[11])
+achieved, notified = int(sys.argv[11]), int(sys.argv[12])
 wall = max(t1 - t0, 0.001)
 # CPU over the whole run; the tail after the last call is idle time for the server.
 cpu = (c1 - c0) / tck / min(wall, max(total / max(achieved, 1), 0.001)) * 100
 failed_pct = 100.0 * (bad + max(total - ok - bad, 0)) / max(total, 1)
 slow_pct = 100.0 * slow / max(total, 1)
 passed = failed_pct + slow_pct < 1.0 and achieved >= 0.95 * rate
+if notified >= 0:  # PUBLISH: two NOTIFYs per successful call reached the watcher
+    passed = passed and notified >= 0.99 * 2 * ok
+    print('notified %d of %d' % (notified, 2 * ok), file=sys.stderr)
 print(int(passed), round(achieved), round(cpu), round(failed_pct, 2), round(slow_pct, 2))
 PY
 }
@@ -231,6 +284,29 @@ for test in $TESTS; do
     done
   done
 done
+
+# ---------------------------------------------------------------- memory per subscription
+if [ "$MEM_SUBS" -gt 0 ] && [[ " $SERVERS " == *" switchboard "* ]]; then
+  dir=$OUT/memory; mkdir -p "$dir"
+  start_server switchboard "$dir/server.log" 127.0.0.1:5094 || exit 1
+  rss() { awk '/^VmRSS/ {print $2}' /proc/$SERVER_PID/status; }
+  timeout 60 sipp 127.0.0.1:$PORT -nostdin -sf "$SCN/publish_once.xml" -inf "$DATA/pub.csv" -key domain $DOMAIN \
+    -key expires 3600 -p 5092 -t u1 -m 1000 -r 2000 -timeout 30s >"$dir/seed.out" 2>&1
+  sleep 1; rss0=$(rss)
+  # Unanswered calls are still subscriptions on the server; SIPp's verdict is not needed.
+  timeout 300 sipp 127.0.0.1:$PORT -nostdin -sf "$SCN/subscribe.xml" -inf "$DATA/msg.csv" -key domain $DOMAIN \
+    -key expires 3600 -p 5101 -t u1 -m "$MEM_SUBS" -r 4000 -l 8000 -timeout 240s -max_recv_loops 100000 \
+    >"$dir/subscribe.out" 2>&1
+  sleep 2; rss1=$(rss)
+  subs=$(python3 -c 'import json,sys,urllib.request; print(json.load(urllib.request.urlopen("http://127.0.0.1:5094/status"))["subscriptions"])')
+  stop_server
+  python3 - "$rss0" "$rss1" "$subs" <<'PY' | tee "$OUT/memory.txt"
+import sys
+r0, r1, n = map(int, sys.argv[1:4])
+print(f'Switchboard memory: {n} subscriptions, RSS {r0 // 1024} MiB -> {r1 // 1024} MiB, '
+      f'{(r1 - r0) * 1024 / max(n, 1):.0f} bytes per subscription')
+PY
+fi
 
 # ---------------------------------------------------------------- report
 python3 - "$OUT/summary.csv" <<'PY' | tee "$OUT/results.txt"

@@ -121,6 +121,8 @@ struct State {
     by_dialog: HashMap<(String, String), u64>,
     /// Subscriptions each watcher holds, for the per-watcher limit.
     per_watcher: HashMap<String, usize>,
+    /// Last-active times not yet written (written in batches by housekeeping).
+    last_active: HashMap<String, i64>,
     next_id: u64,
 }
 
@@ -318,18 +320,15 @@ impl PresenceService {
         }
         p.presence = fresh;
         if gone {
-            // A6: remember when the last device went away (off the request path).
+            // A6: remember when the last device went away (written by housekeeping, off
+            // the request path, a batch at a time).
             p.stored.last_active_ms = Some(now);
             p.presence.last_active_ms = Some(now);
-            let store = self.store.clone();
-            let addr = bare(aor).to_owned();
-            tokio::task::spawn_blocking(move || {
-                if let Err(e) = store.set_last_active(&addr, now) {
-                    tracing::warn!(error = %e, "cannot store last-active time");
-                }
-            });
         }
         let watchers = p.watchers.clone();
+        if gone {
+            st.last_active.insert(bare(aor).to_owned(), now);
+        }
         for id in watchers {
             self.changed(st, id, Some(aor));
         }
@@ -450,7 +449,16 @@ impl PresenceService {
                 || !p.winfo.is_empty()
                 || !p.lists.is_empty()
         });
+        let last_active: Vec<(String, i64)> = st.last_active.drain().collect();
         drop(st);
+        if !last_active.is_empty() {
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = store.set_last_active_many(&last_active) {
+                    tracing::warn!(error = %e, "cannot store last-active times");
+                }
+            });
+        }
         if now_ms % 3_600_000 < 1_000 {
             if let Err(e) = self.store.prune(now_ms - 86_400_000) {
                 tracing::warn!(error = %e, "cannot prune presence change log");

@@ -113,6 +113,19 @@ const MIGRATIONS: &[&str] = &[
         address         TEXT NOT NULL,
         at_ms           INTEGER NOT NULL
     );",
+    // 4: a change counter of the users table alone, so the user cache survives the
+    // writes other services make to other tables (CDR, presence).
+    "CREATE TABLE users_version (
+        id              INTEGER PRIMARY KEY CHECK (id = 1),
+        version         INTEGER NOT NULL
+    );
+    INSERT INTO users_version (id, version) VALUES (1, 0);
+    CREATE TRIGGER users_changed_insert AFTER INSERT ON users
+        BEGIN UPDATE users_version SET version = version + 1 WHERE id = 1; END;
+    CREATE TRIGGER users_changed_update AFTER UPDATE ON users
+        BEGIN UPDATE users_version SET version = version + 1 WHERE id = 1; END;
+    CREATE TRIGGER users_changed_delete AFTER DELETE ON users
+        BEGIN UPDATE users_version SET version = version + 1 WHERE id = 1; END;",
 ];
 
 pub(crate) fn apply(conn: &Connection) -> Result<(), StoreError> {

@@ -382,11 +382,21 @@ impl PresenceStore {
 
     /// Remembers when the user's last device went away.
     pub fn set_last_active(&self, address: &str, at_ms: i64) -> Result<(), StoreError> {
-        self.conn.lock().execute(
-            "INSERT INTO presence_last_active (address, at_ms) VALUES (?1, ?2)
-             ON CONFLICT (address) DO UPDATE SET at_ms = MAX(at_ms, excluded.at_ms)",
-            params![address, at_ms],
-        )?;
+        self.set_last_active_many(&[(address.to_owned(), at_ms)])
+    }
+
+    /// [`PresenceStore::set_last_active`] for many users in one transaction.
+    pub fn set_last_active_many(&self, rows: &[(String, i64)]) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction()?;
+        for (address, at_ms) in rows {
+            tx.execute(
+                "INSERT INTO presence_last_active (address, at_ms) VALUES (?1, ?2)
+                 ON CONFLICT (address) DO UPDATE SET at_ms = MAX(at_ms, excluded.at_ms)",
+                params![address, at_ms],
+            )?;
+        }
+        tx.commit()?;
         Ok(())
     }
 

@@ -65,6 +65,8 @@ fn now() -> i64 {
 
 struct Cache {
     data_version: i64,
+    /// `users_version` (bumped by triggers on every change to `users`) when last read.
+    users_version: i64,
     /// (size, mtime, mtime_nsec, inode) of the WAL file when last checked.
     wal_stamp: Option<(u64, i64, i64, u64)>,
     checked_at: std::time::Instant,
@@ -73,7 +75,7 @@ struct Cache {
 }
 
 /// The user directory over one SQLite connection, with a lookup cache that is dropped
-/// whenever any connection (the CLI's included) commits a change.
+/// whenever any connection (the CLI's included) commits a change to the users table.
 pub struct UserDirectory {
     wal_path: Option<std::path::PathBuf>,
     conn: Mutex<Connection>,
@@ -108,6 +110,7 @@ impl UserDirectory {
             conn: Mutex::new(conn),
             cache: Mutex::new(Cache {
                 data_version: -1,
+                users_version: -1,
                 wal_stamp: None,
                 checked_at: std::time::Instant::now(),
                 users: HashMap::new(),
@@ -145,9 +148,17 @@ impl UserDirectory {
             .prepare_cached("PRAGMA data_version")?
             .query_row([], |r| r.get(0))?;
         if v != cache.data_version {
-            cache.users.clear();
-            cache.domains = None;
             cache.data_version = v;
+            // Something was committed, maybe to another table (CDR, presence): the cache
+            // goes only when the users table itself changed.
+            let users: i64 = conn
+                .prepare_cached("SELECT version FROM users_version WHERE id = 1")?
+                .query_row([], |r| r.get(0))?;
+            if users != cache.users_version {
+                cache.users.clear();
+                cache.domains = None;
+                cache.users_version = users;
+            }
         }
         Ok(())
     }
