@@ -294,17 +294,24 @@ if [ "$MEM_SUBS" -gt 0 ] && [[ " $SERVERS " == *" switchboard "* ]]; then
     -key expires 3600 -p 5092 -t u1 -m 1000 -r 2000 -timeout 30s >"$dir/seed.out" 2>&1
   sleep 1; rss0=$(rss)
   # Unanswered calls are still subscriptions on the server; SIPp's verdict is not needed.
-  timeout 300 sipp 127.0.0.1:$PORT -nostdin -sf "$SCN/subscribe.xml" -inf "$DATA/msg.csv" -key domain $DOMAIN \
-    -key expires 3600 -p 5101 -t u1 -m "$MEM_SUBS" -r 4000 -l 8000 -timeout 240s -max_recv_loops 100000 \
-    >"$dir/subscribe.out" 2>&1
-  sleep 2; rss1=$(rss)
-  subs=$(python3 -c 'import json,sys,urllib.request; print(json.load(urllib.request.urlopen("http://127.0.0.1:5094/status"))["subscriptions"])')
+  # Two halves, each followed by 40 s so that finished transactions (Timer J: 32 s) are
+  # gone: the second half's growth is the memory a subscription itself takes.
+  subscribe_half() {
+    timeout 300 sipp 127.0.0.1:$PORT -nostdin -sf "$SCN/subscribe.xml" -inf "$DATA/msg.csv" -key domain $DOMAIN \
+      -key expires 3600 -p 5101 -t u1 -m $((MEM_SUBS / 2)) -r 4000 -l 8000 -timeout 240s -max_recv_loops 100000 \
+      >>"$dir/subscribe.out" 2>&1
+    sleep 40
+  }
+  count_subs() { python3 -c 'import json,urllib.request; print(json.load(urllib.request.urlopen("http://127.0.0.1:5094/status"))["subscriptions"])'; }
+  subscribe_half; rss1=$(rss); subs1=$(count_subs)
+  subscribe_half; rss2=$(rss); subs2=$(count_subs)
   stop_server
-  python3 - "$rss0" "$rss1" "$subs" <<'PY' | tee "$OUT/memory.txt"
+  python3 - "$rss0" "$rss1" "$subs1" "$rss2" "$subs2" <<'PY' | tee "$OUT/memory.txt"
 import sys
-r0, r1, n = map(int, sys.argv[1:4])
-print(f'Switchboard memory: {n} subscriptions, RSS {r0 // 1024} MiB -> {r1 // 1024} MiB, '
-      f'{(r1 - r0) * 1024 / max(n, 1):.0f} bytes per subscription')
+r0, r1, n1, r2, n2 = map(int, sys.argv[1:6])
+print(f'Switchboard memory: RSS {r0 // 1024} MiB with 1000 publications; {r1 // 1024} MiB at {n1} '
+      f'subscriptions; {r2 // 1024} MiB at {n2}: {(r2 - r0) * 1024 / max(n2, 1):.0f} bytes per subscription '
+      f'all in, {(r2 - r1) * 1024 / max(n2 - n1, 1):.0f} bytes per further subscription')
 PY
 fi
 

@@ -115,12 +115,13 @@ impl Presentity {
 
 #[derive(Default)]
 struct State {
-    presentities: HashMap<String, Presentity>,
+    presentities: HashMap<Arc<str>, Presentity>,
     subs: HashMap<u64, Subscription>,
-    /// (Call-ID, subscriber's tag) → subscription.
-    by_dialog: HashMap<(String, String), u64>,
+    /// Hash of (Call-ID, subscriber's tag) → subscription ([`subscribe::dialog_key`]).
+    by_dialog: HashMap<u64, u64>,
+    hasher: std::collections::hash_map::RandomState,
     /// Subscriptions each watcher holds, for the per-watcher limit.
-    per_watcher: HashMap<String, usize>,
+    per_watcher: HashMap<Arc<str>, usize>,
     /// Last-active times not yet written (written in batches by housekeeping).
     last_active: HashMap<String, i64>,
     next_id: u64,
@@ -289,7 +290,7 @@ impl PresenceService {
     fn ensure<'a>(&self, st: &'a mut State, aor: &str) -> &'a mut Presentity {
         if !st.presentities.contains_key(aor) {
             let p = self.load(aor, Vec::new());
-            st.presentities.insert(aor.to_owned(), p);
+            st.presentities.insert(Arc::from(aor), p);
         }
         st.presentities.get_mut(aor).expect("inserted above")
     }
@@ -398,7 +399,7 @@ impl PresenceService {
         let contacts_changed = fresh.contacts != old.contacts;
         // Keep the old aggregate so reaggregate notices the change.
         fresh.presence = old.presence;
-        st.presentities.insert(aor.to_owned(), fresh);
+        st.presentities.insert(Arc::from(aor), fresh);
         self.reaggregate(&mut st, aor);
         if contacts_changed {
             // Relationships changed what each watcher may see, the watcher list's

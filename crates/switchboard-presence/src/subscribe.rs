@@ -2,6 +2,9 @@
 //! to one's own contact list (RFC 4662) and to one's watchers (RFC 3857), and the
 //! notifier that paces NOTIFYs per subscription.
 
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sip_message::{HeaderName, Message, Method, NameAddr, StartLine, Uri};
@@ -25,31 +28,50 @@ pub(crate) enum Kind {
 
 pub(crate) struct Subscription {
     kind: Kind,
-    /// The user watched (for lists and watcher info: the subscriber themself).
-    resource: String,
-    watcher: String,
-    /// The Event header as subscribed, echoed in NOTIFYs (its `id` parameter matters).
-    event: String,
+    /// The user watched (for lists and watcher info: the subscriber themself); shared
+    /// with the presentity table's key.
+    resource: Arc<str>,
+    /// Shared with the per-watcher table's key.
+    watcher: Arc<str>,
+    /// The Event header as subscribed when it is more than `presence` (an `id`
+    /// parameter), echoed in NOTIFYs.
+    event: Option<Box<str>>,
     /// The subscriber's Contact, and the flow the SUBSCRIBE came over.
-    target: String,
+    target: Box<str>,
     flow: Source,
-    call_id: String,
-    their_tag: String,
-    our_tag: String,
+    call_id: Box<str>,
+    their_tag: Box<str>,
+    our_tag: u64,
     cseq: u32,
+    version: u32,
     pub(crate) expires_at: Instant,
+    last_sent: Option<Instant>,
     /// Ends right after the answer (an `Expires: 0` SUBSCRIBE).
     ending: bool,
     // Pacing: one NOTIFY in flight, at most one per interval, the newest state.
     in_flight: bool,
     dirty: bool,
     timer_armed: bool,
-    last_sent: Option<Instant>,
-    version: u32,
-    // Lists: the resources, the ones changed since the last NOTIFY, full state next.
+    /// The next NOTIFY carries full state (lists).
+    full: bool,
+    /// Lists only.
+    list: Option<Box<ListState>>,
+}
+
+/// A contact-list subscription's resources, and those changed since the last NOTIFY.
+#[derive(Default)]
+struct ListState {
     resources: Vec<String>,
     pending: Vec<String>,
-    full: bool,
+}
+
+/// Subscriptions are found by (Call-ID, subscriber's tag); the table keeps only a hash
+/// of the pair (memory per subscription matters at 100,000) and every hit is checked.
+pub(crate) fn dialog_key(hasher: &RandomState, call_id: &str, their_tag: &str) -> u64 {
+    let mut h = hasher.build_hasher();
+    call_id.hash(&mut h);
+    their_tag.hash(&mut h);
+    h.finish()
 }
 
 fn status_with(status: u16, name: &str, value: String) -> ServiceAnswer {
@@ -154,11 +176,20 @@ impl PresenceService {
             .get(&HeaderName::Contact)
             .and_then(|c| NameAddr::parse(c).ok())
             .map(|c| c.uri.to_string());
-        let key = (call_id.to_owned(), their_tag.clone());
         let mut st = self.state.lock();
-        let existing = st.by_dialog.get(&key).copied();
+        let key = dialog_key(&st.hasher, call_id, &their_tag);
+        let existing = st.by_dialog.get(&key).copied().filter(|id| {
+            let s = &st.subs[id];
+            *s.call_id == *call_id && *s.their_tag == *their_tag
+        });
+        if let Some(id) = existing {
+            // Only the watcher who made the subscription may refresh or end it.
+            if *st.subs[&id].watcher != *from {
+                return ServiceAnswer::status(403);
+            }
+        }
         let id = match (our_tag_in, existing) {
-            (Some(tag), Some(id)) if st.subs[&id].our_tag == tag => id,
+            (Some(tag), Some(id)) if format!("{:016x}", st.subs[&id].our_tag) == tag => id,
             // RFC 6665 §4.2.1.2: a refresh of a subscription that does not exist.
             (Some(_), _) => return ServiceAnswer::status(481),
             // The same SUBSCRIBE again without our tag (its answer was lost): same dialog.
@@ -174,22 +205,19 @@ impl PresenceService {
                 {
                     return status_with(503, "Retry-After", "60".into());
                 }
-                self.create(
-                    &mut st,
-                    kind,
-                    to,
-                    from,
-                    event.clone(),
-                    target,
-                    source,
-                    key.clone(),
-                )
+                if st.by_dialog.contains_key(&key) {
+                    // Two live dialogs whose (Call-ID, tag) hash alike: vanishingly rare;
+                    // the client retries with another Call-ID.
+                    return status_with(500, "Retry-After", "1".into());
+                }
+                let dialog = (call_id.into(), their_tag.clone().into_boxed_str());
+                self.create(&mut st, kind, to, from, &event, target, source, key, dialog)
             }
         };
         let s = st.subs.get_mut(&id).expect("present");
         if let Some(c) = contact {
             // RFC 6665 §4.1.2.1: a refresh may update the remote target.
-            s.target = c;
+            s.target = c.into_boxed_str();
             s.flow = source;
         }
         s.expires_at = Instant::now() + Duration::from_secs(expires as u64);
@@ -200,14 +228,11 @@ impl PresenceService {
             s.full = true;
         }
         let mut a = ServiceAnswer::status(200);
-        a.to_tag = Some(s.our_tag.clone());
+        a.to_tag = Some(format!("{:016x}", s.our_tag));
         a.headers.push(("Expires".into(), expires.to_string()));
         a.headers.push(("Contact".into(), format!("<{to}>")));
         a.headers
             .push(("Allow-Events".into(), "presence, presence.winfo".into()));
-        if kind == Kind::List {
-            a.headers.push(("Require".into(), "eventlist".into()));
-        }
         a
     }
 
@@ -218,59 +243,74 @@ impl PresenceService {
         kind: Kind,
         resource: &str,
         watcher: &str,
-        event: String,
+        event: &str,
         target: String,
         flow: Source,
-        key: (String, String),
+        key: u64,
+        dialog: (Box<str>, Box<str>),
     ) -> u64 {
         st.next_id += 1;
         let id = st.next_id;
-        let resources: Vec<String> = match kind {
-            Kind::List => self
-                .ensure(st, resource)
-                .contacts
-                .contacts
-                .iter()
-                .map(|c| format!("sip:{}", c.contact))
-                .collect(),
-            _ => Vec::new(),
+        self.ensure(st, resource);
+        let resource: Arc<str> = st
+            .presentities
+            .get_key_value(resource)
+            .map(|(k, _)| k.clone())
+            .expect("ensured");
+        let list = (kind == Kind::List).then(|| {
+            Box::new(ListState {
+                resources: st.presentities[&resource]
+                    .contacts
+                    .contacts
+                    .iter()
+                    .map(|c| format!("sip:{}", c.contact))
+                    .collect(),
+                pending: Vec::new(),
+            })
+        });
+        let resources = list
+            .as_ref()
+            .map(|l| l.resources.clone())
+            .unwrap_or_default();
+        let watcher: Arc<str> = match st.per_watcher.get_key_value(watcher) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(watcher),
         };
-        *st.per_watcher.entry(watcher.to_owned()).or_default() += 1;
-        st.by_dialog.insert(key.clone(), id);
+        *st.per_watcher.entry(watcher.clone()).or_default() += 1;
+        st.by_dialog.insert(key, id);
         st.subs.insert(
             id,
             Subscription {
                 kind,
-                resource: resource.to_owned(),
-                watcher: watcher.to_owned(),
-                event,
-                target,
+                resource: resource.clone(),
+                watcher,
+                event: (!event.eq_ignore_ascii_case("presence")).then(|| event.into()),
+                target: target.into_boxed_str(),
                 flow,
-                call_id: key.0,
-                their_tag: key.1,
-                our_tag: format!("{:016x}", rand::random::<u64>()),
+                call_id: dialog.0,
+                their_tag: dialog.1,
+                our_tag: rand::random::<u64>(),
                 cseq: 0,
+                version: 0,
                 expires_at: Instant::now(),
+                last_sent: None,
                 ending: false,
                 in_flight: false,
                 dirty: true,
                 timer_armed: false,
-                last_sent: None,
-                version: 0,
-                resources: resources.clone(),
-                pending: Vec::new(),
                 full: true,
+                list,
             },
         );
         match kind {
             Kind::Presence => {
-                self.ensure(st, resource).watchers.push(id);
+                self.ensure(st, &resource).watchers.push(id);
                 // The user's watcher list changed.
-                self.kick_winfo(st, resource);
+                self.kick_winfo(st, &resource);
             }
-            Kind::Winfo => self.ensure(st, resource).winfo.push(id),
+            Kind::Winfo => self.ensure(st, &resource).winfo.push(id),
             Kind::List => {
-                self.ensure(st, resource).lists.push(id);
+                self.ensure(st, &resource).lists.push(id);
                 for r in &resources {
                     self.ensure(st, r).watchers.push(id);
                     self.kick_winfo(st, r);
@@ -285,8 +325,8 @@ impl PresenceService {
         let (Some(call_id), Ok(from)) = (msg.call_id(), msg.from_header()) else {
             return;
         };
-        let key = (call_id.to_owned(), from.tag().unwrap_or("").to_owned());
         let mut st = self.state.lock();
+        let key = dialog_key(&st.hasher, call_id, from.tag().unwrap_or(""));
         let Some(&id) = st.by_dialog.get(&key) else {
             return;
         };
@@ -316,11 +356,9 @@ impl PresenceService {
         let Some(s) = st.subs.get_mut(&id) else {
             return;
         };
-        if s.kind == Kind::List {
-            if let Some(r) = resource {
-                if !s.pending.iter().any(|p| p == r) {
-                    s.pending.push(r.to_owned());
-                }
+        if let (Some(list), Some(r)) = (s.list.as_mut(), resource) {
+            if !list.pending.iter().any(|p| p == r) {
+                list.pending.push(r.to_owned());
             }
         }
         self.kick(st, id);
@@ -331,15 +369,18 @@ impl PresenceService {
         let Some(owner) = st.subs.get(&id).map(|s| s.resource.clone()) else {
             return;
         };
-        let fresh: Vec<String> = st.presentities[&owner]
+        let fresh: Vec<String> = st.presentities[&*owner]
             .contacts
             .contacts
             .iter()
             .map(|c| format!("sip:{}", c.contact))
             .collect();
-        let old = std::mem::take(&mut st.subs.get_mut(&id).expect("present").resources);
+        let Some(list) = st.subs.get_mut(&id).and_then(|s| s.list.as_mut()) else {
+            return;
+        };
+        let old = std::mem::take(&mut list.resources);
         for r in old.iter().filter(|r| !fresh.contains(r)) {
-            if let Some(p) = st.presentities.get_mut(r) {
+            if let Some(p) = st.presentities.get_mut(r.as_str()) {
                 p.watchers.retain(|w| *w != id);
             }
             self.kick_winfo(st, r);
@@ -349,7 +390,9 @@ impl PresenceService {
             self.kick_winfo(st, r);
         }
         let s = st.subs.get_mut(&id).expect("present");
-        s.resources = fresh;
+        if let Some(list) = s.list.as_mut() {
+            list.resources = fresh;
+        }
         s.full = true;
         self.kick(st, id);
     }
@@ -390,16 +433,16 @@ impl PresenceService {
     fn body(&self, st: &State, s: &Subscription) -> (String, String) {
         match s.kind {
             Kind::Presence => {
-                let p = &st.presentities[&s.resource];
+                let p = &st.presentities[&*s.resource];
                 let v = self.view_of(&s.resource, p, &s.watcher);
                 ("application/pidf+xml".into(), pidf::render(&v))
             }
             Kind::Winfo => {
-                let p = &st.presentities[&s.resource];
+                let p = &st.presentities[&*s.resource];
                 let mut entries: Vec<WatcherEntry> = Vec::new();
                 for wid in &p.watchers {
                     let Some(w) = st.subs.get(wid) else { continue };
-                    if entries.iter().any(|e| e.uri == w.watcher) || w.watcher == s.resource {
+                    if entries.iter().any(|e| *e.uri == *w.watcher) || w.watcher == s.resource {
                         continue;
                     }
                     let (status, event) = match p.relationship_of(&w.watcher) {
@@ -411,7 +454,7 @@ impl PresenceService {
                     };
                     entries.push(WatcherEntry {
                         id: format!("w{wid}"),
-                        uri: w.watcher.clone(),
+                        uri: w.watcher.to_string(),
                         status,
                         event,
                     });
@@ -422,18 +465,20 @@ impl PresenceService {
                 )
             }
             Kind::List => {
+                let empty = ListState::default();
+                let list = s.list.as_deref().unwrap_or(&empty);
                 let shown: Vec<&String> = if s.full {
-                    s.resources.iter().collect()
+                    list.resources.iter().collect()
                 } else {
-                    s.resources
+                    list.resources
                         .iter()
-                        .filter(|r| s.pending.contains(r))
+                        .filter(|r| list.pending.contains(r))
                         .collect()
                 };
                 let resources: Vec<ListResource> = shown
                     .into_iter()
                     .filter_map(|r| {
-                        let p = st.presentities.get(r)?;
+                        let p = st.presentities.get(r.as_str())?;
                         let v = self.view_of(r, p, &s.watcher);
                         Some(ListResource {
                             uri: r.clone(),
@@ -462,7 +507,7 @@ impl PresenceService {
         m.headers.push(HeaderName::MaxForwards, "70");
         m.headers.push(
             HeaderName::From,
-            format!("<{}>;tag={}", s.resource, s.our_tag),
+            format!("<{}>;tag={:016x}", s.resource, s.our_tag),
         );
         let to = if s.their_tag.is_empty() {
             format!("<{}>", s.watcher)
@@ -470,12 +515,13 @@ impl PresenceService {
             format!("<{}>;tag={}", s.watcher, s.their_tag)
         };
         m.headers.push(HeaderName::To, to);
-        m.headers.push(HeaderName::CallId, s.call_id.clone());
+        m.headers.push(HeaderName::CallId, s.call_id.to_string());
         m.headers
             .push(HeaderName::CSeq, format!("{} NOTIFY", s.cseq));
         m.headers
             .push(HeaderName::Contact, format!("<{}>", s.resource));
-        m.headers.push(HeaderName::Event, s.event.clone());
+        m.headers
+            .push(HeaderName::Event, s.event.as_deref().unwrap_or("presence"));
         m.headers
             .push(HeaderName::from_wire("Subscription-State"), state);
         if s.kind == Kind::List {
@@ -508,7 +554,9 @@ impl PresenceService {
         };
         s.version += 1;
         s.full = false;
-        s.pending.clear();
+        if let Some(list) = s.list.as_mut() {
+            list.pending.clear();
+        }
         let flow = s.flow;
         let me = self.me.clone();
         tokio::spawn(async move {
@@ -540,26 +588,26 @@ impl PresenceService {
     /// Takes a subscription out of every table.
     fn remove(&self, st: &mut State, id: u64) -> Option<Subscription> {
         let s = st.subs.remove(&id)?;
-        st.by_dialog
-            .remove(&(s.call_id.clone(), s.their_tag.clone()));
-        if let Some(n) = st.per_watcher.get_mut(&s.watcher) {
+        let key = dialog_key(&st.hasher, &s.call_id, &s.their_tag);
+        st.by_dialog.remove(&key);
+        if let Some(n) = st.per_watcher.get_mut(&*s.watcher) {
             *n -= 1;
             if *n == 0 {
-                st.per_watcher.remove(&s.watcher);
+                st.per_watcher.remove(&*s.watcher);
             }
         }
-        let watched: Vec<String> = match s.kind {
-            Kind::Presence => vec![s.resource.clone()],
-            Kind::List => s.resources.clone(),
-            Kind::Winfo => Vec::new(),
+        let watched: Vec<String> = match (&s.kind, &s.list) {
+            (Kind::Presence, _) => vec![s.resource.to_string()],
+            (Kind::List, Some(list)) => list.resources.clone(),
+            _ => Vec::new(),
         };
         for r in &watched {
-            if let Some(p) = st.presentities.get_mut(r) {
+            if let Some(p) = st.presentities.get_mut(r.as_str()) {
                 p.watchers.retain(|w| *w != id);
             }
             self.kick_winfo(st, r);
         }
-        if let Some(p) = st.presentities.get_mut(&s.resource) {
+        if let Some(p) = st.presentities.get_mut(&*s.resource) {
             p.winfo.retain(|w| *w != id);
             p.lists.retain(|w| *w != id);
         }

@@ -320,6 +320,28 @@ async fn subscribe_notify_refresh_unsubscribe_and_errors() {
     assert_eq!(status(&r), 200);
     assert_eq!(r.headers.get(&HeaderName::Expires), Some("300"));
     assert!(sub_state(&next_notify(&mut b).await).starts_with("active"));
+    // Someone else cannot take the dialog over, even knowing its Call-ID and tags.
+    let mut c = registered(&s, "carol").await;
+    let mut stolen = sub.request.clone();
+    let tag = NameAddr::parse(stolen.headers.get(&HeaderName::From).unwrap())
+        .unwrap()
+        .tag()
+        .unwrap()
+        .to_owned();
+    stolen.headers.set(
+        HeaderName::From,
+        format!("<sip:carol@example.com>;tag={tag}"),
+    );
+    let r = resubscribe(
+        &mut c,
+        &Sub {
+            request: stolen,
+            to_tag: sub.to_tag.clone(),
+        },
+        0,
+    )
+    .await;
+    assert_eq!(status(&r), 403);
     // Unsubscribe: a final NOTIFY, then the dialog is gone.
     assert_eq!(status(&resubscribe(&mut b, &sub, 0).await), 200);
     let n = next_notify(&mut b).await;
@@ -359,7 +381,6 @@ async fn subscribe_notify_refresh_unsubscribe_and_errors() {
     );
 
     // A NOTIFY answered 481 ends the subscription (RFC 6665 §4.2.2).
-    let mut c = registered(&s, "carol").await;
     let _sub = subscribe(&mut c, "alice").await;
     next_notify_answered(&mut c, 481).await.unwrap();
     for _ in 0..50 {
@@ -755,7 +776,6 @@ async fn resource_list_batches_full_then_partial() {
     ];
     let (r, _) = subscribe_with(&mut a, "alice", "presence", &extra, 600).await;
     assert_eq!(status(&r), 200);
-    assert_eq!(r.headers.get(&HeaderName::Require), Some("eventlist"));
     let n = next_notify(&mut a).await;
     assert_eq!(n.headers.get(&HeaderName::Require), Some("eventlist"));
     assert!(n
