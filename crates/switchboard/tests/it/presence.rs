@@ -917,6 +917,31 @@ async fn notifies_are_paced_per_subscription() {
     );
 }
 
+/// The `switchboard` binary run against a test server's data directory and HTTP API.
+struct Cli {
+    data_dir: std::path::PathBuf,
+    http: std::net::SocketAddr,
+}
+
+impl Cli {
+    /// (success, stdout, stderr); run off the async workers, which serve the server.
+    async fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        cmd.arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(args)
+            .env("SWITCHBOARD_HTTP", self.http.to_string());
+        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
 /// The CLI contract: contacts and presence commands, `presence show --as` through the
 /// running server's API, and the stored view when no server runs.
 #[tokio::test]
@@ -930,58 +955,38 @@ async fn cli_contacts_and_presence() {
         c.http = switchboard::config::Listen::On(http);
     })
     .await;
-    let d = s.data_dir();
-    let d = d.to_str().unwrap().to_owned();
-    let run = move |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
-            .args(["--data-dir", &d])
-            .args(args)
-            .env("SWITCHBOARD_HTTP", http.to_string())
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+    let cli = Cli {
+        data_dir: s.data_dir(),
+        http,
     };
     let mut b = registered(&s, "bob").await;
     let _sub = subscribe(&mut b, "alice").await;
     next_notify(&mut b).await;
 
-    let (ok, out, _) = tokio::task::spawn_blocking({
-        let run = run.clone();
-        move || {
-            run(&[
-                "contacts",
-                "add",
-                "alice@example.com",
-                "bob@example.com",
-                "--group",
-                "Team",
-                "--relationship",
-                "friends",
-            ])
-        }
-    })
-    .await
-    .unwrap();
+    let (ok, out, _) = cli
+        .run(&[
+            "contacts",
+            "add",
+            "alice@example.com",
+            "bob@example.com",
+            "--group",
+            "Team",
+            "--relationship",
+            "friends",
+        ])
+        .await;
     assert!(ok, "{out}");
-    let r = run.clone();
-    let (ok, out, _) = tokio::task::spawn_blocking(move || {
-        r(&["contacts", "list", "alice@example.com", "--json"])
-    })
-    .await
-    .unwrap();
+    let (ok, out, _) = cli
+        .run(&["contacts", "list", "alice@example.com", "--json"])
+        .await;
     assert!(ok);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["contacts"][0]["contact"], "bob@example.com");
     assert_eq!(v["contacts"][0]["relationship"], "friends");
     assert_eq!(v["contacts"][0]["groups"][0], "Team");
 
-    let r = run.clone();
-    let (ok, _, err) = tokio::task::spawn_blocking(move || {
-        r(&[
+    let (ok, _, err) = cli
+        .run(&[
             "presence",
             "set",
             "alice@example.com",
@@ -992,17 +997,14 @@ async fn cli_contacts_and_presence() {
             "--until",
             "2999-01-01T00:00:00Z",
         ])
-    })
-    .await
-    .unwrap();
+        .await;
     assert!(ok, "{err}");
     // Watchers are notified of CLI changes.
     let n = notify_until(&mut b, "busy by hand", |d| availability(d) == "busy").await;
     assert!(body(&n).contains("In the lab"));
 
-    let r = run.clone();
-    let (ok, _, err) = tokio::task::spawn_blocking(move || {
-        r(&[
+    let (ok, _, err) = cli
+        .run(&[
             "presence",
             "meeting",
             "carol@example.com",
@@ -1013,16 +1015,13 @@ async fn cli_contacts_and_presence() {
             "--subject",
             "Offsite",
         ])
-    })
-    .await
-    .unwrap();
+        .await;
     assert!(ok, "{err}");
     let mut c = registered(&s, "carol").await;
     publish_state(&mut c, "open", "").await;
     // `show --as` prints exactly what that watcher may see.
-    let r = run.clone();
-    let (ok, out, err) = tokio::task::spawn_blocking(move || {
-        r(&[
+    let (ok, out, err) = cli
+        .run(&[
             "presence",
             "show",
             "carol@example.com",
@@ -1030,9 +1029,7 @@ async fn cli_contacts_and_presence() {
             "alice@example.com",
             "--json",
         ])
-    })
-    .await
-    .unwrap();
+        .await;
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["availability"], "busy");
@@ -1041,97 +1038,80 @@ async fn cli_contacts_and_presence() {
         v["meeting"]["subject"].is_null(),
         "colleagues do not see the subject: {out}"
     );
-    let r = run.clone();
-    let (_, out, _) =
-        tokio::task::spawn_blocking(move || r(&["presence", "show", "carol@example.com"]))
-            .await
-            .unwrap();
+    let (_, out, _) = cli.run(&["presence", "show", "carol@example.com"]).await;
     assert!(
         out.contains("Offsite") && out.contains("availability: busy"),
         "{out}"
     );
 
     // Errors are one clear line.
-    let r = run.clone();
-    let (ok, _, err) = tokio::task::spawn_blocking(move || {
-        r(&[
-            "presence",
-            "set",
-            "nobody@example.com",
-            "--availability",
-            "busy",
-        ])
-    })
-    .await
-    .unwrap();
-    assert!(!ok && err.contains("no such user"), "{err}");
-    let r = run.clone();
-    let (ok, _, err) = tokio::task::spawn_blocking(move || {
-        r(&[
-            "presence",
-            "set",
-            "alice@example.com",
-            "--availability",
-            "sleepy",
-        ])
-    })
-    .await
-    .unwrap();
-    assert!(!ok && err.contains("not an availability"), "{err}");
-    let r = run.clone();
-    let (ok, _, err) = tokio::task::spawn_blocking(move || {
-        r(&[
-            "contacts",
-            "add",
-            "alice@example.com",
-            "bob@example.com",
-            "--relationship",
-            "enemies",
-        ])
-    })
-    .await
-    .unwrap();
-    assert!(!ok && err.contains("not a relationship"), "{err}");
-    let r = run.clone();
-    let (ok, _, err) = tokio::task::spawn_blocking(move || {
-        r(&[
-            "presence",
-            "oof",
-            "alice@example.com",
-            "--from",
-            "2030-01-02T00:00:00Z",
-            "--to",
-            "2030-01-01T00:00:00Z",
-        ])
-    })
-    .await
-    .unwrap();
-    assert!(!ok && err.contains("after --from"), "{err}");
+    let refused: [(&[&str], &str); 4] = [
+        (
+            &[
+                "presence",
+                "set",
+                "nobody@example.com",
+                "--availability",
+                "busy",
+            ],
+            "no such user",
+        ),
+        (
+            &[
+                "presence",
+                "set",
+                "alice@example.com",
+                "--availability",
+                "sleepy",
+            ],
+            "not an availability",
+        ),
+        (
+            &[
+                "contacts",
+                "add",
+                "alice@example.com",
+                "bob@example.com",
+                "--relationship",
+                "enemies",
+            ],
+            "not a relationship",
+        ),
+        (
+            &[
+                "presence",
+                "oof",
+                "alice@example.com",
+                "--from",
+                "2030-01-02T00:00:00Z",
+                "--to",
+                "2030-01-01T00:00:00Z",
+            ],
+            "after --from",
+        ),
+    ];
+    for (args, why) in refused {
+        let (ok, _, err) = cli.run(args).await;
+        assert!(
+            !ok && err.lines().next().unwrap_or("").contains(why),
+            "{args:?}: {err}"
+        );
+    }
 
     // No server: the stored state, every device gone.
-    let r = run.clone();
-    let (ok, _, _) =
-        tokio::task::spawn_blocking(move || r(&["presence", "clear", "alice@example.com"]))
-            .await
-            .unwrap();
+    let (ok, _, _) = cli.run(&["presence", "clear", "alice@example.com"]).await;
     assert!(ok);
     let _dir = s.crash();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let r = run.clone();
-    let (ok, out, err) = tokio::task::spawn_blocking(move || {
-        r(&["presence", "show", "carol@example.com", "--json"])
-    })
-    .await
-    .unwrap();
+    let (ok, out, err) = cli
+        .run(&["presence", "show", "carol@example.com", "--json"])
+        .await;
     assert!(ok, "{err}");
     assert!(err.contains("stored state"));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["availability"], "offline");
-    let r = run.clone();
-    let (ok, out, _) = tokio::task::spawn_blocking(move || {
-        r(&["contacts", "remove", "alice@example.com", "bob@example.com"])
-    })
-    .await
-    .unwrap();
+    let (ok, out, _) = cli
+        .run(&["contacts", "remove", "alice@example.com", "bob@example.com"])
+        .await;
     assert!(ok, "{out}");
 }
