@@ -8,7 +8,7 @@ use std::sync::Weak;
 use std::time::Duration;
 
 use sip_message::{HeaderName, Message, Method, NameAddr, StartLine, Uri};
-use switchboard_proxy::ServiceAnswer;
+use switchboard_proxy::{ServiceAnswer, SubscribeRequest};
 use tokio::time::Instant;
 
 use crate::conference::Conference;
@@ -151,28 +151,16 @@ impl ImService {
             a.headers.push(("Allow-Events".into(), "conference".into()));
             return a;
         }
-        let requested = match msg.header_u32(&HeaderName::Expires) {
-            Ok(e) => e.unwrap_or(MAX_EXPIRES),
-            Err(_) => return ServiceAnswer::status(400),
+        let req = match SubscribeRequest::read(msg, MIN_EXPIRES, MAX_EXPIRES) {
+            Ok(r) => r,
+            Err(answer) => return answer,
         };
-        if requested != 0 && requested < MIN_EXPIRES {
-            let mut a = ServiceAnswer::status(423);
-            a.headers
-                .push(("Min-Expires".into(), MIN_EXPIRES.to_string()));
-            return a;
-        }
-        let expires = requested.min(MAX_EXPIRES);
-        let Some(call_id) = msg.call_id().map(str::to_owned) else {
-            return ServiceAnswer::status(400);
-        };
-        let Ok(from_hdr) = msg.from_header() else {
-            return ServiceAnswer::status(400);
-        };
-        let their_tag = from_hdr.tag().unwrap_or("").to_owned();
-        let our_tag_in = msg
-            .to_header()
-            .ok()
-            .and_then(|t| t.tag().map(str::to_owned));
+        let SubscribeRequest {
+            expires,
+            call_id,
+            their_tag,
+            our_tag: our_tag_in,
+        } = req;
         let mut confs = self.conferences.lock();
         let Some(conf) = confs.get_mut(conf_aor) else {
             // In a dialog for a conference that is gone: the subscription does not exist.

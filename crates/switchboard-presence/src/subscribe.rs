@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use sip_message::{HeaderName, Message, Method, NameAddr, StartLine, Uri};
 use sip_transport::Source;
-use switchboard_proxy::ServiceAnswer;
+use switchboard_proxy::{ServiceAnswer, SubscribeRequest};
 use tokio::time::Instant;
 
 use crate::documents::{self, ListResource, WatcherEntry};
@@ -155,22 +155,18 @@ impl PresenceService {
             // RFC 6665 §4.2.1.1: none of the Accept types can be produced.
             return status_with(406, "Accept", types.join(", "));
         }
-        let requested = match msg.header_u32(&HeaderName::Expires) {
-            Ok(e) => e.unwrap_or(self.config.max_expires),
-            Err(_) => return ServiceAnswer::status(400),
-        };
-        if requested != 0 && requested < self.config.min_expires {
-            return status_with(423, "Min-Expires", self.config.min_expires.to_string());
-        }
-        let expires = requested.min(self.config.max_expires);
-        let (Some(call_id), Ok(from_hdr)) = (msg.call_id(), msg.from_header()) else {
-            return ServiceAnswer::status(400);
-        };
-        let their_tag = from_hdr.tag().unwrap_or("").to_owned();
-        let our_tag_in = msg
-            .to_header()
-            .ok()
-            .and_then(|t| t.tag().map(str::to_owned));
+        let req =
+            match SubscribeRequest::read(msg, self.config.min_expires, self.config.max_expires) {
+                Ok(r) => r,
+                Err(answer) => return answer,
+            };
+        let SubscribeRequest {
+            expires,
+            call_id,
+            their_tag,
+            our_tag: our_tag_in,
+        } = req;
+        let call_id = call_id.as_str();
         let contact = msg
             .headers
             .get(&HeaderName::Contact)

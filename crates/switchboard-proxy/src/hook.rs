@@ -107,6 +107,49 @@ pub trait EventHook: Send + Sync + 'static {
     fn answered(&self, _msg: &Message, _status: u16) {}
 }
 
+/// What every notifier reads from a SUBSCRIBE (RFC 6665 §4.2.1): the duration granted
+/// and the dialog it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscribeRequest {
+    /// Seconds granted: the request's Expires (`max` when absent) capped at `max`; 0 ends
+    /// (or fetches) the subscription.
+    pub expires: u32,
+    pub call_id: String,
+    /// The subscriber's From tag.
+    pub their_tag: String,
+    /// Our To tag, when the SUBSCRIBE is inside an existing subscription dialog.
+    pub our_tag: Option<String>,
+}
+
+impl SubscribeRequest {
+    /// Reads `msg`, or says how to refuse it: 400 for a bad Expires or missing dialog
+    /// identifiers, 423 with Min-Expires below `min` (RFC 6665 §4.2.1.1).
+    pub fn read(msg: &Message, min: u32, max: u32) -> Result<SubscribeRequest, ServiceAnswer> {
+        use sip_message::HeaderName;
+        let requested = match msg.header_u32(&HeaderName::Expires) {
+            Ok(e) => e.unwrap_or(max),
+            Err(_) => return Err(ServiceAnswer::status(400)),
+        };
+        if requested != 0 && requested < min {
+            let mut a = ServiceAnswer::status(423);
+            a.headers.push(("Min-Expires".into(), min.to_string()));
+            return Err(a);
+        }
+        let (Some(call_id), Ok(from)) = (msg.call_id(), msg.from_header()) else {
+            return Err(ServiceAnswer::status(400));
+        };
+        Ok(SubscribeRequest {
+            expires: requested.min(max),
+            call_id: call_id.to_owned(),
+            their_tag: from.tag().unwrap_or("").to_owned(),
+            our_tag: msg
+                .to_header()
+                .ok()
+                .and_then(|t| t.tag().map(str::to_owned)),
+        })
+    }
+}
+
 /// The hook used until the IM service is attached: relays everything.
 pub struct RelayAll;
 

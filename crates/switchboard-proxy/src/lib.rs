@@ -25,7 +25,9 @@ pub mod hook;
 mod originate;
 mod routing;
 
-pub use hook::{Deliverer, Delivery, EventHook, HookDecision, ImHook, RelayAll, ServiceAnswer};
+pub use hook::{
+    Deliverer, Delivery, EventHook, HookDecision, ImHook, RelayAll, ServiceAnswer, SubscribeRequest,
+};
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

@@ -406,6 +406,8 @@ fn serve(
         tracing::info!(data_dir = %cfg.data_dir.display(), registered = domains.1, "switchboard ready");
         wait_for_signal().await;
         tracing::info!("shutting down");
+        server.end_subscriptions();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         server.shutdown();
         // Let writers flush final responses and connections close.
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;

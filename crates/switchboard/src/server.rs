@@ -33,9 +33,15 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
+    /// Tells every presence watcher their subscription ends (`deactivated`: subscribe
+    /// again), while connections are still open; call before [`RunningServer::shutdown`]
+    /// and give the NOTIFYs a moment to leave.
+    pub fn end_subscriptions(&self) {
+        self.presence.shutdown();
+    }
+
     /// Stops listening and closes connections; open IM sessions end as "server shutdown".
     pub fn shutdown(&self) {
-        // Watchers are told first, while connections are still open.
         self.presence.shutdown();
         self.transports.shutdown();
         self.im.shutdown();
