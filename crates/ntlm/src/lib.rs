@@ -393,3 +393,109 @@ impl Session {
         (sealed, sig)
     }
 }
+
+/// The client side, for test clients that sign in like a Lync client (and for checking
+/// the server side against the spec's examples). Not used by the server.
+pub mod client {
+    use super::*;
+
+    /// What a client needs from a CHALLENGE_MESSAGE.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Challenge {
+        pub flags: u32,
+        pub server_challenge: [u8; 8],
+        pub target_info: Vec<u8>,
+    }
+
+    impl Challenge {
+        pub fn parse(m: &[u8]) -> Result<Challenge, NtlmError> {
+            if m.len() < 48 || &m[..8] != b"NTLMSSP\0" || m[8..12] != 2u32.to_le_bytes() {
+                return Err(NtlmError::NotMessage("CHALLENGE"));
+            }
+            Ok(Challenge {
+                flags: u32::from_le_bytes([m[20], m[21], m[22], m[23]]),
+                server_challenge: m[24..32].try_into().expect("length checked"),
+                target_info: security_buffer(m, 40)?.to_vec(),
+            })
+        }
+    }
+
+    /// The client's choices: who, and the random values (fixed in tests).
+    #[derive(Debug, Clone)]
+    pub struct Credentials<'a> {
+        pub user: &'a str,
+        pub domain: &'a str,
+        pub workstation: &'a str,
+        pub nt_hash: [u8; 16],
+        pub client_challenge: [u8; 8],
+        /// FILETIME (100 ns since 1601).
+        pub timestamp: u64,
+        pub random_session_key: [u8; 16],
+    }
+
+    /// The NTLMv2 responses and the AUTHENTICATE_MESSAGE (MS-NLMP §3.1.5.1.2, §2.2.1.3;
+    /// connectionless: no MIC), with the client's view of the session.
+    pub fn authenticate(
+        ch: &Challenge,
+        c: &Credentials<'_>,
+    ) -> (AuthenticateMessage, Vec<u8>, Session) {
+        let key = ntowf_v2(&c.nt_hash, c.user, c.domain);
+        let mut blob = vec![1, 1, 0, 0, 0, 0, 0, 0];
+        blob.extend_from_slice(&c.timestamp.to_le_bytes());
+        blob.extend_from_slice(&c.client_challenge);
+        blob.extend_from_slice(&[0; 4]);
+        blob.extend_from_slice(&ch.target_info);
+        blob.extend_from_slice(&[0; 4]);
+        let proof = hmac_md5(&key, &[&ch.server_challenge, &blob]);
+        let mut nt_response = proof.to_vec();
+        nt_response.extend_from_slice(&blob);
+        let mut lm_response = hmac_md5(&key, &[&ch.server_challenge, &c.client_challenge]).to_vec();
+        lm_response.extend_from_slice(&c.client_challenge);
+        let session_base_key = hmac_md5(&key, &[&proof]);
+        let flags = ch.flags & SERVER_FLAGS;
+        let mut encrypted = c.random_session_key;
+        Rc4::new(&session_base_key).apply(&mut encrypted);
+        let msg = AuthenticateMessage {
+            flags,
+            lm_response,
+            nt_response,
+            domain: c.domain.into(),
+            user: c.user.into(),
+            workstation: c.workstation.into(),
+            encrypted_random_session_key: encrypted.to_vec(),
+        };
+        let bytes = msg.encode();
+        (
+            msg,
+            bytes,
+            Session::from_exported_key(flags, c.random_session_key),
+        )
+    }
+
+    impl AuthenticateMessage {
+        /// The message's bytes (Unicode strings; no version, no MIC).
+        pub fn encode(&self) -> Vec<u8> {
+            const HEADER: usize = 64;
+            let fields: [Vec<u8>; 6] = [
+                self.lm_response.clone(),
+                self.nt_response.clone(),
+                utf16le(&self.domain),
+                utf16le(&self.user),
+                utf16le(&self.workstation),
+                self.encrypted_random_session_key.clone(),
+            ];
+            let mut m = b"NTLMSSP\0".to_vec();
+            m.extend_from_slice(&3u32.to_le_bytes());
+            let mut offset = HEADER;
+            for f in &fields {
+                push_buffer_header(&mut m, f.len(), offset);
+                offset += f.len();
+            }
+            m.extend_from_slice(&(self.flags | flags::UNICODE).to_le_bytes());
+            for f in &fields {
+                m.extend_from_slice(f);
+            }
+            m
+        }
+    }
+}

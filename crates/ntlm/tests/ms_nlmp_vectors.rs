@@ -111,3 +111,58 @@ fn garbage_is_refused_not_panicked_on() {
     m[24] = 0xf0; // ... at offset 240
     assert!(AuthenticateMessage::parse(&m).is_err());
 }
+
+/// The client side computes the spec's responses from the spec's inputs, and what it
+/// sends, our server accepts; then each side verifies the other's signatures.
+#[test]
+fn client_reproduces_the_example_and_round_trips_with_the_server() {
+    use ntlm::client::{authenticate as client_authenticate, Challenge, Credentials};
+    let target_info =
+        h("02000c0044006f006d00610069006e00 01000c00530065007200760065007200 00000000");
+    let ch = Challenge {
+        flags: FLAGS,
+        server_challenge: CHALLENGE,
+        target_info,
+    };
+    let creds = Credentials {
+        user: "User",
+        domain: "Domain",
+        workstation: "COMPUTER",
+        nt_hash: nt_hash("Password"),
+        client_challenge: [0xaa; 8],
+        timestamp: 0,
+        random_session_key: [0x55; 16],
+    };
+    let (msg, bytes, client) = client_authenticate(&ch, &creds);
+    assert_eq!(msg.nt_response, nt_response(), "§4.2.4.2.2");
+    assert_eq!(msg.lm_response, authenticate().lm_response, "§4.2.4.2.1");
+    assert_eq!(
+        msg.encrypted_random_session_key,
+        authenticate().encrypted_random_session_key
+    );
+
+    let parsed = AuthenticateMessage::parse(&bytes).unwrap();
+    assert_eq!(parsed, msg);
+    let server = accept(&parsed, &CHALLENGE, &nt_hash("Password")).unwrap();
+    let text = b"<NTLM><0a1b2c3d><1><SIP Communications Service>";
+    assert!(server.verify(text, &client.client_signature(100, text)));
+    assert!(!server.verify(b"<NTLM><0a1b2c3d><2>", &client.client_signature(100, text)));
+    // A client checks the server's signature the same way.
+    assert_eq!(server.sign(100, text), client.sign(100, text));
+}
+
+/// Our CHALLENGE, read back by the client side.
+#[test]
+fn challenge_round_trip() {
+    let target = ntlm::TargetInfo {
+        netbios_domain: "EXAMPLE".into(),
+        netbios_computer: "FE1".into(),
+        dns_domain: "example.com".into(),
+        dns_computer: "fe1.example.com".into(),
+    };
+    let m = ntlm::challenge_message([9; 8], &target);
+    let ch = ntlm::client::Challenge::parse(&m).unwrap();
+    assert_eq!(ch.server_challenge, [9; 8]);
+    assert_eq!(ch.flags, ntlm::SERVER_FLAGS);
+    assert!(ch.target_info.ends_with(&[0, 0, 0, 0]));
+}

@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use md4::{Digest as _, Md4};
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use sip_digest::{ha1, Algorithm};
@@ -23,11 +22,11 @@ pub struct Credentials {
 
 impl Credentials {
     pub fn derive(address: &Address, password: &str) -> Credentials {
-        let utf16: Vec<u8> = password.encode_utf16().flat_map(u16::to_le_bytes).collect();
         Credentials {
             ha1_md5: ha1(Algorithm::Md5, &address.user, &address.domain, password),
             ha1_sha256: ha1(Algorithm::Sha256, &address.user, &address.domain, password),
-            nt_hash: hex::encode(Md4::digest(&utf16)),
+            // MS-NLMP §3.3.1 NTOWFv1, what the Lync dialect's NTLM sign-in checks against.
+            nt_hash: hex::encode(ntlm::nt_hash(password)),
         }
     }
 
