@@ -22,6 +22,7 @@
 
 mod auth;
 pub mod hook;
+mod ntlm_auth;
 mod originate;
 mod routing;
 
@@ -83,6 +84,8 @@ pub struct Core {
     pub(crate) nonces: NonceIssuer,
     pub(crate) replay: ReplayGuard,
     pub(crate) hook: Arc<dyn ImHook>,
+    /// NTLM security associations of Lync-dialect clients, by `opaque`.
+    pub(crate) ntlm: Mutex<ntlm_auth::SecurityAssociations>,
     /// The event-state service (presence), once attached.
     pub(crate) events: std::sync::OnceLock<Arc<dyn EventHook>>,
     epoch: tokio::time::Instant,
@@ -115,6 +118,7 @@ impl Core {
             config,
             hook,
             events: std::sync::OnceLock::new(),
+            ntlm: Mutex::new(HashMap::new()),
             epoch: tokio::time::Instant::now(),
             own_addrs: RwLock::new(Vec::new()),
             pending_invites: Mutex::new(HashMap::new()),
@@ -369,8 +373,32 @@ impl Core {
                 .push(HeaderName::Unsupported, unknown.join(", "));
             return req.tx.respond(&resp).await;
         }
-        let Some(authed) = self.authenticate_or_answer(&req, &domain).await else {
-            return;
+        // Lync-dialect clients sign in with NTLM (MS-SIPAE); everyone else with Digest.
+        let mut ntlm_sa = None;
+        let authed = match self.ntlm_register(msg, &domain) {
+            ntlm_auth::NtlmOutcome::Authenticated { user, opaque } => {
+                ntlm_sa = Some(opaque);
+                user
+            }
+            ntlm_auth::NtlmOutcome::Answer(resp) => return req.tx.respond(&resp).await,
+            ntlm_auth::NtlmOutcome::NotNtlm => match self.authenticate(msg, &domain) {
+                auth::AuthResult::Ok(a) => a,
+                auth::AuthResult::Challenge { stale } => {
+                    let mut ch = self.challenge(msg, &domain, stale);
+                    if ntlm_auth::speaks_lync(msg) {
+                        ch.headers
+                            .push(HeaderName::WwwAuthenticate, self.ntlm_offer(msg));
+                        ch.headers.push(
+                            HeaderName::Date,
+                            httpdate::fmt_http_date(std::time::SystemTime::now()),
+                        );
+                    }
+                    return req.tx.respond(&ch).await;
+                }
+                auth::AuthResult::Forbidden(why) => {
+                    return self.respond_warning(&req, 403, why).await;
+                }
+            },
         };
         let aor_addr = match Address::parse(&format!("{user}@{domain}")) {
             Ok(a) => a,
@@ -400,6 +428,17 @@ impl Core {
                     httpdate::fmt_http_date(std::time::SystemTime::now()),
                 );
                 resp.headers.push(HeaderName::Supported, "gruu");
+                if let Some(opaque) = &ntlm_sa {
+                    // Lync clients need the granted lifetime in an Expires header.
+                    let granted = outcome
+                        .bindings
+                        .iter()
+                        .map(|b| b.remaining(tokio::time::Instant::now()))
+                        .max()
+                        .unwrap_or(0);
+                    resp.headers.push(HeaderName::Expires, granted.to_string());
+                    self.ntlm_sign(opaque, &mut resp);
+                }
                 req.tx.respond(&resp).await;
                 if outcome.added {
                     tracing::info!(aor, devices = outcome.bindings.len(), "registered");

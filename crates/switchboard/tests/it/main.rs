@@ -3,6 +3,7 @@
 
 mod cli;
 mod im;
+mod lync;
 mod presence;
 mod registration;
 mod robustness;

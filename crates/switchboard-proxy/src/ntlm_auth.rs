@@ -1,0 +1,285 @@
+//! NTLM sign-in of Lync clients on REGISTER (MS-SIPAE §3.2.5.1, connectionless NTLMv2):
+//! 1. a REGISTER without credentials from a client that shows Microsoft extensions gets a
+//!    401 offering `NTLM realm="SIP Communications Service", targetname, version` beside
+//!    Digest, and a `Date`;
+//! 2. `Authorization: NTLM … gssapi-data=""` gets a 401 carrying the CHALLENGE and an
+//!    `opaque` naming the security association being built;
+//! 3. the AUTHENTICATE is checked against the user's NT hash (403 with a Warning the client
+//!    shows when the password is wrong), the REGISTER's own signature is checked, and the
+//!    association is kept under its `opaque`; later REGISTERs carry only a signature
+//!    (`crand`, `cnum`, `response`), and a bad one drops the association (401).
+//!
+//! The server signs its answers on the association (`Authentication-Info … rspauth,
+//! srand, snum`). Signing every other message sent to the client is not done yet.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use sip_message::{AuthHeader, HeaderName, Message};
+use sipae::SignatureContext;
+use switchboard_store::Address;
+
+/// The realm MS-SIPAE fixes.
+pub(crate) const NTLM_REALM: &str = "SIP Communications Service";
+const VERSION: u32 = 4;
+/// Associations last 8 hours (MS-SIPAE §3.2.2: clients re-authenticate before that).
+const SA_LIFETIME: Duration = Duration::from_secs(8 * 3600);
+const HANDSHAKE_LIFETIME: Duration = Duration::from_secs(60);
+
+pub(crate) enum SecurityAssociation {
+    Challenged {
+        server_challenge: [u8; 8],
+        since: Instant,
+    },
+    Established {
+        session: ntlm::Session,
+        user: Address,
+        since: Instant,
+        /// The server's message counter (`snum`).
+        snum: u32,
+    },
+}
+
+/// What the REGISTER's NTLM credentials lead to.
+pub(crate) enum NtlmOutcome {
+    /// Not an NTLM REGISTER: Digest handles it.
+    NotNtlm,
+    /// Answer with this (401 with a challenge, 403, 401 for a bad signature).
+    Answer(Message),
+    /// Signed in (or refreshed) as this user on association `opaque`.
+    Authenticated { user: Address, opaque: String },
+}
+
+fn ntlm_params(msg: &Message) -> Option<AuthHeader> {
+    msg.headers
+        .get_all(&HeaderName::Authorization)
+        .filter_map(|v| AuthHeader::parse(v).ok())
+        .find(|a| a.scheme.eq_ignore_ascii_case("NTLM"))
+}
+
+/// Does the client show the Microsoft extensions that tell it is a Lync-dialect client?
+/// (Only those are offered NTLM: baresip gives up on any challenge it does not know.)
+pub(crate) fn speaks_lync(msg: &Message) -> bool {
+    msg.headers.has(&HeaderName::from_wire("ms-keep-alive"))
+        || msg
+            .headers
+            .values(&HeaderName::Supported)
+            .any(|v| v.eq_ignore_ascii_case("msrtc-event-categories"))
+}
+
+impl crate::Core {
+    fn targetname(&self, msg: &Message) -> String {
+        self.config.hostnames.first().cloned().unwrap_or_else(|| {
+            msg.to_header()
+                .ok()
+                .and_then(|t| t.uri.as_sip().map(|u| u.host.to_string()))
+                .unwrap_or_else(|| "switchboard".into())
+        })
+    }
+
+    /// The `WWW-Authenticate: NTLM` offer of step 1.
+    pub(crate) fn ntlm_offer(&self, msg: &Message) -> String {
+        format!(
+            "NTLM realm=\"{NTLM_REALM}\", targetname=\"{}\", version={VERSION}",
+            self.targetname(msg)
+        )
+    }
+
+    fn ntlm_401(&self, msg: &Message, extra: Option<(&str, &[u8])>) -> Message {
+        let mut resp = self.response(msg, 401);
+        let mut v = format!(
+            "NTLM realm=\"{NTLM_REALM}\", targetname=\"{}\", version={VERSION}",
+            self.targetname(msg)
+        );
+        if let Some((opaque, challenge)) = extra {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(challenge);
+            v = format!("NTLM opaque=\"{opaque}\", gssapi-data=\"{b64}\", targetname=\"{}\", realm=\"{NTLM_REALM}\", version={VERSION}", self.targetname(msg));
+        }
+        resp.headers.push(HeaderName::WwwAuthenticate, v);
+        resp.headers.push(
+            HeaderName::Date,
+            httpdate::fmt_http_date(std::time::SystemTime::now()),
+        );
+        resp
+    }
+
+    fn forbidden(&self, msg: &Message, text: &str) -> Message {
+        let mut resp = self.response(msg, 403);
+        resp.headers
+            .push(HeaderName::Warning, format!("310 switchboard \"{text}\""));
+        resp
+    }
+
+    /// Steps 2 and 3 of the sign-in, and signed refreshes.
+    pub(crate) fn ntlm_register(&self, msg: &Message, domain: &str) -> NtlmOutcome {
+        let Some(creds) = ntlm_params(msg) else {
+            return NtlmOutcome::NotNtlm;
+        };
+        let now = Instant::now();
+        let mut sas = self.ntlm.lock();
+        sas.retain(|_, sa| match sa {
+            SecurityAssociation::Challenged { since, .. } => now - *since < HANDSHAKE_LIFETIME,
+            SecurityAssociation::Established { since, .. } => now - *since < SA_LIFETIME,
+        });
+        let gssapi = creds.param("gssapi-data").unwrap_or("");
+        let opaque = creds.param("opaque").map(str::to_owned);
+        if opaque.is_none() || (gssapi.is_empty() && creds.param("response").is_none()) {
+            // Step 2: a new association.
+            let opaque = format!("{:08X}", rand::random::<u32>());
+            let server_challenge: [u8; 8] = rand::random();
+            let host = self.targetname(msg);
+            let netbios: String = domain
+                .split('.')
+                .next()
+                .unwrap_or("SWITCHBOARD")
+                .to_ascii_uppercase();
+            let challenge = ntlm::challenge_message(
+                server_challenge,
+                &ntlm::TargetInfo {
+                    netbios_domain: netbios.clone(),
+                    netbios_computer: host.split('.').next().unwrap_or("").to_ascii_uppercase(),
+                    dns_domain: domain.to_owned(),
+                    dns_computer: host,
+                },
+            );
+            sas.insert(
+                opaque.clone(),
+                SecurityAssociation::Challenged {
+                    server_challenge,
+                    since: now,
+                },
+            );
+            return NtlmOutcome::Answer(self.ntlm_401(msg, Some((&opaque, &challenge))));
+        }
+        let opaque = opaque.expect("checked above");
+        let sig_ctx = |rand, num| SignatureContext {
+            protocol: "NTLM",
+            rand,
+            num,
+            realm: NTLM_REALM,
+            targetname: creds.param("targetname").unwrap_or(""),
+            version: creds
+                .param("version")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(VERSION),
+        };
+        let signed_ok = |session: &ntlm::Session| {
+            let (Some(crand), Some(cnum), Some(response)) = (
+                creds.param("crand"),
+                creds.param("cnum"),
+                creds.param("response"),
+            ) else {
+                return false;
+            };
+            sipae::verify_client(session, msg, &sig_ctx(crand, cnum), response)
+        };
+        match sas.get(&opaque) {
+            Some(SecurityAssociation::Challenged {
+                server_challenge, ..
+            }) if !gssapi.is_empty() => {
+                // Step 3.
+                let server_challenge = *server_challenge;
+                let b64 = base64::engine::general_purpose::STANDARD;
+                let Ok(bytes) = b64.decode(gssapi) else {
+                    return NtlmOutcome::Answer(self.response(msg, 400));
+                };
+                let Ok(auth) = ntlm::AuthenticateMessage::parse(&bytes) else {
+                    return NtlmOutcome::Answer(self.response(msg, 400));
+                };
+                let name = auth.user.rsplit('\\').next().unwrap_or("").to_owned();
+                let address = if name.contains('@') {
+                    Address::parse(&name)
+                } else {
+                    Address::parse(&format!("{name}@{domain}"))
+                };
+                let Ok(address) = address else {
+                    return NtlmOutcome::Answer(self.forbidden(msg, "unknown user"));
+                };
+                let user = match self.users.find(&address) {
+                    Ok(Some(u)) if u.enabled => u,
+                    Ok(_) => return NtlmOutcome::Answer(self.forbidden(msg, "unknown user")),
+                    Err(e) => {
+                        tracing::error!(error = %e, "user directory unavailable");
+                        return NtlmOutcome::Answer(self.response(msg, 500));
+                    }
+                };
+                let mut nt_hash = [0u8; 16];
+                if hex::decode_to_slice(&user.credentials.nt_hash, &mut nt_hash).is_err() {
+                    return NtlmOutcome::Answer(self.response(msg, 500));
+                }
+                let session = match ntlm::accept(&auth, &server_challenge, &nt_hash) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        sas.remove(&opaque);
+                        tracing::info!(user = %address, error = %e, "NTLM sign-in refused");
+                        return NtlmOutcome::Answer(
+                            self.forbidden(msg, "wrong user name or password"),
+                        );
+                    }
+                };
+                if !signed_ok(&session) {
+                    sas.remove(&opaque);
+                    return NtlmOutcome::Answer(self.ntlm_401(msg, None));
+                }
+                sas.insert(
+                    opaque.clone(),
+                    SecurityAssociation::Established {
+                        session,
+                        user: address.clone(),
+                        since: now,
+                        snum: 0,
+                    },
+                );
+                NtlmOutcome::Authenticated {
+                    user: address,
+                    opaque,
+                }
+            }
+            Some(SecurityAssociation::Established { session, user, .. }) => {
+                if signed_ok(session) {
+                    NtlmOutcome::Authenticated {
+                        user: user.clone(),
+                        opaque,
+                    }
+                } else {
+                    // A bad signature ends the association (MS-SIPAE §3.2.5.2).
+                    sas.remove(&opaque);
+                    NtlmOutcome::Answer(self.ntlm_401(msg, None))
+                }
+            }
+            _ => {
+                sas.remove(&opaque);
+                NtlmOutcome::Answer(self.ntlm_401(msg, None))
+            }
+        }
+    }
+
+    /// Signs `resp` on association `opaque` (`Authentication-Info`, MS-SIPAE §3.2.5.2).
+    pub(crate) fn ntlm_sign(&self, opaque: &str, resp: &mut Message) {
+        let mut sas = self.ntlm.lock();
+        let Some(SecurityAssociation::Established { session, snum, .. }) = sas.get_mut(opaque)
+        else {
+            return;
+        };
+        *snum += 1;
+        let srand = format!("{:08X}", rand::random::<u32>());
+        let snum_s = snum.to_string();
+        let targetname = self.targetname(resp);
+        let ctx = SignatureContext {
+            protocol: "NTLM",
+            rand: &srand,
+            num: &snum_s,
+            realm: NTLM_REALM,
+            targetname: &targetname,
+            version: VERSION,
+        };
+        let rspauth = sipae::server_signature(session, resp, &ctx);
+        resp.headers.push_front(
+            HeaderName::from_wire("Authentication-Info"),
+            format!("NTLM rspauth=\"{rspauth}\", srand=\"{srand}\", snum=\"{snum_s}\", opaque=\"{opaque}\", qop=\"auth\", targetname=\"{targetname}\", realm=\"{NTLM_REALM}\""),
+        );
+    }
+}
+
+pub(crate) type SecurityAssociations = HashMap<String, SecurityAssociation>;
