@@ -26,6 +26,7 @@ const VERSION: u32 = 4;
 /// Associations last 8 hours (MS-SIPAE §3.2.2: clients re-authenticate before that).
 const SA_LIFETIME: Duration = Duration::from_secs(8 * 3600);
 const HANDSHAKE_LIFETIME: Duration = Duration::from_secs(60);
+const MAX_ASSOCIATIONS: usize = 200_000;
 
 pub(crate) enum SecurityAssociation {
     Challenged {
@@ -125,7 +126,14 @@ impl crate::Core {
         let gssapi = creds.param("gssapi-data").unwrap_or("");
         let opaque = creds.param("opaque").map(str::to_owned);
         if opaque.is_none() || (gssapi.is_empty() && creds.param("response").is_none()) {
-            // Step 2: a new association.
+            // Step 2: a new association. Unauthenticated clients create these, so their
+            // number is bounded (they also expire after a minute).
+            if sas.len() >= MAX_ASSOCIATIONS {
+                let mut busy = self.response(msg, 503);
+                busy.headers
+                    .push(HeaderName::from_wire("Retry-After"), "30");
+                return NtlmOutcome::Answer(busy);
+            }
             let opaque = format!("{:08X}", rand::random::<u32>());
             let server_challenge: [u8; 8] = rand::random();
             let host = self.targetname(msg);
