@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian 12 machine: installs what the tests need
-# (SIPp, baresip, linphonec), checks formatting and lints, runs the Rust unit and socket-level
+# (SIPp, baresip, linphonec, pidgin-sipe in bitlbee), checks formatting and lints, runs the Rust unit and socket-level
 # tests, then the real-client interop tests (SIPp scenarios, baresip over UDP/TCP/TLS,
-# linphonec, and presence watched by linphonec and baresip).
+# linphonec, presence watched by linphonec and baresip, pidgin-sipe's NTLM sign-in).
 # Usage: scripts/test.sh            Exit status 0 only if everything passed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +21,8 @@ need=()
 command -v sipp >/dev/null || need+=(sip-tester)
 command -v baresip >/dev/null || need+=(baresip-core)
 command -v linphonec >/dev/null || need+=(linphone-cli)
+command -v bitlbee >/dev/null || need+=(bitlbee-libpurple)
+[ -e /usr/lib/purple-2/libsipe.so ] || need+=(pidgin-sipe)
 command -v python3 >/dev/null || need+=(python3)
 if ((${#need[@]})); then
   step "installing ${need[*]}"
@@ -50,6 +52,7 @@ for t in udp tcp tls; do
 done
 run "linphonec with baresip" timeout 300 python3 tests/interop/linphonec_im.py
 run "presence: linphonec and baresip watch a SIPp device" timeout 300 python3 tests/interop/presence.py
+run "pidgin-sipe NTLM sign-in (Lync dialect)" timeout 300 python3 tests/interop/sipe_signin.py
 
 echo
 if ((${#failed[@]})); then
