@@ -89,14 +89,15 @@ impl crate::Core {
 
     fn ntlm_401(&self, msg: &Message, extra: Option<(&str, &[u8])>) -> Message {
         let mut resp = self.response(msg, 401);
-        let mut v = format!(
-            "NTLM realm=\"{NTLM_REALM}\", targetname=\"{}\", version={VERSION}",
-            self.targetname(msg)
-        );
-        if let Some((opaque, challenge)) = extra {
-            let b64 = base64::engine::general_purpose::STANDARD.encode(challenge);
-            v = format!("NTLM opaque=\"{opaque}\", gssapi-data=\"{b64}\", targetname=\"{}\", realm=\"{NTLM_REALM}\", version={VERSION}", self.targetname(msg));
-        }
+        let v = match extra {
+            // Step 2: the CHALLENGE, and the association's name.
+            Some((opaque, challenge)) => format!(
+                "NTLM opaque=\"{opaque}\", gssapi-data=\"{}\", targetname=\"{}\", realm=\"{NTLM_REALM}\", version={VERSION}",
+                base64::engine::general_purpose::STANDARD.encode(challenge),
+                self.targetname(msg)
+            ),
+            None => self.ntlm_offer(msg),
+        };
         resp.headers.push(HeaderName::WwwAuthenticate, v);
         resp.headers.push(
             HeaderName::Date,
