@@ -219,8 +219,4 @@ impl Presence {
             next_change_ms: None,
         }
     }
-
-    pub fn has(&self, a: Activity) -> bool {
-        self.activities.contains(&a)
-    }
 }
