@@ -228,6 +228,8 @@ pub struct PresenceService {
     deliverer: OnceLock<Weak<dyn Deliverer>>,
     /// The change-log position already applied.
     change_seq: Mutex<i64>,
+    /// When the store was last pruned.
+    pruned_at: Mutex<Instant>,
 }
 
 impl PresenceService {
@@ -251,6 +253,7 @@ impl PresenceService {
             state: Mutex::new(State::default()),
             deliverer: OnceLock::new(),
             change_seq: Mutex::new(seq),
+            pruned_at: Mutex::new(Instant::now()),
         });
         let weak = Arc::downgrade(&svc);
         tokio::spawn(async move {
@@ -460,7 +463,11 @@ impl PresenceService {
                 }
             });
         }
-        if now_ms % 3_600_000 < 1_000 {
+        // Once an hour: change-log rows older than a day, calendar entries that ended.
+        let mut pruned = self.pruned_at.lock();
+        if now.duration_since(*pruned) >= Duration::from_secs(3600) {
+            *pruned = now;
+            drop(pruned);
             if let Err(e) = self.store.prune(now_ms - 86_400_000) {
                 tracing::warn!(error = %e, "cannot prune presence change log");
             }
