@@ -11,7 +11,7 @@ where each incoming MESSAGE is printed as  sip:peer: "text".
 import json, os, re, socket, subprocess, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sbtest import Results, Server, cdr_sessions, free_port, message_counts
+from sbtest import Results, Server, stop_all, cdr_sessions, free_port, message_counts
 
 ANSI = re.compile(r'\x1b\[[0-9;]*m')
 
@@ -182,12 +182,8 @@ def main():
                 and conf[0]['organiser'] == 'sip:alice@127.0.0.1' and len(conf[0]['participants']) == 3,
                 json.dumps(conf)[:300])
     finally:
-        for c in clients:
-            c.stop()
-        server.stop()
-    if r.failed:
-        print(server.tail())
-    r.exit()
+        stop_all(server, clients)
+    r.exit(server)
 
 
 if __name__ == '__main__':

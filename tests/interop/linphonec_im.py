@@ -9,7 +9,7 @@ linphonec is driven over stdin; it prints  Message received from <uri>: <text>.
 import json, os, queue, re, subprocess, sys, threading, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sbtest import Results, Server, cdr_sessions, free_port, message_counts
+from sbtest import Results, Server, stop_all, cdr_sessions, free_port, message_counts
 from baresip_im import Baresip
 
 
@@ -124,12 +124,8 @@ def main():
                 len(conf) == 1 and pair and conf[0]['escalated_from'] == pair[0]['id'] and cc.get('sip:alice@127.0.0.1') == 1,
                 str(cc))
     finally:
-        for c in clients:
-            c.stop()
-        server.stop()
-    if r.failed:
-        print(server.tail())
-    r.exit()
+        stop_all(server, clients)
+    r.exit(server)
 
 
 if __name__ == '__main__':

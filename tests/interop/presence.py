@@ -18,7 +18,7 @@ import json, os, re, subprocess, sys, time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from sbtest import ROOT, Results, Server, free_port
+from sbtest import ROOT, Results, Server, stop_all, free_port
 from baresip_im import ANSI, Baresip
 from linphonec_im import Linphonec
 
@@ -108,12 +108,8 @@ def main():
     finally:
         if publisher and publisher.poll() is None:
             publisher.kill()
-        for c in clients:
-            c.stop()
-        server.stop()
-    if r.failed:
-        print(server.tail())
-    r.exit()
+        stop_all(server, clients)
+    r.exit(server)
 
 
 if __name__ == '__main__':

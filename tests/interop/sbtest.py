@@ -18,7 +18,9 @@ class Results:
             self.failed += 1
         return ok
 
-    def exit(self):
+    def exit(self, server=None):
+        if self.failed and server is not None:
+            print(server.tail())
         print('%s: %d passed, %d failed' % (self.suite, self.passed, self.failed), flush=True)
         raise SystemExit(0 if self.failed == 0 and self.passed > 0 else 1)
 
@@ -93,6 +95,13 @@ class Server:
     def tail(self, n=40):
         with open(self.log_path) as f:
             return ''.join(f.readlines()[-n:])
+
+
+def stop_all(server, clients):
+    """Stops the clients, then the server: every test ends here, passed or not."""
+    for c in clients:
+        c.stop()
+    server.stop()
 
 
 def cdr_sessions(server):

@@ -12,7 +12,7 @@ Usage: sipe_signin.py      (needs bitlbee-libpurple, pidgin-sipe and the switchb
 import os, re, socket, subprocess, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sbtest import Results, Server
+from sbtest import Results, Server, stop_all
 
 
 class Sipe:
@@ -117,12 +117,8 @@ def main():
         r.check('the refusal is the 403 of the NTLM check',
                 re.search(r'SIP/2.0 403 .*\n(.*\n)*?Warning: 310', bob.debug_log()) is not None)
     finally:
-        for c in clients:
-            c.stop()
-        server.stop()
-    if r.failed:
-        print(server.tail())
-    r.exit()
+        stop_all(server, clients)
+    r.exit(server)
 
 
 if __name__ == '__main__':
