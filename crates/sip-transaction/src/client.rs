@@ -1,6 +1,5 @@
 //! Client transactions (RFC 3261 §17.1, RFC 6026 §8.4).
 
-use bytes::Bytes;
 use sip_message::{HeaderName, Message, Method, StartLine};
 use sip_transport::Target;
 use tokio::time::{sleep_until, Instant};
@@ -107,7 +106,7 @@ impl TransactionLayer {
         tokio::spawn(async move {
             let timers = layer.inner.timers;
             let is_invite = method == Method::Invite;
-            let bytes = Bytes::from(request.encode());
+            let bytes = layer.inner.wire(&target, &request);
             let sent = layer.inner.transports.send(target, bytes.clone()).await;
             let (reliable, target) = match sent {
                 Ok(src) => (
@@ -150,7 +149,7 @@ impl TransactionLayer {
                         if let Some(_d) = final_deadline {
                             // Completed/Accepted: absorb, re-ACK non-2xx, pass up 2xx (RFC 6026).
                             if is_invite && status >= 300 {
-                                let _ = layer.inner.transports.send(target, ack_for(&request, &resp).encode().into()).await;
+                                let _ = layer.inner.transports.send(target, layer.inner.wire(&target, &ack_for(&request, &resp))).await;
                             } else if is_invite && (200..300).contains(&status) {
                                 ev_tx.send(ClientEvent::Response(resp));
                             }
@@ -169,7 +168,7 @@ impl TransactionLayer {
                         }
                         next_retransmit = None;
                         if is_invite && status >= 300 {
-                            let _ = layer.inner.transports.send(target, ack_for(&request, &resp).encode().into()).await;
+                            let _ = layer.inner.transports.send(target, layer.inner.wire(&target, &ack_for(&request, &resp))).await;
                             final_deadline = Some(Instant::now() + if reliable { std::time::Duration::ZERO } else { std::time::Duration::from_secs(32) });
                         } else if is_invite {
                             final_deadline = Some(Instant::now() + timers.t1 * 64);

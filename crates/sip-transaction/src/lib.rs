@@ -53,6 +53,15 @@ impl Default for Timers {
     }
 }
 
+/// Adds what a message needs to be accepted on the path it is sent over: MS-SIPAE
+/// message signatures for a client that signed in with NTLM (every message the server
+/// sends on that security association is signed, MS-SIPAE §3.2.5.2). Consulted for every
+/// message the layer sends; must be quick when there is nothing to do.
+pub trait OutboundSigner: Send + Sync + 'static {
+    /// A signed copy of `msg` for `target`, or `None` when it goes out as it is.
+    fn sign(&self, target: &Target, msg: &Message) -> Option<Message>;
+}
+
 /// What the transaction user (the proxy/registrar core) receives.
 pub trait TransactionUser: Send + Sync + 'static {
     /// A new request (not ACK) with its server transaction. Returned work runs on the
@@ -81,6 +90,7 @@ pub(crate) struct Inner {
     pub(crate) server: shards::ShardedMap<TxKey, Arc<server::ServerTx>>,
     pub(crate) client: Mutex<HashMap<(String, Method), mailbox::Sender<Message>>>,
     pub(crate) tu: OnceLock<Arc<dyn TransactionUser>>,
+    pub(crate) signer: OnceLock<Arc<dyn OutboundSigner>>,
     /// Completed transactions waiting out Timer J / L, in deadline order.
     pub(crate) linger:
         Mutex<std::collections::VecDeque<(tokio::time::Instant, Arc<server::ServerTx>)>>,
@@ -102,6 +112,7 @@ impl TransactionLayer {
                 server: shards::ShardedMap::new(),
                 client: Mutex::new(HashMap::new()),
                 tu: OnceLock::new(),
+                signer: OnceLock::new(),
                 linger: Mutex::new(std::collections::VecDeque::new()),
             }),
         };
@@ -112,6 +123,11 @@ impl TransactionLayer {
 
     pub fn set_user(&self, tu: Arc<dyn TransactionUser>) {
         let _ = self.inner.tu.set(tu);
+    }
+
+    /// Installs the signer every outgoing message passes (once).
+    pub fn set_signer(&self, signer: Arc<dyn OutboundSigner>) {
+        let _ = self.inner.signer.set(signer);
     }
 
     pub fn transports(&self) -> &Transports {
@@ -144,11 +160,21 @@ impl TransactionLayer {
         if let Err(e) = self
             .inner
             .transports
-            .send(target, msg.encode().into())
+            .send(target, self.inner.wire(&target, msg))
             .await
         {
             tracing::debug!(error = %e, "stateless send failed");
         }
+    }
+}
+
+impl Inner {
+    /// The bytes of `msg` as sent to `target` (signed when the path needs it).
+    pub(crate) fn wire(&self, target: &Target, msg: &Message) -> bytes::Bytes {
+        if let Some(signed) = self.signer.get().and_then(|s| s.sign(target, msg)) {
+            return signed.encode().into();
+        }
+        msg.encode().into()
     }
 }
 

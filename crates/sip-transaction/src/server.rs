@@ -105,7 +105,7 @@ impl ServerTxHandle {
     /// dropped (§17.2.1), except 2xx retransmissions in the Accepted state (RFC 6026).
     pub async fn respond(&self, response: &Message) {
         let status = response.status().unwrap_or(500);
-        let bytes = Bytes::from(response.encode());
+        let bytes = self.layer.inner.wire(&self.tx.target, response);
         {
             let mut st = self.tx.state.lock();
             match st.0 {

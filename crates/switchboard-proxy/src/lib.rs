@@ -86,6 +86,8 @@ pub struct Core {
     pub(crate) hook: Arc<dyn ImHook>,
     /// NTLM security associations of Lync-dialect clients, by `opaque`.
     pub(crate) ntlm: Mutex<ntlm_auth::SecurityAssociations>,
+    /// The association each signed-in Lync connection signs on (by `opaque`).
+    pub(crate) sa_flows: RwLock<HashMap<ConnectionId, String>>,
     /// The event-state service (presence), once attached.
     pub(crate) events: std::sync::OnceLock<Arc<dyn EventHook>>,
     epoch: tokio::time::Instant,
@@ -119,6 +121,7 @@ impl Core {
             hook,
             events: std::sync::OnceLock::new(),
             ntlm: Mutex::new(HashMap::new()),
+            sa_flows: RwLock::new(HashMap::new()),
             epoch: tokio::time::Instant::now(),
             own_addrs: RwLock::new(Vec::new()),
             pending_invites: Mutex::new(HashMap::new()),
@@ -129,6 +132,7 @@ impl Core {
     /// nonce-count memory).
     pub fn attach(self: &Arc<Self>) {
         self.layer.set_user(self.clone());
+        self.layer.set_signer(self.clone());
         for kind in [TransportKind::Udp, TransportKind::Tcp, TransportKind::Tls] {
             if let Some(a) = self.layer.transports().listening(kind) {
                 self.own_addrs.write().push(a);
@@ -437,7 +441,14 @@ impl Core {
                         .max()
                         .unwrap_or(0);
                     resp.headers.push(HeaderName::Expires, granted.to_string());
-                    self.ntlm_sign(opaque, &mut resp);
+                    self.lync_register_extras(&mut resp);
+                    match req.source.connection {
+                        // Everything on this connection is signed from now on.
+                        Some(id) => self.bind_association(id, opaque),
+                        None => {
+                            self.ntlm_sign(opaque, &mut resp);
+                        }
+                    }
                 }
                 req.tx.respond(&resp).await;
                 if outcome.added {
@@ -456,6 +467,39 @@ impl Core {
                 }
                 req.tx.respond(&resp).await;
             }
+        }
+    }
+
+    /// MS-SIPREGE §3.1.5 / MS-CONMGMT §2.2.1: what a Lync client reads from its REGISTER
+    /// 200: the enhanced-presence and batched-subscription extensions (without
+    /// `msrtc-event-categories` pidgin-sipe falls back to the 2005 dialect), the events it
+    /// may subscribe to (it subscribes to nothing else), the keep-alive interval, and
+    /// the GRUU in the draft-10 `gruu` parameter it looks for.
+    fn lync_register_extras(&self, resp: &mut Message) {
+        resp.headers
+            .push(HeaderName::Supported, "msrtc-event-categories, adhoclist");
+        if let Some(events) = self.events.get() {
+            resp.headers
+                .push(HeaderName::AllowEvents, events.allow_events());
+        }
+        resp.headers.push(
+            HeaderName::from_wire("ms-keep-alive"),
+            "UAS; tcp=no; hop-hop=yes; end-end=no; timeout=300",
+        );
+        let contacts: Vec<String> = resp
+            .headers
+            .get_all(&HeaderName::Contact)
+            .map(|c| match c.split_once("pub-gruu=\"") {
+                Some((_, rest)) => {
+                    let gruu = rest.split('"').next().unwrap_or("");
+                    format!("{c};gruu=\"{gruu}\"")
+                }
+                None => c.to_owned(),
+            })
+            .collect();
+        resp.headers.remove(&HeaderName::Contact);
+        for c in contacts {
+            resp.headers.push(HeaderName::Contact, c);
         }
     }
 
@@ -499,6 +543,7 @@ impl TransactionUser for Core {
     }
 
     fn on_connection_closed(&self, id: ConnectionId) {
+        self.connection_gone(id);
         let gone = self.location.flow_closed(id);
         if !gone.is_empty() {
             tracing::debug!(?gone, "flow closed; bindings removed");

@@ -9,14 +9,20 @@
 //!    association is kept under its `opaque`; later REGISTERs carry only a signature
 //!    (`crand`, `cnum`, `response`), and a bad one drops the association (401).
 //!
-//! The server signs its answers on the association (`Authentication-Info … rspauth,
-//! srand, snum`). Signing every other message sent to the client is not done yet.
+//! Once established, the association belongs to the connection the client signed in
+//! over: every message the server sends on that connection is signed (`Authentication-Info
+//! … rspauth, srand, snum`, by the transaction layer's [`OutboundSigner`]), and every
+//! request the client sends on it must carry a valid signature (`crand`, `cnum`,
+//! `response`), which is what authenticates it; a bad or missing one is answered 401 and
+//! the association is dropped (MS-SIPAE §3.2.5.2, §3.3.5.2).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use sip_message::{AuthHeader, HeaderName, Message};
+use sip_transaction::{OutboundSigner, ServerRequest};
+use sip_transport::{ConnectionId, Target};
 use sipae::SignatureContext;
 use switchboard_store::Address;
 
@@ -39,7 +45,20 @@ pub(crate) enum SecurityAssociation {
         since: Instant,
         /// The server's message counter (`snum`).
         snum: u32,
+        /// As the client names them in its signatures (they are part of the input).
+        targetname: String,
+        version: u32,
     },
+}
+
+/// How a request that arrived over a connection with an association stands.
+pub(crate) enum SignedRequest {
+    /// The connection has no association: Digest authenticates the request.
+    NoAssociation,
+    /// Signed correctly by this user.
+    Valid(Address),
+    /// Unsigned or badly signed: answered 401 and the association dropped.
+    Invalid,
 }
 
 /// What the REGISTER's NTLM credentials lead to.
@@ -52,11 +71,43 @@ pub(crate) enum NtlmOutcome {
     Authenticated { user: Address, opaque: String },
 }
 
+/// The NTLM credentials of a request: in Authorization (REGISTER, and what pidgin-sipe
+/// sends everywhere) or Proxy-Authorization (MS-SIPAE §2.2.2 allows either).
 fn ntlm_params(msg: &Message) -> Option<AuthHeader> {
     msg.headers
         .get_all(&HeaderName::Authorization)
+        .chain(msg.headers.get_all(&HeaderName::ProxyAuthorization))
         .filter_map(|v| AuthHeader::parse(v).ok())
         .find(|a| a.scheme.eq_ignore_ascii_case("NTLM"))
+}
+
+/// Removes what signs a message on one hop's association (the client's NTLM
+/// credentials, our Authentication-Info): meaningless, and misleading, on the next hop.
+pub(crate) fn strip_hop_signatures(msg: &mut Message) {
+    for name in [HeaderName::Authorization, HeaderName::ProxyAuthorization] {
+        if msg
+            .headers
+            .get_all(&name)
+            .any(|v| v.trim_start().get(..5).is_some_and(|s| s.eq_ignore_ascii_case("NTLM ")))
+        {
+            let keep: Vec<String> = msg
+                .headers
+                .get_all(&name)
+                .filter(|v| {
+                    !v.trim_start()
+                        .get(..5)
+                        .is_some_and(|s| s.eq_ignore_ascii_case("NTLM "))
+                })
+                .map(str::to_owned)
+                .collect();
+            msg.headers.remove(&name);
+            for v in keep {
+                msg.headers.push(name.clone(), v);
+            }
+        }
+    }
+    msg.headers
+        .remove(&HeaderName::from_wire("Authentication-Info"));
 }
 
 /// Does the client show the Microsoft extensions that tell it is a Lync-dialect client?
@@ -231,6 +282,7 @@ impl crate::Core {
                     sas.remove(&opaque);
                     return NtlmOutcome::Answer(self.ntlm_401(msg, None));
                 }
+                let ctx = sig_ctx("", "");
                 sas.insert(
                     opaque.clone(),
                     SecurityAssociation::Established {
@@ -238,6 +290,8 @@ impl crate::Core {
                         user: address.clone(),
                         since: now,
                         snum: 0,
+                        targetname: ctx.targetname.to_owned(),
+                        version: ctx.version,
                     },
                 );
                 NtlmOutcome::Authenticated {
@@ -264,30 +318,144 @@ impl crate::Core {
         }
     }
 
-    /// Signs `resp` on association `opaque` (`Authentication-Info`, MS-SIPAE §3.2.5.2).
-    pub(crate) fn ntlm_sign(&self, opaque: &str, resp: &mut Message) {
+    /// Signs `msg` on association `opaque` (`Authentication-Info`, MS-SIPAE §3.2.5.2);
+    /// false when the association is gone.
+    pub(crate) fn ntlm_sign(&self, opaque: &str, msg: &mut Message) -> bool {
         let mut sas = self.ntlm.lock();
-        let Some(SecurityAssociation::Established { session, snum, .. }) = sas.get_mut(opaque)
+        let Some(SecurityAssociation::Established {
+            session,
+            snum,
+            targetname,
+            version,
+            ..
+        }) = sas.get_mut(opaque)
         else {
-            return;
+            return false;
         };
-        *snum += 1;
+        *snum = snum.wrapping_add(1);
         let srand = format!("{:08X}", rand::random::<u32>());
         let snum_s = snum.to_string();
-        let targetname = self.targetname(resp);
         let ctx = SignatureContext {
             protocol: "NTLM",
             rand: &srand,
             num: &snum_s,
             realm: NTLM_REALM,
-            targetname: &targetname,
-            version: VERSION,
+            targetname,
+            version: *version,
         };
-        let rspauth = sipae::server_signature(session, resp, &ctx);
-        resp.headers.push_front(
+        let rspauth = sipae::server_signature(session, msg, &ctx);
+        msg.headers.push_front(
             HeaderName::from_wire("Authentication-Info"),
             format!("NTLM rspauth=\"{rspauth}\", srand=\"{srand}\", snum=\"{snum_s}\", opaque=\"{opaque}\", qop=\"auth\", targetname=\"{targetname}\", realm=\"{NTLM_REALM}\""),
         );
+        true
+    }
+
+    /// From now on, messages over `connection` are signed on association `opaque`.
+    pub(crate) fn bind_association(&self, connection: ConnectionId, opaque: &str) {
+        self.sa_flows.write().insert(connection, opaque.to_owned());
+    }
+
+    /// The connection closed: its association ends with it (the client signs in again
+    /// over a new connection).
+    pub(crate) fn connection_gone(&self, connection: ConnectionId) {
+        let gone = self.sa_flows.write().remove(&connection);
+        if let Some(opaque) = gone {
+            self.ntlm.lock().remove(&opaque);
+        }
+    }
+
+    fn drop_association(&self, connection: ConnectionId) {
+        self.connection_gone(connection);
+    }
+
+    /// The association of the connection a request came over, if any.
+    pub(crate) fn association_of(&self, req: &ServerRequest) -> Option<String> {
+        let id = req.source.connection?;
+        let flows = self.sa_flows.read();
+        if flows.is_empty() {
+            return None;
+        }
+        flows.get(&id).cloned()
+    }
+
+    /// MS-SIPAE §3.3.5.2: a request over a connection with an association must carry the
+    /// client's valid signature; that signature is what authenticates it.
+    pub(crate) fn check_signed_request(&self, req: &ServerRequest) -> SignedRequest {
+        let Some(opaque) = self.association_of(req) else {
+            return SignedRequest::NoAssociation;
+        };
+        let msg = &req.message;
+        let valid = ntlm_params(msg).and_then(|creds| {
+            if creds.param("opaque") != Some(opaque.as_str()) {
+                return None;
+            }
+            let (crand, cnum, response) = (
+                creds.param("crand")?,
+                creds.param("cnum")?,
+                creds.param("response")?,
+            );
+            let sas = self.ntlm.lock();
+            let Some(SecurityAssociation::Established {
+                session,
+                user,
+                targetname,
+                version,
+                ..
+            }) = sas.get(&opaque)
+            else {
+                return None;
+            };
+            let ctx = SignatureContext {
+                protocol: "NTLM",
+                rand: crand,
+                num: cnum,
+                realm: NTLM_REALM,
+                targetname: creds.param("targetname").unwrap_or(targetname),
+                version: creds
+                    .param("version")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(*version),
+            };
+            sipae::verify_client(session, msg, &ctx, response).then(|| user.clone())
+        });
+        match valid {
+            Some(user) => SignedRequest::Valid(user),
+            None => {
+                if let Some(id) = req.source.connection {
+                    self.drop_association(id);
+                }
+                SignedRequest::Invalid
+            }
+        }
+    }
+
+    /// The 401 for a request whose signature failed: the client signs in again.
+    pub(crate) fn signature_refused(&self, msg: &Message) -> Message {
+        self.ntlm_401(msg, None)
+    }
+}
+
+impl OutboundSigner for crate::Core {
+    fn sign(&self, target: &Target, msg: &Message) -> Option<Message> {
+        let Target::Connection { id, .. } = target else {
+            return None;
+        };
+        let opaque = {
+            let flows = self.sa_flows.read();
+            if flows.is_empty() {
+                return None;
+            }
+            flows.get(id)?.clone()
+        };
+        // 100 Trying is hop-by-hop noise the client does not check; everything else is
+        // signed (pidgin-sipe drops unsigned requests and final responses).
+        if msg.status() == Some(100) {
+            return None;
+        }
+        let mut signed = msg.clone();
+        strip_hop_signatures(&mut signed);
+        self.ntlm_sign(&opaque, &mut signed).then_some(signed)
     }
 }
 

@@ -14,6 +14,7 @@ use switchboard_store::Address;
 use tokio::sync::Notify;
 
 use crate::hook::HookDecision;
+use crate::ntlm_auth::{strip_hop_signatures, SignedRequest};
 use crate::Core;
 
 /// Prefix of the branches we generate; the loop-detection hash follows it.
@@ -165,8 +166,20 @@ impl Core {
                 .respond_warning(&req, 403, "sender's domain is not served here")
                 .await;
         }
-        let Some(sender) = self.authenticate_or_answer(&req, &from_domain).await else {
-            return;
+        // A Lync client's signature on its association authenticates it (MS-SIPAE);
+        // everyone else answers a Digest challenge.
+        let sender = match self.check_signed_request(&req) {
+            SignedRequest::Valid(user) => user,
+            SignedRequest::Invalid => {
+                let refused = self.signature_refused(msg);
+                return req.tx.respond(&refused).await;
+            }
+            SignedRequest::NoAssociation => {
+                match self.authenticate_or_answer(&req, &from_domain).await {
+                    Some(user) => user,
+                    None => return,
+                }
+            }
         };
         let from_addr = from_uri
             .user_unescaped()
@@ -510,6 +523,7 @@ impl Core {
         out.headers.push_front(HeaderName::Via, hop.via(&branch));
         // Credentials for our realm stop here (§22.3): the next hop cannot use them.
         out.headers.remove(&HeaderName::ProxyAuthorization);
+        strip_hop_signatures(&mut out);
         (out, branch)
     }
 
@@ -707,6 +721,7 @@ impl Core {
         }
         msg.headers
             .set(HeaderName::MaxForwards, (mf - 1).to_string());
+        strip_hop_signatures(&mut msg);
         msg.headers.push_front(
             HeaderName::Via,
             format!(
@@ -775,6 +790,7 @@ fn in_dialog_request(msg: &Message) -> bool {
 /// Removes our top Via from a response (§16.7 step 3); `None` if nothing is left.
 fn strip_our_via(mut resp: Message) -> Option<Message> {
     resp.headers.pop_first_value(&HeaderName::Via)?;
+    strip_hop_signatures(&mut resp);
     resp.headers.has(&HeaderName::Via).then_some(resp)
 }
 

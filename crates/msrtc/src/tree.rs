@@ -1,0 +1,200 @@
+//! A small element tree over quick-xml: the Lync documents are small (a few KB) and
+//! their readers want "the `availability` child of the `state` child", which a tree
+//! answers more plainly than a stream. Names are local (namespace prefixes dropped):
+//! clients write the same documents with different prefixes.
+
+use quick_xml::events::Event;
+use quick_xml::Reader;
+
+use crate::MsrtcError;
+
+/// One element: local name, attributes (local names), children, text, and its inner
+/// XML as written (to keep a publication's payload byte for byte).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Element {
+    pub name: String,
+    pub attrs: Vec<(String, String)>,
+    pub children: Vec<Element>,
+    pub text: String,
+    pub inner: String,
+}
+
+impl Element {
+    pub fn attr(&self, name: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn child(&self, name: &str) -> Option<&Element> {
+        self.children.iter().find(|c| c.name == name)
+    }
+
+    pub fn children_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Element> {
+        self.children.iter().filter(move |c| c.name == name)
+    }
+
+    /// The descendant at `a/b/c`.
+    pub fn path(&self, path: &str) -> Option<&Element> {
+        path.split('/').try_fold(self, |e, step| e.child(step))
+    }
+
+    /// The trimmed text of the descendant at `path`, if present and not empty.
+    pub fn text_at(&self, path: &str) -> Option<&str> {
+        self.path(path)
+            .map(|e| e.text.trim())
+            .filter(|t| !t.is_empty())
+    }
+}
+
+fn local(name: &[u8]) -> String {
+    let l = match name.iter().rposition(|b| *b == b':') {
+        Some(i) => &name[i + 1..],
+        None => name,
+    };
+    String::from_utf8_lossy(l).into_owned()
+}
+
+fn open(e: &quick_xml::events::BytesStart<'_>) -> Result<Element, MsrtcError> {
+    let mut el = Element {
+        name: local(e.name().as_ref()),
+        ..Element::default()
+    };
+    for a in e.attributes() {
+        let a = a.map_err(|err| MsrtcError::Xml(err.to_string()))?;
+        let key = a.key.as_ref();
+        if key.starts_with(b"xmlns") {
+            continue;
+        }
+        let value = a
+            .unescape_value()
+            .map_err(|err| MsrtcError::Xml(err.to_string()))?;
+        el.attrs.push((local(key), value.into_owned()));
+    }
+    Ok(el)
+}
+
+/// Parses a whole document into its root element. Bounded in depth (a hostile body
+/// cannot make the stack grow without limit).
+pub fn parse(body: &[u8]) -> Result<Element, MsrtcError> {
+    const MAX_DEPTH: usize = 32;
+    let mut r = Reader::from_reader(body);
+    let mut stack: Vec<(Element, usize)> = Vec::new();
+    let mut root: Option<Element> = None;
+    let mut buf = Vec::new();
+    loop {
+        let before = r.buffer_position() as usize;
+        let ev = r
+            .read_event_into(&mut buf)
+            .map_err(|e| MsrtcError::Xml(e.to_string()))?;
+        match ev {
+            Event::Start(ref e) => {
+                if stack.len() >= MAX_DEPTH {
+                    return Err(MsrtcError::Xml("nested too deeply".into()));
+                }
+                let el = open(e)?;
+                stack.push((el, r.buffer_position() as usize));
+            }
+            Event::Empty(ref e) => {
+                let el = open(e)?;
+                match stack.last_mut() {
+                    Some((parent, _)) => parent.children.push(el),
+                    None if root.is_none() => root = Some(el),
+                    None => return Err(MsrtcError::Xml("more than one root element".into())),
+                }
+            }
+            Event::Text(t) => {
+                if let Some((el, _)) = stack.last_mut() {
+                    let text = t.decode().map_err(|e| MsrtcError::Xml(e.to_string()))?;
+                    el.text.push_str(&text);
+                }
+            }
+            Event::CData(t) => {
+                if let Some((el, _)) = stack.last_mut() {
+                    el.text.push_str(&String::from_utf8_lossy(&t));
+                }
+            }
+            Event::GeneralRef(g) => {
+                let name = g.decode().map_err(|e| MsrtcError::Xml(e.to_string()))?;
+                let c = match name.as_ref() {
+                    "amp" => Some('&'),
+                    "lt" => Some('<'),
+                    "gt" => Some('>'),
+                    "quot" => Some('"'),
+                    "apos" => Some('\''),
+                    _ => g.resolve_char_ref().ok().flatten(),
+                };
+                let Some(c) = c else {
+                    return Err(MsrtcError::Xml(format!("unknown entity &{name};")));
+                };
+                if let Some((el, _)) = stack.last_mut() {
+                    el.text.push(c);
+                }
+            }
+            Event::End(_) => {
+                let Some((mut el, start)) = stack.pop() else {
+                    return Err(MsrtcError::Xml("unbalanced end tag".into()));
+                };
+                if let Some(inner) = body.get(start..before) {
+                    el.inner = String::from_utf8_lossy(inner).into_owned();
+                }
+                match stack.last_mut() {
+                    Some((parent, _)) => parent.children.push(el),
+                    None if root.is_none() => root = Some(el),
+                    None => return Err(MsrtcError::Xml("more than one root element".into())),
+                }
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+        buf.clear();
+    }
+    if !stack.is_empty() {
+        return Err(MsrtcError::Xml("document ends inside an element".into()));
+    }
+    root.ok_or_else(|| MsrtcError::Xml("no root element".into()))
+}
+
+/// Escapes text for an attribute value or element content.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_names_attributes_text_and_inner_xml() {
+        let doc = br#"<a:root xmlns:a="urn:x" k="v&amp;w"><b x:type="t">one &lt;two&gt;</b><c/></a:root>"#;
+        let root = parse(doc).unwrap();
+        assert_eq!(root.name, "root");
+        assert_eq!(root.attr("k"), Some("v&w"));
+        let b = root.child("b").unwrap();
+        assert_eq!(b.attr("type"), Some("t"));
+        assert_eq!(b.text, "one <two>");
+        assert_eq!(root.inner, r#"<b x:type="t">one &lt;two&gt;</b><c/>"#);
+        assert!(root.child("c").is_some());
+    }
+
+    #[test]
+    fn refuses_broken_documents() {
+        for bad in [&b"<a><b></a>"[..], b"<a>", b"", b"<a/><b/>", b"<a>&bogus;</a>"] {
+            assert!(parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        let deep = "<a>".repeat(100) + &"</a>".repeat(100);
+        assert!(parse(deep.as_bytes()).is_err());
+    }
+}
