@@ -88,7 +88,10 @@ fn card_payload(s: &Snapshot) -> Option<String> {
         "<contactCard xmlns=\"http://schemas.microsoft.com/2006/09/sip/contactcard\"><identity>",
     );
     if let Some(n) = &s.display_name {
-        c.push_str(&format!("<name><displayName>{}</displayName></name>", escape(n)));
+        c.push_str(&format!(
+            "<name><displayName>{}</displayName></name>",
+            escape(n)
+        ));
     }
     if let Some(e) = &s.email {
         c.push_str(&format!("<email>{}</email>", escape(e)));
@@ -199,7 +202,10 @@ pub fn roaming_self(
     }
     out.push_str("</categories><containers xmlns=\"http://schemas.microsoft.com/2006/09/sip/container-management\">");
     for c in containers {
-        out.push_str(&format!("<container id=\"{}\" version=\"{}\">", c.id, c.version));
+        out.push_str(&format!(
+            "<container id=\"{}\" version=\"{}\">",
+            c.id, c.version
+        ));
         for (kind, value) in &c.members {
             match value {
                 Some(v) => out.push_str(&format!(
@@ -222,7 +228,11 @@ pub fn roaming_self(
                 .map(|n| format!(" displayName=\"{}\"", escape(n)))
                 .unwrap_or_default(),
             s.acknowledged,
-            if s.same_enterprise { "sameEnterprise" } else { "federated" }
+            if s.same_enterprise {
+                "sameEnterprise"
+            } else {
+                "federated"
+            }
         ));
     }
     out.push_str("</subscribers></roamingData>");
@@ -262,12 +272,21 @@ mod tests {
         let state = cats[0].child("state").unwrap();
         assert_eq!(state.attr("type"), Some("aggregateState"));
         assert_eq!(state.text_at("availability"), Some("6500"));
-        assert_eq!(state.child("activity").unwrap().attr("token"), Some("in-a-meeting"));
+        assert_eq!(
+            state.child("activity").unwrap().attr("token"),
+            Some("in-a-meeting")
+        );
         assert_eq!(state.text_at("meetingSubject"), Some("Plans & <budget>"));
         assert_eq!(cats[0].attr("container"), Some("300"));
         assert_eq!(cats[1].text_at("note/body"), Some("back at 3"));
-        assert_eq!(cats[2].text_at("contactCard/identity/name/displayName"), Some("Bob"));
-        assert_eq!(cats[2].text_at("contactCard/phone/uri"), Some("tel:+15550100"));
+        assert_eq!(
+            cats[2].text_at("contactCard/identity/name/displayName"),
+            Some("Bob")
+        );
+        assert_eq!(
+            cats[2].text_at("contactCard/phone/uri"),
+            Some("tel:+15550100")
+        );
     }
 
     #[test]
@@ -291,7 +310,10 @@ mod tests {
         let root = tree::parse(doc.as_bytes()).unwrap();
         let cat = root.path("categories/category").unwrap();
         assert_eq!(cat.attr("container"), Some("2"));
-        assert_eq!(cat.path("state").unwrap().attr("type"), Some("aggregateState"));
+        assert_eq!(
+            cat.path("state").unwrap().attr("type"),
+            Some("aggregateState")
+        );
         let m = root.path("containers/container/member").unwrap();
         assert_eq!(m.attr("value"), Some("eve@example.test"));
         let sub = root.path("subscribers/subscriber").unwrap();

@@ -31,10 +31,7 @@ pub struct List {
 }
 
 fn group_ids(ids: &[u32]) -> String {
-    ids.iter()
-        .map(u32::to_string)
-        .collect::<Vec<_>>()
-        .join(" ")
+    ids.iter().map(u32::to_string).collect::<Vec<_>>().join(" ")
 }
 
 fn contact_attrs(c: &Contact) -> String {
@@ -106,10 +103,7 @@ pub fn contact_delta(old: &List, new: &List) -> Option<String> {
     }
     for o in &old.contacts {
         if !new.contacts.iter().any(|c| c.uri == o.uri) {
-            body.push_str(&format!(
-                "<deletedContact uri=\"sip:{}\"/>",
-                escape(&o.uri)
-            ));
+            body.push_str(&format!("<deletedContact uri=\"sip:{}\"/>", escape(&o.uri)));
         }
     }
     for o in &old.groups {
@@ -186,7 +180,9 @@ pub fn parse_edit(body: &[u8]) -> Result<Edit, MsrtcError> {
         "deleteContact" => Edit::DeleteContact {
             uri: strip_sip(&need("URI")?),
         },
-        "addGroup" => Edit::AddGroup { name: need("name")? },
+        "addGroup" => Edit::AddGroup {
+            name: need("name")?,
+        },
         "modifyGroup" => Edit::ModifyGroup {
             id: id("groupID")?,
             name: need("name")?,
@@ -239,22 +235,40 @@ mod tests {
         assert_eq!(root.attr("deltaNum"), Some("3"));
         assert!(root.attr("ucsmode").is_none());
         let c = root.child("contact").unwrap();
-        assert_eq!((c.attr("uri"), c.attr("groups")), (Some("bob@example.test"), Some("1 2")));
+        assert_eq!(
+            (c.attr("uri"), c.attr("groups")),
+            (Some("bob@example.test"), Some("1 2"))
+        );
         assert_eq!(root.children_named("group").count(), 2);
     }
 
     #[test]
     fn deltas_name_what_changed() {
         let old = list(3, &[("bob@example.test", &[1]), ("eve@example.test", &[1])]);
-        let mut new = list(4, &[("bob@example.test", &[2]), ("carol@example.test", &[1])]);
+        let mut new = list(
+            4,
+            &[("bob@example.test", &[2]), ("carol@example.test", &[1])],
+        );
         new.groups[1].name = "Friends".into();
         let doc = contact_delta(&old, &new).unwrap();
         let root = tree::parse(doc.as_bytes()).unwrap();
         assert_eq!(root.attr("deltaNum"), Some("4"));
-        assert_eq!(root.child("addedContact").unwrap().attr("uri"), Some("sip:carol@example.test"));
-        assert_eq!(root.child("modifiedContact").unwrap().attr("groups"), Some("2"));
-        assert_eq!(root.child("deletedContact").unwrap().attr("uri"), Some("sip:eve@example.test"));
-        assert_eq!(root.child("modifiedGroup").unwrap().attr("name"), Some("Friends"));
+        assert_eq!(
+            root.child("addedContact").unwrap().attr("uri"),
+            Some("sip:carol@example.test")
+        );
+        assert_eq!(
+            root.child("modifiedContact").unwrap().attr("groups"),
+            Some("2")
+        );
+        assert_eq!(
+            root.child("deletedContact").unwrap().attr("uri"),
+            Some("sip:eve@example.test")
+        );
+        assert_eq!(
+            root.child("modifiedGroup").unwrap().attr("name"),
+            Some("Friends")
+        );
         assert!(contact_delta(&new, &new).is_none());
     }
 
@@ -273,14 +287,24 @@ mod tests {
             }
         );
         assert_eq!(
-            parse_edit(env("<m:addGroup><m:name>Team</m:name><m:externalURI /></m:addGroup>").as_bytes()).unwrap(),
-            Edit::AddGroup { name: "Team".into() }
+            parse_edit(
+                env("<m:addGroup><m:name>Team</m:name><m:externalURI /></m:addGroup>").as_bytes()
+            )
+            .unwrap(),
+            Edit::AddGroup {
+                name: "Team".into()
+            }
         );
         assert_eq!(
-            parse_edit(env("<m:deleteGroup><m:groupID>2</m:groupID></m:deleteGroup>").as_bytes()).unwrap(),
+            parse_edit(env("<m:deleteGroup><m:groupID>2</m:groupID></m:deleteGroup>").as_bytes())
+                .unwrap(),
             Edit::DeleteGroup { id: 2 }
         );
         assert!(parse_edit(env("<m:setACE/>").as_bytes()).is_err());
-        assert!(parse_edit(env("<m:modifyGroup><m:groupID>x</m:groupID><m:name>a</m:name></m:modifyGroup>").as_bytes()).is_err());
+        assert!(parse_edit(
+            env("<m:modifyGroup><m:groupID>x</m:groupID><m:name>a</m:name></m:modifyGroup>")
+                .as_bytes()
+        )
+        .is_err());
     }
 }

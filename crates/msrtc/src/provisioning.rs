@@ -24,7 +24,9 @@ mod tests {
 
     #[test]
     fn names_the_focus_factory() {
-        let doc = provisioning(Some("sip:alice@example.test;gruu;opaque=app:conf:focusfactory"));
+        let doc = provisioning(Some(
+            "sip:alice@example.test;gruu;opaque=app:conf:focusfactory",
+        ));
         let root = tree::parse(doc.as_bytes()).unwrap();
         let group = root.child("provisionGroup").unwrap();
         assert_eq!(group.attr("name"), Some("ServerConfiguration"));
@@ -32,6 +34,11 @@ mod tests {
             group.text_at("focusFactoryUri"),
             Some("sip:alice@example.test;gruu;opaque=app:conf:focusfactory")
         );
-        assert!(tree::parse(provisioning(None).as_bytes()).unwrap().child("provisionGroup").unwrap().child("focusFactoryUri").is_none());
+        assert!(tree::parse(provisioning(None).as_bytes())
+            .unwrap()
+            .child("provisionGroup")
+            .unwrap()
+            .child("focusFactoryUri")
+            .is_none());
     }
 }

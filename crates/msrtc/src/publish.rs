@@ -33,7 +33,10 @@ fn num(e: &Element, name: &str) -> Result<u32, MsrtcError> {
 pub fn parse_publish(body: &[u8]) -> Result<Vec<Publication>, MsrtcError> {
     let root = tree::parse(body)?;
     if root.name != "publish" {
-        return Err(MsrtcError::Unexpected(format!("<{}> is not <publish>", root.name)));
+        return Err(MsrtcError::Unexpected(format!(
+            "<{}> is not <publish>",
+            root.name
+        )));
     }
     let pubs = root
         .child("publications")
@@ -43,7 +46,9 @@ pub fn parse_publish(body: &[u8]) -> Result<Vec<Publication>, MsrtcError> {
             Ok(Publication {
                 category: p
                     .attr("categoryName")
-                    .ok_or_else(|| MsrtcError::Unexpected("publication without categoryName".into()))?
+                    .ok_or_else(|| {
+                        MsrtcError::Unexpected("publication without categoryName".into())
+                    })?
                     .to_owned(),
                 instance: num(p, "instance")?,
                 container: num(p, "container")?,
@@ -92,9 +97,7 @@ pub fn read_state(p: &Publication) -> Option<PublishedState> {
     };
     Some(PublishedState {
         kind,
-        availability: state
-            .text_at("availability")
-            .and_then(|a| a.parse().ok()),
+        availability: state.text_at("availability").and_then(|a| a.parse().ok()),
         activity: state
             .child("activity")
             .and_then(|a| a.attr("token"))
@@ -107,7 +110,10 @@ pub fn read_state(p: &Publication) -> Option<PublishedState> {
 pub fn read_note(p: &Publication) -> Option<(String, bool)> {
     let note = p.content.as_ref().filter(|c| c.name == "note")?;
     let body = note.child("body")?;
-    Some((body.text.trim().to_owned(), body.attr("type") == Some("OOF")))
+    Some((
+        body.text.trim().to_owned(),
+        body.attr("type") == Some("OOF"),
+    ))
 }
 
 /// The 409 body for publications whose version was stale (MS-PRES §2.2.2.3.2):
@@ -139,7 +145,10 @@ pub struct BatchSubscribe {
 pub fn parse_batch_subscribe(body: &[u8]) -> Result<BatchSubscribe, MsrtcError> {
     let root = tree::parse(body)?;
     if root.name != "batchSub" {
-        return Err(MsrtcError::Unexpected(format!("<{}> is not <batchSub>", root.name)));
+        return Err(MsrtcError::Unexpected(format!(
+            "<{}> is not <batchSub>",
+            root.name
+        )));
     }
     let action = root
         .child("action")
@@ -213,7 +222,10 @@ pub fn parse_set_container_members(body: &[u8]) -> Result<Vec<MemberChange>, Msr
 pub fn parse_set_subscribers(body: &[u8]) -> Result<Vec<String>, MsrtcError> {
     let root = tree::parse(body)?;
     if root.name != "setSubscribers" {
-        return Err(MsrtcError::Unexpected(format!("<{}> is not <setSubscribers>", root.name)));
+        return Err(MsrtcError::Unexpected(format!(
+            "<{}> is not <setSubscribers>",
+            root.name
+        )));
     }
     Ok(root
         .children_named("subscriber")
@@ -236,10 +248,16 @@ pub fn aggregate_state(
     }
     if let Some((subject, location)) = meeting {
         if let Some(subject) = subject {
-            s.push_str(&format!("<meetingSubject>{}</meetingSubject>", escape(subject)));
+            s.push_str(&format!(
+                "<meetingSubject>{}</meetingSubject>",
+                escape(subject)
+            ));
         }
         if let Some(location) = location {
-            s.push_str(&format!("<meetingLocation>{}</meetingLocation>", escape(location)));
+            s.push_str(&format!(
+                "<meetingLocation>{}</meetingLocation>",
+                escape(location)
+            ));
         }
     }
     s.push_str("</state>");
@@ -291,7 +309,10 @@ mod tests {
 </categoryList></action></batchSub>"#;
         let b = parse_batch_subscribe(body.as_bytes()).unwrap();
         assert_eq!(b.action, "subscribe");
-        assert_eq!(b.resources, ["sip:bob@example.test", "sip:carol@example.test"]);
+        assert_eq!(
+            b.resources,
+            ["sip:bob@example.test", "sip:carol@example.test"]
+        );
         assert_eq!(b.categories, ["calendarData", "state"]);
     }
 
@@ -300,7 +321,10 @@ mod tests {
         let body = r#"<setContainerMembers xmlns="http://schemas.microsoft.com/2006/09/sip/container-management"><container id="200" version="0"><member action="add" type="sameEnterprise"/></container><container id="32000" version="3"><member action="add" type="user" value="eve@example.test"/><member action="remove" type="user" value="bob@example.test"/></container></setContainerMembers>"#;
         let m = parse_set_container_members(body.as_bytes()).unwrap();
         assert_eq!(m.len(), 3);
-        assert_eq!((m[1].container, m[1].add, m[1].value.as_deref()), (32000, true, Some("eve@example.test")));
+        assert_eq!(
+            (m[1].container, m[1].add, m[1].value.as_deref()),
+            (32000, true, Some("eve@example.test"))
+        );
         assert!(!m[2].add);
         let s = parse_set_subscribers(br#"<setSubscribers xmlns="x"><subscriber user="bob@example.test" acknowledged="true"/></setSubscribers>"#).unwrap();
         assert_eq!(s, ["bob@example.test"]);
@@ -312,6 +336,9 @@ mod tests {
         let root = tree::parse(f.as_bytes()).unwrap();
         assert_eq!(root.text_at("Faultcode"), Some("Client.BadCall.WrongDelta"));
         let op = root.path("details/operation").unwrap();
-        assert_eq!((op.attr("index"), op.attr("curVersion")), (Some("2"), Some("5")));
+        assert_eq!(
+            (op.attr("index"), op.attr("curVersion")),
+            (Some("2"), Some("5"))
+        );
     }
 }

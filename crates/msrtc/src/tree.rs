@@ -191,7 +191,13 @@ mod tests {
 
     #[test]
     fn refuses_broken_documents() {
-        for bad in [&b"<a><b></a>"[..], b"<a>", b"", b"<a/><b/>", b"<a>&bogus;</a>"] {
+        for bad in [
+            &b"<a><b></a>"[..],
+            b"<a>",
+            b"",
+            b"<a/><b/>",
+            b"<a>&bogus;</a>",
+        ] {
             assert!(parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
         let deep = "<a>".repeat(100) + &"</a>".repeat(100);

@@ -37,7 +37,8 @@ pub(crate) fn watcherinfo(resource: &str, version: u32, watchers: &[WatcherEntry
 pub(crate) struct ListResource {
     pub uri: String,
     pub name: Option<String>,
-    pub pidf: String,
+    pub content_type: &'static str,
+    pub body: String,
 }
 
 /// RFC 4662 §5: the RLMI document plus one body part per resource. Returns the
@@ -49,6 +50,16 @@ pub(crate) fn rlmi(
     resources: &[ListResource],
 ) -> (String, String) {
     let boundary = format!("sb-{:016x}", rand::random::<u64>());
+    // Lync clients (category parts) read parts with libpurple's MIME reader, which
+    // refuses `binary` and drops the two characters before each part's closing CRLF.
+    let lync = resources
+        .first()
+        .is_some_and(|r| r.content_type != "application/pidf+xml");
+    let (cte, tail) = if lync {
+        ("", "\r\n\r\n")
+    } else {
+        ("Content-Transfer-Encoding: binary\r\n", "\r\n")
+    };
     let mut list = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<list xmlns=\"urn:ietf:params:xml:ns:rlmi\" uri=\"{}\" version=\"{version}\" fullState=\"{full}\">\n",
         escape(list_uri)
@@ -64,13 +75,13 @@ pub(crate) fn rlmi(
             "<instance id=\"{i}\" state=\"active\" cid=\"{cid}\"/></resource>\n"
         ));
         parts.push_str(&format!(
-            "--{boundary}\r\nContent-Transfer-Encoding: binary\r\nContent-ID: <{cid}>\r\nContent-Type: application/pidf+xml;charset=\"UTF-8\"\r\n\r\n{}\r\n",
-            r.pidf
+            "--{boundary}\r\n{cte}Content-ID: <{cid}>\r\nContent-Type: {};charset=\"UTF-8\"\r\n\r\n{}{tail}",
+            r.content_type, r.body
         ));
     }
     list.push_str("</list>\n");
     let body = format!(
-        "--{boundary}\r\nContent-Transfer-Encoding: binary\r\nContent-ID: <rlmi@switchboard>\r\nContent-Type: application/rlmi+xml;charset=\"UTF-8\"\r\n\r\n{list}\r\n{parts}--{boundary}--\r\n"
+        "--{boundary}\r\n{cte}Content-ID: <rlmi@switchboard>\r\nContent-Type: application/rlmi+xml;charset=\"UTF-8\"\r\n\r\n{list}{tail}{parts}--{boundary}--\r\n"
     );
     let ct = format!(
         "multipart/related;type=\"application/rlmi+xml\";start=\"<rlmi@switchboard>\";boundary=\"{boundary}\""

@@ -28,6 +28,7 @@
 
 pub mod aggregate;
 mod documents;
+mod lync;
 pub mod model;
 pub mod pidf;
 pub mod privacy;
@@ -52,6 +53,10 @@ pub use model::{Activity, Availability, DeviceState, Presence};
 pub use privacy::{Audience, View};
 
 use subscribe::Subscription;
+
+/// The event packages the service keeps state for (the Lync ones are its own
+/// roaming data, contact list and provisioning, MS-SIP §2.2.2).
+pub(crate) const ALLOW_EVENTS: &str = "presence, presence.winfo, vnd-microsoft-roaming-contacts, vnd-microsoft-roaming-self, vnd-microsoft-provisioning-v2";
 
 /// Presence settings.
 #[derive(Debug, Clone)]
@@ -100,6 +105,8 @@ struct Presentity {
     winfo: Vec<u64>,
     /// This user's own contact-list subscriptions.
     lists: Vec<u64>,
+    /// What the user's Lync clients published.
+    lync: lync::LyncData,
 }
 
 impl Presentity {
@@ -124,6 +131,8 @@ struct State {
     per_watcher: HashMap<Arc<str>, usize>,
     /// Last-active times not yet written (written in batches by housekeeping).
     last_active: HashMap<String, i64>,
+    /// The users whose Lync endpoint instances each connection carries.
+    lync_flows: HashMap<sip_transport::ConnectionId, Vec<Arc<str>>>,
     next_id: u64,
 }
 
@@ -193,6 +202,7 @@ fn load_presentity(
         watchers: Vec::new(),
         winfo: Vec::new(),
         lists: Vec::new(),
+        lync: lync::LyncData::default(),
     }
 }
 
@@ -230,7 +240,13 @@ pub struct PresenceService {
     change_seq: Mutex<i64>,
     /// When the store was last pruned.
     pruned_at: Mutex<Instant>,
+    /// The conferencing focus factory's URI for a user, when conferences are offered
+    /// (written in Lync provisioning).
+    focus_factory: OnceLock<FocusFactory>,
 }
+
+/// Names the focus factory for a user (`sip:…`).
+pub type FocusFactory = Box<dyn Fn(&str) -> String + Send + Sync>;
 
 impl PresenceService {
     /// Opens the service and starts its housekeeping (expiry of publications and
@@ -254,6 +270,7 @@ impl PresenceService {
             deliverer: OnceLock::new(),
             change_seq: Mutex::new(seq),
             pruned_at: Mutex::new(Instant::now()),
+            focus_factory: OnceLock::new(),
         });
         let weak = Arc::downgrade(&svc);
         tokio::spawn(async move {
@@ -280,6 +297,11 @@ impl PresenceService {
 
     pub fn now_ms(&self) -> i64 {
         self.clock.now_ms()
+    }
+
+    /// Offers conferences to Lync clients: provisioning names this focus factory.
+    pub fn set_focus_factory(&self, f: FocusFactory) {
+        let _ = self.focus_factory.set(f);
     }
 
     /// Numbers for `/status`: presentities held, publications, subscriptions.
@@ -336,6 +358,8 @@ impl PresenceService {
         for id in watchers {
             self.changed(st, id, Some(aor));
         }
+        // The owner's Lync endpoints show the aggregate as their own status.
+        self.kick_own(st, aor);
     }
 
     /// What `watcher` (an AoR; `None` for the user themself) may see of `aor` now: the
@@ -399,6 +423,7 @@ impl PresenceService {
         fresh.watchers = old.watchers;
         fresh.winfo = old.winfo;
         fresh.lists = old.lists;
+        fresh.lync = old.lync;
         let contacts_changed = fresh.contacts != old.contacts;
         // Keep the old aggregate so reaggregate notices the change.
         fresh.presence = old.presence;
@@ -487,19 +512,24 @@ impl PresenceService {
 
 impl EventHook for PresenceService {
     fn serves_event(&self, event: &str) -> bool {
-        matches!(event, "presence" | "presence.winfo")
+        ALLOW_EVENTS.split(", ").any(|e| e == event)
     }
 
     fn allow_events(&self) -> String {
-        "presence, presence.winfo".into()
+        ALLOW_EVENTS.into()
     }
 
     fn handle(&self, msg: &Message, from: &str, to: &str, source: Source) -> ServiceAnswer {
         match msg.method() {
             Some(sip_message::Method::Publish) => self.publish(msg, from, to),
             Some(sip_message::Method::Subscribe) => self.subscribe(msg, from, to, source),
+            Some(sip_message::Method::Service) => self.service(msg, from, to, source),
             _ => ServiceAnswer::status(405),
         }
+    }
+
+    fn flow_closed(&self, id: sip_transport::ConnectionId) {
+        self.lync_flow_closed(id);
     }
 
     fn answered(&self, msg: &Message, status: u16) {

@@ -24,15 +24,20 @@ pub(crate) enum Kind {
     List,
     /// The subscriber's own watchers (RFC 3857).
     Winfo,
+    /// The subscriber's own contact list, Lync style (`vnd-microsoft-roaming-contacts`).
+    RoamingContacts,
+    /// The subscriber's own categories, containers and watchers
+    /// (`vnd-microsoft-roaming-self`).
+    RoamingSelf,
 }
 
 pub(crate) struct Subscription {
-    kind: Kind,
+    pub(crate) kind: Kind,
     /// The user watched (for lists and watcher info: the subscriber themself); shared
     /// with the presentity table's key.
-    resource: Arc<str>,
+    pub(crate) resource: Arc<str>,
     /// Shared with the per-watcher table's key.
-    watcher: Arc<str>,
+    pub(crate) watcher: Arc<str>,
     /// The Event header as subscribed when it is more than `presence` (an `id`
     /// parameter), echoed in NOTIFYs.
     event: Option<Box<str>>,
@@ -56,6 +61,12 @@ pub(crate) struct Subscription {
     full: bool,
     /// Lists only.
     list: Option<Box<ListState>>,
+    /// The subscriber reads MS-PRES categories rather than PIDF (a Lync client).
+    msrtc: bool,
+    /// The first NOTIFY went in the SUBSCRIBE's 200 (`ms-piggyback-first-notify`).
+    piggybacked: bool,
+    /// Roaming contacts: the list as last sent, for deltas.
+    pub(crate) sent_contacts: Option<Box<msrtc::contacts::List>>,
 }
 
 /// A contact-list subscription's resources, and those changed since the last NOTIFY.
@@ -63,6 +74,9 @@ pub(crate) struct Subscription {
 struct ListState {
     resources: Vec<String>,
     pending: Vec<String>,
+    /// An ad hoc list named in the SUBSCRIBE body (MS-PRES batched subscription), not
+    /// the subscriber's contact list.
+    adhoc: bool,
 }
 
 /// Subscriptions are found by (Call-ID, subscriber's tag); the table keeps only a hash
@@ -102,10 +116,32 @@ fn accepts(msg: &Message, types: &[&str]) -> bool {
         })
 }
 
-fn supports_eventlist(msg: &Message) -> bool {
+fn supports(msg: &Message, option: &str) -> bool {
     msg.headers
         .values(&HeaderName::Supported)
-        .any(|v| v.trim().eq_ignore_ascii_case("eventlist"))
+        .any(|v| v.trim().eq_ignore_ascii_case(option))
+}
+
+fn supports_eventlist(msg: &Message) -> bool {
+    supports(msg, "eventlist")
+}
+
+fn content_type(msg: &Message) -> String {
+    msg.headers
+        .get(&HeaderName::ContentType)
+        .and_then(|c| c.split(';').next())
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// Lync clients list the MS-PRES category document in Accept.
+fn wants_categories(msg: &Message) -> bool {
+    msg.headers.values(&HeaderName::Accept).any(|v| {
+        v.split(';')
+            .next()
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case(crate::lync::CATEGORIES))
+    })
 }
 
 impl PresenceService {
@@ -128,21 +164,45 @@ impl PresenceService {
             .unwrap_or("")
             .trim()
             .to_ascii_lowercase();
+        let batched = content_type(msg) == "application/msrtc-adrl-categorylist+xml";
         let kind = match package.as_str() {
-            "presence" if from == to && supports_eventlist(msg) => Kind::List,
+            "presence" if from == to && (supports_eventlist(msg) || batched) => Kind::List,
             "presence" => Kind::Presence,
             "presence.winfo" => Kind::Winfo,
-            _ => return status_with(489, "Allow-Events", "presence, presence.winfo".into()),
+            "vnd-microsoft-roaming-contacts" => Kind::RoamingContacts,
+            "vnd-microsoft-roaming-self" => Kind::RoamingSelf,
+            "vnd-microsoft-provisioning-v2" => return self.provisioning(msg, from, to),
+            _ => return status_with(489, "Allow-Events", crate::ALLOW_EVENTS.into()),
         };
-        if kind == Kind::Winfo && from != to {
+        if matches!(
+            kind,
+            Kind::Winfo | Kind::RoamingContacts | Kind::RoamingSelf
+        ) && from != to
+        {
             let mut a = ServiceAnswer::status(403);
             a.headers.push((
                 "Warning".into(),
-                "399 switchboard \"only the user may see who watches them\"".into(),
+                "399 switchboard \"only the user may subscribe to their own data\"".into(),
             ));
             return a;
         }
+        let msrtc = matches!(kind, Kind::RoamingContacts | Kind::RoamingSelf)
+            || (matches!(kind, Kind::Presence | Kind::List) && (batched || wants_categories(msg)));
+        let adhoc = if batched {
+            match msrtc::publish::parse_batch_subscribe(&msg.body) {
+                Ok(b) => Some(b.resources),
+                Err(e) => {
+                    let mut a = ServiceAnswer::status(400);
+                    a.headers
+                        .push(("Warning".into(), format!("399 switchboard \"{e}\"")));
+                    return a;
+                }
+            }
+        } else {
+            None
+        };
         let types: &[&str] = match kind {
+            _ if msrtc => &[],
             Kind::Presence => &["application/pidf+xml"],
             Kind::Winfo => &["application/watcherinfo+xml"],
             Kind::List => &[
@@ -150,6 +210,7 @@ impl PresenceService {
                 "application/rlmi+xml",
                 "application/pidf+xml",
             ],
+            Kind::RoamingContacts | Kind::RoamingSelf => &[],
         };
         if !accepts(msg, types) {
             // RFC 6665 §4.2.1.1: none of the Accept types can be produced.
@@ -207,9 +268,19 @@ impl PresenceService {
                     return status_with(500, "Retry-After", "1".into());
                 }
                 let dialog = (call_id.into(), their_tag.clone().into_boxed_str());
-                self.create(&mut st, kind, to, from, &event, target, source, key, dialog)
+                let id = self.create(&mut st, kind, to, from, &event, target, source, key, dialog);
+                let s = st.subs.get_mut(&id).expect("created");
+                s.msrtc = msrtc;
+                if let Some(resources) = adhoc.clone() {
+                    self.set_adhoc(&mut st, id, resources);
+                }
+                id
             }
         };
+        if let (Some(resources), true) = (adhoc, existing.is_some()) {
+            // A batched SUBSCRIBE inside the dialog replaces the ad hoc list.
+            self.set_adhoc(&mut st, id, resources);
+        }
         let s = st.subs.get_mut(&id).expect("present");
         if let Some(c) = contact {
             // RFC 6665 §4.1.2.1: a refresh may update the remote target.
@@ -228,8 +299,57 @@ impl PresenceService {
         a.headers.push(("Expires".into(), expires.to_string()));
         a.headers.push(("Contact".into(), format!("<{to}>")));
         a.headers
-            .push(("Allow-Events".into(), "presence, presence.winfo".into()));
+            .push(("Allow-Events".into(), crate::ALLOW_EVENTS.into()));
+        // MS-SIP §3.13: a Lync client that allows it gets the first NOTIFY's content in
+        // the 200 itself (one round trip less at sign-in, for three subscriptions).
+        if s.msrtc && expires > 0 && supports(msg, "ms-piggyback-first-notify") {
+            let s = &st.subs[&id];
+            let (ctype, body) = self.body(&st, s);
+            self.contacts_sent(&mut st, id);
+            let cseq = msg.cseq().map(|c| c.seq).unwrap_or(1);
+            a.headers.push(("Event".into(), event.clone()));
+            a.headers
+                .push(("ms-piggyback-cseq".into(), cseq.to_string()));
+            a.body = Some((ctype, bytes::Bytes::from(body.into_bytes())));
+            let s = st.subs.get_mut(&id).expect("present");
+            s.piggybacked = true;
+            s.version += 1;
+            s.full = false;
+            if let Some(list) = s.list.as_mut() {
+                list.pending.clear();
+            }
+        }
         a
+    }
+
+    /// A batched subscription's resources (MS-PRES §3.7.5.6): watched as a list.
+    fn set_adhoc(&self, st: &mut State, id: u64, resources: Vec<String>) {
+        let resources: Vec<String> = resources.into_iter().take(1000).collect();
+        let Some(s) = st.subs.get_mut(&id) else {
+            return;
+        };
+        let old = match s.list.as_mut() {
+            Some(list) => {
+                list.adhoc = true;
+                std::mem::take(&mut list.resources)
+            }
+            None => Vec::new(),
+        };
+        for r in old.iter().filter(|r| !resources.contains(r)) {
+            if let Some(p) = st.presentities.get_mut(r.as_str()) {
+                p.watchers.retain(|w| *w != id);
+            }
+            self.kick_winfo(st, r);
+        }
+        for r in resources.iter().filter(|r| !old.contains(r)) {
+            self.ensure(st, r).watchers.push(id);
+            self.kick_winfo(st, r);
+        }
+        let s = st.subs.get_mut(&id).expect("present");
+        if let Some(list) = s.list.as_mut() {
+            list.resources = resources;
+        }
+        s.full = true;
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -262,6 +382,7 @@ impl PresenceService {
                     .map(|c| format!("sip:{}", c.contact))
                     .collect(),
                 pending: Vec::new(),
+                adhoc: false,
             })
         });
         let resources = list
@@ -296,6 +417,9 @@ impl PresenceService {
                 timer_armed: false,
                 full: true,
                 list,
+                msrtc: false,
+                piggybacked: false,
+                sent_contacts: None,
             },
         );
         match kind {
@@ -304,7 +428,9 @@ impl PresenceService {
                 // The user's watcher list changed.
                 self.kick_winfo(st, &resource);
             }
-            Kind::Winfo => self.ensure(st, &resource).winfo.push(id),
+            Kind::Winfo | Kind::RoamingContacts | Kind::RoamingSelf => {
+                self.ensure(st, &resource).winfo.push(id)
+            }
             Kind::List => {
                 self.ensure(st, &resource).lists.push(id);
                 for r in &resources {
@@ -328,6 +454,9 @@ impl PresenceService {
         };
         if st.subs[&id].ending {
             self.terminate(&mut st, id, "timeout");
+        } else if std::mem::take(&mut st.subs.get_mut(&id).expect("present").piggybacked) {
+            // Its content went in the 200.
+            st.subs.get_mut(&id).expect("present").dirty = false;
         } else {
             // First NOTIFY (or the one after a refresh) is not held back by pacing.
             let s = st.subs.get_mut(&id).expect("present");
@@ -336,6 +465,8 @@ impl PresenceService {
         }
     }
 
+    /// The user's watchers changed: watcher-information and roaming-self subscriptions
+    /// (which list watchers) hear of it.
     fn kick_winfo(&self, st: &mut State, aor: &str) {
         let ids = st
             .presentities
@@ -343,7 +474,13 @@ impl PresenceService {
             .map(|p| p.winfo.clone())
             .unwrap_or_default();
         for id in ids {
-            self.kick(st, id);
+            if st
+                .subs
+                .get(&id)
+                .is_some_and(|s| matches!(s.kind, Kind::Winfo | Kind::RoamingSelf))
+            {
+                self.kick(st, id);
+            }
         }
     }
 
@@ -374,6 +511,10 @@ impl PresenceService {
         let Some(list) = st.subs.get_mut(&id).and_then(|s| s.list.as_mut()) else {
             return;
         };
+        if list.adhoc {
+            // The client names its own resources; the stored list does not change them.
+            return;
+        }
         let old = std::mem::take(&mut list.resources);
         for r in old.iter().filter(|r| !fresh.contains(r)) {
             if let Some(p) = st.presentities.get_mut(r.as_str()) {
@@ -426,8 +567,18 @@ impl PresenceService {
     }
 
     /// The NOTIFY body for a subscription as things stand: (Content-Type, body).
-    fn body(&self, st: &State, s: &Subscription) -> (String, String) {
+    pub(crate) fn body(&self, st: &State, s: &Subscription) -> (String, String) {
         match s.kind {
+            Kind::RoamingContacts => self.roaming_contacts_body(st, s),
+            Kind::RoamingSelf => self.roaming_self_body(st, &s.resource),
+            Kind::Presence if s.msrtc => {
+                let p = &st.presentities[&*s.resource];
+                let v = self.view_of(&s.resource, p, &s.watcher);
+                (
+                    crate::lync::CATEGORIES.into(),
+                    crate::lync::categories(&v, p),
+                )
+            }
             Kind::Presence => {
                 let p = &st.presentities[&*s.resource];
                 let v = self.view_of(&s.resource, p, &s.watcher);
@@ -476,10 +627,16 @@ impl PresenceService {
                     .filter_map(|r| {
                         let p = st.presentities.get(r.as_str())?;
                         let v = self.view_of(r, p, &s.watcher);
+                        let (content_type, body) = if s.msrtc {
+                            (crate::lync::CATEGORIES, crate::lync::categories(&v, p))
+                        } else {
+                            ("application/pidf+xml", pidf::render(&v))
+                        };
                         Some(ListResource {
                             uri: r.clone(),
                             name: v.card.display_name.clone(),
-                            pidf: pidf::render(&v),
+                            content_type,
+                            body,
                         })
                     })
                     .collect();
@@ -520,7 +677,7 @@ impl PresenceService {
             .push(HeaderName::Event, s.event.as_deref().unwrap_or("presence"));
         m.headers
             .push(HeaderName::from_wire("Subscription-State"), state);
-        if s.kind == Kind::List {
+        if s.kind == Kind::List && !s.msrtc {
             m.headers.push(HeaderName::Require, "eventlist");
         }
         m.headers.push(HeaderName::ContentType, body.0);
@@ -535,8 +692,17 @@ impl PresenceService {
         };
         let body = {
             let s = &st.subs[&id];
+            if s.kind == Kind::RoamingContacts && s.sent_contacts.is_some() {
+                let now = self.lync_contact_list(st, &s.resource);
+                if s.sent_contacts.as_deref() == Some(&now) {
+                    // Nothing in the list changed: no delta to send.
+                    st.subs.get_mut(&id).expect("present").dirty = false;
+                    return;
+                }
+            }
             self.body(st, s)
         };
+        self.contacts_sent(st, id);
         let now = Instant::now();
         let s = st.subs.get_mut(&id).expect("present");
         s.cseq += 1;

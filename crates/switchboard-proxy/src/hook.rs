@@ -93,7 +93,7 @@ pub trait EventHook: Send + Sync + 'static {
     fn serves_event(&self, event: &str) -> bool;
     /// The event packages served, for `Allow-Events`.
     fn allow_events(&self) -> String;
-    /// An authenticated SUBSCRIBE or PUBLISH from `from` for `to` (both AoRs `sip:u@d`)
+    /// An authenticated SUBSCRIBE, PUBLISH or SERVICE from `from` for `to` (both AoRs `sip:u@d`)
     /// that arrived over `source`; returns how to answer it.
     fn handle(
         &self,
@@ -105,6 +105,9 @@ pub trait EventHook: Send + Sync + 'static {
     /// `msg` (which `handle` took) has been answered with `status`: what must follow the
     /// answer (RFC 6665 §4.2.1.2: the NOTIFY after a 200) goes now.
     fn answered(&self, _msg: &Message, _status: u16) {}
+    /// A stream connection closed: state tied to the endpoint on it (a Lync client's
+    /// endpoint publications) goes with it.
+    fn flow_closed(&self, _id: sip_transport::ConnectionId) {}
 }
 
 /// What every notifier reads from a SUBSCRIBE (RFC 6665 §4.2.1): the duration granted

@@ -269,11 +269,14 @@ impl Core {
         if !matches!(req.message.request_uri(), Some(Uri::Sip(_))) {
             return self.respond(&req, 416).await;
         }
-        // §16.3 step 6: Proxy-Require lists extensions a proxy must support; we support none.
+        // §16.3 step 6: Proxy-Require lists extensions a proxy must support; we support
+        // only `ms-benotify` (MS-SIP §3.7: best-effort NOTIFY, which Lync clients require
+        // of every subscription; we may send BENOTIFY and never need to).
         let proxy_require: Vec<String> = req
             .message
             .headers
             .values(&HeaderName::ProxyRequire)
+            .filter(|o| !o.eq_ignore_ascii_case("ms-benotify"))
             .map(str::to_owned)
             .collect();
         if !proxy_require.is_empty() {
@@ -476,11 +479,16 @@ impl Core {
     /// may subscribe to (it subscribes to nothing else), the keep-alive interval, and
     /// the GRUU in the draft-10 `gruu` parameter it looks for.
     fn lync_register_extras(&self, resp: &mut Message) {
+        // pidgin-sipe compares each Supported header's whole value with one option, and
+        // Allow-Events entries split at commas without trimming them.
         resp.headers
-            .push(HeaderName::Supported, "msrtc-event-categories, adhoclist");
+            .push(HeaderName::Supported, "msrtc-event-categories");
+        resp.headers.push(HeaderName::Supported, "adhoclist");
         if let Some(events) = self.events.get() {
-            resp.headers
-                .push(HeaderName::AllowEvents, events.allow_events());
+            resp.headers.push(
+                HeaderName::AllowEvents,
+                events.allow_events().replace(", ", ","),
+            );
         }
         resp.headers.push(
             HeaderName::from_wire("ms-keep-alive"),
@@ -544,6 +552,9 @@ impl TransactionUser for Core {
 
     fn on_connection_closed(&self, id: ConnectionId) {
         self.connection_gone(id);
+        if let Some(events) = self.events.get() {
+            events.flow_closed(id);
+        }
         let gone = self.location.flow_closed(id);
         if !gone.is_empty() {
             tracing::debug!(?gone, "flow closed; bindings removed");

@@ -85,11 +85,11 @@ fn ntlm_params(msg: &Message) -> Option<AuthHeader> {
 /// credentials, our Authentication-Info): meaningless, and misleading, on the next hop.
 pub(crate) fn strip_hop_signatures(msg: &mut Message) {
     for name in [HeaderName::Authorization, HeaderName::ProxyAuthorization] {
-        if msg
-            .headers
-            .get_all(&name)
-            .any(|v| v.trim_start().get(..5).is_some_and(|s| s.eq_ignore_ascii_case("NTLM ")))
-        {
+        if msg.headers.get_all(&name).any(|v| {
+            v.trim_start()
+                .get(..5)
+                .is_some_and(|s| s.eq_ignore_ascii_case("NTLM "))
+        }) {
             let keep: Vec<String> = msg
                 .headers
                 .get_all(&name)

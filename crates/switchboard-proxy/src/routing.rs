@@ -190,7 +190,11 @@ impl Core {
                 .await;
         }
         let from_aor = format!("sip:{sender}");
-        if matches!(method, Method::Subscribe | Method::Publish) && domain_target {
+        if matches!(
+            method,
+            Method::Subscribe | Method::Publish | Method::Service
+        ) && domain_target
+        {
             if let Some(answered) = self.to_event_service(&req, &ruri, &from_aor).await {
                 return answered;
             }
@@ -303,7 +307,10 @@ impl Core {
             })
             // RFC 6665 §8.2.1: no Event header means the `PINT` package; not ours.
             .unwrap_or_default();
-        if !events.serves_event(&event) {
+        // SERVICE (MS-SIP §3.10) carries a Lync client's own presence, permissions and
+        // contact-list edits to the service that keeps them; it has no Event header.
+        let service = req.message.method() == Some(&Method::Service);
+        if !service && !events.serves_event(&event) {
             return None;
         }
         let user = ruri.user_unescaped().unwrap_or_default();

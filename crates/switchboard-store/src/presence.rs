@@ -306,6 +306,103 @@ impl PresenceStore {
         Ok(n > 0)
     }
 
+    /// The owner's groups with their ids (stable: Lync clients number groups by them).
+    pub fn contact_groups(&self, owner: &str) -> Result<Vec<(i64, String)>, StoreError> {
+        let conn = self.conn.lock();
+        let mut stmt = conn
+            .prepare_cached("SELECT id, name FROM contact_groups WHERE owner = ?1 ORDER BY id")?;
+        let rows = stmt.query_map([owner], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Creates a group (or finds the one of that name); returns its id.
+    pub fn add_group(&self, owner: &str, name: &str, now_ms: i64) -> Result<i64, StoreError> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT OR IGNORE INTO contact_groups (owner, name) VALUES (?1, ?2)",
+            [owner, name],
+        )?;
+        let id: i64 = tx.query_row(
+            "SELECT id FROM contact_groups WHERE owner = ?1 AND name = ?2",
+            [owner, name],
+            |r| r.get(0),
+        )?;
+        bump_version(&tx, owner)?;
+        log_change(&tx, owner, now_ms)?;
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// Renames group `id`; false when the owner has no such group (or the name is taken).
+    pub fn rename_group(
+        &self,
+        owner: &str,
+        id: i64,
+        name: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction()?;
+        let n = tx.execute(
+            "UPDATE OR IGNORE contact_groups SET name = ?3 WHERE owner = ?1 AND id = ?2",
+            params![owner, id, name],
+        )?;
+        if n > 0 {
+            bump_version(&tx, owner)?;
+            log_change(&tx, owner, now_ms)?;
+        }
+        tx.commit()?;
+        Ok(n > 0)
+    }
+
+    /// Deletes group `id` (its contacts stay on the list); false when there is none.
+    pub fn delete_group(&self, owner: &str, id: i64, now_ms: i64) -> Result<bool, StoreError> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "DELETE FROM contact_group_members WHERE owner = ?1 AND group_id = ?2",
+            params![owner, id],
+        )?;
+        let n = tx.execute(
+            "DELETE FROM contact_groups WHERE owner = ?1 AND id = ?2",
+            params![owner, id],
+        )?;
+        if n > 0 {
+            bump_version(&tx, owner)?;
+            log_change(&tx, owner, now_ms)?;
+        }
+        tx.commit()?;
+        Ok(n > 0)
+    }
+
+    /// Puts `contact` (already on the list) in exactly the groups `ids` of the owner's.
+    pub fn set_contact_groups(
+        &self,
+        owner: &str,
+        contact: &str,
+        ids: &[i64],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "DELETE FROM contact_group_members WHERE owner = ?1 AND contact = ?2",
+            [owner, contact],
+        )?;
+        for id in ids {
+            tx.execute(
+                "INSERT OR IGNORE INTO contact_group_members (owner, contact, group_id)
+                 SELECT ?1, ?2, id FROM contact_groups WHERE owner = ?1 AND id = ?3",
+                params![owner, contact, id],
+            )?;
+        }
+        bump_version(&tx, owner)?;
+        log_change(&tx, owner, now_ms)?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Sets the user's manual state (replacing any earlier one).
     pub fn set_manual(&self, address: &str, m: &ManualState) -> Result<(), StoreError> {
         let mut conn = self.conn.lock();

@@ -1,0 +1,727 @@
+//! The Lync dialect of the presence service (MS-PRES, MS-SIP): the same presence model,
+//! read and written as Microsoft documents ([`msrtc`]).
+//!
+//! - SERVICE `msrtc-category-publish+xml`: a client's category instances are kept with
+//!   versions (a stale version gets 409 `WrongDelta`, MS-PRES §3.7.5.4). The states it
+//!   publishes into the aggregation containers become input to the one aggregation
+//!   (MS-PRES §3.7.5.5 done by our rules): each endpoint's `machineState` is a device;
+//!   a `userState` is the hand-set state (shared with `presence set`); `phoneState`
+//!   on the phone is a call; the personal `note` is the devices' note.
+//! - Watchers that read categories get the aggregate `state` with its activity token,
+//!   `note` and `contactCard`, filtered by their relationship exactly as PIDF watchers
+//!   are, in the container that relationship maps to.
+//! - `vnd-microsoft-roaming-self`: own instances, the aggregate (container 2), the
+//!   containers (their members are the relationships of the contact list) and watchers.
+//! - `vnd-microsoft-roaming-contacts`: the stored contact list, then deltas; SOAP edits
+//!   over SERVICE change it.
+//! - `setContainerMembers` puts users in containers, which are our relationships:
+//!   100 external, 200 colleagues, 300 workgroup, 400 friends, 32000 blocked.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use msrtc::categories::{Category, Container, Snapshot, Subscriber};
+use msrtc::publish::StateKind;
+use msrtc::{band, Band};
+use sip_message::{HeaderName, Message};
+use sip_transport::{ConnectionId, Source};
+use switchboard_proxy::ServiceAnswer;
+use switchboard_store::{ManualState, Relationship};
+use tokio::time::Instant;
+
+use crate::model::{Activity, Availability, DeviceState, NoteKind};
+use crate::privacy::{Audience, View};
+use crate::subscribe::{Kind, Subscription};
+use crate::{bare, domain_of, PresenceService, Presentity, Publication, State};
+
+pub(crate) const CATEGORIES: &str = "application/msrtc-event-categories+xml";
+const ROAMING_SELF: &str = "application/vnd-microsoft-roaming-self+xml";
+const ROAMING_CONTACTS: &str = "application/vnd-microsoft-roaming-contacts+xml";
+/// Lync clients give their hand-set state this instance (MS-PRES §3.7.5.1.2).
+const DEVICE_PREFIX: &str = "msrtc:";
+
+/// What a user's Lync clients published, and whom they acknowledged as watchers.
+#[derive(Default)]
+pub(crate) struct LyncData {
+    pub(crate) categories: Vec<StoredCategory>,
+    acknowledged: HashSet<String>,
+    /// Bumped whenever anything in the roaming data changes.
+    version: u32,
+}
+
+pub(crate) struct StoredCategory {
+    cat: Category,
+    /// The connection of the endpoint that published it (`endpoint` instances end with it).
+    flow: Option<ConnectionId>,
+}
+
+fn with_warning(status: u16, text: &str) -> ServiceAnswer {
+    let mut a = ServiceAnswer::status(status);
+    a.headers
+        .push(("Warning".into(), format!("399 switchboard \"{text}\"")));
+    a
+}
+
+fn availability_of(b: Band) -> Availability {
+    match b {
+        Band::Available => Availability::Available,
+        Band::Idle => Availability::Inactive,
+        Band::Busy | Band::BusyIdle => Availability::Busy,
+        Band::DoNotDisturb => Availability::DoNotDisturb,
+        Band::BeRightBack => Availability::BeRightBack,
+        Band::Away => Availability::Away,
+        Band::Offline => Availability::Offline,
+    }
+}
+
+fn activity_of(token: &str) -> Option<Activity> {
+    match token {
+        "on-the-phone" => Some(Activity::InACall),
+        "in-a-meeting" => Some(Activity::InAMeeting),
+        "in-a-conference" => Some(Activity::InAConference),
+        "in-presentation" => Some(Activity::Presenting),
+        "out-of-office" => Some(Activity::OutOfOffice),
+        _ => None,
+    }
+}
+
+/// The activity token Lync shows for the most telling activity.
+fn token_of(activities: &[Activity]) -> Option<&'static str> {
+    [
+        (Activity::Presenting, "in-presentation"),
+        (Activity::InAConference, "in-a-conference"),
+        (Activity::InACall, "on-the-phone"),
+        (Activity::InAMeeting, "in-a-meeting"),
+        (Activity::OutOfOffice, "out-of-office"),
+    ]
+    .into_iter()
+    .find(|(a, _)| activities.contains(a))
+    .map(|(_, t)| t)
+}
+
+/// The container a watcher's relationship maps to (MS-PRES §3.7.4.1).
+fn container_of(audience: Audience) -> u32 {
+    match audience {
+        Audience::Own => 2,
+        Audience::Watcher(Relationship::Blocked) => 32000,
+        Audience::Watcher(Relationship::External) => 100,
+        Audience::Watcher(Relationship::Colleagues) => 200,
+        Audience::Watcher(Relationship::Workgroup) => 300,
+        Audience::Watcher(Relationship::Friends) => 400,
+    }
+}
+
+fn relationship_of(container: u32) -> Option<Relationship> {
+    Some(match container {
+        32000 => Relationship::Blocked,
+        100 => Relationship::External,
+        200 => Relationship::Colleagues,
+        300 => Relationship::Workgroup,
+        400 => Relationship::Friends,
+        _ => return None,
+    })
+}
+
+fn snapshot(v: &View, version: u32) -> Snapshot {
+    let number = if v.availability == Availability::Offline {
+        18500
+    } else {
+        v.availability.lync_number()
+    };
+    Snapshot {
+        uri: v.entity.clone(),
+        availability: number,
+        activity: token_of(&v.activities).map(str::to_owned),
+        meeting: v
+            .meeting
+            .as_ref()
+            .map(|m| (m.subject.clone(), m.location.clone())),
+        note: v
+            .note
+            .as_ref()
+            .map(|n| (n.text.clone(), n.kind == NoteKind::OutOfOffice)),
+        display_name: v.card.display_name.clone(),
+        email: v.card.email.clone(),
+        title: v.card.title.clone(),
+        work_phone: v.card.work_phone.clone(),
+        personal_phone: v.card.personal_phone.clone(),
+        container: container_of(v.audience),
+        publish_time: msrtc::fmt_time(crate::wall_ms()),
+        version,
+    }
+}
+
+/// What one watcher may see of a presentity, as categories.
+pub(crate) fn categories(v: &View, p: &Presentity) -> String {
+    msrtc::categories::event_categories(&snapshot(v, p.lync.version.max(1)))
+}
+
+impl PresenceService {
+    /// `vnd-microsoft-provisioning-v2` is a fetch (`Expires: 0`): the answer carries the
+    /// configuration itself (piggy-backed, MS-SIP §3.13) and no subscription is kept.
+    pub(crate) fn provisioning(&self, msg: &Message, from: &str, to: &str) -> ServiceAnswer {
+        if from != to {
+            return with_warning(403, "only the user may read their own provisioning");
+        }
+        let mut a = ServiceAnswer::status(200);
+        a.to_tag = Some(format!("{:016x}", rand::random::<u64>()));
+        a.headers.push(("Expires".into(), "0".into()));
+        a.headers
+            .push(("Event".into(), "vnd-microsoft-provisioning-v2".into()));
+        let cseq = msg.cseq().map(|c| c.seq).unwrap_or(1);
+        a.headers
+            .push(("ms-piggyback-cseq".into(), cseq.to_string()));
+        let focus = self.focus_factory.get().map(|f| f(to));
+        a.body = Some((
+            "application/vnd-microsoft-roaming-provisioning-v2+xml".into(),
+            bytes::Bytes::from(msrtc::provisioning::provisioning(focus.as_deref()).into_bytes()),
+        ));
+        a
+    }
+
+    /// The owner's contact list as a Lync client numbers it: the default group `~` is 1,
+    /// stored groups are their id + 1.
+    pub(crate) fn lync_contact_list(&self, st: &State, owner: &str) -> msrtc::contacts::List {
+        let groups = self.store.contact_groups(bare(owner)).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read contact groups");
+            Vec::new()
+        });
+        let Some(p) = st.presentities.get(owner) else {
+            return msrtc::contacts::List {
+                delta: 1,
+                groups: Vec::new(),
+                contacts: Vec::new(),
+            };
+        };
+        let id_of = |name: &str| {
+            groups
+                .iter()
+                .find(|(_, n)| n == name)
+                .map(|(id, _)| *id as u32 + 1)
+        };
+        let mut list_groups = vec![msrtc::contacts::Group {
+            id: 1,
+            name: "~".into(),
+        }];
+        list_groups.extend(groups.iter().map(|(id, name)| msrtc::contacts::Group {
+            id: *id as u32 + 1,
+            name: name.clone(),
+        }));
+        let contacts = p
+            .contacts
+            .contacts
+            .iter()
+            .filter(|c| c.relationship != Relationship::Blocked || !c.groups.is_empty())
+            .map(|c| {
+                let mut ids: Vec<u32> = c.groups.iter().filter_map(|g| id_of(g)).collect();
+                if ids.is_empty() {
+                    ids.push(1);
+                }
+                msrtc::contacts::Contact {
+                    uri: c.contact.clone(),
+                    name: None,
+                    groups: ids,
+                }
+            })
+            .collect();
+        msrtc::contacts::List {
+            delta: p.contacts.version as u64 + 1,
+            groups: list_groups,
+            contacts,
+        }
+    }
+
+    /// The roaming-contacts body: the whole list first, deltas after.
+    pub(crate) fn roaming_contacts_body(&self, st: &State, s: &Subscription) -> (String, String) {
+        let now = self.lync_contact_list(st, &s.resource);
+        let body = match s.sent_contacts.as_deref() {
+            Some(old) => msrtc::contacts::contact_delta(old, &now)
+                .unwrap_or_else(|| msrtc::contacts::contact_list(&now)),
+            None => msrtc::contacts::contact_list(&now),
+        };
+        (ROAMING_CONTACTS.into(), body)
+    }
+
+    /// Records what a roaming-contacts subscription was just sent (deltas start there).
+    pub(crate) fn contacts_sent(&self, st: &mut State, id: u64) {
+        let Some(s) = st.subs.get(&id) else { return };
+        if s.kind != Kind::RoamingContacts {
+            return;
+        }
+        let list = self.lync_contact_list(st, &s.resource.clone());
+        if let Some(s) = st.subs.get_mut(&id) {
+            s.sent_contacts = Some(Box::new(list));
+        }
+    }
+
+    /// The owner's roaming data.
+    pub(crate) fn roaming_self_body(&self, st: &State, aor: &str) -> (String, String) {
+        let Some(p) = st.presentities.get(aor) else {
+            return (
+                ROAMING_SELF.into(),
+                msrtc::categories::roaming_self(aor, &[], &[], &[]),
+            );
+        };
+        let own = self.view_of(aor, p, aor);
+        let version = p.lync.version.max(1);
+        let mut cats: Vec<Category> = p.lync.categories.iter().map(|c| c.cat.clone()).collect();
+        let snap = snapshot(&own, version);
+        cats.push(msrtc::categories::state_category(&snap, 2));
+        // Containers: the defaults every user has (colleagues inside the domain,
+        // external outside), then each contact in the container of its relationship.
+        let mut containers = vec![
+            Container {
+                id: 100,
+                version,
+                members: vec![("federated".into(), None)],
+            },
+            Container {
+                id: 200,
+                version,
+                members: vec![("sameEnterprise".into(), None)],
+            },
+            Container {
+                id: 300,
+                version,
+                members: Vec::new(),
+            },
+            Container {
+                id: 400,
+                version,
+                members: Vec::new(),
+            },
+            Container {
+                id: 32000,
+                version,
+                members: Vec::new(),
+            },
+        ];
+        for c in &p.contacts.contacts {
+            let id = container_of(Audience::Watcher(c.relationship));
+            if let Some(container) = containers.iter_mut().find(|x| x.id == id) {
+                container
+                    .members
+                    .push(("user".into(), Some(c.contact.clone())));
+            }
+        }
+        let mut subscribers: Vec<Subscriber> = Vec::new();
+        for wid in &p.watchers {
+            let Some(w) = st.subs.get(wid) else { continue };
+            let user = bare(&w.watcher).to_owned();
+            if *w.watcher == *aor || subscribers.iter().any(|s| s.user == user) {
+                continue;
+            }
+            subscribers.push(Subscriber {
+                acknowledged: p.relationship_of(&w.watcher).is_some()
+                    || p.lync.acknowledged.contains(&user),
+                same_enterprise: domain_of(&w.watcher) == domain_of(aor),
+                display_name: None,
+                user,
+            });
+        }
+        (
+            ROAMING_SELF.into(),
+            msrtc::categories::roaming_self(aor, &cats, &containers, &subscribers),
+        )
+    }
+
+    /// SERVICE from a Lync client to its own address (MS-SIP §3.10, MS-PRES §3.7).
+    pub(crate) fn service(
+        &self,
+        msg: &Message,
+        from: &str,
+        to: &str,
+        source: Source,
+    ) -> ServiceAnswer {
+        if from != to {
+            return with_warning(403, "only the user may change their own presence");
+        }
+        let ctype = msg
+            .headers
+            .get(&HeaderName::ContentType)
+            .and_then(|c| c.split(';').next())
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        match ctype.as_str() {
+            "application/msrtc-category-publish+xml" => self.publish_categories(msg, to, source),
+            "application/msrtc-setcontainermembers+xml" => self.set_container_members(msg, to),
+            "application/msrtc-presence-setsubscriber+xml" => self.set_subscribers(msg, to),
+            "application/soap+xml" => self.contact_edit(msg, to),
+            _ => {
+                let mut a = ServiceAnswer::status(415);
+                a.headers.push((
+                    "Accept".into(),
+                    "application/msrtc-category-publish+xml, application/msrtc-setcontainermembers+xml, application/msrtc-presence-setsubscriber+xml, application/SOAP+xml".into(),
+                ));
+                a
+            }
+        }
+    }
+
+    fn publish_categories(&self, msg: &Message, aor: &str, source: Source) -> ServiceAnswer {
+        let pubs = match msrtc::publish::parse_publish(&msg.body) {
+            Ok(p) => p,
+            Err(e) => return with_warning(400, &e.to_string()),
+        };
+        if pubs.len() > 256 {
+            return with_warning(413, "too many publications in one request");
+        }
+        let now = self.now_ms();
+        let mut st = self.state.lock();
+        let p = self.ensure(&mut st, aor);
+        // MS-PRES §3.7.5.4: all or nothing; every stale version is named.
+        let stale: Vec<(usize, u32)> = pubs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, x)| {
+                let cur = p.lync.categories.iter().find(|c| {
+                    c.cat.name == x.category
+                        && c.cat.instance == x.instance
+                        && c.cat.container == x.container
+                })?;
+                (cur.cat.version != x.version).then_some((i + 1, cur.cat.version))
+            })
+            .collect();
+        if !stale.is_empty() {
+            let mut a = ServiceAnswer::status(409);
+            a.body = Some((
+                "application/msrtc-fault+xml".into(),
+                bytes::Bytes::from(msrtc::publish::wrong_delta_fault(&stale).into_bytes()),
+            ));
+            return a;
+        }
+        let had_user_state = p.lync.categories.iter().any(|c| {
+            c.cat.name == "state" && c.cat.payload.contains("userState") && c.cat.container == 2
+        });
+        let mut user_state: Option<Option<Band>> = None;
+        for x in &pubs {
+            let pos = p.lync.categories.iter().position(|c| {
+                c.cat.name == x.category
+                    && c.cat.instance == x.instance
+                    && c.cat.container == x.container
+            });
+            if x.category == "state" && x.container == 2 {
+                if let Some(s) = msrtc::publish::read_state(x) {
+                    if s.kind == StateKind::User {
+                        user_state = Some(if x.remove {
+                            None
+                        } else {
+                            s.availability.map(band)
+                        });
+                    }
+                }
+            }
+            if x.remove {
+                if let Some(i) = pos {
+                    p.lync.categories.remove(i);
+                }
+                continue;
+            }
+            let version = pos
+                .map(|i| p.lync.categories[i].cat.version + 1)
+                .unwrap_or(1);
+            let stored = StoredCategory {
+                cat: Category {
+                    name: x.category.clone(),
+                    instance: x.instance,
+                    container: x.container,
+                    version,
+                    expire_type: x.expire_type.clone(),
+                    publish_time: msrtc::fmt_time(now),
+                    payload: x.payload.clone(),
+                },
+                flow: (x.expire_type == "endpoint")
+                    .then_some(source.connection)
+                    .flatten(),
+            };
+            match pos {
+                Some(i) => p.lync.categories[i] = stored,
+                None => p.lync.categories.push(stored),
+            }
+        }
+        p.lync.version += 1;
+        let flows: Vec<ConnectionId> = p.lync.categories.iter().filter_map(|c| c.flow).collect();
+        self.rebuild_lync_devices(p, now);
+        let key: Arc<str> = st
+            .presentities
+            .get_key_value(aor)
+            .map(|(k, _)| k.clone())
+            .expect("ensured");
+        for f in flows {
+            let owners = st.lync_flows.entry(f).or_default();
+            if !owners.iter().any(|o| **o == *aor) {
+                owners.push(key.clone());
+            }
+        }
+        // The hand-set state is the user's, kept with `presence set`'s: a client that
+        // signs in publishes "available" by hand, which must not undo a state set
+        // elsewhere, so only a change away from its own earlier state counts.
+        match user_state {
+            Some(Some(b)) if b != Band::Available => {
+                let token = match availability_of(b) {
+                    Availability::Busy => "busy",
+                    Availability::DoNotDisturb => "dnd",
+                    Availability::BeRightBack => "brb",
+                    Availability::Offline => "offline",
+                    _ => "away",
+                };
+                let m = ManualState {
+                    availability: token.into(),
+                    note: None,
+                    until_ms: None,
+                    set_at_ms: now,
+                };
+                if let Err(e) = self.store.set_manual(bare(aor), &m) {
+                    tracing::warn!(error = %e, "cannot store the hand-set state");
+                }
+                let p = st.presentities.get_mut(aor).expect("ensured");
+                p.stored.manual = Some(m);
+            }
+            Some(_) if had_user_state => {
+                if let Err(e) = self.store.clear_manual(bare(aor), now) {
+                    tracing::warn!(error = %e, "cannot clear the hand-set state");
+                }
+                let p = st.presentities.get_mut(aor).expect("ensured");
+                p.stored.manual = None;
+            }
+            _ => {}
+        }
+        self.reaggregate(&mut st, aor);
+        self.kick_own(&mut st, aor);
+        // The 200 carries the roaming data, so the client learns the new versions now.
+        let (ctype, body) = self.roaming_self_body(&st, aor);
+        let mut a = ServiceAnswer::status(200);
+        a.body = Some((ctype, bytes::Bytes::from(body.into_bytes())));
+        a
+    }
+
+    /// The devices a user's Lync endpoints stand for, from their machine states.
+    fn rebuild_lync_devices(&self, p: &mut Presentity, now: i64) {
+        p.publications
+            .retain(|x| !x.etag.starts_with(DEVICE_PREFIX));
+        let note = p
+            .lync
+            .categories
+            .iter()
+            .filter(|c| c.cat.name == "note" && c.cat.container == 200)
+            .filter_map(|c| msrtc::tree::parse(c.cat.payload.as_bytes()).ok())
+            .filter_map(|n| n.text_at("body").map(str::to_owned))
+            .next();
+        let on_phone = p.lync.categories.iter().any(|c| {
+            c.cat.name == "state"
+                && c.cat.container == 2
+                && c.cat.payload.contains("phoneState")
+                && c.cat.payload.contains("on-the-phone")
+        });
+        let mut devices = Vec::new();
+        for c in p
+            .lync
+            .categories
+            .iter()
+            .filter(|c| c.cat.name == "state" && c.cat.container == 2)
+        {
+            let Ok(el) = msrtc::tree::parse(c.cat.payload.as_bytes()) else {
+                continue;
+            };
+            if el.attr("type") != Some("machineState") {
+                continue;
+            }
+            let number: u32 = el
+                .text_at("availability")
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(18500);
+            let mut d = DeviceState::new(
+                format!("{DEVICE_PREFIX}{}", c.cat.instance),
+                availability_of(band(number)),
+                now,
+            );
+            if let Some(a) = el
+                .child("activity")
+                .and_then(|a| a.attr("token"))
+                .and_then(activity_of)
+            {
+                d.activities.push(a);
+            }
+            if on_phone {
+                d.activities.push(Activity::InACall);
+            }
+            d.note = note.clone();
+            devices.push(d);
+        }
+        for d in devices {
+            p.publications.push(Publication {
+                etag: d.device.clone(),
+                state: d,
+                // Endpoint instances last as long as the endpoint's connection.
+                expires_at: Instant::now() + std::time::Duration::from_secs(86_400),
+            });
+        }
+    }
+
+    /// The user's own roaming subscriptions (every endpoint) hear of a change.
+    pub(crate) fn kick_own(&self, st: &mut State, aor: &str) {
+        let ids = st
+            .presentities
+            .get(aor)
+            .map(|p| p.winfo.clone())
+            .unwrap_or_default();
+        for id in ids {
+            if st
+                .subs
+                .get(&id)
+                .is_some_and(|s| s.kind == Kind::RoamingSelf)
+            {
+                self.kick(st, id);
+            }
+        }
+    }
+
+    /// MS-PRES §3.7.4: users placed in containers are given that relationship.
+    fn set_container_members(&self, msg: &Message, aor: &str) -> ServiceAnswer {
+        let changes = match msrtc::publish::parse_set_container_members(&msg.body) {
+            Ok(c) => c,
+            Err(e) => return with_warning(400, &e.to_string()),
+        };
+        let now = self.now_ms();
+        let owner = bare(aor);
+        for c in changes.iter().filter(|c| c.kind == "user") {
+            let Some(user) = c
+                .value
+                .as_deref()
+                .map(|v| v.strip_prefix("sip:").unwrap_or(v))
+            else {
+                continue;
+            };
+            let default = Audience::default_for(domain_of(aor), domain_of(user));
+            let rel = match (c.add, relationship_of(c.container)) {
+                (true, Some(r)) => r,
+                (true, None) => continue,
+                // Taken out of a container: back to what the domains imply.
+                (false, _) => default,
+            };
+            if let Err(e) = self
+                .store
+                .add_contact(owner, user, None, Some(rel), default, now)
+            {
+                tracing::warn!(error = %e, "cannot store a container member");
+                return ServiceAnswer::status(500);
+            }
+        }
+        // Other member types (sameEnterprise, federated, …) are what our defaults are.
+        self.reload(aor);
+        let mut st = self.state.lock();
+        self.kick_own(&mut st, aor);
+        ServiceAnswer::status(200)
+    }
+
+    fn set_subscribers(&self, msg: &Message, aor: &str) -> ServiceAnswer {
+        let users = match msrtc::publish::parse_set_subscribers(&msg.body) {
+            Ok(u) => u,
+            Err(e) => return with_warning(400, &e.to_string()),
+        };
+        let mut st = self.state.lock();
+        let p = self.ensure(&mut st, aor);
+        for u in users.into_iter().take(1000) {
+            p.lync.acknowledged.insert(u);
+        }
+        self.kick_own(&mut st, aor);
+        ServiceAnswer::status(200)
+    }
+
+    /// SOAP contact-list edits (MS-SIP §2.2.3); watchers of the list hear the delta.
+    fn contact_edit(&self, msg: &Message, aor: &str) -> ServiceAnswer {
+        use msrtc::contacts::Edit;
+        let edit = match msrtc::contacts::parse_edit(&msg.body) {
+            Ok(e) => e,
+            Err(e) => return with_warning(400, &e.to_string()),
+        };
+        let owner = bare(aor);
+        let now = self.now_ms();
+        // Client group ids are stored ids + 1 (1 is the default group).
+        let stored_ids = |ids: &[u32]| -> Vec<i64> {
+            ids.iter()
+                .filter(|i| **i > 1)
+                .map(|i| *i as i64 - 1)
+                .collect()
+        };
+        let result: Result<Option<String>, switchboard_store::StoreError> = (|| match &edit {
+            Edit::SetContact { uri, groups, .. } => {
+                let default = Audience::default_for(domain_of(aor), domain_of(uri));
+                self.store
+                    .add_contact(owner, uri, None, None, default, now)?;
+                self.store
+                    .set_contact_groups(owner, uri, &stored_ids(groups), now)?;
+                Ok(None)
+            }
+            Edit::DeleteContact { uri } => {
+                self.store.remove_contact(owner, uri, now)?;
+                Ok(None)
+            }
+            Edit::AddGroup { name } => {
+                let id = self.store.add_group(owner, name, now)?;
+                Ok(Some(msrtc::contacts::add_group_answer(id as u32 + 1)))
+            }
+            Edit::ModifyGroup { id, name } => {
+                self.store.rename_group(owner, *id as i64 - 1, name, now)?;
+                Ok(None)
+            }
+            Edit::DeleteGroup { id } => {
+                self.store.delete_group(owner, *id as i64 - 1, now)?;
+                Ok(None)
+            }
+        })();
+        match result {
+            Ok(answer) => {
+                self.reload(aor);
+                let mut st = self.state.lock();
+                let ids = st
+                    .presentities
+                    .get(aor)
+                    .map(|p| p.winfo.clone())
+                    .unwrap_or_default();
+                for id in ids {
+                    if st
+                        .subs
+                        .get(&id)
+                        .is_some_and(|s| s.kind == Kind::RoamingContacts)
+                    {
+                        self.kick(&mut st, id);
+                    }
+                }
+                let mut a = ServiceAnswer::status(200);
+                if let Some(body) = answer {
+                    a.body = Some((
+                        "application/SOAP+xml".into(),
+                        bytes::Bytes::from(body.into_bytes()),
+                    ));
+                }
+                a
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "contact list edit failed");
+                ServiceAnswer::status(500)
+            }
+        }
+    }
+
+    /// An endpoint's connection closed: its endpoint instances (and the device they
+    /// stand for) are gone (MS-PRES §3.7.5.1: `expireType="endpoint"`).
+    pub(crate) fn lync_flow_closed(&self, id: ConnectionId) {
+        let mut st = self.state.lock();
+        let Some(owners) = st.lync_flows.remove(&id) else {
+            return;
+        };
+        let now = self.now_ms();
+        for aor in owners {
+            let Some(p) = st.presentities.get_mut(&*aor) else {
+                continue;
+            };
+            p.lync.categories.retain(|c| c.flow != Some(id));
+            p.lync.version += 1;
+            self.rebuild_lync_devices(p, now);
+            self.reaggregate(&mut st, &aor);
+            self.kick_own(&mut st, &aor);
+        }
+    }
+}
