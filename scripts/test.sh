@@ -23,6 +23,10 @@ command -v baresip >/dev/null || need+=(baresip-core)
 command -v linphonec >/dev/null || need+=(linphone-cli)
 command -v bitlbee >/dev/null || need+=(bitlbee-libpurple)
 [ -e /usr/lib/purple-2/libsipe.so ] || need+=(pidgin-sipe)
+# The pidgin-sipe tests build a small LD_PRELOAD shim against libxml2 (tests/interop/shim).
+command -v cc >/dev/null || need+=(gcc)
+command -v pkg-config >/dev/null || need+=(pkg-config)
+[ -e /usr/include/libxml2/libxml/parser.h ] || need+=(libxml2-dev)
 command -v python3 >/dev/null || need+=(python3)
 if ((${#need[@]})); then
   step "installing ${need[*]}"
@@ -53,6 +57,8 @@ done
 run "linphonec with baresip" timeout 300 python3 tests/interop/linphonec_im.py
 run "presence: linphonec and baresip watch a SIPp device" timeout 300 python3 tests/interop/presence.py
 run "pidgin-sipe NTLM sign-in (Lync dialect)" timeout 300 python3 tests/interop/sipe_signin.py
+# tests/interop/sipe_lync.py (presence and IM between pidgin-sipe and baresip users) passes
+# but not yet every time; it joins this list once its races are found (see its docstring).
 
 echo
 if ((${#failed[@]})); then

@@ -86,7 +86,7 @@ class Console:
 
 
 class Baresip:
-    def __init__(self, workdir, name, user, server, transport, contacts, presence=False):
+    def __init__(self, workdir, name, user, server, transport, contacts, presence=False, domain='127.0.0.1'):
         self.dir = os.path.join(workdir, name)
         os.makedirs(self.dir, exist_ok=True)
         sip, self.ctrl_port, self.cons_port = free_port(both=True), free_port(), free_port()
@@ -103,17 +103,17 @@ class Baresip:
                 'module_app presence.so' if presence else '',
                 'dns_server 127.0.0.1:53', '']))
         with open(os.path.join(self.dir, 'accounts'), 'w') as f:
-            f.write('<sip:%s@127.0.0.1>;auth_user=%s;auth_pass=pw-%s;outbound="sip:127.0.0.1:%d;transport=%s";regint=600%s\n'
-                    % (user, user, user, port, transport, ';pubint=300' if presence else ''))
+            f.write('<sip:%s@%s>;auth_user=%s;auth_pass=pw-%s;outbound="sip:127.0.0.1:%d;transport=%s";regint=600%s\n'
+                    % (user, domain, user, user, port, transport, ';pubint=300' if presence else ''))
         with open(os.path.join(self.dir, 'contacts'), 'w') as f:
             for c in contacts:
-                f.write('"%s" <sip:%s@127.0.0.1>%s\n' % (c, c, ';presence=p2p' if presence else ''))
+                f.write('"%s" <sip:%s@%s>%s\n' % (c, c, domain, ';presence=p2p' if presence else ''))
         self.log = open(self.dir + '.log', 'w')
         self.proc = subprocess.Popen(['baresip', '-f', self.dir], stdin=subprocess.DEVNULL, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         self.ctrl = Ctrl(self.ctrl_port)
         self.cons = Console(self.cons_port)
-        self.aor = 'sip:%s@127.0.0.1' % user
+        self.aor = 'sip:%s@%s' % (user, domain)
 
     def registered(self, timeout=10):
         end = time.time() + timeout

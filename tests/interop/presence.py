@@ -25,21 +25,21 @@ from linphonec_im import Linphonec
 PAUSE_MS = 4000
 
 
-def contact_status(b, who):
+def contact_status(b, who, domain='127.0.0.1'):
     """baresip's `contacts` listing: the status word shown beside `who`."""
     text = ANSI.sub('', b.ctrl.cmd('contacts')['data'])
     for line in text.splitlines():
-        if '%s@127.0.0.1' % who in line:
+        if '%s@%s' % (who, domain) in line:
             m = re.search(r'\b(Online|Offline|Busy|Away|Unknown)\b', line)
             return m.group(1) if m else line.strip()
     return None
 
 
-def wait_status(b, who, want, timeout=10):
+def wait_status(b, who, want, timeout=10, domain='127.0.0.1'):
     end = time.time() + timeout
     seen = None
     while time.time() < end:
-        seen = contact_status(b, who)
+        seen = contact_status(b, who, domain)
         if seen == want:
             return True, seen
         time.sleep(0.2)

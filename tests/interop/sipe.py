@@ -76,10 +76,10 @@ class Sipe:
             self.buf += data
         return None
 
-    def sign_in(self, address, password, port):
+    def sign_in(self, address, password, port, transport='tcp'):
         self.command('account add sipe %s %s' % (address, password))
         self.command('account sipe set server 127.0.0.1:%d' % port)
-        self.command('account sipe set transport tcp')
+        self.command('account sipe set transport %s' % transport)
         self.command('account sipe set authentication ntlm')
         self.command('account sipe on')
         return self.wait(r'sipe - (?:Logging in: )?(Logged in|Login error.*|Signing off.*|Couldn\'t log in.*)', 30)

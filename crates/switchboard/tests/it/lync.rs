@@ -1,7 +1,9 @@
 //! The Lync dialect's NTLM sign-in (MS-SIPAE §3.2.5.1) over TCP, by a Rust client that
 //! signs in as pidgin-sipe does: 401 offering NTLM beside Digest, 401 with the CHALLENGE,
 //! the AUTHENTICATE and a signed REGISTER, a 200 signed by the server; a wrong password
-//! and a bad signature refused. (Signing of the other messages is a later step.)
+//! and a bad signature refused; then signed requests on the association (the stored
+//! contact list piggy-backed on the 200, a category publish, a stale one) each answered
+//! with a valid server signature, and an unsigned request refused.
 
 use base64::Engine as _;
 use sip_message::{AuthHeader, HeaderName, Message};
@@ -170,4 +172,178 @@ async fn plain_sip_clients_are_not_offered_ntlm() {
         .headers
         .get_all(&HeaderName::WwwAuthenticate)
         .all(|v| v.starts_with("Digest")));
+}
+
+/// A client's association: signs its requests and checks the server's signatures.
+struct Association {
+    session: ntlm::Session,
+    opaque: String,
+    targetname: String,
+    cnum: u32,
+}
+
+impl Association {
+    fn sign(&mut self, m: &mut Message) {
+        self.cnum += 1;
+        let cnum = self.cnum.to_string();
+        let sig = self.session.client_signature(
+            100,
+            signature_input(m, &ctx("5eed0001", &cnum, &self.targetname)).as_bytes(),
+        );
+        m.headers.push(
+            HeaderName::Authorization,
+            format!(
+                "NTLM qop=\"auth\", opaque=\"{}\", realm=\"{REALM}\", targetname=\"{}\", crand=\"5eed0001\", cnum=\"{cnum}\", response=\"{}\"",
+                self.opaque,
+                self.targetname,
+                hex::encode_upper(sig)
+            ),
+        );
+    }
+
+    /// Asserts the server signed `m` on this association (MS-SIPAE §3.2.5.2).
+    fn check(&self, m: &Message) {
+        let info = AuthHeader::parse(
+            m.headers
+                .get(&HeaderName::from_wire("Authentication-Info"))
+                .unwrap_or_else(|| panic!("unsigned: {m}")),
+        )
+        .unwrap();
+        let expected = self.session.sign(
+            100,
+            signature_input(
+                m,
+                &ctx(
+                    info.param("srand").unwrap(),
+                    info.param("snum").unwrap(),
+                    &self.targetname,
+                ),
+            )
+            .as_bytes(),
+        );
+        assert_eq!(
+            info.param("rspauth").unwrap(),
+            hex::encode_upper(expected),
+            "{m}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn signed_requests_roaming_contacts_and_category_publish() {
+    let s = TestServer::start(&["alice", "bob"]).await;
+    switchboard_store::PresenceStore::open(&s.data_dir())
+        .unwrap()
+        .add_contact(
+            "alice@example.com",
+            "bob@example.com",
+            Some("Team"),
+            None,
+            switchboard_store::Relationship::Colleagues,
+            0,
+        )
+        .unwrap();
+    let mut c = s.client(Transport::Tcp, "alice").await;
+    let (ok, sa) = sign_in(&mut c, "pw-alice").await;
+    assert_eq!(status(&ok), 200);
+    let lync_extras = ok
+        .headers
+        .values(&HeaderName::Supported)
+        .any(|v| v == "msrtc-event-categories");
+    assert!(lync_extras, "OCS2007+ mode needs this option: {ok}");
+    assert!(ok
+        .headers
+        .get(&HeaderName::AllowEvents)
+        .unwrap()
+        .contains("vnd-microsoft-roaming-contacts"));
+    let (session, opaque, targetname) = sa.unwrap();
+    let mut sa = Association {
+        session,
+        opaque,
+        targetname,
+        cnum: 1,
+    };
+    let me = c.aor();
+
+    // Unsigned on the association: refused (and the association is dropped).
+    let mut unsigned = c.request("SUBSCRIBE", &me, &me);
+    unsigned
+        .headers
+        .push(HeaderName::Event, "vnd-microsoft-roaming-contacts");
+    // (Sent after the signed requests below, on a second connection's association.)
+
+    // The stored contact list, piggy-backed on the signed 200.
+    let mut m = c.request("SUBSCRIBE", &me, &me);
+    m.headers
+        .push(HeaderName::Event, "vnd-microsoft-roaming-contacts");
+    m.headers
+        .push(HeaderName::Supported, "ms-piggyback-first-notify");
+    m.headers.push(HeaderName::ProxyRequire, "ms-benotify");
+    sa.sign(&mut m);
+    c.send(&m).await;
+    let r = c.final_response().await;
+    assert_eq!(status(&r), 200, "{r}");
+    sa.check(&r);
+    assert!(r.headers.has(&HeaderName::from_wire("ms-piggyback-cseq")));
+    let list = msrtc::tree::parse(&r.body).unwrap();
+    assert_eq!(list.name, "contactList");
+    let contact = list.child("contact").unwrap();
+    assert_eq!(contact.attr("uri"), Some("bob@example.com"));
+    let team = list
+        .children_named("group")
+        .find(|g| g.attr("name") == Some("Team"))
+        .unwrap();
+    assert_eq!(contact.attr("groups"), team.attr("id"));
+
+    // A category publish: the user state busy becomes alice's presence.
+    let publish = format!(
+        "<publish xmlns=\"http://schemas.microsoft.com/2006/09/sip/rich-presence\"><publications uri=\"{me}\">\
+<publication categoryName=\"state\" instance=\"77\" container=\"2\" version=\"0\" expireType=\"endpoint\"><state xmlns=\"http://schemas.microsoft.com/2006/09/sip/state\" xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\" xsi:type=\"machineState\"><availability>3500</availability></state></publication>\
+<publication categoryName=\"state\" instance=\"536870912\" container=\"2\" version=\"0\" expireType=\"static\"><state xmlns=\"http://schemas.microsoft.com/2006/09/sip/state\" manual=\"true\" xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\" xsi:type=\"userState\"><availability>6500</availability></state></publication>\
+</publications></publish>"
+    );
+    let mut m = c.request("SERVICE", &me, &me);
+    m.headers.push(
+        HeaderName::ContentType,
+        "application/msrtc-category-publish+xml",
+    );
+    m.body = publish.clone().into_bytes().into();
+    sa.sign(&mut m);
+    c.send(&m).await;
+    let r = c.final_response().await;
+    assert_eq!(status(&r), 200, "{r}");
+    sa.check(&r);
+    let roaming = msrtc::tree::parse(&r.body).unwrap();
+    let aggregate = roaming
+        .path("categories")
+        .unwrap()
+        .children_named("category")
+        .find(|c| c.inner.contains("aggregateState"))
+        .unwrap();
+    assert_eq!(aggregate.text_at("state/availability"), Some("6500"));
+    let view = s.server.presence.view("sip:alice@example.com", None);
+    assert_eq!(view.availability.as_str(), "busy");
+
+    // The same publish again carries stale versions: 409 WrongDelta naming both.
+    let mut m = c.request("SERVICE", &me, &me);
+    m.headers.push(
+        HeaderName::ContentType,
+        "application/msrtc-category-publish+xml",
+    );
+    m.body = publish.into_bytes().into();
+    sa.sign(&mut m);
+    c.send(&m).await;
+    let r = c.final_response().await;
+    assert_eq!(status(&r), 409, "{r}");
+    sa.check(&r);
+    let fault = msrtc::tree::parse(&r.body).unwrap();
+    assert_eq!(
+        fault.text_at("Faultcode"),
+        Some("Client.BadCall.WrongDelta")
+    );
+    assert_eq!(fault.path("details").unwrap().children.len(), 2);
+
+    // Unsigned: 401, and the association is gone.
+    c.send(&unsigned).await;
+    assert_eq!(status(&c.final_response().await), 401);
 }
