@@ -31,13 +31,7 @@ fn num(e: &Element, name: &str) -> Result<u32, MsrtcError> {
 /// Reads a `<publish>` document: the publications in order (the fault's indexes count
 /// from 1 in that order).
 pub fn parse_publish(body: &[u8]) -> Result<Vec<Publication>, MsrtcError> {
-    let root = tree::parse(body)?;
-    if root.name != "publish" {
-        return Err(MsrtcError::Unexpected(format!(
-            "<{}> is not <publish>",
-            root.name
-        )));
-    }
+    let root = tree::parse_root(body, "publish")?;
     let pubs = root
         .child("publications")
         .ok_or_else(|| MsrtcError::Unexpected("no <publications>".into()))?;
@@ -143,13 +137,7 @@ pub struct BatchSubscribe {
 }
 
 pub fn parse_batch_subscribe(body: &[u8]) -> Result<BatchSubscribe, MsrtcError> {
-    let root = tree::parse(body)?;
-    if root.name != "batchSub" {
-        return Err(MsrtcError::Unexpected(format!(
-            "<{}> is not <batchSub>",
-            root.name
-        )));
-    }
+    let root = tree::parse_root(body, "batchSub")?;
     let action = root
         .child("action")
         .ok_or_else(|| MsrtcError::Unexpected("no <action>".into()))?;
@@ -196,13 +184,7 @@ pub struct MemberChange {
 }
 
 pub fn parse_set_container_members(body: &[u8]) -> Result<Vec<MemberChange>, MsrtcError> {
-    let root = tree::parse(body)?;
-    if root.name != "setContainerMembers" {
-        return Err(MsrtcError::Unexpected(format!(
-            "<{}> is not <setContainerMembers>",
-            root.name
-        )));
-    }
+    let root = tree::parse_root(body, "setContainerMembers")?;
     let mut out = Vec::new();
     for c in root.children_named("container") {
         let container = num(c, "id")?;
@@ -220,13 +202,7 @@ pub fn parse_set_container_members(body: &[u8]) -> Result<Vec<MemberChange>, Msr
 
 /// The users a `setSubscribers` acknowledges (without `sip:`).
 pub fn parse_set_subscribers(body: &[u8]) -> Result<Vec<String>, MsrtcError> {
-    let root = tree::parse(body)?;
-    if root.name != "setSubscribers" {
-        return Err(MsrtcError::Unexpected(format!(
-            "<{}> is not <setSubscribers>",
-            root.name
-        )));
-    }
+    let root = tree::parse_root(body, "setSubscribers")?;
     Ok(root
         .children_named("subscriber")
         .filter_map(|s| s.attr("user"))

@@ -156,6 +156,18 @@ pub fn parse(body: &[u8]) -> Result<Element, MsrtcError> {
     root.ok_or_else(|| MsrtcError::Xml("no root element".into()))
 }
 
+/// Parses a document whose root element must be `name`.
+pub fn parse_root(body: &[u8], name: &str) -> Result<Element, MsrtcError> {
+    let root = parse(body)?;
+    if root.name != name {
+        return Err(MsrtcError::Unexpected(format!(
+            "<{}> is not <{name}>",
+            root.name
+        )));
+    }
+    Ok(root)
+}
+
 /// Escapes text for an attribute value or element content.
 pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

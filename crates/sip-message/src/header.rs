@@ -219,6 +219,11 @@ impl Headers {
         self.0.retain(|h| !h.name.matches(name));
     }
 
+    /// Keeps the lines of `name` whose value passes `keep` (other headers untouched).
+    pub fn retain_lines(&mut self, name: &HeaderName, mut keep: impl FnMut(&str) -> bool) {
+        self.0.retain(|h| !h.name.matches(name) || keep(&h.value));
+    }
+
     /// Removes the first comma-separated value of `name` and returns it (removing the top
     /// Via of a response, RFC 3261 §16.7 step 3).
     pub fn pop_first_value(&mut self, name: &HeaderName) -> Option<String> {

@@ -48,13 +48,11 @@ pub(crate) fn rlmi(
     version: u32,
     full: bool,
     resources: &[ListResource],
+    lync: bool,
 ) -> (String, String) {
     let boundary = format!("sb-{:016x}", rand::random::<u64>());
     // Lync clients (category parts) read parts with libpurple's MIME reader, which
     // refuses `binary` and drops the two characters before each part's closing CRLF.
-    let lync = resources
-        .first()
-        .is_some_and(|r| r.content_type != "application/pidf+xml");
     let (cte, tail) = if lync {
         ("", "\r\n\r\n")
     } else {

@@ -21,9 +21,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use msrtc::categories::{Category, Container, Snapshot, Subscriber};
-use msrtc::publish::StateKind;
+use msrtc::publish::{PublishedState, StateKind};
 use msrtc::{band, Band};
-use sip_message::{HeaderName, Message};
+use sip_message::Message;
 use sip_transport::{ConnectionId, Source};
 use switchboard_proxy::ServiceAnswer;
 use switchboard_store::{ManualState, Relationship};
@@ -31,13 +31,13 @@ use tokio::time::Instant;
 
 use crate::model::{Activity, Availability, DeviceState, NoteKind};
 use crate::privacy::{Audience, View};
-use crate::subscribe::{Kind, Subscription};
+use crate::subscribe::Kind;
 use crate::{bare, domain_of, PresenceService, Presentity, Publication, State};
 
 pub(crate) const CATEGORIES: &str = "application/msrtc-event-categories+xml";
 const ROAMING_SELF: &str = "application/vnd-microsoft-roaming-self+xml";
 const ROAMING_CONTACTS: &str = "application/vnd-microsoft-roaming-contacts+xml";
-/// Lync clients give their hand-set state this instance (MS-PRES §3.7.5.1.2).
+/// Names the devices that stand for Lync endpoints (`msrtc:<machine state instance>`).
 const DEVICE_PREFIX: &str = "msrtc:";
 
 /// What a user's Lync clients published, and whom they acknowledged as watchers.
@@ -53,6 +53,18 @@ pub(crate) struct StoredCategory {
     cat: Category,
     /// The connection of the endpoint that published it (`endpoint` instances end with it).
     flow: Option<ConnectionId>,
+    /// What a `state` instance says, read once when published.
+    state: Option<PublishedState>,
+    /// What a `note` instance says (text, out of office).
+    note: Option<(String, bool)>,
+}
+
+impl StoredCategory {
+    /// A state instance of the aggregation's input container 2 (MS-PRES §3.7.5.5; the
+    /// same states published into container 3 are its copy for the workgroup).
+    fn aggregation_state(&self) -> Option<&PublishedState> {
+        self.state.as_ref().filter(|_| self.cat.container == 2)
+    }
 }
 
 fn with_warning(status: u16, text: &str) -> ServiceAnswer {
@@ -146,7 +158,7 @@ fn snapshot(v: &View, version: u32) -> Snapshot {
         work_phone: v.card.work_phone.clone(),
         personal_phone: v.card.personal_phone.clone(),
         container: container_of(v.audience),
-        publish_time: msrtc::fmt_time(crate::wall_ms()),
+        publish_time: crate::pidf::fmt_rfc3339(crate::wall_ms()),
         version,
     }
 }
@@ -231,27 +243,30 @@ impl PresenceService {
         }
     }
 
-    /// The roaming-contacts body: the whole list first, deltas after.
-    pub(crate) fn roaming_contacts_body(&self, st: &State, s: &Subscription) -> (String, String) {
+    /// The next roaming-contacts document for subscription `id`, recorded as sent: the
+    /// whole list first, then deltas; `None` when the list has not changed since.
+    pub(crate) fn next_contacts_document(
+        &self,
+        st: &mut State,
+        id: u64,
+    ) -> Option<(String, String)> {
+        let s = st.subs.get(&id)?;
         let now = self.lync_contact_list(st, &s.resource);
         let body = match s.sent_contacts.as_deref() {
-            Some(old) => msrtc::contacts::contact_delta(old, &now)
-                .unwrap_or_else(|| msrtc::contacts::contact_list(&now)),
+            Some(old) => msrtc::contacts::contact_delta(old, &now)?,
             None => msrtc::contacts::contact_list(&now),
         };
-        (ROAMING_CONTACTS.into(), body)
+        st.subs.get_mut(&id)?.sent_contacts = Some(Box::new(now));
+        Some((ROAMING_CONTACTS.into(), body))
     }
 
-    /// Records what a roaming-contacts subscription was just sent (deltas start there).
-    pub(crate) fn contacts_sent(&self, st: &mut State, id: u64) {
-        let Some(s) = st.subs.get(&id) else { return };
-        if s.kind != Kind::RoamingContacts {
-            return;
-        }
-        let list = self.lync_contact_list(st, &s.resource.clone());
-        if let Some(s) = st.subs.get_mut(&id) {
-            s.sent_contacts = Some(Box::new(list));
-        }
+    /// The whole contact list (what a subscription's last NOTIFY carries).
+    pub(crate) fn contacts_document(&self, st: &State, owner: &str) -> (String, String) {
+        let list = self.lync_contact_list(st, owner);
+        (
+            ROAMING_CONTACTS.into(),
+            msrtc::contacts::contact_list(&list),
+        )
     }
 
     /// The owner's roaming data.
@@ -336,14 +351,7 @@ impl PresenceService {
         if from != to {
             return with_warning(403, "only the user may change their own presence");
         }
-        let ctype = msg
-            .headers
-            .get(&HeaderName::ContentType)
-            .and_then(|c| c.split(';').next())
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        match ctype.as_str() {
+        match crate::subscribe::content_type(msg).as_str() {
             "application/msrtc-category-publish+xml" => self.publish_categories(msg, to, source),
             "application/msrtc-setcontainermembers+xml" => self.set_container_members(msg, to),
             "application/msrtc-presence-setsubscriber+xml" => self.set_subscribers(msg, to),
@@ -392,7 +400,8 @@ impl PresenceService {
             return a;
         }
         let had_user_state = p.lync.categories.iter().any(|c| {
-            c.cat.name == "state" && c.cat.payload.contains("userState") && c.cat.container == 2
+            c.aggregation_state()
+                .is_some_and(|s| s.kind == StateKind::User)
         });
         let mut user_state: Option<Option<Band>> = None;
         for x in &pubs {
@@ -401,15 +410,14 @@ impl PresenceService {
                     && c.cat.instance == x.instance
                     && c.cat.container == x.container
             });
-            if x.category == "state" && x.container == 2 {
-                if let Some(s) = msrtc::publish::read_state(x) {
-                    if s.kind == StateKind::User {
-                        user_state = Some(if x.remove {
-                            None
-                        } else {
-                            s.availability.map(band)
-                        });
-                    }
+            let state = msrtc::publish::read_state(x);
+            if let Some(s) = state.as_ref().filter(|s| s.kind == StateKind::User) {
+                if x.container == 2 {
+                    user_state = Some(if x.remove {
+                        None
+                    } else {
+                        s.availability.map(band)
+                    });
                 }
             }
             if x.remove {
@@ -428,12 +436,14 @@ impl PresenceService {
                     container: x.container,
                     version,
                     expire_type: x.expire_type.clone(),
-                    publish_time: msrtc::fmt_time(now),
+                    publish_time: crate::pidf::fmt_rfc3339(now),
                     payload: x.payload.clone(),
                 },
                 flow: (x.expire_type == "endpoint")
                     .then_some(source.connection)
                     .flatten(),
+                state,
+                note: msrtc::publish::read_note(x),
             };
             match pos {
                 Some(i) => p.lync.categories[i] = stored,
@@ -504,43 +514,27 @@ impl PresenceService {
             .lync
             .categories
             .iter()
-            .filter(|c| c.cat.name == "note" && c.cat.container == 200)
-            .filter_map(|c| msrtc::tree::parse(c.cat.payload.as_bytes()).ok())
-            .filter_map(|n| n.text_at("body").map(str::to_owned))
-            .next();
+            .filter(|c| c.cat.container == 200)
+            .find_map(|c| c.note.as_ref().map(|(text, _)| text.clone()));
         let on_phone = p.lync.categories.iter().any(|c| {
-            c.cat.name == "state"
-                && c.cat.container == 2
-                && c.cat.payload.contains("phoneState")
-                && c.cat.payload.contains("on-the-phone")
+            c.aggregation_state().is_some_and(|s| {
+                s.kind == StateKind::Phone && s.activity.as_deref() == Some("on-the-phone")
+            })
         });
         let mut devices = Vec::new();
-        for c in p
-            .lync
-            .categories
-            .iter()
-            .filter(|c| c.cat.name == "state" && c.cat.container == 2)
-        {
-            let Ok(el) = msrtc::tree::parse(c.cat.payload.as_bytes()) else {
+        for c in &p.lync.categories {
+            let Some(state) = c
+                .aggregation_state()
+                .filter(|s| s.kind == StateKind::Machine)
+            else {
                 continue;
             };
-            if el.attr("type") != Some("machineState") {
-                continue;
-            }
-            let number: u32 = el
-                .text_at("availability")
-                .and_then(|a| a.parse().ok())
-                .unwrap_or(18500);
             let mut d = DeviceState::new(
                 format!("{DEVICE_PREFIX}{}", c.cat.instance),
-                availability_of(band(number)),
+                availability_of(band(state.availability.unwrap_or(18500))),
                 now,
             );
-            if let Some(a) = el
-                .child("activity")
-                .and_then(|a| a.attr("token"))
-                .and_then(activity_of)
-            {
+            if let Some(a) = state.activity.as_deref().and_then(activity_of) {
                 d.activities.push(a);
             }
             if on_phone {
@@ -559,22 +553,9 @@ impl PresenceService {
         }
     }
 
-    /// The user's own roaming subscriptions (every endpoint) hear of a change.
+    /// The user's own roaming-self subscriptions (every endpoint) hear of a change.
     pub(crate) fn kick_own(&self, st: &mut State, aor: &str) {
-        let ids = st
-            .presentities
-            .get(aor)
-            .map(|p| p.winfo.clone())
-            .unwrap_or_default();
-        for id in ids {
-            if st
-                .subs
-                .get(&id)
-                .is_some_and(|s| s.kind == Kind::RoamingSelf)
-            {
-                self.kick(st, id);
-            }
-        }
+        self.kick_own_kinds(st, aor, &[Kind::RoamingSelf]);
     }
 
     /// MS-PRES §3.7.4: users placed in containers are given that relationship.
@@ -631,64 +612,15 @@ impl PresenceService {
 
     /// SOAP contact-list edits (MS-SIP §2.2.3); watchers of the list hear the delta.
     fn contact_edit(&self, msg: &Message, aor: &str) -> ServiceAnswer {
-        use msrtc::contacts::Edit;
         let edit = match msrtc::contacts::parse_edit(&msg.body) {
             Ok(e) => e,
             Err(e) => return with_warning(400, &e.to_string()),
         };
-        let owner = bare(aor);
-        let now = self.now_ms();
-        // Client group ids are stored ids + 1 (1 is the default group).
-        let stored_ids = |ids: &[u32]| -> Vec<i64> {
-            ids.iter()
-                .filter(|i| **i > 1)
-                .map(|i| *i as i64 - 1)
-                .collect()
-        };
-        let result: Result<Option<String>, switchboard_store::StoreError> = (|| match &edit {
-            Edit::SetContact { uri, groups, .. } => {
-                let default = Audience::default_for(domain_of(aor), domain_of(uri));
-                self.store
-                    .add_contact(owner, uri, None, None, default, now)?;
-                self.store
-                    .set_contact_groups(owner, uri, &stored_ids(groups), now)?;
-                Ok(None)
-            }
-            Edit::DeleteContact { uri } => {
-                self.store.remove_contact(owner, uri, now)?;
-                Ok(None)
-            }
-            Edit::AddGroup { name } => {
-                let id = self.store.add_group(owner, name, now)?;
-                Ok(Some(msrtc::contacts::add_group_answer(id as u32 + 1)))
-            }
-            Edit::ModifyGroup { id, name } => {
-                self.store.rename_group(owner, *id as i64 - 1, name, now)?;
-                Ok(None)
-            }
-            Edit::DeleteGroup { id } => {
-                self.store.delete_group(owner, *id as i64 - 1, now)?;
-                Ok(None)
-            }
-        })();
-        match result {
+        match self.apply_edit(&edit, aor) {
             Ok(answer) => {
                 self.reload(aor);
                 let mut st = self.state.lock();
-                let ids = st
-                    .presentities
-                    .get(aor)
-                    .map(|p| p.winfo.clone())
-                    .unwrap_or_default();
-                for id in ids {
-                    if st
-                        .subs
-                        .get(&id)
-                        .is_some_and(|s| s.kind == Kind::RoamingContacts)
-                    {
-                        self.kick(&mut st, id);
-                    }
-                }
+                self.kick_own_kinds(&mut st, aor, &[Kind::RoamingContacts]);
                 let mut a = ServiceAnswer::status(200);
                 if let Some(body) = answer {
                     a.body = Some((
@@ -701,6 +633,49 @@ impl PresenceService {
             Err(e) => {
                 tracing::warn!(error = %e, "contact list edit failed");
                 ServiceAnswer::status(500)
+            }
+        }
+    }
+
+    /// Carries out one contact-list edit; the answer body, for `addGroup`.
+    fn apply_edit(
+        &self,
+        edit: &msrtc::contacts::Edit,
+        aor: &str,
+    ) -> Result<Option<String>, switchboard_store::StoreError> {
+        use msrtc::contacts::Edit;
+        let owner = bare(aor);
+        let now = self.now_ms();
+        // Client group ids are stored ids + 1 (1 is the default group).
+        let stored = |id: u32| id as i64 - 1;
+        match edit {
+            Edit::SetContact { uri, groups, .. } => {
+                let default = Audience::default_for(domain_of(aor), domain_of(uri));
+                self.store
+                    .add_contact(owner, uri, None, None, default, now)?;
+                let ids: Vec<i64> = groups
+                    .iter()
+                    .filter(|i| **i > 1)
+                    .map(|i| stored(*i))
+                    .collect();
+                self.store.set_contact_groups(owner, uri, &ids, now)?;
+                Ok(None)
+            }
+            Edit::DeleteContact { uri } => {
+                self.store.remove_contact(owner, uri, now)?;
+                Ok(None)
+            }
+            Edit::AddGroup { name } => {
+                let id = self.store.add_group(owner, name, now)?;
+                Ok(Some(msrtc::contacts::add_group_answer(id as u32 + 1)))
+            }
+            Edit::ModifyGroup { id, name } => {
+                self.store.rename_group(owner, stored(*id), name, now)?;
+                Ok(None)
+            }
+            Edit::DeleteGroup { id } => {
+                self.store.delete_group(owner, stored(*id), now)?;
+                Ok(None)
             }
         }
     }

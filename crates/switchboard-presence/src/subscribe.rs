@@ -126,7 +126,8 @@ fn supports_eventlist(msg: &Message) -> bool {
     supports(msg, "eventlist")
 }
 
-fn content_type(msg: &Message) -> String {
+/// The media type of the body, lower case, without parameters.
+pub(crate) fn content_type(msg: &Message) -> String {
     msg.headers
         .get(&HeaderName::ContentType)
         .and_then(|c| c.split(';').next())
@@ -190,7 +191,8 @@ impl PresenceService {
             || (matches!(kind, Kind::Presence | Kind::List) && (batched || wants_categories(msg)));
         let adhoc = if batched {
             match msrtc::publish::parse_batch_subscribe(&msg.body) {
-                Ok(b) => Some(b.resources),
+                // Bounded like a contact list: a runaway client cannot watch everyone.
+                Ok(b) => Some(b.resources.into_iter().take(1000).collect()),
                 Err(e) => {
                     let mut a = ServiceAnswer::status(400);
                     a.headers
@@ -268,12 +270,19 @@ impl PresenceService {
                     return status_with(500, "Retry-After", "1".into());
                 }
                 let dialog = (call_id.into(), their_tag.clone().into_boxed_str());
-                let id = self.create(&mut st, kind, to, from, &event, target, source, key, dialog);
-                let s = st.subs.get_mut(&id).expect("created");
-                s.msrtc = msrtc;
-                if let Some(resources) = adhoc.clone() {
-                    self.set_adhoc(&mut st, id, resources);
-                }
+                let id = self.create(
+                    &mut st,
+                    kind,
+                    to,
+                    from,
+                    &event,
+                    target,
+                    source,
+                    key,
+                    dialog,
+                    adhoc.clone(),
+                );
+                st.subs.get_mut(&id).expect("created").msrtc = msrtc;
                 id
             }
         };
@@ -303,9 +312,7 @@ impl PresenceService {
         // MS-SIP §3.13: a Lync client that allows it gets the first NOTIFY's content in
         // the 200 itself (one round trip less at sign-in, for three subscriptions).
         if s.msrtc && expires > 0 && supports(msg, "ms-piggyback-first-notify") {
-            let s = &st.subs[&id];
-            let (ctype, body) = self.body(&st, s);
-            self.contacts_sent(&mut st, id);
+            let (ctype, body) = self.render(&mut st, id).unwrap_or_default();
             let cseq = msg.cseq().map(|c| c.seq).unwrap_or(1);
             a.headers.push(("Event".into(), event.clone()));
             a.headers
@@ -324,7 +331,6 @@ impl PresenceService {
 
     /// A batched subscription's resources (MS-PRES §3.7.5.6): watched as a list.
     fn set_adhoc(&self, st: &mut State, id: u64, resources: Vec<String>) {
-        let resources: Vec<String> = resources.into_iter().take(1000).collect();
         let Some(s) = st.subs.get_mut(&id) else {
             return;
         };
@@ -364,6 +370,7 @@ impl PresenceService {
         flow: Source,
         key: u64,
         dialog: (Box<str>, Box<str>),
+        adhoc: Option<Vec<String>>,
     ) -> u64 {
         st.next_id += 1;
         let id = st.next_id;
@@ -374,15 +381,18 @@ impl PresenceService {
             .map(|(k, _)| k.clone())
             .expect("ensured");
         let list = (kind == Kind::List).then(|| {
+            let adhoc_list = adhoc.is_some();
             Box::new(ListState {
-                resources: st.presentities[&resource]
-                    .contacts
-                    .contacts
-                    .iter()
-                    .map(|c| format!("sip:{}", c.contact))
-                    .collect(),
+                resources: adhoc.unwrap_or_else(|| {
+                    st.presentities[&resource]
+                        .contacts
+                        .contacts
+                        .iter()
+                        .map(|c| format!("sip:{}", c.contact))
+                        .collect()
+                }),
                 pending: Vec::new(),
-                adhoc: false,
+                adhoc: adhoc_list,
             })
         });
         let resources = list
@@ -468,17 +478,18 @@ impl PresenceService {
     /// The user's watchers changed: watcher-information and roaming-self subscriptions
     /// (which list watchers) hear of it.
     fn kick_winfo(&self, st: &mut State, aor: &str) {
+        self.kick_own_kinds(st, aor, &[Kind::Winfo, Kind::RoamingSelf]);
+    }
+
+    /// Kicks `aor`'s own subscriptions (watcher info, roaming data) of these kinds.
+    pub(crate) fn kick_own_kinds(&self, st: &mut State, aor: &str, kinds: &[Kind]) {
         let ids = st
             .presentities
             .get(aor)
             .map(|p| p.winfo.clone())
             .unwrap_or_default();
         for id in ids {
-            if st
-                .subs
-                .get(&id)
-                .is_some_and(|s| matches!(s.kind, Kind::Winfo | Kind::RoamingSelf))
-            {
+            if st.subs.get(&id).is_some_and(|s| kinds.contains(&s.kind)) {
                 self.kick(st, id);
             }
         }
@@ -566,10 +577,20 @@ impl PresenceService {
         });
     }
 
+    /// The next NOTIFY body of subscription `id`, recorded as sent where that matters
+    /// (contact-list deltas); `None` when there is nothing new to send.
+    fn render(&self, st: &mut State, id: u64) -> Option<(String, String)> {
+        let s = st.subs.get(&id)?;
+        if s.kind == Kind::RoamingContacts {
+            return self.next_contacts_document(st, id);
+        }
+        Some(self.body(st, s))
+    }
+
     /// The NOTIFY body for a subscription as things stand: (Content-Type, body).
     pub(crate) fn body(&self, st: &State, s: &Subscription) -> (String, String) {
         match s.kind {
-            Kind::RoamingContacts => self.roaming_contacts_body(st, s),
+            Kind::RoamingContacts => self.contacts_document(st, &s.resource),
             Kind::RoamingSelf => self.roaming_self_body(st, &s.resource),
             Kind::Presence if s.msrtc => {
                 let p = &st.presentities[&*s.resource];
@@ -640,7 +661,7 @@ impl PresenceService {
                         })
                     })
                     .collect();
-                documents::rlmi(&s.resource, s.version, s.full, &resources)
+                documents::rlmi(&s.resource, s.version, s.full, &resources, s.msrtc)
             }
         }
     }
@@ -690,19 +711,11 @@ impl PresenceService {
         let Some(deliverer) = self.deliverer.get().and_then(std::sync::Weak::upgrade) else {
             return;
         };
-        let body = {
-            let s = &st.subs[&id];
-            if s.kind == Kind::RoamingContacts && s.sent_contacts.is_some() {
-                let now = self.lync_contact_list(st, &s.resource);
-                if s.sent_contacts.as_deref() == Some(&now) {
-                    // Nothing in the list changed: no delta to send.
-                    st.subs.get_mut(&id).expect("present").dirty = false;
-                    return;
-                }
-            }
-            self.body(st, s)
+        let Some(body) = self.render(st, id) else {
+            // Nothing to tell (a contact list without changes).
+            st.subs.get_mut(&id).expect("present").dirty = false;
+            return;
         };
-        self.contacts_sent(st, id);
         let now = Instant::now();
         let s = st.subs.get_mut(&id).expect("present");
         s.cseq += 1;

@@ -424,10 +424,12 @@ impl Core {
         match self.location.register(&aor, msg, req.source) {
             Ok(outcome) => {
                 let mut resp = self.response(msg, 200);
-                for c in self
-                    .location
-                    .contact_values(&aor, &outcome.bindings, &domain)
-                {
+                for c in self.location.contact_values(
+                    &aor,
+                    &outcome.bindings,
+                    &domain,
+                    ntlm_sa.is_some(),
+                ) {
                     resp.headers.push(HeaderName::Contact, c);
                 }
                 resp.headers.push(
@@ -476,8 +478,8 @@ impl Core {
     /// MS-SIPREGE §3.1.5 / MS-CONMGMT §2.2.1: what a Lync client reads from its REGISTER
     /// 200: the enhanced-presence and batched-subscription extensions (without
     /// `msrtc-event-categories` pidgin-sipe falls back to the 2005 dialect), the events it
-    /// may subscribe to (it subscribes to nothing else), the keep-alive interval, and
-    /// the GRUU in the draft-10 `gruu` parameter it looks for.
+    /// may subscribe to (it subscribes to nothing else) and the keep-alive interval. (The
+    /// registrar writes the GRUU in the draft-10 `gruu` parameter it looks for.)
     fn lync_register_extras(&self, resp: &mut Message) {
         // pidgin-sipe compares each Supported header's whole value with one option, and
         // Allow-Events entries split at commas without trimming them.
@@ -494,21 +496,6 @@ impl Core {
             HeaderName::from_wire("ms-keep-alive"),
             "UAS; tcp=no; hop-hop=yes; end-end=no; timeout=300",
         );
-        let contacts: Vec<String> = resp
-            .headers
-            .get_all(&HeaderName::Contact)
-            .map(|c| match c.split_once("pub-gruu=\"") {
-                Some((_, rest)) => {
-                    let gruu = rest.split('"').next().unwrap_or("");
-                    format!("{c};gruu=\"{gruu}\"")
-                }
-                None => c.to_owned(),
-            })
-            .collect();
-        resp.headers.remove(&HeaderName::Contact);
-        for c in contacts {
-            resp.headers.push(HeaderName::Contact, c);
-        }
     }
 
     /// §11.2: OPTIONS to the server itself.

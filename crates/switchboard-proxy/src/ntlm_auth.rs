@@ -84,28 +84,15 @@ fn ntlm_params(msg: &Message) -> Option<AuthHeader> {
 /// Removes what signs a message on one hop's association (the client's NTLM
 /// credentials, our Authentication-Info): meaningless, and misleading, on the next hop.
 pub(crate) fn strip_hop_signatures(msg: &mut Message) {
-    for name in [HeaderName::Authorization, HeaderName::ProxyAuthorization] {
-        if msg.headers.get_all(&name).any(|v| {
-            v.trim_start()
-                .get(..5)
-                .is_some_and(|s| s.eq_ignore_ascii_case("NTLM "))
-        }) {
-            let keep: Vec<String> = msg
-                .headers
-                .get_all(&name)
-                .filter(|v| {
-                    !v.trim_start()
-                        .get(..5)
-                        .is_some_and(|s| s.eq_ignore_ascii_case("NTLM "))
-                })
-                .map(str::to_owned)
-                .collect();
-            msg.headers.remove(&name);
-            for v in keep {
-                msg.headers.push(name.clone(), v);
-            }
-        }
-    }
+    let not_ntlm = |v: &str| {
+        !v.trim_start()
+            .get(..5)
+            .is_some_and(|s| s.eq_ignore_ascii_case("NTLM "))
+    };
+    msg.headers
+        .retain_lines(&HeaderName::Authorization, not_ntlm);
+    msg.headers
+        .retain_lines(&HeaderName::ProxyAuthorization, not_ntlm);
     msg.headers
         .remove(&HeaderName::from_wire("Authentication-Info"));
 }
@@ -365,10 +352,6 @@ impl crate::Core {
         }
     }
 
-    fn drop_association(&self, connection: ConnectionId) {
-        self.connection_gone(connection);
-    }
-
     /// The association of the connection a request came over, if any.
     pub(crate) fn association_of(&self, req: &ServerRequest) -> Option<String> {
         let id = req.source.connection?;
@@ -423,7 +406,7 @@ impl crate::Core {
             Some(user) => SignedRequest::Valid(user),
             None => {
                 if let Some(id) = req.source.connection {
-                    self.drop_association(id);
+                    self.connection_gone(id);
                 }
                 SignedRequest::Invalid
             }

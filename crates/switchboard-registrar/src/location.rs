@@ -405,8 +405,16 @@ impl Location {
     }
 
     /// The Contact header values of a 200 OK to REGISTER (§10.3 step 8), with each
-    /// binding's remaining time and, for instances, its GRUUs (RFC 5627 §5).
-    pub fn contact_values(&self, aor: &str, bindings: &[Binding], domain: &str) -> Vec<String> {
+    /// binding's remaining time and, for instances, its GRUUs (RFC 5627 §5). With
+    /// `draft_gruu` the public GRUU is also given as `gruu`, the parameter of the GRUU
+    /// draft (draft-ietf-sip-gruu-10) that Lync clients read.
+    pub fn contact_values(
+        &self,
+        aor: &str,
+        bindings: &[Binding],
+        domain: &str,
+        draft_gruu: bool,
+    ) -> Vec<String> {
         let now = Instant::now();
         bindings
             .iter()
@@ -417,8 +425,11 @@ impl Location {
                     .set("expires", Some(&b.remaining(now).max(1).to_string()));
                 if let Some(inst) = &b.instance {
                     let inst_uri = inst.trim_matches(['<', '>']);
-                    c.params
-                        .set("pub-gruu", Some(&quote(&format!("{aor};gr={inst_uri}"))));
+                    let gruu = quote(&format!("{aor};gr={inst_uri}"));
+                    c.params.set("pub-gruu", Some(&gruu));
+                    if draft_gruu {
+                        c.params.set("gruu", Some(&gruu));
+                    }
                     if let Some(t) = &b.temp_gruu {
                         c.params
                             .set("temp-gruu", Some(&quote(&format!("sip:{t}@{domain};gr"))));
@@ -573,7 +584,7 @@ mod tests {
         assert_eq!(b.contact.uri.as_sip().unwrap().port, Some(6000));
         let t = out.bindings[0].temp_gruu.clone().unwrap();
         assert!(loc.lookup_gruu(AOR, None, &t).is_some());
-        let values = loc.contact_values(AOR, &out.bindings, "example.com");
+        let values = loc.contact_values(AOR, &out.bindings, "example.com", false);
         assert!(
             values[0].contains("pub-gruu=\"sip:bob@example.com;gr=urn:uuid:1234\""),
             "{}",

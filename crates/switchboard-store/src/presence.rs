@@ -285,6 +285,26 @@ impl PresenceStore {
             .expect("just written"))
     }
 
+    /// Runs one edit of `owner`'s contact list in a transaction; when `edit` says it
+    /// changed something, the list's version is bumped and the change logged (watchers
+    /// and the running server follow the log).
+    fn edit_list<T>(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        edit: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<(T, bool), StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction()?;
+        let (out, changed) = edit(&tx)?;
+        if changed {
+            bump_version(&tx, owner)?;
+            log_change(&tx, owner, now_ms)?;
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
     /// Removes `contact` from `owner`'s list; false when it was not there.
     pub fn remove_contact(
         &self,
@@ -292,18 +312,13 @@ impl PresenceStore {
         contact: &str,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.conn.lock();
-        let tx = conn.transaction()?;
-        let n = tx.execute(
-            "DELETE FROM contacts WHERE owner = ?1 AND contact = ?2",
-            [owner, contact],
-        )?;
-        if n > 0 {
-            bump_version(&tx, owner)?;
-            log_change(&tx, owner, now_ms)?;
-        }
-        tx.commit()?;
-        Ok(n > 0)
+        self.edit_list(owner, now_ms, |tx| {
+            let n = tx.execute(
+                "DELETE FROM contacts WHERE owner = ?1 AND contact = ?2",
+                [owner, contact],
+            )?;
+            Ok((n > 0, n > 0))
+        })
     }
 
     /// The owner's groups with their ids (stable: Lync clients number groups by them).
@@ -317,21 +332,18 @@ impl PresenceStore {
 
     /// Creates a group (or finds the one of that name); returns its id.
     pub fn add_group(&self, owner: &str, name: &str, now_ms: i64) -> Result<i64, StoreError> {
-        let mut conn = self.conn.lock();
-        let tx = conn.transaction()?;
-        tx.execute(
-            "INSERT OR IGNORE INTO contact_groups (owner, name) VALUES (?1, ?2)",
-            [owner, name],
-        )?;
-        let id: i64 = tx.query_row(
-            "SELECT id FROM contact_groups WHERE owner = ?1 AND name = ?2",
-            [owner, name],
-            |r| r.get(0),
-        )?;
-        bump_version(&tx, owner)?;
-        log_change(&tx, owner, now_ms)?;
-        tx.commit()?;
-        Ok(id)
+        self.edit_list(owner, now_ms, |tx| {
+            let n = tx.execute(
+                "INSERT OR IGNORE INTO contact_groups (owner, name) VALUES (?1, ?2)",
+                [owner, name],
+            )?;
+            let id: i64 = tx.query_row(
+                "SELECT id FROM contact_groups WHERE owner = ?1 AND name = ?2",
+                [owner, name],
+                |r| r.get(0),
+            )?;
+            Ok((id, n > 0))
+        })
     }
 
     /// Renames group `id`; false when the owner has no such group (or the name is taken).
@@ -342,38 +354,28 @@ impl PresenceStore {
         name: &str,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.conn.lock();
-        let tx = conn.transaction()?;
-        let n = tx.execute(
-            "UPDATE OR IGNORE contact_groups SET name = ?3 WHERE owner = ?1 AND id = ?2",
-            params![owner, id, name],
-        )?;
-        if n > 0 {
-            bump_version(&tx, owner)?;
-            log_change(&tx, owner, now_ms)?;
-        }
-        tx.commit()?;
-        Ok(n > 0)
+        self.edit_list(owner, now_ms, |tx| {
+            let n = tx.execute(
+                "UPDATE OR IGNORE contact_groups SET name = ?3 WHERE owner = ?1 AND id = ?2",
+                params![owner, id, name],
+            )?;
+            Ok((n > 0, n > 0))
+        })
     }
 
     /// Deletes group `id` (its contacts stay on the list); false when there is none.
     pub fn delete_group(&self, owner: &str, id: i64, now_ms: i64) -> Result<bool, StoreError> {
-        let mut conn = self.conn.lock();
-        let tx = conn.transaction()?;
-        tx.execute(
-            "DELETE FROM contact_group_members WHERE owner = ?1 AND group_id = ?2",
-            params![owner, id],
-        )?;
-        let n = tx.execute(
-            "DELETE FROM contact_groups WHERE owner = ?1 AND id = ?2",
-            params![owner, id],
-        )?;
-        if n > 0 {
-            bump_version(&tx, owner)?;
-            log_change(&tx, owner, now_ms)?;
-        }
-        tx.commit()?;
-        Ok(n > 0)
+        self.edit_list(owner, now_ms, |tx| {
+            tx.execute(
+                "DELETE FROM contact_group_members WHERE owner = ?1 AND group_id = ?2",
+                params![owner, id],
+            )?;
+            let n = tx.execute(
+                "DELETE FROM contact_groups WHERE owner = ?1 AND id = ?2",
+                params![owner, id],
+            )?;
+            Ok((n > 0, n > 0))
+        })
     }
 
     /// Puts `contact` (already on the list) in exactly the groups `ids` of the owner's.
@@ -384,23 +386,20 @@ impl PresenceStore {
         ids: &[i64],
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let mut conn = self.conn.lock();
-        let tx = conn.transaction()?;
-        tx.execute(
-            "DELETE FROM contact_group_members WHERE owner = ?1 AND contact = ?2",
-            [owner, contact],
-        )?;
-        for id in ids {
+        self.edit_list(owner, now_ms, |tx| {
             tx.execute(
-                "INSERT OR IGNORE INTO contact_group_members (owner, contact, group_id)
-                 SELECT ?1, ?2, id FROM contact_groups WHERE owner = ?1 AND id = ?3",
-                params![owner, contact, id],
+                "DELETE FROM contact_group_members WHERE owner = ?1 AND contact = ?2",
+                [owner, contact],
             )?;
-        }
-        bump_version(&tx, owner)?;
-        log_change(&tx, owner, now_ms)?;
-        tx.commit()?;
-        Ok(())
+            for id in ids {
+                tx.execute(
+                    "INSERT OR IGNORE INTO contact_group_members (owner, contact, group_id)
+                     SELECT ?1, ?2, id FROM contact_groups WHERE owner = ?1 AND id = ?3",
+                    params![owner, contact, id],
+                )?;
+            }
+            Ok(((), true))
+        })
     }
 
     /// Sets the user's manual state (replacing any earlier one).
@@ -621,6 +620,47 @@ fn log_change(tx: &rusqlite::Transaction<'_>, address: &str, at_ms: i64) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn groups_by_id_add_rename_delete_and_membership() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = PresenceStore::open(dir.path()).unwrap();
+        s.add_contact("a@x", "b@x", None, None, Relationship::Colleagues, 1)
+            .unwrap();
+        let team = s.add_group("a@x", "Team", 2).unwrap();
+        assert_eq!(
+            s.add_group("a@x", "Team", 3).unwrap(),
+            team,
+            "found, not made twice"
+        );
+        let pals = s.add_group("a@x", "Pals", 4).unwrap();
+        s.set_contact_groups("a@x", "b@x", &[team, pals], 5)
+            .unwrap();
+        let v = s.contact_list("a@x").unwrap().version;
+        assert_eq!(
+            s.contact_list("a@x").unwrap().contacts[0].groups,
+            ["Team", "Pals"]
+        );
+        assert!(s.rename_group("a@x", pals, "Friends", 6).unwrap());
+        assert!(
+            !s.rename_group("a@x", pals, "Team", 7).unwrap(),
+            "name taken"
+        );
+        assert!(
+            !s.rename_group("z@x", team, "Mine", 7).unwrap(),
+            "not the owner's"
+        );
+        assert!(s.delete_group("a@x", team, 8).unwrap());
+        assert!(!s.delete_group("a@x", team, 9).unwrap());
+        let list = s.contact_list("a@x").unwrap();
+        assert_eq!(list.groups, ["Friends"]);
+        assert_eq!(list.contacts[0].groups, ["Friends"]);
+        assert!(list.version > v, "every change bumps the version");
+        assert_eq!(
+            s.contact_groups("a@x").unwrap(),
+            [(pals, "Friends".to_owned())]
+        );
+    }
 
     #[test]
     fn contacts_groups_and_relationships_round_trip() {
