@@ -2,7 +2,8 @@
 # The whole test suite, from a fresh Debian 12 machine: installs what the tests need
 # (SIPp, baresip, linphonec, pidgin-sipe in bitlbee), checks formatting and lints, runs the Rust unit and socket-level
 # tests, then the real-client interop tests (SIPp scenarios, baresip over UDP/TCP/TLS,
-# linphonec, presence watched by linphonec and baresip, pidgin-sipe's NTLM sign-in).
+# linphonec, presence watched by linphonec and baresip, pidgin-sipe's NTLM sign-in, presence
+# and IM between pidgin-sipe and baresip users).
 # Usage: scripts/test.sh            Exit status 0 only if everything passed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -57,8 +58,7 @@ done
 run "linphonec with baresip" timeout 300 python3 tests/interop/linphonec_im.py
 run "presence: linphonec and baresip watch a SIPp device" timeout 300 python3 tests/interop/presence.py
 run "pidgin-sipe NTLM sign-in (Lync dialect)" timeout 300 python3 tests/interop/sipe_signin.py
-# tests/interop/sipe_lync.py (presence and IM between pidgin-sipe and baresip users) passes
-# but not yet every time; it joins this list once its races are found (see its docstring).
+run "pidgin-sipe presence and IM with pidgin-sipe and baresip" timeout 300 python3 tests/interop/sipe_lync.py
 
 echo
 if ((${#failed[@]})); then

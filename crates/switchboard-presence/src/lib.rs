@@ -124,7 +124,8 @@ impl Presentity {
 struct State {
     presentities: HashMap<Arc<str>, Presentity>,
     subs: HashMap<u64, Subscription>,
-    /// Hash of (Call-ID, subscriber's tag) → subscription ([`subscribe::dialog_key`]).
+    /// Hash of (subscriber, Call-ID, subscriber's tag) → subscription
+    /// ([`subscribe::dialog_key`]).
     by_dialog: HashMap<u64, u64>,
     hasher: std::collections::hash_map::RandomState,
     /// Subscriptions each watcher holds, for the per-watcher limit.
@@ -532,9 +533,9 @@ impl EventHook for PresenceService {
         self.lync_flow_closed(id);
     }
 
-    fn answered(&self, msg: &Message, status: u16) {
+    fn answered(&self, msg: &Message, from: &str, status: u16) {
         if (200..300).contains(&status) && msg.method() == Some(&sip_message::Method::Subscribe) {
-            self.answered_subscribe(msg);
+            self.answered_subscribe(msg, from);
         }
     }
 }

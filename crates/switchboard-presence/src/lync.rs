@@ -5,7 +5,8 @@
 //!   versions (a stale version gets 409 `WrongDelta`, MS-PRES §3.7.5.4). The states it
 //!   publishes into the aggregation containers become input to the one aggregation
 //!   (MS-PRES §3.7.5.5 done by our rules): each endpoint's `machineState` is a device;
-//!   a `userState` is the hand-set state (shared with `presence set`); `phoneState`
+//!   a `userState` is the hand-set state (shared with `presence set`) while the user has
+//!   a Lync endpoint signed in; `phoneState`
 //!   on the phone is a call; the personal `note` is the devices' note.
 //! - Watchers that read categories get the aggregate `state` with its activity token,
 //!   `note` and `contactCard`, filtered by their relationship exactly as PIDF watchers
@@ -47,6 +48,10 @@ pub(crate) struct LyncData {
     acknowledged: HashSet<String>,
     /// Bumped whenever anything in the roaming data changes.
     version: u32,
+    /// When a client's user state last became the hand-set state (its `set_at_ms`): it
+    /// lasts while the user has a Lync endpoint, as in Lync, where signing out of the
+    /// last one shows offline whatever was set.
+    client_manual_at: Option<i64>,
 }
 
 pub(crate) struct StoredCategory {
@@ -487,6 +492,7 @@ impl PresenceService {
                 }
                 let p = st.presentities.get_mut(aor).expect("ensured");
                 p.stored.manual = Some(m);
+                p.lync.client_manual_at = Some(now);
             }
             Some(_) if had_user_state => {
                 if let Err(e) = self.store.clear_manual(bare(aor), now) {
@@ -695,6 +701,17 @@ impl PresenceService {
             p.lync.categories.retain(|c| c.flow != Some(id));
             p.lync.version += 1;
             self.rebuild_lync_devices(p, now);
+            let last_endpoint = !p.lync.categories.iter().any(|c| c.flow.is_some());
+            let clients_state = p.lync.client_manual_at.is_some()
+                && p.stored.manual.as_ref().map(|m| m.set_at_ms) == p.lync.client_manual_at;
+            if last_endpoint && clients_state {
+                // Set by the client that just left (not since replaced by `presence set`).
+                p.lync.client_manual_at = None;
+                p.stored.manual = None;
+                if let Err(e) = self.store.clear_manual(bare(&aor), now) {
+                    tracing::warn!(error = %e, "cannot clear the hand-set state");
+                }
+            }
             self.reaggregate(&mut st, &aor);
             self.kick_own(&mut st, &aor);
         }

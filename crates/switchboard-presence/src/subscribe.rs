@@ -79,10 +79,19 @@ struct ListState {
     adhoc: bool,
 }
 
-/// Subscriptions are found by (Call-ID, subscriber's tag); the table keeps only a hash
-/// of the pair (memory per subscription matters at 100,000) and every hit is checked.
-pub(crate) fn dialog_key(hasher: &RandomState, call_id: &str, their_tag: &str) -> u64 {
+/// Subscriptions are found by (subscriber, Call-ID, subscriber's tag): a dialog is its
+/// subscriber's, and two clients that happen to pick the same Call-ID and tag (pidgin-sipe
+/// seeds its generator with the time: two started in the same second do) must not meet.
+/// The table keeps only a hash (memory per subscription matters at 100,000) and every
+/// hit is checked.
+pub(crate) fn dialog_key(
+    hasher: &RandomState,
+    watcher: &str,
+    call_id: &str,
+    their_tag: &str,
+) -> u64 {
     let mut h = hasher.build_hasher();
+    watcher.hash(&mut h);
     call_id.hash(&mut h);
     their_tag.hash(&mut h);
     h.finish()
@@ -236,20 +245,15 @@ impl PresenceService {
             .and_then(|c| NameAddr::parse(c).ok())
             .map(|c| c.uri.to_string());
         let mut st = self.state.lock();
-        let key = dialog_key(&st.hasher, call_id, &their_tag);
+        let key = dialog_key(&st.hasher, from, call_id, &their_tag);
         let existing = st.by_dialog.get(&key).copied().filter(|id| {
             let s = &st.subs[id];
-            *s.call_id == *call_id && *s.their_tag == *their_tag
+            *s.call_id == *call_id && *s.their_tag == *their_tag && *s.watcher == *from
         });
-        if let Some(id) = existing {
-            // Only the watcher who made the subscription may refresh or end it.
-            if *st.subs[&id].watcher != *from {
-                return ServiceAnswer::status(403);
-            }
-        }
         let id = match (our_tag_in, existing) {
             (Some(tag), Some(id)) if format!("{:016x}", st.subs[&id].our_tag) == tag => id,
-            // RFC 6665 §4.2.1.2: a refresh of a subscription that does not exist.
+            // RFC 6665 §4.2.1.2: a refresh of a subscription that does not exist (for
+            // this subscriber: someone else's dialog cannot be refreshed or ended).
             (Some(_), _) => return ServiceAnswer::status(481),
             // The same SUBSCRIBE again without our tag (its answer was lost): same dialog.
             (None, Some(id)) => id,
@@ -453,12 +457,12 @@ impl PresenceService {
     }
 
     /// Called once the SUBSCRIBE was answered 2xx: the NOTIFY it calls for goes now.
-    pub(crate) fn answered_subscribe(&self, msg: &Message) {
+    pub(crate) fn answered_subscribe(&self, msg: &Message, watcher: &str) {
         let (Some(call_id), Ok(from)) = (msg.call_id(), msg.from_header()) else {
             return;
         };
         let mut st = self.state.lock();
-        let key = dialog_key(&st.hasher, call_id, from.tag().unwrap_or(""));
+        let key = dialog_key(&st.hasher, watcher, call_id, from.tag().unwrap_or(""));
         let Some(&id) = st.by_dialog.get(&key) else {
             return;
         };
@@ -763,7 +767,7 @@ impl PresenceService {
     /// Takes a subscription out of every table.
     fn remove(&self, st: &mut State, id: u64) -> Option<Subscription> {
         let s = st.subs.remove(&id)?;
-        let key = dialog_key(&st.hasher, &s.call_id, &s.their_tag);
+        let key = dialog_key(&st.hasher, &s.watcher, &s.call_id, &s.their_tag);
         st.by_dialog.remove(&key);
         if let Some(n) = st.per_watcher.get_mut(&*s.watcher) {
             *n -= 1;

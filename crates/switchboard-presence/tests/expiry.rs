@@ -130,7 +130,7 @@ async fn publications_and_subscriptions_expire() {
     );
     let a = svc.handle(&sub, "sip:bob@x.test", "sip:alice@x.test", source());
     assert_eq!(a.status, 200);
-    svc.answered(&sub, 200);
+    svc.answered(&sub, "sip:bob@x.test", 200);
     settle().await;
     let n = notifies.take();
     assert_eq!(n.len(), 1);
@@ -181,7 +181,7 @@ async fn a_hand_set_state_runs_out_at_its_time() {
             .status,
         200
     );
-    svc.answered(&sub, 200);
+    svc.answered(&sub, "sip:bob@x.test", 200);
     settle().await;
     notifies.take();
     let now = svc.now_ms();

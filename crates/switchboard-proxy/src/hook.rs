@@ -102,9 +102,9 @@ pub trait EventHook: Send + Sync + 'static {
         to: &str,
         source: sip_transport::Source,
     ) -> ServiceAnswer;
-    /// `msg` (which `handle` took) has been answered with `status`: what must follow the
-    /// answer (RFC 6665 §4.2.1.2: the NOTIFY after a 200) goes now.
-    fn answered(&self, _msg: &Message, _status: u16) {}
+    /// `msg` (which `handle` took, from `from`) has been answered with `status`: what
+    /// must follow the answer (RFC 6665 §4.2.1.2: the NOTIFY after a 200) goes now.
+    fn answered(&self, _msg: &Message, _from: &str, _status: u16) {}
     /// A stream connection closed: state tied to the endpoint on it (a Lync client's
     /// endpoint publications) goes with it.
     fn flow_closed(&self, _id: sip_transport::ConnectionId) {}

@@ -338,7 +338,7 @@ impl Core {
         let answer = events.handle(&req.message, from_aor, &to_aor, req.source);
         let status = answer.status;
         self.answer_service(req, answer).await;
-        events.answered(&req.message, status);
+        events.answered(&req.message, from_aor, status);
         Some(())
     }
 

@@ -346,4 +346,23 @@ async fn signed_requests_roaming_contacts_and_category_publish() {
     // Unsigned: 401, and the association is gone.
     c.send(&unsigned).await;
     assert_eq!(status(&c.final_response().await), 401);
+
+    // The client's connection closes: its endpoint is gone, and so is the state it set
+    // by hand (as in Lync, signing out of the last endpoint shows offline).
+    drop(c);
+    let mut seen = String::new();
+    for _ in 0..100 {
+        seen = s
+            .server
+            .presence
+            .view("sip:alice@example.com", None)
+            .availability
+            .as_str()
+            .to_owned();
+        if seen == "offline" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen, "offline");
 }

@@ -320,7 +320,8 @@ async fn subscribe_notify_refresh_unsubscribe_and_errors() {
     assert_eq!(status(&r), 200);
     assert_eq!(r.headers.get(&HeaderName::Expires), Some("300"));
     assert!(sub_state(&next_notify(&mut b).await).starts_with("active"));
-    // Someone else cannot take the dialog over, even knowing its Call-ID and tags.
+    // Someone else cannot take the dialog over, even knowing its Call-ID and tags: for
+    // them there is no such dialog (a dialog is its subscriber's).
     let mut c = registered(&s, "carol").await;
     let mut stolen = sub.request.clone();
     let tag = NameAddr::parse(stolen.headers.get(&HeaderName::From).unwrap())
@@ -335,13 +336,44 @@ async fn subscribe_notify_refresh_unsubscribe_and_errors() {
     let r = resubscribe(
         &mut c,
         &Sub {
-            request: stolen,
+            request: stolen.clone(),
             to_tag: sub.to_tag.clone(),
         },
         0,
     )
     .await;
-    assert_eq!(status(&r), 403);
+    assert_eq!(status(&r), 481);
+    // A client of carol's that happens to pick bob's Call-ID and tag (two pidgin-sipe
+    // started in the same second do) gets a subscription of its own, beside bob's.
+    stolen.headers.set(HeaderName::Contact, c.contact());
+    c.cseq += 10;
+    stolen
+        .headers
+        .set(HeaderName::CSeq, format!("{} SUBSCRIBE", c.cseq));
+    stolen.headers.set(
+        HeaderName::Via,
+        format!(
+            "SIP/2.0/UDP 127.0.0.1:{};branch=z9hG4bK{};rport",
+            c.local.port(),
+            rand_hex()
+        ),
+    );
+    let r = c.send_authenticated(stolen.clone()).await;
+    assert_eq!(status(&r), 200);
+    assert!(sub_state(&next_notify(&mut c).await).starts_with("active"));
+    let carols = Sub {
+        request: stolen,
+        to_tag: NameAddr::parse(r.headers.get(&HeaderName::To).unwrap())
+            .unwrap()
+            .tag()
+            .unwrap()
+            .to_owned(),
+    };
+    assert_eq!(status(&resubscribe(&mut c, &carols, 0).await), 200);
+    assert_eq!(
+        sub_state(&next_notify(&mut c).await),
+        "terminated;reason=timeout"
+    );
     // Unsubscribe: a final NOTIFY, then the dialog is gone.
     assert_eq!(status(&resubscribe(&mut b, &sub, 0).await), 200);
     let n = next_notify(&mut b).await;
