@@ -3,7 +3,7 @@
 # (SIPp, baresip, linphonec, pidgin-sipe in bitlbee), checks formatting and lints, runs the Rust unit and socket-level
 # tests, then the real-client interop tests (SIPp scenarios, baresip over UDP/TCP/TLS,
 # linphonec, presence watched by linphonec and baresip, pidgin-sipe's NTLM sign-in, presence
-# and IM between pidgin-sipe and baresip users).
+# and IM between pidgin-sipe and baresip users, a Lync conference shared with baresip).
 # Usage: scripts/test.sh            Exit status 0 only if everything passed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -59,6 +59,7 @@ run "linphonec with baresip" timeout 300 python3 tests/interop/linphonec_im.py
 run "presence: linphonec and baresip watch a SIPp device" timeout 300 python3 tests/interop/presence.py
 run "pidgin-sipe NTLM sign-in (Lync dialect)" timeout 300 python3 tests/interop/sipe_signin.py
 run "pidgin-sipe presence and IM with pidgin-sipe and baresip" timeout 300 python3 tests/interop/sipe_lync.py
+run "pidgin-sipe conference (C3P) with pidgin-sipe and baresip, and bridged IM" timeout 300 python3 tests/interop/sipe_conference.py
 
 echo
 if ((${#failed[@]})); then

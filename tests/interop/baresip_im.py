@@ -107,7 +107,9 @@ class Baresip:
                     % (user, domain, user, user, port, transport, ';pubint=300' if presence else ''))
         with open(os.path.join(self.dir, 'contacts'), 'w') as f:
             for c in contacts:
-                f.write('"%s" <sip:%s@%s>%s\n' % (c, c, domain, ';presence=p2p' if presence else ''))
+                # A user name, or a whole address (a conference's).
+                uri = c if c.startswith('sip:') else 'sip:%s@%s' % (c, domain)
+                f.write('"%s" <%s>%s\n' % (c, uri, ';presence=p2p' if presence else ''))
         self.log = open(self.dir + '.log', 'w')
         self.proc = subprocess.Popen(['baresip', '-f', self.dir], stdin=subprocess.DEVNULL, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)

@@ -3,18 +3,18 @@ libpurple plugin, run inside bitlbee (libpurple build) in inetd mode and driven 
 socketpair, so no port is opened. What it shows comes from its IRC messages and its libpurple
 debug log (every SIP message and its signature checks).
 
-Debian 12's libxml2 no longer calls the SAX1 callbacks sipe's XML parser registers, so every
-XML body (contact list, presence, roaming data) would look empty; shim/sipe_sax1.c is preloaded
-to mark that parser's handler as SAX1 again (built here on first use)."""
+shim/sipe_shim.c is preloaded (built here on first use) for two harness problems: Debian 12's
+libxml2 no longer calls the SAX1 callbacks sipe's XML parser registers, so every XML body would
+look empty; and bitlbee's `chat with` looks for a buddy-menu item sipe names differently."""
 import os, re, socket, subprocess, time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def sax1_shim():
+def shim():
     """Builds the LD_PRELOAD shim once per checkout (needs cc and libxml2-dev)."""
-    out = os.path.join(HERE, 'shim', 'sipe_sax1.so')
-    src = os.path.join(HERE, 'shim', 'sipe_sax1.c')
+    out = os.path.join(HERE, 'shim', 'sipe_shim.so')
+    src = os.path.join(HERE, 'shim', 'sipe_shim.c')
     if not os.path.exists(out) or os.path.getmtime(out) < os.path.getmtime(src):
         cflags = subprocess.run(['pkg-config', '--cflags', 'libxml-2.0'], capture_output=True,
                                 text=True, check=True).stdout.split()
@@ -36,7 +36,7 @@ class Sipe:
         # BITLBEE_DEBUG + PURPLE_*: libpurple's debug output, with every SIP message sipe
         # sends and receives, goes to stdout (our log file); IRC runs over fd 0.
         env = dict(os.environ, BITLBEE_DEBUG='1', PURPLE_VERBOSE_DEBUG='1', PURPLE_UNSAFE_DEBUG='1',
-                   LD_PRELOAD=sax1_shim())
+                   LD_PRELOAD=shim())
         self.proc = subprocess.Popen(['bitlbee', '-I', '-c', conf, '-d', workdir], stdin=theirs,
                                      stdout=self.debug, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)

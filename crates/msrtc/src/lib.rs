@@ -14,7 +14,9 @@
 //!   (`application/vnd-microsoft-roaming-self+xml`, §2.2.2.2);
 //! - [`contacts`]: the server-stored contact list (`vnd-microsoft-roaming-contacts`,
 //!   MS-SIP §2.2.2) with its deltas, and the SOAP edits clients send over SERVICE;
-//! - [`provisioning`]: `vnd-microsoft-provisioning-v2` server configuration (MS-SIP §2.2.2.4).
+//! - [`provisioning`]: `vnd-microsoft-provisioning-v2` server configuration (MS-SIP §2.2.2.4);
+//! - [`cccp`]: C3P conference control (MS-CONFBAS), the conference document with its
+//!   `msci` extensions, `ms-conf-invite` invitations and IM MCU delivery reports.
 //!
 //! Availability numbers (MS-PRES §3.7.5.3): read by [`band`]; clients write the middle
 //! of a band (3500 available, 6500 busy, 9500 do not disturb, 12500 be right back, 15500
@@ -22,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod categories;
+pub mod cccp;
 pub mod contacts;
 pub mod provisioning;
 pub mod publish;

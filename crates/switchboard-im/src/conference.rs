@@ -23,7 +23,6 @@
 use std::sync::Weak;
 
 use bytes::Bytes;
-use sip_message::NameAddr;
 use sip_message::{HeaderName, Message};
 use switchboard_proxy::{Delivery, HookDecision, ServiceAnswer};
 use switchboard_store::{Address, OfflineMessage};
@@ -31,42 +30,60 @@ use switchboard_store::{Address, OfflineMessage};
 use crate::{count, now_ms, Conversation, ImService, Participant};
 
 /// The user part of the service identity that answers commands.
-const SERVICE_USER: &str = "switchboard";
-const CONF_PREFIX: &str = "chat-";
+pub(crate) const SERVICE_USER: &str = "switchboard";
+pub(crate) const CONF_PREFIX: &str = "chat-";
 
-/// A member's session-mode dialog with a conference (the service is its UAS).
+/// A dialog a member set up with the conference (the service is its UAS): their chat
+/// session, or for Lync members also their focus dialog.
 pub(crate) struct MemberDialog {
-    call_id: String,
-    our_tag: String,
-    their_tag: String,
-    /// The member's Contact: where in-session MESSAGEs go.
-    target: String,
-    cseq: u32,
+    pub(crate) call_id: String,
+    pub(crate) our_tag: String,
+    pub(crate) their_tag: String,
+    /// The member's From URI (our To in requests we send).
+    pub(crate) their_uri: String,
+    /// The URI they addressed (our From in requests we send): the conference, its MCU
+    /// or its focus.
+    pub(crate) local_uri: String,
+    /// The member's Contact: where in-dialog requests go.
+    pub(crate) target: String,
+    pub(crate) cseq: u32,
+    /// The member's client names a message's author from `Ms-Sender` (MS-CONFIM
+    /// §2.2.3): it gets the author's text as written, and no notices (its roster shows
+    /// who comes and goes).
+    pub(crate) ms_sender: bool,
 }
 
 impl MemberDialog {
-    fn message(&self, conf: &str, member: &str, text: &str, author: Option<&str>) -> Message {
+    /// A request of ours in this dialog; the caller has advanced `cseq`.
+    pub(crate) fn request(&self, method: sip_message::Method) -> Message {
         let uri = sip_message::Uri::parse(&self.target)
             .unwrap_or_else(|_| sip_message::Uri::Other(self.target.clone()));
-        let mut m = Message::request(sip_message::Method::Message, uri);
+        let name = method.to_string();
+        let mut m = Message::request(method, uri);
         m.headers.push(HeaderName::MaxForwards, "70");
         m.headers.push(
             HeaderName::From,
-            format!("\"Group chat\" <{conf}>;tag={}", self.our_tag),
+            format!("\"Group chat\" <{}>;tag={}", self.local_uri, self.our_tag),
         );
-        m.headers
-            .push(HeaderName::To, format!("<{member}>;tag={}", self.their_tag));
+        m.headers.push(
+            HeaderName::To,
+            format!("<{}>;tag={}", self.their_uri, self.their_tag),
+        );
         m.headers.push(HeaderName::CallId, self.call_id.clone());
         // Our own CSeq space in this dialog (RFC 3261 §12.2.1.1).
         m.headers
-            .push(HeaderName::CSeq, format!("{} MESSAGE", self.cseq));
+            .push(HeaderName::CSeq, format!("{} {name}", self.cseq));
+        m
+    }
+
+    pub(crate) fn message(&self, content_type: &str, body: Bytes, author: Option<&str>) -> Message {
+        let mut m = self.request(sip_message::Method::Message);
         if let Some(a) = author {
             m.headers
                 .push(HeaderName::from_wire("Ms-Sender"), format!("<{a}>"));
         }
-        m.headers
-            .push(HeaderName::ContentType, "text/plain;charset=UTF-8");
-        m.body = Bytes::from(text.as_bytes().to_vec());
+        m.headers.push(HeaderName::ContentType, content_type);
+        m.body = body;
         m
     }
 }
@@ -75,6 +92,11 @@ pub(crate) struct Conference {
     pub(crate) conv: Conversation,
     /// Subscriptions to the roster (RFC 4575).
     pub(crate) watchers: Vec<crate::roster::Watcher>,
+    pub(crate) organiser: String,
+    /// The two-party session this conference grew out of, once known.
+    pub(crate) escalated_from: Option<String>,
+    /// The Lync (C3P) side: focus members, roles, lock.
+    pub(crate) focus: crate::c3p::Focus,
 }
 
 impl Conference {
@@ -156,7 +178,13 @@ impl ImService {
             .get_mut(&(from.to_owned(), to.to_owned()))
         {
             d.cseq += 1;
-            let m = d.message(from, to, &text, author);
+            // A Lync client needs an author for every message: the conference itself.
+            let author = author.or(d.ms_sender.then_some(from));
+            let m = d.message(
+                "text/plain;charset=UTF-8",
+                Bytes::from(text.into_bytes()),
+                author,
+            );
             tokio::spawn(async move {
                 let status = deliverer.send_request(m).await;
                 if status >= 300 {
@@ -265,11 +293,13 @@ impl ImService {
         HookDecision::RespondWith(202, vec![("Refer-Sub".into(), "false".into())])
     }
 
-    fn open_conference(
+    /// A new conference holding `members`, with its CDR session started. Returns its AoR.
+    pub(crate) fn new_conference(
         &self,
         organiser: &str,
         escalated_from: Option<String>,
         members: &[&str],
+        subject: Option<String>,
     ) -> String {
         let aor = format!(
             "sip:{CONF_PREFIX}{:08x}@{}",
@@ -281,17 +311,37 @@ impl ImService {
             "conference",
             organiser,
             Some(organiser.to_owned()),
-            escalated_from,
+            escalated_from.clone(),
             &parts,
         );
-        let names: Vec<String> = members.iter().map(|m| self.display_name(m)).collect();
+        let mut focus = crate::c3p::Focus {
+            subject: subject.unwrap_or_default(),
+            ..Default::default()
+        };
+        for m in members {
+            focus.saw(m);
+        }
         self.conferences.lock().insert(
             aor.clone(),
             Conference {
                 conv,
                 watchers: Vec::new(),
+                organiser: organiser.to_owned(),
+                escalated_from,
+                focus,
             },
         );
+        aor
+    }
+
+    fn open_conference(
+        &self,
+        organiser: &str,
+        escalated_from: Option<String>,
+        members: &[&str],
+    ) -> String {
+        let aor = self.new_conference(organiser, escalated_from, members, None);
+        let names: Vec<String> = members.iter().map(|m| self.display_name(m)).collect();
         let text = format!(
             "*** {} started a group chat with {}. Reply here to talk to everyone; /help for commands.",
             self.display_name(organiser),
@@ -304,28 +354,45 @@ impl ImService {
         aor
     }
 
+    /// Whether `who` is in `conf`'s chat with a Lync client (which learns of comings and
+    /// goings from its roster, not from notices).
+    pub(crate) fn in_lync_session(&self, conf: &str, who: &str) -> bool {
+        self.member_dialogs
+            .lock()
+            .get(&(conf.to_owned(), who.to_owned()))
+            .is_some_and(|d| d.ms_sender)
+    }
+
     /// Sends a notice to every active member except `except`.
     fn notice(&self, conf: &str, members: &[String], except: Option<&str>, text: &str) {
-        for m in members.iter().filter(|m| Some(m.as_str()) != except) {
+        for m in members
+            .iter()
+            .filter(|m| Some(m.as_str()) != except && !self.in_lync_session(conf, m))
+        {
             self.say(conf, Some("Group chat"), m, format!("*** {text}"), None);
         }
     }
 
     /// A MESSAGE from `from` to the service or a conference; returns the status to answer.
-    pub(crate) fn conference_message(&self, msg: &Message, from: &str, to: &str) -> u16 {
+    pub(crate) fn conference_message(&self, msg: &Message, from: &str, to: &str) -> ServiceAnswer {
         let text = String::from_utf8_lossy(&msg.body).trim().to_owned();
         if to.starts_with(&format!("sip:{SERVICE_USER}@")) {
             self.reply(from, HELP.into());
-            return 200;
+            return ServiceAnswer::status(200);
         }
         let mut confs = self.conferences.lock();
         let Some(conf) = confs.get_mut(to) else {
-            return 404;
+            return ServiceAnswer::status(404);
         };
         if !crate::is_instant_message(msg) {
             // Receipts and typing notices addressed to the group: accepted, not spread.
-            return 200;
+            return ServiceAnswer::status(200);
         }
+        let member = conf.members().iter().any(|m| m == from);
+        if conf.focus.locked && !member {
+            return ServiceAnswer::status(403);
+        }
+        let mut answer = ServiceAnswer::status(200);
         // Writing to a conference joins it.
         self.join(to, conf, from);
         let name = self.display_name(from);
@@ -380,18 +447,116 @@ impl ImService {
             (Some(_), _) => self.say(to, Some("Group chat"), from, HELP.into(), None),
             (None, _) => {
                 count(&mut conf.conv, from, crate::device_of(msg), msg.body.len());
-                let body = format!("{name}: {text}");
-                for m in members.iter().filter(|m| m.as_str() != from) {
-                    self.say(to, Some("Group chat"), m, body.clone(), Some(from));
+                let id = self.fan_out(to, from, &name, msg, &members);
+                // MS-CONFIM §3.2.5.2: the id a later delivery report refers to.
+                if self.in_lync_session(to, from) {
+                    answer.headers.push(("Message-Id".into(), id));
                 }
             }
         }
-        200
+        answer
+    }
+
+    /// Sends an instant message from `author` to every other member: Lync members get it
+    /// as written with `Ms-Sender`, others as text headed by the author's name. Members
+    /// in a session whose delivery fails are reported back to a Lync author in an
+    /// `ms-imdn` report (MS-CONFIM §3.2.5.3); pager members' messages are kept for them.
+    fn fan_out(
+        &self,
+        conf: &str,
+        author: &str,
+        name: &str,
+        msg: &Message,
+        members: &[String],
+    ) -> String {
+        let message_id = format!("{:016x}", rand::random::<u64>());
+        let content_type = msg
+            .headers
+            .get(&HeaderName::ContentType)
+            .unwrap_or("text/plain;charset=UTF-8")
+            .to_owned();
+        let text = format!("{name}: {}", String::from_utf8_lossy(&msg.body).trim());
+        let Some(deliverer) = self.deliverer.get().and_then(Weak::upgrade) else {
+            return message_id;
+        };
+        let mut pending = Vec::new();
+        for m in members.iter().filter(|m| m.as_str() != author) {
+            let in_session = {
+                let mut dialogs = self.member_dialogs.lock();
+                dialogs.get_mut(&(conf.to_owned(), m.clone())).map(|d| {
+                    d.cseq += 1;
+                    if d.ms_sender {
+                        d.message(&content_type, msg.body.clone(), Some(author))
+                    } else {
+                        d.message(
+                            "text/plain;charset=UTF-8",
+                            Bytes::from(text.clone().into_bytes()),
+                            Some(author),
+                        )
+                    }
+                })
+            };
+            match in_session {
+                Some(request) => {
+                    let deliverer = deliverer.clone();
+                    let who = m.clone();
+                    pending.push(tokio::spawn(async move {
+                        (who, deliverer.send_request(request).await)
+                    }));
+                }
+                None => self.say(conf, Some("Group chat"), m, text.clone(), Some(author)),
+            }
+        }
+        let report_to = {
+            let dialogs = self.member_dialogs.lock();
+            dialogs
+                .get(&(conf.to_owned(), author.to_owned()))
+                .filter(|d| d.ms_sender)
+                .map(|d| (d.call_id.clone(), d.our_tag.clone()))
+        };
+        let (Some((call_id, tag)), Some(me)) = (report_to, self.me.upgrade()) else {
+            return message_id;
+        };
+        let id = message_id.clone();
+        let conf = conf.to_owned();
+        let author = author.to_owned();
+        tokio::spawn(async move {
+            let mut failed = Vec::new();
+            for p in pending {
+                if let Ok((who, status)) = p.await {
+                    if status >= 300 {
+                        failed.push((who, status));
+                    }
+                }
+            }
+            if failed.is_empty() {
+                return;
+            }
+            let report = {
+                let mut dialogs = me.member_dialogs.lock();
+                // The same session still (not a new one since).
+                dialogs
+                    .get_mut(&(conf.clone(), author.clone()))
+                    .filter(|d| d.call_id == call_id && d.our_tag == tag)
+                    .map(|d| {
+                        d.cseq += 1;
+                        d.message(
+                            "application/ms-imdn+xml",
+                            Bytes::from(msrtc::cccp::imdn(&id, &failed).into_bytes()),
+                            None,
+                        )
+                    })
+            };
+            if let Some(r) = report {
+                deliverer.send_request(r).await;
+            }
+        });
+        message_id
     }
 
     /// Puts `who` in the conference (again); tells the others and the roster watchers.
     /// Returns whether they were not in it before.
-    fn join(&self, conf_aor: &str, conf: &mut Conference, who: &str) -> bool {
+    pub(crate) fn join(&self, conf_aor: &str, conf: &mut Conference, who: &str) -> bool {
         let joined = conf.conv.admit(who);
         if joined {
             let members = conf.members();
@@ -408,30 +573,38 @@ impl ImService {
 
     /// Takes `who` out of the conference and tells the others. Returns whether nobody is
     /// left (the caller then ends the conference).
-    fn leave(&self, conf_aor: &str, conf: &mut Conference, who: &str) -> bool {
+    pub(crate) fn leave(&self, conf_aor: &str, conf: &mut Conference, who: &str) -> bool {
+        let mut was_in = false;
         if let Some(p) = conf.conv.participants.get_mut(who) {
-            p.left_at_ms = Some(now_ms());
-            p.dirty = true;
+            if p.left_at_ms.is_none() {
+                p.left_at_ms = Some(now_ms());
+                p.dirty = true;
+                was_in = true;
+            }
         }
         self.member_dialogs
             .lock()
             .remove(&(conf_aor.to_owned(), who.to_owned()));
         self.notify_roster(conf_aor, conf);
         let rest = conf.members();
-        self.notice(
-            conf_aor,
-            &rest,
-            None,
-            &format!("{} left", self.display_name(who)),
-        );
-        if rest.is_empty() {
+        if was_in {
+            self.notice(
+                conf_aor,
+                &rest,
+                None,
+                &format!("{} left", self.display_name(who)),
+            );
+        }
+        // A Lync member joined to the focus is still in the conference without its chat.
+        let empty = rest.is_empty() && conf.focus.joined.is_empty();
+        if empty {
             self.end_watchers(conf_aor, conf, "noresource");
         }
-        rest.is_empty()
+        empty
     }
 
     /// `who` leaves; the conference ends (CDR "all left") when nobody is left.
-    fn leave_conference(&self, conf_aor: &str, who: &str) {
+    pub(crate) fn leave_conference(&self, conf_aor: &str, who: &str) {
         let mut confs = self.conferences.lock();
         let Some(conf) = confs.get_mut(conf_aor) else {
             return;
@@ -455,29 +628,20 @@ impl ImService {
         if !crate::offers_message_media(msg) {
             return ServiceAnswer::status(488);
         }
-        let (Some(call_id), Ok(f)) = (msg.call_id(), msg.from_header()) else {
-            return ServiceAnswer::status(400);
-        };
-        let target = msg
-            .headers
-            .get(&HeaderName::Contact)
-            .and_then(|c| NameAddr::parse(c).ok())
-            .map(|c| c.uri.to_string());
-        let Some(target) = target else {
+        let Some(dialog) = MemberDialog::from_invite(msg) else {
             return ServiceAnswer::status(400);
         };
         let mut confs = self.conferences.lock();
         let Some(conf) = confs.get_mut(to) else {
             return ServiceAnswer::status(404);
         };
-        let our_tag = format!("{:016x}", rand::random::<u64>());
-        let dialog = MemberDialog {
-            call_id: call_id.to_owned(),
-            our_tag: our_tag.clone(),
-            their_tag: f.tag().unwrap_or("").to_owned(),
-            target,
-            cseq: 0,
-        };
+        let admitted =
+            conf.focus.joined.contains_key(from) || conf.members().iter().any(|m| m == from);
+        if conf.focus.locked && !admitted {
+            return ServiceAnswer::status(403);
+        }
+        conf.focus.saw(from);
+        let our_tag = dialog.our_tag.clone();
         self.member_dialogs
             .lock()
             .insert((to.to_owned(), from.to_owned()), dialog);
@@ -499,7 +663,15 @@ impl ImService {
             .get(&(to.to_owned(), from.to_owned()))
             .is_some_and(|d| Some(d.call_id.as_str()) == msg.call_id());
         if !known {
-            return ServiceAnswer::status(481);
+            // Leaving the focus first (a Lync client's BYE order) already took them out
+            // of the chat: this BYE ends nothing more, and is no error.
+            let already_left = self.conferences.lock().get(to).is_some_and(|c| {
+                c.conv
+                    .participants
+                    .get(from)
+                    .is_some_and(|p| p.left_at_ms.is_some())
+            });
+            return ServiceAnswer::status(if already_left { 200 } else { 481 });
         }
         self.leave_conference(to, from);
         ServiceAnswer::status(200)

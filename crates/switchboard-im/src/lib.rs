@@ -24,6 +24,10 @@
 //! - **Conferences** (`conference.rs`) with their own URIs, joined by MESSAGE or INVITE,
 //!   escalated from two-party chats by `/invite` or REFER, and their roster by
 //!   subscription (RFC 4575, `roster.rs`).
+//! - **Lync conferencing** (C3P, `c3p.rs`): focus factory, focus and IM MCU over the same
+//!   conferences, so Lync and standard users share one group chat.
+//! - **Bridging** (`bridge.rs`): a Lync user's session-mode chat with a user whose devices
+//!   only do pager mode.
 //!
 //! ## Why a dialog-stateful proxy, not a B2BUA, for two-party sessions
 //! The core record-routes every INVITE, so each in-dialog request of a two-party session
@@ -46,8 +50,12 @@ use sip_message::{HeaderName, Message};
 use switchboard_proxy::{Deliverer, Delivery, HookDecision, ImHook, ServiceAnswer};
 use switchboard_store::{ImStore, OfflineMessage, ParticipantRecord, SessionRecord, UserDirectory};
 
+mod bridge;
+mod c3p;
 mod conference;
 mod roster;
+
+pub use c3p::focus_factory_uri;
 use tokio::time::Instant;
 
 /// IM service settings.
@@ -174,6 +182,8 @@ pub struct ImService {
     conferences: Mutex<HashMap<String, conference::Conference>>,
     /// Members' session-mode dialogs, by (conference AoR, member AoR).
     member_dialogs: Mutex<HashMap<(String, String), conference::MemberDialog>>,
+    /// Lync sessions the service answers for pager-only users, by Call-ID.
+    bridges: Mutex<HashMap<String, bridge::Bridge>>,
     users: Arc<UserDirectory>,
     deliverer: OnceLock<Weak<dyn Deliverer>>,
     /// AoRs whose stored messages are being delivered now.
@@ -282,6 +292,7 @@ impl ImService {
             ended_dialogs: Mutex::new(HashMap::new()),
             conferences: Mutex::new(HashMap::new()),
             member_dialogs: Mutex::new(HashMap::new()),
+            bridges: Mutex::new(HashMap::new()),
             users,
             deliverer: OnceLock::new(),
             delivering: Mutex::new(HashSet::new()),
@@ -336,6 +347,9 @@ impl ImService {
             }
             ended_dialogs.retain(|_, at| now.duration_since(*at) < Duration::from_secs(300));
         }
+        self.bridges
+            .lock()
+            .retain(|_, b| now.duration_since(b.last_activity) < self.config.session_idle);
         {
             let mut confs = self.conferences.lock();
             confs.retain(|aor, c| {
@@ -656,11 +670,40 @@ impl ImHook for ImService {
         conference::is_service_aor(aor)
     }
 
+    fn before_invite(
+        &self,
+        msg: &Message,
+        from: &str,
+        to: &str,
+        online: bool,
+        session_im: bool,
+    ) -> Option<ServiceAnswer> {
+        let content_type = msg
+            .headers
+            .get(&HeaderName::ContentType)
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if content_type.starts_with("application/ms-conf-invite+xml") {
+            return self.conference_invitation(msg, from, to, session_im);
+        }
+        if online && !session_im && offers_message_media(msg) && bridge::lync_style(msg) {
+            return Some(self.bridge_invite(msg, from, to));
+        }
+        None
+    }
+
     fn to_service(&self, msg: &Message, from: &str, to: &str) -> ServiceAnswer {
+        if let Some(answer) = self.bridged(msg, from) {
+            return answer;
+        }
+        match c3p::part_of(msg) {
+            c3p::Part::FocusFactory => return self.focus_factory(msg, from),
+            c3p::Part::Focus => return self.to_focus(msg, from, to),
+            c3p::Part::Chat => {}
+        }
         match msg.method() {
-            Some(sip_message::Method::Message) => {
-                ServiceAnswer::status(self.conference_message(msg, from, to))
-            }
+            Some(sip_message::Method::Message) => self.conference_message(msg, from, to),
             Some(sip_message::Method::Subscribe) => self.subscribe(msg, from, to),
             Some(sip_message::Method::Invite)
                 if msg
@@ -672,6 +715,15 @@ impl ImHook for ImService {
                 self.conference_invite(msg, from, to)
             }
             Some(sip_message::Method::Bye) => self.conference_bye(msg, from, to),
+            // Typing notices in a member's chat session: accepted, not spread.
+            Some(sip_message::Method::Info)
+                if self
+                    .member_dialogs
+                    .lock()
+                    .contains_key(&(to.to_owned(), from.to_owned())) =>
+            {
+                ServiceAnswer::status(200)
+            }
             // re-INVITE, INFO and the rest: not part of a group chat.
             _ => ServiceAnswer::status(501),
         }

@@ -28,6 +28,8 @@ pub(crate) struct Watcher {
     cseq: u32,
     version: u32,
     expires_at: Instant,
+    /// Subscribed to the focus URI (a Lync client): gets the C3P conference document.
+    lync: bool,
 }
 
 fn xml_escape(s: &str) -> String {
@@ -57,7 +59,7 @@ impl ImService {
     }
 
     /// Sends one NOTIFY to `w` (spawned; the subscriber's answer is not waited for).
-    fn notify(&self, conf_aor: &str, w: &mut Watcher, members: &[String], state: String) {
+    fn notify(&self, conf_aor: &str, conf: &Conference, w: &mut Watcher, state: String) {
         let Some(deliverer) = self.deliverer.get().and_then(Weak::upgrade) else {
             return;
         };
@@ -66,6 +68,16 @@ impl ImService {
         let Ok(target) = Uri::parse(&w.target) else {
             return;
         };
+        let entity = if w.lync {
+            crate::c3p::focus_uri(conf_aor)
+        } else {
+            conf_aor.to_owned()
+        };
+        let body = if w.lync {
+            self.lync_roster(conf_aor, conf, w.version)
+        } else {
+            self.roster_xml(conf_aor, &conf.members(), w.version)
+        };
         let mut m = Message::request(Method::Notify, target.clone());
         m.start = StartLine::Request {
             method: Method::Notify,
@@ -73,7 +85,7 @@ impl ImService {
         };
         m.headers.push(HeaderName::MaxForwards, "70");
         m.headers
-            .push(HeaderName::From, format!("<{conf_aor}>;tag={}", w.our_tag));
+            .push(HeaderName::From, format!("<{entity}>;tag={}", w.our_tag));
         m.headers.push(
             HeaderName::To,
             format!("<{}>;tag={}", w.subscriber, w.their_tag),
@@ -81,13 +93,13 @@ impl ImService {
         m.headers.push(HeaderName::CallId, w.call_id.clone());
         m.headers
             .push(HeaderName::CSeq, format!("{} NOTIFY", w.cseq));
-        m.headers.push(HeaderName::Contact, format!("<{conf_aor}>"));
+        m.headers.push(HeaderName::Contact, format!("<{entity}>"));
         m.headers.push(HeaderName::Event, "conference");
         m.headers
             .push(HeaderName::from_wire("Subscription-State"), state);
         m.headers
             .push(HeaderName::ContentType, "application/conference-info+xml");
-        m.body = bytes::Bytes::from(self.roster_xml(conf_aor, members, w.version).into_bytes());
+        m.body = bytes::Bytes::from(body.into_bytes());
         tokio::spawn(async move {
             let status = deliverer.send_request(m).await;
             if status >= 300 {
@@ -98,22 +110,22 @@ impl ImService {
 
     /// Tells every watcher of `conf` the current roster.
     pub(crate) fn notify_roster(&self, conf_aor: &str, conf: &mut Conference) {
-        let members = conf.members();
         let now = Instant::now();
-        for w in conf.watchers.iter_mut() {
+        let mut watchers = std::mem::take(&mut conf.watchers);
+        for w in watchers.iter_mut() {
             let left = w.expires_at.saturating_duration_since(now).as_secs();
-            self.notify(conf_aor, w, &members, format!("active;expires={left}"));
+            self.notify(conf_aor, conf, w, format!("active;expires={left}"));
         }
+        conf.watchers = watchers;
     }
 
     /// Ends every subscription of a conference that is going away.
     pub(crate) fn end_watchers(&self, conf_aor: &str, conf: &mut Conference, reason: &str) {
-        let members = conf.members();
         for mut w in std::mem::take(&mut conf.watchers) {
             self.notify(
                 conf_aor,
+                conf,
                 &mut w,
-                &members,
                 format!("terminated;reason={reason}"),
             );
         }
@@ -122,18 +134,12 @@ impl ImService {
     /// Drops expired subscriptions, telling their subscribers (RFC 6665 §4.2.2).
     pub(crate) fn expire_watchers(&self, conf_aor: &str, conf: &mut Conference) {
         let now = Instant::now();
-        let members = conf.members();
         let (gone, kept): (Vec<Watcher>, Vec<Watcher>) = std::mem::take(&mut conf.watchers)
             .into_iter()
             .partition(|w| w.expires_at <= now);
         conf.watchers = kept;
         for mut w in gone {
-            self.notify(
-                conf_aor,
-                &mut w,
-                &members,
-                "terminated;reason=timeout".into(),
-            );
+            self.notify(conf_aor, conf, &mut w, "terminated;reason=timeout".into());
         }
     }
 
@@ -166,7 +172,7 @@ impl ImService {
             // In a dialog for a conference that is gone: the subscription does not exist.
             return ServiceAnswer::status(if our_tag_in.is_some() { 481 } else { 404 });
         };
-        let members = conf.members();
+        let lync = crate::c3p::part_of(msg) == crate::c3p::Part::Focus;
         let existing = conf
             .watchers
             .iter()
@@ -194,6 +200,7 @@ impl ImService {
                     cseq: 0,
                     version: 0,
                     expires_at: Instant::now(),
+                    lync,
                 });
                 tag
             }
@@ -205,25 +212,27 @@ impl ImService {
             .expect("present: found or just added");
         if expires == 0 {
             let mut w = conf.watchers.remove(i);
-            self.notify(
-                conf_aor,
-                &mut w,
-                &members,
-                "terminated;reason=timeout".into(),
-            );
+            self.notify(conf_aor, conf, &mut w, "terminated;reason=timeout".into());
         } else {
-            let w = &mut conf.watchers[i];
+            let mut w = conf.watchers.remove(i);
             w.expires_at = Instant::now() + Duration::from_secs(expires as u64);
             // RFC 6665 §4.2.1.2: every accepted SUBSCRIBE is followed by a NOTIFY.
-            self.notify(conf_aor, w, &members, format!("active;expires={expires}"));
+            self.notify(conf_aor, conf, &mut w, format!("active;expires={expires}"));
+            conf.watchers.insert(i, w);
         }
+        let contact = if lync {
+            crate::c3p::focus_uri(conf_aor)
+        } else {
+            conf_aor.to_owned()
+        };
         ServiceAnswer {
             status: 200,
             to_tag: Some(our_tag),
             body: None,
             headers: vec![
                 ("Expires".into(), expires.to_string()),
-                ("Contact".into(), format!("<{conf_aor}>")),
+                ("Event".into(), "conference".into()),
+                ("Contact".into(), format!("<{contact}>")),
                 ("Allow-Events".into(), "conference".into()),
             ],
         }

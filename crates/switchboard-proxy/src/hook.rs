@@ -43,6 +43,21 @@ pub trait ImHook: Send + Sync + 'static {
         _callee: &str,
     ) {
     }
+    /// A dialog-creating INVITE from `from` to the user `to`, before it is forked.
+    /// `online` says whether `to` has a registered device at all, `session_im` whether
+    /// one of them speaks the Lync dialect (session-mode IM, conference invitations).
+    /// `Some` answers it in the service's name (the service becomes the UAS of that
+    /// dialog: a bridge to pager mode, or a conference joined on the user's behalf).
+    fn before_invite(
+        &self,
+        _msg: &Message,
+        _from: &str,
+        _to: &str,
+        _online: bool,
+        _session_im: bool,
+    ) -> Option<ServiceAnswer> {
+        None
+    }
     /// A request inside a dialog (MESSAGE, INFO, BYE, re-INVITE...) from `from`, before it
     /// is relayed. `Respond(481)` refuses a request for a session that no longer exists.
     fn in_dialog(&self, _msg: &Message, _from: &str) -> HookDecision {

@@ -352,6 +352,12 @@ impl crate::Core {
         }
     }
 
+    /// Does `flow` carry a Lync security association (its device speaks the Lync dialect)?
+    pub(crate) fn on_association(&self, flow: sip_transport::Source) -> bool {
+        flow.connection
+            .is_some_and(|id| self.sa_flows.read().contains_key(&id))
+    }
+
     /// The association of the connection a request came over, if any.
     pub(crate) fn association_of(&self, req: &ServerRequest) -> Option<String> {
         let id = req.source.connection?;

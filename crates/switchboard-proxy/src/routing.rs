@@ -262,6 +262,15 @@ impl Core {
                 return;
             }
         }
+        if method == Method::Invite && !in_dialog {
+            let session_im = bindings.iter().any(|b| self.on_association(b.flow));
+            let answer =
+                self.hook
+                    .before_invite(msg, &from_aor, &aor, !bindings.is_empty(), session_im);
+            if let Some(answer) = answer {
+                return self.answer_service(&req, answer).await;
+            }
+        }
         if bindings.is_empty() {
             return self.respond(&req, 480).await;
         }

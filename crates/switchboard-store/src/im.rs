@@ -105,6 +105,17 @@ impl ImStore {
         Ok(())
     }
 
+    /// Records the two-party session a conference grew out of (learnt after it started:
+    /// a Lync client creates the conference first and invites its peer afterwards).
+    pub fn set_escalated_from(&self, id: &str, from: &str) -> Result<(), StoreError> {
+        let conn = self.conn.lock();
+        conn.execute(
+            "UPDATE cdr_sessions SET escalated_from = ?2 WHERE id = ?1 AND escalated_from IS NULL",
+            params![id, from],
+        )?;
+        Ok(())
+    }
+
     /// Closes a session: its end time and reason, and everyone still in it leaves then.
     pub fn end_session(&self, id: &str, ended_at_ms: i64, reason: &str) -> Result<(), StoreError> {
         let mut conn = self.conn.lock();

@@ -168,6 +168,11 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
     );
     let presence = PresenceService::start(presence_store, users.clone(), cfg.presence.clone());
     core.set_event_hook(presence.clone());
+    // Lync clients learn where to create conferences from their provisioning document.
+    presence.set_focus_factory(Box::new(|aor: &str| {
+        let domain = aor.rsplit_once('@').map(|(_, d)| d).unwrap_or(aor);
+        switchboard_im::focus_factory_uri(domain)
+    }));
     let deliverer: Arc<dyn Deliverer> = core.clone();
     im.attach(Arc::downgrade(&deliverer));
     presence.attach(Arc::downgrade(&deliverer));

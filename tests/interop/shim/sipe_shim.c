@@ -1,7 +1,8 @@
 /*
- * LD_PRELOAD shim for pidgin-sipe 1.25 on Debian 12 (test use only).
+ * LD_PRELOAD shim for pidgin-sipe 1.25 on Debian 12 under bitlbee (test use only).
+ * It does two things; neither changes what sipe sends or accepts on the wire.
  *
- * Why: sipe parses every XML body (contact list, presence categories, roaming-self,
+ * 1. XML. Why: sipe parses every XML body (contact list, presence categories, roaming-self,
  * provisioning, conference state) through xmlSAXUserParseMemory() with a handler that
  * fills in only the SAX1 element callbacks yet claims to be a SAX2 handler
  * (initialized == XML_SAX2_MAGIC). Debian 12's libxml2 security updates stopped calling
@@ -11,11 +12,17 @@
  * element callbacks), parse with a copy marked as a SAX1 handler; anything else is passed
  * through untouched.
  *
- * Build: cc -shared -fPIC -O2 $(pkg-config --cflags libxml-2.0) -o sipe_sax1.so sipe_sax1.c -ldl
+ * 2. The buddy menu. Why: bitlbee's `chat with NICK` starts a group chat by clicking the
+ * buddy-menu item labelled "initiate chat" or "initiate conference"; sipe labels its item
+ * "New chat", so bitlbee finds nothing to click. What: that one label is handed to
+ * libpurple as "Initiate conference"; the callback (sipe's own "new chat") is unchanged.
+ *
+ * Build: cc -shared -fPIC -O2 $(pkg-config --cflags libxml-2.0) -o sipe_shim.so sipe_shim.c -ldl
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <libxml/parser.h>
+#include <string.h>
 
 typedef int (*parse_memory_fn)(xmlSAXHandlerPtr, void *, const char *, int);
 
@@ -34,4 +41,17 @@ int xmlSAXUserParseMemory(xmlSAXHandlerPtr handler, void *user_data, const char 
 	xmlSAXHandler as_sax1 = *handler;
 	as_sax1.initialized = 1;
 	return next_impl(&as_sax1, user_data, buffer, size);
+}
+
+typedef void *(*menu_action_new_fn)(const char *, void *, void *, void *);
+
+void *purple_menu_action_new(const char *label, void *callback, void *data, void *children)
+{
+	static menu_action_new_fn next_impl;
+	if (next_impl == NULL)
+		next_impl = (menu_action_new_fn)dlsym(RTLD_NEXT, "purple_menu_action_new");
+
+	if (label != NULL && strcmp(label, "New chat") == 0)
+		label = "Initiate conference";
+	return next_impl(label, callback, data, children);
 }

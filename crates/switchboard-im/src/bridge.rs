@@ -1,0 +1,205 @@
+//! Two-party IM between a Lync client and a user whose devices only do pager mode.
+//!
+//! A Lync client starts a chat with an INVITE `m=message … sip`, the first message riding
+//! in its `ms-text-format` header, and then sends MESSAGEs inside that dialog (MS-SIP
+//! §3.1.4). A standard client such as baresip refuses such an INVITE. When the callee has
+//! no Lync device, the service answers the INVITE itself and becomes the other end of the
+//! dialog: each message the Lync user writes is delivered to the callee as a pager-mode
+//! MESSAGE (RFC 3428) from the Lync user; the callee's pager replies reach the Lync client
+//! as they would anyway. Both directions count in one two-party CDR session, the same one
+//! a pager conversation between the two has.
+
+use base64::Engine;
+use bytes::Bytes;
+use sip_message::{HeaderName, Message, Method};
+use switchboard_proxy::{Delivery, ServiceAnswer};
+use switchboard_store::OfflineMessage;
+use tokio::time::Instant;
+
+use crate::conference::MemberDialog;
+use crate::{device_of, now_ms, ImService};
+
+/// A Lync user's session-mode dialog with the service, standing in for a pager user.
+pub(crate) struct Bridge {
+    caller: String,
+    callee: String,
+    pub(crate) last_activity: Instant,
+}
+
+/// Is this INVITE in the Lync style (MS-SIP): the first message in `ms-text-format`, or
+/// a client that names authors by `Ms-Sender`? Standard clients offering `m=message` to
+/// each other are relayed untouched.
+pub(crate) fn lync_style(invite: &Message) -> bool {
+    invite
+        .headers
+        .get(&HeaderName::from_wire("ms-text-format"))
+        .is_some()
+        || invite
+            .headers
+            .get_all(&HeaderName::Supported)
+            .flat_map(|v| v.split(','))
+            .any(|o| o.trim().eq_ignore_ascii_case("ms-sender"))
+}
+
+/// Reads `ms-text-format: text/plain; charset=UTF-8; msgr=…; ms-body=<base64>` into the
+/// message's content type and text.
+pub(crate) fn first_message(header: &str) -> Option<(String, Vec<u8>)> {
+    let mut parts = header.split(';');
+    let content_type = parts.next()?.trim().to_owned();
+    let mut charset = None;
+    let mut body = None;
+    for p in parts {
+        let (k, v) = p.split_once('=')?;
+        match k.trim().to_ascii_lowercase().as_str() {
+            "ms-body" => {
+                body = base64::engine::general_purpose::STANDARD
+                    .decode(v.trim())
+                    .ok()
+            }
+            "charset" => charset = Some(v.trim().to_owned()),
+            _ => {}
+        }
+    }
+    let body = body?;
+    let ct = match charset {
+        Some(c) => format!("{content_type};charset={c}"),
+        None => content_type,
+    };
+    Some((ct, body))
+}
+
+impl ImService {
+    /// Answers a Lync INVITE to `to` (who has no Lync device) as the other end.
+    pub(crate) fn bridge_invite(&self, msg: &Message, from: &str, to: &str) -> ServiceAnswer {
+        let (Some(dialog), Some(call_id)) = (MemberDialog::from_invite(msg), msg.call_id()) else {
+            return ServiceAnswer::status(400);
+        };
+        if !self.ensure_conversation(from, to) {
+            return ServiceAnswer::status(503);
+        }
+        let first = msg
+            .headers
+            .get(&HeaderName::from_wire("ms-text-format"))
+            .and_then(first_message);
+        let took_first = first.is_some();
+        if let Some((content_type, body)) = first {
+            self.relay_to_pager(from, to, content_type, body, device_of(msg));
+        }
+        self.bridges.lock().insert(
+            call_id.to_owned(),
+            Bridge {
+                caller: from.to_owned(),
+                callee: to.to_owned(),
+                last_activity: Instant::now(),
+            },
+        );
+        tracing::info!(from, to, "Lync session bridged to pager mode");
+        let domain = to.rsplit_once('@').map(|(_, d)| d).unwrap_or("localhost");
+        let sdp = format!("v=0\r\no=- 0 0 IN IP4 0.0.0.0\r\ns=session\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\nm=message 5060 sip {to}\r\na=accept-types:text/plain text/html application/im-iscomposing+xml\r\n");
+        let mut a = ServiceAnswer::status(200);
+        a.to_tag = Some(dialog.our_tag);
+        a.headers.push((
+            "Contact".into(),
+            format!("<sip:{}@{domain}>", crate::conference::SERVICE_USER),
+        ));
+        if took_first {
+            // MS-SIP §2.2.1: the first message was taken from the INVITE; not resent.
+            a.headers
+                .push(("Supported".into(), "ms-text-format".into()));
+        }
+        a.body = Some(("application/sdp".into(), Bytes::from(sdp.into_bytes())));
+        a
+    }
+
+    /// A request in a bridged dialog, if `msg` belongs to one.
+    pub(crate) fn bridged(&self, msg: &Message, from: &str) -> Option<ServiceAnswer> {
+        let call_id = msg.call_id()?;
+        let mut bridges = self.bridges.lock();
+        let b = bridges.get_mut(call_id)?;
+        if b.caller != from {
+            return Some(ServiceAnswer::status(403));
+        }
+        b.last_activity = Instant::now();
+        let callee = b.callee.clone();
+        match msg.method() {
+            Some(Method::Message) => {
+                drop(bridges);
+                if crate::is_instant_message(msg) {
+                    let ct = msg
+                        .headers
+                        .get(&HeaderName::ContentType)
+                        .unwrap_or("text/plain")
+                        .to_owned();
+                    self.relay_to_pager(from, &callee, ct, msg.body.to_vec(), device_of(msg));
+                }
+                Some(ServiceAnswer::status(200))
+            }
+            Some(Method::Bye) => {
+                bridges.remove(call_id);
+                Some(ServiceAnswer::status(200))
+            }
+            // Typing notices (INFO), keep-alive re-INVITEs, OPTIONS: nothing to carry.
+            _ => Some(ServiceAnswer::status(200)),
+        }
+    }
+
+    /// Delivers one message as pager mode, counting it; kept for later if no device takes it.
+    fn relay_to_pager(
+        &self,
+        from: &str,
+        to: &str,
+        content_type: String,
+        body: Vec<u8>,
+        device: String,
+    ) {
+        self.record(from, to, device, body.len());
+        let Some(deliverer) = self.deliverer.get().and_then(std::sync::Weak::upgrade) else {
+            return;
+        };
+        let d = Delivery {
+            from: from.to_owned(),
+            to: to.to_owned(),
+            content_type,
+            body: Bytes::from(body),
+            sent_at_ms: now_ms(),
+            from_display: None,
+            extra_headers: Vec::new(),
+        };
+        let store = self.store.clone();
+        let max = self.config.offline_max_per_user;
+        let session_id = self.conversation_id(from, to);
+        tokio::spawn(async move {
+            let status = deliverer.deliver(d.clone()).await;
+            if !(200..300).contains(&status) {
+                let kept = OfflineMessage {
+                    id: 0,
+                    recipient: d.to.clone(),
+                    sender: d.from.clone(),
+                    content_type: d.content_type.clone(),
+                    body: d.body.to_vec(),
+                    received_at_ms: d.sent_at_ms,
+                    session_id,
+                };
+                if let Err(e) = store.store_offline(&kept, max) {
+                    tracing::error!(error = %e, "cannot keep a bridged message");
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_first_message_from_ms_text_format() {
+        let (ct, body) =
+            first_message("text/plain; charset=UTF-8;msgr=WAAtAE0ATQBTAA;ms-body=aGVsbG8gYm9i")
+                .unwrap();
+        assert_eq!(ct, "text/plain;charset=UTF-8");
+        assert_eq!(body, b"hello bob");
+        assert!(first_message("text/plain; charset=UTF-8").is_none());
+        assert!(first_message("text/plain; ms-body=!!!").is_none());
+    }
+}
