@@ -136,6 +136,11 @@ impl ImService {
             }
             Some(Method::Bye) => {
                 bridges.remove(call_id);
+                drop(bridges);
+                // RFC 3261 §12.2.2: later requests in this dialog get 481.
+                self.ended_dialogs
+                    .lock()
+                    .insert(call_id.to_owned(), Instant::now());
                 Some(ServiceAnswer::status(200))
             }
             // Typing notices (INFO), keep-alive re-INVITEs, OPTIONS: nothing to carry.

@@ -44,7 +44,7 @@ fn ctx<'a>(rand: &'a str, num: &'a str, targetname: &'a str) -> SignatureContext
 }
 
 /// Runs the handshake with `password`; returns the last answer and the client's session.
-async fn sign_in(
+pub(crate) async fn sign_in(
     c: &mut Client,
     password: &str,
 ) -> (Message, Option<(ntlm::Session, String, String)>) {
@@ -175,15 +175,15 @@ async fn plain_sip_clients_are_not_offered_ntlm() {
 }
 
 /// A client's association: signs its requests and checks the server's signatures.
-struct Association {
-    session: ntlm::Session,
-    opaque: String,
-    targetname: String,
-    cnum: u32,
+pub(crate) struct Association {
+    pub(crate) session: ntlm::Session,
+    pub(crate) opaque: String,
+    pub(crate) targetname: String,
+    pub(crate) cnum: u32,
 }
 
 impl Association {
-    fn sign(&mut self, m: &mut Message) {
+    pub(crate) fn sign(&mut self, m: &mut Message) {
         self.cnum += 1;
         let cnum = self.cnum.to_string();
         let sig = self.session.client_signature(
@@ -202,7 +202,7 @@ impl Association {
     }
 
     /// Asserts the server signed `m` on this association (MS-SIPAE §3.2.5.2).
-    fn check(&self, m: &Message) {
+    pub(crate) fn check(&self, m: &Message) {
         let info = AuthHeader::parse(
             m.headers
                 .get(&HeaderName::from_wire("Authentication-Info"))

@@ -4,6 +4,7 @@
 mod cli;
 mod im;
 mod lync;
+mod lync_conference;
 mod presence;
 mod registration;
 mod robustness;

@@ -1,0 +1,525 @@
+//! Lync conferencing (C3P, MS-CONFBAS / MS-CONFIM) and bridging over TCP, by Rust clients
+//! that sign in and sign every request as pidgin-sipe does: provisioning names the focus
+//! factory; SERVICE getConferencingCapabilities and addConference; INVITE addUser at the
+//! focus; the conference document naming the IM MCU; INVITE to the MCU; an ms-conf-invite
+//! relayed to a Lync user and answered for a Digest user (who gets the chat in pager mode);
+//! fan-out with Ms-Sender, signed; an ms-imdn report when a member's delivery fails;
+//! roles and ejection by INFO; and a Lync INVITE to a Digest-only user bridged to pager mode.
+
+use base64::Engine as _;
+use sip_message::{HeaderName, Message, NameAddr};
+
+use crate::lync::{sign_in, Association};
+use crate::support::*;
+
+const SDP: &str = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=session\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=message 5060 sip null\r\na=accept-types:text/plain\r\n";
+
+async fn lync_client(s: &TestServer, user: &str) -> (Client, Association) {
+    let mut c = s.client(Transport::Tcp, user).await;
+    let (ok, sa) = sign_in(&mut c, &format!("pw-{user}")).await;
+    assert_eq!(status(&ok), 200, "{ok}");
+    let (session, opaque, targetname) = sa.unwrap();
+    (
+        c,
+        Association {
+            session,
+            opaque,
+            targetname,
+            cnum: 1,
+        },
+    )
+}
+
+/// A new dialog-creating (or out-of-dialog) request with its own Call-ID.
+fn fresh(c: &mut Client, method: &str, uri: &str, to: &str) -> Message {
+    let mut m = c.request(method, uri, to);
+    m.headers
+        .set(HeaderName::CallId, format!("{}@test", rand_hex()));
+    m
+}
+
+fn with_body(mut m: Message, content_type: &str, body: &str) -> Message {
+    m.headers.push(HeaderName::ContentType, content_type);
+    m.body = bytes::Bytes::from(body.as_bytes().to_vec());
+    m
+}
+
+/// A request inside the dialog `first` created (answered by `answer`).
+fn in_dialog(c: &mut Client, first: &Message, answer: &Message, method: &str) -> Message {
+    let target = NameAddr::parse(answer.headers.get(&HeaderName::Contact).unwrap())
+        .unwrap()
+        .uri
+        .to_string();
+    let mut m = c.request(method, &target, "sip:x@example.com");
+    for h in [HeaderName::From, HeaderName::CallId] {
+        m.headers.set(h.clone(), first.headers.get(&h).unwrap());
+    }
+    m.headers
+        .set(HeaderName::To, answer.headers.get(&HeaderName::To).unwrap());
+    m
+}
+
+/// Sends a signed request and returns its signed final response.
+async fn signed(c: &mut Client, sa: &mut Association, mut m: Message) -> Message {
+    sa.sign(&mut m);
+    c.send(&m).await;
+    let r = c.final_response().await;
+    sa.check(&r);
+    r
+}
+
+/// The next request `pick` accepts: from those already answered 200 while waiting, or
+/// else the next to arrive (answered `status`, or not at all with `None`). Other
+/// requests meanwhile are answered 200.
+async fn next_request(
+    c: &mut Client,
+    pick: impl Fn(&Message) -> bool,
+    status: Option<u16>,
+) -> Message {
+    if let Some(i) = c.inbox.iter().position(&pick) {
+        return c.inbox.remove(i).unwrap();
+    }
+    loop {
+        let m = c.recv().await.expect("a request");
+        if !m.is_request() {
+            continue;
+        }
+        if pick(&m) {
+            if let Some(s) = status {
+                let r = m.response(s, Some("uas"));
+                c.send(&r).await;
+            }
+            return m;
+        }
+        let r = m.response(200, Some("uas"));
+        c.send(&r).await;
+    }
+}
+
+fn is(method: &'static str) -> impl Fn(&Message) -> bool {
+    move |m| m.method().is_some_and(|x| x.to_string() == method)
+}
+
+fn body(m: &Message) -> msrtc::Element {
+    msrtc::tree::parse(&m.body).unwrap_or_else(|e| panic!("{e}: {m}"))
+}
+
+fn cccp(op: &str, to: &str, from: &str, inner: &str) -> String {
+    format!("<?xml version=\"1.0\"?><request xmlns=\"urn:ietf:params:xml:ns:cccp\" C3PVersion=\"1\" to=\"{to}\" from=\"{from}\" requestId=\"7\"><{op}>{inner}</{op}></request>")
+}
+
+/// Joins the focus and the chat as a Lync client does; returns the chat INVITE and answer.
+async fn join(
+    c: &mut Client,
+    sa: &mut Association,
+    focus: &str,
+    mcu: Option<&str>,
+) -> (Message, Message, Message, Message) {
+    let me = c.aor();
+    let add_user = cccp(
+        "addUser",
+        focus,
+        &me,
+        &format!("<conferenceKeys confEntity=\"{focus}\"/><ci:user xmlns:ci=\"urn:ietf:params:xml:ns:conference-info\" entity=\"{me}\"><ci:roles><ci:entry>attendee</ci:entry></ci:roles><ci:endpoint entity=\"{{1234}}\"/></ci:user>"),
+    );
+    let invite = with_body(
+        fresh(c, "INVITE", focus, focus),
+        "application/cccp+xml",
+        &add_user,
+    );
+    let joined = signed(c, sa, invite.clone()).await;
+    assert_eq!(status(&joined), 200, "{joined}");
+    assert_eq!(body(&joined).attr("code"), Some("success"), "{joined}");
+    let mcu = match mcu {
+        Some(m) => m.to_owned(),
+        None => {
+            // The conference document names the IM MCU.
+            let mut sub = fresh(c, "SUBSCRIBE", focus, focus);
+            sub.headers.push(HeaderName::Event, "conference");
+            sub.headers
+                .push(HeaderName::Accept, "application/conference-info+xml");
+            let r = signed(c, sa, sub).await;
+            assert_eq!(status(&r), 200, "{r}");
+            let notify = next_request(c, is("NOTIFY"), Some(200)).await;
+            sa.check(&notify);
+            let doc = body(&notify);
+            assert_eq!(doc.attr("entity"), Some(focus));
+            let entry = doc.path("conference-description/conf-uris/entry").unwrap();
+            assert_eq!(entry.child("purpose").unwrap().text, "chat");
+            entry.child("uri").unwrap().text.clone()
+        }
+    };
+    let mut chat = with_body(fresh(c, "INVITE", &mcu, &mcu), "application/sdp", SDP);
+    chat.headers.push(HeaderName::Supported, "ms-sender");
+    let answer = signed(c, sa, chat.clone()).await;
+    assert_eq!(status(&answer), 200, "{answer}");
+    (invite, joined, chat, answer)
+}
+
+#[tokio::test]
+async fn lync_conference_shared_with_a_standard_client() {
+    let s = TestServer::start(&["alice", "bob", "carol"]).await;
+    let (mut alice, mut a_sa) = lync_client(&s, "alice").await;
+    let (mut bob, mut b_sa) = lync_client(&s, "bob").await;
+    let mut carol = s.client(Transport::Tcp, "carol").await;
+    assert_eq!(status(&carol.register(None).await), 200);
+    let me = alice.aor();
+
+    // Provisioning names the focus factory.
+    let mut prov = fresh(&mut alice, "SUBSCRIBE", &me, &me);
+    prov.headers
+        .push(HeaderName::Event, "vnd-microsoft-provisioning-v2");
+    let r = signed(&mut alice, &mut a_sa, prov).await;
+    let factory = body(&r)
+        .children_named("provisionGroup")
+        .find_map(|g| g.text_at("focusFactoryUri").map(str::to_owned))
+        .expect("focusFactoryUri");
+    assert_eq!(
+        factory,
+        "sip:switchboard@example.com;gruu;opaque=app:conf:focusfactory"
+    );
+
+    // The focus factory: capabilities, then a new conference.
+    let caps = with_body(
+        fresh(&mut alice, "SERVICE", &factory, &factory),
+        "application/cccp+xml",
+        &cccp("getConferencingCapabilities", &factory, &me, ""),
+    );
+    let r = signed(&mut alice, &mut a_sa, caps).await;
+    assert_eq!(
+        body(&r).text_at("getConferencingCapabilities/mcu-types/mcuType"),
+        Some("chat"),
+        "{r}"
+    );
+    let add = with_body(
+        fresh(&mut alice, "SERVICE", &factory, &factory),
+        "application/cccp+xml",
+        &cccp(
+            "addConference",
+            &factory,
+            &me,
+            "<ci:conference-info xmlns:ci=\"urn:ietf:params:xml:ns:conference-info\" entity=\"\"><ci:conference-description><ci:subject>Plans</ci:subject></ci:conference-description></ci:conference-info>",
+        ),
+    );
+    let r = signed(&mut alice, &mut a_sa, add).await;
+    let focus = body(&r)
+        .path("addConference/conference-info")
+        .and_then(|c| c.attr("entity").map(str::to_owned))
+        .expect("the focus URI");
+    assert!(
+        focus.contains(";opaque=app:conf:focus:id:"),
+        "focus: {focus}"
+    );
+    let conf_aor = focus.split(';').next().unwrap().to_owned();
+
+    // alice joins the focus and the chat.
+    let (a_focus, a_focus_ok, a_chat, a_answer) = join(&mut alice, &mut a_sa, &focus, None).await;
+    let mcu = a_chat.request_uri().unwrap().to_string();
+
+    // alice invites bob (a Lync client): relayed to him; he joins by himself.
+    let invite_xml = msrtc::cccp::conf_invite(&focus, "Plans");
+    let inv = with_body(
+        fresh(&mut alice, "INVITE", &bob.aor(), &bob.aor()),
+        "application/ms-conf-invite+xml",
+        &invite_xml,
+    );
+    let mut inv_signed = inv.clone();
+    a_sa.sign(&mut inv_signed);
+    alice.send(&inv_signed).await;
+    let got = next_request(&mut bob, is("INVITE"), Some(200)).await;
+    b_sa.check(&got);
+    assert_eq!(
+        msrtc::cccp::parse_conf_invite(&got.body).unwrap().focus_uri,
+        focus
+    );
+    assert_eq!(status(&alice.final_response().await), 200);
+    let (b_focus, b_focus_ok, b_chat, _) = join(&mut bob, &mut b_sa, &focus, Some(&mcu)).await;
+
+    // alice invites carol, who has no Lync device: the service answers and puts her in
+    // the chat in pager mode.
+    let inv = with_body(
+        fresh(&mut alice, "INVITE", &carol.aor(), &carol.aor()),
+        "application/ms-conf-invite+xml",
+        &invite_xml,
+    );
+    let r = signed(&mut alice, &mut a_sa, inv).await;
+    assert_eq!(status(&r), 200, "{r}");
+    let told = next_request(&mut carol, is("MESSAGE"), Some(200)).await;
+    assert!(told
+        .headers
+        .get(&HeaderName::From)
+        .unwrap()
+        .contains(&conf_aor));
+    assert!(String::from_utf8_lossy(&told.body).contains("added you to a group chat"));
+
+    // alice's roster shows all three in the chat, alice a presenter.
+    let mut last = None;
+    for _ in 0..10 {
+        let n = next_request(&mut alice, is("NOTIFY"), Some(200)).await;
+        let in_chat = body(&n)
+            .child("users")
+            .unwrap()
+            .children_named("user")
+            .filter(|u| {
+                u.children_named("endpoint")
+                    .any(|e| e.attr("session-type") == Some("chat"))
+            })
+            .count();
+        last = Some(n);
+        if in_chat == 3 {
+            break;
+        }
+    }
+    let roster = body(last.as_ref().unwrap());
+    let alice_user = roster
+        .child("users")
+        .unwrap()
+        .children_named("user")
+        .find(|u| u.attr("entity") == Some(me.as_str()))
+        .unwrap();
+    assert_eq!(alice_user.text_at("roles/entry"), Some("presenter"));
+    assert_eq!(
+        roster
+            .child("users")
+            .unwrap()
+            .children_named("user")
+            .filter(|u| u
+                .children_named("endpoint")
+                .any(|e| e.attr("session-type") == Some("chat")))
+            .count(),
+        3,
+        "{}",
+        last.unwrap()
+    );
+
+    // alice writes: bob gets it as written with Ms-Sender, signed; carol as pager text.
+    let msg = with_body(
+        in_dialog(&mut alice, &a_chat, &a_answer, "MESSAGE"),
+        "text/plain; charset=UTF-8",
+        "hello both",
+    );
+    let r = signed(&mut alice, &mut a_sa, msg).await;
+    assert_eq!(status(&r), 200);
+    assert!(r.headers.has(&HeaderName::from_wire("Message-Id")), "{r}");
+    let got = next_request(&mut bob, is("MESSAGE"), Some(200)).await;
+    b_sa.check(&got);
+    assert_eq!(&got.body[..], b"hello both");
+    assert_eq!(
+        got.headers.get(&HeaderName::from_wire("Ms-Sender")),
+        Some(format!("<{me}>").as_str())
+    );
+    assert_eq!(got.call_id(), b_chat.call_id(), "inside bob's chat session");
+    let got = next_request(&mut carol, is("MESSAGE"), Some(200)).await;
+    assert_eq!(&got.body[..], b"alice: hello both");
+
+    // bob's client fails the next delivery: alice gets an ms-imdn report naming him.
+    let msg = with_body(
+        in_dialog(&mut alice, &a_chat, &a_answer, "MESSAGE"),
+        "text/plain; charset=UTF-8",
+        "are you there?",
+    );
+    let mut msg_signed = msg;
+    a_sa.sign(&mut msg_signed);
+    alice.send(&msg_signed).await;
+    next_request(&mut bob, is("MESSAGE"), Some(480)).await;
+    let report = next_request(
+        &mut alice,
+        |m| {
+            m.headers
+                .get(&HeaderName::ContentType)
+                .is_some_and(|c| c.starts_with("application/ms-imdn+xml"))
+        },
+        Some(200),
+    )
+    .await;
+    a_sa.check(&report);
+    let imdn = body(&report);
+    assert_eq!(imdn.text_at("recipient/uri"), Some(bob.aor().as_str()));
+    assert_eq!(imdn.text_at("recipient/status"), Some("480"));
+
+    // carol writes to the conference (pager mode): both Lync clients get it from her.
+    let mut m = carol.message_to("x", "carol here");
+    m.start = sip_message::StartLine::Request {
+        method: sip_message::Method::Message,
+        uri: sip_message::Uri::parse(&conf_aor).unwrap(),
+    };
+    m.headers.set(HeaderName::To, format!("<{conf_aor}>"));
+    assert_eq!(status(&carol.send_authenticated(m).await), 200);
+    for (c, sa) in [(&mut alice, &a_sa), (&mut bob, &b_sa)] {
+        let got = next_request(c, is("MESSAGE"), Some(200)).await;
+        sa.check(&got);
+        assert_eq!(&got.body[..], b"carol here");
+        assert_eq!(
+            got.headers.get(&HeaderName::from_wire("Ms-Sender")),
+            Some("<sip:carol@example.com>")
+        );
+    }
+
+    // Roles: bob, an attendee, may not eject anyone; alice, the organiser, may.
+    let eject = |who: &str| {
+        cccp(
+            "deleteUser",
+            &focus,
+            "x",
+            &format!("<userKeys confEntity=\"{focus}\" userEntity=\"{who}\"/>"),
+        )
+    };
+    let info = with_body(
+        in_dialog(&mut bob, &b_focus, &b_focus_ok, "INFO"),
+        "application/cccp+xml",
+        &eject("sip:carol@example.com"),
+    );
+    let r = signed(&mut bob, &mut b_sa, info).await;
+    assert_eq!(status(&r), 200);
+    assert_eq!(body(&r).attr("code"), Some("failure"), "{r}");
+    assert_eq!(body(&r).attr("reason"), Some("notAuthorized"));
+    let lock = with_body(
+        in_dialog(&mut alice, &a_focus, &a_focus_ok, "INFO"),
+        "application/cccp+xml",
+        &cccp(
+            "modifyConferenceLock",
+            &focus,
+            &me,
+            &format!("<conferenceKeys confEntity=\"{focus}\"/><locked>true</locked>"),
+        ),
+    );
+    let r = signed(&mut alice, &mut a_sa, lock).await;
+    assert_eq!(body(&r).attr("code"), Some("success"), "{r}");
+    let info = with_body(
+        in_dialog(&mut alice, &a_focus, &a_focus_ok, "INFO"),
+        "application/cccp+xml",
+        &eject(&bob.aor()),
+    );
+    let r = signed(&mut alice, &mut a_sa, info).await;
+    assert_eq!(body(&r).attr("code"), Some("success"), "{r}");
+    // bob's chat and focus dialogs are ended by the service.
+    let mut ended = Vec::new();
+    for _ in 0..2 {
+        let bye = next_request(&mut bob, is("BYE"), Some(200)).await;
+        b_sa.check(&bye);
+        ended.push(bye.call_id().unwrap().to_owned());
+    }
+    ended.sort();
+    let mut expected = vec![
+        b_chat.call_id().unwrap().to_owned(),
+        b_focus.call_id().unwrap().to_owned(),
+    ];
+    expected.sort();
+    assert_eq!(ended, expected);
+    // The conference is locked: bob cannot come back.
+    let add_user = cccp(
+        "addUser",
+        &focus,
+        &bob.aor(),
+        &format!(
+            "<conferenceKeys confEntity=\"{focus}\"/><ci:user xmlns:ci=\"urn:ietf:params:xml:ns:conference-info\" entity=\"{}\"/>",
+            bob.aor()
+        ),
+    );
+    let again = with_body(
+        fresh(&mut bob, "INVITE", &focus, &focus),
+        "application/cccp+xml",
+        &add_user,
+    );
+    assert_eq!(status(&signed(&mut bob, &mut b_sa, again).await), 403);
+
+    // The CDR: one conference organised by alice with the three of them.
+    let sessions = switchboard_store::ImStore::open(&s.data_dir())
+        .unwrap()
+        .sessions(&Default::default())
+        .unwrap();
+    let conf = sessions.iter().find(|x| x.kind == "conference").unwrap();
+    assert_eq!(conf.organiser.as_deref(), Some(me.as_str()));
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let (_, people) = switchboard_store::ImStore::open(&s.data_dir())
+        .unwrap()
+        .session(&conf.id)
+        .unwrap()
+        .unwrap();
+    let row = |who: &str| {
+        people
+            .iter()
+            .find(|p| p.address == who)
+            .map(|p| (p.messages, p.left_at_ms.is_some()))
+    };
+    assert_eq!(row(&me), Some((2, false)), "{people:?}");
+    assert_eq!(row("sip:bob@example.com"), Some((0, true)), "ejected");
+    assert_eq!(row("sip:carol@example.com"), Some((1, false)));
+}
+
+#[tokio::test]
+async fn lync_session_to_a_pager_only_user_is_bridged() {
+    let s = TestServer::start(&["alice", "carol"]).await;
+    let (mut alice, mut a_sa) = lync_client(&s, "alice").await;
+    let mut carol = s.client(Transport::Tcp, "carol").await;
+    assert_eq!(status(&carol.register(None).await), 200);
+
+    let first = base64::engine::general_purpose::STANDARD.encode("hello carol");
+    let mut invite = with_body(
+        fresh(&mut alice, "INVITE", &carol.aor(), &carol.aor()),
+        "application/sdp",
+        SDP,
+    );
+    invite.headers.push(
+        HeaderName::from_wire("ms-text-format"),
+        format!("text/plain; charset=UTF-8;ms-body={first}"),
+    );
+    invite.headers.push(HeaderName::Supported, "ms-sender");
+    let answer = signed(&mut alice, &mut a_sa, invite.clone()).await;
+    assert_eq!(status(&answer), 200, "{answer}");
+    assert!(
+        answer
+            .headers
+            .values(&HeaderName::Supported)
+            .any(|v| v == "ms-text-format"),
+        "the first message was taken: {answer}"
+    );
+    let got = next_request(&mut carol, is("MESSAGE"), Some(200)).await;
+    assert_eq!(&got.body[..], b"hello carol");
+    assert!(got
+        .headers
+        .get(&HeaderName::From)
+        .unwrap()
+        .contains("sip:alice@example.com"));
+
+    let msg = with_body(
+        in_dialog(&mut alice, &invite, &answer, "MESSAGE"),
+        "text/plain; charset=UTF-8",
+        "second line",
+    );
+    assert_eq!(status(&signed(&mut alice, &mut a_sa, msg).await), 200);
+    let got = next_request(&mut carol, is("MESSAGE"), Some(200)).await;
+    assert_eq!(&got.body[..], b"second line");
+
+    // carol's pager reply reaches alice's client.
+    let reply = carol.message_to("alice", "hi alice");
+    carol.send(&reply).await;
+    let challenge = carol.final_response().await;
+    let reply = carol.with_credentials(&reply, &challenge, "pw-carol", "MD5", 1);
+    carol.send(&reply).await;
+    let got = next_request(&mut alice, is("MESSAGE"), Some(200)).await;
+    assert_eq!(&got.body[..], b"hi alice");
+    assert_eq!(status(&carol.final_response().await), 200);
+
+    let bye = in_dialog(&mut alice, &invite, &answer, "BYE");
+    assert_eq!(status(&signed(&mut alice, &mut a_sa, bye).await), 200);
+    // After BYE the dialog is gone: the service no longer knows it.
+    let late = with_body(
+        in_dialog(&mut alice, &invite, &answer, "MESSAGE"),
+        "text/plain",
+        "late",
+    );
+    let r = signed(&mut alice, &mut a_sa, late).await;
+    assert_eq!(status(&r), 481, "{r}");
+
+    // One two-party session, both sides counted.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let store = switchboard_store::ImStore::open(&s.data_dir()).unwrap();
+    let sessions = store.sessions(&Default::default()).unwrap();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_eq!(sessions[0].kind, "two-party");
+    let (_, people) = store.session(&sessions[0].id).unwrap().unwrap();
+    let count = |who: &str| people.iter().find(|p| p.address == who).map(|p| p.messages);
+    assert_eq!(count("sip:alice@example.com"), Some(2));
+    assert_eq!(count("sip:carol@example.com"), Some(1));
+}
