@@ -11,7 +11,11 @@
 //!
 //! The bracketed To URI and P-Asserted-Identity fields are present from protocol version
 //! 3 on; the response code only in responses. Absent values are `<>`.
+//!
+//! [`instance`]: the `+sip.instance` a client's `epid` must map to (MS-SIPAE §3.3.5.2).
 #![forbid(unsafe_code)]
+
+pub mod instance;
 
 use sip_message::{HeaderName, Message, NameAddr, Uri};
 

@@ -415,6 +415,11 @@ impl Core {
                     .await
             }
         };
+        if !ntlm_auth::instance_fits_epid(msg) {
+            return self
+                .respond_warning(&req, 400, "+sip.instance is not the one derived from epid")
+                .await;
+        }
         if authed != aor_addr {
             return self
                 .respond_warning(&req, 403, "credentials do not match the To address")

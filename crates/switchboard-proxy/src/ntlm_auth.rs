@@ -45,6 +45,9 @@ pub(crate) enum SecurityAssociation {
         since: Instant,
         /// The server's message counter (`snum`).
         snum: u32,
+        /// The highest `cnum` of the client's requests accepted so far: each request must
+        /// carry a higher one (a replayed request, signature and all, is refused).
+        client_num: u32,
         /// As the client names them in its signatures (they are part of the input).
         targetname: String,
         version: u32,
@@ -95,6 +98,27 @@ pub(crate) fn strip_hop_signatures(msg: &mut Message) {
         .retain_lines(&HeaderName::ProxyAuthorization, not_ntlm);
     msg.headers
         .remove(&HeaderName::from_wire("Authentication-Info"));
+}
+
+/// MS-SIPAE §3.3.5.2: a REGISTER naming its endpoint (`epid` in From) must register the
+/// `+sip.instance` derived from it; `false` when a Contact carries another one. (The GRUU
+/// is issued for that instance, so it then belongs to that endpoint too.)
+pub(crate) fn instance_fits_epid(msg: &Message) -> bool {
+    let Some(epid) = msg
+        .from_header()
+        .ok()
+        .and_then(|f| f.params.value("epid").map(str::to_owned))
+    else {
+        return true;
+    };
+    match msg.contacts() {
+        Ok(sip_message::ContactValue::List(list)) => list.iter().all(|c| {
+            c.params
+                .value("+sip.instance")
+                .is_none_or(|i| sipae::instance::instance_matches_epid(i, &epid))
+        }),
+        _ => true,
+    }
 }
 
 /// Does the client show the Microsoft extensions that tell it is a Lync-dialect client?
@@ -277,6 +301,7 @@ impl crate::Core {
                         user: address.clone(),
                         since: now,
                         snum: 0,
+                        client_num: 0,
                         targetname: ctx.targetname.to_owned(),
                         version: ctx.version,
                     },
@@ -384,17 +409,24 @@ impl crate::Core {
                 creds.param("cnum")?,
                 creds.param("response")?,
             );
-            let sas = self.ntlm.lock();
+            let mut sas = self.ntlm.lock();
             let Some(SecurityAssociation::Established {
                 session,
                 user,
                 targetname,
                 version,
+                client_num,
                 ..
-            }) = sas.get(&opaque)
+            }) = sas.get_mut(&opaque)
             else {
                 return None;
             };
+            // MS-SIPAE §3.3.5.2: the client's sequence number only grows (the stream
+            // delivers its requests in order); an old one is a replay.
+            let num: u32 = cnum.parse().ok()?;
+            if num <= *client_num {
+                return None;
+            }
             let ctx = SignatureContext {
                 protocol: "NTLM",
                 rand: crand,
@@ -406,7 +438,11 @@ impl crate::Core {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(*version),
             };
-            sipae::verify_client(session, msg, &ctx, response).then(|| user.clone())
+            let ok = sipae::verify_client(session, msg, &ctx, response);
+            if ok {
+                *client_num = num;
+            }
+            ok.then(|| user.clone())
         });
         match valid {
             Some(user) => SignedRequest::Valid(user),

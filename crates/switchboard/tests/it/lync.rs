@@ -366,3 +366,66 @@ async fn signed_requests_roaming_contacts_and_category_publish() {
     }
     assert_eq!(seen, "offline");
 }
+
+/// MS-SIPAE §3.3.5.2: the `+sip.instance` a client registers must be the one its `epid`
+/// maps to (pidgin-sipe's captured pair: `b34afb6ebb23` → `085e0bd8-…`).
+#[tokio::test]
+async fn instance_must_be_derived_from_epid() {
+    let s = TestServer::start(&["alice"]).await;
+    let mut c = s.client(Transport::Tcp, "alice").await;
+    let from = format!("<{}>;tag={};epid=b34afb6ebb23", c.aor(), rand_hex());
+    let with_instance = |c: &mut Client, uuid: &str| {
+        let mut m = c.register_request(None);
+        m.headers.set(HeaderName::From, from.clone());
+        m.headers.set(
+            HeaderName::Contact,
+            format!("{};+sip.instance=\"<urn:uuid:{uuid}>\"", c.contact()),
+        );
+        m
+    };
+    let wrong = with_instance(&mut c, "085e0bd8-031c-5a0d-8d9a-f149aae6954b");
+    let r = c.send_authenticated(wrong).await;
+    assert_eq!(status(&r), 400, "{r}");
+    assert!(r
+        .headers
+        .get(&HeaderName::Warning)
+        .unwrap()
+        .contains("epid"));
+    let right = with_instance(&mut c, "085e0bd8-031c-5a0d-8d9a-f149aae6954a");
+    assert_eq!(status(&c.send_authenticated(right).await), 200);
+}
+
+/// MS-SIPAE §3.3.5.2: a signed request sent again (a new Via, the same signature and
+/// `cnum`) is a replay: refused, and the association dropped.
+#[tokio::test]
+async fn replayed_signed_request_is_refused() {
+    let s = TestServer::start(&["alice"]).await;
+    let mut c = s.client(Transport::Tcp, "alice").await;
+    let (ok, sa) = sign_in(&mut c, "pw-alice").await;
+    assert_eq!(status(&ok), 200);
+    let (session, opaque, targetname) = sa.unwrap();
+    let mut sa = Association {
+        session,
+        opaque,
+        targetname,
+        cnum: 1,
+    };
+    let me = c.aor();
+    let mut m = c.request("SUBSCRIBE", &me, &me);
+    m.headers
+        .push(HeaderName::Event, "vnd-microsoft-roaming-contacts");
+    sa.sign(&mut m);
+    c.send(&m).await;
+    assert_eq!(status(&c.final_response().await), 200);
+    let mut replay = m.clone();
+    replay.headers.set(
+        HeaderName::Via,
+        format!(
+            "SIP/2.0/TCP 127.0.0.1:{};branch=z9hG4bK{};rport",
+            c.local.port(),
+            rand_hex()
+        ),
+    );
+    c.send(&replay).await;
+    assert_eq!(status(&c.final_response().await), 401);
+}
