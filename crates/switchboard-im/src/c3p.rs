@@ -332,7 +332,27 @@ impl ImService {
         tracing::info!(conference = conf_aor, who, "ejected from the conference");
     }
 
-    fn send_bye(&self, mut d: MemberDialog) {
+    /// The conference is ending: every focus and chat dialog members hold with it is
+    /// ended by BYE, so their clients close the conversation.
+    pub(crate) fn end_sessions(&self, conf_aor: &str, conf: &mut Conference) {
+        for (_, d) in conf.focus.joined.drain() {
+            self.send_bye(d);
+        }
+        let chats: Vec<MemberDialog> = {
+            let mut dialogs = self.member_dialogs.lock();
+            let keys: Vec<(String, String)> = dialogs
+                .keys()
+                .filter(|(a, _)| a == conf_aor)
+                .cloned()
+                .collect();
+            keys.iter().filter_map(|k| dialogs.remove(k)).collect()
+        };
+        for d in chats {
+            self.send_bye(d);
+        }
+    }
+
+    pub(crate) fn send_bye(&self, mut d: MemberDialog) {
         let Some(deliverer) = self.deliverer.get().and_then(std::sync::Weak::upgrade) else {
             return;
         };

@@ -514,7 +514,7 @@ impl ImService {
                 .filter(|d| d.ms_sender)
                 .map(|d| (d.call_id.clone(), d.our_tag.clone()))
         };
-        let (Some((call_id, tag)), Some(me)) = (report_to, self.me.upgrade()) else {
+        let Some(me) = self.me.upgrade() else {
             return message_id;
         };
         let id = message_id.clone();
@@ -529,9 +529,16 @@ impl ImService {
                     }
                 }
             }
-            if failed.is_empty() {
-                return;
+            for (who, status) in &failed {
+                // The member's client no longer knows the session (481) or is gone
+                // (408): they are out of the chat, as a client drops such a dialog.
+                if matches!(status, 408 | 481) {
+                    me.leave_conference(&conf, who);
+                }
             }
+            let Some((call_id, tag)) = report_to.filter(|_| !failed.is_empty()) else {
+                return;
+            };
             let report = {
                 let mut dialogs = me.member_dialogs.lock();
                 // The same session still (not a new one since).

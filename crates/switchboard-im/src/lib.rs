@@ -353,8 +353,18 @@ impl ImService {
         {
             let mut confs = self.conferences.lock();
             confs.retain(|aor, c| {
-                if now.duration_since(c.conv.last_activity) >= self.config.pager_idle {
+                // Members in sessions (Lync focus and chat dialogs) are connected; only
+                // silence as long as a session's idle time means they are gone.
+                let in_sessions = !c.focus.joined.is_empty()
+                    || self.member_dialogs.lock().keys().any(|(a, _)| a == aor);
+                let idle = if in_sessions {
+                    self.config.session_idle
+                } else {
+                    self.config.pager_idle
+                };
+                if now.duration_since(c.conv.last_activity) >= idle {
                     self.end_watchers(aor, c, "noresource");
+                    self.end_sessions(aor, c);
                     ended.push((c.conv.id.clone(), c.conv.records(None, false)));
                     false
                 } else {

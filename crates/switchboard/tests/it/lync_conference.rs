@@ -523,3 +523,66 @@ async fn lync_session_to_a_pager_only_user_is_bridged() {
     assert_eq!(count("sip:alice@example.com"), Some(2));
     assert_eq!(count("sip:carol@example.com"), Some(1));
 }
+
+/// A member whose client no longer knows its chat session (481 to a fan-out MESSAGE) is
+/// out of the chat; a conference whose members have all gone quiet for the session idle
+/// time ends, and every member's focus and chat dialogs are ended by BYE.
+#[tokio::test]
+async fn dead_sessions_leave_and_idle_conferences_end() {
+    let s = TestServer::start_with(&["alice", "bob"], |c| {
+        c.im.session_idle = std::time::Duration::from_secs(2);
+    })
+    .await;
+    let (mut alice, mut a_sa) = lync_client(&s, "alice").await;
+    let (mut bob, mut b_sa) = lync_client(&s, "bob").await;
+    let me = alice.aor();
+    let factory = "sip:switchboard@example.com;gruu;opaque=app:conf:focusfactory";
+    let add = with_body(
+        fresh(&mut alice, "SERVICE", factory, factory),
+        "application/cccp+xml",
+        &cccp("addConference", factory, &me, ""),
+    );
+    let r = signed(&mut alice, &mut a_sa, add).await;
+    let focus = body(&r)
+        .path("addConference/conference-info")
+        .and_then(|c| c.attr("entity").map(str::to_owned))
+        .unwrap();
+    let conf_aor = focus.split(';').next().unwrap().to_owned();
+    let (a_focus, _, a_chat, a_answer) = join(&mut alice, &mut a_sa, &focus, None).await;
+    let mcu = a_chat.request_uri().unwrap().to_string();
+    join(&mut bob, &mut b_sa, &focus, Some(&mcu)).await;
+    let members = || s.server.im.conference_members(&conf_aor).unwrap_or_default();
+    assert_eq!(members().len(), 2);
+
+    let msg = with_body(
+        in_dialog(&mut alice, &a_chat, &a_answer, "MESSAGE"),
+        "text/plain",
+        "still there?",
+    );
+    assert_eq!(status(&signed(&mut alice, &mut a_sa, msg).await), 200);
+    next_request(&mut bob, is("MESSAGE"), Some(481)).await;
+    for _ in 0..100 {
+        if members().len() == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(members(), vec![me.clone()], "bob is out of the chat");
+
+    // Nobody speaks: after the session idle time the conference ends, and alice's
+    // focus and chat dialogs are ended by the service.
+    let mut ended = Vec::new();
+    for _ in 0..2 {
+        let bye = next_request(&mut alice, is("BYE"), Some(200)).await;
+        a_sa.check(&bye);
+        ended.push(bye.call_id().unwrap().to_owned());
+    }
+    ended.sort();
+    let mut expected = vec![
+        a_chat.call_id().unwrap().to_owned(),
+        a_focus.call_id().unwrap().to_owned(),
+    ];
+    expected.sort();
+    assert_eq!(ended, expected);
+    assert!(s.server.im.conferences().is_empty());
+}
