@@ -621,10 +621,25 @@ impl ImHook for ImService {
             .map(|d| d.chars().take(120).collect())
             .unwrap_or_default();
         // Already answered: a CDR failure is logged (by begin) but cannot refuse it now.
-        let (conv, _) = self.begin(
+        let (mut conv, _) = self.begin(
             caller,
             &[(caller, device_of(invite)), (callee, callee_device)],
         );
+        // MS-SIP: the first message rode in the INVITE's ms-text-format. It counts here
+        // when the callee says it took it; otherwise the caller sends it again as a
+        // MESSAGE, counted then.
+        let took_first = answer
+            .headers
+            .get_all(&HeaderName::Supported)
+            .flat_map(|v| v.split(','))
+            .any(|o| o.trim().eq_ignore_ascii_case("ms-text-format"));
+        let first = invite
+            .headers
+            .get(&HeaderName::from_wire("ms-text-format"))
+            .and_then(bridge::first_message);
+        if let (true, Some((_, body))) = (took_first, first) {
+            count(&mut conv, caller, device_of(invite), body.len());
+        }
         self.dialogs.lock().insert(call_id.to_owned(), conv);
     }
 

@@ -4,7 +4,7 @@
 mod cli;
 mod im;
 mod lync;
-mod lync_conference;
+mod lync_im;
 mod presence;
 mod registration;
 mod robustness;

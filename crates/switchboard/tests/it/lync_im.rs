@@ -1,5 +1,7 @@
-//! Lync conferencing (C3P, MS-CONFBAS / MS-CONFIM) and bridging over TCP, by Rust clients
-//! that sign in and sign every request as pidgin-sipe does: provisioning names the focus
+//! Lync IM over TCP, by Rust clients that sign in and sign every request as pidgin-sipe
+//! does: a two-party session between two Lync clients (first message inline, in-dialog
+//! MESSAGE both ways, typing INFO, BYE, CDR); and conferencing (C3P, MS-CONFBAS /
+//! MS-CONFIM) and bridging: provisioning names the focus
 //! factory; SERVICE getConferencingCapabilities and addConference; INVITE addUser at the
 //! focus; the conference document naming the IM MCU; INVITE to the MCU; an ms-conf-invite
 //! relayed to a Lync user and answered for a Digest user (who gets the chat in pager mode);
@@ -551,7 +553,12 @@ async fn dead_sessions_leave_and_idle_conferences_end() {
     let (a_focus, _, a_chat, a_answer) = join(&mut alice, &mut a_sa, &focus, None).await;
     let mcu = a_chat.request_uri().unwrap().to_string();
     join(&mut bob, &mut b_sa, &focus, Some(&mcu)).await;
-    let members = || s.server.im.conference_members(&conf_aor).unwrap_or_default();
+    let members = || {
+        s.server
+            .im
+            .conference_members(&conf_aor)
+            .unwrap_or_default()
+    };
     assert_eq!(members().len(), 2);
 
     let msg = with_body(
@@ -585,4 +592,114 @@ async fn dead_sessions_leave_and_idle_conferences_end() {
     expected.sort();
     assert_eq!(ended, expected);
     assert!(s.server.im.conferences().is_empty());
+}
+
+/// Two Lync clients chat in session mode through the server (MS-SIP §3.1.4): the INVITE
+/// carries the first message in `ms-text-format`; MESSAGE both ways and a typing INFO in
+/// the dialog; BYE. Every message the server relays to a Lync client is signed on that
+/// client's association; the CDR counts each side's messages.
+#[tokio::test]
+async fn two_party_session_between_lync_clients() {
+    let s = TestServer::start(&["alice", "bob"]).await;
+    let (mut alice, mut a_sa) = lync_client(&s, "alice").await;
+    let (mut bob, mut b_sa) = lync_client(&s, "bob").await;
+    let first = base64::engine::general_purpose::STANDARD.encode("hi bob");
+    let mut invite = with_body(
+        fresh(&mut alice, "INVITE", &bob.aor(), &bob.aor()),
+        "application/sdp",
+        SDP,
+    );
+    invite.headers.push(
+        HeaderName::from_wire("ms-text-format"),
+        format!("text/plain; charset=UTF-8;ms-body={first}"),
+    );
+    invite.headers.push(HeaderName::Supported, "ms-sender");
+    let mut sent = invite.clone();
+    a_sa.sign(&mut sent);
+    alice.send(&sent).await;
+    let got = next_request(&mut bob, is("INVITE"), None).await;
+    b_sa.check(&got);
+    assert!(got
+        .headers
+        .get(&HeaderName::from_wire("ms-text-format"))
+        .unwrap()
+        .ends_with(&first));
+    let mut ok = got.response(200, Some("bobtag"));
+    ok.headers.push(HeaderName::Contact, bob.contact());
+    ok.headers.push(HeaderName::Supported, "ms-text-format");
+    ok.headers.push(HeaderName::ContentType, "application/sdp");
+    ok.body = bytes::Bytes::from_static(SDP.as_bytes());
+    bob.send(&ok).await;
+    let answer = alice.final_response().await;
+    a_sa.check(&answer);
+    assert_eq!(status(&answer), 200, "{answer}");
+
+    // alice writes in the dialog, then shows she is typing.
+    let msg = with_body(
+        in_dialog(&mut alice, &invite, &answer, "MESSAGE"),
+        "text/plain; charset=UTF-8",
+        "second line",
+    );
+    let mut sent = msg;
+    a_sa.sign(&mut sent);
+    alice.send(&sent).await;
+    let got = next_request(&mut bob, is("MESSAGE"), Some(200)).await;
+    b_sa.check(&got);
+    assert_eq!(&got.body[..], b"second line");
+    let r = alice.final_response().await;
+    a_sa.check(&r);
+    assert_eq!(status(&r), 200);
+    let typing = with_body(
+        in_dialog(&mut alice, &invite, &answer, "INFO"),
+        "application/xml",
+        "<?xml version=\"1.0\"?><KeyboardActivity><status status=\"type\" /></KeyboardActivity>",
+    );
+    let mut sent = typing;
+    a_sa.sign(&mut sent);
+    alice.send(&sent).await;
+    let got = next_request(&mut bob, is("INFO"), Some(200)).await;
+    assert!(String::from_utf8_lossy(&got.body).contains("KeyboardActivity"));
+    assert_eq!(status(&alice.final_response().await), 200);
+
+    // bob answers inside the same dialog (towards alice's Contact).
+    let mut reply = bob.request(
+        "MESSAGE",
+        alice.contact().trim_matches(['<', '>']),
+        &alice.aor(),
+    );
+    reply
+        .headers
+        .set(HeaderName::CallId, invite.call_id().unwrap());
+    reply
+        .headers
+        .set(HeaderName::From, format!("<{}>;tag=bobtag", bob.aor()));
+    reply.headers.set(
+        HeaderName::To,
+        invite.headers.get(&HeaderName::From).unwrap(),
+    );
+    let reply = with_body(reply, "text/plain; charset=UTF-8", "hello alice");
+    let mut sent = reply;
+    b_sa.sign(&mut sent);
+    bob.send(&sent).await;
+    let got = next_request(&mut alice, is("MESSAGE"), Some(200)).await;
+    a_sa.check(&got);
+    assert_eq!(&got.body[..], b"hello alice");
+    assert_eq!(status(&bob.final_response().await), 200);
+
+    let bye = in_dialog(&mut alice, &invite, &answer, "BYE");
+    let mut sent = bye;
+    a_sa.sign(&mut sent);
+    alice.send(&sent).await;
+    next_request(&mut bob, is("BYE"), Some(200)).await;
+    assert_eq!(status(&alice.final_response().await), 200);
+
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let store = switchboard_store::ImStore::open(&s.data_dir()).unwrap();
+    let sessions = store.sessions(&Default::default()).unwrap();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_eq!(sessions[0].end_reason.as_deref(), Some("bye"));
+    let (_, people) = store.session(&sessions[0].id).unwrap().unwrap();
+    let count = |who: &str| people.iter().find(|p| p.address == who).map(|p| p.messages);
+    assert_eq!(count("sip:alice@example.com"), Some(2), "{people:?}");
+    assert_eq!(count("sip:bob@example.com"), Some(1), "{people:?}");
 }
