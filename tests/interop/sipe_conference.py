@@ -13,6 +13,8 @@ TCP, bob over TLS, NTLM-signed) and a baresip user (carol, standard SIP, pager m
 - alice adds carol (baresip): the service puts her in the chat in pager mode; both Lync clients
   see her join; she receives what they write and what she writes reaches both of them;
 - alice leaves: bob sees her go;
+- carol (baresip) turns her chat with alice into a group chat with bob (`/invite`): both Lync
+  clients get an ms-conf-invite and join it as a conference; messages reach everyone;
 - the CDR holds the conference, organised by alice, escalated from the alice-bob session, with
   each member's message count, and the alice-carol bridged session with both counts.
 
@@ -129,12 +131,33 @@ def main():
         m = bob.wait(r':sipalice!\S+ PART %s' % re.escape(b_chan), 10)
         r.check('alice leaves (BYE to the IM MCU and focus); bob sees her go', bool(m), bob.text[-300:])
 
+        # carol (baresip) starts a group chat from her chat with alice: both Lync clients are
+        # invited into it as a conference (ms-conf-invite) and join it by themselves.
+        carol.ctrl.cmd('message', '/invite bob@' + DOMAIN)
+        a2 = alice.wait(r'JOIN :?(#\S+)', 15)
+        b2 = bob.wait(r'JOIN :?(#\S+)', 15)
+        r.check("carol's group chat: both Lync clients are invited and join it as a conference",
+                bool(a2) and bool(b2), alice.text[-300:] + bob.text[-300:])
+        m = carol.cons.wait_for(r'(sip:chat-[0-9a-f]+@%s): "\*\*\* carol started a group chat' % re.escape(DOMAIN), 10)
+        r.check('carol gets her group chat as pager MESSAGEs', bool(m), carol.cons.text[-300:])
+        second = m.group(1) if m else 'none'
+        # sipe drops what is typed before its chat session is up: wait until bob is in the
+        # chat (alice's roster shows him) and his INVITE's answer has reached him.
+        alice.wait(r':sipbob!\S+ JOIN :%s' % re.escape(a2.group(1) if a2 else '#none'), 10)
+        time.sleep(0.5)
+        bob.send('PRIVMSG %s :bob in carol\'s chat' % (b2.group(1) if b2 else '#none'))
+        m = carol.cons.wait_for(r'%s: "bob: bob in carol\'s chat"' % re.escape(second), 10)
+        r.check("bob -> carol's group chat reaches carol", bool(m), carol.cons.text[-300:])
+        m = alice.wait(r':sipbob!\S+ PRIVMSG %s :bob in carol' % re.escape(a2.group(1) if a2 else '#none'), 10)
+        r.check('... and alice', bool(m), alice.text[-300:])
+
         pairs, confs = cdr_sessions(server)
         ab = [s for s in pairs if {p['address'] for p in s['participants']} == {ALICE, BOB}]
         ac = [s for s in pairs if {p['address'] for p in s['participants']} == {ALICE, CAROL}]
         r.check('CDR: the bridged alice-carol session, alice 2 messages, carol 1',
                 len(ac) == 1 and message_counts(ac[0]) == {ALICE: 2, CAROL: 1}, str(ac))
-        c = confs[0] if len(confs) == 1 else {}
+        mine = [x for x in confs if x['organiser'] == ALICE]
+        c = mine[0] if len(mine) == 1 else {}
         r.check('CDR: one conference, organised by alice, escalated from the alice-bob session',
                 bool(c) and len(ab) == 1 and c['organiser'] == ALICE and c['escalated_from'] == ab[0]['id'],
                 str(confs)[:400])

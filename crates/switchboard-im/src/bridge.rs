@@ -13,7 +13,6 @@ use base64::Engine;
 use bytes::Bytes;
 use sip_message::{HeaderName, Message, Method};
 use switchboard_proxy::{Delivery, ServiceAnswer};
-use switchboard_store::OfflineMessage;
 use tokio::time::Instant;
 
 use crate::conference::MemberDialog;
@@ -124,7 +123,10 @@ impl ImService {
         match msg.method() {
             Some(Method::Message) => {
                 drop(bridges);
-                if crate::is_instant_message(msg) {
+                if let Some(command) = crate::conference::command_of(msg) {
+                    // Chat commands are for the service, as in pager mode.
+                    self.pair_command(from, &callee, command);
+                } else if crate::is_instant_message(msg) {
                     let ct = msg
                         .headers
                         .get(&HeaderName::ContentType)
@@ -158,9 +160,7 @@ impl ImService {
         device: String,
     ) {
         self.record(from, to, device, body.len());
-        let Some(deliverer) = self.deliverer.get().and_then(std::sync::Weak::upgrade) else {
-            return;
-        };
+        let Some(me) = self.me.upgrade() else { return };
         let d = Delivery {
             from: from.to_owned(),
             to: to.to_owned(),
@@ -170,26 +170,8 @@ impl ImService {
             from_display: None,
             extra_headers: Vec::new(),
         };
-        let store = self.store.clone();
-        let max = self.config.offline_max_per_user;
         let session_id = self.conversation_id(from, to);
-        tokio::spawn(async move {
-            let status = deliverer.deliver(d.clone()).await;
-            if !(200..300).contains(&status) {
-                let kept = OfflineMessage {
-                    id: 0,
-                    recipient: d.to.clone(),
-                    sender: d.from.clone(),
-                    content_type: d.content_type.clone(),
-                    body: d.body.to_vec(),
-                    received_at_ms: d.sent_at_ms,
-                    session_id,
-                };
-                if let Err(e) = store.store_offline(&kept, max) {
-                    tracing::error!(error = %e, "cannot keep a bridged message");
-                }
-            }
-        });
+        tokio::spawn(async move { me.deliver_or_keep(d, session_id).await });
     }
 }
 

@@ -103,7 +103,24 @@ pub(crate) struct Focus {
     /// Everyone who has been in the conference, in order: a user who left is listed as
     /// `deleted` so clients take them off their roster.
     pub(crate) seen: Vec<String>,
+    /// Messages held for users the service invited in (`bring_in`) who have not joined
+    /// the chat yet: replayed in their session when they join, or sent to them as pager
+    /// messages if they do not.
+    pub(crate) waiting: HashMap<String, Vec<Held>>,
 }
+
+/// A message held for a user on their way into the chat.
+pub(crate) struct Held {
+    pub(crate) content_type: String,
+    pub(crate) body: Bytes,
+    /// The text with its author's name in front, for clients that show only From.
+    pub(crate) text: String,
+    pub(crate) author: String,
+}
+
+/// How long a Lync client that accepted an invitation has to join the chat before what
+/// was held for it goes to it as pager messages.
+const JOIN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Focus {
     pub(crate) fn saw(&mut self, who: &str) {
@@ -484,6 +501,101 @@ impl ImService {
         a.to_tag = Some(format!("{:016x}", rand::random::<u64>()));
         a.headers.push(("Contact".into(), format!("<{conf_aor}>")));
         Some(a)
+    }
+
+    /// Brings `who` into a conference the service put them in: a Lync client gets an
+    /// `ms-conf-invite` and joins by itself; failing that (no Lync device, or it
+    /// declined), `notice` goes to them as a pager MESSAGE from the conference. Messages
+    /// written meanwhile are held for them (`Focus::waiting`), so none is lost.
+    pub(crate) fn bring_in(
+        &self,
+        conf_aor: &str,
+        conf: &mut Conference,
+        who: &str,
+        notice: String,
+    ) {
+        let (Some(deliverer), Some(me)) = (
+            self.deliverer.get().and_then(std::sync::Weak::upgrade),
+            self.me.upgrade(),
+        ) else {
+            return;
+        };
+        conf.focus.waiting.entry(who.to_owned()).or_default();
+        let subject = if conf.focus.subject.is_empty() {
+            "Group chat"
+        } else {
+            conf.focus.subject.as_str()
+        };
+        let focus = focus_uri(conf_aor);
+        let body = Bytes::from(cccp::conf_invite(&focus, subject).into_bytes());
+        let (conf, who) = (conf_aor.to_owned(), who.to_owned());
+        tokio::spawn(async move {
+            let status = deliverer
+                .invite_to_conference(conf.clone(), who.clone(), focus, body)
+                .await;
+            if (200..300).contains(&status) {
+                tokio::time::sleep(JOIN_GRACE).await;
+                me.release(&conf, &who, None).await;
+            } else {
+                me.release(&conf, &who, Some(notice)).await;
+            }
+        });
+    }
+
+    /// `who` will not join the chat in a session (or has not in time): the notice and the
+    /// messages held for them go to them in pager mode, in order.
+    async fn release(&self, conf_aor: &str, who: &str, notice: Option<String>) {
+        let held = match self.conferences.lock().get_mut(conf_aor) {
+            Some(c) => c.focus.waiting.remove(who),
+            None => None,
+        };
+        let Some(held) = held else {
+            // Joined meanwhile: they had it all in their session.
+            return;
+        };
+        let mut queue: Vec<(String, Option<String>)> = Vec::new();
+        if let Some(n) = notice {
+            queue.push((n, None));
+        }
+        queue.extend(held.into_iter().map(|h| (h.text, Some(h.author))));
+        for (text, author) in queue {
+            self.say_now(conf_aor, who, text, author.as_deref()).await;
+        }
+    }
+
+    /// Replays what was held for `who` in the chat session they just opened.
+    pub(crate) fn replay_held(&self, conf_aor: &str, conf: &mut Conference, who: &str) {
+        let Some(held) = conf.focus.waiting.remove(who) else {
+            return;
+        };
+        let Some(deliverer) = self.deliverer.get().and_then(std::sync::Weak::upgrade) else {
+            return;
+        };
+        let requests: Vec<Message> = {
+            let mut dialogs = self.member_dialogs.lock();
+            let Some(d) = dialogs.get_mut(&(conf_aor.to_owned(), who.to_owned())) else {
+                return;
+            };
+            held.into_iter()
+                .map(|h| {
+                    d.cseq += 1;
+                    if d.ms_sender {
+                        d.message(&h.content_type, h.body, Some(&h.author))
+                    } else {
+                        d.message(
+                            "text/plain;charset=UTF-8",
+                            Bytes::from(h.text.into_bytes()),
+                            Some(&h.author),
+                        )
+                    }
+                })
+                .collect()
+        };
+        tokio::spawn(async move {
+            for r in requests {
+                deliverer.send_request(r).await;
+            }
+        });
     }
 
     /// The open session-mode two-party session between `a` and `b`, if any.

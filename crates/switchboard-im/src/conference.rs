@@ -20,6 +20,7 @@
 //! Replies to commands come from `sip:switchboard@<domain>` (a service identity) or from
 //! the conference. A participant with no device signed in gets them as offline messages.
 
+use std::collections::HashMap;
 use std::sync::Weak;
 
 use bytes::Bytes;
@@ -139,6 +140,27 @@ fn domain_of(aor: &str) -> &str {
 
 const HELP: &str = "Commands: /invite ADDRESS adds someone (in a two-person chat it starts a group chat with all three of you); /who lists who is here; /leave leaves a group chat; /help shows this.";
 
+/// A pager MESSAGE from a conference (or the service) to one of its members.
+fn group_delivery(
+    from: &str,
+    display: Option<&str>,
+    to: &str,
+    text: String,
+    author: Option<&str>,
+) -> Delivery {
+    Delivery {
+        from: from.to_owned(),
+        to: to.to_owned(),
+        content_type: "text/plain;charset=UTF-8".into(),
+        body: Bytes::from(text.into_bytes()),
+        sent_at_ms: now_ms(),
+        from_display: display.map(str::to_owned),
+        extra_headers: author
+            .map(|a| vec![("Ms-Sender".to_owned(), format!("<{a}>"))])
+            .unwrap_or_default(),
+    }
+}
+
 impl ImService {
     pub(crate) fn display_name(&self, aor: &str) -> String {
         let addr = aor.strip_prefix("sip:").unwrap_or(aor);
@@ -193,36 +215,45 @@ impl ImService {
             });
             return;
         }
-        let d = Delivery {
-            from: from.to_owned(),
-            to: to.to_owned(),
-            content_type: "text/plain;charset=UTF-8".into(),
-            body: Bytes::from(text.into_bytes()),
-            sent_at_ms: now_ms(),
-            from_display: display.map(str::to_owned),
-            extra_headers: author
-                .map(|a| vec![("Ms-Sender".to_owned(), format!("<{a}>"))])
-                .unwrap_or_default(),
+        let Some(me) = self.me.upgrade() else { return };
+        let d = group_delivery(from, display, to, text, author);
+        tokio::spawn(async move { me.deliver_or_keep(d, None).await });
+    }
+
+    /// Sends `text` from the conference to `who` as a pager MESSAGE now (in order with
+    /// others awaited the same way), or keeps it for them.
+    pub(crate) async fn say_now(&self, conf: &str, who: &str, text: String, author: Option<&str>) {
+        self.deliver_or_keep(
+            group_delivery(conf, Some("Group chat"), who, text, author),
+            None,
+        )
+        .await;
+    }
+
+    /// Delivers `d`; a recipient no device took it for gets it as an offline message
+    /// (of CDR session `session_id`).
+    pub(crate) async fn deliver_or_keep(&self, d: Delivery, session_id: Option<String>) {
+        let Some(deliverer) = self.deliverer.get().and_then(Weak::upgrade) else {
+            return;
         };
-        let store = self.store.clone();
-        let max = self.config.offline_max_per_user;
-        tokio::spawn(async move {
-            let status = deliverer.deliver(d.clone()).await;
-            if !(200..300).contains(&status) {
-                let kept = OfflineMessage {
-                    id: 0,
-                    recipient: d.to.clone(),
-                    sender: d.from.clone(),
-                    content_type: d.content_type.clone(),
-                    body: d.body.to_vec(),
-                    received_at_ms: d.sent_at_ms,
-                    session_id: None,
-                };
-                if let Err(e) = store.store_offline(&kept, max) {
-                    tracing::error!(error = %e, "cannot keep a conference message");
-                }
+        let status = deliverer.deliver(d.clone()).await;
+        if !(200..300).contains(&status) {
+            let kept = OfflineMessage {
+                id: 0,
+                recipient: d.to.clone(),
+                sender: d.from.clone(),
+                content_type: d.content_type.clone(),
+                body: d.body.to_vec(),
+                received_at_ms: d.sent_at_ms,
+                session_id,
+            };
+            if let Err(e) = self
+                .store
+                .store_offline(&kept, self.config.offline_max_per_user)
+            {
+                tracing::error!(error = %e, "cannot keep an undelivered message");
             }
-        });
+        }
     }
 
     fn reply(&self, to: &str, text: String) {
@@ -347,8 +378,10 @@ impl ImService {
             self.display_name(organiser),
             names.join(", ")
         );
-        for m in members {
-            self.say(&aor, Some("Group chat"), m, text.clone(), None);
+        if let Some(conf) = self.conferences.lock().get_mut(&aor) {
+            for m in members {
+                self.bring_in(&aor, conf, m, text.clone());
+            }
         }
         tracing::info!(conference = %aor, organiser, "group chat started");
         aor
@@ -410,16 +443,14 @@ impl ImService {
                 ),
                 Ok(who) => {
                     conf.conv.admit(&who);
-                    members.push(who.clone());
-                    self.notice(
-                        to,
-                        &members,
-                        None,
-                        &format!(
-                            "{name} added {}. Reply here to talk to everyone.",
-                            self.display_name(&who)
-                        ),
+                    conf.focus.saw(&who);
+                    let text = format!(
+                        "{name} added {}. Reply here to talk to everyone.",
+                        self.display_name(&who)
                     );
+                    self.notice(to, &members, None, &text);
+                    self.bring_in(to, conf, &who, format!("*** {text}"));
+                    members.push(who.clone());
                     self.notify_roster(to, conf);
                 }
                 Err(e) => self.say(
@@ -447,7 +478,7 @@ impl ImService {
             (Some(_), _) => self.say(to, Some("Group chat"), from, HELP.into(), None),
             (None, _) => {
                 count(&mut conf.conv, from, crate::device_of(msg), msg.body.len());
-                let id = self.fan_out(to, from, &name, msg, &members);
+                let id = self.fan_out(to, from, &name, msg, &members, &mut conf.focus.waiting);
                 // MS-CONFIM §3.2.5.2: the id a later delivery report refers to.
                 if self.in_lync_session(to, from) {
                     answer.headers.push(("Message-Id".into(), id));
@@ -468,6 +499,7 @@ impl ImService {
         name: &str,
         msg: &Message,
         members: &[String],
+        waiting: &mut HashMap<String, Vec<crate::c3p::Held>>,
     ) -> String {
         let message_id = format!("{:016x}", rand::random::<u64>());
         let content_type = msg
@@ -496,15 +528,22 @@ impl ImService {
                     }
                 })
             };
-            match in_session {
-                Some(request) => {
+            match (in_session, waiting.get_mut(m)) {
+                (Some(request), _) => {
                     let deliverer = deliverer.clone();
                     let who = m.clone();
                     pending.push(tokio::spawn(async move {
                         (who, deliverer.send_request(request).await)
                     }));
                 }
-                None => self.say(conf, Some("Group chat"), m, text.clone(), Some(author)),
+                // On their way in: held until they join (or are given it as pager).
+                (None, Some(held)) => held.push(crate::c3p::Held {
+                    content_type: content_type.clone(),
+                    body: msg.body.clone(),
+                    text: text.clone(),
+                    author: author.to_owned(),
+                }),
+                (None, None) => self.say(conf, Some("Group chat"), m, text.clone(), Some(author)),
             }
         }
         let report_to = {

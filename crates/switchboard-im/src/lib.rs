@@ -754,6 +754,18 @@ impl ImHook for ImService {
         }
     }
 
+    fn service_answered(&self, msg: &Message, from: &str, to: &str, status: u16) {
+        // A member just joined the chat by INVITE: what was held for them follows the 2xx.
+        if msg.method() == Some(&sip_message::Method::Invite)
+            && (200..300).contains(&status)
+            && c3p::part_of(msg) == c3p::Part::Chat
+        {
+            if let Some(conf) = self.conferences.lock().get_mut(to) {
+                self.replay_held(to, conf, from);
+            }
+        }
+    }
+
     fn on_registered(&self, aor: &str) {
         let Some(me) = self.me.upgrade() else { return };
         tokio::spawn(me.deliver_stored(aor.to_owned()));

@@ -36,6 +36,15 @@ impl Deliverer for Captured {
     fn deliver(&self, _d: Delivery) -> Pin<Box<dyn std::future::Future<Output = u16> + Send>> {
         Box::pin(async { 480 })
     }
+    fn invite_to_conference(
+        &self,
+        _from: String,
+        _to: String,
+        _focus: String,
+        _body: bytes::Bytes,
+    ) -> Pin<Box<dyn std::future::Future<Output = u16> + Send>> {
+        Box::pin(async { 480 })
+    }
 }
 
 impl Captured {

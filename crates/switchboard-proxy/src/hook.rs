@@ -74,6 +74,9 @@ pub trait ImHook: Send + Sync + 'static {
     fn to_service(&self, _msg: &Message, _from: &str, _to: &str) -> ServiceAnswer {
         ServiceAnswer::status(404)
     }
+    /// The answer `to_service` gave (`status`) has been sent: what must follow it in the
+    /// dialog (messages held for a member who just joined) can go now.
+    fn service_answered(&self, _msg: &Message, _from: &str, _to: &str, _status: u16) {}
 }
 
 /// How the core answers a request the IM service took.
@@ -205,6 +208,17 @@ pub trait Deliverer: Send + Sync + 'static {
         &self,
         request: Message,
         flow: sip_transport::Source,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = u16> + Send>>;
+    /// Invites `to`'s Lync devices into a conference: an INVITE from `from` carrying the
+    /// `ms-conf-invite` document `body` (its Contact is the conference's `focus`).
+    /// Resolves to 200 when a device accepted (it then joins by itself), else the best
+    /// failure; 480 when `to` has no Lync device signed in.
+    fn invite_to_conference(
+        &self,
+        from: String,
+        to: String,
+        focus: String,
+        body: bytes::Bytes,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = u16> + Send>>;
     /// Sends `d` to every registered device of `d.to`; resolves to the best final status
     /// (a 2xx as soon as one device accepts; 480 when none is registered).

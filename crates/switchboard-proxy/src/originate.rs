@@ -134,7 +134,116 @@ impl Core {
     }
 }
 
+impl Core {
+    /// Invites `to`'s Lync devices (those on a security association) into the conference
+    /// `focus` with an `ms-conf-invite` INVITE from `from` (MS-CONFIM §3.2.5.1), the
+    /// client then joining by itself; acknowledges a 2xx (§13.2.2.4). The first 2xx wins;
+    /// 480 when `to` has no Lync device.
+    pub async fn originate_conference_invite(
+        self: Arc<Self>,
+        from: String,
+        to: String,
+        focus: String,
+        body: bytes::Bytes,
+    ) -> u16 {
+        let bindings: Vec<_> = self
+            .location
+            .lookup(&to)
+            .into_iter()
+            .filter(|b| self.on_association(b.flow))
+            .collect();
+        let (tx, mut rx) = mailbox::<(usize, ClientEvent)>();
+        let call_id = format!("{:032x}@switchboard", rand::random::<u128>());
+        let from_tag = format!("{:016x}", rand::random::<u64>());
+        let mut hops = Vec::new();
+        for b in &bindings {
+            let hop = self.hop_for(b);
+            if self.is_own_hop(&hop) {
+                continue;
+            }
+            let mut target = b.contact.uri.clone();
+            if let Some(u) = target.as_sip_mut() {
+                u.headers = None;
+            }
+            let mut m = Message::request(Method::Invite, target);
+            m.headers.push(HeaderName::Via, hop.via(&new_branch()));
+            m.headers.push(HeaderName::MaxForwards, "70");
+            m.headers
+                .push(HeaderName::From, format!("<{from}>;tag={from_tag}"));
+            m.headers.push(HeaderName::To, format!("<{to}>"));
+            m.headers.push(HeaderName::CallId, call_id.clone());
+            m.headers.push(HeaderName::CSeq, "1 INVITE");
+            m.headers.push(HeaderName::Contact, format!("<{focus}>"));
+            m.headers
+                .push(HeaderName::ContentType, "application/ms-conf-invite+xml");
+            m.body = body.clone();
+            self.layer
+                .send_request_tagged(m, hop.target, hops.len(), tx.clone());
+            hops.push(hop);
+        }
+        drop(tx);
+        if hops.is_empty() {
+            return 480;
+        }
+        let mut best = 408;
+        let mut accepted = false;
+        while let Some((i, ev)) = rx.recv().await {
+            let status = match ev {
+                ClientEvent::Response(r) => {
+                    let status = r.status().unwrap_or(500);
+                    if (200..300).contains(&status) {
+                        // The ACK of a 2xx is ours to send, to the answer's Contact.
+                        let ack_uri = r
+                            .headers
+                            .get(&HeaderName::Contact)
+                            .and_then(|c| sip_message::NameAddr::parse(c).ok())
+                            .map(|c| c.uri)
+                            .or_else(|| Uri::parse(&to).ok());
+                        if let (Some(uri), Some(hop)) = (ack_uri, hops.get(i)) {
+                            let mut ack = Message::request(Method::Ack, uri);
+                            ack.headers.push(HeaderName::Via, hop.via(&new_branch()));
+                            ack.headers.push(HeaderName::MaxForwards, "70");
+                            for h in [HeaderName::From, HeaderName::To, HeaderName::CallId] {
+                                if let Some(v) = r.headers.get(&h) {
+                                    ack.headers.push(h.clone(), v.to_owned());
+                                }
+                            }
+                            ack.headers.push(HeaderName::CSeq, "1 ACK");
+                            self.layer.send_stateless(hop.target, &ack).await;
+                        }
+                        accepted = true;
+                    }
+                    status
+                }
+                ClientEvent::Timeout => 408,
+                ClientEvent::TransportError(_) => 503,
+            };
+            if status >= 300 && (best == 408 || status < best) {
+                best = status;
+            }
+        }
+        if accepted {
+            200
+        } else {
+            best
+        }
+    }
+}
+
 impl Deliverer for Core {
+    fn invite_to_conference(
+        &self,
+        from: String,
+        to: String,
+        focus: String,
+        body: bytes::Bytes,
+    ) -> Pin<Box<dyn std::future::Future<Output = u16> + Send>> {
+        match self.me.upgrade() {
+            Some(core) => Box::pin(core.originate_conference_invite(from, to, focus, body)),
+            None => Box::pin(async { 503 }),
+        }
+    }
+
     fn send_request(
         &self,
         request: Message,

@@ -228,7 +228,10 @@ impl Core {
         }
         if self.hook.serves(&aor) {
             let answer = self.hook.to_service(msg, &from_aor, &aor);
-            return self.answer_service(&req, answer).await;
+            let status = answer.status;
+            self.answer_service(&req, answer).await;
+            self.hook.service_answered(msg, &from_aor, &aor, status);
+            return;
         }
         // Event state (presence, and anything else published or subscribed to) is kept by
         // a service on the server, never forked to the user's own devices; an event no

@@ -703,3 +703,74 @@ async fn two_party_session_between_lync_clients() {
     assert_eq!(count("sip:alice@example.com"), Some(2), "{people:?}");
     assert_eq!(count("sip:bob@example.com"), Some(1), "{people:?}");
 }
+
+/// A standard client turns its chat into a group chat (`/invite`): the Lync users put in
+/// it are invited into the conference with an `ms-conf-invite` from it (acknowledged by
+/// the server once they accept) and join it as a Lync conference; the standard user
+/// gets the pager notice; then everyone's messages reach everyone.
+#[tokio::test]
+async fn standard_user_brings_lync_users_into_a_conference() {
+    let s = TestServer::start(&["alice", "bob", "carol"]).await;
+    let (mut alice, mut a_sa) = lync_client(&s, "alice").await;
+    let (mut bob, mut b_sa) = lync_client(&s, "bob").await;
+    let mut carol = s.client(Transport::Tcp, "carol").await;
+    assert_eq!(status(&carol.register(None).await), 200);
+
+    let cmd = carol.message_to("alice", "/invite bob@example.com");
+    assert_eq!(status(&carol.send_authenticated(cmd).await), 200);
+    let mut focus = String::new();
+    for (c, sa) in [(&mut alice, &a_sa), (&mut bob, &b_sa)] {
+        let inv = next_request(c, is("INVITE"), None).await;
+        sa.check(&inv);
+        assert!(inv
+            .headers
+            .get(&HeaderName::ContentType)
+            .unwrap()
+            .starts_with("application/ms-conf-invite+xml"));
+        focus = msrtc::cccp::parse_conf_invite(&inv.body).unwrap().focus_uri;
+        let mut ok = inv.response(200, Some("accepts"));
+        ok.headers.push(HeaderName::Contact, c.contact());
+        c.send(&ok).await;
+        let ack = next_request(c, is("ACK"), None).await;
+        assert_eq!(ack.call_id(), inv.call_id());
+    }
+    let conf_aor = focus.split(';').next().unwrap().to_owned();
+    let told = next_request(&mut carol, is("MESSAGE"), Some(200)).await;
+    assert!(String::from_utf8_lossy(&told.body).contains("started a group chat"));
+    assert!(told
+        .headers
+        .get(&HeaderName::From)
+        .unwrap()
+        .contains(&conf_aor));
+
+    let to_group = |carol: &mut Client, text: &str| {
+        let mut m = carol.message_to("x", text);
+        m.start = sip_message::StartLine::Request {
+            method: sip_message::Method::Message,
+            uri: sip_message::Uri::parse(&conf_aor).unwrap(),
+        };
+        m.headers.set(HeaderName::To, format!("<{conf_aor}>"));
+        m
+    };
+    // carol writes before the Lync clients are in the chat: it is held for them.
+    let early = to_group(&mut carol, "early bird");
+    assert_eq!(status(&carol.send_authenticated(early).await), 200);
+
+    // The Lync clients join the conference they were invited to, and get what was held.
+    let (_, _, a_chat, _) = join(&mut alice, &mut a_sa, &focus, None).await;
+    let mcu = a_chat.request_uri().unwrap().to_string();
+    join(&mut bob, &mut b_sa, &focus, Some(&mcu)).await;
+    let later = to_group(&mut carol, "hello Lync people");
+    assert_eq!(status(&carol.send_authenticated(later).await), 200);
+    for (c, sa) in [(&mut alice, &a_sa), (&mut bob, &b_sa)] {
+        for text in ["early bird", "hello Lync people"] {
+            let got = next_request(c, is("MESSAGE"), Some(200)).await;
+            sa.check(&got);
+            assert_eq!(String::from_utf8_lossy(&got.body), text);
+            assert_eq!(
+                got.headers.get(&HeaderName::from_wire("Ms-Sender")),
+                Some("<sip:carol@example.com>")
+            );
+        }
+    }
+}
