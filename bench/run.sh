@@ -49,6 +49,8 @@ log() { echo "[$(date +%T)] $*" >&2; }
 need=()
 command -v kamailio >/dev/null || need+=(kamailio)
 [ -e /usr/lib/x86_64-linux-gnu/kamailio/modules/db_sqlite.so ] || need+=(kamailio-sqlite-modules)
+# bench/kamailio.cfg loads presence and presence_xml for the SUBSCRIBE/PUBLISH tests.
+[ -e /usr/lib/x86_64-linux-gnu/kamailio/modules/presence.so ] || need+=(kamailio-presence-modules)
 command -v sipp >/dev/null || need+=(sip-tester)
 command -v sqlite3 >/dev/null || need+=(sqlite3)
 if ((${#need[@]})); then
