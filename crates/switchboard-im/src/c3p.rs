@@ -96,8 +96,9 @@ pub(crate) fn conference_of(uri: &str) -> Option<String> {
 #[derive(Default)]
 pub(crate) struct Focus {
     pub(crate) subject: String,
-    /// Users joined to the focus, with the focus dialog the service holds with them.
-    pub(crate) joined: HashMap<String, MemberDialog>,
+    /// Users joined to the focus, with the focus dialog the service holds with each of
+    /// their endpoints (never an empty list).
+    pub(crate) joined: HashMap<String, Vec<MemberDialog>>,
     pub(crate) roles: HashMap<String, &'static str>,
     pub(crate) locked: bool,
     /// Everyone who has been in the conference, in order: a user who left is listed as
@@ -247,7 +248,11 @@ impl ImService {
             return refused(403, "the conference is locked");
         }
         let our_tag = dialog.our_tag.clone();
-        conf.focus.joined.insert(from.to_owned(), dialog);
+        conf.focus
+            .joined
+            .entry(from.to_owned())
+            .or_default()
+            .push(dialog);
         conf.focus.saw(from);
         let role = if from == conf.organiser {
             PRESENTER
@@ -331,14 +336,14 @@ impl ImService {
     /// Takes `who` out of the conference: their chat and focus dialogs are ended by BYE
     /// (MS-CONFIM §3.2.5.4) and the roster shows them gone.
     fn eject(&self, conf_aor: &str, conf: &mut Conference, who: &str) {
-        if let Some(d) = conf.focus.joined.remove(who) {
+        for d in conf.focus.joined.remove(who).unwrap_or_default() {
             self.send_bye(d);
         }
         let chat = self
             .member_dialogs
             .lock()
             .remove(&(conf_aor.to_owned(), who.to_owned()));
-        if let Some(d) = chat {
+        for d in chat.unwrap_or_default() {
             self.send_bye(d);
         }
         if conf.members().iter().any(|m| m == who) {
@@ -352,7 +357,7 @@ impl ImService {
     /// The conference is ending: every focus and chat dialog members hold with it is
     /// ended by BYE, so their clients close the conversation.
     pub(crate) fn end_sessions(&self, conf_aor: &str, conf: &mut Conference) {
-        for (_, d) in conf.focus.joined.drain() {
+        for d in conf.focus.joined.drain().flat_map(|(_, ds)| ds) {
             self.send_bye(d);
         }
         let chats: Vec<MemberDialog> = {
@@ -362,7 +367,10 @@ impl ImService {
                 .filter(|(a, _)| a == conf_aor)
                 .cloned()
                 .collect();
-            keys.iter().filter_map(|k| dialogs.remove(k)).collect()
+            keys.iter()
+                .filter_map(|k| dialogs.remove(k))
+                .flatten()
+                .collect()
         };
         for d in chats {
             self.send_bye(d);
@@ -380,21 +388,42 @@ impl ImService {
         });
     }
 
-    /// BYE in the focus dialog: `from` leaves the conference (and its chat).
+    /// BYE in a focus dialog: that endpoint leaves the conference, its chat session with
+    /// it; the user leaves when no endpoint of theirs is left in it.
     fn focus_bye(&self, msg: &Message, from: &str, conf_aor: &str) -> ServiceAnswer {
+        let call_id = msg.call_id().unwrap_or("");
         let mut confs = self.conferences.lock();
         let Some(conf) = confs.get_mut(conf_aor) else {
             return ServiceAnswer::status(481);
         };
-        let known = conf
-            .focus
-            .joined
-            .get(from)
-            .is_some_and(|d| Some(d.call_id.as_str()) == msg.call_id());
-        if !known {
+        let Some(ds) = conf.focus.joined.get_mut(from) else {
             return ServiceAnswer::status(481);
+        };
+        let Some(i) = ds.iter().position(|d| d.call_id == call_id) else {
+            return ServiceAnswer::status(481);
+        };
+        let endpoint = ds.remove(i).target;
+        if ds.is_empty() {
+            conf.focus.joined.remove(from);
         }
-        conf.focus.joined.remove(from);
+        let in_focus = conf.focus.joined.contains_key(from);
+        // The same endpoint's chat session (same Contact) ends with it.
+        let in_chat = {
+            let mut dialogs = self.member_dialogs.lock();
+            let key = (conf_aor.to_owned(), from.to_owned());
+            let left = dialogs.get_mut(&key).map(|ds| {
+                ds.retain(|d| d.target != endpoint);
+                ds.len()
+            });
+            if left == Some(0) {
+                dialogs.remove(&key);
+            }
+            left.unwrap_or(0) > 0
+        };
+        if in_focus || in_chat {
+            self.notify_roster(conf_aor, conf);
+            return ServiceAnswer::status(200);
+        }
         drop(confs);
         self.leave_conference(conf_aor, from);
         ServiceAnswer::status(200)
@@ -563,8 +592,14 @@ impl ImService {
         }
     }
 
-    /// Replays what was held for `who` in the chat session they just opened.
-    pub(crate) fn replay_held(&self, conf_aor: &str, conf: &mut Conference, who: &str) {
+    /// Replays what was held for `who` in the chat session (`call_id`) they just opened.
+    pub(crate) fn replay_held(
+        &self,
+        conf_aor: &str,
+        conf: &mut Conference,
+        who: &str,
+        call_id: &str,
+    ) {
         let Some(held) = conf.focus.waiting.remove(who) else {
             return;
         };
@@ -573,7 +608,10 @@ impl ImService {
         };
         let requests: Vec<Message> = {
             let mut dialogs = self.member_dialogs.lock();
-            let Some(d) = dialogs.get_mut(&(conf_aor.to_owned(), who.to_owned())) else {
+            let Some(d) = dialogs
+                .get_mut(&(conf_aor.to_owned(), who.to_owned()))
+                .and_then(|ds| ds.iter_mut().find(|d| d.call_id == call_id))
+            else {
                 return;
             };
             held.into_iter()

@@ -193,26 +193,29 @@ impl ImService {
         let Some(deliverer) = self.deliverer.get().and_then(Weak::upgrade) else {
             return;
         };
-        // A member who joined by INVITE gets it inside that session.
-        if let Some(d) = self
+        // A member who joined by INVITE gets it inside that session (on each endpoint).
+        if let Some(ds) = self
             .member_dialogs
             .lock()
             .get_mut(&(from.to_owned(), to.to_owned()))
         {
-            d.cseq += 1;
-            // A Lync client needs an author for every message: the conference itself.
-            let author = author.or(d.ms_sender.then_some(from));
-            let m = d.message(
-                "text/plain;charset=UTF-8",
-                Bytes::from(text.into_bytes()),
-                author,
-            );
-            tokio::spawn(async move {
-                let status = deliverer.send_request(m).await;
-                if status >= 300 {
-                    tracing::debug!(status, "in-session conference message not accepted");
-                }
-            });
+            for d in ds.iter_mut() {
+                d.cseq += 1;
+                // A Lync client needs an author for every message: the conference itself.
+                let author = author.or(d.ms_sender.then_some(from));
+                let m = d.message(
+                    "text/plain;charset=UTF-8",
+                    Bytes::from(text.clone().into_bytes()),
+                    author,
+                );
+                let deliverer = deliverer.clone();
+                tokio::spawn(async move {
+                    let status = deliverer.send_request(m).await;
+                    if status >= 300 {
+                        tracing::debug!(status, "in-session conference message not accepted");
+                    }
+                });
+            }
             return;
         }
         let Some(me) = self.me.upgrade() else { return };
@@ -393,7 +396,7 @@ impl ImService {
         self.member_dialogs
             .lock()
             .get(&(conf.to_owned(), who.to_owned()))
-            .is_some_and(|d| d.ms_sender)
+            .is_some_and(|ds| ds.iter().any(|d| d.ms_sender))
     }
 
     /// Sends a notice to every active member except `except`.
@@ -511,46 +514,70 @@ impl ImService {
         let Some(deliverer) = self.deliverer.get().and_then(Weak::upgrade) else {
             return message_id;
         };
+        let came_on = msg.call_id().unwrap_or("").to_owned();
         let mut pending = Vec::new();
-        for m in members.iter().filter(|m| m.as_str() != author) {
-            let in_session = {
+        // Everyone else, and the author's other endpoints (so each of their clients shows
+        // the conversation whole).
+        for m in members.iter() {
+            let in_session: Vec<(String, Message)> = {
                 let mut dialogs = self.member_dialogs.lock();
-                dialogs.get_mut(&(conf.to_owned(), m.clone())).map(|d| {
-                    d.cseq += 1;
-                    if d.ms_sender {
-                        d.message(&content_type, msg.body.clone(), Some(author))
-                    } else {
-                        d.message(
-                            "text/plain;charset=UTF-8",
-                            Bytes::from(text.clone().into_bytes()),
-                            Some(author),
-                        )
-                    }
-                })
+                dialogs
+                    .get_mut(&(conf.to_owned(), m.clone()))
+                    .map(|ds| {
+                        ds.iter_mut()
+                            .filter(|d| m != author || d.call_id != came_on)
+                            .map(|d| {
+                                d.cseq += 1;
+                                let request = if d.ms_sender {
+                                    d.message(&content_type, msg.body.clone(), Some(author))
+                                } else {
+                                    d.message(
+                                        "text/plain;charset=UTF-8",
+                                        Bytes::from(text.clone().into_bytes()),
+                                        Some(author),
+                                    )
+                                };
+                                (d.call_id.clone(), request)
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default()
             };
-            match (in_session, waiting.get_mut(m)) {
-                (Some(request), _) => {
+            if m == author {
+                for (call_id, request) in in_session {
+                    let deliverer = deliverer.clone();
+                    tokio::spawn(async move {
+                        let status = deliverer.send_request(request).await;
+                        tracing::debug!(status, call_id, "copy to the author's other endpoint");
+                    });
+                }
+                continue;
+            }
+            if !in_session.is_empty() {
+                for (call_id, request) in in_session {
                     let deliverer = deliverer.clone();
                     let who = m.clone();
                     pending.push(tokio::spawn(async move {
-                        (who, deliverer.send_request(request).await)
+                        (who, call_id, deliverer.send_request(request).await)
                     }));
                 }
+            } else if let Some(held) = waiting.get_mut(m) {
                 // On their way in: held until they join (or are given it as pager).
-                (None, Some(held)) => held.push(crate::c3p::Held {
+                held.push(crate::c3p::Held {
                     content_type: content_type.clone(),
                     body: msg.body.clone(),
                     text: text.clone(),
                     author: author.to_owned(),
-                }),
-                (None, None) => self.say(conf, Some("Group chat"), m, text.clone(), Some(author)),
+                });
+            } else {
+                self.say(conf, Some("Group chat"), m, text.clone(), Some(author));
             }
         }
         let report_to = {
             let dialogs = self.member_dialogs.lock();
             dialogs
                 .get(&(conf.to_owned(), author.to_owned()))
-                .filter(|d| d.ms_sender)
+                .and_then(|ds| ds.iter().find(|d| d.call_id == came_on && d.ms_sender))
                 .map(|d| (d.call_id.clone(), d.our_tag.clone()))
         };
         let Some(me) = self.me.upgrade() else {
@@ -560,21 +587,24 @@ impl ImService {
         let conf = conf.to_owned();
         let author = author.to_owned();
         tokio::spawn(async move {
-            let mut failed = Vec::new();
+            // Per member: delivered if any endpoint took it, else the best failure.
+            let mut outcome: HashMap<String, u16> = HashMap::new();
             for p in pending {
-                if let Ok((who, status)) = p.await {
-                    if status >= 300 {
-                        failed.push((who, status));
-                    }
-                }
-            }
-            for (who, status) in &failed {
-                // The member's client no longer knows the session (481) or is gone
-                // (408): they are out of the chat, as a client drops such a dialog.
+                let Ok((who, call_id, status)) = p.await else {
+                    continue;
+                };
                 if matches!(status, 408 | 481) {
-                    me.leave_conference(&conf, who);
+                    // That endpoint no longer knows the session (481) or is gone (408):
+                    // it is out of the chat, as a client drops such a dialog.
+                    me.drop_endpoint(&conf, &who, &call_id);
+                }
+                let best = outcome.entry(who).or_insert(status);
+                if status < *best {
+                    *best = status;
                 }
             }
+            let failed: Vec<(String, u16)> =
+                outcome.into_iter().filter(|(_, s)| *s >= 300).collect();
             let Some((call_id, tag)) = report_to.filter(|_| !failed.is_empty()) else {
                 return;
             };
@@ -583,7 +613,10 @@ impl ImService {
                 // The same session still (not a new one since).
                 dialogs
                     .get_mut(&(conf.clone(), author.clone()))
-                    .filter(|d| d.call_id == call_id && d.our_tag == tag)
+                    .and_then(|ds| {
+                        ds.iter_mut()
+                            .find(|d| d.call_id == call_id && d.our_tag == tag)
+                    })
                     .map(|d| {
                         d.cseq += 1;
                         d.message(
@@ -598,6 +631,29 @@ impl ImService {
             }
         });
         message_id
+    }
+
+    /// One endpoint's chat session with `conf` is over: its dialog goes, and the user leaves
+    /// the chat when it was their last endpoint in it.
+    pub(crate) fn drop_endpoint(&self, conf: &str, who: &str, call_id: &str) {
+        let last = {
+            let mut dialogs = self.member_dialogs.lock();
+            let key = (conf.to_owned(), who.to_owned());
+            match dialogs.get_mut(&key) {
+                Some(ds) => {
+                    ds.retain(|d| d.call_id != call_id);
+                    let empty = ds.is_empty();
+                    if empty {
+                        dialogs.remove(&key);
+                    }
+                    empty
+                }
+                None => false,
+            }
+        };
+        if last {
+            self.leave_conference(conf, who);
+        }
     }
 
     /// Puts `who` in the conference (again); tells the others and the roster watchers.
@@ -688,9 +744,12 @@ impl ImService {
         }
         conf.focus.saw(from);
         let our_tag = dialog.our_tag.clone();
+        // One entry per endpoint of the user (MPOP): each has its own session.
         self.member_dialogs
             .lock()
-            .insert((to.to_owned(), from.to_owned()), dialog);
+            .entry((to.to_owned(), from.to_owned()))
+            .or_default()
+            .push(dialog);
         self.join(to, conf, from);
         let sdp = format!("v=0\r\no=- 0 0 IN IP4 0.0.0.0\r\ns=group chat\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\nm=message 5060 sip {to}\r\n");
         ServiceAnswer {
@@ -701,25 +760,26 @@ impl ImService {
         }
     }
 
-    /// BYE in a member's session with the conference: they leave.
+    /// BYE in a member's session with the conference: that endpoint leaves the chat (the
+    /// user, when it was their last).
     pub(crate) fn conference_bye(&self, msg: &Message, from: &str, to: &str) -> ServiceAnswer {
+        let call_id = msg.call_id().unwrap_or("");
         let known = self
             .member_dialogs
             .lock()
             .get(&(to.to_owned(), from.to_owned()))
-            .is_some_and(|d| Some(d.call_id.as_str()) == msg.call_id());
+            .is_some_and(|ds| ds.iter().any(|d| d.call_id == call_id));
         if !known {
-            // Leaving the focus first (a Lync client's BYE order) already took them out
-            // of the chat: this BYE ends nothing more, and is no error.
-            let already_left = self.conferences.lock().get(to).is_some_and(|c| {
-                c.conv
-                    .participants
-                    .get(from)
-                    .is_some_and(|p| p.left_at_ms.is_some())
-            });
-            return ServiceAnswer::status(if already_left { 200 } else { 481 });
+            // Leaving the focus first (a Lync client's BYE order) already took this
+            // endpoint out of the chat: this BYE ends nothing more, and is no error.
+            let was_in = self
+                .conferences
+                .lock()
+                .get(to)
+                .is_some_and(|c| c.conv.participants.contains_key(from));
+            return ServiceAnswer::status(if was_in { 200 } else { 481 });
         }
-        self.leave_conference(to, from);
+        self.drop_endpoint(to, from, call_id);
         ServiceAnswer::status(200)
     }
 

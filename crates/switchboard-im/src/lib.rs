@@ -180,8 +180,9 @@ pub struct ImService {
     ended_dialogs: Mutex<HashMap<String, Instant>>,
     /// Conferences by their AoR.
     conferences: Mutex<HashMap<String, conference::Conference>>,
-    /// Members' session-mode dialogs, by (conference AoR, member AoR).
-    member_dialogs: Mutex<HashMap<(String, String), conference::MemberDialog>>,
+    /// Members' session-mode dialogs, by (conference AoR, member AoR): one per endpoint
+    /// the member is in the chat from (never an empty list).
+    member_dialogs: Mutex<HashMap<(String, String), Vec<conference::MemberDialog>>>,
     /// Lync sessions the service answers for pager-only users, by Call-ID.
     bridges: Mutex<HashMap<String, bridge::Bridge>>,
     users: Arc<UserDirectory>,
@@ -761,7 +762,7 @@ impl ImHook for ImService {
             && c3p::part_of(msg) == c3p::Part::Chat
         {
             if let Some(conf) = self.conferences.lock().get_mut(to) {
-                self.replay_held(to, conf, from);
+                self.replay_held(to, conf, from, msg.call_id().unwrap_or(""));
             }
         }
     }

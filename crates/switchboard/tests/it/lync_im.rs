@@ -774,3 +774,85 @@ async fn standard_user_brings_lync_users_into_a_conference() {
         }
     }
 }
+
+/// A user in a conference from two Lync endpoints (MPOP): each endpoint has its own focus
+/// and chat sessions; both get what others write, each gets a copy of what the other
+/// wrote; one endpoint leaving leaves the user in the chat on the other.
+#[tokio::test]
+async fn one_user_in_a_conference_from_two_endpoints() {
+    let s = TestServer::start(&["alice", "bob"]).await;
+    let (mut desk, mut d_sa) = lync_client(&s, "alice").await;
+    let (mut laptop, mut l_sa) = lync_client(&s, "alice").await;
+    let (mut bob, mut b_sa) = lync_client(&s, "bob").await;
+    let me = desk.aor();
+    let factory = "sip:switchboard@example.com;gruu;opaque=app:conf:focusfactory";
+    let add = with_body(
+        fresh(&mut desk, "SERVICE", factory, factory),
+        "application/cccp+xml",
+        &cccp("addConference", factory, &me, ""),
+    );
+    let r = signed(&mut desk, &mut d_sa, add).await;
+    let focus = body(&r)
+        .path("addConference/conference-info")
+        .and_then(|c| c.attr("entity").map(str::to_owned))
+        .unwrap();
+    let conf_aor = focus.split(';').next().unwrap().to_owned();
+    let (d_focus, d_focus_ok, d_chat, d_answer) = join(&mut desk, &mut d_sa, &focus, None).await;
+    let mcu = d_chat.request_uri().unwrap().to_string();
+    let (_, _, l_chat, l_answer) = join(&mut laptop, &mut l_sa, &focus, Some(&mcu)).await;
+    let (_, _, b_chat, b_answer) = join(&mut bob, &mut b_sa, &focus, Some(&mcu)).await;
+
+    // bob writes: both of alice's endpoints get it.
+    let msg = with_body(
+        in_dialog(&mut bob, &b_chat, &b_answer, "MESSAGE"),
+        "text/plain",
+        "to both of you",
+    );
+    assert_eq!(status(&signed(&mut bob, &mut b_sa, msg).await), 200);
+    for (c, sa) in [(&mut desk, &d_sa), (&mut laptop, &l_sa)] {
+        let got = next_request(c, is("MESSAGE"), Some(200)).await;
+        sa.check(&got);
+        assert_eq!(&got.body[..], b"to both of you");
+    }
+    // alice writes from her desk: bob gets it, and her laptop a copy.
+    let msg = with_body(
+        in_dialog(&mut desk, &d_chat, &d_answer, "MESSAGE"),
+        "text/plain",
+        "from the desk",
+    );
+    assert_eq!(status(&signed(&mut desk, &mut d_sa, msg).await), 200);
+    for (c, sa, call_id) in [
+        (&mut bob, &b_sa, b_chat.call_id().unwrap()),
+        (&mut laptop, &l_sa, l_chat.call_id().unwrap()),
+    ] {
+        let got = next_request(c, is("MESSAGE"), Some(200)).await;
+        sa.check(&got);
+        assert_eq!(&got.body[..], b"from the desk");
+        assert_eq!(got.call_id(), Some(call_id));
+    }
+
+    // The desk leaves (focus, then chat); alice is still in the chat on her laptop.
+    let bye = in_dialog(&mut desk, &d_focus, &d_focus_ok, "BYE");
+    assert_eq!(status(&signed(&mut desk, &mut d_sa, bye).await), 200);
+    let bye = in_dialog(&mut desk, &d_chat, &d_answer, "BYE");
+    assert_eq!(status(&signed(&mut desk, &mut d_sa, bye).await), 200);
+    let members = s.server.im.conference_members(&conf_aor).unwrap();
+    assert!(members.contains(&me), "{members:?}");
+    let msg = with_body(
+        in_dialog(&mut bob, &b_chat, &b_answer, "MESSAGE"),
+        "text/plain",
+        "still there?",
+    );
+    assert_eq!(status(&signed(&mut bob, &mut b_sa, msg).await), 200);
+    let got = next_request(&mut laptop, is("MESSAGE"), Some(200)).await;
+    assert_eq!(&got.body[..], b"still there?");
+    // And the laptop writes on.
+    let msg = with_body(
+        in_dialog(&mut laptop, &l_chat, &l_answer, "MESSAGE"),
+        "text/plain",
+        "yes",
+    );
+    assert_eq!(status(&signed(&mut laptop, &mut l_sa, msg).await), 200);
+    let got = next_request(&mut bob, is("MESSAGE"), Some(200)).await;
+    assert_eq!(&got.body[..], b"yes");
+}
