@@ -228,7 +228,7 @@ impl PresenceService {
             .contacts
             .contacts
             .iter()
-            .filter(|c| c.relationship != Relationship::Blocked || !c.groups.is_empty())
+            .filter(|c| c.listed)
             .map(|c| {
                 let mut ids: Vec<u32> = c.groups.iter().filter_map(|g| id_of(g)).collect();
                 if ids.is_empty() {
@@ -587,10 +587,8 @@ impl PresenceService {
                 // Taken out of a container: back to what the domains imply.
                 (false, _) => default,
             };
-            if let Err(e) = self
-                .store
-                .add_contact(owner, user, None, Some(rel), default, now)
-            {
+            // A relationship, not a place on the list (MS-PRES §3.7.4.1).
+            if let Err(e) = self.store.set_relationship(owner, user, rel, default, now) {
                 tracing::warn!(error = %e, "cannot store a container member");
                 return ServiceAnswer::status(500);
             }

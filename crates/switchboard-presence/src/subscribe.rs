@@ -392,6 +392,7 @@ impl PresenceService {
                         .contacts
                         .contacts
                         .iter()
+                        .filter(|c| c.listed)
                         .map(|c| format!("sip:{}", c.contact))
                         .collect()
                 }),
@@ -521,6 +522,7 @@ impl PresenceService {
             .contacts
             .contacts
             .iter()
+            .filter(|c| c.listed)
             .map(|c| format!("sip:{}", c.contact))
             .collect();
         let Some(list) = st.subs.get_mut(&id).and_then(|s| s.list.as_mut()) else {

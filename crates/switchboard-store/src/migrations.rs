@@ -126,6 +126,9 @@ const MIGRATIONS: &[&str] = &[
         BEGIN UPDATE users_version SET version = version + 1 WHERE id = 1; END;
     CREATE TRIGGER users_changed_delete AFTER DELETE ON users
         BEGIN UPDATE users_version SET version = version + 1 WHERE id = 1; END;",
+    // 5: a relationship without a place on the list (a user blocked, or put in a
+    // container, without being added as a contact: MS-PRES §3.7.4.1).
+    "ALTER TABLE contacts ADD COLUMN listed INTEGER NOT NULL DEFAULT 1;",
 ];
 
 pub(crate) fn apply(conn: &Connection) -> Result<(), StoreError> {

@@ -86,6 +86,14 @@ pub struct ContactEntry {
     /// Names of the groups it is in (possibly none).
     pub groups: Vec<String>,
     pub added_at_ms: i64,
+    /// On the list the owner sees. `false`: the owner only gave this user a relationship
+    /// (blocked them, or put them in a container) without adding them as a contact.
+    #[serde(default = "listed_by_default")]
+    pub listed: bool,
+}
+
+fn listed_by_default() -> bool {
+    true
 }
 
 /// A contact list: its groups and contacts, and a version bumped by every change.
@@ -187,7 +195,8 @@ impl PresenceStore {
             "SELECT c.contact, c.relationship, c.added_at_ms,
                     (SELECT group_concat(g.name, char(31)) FROM contact_group_members m
                        JOIN contact_groups g ON g.id = m.group_id
-                      WHERE m.owner = c.owner AND m.contact = c.contact)
+                      WHERE m.owner = c.owner AND m.contact = c.contact),
+                    c.listed
                FROM contacts c WHERE c.owner = ?1 ORDER BY c.contact",
         )?;
         let rows = stmt.query_map([owner], |r| {
@@ -196,11 +205,12 @@ impl PresenceStore {
                 r.get::<_, String>(1)?,
                 r.get::<_, i64>(2)?,
                 r.get::<_, Option<String>>(3)?,
+                r.get::<_, bool>(4)?,
             ))
         })?;
         let mut contacts = Vec::new();
         for row in rows {
-            let (contact, rel, added_at_ms, groups) = row?;
+            let (contact, rel, added_at_ms, groups, listed) = row?;
             contacts.push(ContactEntry {
                 contact,
                 relationship: rel.parse().unwrap_or(Relationship::Colleagues),
@@ -208,6 +218,7 @@ impl PresenceStore {
                     .map(|g| g.split('\u{1f}').map(str::to_owned).collect())
                     .unwrap_or_default(),
                 added_at_ms,
+                listed,
             });
         }
         Ok(ContactList {
@@ -256,8 +267,8 @@ impl PresenceStore {
             .or_else(|| existing.as_deref().and_then(|r| r.parse().ok()))
             .unwrap_or(default);
         tx.execute(
-            "INSERT INTO contacts (owner, contact, relationship, added_at_ms) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (owner, contact) DO UPDATE SET relationship = excluded.relationship",
+            "INSERT INTO contacts (owner, contact, relationship, added_at_ms, listed) VALUES (?1, ?2, ?3, ?4, 1)
+             ON CONFLICT (owner, contact) DO UPDATE SET relationship = excluded.relationship, listed = 1",
             params![owner, contact, rel.as_str(), now_ms],
         )?;
         if let Some(g) = group {
@@ -283,6 +294,38 @@ impl PresenceStore {
             .into_iter()
             .find(|c| c.contact == contact)
             .expect("just written"))
+    }
+
+    /// Gives `contact` the relationship `rel` without putting them on `owner`'s list (a
+    /// Lync client's `setContainerMembers`, MS-PRES §3.7.4.1); a contact on the list keeps
+    /// its place. An entry off the list that is back at `default` is forgotten.
+    pub fn set_relationship(
+        &self,
+        owner: &str,
+        contact: &str,
+        rel: Relationship,
+        default: Relationship,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.edit_list(owner, now_ms, |tx| {
+            if rel == default {
+                let n = tx.execute(
+                    "DELETE FROM contacts WHERE owner = ?1 AND contact = ?2 AND listed = 0",
+                    [owner, contact],
+                )?;
+                if n > 0 {
+                    return Ok(((), true));
+                }
+            }
+            let n = tx.execute(
+                "INSERT INTO contacts (owner, contact, relationship, added_at_ms, listed)
+                 VALUES (?1, ?2, ?3, ?4, 0)
+                 ON CONFLICT (owner, contact) DO UPDATE SET relationship = excluded.relationship
+                 WHERE relationship != excluded.relationship",
+                params![owner, contact, rel.as_str(), now_ms],
+            )?;
+            Ok(((), n > 0))
+        })
     }
 
     /// Runs one edit of `owner`'s contact list in a transaction; when `edit` says it
@@ -660,6 +703,47 @@ mod tests {
             s.contact_groups("a@x").unwrap(),
             [(pals, "Friends".to_owned())]
         );
+    }
+
+    #[test]
+    fn relationships_off_the_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = PresenceStore::open(dir.path()).unwrap();
+        let (blocked, colleagues) = (Relationship::Blocked, Relationship::Colleagues);
+        s.set_relationship("a@x", "e@y", blocked, colleagues, 1)
+            .unwrap();
+        let list = s.contact_list("a@x").unwrap();
+        assert_eq!(list.contacts.len(), 1);
+        assert!(!list.contacts[0].listed);
+        assert_eq!(s.relationship("a@x", "e@y").unwrap(), Some(blocked));
+        // Back to the default: forgotten.
+        s.set_relationship("a@x", "e@y", colleagues, colleagues, 2)
+            .unwrap();
+        assert!(s.contact_list("a@x").unwrap().contacts.is_empty());
+        // A listed contact keeps its place whatever its relationship.
+        s.add_contact("a@x", "b@x", None, None, colleagues, 3)
+            .unwrap();
+        s.set_relationship("a@x", "b@x", blocked, colleagues, 4)
+            .unwrap();
+        s.set_relationship("a@x", "b@x", colleagues, colleagues, 5)
+            .unwrap();
+        let list = s.contact_list("a@x").unwrap();
+        assert_eq!(list.contacts.len(), 1);
+        assert!(list.contacts[0].listed);
+        // Adding someone who had only a relationship lists them, keeping it.
+        s.set_relationship("a@x", "e@y", blocked, colleagues, 6)
+            .unwrap();
+        s.add_contact("a@x", "e@y", None, None, colleagues, 7)
+            .unwrap();
+        let e = s
+            .contact_list("a@x")
+            .unwrap()
+            .contacts
+            .into_iter()
+            .find(|c| c.contact == "e@y")
+            .unwrap();
+        assert!(e.listed);
+        assert_eq!(e.relationship, blocked);
     }
 
     #[test]

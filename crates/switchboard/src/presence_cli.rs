@@ -148,11 +148,18 @@ pub(crate) fn contacts(data_dir: &Path, cmd: ContactsCommand) -> Result<()> {
                 println!("{owner} has no contacts");
             }
             for c in &list.contacts {
+                // A relationship given without adding the user (a Lync client blocking
+                // someone, or putting them in a container).
+                let place = if c.listed {
+                    c.groups.join(", ")
+                } else {
+                    "(not on the list)".to_owned()
+                };
                 println!(
                     "{:<32} {:<11} {}",
                     c.contact,
                     c.relationship.as_str(),
-                    c.groups.join(", ")
+                    place
                 );
             }
         }

@@ -429,3 +429,79 @@ async fn replayed_signed_request_is_refused() {
     c.send(&replay).await;
     assert_eq!(status(&c.final_response().await), 401);
 }
+
+/// MS-PRES §3.7.4.1: a Lync client blocking someone who is not on its contact list
+/// (setContainerMembers, container 32000) gives them that relationship (they see the
+/// user offline) without adding them to the list; taking them out of the container
+/// forgets them again.
+#[tokio::test]
+async fn blocking_a_stranger_does_not_list_them() {
+    let s = TestServer::start(&["alice", "carol"]).await;
+    let mut c = s.client(Transport::Tcp, "alice").await;
+    let (ok, sa) = sign_in(&mut c, "pw-alice").await;
+    assert_eq!(status(&ok), 200);
+    let (session, opaque, targetname) = sa.unwrap();
+    let mut sa = Association {
+        session,
+        opaque,
+        targetname,
+        cnum: 1,
+    };
+    let me = c.aor();
+    let set = |c: &mut Client, sa: &mut Association, action: &str| {
+        let mut m = c.request("SERVICE", &me, &me);
+        m.headers.push(
+            HeaderName::ContentType,
+            "application/msrtc-setcontainermembers+xml",
+        );
+        m.body = format!(
+            "<setContainerMembers xmlns=\"http://schemas.microsoft.com/2006/09/sip/container-management\"><container id=\"32000\" version=\"0\"><member action=\"{action}\" type=\"user\" value=\"carol@example.com\"/></container></setContainerMembers>"
+        )
+        .into_bytes()
+        .into();
+        sa.sign(&mut m);
+        m
+    };
+    let block = set(&mut c, &mut sa, "add");
+    c.send(&block).await;
+    assert_eq!(status(&c.final_response().await), 200);
+    let store = switchboard_store::PresenceStore::open(&s.data_dir()).unwrap();
+    let list = store.contact_list("alice@example.com").unwrap();
+    assert_eq!(list.contacts.len(), 1);
+    assert_eq!(
+        list.contacts[0].relationship,
+        switchboard_store::Relationship::Blocked
+    );
+    assert!(!list.contacts[0].listed, "a relationship, not a contact");
+    let seen = s
+        .server
+        .presence
+        .view("sip:alice@example.com", Some("sip:carol@example.com"));
+    assert_eq!(
+        seen.availability.as_str(),
+        "offline",
+        "blocked sees offline"
+    );
+
+    // The Lync contact list does not show her.
+    let mut m = c.request("SUBSCRIBE", &me, &me);
+    m.headers
+        .push(HeaderName::Event, "vnd-microsoft-roaming-contacts");
+    m.headers
+        .push(HeaderName::Supported, "ms-piggyback-first-notify");
+    sa.sign(&mut m);
+    c.send(&m).await;
+    let r = c.final_response().await;
+    assert_eq!(status(&r), 200);
+    let doc = msrtc::tree::parse(&r.body).unwrap();
+    assert_eq!(doc.children_named("contact").count(), 0, "{r}");
+
+    let unblock = set(&mut c, &mut sa, "remove");
+    c.send(&unblock).await;
+    assert_eq!(status(&c.final_response().await), 200);
+    assert!(store
+        .contact_list("alice@example.com")
+        .unwrap()
+        .contacts
+        .is_empty());
+}
