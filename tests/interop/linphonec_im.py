@@ -14,7 +14,7 @@ from baresip_im import Baresip
 
 
 class Linphonec:
-    def __init__(self, workdir, user, server, publish=False, friends=()):
+    def __init__(self, workdir, user, server, publish=False, friends=(), domain='127.0.0.1'):
         self.home = os.path.join(workdir, 'lp-' + user)
         os.makedirs(os.path.join(self.home, '.local/share/linphone'), exist_ok=True)  # its chat database
         rc = os.path.join(self.home, 'linphonerc')
@@ -26,9 +26,9 @@ class Linphonec:
                 'default_proxy=0', '[rtp]', 'audio_rtp_port=%d' % rtp, 'video_rtp_port=%d' % (rtp + 2),
                 '[proxy_0]', 'reg_proxy=<sip:127.0.0.1:%d;transport=udp>' % server.port,
                 'reg_route=<sip:127.0.0.1:%d;transport=udp;lr>' % server.port,
-                'reg_identity=sip:%s@127.0.0.1' % user, 'reg_expires=600', 'reg_sendregister=1', 'publish=%d' % publish, 'publish_expires=600',
-                '[auth_info_0]', 'username=%s' % user, 'passwd=pw-%s' % user, 'realm=127.0.0.1', 'domain=127.0.0.1']
-                + sum((['[friend_%d]' % i, 'url="%s" <sip:%s@127.0.0.1>' % (f, f), 'pol=accept', 'subscribe=1']
+                'reg_identity=sip:%s@%s' % (user, domain), 'reg_expires=600', 'reg_sendregister=1', 'publish=%d' % publish, 'publish_expires=600',
+                '[auth_info_0]', 'username=%s' % user, 'passwd=pw-%s' % user, 'realm=%s' % domain, 'domain=%s' % domain]
+                + sum((['[friend_%d]' % i, 'url="%s" <sip:%s@%s>' % (f, f, domain), 'pol=accept', 'subscribe=1']
                        for i, f in enumerate(friends)), []) + ['']))
         self.lines = queue.Queue()
         self.seen = []

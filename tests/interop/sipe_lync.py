@@ -6,8 +6,8 @@ both NTLM-signed) and a baresip user (carol, standard SIP) on one Switchboard.
 - alice sees bob's presence change: available, busy as bob's client publishes it, and offline
   when bob signs off; and carol's, published as PIDF by baresip: available, in a meeting from
   the server's calendar, away as set by hand on the server, in the meeting again once cleared;
-- alice publishes her own state (busy) and carol's baresip, a standard client watching her
-  with PIDF, sees it;
+- alice publishes her own state (busy) and two standard clients watching her with PIDF see it:
+  carol's baresip and dave's linphonec;
 - IM both ways between the two sipe users (session mode, INVITE with the first message in
   ms-text-format), and carol's pager-mode MESSAGE reaches alice;
 - the CDR holds the sipe-to-sipe session with each side's message count.
@@ -24,6 +24,7 @@ sys.path.insert(0, HERE)
 from sbtest import Results, Server, stop_all, cdr_sessions, message_counts
 from sipe import Sipe
 from baresip_im import Baresip
+from linphonec_im import Linphonec
 from presence import wait_status
 
 DOMAIN = 'example.test'
@@ -69,7 +70,7 @@ def iso(dt):
 
 def main():
     r = Results('lync')
-    server = Server(['alice', 'bob', 'carol'], domain=DOMAIN)
+    server = Server(['alice', 'bob', 'carol', 'dave'], domain=DOMAIN)
     server.cli('contacts', 'add', 'alice@' + DOMAIN, 'bob@' + DOMAIN, '--group', 'Team')
     server.cli('contacts', 'add', 'alice@' + DOMAIN, 'carol@' + DOMAIN)
     server.cli('contacts', 'add', 'bob@' + DOMAIN, 'alice@' + DOMAIN)
@@ -104,6 +105,9 @@ def main():
                         domain=DOMAIN)
         clients.append(carol)
         r.check('baresip carol registers', carol.registered())
+        dave = Linphonec(server.dir, 'dave', server, friends=['alice'], domain=DOMAIN)
+        clients.append(dave)
+        r.check('linphonec dave registers', dave.registered())
 
         # bob's presence as alice sees it, as his Lync client publishes it.
         ok, seen = wait_away(alice, 'sipbob', None, timeout=20)
@@ -134,6 +138,8 @@ def main():
         alice.send('AWAY :Busy')
         ok, seen = wait_status(carol, 'alice', 'Busy', domain=DOMAIN)
         r.check("carol's baresip sees alice busy as alice's client published it", ok, str(seen))
+        m = dave.wait(r'Friend .*alice@%s.* is (Busy.*)$' % re.escape(DOMAIN), 10)
+        r.check("dave's linphonec sees alice busy too", bool(m), m.group(0) if m else str(dave.seen[-5:]))
         alice.send('AWAY')
 
         # IM between the two Lync clients, both ways, and from the standard client.
