@@ -35,9 +35,8 @@ pub(crate) fn lync_style(invite: &Message) -> bool {
         .is_some()
         || invite
             .headers
-            .get_all(&HeaderName::Supported)
-            .flat_map(|v| v.split(','))
-            .any(|o| o.trim().eq_ignore_ascii_case("ms-sender"))
+            .values(&HeaderName::Supported)
+            .any(|o| o.eq_ignore_ascii_case("ms-sender"))
 }
 
 /// Reads `ms-text-format: text/plain; charset=UTF-8; msgr=…; ms-body=<base64>` into the

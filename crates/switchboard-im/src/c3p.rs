@@ -664,9 +664,8 @@ impl MemberDialog {
             .map(|c| c.uri.to_string())?;
         let ms_sender = msg
             .headers
-            .get_all(&HeaderName::Supported)
-            .flat_map(|v| v.split(','))
-            .any(|o| o.trim().eq_ignore_ascii_case("ms-sender"));
+            .values(&HeaderName::Supported)
+            .any(|o| o.eq_ignore_ascii_case("ms-sender"));
         Some(MemberDialog {
             call_id: call_id.to_owned(),
             our_tag: format!("{:016x}", rand::random::<u64>()),

@@ -580,7 +580,9 @@ impl ImService {
                 .and_then(|ds| ds.iter().find(|d| d.call_id == came_on && d.ms_sender))
                 .map(|d| (d.call_id.clone(), d.our_tag.clone()))
         };
-        let Some(me) = self.me.upgrade() else {
+        // Pager members were handed to `say`; only session deliveries have outcomes to
+        // wait for.
+        let Some(me) = self.me.upgrade().filter(|_| !pending.is_empty()) else {
             return message_id;
         };
         let id = message_id.clone();

@@ -631,9 +631,8 @@ impl ImHook for ImService {
         // MESSAGE, counted then.
         let took_first = answer
             .headers
-            .get_all(&HeaderName::Supported)
-            .flat_map(|v| v.split(','))
-            .any(|o| o.trim().eq_ignore_ascii_case("ms-text-format"));
+            .values(&HeaderName::Supported)
+            .any(|o| o.eq_ignore_ascii_case("ms-text-format"));
         let first = invite
             .headers
             .get(&HeaderName::from_wire("ms-text-format"))
