@@ -365,7 +365,12 @@ impl crate::Core {
 
     /// From now on, messages over `connection` are signed on association `opaque`.
     pub(crate) fn bind_association(&self, connection: ConnectionId, opaque: &str) {
-        self.sa_flows.write().insert(connection, opaque.to_owned());
+        let replaced = self.sa_flows.write().insert(connection, opaque.to_owned());
+        // A re-authentication (MS-SIPAE §3.2.2) supersedes the connection's old
+        // association: it signs and verifies nothing any more.
+        if let Some(old) = replaced.filter(|o| o != opaque) {
+            self.ntlm.lock().remove(&old);
+        }
     }
 
     /// The connection closed: its association ends with it (the client signs in again

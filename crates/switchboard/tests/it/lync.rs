@@ -505,3 +505,48 @@ async fn blocking_a_stranger_does_not_list_them() {
         .contacts
         .is_empty());
 }
+
+/// MS-SIPAE §3.2.2: a client re-authenticates before its association expires by running
+/// the handshake again on the same connection; from then on the new association signs
+/// and verifies, and the old one no longer does.
+#[tokio::test]
+async fn re_authentication_replaces_the_association() {
+    let s = TestServer::start(&["alice"]).await;
+    let mut c = s.client(Transport::Tcp, "alice").await;
+    let (ok, first) = sign_in(&mut c, "pw-alice").await;
+    assert_eq!(status(&ok), 200);
+    let (again, second) = sign_in(&mut c, "pw-alice").await;
+    assert_eq!(status(&again), 200, "{again}");
+    let assoc = |sa: Option<(ntlm::Session, String, String)>| {
+        let (session, opaque, targetname) = sa.unwrap();
+        Association {
+            session,
+            opaque,
+            targetname,
+            cnum: 1,
+        }
+    };
+    let (mut old, mut new) = (assoc(first), assoc(second));
+    assert_ne!(old.opaque, new.opaque);
+    let me = c.aor();
+    let mut m = c.request("SUBSCRIBE", &me, &me);
+    m.headers
+        .push(HeaderName::Event, "vnd-microsoft-roaming-contacts");
+    new.sign(&mut m);
+    c.send(&m).await;
+    let r = c.final_response().await;
+    assert_eq!(status(&r), 200, "{r}");
+    new.check(&r);
+    // Still registered once: the same binding, refreshed.
+    assert_eq!(s.server.core.location().counts(), (1, 1));
+    let mut m = c.request("SUBSCRIBE", &me, &me);
+    m.headers
+        .push(HeaderName::Event, "vnd-microsoft-roaming-contacts");
+    old.sign(&mut m);
+    c.send(&m).await;
+    assert_eq!(
+        status(&c.final_response().await),
+        401,
+        "the old association is gone"
+    );
+}
