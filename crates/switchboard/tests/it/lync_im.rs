@@ -856,3 +856,106 @@ async fn one_user_in_a_conference_from_two_endpoints() {
     let got = next_request(&mut bob, is("MESSAGE"), Some(200)).await;
     assert_eq!(&got.body[..], b"yes");
 }
+
+/// Bad conference requests get clear errors: a body that is not C3P (415), C3P that does
+/// not parse (400), a focus that does not exist (404), someone joining in another's name
+/// (403), INFO from outside the conference (481), an unparsable or unknown invitation
+/// (400, 404), and an invitation from someone not in the conference (403).
+#[tokio::test]
+async fn bad_conference_requests_get_clear_errors() {
+    let s = TestServer::start(&["alice", "bob", "carol"]).await;
+    let (mut alice, mut a_sa) = lync_client(&s, "alice").await;
+    let (mut bob, mut b_sa) = lync_client(&s, "bob").await;
+    let mut carol = s.client(Transport::Tcp, "carol").await;
+    assert_eq!(status(&carol.register(None).await), 200);
+    let me = alice.aor();
+    let factory = "sip:switchboard@example.com;gruu;opaque=app:conf:focusfactory";
+
+    let m = with_body(
+        fresh(&mut alice, "SERVICE", factory, factory),
+        "text/plain",
+        "addConference please",
+    );
+    let r = signed(&mut alice, &mut a_sa, m).await;
+    assert_eq!(status(&r), 415, "{r}");
+    assert_eq!(
+        r.headers.get(&HeaderName::Accept),
+        Some("application/cccp+xml")
+    );
+    let m = with_body(
+        fresh(&mut alice, "SERVICE", factory, factory),
+        "application/cccp+xml",
+        "<request><addConference",
+    );
+    assert_eq!(status(&signed(&mut alice, &mut a_sa, m).await), 400);
+
+    let nowhere = "sip:chat-00000000@example.com;gruu;opaque=app:conf:focus:id:00000000";
+    let add_user = |who: &str, focus: &str| {
+        cccp(
+            "addUser",
+            focus,
+            who,
+            &format!("<conferenceKeys confEntity=\"{focus}\"/><ci:user xmlns:ci=\"urn:ietf:params:xml:ns:conference-info\" entity=\"{who}\"/>"),
+        )
+    };
+    let m = with_body(
+        fresh(&mut alice, "INVITE", nowhere, nowhere),
+        "application/cccp+xml",
+        &add_user(&me, nowhere),
+    );
+    assert_eq!(status(&signed(&mut alice, &mut a_sa, m).await), 404);
+
+    // A real conference, which alice joins.
+    let add = with_body(
+        fresh(&mut alice, "SERVICE", factory, factory),
+        "application/cccp+xml",
+        &cccp("addConference", factory, &me, ""),
+    );
+    let r = signed(&mut alice, &mut a_sa, add).await;
+    let focus = body(&r)
+        .path("addConference/conference-info")
+        .and_then(|c| c.attr("entity").map(str::to_owned))
+        .unwrap();
+    join(&mut alice, &mut a_sa, &focus, None).await;
+
+    // bob may not join as alice, nor steer a conference he is not in.
+    let m = with_body(
+        fresh(&mut bob, "INVITE", &focus, &focus),
+        "application/cccp+xml",
+        &add_user(&me, &focus),
+    );
+    assert_eq!(status(&signed(&mut bob, &mut b_sa, m).await), 403);
+    let mut info = with_body(
+        fresh(&mut bob, "INFO", &focus, &focus),
+        "application/cccp+xml",
+        &cccp(
+            "modifyConferenceLock",
+            &focus,
+            &bob.aor(),
+            "<locked>true</locked>",
+        ),
+    );
+    info.headers
+        .set(HeaderName::To, format!("<{focus}>;tag=not-a-dialog"));
+    assert_eq!(status(&signed(&mut bob, &mut b_sa, info).await), 481);
+
+    // Invitations: unparsable, to a conference that does not exist, from an outsider.
+    let invite = |c: &mut Client, to: &str, body: &str| {
+        with_body(
+            fresh(c, "INVITE", to, to),
+            "application/ms-conf-invite+xml",
+            body,
+        )
+    };
+    let carol_aor = carol.aor();
+    let m = invite(&mut alice, &carol_aor, "<Conferencing");
+    assert_eq!(status(&signed(&mut alice, &mut a_sa, m).await), 400);
+    let m = invite(
+        &mut alice,
+        &carol_aor,
+        &msrtc::cccp::conf_invite(nowhere, "x"),
+    );
+    assert_eq!(status(&signed(&mut alice, &mut a_sa, m).await), 404);
+    let m = invite(&mut bob, &carol_aor, &msrtc::cccp::conf_invite(&focus, "x"));
+    assert_eq!(status(&signed(&mut bob, &mut b_sa, m).await), 403);
+}
