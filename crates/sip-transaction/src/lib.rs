@@ -60,6 +60,12 @@ impl Default for Timers {
 pub trait OutboundSigner: Send + Sync + 'static {
     /// A signed copy of `msg` for `target`, or `None` when it goes out as it is.
     fn sign(&self, target: &Target, msg: &Message) -> Option<Message>;
+    /// Whether a response that arrived over `source` may be taken. On a security
+    /// association the client signs its responses too (MS-SIPAE §3.3.5.2); one whose
+    /// signature fails is dropped here, as if it had been lost.
+    fn accept_response(&self, _source: &Source, _msg: &Message) -> bool {
+        true
+    }
 }
 
 /// What the transaction user (the proxy/registrar core) receives.
@@ -305,6 +311,11 @@ impl Handler for TransactionLayer {
                 })
             }
             None => {
+                if let Some(signer) = self.inner.signer.get() {
+                    if !signer.accept_response(&source, &message) {
+                        return None;
+                    }
+                }
                 let via = message.top_via().ok()?;
                 let Some(branch) = via.branch() else {
                     return tu.on_stray_response(Inbound { message, source });

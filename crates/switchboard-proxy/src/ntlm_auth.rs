@@ -17,6 +17,7 @@
 //! the association is dropped (MS-SIPAE §3.2.5.2, §3.3.5.2).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -40,7 +41,8 @@ pub(crate) enum SecurityAssociation {
         since: Instant,
     },
     Established {
-        session: ntlm::Session,
+        /// Shared so that signing and checking run outside the associations' lock.
+        session: Arc<ntlm::Session>,
         user: Address,
         since: Instant,
         /// The server's message counter (`snum`).
@@ -297,7 +299,7 @@ impl crate::Core {
                 sas.insert(
                     opaque.clone(),
                     SecurityAssociation::Established {
-                        session,
+                        session: Arc::new(session),
                         user: address.clone(),
                         since: now,
                         snum: 0,
@@ -333,18 +335,22 @@ impl crate::Core {
     /// Signs `msg` on association `opaque` (`Authentication-Info`, MS-SIPAE §3.2.5.2);
     /// false when the association is gone.
     pub(crate) fn ntlm_sign(&self, opaque: &str, msg: &mut Message) -> bool {
-        let mut sas = self.ntlm.lock();
-        let Some(SecurityAssociation::Established {
-            session,
-            snum,
-            targetname,
-            version,
-            ..
-        }) = sas.get_mut(opaque)
-        else {
-            return false;
+        // The counter moves under the lock; the signature is made outside it.
+        let (session, snum, targetname, version) = {
+            let mut sas = self.ntlm.lock();
+            let Some(SecurityAssociation::Established {
+                session,
+                snum,
+                targetname,
+                version,
+                ..
+            }) = sas.get_mut(opaque)
+            else {
+                return false;
+            };
+            *snum = snum.wrapping_add(1);
+            (session.clone(), *snum, targetname.clone(), *version)
         };
-        *snum = snum.wrapping_add(1);
         let srand = format!("{:08X}", rand::random::<u32>());
         let snum_s = snum.to_string();
         let ctx = SignatureContext {
@@ -352,10 +358,10 @@ impl crate::Core {
             rand: &srand,
             num: &snum_s,
             realm: NTLM_REALM,
-            targetname,
-            version: *version,
+            targetname: &targetname,
+            version,
         };
-        let rspauth = sipae::server_signature(session, msg, &ctx);
+        let rspauth = sipae::server_signature(&session, msg, &ctx);
         msg.headers.push_front(
             HeaderName::from_wire("Authentication-Info"),
             format!("NTLM rspauth=\"{rspauth}\", srand=\"{srand}\", snum=\"{snum_s}\", opaque=\"{opaque}\", qop=\"auth\", targetname=\"{targetname}\", realm=\"{NTLM_REALM}\""),
@@ -404,52 +410,7 @@ impl crate::Core {
         let Some(opaque) = self.association_of(req) else {
             return SignedRequest::NoAssociation;
         };
-        let msg = &req.message;
-        let valid = ntlm_params(msg).and_then(|creds| {
-            if creds.param("opaque") != Some(opaque.as_str()) {
-                return None;
-            }
-            let (crand, cnum, response) = (
-                creds.param("crand")?,
-                creds.param("cnum")?,
-                creds.param("response")?,
-            );
-            let mut sas = self.ntlm.lock();
-            let Some(SecurityAssociation::Established {
-                session,
-                user,
-                targetname,
-                version,
-                client_num,
-                ..
-            }) = sas.get_mut(&opaque)
-            else {
-                return None;
-            };
-            // MS-SIPAE §3.3.5.2: the client's sequence number only grows (the stream
-            // delivers its requests in order); an old one is a replay.
-            let num: u32 = cnum.parse().ok()?;
-            if num <= *client_num {
-                return None;
-            }
-            let ctx = SignatureContext {
-                protocol: "NTLM",
-                rand: crand,
-                num: cnum,
-                realm: NTLM_REALM,
-                targetname: creds.param("targetname").unwrap_or(targetname),
-                version: creds
-                    .param("version")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(*version),
-            };
-            let ok = sipae::verify_client(session, msg, &ctx, response);
-            if ok {
-                *client_num = num;
-            }
-            ok.then(|| user.clone())
-        });
-        match valid {
+        match self.verify_signed(&opaque, &req.message) {
             Some(user) => SignedRequest::Valid(user),
             None => {
                 if let Some(id) = req.source.connection {
@@ -460,6 +421,68 @@ impl crate::Core {
         }
     }
 
+    /// Checks the client's signature on `msg` (a request or a response) against
+    /// association `opaque`, and that its sequence number moved on: the user it
+    /// authenticates, or `None`.
+    fn verify_signed(&self, opaque: &str, msg: &Message) -> Option<Address> {
+        let creds = ntlm_params(msg)?;
+        if creds.param("opaque") != Some(opaque) {
+            return None;
+        }
+        let (crand, cnum, response) = (
+            creds.param("crand")?,
+            creds.param("cnum")?,
+            creds.param("response")?,
+        );
+        // MS-SIPAE §3.3.5.2: the client's sequence number only grows (one counter for
+        // everything it sends, delivered in order on the stream); an old one is a replay.
+        let num: u32 = cnum.parse().ok()?;
+        let seen_before = |sas: &SecurityAssociations| match sas.get(opaque) {
+            Some(SecurityAssociation::Established { client_num, .. }) => num <= *client_num,
+            _ => true,
+        };
+        let (session, user, targetname, version) = {
+            let sas = self.ntlm.lock();
+            if seen_before(&sas) {
+                return None;
+            }
+            let Some(SecurityAssociation::Established {
+                session,
+                user,
+                targetname,
+                version,
+                ..
+            }) = sas.get(opaque)
+            else {
+                return None;
+            };
+            (session.clone(), user.clone(), targetname.clone(), *version)
+        };
+        // The check itself runs outside the lock.
+        let ctx = SignatureContext {
+            protocol: "NTLM",
+            rand: crand,
+            num: cnum,
+            realm: NTLM_REALM,
+            targetname: creds.param("targetname").unwrap_or(&targetname),
+            version: creds
+                .param("version")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(version),
+        };
+        if !sipae::verify_client(&session, msg, &ctx, response) {
+            return None;
+        }
+        let mut sas = self.ntlm.lock();
+        if seen_before(&sas) {
+            return None;
+        }
+        if let Some(SecurityAssociation::Established { client_num, .. }) = sas.get_mut(opaque) {
+            *client_num = num;
+        }
+        Some(user)
+    }
+
     /// The 401 for a request whose signature failed: the client signs in again.
     pub(crate) fn signature_refused(&self, msg: &Message) -> Message {
         self.ntlm_401(msg, None)
@@ -467,6 +490,33 @@ impl crate::Core {
 }
 
 impl OutboundSigner for crate::Core {
+    /// A response from a client on an association must be signed like its requests; one
+    /// that is not ends the association (the client signs in again) and is dropped.
+    fn accept_response(&self, source: &sip_transport::Source, msg: &Message) -> bool {
+        let Some(id) = source.connection else {
+            return true;
+        };
+        let opaque = {
+            let flows = self.sa_flows.read();
+            if flows.is_empty() {
+                return true;
+            }
+            match flows.get(&id) {
+                Some(o) => o.clone(),
+                None => return true,
+            }
+        };
+        if self.verify_signed(&opaque, msg).is_some() {
+            return true;
+        }
+        tracing::warn!(
+            status = msg.status(),
+            "unsigned or badly signed response on a Lync association; association dropped"
+        );
+        self.connection_gone(id);
+        false
+    }
+
     fn sign(&self, target: &Target, msg: &Message) -> Option<Message> {
         let Target::Connection { id, .. } = target else {
             return None;

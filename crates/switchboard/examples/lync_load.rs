@@ -4,7 +4,8 @@
 //! a session-mode IM dialog (INVITE `m=message`), and the first of each pair then keeps
 //! WINDOW in-dialog MESSAGEs outstanding for SECONDS, every one signed; the second answers
 //! each 200. So each MESSAGE costs the server a signature check, the IM service's
-//! accounting, and two signatures (the request to the callee, the 200 to the caller).
+//! accounting, two signatures (the request to the callee, the 200 to the caller) and the
+//! check of the callee's signed 200.
 //! Prints the MESSAGEs completed per second and the latency percentiles.
 //!
 //! Users `lu<N>a` / `lu<N>b` at DOMAIN with password `pw-lu<N>a` … must exist.
@@ -307,6 +308,8 @@ async fn pair(
     let mut ok = got.response(200, Some("callee"));
     ok.headers
         .push(HeaderName::Contact, format!("<{}>", b.contact()));
+    // A Lync client signs its responses too (MS-SIPAE §3.3.5.2).
+    b.sign(&mut ok);
     b.conn.send(&ok).await?;
     let answer = a.conn.response().await?;
     if answer.status() != Some(200) {
@@ -319,7 +322,8 @@ async fn pair(
     let callee = tokio::spawn(async move {
         while let Ok(m) = b.conn.recv().await {
             if m.is_request() && m.method().is_some_and(|x| x.to_string() != "ACK") {
-                let r = m.response(200, Some("callee"));
+                let mut r = m.response(200, Some("callee"));
+                b.sign(&mut r);
                 if b.conn.send(&r).await.is_err() {
                     break;
                 }

@@ -174,31 +174,66 @@ async fn plain_sip_clients_are_not_offered_ntlm() {
         .all(|v| v.starts_with("Digest")));
 }
 
-/// A client's association: signs its requests and checks the server's signatures.
+/// Signs `m` as a Lync client does: the next `cnum`, `crand`, the NTLM MAC of the
+/// signature input, in Authorization.
+fn sign_with(
+    session: &ntlm::Session,
+    opaque: &str,
+    targetname: &str,
+    counter: &std::sync::atomic::AtomicU32,
+    m: &mut Message,
+) {
+    let cnum = (counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1).to_string();
+    let sig = session.client_signature(
+        100,
+        signature_input(m, &ctx("5eed0001", &cnum, targetname)).as_bytes(),
+    );
+    m.headers.push(
+        HeaderName::Authorization,
+        format!(
+            "NTLM qop=\"auth\", opaque=\"{opaque}\", realm=\"{REALM}\", targetname=\"{targetname}\", crand=\"5eed0001\", cnum=\"{cnum}\", response=\"{}\"",
+            hex::encode_upper(sig)
+        ),
+    );
+}
+
+/// A client's association: signs its requests (and, through the client's response
+/// signer, its responses: one sequence counter for both) and checks the server's signatures.
 pub(crate) struct Association {
     pub(crate) session: ntlm::Session,
     pub(crate) opaque: String,
     pub(crate) targetname: String,
-    pub(crate) cnum: u32,
+    cnum: std::sync::Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl Association {
+    /// The association a sign-in returned; its first signed message (the REGISTER) used
+    /// cnum 1.
+    pub(crate) fn new(sa: Option<(ntlm::Session, String, String)>) -> Association {
+        let (session, opaque, targetname) = sa.expect("signed in");
+        Association {
+            session,
+            opaque,
+            targetname,
+            cnum: std::sync::Arc::new(std::sync::atomic::AtomicU32::new(1)),
+        }
+    }
+
     pub(crate) fn sign(&mut self, m: &mut Message) {
-        self.cnum += 1;
-        let cnum = self.cnum.to_string();
-        let sig = self.session.client_signature(
-            100,
-            signature_input(m, &ctx("5eed0001", &cnum, &self.targetname)).as_bytes(),
+        sign_with(&self.session, &self.opaque, &self.targetname, &self.cnum, m);
+    }
+
+    /// Makes `c` sign its responses on this association.
+    pub(crate) fn sign_responses_of(&self, c: &mut Client) {
+        let (session, opaque, targetname, cnum) = (
+            self.session.clone(),
+            self.opaque.clone(),
+            self.targetname.clone(),
+            self.cnum.clone(),
         );
-        m.headers.push(
-            HeaderName::Authorization,
-            format!(
-                "NTLM qop=\"auth\", opaque=\"{}\", realm=\"{REALM}\", targetname=\"{}\", crand=\"5eed0001\", cnum=\"{cnum}\", response=\"{}\"",
-                self.opaque,
-                self.targetname,
-                hex::encode_upper(sig)
-            ),
-        );
+        c.response_signer = Some(Box::new(move |m: &mut Message| {
+            sign_with(&session, &opaque, &targetname, &cnum, m)
+        }));
     }
 
     /// Asserts the server signed `m` on this association (MS-SIPAE §3.2.5.2).
@@ -256,13 +291,8 @@ async fn signed_requests_roaming_contacts_and_category_publish() {
         .get(&HeaderName::AllowEvents)
         .unwrap()
         .contains("vnd-microsoft-roaming-contacts"));
-    let (session, opaque, targetname) = sa.unwrap();
-    let mut sa = Association {
-        session,
-        opaque,
-        targetname,
-        cnum: 1,
-    };
+    let mut sa = Association::new(sa);
+    sa.sign_responses_of(&mut c);
     let me = c.aor();
 
     // Unsigned on the association: refused (and the association is dropped).
@@ -403,13 +433,8 @@ async fn replayed_signed_request_is_refused() {
     let mut c = s.client(Transport::Tcp, "alice").await;
     let (ok, sa) = sign_in(&mut c, "pw-alice").await;
     assert_eq!(status(&ok), 200);
-    let (session, opaque, targetname) = sa.unwrap();
-    let mut sa = Association {
-        session,
-        opaque,
-        targetname,
-        cnum: 1,
-    };
+    let mut sa = Association::new(sa);
+    sa.sign_responses_of(&mut c);
     let me = c.aor();
     let mut m = c.request("SUBSCRIBE", &me, &me);
     m.headers
@@ -440,13 +465,8 @@ async fn blocking_a_stranger_does_not_list_them() {
     let mut c = s.client(Transport::Tcp, "alice").await;
     let (ok, sa) = sign_in(&mut c, "pw-alice").await;
     assert_eq!(status(&ok), 200);
-    let (session, opaque, targetname) = sa.unwrap();
-    let mut sa = Association {
-        session,
-        opaque,
-        targetname,
-        cnum: 1,
-    };
+    let mut sa = Association::new(sa);
+    sa.sign_responses_of(&mut c);
     let me = c.aor();
     let set = |c: &mut Client, sa: &mut Association, action: &str| {
         let mut m = c.request("SERVICE", &me, &me);
@@ -517,16 +537,8 @@ async fn re_authentication_replaces_the_association() {
     assert_eq!(status(&ok), 200);
     let (again, second) = sign_in(&mut c, "pw-alice").await;
     assert_eq!(status(&again), 200, "{again}");
-    let assoc = |sa: Option<(ntlm::Session, String, String)>| {
-        let (session, opaque, targetname) = sa.unwrap();
-        Association {
-            session,
-            opaque,
-            targetname,
-            cnum: 1,
-        }
-    };
-    let (mut old, mut new) = (assoc(first), assoc(second));
+    let (mut old, mut new) = (Association::new(first), Association::new(second));
+    new.sign_responses_of(&mut c);
     assert_ne!(old.opaque, new.opaque);
     let me = c.aor();
     let mut m = c.request("SUBSCRIBE", &me, &me);

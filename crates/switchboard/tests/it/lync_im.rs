@@ -20,16 +20,9 @@ async fn lync_client(s: &TestServer, user: &str) -> (Client, Association) {
     let mut c = s.client(Transport::Tcp, user).await;
     let (ok, sa) = sign_in(&mut c, &format!("pw-{user}")).await;
     assert_eq!(status(&ok), 200, "{ok}");
-    let (session, opaque, targetname) = sa.unwrap();
-    (
-        c,
-        Association {
-            session,
-            opaque,
-            targetname,
-            cnum: 1,
-        },
-    )
+    let sa = Association::new(sa);
+    sa.sign_responses_of(&mut c);
+    (c, sa)
 }
 
 /// A new dialog-creating (or out-of-dialog) request with its own Call-ID.
@@ -958,4 +951,32 @@ async fn bad_conference_requests_get_clear_errors() {
     assert_eq!(status(&signed(&mut alice, &mut a_sa, m).await), 404);
     let m = invite(&mut bob, &carol_aor, &msrtc::cccp::conf_invite(&focus, "x"));
     assert_eq!(status(&signed(&mut bob, &mut b_sa, m).await), 403);
+}
+
+/// MS-SIPAE §3.3.5.2: a Lync client signs its responses too. An unsigned one is not
+/// taken (the server drops it as if lost) and ends the client's association: its next
+/// request, however well signed, is challenged (407) like any unauthenticated one, and
+/// the client must sign in again.
+#[tokio::test]
+async fn unsigned_response_from_a_lync_client_is_refused() {
+    let s = TestServer::start(&["alice", "bob"]).await;
+    let (mut alice, mut a_sa) = lync_client(&s, "alice").await;
+    let (mut bob, mut b_sa) = lync_client(&s, "bob").await;
+    let bob_aor = bob.aor();
+    let m = with_body(
+        fresh(&mut alice, "MESSAGE", &bob_aor, &bob_aor),
+        "text/plain",
+        "hello",
+    );
+    let mut m = m;
+    a_sa.sign(&mut m);
+    alice.send(&m).await;
+    bob.response_signer = None;
+    next_request(&mut bob, is("MESSAGE"), Some(200)).await;
+    let mut sub = fresh(&mut bob, "SUBSCRIBE", &bob_aor, &bob_aor);
+    sub.headers
+        .push(HeaderName::Event, "vnd-microsoft-roaming-contacts");
+    b_sa.sign(&mut sub);
+    bob.send(&sub).await;
+    assert_eq!(status(&bob.final_response().await), 407);
 }

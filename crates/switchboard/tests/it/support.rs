@@ -137,7 +137,13 @@ pub struct Client {
     pub contact_port: u16,
     /// Requests received (and answered 200) while waiting for a response.
     pub inbox: std::collections::VecDeque<Message>,
+    /// Signs the responses this client sends (a Lync client on its security association
+    /// signs everything, MS-SIPAE §3.3.5.2).
+    pub response_signer: Option<ResponseSigner>,
 }
+
+/// Signs a response in place.
+pub type ResponseSigner = Box<dyn FnMut(&mut Message) + Send>;
 
 pub fn rand_hex() -> String {
     format!("{:016x}", rand::random::<u64>())
@@ -191,6 +197,7 @@ impl Client {
             call_id: format!("{}@test", rand_hex()),
             contact_port: local.port(),
             inbox: Default::default(),
+            response_signer: None,
         }
     }
 
@@ -207,7 +214,14 @@ impl Client {
     }
 
     pub async fn send(&mut self, m: &Message) {
-        let bytes = m.encode();
+        let bytes = match self.response_signer.as_mut() {
+            Some(sign) if !m.is_request() => {
+                let mut signed = m.clone();
+                sign(&mut signed);
+                signed.encode()
+            }
+            _ => m.encode(),
+        };
         self.send_raw(&bytes).await;
     }
 
