@@ -174,6 +174,16 @@ async fn plain_sip_clients_are_not_offered_ntlm() {
         .all(|v| v.starts_with("Digest")));
 }
 
+/// A Lync client signed in over TCP, signing its requests and responses.
+pub(crate) async fn lync_client(s: &TestServer, user: &str) -> (Client, Association) {
+    let mut c = s.client(Transport::Tcp, user).await;
+    let (ok, sa) = sign_in(&mut c, &format!("pw-{user}")).await;
+    assert_eq!(status(&ok), 200, "{ok}");
+    let sa = Association::new(sa);
+    sa.sign_responses_of(&mut c);
+    (c, sa)
+}
+
 /// Signs `m` as a Lync client does: the next `cnum`, `crand`, the NTLM MAC of the
 /// signature input, in Authorization.
 fn sign_with(
@@ -430,11 +440,7 @@ async fn instance_must_be_derived_from_epid() {
 #[tokio::test]
 async fn replayed_signed_request_is_refused() {
     let s = TestServer::start(&["alice"]).await;
-    let mut c = s.client(Transport::Tcp, "alice").await;
-    let (ok, sa) = sign_in(&mut c, "pw-alice").await;
-    assert_eq!(status(&ok), 200);
-    let mut sa = Association::new(sa);
-    sa.sign_responses_of(&mut c);
+    let (mut c, mut sa) = lync_client(&s, "alice").await;
     let me = c.aor();
     let mut m = c.request("SUBSCRIBE", &me, &me);
     m.headers
@@ -462,11 +468,7 @@ async fn replayed_signed_request_is_refused() {
 #[tokio::test]
 async fn blocking_a_stranger_does_not_list_them() {
     let s = TestServer::start(&["alice", "carol"]).await;
-    let mut c = s.client(Transport::Tcp, "alice").await;
-    let (ok, sa) = sign_in(&mut c, "pw-alice").await;
-    assert_eq!(status(&ok), 200);
-    let mut sa = Association::new(sa);
-    sa.sign_responses_of(&mut c);
+    let (mut c, mut sa) = lync_client(&s, "alice").await;
     let me = c.aor();
     let set = |c: &mut Client, sa: &mut Association, action: &str| {
         let mut m = c.request("SERVICE", &me, &me);

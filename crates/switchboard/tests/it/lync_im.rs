@@ -11,19 +11,10 @@
 use base64::Engine as _;
 use sip_message::{HeaderName, Message, NameAddr};
 
-use crate::lync::{sign_in, Association};
+use crate::lync::{lync_client, Association};
 use crate::support::*;
 
 const SDP: &str = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=session\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=message 5060 sip null\r\na=accept-types:text/plain\r\n";
-
-async fn lync_client(s: &TestServer, user: &str) -> (Client, Association) {
-    let mut c = s.client(Transport::Tcp, user).await;
-    let (ok, sa) = sign_in(&mut c, &format!("pw-{user}")).await;
-    assert_eq!(status(&ok), 200, "{ok}");
-    let sa = Association::new(sa);
-    sa.sign_responses_of(&mut c);
-    (c, sa)
-}
 
 /// A new dialog-creating (or out-of-dialog) request with its own Call-ID.
 fn fresh(c: &mut Client, method: &str, uri: &str, to: &str) -> Message {
@@ -101,6 +92,22 @@ fn body(m: &Message) -> msrtc::Element {
 
 fn cccp(op: &str, to: &str, from: &str, inner: &str) -> String {
     format!("<?xml version=\"1.0\"?><request xmlns=\"urn:ietf:params:xml:ns:cccp\" C3PVersion=\"1\" to=\"{to}\" from=\"{from}\" requestId=\"7\"><{op}>{inner}</{op}></request>")
+}
+
+/// Creates a conference at the focus factory as `c`; returns its focus URI.
+async fn create_conference(c: &mut Client, sa: &mut Association) -> String {
+    let me = c.aor();
+    let factory = "sip:switchboard@example.com;gruu;opaque=app:conf:focusfactory";
+    let add = with_body(
+        fresh(c, "SERVICE", factory, factory),
+        "application/cccp+xml",
+        &cccp("addConference", factory, &me, ""),
+    );
+    let r = signed(c, sa, add).await;
+    body(&r)
+        .path("addConference/conference-info")
+        .and_then(|c| c.attr("entity").map(str::to_owned))
+        .expect("the focus URI")
 }
 
 /// Joins the focus and the chat as a Lync client does; returns the chat INVITE and answer.
@@ -531,17 +538,7 @@ async fn dead_sessions_leave_and_idle_conferences_end() {
     let (mut alice, mut a_sa) = lync_client(&s, "alice").await;
     let (mut bob, mut b_sa) = lync_client(&s, "bob").await;
     let me = alice.aor();
-    let factory = "sip:switchboard@example.com;gruu;opaque=app:conf:focusfactory";
-    let add = with_body(
-        fresh(&mut alice, "SERVICE", factory, factory),
-        "application/cccp+xml",
-        &cccp("addConference", factory, &me, ""),
-    );
-    let r = signed(&mut alice, &mut a_sa, add).await;
-    let focus = body(&r)
-        .path("addConference/conference-info")
-        .and_then(|c| c.attr("entity").map(str::to_owned))
-        .unwrap();
+    let focus = create_conference(&mut alice, &mut a_sa).await;
     let conf_aor = focus.split(';').next().unwrap().to_owned();
     let (a_focus, _, a_chat, a_answer) = join(&mut alice, &mut a_sa, &focus, None).await;
     let mcu = a_chat.request_uri().unwrap().to_string();
@@ -778,17 +775,7 @@ async fn one_user_in_a_conference_from_two_endpoints() {
     let (mut laptop, mut l_sa) = lync_client(&s, "alice").await;
     let (mut bob, mut b_sa) = lync_client(&s, "bob").await;
     let me = desk.aor();
-    let factory = "sip:switchboard@example.com;gruu;opaque=app:conf:focusfactory";
-    let add = with_body(
-        fresh(&mut desk, "SERVICE", factory, factory),
-        "application/cccp+xml",
-        &cccp("addConference", factory, &me, ""),
-    );
-    let r = signed(&mut desk, &mut d_sa, add).await;
-    let focus = body(&r)
-        .path("addConference/conference-info")
-        .and_then(|c| c.attr("entity").map(str::to_owned))
-        .unwrap();
+    let focus = create_conference(&mut desk, &mut d_sa).await;
     let conf_aor = focus.split(';').next().unwrap().to_owned();
     let (d_focus, d_focus_ok, d_chat, d_answer) = join(&mut desk, &mut d_sa, &focus, None).await;
     let mcu = d_chat.request_uri().unwrap().to_string();
@@ -899,16 +886,7 @@ async fn bad_conference_requests_get_clear_errors() {
     assert_eq!(status(&signed(&mut alice, &mut a_sa, m).await), 404);
 
     // A real conference, which alice joins.
-    let add = with_body(
-        fresh(&mut alice, "SERVICE", factory, factory),
-        "application/cccp+xml",
-        &cccp("addConference", factory, &me, ""),
-    );
-    let r = signed(&mut alice, &mut a_sa, add).await;
-    let focus = body(&r)
-        .path("addConference/conference-info")
-        .and_then(|c| c.attr("entity").map(str::to_owned))
-        .unwrap();
+    let focus = create_conference(&mut alice, &mut a_sa).await;
     join(&mut alice, &mut a_sa, &focus, None).await;
 
     // bob may not join as alice, nor steer a conference he is not in.
