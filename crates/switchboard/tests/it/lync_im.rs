@@ -110,6 +110,23 @@ async fn create_conference(c: &mut Client, sa: &mut Association) -> String {
         .expect("the focus URI")
 }
 
+/// Waits for the service to end both of a member's dialogs (chat and focus) by BYE.
+async fn expect_both_ended(c: &mut Client, sa: &Association, chat: &Message, focus: &Message) {
+    let mut ended = Vec::new();
+    for _ in 0..2 {
+        let bye = next_request(c, is("BYE"), Some(200)).await;
+        sa.check(&bye);
+        ended.push(bye.call_id().unwrap().to_owned());
+    }
+    ended.sort();
+    let mut expected = vec![
+        chat.call_id().unwrap().to_owned(),
+        focus.call_id().unwrap().to_owned(),
+    ];
+    expected.sort();
+    assert_eq!(ended, expected);
+}
+
 /// Joins the focus and the chat as a Lync client does; returns the chat INVITE and answer.
 async fn join(
     c: &mut Client,
@@ -395,19 +412,7 @@ async fn lync_conference_shared_with_a_standard_client() {
     let r = signed(&mut alice, &mut a_sa, info).await;
     assert_eq!(body(&r).attr("code"), Some("success"), "{r}");
     // bob's chat and focus dialogs are ended by the service.
-    let mut ended = Vec::new();
-    for _ in 0..2 {
-        let bye = next_request(&mut bob, is("BYE"), Some(200)).await;
-        b_sa.check(&bye);
-        ended.push(bye.call_id().unwrap().to_owned());
-    }
-    ended.sort();
-    let mut expected = vec![
-        b_chat.call_id().unwrap().to_owned(),
-        b_focus.call_id().unwrap().to_owned(),
-    ];
-    expected.sort();
-    assert_eq!(ended, expected);
+    expect_both_ended(&mut bob, &b_sa, &b_chat, &b_focus).await;
     // The conference is locked: bob cannot come back.
     let add_user = cccp(
         "addUser",
@@ -568,19 +573,7 @@ async fn dead_sessions_leave_and_idle_conferences_end() {
 
     // Nobody speaks: after the session idle time the conference ends, and alice's
     // focus and chat dialogs are ended by the service.
-    let mut ended = Vec::new();
-    for _ in 0..2 {
-        let bye = next_request(&mut alice, is("BYE"), Some(200)).await;
-        a_sa.check(&bye);
-        ended.push(bye.call_id().unwrap().to_owned());
-    }
-    ended.sort();
-    let mut expected = vec![
-        a_chat.call_id().unwrap().to_owned(),
-        a_focus.call_id().unwrap().to_owned(),
-    ];
-    expected.sort();
-    assert_eq!(ended, expected);
+    expect_both_ended(&mut alice, &a_sa, &a_chat, &a_focus).await;
     assert!(s.server.im.conferences().is_empty());
 }
 
