@@ -94,6 +94,19 @@ fn cccp(op: &str, to: &str, from: &str, inner: &str) -> String {
     format!("<?xml version=\"1.0\"?><request xmlns=\"urn:ietf:params:xml:ns:cccp\" C3PVersion=\"1\" to=\"{to}\" from=\"{from}\" requestId=\"7\"><{op}>{inner}</{op}></request>")
 }
 
+/// A Lync chat INVITE from `c` to `to`, the first message `text` inline (MS-SIP
+/// `ms-text-format`), unsigned.
+fn chat_invite(c: &mut Client, to: &str, text: &str) -> Message {
+    let first = base64::engine::general_purpose::STANDARD.encode(text);
+    let mut invite = with_body(fresh(c, "INVITE", to, to), "application/sdp", SDP);
+    invite.headers.push(
+        HeaderName::from_wire("ms-text-format"),
+        format!("text/plain; charset=UTF-8;ms-body={first}"),
+    );
+    invite.headers.push(HeaderName::Supported, "ms-sender");
+    invite
+}
+
 /// Creates a conference at the focus factory as `c`; returns its focus URI.
 async fn create_conference(c: &mut Client, sa: &mut Association) -> String {
     let me = c.aor();
@@ -461,17 +474,8 @@ async fn lync_session_to_a_pager_only_user_is_bridged() {
     let mut carol = s.client(Transport::Tcp, "carol").await;
     assert_eq!(status(&carol.register(None).await), 200);
 
-    let first = base64::engine::general_purpose::STANDARD.encode("hello carol");
-    let mut invite = with_body(
-        fresh(&mut alice, "INVITE", &carol.aor(), &carol.aor()),
-        "application/sdp",
-        SDP,
-    );
-    invite.headers.push(
-        HeaderName::from_wire("ms-text-format"),
-        format!("text/plain; charset=UTF-8;ms-body={first}"),
-    );
-    invite.headers.push(HeaderName::Supported, "ms-sender");
+    let to = carol.aor();
+    let invite = chat_invite(&mut alice, &to, "hello carol");
     let answer = signed(&mut alice, &mut a_sa, invite.clone()).await;
     assert_eq!(status(&answer), 200, "{answer}");
     assert!(
@@ -586,17 +590,9 @@ async fn two_party_session_between_lync_clients() {
     let s = TestServer::start(&["alice", "bob"]).await;
     let (mut alice, mut a_sa) = lync_client(&s, "alice").await;
     let (mut bob, mut b_sa) = lync_client(&s, "bob").await;
+    let to = bob.aor();
+    let invite = chat_invite(&mut alice, &to, "hi bob");
     let first = base64::engine::general_purpose::STANDARD.encode("hi bob");
-    let mut invite = with_body(
-        fresh(&mut alice, "INVITE", &bob.aor(), &bob.aor()),
-        "application/sdp",
-        SDP,
-    );
-    invite.headers.push(
-        HeaderName::from_wire("ms-text-format"),
-        format!("text/plain; charset=UTF-8;ms-body={first}"),
-    );
-    invite.headers.push(HeaderName::Supported, "ms-sender");
     let mut sent = invite.clone();
     a_sa.sign(&mut sent);
     alice.send(&sent).await;
