@@ -29,6 +29,11 @@ use crate::conference::{Conference, MemberDialog};
 use crate::ImService;
 
 const CCCP: &str = "application/cccp+xml";
+/// Open conferences one user may organise at a time: creating one costs nothing to a
+/// client, and each holds state until it idles out.
+pub(crate) const MAX_CONFERENCES_PER_ORGANISER: usize = 100;
+/// People in one conference at a time (Lync Server 2013's shared-pool figure).
+pub(crate) const MAX_PARTICIPANTS: usize = 250;
 const PRESENTER: &str = "presenter";
 const ATTENDEE: &str = "attendee";
 
@@ -186,6 +191,15 @@ impl ImService {
                 cccp::response(&req, Outcome::Success, &cccp::capabilities(&["chat"])),
             ),
             Command::AddConference { subject, .. } => {
+                let open = self
+                    .conferences
+                    .lock()
+                    .values()
+                    .filter(|c| c.organiser == from)
+                    .count();
+                if open >= MAX_CONFERENCES_PER_ORGANISER {
+                    return refused(403, "too many open conferences organised by this user");
+                }
                 // Audio/video views asked for alongside chat are not hosted; the
                 // conference is created with its chat (clients then use what exists).
                 let aor = self.new_conference(from, None, &[], subject.clone());
@@ -246,6 +260,9 @@ impl ImService {
         };
         if conf.focus.locked && !Self::is_presenter(conf, from) {
             return refused(403, "the conference is locked");
+        }
+        if !conf.has_room_for(from) {
+            return refused(403, "the conference is full");
         }
         let our_tag = dialog.our_tag.clone();
         conf.focus
@@ -496,6 +513,9 @@ impl ImService {
         }
         if conf.focus.locked && !Self::is_presenter(conf, from) {
             return Some(refused(403, "the conference is locked"));
+        }
+        if !conf.has_room_for(to) {
+            return Some(refused(403, "the conference is full"));
         }
         // Escalation (two-party to conference): the conference's CDR names the session
         // it grew out of.

@@ -101,6 +101,24 @@ pub(crate) struct Conference {
 }
 
 impl Conference {
+    /// Whether `who` is in, or may come in without the conference going over
+    /// [`crate::c3p::MAX_PARTICIPANTS`].
+    pub(crate) fn has_room_for(&self, who: &str) -> bool {
+        let active = self
+            .conv
+            .participants
+            .values()
+            .filter(|p| p.left_at_ms.is_none())
+            .count();
+        let inside = self
+            .conv
+            .participants
+            .get(who)
+            .is_some_and(|p| p.left_at_ms.is_none())
+            || self.focus.joined.contains_key(who);
+        inside || active.max(self.focus.joined.len()) < crate::c3p::MAX_PARTICIPANTS
+    }
+
     pub(crate) fn members(&self) -> Vec<String> {
         let mut m: Vec<(&String, &Participant)> = self
             .conv
@@ -425,7 +443,7 @@ impl ImService {
             return ServiceAnswer::status(200);
         }
         let member = conf.members().iter().any(|m| m == from);
-        if conf.focus.locked && !member {
+        if (conf.focus.locked || !conf.has_room_for(from)) && !member {
             return ServiceAnswer::status(403);
         }
         let mut answer = ServiceAnswer::status(200);
@@ -442,6 +460,13 @@ impl ImService {
                     Some("Group chat"),
                     from,
                     format!("*** {} is already here.", self.display_name(&who)),
+                    None,
+                ),
+                Ok(_) if !conf.has_room_for("") => self.say(
+                    to,
+                    Some("Group chat"),
+                    from,
+                    "*** This group chat is full.".into(),
                     None,
                 ),
                 Ok(who) => {
@@ -741,7 +766,7 @@ impl ImService {
         };
         let admitted =
             conf.focus.joined.contains_key(from) || conf.members().iter().any(|m| m == from);
-        if conf.focus.locked && !admitted {
+        if (conf.focus.locked || !conf.has_room_for(from)) && !admitted {
             return ServiceAnswer::status(403);
         }
         conf.focus.saw(from);
@@ -793,5 +818,44 @@ impl ImService {
     /// The conferences open now.
     pub fn conferences(&self) -> Vec<String> {
         self.conferences.lock().keys().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    fn conference_of(n: usize) -> Conference {
+        let participants = (0..n)
+            .map(|i| (format!("sip:u{i}@x"), Participant::new(String::new(), 0)))
+            .collect();
+        Conference {
+            conv: Conversation {
+                id: "c".into(),
+                last_activity: Instant::now(),
+                participants,
+            },
+            watchers: Vec::new(),
+            organiser: "sip:u0@x".into(),
+            escalated_from: None,
+            focus: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_conference_has_room_only_for_those_in_it() {
+        let max = crate::c3p::MAX_PARTICIPANTS;
+        assert!(conference_of(max - 1).has_room_for("sip:new@x"));
+        let mut full = conference_of(max);
+        assert!(!full.has_room_for("sip:new@x"));
+        assert!(full.has_room_for("sip:u7@x"), "already in");
+        // Someone leaving makes room.
+        full.conv
+            .participants
+            .get_mut("sip:u3@x")
+            .unwrap()
+            .left_at_ms = Some(1);
+        assert!(full.has_room_for("sip:new@x"));
     }
 }

@@ -947,3 +947,29 @@ async fn unsigned_response_from_a_lync_client_is_refused() {
     bob.send(&sub).await;
     assert_eq!(status(&bob.final_response().await), 407);
 }
+
+/// Creating conferences costs a client nothing and each holds state until it idles out:
+/// one user may organise 100 at a time; the next addConference is refused with a reason.
+#[tokio::test]
+async fn one_user_cannot_open_conferences_without_end() {
+    let s = TestServer::start(&["alice"]).await;
+    let (mut alice, mut a_sa) = lync_client(&s, "alice").await;
+    for _ in 0..100 {
+        create_conference(&mut alice, &mut a_sa).await;
+    }
+    let me = alice.aor();
+    let factory = "sip:switchboard@example.com;gruu;opaque=app:conf:focusfactory";
+    let add = with_body(
+        fresh(&mut alice, "SERVICE", factory, factory),
+        "application/cccp+xml",
+        &cccp("addConference", factory, &me, ""),
+    );
+    let r = signed(&mut alice, &mut a_sa, add).await;
+    assert_eq!(status(&r), 403, "{r}");
+    assert!(r
+        .headers
+        .get(&HeaderName::Warning)
+        .unwrap()
+        .contains("too many open conferences"));
+    assert_eq!(s.server.im.conferences().len(), 100);
+}
