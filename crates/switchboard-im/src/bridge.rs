@@ -18,6 +18,10 @@ use tokio::time::Instant;
 use crate::conference::MemberDialog;
 use crate::{device_of, now_ms, ImService};
 
+/// Bridged sessions one user may have open at a time: the service answers these INVITEs
+/// itself, so nothing but this bounds what one client can make it hold.
+const MAX_BRIDGES_PER_CALLER: usize = 100;
+
 /// A Lync user's session-mode dialog with the service, standing in for a pager user.
 pub(crate) struct Bridge {
     caller: String,
@@ -72,6 +76,20 @@ impl ImService {
         let (Some(dialog), Some(call_id)) = (MemberDialog::from_invite(msg), msg.call_id()) else {
             return ServiceAnswer::status(400);
         };
+        let open = self
+            .bridges
+            .lock()
+            .values()
+            .filter(|b| b.caller == from)
+            .count();
+        if open >= MAX_BRIDGES_PER_CALLER {
+            let mut a = ServiceAnswer::status(403);
+            a.headers.push((
+                "Warning".into(),
+                "399 switchboard \"too many open chats with users who have no Lync device\"".into(),
+            ));
+            return a;
+        }
         if !self.ensure_conversation(from, to) {
             return ServiceAnswer::status(503);
         }

@@ -973,3 +973,31 @@ async fn one_user_cannot_open_conferences_without_end() {
         .contains("too many open conferences"));
     assert_eq!(s.server.im.conferences().len(), 100);
 }
+
+/// The service answers bridged INVITEs itself, so one caller may hold only 100 bridged
+/// sessions at a time; the next is refused with a reason.
+#[tokio::test]
+async fn one_user_cannot_open_bridges_without_end() {
+    let s = TestServer::start(&["alice", "carol"]).await;
+    let (mut alice, mut a_sa) = lync_client(&s, "alice").await;
+    let mut carol = s.client(Transport::Tcp, "carol").await;
+    assert_eq!(status(&carol.register(None).await), 200);
+    let to = carol.aor();
+    let bridged = |alice: &mut Client| {
+        let mut invite = with_body(fresh(alice, "INVITE", &to, &to), "application/sdp", SDP);
+        invite.headers.push(HeaderName::Supported, "ms-sender");
+        invite
+    };
+    for _ in 0..100 {
+        let invite = bridged(&mut alice);
+        assert_eq!(status(&signed(&mut alice, &mut a_sa, invite).await), 200);
+    }
+    let invite = bridged(&mut alice);
+    let r = signed(&mut alice, &mut a_sa, invite).await;
+    assert_eq!(status(&r), 403, "{r}");
+    assert!(r
+        .headers
+        .get(&HeaderName::Warning)
+        .unwrap()
+        .contains("too many"));
+}
