@@ -83,12 +83,10 @@ impl ImService {
             .filter(|b| b.caller == from)
             .count();
         if open >= MAX_BRIDGES_PER_CALLER {
-            let mut a = ServiceAnswer::status(403);
-            a.headers.push((
-                "Warning".into(),
-                "399 switchboard \"too many open chats with users who have no Lync device\"".into(),
-            ));
-            return a;
+            return crate::refused(
+                403,
+                "too many open chats with users who have no Lync device",
+            );
         }
         if !self.ensure_conversation(from, to) {
             return ServiceAnswer::status(503);

@@ -26,7 +26,7 @@ use sip_message::{HeaderName, Message, Method, NameAddr, Uri};
 use switchboard_proxy::ServiceAnswer;
 
 use crate::conference::{Conference, MemberDialog};
-use crate::ImService;
+use crate::{refused, ImService};
 
 const CCCP: &str = "application/cccp+xml";
 /// Open conferences one user may organise at a time: creating one costs nothing to a
@@ -115,7 +115,8 @@ pub(crate) struct Focus {
     pub(crate) waiting: HashMap<String, Vec<Held>>,
 }
 
-/// A message held for a user on their way into the chat.
+/// A group message as members receive it (held for a user on their way into the chat).
+#[derive(Clone)]
 pub(crate) struct Held {
     pub(crate) content_type: String,
     pub(crate) body: Bytes,
@@ -144,15 +145,6 @@ fn same_user(a: &str, b: &str) -> bool {
 fn cccp_answer(status: u16, doc: String) -> ServiceAnswer {
     let mut a = ServiceAnswer::status(status);
     a.body = Some((CCCP.into(), Bytes::from(doc.into_bytes())));
-    a
-}
-
-fn refused(status: u16, why: &str) -> ServiceAnswer {
-    let mut a = ServiceAnswer::status(status);
-    a.headers.push((
-        "Warning".into(),
-        format!("399 switchboard \"{}\"", why.replace('"', "'")),
-    ));
     a
 }
 
@@ -634,20 +626,7 @@ impl ImService {
             else {
                 return;
             };
-            held.into_iter()
-                .map(|h| {
-                    d.cseq += 1;
-                    if d.ms_sender {
-                        d.message(&h.content_type, h.body, Some(&h.author))
-                    } else {
-                        d.message(
-                            "text/plain;charset=UTF-8",
-                            Bytes::from(h.text.into_bytes()),
-                            Some(&h.author),
-                        )
-                    }
-                })
-                .collect()
+            held.iter().map(|h| d.group_message(h)).collect()
         };
         tokio::spawn(async move {
             for r in requests {

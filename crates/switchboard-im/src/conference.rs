@@ -77,6 +77,21 @@ impl MemberDialog {
         m
     }
 
+    /// Our next MESSAGE carrying group message `h`: as written for a Lync client (which
+    /// names the author from `Ms-Sender`), headed by the author's name for others.
+    pub(crate) fn group_message(&mut self, h: &crate::c3p::Held) -> Message {
+        self.cseq += 1;
+        if self.ms_sender {
+            self.message(&h.content_type, h.body.clone(), Some(&h.author))
+        } else {
+            self.message(
+                "text/plain;charset=UTF-8",
+                Bytes::from(h.text.clone().into_bytes()),
+                Some(&h.author),
+            )
+        }
+    }
+
     pub(crate) fn message(&self, content_type: &str, body: Bytes, author: Option<&str>) -> Message {
         let mut m = self.request(sip_message::Method::Message);
         if let Some(a) = author {
@@ -530,12 +545,16 @@ impl ImService {
         waiting: &mut HashMap<String, Vec<crate::c3p::Held>>,
     ) -> String {
         let message_id = format!("{:016x}", rand::random::<u64>());
-        let content_type = msg
-            .headers
-            .get(&HeaderName::ContentType)
-            .unwrap_or("text/plain;charset=UTF-8")
-            .to_owned();
-        let text = format!("{name}: {}", String::from_utf8_lossy(&msg.body).trim());
+        let group = crate::c3p::Held {
+            content_type: msg
+                .headers
+                .get(&HeaderName::ContentType)
+                .unwrap_or("text/plain;charset=UTF-8")
+                .to_owned(),
+            body: msg.body.clone(),
+            text: format!("{name}: {}", String::from_utf8_lossy(&msg.body).trim()),
+            author: author.to_owned(),
+        };
         let Some(deliverer) = self.deliverer.get().and_then(Weak::upgrade) else {
             return message_id;
         };
@@ -551,19 +570,7 @@ impl ImService {
                     .map(|ds| {
                         ds.iter_mut()
                             .filter(|d| m != author || d.call_id != came_on)
-                            .map(|d| {
-                                d.cseq += 1;
-                                let request = if d.ms_sender {
-                                    d.message(&content_type, msg.body.clone(), Some(author))
-                                } else {
-                                    d.message(
-                                        "text/plain;charset=UTF-8",
-                                        Bytes::from(text.clone().into_bytes()),
-                                        Some(author),
-                                    )
-                                };
-                                (d.call_id.clone(), request)
-                            })
+                            .map(|d| (d.call_id.clone(), d.group_message(&group)))
                             .collect()
                     })
                     .unwrap_or_default()
@@ -588,14 +595,15 @@ impl ImService {
                 }
             } else if let Some(held) = waiting.get_mut(m) {
                 // On their way in: held until they join (or are given it as pager).
-                held.push(crate::c3p::Held {
-                    content_type: content_type.clone(),
-                    body: msg.body.clone(),
-                    text: text.clone(),
-                    author: author.to_owned(),
-                });
+                held.push(group.clone());
             } else {
-                self.say(conf, Some("Group chat"), m, text.clone(), Some(author));
+                self.say(
+                    conf,
+                    Some("Group chat"),
+                    m,
+                    group.text.clone(),
+                    Some(author),
+                );
             }
         }
         let report_to = {

@@ -256,6 +256,16 @@ pub(crate) fn offers_message_media(invite: &Message) -> bool {
         .unwrap_or(false)
 }
 
+/// An answer refusing a request with `status` and a Warning saying why (RFC 3261 §20.43).
+pub(crate) fn refused(status: u16, why: &str) -> ServiceAnswer {
+    let mut a = ServiceAnswer::status(status);
+    a.headers.push((
+        "Warning".into(),
+        format!("399 switchboard \"{}\"", why.replace('"', "'")),
+    ));
+    a
+}
+
 fn pair(a: &str, b: &str) -> (String, String) {
     if a <= b {
         (a.to_owned(), b.to_owned())
@@ -352,12 +362,20 @@ impl ImService {
             .lock()
             .retain(|_, b| now.duration_since(b.last_activity) < self.config.session_idle);
         {
+            // Conferences with members in chat sessions, gathered once (not once per
+            // conference over every member's dialog).
+            let with_chat_sessions: HashSet<String> = self
+                .member_dialogs
+                .lock()
+                .keys()
+                .map(|(conf, _)| conf.clone())
+                .collect();
             let mut confs = self.conferences.lock();
             confs.retain(|aor, c| {
                 // Members in sessions (Lync focus and chat dialogs) are connected; only
                 // silence as long as a session's idle time means they are gone.
-                let in_sessions = !c.focus.joined.is_empty()
-                    || self.member_dialogs.lock().keys().any(|(a, _)| a == aor);
+                let in_sessions =
+                    !c.focus.joined.is_empty() || with_chat_sessions.contains(aor.as_str());
                 let idle = if in_sessions {
                     self.config.session_idle
                 } else {
