@@ -66,46 +66,89 @@ fn scan_content_length(head: &[u8]) -> Result<Option<usize>, String> {
 }
 
 /// Frames the next message of a stream (TCP, TLS). `max` bounds a whole message.
+/// Stateless: it scans `buf` from the start; a reader that calls it after every read
+/// should keep a [`StreamFramer`] instead, which resumes where it stopped.
 pub fn frame_stream(buf: &[u8], max: usize) -> Result<Frame, FrameError> {
-    if buf.starts_with(b"\r\n\r\n") {
-        return Ok(Frame::Ping(4));
-    }
-    if buf.starts_with(b"\r\n") {
-        // "\r\n" or "\r\n\r" may still become a ping: wait for the next octet.
-        let undecided = buf.len() == 2 || (buf.len() == 3 && buf[2] == b'\r');
-        return Ok(if undecided {
-            Frame::Incomplete
-        } else {
-            Frame::Skip(2)
-        });
-    }
-    if buf == b"\r" {
-        return Ok(Frame::Incomplete);
-    }
-    let Some(head_len) = find_head_end(buf) else {
-        if buf.len() > max {
-            return Err(FrameError::TooLarge {
-                limit: max,
-                head_len: None,
+    StreamFramer::default().next_frame(buf, max)
+}
+
+/// Framing state of one stream. A peer that trickles a large header one octet per
+/// read must not make every read rescan everything it sent so far (quadratic work): the
+/// framer remembers how far it searched for the end of the header section and, once
+/// that is found, the frame's length. Call [`StreamFramer::next_frame`] with the whole
+/// unconsumed buffer; after a frame is consumed, the framer starts afresh by itself.
+#[derive(Debug, Default, Clone)]
+pub struct StreamFramer {
+    /// Bytes at the front of the buffer known to hold no end of header section.
+    searched: usize,
+    /// Length of the frame at the front, once its head was read.
+    total: Option<usize>,
+}
+
+impl StreamFramer {
+    pub fn next_frame(&mut self, buf: &[u8], max: usize) -> Result<Frame, FrameError> {
+        if let Some(total) = self.total {
+            return Ok(if buf.len() >= total {
+                self.reset();
+                Frame::Message(total)
+            } else {
+                Frame::Incomplete
             });
         }
-        return Ok(Frame::Incomplete);
-    };
-    let cl = scan_content_length(&buf[..head_len])
-        .map_err(|e| FrameError::BadContentLength(e, head_len))?
-        .ok_or(FrameError::MissingContentLength { head_len })?;
-    let total = head_len + cl;
-    if total > max {
-        return Err(FrameError::TooLarge {
-            limit: max,
-            head_len: Some(head_len),
-        });
+        if buf.starts_with(b"\r\n\r\n") {
+            return Ok(Frame::Ping(4));
+        }
+        if buf.starts_with(b"\r\n") {
+            // "\r\n" or "\r\n\r" may still become a ping: wait for the next octet.
+            let undecided = buf.len() == 2 || (buf.len() == 3 && buf[2] == b'\r');
+            return Ok(if undecided {
+                Frame::Incomplete
+            } else {
+                Frame::Skip(2)
+            });
+        }
+        if buf == b"\r" {
+            return Ok(Frame::Incomplete);
+        }
+        // Resume the search three octets back: the terminator may straddle two reads.
+        let from = self.searched.saturating_sub(3).min(buf.len());
+        let Some(head_len) = find_head_end(&buf[from..]).map(|n| n + from) else {
+            self.searched = buf.len();
+            if buf.len() > max {
+                return Err(FrameError::TooLarge {
+                    limit: max,
+                    head_len: None,
+                });
+            }
+            return Ok(Frame::Incomplete);
+        };
+        let cl = scan_content_length(&buf[..head_len])
+            .map_err(|e| FrameError::BadContentLength(e, head_len))?
+            .ok_or(FrameError::MissingContentLength { head_len })?;
+        let total = head_len + cl;
+        if total > max {
+            return Err(FrameError::TooLarge {
+                limit: max,
+                head_len: Some(head_len),
+            });
+        }
+        if buf.len() >= total {
+            self.reset();
+            Ok(Frame::Message(total))
+        } else {
+            self.total = Some(total);
+            Ok(Frame::Incomplete)
+        }
     }
-    Ok(if buf.len() >= total {
-        Frame::Message(total)
-    } else {
-        Frame::Incomplete
-    })
+
+    /// Whether part of a message (not just keep-alive CRLFs) has been seen.
+    pub fn in_message(&self) -> bool {
+        self.searched > 0 || self.total.is_some()
+    }
+
+    fn reset(&mut self) {
+        *self = StreamFramer::default();
+    }
 }
 
 /// Parses one whole datagram. Trailing octets beyond Content-Length are ignored; without
@@ -299,7 +342,10 @@ fn parse_start_line(line: &str) -> Result<StartLine, ParseError> {
     }
     let version = parts[2];
     if !version.eq_ignore_ascii_case("SIP/2.0") {
-        if version.len() > 4 && version[..4].eq_ignore_ascii_case("SIP/") {
+        // Bytes, not a `&str` slice: the version is network input and may hold
+        // multi-byte characters (`SIPé` once panicked here).
+        let bytes = version.as_bytes();
+        if bytes.len() > 4 && bytes[..4].eq_ignore_ascii_case(b"SIP/") {
             return Err(ParseError::with_status(505, "SIP version not supported"));
         }
         return Err(ParseError::syntax("bad SIP version"));

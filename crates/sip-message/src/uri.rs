@@ -212,9 +212,11 @@ pub fn unescape(s: &str) -> String {
 
 impl SipUri {
     pub fn parse(s: &str) -> Result<SipUri, ParseError> {
-        let (scheme, rest) = if s.len() > 4 && s[..4].eq_ignore_ascii_case("sip:") {
+        // `get` rather than indexing: a multi-byte character may straddle the cut.
+        let prefix = |n: usize| s.get(..n).filter(|_| s.len() > n);
+        let (scheme, rest) = if prefix(4).is_some_and(|p| p.eq_ignore_ascii_case("sip:")) {
             (Scheme::Sip, &s[4..])
-        } else if s.len() > 5 && s[..5].eq_ignore_ascii_case("sips:") {
+        } else if prefix(5).is_some_and(|p| p.eq_ignore_ascii_case("sips:")) {
             (Scheme::Sips, &s[5..])
         } else {
             return Err(ParseError::syntax("not a sip: or sips: URI"));
