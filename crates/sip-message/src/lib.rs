@@ -30,6 +30,7 @@ pub use header::{Header, HeaderName, Headers};
 pub use message::{reason_phrase, response_from_headers, Message, Method, StartLine};
 pub use parse::{
     frame_stream, parse_datagram, parse_stream_message, read_request_head, Frame, FrameError,
+    StreamFramer,
 };
 pub use typed::{AuthHeader, CSeq, ContactValue, NameAddr, Via, BRANCH_COOKIE};
 pub use uri::{Host, Params, Scheme, SipUri, TelUri, Uri};

@@ -267,6 +267,15 @@ fn stamp_received(msg: &mut Message, source: &Source) -> Option<Via> {
     Some(via)
 }
 
+/// Runs a TU's work on its own task: forwarding a stray message may open a connection,
+/// and a receive loop must not wait for that.
+fn spawned(work: Option<Work>) -> Option<Work> {
+    if let Some(w) = work {
+        tokio::spawn(w);
+    }
+    None
+}
+
 impl Handler for TransactionLayer {
     fn on_message(&self, inbound: Inbound) -> Option<Work> {
         let Inbound {
@@ -284,7 +293,11 @@ impl Handler for TransactionLayer {
                             return None;
                         }
                     }
-                    return tu.on_ack(Inbound { message, source });
+                    // Forwarding an ACK may open a connection: never on the reading task.
+                    if let Some(work) = tu.on_ack(Inbound { message, source }) {
+                        tokio::spawn(work);
+                    }
+                    return None;
                 }
                 let key = server_key(&message, method.clone())?;
                 let existing = self.inner.server.get(&key);
@@ -318,14 +331,14 @@ impl Handler for TransactionLayer {
                 }
                 let via = message.top_via().ok()?;
                 let Some(branch) = via.branch() else {
-                    return tu.on_stray_response(Inbound { message, source });
+                    return spawned(tu.on_stray_response(Inbound { message, source }));
                 };
                 let cseq = message.cseq().ok()?;
                 let key = (branch.to_owned(), cseq.method);
                 let chan = self.inner.client.lock().get(&key).cloned();
                 match chan {
                     Some(ch) if ch.send(message.clone()).is_ok() => None,
-                    _ => tu.on_stray_response(Inbound { message, source }),
+                    _ => spawned(tu.on_stray_response(Inbound { message, source })),
                 }
             }
         }

@@ -27,6 +27,9 @@ pub(crate) struct ServerTx {
     target: Target,
     state: Mutex<(Phase, Option<Bytes>)>,
     acked: Notify,
+    /// A provisional response went out: the client has stopped retransmitting the
+    /// INVITE, so only Timer G can recover a lost final response.
+    provisional_sent: std::sync::atomic::AtomicBool,
 }
 
 impl ServerTx {
@@ -43,6 +46,7 @@ impl ServerTx {
             target,
             state: Mutex::new((phase, None)),
             acked: Notify::new(),
+            provisional_sent: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -131,6 +135,10 @@ impl ServerTxHandle {
         }
         if status >= 200 {
             self.after_final(status, bytes);
+        } else {
+            self.tx
+                .provisional_sent
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -155,12 +163,21 @@ impl ServerTxHandle {
             }
             return;
         }
+        // §17.2.1: Timer G retransmits over UDP until ACK; Timer H gives up. A final
+        // response sent before any provisional one is not retransmitted: the client is
+        // still retransmitting its INVITE (Timer A), and each copy gets the response
+        // again from this transaction, so nothing is lost. That keeps challenges and
+        // refusals to unauthenticated, possibly spoofed, INVITEs at one answer per
+        // request: no reflector.
+        let retransmit = !tx.reliable
+            && tx
+                .provisional_sent
+                .load(std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(async move {
-            // §17.2.1: Timer G retransmits over UDP until ACK; Timer H gives up.
             let deadline = tokio::time::Instant::now() + timers.t1 * 64;
             let mut interval = timers.t1;
             loop {
-                let wait = if tx.reliable {
+                let wait = if !retransmit {
                     deadline
                 } else {
                     (tokio::time::Instant::now() + interval).min(deadline)

@@ -12,7 +12,8 @@ use sip_transaction::{
 use sip_transport::{Inbound, Target, TransportKind, Transports, TransportsConfig, Work};
 use tokio::net::UdpSocket;
 
-struct Answer(u16, Mutex<Vec<String>>);
+/// Answers every request with `.0`, after a 180 when `.2` is set.
+struct Answer(u16, Mutex<Vec<String>>, bool);
 
 impl TransactionUser for Answer {
     fn on_request(&self, req: ServerRequest) -> Option<Work> {
@@ -20,7 +21,13 @@ impl TransactionUser for Answer {
             .lock()
             .push(req.message.method().unwrap().to_string());
         let resp = req.message.response(self.0, Some("srv"));
-        Some(Box::pin(async move { req.tx.respond(&resp).await }))
+        let ringing = self.2.then(|| req.message.response(180, Some("srv")));
+        Some(Box::pin(async move {
+            if let Some(r) = ringing {
+                req.tx.respond(&r).await;
+            }
+            req.tx.respond(&resp).await
+        }))
     }
     fn on_ack(&self, _ack: Inbound) -> Option<Work> {
         self.1.lock().push("stray ACK".into());
@@ -29,9 +36,16 @@ impl TransactionUser for Answer {
 }
 
 async fn layer(status: u16) -> (TransactionLayer, Arc<Answer>, std::net::SocketAddr) {
+    layer_with(status, false).await
+}
+
+async fn layer_with(
+    status: u16,
+    provisional: bool,
+) -> (TransactionLayer, Arc<Answer>, std::net::SocketAddr) {
     let transports = Transports::new(TransportsConfig::default());
     let layer = TransactionLayer::new(transports.clone(), Timers::default());
-    let tu = Arc::new(Answer(status, Mutex::new(Vec::new())));
+    let tu = Arc::new(Answer(status, Mutex::new(Vec::new()), provisional));
     layer.set_user(tu.clone());
     let addr = transports
         .add_udp(UdpSocket::bind("127.0.0.1:0").await.unwrap())
@@ -98,9 +112,45 @@ async fn non_invite_client_retransmits_then_times_out() {
     assert_eq!(drain(&silent).len(), 11);
 }
 
+/// A final response that no provisional one preceded (a challenge or a refusal to a
+/// possibly spoofed INVITE) is sent once per copy of the INVITE that arrives: never
+/// more answers than requests (no reflector), and a lost answer is recovered by the
+/// client's own retransmission.
+#[tokio::test(start_paused = true)]
+async fn invite_refused_at_once_is_answered_once_per_copy() {
+    let (_layer, tu, addr) = layer(407).await;
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let me = client.local_addr().unwrap();
+    let branch = new_branch();
+    client
+        .send_to(&request("INVITE", &branch, me), addr)
+        .await
+        .unwrap();
+    settle().await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    settle().await;
+    assert_eq!(drain(&client).len(), 1, "no Timer G without a provisional");
+    client
+        .send_to(&request("INVITE", &branch, me), addr)
+        .await
+        .unwrap();
+    settle().await;
+    let again = drain(&client);
+    assert_eq!(
+        again.len(),
+        1,
+        "a retransmitted INVITE gets the answer again"
+    );
+    assert_eq!(again[0].status(), Some(407));
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    settle().await;
+    assert!(drain(&client).is_empty());
+    assert_eq!(*tu.1.lock(), vec!["INVITE".to_string()]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn invite_server_retransmits_final_until_ack() {
-    let (_layer, tu, addr) = layer(486).await;
+    let (_layer, tu, addr) = layer_with(486, true).await;
     let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let me = client.local_addr().unwrap();
     let branch = new_branch();
@@ -116,7 +166,10 @@ async fn invite_server_retransmits_final_until_ack() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1600)).await;
     settle().await;
-    let got = drain(&client);
+    let got: Vec<Message> = drain(&client)
+        .into_iter()
+        .filter(|m| m.status() != Some(180))
+        .collect();
     assert!(got.iter().all(|m| m.status() == Some(486)));
     // first send + retransmission answer + Timer G at 0.5 s and 1.5 s
     assert_eq!(got.len(), 4, "{got:?}");

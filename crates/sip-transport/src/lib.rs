@@ -13,13 +13,35 @@
 //! parses is handed to a [`Handler`] (the transaction layer).
 //!
 //! WebSocket (RFC 7118) will be one more [`TransportKind`] feeding the same handler.
+//!
+//! ## Facing hostile peers
+//! Every source is accounted by a [`sip_guard::Guard`] before its bytes are parsed: its
+//! request rate (over it, requests are dropped; persistently over it, the source is
+//! banned), its share of connections, and bans. Streams are bounded in time (TLS
+//! handshake, first message, any begun message) and in the bytes queued for a peer that
+//! does not read. Sending never waits on a peer: bytes for a connection are queued or the
+//! connection is closed; only opening a new outbound TCP connection waits (bounded by
+//! `connect_timeout`), and nothing on a receive loop does that.
+//!
+//! ## Panics
+//! A panic while parsing or handling one message is **caught, logged and counted, and the
+//! server goes on**: a UDP receive loop drops that datagram and keeps receiving; a stream
+//! connection whose message caused it is closed (its slot and writer released). The
+//! alternative, aborting the process so a service manager restarts it, would turn any
+//! such bug into a remote kill switch for every signed-in user (registrations and
+//! dialogs live in memory) that one datagram can pull again and again. Catching is sound
+//! here because shared state is behind `parking_lot` locks, which do not poison and are
+//! released while unwinding, and because one message's work does not leave another's
+//! half-done. Spawned tasks are contained by tokio the same way (a panicking task ends,
+//! the runtime goes on). The count is in [`TransportStats::panics_contained`]: a non-zero
+//! value is a bug to report.
 #![forbid(unsafe_code)]
 
 mod stream;
 mod table;
 mod udp;
 
-pub use table::{ConnectionId, Transports, TransportsConfig};
+pub use table::{ConnectionId, TransportStats, Transports, TransportsConfig};
 
 /// Binds a UDP socket for SIP with large kernel buffers: bursts of requests arriving
 /// while the readers are busy must wait in the socket, not be dropped (a dropped request
@@ -125,12 +147,62 @@ pub type Work = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 
 
 /// Receives everything the transports read. Called on the reading task, in wire order per
 /// connection; the returned work is awaited there before the next message is read, so a
-/// handler that may wait long (forwarding) must spawn that part itself. Running short
-/// work in place saves a task spawn and a cross-thread wake-up per message.
+/// handler that may wait on the network (forwarding, opening a connection) must spawn
+/// that part itself: a UDP receive loop serves every UDP peer. Running short work in
+/// place saves a task spawn and a cross-thread wake-up per message.
 pub trait Handler: Send + Sync + 'static {
     fn on_message(&self, inbound: Inbound) -> Option<Work>;
     /// A stream connection closed (RFC 5626 §5.4: its flow is gone).
     fn on_connection_closed(&self, _id: ConnectionId) {}
+}
+
+/// Runs `f`, containing a panic (see the crate header): `None` when it panicked.
+pub(crate) fn contain<T>(
+    transports: &Transports,
+    remote: SocketAddr,
+    f: impl FnOnce() -> T,
+) -> Option<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(v) => Some(v),
+        Err(panic) => {
+            panic_caught(transports, remote, &panic);
+            None
+        }
+    }
+}
+
+/// Awaits a handler's work, containing a panic: false when it panicked.
+pub(crate) async fn contain_work(transports: &Transports, remote: SocketAddr, work: Work) -> bool {
+    let mut work = work;
+    let outcome = std::future::poll_fn(|cx| {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work.as_mut().poll(cx))) {
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Ok(std::task::Poll::Ready(())) => std::task::Poll::Ready(Ok(())),
+            Err(panic) => std::task::Poll::Ready(Err(panic)),
+        }
+    })
+    .await;
+    match outcome {
+        Ok(()) => true,
+        Err(panic) => {
+            panic_caught(transports, remote, &panic);
+            false
+        }
+    }
+}
+
+fn panic_caught(
+    transports: &Transports,
+    remote: SocketAddr,
+    panic: &Box<dyn std::any::Any + Send>,
+) {
+    transports.inner.count(table::Counter::PanicsContained);
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::error!(%remote, panic = %what, "panic while handling a message; contained (please report this bug)");
 }
 
 /// Transport failures.

@@ -1,16 +1,27 @@
 //! TCP and TLS connections: accept, frame, read, write, close.
+//!
+//! Each connection is bounded in every dimension a peer controls: its source's share of
+//! connections (at accept), the time to finish the TLS handshake, to send its first
+//! complete message and to finish any message it has begun (slowloris), the bytes of a
+//! message, the request rate of its source, and the bytes waiting in its write queue (a
+//! peer that does not read is closed, not buffered for).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use sip_message::{frame_stream, parse_stream_message, read_request_head, Frame, FrameError};
+use sip_guard::Admission;
+use sip_message::{parse_stream_message, read_request_head, Frame, FrameError, StreamFramer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-use crate::table::Conn;
-use crate::{ConnectionId, Inbound, Source, Target, TransportKind, Transports};
+use crate::table::{Conn, Counter};
+use crate::{contain, ConnectionId, Inbound, Source, Target, TransportKind, Transports};
 
 pub(crate) async fn accept_loop(
     transports: Transports,
@@ -31,15 +42,29 @@ pub(crate) async fn accept_loop(
             },
             _ = shutdown.changed() => return,
         };
+        // Per-source share first (a banned or greedy source is refused without taking a
+        // slot), then the server-wide limit.
+        if !transports.inner.guard.connection_opened(remote.ip()) {
+            tracing::debug!(%remote, "connection refused: source banned or at its connection cap");
+            continue;
+        }
+        let source_slot = SourceSlot {
+            transports: transports.clone(),
+            remote,
+        };
         let Ok(permit) = transports.inner.conn_slots.clone().try_acquire_owned() else {
             tracing::warn!(%remote, "connection limit reached; refusing");
+            transports.inner.count(Counter::RefusedFull);
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let slot = Slot {
+            _permit: permit,
+            _source: Some(source_slot),
+        };
         match &tls {
             None => {
-                let _ =
-                    spawn_connection(transports.clone(), stream, TransportKind::Tcp, Some(permit));
+                let _ = spawn_connection(transports.clone(), stream, TransportKind::Tcp, slot);
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
@@ -52,21 +77,49 @@ pub(crate) async fn accept_loop(
                     let timeout = transports.inner.config.tls_handshake_timeout;
                     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
-                            start(
-                                transports,
-                                tls,
-                                TransportKind::Tls,
-                                remote,
-                                local,
-                                Some(permit),
-                            );
+                            start(transports, tls, TransportKind::Tls, remote, local, slot);
                         }
                         Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+                        Err(_) => {
+                            transports.inner.count(Counter::ClosedSlow);
+                            tracing::debug!(%remote, "TLS handshake timed out");
+                        }
                     }
                 });
             }
         }
+    }
+}
+
+/// A connection's claim on the server-wide slots and on its source's share; released
+/// when the connection's reader ends.
+pub(crate) struct Slot {
+    _permit: OwnedSemaphorePermit,
+    _source: Option<SourceSlot>,
+}
+
+impl Slot {
+    /// An outbound connection: it takes a server-wide slot, not a share of the remote
+    /// address (we chose to open it).
+    pub(crate) fn outbound(permit: OwnedSemaphorePermit) -> Slot {
+        Slot {
+            _permit: permit,
+            _source: None,
+        }
+    }
+}
+
+pub(crate) struct SourceSlot {
+    transports: Transports,
+    remote: SocketAddr,
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        self.transports
+            .inner
+            .guard
+            .connection_closed(self.remote.ip());
     }
 }
 
@@ -75,11 +128,11 @@ pub(crate) fn spawn_connection(
     transports: Transports,
     stream: TcpStream,
     kind: TransportKind,
-    permit: Option<OwnedSemaphorePermit>,
+    slot: Slot,
 ) -> std::io::Result<ConnectionId> {
     let remote = stream.peer_addr()?;
     let local = stream.local_addr()?;
-    Ok(start(transports, stream, kind, remote, local, permit))
+    Ok(start(transports, stream, kind, remote, local, slot))
 }
 
 /// Registers a connection and spawns its writer and reader; returns its id.
@@ -89,105 +142,168 @@ fn start<S>(
     kind: TransportKind,
     remote: SocketAddr,
     local: SocketAddr,
-    permit: Option<OwnedSemaphorePermit>,
+    slot: Slot,
 ) -> ConnectionId
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (r, w) = tokio::io::split(stream);
-    let (tx, rx) = mpsc::channel(1024);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let (close, closed) = watch::channel(false);
+    let close = Arc::new(close);
     let id = transports.register_conn(Conn {
         tx: tx.clone(),
+        queued: queued.clone(),
+        close: close.clone(),
         kind,
         remote,
         local,
     });
-    tokio::spawn(write_loop(w, rx));
+    // The slot is released when both halves are gone (the socket closes then).
+    let slot = Arc::new(slot);
+    tokio::spawn(write_loop(
+        transports.clone(),
+        w,
+        rx,
+        queued,
+        close.clone(),
+        closed.clone(),
+        slot.clone(),
+    ));
     tokio::spawn(read_loop(
-        transports, r, tx, id, kind, remote, local, permit,
+        transports,
+        r,
+        Link {
+            tx,
+            close,
+            closed,
+            id,
+            kind,
+            remote,
+            local,
+        },
+        slot,
     ));
     id
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Bytes>) {
-    while let Some(first) = rx.recv().await {
-        if w.write_all(&first).await.is_err() {
-            return;
+async fn write_loop<W: AsyncWrite + Unpin>(
+    transports: Transports,
+    mut w: W,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    queued: Arc<AtomicUsize>,
+    close: Arc<watch::Sender<bool>>,
+    mut closed: watch::Receiver<bool>,
+    _slot: Arc<Slot>,
+) {
+    let stall = transports.inner.config.write_stall_timeout;
+    'conn: loop {
+        let first = tokio::select! {
+            m = rx.recv() => match m { Some(m) => m, None => break },
+            _ = closed.changed() => break,
+        };
+        if !write_within(&mut w, first, stall, &queued).await {
+            break;
         }
         // Drain what is queued before flushing: fewer syscalls under load.
         while let Ok(more) = rx.try_recv() {
-            if w.write_all(&more).await.is_err() {
-                return;
+            if !write_within(&mut w, more, stall, &queued).await {
+                break 'conn;
             }
         }
-        if w.flush().await.is_err() {
-            return;
+        if !matches!(tokio::time::timeout(stall, w.flush()).await, Ok(Ok(()))) {
+            break;
         }
     }
-    let _ = w.shutdown().await;
+    // Whatever ended the writer ends the connection.
+    let _ = close.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(1), w.shutdown()).await;
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn read_loop<R: AsyncRead + Unpin>(
-    transports: Transports,
-    mut r: R,
-    tx: mpsc::Sender<Bytes>,
+/// Writes one queued message; false when the peer made no progress for `stall` (it
+/// stopped reading) or the write failed.
+async fn write_within<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    bytes: Bytes,
+    stall: Duration,
+    queued: &AtomicUsize,
+) -> bool {
+    let ok = matches!(
+        tokio::time::timeout(stall, w.write_all(&bytes)).await,
+        Ok(Ok(()))
+    );
+    queued.fetch_sub(bytes.len(), Ordering::Relaxed);
+    ok
+}
+
+/// What the reader knows of its connection.
+struct Link {
+    tx: mpsc::UnboundedSender<Bytes>,
+    close: Arc<watch::Sender<bool>>,
+    closed: watch::Receiver<bool>,
     id: ConnectionId,
     kind: TransportKind,
     remote: SocketAddr,
     local: SocketAddr,
-    _permit: Option<OwnedSemaphorePermit>,
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(
+    transports: Transports,
+    mut r: R,
+    link: Link,
+    slot: Arc<Slot>,
 ) {
-    let max = transports.inner.config.max_message_size;
-    let idle = transports.inner.config.idle_timeout;
+    let cfg = &transports.inner.config;
+    let (max, idle) = (cfg.max_message_size, cfg.idle_timeout);
     let mut shutdown = transports.inner.shutdown.subscribe();
+    let mut closed = link.closed.clone();
+    let remote = link.remote;
     let mut buf = BytesMut::with_capacity(8192);
+    let mut framer = StreamFramer::default();
     let source = Source {
-        transport: kind,
+        transport: link.kind,
         remote,
-        local,
-        connection: Some(id),
+        local: link.local,
+        connection: Some(link.id),
     };
-    let reply = Target::Connection { id, fallback: None };
+    let reply = Target::Connection {
+        id: link.id,
+        fallback: None,
+    };
+    // Slowloris bounds: the first complete message is due this soon after the
+    // connection opened, and any message once begun must be complete this soon.
+    let mut first_message_due = Some(Instant::now() + cfg.first_message_timeout);
+    let mut message_due: Option<Instant> = None;
     'conn: loop {
         // Frame and hand over everything complete in the buffer.
         loop {
-            match frame_stream(&buf, max) {
+            match framer.next_frame(&buf, max) {
                 Ok(Frame::Incomplete) => break,
                 Ok(Frame::Ping(n)) => {
                     let _ = buf.split_to(n);
                     // RFC 5626 §4.4.1: answer a double-CRLF ping with a single CRLF pong.
-                    let _ = tx.send(Bytes::from_static(b"\r\n")).await;
+                    transports.queue(&link.tx, Bytes::from_static(b"\r\n"), link.id);
                 }
                 Ok(Frame::Skip(n)) => {
                     let _ = buf.split_to(n);
                 }
                 Ok(Frame::Message(n)) => {
-                    let bytes = buf.split_to(n);
-                    match parse_stream_message(&bytes) {
-                        Ok(message) => {
-                            let work = transports
-                                .inner
-                                .handler
-                                .get()
-                                .and_then(|h| h.on_message(Inbound { message, source }));
-                            if let Some(w) = work {
-                                w.await;
-                            }
-                        }
-                        Err(rej) => {
-                            tracing::debug!(%remote, error = %rej.error, "rejected message");
-                            if let Some(head) = rej.head {
-                                transports
-                                    .answer_rejected(
-                                        &head,
-                                        rej.error.status,
-                                        &rej.error.reason,
-                                        reply,
-                                    )
-                                    .await;
-                            }
-                        }
+                    let bytes = buf.split_to(n).freeze();
+                    first_message_due = None;
+                    message_due = None;
+                    match transports.inner.guard.admit_request(remote.ip()) {
+                        Admission::Admit => {}
+                        // Over the source's rate: dropped unread (a reliable transport's
+                        // client retransmits nothing; it sees a timeout, as it would on
+                        // an overloaded server).
+                        Admission::OverRate => continue,
+                        Admission::Banned => break 'conn,
+                    }
+                    if !deliver(&transports, &bytes, source, reply).await {
+                        // A panic while handling this peer's message: its connection is
+                        // not trusted further.
+                        break 'conn;
                     }
                 }
                 Err(e) => {
@@ -197,7 +313,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         FrameError::MissingContentLength { head_len } => (400, Some(*head_len)),
                         FrameError::BadContentLength(_, head_len) => (400, Some(*head_len)),
                     };
-                    if let Some(head) = head_len.and_then(|n| read_request_head(&buf[..n])) {
+                    let head = head_len.and_then(|n| read_request_head(&buf[..n]));
+                    if let Some(head) = head {
                         transports
                             .answer_rejected(&head, status, &e.to_string(), reply)
                             .await;
@@ -206,22 +323,74 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 }
             }
         }
+        if framer.in_message() && message_due.is_none() {
+            message_due = Some(Instant::now() + cfg.message_timeout);
+        }
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(8192);
         }
+        let deadline = [first_message_due, message_due]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or_else(|| Instant::now() + idle)
+            .min(Instant::now() + idle);
         let read = tokio::select! {
-            r = tokio::time::timeout(idle, r.read_buf(&mut buf)) => r,
+            r = tokio::time::timeout_at(deadline, r.read_buf(&mut buf)) => r,
             _ = shutdown.changed() => break 'conn,
+            _ = closed.changed() => break 'conn,
         };
         match read {
             Ok(Ok(0)) | Ok(Err(_)) => break,
             Ok(Ok(_)) => {}
             Err(_) => {
-                tracing::debug!(%remote, "idle connection closed");
+                let slow = first_message_due.is_some_and(|t| t <= Instant::now())
+                    || message_due.is_some_and(|t| t <= Instant::now());
+                if slow {
+                    transports.inner.count(Counter::ClosedSlow);
+                    tracing::info!(%remote, "connection closed: too slow to send a complete message");
+                } else {
+                    tracing::debug!(%remote, "idle connection closed");
+                }
                 break;
             }
         }
     }
-    drop(tx);
-    transports.unregister_conn(id);
+    // The writer sends what is already queued (a last 513, say), bounded by the stall
+    // timeout, then closes: its queue ends once the table's and our senders are gone.
+    drop(link.tx);
+    drop(link.close);
+    transports.unregister_conn(link.id);
+    drop(slot);
+}
+
+/// Parses one framed message and hands it to the handler, answering what cannot be
+/// parsed. False when handling it panicked (the panic was contained and counted).
+async fn deliver(transports: &Transports, bytes: &[u8], source: Source, reply: Target) -> bool {
+    let remote = source.remote;
+    let parsed = contain(transports, remote, || parse_stream_message(bytes));
+    let Some(parsed) = parsed else { return false };
+    match parsed {
+        Ok(message) => {
+            let handler = transports.inner.handler.get().cloned();
+            let Some(h) = handler else { return true };
+            let work = contain(transports, remote, || {
+                h.on_message(Inbound { message, source })
+            });
+            match work {
+                None => false,
+                Some(None) => true,
+                Some(Some(w)) => crate::contain_work(transports, remote, w).await,
+            }
+        }
+        Err(rej) => {
+            tracing::debug!(%remote, error = %rej.error, "rejected message");
+            if let Some(head) = rej.head {
+                transports
+                    .answer_rejected(&head, rej.error.status, &rej.error.reason, reply)
+                    .await;
+            }
+            true
+        }
+    }
 }

@@ -2,12 +2,13 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
+use sip_guard::Guard;
 use sip_message::{reason_phrase, response_from_headers, HeaderName, RejectedHead};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -30,6 +31,15 @@ pub struct TransportsConfig {
     pub max_connections: usize,
     pub tls_handshake_timeout: Duration,
     pub connect_timeout: Duration,
+    /// A new connection must deliver its first complete message within this.
+    pub first_message_timeout: Duration,
+    /// A message, once begun, must be complete within this (slowloris).
+    pub message_timeout: Duration,
+    /// Bytes queued for one connection at most; a peer that lets more pile up (it does
+    /// not read) is closed.
+    pub max_write_queue_bytes: usize,
+    /// A write that makes no progress for this long closes the connection.
+    pub write_stall_timeout: Duration,
 }
 
 impl Default for TransportsConfig {
@@ -38,14 +48,22 @@ impl Default for TransportsConfig {
             max_message_size: 128 * 1024,
             idle_timeout: Duration::from_secs(3900),
             max_connections: 20_000,
-            tls_handshake_timeout: Duration::from_secs(15),
+            tls_handshake_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
+            first_message_timeout: Duration::from_secs(20),
+            message_timeout: Duration::from_secs(30),
+            max_write_queue_bytes: 2 << 20,
+            write_stall_timeout: Duration::from_secs(30),
         }
     }
 }
 
 pub(crate) struct Conn {
-    pub(crate) tx: mpsc::Sender<Bytes>,
+    pub(crate) tx: mpsc::UnboundedSender<Bytes>,
+    /// Bytes in `tx` not yet written.
+    pub(crate) queued: Arc<AtomicUsize>,
+    /// Set to end the connection (reader and writer both watch it).
+    pub(crate) close: Arc<watch::Sender<bool>>,
     pub(crate) kind: TransportKind,
     pub(crate) remote: SocketAddr,
     pub(crate) local: SocketAddr,
@@ -63,6 +81,44 @@ pub(crate) struct Inner {
     pub(crate) shutdown: watch::Sender<bool>,
     pub(crate) conn_slots: Arc<Semaphore>,
     local_ip_cache: Mutex<HashMap<IpAddr, IpAddr>>,
+    pub(crate) guard: Arc<Guard>,
+    counters: [AtomicU64; Counter::COUNT],
+}
+
+/// Events the transports count for `status`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Counter {
+    PanicsContained,
+    ClosedSlow,
+    ClosedWriteQueue,
+    RefusedFull,
+    OutboundRefused,
+}
+
+impl Counter {
+    const COUNT: usize = 5;
+}
+
+/// What the transports counted since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransportStats {
+    /// Panics while reading or handling a message, caught and survived.
+    pub panics_contained: u64,
+    /// Connections closed for not finishing a TLS handshake or a message in time.
+    pub closed_slow: u64,
+    /// Connections closed because their peer did not read what was sent.
+    pub closed_write_queue: u64,
+    /// Connections refused because every slot was taken.
+    pub refused_full: u64,
+    /// Outbound connections not opened because every slot was taken.
+    pub outbound_refused: u64,
+    pub connections: u64,
+}
+
+impl Inner {
+    pub(crate) fn count(&self, c: Counter) {
+        self.counters[c as usize].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// All transports of one server. Cheap to clone.
@@ -72,7 +128,13 @@ pub struct Transports {
 }
 
 impl Transports {
+    /// Transports with no per-source limits (tests, tools).
     pub fn new(config: TransportsConfig) -> Self {
+        Self::with_guard(config, Arc::new(Guard::unlimited()))
+    }
+
+    /// Transports that account every source with `guard`.
+    pub fn with_guard(config: TransportsConfig, guard: Arc<Guard>) -> Self {
         let slots = Arc::new(Semaphore::new(config.max_connections));
         Transports {
             inner: Arc::new(Inner {
@@ -86,6 +148,8 @@ impl Transports {
                 shutdown: watch::channel(false).0,
                 conn_slots: slots,
                 local_ip_cache: Mutex::new(HashMap::new()),
+                guard,
+                counters: Default::default(),
             }),
         }
     }
@@ -163,6 +227,72 @@ impl Transports {
 
     pub fn connection_count(&self) -> usize {
         self.inner.conns.read().len()
+    }
+
+    /// The per-source accounting these transports apply.
+    pub fn guard(&self) -> &Arc<Guard> {
+        &self.inner.guard
+    }
+
+    pub fn stats(&self) -> TransportStats {
+        let c = |k: Counter| self.inner.counters[k as usize].load(Ordering::Relaxed);
+        TransportStats {
+            panics_contained: c(Counter::PanicsContained),
+            closed_slow: c(Counter::ClosedSlow),
+            closed_write_queue: c(Counter::ClosedWriteQueue),
+            refused_full: c(Counter::RefusedFull),
+            outbound_refused: c(Counter::OutboundRefused),
+            connections: self.connection_count() as u64,
+        }
+    }
+
+    /// Queues bytes on a connection's writer without waiting. A connection whose queue
+    /// would exceed its byte bound is closed instead (its peer is not reading). False
+    /// when the bytes were not queued.
+    pub(crate) fn queue(
+        &self,
+        tx: &mpsc::UnboundedSender<Bytes>,
+        data: Bytes,
+        id: ConnectionId,
+    ) -> bool {
+        let (queued, close) = {
+            let conns = self.inner.conns.read();
+            match conns.get(&id) {
+                Some(c) => (c.queued.clone(), c.close.clone()),
+                None => return false,
+            }
+        };
+        self.push(tx, &queued, &close, data, id)
+    }
+
+    fn push(
+        &self,
+        tx: &mpsc::UnboundedSender<Bytes>,
+        queued: &AtomicUsize,
+        close: &watch::Sender<bool>,
+        data: Bytes,
+        id: ConnectionId,
+    ) -> bool {
+        let n = data.len();
+        let before = queued.fetch_add(n, Ordering::Relaxed);
+        if before + n > self.inner.config.max_write_queue_bytes {
+            queued.fetch_sub(n, Ordering::Relaxed);
+            if !*close.borrow() {
+                self.inner.count(Counter::ClosedWriteQueue);
+                tracing::info!(
+                    connection = id.0,
+                    queued = before,
+                    "connection closed: its peer does not read"
+                );
+            }
+            let _ = close.send(true);
+            return false;
+        }
+        if tx.send(data).is_err() {
+            queued.fetch_sub(n, Ordering::Relaxed);
+            return false;
+        }
+        true
     }
 
     /// Transport, remote and local address of an open connection.
@@ -254,24 +384,36 @@ impl Transports {
                 if kind != TransportKind::Tcp {
                     return Err(TransportError::NoOutbound(kind, addr));
                 }
+                // Outbound connections count against the same limit as inbound ones.
+                let Ok(permit) = self.inner.conn_slots.clone().try_acquire_owned() else {
+                    self.inner.count(Counter::OutboundRefused);
+                    return Err(TransportError::NoOutbound(kind, addr));
+                };
                 let stream = tokio::time::timeout(
                     self.inner.config.connect_timeout,
                     TcpStream::connect(addr),
                 )
                 .await
                 .map_err(|_| TransportError::ConnectTimeout(addr))??;
-                let id = crate::stream::spawn_connection(self.clone(), stream, kind, None)?;
+                let id = crate::stream::spawn_connection(
+                    self.clone(),
+                    stream,
+                    kind,
+                    crate::stream::Slot::outbound(permit),
+                )?;
                 self.send_on(id, data).await
             }
         }
     }
 
     async fn send_on(&self, id: ConnectionId, data: Bytes) -> Result<Source, TransportError> {
-        let (tx, source) = {
+        let (tx, queued, close, source) = {
             let conns = self.inner.conns.read();
             let c = conns.get(&id).ok_or(TransportError::ConnectionClosed(id))?;
             (
                 c.tx.clone(),
+                c.queued.clone(),
+                c.close.clone(),
                 Source {
                     transport: c.kind,
                     remote: c.remote,
@@ -280,9 +422,11 @@ impl Transports {
                 },
             )
         };
-        match tokio::time::timeout(Duration::from_secs(5), tx.send(data)).await {
-            Ok(Ok(())) => Ok(source),
-            _ => Err(TransportError::ConnectionClosed(id)),
+        // Never waits: a connection that cannot take more is closed, not waited for.
+        if self.push(&tx, &queued, &close, data, id) {
+            Ok(source)
+        } else {
+            Err(TransportError::ConnectionClosed(id))
         }
     }
 

@@ -2,10 +2,11 @@
 
 use std::sync::Arc;
 
+use sip_guard::Admission;
 use sip_message::{parse_datagram, read_request_head};
 use tokio::net::UdpSocket;
 
-use crate::{Inbound, Source, Target, TransportKind, Transports};
+use crate::{contain, contain_work, Inbound, Source, Target, TransportKind, Transports};
 
 pub(crate) async fn receive_loop(transports: Transports, socket: Arc<UdpSocket>) {
     let mut buf = vec![0u8; 65_536];
@@ -28,6 +29,10 @@ pub(crate) async fn receive_loop(transports: Transports, socket: Arc<UdpSocket>)
         if data.iter().all(|b| *b == b'\r' || *b == b'\n') {
             continue;
         }
+        // Before any parsing: a banned source or one over its rate costs one map lookup.
+        if transports.inner.guard.admit_request(remote.ip()) != Admission::Admit {
+            continue;
+        }
         let target = Target::Addr(TransportKind::Udp, remote);
         if n > transports.inner.config.max_message_size {
             let head_end = data
@@ -35,28 +40,34 @@ pub(crate) async fn receive_loop(transports: Transports, socket: Arc<UdpSocket>)
                 .position(|w| w == b"\r\n\r\n")
                 .map(|p| p + 4)
                 .unwrap_or(n);
-            if let Some(head) = read_request_head(&data[..head_end]) {
+            if let Some(Some(head)) =
+                contain(&transports, remote, || read_request_head(&data[..head_end]))
+            {
                 transports
                     .answer_rejected(&head, 513, "message too large", target)
                     .await;
             }
             continue;
         }
-        match parse_datagram(data) {
+        let Some(parsed) = contain(&transports, remote, || parse_datagram(data)) else {
+            continue;
+        };
+        match parsed {
             Ok(message) => {
-                if let Some(h) = transports.inner.handler.get() {
-                    let work = h.on_message(Inbound {
-                        message,
-                        source: Source {
-                            transport: TransportKind::Udp,
-                            remote,
-                            local,
-                            connection: None,
-                        },
-                    });
-                    if let Some(w) = work {
-                        w.await;
-                    }
+                let Some(h) = transports.inner.handler.get().cloned() else {
+                    continue;
+                };
+                let source = Source {
+                    transport: TransportKind::Udp,
+                    remote,
+                    local,
+                    connection: None,
+                };
+                let work = contain(&transports, remote, || {
+                    h.on_message(Inbound { message, source })
+                });
+                if let Some(Some(w)) = work {
+                    contain_work(&transports, remote, w).await;
                 }
             }
             Err(rej) => {
