@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 mod auth;
+mod cookie;
 pub mod hook;
 mod ntlm_auth;
 mod originate;
@@ -61,6 +62,9 @@ pub struct ProxyConfig {
     pub server_name: String,
     /// Extra host names that mean "this server" in Request-URIs and Routes.
     pub hostnames: Vec<String>,
+    /// Key of the cookies in our Record-Route and Via branches (see `cookie`); random
+    /// when not given (dialogs then do not survive a restart).
+    pub route_secret: Option<[u8; 32]>,
 }
 
 impl Default for ProxyConfig {
@@ -71,6 +75,7 @@ impl Default for ProxyConfig {
             nonce_lifetime: Duration::from_secs(300),
             server_name: format!("Switchboard/{}", env!("CARGO_PKG_VERSION")),
             hostnames: Vec::new(),
+            route_secret: None,
         }
     }
 }
@@ -98,6 +103,16 @@ pub struct Core {
     pub(crate) me: Weak<Core>,
     /// Which IP addresses are this host's (asked of the kernel once each).
     local_ips: Mutex<HashMap<IpAddr, bool>>,
+    pub(crate) cookies: cookie::Cookies,
+}
+
+/// What the Route entries naming us said (see [`Core::pop_own_routes`]).
+#[derive(Debug, Default)]
+pub(crate) struct OwnRoute {
+    /// There was at least one: the request belongs to a dialog we record-routed.
+    pub(crate) popped: bool,
+    /// The dialog cookie our Record-Route carried.
+    pub(crate) cookie: Option<String>,
 }
 
 impl Core {
@@ -109,7 +124,9 @@ impl Core {
         hook: Arc<dyn ImHook>,
     ) -> Arc<Core> {
         let lifetime = config.nonce_lifetime.as_secs();
+        let cookies = cookie::Cookies::new(config.route_secret.unwrap_or_else(rand::random));
         Arc::new_cyclic(|me| Core {
+            cookies,
             me: me.clone(),
             local_ips: Mutex::new(HashMap::new()),
             layer,
@@ -288,34 +305,34 @@ impl Core {
         if self.is_loop(&req.message) {
             return self.respond(&req, 482).await;
         }
-        let via_our_route = self.pop_own_routes(&mut req.message);
+        let own_route = self.pop_own_routes(&mut req.message);
         match method {
             Method::Cancel => self.handle_cancel(req).await,
             Method::Register => self.handle_register(req).await,
-            _ => self.handle_routed(req, via_our_route).await,
+            _ => self.handle_routed(req, own_route).await,
         }
     }
 
     /// §16.4: Route entries naming us were put there by our Record-Route; drop them.
-    /// Returns whether there was one (the request belongs to a dialog we are in).
-    fn pop_own_routes(&self, msg: &mut Message) -> bool {
-        let mut popped = false;
+    /// Returns whether there was one (the request claims to belong to a dialog we are in)
+    /// and the cookie that can prove it.
+    pub(crate) fn pop_own_routes(&self, msg: &mut Message) -> OwnRoute {
+        let mut out = OwnRoute::default();
         loop {
             let Ok(routes) = msg.name_addrs(&HeaderName::Route) else {
-                return popped;
+                return out;
             };
             let Some(first) = routes.first() else {
-                return popped;
+                return out;
             };
-            let own = first
-                .uri
-                .as_sip()
-                .is_some_and(|u| self.is_own(&u.host, u.port));
-            if !own {
-                return popped;
+            let Some(uri) = first.uri.as_sip().filter(|u| self.is_own(&u.host, u.port)) else {
+                return out;
+            };
+            if out.cookie.is_none() {
+                out.cookie = uri.params.value(cookie::ROUTE_PARAM).map(str::to_owned);
             }
             msg.headers.pop_first_value(&HeaderName::Route);
-            popped = true;
+            out.popped = true;
         }
     }
 

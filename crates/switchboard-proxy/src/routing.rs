@@ -97,7 +97,11 @@ impl Core {
         })
     }
 
-    pub(crate) async fn handle_routed(self: Arc<Self>, req: ServerRequest, via_our_route: bool) {
+    pub(crate) async fn handle_routed(
+        self: Arc<Self>,
+        req: ServerRequest,
+        own_route: crate::OwnRoute,
+    ) {
         let msg = &req.message;
         let method = msg.method().cloned().unwrap_or(Method::Options);
         let Some(ruri) = msg.request_uri().and_then(Uri::as_sip).cloned() else {
@@ -130,19 +134,13 @@ impl Core {
         // In-dialog request to a registered contact: send it over that device's flow.
         let in_dialog = msg.to_header().ok().is_some_and(|t| t.tag().is_some());
         let domain_target = ruri.user.is_some() && self.serves_domain(&ruri.host.to_string());
-        // In a dialog: the device's registered contact, or else, when the request came
-        // through our Record-Route (we are in the dialog's route set), the remote target
-        // itself (a caller that never registered). Nothing else is relayed.
+        // In a dialog: the device's registered contact, or else, when our Record-Route's
+        // cookie proves the Request-URI is a remote target this dialog established, that
+        // target itself (a caller that never registered). Nothing else is relayed.
         let contact_binding = if in_dialog && !domain_target {
             self.location
                 .binding_for_contact(&Uri::Sip(ruri.clone()))
-                .or_else(|| {
-                    if via_our_route {
-                        self.remote_target(&ruri)
-                    } else {
-                        None
-                    }
-                })
+                .or_else(|| self.proven_remote_target(msg, &ruri, &own_route))
         } else {
             None
         };
@@ -354,6 +352,63 @@ impl Core {
         Some(())
     }
 
+    /// An unregistered remote target for an in-dialog request, when our Record-Route's
+    /// cookie proves this Request-URI is a target the dialog established.
+    pub(crate) fn proven_remote_target(
+        &self,
+        msg: &Message,
+        ruri: &sip_message::SipUri,
+        own_route: &crate::OwnRoute,
+    ) -> Option<Binding> {
+        let cookie = own_route.cookie.as_deref()?;
+        let call_id = msg.call_id().unwrap_or("");
+        if !self
+            .cookies
+            .target_ok(cookie, call_id, &crate::cookie::target_key(ruri))
+        {
+            return None;
+        }
+        self.remote_target(ruri)
+    }
+
+    /// Adds the callee's remote target (the response's Contact) to the cookie of our
+    /// Record-Route entries in a response to a dialog-creating request (RFC 3261 §16.7
+    /// step 4 lets a proxy rewrite its own Record-Route in responses).
+    pub(crate) fn seal_record_routes(&self, mut resp: Message) -> Message {
+        let Some(callee) = first_contact(&resp).map(|u| crate::cookie::target_key(&u)) else {
+            return resp;
+        };
+        let Ok(mut routes) = resp.name_addrs(&HeaderName::RecordRoute) else {
+            return resp;
+        };
+        let call_id = resp.call_id().unwrap_or("").to_owned();
+        let mut changed = false;
+        for r in &mut routes {
+            let Some(u) = r.uri.as_sip_mut() else {
+                continue;
+            };
+            if !self.is_own(&u.host, u.port) {
+                continue;
+            }
+            let Some(cookie) = u.params.value(crate::cookie::ROUTE_PARAM) else {
+                continue;
+            };
+            if !self.cookies.dialog_ok(cookie, &call_id) {
+                continue;
+            }
+            let sealed = self.cookies.with_callee(cookie, &call_id, &callee);
+            u.params.set(crate::cookie::ROUTE_PARAM, Some(&sealed));
+            changed = true;
+        }
+        if changed {
+            resp.headers.remove(&HeaderName::RecordRoute);
+            for r in routes {
+                resp.headers.push(HeaderName::RecordRoute, r.to_string());
+            }
+        }
+        resp
+    }
+
     /// The path to a binding. Over a stream: the connection it registered on while that is
     /// open (connection reuse: the only way to reach NATed and TLS clients), else its
     /// Contact. Over UDP: its Contact when that is on the address the REGISTER came from,
@@ -514,11 +569,20 @@ impl Core {
         let in_dialog = incoming.to_header().ok().is_some_and(|t| t.tag().is_some());
         if !in_dialog && matches!(method, Method::Invite | Method::Subscribe | Method::Refer) {
             // §16.6 step 4, with double Record-Route when the transports differ (RFC 5658).
-            let out_rr = format!(
-                "<sip:{};transport={};lr>",
-                fmt_addr(hop.local),
-                hop.transport.param()
-            );
+            // The cookie proves later requests in this dialog came through it.
+            let caller = first_contact(incoming).map(|u| crate::cookie::target_key(&u));
+            let cookie = self
+                .cookies
+                .route_cookie(incoming.call_id().unwrap_or(""), caller.as_deref());
+            let rr = |local: SocketAddr, t: TransportKind| {
+                format!(
+                    "<sip:{};transport={};lr;{}={cookie}>",
+                    fmt_addr(local),
+                    t.param(),
+                    crate::cookie::ROUTE_PARAM
+                )
+            };
+            let out_rr = rr(hop.local, hop.transport);
             if in_source.transport != hop.transport || in_source.local.port() != hop.local.port() {
                 let in_local = if in_source.local.ip().is_unspecified() {
                     SocketAddr::new(
@@ -528,17 +592,18 @@ impl Core {
                 } else {
                     in_source.local
                 };
-                let in_rr = format!(
-                    "<sip:{};transport={};lr>",
-                    fmt_addr(in_local),
-                    in_source.transport.param()
-                );
+                let in_rr = rr(in_local, in_source.transport);
                 out.headers.insert_first(HeaderName::RecordRoute, in_rr);
             }
             out.headers.insert_first(HeaderName::RecordRoute, out_rr);
         }
-        // §16.6 step 8: our Via on top, with a branch carrying the loop hash.
-        let branch = format!("{OUR_BRANCH}{hash}.{idx}{}", &new_branch()[7..19]);
+        // §16.6 step 8: our Via on top, with a branch carrying the loop hash and a MAC of
+        // the Via below (the only place a stray response to it may be relayed).
+        let mac = incoming
+            .top_via()
+            .map(|v| self.cookies.branch_mac(&v))
+            .unwrap_or_default();
+        let branch = format!("{OUR_BRANCH}{hash}.{idx}.{mac}");
         out.headers.push_front(HeaderName::Via, hop.via(&branch));
         // Credentials for our realm stop here (§22.3): the next hop cannot use them.
         out.headers.remove(&HeaderName::ProxyAuthorization);
@@ -568,6 +633,8 @@ impl Core {
     ) {
         let method = req.message.method().cloned().unwrap_or(Method::Options);
         let is_invite = method == Method::Invite;
+        let record_routed = !in_dialog_request(&req.message)
+            && matches!(method, Method::Invite | Method::Subscribe | Method::Refer);
         let hash = loop_hash(&req.message);
         let (ev_tx, mut ev_rx) = mailbox::<(usize, ClientEvent)>();
         let mut branches: Vec<(Message, Hop, bool, bool)> = Vec::new(); // request, hop, got provisional, done
@@ -621,6 +688,11 @@ impl Core {
                 }
             };
             let status = resp.status().unwrap_or(500);
+            let resp = if record_routed && status > 100 && status < 300 {
+                self.seal_record_routes(resp)
+            } else {
+                resp
+            };
             if status < 200 {
                 branches[idx].2 = true;
                 if (got_2xx || cancelled) && is_invite {
@@ -710,23 +782,34 @@ impl Core {
     }
 
     /// ACK for a 2xx (no transaction, §16.7 / §13.2.2.4): forwarded statelessly to the
-    /// device over its flow.
+    /// device over its flow — only when our Record-Route's cookie proves the dialog is
+    /// one we record-routed (an ACK cannot be challenged, so the cookie is all that keeps
+    /// a stranger from using us as a relay).
     pub(crate) async fn forward_ack(&self, ack: Inbound) {
         let mut msg = ack.message;
-        let via_our_route = self.pop_own_routes(&mut msg);
+        let own_route = self.pop_own_routes(&mut msg);
         if msg.headers.has(&HeaderName::Route) {
             return;
         }
-        let Some(uri) = msg.request_uri().cloned() else {
+        let Some(Uri::Sip(uri)) = msg.request_uri().cloned() else {
             return;
         };
-        // As for other in-dialog requests: a registered contact, or the remote target of a
-        // dialog we record-routed.
-        let remote = || match (&uri, via_our_route) {
-            (Uri::Sip(u), true) => self.remote_target(u),
-            _ => None,
-        };
-        let Some(b) = self.location.binding_for_contact(&uri).or_else(remote) else {
+        let call_id = msg.call_id().unwrap_or("");
+        let dialog_ok = own_route
+            .cookie
+            .as_deref()
+            .is_some_and(|c| self.cookies.dialog_ok(c, call_id));
+        if !dialog_ok {
+            tracing::debug!(source = %ack.source.remote, "ACK for no dialog of ours dropped");
+            return;
+        }
+        // As for other in-dialog requests: a registered contact, or a remote target the
+        // cookie names.
+        let Some(b) = self
+            .location
+            .binding_for_contact(&Uri::Sip(uri.clone()))
+            .or_else(|| self.proven_remote_target(&msg, &uri, &own_route))
+        else {
             return;
         };
         let hop = self.hop_for(&b);
@@ -753,14 +836,34 @@ impl Core {
         self.layer.send_stateless(hop.target, &msg).await;
     }
 
-    /// A response with no client transaction (a 2xx retransmission): if the top Via is
-    /// ours, forward it statelessly to the next Via (§16.7, §18.2.2).
+    /// A response with no client transaction (a retransmitted 2xx to an INVITE, the only
+    /// response that legitimately outlives its transaction): forwarded statelessly to the
+    /// next Via (§16.7, §18.2.2) when our branch's MAC proves that Via is the one the
+    /// request came with. Anything else is dropped: relaying a response to whatever Via
+    /// it names would make us a reflector.
     pub(crate) async fn forward_stray_response(&self, resp: Inbound) {
         let msg = resp.message;
-        let Ok(top) = msg.top_via() else { return };
-        if !top.branch().is_some_and(|b| b.starts_with(OUR_BRANCH)) {
+        let is_invite_2xx = msg.status().is_some_and(|s| (200..300).contains(&s))
+            && msg.cseq().is_ok_and(|c| c.method == Method::Invite);
+        if !is_invite_2xx {
             return;
         }
+        let Ok(vias) = msg.vias() else { return };
+        let (Some(top), Some(next)) = (vias.first(), vias.get(1)) else {
+            return;
+        };
+        let Some(mac) = top
+            .branch()
+            .and_then(|b| b.strip_prefix(OUR_BRANCH))
+            .and_then(|rest| rest.split('.').nth(2))
+        else {
+            return;
+        };
+        if !self.is_own(&top.host, top.port) || mac != self.cookies.branch_mac(next) {
+            tracing::debug!(source = %resp.source.remote, "stray response not ours dropped");
+            return;
+        }
+        let msg = self.seal_record_routes(msg);
         let Some(up) = strip_our_via(msg) else { return };
         let Ok(next) = up.top_via() else { return };
         let Some(kind) = TransportKind::from_name(&next.transport) else {
@@ -785,6 +888,17 @@ impl Core {
         self.layer
             .send_stateless(Target::Addr(kind, SocketAddr::new(ip, port)), &up)
             .await;
+    }
+}
+
+/// The URI of a request's first Contact.
+fn first_contact(msg: &Message) -> Option<sip_message::SipUri> {
+    match msg.contacts() {
+        Ok(sip_message::ContactValue::List(list)) => list
+            .into_iter()
+            .next()
+            .and_then(|c| c.uri.as_sip().cloned()),
+        _ => None,
     }
 }
 

@@ -69,6 +69,38 @@ fn listen_error(what: &str, flag: &str, addr: SocketAddr, e: std::io::Error) -> 
     anyhow::anyhow!("cannot listen for {what} on {addr}: {e} ({hint})")
 }
 
+/// The key of the cookies in our Record-Route and Via branches, kept in the data
+/// directory (owner-only) so dialogs established before a restart still route after it.
+fn route_secret(data_dir: &std::path::Path) -> Result<[u8; 32]> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = data_dir.join("route-secret");
+    let parse = |text: &str| -> Option<[u8; 32]> {
+        let mut key = [0u8; 32];
+        hex::decode_to_slice(text.trim(), &mut key).ok()?;
+        Some(key)
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            return parse(&text).with_context(|| {
+                format!("{} is damaged; delete it to make a new one", path.display())
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+    let key: [u8; 32] = rand::random();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(hex::encode(key).as_bytes())?;
+    f.sync_all()?;
+    Ok(key)
+}
+
 /// Opens the store, binds every listener, and starts serving.
 pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
     let users =
@@ -157,6 +189,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
             digest_algorithms: cfg.digest_algorithms.clone(),
             nonce_lifetime: Duration::from_secs(cfg.nonce_lifetime_secs),
             hostnames: cfg.hostnames.clone(),
+            route_secret: Some(route_secret(&cfg.data_dir)?),
             ..Default::default()
         },
         im.clone(),

@@ -7,6 +7,7 @@ mod lync;
 mod lync_im;
 mod presence;
 mod registration;
+mod relay;
 mod robustness;
 mod routing;
 mod support;

@@ -1,0 +1,200 @@
+//! The server relays only what it created: ACKs and in-dialog requests for dialogs its
+//! Record-Route cookie proves, stray responses whose branch MAC proves where they go.
+//! Each attack below was an open relay / reflector before the cookies.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sip_message::{HeaderName, Message, Method};
+use tokio::net::{TcpListener, UdpSocket};
+
+use crate::support::*;
+
+/// A UDP socket and a TCP listener standing for "some host on the internet".
+struct Bystander {
+    udp: UdpSocket,
+    tcp: TcpListener,
+}
+
+impl Bystander {
+    async fn new() -> Bystander {
+        Bystander {
+            udp: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+            tcp: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        }
+    }
+    fn udp_addr(&self) -> SocketAddr {
+        self.udp.local_addr().unwrap()
+    }
+    fn tcp_addr(&self) -> SocketAddr {
+        self.tcp.local_addr().unwrap()
+    }
+    /// Nothing arrives, over UDP or as a TCP connection, for a while.
+    async fn hears_nothing(&self) {
+        let mut buf = [0u8; 4096];
+        let heard = tokio::time::timeout(Duration::from_millis(1500), async {
+            tokio::select! {
+                r = self.udp.recv_from(&mut buf) => format!("a datagram: {:?}", r.map(|(n, _)| String::from_utf8_lossy(&buf[..n]).into_owned())),
+                r = self.tcp.accept() => format!("a connection from {:?}", r.map(|(_, a)| a)),
+            }
+        })
+        .await;
+        assert!(
+            heard.is_err(),
+            "the server relayed to a bystander: {heard:?}"
+        );
+    }
+}
+
+fn attacker_ack(server: SocketAddr, target: &str) -> String {
+    format!(
+        "ACK {target} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2:5099;branch=z9hG4bK-evil{}\r\n\
+         Route: <sip:{server};lr>\r\nMax-Forwards: 70\r\nFrom: <sip:mallory@example.com>;tag=m1\r\n\
+         To: <sip:victim@example.com>;tag=v1\r\nCall-ID: evil-{}@x\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+        rand_hex(),
+        rand_hex()
+    )
+}
+
+#[tokio::test]
+async fn an_unauthenticated_ack_is_not_relayed_anywhere() {
+    let s = TestServer::start(&["alice"]).await;
+    let by = Bystander::new().await;
+    let server = s.addr(Transport::Udp);
+    let attacker = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    for target in [
+        format!("sip:x@{}", by.udp_addr()),
+        format!("sip:x@{};transport=tcp", by.tcp_addr()),
+    ] {
+        attacker
+            .send_to(attacker_ack(server, &target).as_bytes(), server)
+            .await
+            .unwrap();
+        // Also with a Route that looks like ours, cookie and all, but forged.
+        let forged = attacker_ack(server, &target).replace(";lr>", ";lr;sbt=0011223344556677>");
+        attacker.send_to(forged.as_bytes(), server).await.unwrap();
+    }
+    by.hears_nothing().await;
+    // UDP still answers.
+    let mut c = s.client(Transport::Udp, "alice").await;
+    assert_eq!(status(&c.register(None).await), 200);
+}
+
+#[tokio::test]
+async fn a_stray_response_with_our_branch_prefix_is_not_relayed() {
+    let s = TestServer::start(&["alice"]).await;
+    let by = Bystander::new().await;
+    let server = s.addr(Transport::Udp);
+    let attacker = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    for (kind, next) in [("UDP", by.udp_addr()), ("TCP", by.tcp_addr())] {
+        let resp = format!(
+            "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP {server};branch=z9hG4bKsb0123456789abcdef.0.0011223344556677\r\n\
+             Via: SIP/2.0/{kind} {next};branch=z9hG4bK-victim\r\nFrom: <sip:a@example.com>;tag=1\r\n\
+             To: <sip:b@example.com>;tag=2\r\nCall-ID: stray-{}@x\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
+            rand_hex()
+        );
+        attacker.send_to(resp.as_bytes(), server).await.unwrap();
+    }
+    by.hears_nothing().await;
+}
+
+/// INVITE from a caller that never registered (SIPp style) to a registered callee: the
+/// dialog's own requests still flow both ways through the cookies, and a request in
+/// that dialog aimed at any other target is refused.
+#[tokio::test]
+async fn dialogs_still_route_both_ways_and_only_to_their_targets() {
+    let s = TestServer::start(&["alice", "bob"]).await;
+    let mut bob = s.client(Transport::Tcp, "bob").await;
+    assert_eq!(status(&bob.register(None).await), 200);
+    let mut alice = s.client(Transport::Udp, "alice").await;
+    let to = "sip:bob@example.com";
+    let mut inv = alice.request("INVITE", to, to);
+    inv.headers.push(HeaderName::ContentType, "application/sdp");
+    inv.body = bytes::Bytes::from_static(b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=message 5060 sip sip:x@127.0.0.1\r\n");
+    alice.send(&inv).await;
+    let ch = alice.final_response().await;
+    assert_eq!(status(&ch), 407);
+    let inv = alice.with_credentials(&inv, &ch, "pw-alice", "MD5", 1);
+    alice.send(&inv).await;
+    let got = bob.recv().await.expect("bob gets the INVITE");
+    assert_eq!(got.method(), Some(&Method::Invite));
+    let rr: Vec<String> = got
+        .headers
+        .get_all(&HeaderName::RecordRoute)
+        .map(str::to_owned)
+        .collect();
+    assert!(rr.iter().all(|r| r.contains(";sbt=")), "{rr:?}");
+    let mut ok = got.response(200, Some("bobtag"));
+    // A UAS copies the Record-Route into its 2xx (RFC 3261 §12.1.1).
+    for r in &rr {
+        ok.headers.push(HeaderName::RecordRoute, r.clone());
+    }
+    ok.headers.push(
+        HeaderName::Contact,
+        format!("<sip:bob@127.0.0.1:{};transport=tcp>", bob.local.port()),
+    );
+    bob.send(&ok).await;
+    let ok_at_alice = alice.final_response().await;
+    assert_eq!(status(&ok_at_alice), 200);
+    // alice's route set: the Record-Route of the 2xx, reversed (one entry each way here).
+    let mut ack = alice.request(
+        "ACK",
+        &format!("sip:bob@127.0.0.1:{};transport=tcp", bob.local.port()),
+        to,
+    );
+    set_dialog(&mut ack, &inv, &ok_at_alice, true);
+    alice.send(&ack).await;
+    let acked = bob.recv().await.expect("the ACK reaches bob");
+    assert_eq!(acked.method(), Some(&Method::Ack));
+
+    // bob hangs up: to alice's Contact (she never registered) over the server.
+    let alice_contact = format!("sip:alice@127.0.0.1:{};transport=udp", alice.local.port());
+    let mut bye = bob.request("BYE", &alice_contact, "sip:alice@example.com");
+    set_dialog(&mut bye, &inv, &got, false);
+    let by = Bystander::new().await;
+    // The same dialog aimed elsewhere: refused, and nothing reaches the bystander.
+    let mut hijack = bye.clone();
+    if let sip_message::StartLine::Request { uri, .. } = &mut hijack.start {
+        *uri = sip_message::Uri::parse(&format!("sip:alice@{}", by.udp_addr())).unwrap();
+    }
+    let refused = bob.send_authenticated(hijack).await;
+    assert_eq!(status(&refused), 403, "{refused}");
+    by.hears_nothing().await;
+    bob.send(&bye).await;
+    let ch = bob.final_response().await;
+    let bye = bob.with_credentials(&bye, &ch, "pw-bob", "MD5", 1);
+    bob.send(&bye).await;
+    let at_alice = alice.recv().await.expect("the BYE reaches alice");
+    assert_eq!(at_alice.method(), Some(&Method::Bye));
+}
+
+/// Makes `m` a request in the dialog of `invite`: its Call-ID and tags, and the route set
+/// from `with_rr` (reversed for the caller, as received for the callee).
+fn set_dialog(m: &mut Message, invite: &Message, with_rr: &Message, caller: bool) {
+    let h = |n: &HeaderName, msg: &Message| msg.headers.get(n).unwrap().to_owned();
+    m.headers
+        .set(HeaderName::CallId, h(&HeaderName::CallId, invite));
+    let (from, to) = if caller {
+        (h(&HeaderName::From, invite), h(&HeaderName::To, with_rr))
+    } else {
+        // The callee's From is the INVITE's To with its tag.
+        (
+            format!("{};tag=bobtag", h(&HeaderName::To, invite)),
+            h(&HeaderName::From, invite),
+        )
+    };
+    m.headers.set(HeaderName::From, from);
+    m.headers.set(HeaderName::To, to);
+    let mut routes: Vec<String> = with_rr
+        .headers
+        .get_all(&HeaderName::RecordRoute)
+        .flat_map(|v| sip_message::NameAddr::parse_list(v).unwrap())
+        .map(|n| n.to_string())
+        .collect();
+    if caller {
+        routes.reverse();
+    }
+    for r in routes {
+        m.headers.push(HeaderName::Route, r);
+    }
+}
