@@ -65,11 +65,11 @@ pub fn open(data_dir: &Path) -> Result<UserDirectory, StoreError> {
 
 /// One connection to the database, migrated to the current schema.
 pub(crate) fn connect(data_dir: &Path) -> Result<rusqlite::Connection, StoreError> {
-    std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+    let path = data_dir.join("switchboard.db");
+    make_private(data_dir, &path).map_err(|source| StoreError::DataDir {
         path: data_dir.display().to_string(),
         source,
     })?;
-    let path = data_dir.join("switchboard.db");
     let conn = rusqlite::Connection::open(&path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -77,4 +77,114 @@ pub(crate) fn connect(data_dir: &Path) -> Result<rusqlite::Connection, StoreErro
     conn.pragma_update(None, "foreign_keys", "ON")?;
     migrations::apply(&conn)?;
     Ok(conn)
+}
+
+/// The companions SQLite keeps beside the database, as readable as it is.
+const COMPANIONS: [&str; 3] = ["-wal", "-shm", "-journal"];
+
+/// Makes the data directory (owner only, when we create it) and the database file owner
+/// only before SQLite opens it: the file holds password-equivalent hashes. SQLite gives
+/// the `-wal`/`-shm` files it creates the database file's mode, so creating that file
+/// 0600 first covers them; files left readable by older versions are tightened here.
+/// Per file, not by umask, which is process-wide.
+#[cfg(unix)]
+fn make_private(data_dir: &Path, db: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)?;
+    // Only a missing file is opened here: POSIX record locks belong to the process, so
+    // closing any descriptor of a database this process already has open would drop the
+    // locks SQLite holds through its own. The existing files are changed by path below.
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(db)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let mut files = vec![db.to_path_buf()];
+    for suffix in COMPANIONS {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        files.push(p.into());
+    }
+    for p in files {
+        let mode = match std::fs::metadata(&p) {
+            Ok(m) => m.permissions().mode(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode & 0o700))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn make_private(data_dir: &Path, _db: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(data_dir)
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &std::path::Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_new_database_and_its_directory_are_owner_only() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("data");
+        let users = crate::open(&dir).unwrap();
+        let a = crate::Address::parse("alice@example.com").unwrap();
+        users.add(&a, "pw-alice", None).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        let db = dir.join("switchboard.db");
+        assert_eq!(mode(&db), 0o600);
+        // SQLite made these after the write, in WAL mode.
+        for suffix in ["-wal", "-shm"] {
+            let p = dir.join(format!("switchboard.db{suffix}"));
+            assert_eq!(mode(&p), 0o600, "{suffix}");
+        }
+        // The other stores open the same file the same way.
+        crate::ImStore::open(&dir).unwrap();
+        crate::PresenceStore::open(&dir).unwrap();
+        assert_eq!(mode(&db), 0o600);
+    }
+
+    #[test]
+    fn a_readable_database_is_tightened_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = crate::Address::parse("alice@example.com").unwrap();
+        crate::open(dir.path())
+            .unwrap()
+            .add(&a, "pw-alice", None)
+            .unwrap();
+        let files: Vec<_> = ["", "-wal", "-shm"]
+            .iter()
+            .map(|s| dir.path().join(format!("switchboard.db{s}")))
+            .collect();
+        for f in &files {
+            if !f.exists() {
+                std::fs::write(f, b"").unwrap();
+            }
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        // The data directory the operator made is left as it is.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o750)).unwrap();
+        let users = crate::open(dir.path()).unwrap();
+        for f in &files {
+            assert_eq!(mode(f), 0o600, "{}", f.display());
+        }
+        assert_eq!(mode(dir.path()), 0o750);
+        assert!(users.find(&a).unwrap().is_some(), "the data is intact");
+    }
 }

@@ -1,10 +1,17 @@
 //! The HTTP listener (loopback by default): health and status for operators and load
 //! balancers, and the presence API (`GET /presence/{address}?as={watcher}`: what that
 //! watcher is allowed to see, through the same privacy filter as every NOTIFY).
+//!
+//! The presence API has no authentication yet, so it is served to loopback peers only
+//! (whoever can run commands on the host can read the database anyway), and it always
+//! answers as a named watcher: the owner's own view (devices, personal phone, meeting
+//! subjects) only when `as=` names the owner.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::rejection::{ExtensionRejection, PathRejection};
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -46,50 +53,109 @@ async fn status(State(s): State<AppState>) -> Json<serde_json::Value> {
     }))
 }
 
-fn error(status: StatusCode, text: String) -> (StatusCode, Json<serde_json::Value>) {
+type Answer = (StatusCode, Json<serde_json::Value>);
+
+fn error(status: StatusCode, text: String) -> Answer {
     (status, Json(json!({ "error": text })))
 }
 
-/// The presence of `address` as `as` (a user address; absent: the user themself) sees it.
+/// Whether a peer may use the presence API: loopback only until the API has tokens.
+/// IPv4-mapped IPv6 (`::ffff:127.0.0.1`, seen on a dual-stack `[::]` listener) counts as
+/// the IPv4 address it carries.
+fn presence_peer_allowed(peer: IpAddr) -> bool {
+    peer.to_canonical().is_loopback()
+}
+
+/// Percent-decodes a whole query component (RFC 3986). `+` stays a plus: SIP user parts
+/// may hold one (`+15551234@example.com`), and no address holds a space. `None` for a
+/// `%` not followed by two hex digits, or bytes that are not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let digit = |j: usize| (*b.get(j)? as char).to_digit(16);
+            // Two hex digits exactly (from_str_radix would also take "%+5").
+            out.push((digit(i + 1)? * 16 + digit(i + 2)?) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The watcher named by `as=` in a raw query: exactly one, decoded and a user address.
+fn watcher_of(query: Option<&str>) -> Result<Address, String> {
+    let mut found = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let bad = || format!("bad percent-encoding in '{pair}'");
+        if percent_decode(k).ok_or_else(bad)? != "as" {
+            continue;
+        }
+        if found.is_some() {
+            return Err("give ?as=WATCHER once".into());
+        }
+        found = Some(percent_decode(v).ok_or_else(bad)?);
+    }
+    let Some(v) = found else {
+        return Err(
+            "?as=WATCHER is required: the user address whose view to show \
+             (name the user themself for their own view)"
+                .into(),
+        );
+    };
+    Address::parse(&v).map_err(|e| e.to_string())
+}
+
+/// The presence of `address` as the watcher `as=` names sees it.
 async fn presence_of(
+    peer: Result<ConnectInfo<SocketAddr>, ExtensionRejection>,
     State(s): State<AppState>,
-    Path(address): Path<String>,
+    address: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
-) -> (StatusCode, Json<serde_json::Value>) {
+) -> Answer {
+    // Checked first, so other peers learn nothing, not even whether a user exists. No
+    // peer address (a listener served without it) is refused, never let through.
+    match peer {
+        Ok(ConnectInfo(p)) if presence_peer_allowed(p.ip()) => {}
+        _ => {
+            return error(
+                StatusCode::FORBIDDEN,
+                "the presence API is served to loopback clients only".into(),
+            )
+        }
+    }
+    let address = match address {
+        Ok(Path(a)) => a,
+        Err(e) => return error(e.status(), e.body_text()),
+    };
     let Ok(addr) = Address::parse(&address) else {
         return error(
             StatusCode::BAD_REQUEST,
             format!("'{address}' is not a user address"),
         );
     };
-    let mut watcher = None;
-    for pair in query.as_deref().unwrap_or("").split('&') {
-        if let Some(v) = pair.strip_prefix("as=") {
-            let v = v
-                .replace("%40", "@")
-                .replace("%3A", ":")
-                .replace("%3a", ":");
-            match Address::parse(&v) {
-                Ok(w) => watcher = Some(format!("sip:{w}")),
-                Err(_) => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        format!("'{v}' is not a user address"),
-                    )
-                }
-            }
-        }
-    }
+    let watcher = match watcher_of(query.as_deref()) {
+        Ok(w) => w,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
     match s.core.users().find(&addr) {
         Ok(Some(_)) => {}
         Ok(None) => return error(StatusCode::NOT_FOUND, format!("no such user: {addr}")),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
-    let view = s.presence.view(&format!("sip:{addr}"), watcher.as_deref());
-    (
-        StatusCode::OK,
-        Json(serde_json::to_value(view).unwrap_or_default()),
-    )
+    // Always a named watcher: the service reads "no watcher" as the owner.
+    let view = s
+        .presence
+        .view(&format!("sip:{addr}"), Some(&format!("sip:{watcher}")));
+    match serde_json::to_value(view) {
+        Ok(v) => (StatusCode::OK, Json(v)),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 pub(crate) async fn serve(
@@ -113,10 +179,66 @@ pub(crate) async fn serve(
     let shutdown = async move {
         let _ = stop.changed().await;
     };
+    // With the peer address, which the presence API checks.
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
     {
         tracing::error!(error = %e, "HTTP server failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_peers_get_presence() {
+        for ok in ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"] {
+            assert!(presence_peer_allowed(ok.parse().unwrap()), "{ok}");
+        }
+        for no in [
+            "192.0.2.2",
+            "10.0.0.1",
+            "0.0.0.0",
+            "::",
+            "fd00::2",
+            "::ffff:192.0.2.2",
+        ] {
+            assert!(!presence_peer_allowed(no.parse().unwrap()), "{no}");
+        }
+    }
+
+    #[test]
+    fn as_is_required_once_and_fully_decoded() {
+        let w = |q: &str| watcher_of(Some(q)).map(|a| a.to_string());
+        assert!(watcher_of(None)
+            .unwrap_err()
+            .contains("?as=WATCHER is required"));
+        assert!(w("").is_err());
+        assert!(w("x=1").unwrap_err().contains("required"));
+        assert_eq!(w("as=bob@example.com").unwrap(), "bob@example.com");
+        assert_eq!(
+            w("x=1&as=sip%3Abob%40Example.com").unwrap(),
+            "bob@example.com"
+        );
+        assert_eq!(w("%61s=%62ob@example.com").unwrap(), "bob@example.com");
+        // Every escape, not only %40 and %3A; and '+' is not a space.
+        assert_eq!(w("as=a%26b%2Bc@example.com").unwrap(), "a&b+c@example.com");
+        assert_eq!(w("as=+1555@example.com").unwrap(), "+1555@example.com");
+        for bad in [
+            "as=bob%4@example.com",
+            "as=bob%zz@example.com",
+            "as=bob%",
+            "as=bob%+4@example.com",
+            "as=%ff%fe@example.com",
+        ] {
+            assert!(w(bad).unwrap_err().contains("percent-encoding"), "{bad}");
+        }
+        assert!(w("as=").unwrap_err().contains("not a user address"));
+        assert!(w("as=a@example.com&as=b@example.com")
+            .unwrap_err()
+            .contains("once"));
     }
 }

@@ -90,7 +90,8 @@ pub(crate) enum PresenceCommand {
         #[arg(long)]
         personal_phone: Option<String>,
     },
-    /// Show a user's presence, as WATCHER sees it (default: as the user sees it).
+    /// Show a user's presence, as WATCHER sees it (default: as the user sees it). The
+    /// server's API answers loopback clients only.
     Show {
         address: String,
         #[arg(long = "as")]
@@ -302,8 +303,12 @@ pub(crate) fn presence(data_dir: &Path, cmd: PresenceCommand) -> Result<()> {
             server,
         } => {
             let a = s.user(&address)?;
-            let w = watcher.as_deref().map(Address::parse).transpose()?;
-            let (value, live) = match ask_server(&server, &a, w.as_ref()) {
+            // No --as: the user themself, named explicitly (the API never assumes it).
+            let w = match watcher.as_deref() {
+                Some(w) => Address::parse(w)?,
+                None => a.clone(),
+            };
+            let (value, live) = match ask_server(&server, &a, &w) {
                 Ok(v) => (v, true),
                 Err(ServerAnswer::Unreachable) => {
                     let v = stored_view(
@@ -311,7 +316,7 @@ pub(crate) fn presence(data_dir: &Path, cmd: PresenceCommand) -> Result<()> {
                         &s.users,
                         &AggregationRules::default(),
                         &format!("sip:{a}"),
-                        w.as_ref().map(|w| format!("sip:{w}")).as_deref(),
+                        Some(&format!("sip:{w}")),
                         now,
                     );
                     (serde_json::to_value(v)?, false)
@@ -383,18 +388,28 @@ enum ServerAnswer {
     Error(String),
 }
 
+/// Percent-encodes an address for a URL path segment or query value: user parts may
+/// hold `/`, `?`, `&`, `=` and `+`, which would otherwise change the request.
+fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~@".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// `GET /presence/{a}?as={w}` on the running server (plain HTTP/1.1 on loopback).
-fn ask_server(
-    server: &str,
-    a: &Address,
-    w: Option<&Address>,
-) -> Result<serde_json::Value, ServerAnswer> {
+fn ask_server(server: &str, a: &Address, w: &Address) -> Result<serde_json::Value, ServerAnswer> {
     let addr = server.trim_start_matches("http://").trim_end_matches('/');
     let mut conn = std::net::TcpStream::connect(addr).map_err(|_| ServerAnswer::Unreachable)?;
     let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(5)));
-    let query = w.map(|w| format!("?as={w}")).unwrap_or_default();
+    let (a, w) = (url_encode(&a.to_string()), url_encode(&w.to_string()));
     let req =
-        format!("GET /presence/{a}{query} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        format!("GET /presence/{a}?as={w} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     let io = |e: std::io::Error| ServerAnswer::Error(format!("server at {addr}: {e}"));
     conn.write_all(req.as_bytes()).map_err(io)?;
     let mut resp = Vec::new();

@@ -46,6 +46,14 @@ fn write_private(path: &Path, data: &str) -> Result<()> {
     let mut f = opts
         .open(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
+    // The mode above applies only to a new file; one left readable is tightened before
+    // the key goes in.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot restrict {}", path.display()))?;
+    }
     f.write_all(data.as_bytes())?;
     Ok(())
 }
@@ -69,6 +77,8 @@ pub fn ensure_generated(data_dir: &Path, names: &[String]) -> Result<GeneratedPa
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
+    // The CA key signs the one leaf below and is never written anywhere: the only private
+    // key on disk is the server's.
     let ca_cert = ca.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca, ca_key);
 
@@ -121,4 +131,37 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
         .with_single_cert(certs, key)
         .context("TLS certificate and private key do not match or are unsupported")?;
     Ok(Arc::new(config))
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    /// Every private key written is owner only, even over a readable file left behind;
+    /// the CA key is not written at all.
+    #[test]
+    fn private_keys_are_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = ensure_generated(dir.path(), &["localhost".into()]).unwrap();
+        assert_eq!(mode(&paths.key), 0o600);
+        for e in std::fs::read_dir(dir.path().join("tls")).unwrap() {
+            let p = e.unwrap().path();
+            let text = std::fs::read_to_string(&p).unwrap();
+            if p != paths.key {
+                assert!(!text.contains("PRIVATE KEY"), "{} holds a key", p.display());
+            }
+        }
+        // A half-made set (certificate gone, key left readable) is made again, private.
+        std::fs::remove_file(&paths.cert).unwrap();
+        std::fs::set_permissions(&paths.key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let paths = ensure_generated(dir.path(), &["localhost".into()]).unwrap();
+        assert_eq!(mode(&paths.key), 0o600);
+        server_config(&paths.cert, &paths.key).unwrap();
+    }
 }
