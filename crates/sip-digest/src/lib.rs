@@ -137,22 +137,45 @@ impl NonceIssuer {
     }
 
     pub fn issue(&self, now_secs: u64) -> String {
+        self.issue_bound(now_secs, b"")
+    }
+
+    /// A nonce that is valid only when checked with the same `binding` (the client's
+    /// address): a nonce handed to one host is no use to another.
+    pub fn issue_bound(&self, now_secs: u64, binding: &[u8]) -> String {
         let mut raw = [0u8; NONCE_RAW];
         raw[..8].copy_from_slice(&now_secs.to_be_bytes());
         raw[8..16].copy_from_slice(&rand::random::<[u8; 8]>());
-        let mac = self.mac(&raw[..16]);
+        let mac = self.mac_bound(&raw[..16], binding);
         raw[16..].copy_from_slice(&mac[..12]);
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
     }
 
+    fn mac_bound(&self, data: &[u8], binding: &[u8]) -> [u8; 32] {
+        if binding.is_empty() {
+            return self.mac(data);
+        }
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
+            .expect("HMAC takes a key of any length");
+        mac.update(data);
+        mac.update(b"|bound|");
+        mac.update(binding);
+        mac.finalize().into_bytes().into()
+    }
+
     pub fn check(&self, nonce: &str, now_secs: u64) -> NonceState {
+        self.check_bound(nonce, now_secs, b"")
+    }
+
+    /// Checks a nonce issued by [`NonceIssuer::issue_bound`] with `binding`.
+    pub fn check_bound(&self, nonce: &str, now_secs: u64, binding: &[u8]) -> NonceState {
         let Ok(raw) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(nonce) else {
             return NonceState::Unknown;
         };
         if raw.len() != NONCE_RAW {
             return NonceState::Unknown;
         }
-        let mac = self.mac(&raw[..16]);
+        let mac = self.mac_bound(&raw[..16], binding);
         if !digests_equal(&hex::encode(&mac[..12]), &hex::encode(&raw[16..])) {
             return NonceState::Unknown;
         }
@@ -239,6 +262,18 @@ impl ReplayGuard {
                 true
             }
         }
+    }
+
+    /// Makes `nonce` unusable with any nonce-count (after a wrong answer: each guess
+    /// then costs the guesser a new challenge, and each is counted).
+    pub fn burn(&self, nonce: &str, now_secs: u64) {
+        use std::hash::BuildHasher;
+        let key = self.hasher.hash_one(nonce);
+        let mut g = self.shards[key as usize % REPLAY_SHARDS].lock();
+        if g.rotated_at == 0 {
+            g.rotated_at = now_secs;
+        }
+        g.current.insert(key, u32::MAX);
     }
 
     /// Entries held (both generations).
@@ -328,6 +363,26 @@ mod tests {
             NonceIssuer::new(300).check(&nonce, 1000),
             NonceState::Unknown
         );
+    }
+
+    #[test]
+    fn bound_nonces_work_only_for_their_binding() {
+        let issuer = NonceIssuer::new(300);
+        let n = issuer.issue_bound(1000, &[127, 0, 0, 1]);
+        assert_eq!(issuer.check_bound(&n, 1001, &[127, 0, 0, 1]), NonceState::Fresh);
+        assert_eq!(issuer.check_bound(&n, 1001, &[127, 0, 0, 2]), NonceState::Unknown);
+        assert_eq!(issuer.check(&n, 1001), NonceState::Unknown);
+    }
+
+    #[test]
+    fn a_burned_nonce_takes_no_count() {
+        let g = ReplayGuard::new(300);
+        assert!(g.accept("n1", Some("00000001"), 10));
+        g.burn("n1", 11);
+        assert!(!g.accept("n1", Some("00000002"), 12));
+        g.burn("n2", 12);
+        assert!(!g.accept("n2", Some("00000001"), 12));
+        assert!(!g.accept("n2", None, 12));
     }
 
     #[test]

@@ -90,7 +90,7 @@ pub struct Core {
     pub(crate) replay: ReplayGuard,
     pub(crate) hook: Arc<dyn ImHook>,
     /// NTLM security associations of Lync-dialect clients, by `opaque`.
-    pub(crate) ntlm: Mutex<ntlm_auth::SecurityAssociations>,
+    pub(crate) ntlm: Mutex<ntlm_auth::NtlmState>,
     /// The association each signed-in Lync connection signs on (by `opaque`).
     pub(crate) sa_flows: RwLock<HashMap<ConnectionId, String>>,
     /// The event-state service (presence), once attached.
@@ -137,7 +137,7 @@ impl Core {
             config,
             hook,
             events: std::sync::OnceLock::new(),
-            ntlm: Mutex::new(HashMap::new()),
+            ntlm: Mutex::new(Default::default()),
             sa_flows: RwLock::new(HashMap::new()),
             epoch: tokio::time::Instant::now(),
             own_addrs: RwLock::new(Vec::new()),
@@ -161,6 +161,7 @@ impl Core {
             loop {
                 tick.tick().await;
                 let Some(core) = weak.upgrade() else { return };
+                core.ntlm.lock().sweep(std::time::Instant::now());
                 let n = core.location.sweep();
                 if n > 0 {
                     tracing::debug!(expired = n, "bindings expired");
@@ -180,6 +181,11 @@ impl Core {
 
     pub fn location(&self) -> &Location {
         &self.location
+    }
+
+    /// NTLM handshakes in progress and established Lync security associations.
+    pub fn ntlm_counts(&self) -> (usize, usize) {
+        self.ntlm.lock().counts()
     }
 
     pub(crate) fn now_secs(&self) -> u64 {
@@ -399,30 +405,36 @@ impl Core {
         }
         // Lync-dialect clients sign in with NTLM (MS-SIPAE); everyone else with Digest.
         let mut ntlm_sa = None;
-        let authed = match self.ntlm_register(msg, &domain) {
+        let authed = match self.ntlm_register(msg, &domain, &req.source) {
             ntlm_auth::NtlmOutcome::Authenticated { user, opaque } => {
                 ntlm_sa = Some(opaque);
                 user
             }
             ntlm_auth::NtlmOutcome::Answer(resp) => return req.tx.respond(&resp).await,
-            ntlm_auth::NtlmOutcome::NotNtlm => match self.authenticate(msg, &domain) {
-                auth::AuthResult::Ok(a) => a,
-                auth::AuthResult::Challenge { stale } => {
-                    let mut ch = self.challenge(msg, &domain, stale);
-                    if ntlm_auth::speaks_lync(msg) {
-                        ch.headers
-                            .push(HeaderName::WwwAuthenticate, self.ntlm_offer(msg));
-                        ch.headers.push(
-                            HeaderName::Date,
-                            httpdate::fmt_http_date(std::time::SystemTime::now()),
-                        );
+            ntlm_auth::NtlmOutcome::Refused(resp, delay) => {
+                return self.respond_later(&req, resp, delay).await
+            }
+            ntlm_auth::NtlmOutcome::NotNtlm => {
+                match self.authenticate(msg, &domain, req.source.remote.ip()) {
+                    auth::AuthResult::Ok(a) => a,
+                    auth::AuthResult::Challenge { stale } => {
+                        let mut ch = self.challenge(msg, &domain, stale, req.source.remote.ip());
+                        if ntlm_auth::speaks_lync(msg) {
+                            ch.headers
+                                .push(HeaderName::WwwAuthenticate, self.ntlm_offer(msg));
+                            ch.headers.push(
+                                HeaderName::Date,
+                                httpdate::fmt_http_date(std::time::SystemTime::now()),
+                            );
+                        }
+                        return req.tx.respond(&ch).await;
                     }
-                    return req.tx.respond(&ch).await;
+                    auth::AuthResult::Forbidden { why, delay } => {
+                        return self.refuse_after(&req, why, delay).await;
+                    }
+                    auth::AuthResult::Unavailable => return self.respond_unavailable(&req).await,
                 }
-                auth::AuthResult::Forbidden(why) => {
-                    return self.respond_warning(&req, 403, why).await;
-                }
-            },
+            }
         };
         let aor_addr = match Address::parse(&format!("{user}@{domain}")) {
             Ok(a) => a,
@@ -441,6 +453,9 @@ impl Core {
             return self
                 .respond_warning(&req, 403, "credentials do not match the To address")
                 .await;
+        }
+        if !self.admit_user(&req, &authed).await {
+            return;
         }
         let aor = format!("sip:{aor_addr}");
         match self.location.register(&aor, msg, req.source) {

@@ -15,6 +15,14 @@
 //! request the client sends on it must carry a valid signature (`crand`, `cnum`,
 //! `response`), which is what authenticates it; a bad or missing one is answered 401 and
 //! the association is dropped (MS-SIPAE §3.2.5.2, §3.3.5.2).
+//!
+//! Against strangers: handshakes in progress are kept apart from established
+//! associations, one per flow (connection, or UDP source address), bounded in number and
+//! expired oldest-first in O(1); an association answers only on the connection it was
+//! made on (an `opaque` guessed from elsewhere neither signs in nor ends anything); a
+//! signed REGISTER's `cnum` must grow like any request's; an unknown user and a wrong
+//! password get the same answer after the same work; failures go to the guard (delays,
+//! lockout per user and source, bans).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,27 +41,103 @@ const VERSION: u32 = 4;
 /// Associations last 8 hours (MS-SIPAE §3.2.2: clients re-authenticate before that).
 const SA_LIFETIME: Duration = Duration::from_secs(8 * 3600);
 const HANDSHAKE_LIFETIME: Duration = Duration::from_secs(60);
-const MAX_ASSOCIATIONS: usize = 200_000;
+/// Handshakes in progress at most (each is one flow's: a connection or a UDP address).
+const MAX_HANDSHAKES: usize = 20_000;
 
-pub(crate) enum SecurityAssociation {
-    Challenged {
-        server_challenge: [u8; 8],
-        since: Instant,
-    },
-    Established {
-        /// Shared so that signing and checking run outside the associations' lock.
-        session: Arc<ntlm::Session>,
-        user: Address,
-        since: Instant,
-        /// The server's message counter (`snum`).
-        snum: u32,
-        /// The highest `cnum` of the client's requests accepted so far: each request must
-        /// carry a higher one (a replayed request, signature and all, is refused).
-        client_num: u32,
-        /// As the client names them in its signatures (they are part of the input).
-        targetname: String,
-        version: u32,
-    },
+/// Where a handshake or an association lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum FlowKey {
+    Connection(ConnectionId),
+    Udp(std::net::SocketAddr),
+}
+
+impl FlowKey {
+    pub(crate) fn of(source: &sip_transport::Source) -> FlowKey {
+        match source.connection {
+            Some(id) => FlowKey::Connection(id),
+            None => FlowKey::Udp(source.remote),
+        }
+    }
+}
+
+/// Step 2 done, waiting for the AUTHENTICATE.
+pub(crate) struct Handshake {
+    server_challenge: [u8; 8],
+    flow: FlowKey,
+}
+
+/// A signed-in Lync endpoint's security association.
+pub(crate) struct Association {
+    /// Shared so that signing and checking run outside the associations' lock.
+    session: Arc<ntlm::Session>,
+    user: Address,
+    since: Instant,
+    /// The server's message counter (`snum`).
+    snum: u32,
+    /// The highest `cnum` of the client's messages accepted so far: each must carry a
+    /// higher one (a replayed request, signature and all, is refused).
+    client_num: u32,
+    /// As the client names them in its signatures (they are part of the input).
+    targetname: String,
+    version: u32,
+    /// The flow it was made on, the only one it answers on.
+    flow: FlowKey,
+}
+
+/// Handshakes and associations, apart: strangers can fill only the first, which is
+/// bounded and expires in O(1).
+#[derive(Default)]
+pub(crate) struct NtlmState {
+    handshakes: HashMap<String, Handshake>,
+    /// Handshakes by start time, oldest first (entries already gone are skipped).
+    order: std::collections::VecDeque<(Instant, String)>,
+    /// The pending handshake of each flow: a new one replaces it.
+    by_flow: HashMap<FlowKey, String>,
+    associations: HashMap<String, Association>,
+}
+
+impl NtlmState {
+    fn expire_handshakes(&mut self, now: Instant) {
+        while let Some((since, opaque)) = self.order.front() {
+            if now.saturating_duration_since(*since) < HANDSHAKE_LIFETIME
+                && self.handshakes.len() < MAX_HANDSHAKES
+            {
+                break;
+            }
+            let opaque = opaque.clone();
+            self.order.pop_front();
+            self.remove_handshake(&opaque);
+        }
+    }
+
+    fn remove_handshake(&mut self, opaque: &str) -> Option<Handshake> {
+        let h = self.handshakes.remove(opaque)?;
+        if self.by_flow.get(&h.flow).is_some_and(|o| o == opaque) {
+            self.by_flow.remove(&h.flow);
+        }
+        Some(h)
+    }
+
+    fn unused_opaque(&self) -> String {
+        loop {
+            let o = format!("{:08X}", rand::random::<u32>());
+            if !self.handshakes.contains_key(&o) && !self.associations.contains_key(&o) {
+                return o;
+            }
+        }
+    }
+
+    /// Handshakes and associations held (for tests and status).
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        (self.handshakes.len(), self.associations.len())
+    }
+
+    /// Drops associations past their lifetime (those on connections end with them).
+    pub(crate) fn sweep(&mut self, now: Instant) {
+        self.expire_handshakes(now);
+        self.associations
+            .retain(|_, a| now.saturating_duration_since(a.since) < SA_LIFETIME);
+    }
 }
 
 /// How a request that arrived over a connection with an association stands.
@@ -72,6 +156,8 @@ pub(crate) enum NtlmOutcome {
     NotNtlm,
     /// Answer with this (401 with a challenge, 403, 401 for a bad signature).
     Answer(Message),
+    /// A failed sign-in: answer with this 403 after the delay the guard set.
+    Refused(Message, std::time::Duration),
     /// Signed in (or refreshed) as this user on association `opaque`.
     Authenticated { user: Address, opaque: String },
 }
@@ -177,59 +263,177 @@ impl crate::Core {
         resp
     }
 
-    /// Steps 2 and 3 of the sign-in, and signed refreshes.
-    pub(crate) fn ntlm_register(&self, msg: &Message, domain: &str) -> NtlmOutcome {
+    /// Steps 2 and 3 of the sign-in, and signed refreshes, for a REGISTER from `source`.
+    pub(crate) fn ntlm_register(
+        &self,
+        msg: &Message,
+        domain: &str,
+        source: &sip_transport::Source,
+    ) -> NtlmOutcome {
         let Some(creds) = ntlm_params(msg) else {
             return NtlmOutcome::NotNtlm;
         };
+        let flow = FlowKey::of(source);
         let now = Instant::now();
-        let mut sas = self.ntlm.lock();
-        sas.retain(|_, sa| match sa {
-            SecurityAssociation::Challenged { since, .. } => now - *since < HANDSHAKE_LIFETIME,
-            SecurityAssociation::Established { since, .. } => now - *since < SA_LIFETIME,
-        });
         let gssapi = creds.param("gssapi-data").unwrap_or("");
         let opaque = creds.param("opaque").map(str::to_owned);
-        if opaque.is_none() || (gssapi.is_empty() && creds.param("response").is_none()) {
-            // Step 2: a new association. Unauthenticated clients create these, so their
-            // number is bounded (they also expire after a minute).
-            if sas.len() >= MAX_ASSOCIATIONS {
+        let Some(opaque) = opaque.filter(|_| !gssapi.is_empty() || creds.param("response").is_some())
+        else {
+            return self.ntlm_challenge(msg, domain, flow, now);
+        };
+        // A handshake of this flow, step 3.
+        let handshake = {
+            let mut st = self.ntlm.lock();
+            st.expire_handshakes(now);
+            let mine = st.handshakes.get(&opaque).is_some_and(|h| h.flow == flow);
+            if mine && !gssapi.is_empty() {
+                st.remove_handshake(&opaque)
+            } else {
+                None
+            }
+        };
+        if let Some(h) = handshake {
+            return self.ntlm_authenticate(msg, domain, source, &opaque, gssapi, h, &creds);
+        }
+        // A signed refresh on this flow's association: checked like any signed request,
+        // `cnum` included (MS-SIPAE §3.3.5.2).
+        let on_this_flow = matches!(
+            self.ntlm.lock().associations.get(&opaque),
+            Some(a) if a.flow == flow
+        );
+        if on_this_flow {
+            if let Some(user) = self.verify_signed(&opaque, msg) {
+                return NtlmOutcome::Authenticated { user, opaque };
+            }
+            // A bad signature ends the association (MS-SIPAE §3.2.5.2).
+            self.ntlm.lock().associations.remove(&opaque);
+        }
+        // Unknown here (another flow's, expired, or guessed): the client starts over.
+        // Nothing of another flow is touched.
+        NtlmOutcome::Answer(self.ntlm_401(msg, None))
+    }
+
+    /// Step 2: a new handshake for `flow` (replacing the flow's earlier one).
+    fn ntlm_challenge(&self, msg: &Message, domain: &str, flow: FlowKey, now: Instant) -> NtlmOutcome {
+        let server_challenge: [u8; 8] = rand::random();
+        let opaque = {
+            let mut st = self.ntlm.lock();
+            st.expire_handshakes(now);
+            if let Some(old) = st.by_flow.get(&flow).cloned() {
+                st.remove_handshake(&old);
+            }
+            if st.handshakes.len() >= MAX_HANDSHAKES {
+                drop(st);
                 let mut busy = self.response(msg, 503);
-                busy.headers
-                    .push(HeaderName::from_wire("Retry-After"), "30");
+                busy.headers.push(HeaderName::from_wire("Retry-After"), "30");
                 return NtlmOutcome::Answer(busy);
             }
-            let opaque = format!("{:08X}", rand::random::<u32>());
-            let server_challenge: [u8; 8] = rand::random();
-            let host = self.targetname(msg);
-            let netbios: String = domain
-                .split('.')
-                .next()
-                .unwrap_or("SWITCHBOARD")
-                .to_ascii_uppercase();
-            let challenge = ntlm::challenge_message(
-                server_challenge,
-                &ntlm::TargetInfo {
-                    netbios_domain: netbios.clone(),
-                    netbios_computer: host.split('.').next().unwrap_or("").to_ascii_uppercase(),
-                    dns_domain: domain.to_owned(),
-                    dns_computer: host,
-                },
-            );
-            sas.insert(
+            let opaque = st.unused_opaque();
+            st.handshakes.insert(
                 opaque.clone(),
-                SecurityAssociation::Challenged {
+                Handshake {
                     server_challenge,
-                    since: now,
+                    flow,
                 },
             );
-            return NtlmOutcome::Answer(self.ntlm_401(msg, Some((&opaque, &challenge))));
+            st.order.push_back((now, opaque.clone()));
+            st.by_flow.insert(flow, opaque.clone());
+            opaque
+        };
+        let host = self.targetname(msg);
+        let netbios: String = domain
+            .split('.')
+            .next()
+            .unwrap_or("SWITCHBOARD")
+            .to_ascii_uppercase();
+        let challenge = ntlm::challenge_message(
+            server_challenge,
+            &ntlm::TargetInfo {
+                netbios_domain: netbios,
+                netbios_computer: host.split('.').next().unwrap_or("").to_ascii_uppercase(),
+                dns_domain: domain.to_owned(),
+                dns_computer: host,
+            },
+        );
+        NtlmOutcome::Answer(self.ntlm_401(msg, Some((&opaque, &challenge))))
+    }
+
+    /// Step 3: the AUTHENTICATE checked against the user's NT hash, and the REGISTER's
+    /// own signature; the association is kept for this flow.
+    #[allow(clippy::too_many_arguments)]
+    fn ntlm_authenticate(
+        &self,
+        msg: &Message,
+        domain: &str,
+        source: &sip_transport::Source,
+        opaque: &str,
+        gssapi: &str,
+        handshake: Handshake,
+        creds: &AuthHeader,
+    ) -> NtlmOutcome {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let Ok(bytes) = b64.decode(gssapi) else {
+            return NtlmOutcome::Answer(self.response(msg, 400));
+        };
+        let Ok(auth) = ntlm::AuthenticateMessage::parse(&bytes) else {
+            return NtlmOutcome::Answer(self.response(msg, 400));
+        };
+        let name = auth.user.rsplit('\\').next().unwrap_or("").to_owned();
+        let account = if name.contains('@') {
+            name.to_ascii_lowercase()
+        } else {
+            format!("{name}@{domain}").to_ascii_lowercase()
+        };
+        let ip = source.remote.ip();
+        let guard = self.layer.transports().guard();
+        if let Some(left) = guard.auth_locked(&account, ip) {
+            tracing::info!(source = %ip, user = %account, "NTLM sign-in refused: locked out");
+            return NtlmOutcome::Answer(self.forbidden(msg, crate::auth::locked_text(left)));
         }
-        let opaque = opaque.expect("checked above");
-        let sig_ctx = |rand, num| SignatureContext {
+        let address = Address::parse(&account).ok();
+        let user = match address.as_ref().map(|a| self.users.find(a)) {
+            Some(Ok(Some(u))) if u.enabled => Some(u),
+            Some(Ok(_)) | None => None,
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "user directory unavailable");
+                let mut busy = self.response(msg, 503);
+                busy.headers.push(HeaderName::from_wire("Retry-After"), "30");
+                return NtlmOutcome::Answer(busy);
+            }
+        };
+        // An unknown or disabled user is checked against a hash nobody has: the same
+        // work and the same answer as a wrong password (no user enumeration).
+        let mut nt_hash = [0x5au8; 16];
+        if let Some(u) = &user {
+            if hex::decode_to_slice(&u.credentials.nt_hash, &mut nt_hash).is_err() {
+                return NtlmOutcome::Answer(self.response(msg, 500));
+            }
+        }
+        let accepted = ntlm::accept(&auth, &handshake.server_challenge, &nt_hash);
+        let (session, address) = match (accepted, user, address) {
+            (Ok(s), Some(_), Some(a)) => (s, a),
+            (result, _, _) => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "NTLM check failed");
+                }
+                let penalty = guard.auth_failed(&account, ip, "ntlm");
+                return NtlmOutcome::Refused(
+                    self.forbidden(msg, crate::auth::BAD_CREDENTIALS),
+                    penalty.delay,
+                );
+            }
+        };
+        let (Some(crand), Some(cnum), Some(response)) = (
+            creds.param("crand"),
+            creds.param("cnum"),
+            creds.param("response"),
+        ) else {
+            return NtlmOutcome::Answer(self.ntlm_401(msg, None));
+        };
+        let ctx = SignatureContext {
             protocol: "NTLM",
-            rand,
-            num,
+            rand: crand,
+            num: cnum,
             realm: NTLM_REALM,
             targetname: creds.param("targetname").unwrap_or(""),
             version: creds
@@ -237,98 +441,26 @@ impl crate::Core {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(VERSION),
         };
-        let signed_ok = |session: &ntlm::Session| {
-            let (Some(crand), Some(cnum), Some(response)) = (
-                creds.param("crand"),
-                creds.param("cnum"),
-                creds.param("response"),
-            ) else {
-                return false;
-            };
-            sipae::verify_client(session, msg, &sig_ctx(crand, cnum), response)
-        };
-        match sas.get(&opaque) {
-            Some(SecurityAssociation::Challenged {
-                server_challenge, ..
-            }) if !gssapi.is_empty() => {
-                // Step 3.
-                let server_challenge = *server_challenge;
-                let b64 = base64::engine::general_purpose::STANDARD;
-                let Ok(bytes) = b64.decode(gssapi) else {
-                    return NtlmOutcome::Answer(self.response(msg, 400));
-                };
-                let Ok(auth) = ntlm::AuthenticateMessage::parse(&bytes) else {
-                    return NtlmOutcome::Answer(self.response(msg, 400));
-                };
-                let name = auth.user.rsplit('\\').next().unwrap_or("").to_owned();
-                let address = if name.contains('@') {
-                    Address::parse(&name)
-                } else {
-                    Address::parse(&format!("{name}@{domain}"))
-                };
-                let Ok(address) = address else {
-                    return NtlmOutcome::Answer(self.forbidden(msg, "unknown user"));
-                };
-                let user = match self.users.find(&address) {
-                    Ok(Some(u)) if u.enabled => u,
-                    Ok(_) => return NtlmOutcome::Answer(self.forbidden(msg, "unknown user")),
-                    Err(e) => {
-                        tracing::error!(error = %e, "user directory unavailable");
-                        return NtlmOutcome::Answer(self.response(msg, 500));
-                    }
-                };
-                let mut nt_hash = [0u8; 16];
-                if hex::decode_to_slice(&user.credentials.nt_hash, &mut nt_hash).is_err() {
-                    return NtlmOutcome::Answer(self.response(msg, 500));
-                }
-                let session = match ntlm::accept(&auth, &server_challenge, &nt_hash) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        sas.remove(&opaque);
-                        tracing::info!(user = %address, error = %e, "NTLM sign-in refused");
-                        return NtlmOutcome::Answer(
-                            self.forbidden(msg, "wrong user name or password"),
-                        );
-                    }
-                };
-                if !signed_ok(&session) {
-                    sas.remove(&opaque);
-                    return NtlmOutcome::Answer(self.ntlm_401(msg, None));
-                }
-                let ctx = sig_ctx("", "");
-                sas.insert(
-                    opaque.clone(),
-                    SecurityAssociation::Established {
-                        session: Arc::new(session),
-                        user: address.clone(),
-                        since: now,
-                        snum: 0,
-                        client_num: 0,
-                        targetname: ctx.targetname.to_owned(),
-                        version: ctx.version,
-                    },
-                );
-                NtlmOutcome::Authenticated {
-                    user: address,
-                    opaque,
-                }
-            }
-            Some(SecurityAssociation::Established { session, user, .. }) => {
-                if signed_ok(session) {
-                    NtlmOutcome::Authenticated {
-                        user: user.clone(),
-                        opaque,
-                    }
-                } else {
-                    // A bad signature ends the association (MS-SIPAE §3.2.5.2).
-                    sas.remove(&opaque);
-                    NtlmOutcome::Answer(self.ntlm_401(msg, None))
-                }
-            }
-            _ => {
-                sas.remove(&opaque);
-                NtlmOutcome::Answer(self.ntlm_401(msg, None))
-            }
+        if !sipae::verify_client(&session, msg, &ctx, response) {
+            return NtlmOutcome::Answer(self.ntlm_401(msg, None));
+        }
+        guard.auth_succeeded(&account, ip);
+        self.ntlm.lock().associations.insert(
+            opaque.to_owned(),
+            Association {
+                session: Arc::new(session),
+                user: address.clone(),
+                since: Instant::now(),
+                snum: 0,
+                client_num: cnum.parse().unwrap_or(0),
+                targetname: ctx.targetname.to_owned(),
+                version: ctx.version,
+                flow: FlowKey::of(source),
+            },
+        );
+        NtlmOutcome::Authenticated {
+            user: address,
+            opaque: opaque.to_owned(),
         }
     }
 
@@ -337,19 +469,12 @@ impl crate::Core {
     pub(crate) fn ntlm_sign(&self, opaque: &str, msg: &mut Message) -> bool {
         // The counter moves under the lock; the signature is made outside it.
         let (session, snum, targetname, version) = {
-            let mut sas = self.ntlm.lock();
-            let Some(SecurityAssociation::Established {
-                session,
-                snum,
-                targetname,
-                version,
-                ..
-            }) = sas.get_mut(opaque)
-            else {
+            let mut st = self.ntlm.lock();
+            let Some(a) = st.associations.get_mut(opaque) else {
                 return false;
             };
-            *snum = snum.wrapping_add(1);
-            (session.clone(), *snum, targetname.clone(), *version)
+            a.snum = a.snum.wrapping_add(1);
+            (a.session.clone(), a.snum, a.targetname.clone(), a.version)
         };
         let srand = format!("{:08X}", rand::random::<u32>());
         let snum_s = snum.to_string();
@@ -375,7 +500,7 @@ impl crate::Core {
         // A re-authentication (MS-SIPAE §3.2.2) supersedes the connection's old
         // association: it signs and verifies nothing any more.
         if let Some(old) = replaced.filter(|o| o != opaque) {
-            self.ntlm.lock().remove(&old);
+            self.ntlm.lock().associations.remove(&old);
         }
     }
 
@@ -383,8 +508,13 @@ impl crate::Core {
     /// over a new connection).
     pub(crate) fn connection_gone(&self, connection: ConnectionId) {
         let gone = self.sa_flows.write().remove(&connection);
+        let mut st = self.ntlm.lock();
         if let Some(opaque) = gone {
-            self.ntlm.lock().remove(&opaque);
+            st.associations.remove(&opaque);
+        }
+        // A handshake the connection had begun ends with it too.
+        if let Some(pending) = st.by_flow.remove(&FlowKey::Connection(connection)) {
+            st.handshakes.remove(&pending);
         }
     }
 
@@ -437,26 +567,17 @@ impl crate::Core {
         // MS-SIPAE §3.3.5.2: the client's sequence number only grows (one counter for
         // everything it sends, delivered in order on the stream); an old one is a replay.
         let num: u32 = cnum.parse().ok()?;
-        let seen_before = |sas: &SecurityAssociations| match sas.get(opaque) {
-            Some(SecurityAssociation::Established { client_num, .. }) => num <= *client_num,
-            _ => true,
+        let seen_before = |st: &NtlmState| match st.associations.get(opaque) {
+            Some(a) => num <= a.client_num,
+            None => true,
         };
         let (session, user, targetname, version) = {
-            let sas = self.ntlm.lock();
-            if seen_before(&sas) {
+            let st = self.ntlm.lock();
+            if seen_before(&st) {
                 return None;
             }
-            let Some(SecurityAssociation::Established {
-                session,
-                user,
-                targetname,
-                version,
-                ..
-            }) = sas.get(opaque)
-            else {
-                return None;
-            };
-            (session.clone(), user.clone(), targetname.clone(), *version)
+            let a = st.associations.get(opaque)?;
+            (a.session.clone(), a.user.clone(), a.targetname.clone(), a.version)
         };
         // The check itself runs outside the lock.
         let ctx = SignatureContext {
@@ -473,12 +594,12 @@ impl crate::Core {
         if !sipae::verify_client(&session, msg, &ctx, response) {
             return None;
         }
-        let mut sas = self.ntlm.lock();
-        if seen_before(&sas) {
+        let mut st = self.ntlm.lock();
+        if seen_before(&st) {
             return None;
         }
-        if let Some(SecurityAssociation::Established { client_num, .. }) = sas.get_mut(opaque) {
-            *client_num = num;
+        if let Some(a) = st.associations.get_mut(opaque) {
+            a.client_num = num;
         }
         Some(user)
     }
@@ -539,4 +660,4 @@ impl OutboundSigner for crate::Core {
     }
 }
 
-pub(crate) type SecurityAssociations = HashMap<String, SecurityAssociation>;
+

@@ -187,6 +187,9 @@ impl Core {
                 .respond_warning(&req, 403, "From does not match the credentials")
                 .await;
         }
+        if !self.admit_user(&req, &sender).await {
+            return;
+        }
         let from_aor = format!("sip:{sender}");
         if matches!(
             method,
@@ -350,6 +353,28 @@ impl Core {
         self.answer_service(req, answer).await;
         events.answered(&req.message, from_aor, status);
         Some(())
+    }
+
+    /// Accounts one request of an authenticated user; over the user's rate it is
+    /// answered 503 with Retry-After (false).
+    pub(crate) async fn admit_user(&self, req: &ServerRequest, user: &Address) -> bool {
+        if self
+            .layer
+            .transports()
+            .guard()
+            .admit_user(&user.to_string())
+        {
+            return true;
+        }
+        tracing::info!(%user, "request over the user's rate refused");
+        let mut resp = self.response(&req.message, 503);
+        resp.headers.push(HeaderName::from_wire("Retry-After"), "5");
+        resp.headers.push(
+            HeaderName::Warning,
+            "399 switchboard \"too many requests from this user; slow down\"",
+        );
+        req.tx.respond(&resp).await;
+        false
     }
 
     /// An unregistered remote target for an in-dialog request, when our Record-Route's

@@ -46,7 +46,31 @@ pub struct FileConfig {
     pub auth: Option<AuthSection>,
     pub im: Option<ImSection>,
     pub presence: Option<PresenceSection>,
+    pub limits: Option<LimitsSection>,
     pub log: Option<LogSection>,
+}
+
+/// Per-source and per-user limits against abuse (all optional; see README).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    pub source_requests_per_sec: Option<u32>,
+    pub source_request_burst: Option<u32>,
+    pub ban_after_dropped: Option<u32>,
+    pub ban_secs: Option<u64>,
+    pub max_connections_per_source: Option<u32>,
+    pub user_requests_per_sec: Option<u32>,
+    pub user_request_burst: Option<u32>,
+    pub first_message_secs: Option<u64>,
+    pub message_secs: Option<u64>,
+    pub tls_handshake_secs: Option<u64>,
+    pub write_queue_bytes: Option<usize>,
+    pub auth_free_failures: Option<u32>,
+    pub auth_lockout_after: Option<u32>,
+    pub auth_lockout_secs: Option<u64>,
+    pub auth_ban_source_after: Option<u32>,
+    /// Addresses or prefixes no source limit or ban applies to (a trusted gateway).
+    pub exempt: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -152,6 +176,14 @@ pub struct ServerConfig {
     pub nonce_lifetime_secs: u64,
     pub im: switchboard_im::ImConfig,
     pub presence: switchboard_presence::PresenceConfig,
+    pub limits: sip_guard::GuardConfig,
+    /// A new stream connection must send its first complete message within this.
+    pub first_message_secs: u64,
+    /// A message begun on a stream must be complete within this.
+    pub message_secs: u64,
+    pub tls_handshake_secs: u64,
+    /// Bytes waiting to be written to one connection at most.
+    pub write_queue_bytes: usize,
 }
 
 impl ServerConfig {
@@ -180,6 +212,11 @@ impl ServerConfig {
             nonce_lifetime_secs: 300,
             im: Default::default(),
             presence: Default::default(),
+            limits: Default::default(),
+            first_message_secs: 20,
+            message_secs: 30,
+            tls_handshake_secs: 10,
+            write_queue_bytes: 2 << 20,
         }
     }
 
@@ -269,6 +306,59 @@ impl ServerConfig {
             c.max_subscriptions_per_watcher = p
                 .max_subscriptions_per_user
                 .unwrap_or(c.max_subscriptions_per_watcher);
+        }
+        if let Some(l) = f.limits {
+            self.apply_limits(l)?;
+        }
+        Ok(())
+    }
+
+    fn apply_limits(&mut self, l: LimitsSection) -> Result<()> {
+        let g = &mut self.limits;
+        let set = |v: Option<u32>, into: &mut u32| {
+            if let Some(v) = v {
+                *into = v;
+            }
+        };
+        set(l.source_requests_per_sec, &mut g.source_requests_per_sec);
+        set(l.source_request_burst, &mut g.source_request_burst);
+        set(l.ban_after_dropped, &mut g.ban_after_dropped);
+        set(l.max_connections_per_source, &mut g.max_connections_per_source);
+        set(l.user_requests_per_sec, &mut g.user_requests_per_sec);
+        set(l.user_request_burst, &mut g.user_request_burst);
+        set(l.auth_free_failures, &mut g.auth_free_failures);
+        set(l.auth_lockout_after, &mut g.auth_lockout_after);
+        set(l.auth_ban_source_after, &mut g.auth_ban_source_after);
+        if let Some(s) = l.ban_secs {
+            g.ban_duration = std::time::Duration::from_secs(s);
+        }
+        if let Some(s) = l.auth_lockout_secs {
+            g.auth_lockout_duration = std::time::Duration::from_secs(s);
+        }
+        if let Some(list) = l.exempt {
+            g.exempt = list
+                .iter()
+                .map(|n| n.parse().map_err(|e: String| anyhow::anyhow!("limits.exempt: {e}")))
+                .collect::<Result<_>>()?;
+        }
+        if g.source_requests_per_sec > 0 && g.source_request_burst == 0 {
+            bail!("limits.source_request_burst must be at least 1");
+        }
+        if g.user_requests_per_sec > 0 && g.user_request_burst == 0 {
+            bail!("limits.user_request_burst must be at least 1");
+        }
+        if g.auth_lockout_after == 0 || g.auth_ban_source_after == 0 {
+            bail!("limits.auth_lockout_after and limits.auth_ban_source_after must be at least 1");
+        }
+        self.first_message_secs = l.first_message_secs.unwrap_or(self.first_message_secs);
+        self.message_secs = l.message_secs.unwrap_or(self.message_secs);
+        self.tls_handshake_secs = l.tls_handshake_secs.unwrap_or(self.tls_handshake_secs);
+        self.write_queue_bytes = l.write_queue_bytes.unwrap_or(self.write_queue_bytes);
+        if self.first_message_secs == 0 || self.message_secs == 0 || self.tls_handshake_secs == 0 {
+            bail!("limits.first_message_secs, message_secs and tls_handshake_secs must be at least 1");
+        }
+        if self.write_queue_bytes < self.max_message_size {
+            bail!("limits.write_queue_bytes must be at least sip.max_message_size");
         }
         Ok(())
     }

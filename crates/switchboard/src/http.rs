@@ -50,10 +50,37 @@ async fn status(State(s): State<AppState>) -> Json<serde_json::Value> {
         "presentities": presentities,
         "publications": publications,
         "subscriptions": subscriptions,
+        "protection": protection(&s),
     }))
 }
 
 type Answer = (StatusCode, Json<serde_json::Value>);
+
+/// What the per-source accounting and the transports refused, dropped and survived.
+fn protection(s: &AppState) -> serde_json::Value {
+    let g = s.transports.guard().stats();
+    let t = s.transports.stats();
+    let (handshakes, associations) = s.core.ntlm_counts();
+    json!({
+        "requests_dropped_over_rate": g.dropped_over_rate,
+        "requests_dropped_banned": g.dropped_banned,
+        "bans": g.bans,
+        "active_bans": g.active_bans,
+        "connections_refused_per_source": g.connections_refused,
+        "connections_refused_full": t.refused_full,
+        "outbound_connections_refused": t.outbound_refused,
+        "connections_closed_slow": t.closed_slow,
+        "connections_closed_not_reading": t.closed_write_queue,
+        "user_requests_refused_over_rate": g.user_rate_limited,
+        "sign_in_failures": g.auth_failures,
+        "sign_in_lockouts": g.auth_lockouts,
+        "sign_ins_refused_locked": g.auth_refused_locked,
+        "tracked_sources": g.tracked_sources,
+        "ntlm_handshakes": handshakes,
+        "ntlm_associations": associations,
+        "panics_contained": t.panics_contained,
+    })
+}
 
 fn error(status: StatusCode, text: String) -> Answer {
     (status, Json(json!({ "error": text })))

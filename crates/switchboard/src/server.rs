@@ -107,12 +107,32 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
         Arc::new(switchboard_store::open(&cfg.data_dir).with_context(|| {
             format!("cannot open the data directory {}", cfg.data_dir.display())
         })?);
-    let transports = Transports::new(TransportsConfig {
-        max_message_size: cfg.max_message_size,
-        idle_timeout: Duration::from_secs(cfg.idle_timeout_secs),
-        max_connections: cfg.max_connections,
-        ..Default::default()
-    });
+    let guard = Arc::new(sip_guard::Guard::new(cfg.limits.clone()));
+    let transports = Transports::with_guard(
+        TransportsConfig {
+            max_message_size: cfg.max_message_size,
+            idle_timeout: Duration::from_secs(cfg.idle_timeout_secs),
+            max_connections: cfg.max_connections,
+            first_message_timeout: Duration::from_secs(cfg.first_message_secs),
+            message_timeout: Duration::from_secs(cfg.message_secs),
+            tls_handshake_timeout: Duration::from_secs(cfg.tls_handshake_secs),
+            max_write_queue_bytes: cfg.write_queue_bytes,
+            ..Default::default()
+        },
+        guard.clone(),
+    );
+    // Idle accounting entries are forgotten in the background.
+    {
+        let guard = Arc::downgrade(&guard);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                let Some(g) = guard.upgrade() else { return };
+                g.sweep();
+            }
+        });
+    }
     let layer = TransactionLayer::new(transports.clone(), Timers::default());
 
     // Bind everything before serving anything, so a bad address fails the start cleanly.
