@@ -151,20 +151,51 @@ pub fn rand_hex() -> String {
 
 impl Client {
     pub async fn connect(server: &TestServer, t: Transport, user: &str) -> Client {
+        Self::connect_from(server, t, user, [127, 0, 0, 1].into()).await
+    }
+
+    /// A TCP client over a stream the test set up itself (socket options).
+    pub fn from_stream(_server: &TestServer, s: TcpStream, user: &str) -> Client {
+        let local = s.local_addr().unwrap();
+        Client {
+            conn: Conn::Stream(Box::new(s), Vec::new()),
+            transport: Transport::Tcp,
+            user: user.to_owned(),
+            local,
+            cseq: 0,
+            call_id: format!("{}@test", rand_hex()),
+            contact_port: local.port(),
+            inbox: Default::default(),
+            response_signer: None,
+        }
+    }
+
+    /// A client whose packets come from `ip` (attackers use 127.0.0.2).
+    pub async fn connect_from(
+        server: &TestServer,
+        t: Transport,
+        user: &str,
+        ip: std::net::IpAddr,
+    ) -> Client {
         let target = server.addr(t);
+        let tcp = || async {
+            let sock = tokio::net::TcpSocket::new_v4().unwrap();
+            sock.bind(SocketAddr::new(ip, 0)).unwrap();
+            sock.connect(target).await.unwrap()
+        };
         let (conn, local) = match t {
             Transport::Udp => {
-                let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                let s = UdpSocket::bind(SocketAddr::new(ip, 0)).await.unwrap();
                 let l = s.local_addr().unwrap();
                 (Conn::Udp(s, target), l)
             }
             Transport::Tcp => {
-                let s = TcpStream::connect(target).await.unwrap();
+                let s = tcp().await;
                 let l = s.local_addr().unwrap();
                 (Conn::Stream(Box::new(s), Vec::new()), l)
             }
             Transport::Tls => {
-                let s = TcpStream::connect(target).await.unwrap();
+                let s = tcp().await;
                 let l = s.local_addr().unwrap();
                 let ca = switchboard::tls::generated_paths(&server.data_dir()).ca_cert;
                 let mut roots = rustls::RootCertStore::empty();
@@ -288,8 +319,9 @@ impl Client {
 
     pub fn contact(&self) -> String {
         format!(
-            "<sip:{}@127.0.0.1:{};transport={}>",
+            "<sip:{}@{}:{};transport={}>",
             self.user,
+            self.local.ip(),
             self.contact_port,
             self.transport.param()
         )
@@ -299,10 +331,11 @@ impl Client {
     pub fn request(&mut self, method: &str, uri: &str, to: &str) -> Message {
         self.cseq += 1;
         let text = format!(
-            "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/{} 127.0.0.1:{};branch=z9hG4bK{};rport\r\n\
+            "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/{} {}:{};branch=z9hG4bK{};rport\r\n\
              Max-Forwards: 70\r\nFrom: <{}>;tag={}\r\nTo: <{to}>\r\nCall-ID: {}\r\nCSeq: {} {method}\r\n\
              Contact: {}\r\nContent-Length: 0\r\n\r\n",
             self.transport.via(),
+            self.local.ip(),
             self.local.port(),
             rand_hex(),
             self.aor(),
