@@ -369,8 +369,14 @@ mod tests {
     fn bound_nonces_work_only_for_their_binding() {
         let issuer = NonceIssuer::new(300);
         let n = issuer.issue_bound(1000, &[127, 0, 0, 1]);
-        assert_eq!(issuer.check_bound(&n, 1001, &[127, 0, 0, 1]), NonceState::Fresh);
-        assert_eq!(issuer.check_bound(&n, 1001, &[127, 0, 0, 2]), NonceState::Unknown);
+        assert_eq!(
+            issuer.check_bound(&n, 1001, &[127, 0, 0, 1]),
+            NonceState::Fresh
+        );
+        assert_eq!(
+            issuer.check_bound(&n, 1001, &[127, 0, 0, 2]),
+            NonceState::Unknown
+        );
         assert_eq!(issuer.check(&n, 1001), NonceState::Unknown);
     }
 

@@ -77,7 +77,8 @@ impl Core {
     /// 503 with Retry-After: the store cannot answer (fail closed).
     pub(crate) async fn respond_unavailable(&self, req: &ServerRequest) {
         let mut resp = self.response(&req.message, 503);
-        resp.headers.push(HeaderName::from_wire("Retry-After"), "30");
+        resp.headers
+            .push(HeaderName::from_wire("Retry-After"), "30");
         req.tx.respond(&resp).await;
     }
 

@@ -277,7 +277,8 @@ impl crate::Core {
         let now = Instant::now();
         let gssapi = creds.param("gssapi-data").unwrap_or("");
         let opaque = creds.param("opaque").map(str::to_owned);
-        let Some(opaque) = opaque.filter(|_| !gssapi.is_empty() || creds.param("response").is_some())
+        let Some(opaque) =
+            opaque.filter(|_| !gssapi.is_empty() || creds.param("response").is_some())
         else {
             return self.ntlm_challenge(msg, domain, flow, now);
         };
@@ -314,7 +315,13 @@ impl crate::Core {
     }
 
     /// Step 2: a new handshake for `flow` (replacing the flow's earlier one).
-    fn ntlm_challenge(&self, msg: &Message, domain: &str, flow: FlowKey, now: Instant) -> NtlmOutcome {
+    fn ntlm_challenge(
+        &self,
+        msg: &Message,
+        domain: &str,
+        flow: FlowKey,
+        now: Instant,
+    ) -> NtlmOutcome {
         let server_challenge: [u8; 8] = rand::random();
         let opaque = {
             let mut st = self.ntlm.lock();
@@ -325,7 +332,8 @@ impl crate::Core {
             if st.handshakes.len() >= MAX_HANDSHAKES {
                 drop(st);
                 let mut busy = self.response(msg, 503);
-                busy.headers.push(HeaderName::from_wire("Retry-After"), "30");
+                busy.headers
+                    .push(HeaderName::from_wire("Retry-After"), "30");
                 return NtlmOutcome::Answer(busy);
             }
             let opaque = st.unused_opaque();
@@ -397,7 +405,8 @@ impl crate::Core {
             Some(Err(e)) => {
                 tracing::error!(error = %e, "user directory unavailable");
                 let mut busy = self.response(msg, 503);
-                busy.headers.push(HeaderName::from_wire("Retry-After"), "30");
+                busy.headers
+                    .push(HeaderName::from_wire("Retry-After"), "30");
                 return NtlmOutcome::Answer(busy);
             }
         };
@@ -577,7 +586,12 @@ impl crate::Core {
                 return None;
             }
             let a = st.associations.get(opaque)?;
-            (a.session.clone(), a.user.clone(), a.targetname.clone(), a.version)
+            (
+                a.session.clone(),
+                a.user.clone(),
+                a.targetname.clone(),
+                a.version,
+            )
         };
         // The check itself runs outside the lock.
         let ctx = SignatureContext {
@@ -659,5 +673,3 @@ impl OutboundSigner for crate::Core {
         self.ntlm_sign(&opaque, &mut signed).then_some(signed)
     }
 }
-
-

@@ -105,7 +105,10 @@ impl Core {
         };
         let binding = self
             .location
-            .binding_for_contact(&Uri::Sip(target.clone()))
+            .binding_for_contact(
+                &Uri::Sip(target.clone()),
+                crate::routing::to_aor(&request).as_deref(),
+            )
             .or_else(|| self.gruu_binding(&target))
             // The client's own flow: the only way back to a NATed or TLS client.
             .or_else(|| flow.map(|f| Core::flow_target(&target, f)))

@@ -139,7 +139,7 @@ impl Core {
         // target itself (a caller that never registered). Nothing else is relayed.
         let contact_binding = if in_dialog && !domain_target {
             self.location
-                .binding_for_contact(&Uri::Sip(ruri.clone()))
+                .binding_for_contact(&Uri::Sip(ruri.clone()), to_aor(msg).as_deref())
                 .or_else(|| self.proven_remote_target(msg, &ruri, &own_route))
         } else {
             None
@@ -832,7 +832,7 @@ impl Core {
         // cookie names.
         let Some(b) = self
             .location
-            .binding_for_contact(&Uri::Sip(uri.clone()))
+            .binding_for_contact(&Uri::Sip(uri.clone()), to_aor(&msg).as_deref())
             .or_else(|| self.proven_remote_target(&msg, &uri, &own_route))
         else {
             return;
@@ -914,6 +914,16 @@ impl Core {
             .send_stateless(Target::Addr(kind, SocketAddr::new(ip, port)), &up)
             .await;
     }
+}
+
+/// The AoR a request's To names (`sip:user@domain`), the user a contact lookup is for.
+pub(crate) fn to_aor(msg: &Message) -> Option<String> {
+    let to = msg.to_header().ok()?;
+    let uri = to.uri.as_sip()?;
+    let user = uri.user_unescaped()?;
+    Address::parse(&format!("{user}@{}", uri.host))
+        .ok()
+        .map(|a| format!("sip:{a}"))
 }
 
 /// The URI of a request's first Contact.

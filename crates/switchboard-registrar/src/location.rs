@@ -124,9 +124,21 @@ pub struct Location {
     aors: RwLock<HashMap<String, Vec<Binding>>>,
     /// temp-GRUU user part -> (AoR, instance)
     temp_gruus: RwLock<HashMap<String, (String, String)>>,
-    /// contact key -> AoR, for in-dialog requests addressed to a contact. Entries are
-    /// checked against the bindings on use and pruned when bindings go.
-    by_contact: RwLock<HashMap<String, String>>,
+    /// contact key -> the AoRs that registered it, for in-dialog requests addressed to
+    /// a contact. Usually one; two users may register the same Contact URI (say
+    /// `sip:192.168.1.10:5060` behind two different NATs), and then each keeps its own:
+    /// a request reaches the one its To names, never whoever registered last.
+    by_contact: RwLock<HashMap<String, Vec<String>>>,
+}
+
+/// Takes `aor` off the owners of `key`.
+fn unindex(index: &mut HashMap<String, Vec<String>>, key: &str, aor: &str) {
+    if let Some(owners) = index.get_mut(key) {
+        owners.retain(|a| a != aor);
+        if owners.is_empty() {
+            index.remove(key);
+        }
+    }
 }
 
 fn instance_of(c: &NameAddr) -> Option<String> {
@@ -171,9 +183,17 @@ impl Location {
         let contacts = req.contacts().map_err(|e| RegisterError::Bad(e.reason))?;
         let mut aors = self.aors.write();
         let existing = aors.entry(aor.to_owned()).or_default();
-        existing.retain(|b| b.expires_at > now);
+        // Bindings that go (expired, or removed by this REGISTER): their index entries and
+        // temporary GRUUs go with them.
+        let mut removed: Vec<Binding> = Vec::new();
+        existing.retain(|b| {
+            let live = b.expires_at > now;
+            if !live {
+                removed.push(b.clone());
+            }
+            live
+        });
         let mut added = false;
-        let mut removed: Vec<String> = Vec::new();
         match contacts {
             ContactValue::Star => {
                 // §10.3 step 6: '*' only with Expires: 0 and alone.
@@ -186,7 +206,7 @@ impl Location {
                 {
                     return Err(RegisterError::Bad("CSeq out of order".into()));
                 }
-                removed.extend(existing.drain(..).map(|b| b.contact_key));
+                removed.append(existing);
             }
             ContactValue::List(list) => {
                 // Check everything first so a failing REGISTER changes nothing.
@@ -236,7 +256,7 @@ impl Location {
                         .position(|b| same_binding(b, &key, &inst, c));
                     if expires == 0 {
                         if let Some(p) = pos {
-                            removed.push(existing.remove(p).contact_key);
+                            removed.push(existing.remove(p));
                         }
                         continue;
                     }
@@ -283,17 +303,25 @@ impl Location {
         }
         {
             let mut index = self.by_contact.write();
-            for key in removed {
-                if index.get(&key).is_some_and(|a| a == aor)
-                    && !bindings.iter().any(|b| b.contact_key == key)
-                {
-                    index.remove(&key);
+            for gone in &removed {
+                if !bindings.iter().any(|b| b.contact_key == gone.contact_key) {
+                    unindex(&mut index, &gone.contact_key, aor);
                 }
             }
             for b in &bindings {
-                index.insert(b.contact_key.clone(), aor.to_owned());
+                let owners = index.entry(b.contact_key.clone()).or_default();
+                if !owners.iter().any(|a| a == aor) {
+                    owners.push(aor.to_owned());
+                }
             }
         }
+        let dead_gruus: Vec<&String> = removed
+            .iter()
+            .filter_map(|b| b.temp_gruu.as_ref())
+            .filter(|g| !bindings.iter().any(|b| b.temp_gruu.as_ref() == Some(*g)))
+            .collect();
+        let dead_gruus: Vec<String> = dead_gruus.into_iter().cloned().collect();
+        self.forget_gruus(&dead_gruus);
         Ok(RegisterOutcome { bindings, added })
     }
 
@@ -329,10 +357,20 @@ impl Location {
     }
 
     /// Finds the binding whose contact URI is `uri` (in-dialog requests sent to a
-    /// registered contact go back over its flow).
-    pub fn binding_for_contact(&self, uri: &Uri) -> Option<Binding> {
+    /// registered contact go back over its flow). When several users registered that
+    /// URI, the one `to_aor` (the request's To) names; with no such hint, none.
+    pub fn binding_for_contact(&self, uri: &Uri, to_aor: Option<&str>) -> Option<Binding> {
         let key = contact_key(uri);
-        let aor = self.by_contact.read().get(&key).cloned()?;
+        let aor = {
+            let index = self.by_contact.read();
+            match index.get(&key)?.as_slice() {
+                [only] => only.clone(),
+                many => many
+                    .iter()
+                    .find(|a| to_aor.is_some_and(|t| t.eq_ignore_ascii_case(a)))?
+                    .clone(),
+            }
+        };
         let now = Instant::now();
         self.aors
             .read()
@@ -342,13 +380,21 @@ impl Location {
             .cloned()
     }
 
-    /// Drops index entries whose binding is gone.
-    fn prune_contact_index(&self) {
+    /// Forgets index entries of bindings that are gone (only those: no scan).
+    fn unindex_all(&self, gone: &[(String, String)]) {
+        if gone.is_empty() {
+            return;
+        }
         let aors = self.aors.read();
-        self.by_contact.write().retain(|key, aor| {
-            aors.get(aor)
-                .is_some_and(|list| list.iter().any(|b| &b.contact_key == key))
-        });
+        let mut index = self.by_contact.write();
+        for (aor, key) in gone {
+            let still = aors
+                .get(aor)
+                .is_some_and(|list| list.iter().any(|b| &b.contact_key == key));
+            if !still {
+                unindex(&mut index, key, aor);
+            }
+        }
     }
 
     /// RFC 5626 §5.4: a flow that failed makes its bindings unusable; they are removed,
@@ -356,46 +402,60 @@ impl Location {
     /// Returns the AoRs that lost bindings.
     pub fn flow_closed(&self, id: ConnectionId) -> Vec<String> {
         let mut affected = Vec::new();
+        let mut gone = Vec::new();
+        let mut gruus = Vec::new();
         let mut aors = self.aors.write();
         aors.retain(|aor, list| {
             let before = list.len();
-            list.retain(|b| b.flow.connection != Some(id) || b.reachable_without_flow());
+            list.retain(|b| {
+                let keep = b.flow.connection != Some(id) || b.reachable_without_flow();
+                if !keep {
+                    gone.push((aor.clone(), b.contact_key.clone()));
+                    gruus.extend(b.temp_gruu.clone());
+                }
+                keep
+            });
             if list.len() != before {
                 affected.push(aor.clone());
             }
             !list.is_empty()
         });
         drop(aors);
-        if !affected.is_empty() {
-            self.prune_contact_index();
-        }
+        self.forget_gruus(&gruus);
+        self.unindex_all(&gone);
         affected
+    }
+
+    fn forget_gruus(&self, gruus: &[String]) {
+        if !gruus.is_empty() {
+            let mut t = self.temp_gruus.write();
+            for g in gruus {
+                t.remove(g);
+            }
+        }
     }
 
     /// Drops expired bindings; returns how many. Run periodically.
     pub fn sweep(&self) -> usize {
         let now = Instant::now();
-        let mut n = 0;
+        let mut gone = Vec::new();
+        let mut gruus = Vec::new();
         let mut aors = self.aors.write();
-        aors.retain(|_, list| {
-            let before = list.len();
-            list.retain(|b| b.expires_at > now);
-            n += before - list.len();
+        aors.retain(|aor, list| {
+            list.retain(|b| {
+                let keep = b.expires_at > now;
+                if !keep {
+                    gone.push((aor.clone(), b.contact_key.clone()));
+                    gruus.extend(b.temp_gruu.clone());
+                }
+                keep
+            });
             !list.is_empty()
         });
         drop(aors);
-        if n > 0 {
-            let live: std::collections::HashSet<String> = self
-                .aors
-                .read()
-                .values()
-                .flatten()
-                .filter_map(|b| b.temp_gruu.clone())
-                .collect();
-            self.temp_gruus.write().retain(|k, _| live.contains(k));
-            self.prune_contact_index();
-        }
-        n
+        self.forget_gruus(&gruus);
+        self.unindex_all(&gone);
+        gone.len()
     }
 
     /// Number of AoRs and bindings.
@@ -557,16 +617,19 @@ mod tests {
         let r = register("b", 1, &["<sip:bob@127.0.0.1:5080;transport=tcp>"], None);
         loc.register(AOR, &r, flow(40001, Some(8))).unwrap();
         let uri = Uri::parse("sip:bob@127.0.0.1:40000;transport=tcp").unwrap();
-        assert!(loc.binding_for_contact(&uri).is_some());
+        assert!(loc.binding_for_contact(&uri, None).is_some());
         assert_eq!(loc.flow_closed(ConnectionId(7)), vec![AOR.to_string()]);
-        assert!(loc.binding_for_contact(&uri).is_none());
+        assert!(loc.binding_for_contact(&uri, None).is_none());
         assert!(loc.flow_closed(ConnectionId(8)).is_empty());
         assert_eq!(loc.lookup(AOR).len(), 1);
         // '*' removes everything and the index follows.
         let star = register("b", 2, &["*"], Some(0));
         loc.register(AOR, &star, flow(40001, None)).unwrap();
         assert!(loc
-            .binding_for_contact(&Uri::parse("sip:bob@127.0.0.1:5080;transport=tcp").unwrap())
+            .binding_for_contact(
+                &Uri::parse("sip:bob@127.0.0.1:5080;transport=tcp").unwrap(),
+                None,
+            )
             .is_none());
     }
 

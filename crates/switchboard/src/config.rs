@@ -323,7 +323,10 @@ impl ServerConfig {
         set(l.source_requests_per_sec, &mut g.source_requests_per_sec);
         set(l.source_request_burst, &mut g.source_request_burst);
         set(l.ban_after_dropped, &mut g.ban_after_dropped);
-        set(l.max_connections_per_source, &mut g.max_connections_per_source);
+        set(
+            l.max_connections_per_source,
+            &mut g.max_connections_per_source,
+        );
         set(l.user_requests_per_sec, &mut g.user_requests_per_sec);
         set(l.user_request_burst, &mut g.user_request_burst);
         set(l.auth_free_failures, &mut g.auth_free_failures);
@@ -338,7 +341,10 @@ impl ServerConfig {
         if let Some(list) = l.exempt {
             g.exempt = list
                 .iter()
-                .map(|n| n.parse().map_err(|e: String| anyhow::anyhow!("limits.exempt: {e}")))
+                .map(|n| {
+                    n.parse()
+                        .map_err(|e: String| anyhow::anyhow!("limits.exempt: {e}"))
+                })
                 .collect::<Result<_>>()?;
         }
         if g.source_requests_per_sec > 0 && g.source_request_burst == 0 {
@@ -355,7 +361,9 @@ impl ServerConfig {
         self.tls_handshake_secs = l.tls_handshake_secs.unwrap_or(self.tls_handshake_secs);
         self.write_queue_bytes = l.write_queue_bytes.unwrap_or(self.write_queue_bytes);
         if self.first_message_secs == 0 || self.message_secs == 0 || self.tls_handshake_secs == 0 {
-            bail!("limits.first_message_secs, message_secs and tls_handshake_secs must be at least 1");
+            bail!(
+                "limits.first_message_secs, message_secs and tls_handshake_secs must be at least 1"
+            );
         }
         if self.write_queue_bytes < self.max_message_size {
             bail!("limits.write_queue_bytes must be at least sip.max_message_size");

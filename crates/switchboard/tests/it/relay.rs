@@ -198,3 +198,45 @@ fn set_dialog(m: &mut Message, invite: &Message, with_rr: &Message, caller: bool
         m.headers.push(HeaderName::Route, r);
     }
 }
+
+/// Registering someone else's Contact URI used to re-point the contact index: in-dialog
+/// requests to alice's device then reached mallory. Each user now keeps their own.
+#[tokio::test]
+async fn a_second_user_registering_your_contact_does_not_take_your_requests() {
+    let s = TestServer::start(&["alice", "bob", "mallory"]).await;
+    let shared = "<sip:device@127.0.0.1:5999;transport=tcp>";
+    let mut alice = s.client(Transport::Tcp, "alice").await;
+    let mut mallory = s.client(Transport::Tcp, "mallory").await;
+    for c in [&mut alice, &mut mallory] {
+        let mut r = c.register_request(None);
+        r.headers.set(HeaderName::Contact, shared);
+        assert_eq!(status(&c.send_authenticated(r).await), 200);
+    }
+    // bob, in a dialog with alice, sends to her device's contact.
+    let mut bob = s.client(Transport::Udp, "bob").await;
+    let mut m = bob.request(
+        "MESSAGE",
+        "sip:device@127.0.0.1:5999;transport=tcp",
+        "sip:alice@example.com",
+    );
+    let to = format!("{};tag=alicetag", m.headers.get(&HeaderName::To).unwrap());
+    m.headers.set(HeaderName::To, to);
+    m.headers.remove(&HeaderName::Contact);
+    m.headers.push(HeaderName::ContentType, "text/plain");
+    m.body = bytes::Bytes::from_static(b"for alice only");
+    bob.send(&m).await;
+    let ch = bob.final_response().await;
+    let m = bob.with_credentials(&m, &ch, "pw-bob", "MD5", 1);
+    bob.send(&m).await;
+    let got = alice.recv().await.expect("alice's device gets it");
+    assert_eq!(got.body.as_ref(), b"for alice only");
+    alice.send(&got.response(200, Some("alicetag"))).await;
+    assert_eq!(status(&bob.final_response().await), 200);
+    assert!(
+        mallory
+            .recv_within(Duration::from_millis(500))
+            .await
+            .is_none(),
+        "mallory must not get alice's request"
+    );
+}
