@@ -46,7 +46,7 @@ def free_port(kind=socket.SOCK_STREAM, both=False):
 class Server:
     """A switchboard process with its own data directory."""
 
-    def __init__(self, users, domain='127.0.0.1', workdir=None):
+    def __init__(self, users, domain='127.0.0.1', workdir=None, config=None):
         self.dir = workdir or tempfile.mkdtemp(prefix='sb-interop-')
         self.data = os.path.join(self.dir, 'data')
         self.port = free_port(both=True)
@@ -56,10 +56,17 @@ class Server:
             self.cli('user', 'add', '%s@%s' % (user, domain), '--password', 'pw-' + user)
         self.log_path = os.path.join(self.dir, 'server.log')
         self.log = open(self.log_path, 'w')
+        extra = []
+        if config is not None:
+            # A config file (TOML text) for settings that have no flag, e.g. [limits].
+            path = os.path.join(self.dir, 'switchboard.toml')
+            with open(path, 'w') as f:
+                f.write(config)
+            extra = ['--config', path]
         self.proc = subprocess.Popen(
             [BIN, '--data-dir', self.data, '--log-level', os.environ.get('SB_LOG', 'info'), 'serve',
              '--sip-udp', '127.0.0.1:%d' % self.port, '--sip-tcp', '127.0.0.1:%d' % self.port,
-             '--sip-tls', '127.0.0.1:%d' % self.tls_port, '--http', '127.0.0.1:%d' % self.http_port],
+             '--sip-tls', '127.0.0.1:%d' % self.tls_port, '--http', '127.0.0.1:%d' % self.http_port] + extra,
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 20
         while time.time() < deadline:
