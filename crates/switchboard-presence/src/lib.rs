@@ -24,9 +24,15 @@
 //! ([`switchboard_store::PresenceStore`]); the CLI writes there and appends to a change
 //! log this service follows, so watchers hear about CLI changes too. Publications and
 //! subscriptions are kept in memory: clients refresh both.
+//!
+//! What one user can make the service hold is bounded ([`PresenceConfig`]): publications
+//! per user, distinct entries over a user's lists, presentities server-wide. A presentity
+//! exists only for a user the directory knows, and only while it is watched or publishes;
+//! list entries naming anybody else show offline and hold nothing.
 #![forbid(unsafe_code)]
 
 pub mod aggregate;
+mod caps;
 mod documents;
 mod lync;
 pub mod model;
@@ -70,6 +76,15 @@ pub struct PresenceConfig {
     pub max_expires: u32,
     /// Subscriptions a user may hold at once (a runaway client gets 503 beyond it).
     pub max_subscriptions_per_watcher: usize,
+    /// Publications (devices, one entity tag each) a user may hold at once: a PUBLISH
+    /// that would start one more gets 403; refreshing or changing one always works.
+    pub max_publications_per_user: usize,
+    /// Distinct entries of all of a user's resource lists and batched subscriptions
+    /// together (Lync's `MaxContacts`): a list subscription naming more gets 403.
+    pub max_list_entries_per_user: usize,
+    /// Presentities held in memory, server-wide: a request that would need more gets
+    /// 503 with Retry-After.
+    pub max_presentities: usize,
 }
 
 impl Default for PresenceConfig {
@@ -80,6 +95,10 @@ impl Default for PresenceConfig {
             min_expires: 60,
             max_expires: 3600,
             max_subscriptions_per_watcher: 1000,
+            // One per device, as many as the registrar lets a user register.
+            max_publications_per_user: 32,
+            max_list_entries_per_user: 1000,
+            max_presentities: 200_000,
         }
     }
 }
@@ -107,6 +126,9 @@ struct Presentity {
     lists: Vec<u64>,
     /// What the user's Lync clients published.
     lync: lync::LyncData,
+    /// The entries of this user's own list subscriptions, each with how many of those
+    /// lists name it: what counts against `max_list_entries_per_user`.
+    list_entries: HashMap<String, u32>,
 }
 
 impl Presentity {
@@ -167,6 +189,17 @@ fn bare(aor: &str) -> &str {
     aor.strip_prefix("sip:").unwrap_or(aor)
 }
 
+/// The contacts on a user's list (not those only given a relationship), as `sip:` URIs:
+/// what their contact-list subscriptions name.
+fn listed_uris(contacts: &ContactList) -> Vec<String> {
+    contacts
+        .contacts
+        .iter()
+        .filter(|c| c.listed)
+        .map(|c| format!("sip:{}", c.contact))
+        .collect()
+}
+
 fn domain_of(aor: &str) -> &str {
     bare(aor).rsplit_once('@').map(|(_, d)| d).unwrap_or("")
 }
@@ -204,6 +237,26 @@ fn load_presentity(
         winfo: Vec::new(),
         lists: Vec::new(),
         lync: lync::LyncData::default(),
+        list_entries: HashMap::new(),
+    }
+}
+
+/// What stands for a list entry that names no user we know: offline with nothing stored,
+/// as such an entry has always been shown, but held nowhere (nothing per entry in memory).
+fn unknown_presentity(rules: &AggregationRules, now: i64) -> Presentity {
+    let stored = StoredPresence::default();
+    let presence = aggregate(&[], &stored, rules, now);
+    Presentity {
+        publications: Vec::new(),
+        stored,
+        display_name: None,
+        contacts: ContactList::default(),
+        presence,
+        watchers: Vec::new(),
+        winfo: Vec::new(),
+        lists: Vec::new(),
+        lync: lync::LyncData::default(),
+        list_entries: HashMap::new(),
     }
 }
 
@@ -416,15 +469,34 @@ impl PresenceService {
 
     /// Re-reads `aor`'s stored state and contact list (they changed in the database).
     pub fn reload(&self, aor: &str) {
+        // The store and the directory are read outside the lock; only the swap is inside
+        // (a change written meanwhile is in the change log, so it is reloaded again).
+        let has_lists = match self.state.lock().presentities.get(aor) {
+            None => return,
+            Some(p) => !p.lists.is_empty(),
+        };
+        let mut fresh = self.load(aor, Vec::new());
+        let known = if has_lists {
+            // Contact-list subscriptions follow the list: which new entries are users.
+            let uris = listed_uris(&fresh.contacts);
+            self.known_users(uris.iter().map(String::as_str))
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "user directory unavailable: new list entries show offline");
+                    caps::Known::default()
+                })
+        } else {
+            caps::Known::default()
+        };
         let mut st = self.state.lock();
         let Some(old) = st.presentities.remove(aor) else {
             return;
         };
-        let mut fresh = self.load(aor, old.publications);
+        fresh.publications = old.publications;
         fresh.watchers = old.watchers;
         fresh.winfo = old.winfo;
         fresh.lists = old.lists;
         fresh.lync = old.lync;
+        fresh.list_entries = old.list_entries;
         let contacts_changed = fresh.contacts != old.contacts;
         // Keep the old aggregate so reaggregate notices the change.
         fresh.presence = old.presence;
@@ -440,7 +512,7 @@ impl PresenceService {
                 self.changed(&mut st, id, Some(aor));
             }
             for id in lists {
-                self.list_membership_changed(&mut st, id);
+                self.list_membership_changed(&mut st, id, &known);
             }
         }
     }

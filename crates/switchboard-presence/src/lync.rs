@@ -382,6 +382,9 @@ impl PresenceService {
         }
         let now = self.now_ms();
         let mut st = self.state.lock();
+        if !st.presentities.contains_key(aor) && self.full(&st, 1) {
+            return crate::caps::full_answer();
+        }
         let p = self.ensure(&mut st, aor);
         // MS-PRES §3.7.5.4: all or nothing; every stale version is named.
         let stale: Vec<(usize, u32)> = pubs
@@ -606,6 +609,9 @@ impl PresenceService {
             Err(e) => return with_warning(400, &e.to_string()),
         };
         let mut st = self.state.lock();
+        if !st.presentities.contains_key(aor) && self.full(&st, 1) {
+            return crate::caps::full_answer();
+        }
         let p = self.ensure(&mut st, aor);
         for u in users.into_iter().take(1000) {
             p.lync.acknowledged.insert(u);
@@ -620,6 +626,31 @@ impl PresenceService {
             Ok(e) => e,
             Err(e) => return with_warning(400, &e.to_string()),
         };
+        if let msrtc::contacts::Edit::SetContact { uri, .. } = &edit {
+            // Lync's MaxContacts: a contact list the user's list subscriptions could not
+            // watch whole is not let grow (changing a contact already on it always works).
+            let cap = self.config.max_list_entries_per_user;
+            match self.store.contact_list(bare(aor)) {
+                Ok(list) => {
+                    let listed: Vec<&str> = list
+                        .contacts
+                        .iter()
+                        .filter(|c| c.listed)
+                        .map(|c| c.contact.as_str())
+                        .collect();
+                    if !listed.contains(&uri.as_str()) && listed.len() >= cap {
+                        return with_warning(
+                            403,
+                            &format!("too many contacts for this user (at most {cap})"),
+                        );
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read a contact list");
+                    return ServiceAnswer::status(500);
+                }
+            }
+        }
         match self.apply_edit(&edit, aor) {
             Ok(answer) => {
                 self.reload(aor);

@@ -81,6 +81,9 @@ impl PresenceService {
         }
         let now_ms = self.now_ms();
         let mut st = self.state.lock();
+        if !st.presentities.contains_key(to) && self.full(&st, 1) {
+            return crate::caps::full_answer();
+        }
         let p = self.ensure(&mut st, to);
         let etag = new_etag();
         match if_match {
@@ -108,6 +111,11 @@ impl PresenceService {
                     let mut a = ServiceAnswer::status(200);
                     a.headers.push(("Expires".into(), "0".into()));
                     return a;
+                }
+                // Each initial PUBLISH is one more device: a client that never refreshes
+                // (a new entity tag every time) must not grow the user without bound.
+                if p.publications.len() >= self.config.max_publications_per_user {
+                    return with_warning(403, "too many publications for this user");
                 }
                 let device = format!("{}#{}", device_name(msg), &etag[..6]);
                 p.publications.push(Publication {

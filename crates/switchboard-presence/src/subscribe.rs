@@ -3,6 +3,7 @@
 //! notifier that paces NOTIFYs per subscription.
 
 use std::collections::hash_map::RandomState;
+use std::collections::HashSet;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use sip_transport::Source;
 use switchboard_proxy::{ServiceAnswer, SubscribeRequest};
 use tokio::time::Instant;
 
+use crate::caps::{self, Known};
 use crate::documents::{self, ListResource, WatcherEntry};
 use crate::{bare, pidf, PresenceService, State};
 
@@ -95,6 +97,15 @@ pub(crate) fn dialog_key(
     call_id.hash(&mut h);
     their_tag.hash(&mut h);
     h.finish()
+}
+
+/// A list naming more entries than its owner may watch: refused whole, with the limit
+/// named (a clear error beats silently watching only some).
+fn too_many_entries(cap: usize) -> ServiceAnswer {
+    caps::with_warning(
+        403,
+        &format!("too many list entries for this user (at most {cap})"),
+    )
 }
 
 fn status_with(status: u16, name: &str, value: String) -> ServiceAnswer {
@@ -198,10 +209,9 @@ impl PresenceService {
         }
         let msrtc = matches!(kind, Kind::RoamingContacts | Kind::RoamingSelf)
             || (matches!(kind, Kind::Presence | Kind::List) && (batched || wants_categories(msg)));
-        let adhoc = if batched {
+        let adhoc: Option<Vec<String>> = if batched {
             match msrtc::publish::parse_batch_subscribe(&msg.body) {
-                // Bounded like a contact list: a runaway client cannot watch everyone.
-                Ok(b) => Some(b.resources.into_iter().take(1000).collect()),
+                Ok(b) => Some(b.resources),
                 Err(e) => {
                     let mut a = ServiceAnswer::status(400);
                     a.headers
@@ -244,6 +254,40 @@ impl PresenceService {
             .get(&HeaderName::Contact)
             .and_then(|c| NameAddr::parse(c).ok())
             .map(|c| c.uri.to_string());
+        // A list's entries are counted and looked up in the user directory before the
+        // lock is taken (the directory may read its database): only users who exist get
+        // a presentity.
+        let cap = self.config.max_list_entries_per_user;
+        let known = if kind == Kind::List {
+            let stored;
+            let raw: &[String] = match &adhoc {
+                Some(entries) => entries,
+                None if our_tag_in.is_none() => {
+                    stored = match self.store.contact_list(bare(to)) {
+                        Ok(list) => crate::listed_uris(&list),
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot read a contact list");
+                            return ServiceAnswer::status(500);
+                        }
+                    };
+                    &stored
+                }
+                None => &[],
+            };
+            if caps::distinct(raw.iter().map(String::as_str)) > cap {
+                return too_many_entries(cap);
+            }
+            match self.known_users(raw.iter().map(String::as_str)) {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::error!(error = %e, "user directory unavailable");
+                    return ServiceAnswer::status(500);
+                }
+            }
+        } else {
+            Known::default()
+        };
+        let adhoc = adhoc.map(|raw| known.entries(raw.iter().map(String::as_str)));
         let mut st = self.state.lock();
         let key = dialog_key(&st.hasher, from, call_id, &their_tag);
         let existing = st.by_dialog.get(&key).copied().filter(|id| {
@@ -273,26 +317,52 @@ impl PresenceService {
                     // the client retries with another Call-ID.
                     return status_with(500, "Retry-After", "1".into());
                 }
+                let owner_held = st.presentities.contains_key(to);
+                let list = match (kind, adhoc.as_ref()) {
+                    (Kind::List, Some(entries)) => Some((entries.clone(), true)),
+                    (Kind::List, None) => {
+                        // The owner's contact list as held (loaded now if need be).
+                        if !owner_held && self.full(&st, 1) {
+                            return caps::full_answer();
+                        }
+                        let owner = self.ensure(&mut st, to);
+                        let uris = crate::listed_uris(&owner.contacts);
+                        Some((known.entries(uris.iter().map(String::as_str)), false))
+                    }
+                    _ => None,
+                };
+                if let Some((entries, _)) = &list {
+                    let total = match st.presentities.get(to) {
+                        Some(owner) => caps::entries_after(owner, &[], entries),
+                        None => entries.len(),
+                    };
+                    if total > cap {
+                        return too_many_entries(cap);
+                    }
+                }
+                let needed = usize::from(!st.presentities.contains_key(to))
+                    + list
+                        .as_ref()
+                        .map(|(e, _)| Self::new_presentities(&st, e, &known))
+                        .unwrap_or(0);
+                if self.full(&st, needed) {
+                    return caps::full_answer();
+                }
                 let dialog = (call_id.into(), their_tag.clone().into_boxed_str());
                 let id = self.create(
-                    &mut st,
-                    kind,
-                    to,
-                    from,
-                    &event,
-                    target,
-                    source,
-                    key,
-                    dialog,
-                    adhoc.clone(),
+                    &mut st, kind, to, from, &event, target, source, key, dialog, list, &known,
                 );
                 st.subs.get_mut(&id).expect("created").msrtc = msrtc;
                 id
             }
         };
-        if let (Some(resources), true) = (adhoc, existing.is_some()) {
-            // A batched SUBSCRIBE inside the dialog replaces the ad hoc list.
-            self.set_adhoc(&mut st, id, resources);
+        if let (Some(entries), true) = (adhoc, existing.is_some()) {
+            // A batched SUBSCRIBE inside the dialog replaces the ad hoc list, within the
+            // same bounds as a new one (refused: the list stays as it was).
+            if let Some(answer) = self.check_replacement(&st, id, &entries, &known) {
+                return answer;
+            }
+            self.set_adhoc(&mut st, id, entries, &known);
         }
         let s = st.subs.get_mut(&id).expect("present");
         if let Some(c) = contact {
@@ -333,27 +403,59 @@ impl PresenceService {
         a
     }
 
-    /// A batched subscription's resources (MS-PRES §3.7.5.6): watched as a list.
-    fn set_adhoc(&self, st: &mut State, id: u64, resources: Vec<String>) {
+    /// Why list subscription `id` may not name `entries` instead of what it names now:
+    /// too many entries for its owner (403), or no room for their presentities (503).
+    fn check_replacement(
+        &self,
+        st: &State,
+        id: u64,
+        entries: &[String],
+        known: &Known,
+    ) -> Option<ServiceAnswer> {
+        let s = st.subs.get(&id)?;
+        let list = s.list.as_ref()?;
+        let owner = st.presentities.get(&*s.resource)?;
+        let cap = self.config.max_list_entries_per_user;
+        if caps::entries_after(owner, &list.resources, entries) > cap {
+            return Some(too_many_entries(cap));
+        }
+        if self.full(st, Self::new_presentities(st, entries, known)) {
+            return Some(caps::full_answer());
+        }
+        None
+    }
+
+    /// A batched subscription's resources (MS-PRES §3.7.5.6): watched as a list. Only
+    /// entries naming known users are linked to (and make) a presentity.
+    fn set_adhoc(&self, st: &mut State, id: u64, resources: Vec<String>, known: &Known) {
         let Some(s) = st.subs.get_mut(&id) else {
             return;
         };
-        let old = match s.list.as_mut() {
-            Some(list) => {
-                list.adhoc = true;
-                std::mem::take(&mut list.resources)
-            }
-            None => Vec::new(),
+        let Some(list) = s.list.as_mut() else {
+            // Not a list dialog: the body has nothing to replace (and nothing may be
+            // linked that removing the subscription would not unlink).
+            return;
         };
-        for r in old.iter().filter(|r| !resources.contains(r)) {
+        list.adhoc = true;
+        let old = std::mem::take(&mut list.resources);
+        let owner = s.resource.clone();
+        let new_set: HashSet<&str> = resources.iter().map(String::as_str).collect();
+        let old_set: HashSet<&str> = old.iter().map(String::as_str).collect();
+        for r in old.iter().filter(|r| !new_set.contains(r.as_str())) {
             if let Some(p) = st.presentities.get_mut(r.as_str()) {
                 p.watchers.retain(|w| *w != id);
             }
             self.kick_winfo(st, r);
         }
-        for r in resources.iter().filter(|r| !old.contains(r)) {
-            self.ensure(st, r).watchers.push(id);
-            self.kick_winfo(st, r);
+        for r in resources.iter().filter(|r| !old_set.contains(r.as_str())) {
+            if known.contains(r) {
+                self.ensure(st, r).watchers.push(id);
+                self.kick_winfo(st, r);
+            }
+        }
+        if let Some(p) = st.presentities.get_mut(&*owner) {
+            caps::drop_entries(p, &old);
+            caps::add_entries(p, &resources);
         }
         let s = st.subs.get_mut(&id).expect("present");
         if let Some(list) = s.list.as_mut() {
@@ -374,7 +476,8 @@ impl PresenceService {
         flow: Source,
         key: u64,
         dialog: (Box<str>, Box<str>),
-        adhoc: Option<Vec<String>>,
+        list: Option<(Vec<String>, bool)>,
+        known: &Known,
     ) -> u64 {
         st.next_id += 1;
         let id = st.next_id;
@@ -384,22 +487,15 @@ impl PresenceService {
             .get_key_value(resource)
             .map(|(k, _)| k.clone())
             .expect("ensured");
-        let list = (kind == Kind::List).then(|| {
-            let adhoc_list = adhoc.is_some();
-            Box::new(ListState {
-                resources: adhoc.unwrap_or_else(|| {
-                    st.presentities[&resource]
-                        .contacts
-                        .contacts
-                        .iter()
-                        .filter(|c| c.listed)
-                        .map(|c| format!("sip:{}", c.contact))
-                        .collect()
-                }),
-                pending: Vec::new(),
-                adhoc: adhoc_list,
-            })
-        });
+        let list = list
+            .filter(|_| kind == Kind::List)
+            .map(|(resources, adhoc)| {
+                Box::new(ListState {
+                    resources,
+                    pending: Vec::new(),
+                    adhoc,
+                })
+            });
         let resources = list
             .as_ref()
             .map(|l| l.resources.clone())
@@ -447,8 +543,11 @@ impl PresenceService {
                 self.ensure(st, &resource).winfo.push(id)
             }
             Kind::List => {
-                self.ensure(st, &resource).lists.push(id);
-                for r in &resources {
+                let owner = self.ensure(st, &resource);
+                owner.lists.push(id);
+                caps::add_entries(owner, &resources);
+                // Entries naming nobody we know hold nothing: they show offline.
+                for r in resources.iter().filter(|r| known.contains(r)) {
                     self.ensure(st, r).watchers.push(id);
                     self.kick_winfo(st, r);
                 }
@@ -514,34 +613,63 @@ impl PresenceService {
     }
 
     /// The owner's contact list changed: the list subscription follows it, full state next.
-    pub(crate) fn list_membership_changed(&self, st: &mut State, id: u64) {
+    /// `known` says which of the list's entries are users (resolved outside the lock).
+    pub(crate) fn list_membership_changed(&self, st: &mut State, id: u64, known: &Known) {
         let Some(owner) = st.subs.get(&id).map(|s| s.resource.clone()) else {
             return;
         };
-        let fresh: Vec<String> = st.presentities[&*owner]
-            .contacts
-            .contacts
-            .iter()
-            .filter(|c| c.listed)
-            .map(|c| format!("sip:{}", c.contact))
-            .collect();
-        let Some(list) = st.subs.get_mut(&id).and_then(|s| s.list.as_mut()) else {
+        let Some(owner_p) = st.presentities.get(&*owner) else {
+            return;
+        };
+        let fresh = known.entries(
+            crate::listed_uris(&owner_p.contacts)
+                .iter()
+                .map(String::as_str),
+        );
+        let Some(list) = st.subs.get(&id).and_then(|s| s.list.as_ref()) else {
             return;
         };
         if list.adhoc {
             // The client names its own resources; the stored list does not change them.
             return;
         }
+        let cap = self.config.max_list_entries_per_user;
+        if caps::entries_after(owner_p, &list.resources, &fresh) > cap {
+            // The list grew past the limit (the CLI does not enforce it): the client is
+            // invited to subscribe again, and that SUBSCRIBE gets the 403 that says why.
+            tracing::info!(owner = %bare(&owner), cap, "contact list over the entry limit: list subscription ended");
+            self.terminate(st, id, "deactivated");
+            return;
+        }
+        let list = st
+            .subs
+            .get_mut(&id)
+            .and_then(|s| s.list.as_mut())
+            .expect("checked above");
         let old = std::mem::take(&mut list.resources);
-        for r in old.iter().filter(|r| !fresh.contains(r)) {
+        let new_set: HashSet<&str> = fresh.iter().map(String::as_str).collect();
+        let old_set: HashSet<&str> = old.iter().map(String::as_str).collect();
+        for r in old.iter().filter(|r| !new_set.contains(r.as_str())) {
             if let Some(p) = st.presentities.get_mut(r.as_str()) {
                 p.watchers.retain(|w| *w != id);
             }
             self.kick_winfo(st, r);
         }
-        for r in fresh.iter().filter(|r| !old.contains(r)) {
+        for r in fresh.iter().filter(|r| !old_set.contains(r.as_str())) {
+            if !known.contains(r) {
+                continue;
+            }
+            if !st.presentities.contains_key(r.as_str()) && self.full(st, 1) {
+                // No room: the entry shows offline, as one naming nobody does.
+                tracing::warn!(entry = %r, "presentity limit reached: list entry not watched");
+                continue;
+            }
             self.ensure(st, r).watchers.push(id);
             self.kick_winfo(st, r);
+        }
+        if let Some(p) = st.presentities.get_mut(&*owner) {
+            caps::drop_entries(p, &old);
+            caps::add_entries(p, &fresh);
         }
         let s = st.subs.get_mut(&id).expect("present");
         if let Some(list) = s.list.as_mut() {
@@ -649,10 +777,16 @@ impl PresenceService {
                         .filter(|r| list.pending.contains(r))
                         .collect()
                 };
+                // Entries naming nobody we know (or a user beyond the presentity limit)
+                // have no presentity: they show offline, built here and held nowhere.
+                let absent = shown
+                    .iter()
+                    .any(|r| !st.presentities.contains_key(r.as_str()))
+                    .then(|| crate::unknown_presentity(&self.config.rules, self.now_ms()));
                 let resources: Vec<ListResource> = shown
                     .into_iter()
                     .filter_map(|r| {
-                        let p = st.presentities.get(r.as_str())?;
+                        let p = st.presentities.get(r.as_str()).or(absent.as_ref())?;
                         let v = self.view_of(r, p, &s.watcher);
                         let (content_type, body) = if s.msrtc {
                             (crate::lync::CATEGORIES, crate::lync::categories(&v, p))
@@ -791,6 +925,9 @@ impl PresenceService {
         if let Some(p) = st.presentities.get_mut(&*s.resource) {
             p.winfo.retain(|w| *w != id);
             p.lists.retain(|w| *w != id);
+            if let Some(list) = &s.list {
+                caps::drop_entries(p, &list.resources);
+            }
         }
         Some(s)
     }

@@ -85,6 +85,12 @@ pub struct PresenceSection {
     pub min_expires: Option<u32>,
     pub max_expires: Option<u32>,
     pub max_subscriptions_per_user: Option<usize>,
+    /// Publications (devices) a user may hold at once; a new one beyond gets 403.
+    pub max_publications_per_user: Option<usize>,
+    /// Distinct entries of all of a user's resource lists together; beyond: 403.
+    pub max_list_entries_per_user: Option<usize>,
+    /// Presentities held in memory server-wide; beyond: 503 with Retry-After.
+    pub max_presentities: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -306,6 +312,16 @@ impl ServerConfig {
             c.max_subscriptions_per_watcher = p
                 .max_subscriptions_per_user
                 .unwrap_or(c.max_subscriptions_per_watcher);
+            c.max_publications_per_user = p
+                .max_publications_per_user
+                .unwrap_or(c.max_publications_per_user);
+            c.max_list_entries_per_user = p
+                .max_list_entries_per_user
+                .unwrap_or(c.max_list_entries_per_user);
+            c.max_presentities = p.max_presentities.unwrap_or(c.max_presentities);
+            if c.max_publications_per_user == 0 || c.max_presentities == 0 {
+                bail!("presence.max_publications_per_user and presence.max_presentities must be at least 1");
+            }
         }
         if let Some(l) = f.limits {
             self.apply_limits(l)?;

@@ -8,6 +8,7 @@ mod im;
 mod lync;
 mod lync_im;
 mod presence;
+mod presence_caps;
 mod registration;
 mod relay;
 mod robustness;
