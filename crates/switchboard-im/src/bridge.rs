@@ -24,7 +24,7 @@ const MAX_BRIDGES_PER_CALLER: usize = 100;
 
 /// A Lync user's session-mode dialog with the service, standing in for a pager user.
 pub(crate) struct Bridge {
-    caller: String,
+    pub(crate) caller: String,
     callee: String,
     pub(crate) last_activity: Instant,
 }
@@ -76,6 +76,11 @@ impl ImService {
         let (Some(dialog), Some(call_id)) = (MemberDialog::from_invite(msg), msg.call_id()) else {
             return ServiceAnswer::status(400);
         };
+        // Held until the bridge is in `bridges`, where it counts from then on.
+        let place = match self.session_place(from) {
+            Ok(p) => p,
+            Err(refusal) => return refusal,
+        };
         let open = self
             .bridges
             .lock()
@@ -107,6 +112,7 @@ impl ImService {
                 last_activity: Instant::now(),
             },
         );
+        drop(place);
         tracing::info!(from, to, "Lync session bridged to pager mode");
         let domain = to.rsplit_once('@').map(|(_, d)| d).unwrap_or("localhost");
         let sdp = format!("v=0\r\no=- 0 0 IN IP4 0.0.0.0\r\ns=session\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\nm=message 5060 sip {to}\r\na=accept-types:text/plain text/html application/im-iscomposing+xml\r\n");
@@ -140,7 +146,9 @@ impl ImService {
                 drop(bridges);
                 if let Some(command) = crate::conference::command_of(msg) {
                     // Chat commands are for the service, as in pager mode.
-                    self.pair_command(from, &callee, command);
+                    if let Some(refusal) = self.pair_command(from, &callee, command) {
+                        return Some(refusal);
+                    }
                 } else if crate::is_instant_message(msg) {
                     let ct = msg
                         .headers

@@ -29,9 +29,6 @@ use crate::conference::{Conference, MemberDialog};
 use crate::{refused, ImService};
 
 const CCCP: &str = "application/cccp+xml";
-/// Open conferences one user may organise at a time: creating one costs nothing to a
-/// client, and each holds state until it idles out.
-pub(crate) const MAX_CONFERENCES_PER_ORGANISER: usize = 100;
 /// People in one conference at a time (Lync Server 2013's shared-pool figure).
 pub(crate) const MAX_PARTICIPANTS: usize = 250;
 const PRESENTER: &str = "presenter";
@@ -183,18 +180,13 @@ impl ImService {
                 cccp::response(&req, Outcome::Success, &cccp::capabilities(&["chat"])),
             ),
             Command::AddConference { subject, .. } => {
-                let open = self
-                    .conferences
-                    .lock()
-                    .values()
-                    .filter(|c| c.organiser == from)
-                    .count();
-                if open >= MAX_CONFERENCES_PER_ORGANISER {
-                    return refused(403, "too many open conferences organised by this user");
-                }
                 // Audio/video views asked for alongside chat are not hosted; the
                 // conference is created with its chat (clients then use what exists).
-                let aor = self.new_conference(from, None, &[], subject.clone());
+                // Refused (403) past the organiser's cap on open group chats.
+                let aor = match self.new_conference(from, None, &[], subject.clone()) {
+                    Ok(aor) => aor,
+                    Err(refusal) => return refusal,
+                };
                 tracing::info!(conference = %aor, organiser = from, "conference created by C3P");
                 cccp_answer(
                     200,
@@ -245,6 +237,12 @@ impl ImService {
         }
         let Some(dialog) = MemberDialog::from_invite(msg) else {
             return ServiceAnswer::status(400);
+        };
+        // A focus dialog is a session the service holds for the user: taken before the
+        // lock below (see `Place`), held until the dialog is kept.
+        let _place = match self.session_place(from) {
+            Ok(p) => p,
+            Err(refusal) => return refusal,
         };
         let mut confs = self.conferences.lock();
         let Some(conf) = confs.get_mut(conf_aor) else {

@@ -26,7 +26,7 @@ use std::sync::Weak;
 use bytes::Bytes;
 use sip_message::{HeaderName, Message};
 use switchboard_proxy::{Delivery, HookDecision, ServiceAnswer};
-use switchboard_store::{Address, OfflineMessage};
+use switchboard_store::{Address, Keep, OfflineMessage};
 
 use crate::{count, now_ms, Conversation, ImService, Participant};
 
@@ -283,11 +283,18 @@ impl ImService {
                 received_at_ms: d.sent_at_ms,
                 session_id,
             };
-            if let Err(e) = self
-                .store
-                .store_offline(&kept, self.config.offline_max_per_user)
-            {
-                tracing::error!(error = %e, "cannot keep an undelivered message");
+            // The same bounds as a user's own MESSAGE to someone offline: the sender here
+            // (a Lync user bridged, a group chat, the service) cannot fill the mailbox.
+            match self.store.store_offline(
+                &kept,
+                self.config.offline_max_per_user,
+                self.config.offline_max_per_sender,
+            ) {
+                Ok(Keep::Kept) => {}
+                Ok(full) => {
+                    tracing::info!(to = %d.to, from = %d.from, ?full, "undelivered message not kept")
+                }
+                Err(e) => tracing::error!(error = %e, "cannot keep an undelivered message"),
             }
         }
     }
@@ -297,8 +304,14 @@ impl ImService {
         self.say(&service, Some("Switchboard"), to, text, None);
     }
 
-    /// A command typed in the two-party chat between `from` and `to`.
-    pub(crate) fn pair_command(&self, from: &str, to: &str, command: String) {
+    /// A command typed in the two-party chat between `from` and `to`. Returns the answer
+    /// refusing it, if it is refused (a group chat over the organiser's cap).
+    pub(crate) fn pair_command(
+        &self,
+        from: &str,
+        to: &str,
+        command: String,
+    ) -> Option<ServiceAnswer> {
         let mut words = command.split_whitespace();
         match (words.next(), words.next()) {
             (Some("/invite"), Some(target)) => match self.invitee(target) {
@@ -308,7 +321,11 @@ impl ImService {
                 ),
                 Ok(third) => {
                     let escalated_from = self.conversation_id(from, to);
-                    self.open_conference(from, escalated_from, &[from, to, &third]);
+                    if let Err(refusal) =
+                        self.open_conference(from, escalated_from, &[from, to, &third])
+                    {
+                        return Some(refusal);
+                    }
                 }
                 Err(e) => self.reply(from, format!("Cannot invite {target}: {e}.")),
             },
@@ -327,6 +344,7 @@ impl ImService {
             ),
             _ => self.reply(from, HELP.into()),
         }
+        None
     }
 
     /// REFER inside a session-mode IM session (RFC 3515, `Refer-To: <sip:carol@…>`): the
@@ -356,18 +374,24 @@ impl ImService {
         if !all.contains(&third.as_str()) {
             all.push(&third);
         }
-        self.open_conference(from, Some(session_id), &all);
-        HookDecision::RespondWith(202, vec![("Refer-Sub".into(), "false".into())])
+        match self.open_conference(from, Some(session_id), &all) {
+            Ok(_) => HookDecision::RespondWith(202, vec![("Refer-Sub".into(), "false".into())]),
+            Err(refusal) => crate::decision(refusal),
+        }
     }
 
-    /// A new conference holding `members`, with its CDR session started. Returns its AoR.
+    /// A new conference holding `members`, with its CDR session started. Returns its AoR,
+    /// or the 403 refusing it when `organiser` already organises as many open group chats
+    /// as one user may (every way of creating one comes here).
     pub(crate) fn new_conference(
         &self,
         organiser: &str,
         escalated_from: Option<String>,
         members: &[&str],
         subject: Option<String>,
-    ) -> String {
+    ) -> Result<String, ServiceAnswer> {
+        // Held until the conference is in `conferences`, where it counts from then on.
+        let _place = self.group_chat_place(organiser)?;
         let aor = format!(
             "sip:{CONF_PREFIX}{:08x}@{}",
             rand::random::<u32>(),
@@ -398,7 +422,7 @@ impl ImService {
                 focus,
             },
         );
-        aor
+        Ok(aor)
     }
 
     fn open_conference(
@@ -406,8 +430,8 @@ impl ImService {
         organiser: &str,
         escalated_from: Option<String>,
         members: &[&str],
-    ) -> String {
-        let aor = self.new_conference(organiser, escalated_from, members, None);
+    ) -> Result<String, ServiceAnswer> {
+        let aor = self.new_conference(organiser, escalated_from, members, None)?;
         let names: Vec<String> = members.iter().map(|m| self.display_name(m)).collect();
         let text = format!(
             "*** {} started a group chat with {}. Reply here to talk to everyone; /help for commands.",
@@ -420,7 +444,7 @@ impl ImService {
             }
         }
         tracing::info!(conference = %aor, organiser, "group chat started");
-        aor
+        Ok(aor)
     }
 
     /// Whether `who` is in `conf`'s chat with a Lync client (which learns of comings and
@@ -768,6 +792,11 @@ impl ImService {
         let Some(dialog) = MemberDialog::from_invite(msg) else {
             return ServiceAnswer::status(400);
         };
+        // Taken before the lock below (see `Place`); held until the dialog is kept.
+        let _place = match self.session_place(from) {
+            Ok(p) => p,
+            Err(refusal) => return refusal,
+        };
         let mut confs = self.conferences.lock();
         let Some(conf) = confs.get_mut(to) else {
             return ServiceAnswer::status(404);
@@ -841,6 +870,7 @@ mod tests {
         Conference {
             conv: Conversation {
                 id: "c".into(),
+                initiator: "sip:u0@x".into(),
                 last_activity: Instant::now(),
                 participants,
             },

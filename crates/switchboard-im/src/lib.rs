@@ -28,6 +28,8 @@
 //!   conferences, so Lync and standard users share one group chat.
 //! - **Bridging** (`bridge.rs`): a Lync user's session-mode chat with a user whose devices
 //!   only do pager mode.
+//! - **Per-user caps** (`caps.rs`): group chats a user organises, session-mode sessions a
+//!   user opened, and messages kept for one recipient from one sender are bounded.
 //!
 //! ## Why a dialog-stateful proxy, not a B2BUA, for two-party sessions
 //! The core record-routes every INVITE, so each in-dialog request of a two-party session
@@ -48,10 +50,13 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use sip_message::{HeaderName, Message};
 use switchboard_proxy::{Deliverer, Delivery, HookDecision, ImHook, ServiceAnswer};
-use switchboard_store::{ImStore, OfflineMessage, ParticipantRecord, SessionRecord, UserDirectory};
+use switchboard_store::{
+    ImStore, Keep, OfflineMessage, ParticipantRecord, SessionRecord, UserDirectory,
+};
 
 mod bridge;
 mod c3p;
+mod caps;
 mod conference;
 mod roster;
 
@@ -68,6 +73,15 @@ pub struct ImConfig {
     pub session_idle: Duration,
     /// Messages kept per offline user at most; further ones are refused (480).
     pub offline_max_per_user: usize,
+    /// Messages kept for one offline user from one sender at most: further ones from that
+    /// sender are refused (480) while others can still leave theirs.
+    pub offline_max_per_sender: usize,
+    /// Open group chats one user may organise (by `/invite`, REFER or C3P); the next is
+    /// refused (403).
+    pub max_group_chats_per_user: usize,
+    /// Open session-mode IM sessions one user may have opened (INVITEs they sent that the
+    /// service tracks or answers); the next INVITE is refused (403).
+    pub max_sessions_per_user: usize,
     /// Kept messages older than this are dropped undelivered.
     pub offline_max_age: Duration,
     /// How often message counters are written to the CDR.
@@ -80,6 +94,9 @@ impl Default for ImConfig {
             pager_idle: Duration::from_secs(600),
             session_idle: Duration::from_secs(3600),
             offline_max_per_user: 200,
+            offline_max_per_sender: 20,
+            max_group_chats_per_user: 100,
+            max_sessions_per_user: 200,
             offline_max_age: Duration::from_secs(14 * 24 * 3600),
             flush_interval: Duration::from_secs(1),
         }
@@ -105,6 +122,8 @@ struct Participant {
 
 struct Conversation {
     id: String,
+    /// Who started it (for a session-mode session: who sent the INVITE).
+    initiator: String,
     last_activity: Instant,
     participants: HashMap<String, Participant>,
 }
@@ -185,6 +204,12 @@ pub struct ImService {
     member_dialogs: Mutex<HashMap<(String, String), Vec<conference::MemberDialog>>>,
     /// Lync sessions the service answers for pager-only users, by Call-ID.
     bridges: Mutex<HashMap<String, bridge::Bridge>>,
+    /// Session-mode INVITEs let through and not yet answered, by (Call-ID, caller), with
+    /// when they were: each holds its caller's place under `max_sessions_per_user`.
+    pending_invites: Mutex<HashMap<(String, String), Instant>>,
+    /// Places being taken under `max_sessions_per_user` and `max_group_chats_per_user`.
+    session_places: caps::Places,
+    chat_places: caps::Places,
     users: Arc<UserDirectory>,
     deliverer: OnceLock<Weak<dyn Deliverer>>,
     /// AoRs whose stored messages are being delivered now.
@@ -256,6 +281,11 @@ pub(crate) fn offers_message_media(invite: &Message) -> bool {
         .unwrap_or(false)
 }
 
+/// A refusal as the core's answer to a request the hook decides on.
+pub(crate) fn decision(a: ServiceAnswer) -> HookDecision {
+    HookDecision::RespondWith(a.status, a.headers)
+}
+
 /// An answer refusing a request with `status` and a Warning saying why (RFC 3261 §20.43).
 pub(crate) fn refused(status: u16, why: &str) -> ServiceAnswer {
     let mut a = ServiceAnswer::status(status);
@@ -304,6 +334,9 @@ impl ImService {
             conferences: Mutex::new(HashMap::new()),
             member_dialogs: Mutex::new(HashMap::new()),
             bridges: Mutex::new(HashMap::new()),
+            pending_invites: Mutex::new(HashMap::new()),
+            session_places: Default::default(),
+            chat_places: Default::default(),
             users,
             deliverer: OnceLock::new(),
             delivering: Mutex::new(HashSet::new()),
@@ -361,6 +394,10 @@ impl ImService {
         self.bridges
             .lock()
             .retain(|_, b| now.duration_since(b.last_activity) < self.config.session_idle);
+        // The core reports every INVITE's outcome; this only clears one it never did.
+        self.pending_invites
+            .lock()
+            .retain(|_, at| now.duration_since(*at) < caps::PENDING_INVITE_MAX);
         {
             // Conferences with members in chat sessions, gathered once (not once per
             // conference over every member's dialog).
@@ -482,6 +519,7 @@ impl ImService {
         };
         let conv = Conversation {
             id,
+            initiator: initiator.to_owned(),
             last_activity: Instant::now(),
             participants,
         };
@@ -567,8 +605,10 @@ impl ImHook for ImService {
     fn before_message(&self, msg: &Message, from: &str, to: &str, online: bool) -> HookDecision {
         if let Some(command) = conference::command_of(msg) {
             // Chat commands are answered by the service, never delivered.
-            self.pair_command(from, to, command);
-            return HookDecision::Respond(200);
+            return match self.pair_command(from, to, command) {
+                None => HookDecision::Respond(200),
+                Some(refusal) => decision(refusal),
+            };
         }
         if online {
             if is_instant_message(msg) && !self.ensure_conversation(from, to) {
@@ -600,18 +640,38 @@ impl ImHook for ImService {
             received_at_ms: now_ms(),
             session_id: self.conversation_id(from, to),
         };
-        match self
-            .store
-            .store_offline(&stored, self.config.offline_max_per_user)
-        {
+        match self.store.store_offline(
+            &stored,
+            self.config.offline_max_per_user,
+            self.config.offline_max_per_sender,
+        ) {
             // RFC 3428 §7: 202 Accepted, the message will be delivered later.
-            Ok(true) => {
+            Ok(Keep::Kept) => {
                 self.record(from, to, device_of(msg), msg.body.len());
                 HookDecision::Respond(202)
             }
-            Ok(false) => {
-                tracing::info!(to, "offline store full; message refused");
-                HookDecision::Respond(480)
+            Ok(Keep::SenderFull) => {
+                let max = self.config.offline_max_per_sender;
+                tracing::info!(
+                    to,
+                    from,
+                    max,
+                    "mailbox full for this sender; message refused"
+                );
+                decision(refused(
+                    480,
+                    &format!(
+                        "the recipient's mailbox is full for messages from this sender (limit {max})"
+                    ),
+                ))
+            }
+            Ok(Keep::MailboxFull) => {
+                let max = self.config.offline_max_per_user;
+                tracing::info!(to, max, "mailbox full; message refused");
+                decision(refused(
+                    480,
+                    &format!("the recipient's mailbox is full (limit {max})"),
+                ))
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot store an offline message");
@@ -659,6 +719,29 @@ impl ImHook for ImService {
             count(&mut conv, caller, device_of(invite), body.len());
         }
         self.dialogs.lock().insert(call_id.to_owned(), conv);
+        // Released only after the insert above, so the session is counted all along.
+        self.release_invite_place(call_id, caller);
+    }
+
+    fn admit_invite(&self, msg: &Message, from: &str, _to: &str) -> Option<ServiceAnswer> {
+        if !offers_message_media(msg) {
+            return None;
+        }
+        let call_id = msg.call_id()?;
+        let place = match self.session_place(from) {
+            Ok(p) => p,
+            Err(refusal) => return Some(refusal),
+        };
+        // Until the answer, the INVITE itself holds the place (`pending_invites`).
+        self.hold_invite_place(call_id, from);
+        drop(place);
+        None
+    }
+
+    fn invite_failed(&self, msg: &Message, from: &str, _to: &str) {
+        if let Some(call_id) = msg.call_id() {
+            self.release_invite_place(call_id, from);
+        }
     }
 
     fn in_dialog(&self, msg: &Message, from: &str) -> HookDecision {

@@ -58,6 +58,16 @@ pub trait ImHook: Send + Sync + 'static {
     ) -> Option<ServiceAnswer> {
         None
     }
+    /// A dialog-creating INVITE from `from` to the user `to` is about to be forked to
+    /// their devices (`before_invite` let it through, or a GRUU names one device). `Some`
+    /// refuses it with that answer. One let through ends in `on_invite_answered` (2xx) or
+    /// `invite_failed`, so what the service set aside for it can be given back.
+    fn admit_invite(&self, _msg: &Message, _from: &str, _to: &str) -> Option<ServiceAnswer> {
+        None
+    }
+    /// A dialog-creating INVITE to the user `to` ended without a 2xx (refused,
+    /// cancelled, timed out, or no device to fork it to).
+    fn invite_failed(&self, _msg: &Message, _from: &str, _to: &str) {}
     /// A request inside a dialog (MESSAGE, INFO, BYE, re-INVITE...) from `from`, before it
     /// is relayed. `Respond(481)` refuses a request for a session that no longer exists.
     fn in_dialog(&self, _msg: &Message, _from: &str) -> HookDecision {

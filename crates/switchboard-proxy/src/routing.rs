@@ -223,7 +223,14 @@ impl Core {
         let gr = ruri.params.get("gr");
         if gr.is_some() || user.starts_with("tgruu.") {
             return match self.location.lookup_gruu(&aor, gr.flatten(), &user) {
-                Some((aor, b)) => self.spawn_forward(req, vec![b], from_aor, Some(aor)),
+                Some((aor, b)) => {
+                    if method == Method::Invite && !in_dialog {
+                        if let Some(refusal) = self.hook.admit_invite(msg, &from_aor, &aor) {
+                            return self.answer_service(&req, refusal).await;
+                        }
+                    }
+                    self.spawn_forward(req, vec![b], from_aor, Some(aor))
+                }
                 None => self.respond(&req, 480).await,
             };
         }
@@ -277,6 +284,11 @@ impl Core {
         }
         if bindings.is_empty() {
             return self.respond(&req, 480).await;
+        }
+        if method == Method::Invite && !in_dialog {
+            if let Some(refusal) = self.hook.admit_invite(msg, &from_aor, &aor) {
+                return self.answer_service(&req, refusal).await;
+            }
         }
         self.spawn_forward(req, bindings, from_aor, Some(aor))
     }
@@ -676,7 +688,18 @@ impl Core {
             branches.push((out, hop, false, false));
         }
         drop(ev_tx);
+        // A dialog-creating INVITE to a user that gets no 2xx: the IM service gives back
+        // what it set aside for the session (`admit_invite`).
+        let invite_failed = |req: &ServerRequest| {
+            if let (true, Some(to)) = (
+                is_invite && !in_dialog_request(&req.message),
+                to_aor.as_deref(),
+            ) {
+                self.hook.invite_failed(&req.message, &from_aor, to);
+            }
+        };
         if branches.is_empty() {
+            invite_failed(&req);
             return self.respond(&req, 480).await;
         }
         if is_invite {
@@ -768,6 +791,7 @@ impl Core {
         if got_2xx {
             return;
         }
+        invite_failed(&req);
         // §16.7 step 9: the chosen response goes upstream without our Via.
         let mut resp = best
             .and_then(strip_our_via)

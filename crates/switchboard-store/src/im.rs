@@ -45,6 +45,17 @@ pub struct OfflineMessage {
     pub session_id: Option<String>,
 }
 
+/// What became of a message offered for keeping ([`ImStore::store_offline`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    Kept,
+    /// The recipient has as many messages waiting as anyone may leave them.
+    MailboxFull,
+    /// The recipient has as many messages waiting from this sender as one sender may
+    /// leave (others can still leave theirs).
+    SenderFull,
+}
+
 /// Which sessions to list.
 #[derive(Debug, Clone, Default)]
 pub struct SessionFilter {
@@ -198,26 +209,38 @@ impl ImStore {
         Ok(Some((s, ps)))
     }
 
-    /// Keeps a message for `recipient`, unless they already have `max_per_user` waiting.
-    /// Returns whether it was kept.
+    /// Keeps a message for its recipient, unless they already have `max_per_sender`
+    /// waiting from its sender (so one sender cannot fill the mailbox for everyone) or
+    /// `max_per_user` in all. Counting and keeping happen under one lock, so concurrent
+    /// senders cannot overfill it.
     pub fn store_offline(
         &self,
         m: &OfflineMessage,
         max_per_user: usize,
-    ) -> Result<bool, StoreError> {
+        max_per_sender: usize,
+    ) -> Result<Keep, StoreError> {
         let conn = self.conn.lock();
+        // Both counts come from the (recipient, sender) index alone.
+        let from_sender: i64 = conn
+            .prepare_cached(
+                "SELECT COUNT(*) FROM offline_messages WHERE recipient = ?1 AND sender = ?2",
+            )?
+            .query_row([&m.recipient, &m.sender], |r| r.get(0))?;
+        if from_sender as usize >= max_per_sender {
+            return Ok(Keep::SenderFull);
+        }
         let waiting: i64 = conn
             .prepare_cached("SELECT COUNT(*) FROM offline_messages WHERE recipient = ?1")?
             .query_row([&m.recipient], |r| r.get(0))?;
         if waiting as usize >= max_per_user {
-            return Ok(false);
+            return Ok(Keep::MailboxFull);
         }
         conn.prepare_cached(
             "INSERT INTO offline_messages (recipient, sender, content_type, body, received_at_ms, session_id)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?
         .execute(params![m.recipient, m.sender, m.content_type, m.body, m.received_at_ms, m.session_id])?;
-        Ok(true)
+        Ok(Keep::Kept)
     }
 
     /// Messages waiting for `recipient`, oldest first.
@@ -359,10 +382,11 @@ mod tests {
             received_at_ms: 10,
             session_id: None,
         };
-        assert!(s.store_offline(&m("one"), 2).unwrap());
-        assert!(s.store_offline(&m("two"), 2).unwrap());
-        assert!(
-            !s.store_offline(&m("three"), 2).unwrap(),
+        assert_eq!(s.store_offline(&m("one"), 2, 5).unwrap(), Keep::Kept);
+        assert_eq!(s.store_offline(&m("two"), 2, 5).unwrap(), Keep::Kept);
+        assert_eq!(
+            s.store_offline(&m("three"), 2, 5).unwrap(),
+            Keep::MailboxFull,
             "bounded per user"
         );
         let waiting = s.offline_for("sip:bob@example.com").unwrap();
@@ -373,5 +397,87 @@ mod tests {
         s.delete_offline(waiting[0].id).unwrap();
         assert_eq!(s.expire_offline(11).unwrap(), 1);
         assert!(s.offline_for("sip:bob@example.com").unwrap().is_empty());
+    }
+
+    #[test]
+    fn one_sender_cannot_fill_a_mailbox_for_everyone() {
+        let dir = tempfile::tempdir().unwrap();
+        let _users = crate::open(dir.path()).unwrap();
+        let s = ImStore::open(dir.path()).unwrap();
+        let m = |from: &str, to: &str| OfflineMessage {
+            id: 0,
+            recipient: format!("sip:{to}@example.com"),
+            sender: format!("sip:{from}@example.com"),
+            content_type: "text/plain".into(),
+            body: b"hi".to_vec(),
+            received_at_ms: 10,
+            session_id: None,
+        };
+        for _ in 0..2 {
+            assert_eq!(
+                s.store_offline(&m("mallory", "bob"), 3, 2).unwrap(),
+                Keep::Kept
+            );
+        }
+        assert_eq!(
+            s.store_offline(&m("mallory", "bob"), 3, 2).unwrap(),
+            Keep::SenderFull
+        );
+        // Per recipient: mallory may still write to carol; alice may still write to bob
+        // until bob's mailbox as a whole is full.
+        assert_eq!(
+            s.store_offline(&m("mallory", "carol"), 3, 2).unwrap(),
+            Keep::Kept
+        );
+        assert_eq!(
+            s.store_offline(&m("alice", "bob"), 3, 2).unwrap(),
+            Keep::Kept
+        );
+        assert_eq!(
+            s.store_offline(&m("dave", "bob"), 3, 2).unwrap(),
+            Keep::MailboxFull
+        );
+        let kept: Vec<String> = s
+            .offline_for("sip:bob@example.com")
+            .unwrap()
+            .into_iter()
+            .map(|w| w.sender)
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                "sip:mallory@example.com",
+                "sip:mallory@example.com",
+                "sip:alice@example.com"
+            ]
+        );
+    }
+
+    /// Counting runs on every message kept: it must read the index, not the rows.
+    #[test]
+    fn mailbox_counts_read_only_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let _users = crate::open(dir.path()).unwrap();
+        let s = ImStore::open(dir.path()).unwrap();
+        let conn = s.conn.lock();
+        for sql in [
+            "SELECT COUNT(*) FROM offline_messages WHERE recipient = ?1 AND sender = ?2",
+            "SELECT COUNT(*) FROM offline_messages WHERE recipient = ?1",
+        ] {
+            let plan: Vec<String> = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap()
+                .query_map(
+                    rusqlite::params_from_iter(["r", "s"].iter().take(sql.matches('?').count())),
+                    |r| r.get::<_, String>(3),
+                )
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert!(
+                plan.iter().any(|p| p.contains("USING COVERING INDEX")),
+                "{sql}: {plan:?}"
+            );
+        }
     }
 }

@@ -26,7 +26,7 @@ mod presence;
 mod users;
 
 pub use address::{Address, AddressError};
-pub use im::{ImStore, OfflineMessage, ParticipantRecord, SessionFilter, SessionRecord};
+pub use im::{ImStore, Keep, OfflineMessage, ParticipantRecord, SessionFilter, SessionRecord};
 pub use presence::{
     CalendarEntry, CalendarKind, ContactCard, ContactEntry, ContactList, ManualState,
     PresenceStore, Relationship, RelationshipError, StoredPresence,

@@ -129,6 +129,10 @@ const MIGRATIONS: &[&str] = &[
     // 5: a relationship without a place on the list (a user blocked, or put in a
     // container, without being added as a contact: MS-PRES §3.7.4.1).
     "ALTER TABLE contacts ADD COLUMN listed INTEGER NOT NULL DEFAULT 1;",
+    // 6: messages kept for one recipient from one sender are bounded too; this index
+    // counts them (and the recipient's total) from the index alone, on every message
+    // kept, without reading the rows.
+    "CREATE INDEX offline_messages_sender ON offline_messages (recipient, sender);",
 ];
 
 pub(crate) fn apply(conn: &Connection) -> Result<(), StoreError> {

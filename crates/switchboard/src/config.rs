@@ -101,7 +101,13 @@ pub struct ImSection {
     /// A session-mode (INVITE) session without traffic is ended after this many seconds.
     pub session_idle_secs: Option<u64>,
     pub offline_max_per_user: Option<usize>,
+    /// Messages kept for one offline user from one sender (480 beyond, for that sender).
+    pub offline_max_per_sender: Option<usize>,
     pub offline_max_age_days: Option<u64>,
+    /// Open group chats one user may organise (403 beyond).
+    pub max_group_chats_per_user: Option<usize>,
+    /// Open session-mode IM sessions one user may have opened (403 beyond).
+    pub max_sessions_per_user: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -284,6 +290,15 @@ impl ServerConfig {
             self.im.offline_max_per_user = i
                 .offline_max_per_user
                 .unwrap_or(self.im.offline_max_per_user);
+            self.im.offline_max_per_sender = i
+                .offline_max_per_sender
+                .unwrap_or(self.im.offline_max_per_sender);
+            self.im.max_group_chats_per_user = i
+                .max_group_chats_per_user
+                .unwrap_or(self.im.max_group_chats_per_user);
+            self.im.max_sessions_per_user = i
+                .max_sessions_per_user
+                .unwrap_or(self.im.max_sessions_per_user);
             if let Some(d) = i.offline_max_age_days {
                 self.im.offline_max_age = std::time::Duration::from_secs(d * 24 * 3600);
             }
@@ -385,5 +400,38 @@ impl ServerConfig {
             bail!("limits.write_queue_bytes must be at least sip.max_message_size");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn im_caps_come_from_the_file() {
+        let f: FileConfig = toml::from_str(
+            "[im]\nmax_group_chats_per_user = 3\nmax_sessions_per_user = 4\noffline_max_per_sender = 5\n",
+        )
+        .unwrap();
+        let mut c = ServerConfig::with_defaults(PathBuf::from("unused"));
+        let defaults = c.im.clone();
+        assert_eq!(
+            (
+                defaults.max_group_chats_per_user,
+                defaults.max_sessions_per_user,
+                defaults.offline_max_per_sender
+            ),
+            (100, 200, 20)
+        );
+        c.apply_file(f).unwrap();
+        assert_eq!(
+            (
+                c.im.max_group_chats_per_user,
+                c.im.max_sessions_per_user,
+                c.im.offline_max_per_sender
+            ),
+            (3, 4, 5)
+        );
+        assert_eq!(c.im.offline_max_per_user, defaults.offline_max_per_user);
     }
 }

@@ -970,7 +970,7 @@ async fn one_user_cannot_open_conferences_without_end() {
         .headers
         .get(&HeaderName::Warning)
         .unwrap()
-        .contains("too many open conferences"));
+        .contains("too many open group chats"));
     assert_eq!(s.server.im.conferences().len(), 100);
 }
 

@@ -5,6 +5,7 @@ mod cli;
 mod guard;
 mod http_edge;
 mod im;
+mod im_caps;
 mod lync;
 mod lync_im;
 mod presence;
