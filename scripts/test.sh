@@ -3,7 +3,8 @@
 # (SIPp, baresip, linphonec, pidgin-sipe in bitlbee), checks formatting and lints, runs the Rust unit and socket-level
 # tests, then the real-client interop tests (SIPp scenarios, baresip over UDP/TCP/TLS,
 # linphonec, presence watched by linphonec and baresip, pidgin-sipe's NTLM sign-in, presence
-# and IM between pidgin-sipe and baresip users, a Lync conference shared with baresip).
+# and IM between pidgin-sipe and baresip users, a Lync conference shared with baresip), then
+# the hostile suite (tests/hostile: attacks from 127.0.0.2 and up, health checks after each).
 # Usage: scripts/test.sh            Exit status 0 only if everything passed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -60,6 +61,9 @@ run "presence: linphonec and baresip watch a SIPp device" timeout 300 python3 te
 run "pidgin-sipe NTLM sign-in (Lync dialect)" timeout 300 python3 tests/interop/sipe_signin.py
 run "pidgin-sipe presence and IM with pidgin-sipe and baresip" timeout 300 python3 tests/interop/sipe_lync.py
 run "pidgin-sipe conference (C3P) with pidgin-sipe and baresip, and bridged IM" timeout 300 python3 tests/interop/sipe_conference.py
+
+# 5. Attacked from outside: every attack class, then the victim's health.
+run "hostile suite (attackers 127.0.0.2+, victim 127.0.0.1)" timeout 600 python3 tests/hostile/hostile.py
 
 echo
 if ((${#failed[@]})); then

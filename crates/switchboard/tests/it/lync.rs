@@ -13,7 +13,7 @@ use crate::support::*;
 
 const REALM: &str = "SIP Communications Service";
 
-fn lync_register(c: &mut Client) -> Message {
+pub(crate) fn lync_register(c: &mut Client) -> Message {
     let mut m = c.register_request(None);
     m.headers.push(
         HeaderName::Supported,

@@ -7,6 +7,7 @@ mod http_edge;
 mod im;
 mod im_caps;
 mod lync;
+mod lync_guard;
 mod lync_im;
 mod presence;
 mod presence_caps;
