@@ -82,7 +82,7 @@ sipp_bg message $((DUR + 40)) -sf "$SCN/message_uac.xml" -inf "$OUT/msg.csv" -ke
   -p 5196 -r "$RATE" -m $((RATE * DUR)) -l $((RATE * 2)) -timeout $((DUR + 30))s -recv_timeout 5000
 
 log "soaking for $DUR s: $RATE MESSAGE calls/s, $PUB_RATE PUBLISH calls/s, $WATCHERS watchers ($TRANSPORT)"
-echo "secs,rss_kib,fds,server_tx,client_tx,presentities,subscriptions,registered_devices" > "$OUT/samples.csv"
+echo "secs,rss_kib,fds,server_tx,client_tx,presentities,subscriptions,registered_devices,nonce_counts" > "$OUT/samples.csv"
 start=$(date +%s)
 while :; do
   now=$(( $(date +%s) - start ))
@@ -100,7 +100,8 @@ try:
 except ValueError:
     s = {}
 print(','.join(str(x) for x in [secs, rss, fds, s.get('server_transactions', ''), s.get('client_transactions', ''),
-                                 s.get('presentities', ''), s.get('subscriptions', ''), s.get('registered_devices', '')]))
+                                 s.get('presentities', ''), s.get('subscriptions', ''), s.get('registered_devices', ''),
+                                 s.get('nonce_counts_remembered', '')]))
 PY
   sleep "$SAMPLE"
 done

@@ -121,8 +121,11 @@ class Victim:
                         return
                     if m.method == 'MESSAGE':
                         bob.send(m.response(200))
-                        result['body'] = m.body
-                        return
+                        # Messages kept for bob while he was away come first.
+                        if m.body == text:
+                            result['body'] = m.body
+                            return
+                        continue
                     if m.method and m.method != 'ACK':
                         bob.send(m.response(200))
 
@@ -527,6 +530,53 @@ def attack_udp_flood(v):
     v.health('UDP flood')
 
 
+def attack_user_state(v):
+    """A signed-in user making the server hold state for them: ad-hoc lists naming users
+    who do not exist (each became a presentity: 1,000 × 60 → +240 MiB), and filling
+    someone's offline mailbox so nobody else can leave a message."""
+    e = Endpoint('tcp', v.tcp, attacker(13), user='mallory', domain=DOMAIN)
+    r = e.register('pw-mallory')
+    R.check('user state: mallory signs in', r is not None and r.status == 200)
+    before = v.status()['presentities']
+    aor = 'sip:mallory@%s' % DOMAIN
+    answers = []
+    for n in range(40):
+        ghosts = ''.join('<resource uri="sip:ghost%d-%d@%s"/>' % (n, i, DOMAIN) for i in range(60))
+        doc = ('<batchSub xmlns="http://schemas.microsoft.com/2006/01/sip/batch-subscribe" uri="%s" name="">'
+               '<action name="subscribe" id="1"><adhocList>%s</adhocList><categoryList '
+               'xmlns="http://schemas.microsoft.com/2006/09/sip/categorylist"><category name="state"/>'
+               '</categoryList></action></batchSub>' % (aor, ghosts))
+        e.call_id = rand() + '@hostile'
+        sub = e.request('SUBSCRIBE', aor, to=aor, extra=[
+            ('Event', 'presence'), ('Expires', '600'), ('Supported', 'eventlist'),
+            ('Content-Type', 'application/msrtc-adrl-categorylist+xml')], body=doc.encode())
+        r = e.authenticated(sub, 'pw-mallory', timeout=8)
+        answers.append(r.status if r else None)
+    after = v.status()['presentities']
+    R.check('user state: 2,400 entries naming nobody hold no presentities', after - before <= 5,
+            'presentities %d -> %d, answers %s' % (before, after, sorted(set(answers), key=str)))
+    # bob is signed out: mallory fills his mailbox as far as one sender may.
+    refused = None
+    for i in range(30):
+        m = e.request('MESSAGE', 'sip:bob@%s' % DOMAIN, to='sip:bob@%s' % DOMAIN,
+                      extra=[('Content-Type', 'text/plain')], body=b'spam %d' % i)
+        r = e.authenticated(m, 'pw-mallory')
+        if r is not None and r.status == 480:
+            refused = (i, r.get('Warning'))
+            break
+    R.check('user state: one sender fills only its share of a mailbox', refused is not None and refused[0] <= 20,
+            repr(refused))
+    e.close()
+    a = Endpoint('udp', v.udp, '127.0.0.1', user='alice', domain=DOMAIN)
+    m = a.request('MESSAGE', 'sip:bob@%s' % DOMAIN, to='sip:bob@%s' % DOMAIN,
+                  extra=[('Content-Type', 'text/plain')], body=b'from alice')
+    r = a.authenticated(m, 'pw-alice')
+    R.check('user state: others can still leave bob a message', r is not None and r.status == 202,
+            r.start if r else 'no answer')
+    a.close()
+    v.health('per-user state')
+
+
 ATTACKS = [
     ('panic', attack_panic_inputs),
     ('relay', attack_relay),
@@ -538,6 +588,7 @@ ATTACKS = [
     ('malformed', attack_malformed),
     ('xml', attack_xml_bomb),
     ('reflector', attack_reflector),
+    ('state', attack_user_state),
     ('udpflood', attack_udp_flood),
 ]
 

@@ -183,6 +183,12 @@ impl Core {
         &self.location
     }
 
+    /// Digest nonce-counts remembered against replay (bounded by the nonce lifetime: about
+    /// two lifetimes of challenges).
+    pub fn nonce_counts_remembered(&self) -> usize {
+        self.replay.len()
+    }
+
     /// NTLM handshakes in progress and established Lync security associations.
     pub fn ntlm_counts(&self) -> (usize, usize) {
         self.ntlm.lock().counts()

@@ -50,6 +50,7 @@ async fn status(State(s): State<AppState>) -> Json<serde_json::Value> {
         "presentities": presentities,
         "publications": publications,
         "subscriptions": subscriptions,
+        "nonce_counts_remembered": s.core.nonce_counts_remembered(),
         "protection": protection(&s),
     }))
 }
