@@ -12,7 +12,7 @@
 //! Time is passed in as seconds so callers (and tests) own the clock.
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
@@ -167,6 +167,14 @@ impl NonceIssuer {
         self.check_bound(nonce, now_secs, b"")
     }
 
+    /// When a nonce says it was issued (check it first: this reads, it does not verify).
+    pub fn issued_at(&self, nonce: &str) -> Option<u64> {
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(nonce)
+            .ok()?;
+        Some(u64::from_be_bytes(raw.get(..8)?.try_into().ok()?))
+    }
+
     /// Checks a nonce issued by [`NonceIssuer::issue_bound`] with `binding`.
     pub fn check_bound(&self, nonce: &str, now_secs: u64, binding: &[u8]) -> NonceState {
         let Ok(raw) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(nonce) else {
@@ -189,49 +197,42 @@ impl NonceIssuer {
 }
 
 /// Remembers the highest nonce-count used with each nonce, for as long as the nonce can be
-/// valid.
+/// valid and no longer.
 ///
 /// Entries are a 64-bit hash of the nonce and the count (a hash collision, ~2^-64 a pair,
-/// can only cost a client one extra challenge). They live in two generations: new entries
-/// go into the current one, lookups see both, and once a nonce lifetime has passed the
-/// older generation is dropped whole. Nothing is ever scanned, and the maps are split in
-/// sixteen shards so no lock is held for long when a map grows (at 10,000 sign-ins a
-/// second a generation holds millions of entries).
+/// can only cost a client one extra challenge). They are filed by when their nonce was
+/// issued, in 30-second slots, and a slot is dropped whole once every nonce in it is past
+/// its lifetime: an entry lives at most a lifetime and a slot (about 330 s by default),
+/// nothing is ever scanned, and the maps are split in sixteen shards so no lock is held for
+/// long when a map grows. Only nonces this server issued (their MAC checked) are filed,
+/// so forged ones cost nothing.
 pub struct ReplayGuard {
-    shards: Vec<Mutex<Generations>>,
+    shards: Vec<Mutex<Slots>>,
     hasher: std::hash::RandomState,
     lifetime_secs: u64,
 }
 
-struct Generations {
-    current: HashMap<u64, u32>,
-    previous: HashMap<u64, u32>,
-    rotated_at: u64,
-}
+/// One shard's entries by issue slot (slot index, nonce hash → highest count), oldest
+/// slot first.
+type Slots = VecDeque<(u64, HashMap<u64, u32>)>;
 
 const REPLAY_SHARDS: usize = 16;
+const SLOT_SECS: u64 = 30;
 
 impl ReplayGuard {
     pub fn new(lifetime_secs: u64) -> Self {
         ReplayGuard {
             shards: (0..REPLAY_SHARDS)
-                .map(|_| {
-                    Mutex::new(Generations {
-                        current: HashMap::new(),
-                        previous: HashMap::new(),
-                        rotated_at: 0,
-                    })
-                })
+                .map(|_| Mutex::new(VecDeque::new()))
                 .collect(),
             hasher: Default::default(),
             lifetime_secs,
         }
     }
 
-    /// Accepts `nc` for `nonce` only if it is higher than any accepted before. `nc = None`
-    /// (no qop) makes the nonce single-use.
-    pub fn accept(&self, nonce: &str, nc: Option<&str>, now_secs: u64) -> bool {
-        use std::hash::BuildHasher;
+    /// Accepts `nc` for `nonce` (issued at `issued_secs`) only if it is higher than any
+    /// accepted before. `nc = None` (no qop) makes the nonce single-use.
+    pub fn accept(&self, nonce: &str, nc: Option<&str>, issued_secs: u64, now_secs: u64) -> bool {
         let nc = match nc {
             Some(h) => match u32::from_str_radix(h, 16) {
                 Ok(n) if h.len() == 8 && n > 0 && n < u32::MAX => n,
@@ -239,51 +240,80 @@ impl ReplayGuard {
             },
             None => u32::MAX,
         };
-        let key = self.hasher.hash_one(nonce);
-        let mut g = self.shards[key as usize % REPLAY_SHARDS].lock();
-        if g.rotated_at == 0 {
-            g.rotated_at = now_secs;
-        }
-        // Rotate once a generation is older than any nonce can be valid (+ slack).
-        if now_secs >= g.rotated_at + self.lifetime_secs + 10 {
-            let old = std::mem::take(&mut g.current);
-            g.previous = old;
-            g.rotated_at = now_secs;
-        }
-        let last = g
-            .current
-            .get(&key)
-            .or_else(|| g.previous.get(&key))
-            .copied();
-        match last {
-            Some(last) if last >= nc => false,
+        self.record(nonce, issued_secs, now_secs, |last| match last {
+            Some(last) if *last >= nc => false,
             _ => {
-                g.current.insert(key, nc);
+                *last = Some(nc);
                 true
             }
-        }
+        })
     }
 
-    /// Makes `nonce` unusable with any nonce-count (after a wrong answer: each guess
-    /// then costs the guesser a new challenge, and each is counted).
-    pub fn burn(&self, nonce: &str, now_secs: u64) {
+    /// Makes `nonce` (issued at `issued_secs`) unusable with any nonce-count (after a
+    /// wrong answer: each guess then costs the guesser a new challenge, and is counted).
+    pub fn burn(&self, nonce: &str, issued_secs: u64, now_secs: u64) {
+        self.record(nonce, issued_secs, now_secs, |last| {
+            *last = Some(u32::MAX);
+            true
+        });
+    }
+
+    /// Runs `f` on the nonce's entry (None when new; what it leaves is stored).
+    fn record(
+        &self,
+        nonce: &str,
+        issued_secs: u64,
+        now_secs: u64,
+        f: impl FnOnce(&mut Option<u32>) -> bool,
+    ) -> bool {
         use std::hash::BuildHasher;
-        let key = self.hasher.hash_one(nonce);
-        let mut g = self.shards[key as usize % REPLAY_SHARDS].lock();
-        if g.rotated_at == 0 {
-            g.rotated_at = now_secs;
+        // A nonce past its lifetime is refused before it gets here; never file one.
+        if issued_secs + self.lifetime_secs < now_secs {
+            return false;
         }
-        g.current.insert(key, u32::MAX);
+        let key = self.hasher.hash_one(nonce);
+        let slot = issued_secs / SLOT_SECS;
+        let mut slots = self.shards[key as usize % REPLAY_SHARDS].lock();
+        self.expire(&mut slots, now_secs);
+        let at = match slots.binary_search_by_key(&slot, |(s, _)| *s) {
+            Ok(i) => i,
+            Err(i) => {
+                slots.insert(i, (slot, HashMap::new()));
+                i
+            }
+        };
+        let map = &mut slots[at].1;
+        let mut entry = map.get(&key).copied();
+        let ok = f(&mut entry);
+        if let Some(v) = entry {
+            map.insert(key, v);
+        }
+        ok
     }
 
-    /// Entries held (both generations).
+    /// Slots whose every nonce has expired go, whole.
+    fn expire(&self, slots: &mut Slots, now_secs: u64) {
+        while slots
+            .front()
+            .is_some_and(|(s, _)| (s + 1) * SLOT_SECS + self.lifetime_secs + 5 < now_secs)
+        {
+            slots.pop_front();
+        }
+    }
+
+    /// Drops expired slots in every shard (a shard nobody touches keeps them otherwise);
+    /// call every few seconds.
+    pub fn sweep(&self, now_secs: u64) {
+        for shard in &self.shards {
+            self.expire(&mut shard.lock(), now_secs);
+        }
+    }
+
+    /// Entries held.
     pub fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| {
-                let g = s.lock();
-                g.current.len() + g.previous.len()
-            })
+            .map(|s| s.lock().iter().map(|(_, m)| m.len()).sum::<usize>())
             .sum()
     }
 
@@ -383,26 +413,52 @@ mod tests {
     #[test]
     fn a_burned_nonce_takes_no_count() {
         let g = ReplayGuard::new(300);
-        assert!(g.accept("n1", Some("00000001"), 10));
-        g.burn("n1", 11);
-        assert!(!g.accept("n1", Some("00000002"), 12));
-        g.burn("n2", 12);
-        assert!(!g.accept("n2", Some("00000001"), 12));
-        assert!(!g.accept("n2", None, 12));
+        assert!(g.accept("n1", Some("00000001"), 10, 10));
+        g.burn("n1", 10, 11);
+        assert!(!g.accept("n1", Some("00000002"), 10, 12));
+        g.burn("n2", 12, 12);
+        assert!(!g.accept("n2", Some("00000001"), 12, 12));
+        assert!(!g.accept("n2", None, 12, 12));
     }
 
     #[test]
     fn nonce_counts_must_increase() {
         let g = ReplayGuard::new(300);
-        assert!(g.accept("n", Some("00000001"), 1));
-        assert!(!g.accept("n", Some("00000001"), 0));
-        assert!(g.accept("n", Some("00000002"), 0));
-        assert!(!g.accept("n", Some("00000001"), 0));
-        assert!(g.accept("m", None, 0));
-        assert!(!g.accept("m", None, 0));
-        assert!(!g.accept("k", Some("zz"), 0));
-        // Still remembered one lifetime later, forgotten after two.
-        assert!(!g.accept("n", Some("00000002"), 320));
-        assert!(g.accept("n", Some("00000002"), 700));
+        assert!(g.accept("n", Some("00000001"), 0, 1));
+        assert!(!g.accept("n", Some("00000001"), 0, 1));
+        assert!(g.accept("n", Some("00000002"), 0, 1));
+        assert!(!g.accept("n", Some("00000001"), 0, 1));
+        assert!(g.accept("m", None, 0, 1));
+        assert!(!g.accept("m", None, 0, 1));
+        assert!(!g.accept("k", Some("zz"), 0, 1));
+        // Remembered for the nonce's whole lifetime; a nonce past it is never filed.
+        assert!(!g.accept("n", Some("00000002"), 0, 299));
+        assert!(!g.accept("n", Some("00000009"), 0, 301));
+    }
+
+    #[test]
+    fn entries_go_once_their_nonces_are_past_their_lifetime() {
+        let g = ReplayGuard::new(300);
+        for i in 0..1000u64 {
+            // Issued over 100 s, used at once.
+            assert!(g.accept(&format!("n{i}"), Some("00000001"), i / 10, i / 10));
+        }
+        assert_eq!(g.len(), 1000);
+        // Out of order: a nonce issued earlier than the newest slot.
+        assert!(g.accept("late", Some("00000001"), 5, 100));
+        assert!(!g.accept("late", Some("00000001"), 5, 101));
+        // Every slot of those nonces ends by lifetime + slot: one new entry remains.
+        assert!(g.accept("fresh", Some("00000001"), 500, 500));
+        g.sweep(500);
+        assert_eq!(g.len(), 1, "only the fresh nonce is remembered");
+    }
+
+    #[test]
+    fn issued_at_reads_the_nonce() {
+        let issuer = NonceIssuer::new(300);
+        let n = issuer.issue_bound(12345, b"x");
+        assert_eq!(issuer.issued_at(&n), Some(12345));
+        assert_eq!(issuer.issued_at("!!"), None);
+        assert_eq!(issuer.issued_at(""), None);
     }
 }

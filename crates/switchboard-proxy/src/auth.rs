@@ -180,23 +180,30 @@ impl Core {
         let expected = response(alg, ha1, &params);
         let correct = user.is_some() && digests_equal(&expected, given);
         let now = self.now_secs();
+        // Only a nonce we issued (its MAC checked) is filed: forged ones cost no memory.
+        let issued = match self.nonces.check_bound(nonce, now, &binding(source)) {
+            NonceState::Fresh => self.nonces.issued_at(nonce),
+            _ => None,
+        };
         let fail = |why| {
-            self.replay.burn(nonce, now);
+            if let Some(issued) = issued {
+                self.replay.burn(nonce, issued, now);
+            }
             let penalty = guard.auth_failed(&account, source, "digest");
             AuthResult::Forbidden {
                 why,
                 delay: penalty.delay,
             }
         };
-        match self.nonces.check_bound(nonce, now, &binding(source)) {
+        match issued {
             // A replayed nonce-count or a nonce burned by an earlier wrong answer gets a
             // new challenge *before* the answer is looked at: otherwise one nonce would
             // tell right guesses (stale) from wrong ones (403) without limit.
-            NonceState::Fresh if !self.replay.accept(nonce, params.nc, now) => {
+            Some(at) if !self.replay.accept(nonce, params.nc, at, now) => {
                 tracing::debug!(user = %account, "replayed or burned nonce");
                 return AuthResult::Challenge { stale: true };
             }
-            NonceState::Fresh => {}
+            Some(_) => {}
             // RFC 7616 §3.3: a right answer to an old nonce (or one issued to another
             // address: a client that moved) earns a fresh one.
             _ if correct => return AuthResult::Challenge { stale: true },

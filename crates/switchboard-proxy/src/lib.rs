@@ -162,6 +162,7 @@ impl Core {
                 tick.tick().await;
                 let Some(core) = weak.upgrade() else { return };
                 core.ntlm.lock().sweep(std::time::Instant::now());
+                core.replay.sweep(core.now_secs());
                 let n = core.location.sweep();
                 if n > 0 {
                     tracing::debug!(expired = n, "bindings expired");
