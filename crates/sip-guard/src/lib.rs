@@ -73,7 +73,7 @@ impl Default for GuardConfig {
             source_request_burst: 1000,
             ban_after_dropped: 2000,
             ban_duration: Duration::from_secs(120),
-            max_connections_per_source: 1000,
+            max_connections_per_source: 250,
             user_requests_per_sec: 30,
             user_request_burst: 300,
             auth_free_failures: 3,
@@ -204,8 +204,13 @@ struct SourceState {
     auth_failures: u32,
     window_start: Instant,
     banned_until: Option<Instant>,
+    /// Banned for a flood over UDP only: spoofable evidence, so the source's TCP and TLS
+    /// (which a spoofer cannot open) stay served.
+    udp_banned_until: Option<Instant>,
     connections: u32,
     last_seen: Instant,
+    /// This is the shared overflow entry.
+    overflow: bool,
 }
 
 impl SourceState {
@@ -216,8 +221,10 @@ impl SourceState {
             auth_failures: 0,
             window_start: now,
             banned_until: None,
+            udp_banned_until: None,
             connections: 0,
             last_seen: now,
+            overflow: false,
         }
     }
 
@@ -233,10 +240,17 @@ impl SourceState {
         self.banned_until.is_some_and(|t| t > now)
     }
 
-    fn idle(&self, window: Duration, now: Instant) -> bool {
+    fn udp_banned(&self, now: Instant) -> bool {
+        self.udp_banned_until.is_some_and(|t| t > now)
+    }
+
+    /// Nothing worth keeping after `quiet` without traffic: no connection, no ban, no
+    /// recent failed sign-in.
+    fn idle(&self, window: Duration, quiet: Duration, now: Instant) -> bool {
         self.connections == 0
             && !self.banned(now)
-            && now.saturating_duration_since(self.last_seen) > window.min(Duration::from_secs(60))
+            && !self.udp_banned(now)
+            && now.saturating_duration_since(self.last_seen) > quiet
             && (self.auth_failures == 0
                 || now.saturating_duration_since(self.window_start) > window)
     }
@@ -368,32 +382,49 @@ impl Guard {
     }
 
     /// Runs `f` on the source's entry, creating it (or using the overflow entry when the
-    /// table is full).
-    fn with_source<T>(&self, ip: IpAddr, f: impl FnOnce(&mut SourceState, Instant) -> T) -> T {
+    /// table is full even after idle entries were evicted); also gives the key charged.
+    fn with_source<T>(
+        &self,
+        ip: IpAddr,
+        f: impl FnOnce(&mut SourceState, Instant) -> T,
+    ) -> (SourceKey, T) {
         let now = Instant::now();
         let mut key = SourceKey::of(ip);
-        if self.sources.shard(&key).lock().get(&key).is_none()
-            && self.sources.len() >= self.cfg.max_tracked
-        {
-            self.sweep_if_due();
+        let known = self.sources.shard(&key).lock().contains_key(&key);
+        if !known && self.sources.len() >= self.cfg.max_tracked {
+            // Under pressure, entries quiet for a few seconds make room.
+            self.sweep_if_due(Duration::from_secs(5));
             if self.sources.len() >= self.cfg.max_tracked {
                 key = SourceKey::Overflow;
             }
         }
         let mut shard = self.sources.shard(&key).lock();
-        let st = shard
-            .entry(key)
-            .or_insert_with(|| SourceState::new(&self.cfg, now));
+        let st = shard.entry(key).or_insert_with(|| {
+            let mut st = SourceState::new(&self.cfg, now);
+            st.overflow = key == SourceKey::Overflow;
+            st
+        });
         st.last_seen = now;
         st.roll_window(self.cfg.window, now);
-        f(st, now)
+        (key, f(st, now))
     }
 
-    fn ban(&self, st: &mut SourceState, ip: IpAddr, now: Instant, reason: &str) {
-        st.banned_until = Some(now + self.cfg.ban_duration);
+    fn ban(&self, st: &mut SourceState, ip: IpAddr, now: Instant, reason: &str, udp_only: bool) {
+        if st.overflow {
+            // The entry new sources share when the table is full: banning it would shut
+            // out everyone not yet tracked.
+            return;
+        }
+        let until = Some(now + self.cfg.ban_duration);
+        if udp_only {
+            st.udp_banned_until = until;
+        } else {
+            st.banned_until = until;
+        }
         self.bans.fetch_add(1, Ordering::Relaxed);
         // One line per ban, fail2ban-ready: `source banned source=<ip>`.
-        tracing::warn!(source = %ip, reason, secs = self.cfg.ban_duration.as_secs(), "source banned");
+        let scope = if udp_only { "udp" } else { "all" };
+        tracing::warn!(source = %ip, reason, scope, secs = self.cfg.ban_duration.as_secs(), "source banned");
     }
 
     /// Is the source banned now? (Cheap: for the accept loop and every datagram.)
@@ -410,14 +441,15 @@ impl Guard {
             .is_some_and(|s| s.banned(now))
     }
 
-    /// Accounts one request (or datagram) from `ip`.
-    pub fn admit_request(&self, ip: IpAddr) -> Admission {
+    /// Accounts one request (or datagram) from `ip`; `reliable` when it came over a
+    /// connection (TCP, TLS: the address is real), not a datagram (which can be spoofed).
+    pub fn admit_request(&self, ip: IpAddr, reliable: bool) -> Admission {
         let rate = self.cfg.source_requests_per_sec;
         if self.exempt(ip) {
             return Admission::Admit;
         }
-        let verdict = self.with_source(ip, |st, now| {
-            if st.banned(now) {
+        let (_, verdict) = self.with_source(ip, |st, now| {
+            if st.banned(now) || (!reliable && st.udp_banned(now)) {
                 return Admission::Banned;
             }
             if rate == 0 || st.bucket.take(rate, self.cfg.source_request_burst, now) {
@@ -426,7 +458,7 @@ impl Guard {
             st.dropped += 1;
             if st.dropped >= self.cfg.ban_after_dropped {
                 st.dropped = 0;
-                self.ban(st, ip, now, "request rate");
+                self.ban(st, ip, now, "request rate", !reliable);
             }
             Admission::OverRate
         });
@@ -442,14 +474,15 @@ impl Guard {
         verdict
     }
 
-    /// A connection from `ip` is being accepted: false (and counted) when the source is
-    /// banned or already holds its share of connections. Pair with
-    /// [`Guard::connection_closed`].
-    pub fn connection_opened(&self, ip: IpAddr) -> bool {
+    /// A connection from `ip` is being accepted: the key it is charged to, or `None` (and
+    /// counted) when the source is banned or already holds its share of connections. Pair
+    /// with [`Guard::connection_closed`] with that key.
+    pub fn connection_opened(&self, ip: IpAddr) -> Option<SourceKey> {
         let cap = self.cfg.max_connections_per_source;
         let exempt = self.exempt(ip);
-        let ok = self.with_source(ip, |st, now| {
-            if !exempt && (st.banned(now) || (cap != 0 && st.connections >= cap)) {
+        let (key, ok) = self.with_source(ip, |st, now| {
+            let capped = !st.overflow && cap != 0 && st.connections >= cap;
+            if !exempt && (st.banned(now) || capped) {
                 return false;
             }
             st.connections += 1;
@@ -458,24 +491,12 @@ impl Guard {
         if !ok {
             self.connections_refused.fetch_add(1, Ordering::Relaxed);
         }
-        ok
+        ok.then_some(key)
     }
 
-    pub fn connection_closed(&self, ip: IpAddr) {
-        let key = SourceKey::of(ip);
-        let mut shard = self.sources.shard(&key).lock();
-        if let Some(st) = shard.get_mut(&key) {
-            st.connections = st.connections.saturating_sub(1);
-            return;
-        }
-        drop(shard);
-        // The entry was the overflow one.
-        if let Some(st) = self
-            .sources
-            .shard(&SourceKey::Overflow)
-            .lock()
-            .get_mut(&SourceKey::Overflow)
-        {
+    /// A connection charged to `key` closed.
+    pub fn connection_closed(&self, key: SourceKey) {
+        if let Some(st) = self.sources.shard(&key).lock().get_mut(&key) {
             st.connections = st.connections.saturating_sub(1);
         }
     }
@@ -491,7 +512,7 @@ impl Guard {
         let full = self.users.shard(&key).lock().get(&key).is_none()
             && self.users.len() >= self.cfg.max_tracked;
         if full {
-            self.sweep_if_due();
+            self.sweep_if_due(Duration::from_secs(60));
         }
         let mut shard = self.users.shard(&key).lock();
         let burst = self.cfg.user_request_burst;
@@ -532,7 +553,7 @@ impl Guard {
         let key = (user.to_ascii_lowercase(), SourceKey::of(ip));
         let known = self.pairs.shard(&key).lock().contains_key(&key);
         let track = known || self.pairs.len() < self.cfg.max_tracked || {
-            self.sweep_if_due();
+            self.sweep_if_due(Duration::from_secs(60));
             self.pairs.len() < self.cfg.max_tracked
         };
         let (failures, locked_for) = {
@@ -565,15 +586,20 @@ impl Guard {
         };
         let exempt = self.exempt(ip);
         let source_banned = !exempt
-            && self.with_source(ip, |st, now| {
-                st.auth_failures = st.auth_failures.saturating_add(1);
-                if st.auth_failures >= self.cfg.auth_ban_source_after && !st.banned(now) {
-                    st.auth_failures = 0;
-                    self.ban(st, ip, now, "failed sign-ins");
-                    return true;
-                }
-                false
-            });
+            && self
+                .with_source(ip, |st, now| {
+                    st.auth_failures = st.auth_failures.saturating_add(1);
+                    if st.auth_failures >= self.cfg.auth_ban_source_after
+                        && !st.banned(now)
+                        && !st.overflow
+                    {
+                        st.auth_failures = 0;
+                        self.ban(st, ip, now, "failed sign-ins", false);
+                        return true;
+                    }
+                    false
+                })
+                .1;
         tracing::warn!(source = %ip, user, method, failures, "sign-in failed");
         if let Some(d) = locked_for {
             self.auth_lockouts.fetch_add(1, Ordering::Relaxed);
@@ -596,15 +622,20 @@ impl Guard {
     /// A sign-in succeeded: the pair's failures are forgotten.
     pub fn auth_succeeded(&self, user: &str, ip: IpAddr) {
         let key = (user.to_ascii_lowercase(), SourceKey::of(ip));
+        let now = Instant::now();
         let mut shard = self.pairs.shard(&key).lock();
-        if shard.get(&key).is_some_and(|f| f.locked_until.is_none()) {
+        // Forget the failures, unless a lockout is still running.
+        if shard
+            .get(&key)
+            .is_some_and(|f| f.locked_until.is_none_or(|t| t <= now))
+        {
             shard.remove(&key);
         }
     }
 
     /// A full table is swept at most once a second: a flood of spoofed sources must not
     /// turn every datagram into a scan of the table.
-    fn sweep_if_due(&self) {
+    fn sweep_if_due(&self, quiet: Duration) {
         let now = Instant::now();
         {
             let mut last = self.last_sweep.lock();
@@ -613,15 +644,19 @@ impl Guard {
             }
             *last = Some(now);
         }
-        self.sweep();
+        self.sweep_quiet(quiet);
     }
 
     /// Forgets idle entries. Call every few seconds; also called when a table fills.
     pub fn sweep(&self) {
+        self.sweep_quiet(Duration::from_secs(60));
+    }
+
+    fn sweep_quiet(&self, quiet: Duration) {
         let now = Instant::now();
         let window = self.cfg.window;
         for s in &self.sources.shards {
-            s.lock().retain(|_, st| !st.idle(window, now));
+            s.lock().retain(|_, st| !st.idle(window, quiet, now));
         }
         let (rate, burst) = (self.cfg.user_requests_per_sec, self.cfg.user_request_burst);
         for s in &self.users.shards {
@@ -643,7 +678,11 @@ impl Guard {
         let now = Instant::now();
         let mut active_bans = 0;
         for s in &self.sources.shards {
-            active_bans += s.lock().values().filter(|st| st.banned(now)).count() as u64;
+            active_bans += s
+                .lock()
+                .values()
+                .filter(|st| st.banned(now) || st.udp_banned(now))
+                .count() as u64;
         }
         GuardStats {
             dropped_over_rate: self.dropped_over_rate.load(Ordering::Relaxed),
@@ -684,29 +723,36 @@ mod tests {
         let g = Guard::new(cfg());
         let (bad, good) = (ip("127.0.0.2"), ip("127.0.0.1"));
         let admitted = (0..100)
-            .filter(|_| g.admit_request(bad) == Admission::Admit)
+            .filter(|_| g.admit_request(bad, true) == Admission::Admit)
             .count();
         assert_eq!(admitted, 20, "the burst, then nothing");
-        assert_eq!(g.admit_request(good), Admission::Admit, "others unaffected");
+        assert_eq!(
+            g.admit_request(good, true),
+            Admission::Admit,
+            "others unaffected"
+        );
         for _ in 0..100 {
-            g.admit_request(bad);
+            g.admit_request(bad, true);
         }
         assert!(g.is_banned(bad));
-        assert!(!g.connection_opened(bad), "a banned source cannot connect");
+        assert!(
+            g.connection_opened(bad).is_none(),
+            "a banned source cannot connect"
+        );
         assert_eq!(g.stats().bans, 1);
         tokio::time::advance(Duration::from_secs(61)).await;
         assert!(!g.is_banned(bad));
-        assert_eq!(g.admit_request(bad), Admission::Admit);
+        assert_eq!(g.admit_request(bad, true), Admission::Admit);
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_rate_refills() {
         let g = Guard::new(cfg());
         let a = ip("192.0.2.1");
-        while g.admit_request(a) == Admission::Admit {}
+        while g.admit_request(a, true) == Admission::Admit {}
         tokio::time::advance(Duration::from_millis(500)).await;
         let n = (0..100)
-            .filter(|_| g.admit_request(a) == Admission::Admit)
+            .filter(|_| g.admit_request(a, true) == Admission::Admit)
             .count();
         assert_eq!(n, 5, "10/s for half a second");
     }
@@ -715,11 +761,12 @@ mod tests {
     async fn connections_per_source_are_capped_and_released() {
         let g = Guard::new(cfg());
         let a = ip("192.0.2.1");
-        assert!((0..3).all(|_| g.connection_opened(a)));
-        assert!(!g.connection_opened(a));
-        assert!(g.connection_opened(ip("192.0.2.2")));
-        g.connection_closed(a);
-        assert!(g.connection_opened(a));
+        let keys: Vec<SourceKey> = (0..3).filter_map(|_| g.connection_opened(a)).collect();
+        assert_eq!(keys.len(), 3);
+        assert!(g.connection_opened(a).is_none());
+        assert!(g.connection_opened(ip("192.0.2.2")).is_some());
+        g.connection_closed(keys[0]);
+        assert!(g.connection_opened(a).is_some());
         assert_eq!(g.stats().connections_refused, 1);
     }
 
@@ -727,10 +774,16 @@ mod tests {
     async fn ipv6_sources_are_counted_per_64() {
         let g = Guard::new(cfg());
         for i in 0..3 {
-            assert!(g.connection_opened(ip(&format!("2001:db8::{i}"))));
+            assert!(g.connection_opened(ip(&format!("2001:db8::{i}"))).is_some());
         }
-        assert!(!g.connection_opened(ip("2001:db8::ffff:1")), "same /64");
-        assert!(g.connection_opened(ip("2001:db8:0:1::1")), "another /64");
+        assert!(
+            g.connection_opened(ip("2001:db8::ffff:1")).is_none(),
+            "same /64"
+        );
+        assert!(
+            g.connection_opened(ip("2001:db8:0:1::1")).is_some(),
+            "another /64"
+        );
         assert_eq!(
             SourceKey::of(ip("::ffff:192.0.2.1")),
             SourceKey::of(ip("192.0.2.1"))
@@ -743,8 +796,8 @@ mod tests {
             exempt: vec!["10.0.0.0/8".parse().unwrap()],
             ..cfg()
         });
-        assert!((0..1000).all(|_| g.admit_request(ip("10.1.2.3")) == Admission::Admit));
-        assert_ne!(g.admit_request(ip("11.0.0.1")), Admission::Banned);
+        assert!((0..1000).all(|_| g.admit_request(ip("10.1.2.3"), true) == Admission::Admit));
+        assert_ne!(g.admit_request(ip("11.0.0.1"), true), Admission::Banned);
     }
 
     #[tokio::test(start_paused = true)]
@@ -814,7 +867,7 @@ mod tests {
             ..cfg()
         });
         for i in 0..10_000u32 {
-            g.admit_request(IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i)));
+            g.admit_request(IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i)), true);
         }
         assert!(g.stats().tracked_sources <= 101, "{:?}", g.stats());
     }
@@ -831,6 +884,38 @@ mod tests {
             .count();
         assert_eq!(n, 10);
         assert!(g.admit_user("dave@example.com"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_udp_flood_bans_udp_only_and_the_overflow_entry_is_never_banned() {
+        let g = Guard::new(cfg());
+        let nat = ip("198.51.100.7");
+        for _ in 0..200 {
+            g.admit_request(nat, false);
+        }
+        assert_eq!(g.admit_request(nat, false), Admission::Banned);
+        assert!(
+            !g.is_banned(nat),
+            "spoofable evidence: TCP and TLS still served"
+        );
+        assert!(g.connection_opened(nat).is_some());
+        assert_ne!(g.admit_request(nat, true), Admission::Banned);
+        // A full table: newcomers share the overflow entry, which floods cannot ban.
+        let g = Guard::new(GuardConfig {
+            max_tracked: 4,
+            ..cfg()
+        });
+        for i in 0..4u32 {
+            g.admit_request(IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i)), true);
+        }
+        for _ in 0..500 {
+            g.admit_request(ip("203.0.113.1"), true);
+        }
+        assert_eq!(g.stats().bans, 0);
+        // Connections charged to the overflow entry are released there.
+        let k = g.connection_opened(ip("203.0.113.2")).unwrap();
+        assert_eq!(k, SourceKey::Overflow);
+        g.connection_closed(k);
     }
 
     #[test]

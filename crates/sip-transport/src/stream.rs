@@ -44,13 +44,13 @@ pub(crate) async fn accept_loop(
         };
         // Per-source share first (a banned or greedy source is refused without taking a
         // slot), then the server-wide limit.
-        if !transports.inner.guard.connection_opened(remote.ip()) {
+        let Some(key) = transports.inner.guard.connection_opened(remote.ip()) else {
             tracing::debug!(%remote, "connection refused: source banned or at its connection cap");
             continue;
-        }
+        };
         let source_slot = SourceSlot {
             transports: transports.clone(),
-            remote,
+            key,
         };
         let Ok(permit) = transports.inner.conn_slots.clone().try_acquire_owned() else {
             tracing::warn!(%remote, "connection limit reached; refusing");
@@ -111,15 +111,20 @@ impl Slot {
 
 pub(crate) struct SourceSlot {
     transports: Transports,
-    remote: SocketAddr,
+    /// The accounting entry the connection was charged to (released there).
+    key: sip_guard::SourceKey,
 }
 
 impl Drop for SourceSlot {
     fn drop(&mut self) {
-        self.transports
-            .inner
-            .guard
-            .connection_closed(self.remote.ip());
+        self.transports.inner.guard.connection_closed(self.key);
+    }
+}
+
+impl Slot {
+    /// Whether the connection was accepted (not opened by us).
+    fn inbound(&self) -> bool {
+        self._source.is_some()
     }
 }
 
@@ -150,6 +155,7 @@ where
     let (r, w) = tokio::io::split(stream);
     let (tx, rx) = mpsc::unbounded_channel();
     let queued = Arc::new(AtomicUsize::new(0));
+    let queued_for_reader = queued.clone();
     let (close, closed) = watch::channel(false);
     let close = Arc::new(close);
     let id = transports.register_conn(Conn {
@@ -176,6 +182,7 @@ where
         r,
         Link {
             tx,
+            queued: queued_for_reader,
             close,
             closed,
             id,
@@ -233,13 +240,14 @@ async fn write_within<W: AsyncWrite + Unpin>(
         tokio::time::timeout(stall, w.write_all(&bytes)).await,
         Ok(Ok(()))
     );
-    queued.fetch_sub(bytes.len(), Ordering::Relaxed);
+    queued.fetch_sub(crate::table::charge(bytes.len()), Ordering::Relaxed);
     ok
 }
 
 /// What the reader knows of its connection.
 struct Link {
     tx: mpsc::UnboundedSender<Bytes>,
+    queued: Arc<AtomicUsize>,
     close: Arc<watch::Sender<bool>>,
     closed: watch::Receiver<bool>,
     id: ConnectionId,
@@ -273,7 +281,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
     };
     // Slowloris bounds: the first complete message is due this soon after the
     // connection opened, and any message once begun must be complete this soon.
-    let mut first_message_due = Some(Instant::now() + cfg.first_message_timeout);
+    let mut first_message_due = slot
+        .inbound()
+        .then(|| Instant::now() + cfg.first_message_timeout);
     let mut message_due: Option<Instant> = None;
     'conn: loop {
         // Frame and hand over everything complete in the buffer.
@@ -292,7 +302,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     let bytes = buf.split_to(n).freeze();
                     first_message_due = None;
                     message_due = None;
-                    match transports.inner.guard.admit_request(remote.ip()) {
+                    match transports.inner.guard.admit_request(remote.ip(), true) {
                         Admission::Admit => {}
                         // Over the source's rate: dropped unread (a reliable transport's
                         // client retransmits nothing; it sees a timeout, as it would on
@@ -356,10 +366,18 @@ async fn read_loop<R: AsyncRead + Unpin>(
             }
         }
     }
-    // The writer sends what is already queued (a last 513, say), bounded by the stall
-    // timeout, then closes: its queue ends once the table's and our senders are gone.
+    // The writer sends what is already queued (a last 513, say), then closes: its queue
+    // ends once the table's and our senders are gone. A peer that reads that slowly gets
+    // one stall period in all, not one per queued message.
     drop(link.tx);
-    drop(link.close);
+    if link.queued.load(Ordering::Relaxed) > 0 {
+        let stall = cfg.write_stall_timeout;
+        let close = link.close;
+        tokio::spawn(async move {
+            tokio::time::sleep(stall).await;
+            let _ = close.send(true);
+        });
+    }
     transports.unregister_conn(link.id);
     drop(slot);
 }

@@ -85,6 +85,12 @@ pub(crate) struct Inner {
     counters: [AtomicU64; Counter::COUNT],
 }
 
+/// What a queued message costs against a write queue's bound: its bytes, but at least
+/// what its queue node costs (a flood of 2-byte pongs is not free).
+pub(crate) fn charge(len: usize) -> usize {
+    len.max(64)
+}
+
 /// Events the transports count for `status`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Counter {
@@ -273,7 +279,7 @@ impl Transports {
         data: Bytes,
         id: ConnectionId,
     ) -> bool {
-        let n = data.len();
+        let n = charge(data.len());
         let before = queued.fetch_add(n, Ordering::Relaxed);
         if before + n > self.inner.config.max_write_queue_bytes {
             queued.fetch_sub(n, Ordering::Relaxed);

@@ -30,7 +30,7 @@ pub(crate) async fn receive_loop(transports: Transports, socket: Arc<UdpSocket>)
             continue;
         }
         // Before any parsing: a banned source or one over its rate costs one map lookup.
-        if transports.inner.guard.admit_request(remote.ip()) != Admission::Admit {
+        if transports.inner.guard.admit_request(remote.ip(), false) != Admission::Admit {
             continue;
         }
         let target = Target::Addr(TransportKind::Udp, remote);

@@ -76,7 +76,11 @@ async fn a_panicking_message_costs_itself_not_the_receive_loop() {
         handler.handled.load(Ordering::SeqCst) == 1
     })
     .await;
-    assert_eq!(transports.stats().panics_contained, 8);
+    // Two receive loops: the good datagram may be handled before the last poison one.
+    eventually("every panic counted", || {
+        transports.stats().panics_contained == 8
+    })
+    .await;
 
     // TCP: the connection whose message panicked is closed and released; others go on.
     let mut poisoned = TcpStream::connect(tcp).await.unwrap();
@@ -98,5 +102,8 @@ async fn a_panicking_message_costs_itself_not_the_receive_loop() {
         handler.handled.load(Ordering::SeqCst) == 2
     })
     .await;
-    assert_eq!(transports.stats().panics_contained, 9);
+    eventually("the TCP panic counted too", || {
+        transports.stats().panics_contained == 9
+    })
+    .await;
 }

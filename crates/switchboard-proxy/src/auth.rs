@@ -204,10 +204,11 @@ impl Core {
                 return AuthResult::Challenge { stale: true };
             }
             Some(_) => {}
-            // RFC 7616 §3.3: a right answer to an old nonce (or one issued to another
-            // address: a client that moved) earns a fresh one.
-            _ if correct => return AuthResult::Challenge { stale: true },
-            _ => return fail(BAD_CREDENTIALS),
+            // An old nonce, one issued to another address (a client that moved) or one
+            // we never issued: a fresh challenge (RFC 7616 §3.3), the answer not judged
+            // and nothing counted. Only a guess on a nonce this address was given counts,
+            // so a spoofed datagram cannot lock a user out or get an address banned.
+            None => return AuthResult::Challenge { stale: true },
         }
         if !correct {
             return fail(BAD_CREDENTIALS);

@@ -43,6 +43,8 @@ const SA_LIFETIME: Duration = Duration::from_secs(8 * 3600);
 const HANDSHAKE_LIFETIME: Duration = Duration::from_secs(60);
 /// Handshakes in progress at most (each is one flow's: a connection or a UDP address).
 const MAX_HANDSHAKES: usize = 20_000;
+/// ... from one source address (an office behind NAT signs in a few users at a time).
+const MAX_HANDSHAKES_PER_SOURCE: usize = 64;
 
 /// Where a handshake or an association lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -64,6 +66,8 @@ impl FlowKey {
 pub(crate) struct Handshake {
     server_challenge: [u8; 8],
     flow: FlowKey,
+    /// The address it came from.
+    ip: std::net::IpAddr,
 }
 
 /// A signed-in Lync endpoint's security association.
@@ -93,20 +97,28 @@ pub(crate) struct NtlmState {
     order: std::collections::VecDeque<(Instant, String)>,
     /// The pending handshake of each flow: a new one replaces it.
     by_flow: HashMap<FlowKey, String>,
+    /// Handshakes in progress per source address: one address cannot fill the table.
+    per_source: HashMap<std::net::IpAddr, usize>,
     associations: HashMap<String, Association>,
 }
 
 impl NtlmState {
+    /// Handshakes past their lifetime go, oldest first. (Only by age: evicting young
+    /// ones to make room would let a flood of strangers cancel everyone's sign-in.)
     fn expire_handshakes(&mut self, now: Instant) {
         while let Some((since, opaque)) = self.order.front() {
-            if now.saturating_duration_since(*since) < HANDSHAKE_LIFETIME
-                && self.handshakes.len() < MAX_HANDSHAKES
-            {
+            if now.saturating_duration_since(*since) < HANDSHAKE_LIFETIME {
                 break;
             }
             let opaque = opaque.clone();
             self.order.pop_front();
             self.remove_handshake(&opaque);
+        }
+        // Entries of handshakes replaced or finished early linger in `order`: keep it
+        // within a constant factor of the table.
+        if self.order.len() > 2 * MAX_HANDSHAKES.max(self.handshakes.len()) {
+            let live = &self.handshakes;
+            self.order.retain(|(_, o)| live.contains_key(o));
         }
     }
 
@@ -114,6 +126,12 @@ impl NtlmState {
         let h = self.handshakes.remove(opaque)?;
         if self.by_flow.get(&h.flow).is_some_and(|o| o == opaque) {
             self.by_flow.remove(&h.flow);
+        }
+        if let Some(n) = self.per_source.get_mut(&h.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_source.remove(&h.ip);
+            }
         }
         Some(h)
     }
@@ -280,7 +298,7 @@ impl crate::Core {
         let Some(opaque) =
             opaque.filter(|_| !gssapi.is_empty() || creds.param("response").is_some())
         else {
-            return self.ntlm_challenge(msg, domain, flow, now);
+            return self.ntlm_challenge(msg, domain, flow, source.remote.ip(), now);
         };
         // A handshake of this flow, step 3.
         let handshake = {
@@ -320,6 +338,7 @@ impl crate::Core {
         msg: &Message,
         domain: &str,
         flow: FlowKey,
+        ip: std::net::IpAddr,
         now: Instant,
     ) -> NtlmOutcome {
         let server_challenge: [u8; 8] = rand::random();
@@ -329,7 +348,8 @@ impl crate::Core {
             if let Some(old) = st.by_flow.get(&flow).cloned() {
                 st.remove_handshake(&old);
             }
-            if st.handshakes.len() >= MAX_HANDSHAKES {
+            let from_here = st.per_source.get(&ip).copied().unwrap_or(0);
+            if st.handshakes.len() >= MAX_HANDSHAKES || from_here >= MAX_HANDSHAKES_PER_SOURCE {
                 drop(st);
                 let mut busy = self.response(msg, 503);
                 busy.headers
@@ -342,10 +362,12 @@ impl crate::Core {
                 Handshake {
                     server_challenge,
                     flow,
+                    ip,
                 },
             );
             st.order.push_back((now, opaque.clone()));
             st.by_flow.insert(flow, opaque.clone());
+            *st.per_source.entry(ip).or_default() += 1;
             opaque
         };
         let host = self.targetname(msg);
@@ -522,8 +544,8 @@ impl crate::Core {
             st.associations.remove(&opaque);
         }
         // A handshake the connection had begun ends with it too.
-        if let Some(pending) = st.by_flow.remove(&FlowKey::Connection(connection)) {
-            st.handshakes.remove(&pending);
+        if let Some(pending) = st.by_flow.get(&FlowKey::Connection(connection)).cloned() {
+            st.remove_handshake(&pending);
         }
     }
 

@@ -844,20 +844,22 @@ impl Core {
             return;
         };
         let call_id = msg.call_id().unwrap_or("");
-        let dialog_ok = own_route
-            .cookie
-            .as_deref()
-            .is_some_and(|c| self.cookies.dialog_ok(c, call_id));
-        if !dialog_ok {
+        // The cookie must name this very target (the callee's Contact, sealed into the
+        // 2xx's Record-Route): a cookie of one dialog opens no other door.
+        let target_ok = own_route.cookie.as_deref().is_some_and(|c| {
+            self.cookies
+                .target_ok(c, call_id, &crate::cookie::target_key(&uri))
+        });
+        if !target_ok {
             tracing::debug!(source = %ack.source.remote, "ACK for no dialog of ours dropped");
             return;
         }
-        // As for other in-dialog requests: a registered contact, or a remote target the
-        // cookie names.
+        // A registered contact over its flow, or else the target itself.
         let Some(b) = self
             .location
             .binding_for_contact(&Uri::Sip(uri.clone()), to_aor(&msg).as_deref())
-            .or_else(|| self.proven_remote_target(&msg, &uri, &own_route))
+            .or_else(|| self.gruu_binding(&uri))
+            .or_else(|| self.remote_target(&uri))
         else {
             return;
         };
@@ -908,7 +910,9 @@ impl Core {
         else {
             return;
         };
-        if !self.is_own(&top.host, top.port) || mac != self.cookies.branch_mac(next) {
+        if !self.is_own(&top.host, top.port)
+            || !crate::cookie::constant_eq(mac, &self.cookies.branch_mac(next))
+        {
             tracing::debug!(source = %resp.source.remote, "stray response not ours dropped");
             return;
         }

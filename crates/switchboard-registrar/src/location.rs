@@ -193,6 +193,19 @@ impl Location {
             }
             live
         });
+        // Expired bindings are gone whatever this REGISTER turns out to be (it may yet be
+        // refused): their index entries and temporary GRUUs go now.
+        if !removed.is_empty() {
+            let mut index = self.by_contact.write();
+            for gone in removed.drain(..) {
+                if !existing.iter().any(|b| b.contact_key == gone.contact_key) {
+                    unindex(&mut index, &gone.contact_key, aor);
+                }
+                if let Some(g) = &gone.temp_gruu {
+                    self.temp_gruus.write().remove(g);
+                }
+            }
+        }
         let mut added = false;
         match contacts {
             ContactValue::Star => {
@@ -275,7 +288,15 @@ impl Location {
                     match pos {
                         Some(p) => {
                             binding.temp_gruu = existing[p].temp_gruu.clone();
-                            existing[p] = binding;
+                            let old = std::mem::replace(&mut existing[p], binding);
+                            // The same device (instance) under a new Contact: the old
+                            // Contact leaves the index.
+                            if old.contact_key != existing[p].contact_key {
+                                removed.push(Binding {
+                                    temp_gruu: None,
+                                    ..old
+                                });
+                            }
                         }
                         None => {
                             added = true;
@@ -545,6 +566,39 @@ mod tests {
     }
 
     const AOR: &str = "sip:bob@example.com";
+
+    /// The contact index holds only live contacts: a device that moves to a new Contact,
+    /// or whose binding expired before a REGISTER that is then refused, leaves nothing
+    /// behind (the index is no longer swept whole).
+    #[tokio::test(start_paused = true)]
+    async fn the_index_keeps_no_contact_a_device_left() {
+        let loc = Location::new(RegistrarConfig::default());
+        let inst = ";+sip.instance=\"<urn:uuid:00000000-0000-0000-0000-000000000001>\"";
+        let old = format!("<sip:bob@127.0.0.1:40001;transport=tcp>{inst}");
+        let new = format!("<sip:bob@127.0.0.1:40002;transport=tcp>{inst}");
+        loc.register(
+            AOR,
+            &register("a", 1, &[&old], Some(120)),
+            flow(40001, Some(1)),
+        )
+        .unwrap();
+        loc.register(
+            AOR,
+            &register("a", 2, &[&new], Some(120)),
+            flow(40002, Some(2)),
+        )
+        .unwrap();
+        let at = |port| Uri::parse(&format!("sip:bob@127.0.0.1:{port};transport=tcp")).unwrap();
+        assert!(loc.binding_for_contact(&at(40001), None).is_none());
+        assert!(loc.binding_for_contact(&at(40002), None).is_some());
+        assert_eq!(loc.by_contact.read().len(), 1);
+        // Expired, then a refused REGISTER (interval too brief): the index is clean.
+        tokio::time::advance(Duration::from_secs(121)).await;
+        let brief = register("b", 1, &["<sip:bob@127.0.0.1:5099>"], Some(1));
+        assert!(loc.register(AOR, &brief, flow(5099, None)).is_err());
+        assert!(loc.by_contact.read().is_empty());
+        assert!(loc.temp_gruus.read().is_empty());
+    }
 
     #[tokio::test(start_paused = true)]
     async fn bindings_expire_on_tokio_time() {

@@ -175,7 +175,9 @@ async fn a_flooding_source_is_dropped_then_banned_while_others_are_served() {
         (1..100).contains(&answered),
         "{answered} answers to 300 requests"
     );
-    // Banned: nothing more is answered, and its TCP connections are closed at once.
+    // Banned over UDP: nothing more is answered there. Datagrams can be spoofed, so the
+    // address's TCP (which cannot) is still served: a forged flood in someone's name
+    // does not cut them off.
     flood
         .send_to(options_from(ATTACKER, port, 999).as_bytes(), server)
         .await
@@ -184,14 +186,10 @@ async fn a_flooding_source_is_dropped_then_banned_while_others_are_served() {
         tokio::time::timeout(Duration::from_millis(500), flood.recv_from(&mut buf))
             .await
             .is_err(),
-        "a banned source is not answered"
+        "a banned source is not answered over UDP"
     );
-    let sock = TcpSocket::new_v4().unwrap();
-    sock.bind(SocketAddr::from((ATTACKER, 0))).unwrap();
-    let mut tcp = sock.connect(s.addr(Transport::Tcp)).await.unwrap();
-    let mut one = [0u8; 1];
-    let closed = tokio::time::timeout(WAIT, tcp.read(&mut one)).await;
-    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
+    let mut over_tcp = Client::connect_from(&s, Transport::Tcp, "alice", attacker()).await;
+    assert_eq!(status(&over_tcp.register(None).await), 200);
     // alice, elsewhere, is served as usual.
     let mut alice = s.client(Transport::Udp, "alice").await;
     assert_eq!(status(&alice.register(None).await), 200);
@@ -201,10 +199,6 @@ async fn a_flooding_source_is_dropped_then_banned_while_others_are_served() {
     assert!(p["active_bans"].as_u64().unwrap() >= 1, "{st}");
     assert!(
         p["requests_dropped_over_rate"].as_u64().unwrap() >= 50,
-        "{st}"
-    );
-    assert!(
-        p["connections_refused_per_source"].as_u64().unwrap() >= 1,
         "{st}"
     );
 }

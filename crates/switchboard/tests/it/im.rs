@@ -365,6 +365,13 @@ async fn establish_session(alice: &mut Client, bob: &mut Client) -> Dialog {
     bob.send(&ok).await;
     let answer = alice.final_response().await;
     assert_eq!(status(&answer), 200);
+    // The route set from the 2xx, as a caller takes it: the server sealed the callee's
+    // target into its Record-Route cookie on the way (a superset of the request's).
+    let rr = answer
+        .headers
+        .get(&HeaderName::RecordRoute)
+        .expect("record-routed 2xx")
+        .to_owned();
     let from = invite.headers.get(&HeaderName::From).unwrap().to_owned();
     let to_hdr = answer.headers.get(&HeaderName::To).unwrap().to_owned();
     let call_id = invite.call_id().unwrap().to_owned();

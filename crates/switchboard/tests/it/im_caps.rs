@@ -104,7 +104,13 @@ async fn invite(
         call_id: sent.call_id().unwrap().to_owned(),
         from: sent.headers.get(&HeaderName::From).unwrap().to_owned(),
         to: r.headers.get(&HeaderName::To).unwrap().to_owned(),
-        route: rr,
+        // The caller's route set is the 2xx's Record-Route (the server sealed the
+        // callee's target into it).
+        route: r
+            .headers
+            .get(&HeaderName::RecordRoute)
+            .unwrap_or(&rr)
+            .to_owned(),
         target: callee.contact().trim_matches(['<', '>']).to_owned(),
     };
     let ack = in_dialog(caller, &s, "ACK", 2);
