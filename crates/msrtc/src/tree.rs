@@ -56,6 +56,17 @@ fn local(name: &[u8]) -> String {
     String::from_utf8_lossy(l).into_owned()
 }
 
+/// XML 1.0 §2.2 `Char`: the characters a document may hold at all, raw or as a
+/// character reference. Clients' XML readers refuse a document with any other (a NUL, most
+/// C0 controls, U+FFFE, U+FFFF), so none is read and none is written.
+pub(crate) fn is_xml_char(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
+}
+
+fn not_xml_char() -> MsrtcError {
+    MsrtcError::Xml("a character XML does not allow".into())
+}
+
 fn open(e: &quick_xml::events::BytesStart<'_>) -> Result<Element, MsrtcError> {
     let mut el = Element {
         name: local(e.name().as_ref()),
@@ -70,6 +81,9 @@ fn open(e: &quick_xml::events::BytesStart<'_>) -> Result<Element, MsrtcError> {
         let value = a
             .unescape_value()
             .map_err(|err| MsrtcError::Xml(err.to_string()))?;
+        if !value.chars().all(is_xml_char) {
+            return Err(not_xml_char());
+        }
         el.attrs.push((local(key), value.into_owned()));
     }
     Ok(el)
@@ -79,6 +93,13 @@ fn open(e: &quick_xml::events::BytesStart<'_>) -> Result<Element, MsrtcError> {
 /// cannot make the stack grow without limit).
 pub fn parse(body: &[u8]) -> Result<Element, MsrtcError> {
     const MAX_DEPTH: usize = 32;
+    // Raw characters here; character references where they are resolved.
+    if body
+        .utf8_chunks()
+        .any(|c| !c.valid().chars().all(is_xml_char))
+    {
+        return Err(not_xml_char());
+    }
     let mut r = Reader::from_reader(body);
     let mut stack: Vec<(Element, usize)> = Vec::new();
     let mut root: Option<Element> = None;
@@ -128,6 +149,9 @@ pub fn parse(body: &[u8]) -> Result<Element, MsrtcError> {
                 let Some(c) = c else {
                     return Err(MsrtcError::Xml(format!("unknown entity &{name};")));
                 };
+                if !is_xml_char(c) {
+                    return Err(not_xml_char());
+                }
                 if let Some((el, _)) = stack.last_mut() {
                     el.text.push(c);
                 }
@@ -168,7 +192,9 @@ pub fn parse_root(body: &[u8], name: &str) -> Result<Element, MsrtcError> {
     Ok(root)
 }
 
-/// Escapes text for an attribute value or element content.
+/// Escapes text for an attribute value or element content. A character XML does not
+/// allow at all (a NUL, most C0 controls, U+FFFE, U+FFFF), which no escape can carry,
+/// becomes U+FFFD: one user's odd name must not make a document every client refuses.
 pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -178,6 +204,7 @@ pub fn escape(s: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&apos;"),
+            c if !is_xml_char(c) => out.push(char::REPLACEMENT_CHARACTER),
             _ => out.push(c),
         }
     }
@@ -214,5 +241,37 @@ mod tests {
         }
         let deep = "<a>".repeat(100) + &"</a>".repeat(100);
         assert!(parse(deep.as_bytes()).is_err());
+    }
+
+    /// Found by fuzzing (c3p_soap): an invitation whose focus-uri held raw NULs was read,
+    /// and written back into every document naming it.
+    #[test]
+    fn refuses_characters_xml_does_not_allow() {
+        for bad in [
+            &b"<Conferencing><focus-uri>sip:a@x;gru\x01\0\0B</focus-uri></Conferencing>"[..],
+            b"<a b=\"\x1f\"/>",
+            b"<a>&#1;</a>",
+            b"<a>&#x0;</a>",
+            b"<a b=\"&#x1B;\"/>",
+            b"<a>\xef\xbf\xbe</a>",
+            b"<a\x01/>",
+        ] {
+            assert!(parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        let ok = parse("<a b=\"&#9;&#x10000;\">\t&#xD;\u{FFFD}</a>".as_bytes()).unwrap();
+        assert_eq!(ok.attr("b"), Some("\t\u{10000}"));
+        assert_eq!(ok.text, "\t\r\u{FFFD}");
+    }
+
+    /// Found by fuzzing (conference_info): a NUL or control character in a name made
+    /// the conference document not XML.
+    #[test]
+    fn escape_writes_only_xml_characters() {
+        let s = "a\0b\u{1}c\u{FFFE}d\te & <f>";
+        let doc = format!("<x y=\"{}\">{}</x>", escape(s), escape(s));
+        let root = parse(doc.as_bytes()).unwrap();
+        let expected = "a\u{FFFD}b\u{FFFD}c\u{FFFD}d\te & <f>";
+        assert_eq!(root.attr("y"), Some(expected));
+        assert_eq!(root.text, expected);
     }
 }
