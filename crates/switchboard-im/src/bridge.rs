@@ -45,7 +45,7 @@ pub(crate) fn lync_style(invite: &Message) -> bool {
 
 /// Reads `ms-text-format: text/plain; charset=UTF-8; msgr=…; ms-body=<base64>` into the
 /// message's content type and text.
-pub(crate) fn first_message(header: &str) -> Option<(String, Vec<u8>)> {
+pub fn first_message(header: &str) -> Option<(String, Vec<u8>)> {
     let mut parts = header.split(';');
     let content_type = parts.next()?.trim().to_owned();
     let mut charset = None;
