@@ -63,13 +63,43 @@ pub(crate) fn is_xml_char(c: char) -> bool {
     matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
 }
 
+/// XML 1.0 §2.3 `Name`. Element names are written back (a C3P response repeats its
+/// command's name), so one that is not a name is refused, whole and without its prefix.
+fn is_xml_name(name: &[u8]) -> bool {
+    fn start(c: char) -> bool {
+        matches!(c, ':' | 'A'..='Z' | '_' | 'a'..='z' | '\u{C0}'..='\u{D6}' | '\u{D8}'..='\u{F6}'
+            | '\u{F8}'..='\u{2FF}' | '\u{370}'..='\u{37D}' | '\u{37F}'..='\u{1FFF}'
+            | '\u{200C}'..='\u{200D}' | '\u{2070}'..='\u{218F}' | '\u{2C00}'..='\u{2FEF}'
+            | '\u{3001}'..='\u{D7FF}' | '\u{F900}'..='\u{FDCF}' | '\u{FDF0}'..='\u{FFFD}'
+            | '\u{10000}'..='\u{EFFFF}')
+    }
+    fn rest(c: char) -> bool {
+        start(c)
+            || matches!(c, '-' | '.' | '0'..='9' | '\u{B7}' | '\u{300}'..='\u{36F}' | '\u{203F}'..='\u{2040}')
+    }
+    let Ok(s) = std::str::from_utf8(name) else {
+        return false;
+    };
+    let mut chars = s.chars();
+    chars.next().is_some_and(start) && chars.all(rest)
+}
+
 fn not_xml_char() -> MsrtcError {
     MsrtcError::Xml("a character XML does not allow".into())
 }
 
 fn open(e: &quick_xml::events::BytesStart<'_>) -> Result<Element, MsrtcError> {
+    let name = e.name();
+    let name = name.as_ref();
+    let local_name = name.rsplit(|b| *b == b':').next().unwrap_or(name);
+    if !is_xml_name(name) || !is_xml_name(local_name) {
+        return Err(MsrtcError::Xml(format!(
+            "<{}> is not an element name",
+            String::from_utf8_lossy(name)
+        )));
+    }
     let mut el = Element {
-        name: local(e.name().as_ref()),
+        name: local(name),
         ..Element::default()
     };
     for a in e.attributes() {
@@ -261,6 +291,25 @@ mod tests {
         let ok = parse("<a b=\"&#9;&#x10000;\">\t&#xD;\u{FFFD}</a>".as_bytes()).unwrap();
         assert_eq!(ok.attr("b"), Some("\t\u{10000}"));
         assert_eq!(ok.text, "\t\r\u{FFFD}");
+    }
+
+    /// Found by fuzzing (c3p_soap): a command element named `getConf;x=y@z:cr\xe5…/`
+    /// was read, and its name written back into a response that was not XML.
+    #[test]
+    fn refuses_what_is_not_an_element_name() {
+        for bad in [
+            &b"<request><getConf;x=y@z:cr\xe5\xe5/></request>"[..],
+            b"<request><a/ b=\"1\"></a/></request>",
+            b"<request><a:/></request>",
+            b"<request><a:1b/></request>",
+            b"<1a/>",
+            b"<-a></-a>",
+        ] {
+            assert!(parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        let ok = parse("<ns:r-1.x><_a\u{e9}\u{B7}/></ns:r-1.x>".as_bytes()).unwrap();
+        assert_eq!(ok.name, "r-1.x");
+        assert_eq!(ok.children[0].name, "_a\u{e9}\u{B7}");
     }
 
     /// Found by fuzzing (conference_info): a NUL or control character in a name made
