@@ -59,7 +59,7 @@ fn local(name: &[u8]) -> String {
 /// XML 1.0 §2.2 `Char`: the characters a document may hold at all, raw or as a
 /// character reference. Clients' XML readers refuse a document with any other (a NUL, most
 /// C0 controls, U+FFFE, U+FFFF), so none is read and none is written.
-pub(crate) fn is_xml_char(c: char) -> bool {
+pub fn is_xml_char(c: char) -> bool {
     matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
 }
 
