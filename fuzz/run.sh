@@ -93,8 +93,9 @@ for t in "${targets[@]}"; do
         [ "$size" -gt 2048 ] && echo "warning: corpus/$t is ${size} KB (over 2 MB)" >&2
     fi
     files=$(ls "$corpus" | wc -l)
-    rate=$(( ${execs:-0} / (secs > 0 ? secs : 1) ))
-    rows+=("$t|$secs|${execs:-?}|$rate|${cov:-?}|${ft:-?}|$files|${size}K|$result")
+    rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
+    [ -n "$rate" ] || rate=$(grep -oE 'exec/s: [0-9]+' "$log" | tail -1 | grep -oE '[0-9]+')
+    rows+=("$t|$secs|${execs:-?}|${rate:-?}|${cov:-?}|${ft:-?}|$files|${size}K|$result")
 done
 
 printf '\n| %-26s | %5s | %10s | %7s | %5s | %6s | %6s | %7s | %s\n' target secs execs exec/s cov ft corpus size result

@@ -8,13 +8,15 @@
 //!   message is encoded and parsed again (what is signed is what the wire carries);
 //! - a `response` verifies only if it is the client's signature in hex (32 hex digits,
 //!   either case), never some other spelling of it;
-//! - the right signature verifies, and one edited by the input (byte 1 says how many
-//!   edits, then position/byte pairs) verifies exactly when the edit only changed case;
+//! - the right signature verifies, and one with a character respelled verifies exactly
+//!   when only its case changed (the position and the new character, one of the hex
+//!   digits of either case, `+`, `-`, ` `, `x`, come from bytes 1 and 2 mixed with a hash
+//!   of the message, so every new message tries another respelling);
 //! - the `+sip.instance` of an `epid` (MS-SIPAE §3.3.5.2) is a version-5 UUID that matches
 //!   that epid; matching arbitrary Contact instances against arbitrary epids never panics.
 //!
-//! Input: byte 0 is the protocol version used when the credentials name none, byte 1
-//! the number of edits (0..=7), then the edits, then the message.
+//! Input: byte 0 is the protocol version used when the credentials name none, bytes 1
+//! and 2 choose the respelling, then the message.
 #![no_main]
 use std::sync::OnceLock;
 
@@ -67,7 +69,10 @@ fn check_verdict(input: &str, response: &str, ok: bool) {
     assert!(response.eq_ignore_ascii_case(&expected), "accepted {response} for {expected}");
 }
 
-fn check(msg: &Message, ctx: &SignatureContext<'_>, response: Option<&str>, edits: &[u8]) {
+/// What a respelled hex digit may become.
+const SPELLINGS: &[u8] = b"0123456789abcdefABCDEF+- x";
+
+fn check(msg: &Message, ctx: &SignatureContext<'_>, response: Option<&str>, edit: (usize, u8)) {
     let s = session();
     let input = signature_input(msg, ctx);
     let head = format!(
@@ -89,15 +94,12 @@ fn check(msg: &Message, ctx: &SignatureContext<'_>, response: Option<&str>, edit
     assert!(verify_client(s, msg, ctx, &good));
     assert!(verify_client(s, msg, ctx, &good.to_ascii_lowercase()));
     let mut edited = good.clone().into_bytes();
-    for e in edits.chunks_exact(2) {
-        let i = e[0] as usize % edited.len();
-        edited[i] = e[1];
-    }
-    if let Ok(edited) = String::from_utf8(edited) {
-        let ok = verify_client(s, msg, ctx, &edited);
-        check_verdict(&input, &edited, ok);
-        assert_eq!(ok, edited.eq_ignore_ascii_case(&good), "{edited:?} against {good}");
-    }
+    let at = edit.0 % edited.len();
+    edited[at] = SPELLINGS[edit.1 as usize % SPELLINGS.len()];
+    let edited = String::from_utf8(edited).expect("ASCII");
+    let ok = verify_client(s, msg, ctx, &edited);
+    check_verdict(&input, &edited, ok);
+    assert_eq!(ok, edited.eq_ignore_ascii_case(&good), "{edited:?} against {good}");
     let sig = server_signature(s, msg, ctx);
     assert_eq!(sig, hex(&s.sign(100, input.as_bytes())));
 }
@@ -129,13 +131,12 @@ fn check_instances(msg: &Message) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    if data.len() < 2 {
-        return;
-    }
+    let Some(bytes) = data.get(3..) else { return };
     let version = data[0] as u32 % 6;
-    let k = (data[1] % 8) as usize;
-    let Some(edits) = data.get(2..2 + 2 * k) else { return };
-    let Ok(msg) = parse_datagram(&data[2 + 2 * k..]) else { return };
+    let Ok(msg) = parse_datagram(bytes) else { return };
+    // FNV-1a of the message: each new message tries another respelling.
+    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100_0000_01b3));
+    let edit = ((data[1] as u64 ^ h) as usize, (data[2] as u64 ^ (h >> 8)) as u8);
     check_instances(&msg);
 
     let creds = ntlm_params(&msg);
@@ -150,8 +151,8 @@ fuzz_target!(|data: &[u8]| {
         version: param("version").parse().unwrap_or(version),
     };
     let response = creds.as_ref().and_then(|c| c.param("response"));
-    check(&msg, &ctx, response, edits);
+    check(&msg, &ctx, response, edit);
     // And at the version the input chose (the To URI and P-Asserted-Identity come and go).
     let ctx = SignatureContext { version, ..ctx };
-    check(&msg, &ctx, response, edits);
+    check(&msg, &ctx, response, (edit.0 / 7, edit.1.wrapping_add(5)));
 });

@@ -82,10 +82,10 @@ for p in rfc4475:
 add("sdp", "ms-text-format", "text/plain; charset=UTF-8;msgr=WAAtAE0ATQBTAA;ms-body=aGVsbG8gYm9i")
 add("sdp", "focus-uri", "sip:chat-1a2b@example.test;gruu;opaque=app:conf:chat:id:1a2b")
 
-# sipae_signature: version byte 4, no edits, then the message.
-for p in sipae:
-    add("sipae_signature", p.stem, b"\x04\x00" + sipae_message(p))
-add("sipae_signature", "register-v2", b"\x02\x00" + sipae_message(ROOT / "crates/sipae/tests/data/register_authenticate.sip"))
+# sipae_signature: version byte, two respelling bytes, then the message.
+for i, p in enumerate(sipae):
+    add("sipae_signature", p.stem, bytes([4, i, 7 * i]) + sipae_message(p))
+add("sipae_signature", "register-v2", b"\x02\x00\x00" + sipae_message(ROOT / "crates/sipae/tests/data/register_authenticate.sip"))
 
 # header_views: a name-picking byte, then a value.
 VALUES = [
