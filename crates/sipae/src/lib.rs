@@ -130,12 +130,51 @@ fn to_hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02X}")).collect()
 }
 
+/// Hex digits only: `u8::from_str_radix` alone would also take a sign (`+1` as 1).
 fn from_hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) || !s.is_ascii() {
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..s.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by fuzzing (sipae_signature): `u8::from_str_radix` takes a leading `+`, so a
+    /// `response` of `+1000000…` was read as the signature `01000000…` and accepted: a
+    /// signature had more than one spelling.
+    #[test]
+    fn a_signature_is_spelled_in_hex_digits_only() {
+        let msg = sip_message::parse_datagram(
+            b"OPTIONS sip:b@x SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@x>;tag=1\r\nTo: <sip:b@x>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n",
+        )
+        .unwrap();
+        let session = ntlm::Session::from_exported_key(ntlm::SERVER_FLAGS, [7; 16]);
+        let ctx = SignatureContext {
+            protocol: "NTLM",
+            rand: "1",
+            num: "2",
+            realm: "r",
+            targetname: "t",
+            version: 4,
+        };
+        let good = to_hex(&session.client_signature(100, signature_input(&msg, &ctx).as_bytes()));
+        assert!(good.starts_with("01000000"));
+        assert!(verify_client(&session, &msg, &ctx, &good));
+        assert!(verify_client(
+            &session,
+            &msg,
+            &ctx,
+            &good.to_ascii_lowercase()
+        ));
+        let plus = format!("+1{}", &good[2..]);
+        assert!(!verify_client(&session, &msg, &ctx, &plus));
+        assert_eq!(from_hex("+1"), None);
+        assert_eq!(from_hex("0a0B"), Some(vec![10, 11]));
+    }
 }

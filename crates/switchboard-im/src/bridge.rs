@@ -45,7 +45,7 @@ pub(crate) fn lync_style(invite: &Message) -> bool {
 
 /// Reads `ms-text-format: text/plain; charset=UTF-8; msgr=…; ms-body=<base64>` into the
 /// message's content type and text.
-pub(crate) fn first_message(header: &str) -> Option<(String, Vec<u8>)> {
+pub fn first_message(header: &str) -> Option<(String, Vec<u8>)> {
     let mut parts = header.split(';');
     let content_type = parts.next()?.trim().to_owned();
     let mut charset = None;
@@ -67,6 +67,12 @@ pub(crate) fn first_message(header: &str) -> Option<(String, Vec<u8>)> {
         Some(c) => format!("{content_type};charset={c}"),
         None => content_type,
     };
+    // The type becomes the Content-Type of MESSAGEs to others: a control character (a
+    // bare CR, which a header value may hold) has no place in a media type and could end
+    // the header early for a lenient reader.
+    if ct.chars().any(char::is_control) {
+        return None;
+    }
     Some((ct, body))
 }
 
@@ -211,5 +217,18 @@ mod tests {
         assert_eq!(body, b"hello bob");
         assert!(first_message("text/plain; charset=UTF-8").is_none());
         assert!(first_message("text/plain; ms-body=!!!").is_none());
+    }
+
+    /// Found by fuzzing (sdp): a CR inside the type or charset was carried into the
+    /// Content-Type of the MESSAGE delivered to the other user.
+    #[test]
+    fn refuses_control_characters_in_the_type() {
+        assert!(first_message("text\r/plain; ms-body=aGk=").is_none());
+        assert!(first_message("text/plain; charset=UTF-8\rX-Evil: 1; ms-body=aGk=").is_none());
+        assert!(first_message("text/plain; charset=UTF-\r\n\r\ngr=x;ms-body=aGk=").is_none());
+        assert_eq!(
+            first_message("text/plain\r; ms-body=aGk="),
+            Some(("text/plain".into(), b"hi".to_vec()))
+        );
     }
 }

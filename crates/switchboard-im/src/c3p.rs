@@ -87,7 +87,7 @@ pub(crate) fn chat_uri(conf_aor: &str) -> String {
 }
 
 /// The conference AoR a focus or MCU URI belongs to (`sip:chat-<id>@<domain>`).
-pub(crate) fn conference_of(uri: &str) -> Option<String> {
+pub fn conference_of(uri: &str) -> Option<String> {
     match Uri::parse(uri).ok()? {
         Uri::Sip(u) => Some(u.aor()),
         _ => None,

@@ -147,7 +147,7 @@ impl Conference {
 }
 
 /// A chat command in a text MESSAGE, if that is what it is.
-pub(crate) fn command_of(msg: &Message) -> Option<String> {
+pub fn command_of(msg: &Message) -> Option<String> {
     let ct = msg
         .headers
         .get(&HeaderName::ContentType)

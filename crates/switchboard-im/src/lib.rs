@@ -61,6 +61,17 @@ mod conference;
 mod roster;
 
 pub use c3p::focus_factory_uri;
+
+/// The readers of untrusted input that are otherwise private to this crate, for the fuzz
+/// targets in `fuzz/`. Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::bridge::first_message;
+    pub use crate::c3p::conference_of;
+    pub use crate::conference::command_of;
+    pub use crate::offers_message_media;
+    pub use crate::roster::roster_document;
+}
 use tokio::time::Instant;
 
 /// IM service settings.
@@ -272,7 +283,7 @@ pub(crate) fn is_instant_message(msg: &Message) -> bool {
 }
 
 /// Does this SDP offer an MSRP-less IM session (`m=message ... sip`, the Lync style)?
-pub(crate) fn offers_message_media(invite: &Message) -> bool {
+pub fn offers_message_media(invite: &Message) -> bool {
     std::str::from_utf8(&invite.body)
         .map(|sdp| {
             sdp.lines()

@@ -13,6 +13,8 @@ use tokio::time::Instant;
 
 use crate::conference::Conference;
 use crate::ImService;
+// The Lync documents' escape: it also keeps out the characters XML does not allow.
+use msrtc::escape as xml_escape;
 
 const MAX_EXPIRES: u32 = 3600;
 const MIN_EXPIRES: u32 = 60;
@@ -32,30 +34,33 @@ pub(crate) struct Watcher {
     lync: bool,
 }
 
-fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+/// RFC 4575 §5: the conference-info document, full state, of `conf_aor` with its
+/// members as `(AoR, display name)`.
+pub fn roster_document(conf_aor: &str, members: &[(&str, String)], version: u32) -> String {
+    let mut xml = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<conference-info xmlns=\"urn:ietf:params:xml:ns:conference-info\" entity=\"{}\" state=\"full\" version=\"{version}\">\n  <conference-description><subject>Group chat</subject></conference-description>\n  <conference-state><user-count>{}</user-count><active>true</active></conference-state>\n  <users>\n",
+        xml_escape(conf_aor),
+        members.len()
+    );
+    for (m, display) in members {
+        xml.push_str(&format!(
+            "    <user entity=\"{e}\" state=\"full\"><display-text>{d}</display-text><endpoint entity=\"{e}\"><status>connected</status></endpoint></user>\n",
+            e = xml_escape(m),
+            d = xml_escape(display),
+        ));
+    }
+    xml.push_str("  </users>\n</conference-info>\n");
+    xml
 }
 
 impl ImService {
     /// RFC 4575 §5: the conference-info document, full state.
     fn roster_xml(&self, conf_aor: &str, members: &[String], version: u32) -> String {
-        let mut xml = format!(
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<conference-info xmlns=\"urn:ietf:params:xml:ns:conference-info\" entity=\"{}\" state=\"full\" version=\"{version}\">\n  <conference-description><subject>Group chat</subject></conference-description>\n  <conference-state><user-count>{}</user-count><active>true</active></conference-state>\n  <users>\n",
-            xml_escape(conf_aor),
-            members.len()
-        );
-        for m in members {
-            xml.push_str(&format!(
-                "    <user entity=\"{e}\" state=\"full\"><display-text>{d}</display-text><endpoint entity=\"{e}\"><status>connected</status></endpoint></user>\n",
-                e = xml_escape(m),
-                d = xml_escape(&self.display_name(m)),
-            ));
-        }
-        xml.push_str("  </users>\n</conference-info>\n");
-        xml
+        let named: Vec<(&str, String)> = members
+            .iter()
+            .map(|m| (m.as_str(), self.display_name(m)))
+            .collect();
+        roster_document(conf_aor, &named, version)
     }
 
     /// Sends one NOTIFY to `w` (spawned; the subscriber's answer is not waited for).
@@ -236,5 +241,26 @@ impl ImService {
                 ("Allow-Events".into(), "conference".into()),
             ],
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by fuzzing (conference_info): a control character in a member's AoR or name
+    /// made the roster not XML, for every watcher.
+    #[test]
+    fn roster_is_xml_whatever_the_names() {
+        let doc = roster_document(
+            "sip:chat-1@x",
+            &[("sip:a\u{0}b@x", "A \u{1}\"&<".to_owned())],
+            3,
+        );
+        let root = msrtc::tree::parse(doc.as_bytes()).unwrap();
+        let user = root.path("users/user").unwrap();
+        assert_eq!(user.attr("entity"), Some("sip:a\u{FFFD}b@x"));
+        assert_eq!(user.text_at("display-text"), Some("A \u{FFFD}\"&<"));
+        assert_eq!(root.text_at("conference-state/user-count"), Some("1"));
     }
 }

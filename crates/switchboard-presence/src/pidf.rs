@@ -11,6 +11,8 @@
 use quick_xml::events::Event;
 use quick_xml::Reader;
 
+use msrtc::tree::is_xml_char;
+
 use crate::model::{Activity, Availability, DeviceState, NoteKind};
 use crate::privacy::View;
 
@@ -32,6 +34,10 @@ pub struct Published {
     pub note: Option<String>,
 }
 
+fn not_xml_char() -> PidfError {
+    PidfError::Xml("a character XML does not allow".into())
+}
+
 fn local(name: &[u8]) -> &[u8] {
     match name.iter().rposition(|b| *b == b':') {
         Some(i) => &name[i + 1..],
@@ -51,6 +57,14 @@ pub(crate) fn fmt_rfc3339(ms: i64) -> String {
 
 /// Reads a published PIDF document at `now_ms` (for idle times without a last-input).
 pub fn parse(body: &[u8], now_ms: i64) -> Result<Published, PidfError> {
+    // A note goes to every watcher: a character XML does not allow (raw here, as a
+    // reference below) would make their documents unreadable.
+    if body
+        .utf8_chunks()
+        .any(|c| !c.valid().chars().all(is_xml_char))
+    {
+        return Err(not_xml_char());
+    }
     let mut r = Reader::from_reader(body);
     let mut path: Vec<Vec<u8>> = Vec::new();
     let mut basics: Vec<bool> = Vec::new();
@@ -115,7 +129,8 @@ pub fn parse(body: &[u8], now_ms: i64) -> Result<Published, PidfError> {
                     _ => r.resolve_char_ref().ok().flatten(),
                 };
                 match resolved {
-                    Some(c) => text_buf.push(c),
+                    Some(c) if is_xml_char(c) => text_buf.push(c),
+                    Some(_) => return Err(not_xml_char()),
                     None => return Err(PidfError::Xml(format!("unknown entity &{name};"))),
                 }
             }
@@ -219,8 +234,9 @@ impl Published {
     }
 }
 
+/// Escapes like quick-xml, and writes U+FFFD for a character XML cannot carry at all.
 pub(crate) fn escape(s: &str) -> String {
-    quick_xml::escape::escape(s).into_owned()
+    msrtc::escape(s)
 }
 
 /// A watcher's view as a PIDF document.
@@ -405,6 +421,23 @@ mod tests {
             parse(b"<presence><tuple></presence>", NOW),
             Err(PidfError::Xml(_))
         ));
+    }
+
+    /// Found by fuzzing (pidf): a note holding a NUL (raw or `&#0;`-like) was read, and
+    /// written into every watcher's document, which no XML reader then accepts.
+    #[test]
+    fn refuses_characters_xml_does_not_allow() {
+        for bad in [
+            &b"<presence><tuple id=\"1\"><status><basic>open</basic></status><note>a \0t lunch</note></tuple></presence>"[..],
+            b"<presence><tuple id=\"1\"><note>a &#1; b</note></tuple></presence>",
+            b"<presence><tuple id=\"1\"><note>\x1b[2J</note></tuple></presence>",
+        ] {
+            assert_eq!(
+                parse(bad, NOW),
+                Err(PidfError::Xml("a character XML does not allow".into()))
+            );
+        }
+        assert_eq!(escape("a\0b\u{1}<"), "a\u{FFFD}b\u{FFFD}&lt;");
     }
 
     #[test]
