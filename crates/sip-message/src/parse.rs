@@ -122,6 +122,14 @@ impl StreamFramer {
             }
             return Ok(Frame::Incomplete);
         };
+        // A head over the limit is that, however the stream was read (in pieces it is
+        // caught above before its end arrives).
+        if head_len > max {
+            return Err(FrameError::TooLarge {
+                limit: max,
+                head_len: Some(head_len),
+            });
+        }
         let cl = scan_content_length(&buf[..head_len])
             .map_err(|e| FrameError::BadContentLength(e, head_len))?
             .ok_or(FrameError::MissingContentLength { head_len })?;
@@ -155,7 +163,8 @@ impl StreamFramer {
 /// Content-Length the body is the rest of the datagram (RFC 3261 §18.3).
 pub fn parse_datagram(data: &[u8]) -> Result<Message, Rejected> {
     let Some(head_len) = find_head_end(data) else {
-        let head = split_head(data).ok();
+        // Only a request is answered; a truncated response is dropped like any bad one.
+        let head = split_head(data).ok().filter(|h| h.method.is_some());
         return Err(Rejected {
             error: ParseError::syntax("truncated message: no end of header section"),
             head,
@@ -190,6 +199,9 @@ fn split_lines(head: &[u8]) -> Result<(String, Option<String>, Headers), ParseEr
         std::str::from_utf8(head).map_err(|_| ParseError::syntax("header section is not UTF-8"))?;
     let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
     let start = lines.next().unwrap_or("").to_owned();
+    if start.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        return Err(ParseError::syntax("control character in the start line"));
+    }
     let method = if start.starts_with("SIP/") {
         None
     } else {
@@ -200,6 +212,12 @@ fn split_lines(head: &[u8]) -> Result<(String, Option<String>, Headers), ParseEr
     for line in lines {
         if line.is_empty() {
             break;
+        }
+        // RFC 3261 §25.1: no control character but HTAB in a header line (a bare CR, a
+        // NUL), except escaped in a quoted string (quoted-pair, never CR or LF): it would
+        // be carried into every message built from this one.
+        if has_bare_control(line) {
+            return Err(ParseError::syntax("control character in a header line"));
         }
         if line.starts_with([' ', '\t']) {
             // RFC 3261 §7.3.1: a continuation line; folding is equivalent to one SP.
@@ -228,6 +246,26 @@ fn split_lines(head: &[u8]) -> Result<(String, Option<String>, Headers), ParseEr
         headers.0.push(make_header(&n, v)?);
     }
     Ok((start, method, headers))
+}
+
+/// A control character (but HTAB) outside a quoted-pair, or a CR or LF anywhere.
+fn has_bare_control(line: &str) -> bool {
+    let mut quoted = false;
+    let mut escaped = false;
+    for b in line.bytes() {
+        let control = (b < 0x20 && b != b'\t') || b == 0x7f;
+        if b == b'\r' || b == b'\n' || (control && !escaped) {
+            return true;
+        }
+        if escaped {
+            escaped = false;
+        } else if quoted && b == b'\\' {
+            escaped = true;
+        } else if b == b'"' {
+            quoted = !quoted;
+        }
+    }
+    false
 }
 
 fn make_header(name: &str, value: String) -> Result<Header, ParseError> {

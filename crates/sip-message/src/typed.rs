@@ -19,8 +19,13 @@ fn parse_params(c: &mut Cursor<'_>, what: &str) -> Result<Params, ParseError> {
                 let q = c.quoted_string()?;
                 Some(format!("\"{q}\""))
             } else if c.peek() == Some('[') {
-                // IPv6 reference as a gen-value (received=[::1]).
-                let v = c.take_while(|ch| ch != ';' && ch != ',' && ch != ' ' && ch != '\t');
+                // IPv6 reference as a gen-value (received=[::1]): only what an IPv6
+                // reference holds, so what is printed parses back to itself.
+                let v = c
+                    .take_while(|ch| ch.is_ascii_hexdigit() || matches!(ch, ':' | '.' | '[' | ']'));
+                if !v.ends_with(']') || v[1..].contains('[') || v[..v.len() - 1].contains(']') {
+                    return Err(ParseError::syntax(format!("bad IPv6 reference in {what}")));
+                }
                 Some(v.to_owned())
             } else {
                 Some(c.token(what)?.to_owned())

@@ -191,6 +191,22 @@ fn check_escapes(s: &str) -> Result<(), ParseError> {
 }
 
 /// Decodes `%HH` escapes; invalid UTF-8 after decoding is replaced.
+/// Escapes what a user part may not hold as it is (RFC 3261 §25.1: `user = 1*( unreserved
+/// / escaped / user-unreserved )`).
+pub fn escape_user(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        let c = b as char;
+        let plain = c.is_ascii_alphanumeric() || "-_.!~*'()&=+$,;?/".contains(c);
+        if plain {
+            out.push(c);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 pub fn unescape(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -296,10 +312,13 @@ impl SipUri {
     }
 
     /// The address-of-record form `sip:user@host` (no port, params or headers), as used
-    /// for registrar keys (RFC 3261 §10.3 step 5).
+    /// for registrar keys (RFC 3261 §10.3 step 5). The user part is written in one
+    /// canonical escaping: unescaped where RFC 3261 §25.1 allows a character in a user
+    /// part, escaped otherwise, so `sip:alice%3Ax@h` stays user `alice:x` (printing it
+    /// unescaped would read back as user `alice` with password `x`).
     pub fn aor(&self) -> String {
         match self.user_unescaped() {
-            Some(u) => format!("sip:{}@{}", u, self.host),
+            Some(u) => format!("sip:{}@{}", escape_user(&u), self.host),
             None => format!("sip:{}", self.host),
         }
     }

@@ -93,3 +93,73 @@ fn exercise(bytes: &[u8]) {
         }
     }
 }
+
+/// Found by fuzzing (fuzz/regressions/): each once broke an invariant.
+#[test]
+fn fuzz_findings_stay_fixed() {
+    // A truncated response is dropped, never answered.
+    let rej = parse_datagram(b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h\r\n").unwrap_err();
+    assert!(rej.head.is_none());
+    // An IPv6 reference parameter holds an IPv6 reference and nothing else.
+    assert!(sip_message::Via::parse("SIP/2.0/UDP h;received=[::1").is_err());
+    assert!(sip_message::Via::parse("SIP/2.0/UDP h;received=[::1]x").is_err());
+    let v = sip_message::Via::parse("SIP/2.0/UDP h;received=[2001:db8::1];rport").unwrap();
+    assert_eq!(
+        sip_message::Via::parse(&v.to_string()).unwrap().to_string(),
+        v.to_string()
+    );
+    // An escaped colon in a user part stays in the user part of the AoR.
+    let u = SipUri::parse("sip:alice%3Ax@example.test").unwrap();
+    let aor = SipUri::parse(&u.aor()).unwrap();
+    assert_eq!(aor.user_unescaped().as_deref(), Some("alice:x"));
+    assert!(aor.password.is_none());
+    let u = SipUri::parse("sip:a%40b@example.net").unwrap();
+    assert_eq!(
+        SipUri::parse(&u.aor()).unwrap().user_unescaped().as_deref(),
+        Some("a@b")
+    );
+    // A head over the limit is TooLarge however the stream is read.
+    let mut head = b"OPTIONS sip:x SIP/2.0\r\n".to_vec();
+    head.extend_from_slice(&b"X: yyyyyyyy\r\n".repeat(20));
+    head.extend_from_slice(b"\r\n");
+    let max = 100;
+    let whole = frame_stream(&head, max);
+    let mut framer = sip_message::StreamFramer::default();
+    let mut trickled = Ok(Frame::Incomplete);
+    for end in 1..=head.len() {
+        trickled = framer.next_frame(&head[..end], max);
+        if trickled != Ok(Frame::Incomplete) {
+            break;
+        }
+    }
+    assert!(
+        matches!(whole, Err(sip_message::FrameError::TooLarge { .. })),
+        "{whole:?}"
+    );
+    assert!(
+        matches!(trickled, Err(sip_message::FrameError::TooLarge { .. })),
+        "{trickled:?}"
+    );
+    // A bare CR or a NUL in a header value is refused (a quoted-pair may escape a NUL).
+    let with = |v: &str| {
+        format!(
+            "OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\n\
+             To: <sip:x>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\nSubject: {v}\r\n\r\n"
+        )
+    };
+    assert_eq!(
+        parse_datagram(with("a\rb").as_bytes())
+            .unwrap_err()
+            .error
+            .status,
+        400
+    );
+    assert_eq!(
+        parse_datagram(with("a\0b").as_bytes())
+            .unwrap_err()
+            .error
+            .status,
+        400
+    );
+    assert!(parse_datagram(with("\"a\\\0b\"").as_bytes()).is_ok());
+}
