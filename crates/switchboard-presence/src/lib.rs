@@ -225,6 +225,18 @@ fn load_presentity(
         .ok()
         .and_then(|a| users.find(&a).ok().flatten())
         .and_then(|u| u.display_name);
+    presentity(publications, stored, display_name, contacts, rules, now)
+}
+
+/// A presentity with nobody watching yet, its presence aggregated from what it has.
+fn presentity(
+    publications: Vec<Publication>,
+    stored: StoredPresence,
+    display_name: Option<String>,
+    contacts: ContactList,
+    rules: &AggregationRules,
+    now: i64,
+) -> Presentity {
     let devices: Vec<DeviceState> = publications.iter().map(|p| p.state.clone()).collect();
     let presence = aggregate(&devices, &stored, rules, now);
     Presentity {
@@ -244,20 +256,14 @@ fn load_presentity(
 /// What stands for a list entry that names no user we know: offline with nothing stored,
 /// as such an entry has always been shown, but held nowhere (nothing per entry in memory).
 fn unknown_presentity(rules: &AggregationRules, now: i64) -> Presentity {
-    let stored = StoredPresence::default();
-    let presence = aggregate(&[], &stored, rules, now);
-    Presentity {
-        publications: Vec::new(),
-        stored,
-        display_name: None,
-        contacts: ContactList::default(),
-        presence,
-        watchers: Vec::new(),
-        winfo: Vec::new(),
-        lists: Vec::new(),
-        lync: lync::LyncData::default(),
-        list_entries: HashMap::new(),
-    }
+    presentity(
+        Vec::new(),
+        StoredPresence::default(),
+        None,
+        ContactList::default(),
+        rules,
+        now,
+    )
 }
 
 /// What `watcher` may see of `aor` from the database alone, with no device online: the

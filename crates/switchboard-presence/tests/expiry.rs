@@ -3,65 +3,16 @@
 //! the watchers hear of each. The service is driven through its hook with real SIP
 //! messages; NOTIFYs are captured where the SIP core would send them.
 
-use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use sip_message::{parse_datagram, HeaderName, Message};
-use sip_transport::{Source, TransportKind};
 use switchboard_presence::{PresenceConfig, PresenceService};
-use switchboard_proxy::{Deliverer, Delivery, EventHook};
+use switchboard_proxy::{Deliverer, EventHook};
 use switchboard_store::{Address, ManualState, PresenceStore};
 
-#[derive(Default)]
-struct Captured(Mutex<Vec<Message>>);
-
-impl Deliverer for Captured {
-    fn send_request(
-        &self,
-        request: Message,
-    ) -> Pin<Box<dyn std::future::Future<Output = u16> + Send>> {
-        self.0.lock().push(request);
-        Box::pin(async { 200 })
-    }
-    fn send_request_on(
-        &self,
-        request: Message,
-        _flow: Source,
-    ) -> Pin<Box<dyn std::future::Future<Output = u16> + Send>> {
-        self.send_request(request)
-    }
-    fn deliver(&self, _d: Delivery) -> Pin<Box<dyn std::future::Future<Output = u16> + Send>> {
-        Box::pin(async { 480 })
-    }
-    fn invite_to_conference(
-        &self,
-        _from: String,
-        _to: String,
-        _focus: String,
-        _body: bytes::Bytes,
-    ) -> Pin<Box<dyn std::future::Future<Output = u16> + Send>> {
-        Box::pin(async { 480 })
-    }
-}
-
-impl Captured {
-    fn take(&self) -> Vec<Message> {
-        std::mem::take(&mut *self.0.lock())
-    }
-}
-
-fn source() -> Source {
-    let a: SocketAddr = "127.0.0.1:5099".parse().unwrap();
-    Source {
-        transport: TransportKind::Udp,
-        remote: a,
-        local: "127.0.0.1:5060".parse().unwrap(),
-        connection: None,
-    }
-}
+mod common;
+use common::{source, Captured};
 
 fn request(method: &str, from: &str, to: &str, extra: &str, body: &str) -> Message {
     let text = format!(

@@ -157,9 +157,18 @@ impl Client {
     /// A TCP client over a stream the test set up itself (socket options).
     pub fn from_stream(_server: &TestServer, s: TcpStream, user: &str) -> Client {
         let local = s.local_addr().unwrap();
+        Self::over(
+            Conn::Stream(Box::new(s), Vec::new()),
+            Transport::Tcp,
+            user,
+            local,
+        )
+    }
+
+    fn over(conn: Conn, transport: Transport, user: &str, local: SocketAddr) -> Client {
         Client {
-            conn: Conn::Stream(Box::new(s), Vec::new()),
-            transport: Transport::Tcp,
+            conn,
+            transport,
             user: user.to_owned(),
             local,
             cseq: 0,
@@ -219,17 +228,7 @@ impl Client {
                 (Conn::Stream(Box::new(tls), Vec::new()), l)
             }
         };
-        Client {
-            conn,
-            transport: t,
-            user: user.to_owned(),
-            local,
-            cseq: 0,
-            call_id: format!("{}@test", rand_hex()),
-            contact_port: local.port(),
-            inbox: Default::default(),
-            response_signer: None,
-        }
+        Self::over(conn, t, user, local)
     }
 
     pub async fn send_raw(&mut self, data: &[u8]) {
