@@ -40,7 +40,7 @@ failed=0
 for t in "${targets[@]}"; do
     if [ ! -x "$bin/$t" ]; then
         echo "no such target: $t" >&2
-        rows+=("$t|-|-|-|-|-|-|-|no such target")
+        rows+=("$t|-|-|-|-|-|-|-|-|no such target")
         failed=1
         continue
     fi
@@ -54,9 +54,13 @@ for t in "${targets[@]}"; do
     log=logs/$t.log
     before=$(ls "artifacts/$t" | wc -l)
     echo "fuzzing $t for ${secs}s..." >&2
-    "$bin/$t" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
-        -artifact_prefix="artifacts/$t/" "$corpus" ${seeds:+"$seeds"} >"$log" 2>&1
-    rc=$?
+    # The `time` keyword gives the CPU seconds the target really had: on a shared machine
+    # (or with several run.sh side by side) that is less than its wall-clock SECONDS.
+    cpu=$( { TIMEFORMAT='%U %S'; time "$bin/$t" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
+        -print_final_stats=1 -artifact_prefix="artifacts/$t/" "$corpus" ${seeds:+"$seeds"} \
+        >"$log" 2>&1; echo "rc=$?" >"$log.rc"; } 2>&1 )
+    rc=$(sed -n 's/^rc=//p' "$log.rc"); rm -f "$log.rc"
+    cpu=$(awk '{printf "%d", $1 + $2}' <<<"$cpu")
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     [ -n "$execs" ] || execs=$(grep -oE '^#[0-9]+' "$log" | tail -1 | tr -d '#')
     last=$(grep -E '(cov|ft): [0-9]+' "$log" | tail -1)
@@ -95,13 +99,13 @@ for t in "${targets[@]}"; do
     files=$(ls "$corpus" | wc -l)
     rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
     [ -n "$rate" ] || rate=$(grep -oE 'exec/s: [0-9]+' "$log" | tail -1 | grep -oE '[0-9]+')
-    rows+=("$t|$secs|${execs:-?}|${rate:-?}|${cov:-?}|${ft:-?}|$files|${size}K|$result")
+    rows+=("$t|$secs|${cpu:-?}|${execs:-?}|${rate:-?}|${cov:-?}|${ft:-?}|$files|${size}K|$result")
 done
 
-printf '\n| %-26s | %5s | %10s | %7s | %5s | %6s | %6s | %7s | %s\n' target secs execs exec/s cov ft corpus size result
-printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s\n' ---------------------------- ------- ------------ --------- ------- -------- -------- --------- ------
+printf '\n| %-26s | %5s | %7s | %10s | %7s | %5s | %6s | %6s | %7s | %s\n' target secs cpu-s execs exec/s cov ft corpus size result
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s\n' ---------------------------- ------- --------- ------------ --------- ------- -------- -------- --------- ------
 for r in "${rows[@]}"; do
-    IFS='|' read -r a b c d e f g h i <<<"$r"
-    printf '| %-26s | %5s | %10s | %7s | %5s | %6s | %6s | %7s | %s\n' "$a" "$b" "$c" "$d" "$e" "$f" "$g" "$h" "$i"
+    IFS='|' read -r a b c d e f g h i j <<<"$r"
+    printf '| %-26s | %5s | %7s | %10s | %7s | %5s | %6s | %6s | %7s | %s\n' "$a" "$b" "$c" "$d" "$e" "$f" "$g" "$h" "$i" "$j"
 done
 exit $failed
