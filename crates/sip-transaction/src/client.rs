@@ -1,7 +1,7 @@
 //! Client transactions (RFC 3261 §17.1, RFC 6026 §8.4).
 
 use sip_message::{HeaderName, Message, Method, StartLine};
-use sip_transport::Target;
+use sip_transport::{Inbound, Target};
 use tokio::time::{sleep_until, Instant};
 
 use crate::mailbox::{mailbox, Receiver, Sender};
@@ -10,8 +10,9 @@ use crate::TransactionLayer;
 /// What a client transaction reports to its owner.
 #[derive(Debug, Clone)]
 pub enum ClientEvent {
-    /// A provisional or final response (further 2xx to INVITE may follow, RFC 6026).
-    Response(Message),
+    /// A provisional or final response (further 2xx to INVITE may follow, RFC 6026),
+    /// with the flow it arrived over.
+    Response(Box<Inbound>),
     /// Timer B/F fired: no final response (treated as 408, §8.1.3.1).
     Timeout,
     /// The request could not be sent (treated as 503, §8.1.3.1).
@@ -93,7 +94,7 @@ impl TransactionLayer {
     }
 
     fn start_client(&self, request: Message, target: Target, ev_tx: Sink) {
-        let (resp_tx, mut resp_rx) = mailbox::<Message>();
+        let (resp_tx, mut resp_rx) = mailbox::<Inbound>();
         let branch = request
             .top_via()
             .ok()
@@ -144,14 +145,15 @@ impl TransactionLayer {
                 .unwrap_or(timeout_at);
                 tokio::select! {
                     r = resp_rx.recv() => {
-                        let Some(resp) = r else { break };
+                        let Some(inbound) = r else { break };
+                        let resp = &inbound.message;
                         let status = match resp.start { StartLine::Response { status, .. } => status, _ => continue };
                         if let Some(_d) = final_deadline {
                             // Completed/Accepted: absorb, re-ACK non-2xx, pass up 2xx (RFC 6026).
                             if is_invite && status >= 300 {
-                                let _ = layer.inner.transports.send(target, layer.inner.wire(&target, &ack_for(&request, &resp))).await;
+                                let _ = layer.inner.transports.send(target, layer.inner.wire(&target, &ack_for(&request, resp))).await;
                             } else if is_invite && (200..300).contains(&status) {
-                                ev_tx.send(ClientEvent::Response(resp));
+                                ev_tx.send(ClientEvent::Response(Box::new(inbound)));
                             }
                             continue;
                         }
@@ -163,19 +165,19 @@ impl TransactionLayer {
                                 next_retransmit = if is_invite || reliable { None } else { Some(Instant::now() + timers.t2) };
                                 interval = timers.t2;
                             }
-                            ev_tx.send(ClientEvent::Response(resp));
+                            ev_tx.send(ClientEvent::Response(Box::new(inbound)));
                             continue;
                         }
                         next_retransmit = None;
                         if is_invite && status >= 300 {
-                            let _ = layer.inner.transports.send(target, layer.inner.wire(&target, &ack_for(&request, &resp))).await;
+                            let _ = layer.inner.transports.send(target, layer.inner.wire(&target, &ack_for(&request, resp))).await;
                             final_deadline = Some(Instant::now() + if reliable { std::time::Duration::ZERO } else { std::time::Duration::from_secs(32) });
                         } else if is_invite {
                             final_deadline = Some(Instant::now() + timers.t1 * 64);
                         } else {
                             final_deadline = Some(Instant::now() + if reliable { std::time::Duration::ZERO } else { timers.t4 });
                         }
-                        ev_tx.send(ClientEvent::Response(resp));
+                        ev_tx.send(ClientEvent::Response(Box::new(inbound)));
                     }
                     _ = sleep_until(wake) => {
                         let now = Instant::now();

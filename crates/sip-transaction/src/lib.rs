@@ -94,7 +94,7 @@ pub(crate) struct Inner {
     pub(crate) transports: Transports,
     pub(crate) timers: Timers,
     pub(crate) server: shards::ShardedMap<TxKey, Arc<server::ServerTx>>,
-    pub(crate) client: Mutex<HashMap<(String, Method), mailbox::Sender<Message>>>,
+    pub(crate) client: Mutex<HashMap<(String, Method), mailbox::Sender<Inbound>>>,
     pub(crate) tu: OnceLock<Arc<dyn TransactionUser>>,
     pub(crate) signer: OnceLock<Arc<dyn OutboundSigner>>,
     /// Completed transactions waiting out Timer J / L, in deadline order.
@@ -337,7 +337,16 @@ impl Handler for TransactionLayer {
                 let key = (branch.to_owned(), cseq.method);
                 let chan = self.inner.client.lock().get(&key).cloned();
                 match chan {
-                    Some(ch) if ch.send(message.clone()).is_ok() => None,
+                    Some(ch)
+                        if ch
+                            .send(Inbound {
+                                message: message.clone(),
+                                source,
+                            })
+                            .is_ok() =>
+                    {
+                        None
+                    }
                     _ => spawned(tu.on_stray_response(Inbound { message, source })),
                 }
             }

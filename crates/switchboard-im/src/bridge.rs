@@ -12,7 +12,7 @@
 use base64::Engine;
 use bytes::Bytes;
 use sip_message::{HeaderName, Message, Method};
-use switchboard_proxy::{Delivery, ServiceAnswer};
+use switchboard_proxy::{Delivery, Flow, ServiceAnswer};
 use tokio::time::Instant;
 
 use crate::conference::MemberDialog;
@@ -78,8 +78,15 @@ pub fn first_message(header: &str) -> Option<(String, Vec<u8>)> {
 
 impl ImService {
     /// Answers a Lync INVITE to `to` (who has no Lync device) as the other end.
-    pub(crate) fn bridge_invite(&self, msg: &Message, from: &str, to: &str) -> ServiceAnswer {
-        let (Some(dialog), Some(call_id)) = (MemberDialog::from_invite(msg), msg.call_id()) else {
+    pub(crate) fn bridge_invite(
+        &self,
+        msg: &Message,
+        from: &str,
+        to: &str,
+        flow: Flow,
+    ) -> ServiceAnswer {
+        let (Some(dialog), Some(call_id)) = (MemberDialog::from_invite(msg, flow), msg.call_id())
+        else {
             return ServiceAnswer::status(400);
         };
         // Held until the bridge is in `bridges`, where it counts from then on.

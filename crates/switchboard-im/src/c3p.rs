@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use msrtc::cccp::{self, Command, Outcome, Request, RosterUser};
 use sip_message::{HeaderName, Message, Method, NameAddr, Uri};
-use switchboard_proxy::ServiceAnswer;
+use switchboard_proxy::{Flow, ServiceAnswer};
 
 use crate::conference::{Conference, MemberDialog};
 use crate::{refused, ImService};
@@ -205,15 +205,21 @@ impl ImService {
     }
 
     /// A request to a conference's focus (MS-CONFBAS §3.3.5).
-    pub(crate) fn to_focus(&self, msg: &Message, from: &str, conf_aor: &str) -> ServiceAnswer {
+    pub(crate) fn to_focus(
+        &self,
+        msg: &Message,
+        from: &str,
+        conf_aor: &str,
+        flow: Flow,
+    ) -> ServiceAnswer {
         let in_dialog = msg
             .to_header()
             .ok()
             .and_then(|t| t.tag().map(str::to_owned))
             .is_some();
         match msg.method() {
-            Some(Method::Invite) if !in_dialog => self.focus_join(msg, from, conf_aor),
-            Some(Method::Subscribe) => self.subscribe(msg, from, conf_aor),
+            Some(Method::Invite) if !in_dialog => self.focus_join(msg, from, conf_aor, flow),
+            Some(Method::Subscribe) => self.subscribe(msg, from, conf_aor, flow),
             Some(Method::Info) => self.focus_info(msg, from, conf_aor),
             Some(Method::Bye) => self.focus_bye(msg, from, conf_aor),
             // A re-INVITE refreshing the focus dialog: nothing changes.
@@ -224,7 +230,7 @@ impl ImService {
     }
 
     /// INVITE `addUser`: `from` joins the conference; the focus dialog is created.
-    fn focus_join(&self, msg: &Message, from: &str, conf_aor: &str) -> ServiceAnswer {
+    fn focus_join(&self, msg: &Message, from: &str, conf_aor: &str, flow: Flow) -> ServiceAnswer {
         let req = match read_request(msg) {
             Ok(r) => r,
             Err(a) => return a,
@@ -235,7 +241,7 @@ impl ImService {
         if !user.is_empty() && !same_user(user, from) {
             return refused(403, "users join conferences themselves");
         }
-        let Some(dialog) = MemberDialog::from_invite(msg) else {
+        let Some(dialog) = MemberDialog::from_invite(msg, flow) else {
             return ServiceAnswer::status(400);
         };
         // A focus dialog is a session the service holds for the user: taken before the
@@ -390,8 +396,9 @@ impl ImService {
         };
         d.cseq += 1;
         let bye = d.request(Method::Bye);
+        let flow = d.flow;
         tokio::spawn(async move {
-            deliverer.send_request(bye).await;
+            deliverer.send_in_dialog(bye, flow).await;
         });
     }
 
@@ -616,7 +623,7 @@ impl ImService {
         let Some(deliverer) = self.deliverer.get().and_then(std::sync::Weak::upgrade) else {
             return;
         };
-        let requests: Vec<Message> = {
+        let (requests, flow): (Vec<Message>, Flow) = {
             let mut dialogs = self.member_dialogs.lock();
             let Some(d) = dialogs
                 .get_mut(&(conf_aor.to_owned(), who.to_owned()))
@@ -624,11 +631,11 @@ impl ImService {
             else {
                 return;
             };
-            held.iter().map(|h| d.group_message(h)).collect()
+            (held.iter().map(|h| d.group_message(h)).collect(), d.flow)
         };
         tokio::spawn(async move {
             for r in requests {
-                deliverer.send_request(r).await;
+                deliverer.send_in_dialog(r, flow).await;
             }
         });
     }
@@ -650,7 +657,7 @@ impl ImService {
 impl MemberDialog {
     /// The dialog a dialog-creating INVITE from a member sets up with the service (which
     /// is its UAS): their tag and Contact, our new tag, the URI they addressed.
-    pub(crate) fn from_invite(msg: &Message) -> Option<MemberDialog> {
+    pub(crate) fn from_invite(msg: &Message, flow: Flow) -> Option<MemberDialog> {
         let call_id = msg.call_id()?;
         let from = msg.from_header().ok()?;
         let to = msg.to_header().ok()?;
@@ -670,6 +677,7 @@ impl MemberDialog {
             their_uri: from.uri.to_string(),
             local_uri: to.uri.to_string(),
             target,
+            flow,
             cseq: 0,
             ms_sender,
         })

@@ -25,7 +25,7 @@ use std::sync::Weak;
 
 use bytes::Bytes;
 use sip_message::{HeaderName, Message};
-use switchboard_proxy::{Delivery, HookDecision, ServiceAnswer};
+use switchboard_proxy::{Delivery, Flow, HookDecision, ServiceAnswer};
 use switchboard_store::{Address, Keep, OfflineMessage};
 
 use crate::{count, now_ms, Conversation, ImService, Participant};
@@ -45,8 +45,12 @@ pub(crate) struct MemberDialog {
     /// The URI they addressed (our From in requests we send): the conference, its MCU
     /// or its focus.
     pub(crate) local_uri: String,
-    /// The member's Contact: where in-dialog requests go.
+    /// The member's Contact: the Request-URI of our in-dialog requests.
     pub(crate) target: String,
+    /// Where the member's INVITE came from: our in-dialog requests go back over it
+    /// (when the Contact is not one of their registered devices), never to an address
+    /// the Contact merely names.
+    pub(crate) flow: Flow,
     pub(crate) cseq: u32,
     /// The member's client names a message's author from `Ms-Sender` (MS-CONFIM
     /// §2.2.3): it gets the author's text as written, and no notices (its roster shows
@@ -242,8 +246,9 @@ impl ImService {
                     author,
                 );
                 let deliverer = deliverer.clone();
+                let flow = d.flow;
                 tokio::spawn(async move {
-                    let status = deliverer.send_request(m).await;
+                    let status = deliverer.send_in_dialog(m, flow).await;
                     if status >= 300 {
                         tracing::debug!(status, "in-session conference message not accepted");
                     }
@@ -587,34 +592,34 @@ impl ImService {
         // Everyone else, and the author's other endpoints (so each of their clients shows
         // the conversation whole).
         for m in members.iter() {
-            let in_session: Vec<(String, Message)> = {
+            let in_session: Vec<(String, Message, Flow)> = {
                 let mut dialogs = self.member_dialogs.lock();
                 dialogs
                     .get_mut(&(conf.to_owned(), m.clone()))
                     .map(|ds| {
                         ds.iter_mut()
                             .filter(|d| m != author || d.call_id != came_on)
-                            .map(|d| (d.call_id.clone(), d.group_message(&group)))
+                            .map(|d| (d.call_id.clone(), d.group_message(&group), d.flow))
                             .collect()
                     })
                     .unwrap_or_default()
             };
             if m == author {
-                for (call_id, request) in in_session {
+                for (call_id, request, flow) in in_session {
                     let deliverer = deliverer.clone();
                     tokio::spawn(async move {
-                        let status = deliverer.send_request(request).await;
+                        let status = deliverer.send_in_dialog(request, flow).await;
                         tracing::debug!(status, call_id, "copy to the author's other endpoint");
                     });
                 }
                 continue;
             }
             if !in_session.is_empty() {
-                for (call_id, request) in in_session {
+                for (call_id, request, flow) in in_session {
                     let deliverer = deliverer.clone();
                     let who = m.clone();
                     pending.push(tokio::spawn(async move {
-                        (who, call_id, deliverer.send_request(request).await)
+                        (who, call_id, deliverer.send_in_dialog(request, flow).await)
                     }));
                 }
             } else if let Some(held) = waiting.get_mut(m) {
@@ -678,15 +683,16 @@ impl ImService {
                     })
                     .map(|d| {
                         d.cseq += 1;
-                        d.message(
+                        let report = d.message(
                             "application/ms-imdn+xml",
                             Bytes::from(msrtc::cccp::imdn(&id, &failed).into_bytes()),
                             None,
-                        )
+                        );
+                        (report, d.flow)
                     })
             };
-            if let Some(r) = report {
-                deliverer.send_request(r).await;
+            if let Some((r, flow)) = report {
+                deliverer.send_in_dialog(r, flow).await;
             }
         });
         message_id
@@ -785,11 +791,17 @@ impl ImService {
 
     /// INVITE to a conference (session mode): the service answers as the conference's
     /// endpoint, holds the dialog, and sends the member the group's messages inside it.
-    pub(crate) fn conference_invite(&self, msg: &Message, from: &str, to: &str) -> ServiceAnswer {
+    pub(crate) fn conference_invite(
+        &self,
+        msg: &Message,
+        from: &str,
+        to: &str,
+        flow: Flow,
+    ) -> ServiceAnswer {
         if !crate::offers_message_media(msg) {
             return ServiceAnswer::status(488);
         }
-        let Some(dialog) = MemberDialog::from_invite(msg) else {
+        let Some(dialog) = MemberDialog::from_invite(msg, flow) else {
             return ServiceAnswer::status(400);
         };
         // Taken before the lock below (see `Place`); held until the dialog is kept.

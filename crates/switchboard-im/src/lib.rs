@@ -49,7 +49,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use sip_message::{HeaderName, Message};
-use switchboard_proxy::{Deliverer, Delivery, HookDecision, ImHook, ServiceAnswer};
+use switchboard_proxy::{Deliverer, Delivery, Flow, HookDecision, ImHook, ServiceAnswer};
 use switchboard_store::{
     ImStore, Keep, OfflineMessage, ParticipantRecord, SessionRecord, UserDirectory,
 };
@@ -814,6 +814,7 @@ impl ImHook for ImService {
         to: &str,
         online: bool,
         session_im: bool,
+        flow: Flow,
     ) -> Option<ServiceAnswer> {
         let content_type = msg
             .headers
@@ -825,23 +826,23 @@ impl ImHook for ImService {
             return self.conference_invitation(msg, from, to, session_im);
         }
         if online && !session_im && offers_message_media(msg) && bridge::lync_style(msg) {
-            return Some(self.bridge_invite(msg, from, to));
+            return Some(self.bridge_invite(msg, from, to, flow));
         }
         None
     }
 
-    fn to_service(&self, msg: &Message, from: &str, to: &str) -> ServiceAnswer {
+    fn to_service(&self, msg: &Message, from: &str, to: &str, flow: Flow) -> ServiceAnswer {
         if let Some(answer) = self.bridged(msg, from) {
             return answer;
         }
         match c3p::part_of(msg) {
             c3p::Part::FocusFactory => return self.focus_factory(msg, from),
-            c3p::Part::Focus => return self.to_focus(msg, from, to),
+            c3p::Part::Focus => return self.to_focus(msg, from, to, flow),
             c3p::Part::Chat => {}
         }
         match msg.method() {
             Some(sip_message::Method::Message) => self.conference_message(msg, from, to),
-            Some(sip_message::Method::Subscribe) => self.subscribe(msg, from, to),
+            Some(sip_message::Method::Subscribe) => self.subscribe(msg, from, to, flow),
             Some(sip_message::Method::Invite)
                 if msg
                     .to_header()
@@ -849,7 +850,7 @@ impl ImHook for ImService {
                     .and_then(|t| t.tag().map(str::to_owned))
                     .is_none() =>
             {
-                self.conference_invite(msg, from, to)
+                self.conference_invite(msg, from, to, flow)
             }
             Some(sip_message::Method::Bye) => self.conference_bye(msg, from, to),
             // Typing notices in a member's chat session: accepted, not spread.

@@ -8,7 +8,7 @@ use std::sync::Weak;
 use std::time::Duration;
 
 use sip_message::{HeaderName, Message, Method, NameAddr, StartLine, Uri};
-use switchboard_proxy::{ServiceAnswer, SubscribeRequest};
+use switchboard_proxy::{Flow, ServiceAnswer, SubscribeRequest};
 use tokio::time::Instant;
 
 use crate::conference::Conference;
@@ -22,8 +22,11 @@ const MIN_EXPIRES: u32 = 60;
 /// One subscription to a conference's roster.
 pub(crate) struct Watcher {
     subscriber: String,
-    /// The subscriber's Contact: where NOTIFYs go.
+    /// The subscriber's Contact: the Request-URI of our NOTIFYs.
     target: String,
+    /// Where the SUBSCRIBE came from: NOTIFYs go back over it when the Contact is not a
+    /// registered device.
+    flow: Flow,
     call_id: String,
     our_tag: String,
     their_tag: String,
@@ -105,8 +108,9 @@ impl ImService {
         m.headers
             .push(HeaderName::ContentType, "application/conference-info+xml");
         m.body = bytes::Bytes::from(body.into_bytes());
+        let flow = w.flow;
         tokio::spawn(async move {
-            let status = deliverer.send_request(m).await;
+            let status = deliverer.send_in_dialog(m, flow).await;
             if status >= 300 {
                 tracing::debug!(status, "conference NOTIFY not accepted");
             }
@@ -149,7 +153,13 @@ impl ImService {
     }
 
     /// A SUBSCRIBE to a conference (new, refresh, or Expires: 0 to end it).
-    pub(crate) fn subscribe(&self, msg: &Message, from: &str, conf_aor: &str) -> ServiceAnswer {
+    pub(crate) fn subscribe(
+        &self,
+        msg: &Message,
+        from: &str,
+        conf_aor: &str,
+        flow: Flow,
+    ) -> ServiceAnswer {
         let event = msg.headers.get(&HeaderName::Event).unwrap_or("");
         if !event
             .split(';')
@@ -199,6 +209,7 @@ impl ImService {
                 conf.watchers.push(Watcher {
                     subscriber: from.to_owned(),
                     target,
+                    flow,
                     call_id: call_id.clone(),
                     our_tag: tag.clone(),
                     their_tag: their_tag.clone(),

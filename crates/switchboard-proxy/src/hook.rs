@@ -48,6 +48,8 @@ pub trait ImHook: Send + Sync + 'static {
     /// one of them speaks the Lync dialect (session-mode IM, conference invitations).
     /// `Some` answers it in the service's name (the service becomes the UAS of that
     /// dialog: a bridge to pager mode, or a conference joined on the user's behalf).
+    /// `flow` is where it came from: requests the service sends in a dialog it answers
+    /// go back over it.
     fn before_invite(
         &self,
         _msg: &Message,
@@ -55,6 +57,7 @@ pub trait ImHook: Send + Sync + 'static {
         _to: &str,
         _online: bool,
         _session_im: bool,
+        _flow: Flow,
     ) -> Option<ServiceAnswer> {
         None
     }
@@ -80,8 +83,8 @@ pub trait ImHook: Send + Sync + 'static {
         false
     }
     /// An authenticated request from `from` to a resource `serves` claimed (in a dialog
-    /// with it or not); returns how to answer it.
-    fn to_service(&self, _msg: &Message, _from: &str, _to: &str) -> ServiceAnswer {
+    /// with it or not), which arrived over `flow`; returns how to answer it.
+    fn to_service(&self, _msg: &Message, _from: &str, _to: &str, _flow: Flow) -> ServiceAnswer {
         ServiceAnswer::status(404)
     }
     /// The answer `to_service` gave (`status`) has been sent: what must follow it in the
@@ -203,6 +206,13 @@ pub struct Delivery {
     pub extra_headers: Vec<(String, String)>,
 }
 
+/// Where a dialog-creating request came from (the connection, or UDP address, it
+/// arrived over), opaque to the service: handed back with requests the service sends in
+/// that dialog, which then go over that flow and nowhere else (never to an address a
+/// client's Contact merely names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flow(pub(crate) sip_transport::Source);
+
 /// Originates requests to users' devices; implemented by the SIP core for the IM service.
 pub trait Deliverer: Send + Sync + 'static {
     /// Sends a complete request (without Via, which the core adds) to its Request-URI: a
@@ -219,6 +229,15 @@ pub trait Deliverer: Send + Sync + 'static {
         request: Message,
         flow: sip_transport::Source,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = u16> + Send>>;
+    /// `send_request_on` for a dialog the IM service holds, over the [`Flow`] the dialog
+    /// was created from.
+    fn send_in_dialog(
+        &self,
+        request: Message,
+        flow: Flow,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = u16> + Send>> {
+        self.send_request_on(request, flow.0)
+    }
     /// Invites `to`'s Lync devices into a conference: an INVITE from `from` carrying the
     /// `ms-conf-invite` document `body` (its Contact is the conference's `focus`).
     /// Resolves to 200 when a device accepted (it then joins by itself), else the best

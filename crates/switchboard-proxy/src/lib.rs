@@ -28,7 +28,8 @@ mod originate;
 mod routing;
 
 pub use hook::{
-    Deliverer, Delivery, EventHook, HookDecision, ImHook, RelayAll, ServiceAnswer, SubscribeRequest,
+    Deliverer, Delivery, EventHook, Flow, HookDecision, ImHook, RelayAll, ServiceAnswer,
+    SubscribeRequest,
 };
 
 use std::collections::HashMap;

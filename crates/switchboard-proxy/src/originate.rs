@@ -70,7 +70,7 @@ impl Core {
         let mut best = 408;
         while let Some((_, ev)) = rx.recv().await {
             let status = match ev {
-                ClientEvent::Response(r) => r.status().unwrap_or(500),
+                ClientEvent::Response(r) => r.message.status().unwrap_or(500),
                 ClientEvent::Timeout => 408,
                 ClientEvent::TransportError(_) => 503,
             };
@@ -86,9 +86,10 @@ impl Core {
 }
 
 impl Core {
-    /// Sends a request the server originates inside a dialog it holds (a NOTIFY of a
-    /// subscription): to the registered contact named by the Request-URI, over its flow,
-    /// or to the URI's IP address.
+    /// Sends a request the server originates to a registered device: the contact (or
+    /// GRUU) the Request-URI names, over its flow. Nothing else: an address a client
+    /// merely wrote in a Contact is reached only over the flow it came from
+    /// ([`Core::send_own_request_on`]), so no client can aim us at a third party.
     pub async fn send_own_request(self: Arc<Self>, request: Message) -> u16 {
         self.send_own_request_on(request, None).await
     }
@@ -111,8 +112,7 @@ impl Core {
             )
             .or_else(|| self.gruu_binding(&target))
             // The client's own flow: the only way back to a NATed or TLS client.
-            .or_else(|| flow.map(|f| Core::flow_target(&target, f)))
-            .or_else(|| self.remote_target(&target));
+            .or_else(|| flow.map(|f| Core::flow_target(&target, f)));
         let Some(b) = binding else { return 480 };
         let hop = self.hop_for(&b);
         request
@@ -123,7 +123,8 @@ impl Core {
         let mut last = 408;
         while let Some((_, ev)) = rx.recv().await {
             match ev {
-                ClientEvent::Response(r) => {
+                ClientEvent::Response(inbound) => {
+                    let r = inbound.message;
                     let status = r.status().unwrap_or(500);
                     if status >= 200 {
                         return status;
@@ -192,7 +193,8 @@ impl Core {
         let mut accepted = false;
         while let Some((i, ev)) = rx.recv().await {
             let status = match ev {
-                ClientEvent::Response(r) => {
+                ClientEvent::Response(inbound) => {
+                    let r = inbound.message;
                     let status = r.status().unwrap_or(500);
                     if (200..300).contains(&status) {
                         // The ACK of a 2xx is ours to send, to the answer's Contact.

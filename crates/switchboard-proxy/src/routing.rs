@@ -140,7 +140,7 @@ impl Core {
         let contact_binding = if in_dialog && !domain_target {
             self.location
                 .binding_for_contact(&Uri::Sip(ruri.clone()), to_aor(msg).as_deref())
-                .or_else(|| self.proven_remote_target(msg, &ruri, &own_route))
+                .or_else(|| self.proven_peer(msg, &ruri, &own_route))
         } else {
             None
         };
@@ -235,7 +235,9 @@ impl Core {
             };
         }
         if self.hook.serves(&aor) {
-            let answer = self.hook.to_service(msg, &from_aor, &aor);
+            let answer = self
+                .hook
+                .to_service(msg, &from_aor, &aor, crate::hook::Flow(req.source));
             let status = answer.status;
             self.answer_service(&req, answer).await;
             self.hook.service_answered(msg, &from_aor, &aor, status);
@@ -275,9 +277,14 @@ impl Core {
         }
         if method == Method::Invite && !in_dialog {
             let session_im = bindings.iter().any(|b| self.on_association(b.flow));
-            let answer =
-                self.hook
-                    .before_invite(msg, &from_aor, &aor, !bindings.is_empty(), session_im);
+            let answer = self.hook.before_invite(
+                msg,
+                &from_aor,
+                &aor,
+                !bindings.is_empty(),
+                session_im,
+                crate::hook::Flow(req.source),
+            );
             if let Some(answer) = answer {
                 return self.answer_service(&req, answer).await;
             }
@@ -389,36 +396,67 @@ impl Core {
         false
     }
 
-    /// An unregistered remote target for an in-dialog request, when our Record-Route's
-    /// cookie proves this Request-URI is a target the dialog established.
-    pub(crate) fn proven_remote_target(
+    /// Where an in-dialog request whose Request-URI is no registered contact goes: the
+    /// flow of the dialog's other party, as our Record-Route's cookie proves it. The
+    /// Request-URI travels unchanged; it never chooses the address.
+    pub(crate) fn proven_peer(
         &self,
         msg: &Message,
         ruri: &sip_message::SipUri,
         own_route: &crate::OwnRoute,
     ) -> Option<Binding> {
-        let cookie = own_route.cookie.as_deref()?;
-        let call_id = msg.call_id().unwrap_or("");
-        if !self
-            .cookies
-            .target_ok(cookie, call_id, &crate::cookie::target_key(ruri))
-        {
-            return None;
-        }
-        self.remote_target(ruri)
+        let flow = self.cookie_peer_flow(msg, own_route)?;
+        Some(self.pinned_target(ruri, flow))
     }
 
-    /// Adds the callee's remote target (the response's Contact) to the cookie of our
-    /// Record-Route entries in a response to a dialog-creating request (RFC 3261 §16.7
-    /// step 4 lets a proxy rewrite its own Record-Route in responses).
-    pub(crate) fn seal_record_routes(&self, mut resp: Message) -> Message {
-        let Some(callee) = first_contact(&resp).map(|u| crate::cookie::target_key(&u)) else {
-            return resp;
-        };
+    /// The other party's flow, from the cookie our Record-Route carried in `msg`.
+    pub(crate) fn cookie_peer_flow(
+        &self,
+        msg: &Message,
+        own_route: &crate::OwnRoute,
+    ) -> Option<crate::cookie::FlowKey> {
+        let cookie = own_route.cookie.as_deref()?;
+        let from_tag = msg.from_header().ok()?.tag()?.to_owned();
+        let to_tag = msg.to_header().ok()?.tag()?.to_owned();
+        self.cookies
+            .peer_flow(cookie, msg.call_id().unwrap_or(""), &from_tag, &to_tag)
+    }
+
+    /// A binding for `ruri` reached over `flow` only.
+    pub(crate) fn pinned_target(
+        &self,
+        ruri: &sip_message::SipUri,
+        flow: crate::cookie::FlowKey,
+    ) -> Binding {
+        let mut b = Self::unregistered_binding(ruri);
+        b.flow.transport = flow.transport;
+        b.flow.remote = flow.remote;
+        if let Some(local) = self.layer.transports().listening(flow.transport) {
+            b.flow.local = local;
+        }
+        b.pinned = true;
+        b
+    }
+
+    /// Adds the callee's flow (where the dialog-creating request went, and its 2xx came
+    /// from) to the cookie of our Record-Route entries in that 2xx (RFC 3261 §16.7 step 4
+    /// lets a proxy rewrite its own Record-Route in responses).
+    pub(crate) fn seal_record_routes(
+        &self,
+        mut resp: Message,
+        callee: crate::cookie::FlowKey,
+    ) -> Message {
         let Ok(mut routes) = resp.name_addrs(&HeaderName::RecordRoute) else {
             return resp;
         };
         let call_id = resp.call_id().unwrap_or("").to_owned();
+        let Some(caller_tag) = resp
+            .from_header()
+            .ok()
+            .and_then(|f| f.tag().map(str::to_owned))
+        else {
+            return resp;
+        };
         let mut changed = false;
         for r in &mut routes {
             let Some(u) = r.uri.as_sip_mut() else {
@@ -430,10 +468,12 @@ impl Core {
             let Some(cookie) = u.params.value(crate::cookie::ROUTE_PARAM) else {
                 continue;
             };
-            if !self.cookies.dialog_ok(cookie, &call_id) {
+            if !self.cookies.dialog_ok(cookie, &call_id, &caller_tag) {
                 continue;
             }
-            let sealed = self.cookies.with_callee(cookie, &call_id, &callee);
+            let sealed = self
+                .cookies
+                .with_callee(cookie, &call_id, &caller_tag, callee);
             u.params.set(crate::cookie::ROUTE_PARAM, Some(&sealed));
             changed = true;
         }
@@ -454,6 +494,9 @@ impl Core {
         let flow: Source = b.flow;
         let contact = b.contact_addr();
         let (target, transport) = match flow.connection {
+            // Its flow's address (an open connection to it, or a new one), whatever the
+            // Contact says.
+            _ if b.pinned => (Target::Addr(flow.transport, flow.remote), flow.transport),
             Some(id) => {
                 let fallback = contact.filter(|(_, a)| *a != flow.remote);
                 (Target::Connection { id, fallback }, flow.transport)
@@ -509,17 +552,6 @@ impl Core {
         true
     }
 
-    /// A dialog's remote target that is not a registered contact, as a one-off binding:
-    /// reached at the URI's address (IP hosts only; there is no DNS resolution here).
-    pub(crate) fn remote_target(&self, ruri: &sip_message::SipUri) -> Option<Binding> {
-        let mut b = Self::unregistered_binding(ruri);
-        let (kind, addr) = b.contact_addr()?;
-        b.flow.transport = kind;
-        b.flow.remote = addr;
-        b.flow.local = self.layer.transports().listening(kind)?;
-        Some(b)
-    }
-
     /// A dialog's remote target reached over the flow the dialog came from (whatever
     /// its Contact says: it may name no IP address at all, e.g. `*.invalid`).
     pub(crate) fn flow_target(ruri: &sip_message::SipUri, flow: Source) -> Binding {
@@ -566,6 +598,7 @@ impl Core {
                 connection: None,
             },
             temp_gruu: None,
+            pinned: false,
         }
     }
 
@@ -607,10 +640,19 @@ impl Core {
         if !in_dialog && matches!(method, Method::Invite | Method::Subscribe | Method::Refer) {
             // §16.6 step 4, with double Record-Route when the transports differ (RFC 5658).
             // The cookie proves later requests in this dialog came through it.
-            let caller = first_contact(incoming).map(|u| crate::cookie::target_key(&u));
-            let cookie = self
-                .cookies
-                .route_cookie(incoming.call_id().unwrap_or(""), caller.as_deref());
+            let caller_tag = incoming
+                .from_header()
+                .ok()
+                .and_then(|f| f.tag().map(str::to_owned))
+                .unwrap_or_default();
+            let cookie = self.cookies.route_cookie(
+                incoming.call_id().unwrap_or(""),
+                &caller_tag,
+                crate::cookie::FlowKey {
+                    transport: in_source.transport,
+                    remote: in_source.remote,
+                },
+            );
             let rr = |local: SocketAddr, t: TransportKind| {
                 format!(
                     "<sip:{};transport={};lr;{}={cookie}>",
@@ -727,17 +769,27 @@ impl Core {
                     continue;
                 }
             };
-            let resp = match ev {
-                ClientEvent::Response(r) => r,
-                ClientEvent::Timeout => synthetic(&branches[idx].0, 408),
+            let (resp, came_over) = match ev {
+                ClientEvent::Response(r) => (r.message, Some(r.source)),
+                ClientEvent::Timeout => (synthetic(&branches[idx].0, 408), None),
                 ClientEvent::TransportError(e) => {
                     tracing::debug!(error = %e, "branch failed");
-                    synthetic(&branches[idx].0, 503)
+                    (synthetic(&branches[idx].0, 503), None)
                 }
             };
             let status = resp.status().unwrap_or(500);
-            let resp = if record_routed && status > 100 && status < 300 {
-                self.seal_record_routes(resp)
+            let resp = if let (true, Some(flow)) =
+                (record_routed && status > 100 && status < 300, came_over)
+            {
+                // The callee is where its answer came from (a registration's connection
+                // may have closed, and the request gone to its Contact instead).
+                self.seal_record_routes(
+                    resp,
+                    crate::cookie::FlowKey {
+                        transport: flow.transport,
+                        remote: flow.remote,
+                    },
+                )
             } else {
                 resp
             };
@@ -843,26 +895,18 @@ impl Core {
         let Some(Uri::Sip(uri)) = msg.request_uri().cloned() else {
             return;
         };
-        let call_id = msg.call_id().unwrap_or("");
-        // The cookie must name this very target (the callee's Contact, sealed into the
+        // The cookie must prove the dialog and name the callee's flow (sealed into the
         // 2xx's Record-Route): a cookie of one dialog opens no other door.
-        let target_ok = own_route.cookie.as_deref().is_some_and(|c| {
-            self.cookies
-                .target_ok(c, call_id, &crate::cookie::target_key(&uri))
-        });
-        if !target_ok {
+        let Some(peer) = self.cookie_peer_flow(&msg, &own_route) else {
             tracing::debug!(source = %ack.source.remote, "ACK for no dialog of ours dropped");
             return;
-        }
-        // A registered contact over its flow, or else the target itself.
-        let Some(b) = self
+        };
+        // A registered contact over its flow, or else the callee's flow.
+        let b = self
             .location
             .binding_for_contact(&Uri::Sip(uri.clone()), to_aor(&msg).as_deref())
             .or_else(|| self.gruu_binding(&uri))
-            .or_else(|| self.remote_target(&uri))
-        else {
-            return;
-        };
+            .unwrap_or_else(|| self.pinned_target(&uri, peer));
         let hop = self.hop_for(&b);
         let mf = msg
             .header_u32(&HeaderName::MaxForwards)
@@ -916,7 +960,13 @@ impl Core {
             tracing::debug!(source = %resp.source.remote, "stray response not ours dropped");
             return;
         }
-        let msg = self.seal_record_routes(msg);
+        let msg = self.seal_record_routes(
+            msg,
+            crate::cookie::FlowKey {
+                transport: resp.source.transport,
+                remote: resp.source.remote,
+            },
+        );
         let Some(up) = strip_our_via(msg) else { return };
         let Ok(next) = up.top_via() else { return };
         let Some(kind) = TransportKind::from_name(&next.transport) else {
@@ -952,17 +1002,6 @@ pub(crate) fn to_aor(msg: &Message) -> Option<String> {
     Address::parse(&format!("{user}@{}", uri.host))
         .ok()
         .map(|a| format!("sip:{a}"))
-}
-
-/// The URI of a request's first Contact.
-fn first_contact(msg: &Message) -> Option<sip_message::SipUri> {
-    match msg.contacts() {
-        Ok(sip_message::ContactValue::List(list)) => list
-            .into_iter()
-            .next()
-            .and_then(|c| c.uri.as_sip().cloned()),
-        _ => None,
-    }
 }
 
 fn host_of(a: SocketAddr) -> Host {

@@ -50,6 +50,10 @@ pub struct Binding {
     pub flow: Source,
     /// RFC 5627 temporary GRUU user part, if one was issued.
     pub temp_gruu: Option<String>,
+    /// Reached over `flow` only, never at the address its Contact names: set on a
+    /// dialog's remote target that the proxy proved by the flow it came from (a
+    /// registration's binding is reached at its Contact when its connection is gone).
+    pub pinned: bool,
 }
 
 impl Binding {
@@ -284,6 +288,7 @@ impl Location {
                         reg_id,
                         flow,
                         temp_gruu: None,
+                        pinned: false,
                     };
                     match pos {
                         Some(p) => {
@@ -294,6 +299,7 @@ impl Location {
                             if old.contact_key != existing[p].contact_key {
                                 removed.push(Binding {
                                     temp_gruu: None,
+                                    pinned: false,
                                     ..old
                                 });
                             }

@@ -1070,3 +1070,51 @@ async fn someone_invited_back_keeps_their_counts() {
     })
     .await;
 }
+
+/// A member who never registered joins by INVITE with a Contact naming some third host:
+/// the conference's messages reach the member over the flow the INVITE came from, and
+/// the third host hears nothing (the server sends nowhere a client merely names).
+#[tokio::test]
+async fn a_conference_member_is_reached_over_their_flow_not_their_contact() {
+    use sip_message::HeaderName;
+    let s = TestServer::start_with(&["alice", "bob", "carol", "dave"], quick).await;
+    let mut alice = registered(&s, "alice").await;
+    let mut bob = registered(&s, "bob").await;
+    let mut carol = registered(&s, "carol").await;
+    assert_eq!(
+        write_to(
+            &mut alice,
+            "sip:bob@example.com",
+            "/invite carol@example.com"
+        )
+        .await,
+        200
+    );
+    let mut conf = String::new();
+    for c in [&mut alice, &mut bob, &mut carol] {
+        conf = take(c, 1).await[0].from_header().unwrap().uri.to_string();
+    }
+    let by = crate::relay::Bystander::new().await;
+    let mut dave = s.client(Transport::Udp, "dave").await;
+    let mut invite = dave.request("INVITE", &conf, &conf);
+    invite.headers.set(
+        HeaderName::Contact,
+        format!("<sip:dave@{};transport=udp>", by.udp_addr()),
+    );
+    invite
+        .headers
+        .push(HeaderName::ContentType, "application/sdp");
+    invite.body = bytes::Bytes::from_static(b"v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=message 5060 sip null\r\n");
+    assert_eq!(status(&dave.send_authenticated(invite.clone()).await), 200);
+    for c in [&mut alice, &mut bob, &mut carol] {
+        assert!(body(&take(c, 1).await[0]).contains("dave joined"));
+    }
+    assert_eq!(write_to(&mut alice, &conf, "welcome dave").await, 200);
+    for c in [&mut bob, &mut carol] {
+        take(c, 1).await;
+    }
+    let got = take(&mut dave, 1).await;
+    assert_eq!(body(&got[0]), "alice: welcome dave");
+    assert_eq!(got[0].call_id(), invite.call_id(), "in dave's dialog");
+    by.hears_nothing().await;
+}

@@ -11,26 +11,26 @@ use tokio::net::{TcpListener, UdpSocket};
 use crate::support::*;
 
 /// A UDP socket and a TCP listener standing for "some host on the internet".
-struct Bystander {
+pub(crate) struct Bystander {
     udp: UdpSocket,
     tcp: TcpListener,
 }
 
 impl Bystander {
-    async fn new() -> Bystander {
+    pub(crate) async fn new() -> Bystander {
         Bystander {
             udp: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
             tcp: TcpListener::bind("127.0.0.1:0").await.unwrap(),
         }
     }
-    fn udp_addr(&self) -> SocketAddr {
+    pub(crate) fn udp_addr(&self) -> SocketAddr {
         self.udp.local_addr().unwrap()
     }
     fn tcp_addr(&self) -> SocketAddr {
         self.tcp.local_addr().unwrap()
     }
     /// Nothing arrives, over UDP or as a TCP connection, for a while.
-    async fn hears_nothing(&self) {
+    pub(crate) async fn hears_nothing(&self) {
         let mut buf = [0u8; 4096];
         let heard = tokio::time::timeout(Duration::from_millis(1500), async {
             tokio::select! {
@@ -99,16 +99,23 @@ async fn a_stray_response_with_our_branch_prefix_is_not_relayed() {
 }
 
 /// INVITE from a caller that never registered (SIPp style) to a registered callee: the
-/// dialog's own requests still flow both ways through the cookies, and a request in
-/// that dialog aimed at any other target is refused.
+/// dialog's own requests still flow both ways through the cookies, each to the other
+/// party's flow. The Request-URI never picks the address: a caller whose Contact names
+/// some third host, or a request in the dialog aimed at one, reaches the other party
+/// only, and the third host hears nothing.
 #[tokio::test]
-async fn dialogs_still_route_both_ways_and_only_to_their_targets() {
+async fn dialogs_route_both_ways_to_their_parties_flows_only() {
     let s = TestServer::start(&["alice", "bob"]).await;
+    let by = Bystander::new().await;
     let mut bob = s.client(Transport::Tcp, "bob").await;
     assert_eq!(status(&bob.register(None).await), 200);
     let mut alice = s.client(Transport::Udp, "alice").await;
     let to = "sip:bob@example.com";
     let mut inv = alice.request("INVITE", to, to);
+    // alice's Contact names the bystander, not herself.
+    let alice_contact = format!("sip:alice@{};transport=udp", by.udp_addr());
+    inv.headers
+        .set(HeaderName::Contact, format!("<{alice_contact}>"));
     inv.headers.push(HeaderName::ContentType, "application/sdp");
     inv.body = bytes::Bytes::from_static(b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=message 5060 sip sip:x@127.0.0.1\r\n");
     alice.send(&inv).await;
@@ -129,43 +136,59 @@ async fn dialogs_still_route_both_ways_and_only_to_their_targets() {
     for r in &rr {
         ok.headers.push(HeaderName::RecordRoute, r.clone());
     }
-    ok.headers.push(
-        HeaderName::Contact,
-        format!("<sip:bob@127.0.0.1:{};transport=tcp>", bob.local.port()),
-    );
+    let bob_contact = format!("sip:bob@127.0.0.1:{};transport=tcp", bob.local.port());
+    ok.headers
+        .push(HeaderName::Contact, format!("<{bob_contact}>"));
     bob.send(&ok).await;
     let ok_at_alice = alice.final_response().await;
     assert_eq!(status(&ok_at_alice), 200);
     // alice's route set: the Record-Route of the 2xx, reversed (one entry each way here).
-    let mut ack = alice.request(
-        "ACK",
-        &format!("sip:bob@127.0.0.1:{};transport=tcp", bob.local.port()),
-        to,
-    );
+    let mut ack = alice.request("ACK", &bob_contact, to);
     set_dialog(&mut ack, &inv, &ok_at_alice, true);
     alice.send(&ack).await;
     let acked = bob.recv().await.expect("the ACK reaches bob");
     assert_eq!(acked.method(), Some(&Method::Ack));
 
-    // bob hangs up: to alice's Contact (she never registered) over the server.
-    let alice_contact = format!("sip:alice@127.0.0.1:{};transport=udp", alice.local.port());
+    // alice aims a request of the dialog at the bystander's TCP port: it reaches bob.
+    let aimed = format!("sip:bob@{};transport=tcp", by.tcp_addr());
+    let mut info = alice.request("INFO", &aimed, to);
+    set_dialog(&mut info, &inv, &ok_at_alice, true);
+    let (answer, at_bob) =
+        tokio::join!(alice.send_authenticated(info), bob.answer_next_request(200));
+    assert_eq!(status(&answer), 200, "{answer}");
+    let at_bob = at_bob.expect("bob gets the INFO");
+    assert_eq!(at_bob.method(), Some(&Method::Info));
+    assert_eq!(
+        at_bob.request_uri().unwrap().to_string(),
+        aimed,
+        "the Request-URI is untouched"
+    );
+
+    // bob hangs up, to alice's Contact: the BYE goes to alice's flow, not the bystander.
     let mut bye = bob.request("BYE", &alice_contact, "sip:alice@example.com");
     set_dialog(&mut bye, &inv, &got, false);
-    let by = Bystander::new().await;
-    // The same dialog aimed elsewhere: refused, and nothing reaches the bystander.
-    let mut hijack = bye.clone();
-    if let sip_message::StartLine::Request { uri, .. } = &mut hijack.start {
-        *uri = sip_message::Uri::parse(&format!("sip:alice@{}", by.udp_addr())).unwrap();
-    }
-    let refused = bob.send_authenticated(hijack).await;
+    let (answer, at_alice) =
+        tokio::join!(bob.send_authenticated(bye), alice.answer_next_request(200));
+    assert_eq!(status(&answer), 200, "{answer}");
+    assert_eq!(
+        at_alice.expect("the BYE reaches alice").method(),
+        Some(&Method::Bye)
+    );
+    by.hears_nothing().await;
+
+    // A stranger with the dialog's Route (cookie and all) but other tags: refused.
+    let mut mallory = s.client(Transport::Udp, "bob").await;
+    let mut stray = mallory.request("BYE", &alice_contact, "sip:alice@example.com");
+    set_dialog(&mut stray, &inv, &got, false);
+    stray
+        .headers
+        .set(HeaderName::From, "<sip:bob@example.com>;tag=other");
+    stray
+        .headers
+        .set(HeaderName::To, "<sip:alice@example.com>;tag=nottheirs");
+    let refused = mallory.send_authenticated(stray).await;
     assert_eq!(status(&refused), 403, "{refused}");
     by.hears_nothing().await;
-    bob.send(&bye).await;
-    let ch = bob.final_response().await;
-    let bye = bob.with_credentials(&bye, &ch, "pw-bob", "MD5", 1);
-    bob.send(&bye).await;
-    let at_alice = alice.recv().await.expect("the BYE reaches alice");
-    assert_eq!(at_alice.method(), Some(&Method::Bye));
 }
 
 /// Makes `m` a request in the dialog of `invite`: its Call-ID and tags, and the route set
