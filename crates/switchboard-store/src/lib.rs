@@ -19,19 +19,22 @@
 //! with the CLI is seen by the running server on its next request.
 #![forbid(unsafe_code)]
 
-mod address;
 mod im;
 mod migrations;
 mod presence;
+mod sqlite;
 mod users;
 
-pub use address::{Address, AddressError};
-pub use im::{ImStore, Keep, OfflineMessage, ParticipantRecord, SessionFilter, SessionRecord};
-pub use presence::{
-    CalendarEntry, CalendarKind, ContactCard, ContactEntry, ContactList, ManualState,
-    PresenceStore, Relationship, RelationshipError, StoredPresence,
+pub use im::ImStore;
+pub use presence::PresenceStore;
+pub use sqlite::SqliteStore;
+pub use users::UserDirectory;
+// The domain types live in switchboard-core; re-exported for the store's callers.
+pub use switchboard_core::{
+    Address, AddressError, CalendarEntry, CalendarKind, ContactCard, ContactEntry, ContactList,
+    Credentials, Keep, ManualState, OfflineMessage, ParticipantRecord, Relationship,
+    RelationshipError, SessionFilter, SessionRecord, StoredPresence, UserRecord,
 };
-pub use users::{Credentials, UserDirectory, UserRecord};
 
 use std::path::Path;
 

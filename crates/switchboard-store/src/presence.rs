@@ -7,159 +7,16 @@
 //! appends the address to `presence_changes`, which the server follows
 //! ([`PresenceStore::changes_since`]) to notify watchers.
 
-use std::fmt;
 use std::path::Path;
-use std::str::FromStr;
 
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::StoreError;
-
-/// How much of a user's presence a watcher may see (the Lync privacy model), least to
-/// most. The owner of a contact list sets it per contact.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum Relationship {
-    /// Sees the user as offline, and nothing else.
-    Blocked,
-    /// Availability only.
-    External,
-    /// Adds activity, note, calendar free/busy, contact card (the default inside one
-    /// organisation).
-    Colleagues,
-    /// Adds meeting subject and location.
-    Workgroup,
-    /// Adds the personal phone.
-    Friends,
-}
-
-impl Relationship {
-    pub const ALL: [Relationship; 5] = [
-        Relationship::Blocked,
-        Relationship::External,
-        Relationship::Colleagues,
-        Relationship::Workgroup,
-        Relationship::Friends,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Relationship::Blocked => "blocked",
-            Relationship::External => "external",
-            Relationship::Colleagues => "colleagues",
-            Relationship::Workgroup => "workgroup",
-            Relationship::Friends => "friends",
-        }
-    }
-}
-
-impl fmt::Display for Relationship {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("'{0}' is not a relationship: use blocked, external, colleagues, workgroup or friends")]
-pub struct RelationshipError(pub String);
-
-impl FromStr for Relationship {
-    type Err = RelationshipError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let t = s.trim().to_ascii_lowercase();
-        Relationship::ALL
-            .into_iter()
-            .find(|r| r.as_str() == t || (t == "friends-and-family" && *r == Relationship::Friends))
-            .ok_or_else(|| RelationshipError(s.into()))
-    }
-}
-
-/// One entry of a contact list.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ContactEntry {
-    /// `user@domain`.
-    pub contact: String,
-    pub relationship: Relationship,
-    /// Names of the groups it is in (possibly none).
-    pub groups: Vec<String>,
-    pub added_at_ms: i64,
-    /// On the list the owner sees. `false`: the owner only gave this user a relationship
-    /// (blocked them, or put them in a container) without adding them as a contact.
-    #[serde(default = "listed_by_default")]
-    pub listed: bool,
-}
-
-fn listed_by_default() -> bool {
-    true
-}
-
-/// A contact list: its groups and contacts, and a version bumped by every change.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ContactList {
-    pub version: i64,
-    pub groups: Vec<String>,
-    pub contacts: Vec<ContactEntry>,
-}
-
-/// Availability the user set by hand (a token the presence service parses).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ManualState {
-    pub availability: String,
-    pub note: Option<String>,
-    /// Until when it holds (absent: until cleared).
-    pub until_ms: Option<i64>,
-    pub set_at_ms: i64,
-}
-
-/// What a calendar entry says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CalendarKind {
-    Meeting,
-    OutOfOffice,
-}
-
-impl CalendarKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            CalendarKind::Meeting => "meeting",
-            CalendarKind::OutOfOffice => "out-of-office",
-        }
-    }
-}
-
-/// A meeting or an out-of-office period.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct CalendarEntry {
-    pub kind: CalendarKind,
-    pub from_ms: i64,
-    pub to_ms: i64,
-    pub subject: Option<String>,
-    pub location: Option<String>,
-    pub note: Option<String>,
-}
-
-/// Contact-card fields beyond the display name (kept in the user directory).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ContactCard {
-    pub title: Option<String>,
-    pub email: Option<String>,
-    pub work_phone: Option<String>,
-    pub personal_phone: Option<String>,
-}
-
-/// Everything stored about one user's presence.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StoredPresence {
-    pub manual: Option<ManualState>,
-    /// Entries that have not ended yet, by start time.
-    pub calendar: Vec<CalendarEntry>,
-    pub card: ContactCard,
-    pub last_active_ms: Option<i64>,
-}
+use switchboard_core::{
+    CalendarEntry, CalendarKind, ContactCard, ContactEntry, ContactList, ManualState, Relationship,
+    StoredPresence,
+};
 
 /// Presence state over its own SQLite connection.
 pub struct PresenceStore {
