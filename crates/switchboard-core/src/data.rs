@@ -54,8 +54,8 @@ pub trait CdrData: Send + Sync + 'static {
         session: &SessionRecord,
         participants: &[ParticipantRecord],
     ) -> Result<(), DataError>;
-    /// Adds or updates participants: `(session id, participant)`, keyed by session,
-    /// address and device.
+    /// Adds or updates participants: `(session id, participant)`, one row per session
+    /// and address (an update replaces device, times and counts).
     async fn update_participants(
         &self,
         rows: &[(String, ParticipantRecord)],
