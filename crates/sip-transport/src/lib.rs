@@ -32,9 +32,12 @@
 //! dialogs live in memory) that one datagram can pull again and again. Catching is sound
 //! here because shared state is behind `parking_lot` locks, which do not poison and are
 //! released while unwinding, and because one message's work does not leave another's
-//! half-done. Spawned tasks are contained by tokio the same way (a panicking task ends,
-//! the runtime goes on). The count is in [`TransportStats::panics_contained`]: a non-zero
-//! value is a bug to report.
+//! half-done. Work a handler spawns with [`Transports::spawn_work`] (the handling of a
+//! request, which may wait on a database) is contained the same way, logged and counted:
+//! that request goes unanswered (its transaction times out at the peer) and its
+//! connection stays open. Other spawned tasks are contained by tokio (a panicking task
+//! ends, the runtime goes on). The count is in [`TransportStats::panics_contained`]: a
+//! non-zero value is a bug to report.
 #![forbid(unsafe_code)]
 
 mod stream;

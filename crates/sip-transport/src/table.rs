@@ -231,6 +231,16 @@ impl Transports {
         let _ = self.inner.shutdown.send(true);
     }
 
+    /// Runs a handler's work on a task of its own (not on the reading task), containing
+    /// a panic as the crate header says: for work that may wait (a database, the
+    /// network), which must never hold up the reading of other messages.
+    pub fn spawn_work(&self, remote: SocketAddr, work: crate::Work) {
+        let transports = self.clone();
+        tokio::spawn(async move {
+            crate::contain_work(&transports, remote, work).await;
+        });
+    }
+
     pub fn connection_count(&self) -> usize {
         self.inner.conns.read().len()
     }

@@ -612,8 +612,15 @@ impl ImService {
     }
 }
 
+#[async_trait::async_trait]
 impl ImHook for ImService {
-    fn before_message(&self, msg: &Message, from: &str, to: &str, online: bool) -> HookDecision {
+    async fn before_message(
+        &self,
+        msg: &Message,
+        from: &str,
+        to: &str,
+        online: bool,
+    ) -> HookDecision {
         if let Some(command) = conference::command_of(msg) {
             // Chat commands are answered by the service, never delivered.
             return match self.pair_command(from, to, command) {
@@ -691,13 +698,19 @@ impl ImHook for ImService {
         }
     }
 
-    fn after_message(&self, msg: &Message, from: &str, to: &str, status: u16) {
+    async fn after_message(&self, msg: &Message, from: &str, to: &str, status: u16) {
         if (200..300).contains(&status) && is_instant_message(msg) {
             self.record(from, to, device_of(msg), msg.body.len());
         }
     }
 
-    fn on_invite_answered(&self, invite: &Message, answer: &Message, caller: &str, callee: &str) {
+    async fn on_invite_answered(
+        &self,
+        invite: &Message,
+        answer: &Message,
+        caller: &str,
+        callee: &str,
+    ) {
         if !offers_message_media(invite) {
             return;
         }
@@ -734,7 +747,7 @@ impl ImHook for ImService {
         self.release_invite_place(call_id, caller);
     }
 
-    fn admit_invite(&self, msg: &Message, from: &str, _to: &str) -> Option<ServiceAnswer> {
+    async fn admit_invite(&self, msg: &Message, from: &str, _to: &str) -> Option<ServiceAnswer> {
         if !offers_message_media(msg) {
             return None;
         }
@@ -749,13 +762,13 @@ impl ImHook for ImService {
         None
     }
 
-    fn invite_failed(&self, msg: &Message, from: &str, _to: &str) {
+    async fn invite_failed(&self, msg: &Message, from: &str, _to: &str) {
         if let Some(call_id) = msg.call_id() {
             self.release_invite_place(call_id, from);
         }
     }
 
-    fn in_dialog(&self, msg: &Message, from: &str) -> HookDecision {
+    async fn in_dialog(&self, msg: &Message, from: &str) -> HookDecision {
         let Some(call_id) = msg.call_id() else {
             return HookDecision::Relay;
         };
@@ -778,7 +791,7 @@ impl ImHook for ImService {
         HookDecision::Relay
     }
 
-    fn after_in_dialog(&self, msg: &Message, from: &str, status: u16) {
+    async fn after_in_dialog(&self, msg: &Message, from: &str, status: u16) {
         let Some(call_id) = msg.call_id() else { return };
         let method = msg.method().cloned();
         let mut dialogs = self.dialogs.lock();
@@ -807,7 +820,7 @@ impl ImHook for ImService {
         conference::is_service_aor(aor)
     }
 
-    fn before_invite(
+    async fn before_invite(
         &self,
         msg: &Message,
         from: &str,
@@ -831,7 +844,7 @@ impl ImHook for ImService {
         None
     }
 
-    fn to_service(&self, msg: &Message, from: &str, to: &str, flow: Flow) -> ServiceAnswer {
+    async fn to_service(&self, msg: &Message, from: &str, to: &str, flow: Flow) -> ServiceAnswer {
         if let Some(answer) = self.bridged(msg, from) {
             return answer;
         }
@@ -867,7 +880,7 @@ impl ImHook for ImService {
         }
     }
 
-    fn service_answered(&self, msg: &Message, from: &str, to: &str, status: u16) {
+    async fn service_answered(&self, msg: &Message, from: &str, to: &str, status: u16) {
         // A member just joined the chat by INVITE: what was held for them follows the 2xx.
         if msg.method() == Some(&sip_message::Method::Invite)
             && (200..300).contains(&status)

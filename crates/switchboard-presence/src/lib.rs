@@ -589,6 +589,7 @@ impl PresenceService {
     }
 }
 
+#[async_trait::async_trait]
 impl EventHook for PresenceService {
     fn serves_event(&self, event: &str) -> bool {
         ALLOW_EVENTS.split(", ").any(|e| e == event)
@@ -598,7 +599,7 @@ impl EventHook for PresenceService {
         ALLOW_EVENTS.into()
     }
 
-    fn handle(&self, msg: &Message, from: &str, to: &str, source: Source) -> ServiceAnswer {
+    async fn handle(&self, msg: &Message, from: &str, to: &str, source: Source) -> ServiceAnswer {
         match msg.method() {
             Some(sip_message::Method::Publish) => self.publish(msg, from, to),
             Some(sip_message::Method::Subscribe) => self.subscribe(msg, from, to, source),
@@ -611,7 +612,7 @@ impl EventHook for PresenceService {
         self.lync_flow_closed(id);
     }
 
-    fn answered(&self, msg: &Message, from: &str, status: u16) {
+    async fn answered(&self, msg: &Message, from: &str, status: u16) {
         if (200..300).contains(&status) && msg.method() == Some(&sip_message::Method::Subscribe) {
             self.answered_subscribe(msg, from);
         }

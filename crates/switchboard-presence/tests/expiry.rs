@@ -79,7 +79,9 @@ async fn publications_and_subscriptions_expire() {
         "Event: presence\r\nExpires: 60\r\nContent-Type: application/pidf+xml\r\n",
         OPEN,
     );
-    let a = svc.handle(&publish, "sip:alice@x.test", "sip:alice@x.test", source());
+    let a = svc
+        .handle(&publish, "sip:alice@x.test", "sip:alice@x.test", source())
+        .await;
     assert_eq!(a.status, 200);
     let sub = request(
         "SUBSCRIBE",
@@ -88,9 +90,11 @@ async fn publications_and_subscriptions_expire() {
         "Event: presence\r\nExpires: 120\r\n",
         "",
     );
-    let a = svc.handle(&sub, "sip:bob@x.test", "sip:alice@x.test", source());
+    let a = svc
+        .handle(&sub, "sip:bob@x.test", "sip:alice@x.test", source())
+        .await;
     assert_eq!(a.status, 200);
-    svc.answered(&sub, "sip:bob@x.test", 200);
+    svc.answered(&sub, "sip:bob@x.test", 200).await;
     settle().await;
     let n = notifies.take();
     assert_eq!(n.len(), 1);
@@ -126,6 +130,7 @@ async fn a_hand_set_state_runs_out_at_its_time() {
     );
     assert_eq!(
         svc.handle(&publish, "sip:alice@x.test", "sip:alice@x.test", source())
+            .await
             .status,
         200
     );
@@ -138,10 +143,11 @@ async fn a_hand_set_state_runs_out_at_its_time() {
     );
     assert_eq!(
         svc.handle(&sub, "sip:bob@x.test", "sip:alice@x.test", source())
+            .await
             .status,
         200
     );
-    svc.answered(&sub, "sip:bob@x.test", 200);
+    svc.answered(&sub, "sip:bob@x.test", 200).await;
     settle().await;
     notifies.take();
     let now = svc.now_ms();

@@ -15,12 +15,13 @@ pub enum HookDecision {
     RespondWith(u16, Vec<(String, String)>),
 }
 
-/// Observes and steers IM traffic. Implementations must be quick: they run on the
-/// request path.
+/// Observes and steers IM traffic. Each request is handled on a task of its own, so an
+/// implementation may await its data (never while holding a lock).
+#[async_trait::async_trait]
 pub trait ImHook: Send + Sync + 'static {
     /// An authenticated pager-mode MESSAGE from `from` to `to` (both AoRs, `sip:u@d`).
     /// `online` is false when the recipient has no registered device.
-    fn before_message(
+    async fn before_message(
         &self,
         _msg: &Message,
         _from: &str,
@@ -30,12 +31,12 @@ pub trait ImHook: Send + Sync + 'static {
         HookDecision::Relay
     }
     /// The final status the sender got for a relayed MESSAGE.
-    fn after_message(&self, _msg: &Message, _from: &str, _to: &str, _status: u16) {}
+    async fn after_message(&self, _msg: &Message, _from: &str, _to: &str, _status: u16) {}
     /// `aor` registered a new device.
     fn on_registered(&self, _aor: &str) {}
     /// A dialog-creating INVITE from `caller` to `callee` was answered with `answer` (2xx).
     /// Session-mode IM starts here (INVITE with `m=message`).
-    fn on_invite_answered(
+    async fn on_invite_answered(
         &self,
         _invite: &Message,
         _answer: &Message,
@@ -50,7 +51,7 @@ pub trait ImHook: Send + Sync + 'static {
     /// dialog: a bridge to pager mode, or a conference joined on the user's behalf).
     /// `flow` is where it came from: requests the service sends in a dialog it answers
     /// go back over it.
-    fn before_invite(
+    async fn before_invite(
         &self,
         _msg: &Message,
         _from: &str,
@@ -65,31 +66,37 @@ pub trait ImHook: Send + Sync + 'static {
     /// their devices (`before_invite` let it through, or a GRUU names one device). `Some`
     /// refuses it with that answer. One let through ends in `on_invite_answered` (2xx) or
     /// `invite_failed`, so what the service set aside for it can be given back.
-    fn admit_invite(&self, _msg: &Message, _from: &str, _to: &str) -> Option<ServiceAnswer> {
+    async fn admit_invite(&self, _msg: &Message, _from: &str, _to: &str) -> Option<ServiceAnswer> {
         None
     }
     /// A dialog-creating INVITE to the user `to` ended without a 2xx (refused,
     /// cancelled, timed out, or no device to fork it to).
-    fn invite_failed(&self, _msg: &Message, _from: &str, _to: &str) {}
+    async fn invite_failed(&self, _msg: &Message, _from: &str, _to: &str) {}
     /// A request inside a dialog (MESSAGE, INFO, BYE, re-INVITE...) from `from`, before it
     /// is relayed. `Respond(481)` refuses a request for a session that no longer exists.
-    fn in_dialog(&self, _msg: &Message, _from: &str) -> HookDecision {
+    async fn in_dialog(&self, _msg: &Message, _from: &str) -> HookDecision {
         HookDecision::Relay
     }
     /// The final status the sender got for a relayed in-dialog request.
-    fn after_in_dialog(&self, _msg: &Message, _from: &str, _status: u16) {}
+    async fn after_in_dialog(&self, _msg: &Message, _from: &str, _status: u16) {}
     /// Is `aor` a resource of the IM service (a conference) rather than a user?
     fn serves(&self, _aor: &str) -> bool {
         false
     }
     /// An authenticated request from `from` to a resource `serves` claimed (in a dialog
     /// with it or not), which arrived over `flow`; returns how to answer it.
-    fn to_service(&self, _msg: &Message, _from: &str, _to: &str, _flow: Flow) -> ServiceAnswer {
+    async fn to_service(
+        &self,
+        _msg: &Message,
+        _from: &str,
+        _to: &str,
+        _flow: Flow,
+    ) -> ServiceAnswer {
         ServiceAnswer::status(404)
     }
     /// The answer `to_service` gave (`status`) has been sent: what must follow it in the
     /// dialog (messages held for a member who just joined) can go now.
-    fn service_answered(&self, _msg: &Message, _from: &str, _to: &str, _status: u16) {}
+    async fn service_answered(&self, _msg: &Message, _from: &str, _to: &str, _status: u16) {}
 }
 
 /// How the core answers a request the IM service took.
@@ -119,6 +126,7 @@ impl ServiceAnswer {
 /// PUBLISH addressed to users, in a dialog or not, are answered by the service that keeps
 /// the event state (RFC 6665 §4.2 notifier, RFC 3903 §6 state agent) and are never
 /// forked to the user's own devices.
+#[async_trait::async_trait]
 pub trait EventHook: Send + Sync + 'static {
     /// Does the service keep state for this event package (the Event header's token)?
     fn serves_event(&self, event: &str) -> bool;
@@ -126,7 +134,7 @@ pub trait EventHook: Send + Sync + 'static {
     fn allow_events(&self) -> String;
     /// An authenticated SUBSCRIBE, PUBLISH or SERVICE from `from` for `to` (both AoRs `sip:u@d`)
     /// that arrived over `source`; returns how to answer it.
-    fn handle(
+    async fn handle(
         &self,
         msg: &Message,
         from: &str,
@@ -135,7 +143,7 @@ pub trait EventHook: Send + Sync + 'static {
     ) -> ServiceAnswer;
     /// `msg` (which `handle` took, from `from`) has been answered with `status`: what
     /// must follow the answer (RFC 6665 §4.2.1.2: the NOTIFY after a 200) goes now.
-    fn answered(&self, _msg: &Message, _from: &str, _status: u16) {}
+    async fn answered(&self, _msg: &Message, _from: &str, _status: u16) {}
     /// A stream connection closed: state tied to the endpoint on it (a Lync client's
     /// endpoint publications) goes with it.
     fn flow_closed(&self, _id: sip_transport::ConnectionId) {}
@@ -187,6 +195,7 @@ impl SubscribeRequest {
 /// The hook used until the IM service is attached: relays everything.
 pub struct RelayAll;
 
+#[async_trait::async_trait]
 impl ImHook for RelayAll {}
 
 /// A MESSAGE the server itself sends to a user (a stored message delivered late).

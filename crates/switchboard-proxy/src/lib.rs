@@ -567,7 +567,13 @@ impl TransactionUser for Core {
     // forwarding, which `handle_routed` spawns.
     fn on_request(&self, request: ServerRequest) -> Option<Work> {
         let core = self.self_arc()?;
-        Some(Box::pin(core.handle(request)))
+        // Handling may await the user directory and the services' data (a database that
+        // can be slow or failing over): each request on a task of its own, so the
+        // connection or UDP socket it came from goes on being read.
+        let remote = request.source.remote;
+        let transports = core.layer.transports().clone();
+        transports.spawn_work(remote, Box::pin(core.handle(request)));
+        None
     }
 
     fn on_ack(&self, ack: Inbound) -> Option<Work> {

@@ -203,7 +203,7 @@ impl Core {
 
         if in_dialog
             && self
-                .answer_decision(&req, self.hook.in_dialog(msg, &from_aor))
+                .answer_decision(&req, self.hook.in_dialog(msg, &from_aor).await)
                 .await
         {
             return;
@@ -225,7 +225,7 @@ impl Core {
             return match self.location.lookup_gruu(&aor, gr.flatten(), &user) {
                 Some((aor, b)) => {
                     if method == Method::Invite && !in_dialog {
-                        if let Some(refusal) = self.hook.admit_invite(msg, &from_aor, &aor) {
+                        if let Some(refusal) = self.hook.admit_invite(msg, &from_aor, &aor).await {
                             return self.answer_service(&req, refusal).await;
                         }
                     }
@@ -237,10 +237,13 @@ impl Core {
         if self.hook.serves(&aor) {
             let answer = self
                 .hook
-                .to_service(msg, &from_aor, &aor, crate::hook::Flow(req.source));
+                .to_service(msg, &from_aor, &aor, crate::hook::Flow(req.source))
+                .await;
             let status = answer.status;
             self.answer_service(&req, answer).await;
-            self.hook.service_answered(msg, &from_aor, &aor, status);
+            self.hook
+                .service_answered(msg, &from_aor, &aor, status)
+                .await;
             return;
         }
         // Event state (presence, and anything else published or subscribed to) is kept by
@@ -270,21 +273,25 @@ impl Core {
         if method == Method::Message && !in_dialog {
             let decision = self
                 .hook
-                .before_message(msg, &from_aor, &aor, !bindings.is_empty());
+                .before_message(msg, &from_aor, &aor, !bindings.is_empty())
+                .await;
             if self.answer_decision(&req, decision).await {
                 return;
             }
         }
         if method == Method::Invite && !in_dialog {
             let session_im = bindings.iter().any(|b| self.on_association(b.flow));
-            let answer = self.hook.before_invite(
-                msg,
-                &from_aor,
-                &aor,
-                !bindings.is_empty(),
-                session_im,
-                crate::hook::Flow(req.source),
-            );
+            let answer = self
+                .hook
+                .before_invite(
+                    msg,
+                    &from_aor,
+                    &aor,
+                    !bindings.is_empty(),
+                    session_im,
+                    crate::hook::Flow(req.source),
+                )
+                .await;
             if let Some(answer) = answer {
                 return self.answer_service(&req, answer).await;
             }
@@ -293,7 +300,7 @@ impl Core {
             return self.respond(&req, 480).await;
         }
         if method == Method::Invite && !in_dialog {
-            if let Some(refusal) = self.hook.admit_invite(msg, &from_aor, &aor) {
+            if let Some(refusal) = self.hook.admit_invite(msg, &from_aor, &aor).await {
                 return self.answer_service(&req, refusal).await;
             }
         }
@@ -367,10 +374,12 @@ impl Core {
                 return Some(());
             }
         }
-        let answer = events.handle(&req.message, from_aor, &to_aor, req.source);
+        let answer = events
+            .handle(&req.message, from_aor, &to_aor, req.source)
+            .await;
         let status = answer.status;
         self.answer_service(req, answer).await;
-        events.answered(&req.message, from_aor, status);
+        events.answered(&req.message, from_aor, status).await;
         Some(())
     }
 
@@ -732,16 +741,13 @@ impl Core {
         drop(ev_tx);
         // A dialog-creating INVITE to a user that gets no 2xx: the IM service gives back
         // what it set aside for the session (`admit_invite`).
-        let invite_failed = |req: &ServerRequest| {
-            if let (true, Some(to)) = (
-                is_invite && !in_dialog_request(&req.message),
-                to_aor.as_deref(),
-            ) {
-                self.hook.invite_failed(&req.message, &from_aor, to);
-            }
-        };
+        let fails_for = to_aor
+            .clone()
+            .filter(|_| is_invite && !in_dialog_request(&req.message));
         if branches.is_empty() {
-            invite_failed(&req);
+            if let Some(to) = &fails_for {
+                self.hook.invite_failed(&req.message, &from_aor, to).await;
+            }
             return self.respond(&req, 480).await;
         }
         if is_invite {
@@ -819,11 +825,13 @@ impl Core {
                 if first && is_invite && !in_dialog_request(&req.message) {
                     if let Some(to) = to_aor.as_deref() {
                         self.hook
-                            .on_invite_answered(&req.message, &resp, &from_aor, to);
+                            .on_invite_answered(&req.message, &resp, &from_aor, to)
+                            .await;
                     }
                 }
                 if !is_invite && first {
-                    self.after_relay(&req.message, &from_aor, to_aor.as_deref(), status);
+                    self.after_relay(&req.message, &from_aor, to_aor.as_deref(), status)
+                        .await;
                 }
                 if let Some(up) = strip_our_via(resp) {
                     if first || is_invite {
@@ -843,7 +851,9 @@ impl Core {
         if got_2xx {
             return;
         }
-        invite_failed(&req);
+        if let Some(to) = &fails_for {
+            self.hook.invite_failed(&req.message, &from_aor, to).await;
+        }
         // §16.7 step 9: the chosen response goes upstream without our Via.
         let mut resp = best
             .and_then(strip_our_via)
@@ -858,17 +868,18 @@ impl Core {
             resp = self.response(&req.message, 487);
         }
         if !is_invite {
-            self.after_relay(&req.message, &from_aor, to_aor.as_deref(), status);
+            self.after_relay(&req.message, &from_aor, to_aor.as_deref(), status)
+                .await;
         }
         req.tx.respond(&resp).await;
     }
 
-    fn after_relay(&self, msg: &Message, from: &str, to: Option<&str>, status: u16) {
+    async fn after_relay(&self, msg: &Message, from: &str, to: Option<&str>, status: u16) {
         if in_dialog_request(msg) {
-            self.hook.after_in_dialog(msg, from, status);
+            self.hook.after_in_dialog(msg, from, status).await;
         } else if msg.method() == Some(&Method::Message) {
             if let Some(to) = to {
-                self.hook.after_message(msg, from, to, status);
+                self.hook.after_message(msg, from, to, status).await;
             }
         }
     }
