@@ -78,7 +78,7 @@ pub fn first_message(header: &str) -> Option<(String, Vec<u8>)> {
 
 impl ImService {
     /// Answers a Lync INVITE to `to` (who has no Lync device) as the other end.
-    pub(crate) fn bridge_invite(
+    pub(crate) async fn bridge_invite(
         &self,
         msg: &Message,
         from: &str,
@@ -106,8 +106,8 @@ impl ImService {
                 "too many open chats with users who have no Lync device",
             );
         }
-        if !self.ensure_conversation(from, to) {
-            return ServiceAnswer::status(503);
+        if !self.ensure_conversation(from, to).await {
+            return Self::cannot_record();
         }
         let first = msg
             .headers
@@ -144,8 +144,14 @@ impl ImService {
         a
     }
 
-    /// A request in a bridged dialog, if `msg` belongs to one.
-    pub(crate) fn bridged(&self, msg: &Message, from: &str) -> Option<ServiceAnswer> {
+    /// A request in a bridged dialog, if `msg` belongs to one; `invited` is what the
+    /// directory said of an `/invite` target in it.
+    pub(crate) fn bridged(
+        &self,
+        msg: &Message,
+        from: &str,
+        invited: Option<Result<String, String>>,
+    ) -> Option<ServiceAnswer> {
         let call_id = msg.call_id()?;
         let mut bridges = self.bridges.lock();
         let b = bridges.get_mut(call_id)?;
@@ -159,7 +165,7 @@ impl ImService {
                 drop(bridges);
                 if let Some(command) = crate::conference::command_of(msg) {
                     // Chat commands are for the service, as in pager mode.
-                    if let Some(refusal) = self.pair_command(from, &callee, command) {
+                    if let Some(refusal) = self.pair_command(from, &callee, command, invited) {
                         return Some(refusal);
                     }
                 } else if crate::is_instant_message(msg) {

@@ -517,9 +517,10 @@ impl ImService {
         // Escalation (two-party to conference): the conference's CDR names the session
         // it grew out of.
         if let (Some(id), None) = (escalated_from, conf.escalated_from.as_ref()) {
-            if let Err(e) = self.store.set_escalated_from(&conf.conv.id, &id) {
-                tracing::error!(error = %e, "cannot link the conference to its two-party session");
-            }
+            self.cdr.write(crate::cdr::CdrWrite::Escalated {
+                id: conf.conv.id.clone(),
+                from: id.clone(),
+            });
             conf.escalated_from = Some(id);
         }
         if session_im {

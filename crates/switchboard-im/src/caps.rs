@@ -3,7 +3,7 @@
 //! may have open. Each thing counted costs a client one request and holds state on the
 //! server until it ends or idles out, so without a cap one client could make the service
 //! hold without end. (The third cap, messages kept for one recipient from one sender, is
-//! counted by the store: `ImStore::store_offline`.)
+//! counted by the store: `OfflineData::store_offline`.)
 //!
 //! What is open is counted from the service's own maps, so nothing can drift out of step
 //! with them. A request that would open one more first takes a [`Place`]: counted with

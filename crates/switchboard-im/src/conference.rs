@@ -25,8 +25,8 @@ use std::sync::Weak;
 
 use bytes::Bytes;
 use sip_message::{HeaderName, Message};
+use switchboard_core::{Keep, OfflineMessage};
 use switchboard_proxy::{Delivery, Flow, HookDecision, ServiceAnswer};
-use switchboard_store::{Address, Keep, OfflineMessage};
 
 use crate::{count, now_ms, Conversation, ImService, Participant};
 
@@ -199,23 +199,9 @@ fn group_delivery(
 }
 
 impl ImService {
+    /// `aor`'s display name as last read from the directory, or its user part.
     pub(crate) fn display_name(&self, aor: &str) -> String {
-        let addr = aor.strip_prefix("sip:").unwrap_or(aor);
-        Address::parse(addr)
-            .ok()
-            .and_then(|a| self.users.find(&a).ok().flatten())
-            .and_then(|u| u.display_name)
-            .unwrap_or_else(|| addr.split('@').next().unwrap_or(addr).to_owned())
-    }
-
-    /// A known, enabled user's AoR from what someone typed.
-    fn invitee(&self, typed: &str) -> Result<String, String> {
-        let a = Address::parse(typed).map_err(|e| e.to_string())?;
-        match self.users.find(&a) {
-            Ok(Some(u)) if u.enabled => Ok(format!("sip:{a}")),
-            Ok(_) => Err(format!("there is no user {a}")),
-            Err(e) => Err(format!("the user directory is unavailable ({e})")),
-        }
+        self.names.display(aor)
     }
 
     /// Sends `text` to `to` from `from` (a conference or the service), or keeps it for them.
@@ -290,11 +276,15 @@ impl ImService {
             };
             // The same bounds as a user's own MESSAGE to someone offline: the sender here
             // (a Lync user bridged, a group chat, the service) cannot fill the mailbox.
-            match self.store.store_offline(
-                &kept,
-                self.config.offline_max_per_user,
-                self.config.offline_max_per_sender,
-            ) {
+            match self
+                .offline
+                .store_offline(
+                    &kept,
+                    self.config.offline_max_per_user,
+                    self.config.offline_max_per_sender,
+                )
+                .await
+            {
                 Ok(Keep::Kept) => {}
                 Ok(full) => {
                     tracing::info!(to = %d.to, from = %d.from, ?full, "undelivered message not kept")
@@ -309,17 +299,19 @@ impl ImService {
         self.say(&service, Some("Switchboard"), to, text, None);
     }
 
-    /// A command typed in the two-party chat between `from` and `to`. Returns the answer
-    /// refusing it, if it is refused (a group chat over the organiser's cap).
+    /// A command typed in the two-party chat between `from` and `to`; `invited` is what
+    /// the directory said of an `/invite` target. Returns the answer refusing it, if it
+    /// is refused (a group chat over the organiser's cap).
     pub(crate) fn pair_command(
         &self,
         from: &str,
         to: &str,
         command: String,
+        invited: Option<Result<String, String>>,
     ) -> Option<ServiceAnswer> {
         let mut words = command.split_whitespace();
-        match (words.next(), words.next()) {
-            (Some("/invite"), Some(target)) => match self.invitee(target) {
+        match (words.next(), words.next(), invited) {
+            (Some("/invite"), Some(target), Some(invited)) => match invited {
                 Ok(third) if third == from || third == to => self.reply(
                     from,
                     format!("{} is already in this chat.", self.display_name(&third)),
@@ -334,8 +326,8 @@ impl ImService {
                 }
                 Err(e) => self.reply(from, format!("Cannot invite {target}: {e}.")),
             },
-            (Some("/invite"), None) => self.reply(from, "Usage: /invite alice@example.com".into()),
-            (Some("/who"), _) => self.reply(
+            (Some("/invite"), _, _) => self.reply(from, "Usage: /invite alice@example.com".into()),
+            (Some("/who"), _, _) => self.reply(
                 from,
                 format!(
                     "In this chat: {}, {}.",
@@ -343,7 +335,7 @@ impl ImService {
                     self.display_name(to)
                 ),
             ),
-            (Some("/leave"), _) => self.reply(
+            (Some("/leave"), _, _) => self.reply(
                 from,
                 "/leave leaves a group chat; this is a two-person chat.".into(),
             ),
@@ -356,24 +348,18 @@ impl ImService {
     /// session escalates to a group chat holding both participants and the referred user.
     /// Answered here with 202 and `Refer-Sub: false` (RFC 4488): a proxy in the dialog
     /// cannot send the NOTIFYs an implicit subscription would need.
+    /// `third` is what the directory said of the Refer-To target (`None`: there is none).
     pub(crate) fn refer(
         &self,
-        msg: &Message,
         from: &str,
         session_id: String,
         members: Vec<String>,
+        third: Option<Result<String, String>>,
     ) -> HookDecision {
-        let target = msg
-            .headers
-            .get(&HeaderName::ReferTo)
-            .and_then(|v| sip_message::NameAddr::parse(v).ok())
-            .and_then(|n| n.uri.as_sip().map(|u| u.aor()));
-        let Some(target) = target else {
-            return HookDecision::Respond(400);
-        };
-        let third = match self.invitee(target.trim_start_matches("sip:")) {
-            Ok(t) => t,
-            Err(_) => return HookDecision::Respond(404),
+        let third = match third {
+            None => return HookDecision::Respond(400),
+            Some(Ok(t)) => t,
+            Some(Err(_)) => return HookDecision::Respond(404),
         };
         let mut all: Vec<&str> = members.iter().map(String::as_str).collect();
         if !all.contains(&third.as_str()) {
@@ -395,6 +381,9 @@ impl ImService {
         members: &[&str],
         subject: Option<String>,
     ) -> Result<String, ServiceAnswer> {
+        if !self.cdr.accepting() {
+            return Err(Self::cannot_record());
+        }
         // Held until the conference is in `conferences`, where it counts from then on.
         let _place = self.group_chat_place(organiser)?;
         let aor = format!(
@@ -403,7 +392,7 @@ impl ImService {
             domain_of(organiser)
         );
         let parts: Vec<(&str, String)> = members.iter().map(|m| (*m, String::new())).collect();
-        let (conv, _) = self.begin_session(
+        let conv = self.begin_session(
             "conference",
             organiser,
             Some(organiser.to_owned()),
@@ -471,8 +460,15 @@ impl ImService {
         }
     }
 
-    /// A MESSAGE from `from` to the service or a conference; returns the status to answer.
-    pub(crate) fn conference_message(&self, msg: &Message, from: &str, to: &str) -> ServiceAnswer {
+    /// A MESSAGE from `from` to the service or a conference; `invited` is what the
+    /// directory said of an `/invite` target. Returns the status to answer.
+    pub(crate) fn conference_message(
+        &self,
+        msg: &Message,
+        from: &str,
+        to: &str,
+        invited: Option<Result<String, String>>,
+    ) -> ServiceAnswer {
         let text = String::from_utf8_lossy(&msg.body).trim().to_owned();
         if to.starts_with(&format!("sip:{SERVICE_USER}@")) {
             self.reply(from, HELP.into());
@@ -497,8 +493,8 @@ impl ImService {
         let mut members = conf.members();
         let command = command_of(msg);
         let mut words = text.split_whitespace();
-        match (command.as_ref().and(words.next()), words.next()) {
-            (Some("/invite"), Some(target)) => match self.invitee(target) {
+        match (command.as_ref().and(words.next()), words.next(), invited) {
+            (Some("/invite"), Some(target), Some(invited)) => match invited {
                 Ok(who) if members.contains(&who) => self.say(
                     to,
                     Some("Group chat"),
@@ -533,7 +529,7 @@ impl ImService {
                     None,
                 ),
             },
-            (Some("/who"), _) => {
+            (Some("/who"), _, _) => {
                 let names: Vec<String> = members.iter().map(|m| self.display_name(m)).collect();
                 self.say(
                     to,
@@ -543,12 +539,12 @@ impl ImService {
                     None,
                 );
             }
-            (Some("/leave"), _) => {
+            (Some("/leave"), _, _) => {
                 drop(confs);
                 self.leave_conference(to, from);
             }
-            (Some(_), _) => self.say(to, Some("Group chat"), from, HELP.into(), None),
-            (None, _) => {
+            (Some(_), _, _) => self.say(to, Some("Group chat"), from, HELP.into(), None),
+            (None, _, _) => {
                 count(&mut conf.conv, from, crate::device_of(msg), msg.body.len());
                 let id = self.fan_out(to, from, &name, msg, &members, &mut conf.focus.waiting);
                 // MS-CONFIM §3.2.5.2: the id a later delivery report refers to.
@@ -868,6 +864,14 @@ impl ImService {
     pub fn conferences(&self) -> Vec<String> {
         self.conferences.lock().keys().cloned().collect()
     }
+}
+
+/// The AoR a REFER's Refer-To names (RFC 3515 §2.1), if any.
+pub(crate) fn refer_target(msg: &Message) -> Option<String> {
+    msg.headers
+        .get(&HeaderName::ReferTo)
+        .and_then(|v| sip_message::NameAddr::parse(v).ok())
+        .and_then(|n| n.uri.as_sip().map(|u| u.aor()))
 }
 
 #[cfg(test)]

@@ -11,10 +11,22 @@
 //!   conversation (a two-party session) until it has been idle for `pager_idle`. Each has
 //!   a CDR: start, end, end reason, initiator, every participant with device, join and
 //!   leave times, messages and bytes per participant. Message content is never recorded.
-//! - **CDR durability**: a session row is written when the session starts; counters are
-//!   flushed every `flush_interval`; the end is written when it ends. Sessions that a
-//!   crash left open are closed with reason `server restart` at the next start; a
-//!   graceful stop closes them with `server shutdown`.
+//! - **CDR durability** (`cdr.rs`): a pager conversation's session row is written
+//!   before its first message is relayed (a failure refuses the message with 503 and
+//!   Retry-After: the service is never bypassed); counters are flushed every
+//!   `flush_interval`; the end is written when it ends. Those later writes go through
+//!   one ordered writer task that retries while the database cannot answer. Sessions
+//!   that a crash left open are closed with reason `server restart` at the next start; a
+//!   graceful stop closes them with `server shutdown` and waits for the writes.
+//!
+//! ## Its data, and its locks
+//! The service holds its data as the traits of switchboard-core (`CdrData`,
+//! `OfflineData`, `Directory`), never a store or SQL crate, and it never awaits them
+//! while holding one of its locks: CDR writes are queued (`cdr.rs`), offline messages
+//! are read and written at the service's async entry points, and what it needs of the
+//! directory (display names, whether an `/invite` target is a user) is looked up there
+//! and kept in memory (`directory.rs`). Its state is in memory, by concern (pager
+//! conversations, session-mode dialogs, conferences, member dialogs, bridges).
 //! - **Offline messages**: a MESSAGE to a known user with no device signed in is kept
 //!   (answered 202 Accepted), bounded per user and in age, and delivered in order, once
 //!   (deleted only after a device accepted it), when the user next registers.
@@ -49,15 +61,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use sip_message::{HeaderName, Message};
-use switchboard_proxy::{Deliverer, Delivery, Flow, HookDecision, ImHook, ServiceAnswer};
-use switchboard_store::{
-    ImStore, Keep, OfflineMessage, ParticipantRecord, SessionRecord, UserDirectory,
+use switchboard_core::{
+    CdrData, DataError, Directory, Keep, OfflineData, OfflineMessage, ParticipantRecord,
+    SessionRecord,
 };
+use switchboard_proxy::{Deliverer, Delivery, Flow, HookDecision, ImHook, ServiceAnswer};
 
 mod bridge;
 mod c3p;
 mod caps;
+mod cdr;
 mod conference;
+mod directory;
 mod roster;
 
 pub use c3p::focus_factory_uri;
@@ -200,7 +215,9 @@ impl Conversation {
 /// The IM service. Create with [`ImService::start`], give it to the core as its hook,
 /// then [`ImService::attach`] the core as its deliverer.
 pub struct ImService {
-    store: Arc<ImStore>,
+    /// CDR writes, applied in order behind the request path.
+    cdr: cdr::CdrLog,
+    offline: Arc<dyn OfflineData>,
     config: ImConfig,
     /// Two-party pager conversations by (lower AoR, higher AoR).
     conversations: Mutex<HashMap<(String, String), Conversation>>,
@@ -221,7 +238,8 @@ pub struct ImService {
     /// Places being taken under `max_sessions_per_user` and `max_group_chats_per_user`.
     session_places: caps::Places,
     chat_places: caps::Places,
-    users: Arc<UserDirectory>,
+    /// Display names and user lookups (read outside locks, kept in memory).
+    names: directory::Names,
     deliverer: OnceLock<Weak<dyn Deliverer>>,
     /// AoRs whose stored messages are being delivered now.
     delivering: Mutex<HashSet<String>>,
@@ -322,22 +340,63 @@ fn device_of(msg: &Message) -> String {
         .unwrap_or_default()
 }
 
+/// A new session of `kind` and the CDR write that records its start.
+fn new_session(
+    kind: &str,
+    initiator: &str,
+    organiser: Option<String>,
+    escalated_from: Option<String>,
+    participants: &[(&str, String)],
+) -> (Conversation, cdr::CdrWrite) {
+    let id = format!("{:032x}", rand::random::<u128>());
+    let at = now_ms();
+    let participants = participants
+        .iter()
+        .map(|(a, device)| ((*a).to_owned(), Participant::new(device.clone(), at)))
+        .collect();
+    let rec = SessionRecord {
+        id: id.clone(),
+        kind: kind.into(),
+        started_at_ms: at,
+        ended_at_ms: None,
+        end_reason: None,
+        initiator: initiator.to_owned(),
+        organiser,
+        escalated_from,
+    };
+    let conv = Conversation {
+        id,
+        initiator: initiator.to_owned(),
+        last_activity: Instant::now(),
+        participants,
+    };
+    let rows: Vec<ParticipantRecord> = conv
+        .records(None, false)
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    tracing::debug!(session = %rec.id, kind, initiator, "IM session started");
+    (conv, cdr::CdrWrite::Start(rec, rows))
+}
+
 impl ImService {
-    /// Opens the service over `store`, closing sessions a crash left open, and starts its
-    /// housekeeping (counter flushes, idle ends, offline expiry).
-    pub fn start(
-        store: Arc<ImStore>,
-        users: Arc<UserDirectory>,
+    /// Opens the service over its data, closing sessions a crash left open, and starts
+    /// its housekeeping (counter flushes, idle ends, offline expiry).
+    pub async fn start(
+        cdr: Arc<dyn CdrData>,
+        offline: Arc<dyn OfflineData>,
+        users: Arc<dyn Directory>,
         config: ImConfig,
     ) -> Arc<ImService> {
-        match store.close_open_sessions(now_ms(), "server restart") {
+        match cdr.close_open_sessions(now_ms(), "server restart").await {
             Ok(0) => {}
             Ok(n) => tracing::info!(sessions = n, "closed IM sessions left open by the last run"),
             Err(e) => tracing::error!(error = %e, "cannot close IM sessions of the last run"),
         }
         let svc = Arc::new_cyclic(|me| ImService {
             me: me.clone(),
-            store,
+            cdr: cdr::CdrLog::start(cdr),
+            offline,
             config,
             conversations: Mutex::new(HashMap::new()),
             dialogs: Mutex::new(HashMap::new()),
@@ -348,7 +407,7 @@ impl ImService {
             pending_invites: Mutex::new(HashMap::new()),
             session_places: Default::default(),
             chat_places: Default::default(),
-            users,
+            names: directory::Names::new(users),
             deliverer: OnceLock::new(),
             delivering: Mutex::new(HashSet::new()),
         });
@@ -362,8 +421,7 @@ impl ImService {
             loop {
                 tick.tick().await;
                 let Some(svc) = weak.upgrade() else { return };
-                // Database writes: off the async workers.
-                let _ = tokio::task::spawn_blocking(move || svc.housekeeping()).await;
+                svc.housekeeping().await;
             }
         });
         svc
@@ -375,7 +433,7 @@ impl ImService {
     }
 
     /// Writes counters, ends idle conversations, drops expired offline messages.
-    pub fn housekeeping(&self) {
+    pub async fn housekeeping(&self) {
         let now = Instant::now();
         let mut dirty = Vec::new();
         let mut ended = Vec::new();
@@ -445,41 +503,52 @@ impl ImService {
             });
         }
         if !dirty.is_empty() {
-            if let Err(e) = self.store.update_participants(&dirty) {
-                tracing::error!(error = %e, "cannot write CDR counters");
-            }
+            self.cdr.write(cdr::CdrWrite::Participants(dirty));
         }
         let at = now_ms();
         for (id, rows) in ended {
             self.finish(&id, rows, at, "timeout");
         }
         let max_age = self.config.offline_max_age.as_millis() as i64;
-        if let Err(e) = self.store.expire_offline(at - max_age) {
+        if let Err(e) = self.offline.expire_offline(at - max_age).await {
             tracing::error!(error = %e, "cannot expire offline messages");
         }
     }
 
     fn finish(&self, id: &str, rows: Vec<(String, ParticipantRecord)>, at: i64, reason: &str) {
-        let r = self
-            .store
-            .update_participants(&rows)
-            .and_then(|_| self.store.end_session(id, at, reason));
-        match r {
-            Ok(()) => tracing::debug!(session = id, reason, "IM session ended"),
-            Err(e) => tracing::error!(error = %e, session = id, "cannot end CDR session"),
+        tracing::debug!(session = id, reason, "IM session ended");
+        self.cdr.write(cdr::CdrWrite::End {
+            id: id.to_owned(),
+            rows,
+            at_ms: at,
+            reason: reason.to_owned(),
+        });
+    }
+
+    /// Ends every open conversation (graceful stop) and waits, at most five seconds, for
+    /// the CDR to hold it.
+    pub async fn shutdown(&self) {
+        self.end_all("server shutdown");
+        if !self.cdr.flush(Duration::from_secs(5)).await {
+            tracing::error!("CDR writes still pending at shutdown; they are lost");
         }
     }
 
-    /// Ends every open conversation (graceful stop).
-    pub fn shutdown(&self) {
+    /// Ends every open conversation without waiting for the CDR writes.
+    pub fn end_all(&self, reason: &str) {
         let mut convs: Vec<Conversation> =
             self.conversations.lock().drain().map(|(_, c)| c).collect();
         convs.extend(self.dialogs.lock().drain().map(|(_, c)| c));
         convs.extend(self.conferences.lock().drain().map(|(_, c)| c.conv));
         let at = now_ms();
         for c in convs {
-            self.finish(&c.id, c.records(None, false), at, "server shutdown");
+            self.finish(&c.id, c.records(None, false), at, reason);
         }
+    }
+
+    /// Waits until every CDR write queued so far is applied (tests, status).
+    pub async fn flush_records(&self) {
+        self.cdr.flush(Duration::from_secs(30)).await;
     }
 
     /// Counts a message from `from` to `to` in their conversation, starting one if needed.
@@ -490,7 +559,7 @@ impl ImService {
         let conv = match convs.get_mut(&key) {
             Some(c) => c,
             None => {
-                let (conv, _) = self.begin(from, &[(from, String::new()), (to, String::new())]);
+                let conv = self.begin(from, &[(from, String::new()), (to, String::new())]);
                 convs.entry(key).or_insert(conv)
             }
         };
@@ -498,12 +567,13 @@ impl ImService {
         conv.id.clone()
     }
 
-    /// A new two-party session, written to the CDR at once (`false` if that failed).
-    fn begin(&self, initiator: &str, participants: &[(&str, String)]) -> (Conversation, bool) {
+    /// A new two-party session, its start queued for the CDR.
+    fn begin(&self, initiator: &str, participants: &[(&str, String)]) -> Conversation {
         self.begin_session("two-party", initiator, None, None, participants)
     }
 
-    /// A new session of `kind`, written to the CDR at once.
+    /// A new session of `kind`, its start queued for the CDR. Whoever may refuse it asks
+    /// [`cdr::CdrLog::accepting`] first.
     fn begin_session(
         &self,
         kind: &str,
@@ -511,59 +581,57 @@ impl ImService {
         organiser: Option<String>,
         escalated_from: Option<String>,
         participants: &[(&str, String)],
-    ) -> (Conversation, bool) {
-        let id = format!("{:032x}", rand::random::<u128>());
-        let at = now_ms();
-        let participants = participants
-            .iter()
-            .map(|(a, device)| ((*a).to_owned(), Participant::new(device.clone(), at)))
-            .collect();
-        let rec = SessionRecord {
-            id: id.clone(),
-            kind: kind.into(),
-            started_at_ms: at,
-            ended_at_ms: None,
-            end_reason: None,
-            initiator: initiator.to_owned(),
-            organiser,
-            escalated_from,
-        };
-        let conv = Conversation {
-            id,
-            initiator: initiator.to_owned(),
-            last_activity: Instant::now(),
-            participants,
-        };
-        let rows: Vec<ParticipantRecord> = conv
-            .records(None, false)
-            .into_iter()
-            .map(|(_, p)| p)
-            .collect();
-        let recorded = match self.store.start_session(&rec, &rows) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot write CDR session start");
-                false
-            }
-        };
-        tracing::debug!(session = %rec.id, kind, initiator, recorded, "IM session started");
-        (conv, recorded)
+    ) -> Conversation {
+        let (conv, start) = new_session(kind, initiator, organiser, escalated_from, participants);
+        self.cdr.write(start);
+        conv
     }
 
-    /// Makes sure the pair has an open conversation whose start is recorded; `false` when
-    /// the CDR cannot be written (then the message is refused rather than relayed
-    /// unrecorded: the IM service is never bypassed).
-    fn ensure_conversation(&self, from: &str, to: &str) -> bool {
+    /// Makes sure the pair has an open conversation; `false` when a new one cannot be
+    /// recorded now (the CDR is failing or backed up): then the message is refused rather
+    /// than relayed unrecorded, so the IM service is never bypassed.
+    async fn ensure_conversation(&self, from: &str, to: &str) -> bool {
         let key = pair(from, to);
-        let mut convs = self.conversations.lock();
-        if convs.contains_key(&key) {
+        if self.conversations.lock().contains_key(&key) {
             return true;
         }
-        let (conv, recorded) = self.begin(from, &[(from, String::new()), (to, String::new())]);
-        if recorded {
-            convs.insert(key, conv);
+        if !self.cdr.accepting() {
+            return false;
         }
-        recorded
+        let parts = [(from, String::new()), (to, String::new())];
+        let (conv, start) = new_session("two-party", from, None, None, &parts);
+        // Written before the first message goes anywhere.
+        if let Err(e) = self.cdr.write_now(start).await {
+            tracing::error!(error = %e, from, to, "cannot record a new conversation; message refused");
+            return false;
+        }
+        let mut convs = self.conversations.lock();
+        if convs.contains_key(&key) {
+            // Another message of the pair started one meanwhile: that one holds the chat.
+            drop(convs);
+            self.finish(&conv.id, conv.records(None, false), now_ms(), "superseded");
+            return true;
+        }
+        convs.insert(key, conv);
+        true
+    }
+
+    /// The service cannot record a new conversation now: 503 with Retry-After.
+    pub(crate) fn cannot_record() -> ServiceAnswer {
+        let mut a = refused(503, "the IM service cannot record this conversation now");
+        a.headers.push(("Retry-After".into(), "10".into()));
+        a
+    }
+
+    /// The IM service's data cannot answer: 503 with Retry-After (fail closed).
+    pub(crate) fn data_unavailable(e: &DataError) -> ServiceAnswer {
+        tracing::error!(error = %e, "IM data unavailable");
+        let mut a = refused(
+            503,
+            "the IM service's data is unavailable; try again shortly",
+        );
+        a.headers.push(("Retry-After".into(), "10".into()));
+        a
     }
 
     /// The open conversation between two users, if any (for tests and the status page).
@@ -580,7 +648,7 @@ impl ImService {
         }
         let deliverer = self.deliverer.get().and_then(Weak::upgrade);
         if let Some(deliverer) = deliverer {
-            match self.store.offline_for(&aor) {
+            match self.offline.offline_for(&aor).await {
                 Ok(waiting) => {
                     for m in waiting {
                         let status = deliverer
@@ -599,7 +667,7 @@ impl ImService {
                             tracing::info!(aor, status, "stored message not accepted; kept");
                             break;
                         }
-                        if let Err(e) = self.store.delete_offline(m.id) {
+                        if let Err(e) = self.offline.delete_offline(m.id).await {
                             tracing::error!(error = %e, "cannot delete a delivered message");
                             break;
                         }
@@ -623,21 +691,16 @@ impl ImHook for ImService {
     ) -> HookDecision {
         if let Some(command) = conference::command_of(msg) {
             // Chat commands are answered by the service, never delivered.
-            return match self.pair_command(from, to, command) {
+            self.names.learn(&[from, to]).await;
+            let invited = self.names.invitee_of(Some(&command)).await;
+            return match self.pair_command(from, to, command, invited) {
                 None => HookDecision::Respond(200),
                 Some(refusal) => decision(refusal),
             };
         }
         if online {
-            if is_instant_message(msg) && !self.ensure_conversation(from, to) {
-                return HookDecision::RespondWith(
-                    503,
-                    vec![(
-                        "Warning".into(),
-                        "399 switchboard \"the IM service cannot record this conversation now\""
-                            .into(),
-                    )],
-                );
+            if is_instant_message(msg) && !self.ensure_conversation(from, to).await {
+                return decision(Self::cannot_record());
             }
             return HookDecision::Relay;
         }
@@ -658,11 +721,15 @@ impl ImHook for ImService {
             received_at_ms: now_ms(),
             session_id: self.conversation_id(from, to),
         };
-        match self.store.store_offline(
-            &stored,
-            self.config.offline_max_per_user,
-            self.config.offline_max_per_sender,
-        ) {
+        match self
+            .offline
+            .store_offline(
+                &stored,
+                self.config.offline_max_per_user,
+                self.config.offline_max_per_sender,
+            )
+            .await
+        {
             // RFC 3428 §7: 202 Accepted, the message will be delivered later.
             Ok(Keep::Kept) => {
                 self.record(from, to, device_of(msg), msg.body.len());
@@ -691,10 +758,7 @@ impl ImHook for ImService {
                     &format!("the recipient's mailbox is full (limit {max})"),
                 ))
             }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot store an offline message");
-                HookDecision::Respond(500)
-            }
+            Err(e) => decision(Self::data_unavailable(&e)),
         }
     }
 
@@ -723,8 +787,9 @@ impl ImHook for ImService {
             .or(answer.headers.get(&HeaderName::Server))
             .map(|d| d.chars().take(120).collect())
             .unwrap_or_default();
-        // Already answered: a CDR failure is logged (by begin) but cannot refuse it now.
-        let (mut conv, _) = self.begin(
+        self.names.learn(&[caller, callee]).await;
+        // Already answered: recorded whatever the CDR's state (it holds the write).
+        let mut conv = self.begin(
             caller,
             &[(caller, device_of(invite)), (callee, callee_device)],
         );
@@ -780,7 +845,12 @@ impl ImHook for ImService {
         });
         if let Some((session_id, members)) = session {
             if msg.method() == Some(&sip_message::Method::Refer) {
-                return self.refer(msg, from, session_id, members);
+                let target = conference::refer_target(msg);
+                let third = match &target {
+                    Some(t) => Some(self.names.user(t.trim_start_matches("sip:")).await),
+                    None => None,
+                };
+                return self.refer(from, session_id, members, third);
             }
             return HookDecision::Relay;
         }
@@ -835,17 +905,21 @@ impl ImHook for ImService {
             .unwrap_or("")
             .trim()
             .to_ascii_lowercase();
+        self.names.learn(&[from, to]).await;
         if content_type.starts_with("application/ms-conf-invite+xml") {
             return self.conference_invitation(msg, from, to, session_im);
         }
         if online && !session_im && offers_message_media(msg) && bridge::lync_style(msg) {
-            return Some(self.bridge_invite(msg, from, to, flow));
+            return Some(self.bridge_invite(msg, from, to, flow).await);
         }
         None
     }
 
     async fn to_service(&self, msg: &Message, from: &str, to: &str, flow: Flow) -> ServiceAnswer {
-        if let Some(answer) = self.bridged(msg, from) {
+        self.names.learn(&[from]).await;
+        let command = conference::command_of(msg);
+        let invited = self.names.invitee_of(command.as_deref()).await;
+        if let Some(answer) = self.bridged(msg, from, invited.clone()) {
             return answer;
         }
         match c3p::part_of(msg) {
@@ -854,7 +928,7 @@ impl ImHook for ImService {
             c3p::Part::Chat => {}
         }
         match msg.method() {
-            Some(sip_message::Method::Message) => self.conference_message(msg, from, to),
+            Some(sip_message::Method::Message) => self.conference_message(msg, from, to, invited),
             Some(sip_message::Method::Subscribe) => self.subscribe(msg, from, to, flow),
             Some(sip_message::Method::Invite)
                 if msg

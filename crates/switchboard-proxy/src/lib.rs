@@ -568,8 +568,14 @@ impl TransactionUser for Core {
     fn on_request(&self, request: ServerRequest) -> Option<Work> {
         let core = self.self_arc()?;
         // Handling may await the user directory and the services' data (a database that
-        // can be slow or failing over): each request on a task of its own, so the
-        // connection or UDP socket it came from goes on being read.
+        // can be slow or failing over). A stream connection's requests are handled on its
+        // reading task, one after another: a client's requests keep their order (a Lync
+        // client's signed exchange depends on it), and a wait holds up only that
+        // connection. A UDP socket is shared by everyone (and datagrams have no order):
+        // each request there gets a task of its own.
+        if request.source.connection.is_some() {
+            return Some(Box::pin(core.handle(request)));
+        }
         let remote = request.source.remote;
         let transports = core.layer.transports().clone();
         transports.spawn_work(remote, Box::pin(core.handle(request)));

@@ -408,7 +408,7 @@ fn serve(
         tracing::info!("shutting down");
         server.end_subscriptions();
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        server.shutdown();
+        server.shutdown().await;
         // Let writers flush final responses and connections close.
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         Ok::<_, anyhow::Error>(())

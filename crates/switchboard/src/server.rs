@@ -40,11 +40,20 @@ impl RunningServer {
         self.presence.shutdown();
     }
 
-    /// Stops listening and closes connections; open IM sessions end as "server shutdown".
-    pub fn shutdown(&self) {
+    /// Stops listening and closes connections; open IM sessions end as "server shutdown",
+    /// and their CDR is written before this returns (or five seconds have passed).
+    pub async fn shutdown(&self) {
         self.presence.shutdown();
         self.transports.shutdown();
-        self.im.shutdown();
+        self.im.shutdown().await;
+        let _ = self.stop.send(true);
+    }
+
+    /// [`RunningServer::shutdown`] without waiting for the CDR writes (from a `Drop`).
+    pub fn shutdown_now(&self) {
+        self.presence.shutdown();
+        self.transports.shutdown();
+        self.im.end_all("server shutdown");
         let _ = self.stop.send(true);
     }
 
@@ -193,12 +202,13 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
         _ => anyhow::bail!("TLS needs both tls.certificate and tls.private_key in the config (or neither, to use a generated one)"),
     };
 
-    let im_store = Arc::new(
-        switchboard_store::ImStore::open(&cfg.data_dir).with_context(|| {
+    // Every service's data, behind the traits of switchboard-core.
+    let data = Arc::new(
+        switchboard_store::SqliteStore::open(&cfg.data_dir).with_context(|| {
             format!("cannot open the data directory {}", cfg.data_dir.display())
         })?,
     );
-    let im = ImService::start(im_store, users.clone(), cfg.im.clone());
+    let im = ImService::start(data.clone(), data.clone(), data.clone(), cfg.im.clone()).await;
     let location = Arc::new(Location::new(cfg.registrar.clone()));
     let core = Core::new(
         layer.clone(),

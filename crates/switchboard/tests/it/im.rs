@@ -28,12 +28,14 @@ async fn send(from: &mut Client, to: &mut Client, to_user: &str, text: &str) {
     assert_eq!(status(&from.final_response().await), 200);
 }
 
-fn store(s: &TestServer) -> ImStore {
+/// The CDR as written: after every write the IM service queued so far.
+async fn store(s: &TestServer) -> ImStore {
+    s.server.im.flush_records().await;
     ImStore::open(&s.data_dir()).unwrap()
 }
 
 async fn settle(s: &TestServer, pred: impl Fn(&ImStore) -> bool) {
-    let st = store(s);
+    let st = store(s).await;
     for _ in 0..100 {
         if pred(&st) {
             return;
@@ -65,7 +67,7 @@ async fn a_pager_conversation_is_one_session_with_counts() {
             .is_some_and(|(_, ps)| ps.iter().map(|p| p.messages).sum::<i64>() == 5)
     })
     .await;
-    let (session, ps) = store(&s).session(&id).unwrap().unwrap();
+    let (session, ps) = store(&s).await.session(&id).unwrap().unwrap();
     assert_eq!(session.kind, "two-party");
     assert_eq!(session.initiator, "sip:alice@example.com");
     assert_eq!(session.ended_at_ms, None);
@@ -90,7 +92,11 @@ async fn a_pager_conversation_is_one_session_with_counts() {
     );
     // Only one session for the pair, both directions.
     assert_eq!(
-        store(&s).sessions(&SessionFilter::default()).unwrap().len(),
+        store(&s)
+            .await
+            .sessions(&SessionFilter::default())
+            .unwrap()
+            .len(),
         1
     );
 
@@ -146,8 +152,8 @@ async fn a_pager_conversation_is_one_session_with_counts() {
     );
 
     // A graceful stop ends it.
-    s.server.shutdown();
-    let (session, ps) = store(&s).session(&id).unwrap().unwrap();
+    s.server.shutdown().await;
+    let (session, ps) = store(&s).await.session(&id).unwrap().unwrap();
     assert_eq!(session.end_reason.as_deref(), Some("server shutdown"));
     assert!(ps.iter().all(|p| p.left_at_ms.is_some()));
 }
@@ -211,7 +217,7 @@ async fn sessions_open_at_a_crash_are_closed_at_the_next_start() {
         None
     );
     let s = TestServer::start_in(dir, &["alice", "bob"], quick).await;
-    let (session, ps) = store(&s).session(&id).unwrap().unwrap();
+    let (session, ps) = store(&s).await.session(&id).unwrap().unwrap();
     assert_eq!(session.end_reason.as_deref(), Some("server restart"));
     assert_eq!(
         ps.iter()
@@ -243,7 +249,11 @@ async fn offline_messages_are_stored_then_delivered_in_order_once() {
         "the per-user bound holds"
     );
     assert_eq!(
-        store(&s).offline_for("sip:bob@example.com").unwrap().len(),
+        store(&s)
+            .await
+            .offline_for("sip:bob@example.com")
+            .unwrap()
+            .len(),
         3
     );
 
@@ -517,9 +527,9 @@ async fn session_mode_im_is_anchored_recorded_and_481_after_bye() {
     );
     assert_eq!(status(&send_in_dialog(&mut alice, late).await), 481);
 
-    let sessions = store(&s).sessions(&SessionFilter::default()).unwrap();
+    let sessions = store(&s).await.sessions(&SessionFilter::default()).unwrap();
     assert_eq!(sessions.len(), 1);
-    let (session, ps) = store(&s).session(&sessions[0].id).unwrap().unwrap();
+    let (session, ps) = store(&s).await.session(&sessions[0].id).unwrap().unwrap();
     assert_eq!(session.end_reason.as_deref(), Some("bye"));
     assert_eq!(session.initiator, "sip:alice@example.com");
     let count = |who: &str| {
@@ -553,6 +563,28 @@ async fn take(c: &mut Client, n: usize) -> Vec<sip_message::Message> {
 
 fn body(m: &sip_message::Message) -> String {
     String::from_utf8_lossy(&m.body).into_owned()
+}
+
+/// alice, bob and carol signed in, and the group chat alice made of her chat with bob by
+/// inviting carol (each has taken the opening notice); with the group's URI.
+async fn group_of_three(s: &TestServer) -> (Client, Client, Client, String) {
+    let mut alice = registered(s, "alice").await;
+    let mut bob = registered(s, "bob").await;
+    let mut carol = registered(s, "carol").await;
+    assert_eq!(
+        write_to(
+            &mut alice,
+            "sip:bob@example.com",
+            "/invite carol@example.com"
+        )
+        .await,
+        200
+    );
+    let mut conf = String::new();
+    for c in [&mut alice, &mut bob, &mut carol] {
+        conf = take(c, 1).await[0].from_header().unwrap().uri.to_string();
+    }
+    (alice, bob, carol, conf)
 }
 
 /// Sends a MESSAGE to `uri` (a user or a conference) and returns the final status.
@@ -647,7 +679,7 @@ async fn invite_command_escalates_a_chat_to_a_conference() {
     assert_eq!(s.server.im.conference_members(&conf).unwrap().len(), 2);
 
     // CDR: a conference session, organised by alice, escalated from the two-party chat.
-    let sessions = store(&s).sessions(&SessionFilter::default()).unwrap();
+    let sessions = store(&s).await.sessions(&SessionFilter::default()).unwrap();
     let c = sessions
         .iter()
         .find(|x| x.kind == "conference")
@@ -753,6 +785,7 @@ async fn typing_notices_and_receipts_are_relayed_but_not_counted() {
         "no IM session from notices alone"
     );
     assert!(store(&s)
+        .await
         .sessions(&SessionFilter::default())
         .unwrap()
         .is_empty());
@@ -769,7 +802,7 @@ async fn refer_in_a_session_escalates_it_to_a_group_chat() {
         assert_eq!(status(&c.register(None).await), 200);
     }
     let d = establish_session(&mut alice, &mut bob).await;
-    let session = store(&s).sessions(&SessionFilter::default()).unwrap()[0]
+    let session = store(&s).await.sessions(&SessionFilter::default()).unwrap()[0]
         .id
         .clone();
     let mut refer = in_dialog(
@@ -804,7 +837,7 @@ async fn refer_in_a_session_escalates_it_to_a_group_chat() {
         conf = got[0].from_header().unwrap().uri.to_string();
     }
     assert_eq!(s.server.im.conference_members(&conf).unwrap().len(), 3);
-    let sessions = store(&s).sessions(&SessionFilter::default()).unwrap();
+    let sessions = store(&s).await.sessions(&SessionFilter::default()).unwrap();
     let c = sessions.iter().find(|x| x.kind == "conference").unwrap();
     assert_eq!(c.escalated_from.as_deref(), Some(session.as_str()));
     // The group works for all three.
@@ -821,22 +854,7 @@ async fn refer_in_a_session_escalates_it_to_a_group_chat() {
 async fn the_conference_roster_by_subscription() {
     use sip_message::HeaderName;
     let s = TestServer::start_with(&["alice", "bob", "carol"], quick).await;
-    let mut alice = registered(&s, "alice").await;
-    let mut bob = registered(&s, "bob").await;
-    let mut carol = registered(&s, "carol").await;
-    assert_eq!(
-        write_to(
-            &mut alice,
-            "sip:bob@example.com",
-            "/invite carol@example.com"
-        )
-        .await,
-        200
-    );
-    let mut conf = String::new();
-    for c in [&mut alice, &mut bob, &mut carol] {
-        conf = take(c, 1).await[0].from_header().unwrap().uri.to_string();
-    }
+    let (_alice, _bob, mut carol, conf) = group_of_three(&s).await;
     // A watcher's own subscription: SUBSCRIBE Event: conference (RFC 4575).
     let mut watcher = s.client(Transport::Udp, "alice").await;
     let mut sub = watcher.request("SUBSCRIBE", &conf, &conf);
@@ -1018,28 +1036,42 @@ async fn a_message_the_im_service_cannot_record_is_refused_not_bypassed() {
         "not relayed around the IM service"
     );
     blocker.execute_batch("ROLLBACK").unwrap();
-    send(&mut alice, &mut bob, "bob", "recorded now").await;
+    // Right after a failure new conversations are refused at once for a moment (503 with
+    // Retry-After), then tried again: the chat goes through, recorded.
+    let mut delivered = None;
+    for _ in 0..20 {
+        let m = alice.message_to("bob", "recorded now");
+        alice.send(&m).await;
+        let ch = alice.final_response().await;
+        let again = alice.with_credentials(&m, &ch, "pw-alice", "MD5", 1);
+        alice.send(&again).await;
+        tokio::select! {
+            refused = alice.recv_within(Duration::from_secs(5)) => {
+                let refused = refused.expect("an answer");
+                assert_eq!(status(&refused), 503);
+                assert!(refused.headers.get(&HeaderName::from_wire("Retry-After")).is_some());
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            got = bob.answer_next_request(200) => {
+                delivered = got;
+                break;
+            }
+        }
+    }
+    assert_eq!(&delivered.expect("delivered").body[..], b"recorded now");
+    assert_eq!(status(&alice.final_response().await), 200);
+    let sessions = store(&s).await.sessions(&SessionFilter::default()).unwrap();
+    assert_eq!(
+        sessions.len(),
+        1,
+        "one conversation, recorded; none for the refused message"
+    );
 }
 
 #[tokio::test]
 async fn someone_invited_back_keeps_their_counts() {
     let s = TestServer::start_with(&["alice", "bob", "carol"], quick).await;
-    let mut alice = registered(&s, "alice").await;
-    let mut bob = registered(&s, "bob").await;
-    let mut carol = registered(&s, "carol").await;
-    assert_eq!(
-        write_to(
-            &mut alice,
-            "sip:bob@example.com",
-            "/invite carol@example.com"
-        )
-        .await,
-        200
-    );
-    let mut conf = String::new();
-    for c in [&mut alice, &mut bob, &mut carol] {
-        conf = take(c, 1).await[0].from_header().unwrap().uri.to_string();
-    }
+    let (mut alice, mut bob, mut carol, conf) = group_of_three(&s).await;
     assert_eq!(write_to(&mut carol, &conf, "one from carol").await, 200);
     for c in [&mut alice, &mut bob] {
         take(c, 1).await;
@@ -1054,6 +1086,7 @@ async fn someone_invited_back_keeps_their_counts() {
     );
     assert_eq!(s.server.im.conference_members(&conf).unwrap().len(), 3);
     let id = store(&s)
+        .await
         .sessions(&SessionFilter::default())
         .unwrap()
         .into_iter()
@@ -1078,22 +1111,7 @@ async fn someone_invited_back_keeps_their_counts() {
 async fn a_conference_member_is_reached_over_their_flow_not_their_contact() {
     use sip_message::HeaderName;
     let s = TestServer::start_with(&["alice", "bob", "carol", "dave"], quick).await;
-    let mut alice = registered(&s, "alice").await;
-    let mut bob = registered(&s, "bob").await;
-    let mut carol = registered(&s, "carol").await;
-    assert_eq!(
-        write_to(
-            &mut alice,
-            "sip:bob@example.com",
-            "/invite carol@example.com"
-        )
-        .await,
-        200
-    );
-    let mut conf = String::new();
-    for c in [&mut alice, &mut bob, &mut carol] {
-        conf = take(c, 1).await[0].from_header().unwrap().uri.to_string();
-    }
+    let (mut alice, mut bob, mut carol, conf) = group_of_three(&s).await;
     let by = crate::relay::Bystander::new().await;
     let mut dave = s.client(Transport::Udp, "dave").await;
     let mut invite = dave.request("INVITE", &conf, &conf);

@@ -88,7 +88,7 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         if !self.crashed {
-            self.server.shutdown();
+            self.server.shutdown_now();
         }
     }
 }

@@ -1,0 +1,229 @@
+//! Call detail records, written behind the request path, in order, by one writer task.
+//!
+//! The IM service decides under its locks and never waits there: it hands each CDR write
+//! (a session started, counters, an escalation, a session ended) to [`CdrLog`], and one
+//! task applies them to [`CdrData`] in the order given. A write the database cannot take
+//! now ([`DataError::is_unavailable`]) is retried, in order, with backoff until it can,
+//! so nothing is lost while the process lives (a crash loses what is still queued; the
+//! pool's fsync'd spool will close that gap).
+//!
+//! A new pager conversation is different: its start is written **before** its first
+//! message is relayed ([`CdrLog::write_now`], tried once, the caller waits), and a
+//! failure refuses the message (503), so no conversation goes unrecorded. After a
+//! failure, or while the queue is long, [`CdrLog::accepting`] is false for a few
+//! seconds and new sessions are refused at once rather than each waiting on a database
+//! that just failed; then one is tried again. No session is refused for a counter
+//! update.
+//!
+//! Counter updates carry totals (last value wins), so when the queue is over its bound
+//! an update is dropped: a later one carries the same totals. Starts, escalations and
+//! ends are never dropped.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use switchboard_core::{CdrData, DataError, ParticipantRecord, SessionRecord};
+use tokio::sync::{mpsc, oneshot};
+
+/// Queued writes beyond which sessions are not started and counter updates dropped.
+const QUEUE_BOUND: usize = 100_000;
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// After a failed write, new sessions are refused at once for this long.
+const REFUSE_AFTER_FAILURE: Duration = Duration::from_secs(2);
+/// How long a session's start may wait on the database.
+const START_WAIT: Duration = Duration::from_secs(5);
+
+/// One CDR write.
+#[derive(Debug, Clone)]
+pub(crate) enum CdrWrite {
+    Start(SessionRecord, Vec<ParticipantRecord>),
+    Participants(Vec<(String, ParticipantRecord)>),
+    Escalated {
+        id: String,
+        from: String,
+    },
+    End {
+        id: String,
+        rows: Vec<(String, ParticipantRecord)>,
+        at_ms: i64,
+        reason: String,
+    },
+}
+
+enum Job {
+    Write(CdrWrite),
+    /// Tried once; the outcome goes back to the one waiting.
+    WriteNow(CdrWrite, oneshot::Sender<Result<(), DataError>>),
+    /// Answered once every write queued before it was applied (or given up).
+    Flush(oneshot::Sender<()>),
+}
+
+/// The ordered CDR writer (see the module header).
+pub(crate) struct CdrLog {
+    tx: mpsc::UnboundedSender<Job>,
+    queued: Arc<AtomicUsize>,
+    health: Arc<Health>,
+}
+
+/// When a write last failed because the database could not answer.
+#[derive(Default)]
+struct Health {
+    failed_at: Mutex<Option<Instant>>,
+}
+
+impl Health {
+    fn failed(&self) {
+        *self.failed_at.lock() = Some(Instant::now());
+    }
+
+    /// Clears a failure; true when there was one.
+    fn recovered(&self) -> bool {
+        self.failed_at.lock().take().is_some()
+    }
+
+    fn refusing(&self) -> bool {
+        self.failed_at
+            .lock()
+            .is_some_and(|at| at.elapsed() < REFUSE_AFTER_FAILURE)
+    }
+}
+
+impl CdrLog {
+    /// Starts the writer over `data`.
+    pub(crate) fn start(data: Arc<dyn CdrData>) -> CdrLog {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let health = Arc::new(Health::default());
+        tokio::spawn(writer(data, rx, queued.clone(), health.clone()));
+        CdrLog { tx, queued, health }
+    }
+
+    /// Whether a new session may be started now: no write failed a moment ago and the
+    /// queue is short.
+    pub(crate) fn accepting(&self) -> bool {
+        !self.health.refusing() && self.queued.load(Ordering::Relaxed) < QUEUE_BOUND
+    }
+
+    /// Writes `w` after everything queued before it, trying once, and says whether it
+    /// was written (waiting at most a few seconds).
+    pub(crate) async fn write_now(&self, w: CdrWrite) -> Result<(), DataError> {
+        let (done, outcome) = oneshot::channel();
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(Job::WriteNow(w, done)).is_err() {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(DataError::Unavailable("the CDR writer has stopped".into()));
+        }
+        match tokio::time::timeout(START_WAIT, outcome).await {
+            Ok(Ok(r)) => r,
+            // Still queued behind writes the database does not take: it may be written
+            // later (a session with no messages), never a message relayed unrecorded.
+            _ => Err(DataError::Unavailable("the CDR writes are held up".into())),
+        }
+    }
+
+    /// Queues `w` (see the module header for what an over-long queue drops).
+    pub(crate) fn write(&self, w: CdrWrite) {
+        if matches!(w, CdrWrite::Participants(_))
+            && self.queued.load(Ordering::Relaxed) >= QUEUE_BOUND
+        {
+            tracing::warn!(
+                "CDR queue full; a counter update is dropped (a later one carries its totals)"
+            );
+            return;
+        }
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(Job::Write(w)).is_err() {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Waits until everything queued so far is written, at most `limit`; false when
+    /// time ran out.
+    pub(crate) async fn flush(&self, limit: Duration) -> bool {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Job::Flush(done)).is_err() {
+            return true;
+        }
+        tokio::time::timeout(limit, wait).await.is_ok()
+    }
+}
+
+async fn writer(
+    data: Arc<dyn CdrData>,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    queued: Arc<AtomicUsize>,
+    health: Arc<Health>,
+) {
+    while let Some(job) = rx.recv().await {
+        let w = match job {
+            Job::Write(w) => w,
+            Job::WriteNow(w, done) => {
+                let r = apply(data.as_ref(), &w).await;
+                match &r {
+                    Ok(()) => {
+                        if health.recovered() {
+                            tracing::info!("CDR writes go through again");
+                        }
+                    }
+                    Err(e) if e.is_unavailable() => health.failed(),
+                    Err(_) => {}
+                }
+                let _ = done.send(r);
+                queued.fetch_sub(1, Ordering::Relaxed);
+                continue;
+            }
+            Job::Flush(done) => {
+                let _ = done.send(());
+                continue;
+            }
+        };
+        let mut wait = RETRY_FIRST;
+        let mut told = false;
+        loop {
+            match apply(data.as_ref(), &w).await {
+                Ok(()) => {
+                    if health.recovered() {
+                        tracing::info!("CDR writes go through again");
+                    }
+                    break;
+                }
+                Err(e) if e.is_unavailable() => {
+                    health.failed();
+                    if !told {
+                        told = true;
+                        tracing::error!(error = %e, "cannot write CDR now; holding writes in order and refusing new IM sessions until it can");
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(RETRY_MAX);
+                }
+                Err(e) => {
+                    // Not a passing failure: retrying would block every write behind it.
+                    tracing::error!(error = %e, write = ?w, "CDR write refused by the database; dropped");
+                    break;
+                }
+            }
+        }
+        queued.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn apply(data: &dyn CdrData, w: &CdrWrite) -> Result<(), DataError> {
+    match w {
+        CdrWrite::Start(s, parts) => data.start_session(s, parts).await,
+        CdrWrite::Participants(rows) => data.update_participants(rows).await,
+        CdrWrite::Escalated { id, from } => data.set_escalated_from(id, from).await,
+        CdrWrite::End {
+            id,
+            rows,
+            at_ms,
+            reason,
+        } => {
+            data.update_participants(rows).await?;
+            data.end_session(id, *at_ms, reason).await
+        }
+    }
+}
