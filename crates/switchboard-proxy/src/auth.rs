@@ -14,7 +14,7 @@ use std::time::Duration;
 use sip_digest::{digests_equal, response, Algorithm, DigestResponse, NonceState};
 use sip_message::{AuthHeader, HeaderName, Message};
 use sip_transaction::ServerRequest;
-use switchboard_store::Address;
+use switchboard_core::Address;
 
 use crate::Core;
 
@@ -56,7 +56,10 @@ impl Core {
         req: &ServerRequest,
         realm: &str,
     ) -> Option<Address> {
-        match self.authenticate(&req.message, realm, req.source.remote.ip()) {
+        match self
+            .authenticate(&req.message, realm, req.source.remote.ip())
+            .await
+        {
             AuthResult::Ok(a) => Some(a),
             AuthResult::Challenge { stale } => {
                 let ch = self.challenge(&req.message, realm, stale, req.source.remote.ip());
@@ -105,7 +108,12 @@ impl Core {
 
     /// Checks the credentials for `realm` in `msg` (Authorization for REGISTER,
     /// Proxy-Authorization otherwise), sent from `source`.
-    pub(crate) fn authenticate(&self, msg: &Message, realm: &str, source: IpAddr) -> AuthResult {
+    pub(crate) async fn authenticate(
+        &self,
+        msg: &Message,
+        realm: &str,
+        source: IpAddr,
+    ) -> AuthResult {
         let is_register = msg.method() == Some(&sip_message::Method::Register);
         let header = if is_register {
             HeaderName::Authorization
@@ -151,7 +159,11 @@ impl Core {
             };
         }
         let address = Address::parse(&account).ok();
-        let user = match address.as_ref().map(|a| self.users.find(a)) {
+        let found = match &address {
+            Some(a) => Some(self.users.find(a).await),
+            None => None,
+        };
+        let user = match found {
             Some(Ok(Some(u))) => address.map(|a| (u, a)),
             Some(Ok(None)) | None => None,
             Some(Err(e)) => {

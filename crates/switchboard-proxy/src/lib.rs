@@ -43,8 +43,8 @@ use sip_digest::{Algorithm, NonceIssuer, ReplayGuard};
 use sip_message::{HeaderName, Host, Message, Method, Uri};
 use sip_transaction::{ServerRequest, TransactionLayer, TransactionUser};
 use sip_transport::{ConnectionId, Inbound, TransportKind, Work};
+use switchboard_core::{Address, DataError, Directory};
 use switchboard_registrar::{Location, RegisterError};
-use switchboard_store::{Address, UserDirectory};
 use tokio::sync::Notify;
 
 /// Methods this server handles or relays, for Allow headers.
@@ -84,7 +84,7 @@ impl Default for ProxyConfig {
 /// The SIP core. Create with [`Core::new`] and attach with [`Core::attach`].
 pub struct Core {
     pub(crate) layer: TransactionLayer,
-    pub(crate) users: Arc<UserDirectory>,
+    pub(crate) users: Arc<dyn Directory>,
     pub(crate) location: Arc<Location>,
     pub(crate) config: ProxyConfig,
     pub(crate) nonces: NonceIssuer,
@@ -119,7 +119,7 @@ pub(crate) struct OwnRoute {
 impl Core {
     pub fn new(
         layer: TransactionLayer,
-        users: Arc<UserDirectory>,
+        users: Arc<dyn Directory>,
         location: Arc<Location>,
         config: ProxyConfig,
         hook: Arc<dyn ImHook>,
@@ -177,7 +177,8 @@ impl Core {
         let _ = self.events.set(events);
     }
 
-    pub fn users(&self) -> &UserDirectory {
+    /// The user directory the core authenticates and routes against.
+    pub fn users(&self) -> &Arc<dyn Directory> {
         &self.users
     }
 
@@ -210,8 +211,9 @@ impl Core {
         hex::encode(&h.finalize()[..6])
     }
 
-    /// Is `domain` served here (a configured domain or the domain of some user)?
-    pub fn serves_domain(&self, domain: &str) -> bool {
+    /// Is `domain` served here (a configured domain or the domain of some user)? An
+    /// error when the directory cannot say (the caller answers 503: fail closed).
+    pub async fn serves_domain(&self, domain: &str) -> Result<bool, DataError> {
         let d = domain.to_ascii_lowercase();
         if self
             .config
@@ -219,15 +221,11 @@ impl Core {
             .iter()
             .any(|x| x.eq_ignore_ascii_case(&d))
         {
-            return true;
+            return Ok(true);
         }
-        match self.users.has_domain(&d) {
-            Ok(served) => served,
-            Err(e) => {
-                tracing::error!(error = %e, "user directory unavailable");
-                false
-            }
-        }
+        self.users.has_domain(&d).await.inspect_err(|e| {
+            tracing::error!(error = %e, "user directory unavailable");
+        })
     }
 
     /// Does this host (and port) name this server itself?
@@ -400,10 +398,14 @@ impl Core {
             return self.respond_warning(&req, 400, "To has no user part").await;
         };
         let domain = to_uri.host.to_string();
-        if !self.serves_domain(&domain) {
-            return self
-                .respond_warning(&req, 403, "domain not served here")
-                .await;
+        match self.serves_domain(&domain).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return self
+                    .respond_warning(&req, 403, "domain not served here")
+                    .await
+            }
+            Err(_) => return self.respond_unavailable(&req).await,
         }
         if let Some(unknown) = self.unsupported_required(msg) {
             let mut resp = self.response(msg, 420);
@@ -413,7 +415,7 @@ impl Core {
         }
         // Lync-dialect clients sign in with NTLM (MS-SIPAE); everyone else with Digest.
         let mut ntlm_sa = None;
-        let authed = match self.ntlm_register(msg, &domain, &req.source) {
+        let authed = match self.ntlm_register(msg, &domain, &req.source).await {
             ntlm_auth::NtlmOutcome::Authenticated { user, opaque } => {
                 ntlm_sa = Some(opaque);
                 user
@@ -423,7 +425,10 @@ impl Core {
                 return self.respond_later(&req, resp, delay).await
             }
             ntlm_auth::NtlmOutcome::NotNtlm => {
-                match self.authenticate(msg, &domain, req.source.remote.ip()) {
+                match self
+                    .authenticate(msg, &domain, req.source.remote.ip())
+                    .await
+                {
                     auth::AuthResult::Ok(a) => a,
                     auth::AuthResult::Challenge { stale } => {
                         let mut ch = self.challenge(msg, &domain, stale, req.source.remote.ip());

@@ -33,7 +33,7 @@ use sip_message::{AuthHeader, HeaderName, Message};
 use sip_transaction::{OutboundSigner, ServerRequest};
 use sip_transport::{ConnectionId, Target};
 use sipae::SignatureContext;
-use switchboard_store::Address;
+use switchboard_core::Address;
 
 /// The realm MS-SIPAE fixes.
 pub(crate) const NTLM_REALM: &str = "SIP Communications Service";
@@ -282,7 +282,7 @@ impl crate::Core {
     }
 
     /// Steps 2 and 3 of the sign-in, and signed refreshes, for a REGISTER from `source`.
-    pub(crate) fn ntlm_register(
+    pub(crate) async fn ntlm_register(
         &self,
         msg: &Message,
         domain: &str,
@@ -312,7 +312,9 @@ impl crate::Core {
             }
         };
         if let Some(h) = handshake {
-            return self.ntlm_authenticate(msg, domain, source, &opaque, gssapi, h, &creds);
+            return self
+                .ntlm_authenticate(msg, domain, source, &opaque, gssapi, h, &creds)
+                .await;
         }
         // A signed refresh on this flow's association: checked like any signed request,
         // `cnum` included (MS-SIPAE §3.3.5.2).
@@ -391,7 +393,7 @@ impl crate::Core {
     /// Step 3: the AUTHENTICATE checked against the user's NT hash, and the REGISTER's
     /// own signature; the association is kept for this flow.
     #[allow(clippy::too_many_arguments)]
-    fn ntlm_authenticate(
+    async fn ntlm_authenticate(
         &self,
         msg: &Message,
         domain: &str,
@@ -421,7 +423,11 @@ impl crate::Core {
             return NtlmOutcome::Answer(self.forbidden(msg, crate::auth::locked_text(left)));
         }
         let address = Address::parse(&account).ok();
-        let user = match address.as_ref().map(|a| self.users.find(a)) {
+        let found = match &address {
+            Some(a) => Some(self.users.find(a).await),
+            None => None,
+        };
+        let user = match found {
             Some(Ok(Some(u))) if u.enabled => Some(u),
             Some(Ok(_)) | None => None,
             Some(Err(e)) => {

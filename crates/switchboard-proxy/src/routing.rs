@@ -9,8 +9,8 @@ use sip_message::{HeaderName, Host, Message, Method, NameAddr, Uri, Via};
 use sip_transaction::mailbox::mailbox;
 use sip_transaction::{cancel_for, new_branch, ClientEvent, ServerRequest};
 use sip_transport::{Inbound, Source, Target, TransportKind};
+use switchboard_core::Address;
 use switchboard_registrar::Binding;
-use switchboard_store::Address;
 use tokio::sync::Notify;
 
 use crate::hook::HookDecision;
@@ -109,7 +109,11 @@ impl Core {
         };
         // Requests addressed to the server itself (no user part).
         let addressed_to_us = ruri.user.is_none()
-            && (self.is_own(&ruri.host, ruri.port) || self.serves_domain(&ruri.host.to_string()));
+            && (self.is_own(&ruri.host, ruri.port)
+                || match self.serves_domain(&ruri.host.to_string()).await {
+                    Ok(served) => served,
+                    Err(_) => return self.respond_unavailable(&req).await,
+                });
         if addressed_to_us {
             return match method {
                 Method::Options => self.answer_options(&req).await,
@@ -133,7 +137,11 @@ impl Core {
         }
         // In-dialog request to a registered contact: send it over that device's flow.
         let in_dialog = msg.to_header().ok().is_some_and(|t| t.tag().is_some());
-        let domain_target = ruri.user.is_some() && self.serves_domain(&ruri.host.to_string());
+        let domain_target = ruri.user.is_some()
+            && match self.serves_domain(&ruri.host.to_string()).await {
+                Ok(served) => served,
+                Err(_) => return self.respond_unavailable(&req).await,
+            };
         // In a dialog: the device's registered contact, or else, when our Record-Route's
         // cookie proves the Request-URI is a remote target this dialog established, that
         // target itself (a caller that never registered). Nothing else is relayed.
@@ -159,10 +167,14 @@ impl Core {
                 .await;
         };
         let from_domain = from_uri.host.to_string();
-        if !self.serves_domain(&from_domain) {
-            return self
-                .respond_warning(&req, 403, "sender's domain is not served here")
-                .await;
+        match self.serves_domain(&from_domain).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return self
+                    .respond_warning(&req, 403, "sender's domain is not served here")
+                    .await
+            }
+            Err(_) => return self.respond_unavailable(&req).await,
         }
         // A Lync client's signature on its association authenticates it (MS-SIPAE);
         // everyone else answers a Digest challenge.
@@ -261,12 +273,12 @@ impl Core {
             );
             return req.tx.respond(&resp).await;
         }
-        match self.users.find(&aor_addr) {
+        match self.users.find(&aor_addr).await {
             Ok(Some(u)) if u.enabled => {}
             Ok(_) => return self.respond(&req, 404).await,
             Err(e) => {
                 tracing::error!(error = %e, "user directory unavailable");
-                return self.respond(&req, 500).await;
+                return self.respond_unavailable(&req).await;
             }
         }
         let bindings = self.location.lookup(&aor);
@@ -362,7 +374,7 @@ impl Core {
             // A conference: the IM service answers for its own event packages.
             return None;
         }
-        match self.users.find(&to) {
+        match self.users.find(&to).await {
             Ok(Some(u)) if u.enabled => {}
             Ok(_) => {
                 self.respond(req, 404).await;
@@ -370,7 +382,7 @@ impl Core {
             }
             Err(e) => {
                 tracing::error!(error = %e, "user directory unavailable");
-                self.respond(req, 500).await;
+                self.respond_unavailable(req).await;
                 return Some(());
             }
         }

@@ -75,6 +75,10 @@ where
 #[async_trait]
 impl Directory for SqliteStore {
     async fn find(&self, address: &Address) -> Result<Option<UserRecord>, DataError> {
+        // Asked on every request: a cache hit answers here, without a thread hop.
+        if let Some(hit) = self.users.find_cached(address) {
+            return Ok(hit);
+        }
         let (users, a) = (self.users.clone(), address.clone());
         blocking(move || users.find(&a)).await
     }
@@ -83,6 +87,9 @@ impl Directory for SqliteStore {
         blocking(move || users.domains()).await
     }
     async fn has_domain(&self, domain: &str) -> Result<bool, DataError> {
+        if let Some(hit) = self.users.has_domain_cached(domain) {
+            return Ok(hit);
+        }
         let (users, d) = (self.users.clone(), domain.to_owned());
         blocking(move || users.has_domain(&d)).await
     }

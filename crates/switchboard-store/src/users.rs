@@ -143,6 +143,28 @@ impl UserDirectory {
         Ok(user)
     }
 
+    /// [`UserDirectory::find`] when it can answer at once from the cache: `None` when
+    /// the connection is busy (a write on another thread) or the user is not cached, so
+    /// the caller never waits here (an async worker may call it).
+    pub fn find_cached(&self, address: &Address) -> Option<Option<UserRecord>> {
+        let conn = self.conn.try_lock()?;
+        let mut cache = self.cache.try_lock()?;
+        self.revalidate(&conn, &mut cache).ok()?;
+        cache.users.get(address).cloned()
+    }
+
+    /// [`UserDirectory::has_domain`] when the domain list is cached; `None` otherwise
+    /// (see [`UserDirectory::find_cached`]).
+    pub fn has_domain_cached(&self, domain: &str) -> Option<bool> {
+        let conn = self.conn.try_lock()?;
+        let mut cache = self.cache.try_lock()?;
+        self.revalidate(&conn, &mut cache).ok()?;
+        cache
+            .domains
+            .as_ref()
+            .map(|d| d.iter().any(|x| x == domain))
+    }
+
     /// Every domain that has at least one user (cached).
     pub fn domains(&self) -> Result<Vec<String>, StoreError> {
         self.with_domains(|d| d.to_vec())

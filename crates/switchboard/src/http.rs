@@ -171,9 +171,12 @@ async fn presence_of(
         Ok(w) => w,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    match s.core.users().find(&addr) {
+    match s.core.users().find(&addr).await {
         Ok(Some(_)) => {}
         Ok(None) => return error(StatusCode::NOT_FOUND, format!("no such user: {addr}")),
+        Err(e) if e.is_unavailable() => {
+            return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
     // Always a named watcher: the service reads "no watcher" as the owner.

@@ -112,10 +112,13 @@ fn route_secret(data_dir: &std::path::Path) -> Result<[u8; 32]> {
 
 /// Opens the store, binds every listener, and starts serving.
 pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
-    let users =
-        Arc::new(switchboard_store::open(&cfg.data_dir).with_context(|| {
+    // Every service's data, behind the traits of switchboard-core.
+    let data = Arc::new(
+        switchboard_store::SqliteStore::open(&cfg.data_dir).with_context(|| {
             format!("cannot open the data directory {}", cfg.data_dir.display())
-        })?);
+        })?,
+    );
+    let users = data.users.clone();
     let guard = Arc::new(sip_guard::Guard::new(cfg.limits.clone()));
     let transports = Transports::with_guard(
         TransportsConfig {
@@ -202,17 +205,11 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
         _ => anyhow::bail!("TLS needs both tls.certificate and tls.private_key in the config (or neither, to use a generated one)"),
     };
 
-    // Every service's data, behind the traits of switchboard-core.
-    let data = Arc::new(
-        switchboard_store::SqliteStore::open(&cfg.data_dir).with_context(|| {
-            format!("cannot open the data directory {}", cfg.data_dir.display())
-        })?,
-    );
     let im = ImService::start(data.clone(), data.clone(), data.clone(), cfg.im.clone()).await;
     let location = Arc::new(Location::new(cfg.registrar.clone()));
     let core = Core::new(
         layer.clone(),
-        users.clone(),
+        data.clone(),
         location,
         ProxyConfig {
             domains: cfg.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),

@@ -214,7 +214,7 @@ async fn users_added_and_changed_by_another_process_are_seen_at_once() {
     // A new domain is served as soon as it has a user.
     let erin = switchboard_store::Address::parse("erin@second.example").unwrap();
     cli.add(&erin, "pw-erin", None).unwrap();
-    assert!(s.server.core.serves_domain("second.example"));
+    assert!(s.server.core.serves_domain("second.example").await.unwrap());
     cli.remove(&dave).unwrap();
     assert_eq!(status(&c.register(None).await), 403);
 }
