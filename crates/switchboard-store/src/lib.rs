@@ -22,6 +22,7 @@
 mod im;
 mod migrations;
 mod presence;
+mod rows;
 mod sqlite;
 mod users;
 
