@@ -48,33 +48,35 @@ async fn backend() -> Backend {
     match which().as_str() {
         "sqlite" => {
             let dir = tempfile::tempdir().unwrap();
-            let s = Arc::new(switchboard_store::SqliteStore::open(dir.path()).unwrap());
-            Backend {
-                directory: s.clone(),
-                cdr: s.clone(),
-                offline: s.clone(),
-                contacts: s.clone(),
-                presence: s,
-                database: Database::Sqlite(dir),
-            }
+            let s = switchboard_store::SqliteStore::open(dir.path()).unwrap();
+            Backend::of(s, Database::Sqlite(dir))
         }
         "postgres" => {
             let db = PgDatabase::create().await;
-            let s = Arc::new(PostgresStore::connect(&db.url).await.unwrap());
-            Backend {
-                directory: s.clone(),
-                cdr: s.clone(),
-                offline: s.clone(),
-                contacts: s.clone(),
-                presence: s,
-                database: Database::Postgres(db),
-            }
+            let s = PostgresStore::connect(&db.url).await.unwrap();
+            Backend::of(s, Database::Postgres(db))
         }
         other => panic!("SWITCHBOARD_TEST_STORE={other}: no such store backend in this build"),
     }
 }
 
 impl Backend {
+    /// Every trait of `store`, which lives in `database`.
+    fn of<S>(store: S, database: Database) -> Backend
+    where
+        S: Directory + CdrData + OfflineData + ContactData + PresenceData,
+    {
+        let s = Arc::new(store);
+        Backend {
+            directory: s.clone(),
+            cdr: s.clone(),
+            offline: s.clone(),
+            contacts: s.clone(),
+            presence: s,
+            database,
+        }
+    }
+
     /// The directory as another process (the CLI) sees the same database: a store of its
     /// own.
     async fn another_directory(&self) -> Arc<dyn Directory> {

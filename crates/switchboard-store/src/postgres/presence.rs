@@ -11,6 +11,7 @@
 //!   while 10 was still uncommitted would skip 10 for ever.
 
 use async_trait::async_trait;
+use deadpool_postgres::GenericClient;
 use futures_util::future::{try_join, try_join3, try_join4, try_join_all};
 use switchboard_core::{
     CalendarEntry, ContactCard, ContactData, ContactEntry, ContactList, DataError, ManualState,
@@ -60,6 +61,21 @@ async fn log_change(
     )
     .await?;
     Ok(())
+}
+
+/// The relationship `owner` gave `contact`, as stored.
+async fn stored_relationship(
+    c: &impl GenericClient,
+    owner: &str,
+    contact: &str,
+) -> Result<Option<String>, tokio_postgres::Error> {
+    let st = c
+        .prepare_cached("SELECT relationship FROM contacts WHERE owner = $1 AND contact = $2")
+        .await?;
+    c.query_opt(&st, &[&owner, &contact])
+        .await?
+        .map(|r| r.try_get(0))
+        .transpose()
 }
 
 /// One edit of an owner's contact list: a transaction that holds the owner's list lock.
@@ -162,16 +178,7 @@ impl ContactData for PostgresStore {
         contact: &str,
     ) -> Result<Option<Relationship>, DataError> {
         on_connection!(self, |c| {
-            let st = c
-                .prepare_cached(
-                    "SELECT relationship FROM contacts WHERE owner = $1 AND contact = $2",
-                )
-                .await?;
-            let rel: Option<String> = c
-                .query_opt(&st, &[&owner, &contact])
-                .await?
-                .map(|r| r.try_get(0))
-                .transpose()?;
+            let rel = stored_relationship(&c, owner, contact).await?;
             Ok(rel.and_then(|r| r.parse().ok()))
         })
     }
@@ -188,16 +195,7 @@ impl ContactData for PostgresStore {
         on_connection!(self, |c| {
             let edit = ListEdit::begin(&mut c, owner).await?;
             let tx = &edit.tx;
-            let existing = tx
-                .prepare_cached(
-                    "SELECT relationship FROM contacts WHERE owner = $1 AND contact = $2",
-                )
-                .await?;
-            let existing: Option<String> = tx
-                .query_opt(&existing, &[&owner, &contact])
-                .await?
-                .map(|r| r.try_get(0))
-                .transpose()?;
+            let existing = stored_relationship(tx, owner, contact).await?;
             let rel = rows::chosen_relationship(relationship, existing.as_deref(), default);
             edit.execute(
                 "INSERT INTO contacts (owner, contact, relationship, added_at_ms, listed)
