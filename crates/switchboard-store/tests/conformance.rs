@@ -855,6 +855,55 @@ async fn postgres_a_store_outlives_its_connections() {
     );
 }
 
+#[tokio::test]
+async fn postgres_a_read_only_server_is_unavailable_until_writable_again() {
+    let Some(db) = PgDatabase::for_postgres_tests().await else {
+        return;
+    };
+    let store = PostgresStore::connect(&db.url).await.unwrap();
+    let alice = addr("alice@example.com");
+    store.add(&alice, "pw", None).await.unwrap();
+    // A failover in miniature: the sessions end, and the server they come back to takes
+    // no writes (a standby: 25006).
+    let admin = db.client().await;
+    let read_only = |on: bool| {
+        format!(
+            "ALTER DATABASE {} SET default_transaction_read_only = {on}",
+            db.name
+        )
+    };
+    admin.batch_execute(&read_only(true)).await.unwrap();
+    admin
+        .batch_execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .await
+        .unwrap();
+    let bob = addr("bob@example.com");
+    for _ in 0..2 {
+        let added = store.add(&bob, "pw", None).await;
+        assert!(matches!(added, Err(DataError::Unavailable(_))), "{added:?}");
+    }
+    assert!(
+        store.find(&alice).await.unwrap().is_some(),
+        "reads still work"
+    );
+    // The primary is writable again: the sessions that found it read-only were retired,
+    // so the store soon writes again instead of failing for ever.
+    admin.batch_execute(&read_only(false)).await.unwrap();
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let added = store.add(&bob, "pw", None).await;
+        let done = added.is_ok();
+        answers.push(added);
+        if done {
+            break;
+        }
+    }
+    assert!(matches!(answers.last(), Some(Ok(_))), "{answers:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_mailbox_caps_hold_across_servers() {
     let Some(db) = PgDatabase::for_postgres_tests().await else {
