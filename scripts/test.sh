@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian 12 machine: installs what the tests need
-# (SIPp, baresip, linphonec, pidgin-sipe in bitlbee), checks formatting and lints, runs the Rust unit and socket-level
-# tests, then the real-client interop tests (SIPp scenarios, baresip over UDP/TCP/TLS,
+# (SIPp, baresip, linphonec, pidgin-sipe in bitlbee, PostgreSQL), checks formatting and lints, runs the Rust unit and
+# socket-level tests, the store's conformance suite again on a throwaway PostgreSQL cluster, then the real-client
+# interop tests (SIPp scenarios, baresip over UDP/TCP/TLS,
 # linphonec, presence watched by linphonec and baresip, pidgin-sipe's NTLM sign-in, presence
 # and IM between pidgin-sipe and baresip users, a Lync conference shared with baresip), then
 # the hostile suite (tests/hostile: attacks from 127.0.0.2 and up, health checks after each).
@@ -30,6 +31,8 @@ command -v cc >/dev/null || need+=(gcc)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 [ -e /usr/include/libxml2/libxml/parser.h ] || need+=(libxml2-dev)
 command -v python3 >/dev/null || need+=(python3)
+# The store's conformance suite runs again on a throwaway PostgreSQL cluster (scripts/pg-cluster.sh).
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || command -v initdb >/dev/null || need+=(postgresql)
 if ((${#need[@]})); then
   step "installing ${need[*]}"
   if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
@@ -48,6 +51,25 @@ if cargo nextest --version >/dev/null 2>&1; then
   run "rust tests (nextest)" cargo nextest run --workspace --locked --no-fail-fast
 else
   run "rust tests" cargo test --workspace --locked --no-fail-fast
+fi
+
+# 3b. The store's conformance suite on PostgreSQL: a throwaway cluster on loopback, in a
+# temporary directory, stopped at exit.
+PG_DIR=$(mktemp -d)
+trap '"$ROOT/scripts/pg-cluster.sh" stop "$PG_DIR"; rm -rf "$PG_DIR"' EXIT
+if PG_URL=$("$ROOT/scripts/pg-cluster.sh" start "$PG_DIR"); then
+  pg_env=(env SWITCHBOARD_TEST_STORE=postgres SWITCHBOARD_TEST_PG_URL="$PG_URL")
+  if cargo nextest --version >/dev/null 2>&1; then
+    run "store conformance on PostgreSQL (nextest)" "${pg_env[@]}" \
+      cargo nextest run -p switchboard-store --test conformance --locked --no-fail-fast
+  else
+    run "store conformance on PostgreSQL" "${pg_env[@]}" \
+      cargo test -p switchboard-store --test conformance --locked --no-fail-fast
+  fi
+  "$ROOT/scripts/pg-cluster.sh" stop "$PG_DIR"
+else
+  step "store conformance on PostgreSQL"; echo "--- FAILED: no PostgreSQL cluster"
+  failed+=("store conformance on PostgreSQL")
 fi
 
 # 4. Real clients nobody here wrote.

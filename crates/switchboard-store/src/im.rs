@@ -6,6 +6,7 @@ use std::path::Path;
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::rows::{self, offline_columns, participant_columns, session_columns};
 use crate::StoreError;
 use switchboard_core::{Keep, OfflineMessage, ParticipantRecord, SessionFilter, SessionRecord};
 
@@ -107,17 +108,20 @@ impl ImStore {
 
     pub fn sessions(&self, f: &SessionFilter) -> Result<Vec<SessionRecord>, StoreError> {
         let conn = self.conn.lock();
-        let mut stmt = conn.prepare_cached(
-            "SELECT id, kind, started_at_ms, ended_at_ms, end_reason, initiator, organiser, escalated_from
-               FROM cdr_sessions s
+        let mut stmt = conn.prepare_cached(concat!(
+            "SELECT ",
+            session_columns!(),
+            " FROM cdr_sessions s
               WHERE (?1 IS NULL OR started_at_ms >= ?1)
                 AND (?2 IS NULL OR EXISTS (SELECT 1 FROM cdr_participants p WHERE p.session_id = s.id AND p.address = ?2))
               ORDER BY started_at_ms, id
-              LIMIT ?3",
-        )?;
+              LIMIT ?3"
+        ))?;
         let limit = f.limit.map(|l| l as i64).unwrap_or(-1);
         let rows = stmt
-            .query_map(params![f.since_ms, f.participant, limit], session_row)?
+            .query_map(params![f.since_ms, f.participant, limit], |r| {
+                rows::session(r)
+            })?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
@@ -128,28 +132,21 @@ impl ImStore {
     ) -> Result<Option<(SessionRecord, Vec<ParticipantRecord>)>, StoreError> {
         let conn = self.conn.lock();
         let s = conn
-            .prepare_cached(
-                "SELECT id, kind, started_at_ms, ended_at_ms, end_reason, initiator, organiser, escalated_from
-                   FROM cdr_sessions WHERE id = ?1",
-            )?
-            .query_row([id], session_row)
+            .prepare_cached(concat!(
+                "SELECT ",
+                session_columns!(),
+                " FROM cdr_sessions WHERE id = ?1"
+            ))?
+            .query_row([id], |r| rows::session(r))
             .optional()?;
         let Some(s) = s else { return Ok(None) };
-        let mut stmt = conn.prepare_cached(
-            "SELECT address, device, joined_at_ms, left_at_ms, messages, bytes
-               FROM cdr_participants WHERE session_id = ?1 ORDER BY joined_at_ms, address",
-        )?;
+        let mut stmt = conn.prepare_cached(concat!(
+            "SELECT ",
+            participant_columns!(),
+            " FROM cdr_participants WHERE session_id = ?1 ORDER BY joined_at_ms, address"
+        ))?;
         let ps = stmt
-            .query_map([id], |r| {
-                Ok(ParticipantRecord {
-                    address: r.get(0)?,
-                    device: r.get(1)?,
-                    joined_at_ms: r.get(2)?,
-                    left_at_ms: r.get(3)?,
-                    messages: r.get(4)?,
-                    bytes: r.get(5)?,
-                })
-            })?
+            .query_map([id], |r| rows::participant(r))?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Some((s, ps)))
     }
@@ -171,14 +168,12 @@ impl ImStore {
                 "SELECT COUNT(*) FROM offline_messages WHERE recipient = ?1 AND sender = ?2",
             )?
             .query_row([&m.recipient, &m.sender], |r| r.get(0))?;
-        if from_sender as usize >= max_per_sender {
-            return Ok(Keep::SenderFull);
-        }
         let waiting: i64 = conn
             .prepare_cached("SELECT COUNT(*) FROM offline_messages WHERE recipient = ?1")?
             .query_row([&m.recipient], |r| r.get(0))?;
-        if waiting as usize >= max_per_user {
-            return Ok(Keep::MailboxFull);
+        let keep = rows::keep(from_sender, waiting, max_per_user, max_per_sender);
+        if keep != Keep::Kept {
+            return Ok(keep);
         }
         conn.prepare_cached(
             "INSERT INTO offline_messages (recipient, sender, content_type, body, received_at_ms, session_id)
@@ -191,22 +186,13 @@ impl ImStore {
     /// Messages waiting for `recipient`, oldest first.
     pub fn offline_for(&self, recipient: &str) -> Result<Vec<OfflineMessage>, StoreError> {
         let conn = self.conn.lock();
-        let mut stmt = conn.prepare_cached(
-            "SELECT id, recipient, sender, content_type, body, received_at_ms, session_id
-               FROM offline_messages WHERE recipient = ?1 ORDER BY id",
-        )?;
+        let mut stmt = conn.prepare_cached(concat!(
+            "SELECT ",
+            offline_columns!(),
+            " FROM offline_messages WHERE recipient = ?1 ORDER BY id"
+        ))?;
         let rows = stmt
-            .query_map([recipient], |r| {
-                Ok(OfflineMessage {
-                    id: r.get(0)?,
-                    recipient: r.get(1)?,
-                    sender: r.get(2)?,
-                    content_type: r.get(3)?,
-                    body: r.get(4)?,
-                    received_at_ms: r.get(5)?,
-                    session_id: r.get(6)?,
-                })
-            })?
+            .query_map([recipient], |r| rows::offline_message(r))?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
@@ -228,19 +214,6 @@ impl ImStore {
             .prepare_cached("DELETE FROM offline_messages WHERE received_at_ms < ?1")?
             .execute([before_ms])?)
     }
-}
-
-fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
-    Ok(SessionRecord {
-        id: r.get(0)?,
-        kind: r.get(1)?,
-        started_at_ms: r.get(2)?,
-        ended_at_ms: r.get(3)?,
-        end_reason: r.get(4)?,
-        initiator: r.get(5)?,
-        organiser: r.get(6)?,
-        escalated_from: r.get(7)?,
-    })
 }
 
 fn upsert_participant(

@@ -1,8 +1,23 @@
-//! # switchboard-store: the durable state of a Standard Edition server
+//! # switchboard-store: the durable state of a server
 //!
-//! One SQLite database (`switchboard.db`) in the data directory, in WAL mode so the CLI
-//! can change users while the server runs. Schema changes are numbered migrations
-//! ([`migrations`]) applied at open.
+//! Two backends of every data trait of switchboard-core, held to one behaviour by the
+//! conformance suite (`tests/conformance.rs`):
+//! - **SQLite** ([`SqliteStore`], the Standard Edition): one database (`switchboard.db`)
+//!   in the data directory, in WAL mode so the CLI can change users while the server
+//!   runs. Schema changes are numbered migrations ([`migrations`]) applied at open.
+//! - **PostgreSQL** ([`PostgresStore`], for a pool of servers sharing one database):
+//!   the same schema version by version ([`postgres`]), migrated at connect or by
+//!   [`postgres::migrate`].
+//!
+//! Why these libraries: **rusqlite** stays for SQLite, so the default edition keeps its
+//! exact behaviour (the stores below, run on Tokio's blocking pool). **tokio-postgres**
+//! speaks PostgreSQL natively async, pipelines the statements of one call into one round
+//! trip, and reads libpq URLs with several hosts and `target_session_attrs=read-write`,
+//! which finds the primary again after a failover. **deadpool-postgres** is a small,
+//! well-kept pool over it, with a per-connection cache of prepared statements and
+//! timeouts on waiting for and creating connections (a dead database is reported as
+//! unavailable within seconds, never waited on). Rows are turned into domain values by
+//! one set of functions shared by both backends (the private `rows` module).
 //!
 //! The user directory stores **no passwords**: only the Digest HA1 for MD5 and SHA-256
 //! (RFC 8760; realm = the user's domain) and the NT hash (MD4 of UTF-16LE, MS-NLMP §3.3.1)
@@ -21,11 +36,14 @@
 
 mod im;
 mod migrations;
+pub mod postgres;
 mod presence;
+mod rows;
 mod sqlite;
 mod users;
 
 pub use im::ImStore;
+pub use postgres::PostgresStore;
 pub use presence::PresenceStore;
 pub use sqlite::SqliteStore;
 pub use users::UserDirectory;

@@ -12,9 +12,10 @@ use std::path::Path;
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::rows::{self, calendar_columns, CHANGES_PAGE};
 use crate::StoreError;
 use switchboard_core::{
-    CalendarEntry, CalendarKind, ContactCard, ContactEntry, ContactList, ManualState, Relationship,
+    CalendarEntry, ContactCard, ContactEntry, ContactList, ManualState, Relationship,
     StoredPresence,
 };
 
@@ -56,28 +57,9 @@ impl PresenceStore {
                     c.listed
                FROM contacts c WHERE c.owner = ?1 ORDER BY c.contact",
         )?;
-        let rows = stmt.query_map([owner], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, Option<String>>(3)?,
-                r.get::<_, bool>(4)?,
-            ))
-        })?;
-        let mut contacts = Vec::new();
-        for row in rows {
-            let (contact, rel, added_at_ms, groups, listed) = row?;
-            contacts.push(ContactEntry {
-                contact,
-                relationship: rel.parse().unwrap_or(Relationship::Colleagues),
-                groups: groups
-                    .map(|g| g.split('\u{1f}').map(str::to_owned).collect())
-                    .unwrap_or_default(),
-                added_at_ms,
-                listed,
-            });
-        }
+        let contacts = stmt
+            .query_map([owner], |r| rows::contact_entry(r))?
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(ContactList {
             version,
             groups,
@@ -120,9 +102,7 @@ impl PresenceStore {
                 |r| r.get(0),
             )
             .optional()?;
-        let rel = relationship
-            .or_else(|| existing.as_deref().and_then(|r| r.parse().ok()))
-            .unwrap_or(default);
+        let rel = rows::chosen_relationship(relationship, existing.as_deref(), default);
         tx.execute(
             "INSERT INTO contacts (owner, contact, relationship, added_at_ms, listed) VALUES (?1, ?2, ?3, ?4, 1)
              ON CONFLICT (owner, contact) DO UPDATE SET relationship = excluded.relationship, listed = 1",
@@ -404,48 +384,21 @@ impl PresenceStore {
             .prepare_cached(
                 "SELECT availability, note, until_ms, set_at_ms FROM presence_manual WHERE address = ?1",
             )?
-            .query_row([address], |r| {
-                Ok(ManualState {
-                    availability: r.get(0)?,
-                    note: r.get(1)?,
-                    until_ms: r.get(2)?,
-                    set_at_ms: r.get(3)?,
-                })
-            })
+            .query_row([address], |r| rows::manual(r))
             .optional()?;
-        let mut stmt = conn.prepare_cached(
-            "SELECT kind, from_ms, to_ms, subject, location, note FROM calendar_entries
-              WHERE address = ?1 AND to_ms > ?2 ORDER BY from_ms, id",
-        )?;
+        let mut stmt = conn.prepare_cached(concat!(
+            "SELECT ",
+            calendar_columns!(),
+            " FROM calendar_entries WHERE address = ?1 AND to_ms > ?2 ORDER BY from_ms, id"
+        ))?;
         let calendar = stmt
-            .query_map(params![address, now_ms], |r| {
-                let kind: String = r.get(0)?;
-                Ok(CalendarEntry {
-                    kind: if kind == "out-of-office" {
-                        CalendarKind::OutOfOffice
-                    } else {
-                        CalendarKind::Meeting
-                    },
-                    from_ms: r.get(1)?,
-                    to_ms: r.get(2)?,
-                    subject: r.get(3)?,
-                    location: r.get(4)?,
-                    note: r.get(5)?,
-                })
-            })?
+            .query_map(params![address, now_ms], |r| rows::calendar_entry(r))?
             .collect::<Result<Vec<_>, _>>()?;
         let card = conn
             .prepare_cached(
                 "SELECT title, email, work_phone, personal_phone FROM contact_cards WHERE address = ?1",
             )?
-            .query_row([address], |r| {
-                Ok(ContactCard {
-                    title: r.get(0)?,
-                    email: r.get(1)?,
-                    work_phone: r.get(2)?,
-                    personal_phone: r.get(3)?,
-                })
-            })
+            .query_row([address], |r| rows::card(r))
             .optional()?
             .unwrap_or_default();
         let last_active_ms = conn
@@ -473,18 +426,10 @@ impl PresenceStore {
     pub fn changes_since(&self, seq: i64) -> Result<(i64, Vec<String>), StoreError> {
         let conn = self.conn.lock();
         let mut stmt = conn.prepare_cached(
-            "SELECT seq, address FROM presence_changes WHERE seq > ?1 ORDER BY seq LIMIT 10000",
+            "SELECT seq, address FROM presence_changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )?;
-        let mut last = seq;
-        let mut addrs = Vec::new();
-        for row in stmt.query_map([seq], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))? {
-            let (s, a) = row?;
-            last = s;
-            if !addrs.contains(&a) {
-                addrs.push(a);
-            }
-        }
-        Ok((last, addrs))
+        let rows = stmt.query_map([seq, CHANGES_PAGE], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows::changed_addresses(seq, rows)?)
     }
 
     /// Forgets old change-log rows and calendar entries that have ended.
@@ -520,6 +465,7 @@ fn log_change(tx: &rusqlite::Transaction<'_>, address: &str, at_ms: i64) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use switchboard_core::CalendarKind;
 
     #[test]
     fn groups_by_id_add_rename_delete_and_membership() {

@@ -1,20 +1,13 @@
 //! The user directory: accounts, their credential hashes, enable/disable.
 
 use std::collections::HashMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::rows::{self, now_secs as now, user_columns};
 use crate::StoreError;
 use switchboard_core::{Address, Credentials, UserRecord};
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
 
 struct Cache {
     data_version: i64,
@@ -34,27 +27,6 @@ pub struct UserDirectory {
     conn: Mutex<Connection>,
     cache: Mutex<Cache>,
 }
-
-fn row_to_user(r: &Row<'_>) -> rusqlite::Result<UserRecord> {
-    Ok(UserRecord {
-        address: Address {
-            user: r.get(0)?,
-            domain: r.get(1)?,
-        },
-        display_name: r.get(2)?,
-        credentials: Credentials {
-            ha1_md5: r.get(3)?,
-            ha1_sha256: r.get(4)?,
-            nt_hash: r.get(5)?,
-        },
-        enabled: r.get::<_, i64>(6)? != 0,
-        created_at: r.get(7)?,
-        updated_at: r.get(8)?,
-    })
-}
-
-const USER_COLUMNS: &str =
-    "username, domain, display_name, ha1_md5, ha1_sha256, nt_hash, enabled, created_at, updated_at";
 
 impl UserDirectory {
     pub(crate) fn new(conn: Connection, wal_path: Option<std::path::PathBuf>) -> Self {
@@ -131,10 +103,12 @@ impl UserDirectory {
             return Ok(hit.clone());
         }
         let user = conn
-            .prepare_cached(&format!(
-                "SELECT {USER_COLUMNS} FROM users WHERE username = ?1 AND domain = ?2"
+            .prepare_cached(concat!(
+                "SELECT ",
+                user_columns!(),
+                " FROM users WHERE username = ?1 AND domain = ?2"
             ))?
-            .query_row(params![address.user, address.domain], row_to_user)
+            .query_row(params![address.user, address.domain], |r| rows::user(r))
             .optional()?;
         if cache.users.len() > 200_000 {
             cache.users.clear();
@@ -270,11 +244,13 @@ impl UserDirectory {
 
     pub fn list(&self) -> Result<Vec<UserRecord>, StoreError> {
         let conn = self.conn.lock();
-        let mut stmt = conn.prepare(&format!(
-            "SELECT {USER_COLUMNS} FROM users ORDER BY domain, username"
+        let mut stmt = conn.prepare(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users ORDER BY domain, username"
         ))?;
         let users = stmt
-            .query_map([], row_to_user)?
+            .query_map([], |r| rows::user(r))?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(users)
     }

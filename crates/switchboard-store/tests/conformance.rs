@@ -2,17 +2,27 @@
 //! driven only through `Arc<dyn Trait>`, must behave the same on each.
 //!
 //! The backend comes from `SWITCHBOARD_TEST_STORE` (as Stalwart's store tests pick
-//! theirs): `sqlite` (the default) opens a fresh database in a temporary directory per
-//! test. A backend this build does not have fails the suite loudly rather than passing
-//! it on SQLite.
+//! theirs):
+//! - `sqlite` (the default) opens a fresh database in a temporary directory per test;
+//! - `postgres` creates a fresh database per test on the server `SWITCHBOARD_TEST_PG_URL`
+//!   names (`postgres://postgres@127.0.0.1:PORT/postgres`, as `scripts/pg-cluster.sh
+//!   start` prints), with an ICU collation so that sorting by locale instead of by bytes
+//!   shows, and drops it afterwards.
+//!
+//! A backend this build does not have fails the suite loudly rather than passing it on
+//! SQLite. The `postgres_*` tests are PostgreSQL's own (migrations, failures); those that
+//! need a server pass without a word on SQLite.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use switchboard_core::{
     Address, CalendarEntry, CalendarKind, CdrData, ContactCard, ContactData, DataError, Directory,
     Keep, ManualState, OfflineData, OfflineMessage, ParticipantRecord, PresenceData, Relationship,
     SessionFilter, SessionRecord,
 };
+use switchboard_store::postgres::{self, PostgresStore};
 
 /// The backend under test, with whatever keeps it alive.
 struct Backend {
@@ -21,26 +31,162 @@ struct Backend {
     offline: Arc<dyn OfflineData>,
     contacts: Arc<dyn ContactData>,
     presence: Arc<dyn PresenceData>,
-    _dir: tempfile::TempDir,
+    /// Dropped last: the database goes after the store using it.
+    database: Database,
 }
 
-fn backend() -> Backend {
-    let which = std::env::var("SWITCHBOARD_TEST_STORE").unwrap_or_else(|_| "sqlite".into());
-    match which.as_str() {
+enum Database {
+    Sqlite(tempfile::TempDir),
+    Postgres(PgDatabase),
+}
+
+fn which() -> String {
+    std::env::var("SWITCHBOARD_TEST_STORE").unwrap_or_else(|_| "sqlite".into())
+}
+
+async fn backend() -> Backend {
+    match which().as_str() {
         "sqlite" => {
             let dir = tempfile::tempdir().unwrap();
-            let s = Arc::new(switchboard_store::SqliteStore::open(dir.path()).unwrap());
-            Backend {
-                directory: s.clone(),
-                cdr: s.clone(),
-                offline: s.clone(),
-                contacts: s.clone(),
-                presence: s,
-                _dir: dir,
-            }
+            let s = switchboard_store::SqliteStore::open(dir.path()).unwrap();
+            Backend::of(s, Database::Sqlite(dir))
+        }
+        "postgres" => {
+            let db = PgDatabase::create().await;
+            let s = PostgresStore::connect(&db.url).await.unwrap();
+            Backend::of(s, Database::Postgres(db))
         }
         other => panic!("SWITCHBOARD_TEST_STORE={other}: no such store backend in this build"),
     }
+}
+
+impl Backend {
+    /// Every trait of `store`, which lives in `database`.
+    fn of<S>(store: S, database: Database) -> Backend
+    where
+        S: Directory + CdrData + OfflineData + ContactData + PresenceData,
+    {
+        let s = Arc::new(store);
+        Backend {
+            directory: s.clone(),
+            cdr: s.clone(),
+            offline: s.clone(),
+            contacts: s.clone(),
+            presence: s,
+            database,
+        }
+    }
+
+    /// The directory as another process (the CLI) sees the same database: a store of its
+    /// own.
+    async fn another_directory(&self) -> Arc<dyn Directory> {
+        match &self.database {
+            Database::Sqlite(dir) => {
+                Arc::new(switchboard_store::SqliteStore::open(dir.path()).unwrap())
+            }
+            Database::Postgres(db) => Arc::new(PostgresStore::connect(&db.url).await.unwrap()),
+        }
+    }
+}
+
+/// A database of its own for one test, on the test server, dropped with it.
+struct PgDatabase {
+    /// The server's URL, as given.
+    server: String,
+    name: String,
+    /// The URL of this database.
+    url: String,
+}
+
+impl PgDatabase {
+    /// A fresh empty database; `None` when the suite runs on another backend.
+    async fn for_postgres_tests() -> Option<PgDatabase> {
+        match which().as_str() {
+            "postgres" => Some(PgDatabase::create().await),
+            _ => None,
+        }
+    }
+
+    async fn create() -> PgDatabase {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let server = std::env::var("SWITCHBOARD_TEST_PG_URL")
+            .expect("SWITCHBOARD_TEST_STORE=postgres needs SWITCHBOARD_TEST_PG_URL=postgres://...");
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let name = format!(
+            "sb_test_{}_{}_{}",
+            std::process::id(),
+            nanos,
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let admin = admin(&server).await;
+        // Sorted the ICU way, which differs from bytes (`a_b` before `a-b`): the schema
+        // must sort by bytes as SQLite does. A server without ICU gets its default.
+        let icu = format!(
+            "CREATE DATABASE {name} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'"
+        );
+        if admin.batch_execute(&icu).await.is_err() {
+            admin
+                .batch_execute(&format!("CREATE DATABASE {name}"))
+                .await
+                .unwrap();
+        }
+        let url = with_database(&server, &name);
+        PgDatabase { server, name, url }
+    }
+
+    /// A client of this database of the test's own, outside any store.
+    async fn client(&self) -> tokio_postgres::Client {
+        admin(&self.url).await
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let (server, name) = (self.server.clone(), self.name.clone());
+        // Inside the test's runtime: a runtime of its own on a thread of its own.
+        let dropped = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async move {
+                    admin(&server)
+                        .await
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await
+                })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop test database {}: {dropped:?}", self.name);
+        }
+    }
+}
+
+/// A plain connection to `url`, its connection driven on the current runtime.
+async fn admin(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to the test server: {e}"));
+    tokio::spawn(connection);
+    client
+}
+
+/// `url` with its database name replaced by `name`.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let authority_at = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let root = match base[authority_at..].find('/') {
+        Some(i) => &base[..authority_at + i],
+        None => base,
+    };
+    format!("{root}/{name}{query}")
 }
 
 fn addr(s: &str) -> Address {
@@ -49,7 +195,7 @@ fn addr(s: &str) -> Address {
 
 #[tokio::test]
 async fn directory_accounts_from_birth_to_removal() {
-    let b = backend();
+    let b = backend().await;
     let d = &b.directory;
     let alice = addr("alice@example.com");
     assert_eq!(d.find(&alice).await.unwrap(), None);
@@ -90,7 +236,7 @@ async fn directory_accounts_from_birth_to_removal() {
 
 #[tokio::test]
 async fn directory_domains_lists_and_bulk_upserts() {
-    let b = backend();
+    let b = backend().await;
     let d = &b.directory;
     assert!(d.domains().await.unwrap().is_empty());
     d.add(&addr("zed@b.example"), "pw", None).await.unwrap();
@@ -148,7 +294,7 @@ fn participant(address: &str, at: i64) -> ParticipantRecord {
 
 #[tokio::test]
 async fn cdr_sessions_start_once_grow_and_end_once() {
-    let b = backend();
+    let b = backend().await;
     let c = &b.cdr;
     let s1 = session("s-1", 1_000, "alice@example.com");
     c.start_session(&s1, &[participant("alice@example.com", 1_000)])
@@ -209,7 +355,7 @@ async fn cdr_sessions_start_once_grow_and_end_once() {
 
 #[tokio::test]
 async fn cdr_sessions_are_listed_oldest_first_by_filter() {
-    let b = backend();
+    let b = backend().await;
     let c = &b.cdr;
     for (id, at, who) in [
         ("b", 2_000, "bob"),
@@ -257,7 +403,7 @@ fn offline(to: &str, from: &str, at: i64) -> OfflineMessage {
 
 #[tokio::test]
 async fn offline_messages_are_capped_per_sender_and_per_mailbox() {
-    let b = backend();
+    let b = backend().await;
     let o = &b.offline;
     let bob = "bob@example.com";
     for at in 1..=2 {
@@ -302,7 +448,7 @@ async fn offline_messages_are_capped_per_sender_and_per_mailbox() {
 
 #[tokio::test]
 async fn contact_lists_groups_and_relationships() {
-    let b = backend();
+    let b = backend().await;
     let c = &b.contacts;
     let me = "alice@example.com";
     let empty = c.contact_list(me).await.unwrap();
@@ -404,7 +550,7 @@ async fn contact_lists_groups_and_relationships() {
 
 #[tokio::test]
 async fn presence_state_without_a_client_and_its_change_log() {
-    let b = backend();
+    let b = backend().await;
     let p = &b.presence;
     let me = "alice@example.com";
     let start = p.latest_change().await.unwrap();
@@ -462,4 +608,381 @@ async fn presence_state_without_a_client_and_its_change_log() {
     let (same, none) = p.changes_since(next).await.unwrap();
     assert_eq!((same, none.len()), (next, 0));
     p.prune(i64::MAX).await.unwrap();
+}
+
+#[tokio::test]
+async fn directory_sees_writes_made_by_another_process() {
+    let b = backend().await;
+    let server = &b.directory;
+    let cli = b.another_directory().await;
+    let alice = addr("alice@example.com");
+    assert_eq!(server.find(&alice).await.unwrap(), None);
+    cli.add(&alice, "pw-1", None).await.unwrap();
+    assert!(server.find(&alice).await.unwrap().is_some(), "added");
+    assert!(server.has_domain("example.com").await.unwrap());
+    cli.set_password(&alice, "pw-2").await.unwrap();
+    assert_eq!(
+        server.find(&alice).await.unwrap().unwrap().credentials,
+        switchboard_core::Credentials::derive(&alice, "pw-2"),
+        "the new password"
+    );
+    cli.set_enabled(&alice, false).await.unwrap();
+    assert!(
+        !server.find(&alice).await.unwrap().unwrap().enabled,
+        "disabled"
+    );
+    cli.remove(&alice).await.unwrap();
+    assert_eq!(server.find(&alice).await.unwrap(), None, "removed");
+    assert!(server.domains().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn listings_sort_by_bytes_not_by_locale() {
+    let b = backend().await;
+    // By bytes: '-' (2D) < '.' (2E) < '_' (5F) < 'b'; a locale puts '_' first or
+    // ignores the punctuation.
+    let names = ["ab", "a_b", "a.b", "a-b"];
+    for n in names {
+        b.directory
+            .add(&addr(&format!("{n}@x.example")), "pw", None)
+            .await
+            .unwrap();
+        b.contacts
+            .add_contact(
+                "owner@x.example",
+                &format!("{n}@x.example"),
+                None,
+                None,
+                Relationship::Colleagues,
+                1,
+            )
+            .await
+            .unwrap();
+        b.cdr
+            .start_session(&session(n, 1_000, "owner@x.example"), &[])
+            .await
+            .unwrap();
+    }
+    let users: Vec<String> = b
+        .directory
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.address.user)
+        .collect();
+    assert_eq!(users, ["a-b", "a.b", "a_b", "ab"]);
+    let contacts: Vec<String> = b
+        .contacts
+        .contact_list("owner@x.example")
+        .await
+        .unwrap()
+        .contacts
+        .into_iter()
+        .map(|c| c.contact)
+        .collect();
+    assert_eq!(
+        contacts,
+        [
+            "a-b@x.example",
+            "a.b@x.example",
+            "a_b@x.example",
+            "ab@x.example"
+        ]
+    );
+    let ids: Vec<String> = b
+        .cdr
+        .sessions(&SessionFilter::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(ids, ["a-b", "a.b", "a_b", "ab"], "same start: by id");
+}
+
+/// How many rows `schema_migrations` has, and the highest version among them.
+async fn migrations_recorded(db: &PgDatabase) -> (i64, i64) {
+    let row = db
+        .client()
+        .await
+        .query_one(
+            "SELECT COUNT(*), COALESCE(MAX(version), 0)::BIGINT FROM schema_migrations",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+#[tokio::test]
+async fn postgres_migrations_are_idempotent() {
+    let Some(db) = PgDatabase::for_postgres_tests().await else {
+        return;
+    };
+    let known = postgres::SCHEMA_VERSION;
+    assert_eq!(postgres::migrate(&db.url).await.unwrap(), known);
+    assert_eq!(migrations_recorded(&db).await, (known, known));
+    // Connecting migrates too, and finds nothing left to do, twice.
+    for _ in 0..2 {
+        let store = PostgresStore::connect(&db.url).await.unwrap();
+        store
+            .add(&addr("alice@example.com"), "pw", None)
+            .await
+            .map(|_| ())
+            .or_else(|e| match e {
+                DataError::UserExists(_) => Ok(()),
+                e => Err(e),
+            })
+            .unwrap();
+    }
+    assert_eq!(postgres::migrate(&db.url).await.unwrap(), known);
+    assert_eq!(migrations_recorded(&db).await, (known, known));
+}
+
+#[tokio::test]
+async fn postgres_a_newer_schema_is_refused() {
+    let Some(db) = PgDatabase::for_postgres_tests().await else {
+        return;
+    };
+    let known = postgres::SCHEMA_VERSION;
+    postgres::migrate(&db.url).await.unwrap();
+    db.client()
+        .await
+        .execute(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, 0)",
+            &[&(known + 1)],
+        )
+        .await
+        .unwrap();
+    let too_new = DataError::SchemaTooNew {
+        found: known + 1,
+        known,
+    };
+    assert_eq!(
+        PostgresStore::connect(&db.url).await.err(),
+        Some(too_new.clone())
+    );
+    assert_eq!(postgres::migrate(&db.url).await, Err(too_new));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_concurrent_connects_migrate_once() {
+    let Some(db) = PgDatabase::for_postgres_tests().await else {
+        return;
+    };
+    let starts: Vec<_> = (0..4)
+        .map(|_| {
+            let url = db.url.clone();
+            tokio::spawn(async move { PostgresStore::connect(&url).await.map(|_| ()) })
+        })
+        .collect();
+    for start in starts {
+        start.await.unwrap().unwrap();
+    }
+    let known = postgres::SCHEMA_VERSION;
+    assert_eq!(migrations_recorded(&db).await, (known, known));
+}
+
+#[tokio::test]
+async fn postgres_unreachable_is_unavailable_promptly() {
+    // Nothing listens: refused at once.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    // Something listens and never answers (a hung server): the connect timeout.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    for port in [closed, silent_port] {
+        let url = format!("postgres://postgres@127.0.0.1:{port}/db?connect_timeout=1");
+        let t = Instant::now();
+        let connected = PostgresStore::connect(&url).await;
+        assert!(
+            matches!(connected, Err(DataError::Unavailable(_))),
+            "port {port}: {:?}",
+            connected.err()
+        );
+        let migrated = postgres::migrate(&url).await;
+        assert!(
+            matches!(migrated, Err(DataError::Unavailable(_))),
+            "{migrated:?}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+    }
+    drop(silent);
+}
+
+#[tokio::test]
+async fn postgres_a_store_outlives_its_connections() {
+    let Some(db) = PgDatabase::for_postgres_tests().await else {
+        return;
+    };
+    let store = PostgresStore::connect(&db.url).await.unwrap();
+    let alice = addr("alice@example.com");
+    store.add(&alice, "pw", None).await.unwrap();
+    // The administrator ends every session of the database (57P01), as a restart or a
+    // failover does.
+    let killed: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity
+              WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(killed > 0);
+    // At most one call fails, as unavailable; then the store has connected again.
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let found = store.find(&alice).await;
+        let done = matches!(found, Ok(Some(_)));
+        answers.push(found);
+        if done {
+            break;
+        }
+    }
+    assert!(matches!(answers.last(), Some(Ok(Some(_)))), "{answers:?}");
+    assert!(answers.len() <= 2, "{answers:?}");
+    assert!(
+        answers[..answers.len() - 1]
+            .iter()
+            .all(|a| matches!(a, Err(DataError::Unavailable(_)))),
+        "{answers:?}"
+    );
+}
+
+#[tokio::test]
+async fn postgres_a_read_only_server_is_unavailable_until_writable_again() {
+    let Some(db) = PgDatabase::for_postgres_tests().await else {
+        return;
+    };
+    let store = PostgresStore::connect(&db.url).await.unwrap();
+    let alice = addr("alice@example.com");
+    store.add(&alice, "pw", None).await.unwrap();
+    // A failover in miniature: the sessions end, and the server they come back to takes
+    // no writes (a standby: 25006).
+    let admin = db.client().await;
+    let read_only = |on: bool| {
+        format!(
+            "ALTER DATABASE {} SET default_transaction_read_only = {on}",
+            db.name
+        )
+    };
+    admin.batch_execute(&read_only(true)).await.unwrap();
+    admin
+        .batch_execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .await
+        .unwrap();
+    let bob = addr("bob@example.com");
+    for _ in 0..2 {
+        let added = store.add(&bob, "pw", None).await;
+        assert!(matches!(added, Err(DataError::Unavailable(_))), "{added:?}");
+    }
+    assert!(
+        store.find(&alice).await.unwrap().is_some(),
+        "reads still work"
+    );
+    // The primary is writable again: the sessions that found it read-only were retired,
+    // so the store soon writes again instead of failing for ever.
+    admin.batch_execute(&read_only(false)).await.unwrap();
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let added = store.add(&bob, "pw", None).await;
+        let done = added.is_ok();
+        answers.push(added);
+        if done {
+            break;
+        }
+    }
+    assert!(matches!(answers.last(), Some(Ok(_))), "{answers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_mailbox_caps_hold_across_servers() {
+    let Some(db) = PgDatabase::for_postgres_tests().await else {
+        return;
+    };
+    let servers = [
+        Arc::new(PostgresStore::connect(&db.url).await.unwrap()),
+        Arc::new(PostgresStore::connect(&db.url).await.unwrap()),
+    ];
+    let sends: Vec<_> = (0..24)
+        .map(|i| {
+            let s = servers[i % 2].clone();
+            tokio::spawn(async move {
+                let from = format!("sender{}@example.com", i % 3);
+                s.store_offline(&offline("bob@example.com", &from, i as i64), 5, 100)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut kept = 0;
+    for send in sends {
+        if send.await.unwrap() == Keep::Kept {
+            kept += 1;
+        }
+    }
+    assert_eq!(kept, 5);
+    assert_eq!(
+        servers[0]
+            .offline_for("bob@example.com")
+            .await
+            .unwrap()
+            .len(),
+        5
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_followers_miss_no_change() {
+    let Some(db) = PgDatabase::for_postgres_tests().await else {
+        return;
+    };
+    let follower = PostgresStore::connect(&db.url).await.unwrap();
+    let writers = [
+        Arc::new(PostgresStore::connect(&db.url).await.unwrap()),
+        Arc::new(PostgresStore::connect(&db.url).await.unwrap()),
+    ];
+    let total = 60;
+    let writes: Vec<_> = (0..total)
+        .map(|i| {
+            let w = writers[i % 2].clone();
+            tokio::spawn(async move {
+                let m = ManualState {
+                    availability: "busy".into(),
+                    note: None,
+                    until_ms: None,
+                    set_at_ms: i as i64,
+                };
+                w.set_manual(&format!("user{i}@example.com"), &m)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    // Follow the log while it is written, as a running server does.
+    let mut seen = std::collections::BTreeSet::new();
+    let mut at = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.len() < total && Instant::now() < deadline {
+        let (next, changed) = follower.changes_since(at).await.unwrap();
+        at = next;
+        seen.extend(changed);
+    }
+    for w in writes {
+        w.await.unwrap();
+    }
+    // A change drawn before one already read but committed after it would be behind
+    // `at` now, and never come.
+    let (_, rest) = follower.changes_since(at).await.unwrap();
+    seen.extend(rest);
+    assert_eq!(seen.len(), total, "every change reached the follower");
 }

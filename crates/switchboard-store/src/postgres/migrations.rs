@@ -1,0 +1,196 @@
+//! Numbered schema migrations for PostgreSQL. Append only: never edit a migration that
+//! has shipped. Version N here makes the same tables, columns, keys and triggers as
+//! SQLite's migration N (`crate::migrations`), so `schema_migrations` means the same on
+//! both; the types are PostgreSQL's: BIGINT for millisecond times and counts, BYTEA for
+//! bodies, BOOLEAN for flags, identity columns for generated ids, plpgsql for triggers.
+//!
+//! Text that is sorted or joined on is `COLLATE "C"`: SQLite compares text by its bytes,
+//! and so must this backend, whatever the locale the database was created with (a
+//! locale's collation would list `a_b@x` before `a-b@x`).
+
+use tokio_postgres::Client;
+
+use super::Failure;
+use switchboard_core::DataError;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the user directory. The unique key leads with the domain, so the same index
+    // answers `has_domain` and lists users by domain.
+    r#"CREATE TABLE users (
+        id            BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        username      TEXT COLLATE "C" NOT NULL,
+        domain        TEXT COLLATE "C" NOT NULL,
+        display_name  TEXT,
+        ha1_md5       TEXT NOT NULL,
+        ha1_sha256    TEXT NOT NULL,
+        nt_hash       TEXT NOT NULL,
+        enabled       BOOLEAN NOT NULL DEFAULT TRUE,
+        created_at    BIGINT NOT NULL,
+        updated_at    BIGINT NOT NULL,
+        UNIQUE (domain, username)
+    );"#,
+    // 2: call detail records of IM sessions, and messages kept for offline users.
+    r#"CREATE TABLE cdr_sessions (
+        id              TEXT COLLATE "C" PRIMARY KEY,
+        kind            TEXT NOT NULL,
+        started_at_ms   BIGINT NOT NULL,
+        ended_at_ms     BIGINT,
+        end_reason      TEXT,
+        initiator       TEXT NOT NULL,
+        organiser       TEXT,
+        escalated_from  TEXT COLLATE "C" REFERENCES cdr_sessions(id)
+    );
+    CREATE INDEX cdr_sessions_started ON cdr_sessions (started_at_ms);
+    CREATE TABLE cdr_participants (
+        session_id      TEXT COLLATE "C" NOT NULL REFERENCES cdr_sessions(id) ON DELETE CASCADE,
+        address         TEXT COLLATE "C" NOT NULL,
+        device          TEXT NOT NULL DEFAULT '',
+        joined_at_ms    BIGINT NOT NULL,
+        left_at_ms      BIGINT,
+        messages        BIGINT NOT NULL DEFAULT 0,
+        bytes           BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (session_id, address)
+    );
+    CREATE INDEX cdr_participants_address ON cdr_participants (address);
+    CREATE TABLE offline_messages (
+        id              BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        recipient       TEXT NOT NULL,
+        sender          TEXT NOT NULL,
+        content_type    TEXT NOT NULL,
+        body            BYTEA NOT NULL,
+        received_at_ms  BIGINT NOT NULL,
+        session_id      TEXT
+    );
+    CREATE INDEX offline_messages_recipient ON offline_messages (recipient, id);"#,
+    // 3: presence: contact lists with privacy relationships, state set without a client
+    // (manual, calendar), contact cards, and a change log the running servers follow.
+    r#"CREATE TABLE contact_lists (
+        owner           TEXT PRIMARY KEY,
+        version         BIGINT NOT NULL
+    );
+    CREATE TABLE contact_groups (
+        id              BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        owner           TEXT NOT NULL,
+        name            TEXT NOT NULL,
+        UNIQUE (owner, name)
+    );
+    CREATE TABLE contacts (
+        owner           TEXT NOT NULL,
+        contact         TEXT COLLATE "C" NOT NULL,
+        relationship    TEXT NOT NULL,
+        added_at_ms     BIGINT NOT NULL,
+        PRIMARY KEY (owner, contact)
+    );
+    CREATE INDEX contacts_contact ON contacts (contact);
+    CREATE TABLE contact_group_members (
+        owner           TEXT NOT NULL,
+        contact         TEXT COLLATE "C" NOT NULL,
+        group_id        BIGINT NOT NULL REFERENCES contact_groups(id) ON DELETE CASCADE,
+        PRIMARY KEY (owner, contact, group_id),
+        FOREIGN KEY (owner, contact) REFERENCES contacts(owner, contact) ON DELETE CASCADE
+    );
+    CREATE TABLE presence_manual (
+        address         TEXT PRIMARY KEY,
+        availability    TEXT NOT NULL,
+        note            TEXT,
+        until_ms        BIGINT,
+        set_at_ms       BIGINT NOT NULL
+    );
+    CREATE TABLE calendar_entries (
+        id              BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        address         TEXT NOT NULL,
+        kind            TEXT NOT NULL,
+        from_ms         BIGINT NOT NULL,
+        to_ms           BIGINT NOT NULL,
+        subject         TEXT,
+        location        TEXT,
+        note            TEXT
+    );
+    CREATE INDEX calendar_entries_address ON calendar_entries (address, to_ms);
+    CREATE TABLE contact_cards (
+        address         TEXT PRIMARY KEY,
+        title           TEXT,
+        email           TEXT,
+        work_phone      TEXT,
+        personal_phone  TEXT
+    );
+    CREATE TABLE presence_last_active (
+        address         TEXT PRIMARY KEY,
+        at_ms           BIGINT NOT NULL
+    );
+    CREATE TABLE presence_changes (
+        seq             BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        address         TEXT NOT NULL,
+        at_ms           BIGINT NOT NULL
+    );"#,
+    // 4: a change counter of the users table alone, bumped once per row written, as
+    // SQLite's three triggers do.
+    r#"CREATE TABLE users_version (
+        id              INTEGER PRIMARY KEY CHECK (id = 1),
+        version         BIGINT NOT NULL
+    );
+    INSERT INTO users_version (id, version) VALUES (1, 0);
+    CREATE FUNCTION users_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        UPDATE users_version SET version = version + 1 WHERE id = 1;
+        RETURN NULL;
+    END
+    $$;
+    CREATE TRIGGER users_changed AFTER INSERT OR UPDATE OR DELETE ON users
+        FOR EACH ROW EXECUTE FUNCTION users_changed();"#,
+    // 5: a relationship without a place on the list (a user blocked, or put in a
+    // container, without being added as a contact: MS-PRES §3.7.4.1).
+    "ALTER TABLE contacts ADD COLUMN listed BOOLEAN NOT NULL DEFAULT TRUE;",
+    // 6: messages kept for one recipient from one sender are bounded too; this index
+    // counts them (and the recipient's total) without reading the rows.
+    "CREATE INDEX offline_messages_sender ON offline_messages (recipient, sender);",
+];
+
+/// The schema version this build migrates to.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// The advisory lock every migrating process takes first (one per database): the bytes
+/// of "swbd" and "migr".
+const MIGRATION_LOCK: i64 = 0x7377_6264_6d69_6772;
+
+/// Brings the database to [`SCHEMA_VERSION`] in one transaction, under an advisory lock:
+/// a second process starting at the same time waits, then finds nothing left to do.
+/// Returns the schema version; [`DataError::SchemaTooNew`] when a newer build migrated
+/// the database further than this one knows.
+pub(super) async fn apply(client: &mut Client) -> Result<i64, Failure> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version     BIGINT PRIMARY KEY,
+            applied_at  BIGINT NOT NULL
+        )",
+    )
+    .await?;
+    let current: i64 = tx
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0)::BIGINT FROM schema_migrations",
+            &[],
+        )
+        .await?
+        .try_get(0)?;
+    if current > SCHEMA_VERSION {
+        return Err(DataError::SchemaTooNew {
+            found: current,
+            known: SCHEMA_VERSION,
+        }
+        .into());
+    }
+    for (version, sql) in (1_i64..).zip(MIGRATIONS).skip(current as usize) {
+        tx.batch_execute(sql).await?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, applied_at)
+             VALUES ($1, EXTRACT(EPOCH FROM now())::BIGINT)",
+            &[&version],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(SCHEMA_VERSION)
+}

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# A throwaway PostgreSQL cluster for tests, kept entirely inside one directory.
+# Usage: scripts/pg-cluster.sh start DIR   initdb into DIR/data, start the server on a free
+#                                          loopback port, print its URL on stdout:
+#                                          postgres://postgres@127.0.0.1:PORT/postgres
+#        scripts/pg-cluster.sh stop DIR    stop the server DIR's postmaster.pid names
+#                                          (pg_ctl stop -m fast; then signals if it stays)
+# The server binaries come from the Debian `postgresql` package (/usr/lib/postgresql/*/bin,
+# the newest), else from PATH. Run as root, the cluster belongs to the `postgres` user
+# (initdb refuses root) and DIR is handed to it. Trust authentication, loopback only: no
+# password, no other address, the unix socket inside DIR. Nothing outside DIR is written.
+set -euo pipefail
+
+usage() { echo "usage: $0 start|stop DIR" >&2; exit 2; }
+die() { echo "pg-cluster: $*" >&2; exit 1; }
+[ $# -eq 2 ] || usage
+cmd=$1
+case $cmd in
+  start) mkdir -p "$2" ;;
+  stop) [ -d "$2" ] || exit 0 ;;
+  *) usage ;;
+esac
+DIR=$(cd "$2" && pwd)
+DATA=$DIR/data
+
+bindir() {
+  local d
+  d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  if [ -n "$d" ] && [ -x "$d/initdb" ]; then echo "$d"; return; fi
+  d=$(command -v initdb) || die "no PostgreSQL server binaries (install the postgresql package)"
+  dirname "$(readlink -f "$d")"
+}
+
+# Runs a command as the cluster's owner: `postgres` when we are root, else ourselves.
+as_owner() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# The pid in DATA/postmaster.pid, if that process is a postgres serving DATA.
+server_pid() {
+  local pid
+  [ -f "$DATA/postmaster.pid" ] || return 1
+  pid=$(head -n 1 "$DATA/postmaster.pid")
+  [[ $pid =~ ^[0-9]+$ ]] || return 1
+  [ -r "/proc/$pid/cmdline" ] || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$DATA" || return 1
+  echo "$pid"
+}
+
+start() {
+  local bin port url
+  bin=$(bindir)
+  if [ "$(id -u)" = 0 ]; then
+    id postgres >/dev/null 2>&1 || die "no postgres user (install the postgresql package)"
+    chown postgres: "$DIR"
+    chmod 700 "$DIR"
+    as_owner test -w "$DIR" || die "the postgres user cannot reach $DIR (a parent is closed to it)"
+  fi
+  if server_pid >/dev/null; then die "a server already runs in $DIR"; fi
+  if [ ! -f "$DATA/PG_VERSION" ]; then
+    as_owner "$bin/initdb" -D "$DATA" -U postgres --auth=trust --encoding=UTF8 --no-locale \
+      >"$DIR/initdb.log" 2>&1 || { cat "$DIR/initdb.log" >&2; die "initdb failed"; }
+    printf '%s\n' \
+      "# Written by scripts/pg-cluster.sh: trust, and only on loopback." \
+      "local all all trust" \
+      "host  all all 127.0.0.1/32 trust" >"$DATA/pg_hba.conf"
+    as_owner mkdir -p "$DIR/socket"
+  fi
+  # The port is free when picked and may be taken before the server binds it: try again.
+  for _ in 1 2 3; do
+    port=$(free_port)
+    if as_owner "$bin/pg_ctl" -D "$DATA" -l "$DIR/server.log" -w -t 60 start \
+      -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$DIR/socket" \
+      >/dev/null; then
+      url="postgres://postgres@127.0.0.1:$port/postgres"
+      echo "$url"
+      return 0
+    fi
+  done
+  tail -n 20 "$DIR/server.log" >&2 || true
+  die "the server did not start"
+}
+
+stop() {
+  local bin pid
+  pid=$(server_pid) || return 0
+  bin=$(bindir)
+  as_owner "$bin/pg_ctl" -D "$DATA" -m fast -w -t 30 stop >/dev/null 2>&1 || true
+  for sig in QUIT KILL; do
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -s "$sig" "$pid" 2>/dev/null || true
+    sleep 2
+  done
+  ! kill -0 "$pid" 2>/dev/null || die "postgres $pid is still running"
+}
+
+"$cmd"
