@@ -11,8 +11,8 @@ use async_trait::async_trait;
 
 use crate::{
     Address, CalendarEntry, ContactCard, ContactEntry, ContactList, DataError, Keep, ManualState,
-    OfflineMessage, ParticipantRecord, Relationship, SessionFilter, SessionRecord, StoredPresence,
-    UserRecord,
+    OfflineMessage, ParticipantRecord, Relationship, Run, SessionFilter, SessionRecord,
+    StoredPresence, UserRecord,
 };
 
 /// The user directory: who may sign in, with which credential hashes, in which domains.
@@ -47,10 +47,14 @@ pub trait Directory: Send + Sync + 'static {
 /// Call detail records of IM sessions (never message content).
 #[async_trait]
 pub trait CdrData: Send + Sync + 'static {
-    /// Records a session as it starts, with its first participants. Idempotent: a
+    /// Records that server `owner` starts (again) at `at_ms`: its run, with an epoch
+    /// greater than every run's before it, whatever their owner.
+    async fn begin_run(&self, owner: &str, at_ms: i64) -> Result<Run, DataError>;
+    /// Records a session of `run` as it starts, with its first participants. Idempotent: a
     /// session id already recorded keeps its first record (so a replayed spool is safe).
     async fn start_session(
         &self,
+        run: &Run,
         session: &SessionRecord,
         participants: &[ParticipantRecord],
     ) -> Result<(), DataError>;
@@ -64,8 +68,15 @@ pub trait CdrData: Send + Sync + 'static {
     async fn set_escalated_from(&self, id: &str, from: &str) -> Result<(), DataError>;
     /// Ends a session (a session already ended keeps its first end).
     async fn end_session(&self, id: &str, ended_at_ms: i64, reason: &str) -> Result<(), DataError>;
-    /// Ends every session still open; returns how many.
-    async fn close_open_sessions(&self, at_ms: i64, reason: &str) -> Result<usize, DataError>;
+    /// Ends every session still open that `run.owner` started in an earlier run (a crash
+    /// left it open); sessions of other owners, and of this run, are left alone. Returns
+    /// how many.
+    async fn close_open_sessions(
+        &self,
+        run: &Run,
+        at_ms: i64,
+        reason: &str,
+    ) -> Result<usize, DataError>;
     /// Sessions matching `filter`, oldest first (then by id), at most `filter.limit`.
     async fn sessions(&self, filter: &SessionFilter) -> Result<Vec<SessionRecord>, DataError>;
     async fn session(

@@ -1,6 +1,22 @@
 //! What the IM service records: call detail records (never message content) and the
 //! messages kept for users who were offline.
 
+/// One run of a server: which server (its owner id: a front end's id in a pool,
+/// [`Run::STANDALONE`] for a Standard Edition) and which start of it (an epoch greater
+/// than any run's before it). Sessions are recorded with the run that started them, so
+/// a restarted server closes what *its own* earlier runs left open, never another
+/// server's live sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run {
+    pub owner: String,
+    pub epoch: i64,
+}
+
+impl Run {
+    /// The owner id of a server that is not part of a pool.
+    pub const STANDALONE: &'static str = "standalone";
+}
+
 /// One IM session as recorded.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SessionRecord {

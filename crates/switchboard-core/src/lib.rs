@@ -32,6 +32,6 @@ pub use address::{Address, AddressError};
 pub use contacts::{ContactEntry, ContactList, Relationship, RelationshipError};
 pub use data::{CdrData, ContactData, Directory, OfflineData, PresenceData};
 pub use error::DataError;
-pub use im::{Keep, OfflineMessage, ParticipantRecord, SessionFilter, SessionRecord};
+pub use im::{Keep, OfflineMessage, ParticipantRecord, Run, SessionFilter, SessionRecord};
 pub use presence::{CalendarEntry, CalendarKind, ContactCard, ManualState, StoredPresence};
 pub use users::{Credentials, UserRecord};

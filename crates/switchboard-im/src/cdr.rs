@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use switchboard_core::{CdrData, DataError, ParticipantRecord, SessionRecord};
+use switchboard_core::{CdrData, DataError, ParticipantRecord, Run, SessionRecord};
 use tokio::sync::{mpsc, oneshot};
 
 /// Queued writes beyond which sessions are not started and counter updates dropped.
@@ -93,12 +93,12 @@ impl Health {
 }
 
 impl CdrLog {
-    /// Starts the writer over `data`.
-    pub(crate) fn start(data: Arc<dyn CdrData>) -> CdrLog {
+    /// Starts the writer over `data`, recording sessions as `run`'s.
+    pub(crate) fn start(data: Arc<dyn CdrData>, run: Run) -> CdrLog {
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let health = Arc::new(Health::default());
-        tokio::spawn(writer(data, rx, queued.clone(), health.clone()));
+        tokio::spawn(writer(data, run, rx, queued.clone(), health.clone()));
         CdrLog { tx, queued, health }
     }
 
@@ -154,6 +154,7 @@ impl CdrLog {
 
 async fn writer(
     data: Arc<dyn CdrData>,
+    run: Run,
     mut rx: mpsc::UnboundedReceiver<Job>,
     queued: Arc<AtomicUsize>,
     health: Arc<Health>,
@@ -162,7 +163,7 @@ async fn writer(
         let w = match job {
             Job::Write(w) => w,
             Job::WriteNow(w, done) => {
-                let r = apply(data.as_ref(), &w).await;
+                let r = apply(data.as_ref(), &run, &w).await;
                 match &r {
                     Ok(()) => {
                         if health.recovered() {
@@ -184,7 +185,7 @@ async fn writer(
         let mut wait = RETRY_FIRST;
         let mut told = false;
         loop {
-            match apply(data.as_ref(), &w).await {
+            match apply(data.as_ref(), &run, &w).await {
                 Ok(()) => {
                     if health.recovered() {
                         tracing::info!("CDR writes go through again");
@@ -211,9 +212,9 @@ async fn writer(
     }
 }
 
-async fn apply(data: &dyn CdrData, w: &CdrWrite) -> Result<(), DataError> {
+async fn apply(data: &dyn CdrData, run: &Run, w: &CdrWrite) -> Result<(), DataError> {
     match w {
-        CdrWrite::Start(s, parts) => data.start_session(s, parts).await,
+        CdrWrite::Start(s, parts) => data.start_session(run, s, parts).await,
         CdrWrite::Participants(rows) => data.update_participants(rows).await,
         CdrWrite::Escalated { id, from } => data.set_escalated_from(id, from).await,
         CdrWrite::End {

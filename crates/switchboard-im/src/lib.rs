@@ -62,7 +62,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use sip_message::{HeaderName, Message};
 use switchboard_core::{
-    CdrData, DataError, Directory, Keep, OfflineData, OfflineMessage, ParticipantRecord,
+    CdrData, DataError, Directory, Keep, OfflineData, OfflineMessage, ParticipantRecord, Run,
     SessionRecord,
 };
 use switchboard_proxy::{Deliverer, Delivery, Flow, HookDecision, ImHook, ServiceAnswer};
@@ -380,22 +380,27 @@ fn new_session(
 }
 
 impl ImService {
-    /// Opens the service over its data, closing sessions a crash left open, and starts
-    /// its housekeeping (counter flushes, idle ends, offline expiry).
+    /// Opens the service over its data for this server `run`, closing the sessions this
+    /// server's earlier runs left open (a crash; never another server's), and starts its
+    /// housekeeping (counter flushes, idle ends, offline expiry).
     pub async fn start(
+        run: Run,
         cdr: Arc<dyn CdrData>,
         offline: Arc<dyn OfflineData>,
         users: Arc<dyn Directory>,
         config: ImConfig,
     ) -> Arc<ImService> {
-        match cdr.close_open_sessions(now_ms(), "server restart").await {
+        match cdr
+            .close_open_sessions(&run, now_ms(), "server restart")
+            .await
+        {
             Ok(0) => {}
             Ok(n) => tracing::info!(sessions = n, "closed IM sessions left open by the last run"),
             Err(e) => tracing::error!(error = %e, "cannot close IM sessions of the last run"),
         }
         let svc = Arc::new_cyclic(|me| ImService {
             me: me.clone(),
-            cdr: cdr::CdrLog::start(cdr),
+            cdr: cdr::CdrLog::start(cdr, run),
             offline,
             config,
             conversations: Mutex::new(HashMap::new()),

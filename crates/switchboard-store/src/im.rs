@@ -8,7 +8,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::rows::{self, offline_columns, participant_columns, session_columns};
 use crate::StoreError;
-use switchboard_core::{Keep, OfflineMessage, ParticipantRecord, SessionFilter, SessionRecord};
+use switchboard_core::{
+    Keep, OfflineMessage, ParticipantRecord, Run, SessionFilter, SessionRecord,
+};
 
 /// CDR and offline messages over their own SQLite connection.
 pub struct ImStore {
@@ -27,19 +29,34 @@ impl ImStore {
         })
     }
 
-    /// Records the start of a session and its first participants, in one transaction.
+    /// Records a new run of server `owner`.
+    pub fn begin_run(&self, owner: &str, at_ms: i64) -> Result<Run, StoreError> {
+        let conn = self.conn.lock();
+        conn.execute(
+            "INSERT INTO server_runs (owner, started_at_ms) VALUES (?1, ?2)",
+            params![owner, at_ms],
+        )?;
+        Ok(Run {
+            owner: owner.to_owned(),
+            epoch: conn.last_insert_rowid(),
+        })
+    }
+
+    /// Records the start of a session of `run` and its first participants, in one
+    /// transaction.
     pub fn start_session(
         &self,
+        run: &Run,
         s: &SessionRecord,
         participants: &[ParticipantRecord],
     ) -> Result<(), StoreError> {
         let mut conn = self.conn.lock();
         let tx = conn.transaction()?;
         tx.execute(
-            "INSERT INTO cdr_sessions (id, kind, started_at_ms, ended_at_ms, end_reason, initiator, organiser, escalated_from)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+            "INSERT INTO cdr_sessions (id, kind, started_at_ms, ended_at_ms, end_reason, initiator, organiser, escalated_from, owner, epoch)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
              ON CONFLICT (id) DO NOTHING",
-            params![s.id, s.kind, s.started_at_ms, s.ended_at_ms, s.end_reason, s.initiator, s.organiser, s.escalated_from],
+            params![s.id, s.kind, s.started_at_ms, s.ended_at_ms, s.end_reason, s.initiator, s.organiser, s.escalated_from, run.owner, run.epoch],
         )?;
         for p in participants {
             upsert_participant(&tx, &s.id, p)?;
@@ -89,18 +106,26 @@ impl ImStore {
         Ok(())
     }
 
-    /// At startup: sessions a crash left open are closed with `reason`. Returns how many.
-    pub fn close_open_sessions(&self, at_ms: i64, reason: &str) -> Result<usize, StoreError> {
+    /// At startup: sessions `run.owner`'s earlier runs left open (a crash) are closed
+    /// with `reason`. Returns how many.
+    pub fn close_open_sessions(
+        &self,
+        run: &Run,
+        at_ms: i64,
+        reason: &str,
+    ) -> Result<usize, StoreError> {
         let mut conn = self.conn.lock();
         let tx = conn.transaction()?;
         tx.execute(
             "UPDATE cdr_participants SET left_at_ms = ?1 WHERE left_at_ms IS NULL
-               AND session_id IN (SELECT id FROM cdr_sessions WHERE ended_at_ms IS NULL)",
-            params![at_ms],
+               AND session_id IN (SELECT id FROM cdr_sessions
+                                   WHERE ended_at_ms IS NULL AND owner = ?2 AND epoch < ?3)",
+            params![at_ms, run.owner, run.epoch],
         )?;
         let n = tx.execute(
-            "UPDATE cdr_sessions SET ended_at_ms = ?1, end_reason = ?2 WHERE ended_at_ms IS NULL",
-            params![at_ms, reason],
+            "UPDATE cdr_sessions SET ended_at_ms = ?1, end_reason = ?2
+              WHERE ended_at_ms IS NULL AND owner = ?3 AND epoch < ?4",
+            params![at_ms, reason, run.owner, run.epoch],
         )?;
         tx.commit()?;
         Ok(n)
@@ -259,7 +284,9 @@ mod tests {
             messages: n,
             bytes: n * 10,
         };
+        let run = s.begin_run(Run::STANDALONE, 500).unwrap();
         s.start_session(
+            &run,
             &rec,
             &[p("sip:alice@example.com", 0), p("sip:bob@example.com", 0)],
         )
@@ -275,8 +302,14 @@ mod tests {
                 .messages,
             3
         );
-        // A crash leaves it open: the next start closes it.
-        assert_eq!(s.close_open_sessions(5000, "server restart").unwrap(), 1);
+        // A crash leaves it open: the next run closes it.
+        let next = s.begin_run(Run::STANDALONE, 4000).unwrap();
+        assert!(next.epoch > run.epoch);
+        assert_eq!(
+            s.close_open_sessions(&next, 5000, "server restart")
+                .unwrap(),
+            1
+        );
         let (got, ps) = s.session("s1").unwrap().unwrap();
         assert_eq!(got.end_reason.as_deref(), Some("server restart"));
         assert!(ps.iter().all(|x| x.left_at_ms == Some(5000)));

@@ -133,6 +133,17 @@ const MIGRATIONS: &[&str] = &[
     // counts them (and the recipient's total) from the index alone, on every message
     // kept, without reading the rows.
     "CREATE INDEX offline_messages_sender ON offline_messages (recipient, sender);",
+    // 7: every session names the server run that started it (owner id and epoch), so a
+    // restart closes only what its own earlier runs left open. Sessions from before are
+    // the standalone server's, from run 0.
+    "CREATE TABLE server_runs (
+        epoch           INTEGER PRIMARY KEY AUTOINCREMENT,
+        owner           TEXT NOT NULL,
+        started_at_ms   INTEGER NOT NULL
+    );
+    ALTER TABLE cdr_sessions ADD COLUMN owner TEXT NOT NULL DEFAULT 'standalone';
+    ALTER TABLE cdr_sessions ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX cdr_sessions_open ON cdr_sessions (owner, epoch) WHERE ended_at_ms IS NULL;",
 ];
 
 pub(crate) fn apply(conn: &Connection) -> Result<(), StoreError> {

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use switchboard_core::{
     Address, CalendarEntry, CdrData, ContactCard, ContactData, ContactEntry, ContactList,
     DataError, Directory, Keep, ManualState, OfflineData, OfflineMessage, ParticipantRecord,
-    PresenceData, Relationship, SessionFilter, SessionRecord, StoredPresence, UserRecord,
+    PresenceData, Relationship, Run, SessionFilter, SessionRecord, StoredPresence, UserRecord,
 };
 
 use crate::{ImStore, PresenceStore, StoreError, UserDirectory};
@@ -134,13 +134,23 @@ impl Directory for SqliteStore {
 
 #[async_trait]
 impl CdrData for SqliteStore {
+    async fn begin_run(&self, owner: &str, at_ms: i64) -> Result<Run, DataError> {
+        let (im, owner) = (self.im.clone(), owner.to_owned());
+        blocking(move || im.begin_run(&owner, at_ms)).await
+    }
     async fn start_session(
         &self,
+        run: &Run,
         session: &SessionRecord,
         participants: &[ParticipantRecord],
     ) -> Result<(), DataError> {
-        let (im, s, p) = (self.im.clone(), session.clone(), participants.to_vec());
-        blocking(move || im.start_session(&s, &p)).await
+        let (im, r, s, p) = (
+            self.im.clone(),
+            run.clone(),
+            session.clone(),
+            participants.to_vec(),
+        );
+        blocking(move || im.start_session(&r, &s, &p)).await
     }
     async fn update_participants(
         &self,
@@ -157,9 +167,14 @@ impl CdrData for SqliteStore {
         let (im, id, reason) = (self.im.clone(), id.to_owned(), reason.to_owned());
         blocking(move || im.end_session(&id, ended_at_ms, &reason)).await
     }
-    async fn close_open_sessions(&self, at_ms: i64, reason: &str) -> Result<usize, DataError> {
-        let (im, reason) = (self.im.clone(), reason.to_owned());
-        blocking(move || im.close_open_sessions(at_ms, &reason)).await
+    async fn close_open_sessions(
+        &self,
+        run: &Run,
+        at_ms: i64,
+        reason: &str,
+    ) -> Result<usize, DataError> {
+        let (im, run, reason) = (self.im.clone(), run.clone(), reason.to_owned());
+        blocking(move || im.close_open_sessions(&run, at_ms, &reason)).await
     }
     async fn sessions(&self, filter: &SessionFilter) -> Result<Vec<SessionRecord>, DataError> {
         let (im, f) = (self.im.clone(), filter.clone());

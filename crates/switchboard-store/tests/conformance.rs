@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use switchboard_core::{
     Address, CalendarEntry, CalendarKind, CdrData, ContactCard, ContactData, DataError, Directory,
     Keep, ManualState, OfflineData, OfflineMessage, ParticipantRecord, PresenceData, Relationship,
-    SessionFilter, SessionRecord,
+    Run, SessionFilter, SessionRecord,
 };
 use switchboard_store::postgres::{self, PostgresStore};
 
@@ -296,14 +296,15 @@ fn participant(address: &str, at: i64) -> ParticipantRecord {
 async fn cdr_sessions_start_once_grow_and_end_once() {
     let b = backend().await;
     let c = &b.cdr;
+    let run = c.begin_run(Run::STANDALONE, 500).await.unwrap();
     let s1 = session("s-1", 1_000, "alice@example.com");
-    c.start_session(&s1, &[participant("alice@example.com", 1_000)])
+    c.start_session(&run, &s1, &[participant("alice@example.com", 1_000)])
         .await
         .unwrap();
     // A replay keeps the first record.
     let mut again = s1.clone();
     again.initiator = "mallory@example.com".into();
-    c.start_session(&again, &[]).await.unwrap();
+    c.start_session(&run, &again, &[]).await.unwrap();
     let (got, parts) = c.session("s-1").await.unwrap().unwrap();
     assert_eq!(got, s1);
     assert_eq!(parts.len(), 1);
@@ -322,6 +323,7 @@ async fn cdr_sessions_start_once_grow_and_end_once() {
     assert!(parts.contains(&alice), "{parts:?}");
     c.set_escalated_from("s-2", "s-1").await.unwrap(); // no such session: nothing
     c.start_session(
+        &run,
         &session("s-2", 2_000, "bob@example.com"),
         &[participant("bob@example.com", 2_000)],
     )
@@ -344,26 +346,95 @@ async fn cdr_sessions_start_once_grow_and_end_once() {
     assert_eq!(ended.ended_at_ms, Some(3_000), "the first end stays");
     assert_eq!(ended.end_reason.as_deref(), Some("bye"));
     assert!(parts.iter().all(|p| p.left_at_ms == Some(3_000)));
-    // Only s-2 is still open.
-    assert_eq!(c.close_open_sessions(5_000, "restart").await.unwrap(), 1);
-    assert_eq!(c.close_open_sessions(6_000, "restart").await.unwrap(), 0);
+    // Only s-2 is still open; this run's own sessions stay open, the next run closes it.
+    assert_eq!(
+        c.close_open_sessions(&run, 4_500, "restart").await.unwrap(),
+        0
+    );
+    let next = c.begin_run(Run::STANDALONE, 4_900).await.unwrap();
+    assert_eq!(
+        c.close_open_sessions(&next, 5_000, "restart")
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        c.close_open_sessions(&next, 6_000, "restart")
+            .await
+            .unwrap(),
+        0
+    );
     let (s2, parts) = c.session("s-2").await.unwrap().unwrap();
     assert_eq!(s2.end_reason.as_deref(), Some("restart"));
     assert!(parts.iter().all(|p| p.left_at_ms == Some(5_000)));
     assert_eq!(c.session("s-9").await.unwrap(), None);
 }
 
+/// A restarted server closes what its own earlier runs left open, and nothing else:
+/// not another server's live sessions (the pool), not its own current run's.
+#[tokio::test]
+async fn a_run_closes_only_its_owners_earlier_sessions() {
+    let b = backend().await;
+    let c = &b.cdr;
+    let fe1 = c.begin_run("fe-1", 100).await.unwrap();
+    let fe2 = c.begin_run("fe-2", 200).await.unwrap();
+    assert!(fe2.epoch > fe1.epoch, "epochs grow across owners");
+    let open = |id: &str| session(id, 1_000, "alice@example.com");
+    c.start_session(
+        &fe1,
+        &open("fe1-old"),
+        &[participant("alice@example.com", 1_000)],
+    )
+    .await
+    .unwrap();
+    c.start_session(
+        &fe2,
+        &open("fe2-live"),
+        &[participant("bob@example.com", 1_000)],
+    )
+    .await
+    .unwrap();
+    // fe-1 restarts: its old session is closed, fe-2's is not.
+    let fe1_again = c.begin_run("fe-1", 300).await.unwrap();
+    assert!(fe1_again.epoch > fe2.epoch);
+    c.start_session(&fe1_again, &open("fe1-new"), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        c.close_open_sessions(&fe1_again, 2_000, "server restart")
+            .await
+            .unwrap(),
+        1
+    );
+    let ended =
+        |id: &'static str| async move { c.session(id).await.unwrap().unwrap().0.end_reason };
+    assert_eq!(ended("fe1-old").await.as_deref(), Some("server restart"));
+    assert_eq!(
+        ended("fe2-live").await,
+        None,
+        "another server's session stays open"
+    );
+    assert_eq!(
+        ended("fe1-new").await,
+        None,
+        "this run's own session stays open"
+    );
+    let (_, parts) = c.session("fe2-live").await.unwrap().unwrap();
+    assert!(parts.iter().all(|p| p.left_at_ms.is_none()));
+}
+
 #[tokio::test]
 async fn cdr_sessions_are_listed_oldest_first_by_filter() {
     let b = backend().await;
     let c = &b.cdr;
+    let run = c.begin_run(Run::STANDALONE, 500).await.unwrap();
     for (id, at, who) in [
         ("b", 2_000, "bob"),
         ("a", 1_000, "alice"),
         ("c", 3_000, "alice"),
     ] {
         let who = format!("{who}@example.com");
-        c.start_session(&session(id, at, &who), &[participant(&who, at)])
+        c.start_session(&run, &session(id, at, &who), &[participant(&who, at)])
             .await
             .unwrap();
     }
@@ -642,6 +713,7 @@ async fn listings_sort_by_bytes_not_by_locale() {
     // By bytes: '-' (2D) < '.' (2E) < '_' (5F) < 'b'; a locale puts '_' first or
     // ignores the punctuation.
     let names = ["ab", "a_b", "a.b", "a-b"];
+    let run = b.cdr.begin_run(Run::STANDALONE, 500).await.unwrap();
     for n in names {
         b.directory
             .add(&addr(&format!("{n}@x.example")), "pw", None)
@@ -659,7 +731,7 @@ async fn listings_sort_by_bytes_not_by_locale() {
             .await
             .unwrap();
         b.cdr
-            .start_session(&session(n, 1_000, "owner@x.example"), &[])
+            .start_session(&run, &session(n, 1_000, "owner@x.example"), &[])
             .await
             .unwrap();
     }

@@ -205,7 +205,23 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
         _ => anyhow::bail!("TLS needs both tls.certificate and tls.private_key in the config (or neither, to use a generated one)"),
     };
 
-    let im = ImService::start(data.clone(), data.clone(), data.clone(), cfg.im.clone()).await;
+    // This start of the server: the CDR sessions it records are its own, and those its
+    // earlier runs left open are closed (never another server's).
+    let run = switchboard_core::CdrData::begin_run(
+        data.as_ref(),
+        switchboard_core::Run::STANDALONE,
+        now_ms(),
+    )
+    .await
+    .context("cannot record this server's start in the database")?;
+    let im = ImService::start(
+        run,
+        data.clone(),
+        data.clone(),
+        data.clone(),
+        cfg.im.clone(),
+    )
+    .await;
     let location = Arc::new(Location::new(cfg.registrar.clone()));
     let core = Core::new(
         layer.clone(),
@@ -289,4 +305,11 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
         transports,
         stop,
     })
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }

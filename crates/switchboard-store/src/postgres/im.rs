@@ -7,7 +7,7 @@
 use async_trait::async_trait;
 use futures_util::future::{try_join, try_join_all};
 use switchboard_core::{
-    CdrData, DataError, Keep, OfflineData, OfflineMessage, ParticipantRecord, SessionFilter,
+    CdrData, DataError, Keep, OfflineData, OfflineMessage, ParticipantRecord, Run, SessionFilter,
     SessionRecord,
 };
 use tokio_postgres::types::ToSql;
@@ -56,8 +56,24 @@ async fn upsert_participants<'a>(
 
 #[async_trait]
 impl CdrData for PostgresStore {
+    async fn begin_run(&self, owner: &str, at_ms: i64) -> Result<Run, DataError> {
+        on_connection!(self, |c| {
+            let st = c
+                .prepare_cached(
+                    "INSERT INTO server_runs (owner, started_at_ms) VALUES ($1, $2) RETURNING epoch",
+                )
+                .await?;
+            let row = c.query_one(&st, &[&owner, &at_ms]).await?;
+            Ok(Run {
+                owner: owner.to_owned(),
+                epoch: row.try_get(0)?,
+            })
+        })
+    }
+
     async fn start_session(
         &self,
+        run: &Run,
         s: &SessionRecord,
         participants: &[ParticipantRecord],
     ) -> Result<(), DataError> {
@@ -67,7 +83,8 @@ impl CdrData for PostgresStore {
                 .prepare_cached(concat!(
                     "INSERT INTO cdr_sessions (",
                     session_columns!(),
-                    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING"
+                    ", owner, epoch) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                     ON CONFLICT (id) DO NOTHING"
                 ))
                 .await?;
             tx.execute(
@@ -81,6 +98,8 @@ impl CdrData for PostgresStore {
                     &s.initiator,
                     &s.organiser,
                     &s.escalated_from,
+                    &run.owner,
+                    &run.epoch,
                 ],
             )
             .await?;
@@ -139,23 +158,29 @@ impl CdrData for PostgresStore {
         })
     }
 
-    async fn close_open_sessions(&self, at_ms: i64, reason: &str) -> Result<usize, DataError> {
+    async fn close_open_sessions(
+        &self,
+        run: &Run,
+        at_ms: i64,
+        reason: &str,
+    ) -> Result<usize, DataError> {
         on_connection!(self, |c| {
             let tx = c.transaction().await?;
             let (participants, sessions) = try_join(
                 tx.prepare_cached(
                     "UPDATE cdr_participants SET left_at_ms = $1 WHERE left_at_ms IS NULL
-                       AND session_id IN (SELECT id FROM cdr_sessions WHERE ended_at_ms IS NULL)",
+                       AND session_id IN (SELECT id FROM cdr_sessions
+                                           WHERE ended_at_ms IS NULL AND owner = $2 AND epoch < $3)",
                 ),
                 tx.prepare_cached(
                     "UPDATE cdr_sessions SET ended_at_ms = $1, end_reason = $2
-                      WHERE ended_at_ms IS NULL",
+                      WHERE ended_at_ms IS NULL AND owner = $3 AND epoch < $4",
                 ),
             )
             .await?;
             let (_, n) = try_join(
-                tx.execute(&participants, &[&at_ms]),
-                tx.execute(&sessions, &[&at_ms, &reason]),
+                tx.execute(&participants, &[&at_ms, &run.owner, &run.epoch]),
+                tx.execute(&sessions, &[&at_ms, &reason, &run.owner, &run.epoch]),
             )
             .await?;
             tx.commit().await?;

@@ -144,6 +144,17 @@ const MIGRATIONS: &[&str] = &[
     // 6: messages kept for one recipient from one sender are bounded too; this index
     // counts them (and the recipient's total) without reading the rows.
     "CREATE INDEX offline_messages_sender ON offline_messages (recipient, sender);",
+    // 7: every session names the server run that started it (owner id and epoch), so a
+    // restart closes only what its own earlier runs left open. Sessions from before are
+    // the standalone server's, from run 0.
+    r#"CREATE TABLE server_runs (
+        epoch           BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        owner           TEXT COLLATE "C" NOT NULL,
+        started_at_ms   BIGINT NOT NULL
+    );
+    ALTER TABLE cdr_sessions ADD COLUMN owner TEXT COLLATE "C" NOT NULL DEFAULT 'standalone';
+    ALTER TABLE cdr_sessions ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0;
+    CREATE INDEX cdr_sessions_open ON cdr_sessions (owner, epoch) WHERE ended_at_ms IS NULL;"#,
 ];
 
 /// The schema version this build migrates to.
