@@ -60,6 +60,16 @@ fn loop_hash(msg: &Message) -> String {
 }
 
 /// Where an outbound request goes and what we say about ourselves on that path.
+/// One branch of a forked request (§16.6): what was sent where, and how far it got.
+struct Branch {
+    request: Message,
+    hop: Hop,
+    /// A provisional response came back (it may be CANCELled, §9.1).
+    provisional: bool,
+    /// Its final response came back (or it failed).
+    done: bool,
+}
+
 pub(crate) struct Hop {
     pub(crate) target: Target,
     transport: TransportKind,
@@ -737,7 +747,7 @@ impl Core {
             && matches!(method, Method::Invite | Method::Subscribe | Method::Refer);
         let hash = loop_hash(&req.message);
         let (ev_tx, mut ev_rx) = mailbox::<(usize, ClientEvent)>();
-        let mut branches: Vec<(Message, Hop, bool, bool)> = Vec::new(); // request, hop, got provisional, done
+        let mut branches: Vec<Branch> = Vec::new();
         for b in &bindings {
             let hop = self.hop_for(b);
             if self.is_own_hop(&hop) {
@@ -748,7 +758,12 @@ impl Core {
                 self.branch_request(&req.message, &req.source, b, &hop, &hash, idx);
             self.layer
                 .send_request_tagged(out.clone(), hop.target, idx, ev_tx.clone());
-            branches.push((out, hop, false, false));
+            branches.push(Branch {
+                request: out,
+                hop,
+                provisional: false,
+                done: false,
+            });
         }
         drop(ev_tx);
         // A dialog-creating INVITE to a user that gets no 2xx: the IM service gives back
@@ -789,10 +804,10 @@ impl Core {
             };
             let (resp, came_over) = match ev {
                 ClientEvent::Response(r) => (r.message, Some(r.source)),
-                ClientEvent::Timeout => (synthetic(&branches[idx].0, 408), None),
+                ClientEvent::Timeout => (synthetic(&branches[idx].request, 408), None),
                 ClientEvent::TransportError(e) => {
                     tracing::debug!(error = %e, "branch failed");
-                    (synthetic(&branches[idx].0, 503), None)
+                    (synthetic(&branches[idx].request, 503), None)
                 }
             };
             let status = resp.status().unwrap_or(500);
@@ -812,11 +827,11 @@ impl Core {
                 resp
             };
             if status < 200 {
-                branches[idx].2 = true;
+                branches[idx].provisional = true;
                 if (got_2xx || cancelled) && is_invite {
                     // A provisional after we decided: now the branch can be cancelled.
-                    let c = cancel_for(&branches[idx].0);
-                    let _ = self.layer.send_request(c, branches[idx].1.target);
+                    let c = cancel_for(&branches[idx].request);
+                    let _ = self.layer.send_request(c, branches[idx].hop.target);
                 }
                 if status > 100 && !got_2xx {
                     if let Some(up) = strip_our_via(resp) {
@@ -825,8 +840,8 @@ impl Core {
                 }
                 continue;
             }
-            if !branches[idx].3 {
-                branches[idx].3 = true;
+            if !branches[idx].done {
+                branches[idx].done = true;
                 pending -= 1;
             }
             if (200..300).contains(&status) {
@@ -896,8 +911,14 @@ impl Core {
         }
     }
 
-    fn cancel_branches(&self, branches: &mut [(Message, Hop, bool, bool)]) {
-        for (out, hop, provisional, done) in branches.iter() {
+    fn cancel_branches(&self, branches: &mut [Branch]) {
+        for Branch {
+            request: out,
+            hop,
+            provisional,
+            done,
+        } in branches.iter()
+        {
             // §9.1: CANCEL only branches that answered provisionally and are not done.
             if *provisional && !*done {
                 let _ = self.layer.send_request(cancel_for(out), hop.target);
