@@ -60,6 +60,18 @@ fn loop_hash(msg: &Message) -> String {
 }
 
 /// Where an outbound request goes and what we say about ourselves on that path.
+/// What [`Core::classify`] found a routed request to be.
+struct Classified {
+    method: Method,
+    ruri: sip_message::SipUri,
+    /// It carries a To tag.
+    in_dialog: bool,
+    /// Its Request-URI names a user of a domain served here.
+    domain_target: bool,
+    /// In a dialog: the device (or the dialog's other party) it goes to.
+    contact_binding: Option<Binding>,
+}
+
 /// One branch of a forked request (§16.6): what was sent where, and how far it got.
 struct Branch {
     request: Message,
@@ -107,50 +119,84 @@ impl Core {
         })
     }
 
+    /// A routed request (our own Route entries taken off, `own_route`), step by step:
+    /// what it is and where it may go, who sent it, then who takes it.
     pub(crate) async fn handle_routed(
         self: Arc<Self>,
         req: ServerRequest,
         own_route: crate::OwnRoute,
     ) {
+        let Some(target) = self.classify(&req, &own_route).await else {
+            return;
+        };
+        let Some(from_aor) = self.authenticate_sender(&req).await else {
+            return;
+        };
+        self.dispatch(req, target, from_aor).await
+    }
+
+    /// What the request is and whether it may go anywhere (§16.3): answered here (and
+    /// `None`) when addressed to the server itself, out of hops, routed elsewhere, or
+    /// aimed at nothing this server serves or a dialog of ours established.
+    async fn classify(
+        &self,
+        req: &ServerRequest,
+        own_route: &crate::OwnRoute,
+    ) -> Option<Classified> {
         let msg = &req.message;
         let method = msg.method().cloned().unwrap_or(Method::Options);
         let Some(ruri) = msg.request_uri().and_then(Uri::as_sip).cloned() else {
-            return self.respond(&req, 416).await;
+            self.respond(req, 416).await;
+            return None;
         };
         // Requests addressed to the server itself (no user part).
         let addressed_to_us = ruri.user.is_none()
             && (self.is_own(&ruri.host, ruri.port)
                 || match self.serves_domain(&ruri.host.to_string()).await {
                     Ok(served) => served,
-                    Err(_) => return self.respond_unavailable(&req).await,
+                    Err(_) => {
+                        self.respond_unavailable(req).await;
+                        return None;
+                    }
                 });
         if addressed_to_us {
-            return match method {
-                Method::Options => self.answer_options(&req).await,
+            match method {
+                Method::Options => self.answer_options(req).await,
                 _ => {
                     let mut resp = self.response(msg, 405);
                     resp.headers.push(HeaderName::Allow, "OPTIONS, REGISTER");
                     req.tx.respond(&resp).await
                 }
             };
+            return None;
         }
         // §16.3 step 3.
         match msg.header_u32(&HeaderName::MaxForwards) {
-            Ok(Some(0)) => return self.respond(&req, 483).await,
+            Ok(Some(0)) => {
+                self.respond(req, 483).await;
+                return None;
+            }
             Ok(_) => {}
-            Err(_) => return self.respond(&req, 400).await,
+            Err(_) => {
+                self.respond(req, 400).await;
+                return None;
+            }
         }
         // Routes that remain after ours were removed point elsewhere: we relay nothing
         // off this server.
         if msg.headers.has(&HeaderName::Route) {
-            return self.respond_warning(&req, 403, "relaying denied").await;
+            self.respond_warning(req, 403, "relaying denied").await;
+            return None;
         }
         // In-dialog request to a registered contact: send it over that device's flow.
         let in_dialog = msg.to_header().ok().is_some_and(|t| t.tag().is_some());
         let domain_target = ruri.user.is_some()
             && match self.serves_domain(&ruri.host.to_string()).await {
                 Ok(served) => served,
-                Err(_) => return self.respond_unavailable(&req).await,
+                Err(_) => {
+                    self.respond_unavailable(req).await;
+                    return None;
+                }
             };
         // In a dialog: the device's registered contact, or else, when our Record-Route's
         // cookie proves the Request-URI is a remote target this dialog established, that
@@ -158,46 +204,67 @@ impl Core {
         let contact_binding = if in_dialog && !domain_target {
             self.location
                 .binding_for_contact(&Uri::Sip(ruri.clone()), to_aor(msg).as_deref())
-                .or_else(|| self.proven_peer(msg, &ruri, &own_route))
+                .or_else(|| self.proven_peer(msg, &ruri, own_route))
         } else {
             None
         };
         if !domain_target && contact_binding.is_none() {
-            return self
-                .respond_warning(&req, 403, "relaying denied: domain not served here")
+            self.respond_warning(req, 403, "relaying denied: domain not served here")
                 .await;
+            return None;
         }
+        Some(Classified {
+            method,
+            ruri,
+            in_dialog,
+            domain_target,
+            contact_binding,
+        })
+    }
+
+    /// Who sent it: a user of a domain served here, by MS-SIPAE signature or Digest
+    /// (§22.3, 407), whose From matches the credentials and who is within their rate.
+    /// Their AoR, or `None` when answered here.
+    async fn authenticate_sender(&self, req: &ServerRequest) -> Option<String> {
+        let msg = &req.message;
         // Authenticate the sender: a user of a domain we serve (§22.3, 407).
         let Ok(from) = msg.from_header() else {
-            return self.respond(&req, 400).await;
+            self.respond(req, 400).await;
+            return None;
         };
         let Some(from_uri) = from.uri.as_sip() else {
-            return self
-                .respond_warning(&req, 403, "sender is not a SIP user")
+            self.respond_warning(req, 403, "sender is not a SIP user")
                 .await;
+            return None;
         };
         let from_domain = from_uri.host.to_string();
         match self.serves_domain(&from_domain).await {
             Ok(true) => {}
             Ok(false) => {
-                return self
-                    .respond_warning(&req, 403, "sender's domain is not served here")
-                    .await
+                self.respond_warning(req, 403, "sender's domain is not served here")
+                    .await;
+                return None;
             }
-            Err(_) => return self.respond_unavailable(&req).await,
+            Err(_) => {
+                self.respond_unavailable(req).await;
+                return None;
+            }
         }
         // A Lync client's signature on its association authenticates it (MS-SIPAE);
         // everyone else answers a Digest challenge.
-        let sender = match self.check_signed_request(&req) {
+        let sender = match self.check_signed_request(req) {
             SignedRequest::Valid(user) => user,
             SignedRequest::Invalid => {
                 let refused = self.signature_refused(msg);
-                return req.tx.respond(&refused).await;
+                {
+                    req.tx.respond(&refused).await;
+                    return None;
+                }
             }
             SignedRequest::NoAssociation => {
-                match self.authenticate_or_answer(&req, &from_domain).await {
+                match self.authenticate_or_answer(req, &from_domain).await {
                     Some(user) => user,
-                    None => return,
+                    None => return None,
                 }
             }
         };
@@ -205,14 +272,27 @@ impl Core {
             .user_unescaped()
             .and_then(|u| Address::parse(&format!("{u}@{from_domain}")).ok());
         if from_addr.as_ref() != Some(&sender) {
-            return self
-                .respond_warning(&req, 403, "From does not match the credentials")
+            self.respond_warning(req, 403, "From does not match the credentials")
                 .await;
+            return None;
         }
-        if !self.admit_user(&req, &sender).await {
-            return;
+        if !self.admit_user(req, &sender).await {
+            return None;
         }
-        let from_aor = format!("sip:{sender}");
+        Some(format!("sip:{sender}"))
+    }
+
+    /// Who takes it: an event service, the IM service, the dialog's other party, or the
+    /// target user's devices (forked, §16.6).
+    async fn dispatch(self: Arc<Self>, req: ServerRequest, target: Classified, from_aor: String) {
+        let Classified {
+            method,
+            ruri,
+            in_dialog,
+            domain_target,
+            contact_binding,
+        } = target;
+        let msg = &req.message;
         if matches!(
             method,
             Method::Subscribe | Method::Publish | Method::Service
