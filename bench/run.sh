@@ -10,6 +10,11 @@
 #
 #   bench/run.sh                                   # everything (~15 min)
 #   TESTS=register TRANSPORTS=udp DUR=10 bench/run.sh
+#   SERVERS="kamailio switchboard switchboard-pg" bench/run.sh   # and Switchboard on PostgreSQL
+#
+# `switchboard-pg` is Switchboard with `--database` on a throwaway PostgreSQL cluster
+# (scripts/pg-cluster.sh, in WORK, stopped at the end); its CPU column is Switchboard's
+# alone (PostgreSQL's own processes are not counted).
 #
 # Knobs: TESTS ("register message subscribe publish"), TRANSPORTS ("udp tcp"),
 # SERVERS ("kamailio switchboard"), DUR (10 s per trial), PAR (2 SIPp client instances),
@@ -80,6 +85,13 @@ done
 # the internet, which Kamailio here runs without too) is lifted; it is still accounted.
 printf '[presence]\nnotify_interval_ms = 0\n[limits]\nsource_requests_per_sec = 0\nmax_connections_per_source = 0\n' > "$DATA/sb.toml"
 "$BIN" --data-dir "$DATA/sb" user import "$DATA/users.csv" >/dev/null || exit 1
+PGURL=
+if [[ " $SERVERS " == *" switchboard-pg "* ]]; then
+  rm -rf "$WORK/pg"; mkdir -p "$WORK/pg"
+  PGURL=$("$ROOT/scripts/pg-cluster.sh" start "$WORK/pg") || { log "cannot start PostgreSQL"; exit 1; }
+  trap '"$ROOT/scripts/pg-cluster.sh" stop "$WORK/pg"' EXIT
+  "$BIN" --data-dir "$DATA/sbpg" --database "$PGURL" user import "$DATA/users.csv" >/dev/null || exit 1
+fi
 SQL=/usr/share/kamailio/db_sqlite
 { cat "$SQL/standard-create.sql" "$SQL/auth_db-create.sql"
   echo "BEGIN;"
@@ -112,6 +124,10 @@ start_server() {  # $1 = kamailio|switchboard, $2 = log, $3 = Switchboard's HTTP
       ;;
     switchboard)
       "$BIN" --data-dir "$DATA/sb" --log-level warn serve --config "$DATA/sb.toml" \
+        --sip-udp 127.0.0.1:$PORT --sip-tcp 127.0.0.1:$PORT --sip-tls off --http "${3:-off}" >"$2" 2>&1 &
+      ;;
+    switchboard-pg)
+      "$BIN" --data-dir "$DATA/sbpg" --database "$PGURL" --log-level warn serve --config "$DATA/sb.toml" \
         --sip-udp 127.0.0.1:$PORT --sip-tcp 127.0.0.1:$PORT --sip-tls off --http "${3:-off}" >"$2" 2>&1 &
       ;;
   esac
@@ -325,12 +341,18 @@ import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 best = {(r['server'], r['test'], r['transport']): (int(r['best_rate']), int(r['server_cpu_pct'])) for r in rows}
 keys = sorted({(r['test'], r['transport']) for r in rows})
-print('| test | transport | Kamailio calls/s | Kamailio CPU | Switchboard calls/s | Switchboard CPU | rate ratio | per-core ratio |')
-print('|---|---|---|---|---|---|---|---|')
+pg = any(r['server'] == 'switchboard-pg' for r in rows)
+extra_h = ' Switchboard on PostgreSQL calls/s | its CPU | PostgreSQL rate ratio |' if pg else ''
+print('| test | transport | Kamailio calls/s | Kamailio CPU | Switchboard calls/s | Switchboard CPU | rate ratio | per-core ratio |' + extra_h)
+print('|---|---|---|---|---|---|---|---|' + ('---|---|---|' if pg else ''))
 for t, tr in keys:
     k = best.get(('kamailio', t, tr), (0, 0)); s = best.get(('switchboard', t, tr), (0, 0))
     ratio = s[0] / k[0] if k[0] else float('nan')
     per_core = (s[0] / max(s[1], 1)) / (k[0] / max(k[1], 1)) if k[0] and s[0] else float('nan')
-    print(f'| {t} | {tr} | {k[0]} | {k[1]} % | {s[0]} | {s[1]} % | {ratio:.2f} | {per_core:.2f} |')
+    extra = ''
+    if pg:
+        q = best.get(('switchboard-pg', t, tr), (0, 0))
+        extra = f' {q[0]} | {q[1]} % | {q[0] / k[0] if k[0] else float("nan"):.2f} |'
+    print(f'| {t} | {tr} | {k[0]} | {k[1]} % | {s[0]} | {s[1]} % | {ratio:.2f} | {per_core:.2f} |' + extra)
 PY
 log "results in $OUT"

@@ -73,6 +73,7 @@ mod caps;
 mod cdr;
 mod conference;
 mod directory;
+mod pager;
 mod roster;
 
 pub use c3p::focus_factory_uri;
@@ -219,8 +220,8 @@ pub struct ImService {
     cdr: cdr::CdrLog,
     offline: Arc<dyn OfflineData>,
     config: ImConfig,
-    /// Two-party pager conversations by (lower AoR, higher AoR).
-    conversations: Mutex<HashMap<(String, String), Conversation>>,
+    /// Two-party pager conversations.
+    pager: pager::Pager,
     /// Session-mode IM sessions (INVITE `m=message`) by Call-ID.
     dialogs: Mutex<HashMap<String, Conversation>>,
     /// Call-IDs of recently ended sessions: later requests in them get 481.
@@ -325,14 +326,6 @@ pub(crate) fn refused(status: u16, why: &str) -> ServiceAnswer {
     a
 }
 
-fn pair(a: &str, b: &str) -> (String, String) {
-    if a <= b {
-        (a.to_owned(), b.to_owned())
-    } else {
-        (b.to_owned(), a.to_owned())
-    }
-}
-
 fn device_of(msg: &Message) -> String {
     msg.headers
         .get(&HeaderName::UserAgent)
@@ -403,7 +396,7 @@ impl ImService {
             cdr: cdr::CdrLog::start(cdr, run),
             offline,
             config,
-            conversations: Mutex::new(HashMap::new()),
+            pager: Default::default(),
             dialogs: Mutex::new(HashMap::new()),
             ended_dialogs: Mutex::new(HashMap::new()),
             conferences: Mutex::new(HashMap::new()),
@@ -442,13 +435,8 @@ impl ImService {
         let now = Instant::now();
         let mut dirty = Vec::new();
         let mut ended = Vec::new();
-        sweep(
-            &mut self.conversations.lock(),
-            now,
-            self.config.pager_idle,
-            &mut ended,
-            &mut dirty,
-        );
+        self.pager
+            .sweep(now, self.config.pager_idle, &mut ended, &mut dirty);
         {
             let mut dialogs = self.dialogs.lock();
             let gone = sweep(
@@ -541,8 +529,7 @@ impl ImService {
 
     /// Ends every open conversation without waiting for the CDR writes.
     pub fn end_all(&self, reason: &str) {
-        let mut convs: Vec<Conversation> =
-            self.conversations.lock().drain().map(|(_, c)| c).collect();
+        let mut convs = self.pager.drain();
         convs.extend(self.dialogs.lock().drain().map(|(_, c)| c));
         convs.extend(self.conferences.lock().drain().map(|(_, c)| c.conv));
         let at = now_ms();
@@ -559,17 +546,9 @@ impl ImService {
     /// Counts a message from `from` to `to` in their conversation, starting one if needed.
     /// Returns the session id.
     fn record(&self, from: &str, to: &str, device: String, bytes: usize) -> String {
-        let key = pair(from, to);
-        let mut convs = self.conversations.lock();
-        let conv = match convs.get_mut(&key) {
-            Some(c) => c,
-            None => {
-                let conv = self.begin(from, &[(from, String::new()), (to, String::new())]);
-                convs.entry(key).or_insert(conv)
-            }
-        };
-        count(conv, from, device, bytes);
-        conv.id.clone()
+        self.pager.count(from, to, device, bytes, || {
+            self.begin(from, &[(from, String::new()), (to, String::new())])
+        })
     }
 
     /// A new two-party session, its start queued for the CDR.
@@ -596,8 +575,7 @@ impl ImService {
     /// recorded now (the CDR is failing or backed up): then the message is refused rather
     /// than relayed unrecorded, so the IM service is never bypassed.
     async fn ensure_conversation(&self, from: &str, to: &str) -> bool {
-        let key = pair(from, to);
-        if self.conversations.lock().contains_key(&key) {
+        if self.pager.has(from, to) {
             return true;
         }
         if !self.cdr.accepting() {
@@ -610,14 +588,10 @@ impl ImService {
             tracing::error!(error = %e, from, to, "cannot record a new conversation; message refused");
             return false;
         }
-        let mut convs = self.conversations.lock();
-        if convs.contains_key(&key) {
+        if let Some(conv) = self.pager.keep(from, to, conv) {
             // Another message of the pair started one meanwhile: that one holds the chat.
-            drop(convs);
             self.finish(&conv.id, conv.records(None, false), now_ms(), "superseded");
-            return true;
         }
-        convs.insert(key, conv);
         true
     }
 
@@ -641,10 +615,7 @@ impl ImService {
 
     /// The open conversation between two users, if any (for tests and the status page).
     pub fn conversation_id(&self, a: &str, b: &str) -> Option<String> {
-        self.conversations
-            .lock()
-            .get(&pair(a, b))
-            .map(|c| c.id.clone())
+        self.pager.id(a, b)
     }
 
     async fn deliver_stored(self: Arc<Self>, aor: String) {
