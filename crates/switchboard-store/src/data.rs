@@ -18,6 +18,7 @@ use std::sync::Arc;
 use switchboard_core::{CdrData, ContactData, DataError, Directory, OfflineData, PresenceData};
 
 use crate::postgres::{self, PostgresStore};
+use crate::sqlite::blocking;
 use crate::{migrations, SqliteStore, StoreError};
 
 /// The schema version this build migrates either backend to: their migrations are
@@ -220,18 +221,6 @@ fn sqlite_version(data_dir: &Path) -> Result<i64, StoreError> {
     )?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     migrations::version(&conn)
-}
-
-/// Runs blocking SQLite work off the async workers.
-async fn blocking<T, F>(f: F) -> Result<T, DataError>
-where
-    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
-    T: Send + 'static,
-{
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(DataError::from),
-        Err(e) => Err(DataError::Backend(format!("opening the store failed: {e}"))),
-    }
 }
 
 #[cfg(test)]

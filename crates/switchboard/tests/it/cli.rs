@@ -36,11 +36,6 @@ fn outcome(out: std::process::Output) -> (bool, String, String) {
     )
 }
 
-fn run(args: &[&str]) -> (bool, String, String) {
-    let mut cmd = bin();
-    outcome(cmd.args(args).output().unwrap())
-}
-
 /// Runs the command on the SQLite database in `data_dir`.
 pub(crate) fn run_in(data_dir: &str, args: &[&str]) -> (bool, String, String) {
     let mut cmd = bin();
@@ -111,14 +106,15 @@ impl Db {
     }
 
     /// The command with the global options before the subcommand.
-    pub(crate) fn command(&self, args: &[&str]) -> Command {
+    pub(crate) fn command<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Command {
         let mut cmd = bin();
         cmd.args(self.options()).args(args);
         cmd
     }
 
-    pub(crate) fn run(&self, args: &[&str]) -> (bool, String, String) {
-        outcome(self.command(args).output().unwrap())
+    /// Runs the command line (see [`words`]) on this database.
+    pub(crate) fn line(&self, line: &str) -> (bool, String, String) {
+        outcome(self.command(&words(line)).output().unwrap())
     }
 
     /// Every data trait of this database, as the server would open it.
@@ -169,15 +165,8 @@ impl Db {
 /// Users from birth to removal, the global options before and after the subcommand and
 /// from the environment, the password from standard input, bulk import, and the errors.
 pub(crate) fn user_management(db: &Db) {
-    let (ok, out, _) = db.run(&[
-        "user",
-        "add",
-        "sip:Alice@Example.com",
-        "--password",
-        "pw1",
-        "--display-name",
-        "Alice A.",
-    ]);
+    let (ok, out, _) =
+        db.line("user add sip:Alice@Example.com --password pw1 --display-name 'Alice A.'");
     assert!(ok);
     assert!(out.contains("sip:alice@example.com"));
     // The global options after the subcommand work too; the password from stdin.
@@ -210,26 +199,25 @@ pub(crate) fn user_management(db: &Db) {
         !out.contains("ha1") && !out.contains("pw1"),
         "no secrets in listings"
     );
-    assert!(db.run(&["user", "disable", "alice@example.com"]).0);
-    let (_, out, _) = db.run(&["user", "list"]);
+    assert!(db.line("user disable alice@example.com").0);
+    let (_, out, _) = db.line("user list");
     assert!(out
         .lines()
         .any(|l| l.contains("alice@example.com") && l.contains("disabled")));
-    assert!(db.run(&["user", "enable", "alice@example.com"]).0);
-    assert!(
-        db.run(&["user", "passwd", "alice@example.com", "--password", "pw2"])
-            .0
-    );
-    assert!(db.run(&["user", "remove", "bob@example.com"]).0);
-    let (ok, _, err) = db.run(&["user", "remove", "bob@example.com"]);
-    assert!(!ok);
-    assert!(err.contains("no such user"), "{err}");
-    let (ok, _, err) = db.run(&["user", "add", "alice@example.com", "--password", "x"]);
-    assert!(!ok && err.contains("already exists"), "{err}");
-    let (ok, _, err) = db.run(&["user", "add", "not an address", "--password", "x"]);
-    assert!(!ok && err.contains("not a user address"), "{err}");
-    let (ok, _, err) = db.run(&["user", "add", "carol@example.com"]);
-    assert!(!ok && err.contains("--password"), "{err}");
+    assert!(db.line("user enable alice@example.com").0);
+    assert!(db.line("user passwd alice@example.com --password pw2").0);
+    assert!(db.line("user remove bob@example.com").0);
+    for (line, why) in [
+        ("user remove bob@example.com", "no such user"),
+        ("user add alice@example.com --password x", "already exists"),
+        (
+            "user add 'not an address' --password x",
+            "not a user address",
+        ),
+        ("user add carol@example.com", "--password"),
+    ] {
+        assert_refused(&db.line(line), why);
+    }
     // Bulk import.
     let csv = db.dir.path().join("users.csv");
     std::fs::write(
@@ -237,9 +225,9 @@ pub(crate) fn user_management(db: &Db) {
         "# address,password,display name\ncarol@example.com,pw-c,Carol\ndave@example.com,pw-d\n",
     )
     .unwrap();
-    let (ok, out, _) = db.run(&["user", "import", csv.to_str().unwrap()]);
+    let (ok, out, _) = db.line(&format!("user import {}", csv.display()));
     assert!(ok && out.contains("imported 2"), "{out}");
-    let (_, out, _) = db.run(&["user", "list"]);
+    let (_, out, _) = db.line("user list");
     assert!(
         out.lines()
             .any(|l| l.contains("sip:carol@example.com") && l.ends_with("Carol")),
@@ -255,17 +243,39 @@ fn user_management_round_trip() {
     user_management(&Db::sqlite());
 }
 
+/// A command line split into its arguments: at spaces, except inside '…'.
+fn words(line: &str) -> Vec<String> {
+    let mut words = vec![String::new()];
+    let mut quoted = false;
+    for c in line.chars() {
+        match c {
+            '\'' => quoted = !quoted,
+            ' ' if !quoted => words.push(String::new()),
+            c => words.last_mut().unwrap().push(c),
+        }
+    }
+    words.retain(|w| !w.is_empty());
+    words
+}
+
+/// Asserts that a command failed in one clear line saying `why`.
+pub(crate) fn assert_refused((ok, _, err): &(bool, String, String), why: &str) {
+    assert!(!ok && err.contains(why), "{why}: {err}");
+    assert!(err.starts_with("switchboard: error: "), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one error line: {err}");
+}
+
 /// Each command below, its output and its error line, as one text to compare: the
 /// data directory is written DIR, and the times the database stamps rows with (the
 /// clock's) are left out.
 pub(crate) struct Transcript(pub(crate) String);
 
 impl Transcript {
-    /// Runs `args` on `db`; answers stdout, and records it with stderr.
-    fn run(&mut self, db: &Db, args: &[&str]) -> (bool, String, String) {
-        let (ok, out, err) = db.run(args);
+    /// Runs the command `line` on `db`; answers what it did, and records its output.
+    fn run(&mut self, db: &Db, line: &str) -> (bool, String, String) {
+        let (ok, out, err) = db.line(line);
         self.0
-            .push_str(&format!("$ {}\n", args.join(" ").replace(db.dir(), "DIR")));
+            .push_str(&format!("$ {}\n", line.replace(db.dir(), "DIR")));
         for line in out.lines() {
             let stamped = ["\"created_at\":", "\"updated_at\":", "\"added_at_ms\":"]
                 .iter()
@@ -278,22 +288,18 @@ impl Transcript {
         if !err.is_empty() {
             self.0.push_str(&format!("stderr: {err}"));
         }
-        if !ok {
-            assert_eq!(err.trim().lines().count(), 1, "one error line: {err}");
-            assert!(err.starts_with("switchboard: error: "), "{err}");
-        }
         (ok, out, err)
     }
 
-    fn ok(&mut self, db: &Db, args: &[&str]) -> String {
-        let (ok, out, err) = self.run(db, args);
-        assert!(ok, "{args:?}: {err}");
+    /// The output of `line`, which must succeed.
+    fn ok(&mut self, db: &Db, line: &str) -> String {
+        let (ok, out, err) = self.run(db, line);
+        assert!(ok, "{line}: {err}");
         out
     }
 
-    fn refused(&mut self, db: &Db, args: &[&str], why: &str) {
-        let (ok, _, err) = self.run(db, args);
-        assert!(!ok && err.contains(why), "{args:?}: {err}");
+    fn refused(&mut self, db: &Db, line: &str, why: &str) {
+        assert_refused(&self.run(db, line), why);
     }
 }
 
@@ -362,220 +368,100 @@ pub(crate) fn without_a_server(db: &Db, server: &str) -> Transcript {
         "alice@example.com,pw-a,Alice\nbob@example.com,pw-b,Bob\ncarol@example.com,pw-c,Carol\n",
     )
     .unwrap();
-    t.ok(db, &["user", "import", csv.to_str().unwrap()]);
-    let out = t.ok(db, &["user", "list", "--json"]);
-    assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&out).unwrap()[2]["display_name"],
-        "Carol"
-    );
+    t.ok(db, &format!("user import {}", csv.display()));
+    let out = t.ok(db, "user list --json");
+    let users: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(users[2]["display_name"], "Carol");
 
     // Contact lists.
+    let alice = "alice@example.com";
     let out = t.ok(
         db,
-        &[
-            "contacts",
-            "add",
-            "alice@example.com",
-            "bob@example.com",
-            "--group",
-            "Team",
-            "--relationship",
-            "friends",
-        ],
+        &format!("contacts add {alice} bob@example.com --group Team --relationship friends"),
     );
     assert!(out.contains("bob@example.com (friends)"), "{out}");
-    let out = t.ok(
-        db,
-        &["contacts", "add", "alice@example.com", "carol@example.com"],
-    );
+    let out = t.ok(db, &format!("contacts add {alice} carol@example.com"));
     assert!(
         out.contains("(colleagues)"),
-        "the default inside the domain: {out}"
+        "the default in the domain: {out}"
     );
-    t.ok(
-        db,
-        &[
-            "contacts",
-            "add",
-            "alice@example.com",
-            "mallory@elsewhere.example",
-            "--relationship",
-            "blocked",
-        ],
-    );
-    let out = t.ok(db, &["contacts", "list", "alice@example.com"]);
+    let blocked = "mallory@elsewhere.example --relationship blocked";
+    t.ok(db, &format!("contacts add {alice} {blocked}"));
+    let out = t.ok(db, &format!("contacts list {alice}"));
     assert_eq!(out.lines().count(), 3, "{out}");
     assert!(out.contains("Team"), "{out}");
-    let out = t.ok(db, &["contacts", "list", "alice@example.com", "--json"]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["contacts"][0]["contact"], "bob@example.com");
-    assert_eq!(v["contacts"][0]["groups"][0], "Team");
-    t.ok(
-        db,
-        &[
-            "contacts",
-            "remove",
-            "alice@example.com",
-            "carol@example.com",
-        ],
-    );
-    t.refused(
-        db,
-        &[
-            "contacts",
-            "remove",
-            "alice@example.com",
-            "carol@example.com",
-        ],
-        "is not a contact of",
-    );
-    let out = t.ok(db, &["contacts", "list", "carol@example.com"]);
+    let out = t.ok(db, &format!("contacts list {alice} --json"));
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list["contacts"][0]["contact"], "bob@example.com");
+    assert_eq!(list["contacts"][0]["groups"][0], "Team");
+    let remove = format!("contacts remove {alice} carol@example.com");
+    t.ok(db, &remove);
+    t.refused(db, &remove, "is not a contact of");
+    let out = t.ok(db, "contacts list carol@example.com");
     assert!(out.contains("has no contacts"), "{out}");
-    t.refused(
-        db,
-        &["contacts", "list", "nobody@example.com"],
-        "no such user",
-    );
+    t.refused(db, "contacts list nobody@example.com", "no such user");
 
     // Presence without a client.
+    let until = "--until 2999-01-01T00:00:00Z";
     let out = t.ok(
         db,
-        &[
-            "presence",
-            "set",
-            "alice@example.com",
-            "--availability",
-            "busy",
-            "--note",
-            "In the lab",
-            "--until",
-            "2999-01-01T00:00:00Z",
-        ],
+        &format!("presence set {alice} --availability busy --note 'In the lab' {until}"),
     );
     assert!(out.contains("busy until 2999-01-01"), "{out}");
     t.ok(
         db,
-        &[
-            "presence",
-            "card",
-            "alice@example.com",
-            "--title",
-            "Engineer",
-            "--email",
-            "alice@example.com",
-        ],
+        &format!("presence card {alice} --title Engineer --email {alice}"),
+    );
+    let always = "--from 2000-01-01T00:00:00Z --to 2999-01-01T00:00:00Z";
+    t.ok(
+        db,
+        &format!(
+            "presence meeting carol@example.com {always} --subject Offsite --location 'Room 1'"
+        ),
     );
     t.ok(
         db,
-        &[
-            "presence",
-            "meeting",
-            "carol@example.com",
-            "--from",
-            "2000-01-01T00:00:00Z",
-            "--to",
-            "2999-01-01T00:00:00Z",
-            "--subject",
-            "Offsite",
-            "--location",
-            "Room 1",
-        ],
-    );
-    t.ok(
-        db,
-        &[
-            "presence",
-            "oof",
-            "bob@example.com",
-            "--from",
-            "2000-01-01T00:00:00Z",
-            "--to",
-            "2999-01-01T00:00:00Z",
-            "--note",
-            "Away",
-        ],
+        &format!("presence oof bob@example.com {always} --note Away"),
     );
     t.refused(
         db,
-        &[
-            "presence",
-            "set",
-            "nobody@example.com",
-            "--availability",
-            "busy",
-        ],
+        "presence set nobody@example.com --availability busy",
         "no such user",
     );
     // No server: the stored state, every device gone, as each watcher may see it.
-    let out = t.ok(
-        db,
-        &["presence", "show", "carol@example.com", "--server", server],
-    );
+    let show = |who: &str, rest: &str| format!("presence show {who} --server {server} {rest}");
+    let out = t.ok(db, &show("carol@example.com", ""));
     assert!(
-        out.contains("as seen by themself") && out.contains("\"Offsite\""),
+        out.contains("as seen by themself") && out.contains("\"Offsite\", in Room 1"),
         "{out}"
     );
     let out = t.ok(
         db,
-        &[
-            "presence",
-            "show",
-            "carol@example.com",
-            "--as",
-            "alice@example.com",
-            "--json",
-            "--server",
-            server,
-        ],
+        &show("carol@example.com", "--as alice@example.com --json"),
     );
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["audience"]["watcher"], "colleagues", "{out}");
+    let view: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(view["audience"]["watcher"], "colleagues", "{out}");
+    assert!(view["meeting"]["subject"].is_null(), "no subject: {out}");
+    let out = t.ok(db, &show(alice, "--as bob@example.com"));
+    for shown in ["level friends", "busy", "In the lab", "Engineer"] {
+        assert!(out.contains(shown), "{shown}: {out}");
+    }
+    let out = t.ok(db, &show(alice, "--as mallory@elsewhere.example --json"));
+    let view: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(view["availability"], "offline", "blocked: {out}");
     assert!(
-        v["meeting"]["subject"].is_null(),
-        "colleagues see no subject: {out}"
-    );
-    let out = t.ok(
-        db,
-        &[
-            "presence",
-            "show",
-            "alice@example.com",
-            "--as",
-            "bob@example.com",
-            "--server",
-            server,
-        ],
-    );
-    assert!(
-        out.contains("level friends") && out.contains("In the lab") && out.contains("Engineer"),
+        view["note"].is_null() && view["card"]["title"].is_null(),
         "{out}"
     );
-    let out = t.ok(
-        db,
-        &[
-            "presence",
-            "show",
-            "alice@example.com",
-            "--as",
-            "mallory@elsewhere.example",
-            "--json",
-            "--server",
-            server,
-        ],
-    );
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["availability"], "offline", "blocked: {out}");
-    assert!(v["note"].is_null() && v["card"]["title"].is_null(), "{out}");
-    let out = t.ok(db, &["presence", "clear", "alice@example.com"]);
+    let out = t.ok(db, &format!("presence clear {alice}"));
     assert!(out.contains("cleared"), "{out}");
-    let out = t.ok(db, &["presence", "clear", "alice@example.com"]);
+    let out = t.ok(db, &format!("presence clear {alice}"));
     assert!(out.contains("no availability was set by hand"), "{out}");
 
     // Call detail records, as the server writes them.
-    let out = t.ok(db, &["cdr", "list"]);
-    assert!(out.contains("no sessions"), "{out}");
+    assert!(t.ok(db, "cdr list").contains("no sessions"));
     seed_cdr(db);
-    let out = t.ok(db, &["cdr", "list"]);
+    let out = t.ok(db, "cdr list");
     let rows: Vec<&str> = out.lines().collect();
     assert_eq!(rows.len(), 3, "{out}");
     assert!(
@@ -586,38 +472,28 @@ pub(crate) fn without_a_server(db: &Db, server: &str) -> Transcript {
         rows[2].starts_with("s-conf") && rows[2].contains("(open)"),
         "{out}"
     );
-    let out = t.ok(db, &["cdr", "list", "--json"]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v[1]["escalated_from"], "s-two");
-    assert_eq!(v[0]["participants"].as_array().unwrap().len(), 2);
-    let out = t.ok(db, &["cdr", "list", "--csv"]);
-    assert!(
-        out.lines()
-            .nth(1)
-            .unwrap()
-            .ends_with(",bye,sip:alice@example.com,sip:alice@example.com sip:bob@example.com,5,50"),
-        "{out}"
-    );
-    let out = t.ok(db, &["cdr", "list", "--user", "carol@example.com", "--csv"]);
+    let out = t.ok(db, "cdr list --json");
+    let sessions: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(sessions[1]["escalated_from"], "s-two");
+    assert_eq!(sessions[0]["participants"].as_array().unwrap().len(), 2);
+    let out = t.ok(db, "cdr list --csv");
+    let two = ",bye,sip:alice@example.com,sip:alice@example.com sip:bob@example.com,5,50";
+    assert!(out.lines().nth(1).unwrap().ends_with(two), "{out}");
+    let out = t.ok(db, "cdr list --user carol@example.com --csv");
     assert_eq!(out.lines().count(), 2, "carol took part in one: {out}");
-    let out = t.ok(
-        db,
-        &["cdr", "list", "--since", "2026-11-25T08:30:00Z", "--json"],
-    );
-    assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&out).unwrap()[0]["id"],
-        "s-conf"
-    );
-    let out = t.ok(db, &["cdr", "show", "s-conf"]);
+    let out = t.ok(db, "cdr list --since 2026-11-25T08:30:00Z --json");
+    let since: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(since[0]["id"], "s-conf");
+    let out = t.ok(db, "cdr show s-conf");
     assert!(
         out.contains("escalated from s-two") && out.contains("carol-laptop"),
         "{out}"
     );
-    let out = t.ok(db, &["cdr", "show", "s-two", "--json"]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["session"]["end_reason"], "bye");
-    assert_eq!(v["participants"][1]["messages"], 2);
-    t.refused(db, &["cdr", "show", "nope"], "no session with id nope");
+    let out = t.ok(db, "cdr show s-two --json");
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["session"]["end_reason"], "bye");
+    assert_eq!(shown["participants"][1]["messages"], 2);
+    t.refused(db, "cdr show nope", "no session with id nope");
     t
 }
 
@@ -637,34 +513,28 @@ fn contacts_presence_and_cdr_without_a_server() {
 /// migrated: refused, in one clear line, by every command.
 pub(crate) fn migrate_and_refuse_a_newer_schema(db: &Db) {
     let known = switchboard_store::SCHEMA_VERSION;
-    let (ok, out, err) = db.run(&["db", "migrate"]);
+    let (ok, out, err) = db.line("db migrate");
     assert!(ok, "{err}");
     assert_eq!(out, format!("schema version {known} (was 0)\n"));
-    let (ok, out, _) = db.run(&["db", "migrate"]);
+    let (ok, out, _) = db.line("db migrate");
     assert!(ok);
     assert_eq!(out, format!("schema version {known} (was {known})\n"));
-    assert!(
-        db.run(&["user", "add", "alice@example.com", "--password", "pw"])
-            .0
-    );
+    assert!(db.line("user add alice@example.com --password pw").0);
 
     db.record_schema(known + 1);
-    let too_new =
-        format!("database schema version {} is newer than this program knows ({known}); upgrade switchboard", known + 1);
-    for args in [
-        &["db", "migrate"][..],
-        &["user", "list"],
-        &["contacts", "list", "alice@example.com"],
-        &["cdr", "list"],
+    let too_new = format!(
+        "database schema version {} is newer than this program knows ({known}); upgrade switchboard",
+        known + 1
+    );
+    for line in [
+        "db migrate",
+        "user list",
+        "contacts list alice@example.com",
+        "cdr list",
     ] {
-        let (ok, out, err) = db.run(args);
-        assert!(!ok && out.is_empty(), "{args:?}: {out}");
-        assert!(
-            err.starts_with("switchboard: error: cannot "),
-            "{args:?}: {err}"
-        );
-        assert!(err.contains(&too_new), "{args:?}: {err}");
-        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        let refused = db.line(line);
+        assert_refused(&refused, &too_new);
+        assert!(refused.1.is_empty(), "{line}: {}", refused.1);
     }
 }
 
@@ -673,127 +543,80 @@ fn db_migrate_and_a_newer_schema() {
     let db = Db::sqlite();
     migrate_and_refuse_a_newer_schema(&db);
     // The server refuses it too.
-    let (ok, err) = serve(
-        db.dir(),
-        &[
-            "--sip-udp",
-            "127.0.0.1:0",
-            "--sip-tcp",
-            "off",
-            "--sip-tls",
-            "off",
-        ],
-    );
-    assert!(
-        !ok && err.contains("is newer than this program knows"),
-        "{err}"
-    );
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let serve = "serve --http off --sip-udp 127.0.0.1:0 --sip-tcp off --sip-tls off";
+    assert_refused(&db.line(serve), "is newer than this program knows");
 }
 
 #[test]
 fn database_urls_sqlite_forms_and_refusals() {
     let db = Db::sqlite();
-    let d = db.dir();
     // sqlite: is the data directory's database, as no URL is.
-    let (ok, out, err) = run(&[
-        "--data-dir",
-        d,
-        "--database",
-        "sqlite:",
-        "user",
-        "add",
-        "alice@example.com",
-        "--password",
-        "pw",
-    ]);
-    assert!(ok, "{err}");
-    assert!(out.contains("added"));
-    let mut cmd = bin();
-    cmd.args(["--data-dir", d, "user", "list"])
-        .env("SWITCHBOARD_DATABASE", "sqlite://");
+    let (ok, out, err) = db.line("--database sqlite: user add alice@example.com --password pw");
+    assert!(ok && out.contains("added"), "{err}");
+    let mut cmd = db.command(&["user", "list"]);
+    cmd.env("SWITCHBOARD_DATABASE", "sqlite://");
     let (ok, out, _) = outcome(cmd.output().unwrap());
     assert!(ok && out.contains("sip:alice@example.com"), "{out}");
-    assert!(db
-        .run(&["user", "list"])
-        .1
-        .contains("sip:alice@example.com"));
+    assert!(db.line("user list").1.contains("sip:alice@example.com"));
 
     // Anything else: one line naming the accepted forms, and never the password.
     for url in ["mysql://root:secret@db/switchboard", "sqlite:/tmp/x.db"] {
-        let (ok, _, err) = run(&["--data-dir", d, "user", "list", "--database", url]);
-        assert!(!ok && !err.contains("secret"), "{err}");
-        assert!(err.contains("sqlite:"), "{err}");
-        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        let refused = db.line(&format!("user list --database {url}"));
+        assert_refused(&refused, "sqlite:");
+        assert!(!refused.2.contains("secret"), "{}", refused.2);
     }
-    let (_, _, err) = run(&["--database", "mysql://root:secret@db/x", "db", "migrate"]);
-    assert!(err.contains("postgres://"), "{err}");
+    assert_refused(
+        &db.line("--database mysql://root:secret@db/x db migrate"),
+        "use postgres://… or postgresql://…",
+    );
 
     // A PostgreSQL server that is not there: unavailable, promptly, in one line.
     let closed = nobody_answers();
     let url = format!("postgres://sb:secret@{closed}/switchboard?connect_timeout=2");
     let began = std::time::Instant::now();
-    let (ok, _, err) = run(&["--data-dir", d, "--database", &url, "user", "list"]);
-    assert!(!ok, "{err}");
-    assert!(
-        err.contains(&format!(
-            "cannot open the PostgreSQL database switchboard on {closed}: the database is unavailable"
-        )),
-        "{err}"
+    let refused = db.line(&format!("--database {url} user list"));
+    assert_refused(
+        &refused,
+        &format!("cannot open the PostgreSQL database switchboard on {closed}: the database is unavailable"),
     );
-    assert!(!err.contains("secret"), "{err}");
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(!refused.2.contains("secret"), "{}", refused.2);
     assert!(began.elapsed() < std::time::Duration::from_secs(10));
 }
 
 #[test]
 fn serve_takes_the_database_from_flag_env_or_file() {
     let db = Db::sqlite();
-    let d = db.dir();
     let cfg = db.dir.path().join("db.toml");
-    let off = ["--sip-udp", "off", "--sip-tcp", "off", "--sip-tls", "off"];
-    let not_wired = "serving on PostgreSQL is not wired yet";
-    // The flag, and the file.
-    let (ok, err) = serve(d, &["--database", "postgres://sb:secret@127.0.0.1:1/sb"]);
-    assert!(
-        !ok && err.contains(not_wired) && !err.contains("secret"),
-        "{err}"
+    let serve = format!(
+        "serve --http off --sip-udp off --sip-tcp off --sip-tls off --config {}",
+        cfg.display()
     );
+    let not_wired = "serving on PostgreSQL is not wired yet";
+    let all_off = "every SIP transport is off";
+    std::fs::write(&cfg, "").unwrap();
+    // The flag, and the file.
+    let refused = db.line(&format!(
+        "{serve} --database postgres://sb:secret@127.0.0.1:1/sb"
+    ));
+    assert_refused(&refused, not_wired);
+    assert!(!refused.2.contains("secret"), "{}", refused.2);
     std::fs::write(
         &cfg,
         "[database]\nurl = \"postgresql://sb@127.0.0.1:1/sb\"\n",
     )
     .unwrap();
-    let (ok, err) = serve(d, &["--config", cfg.to_str().unwrap()]);
-    assert!(!ok && err.contains(not_wired), "{err}");
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_refused(&db.line(&serve), not_wired);
     // The flag and the environment win over the file.
-    let (ok, err) = serve(
-        d,
-        &["--config", cfg.to_str().unwrap(), "--database", "mysql://x"],
+    assert_refused(
+        &db.line(&format!("{serve} --database mysql://x")),
+        "unsupported database URL 'mysql:",
     );
-    assert!(
-        !ok && err.contains("unsupported database URL 'mysql:"),
-        "{err}"
-    );
-    let out = bin()
-        .args(["--data-dir", d, "serve", "--http", "off"])
-        .args(["--config", cfg.to_str().unwrap()])
-        .args(off)
-        .env("SWITCHBOARD_DATABASE", "sqlite:")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("every SIP transport is off"),
-        "SQLite accepted: {err}"
-    );
+    let mut cmd = db.command(&words(&serve));
+    cmd.env("SWITCHBOARD_DATABASE", "sqlite:");
+    assert_refused(&outcome(cmd.output().unwrap()), all_off);
     // A file naming SQLite is accepted.
     std::fs::write(&cfg, "[database]\nurl = \"sqlite:\"\n").unwrap();
-    let mut args = vec!["--config", cfg.to_str().unwrap()];
-    args.extend(off);
-    let (ok, err) = serve(d, &args);
-    assert!(!ok && err.contains("every SIP transport is off"), "{err}");
+    assert_refused(&db.line(&serve), all_off);
 }
 
 fn serve(d: &str, extra: &[&str]) -> (bool, String) {

@@ -34,12 +34,10 @@ fn db_migrate_and_a_newer_schema() {
     };
     cli::migrate_and_refuse_a_newer_schema(&db);
     // Serving on PostgreSQL is refused at startup, in one clear line, until it is wired.
-    let (ok, _, err) = db.run(&["serve", "--http", "off", "--sip-udp", "127.0.0.1:0"]);
-    assert!(
-        !ok && err.contains("serving on PostgreSQL is not wired yet"),
-        "{err}"
+    cli::assert_refused(
+        &db.line("serve --http off --sip-udp 127.0.0.1:0"),
+        "serving on PostgreSQL is not wired yet",
     );
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
 #[test]
@@ -47,7 +45,7 @@ fn what_one_backend_wrote_the_other_does_not_see() {
     let Some(db) = Db::postgres("cli_postgres::what_one_backend_wrote") else {
         return;
     };
-    let (ok, _, err) = db.run(&["user", "add", "alice@example.com", "--password", "pw"]);
+    let (ok, _, err) = db.line("user add alice@example.com --password pw");
     assert!(ok, "{err}");
     // The same data directory without --database: SQLite, empty.
     let (ok, out, err) = cli::run_in(db.dir(), &["user", "list"]);
@@ -56,6 +54,6 @@ fn what_one_backend_wrote_the_other_does_not_see() {
     assert!(std::path::Path::new(db.dir())
         .join("switchboard.db")
         .exists());
-    let (_, out, _) = db.run(&["user", "list"]);
+    let (_, out, _) = db.line("user list");
     assert!(out.contains("sip:alice@example.com"), "{out}");
 }
