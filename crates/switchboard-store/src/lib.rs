@@ -61,7 +61,7 @@ pub use users::UserDirectory;
 pub use switchboard_core::{
     Address, AddressError, CalendarEntry, CalendarKind, CdrData, ContactCard, ContactData,
     ContactEntry, ContactList, Credentials, DataError, Directory, Keep, ManualState, OfflineData,
-    OfflineMessage, ParticipantRecord, PresenceData, Relationship, RelationshipError,
+    OfflineMessage, ParticipantRecord, PresenceData, Relationship, RelationshipError, Run,
     SessionFilter, SessionRecord, StoredPresence, UserRecord,
 };
 

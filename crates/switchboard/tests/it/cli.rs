@@ -306,7 +306,7 @@ impl Transcript {
 /// Call detail records as the server writes them: a two-party session of alice and bob,
 /// ended, and an open conference grown from it.
 fn seed_cdr(db: &Db) {
-    use switchboard_store::{ParticipantRecord, SessionRecord};
+    use switchboard_store::{ParticipantRecord, Run, SessionRecord};
     let data = db.data();
     let session = |id: &str, kind: &str, at: i64| SessionRecord {
         id: id.into(),
@@ -330,7 +330,9 @@ fn seed_cdr(db: &Db) {
     let t = 1_795_593_600_000;
     block_on(async {
         let cdr = &data.cdr;
+        let run = cdr.begin_run(Run::STANDALONE, t).await.unwrap();
         cdr.start_session(
+            &run,
             &session("s-two", "two-party", t),
             &[participant("alice", t, 0), participant("bob", t, 0)],
         )
@@ -345,6 +347,7 @@ fn seed_cdr(db: &Db) {
         cdr.end_session("s-two", t + 60_000, "bye").await.unwrap();
         let later = t + 3_600_000;
         cdr.start_session(
+            &run,
             &session("s-conf", "conference", later),
             &[
                 participant("alice", later, 1),
