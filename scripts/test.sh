@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian 12 machine: installs what the tests need
 # (SIPp, baresip, linphonec, pidgin-sipe in bitlbee, PostgreSQL), checks formatting and lints, runs the Rust unit and
-# socket-level tests, the store's conformance suite again on a throwaway PostgreSQL cluster, then the real-client
+# socket-level tests, the store's conformance suite and the CLI's scenarios again on a throwaway PostgreSQL cluster, then the real-client
 # interop tests (SIPp scenarios, baresip over UDP/TCP/TLS,
 # linphonec, presence watched by linphonec and baresip, pidgin-sipe's NTLM sign-in, presence
 # and IM between pidgin-sipe and baresip users, a Lync conference shared with baresip), then
@@ -53,8 +53,9 @@ else
   run "rust tests" cargo test --workspace --locked --no-fail-fast
 fi
 
-# 3b. The store's conformance suite on PostgreSQL: a throwaway cluster on loopback, in a
-# temporary directory, stopped at exit.
+# 3b. The store's conformance suite and every CLI scenario (tests/it/cli_postgres.rs: each
+# command on PostgreSQL, printing what it prints on SQLite) on PostgreSQL: a throwaway
+# cluster on loopback, in a temporary directory, stopped at exit.
 PG_DIR=$(mktemp -d)
 trap '"$ROOT/scripts/pg-cluster.sh" stop "$PG_DIR"; rm -rf "$PG_DIR"' EXIT
 if PG_URL=$("$ROOT/scripts/pg-cluster.sh" start "$PG_DIR"); then
@@ -62,14 +63,18 @@ if PG_URL=$("$ROOT/scripts/pg-cluster.sh" start "$PG_DIR"); then
   if cargo nextest --version >/dev/null 2>&1; then
     run "store conformance on PostgreSQL (nextest)" "${pg_env[@]}" \
       cargo nextest run -p switchboard-store --test conformance --locked --no-fail-fast
+    run "CLI on PostgreSQL (nextest)" "${pg_env[@]}" \
+      cargo nextest run -p switchboard --test it --locked --no-fail-fast cli_postgres::
   else
     run "store conformance on PostgreSQL" "${pg_env[@]}" \
       cargo test -p switchboard-store --test conformance --locked --no-fail-fast
+    run "CLI on PostgreSQL" "${pg_env[@]}" \
+      cargo test -p switchboard --test it --locked --no-fail-fast cli_postgres::
   fi
   "$ROOT/scripts/pg-cluster.sh" stop "$PG_DIR"
 else
-  step "store conformance on PostgreSQL"; echo "--- FAILED: no PostgreSQL cluster"
-  failed+=("store conformance on PostgreSQL")
+  step "store conformance and CLI on PostgreSQL"; echo "--- FAILED: no PostgreSQL cluster"
+  failed+=("store conformance and CLI on PostgreSQL")
 fi
 
 # 4. Real clients nobody here wrote.

@@ -9,6 +9,12 @@
 //!   the same schema version by version ([`postgres`]), migrated at connect or by
 //!   [`postgres::migrate`].
 //!
+//! **One opener for every caller** ([`data::open`]): a database URL picks the backend
+//! (none or `sqlite:` for SQLite in the data directory, `postgres://…`/`postgresql://…`
+//! for PostgreSQL) and every data trait comes back as one [`Data`], so a caller never
+//! names a backend; [`data::migrate`] brings either schema up to date and reports the
+//! versions. [`testing`] makes throwaway PostgreSQL databases for the tests of any crate.
+//!
 //! Why these libraries: **rusqlite** stays for SQLite, so the default edition keeps its
 //! exact behaviour (the stores below, run on Tokio's blocking pool). **tokio-postgres**
 //! speaks PostgreSQL natively async, pipelines the statements of one call into one round
@@ -34,24 +40,29 @@
 //! with the CLI is seen by the running server on its next request.
 #![forbid(unsafe_code)]
 
+pub mod data;
 mod im;
 mod migrations;
 pub mod postgres;
 mod presence;
 mod rows;
 mod sqlite;
+pub mod testing;
 mod users;
 
+pub use data::{Backend, Data, Database, SCHEMA_VERSION};
 pub use im::ImStore;
 pub use postgres::PostgresStore;
 pub use presence::PresenceStore;
 pub use sqlite::SqliteStore;
 pub use users::UserDirectory;
-// The domain types live in switchboard-core; re-exported for the store's callers.
+// The domain types and data traits live in switchboard-core; re-exported for the
+// store's callers.
 pub use switchboard_core::{
-    Address, AddressError, CalendarEntry, CalendarKind, ContactCard, ContactEntry, ContactList,
-    Credentials, Keep, ManualState, OfflineMessage, ParticipantRecord, Relationship,
-    RelationshipError, SessionFilter, SessionRecord, StoredPresence, UserRecord,
+    Address, AddressError, CalendarEntry, CalendarKind, CdrData, ContactCard, ContactData,
+    ContactEntry, ContactList, Credentials, DataError, Directory, Keep, ManualState, OfflineData,
+    OfflineMessage, ParticipantRecord, PresenceData, Relationship, RelationshipError, Run,
+    SessionFilter, SessionRecord, StoredPresence, UserRecord,
 };
 
 use std::path::Path;

@@ -61,7 +61,7 @@ impl From<StoreError> for DataError {
 }
 
 /// Runs one store call on the blocking pool.
-async fn blocking<T, F>(f: F) -> Result<T, DataError>
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T, DataError>
 where
     F: FnOnce() -> Result<T, StoreError> + Send + 'static,
     T: Send + 'static,

@@ -13,26 +13,31 @@
 //! SQLite. The `postgres_*` tests are PostgreSQL's own (migrations, failures); those that
 //! need a server pass without a word on SQLite.
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use switchboard_core::{
-    Address, CalendarEntry, CalendarKind, CdrData, ContactCard, ContactData, DataError, Directory,
-    Keep, ManualState, OfflineData, OfflineMessage, ParticipantRecord, PresenceData, Relationship,
-    Run, SessionFilter, SessionRecord,
+    Address, CalendarEntry, CalendarKind, ContactCard, DataError, Directory, Keep, ManualState,
+    OfflineData, OfflineMessage, ParticipantRecord, PresenceData, Relationship, Run, SessionFilter,
+    SessionRecord,
 };
 use switchboard_store::postgres::{self, PostgresStore};
+use switchboard_store::testing::PgDatabase;
+use switchboard_store::Data;
 
-/// The backend under test, with whatever keeps it alive.
+/// The backend under test, opened as every caller opens it ([`Data`]: each trait as
+/// `Arc<dyn Trait>`), with whatever keeps it alive.
 struct Backend {
-    directory: Arc<dyn Directory>,
-    cdr: Arc<dyn CdrData>,
-    offline: Arc<dyn OfflineData>,
-    contacts: Arc<dyn ContactData>,
-    presence: Arc<dyn PresenceData>,
+    data: Data,
     /// Dropped last: the database goes after the store using it.
     database: Database,
+}
+
+impl std::ops::Deref for Backend {
+    type Target = Data;
+    fn deref(&self) -> &Data {
+        &self.data
+    }
 }
 
 enum Database {
@@ -40,153 +45,59 @@ enum Database {
     Postgres(PgDatabase),
 }
 
+impl Database {
+    /// The URL and data directory the opener takes for this database.
+    fn url_and_dir(&self) -> (Option<&str>, &std::path::Path) {
+        match self {
+            Database::Sqlite(dir) => (None, dir.path()),
+            Database::Postgres(db) => (Some(&db.url), std::path::Path::new("unused")),
+        }
+    }
+
+    async fn open(&self) -> Data {
+        let (url, dir) = self.url_and_dir();
+        let data = switchboard_store::data::open(url, dir).await.unwrap();
+        let sqlite = matches!(data.backend, switchboard_store::Backend::Sqlite(_));
+        assert_eq!(
+            sqlite,
+            matches!(self, Database::Sqlite(_)),
+            "the backend asked for"
+        );
+        data
+    }
+}
+
 fn which() -> String {
     std::env::var("SWITCHBOARD_TEST_STORE").unwrap_or_else(|_| "sqlite".into())
 }
 
 async fn backend() -> Backend {
-    match which().as_str() {
-        "sqlite" => {
-            let dir = tempfile::tempdir().unwrap();
-            let s = switchboard_store::SqliteStore::open(dir.path()).unwrap();
-            Backend::of(s, Database::Sqlite(dir))
-        }
-        "postgres" => {
-            let db = PgDatabase::create().await;
-            let s = PostgresStore::connect(&db.url).await.unwrap();
-            Backend::of(s, Database::Postgres(db))
-        }
+    let database = match which().as_str() {
+        "sqlite" => Database::Sqlite(tempfile::tempdir().unwrap()),
+        "postgres" => Database::Postgres(PgDatabase::create().await),
         other => panic!("SWITCHBOARD_TEST_STORE={other}: no such store backend in this build"),
+    };
+    Backend {
+        data: database.open().await,
+        database,
     }
 }
 
 impl Backend {
-    /// Every trait of `store`, which lives in `database`.
-    fn of<S>(store: S, database: Database) -> Backend
-    where
-        S: Directory + CdrData + OfflineData + ContactData + PresenceData,
-    {
-        let s = Arc::new(store);
-        Backend {
-            directory: s.clone(),
-            cdr: s.clone(),
-            offline: s.clone(),
-            contacts: s.clone(),
-            presence: s,
-            database,
-        }
-    }
-
     /// The directory as another process (the CLI) sees the same database: a store of its
     /// own.
     async fn another_directory(&self) -> Arc<dyn Directory> {
-        match &self.database {
-            Database::Sqlite(dir) => {
-                Arc::new(switchboard_store::SqliteStore::open(dir.path()).unwrap())
-            }
-            Database::Postgres(db) => Arc::new(PostgresStore::connect(&db.url).await.unwrap()),
-        }
+        self.database.open().await.directory
     }
 }
 
-/// A database of its own for one test, on the test server, dropped with it.
-struct PgDatabase {
-    /// The server's URL, as given.
-    server: String,
-    name: String,
-    /// The URL of this database.
-    url: String,
-}
-
-impl PgDatabase {
-    /// A fresh empty database; `None` when the suite runs on another backend.
-    async fn for_postgres_tests() -> Option<PgDatabase> {
-        match which().as_str() {
-            "postgres" => Some(PgDatabase::create().await),
-            _ => None,
-        }
+/// A fresh empty database on the test server (shared with the binary's CLI tests);
+/// `None` when the suite runs on another backend.
+async fn for_postgres_tests() -> Option<PgDatabase> {
+    match which().as_str() {
+        "postgres" => Some(PgDatabase::create().await),
+        _ => None,
     }
-
-    async fn create() -> PgDatabase {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let server = std::env::var("SWITCHBOARD_TEST_PG_URL")
-            .expect("SWITCHBOARD_TEST_STORE=postgres needs SWITCHBOARD_TEST_PG_URL=postgres://...");
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let name = format!(
-            "sb_test_{}_{}_{}",
-            std::process::id(),
-            nanos,
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let admin = admin(&server).await;
-        // Sorted the ICU way, which differs from bytes (`a_b` before `a-b`): the schema
-        // must sort by bytes as SQLite does. A server without ICU gets its default.
-        let icu = format!(
-            "CREATE DATABASE {name} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'"
-        );
-        if admin.batch_execute(&icu).await.is_err() {
-            admin
-                .batch_execute(&format!("CREATE DATABASE {name}"))
-                .await
-                .unwrap();
-        }
-        let url = with_database(&server, &name);
-        PgDatabase { server, name, url }
-    }
-
-    /// A client of this database of the test's own, outside any store.
-    async fn client(&self) -> tokio_postgres::Client {
-        admin(&self.url).await
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        let (server, name) = (self.server.clone(), self.name.clone());
-        // Inside the test's runtime: a runtime of its own on a thread of its own.
-        let dropped = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(async move {
-                    admin(&server)
-                        .await
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await
-                })
-        })
-        .join();
-        if !matches!(dropped, Ok(Ok(()))) {
-            eprintln!("could not drop test database {}: {dropped:?}", self.name);
-        }
-    }
-}
-
-/// A plain connection to `url`, its connection driven on the current runtime.
-async fn admin(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("cannot connect to the test server: {e}"));
-    tokio::spawn(connection);
-    client
-}
-
-/// `url` with its database name replaced by `name`.
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (url, String::new()),
-    };
-    let authority_at = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let root = match base[authority_at..].find('/') {
-        Some(i) => &base[..authority_at + i],
-        None => base,
-    };
-    format!("{root}/{name}{query}")
 }
 
 fn addr(s: &str) -> Address {
@@ -789,7 +700,7 @@ async fn migrations_recorded(db: &PgDatabase) -> (i64, i64) {
 
 #[tokio::test]
 async fn postgres_migrations_are_idempotent() {
-    let Some(db) = PgDatabase::for_postgres_tests().await else {
+    let Some(db) = for_postgres_tests().await else {
         return;
     };
     let known = postgres::SCHEMA_VERSION;
@@ -814,7 +725,7 @@ async fn postgres_migrations_are_idempotent() {
 
 #[tokio::test]
 async fn postgres_a_newer_schema_is_refused() {
-    let Some(db) = PgDatabase::for_postgres_tests().await else {
+    let Some(db) = for_postgres_tests().await else {
         return;
     };
     let known = postgres::SCHEMA_VERSION;
@@ -838,9 +749,30 @@ async fn postgres_a_newer_schema_is_refused() {
     assert_eq!(postgres::migrate(&db.url).await, Err(too_new));
 }
 
+#[tokio::test]
+async fn postgres_the_opener_migrates_and_reports_versions() {
+    let Some(db) = for_postgres_tests().await else {
+        return;
+    };
+    let known = postgres::SCHEMA_VERSION;
+    let unused = std::path::Path::new("unused");
+    let migrate = || switchboard_store::data::migrate(Some(&db.url), unused);
+    assert_eq!(migrate().await, Ok((0, known)));
+    assert_eq!(migrate().await, Ok((known, known)));
+    assert_eq!(migrations_recorded(&db).await, (known, known));
+    let data = switchboard_store::data::open(Some(&db.url), unused)
+        .await
+        .unwrap();
+    assert!(matches!(
+        data.backend,
+        switchboard_store::Backend::Postgres(_)
+    ));
+    assert!(!unused.exists(), "no data directory is made for PostgreSQL");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_concurrent_connects_migrate_once() {
-    let Some(db) = PgDatabase::for_postgres_tests().await else {
+    let Some(db) = for_postgres_tests().await else {
         return;
     };
     let starts: Vec<_> = (0..4)
@@ -887,7 +819,7 @@ async fn postgres_unreachable_is_unavailable_promptly() {
 
 #[tokio::test]
 async fn postgres_a_store_outlives_its_connections() {
-    let Some(db) = PgDatabase::for_postgres_tests().await else {
+    let Some(db) = for_postgres_tests().await else {
         return;
     };
     let store = PostgresStore::connect(&db.url).await.unwrap();
@@ -929,7 +861,7 @@ async fn postgres_a_store_outlives_its_connections() {
 
 #[tokio::test]
 async fn postgres_a_read_only_server_is_unavailable_until_writable_again() {
-    let Some(db) = PgDatabase::for_postgres_tests().await else {
+    let Some(db) = for_postgres_tests().await else {
         return;
     };
     let store = PostgresStore::connect(&db.url).await.unwrap();
@@ -978,7 +910,7 @@ async fn postgres_a_read_only_server_is_unavailable_until_writable_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_mailbox_caps_hold_across_servers() {
-    let Some(db) = PgDatabase::for_postgres_tests().await else {
+    let Some(db) = for_postgres_tests().await else {
         return;
     };
     let servers = [
@@ -1015,7 +947,7 @@ async fn postgres_mailbox_caps_hold_across_servers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_followers_miss_no_change() {
-    let Some(db) = PgDatabase::for_postgres_tests().await else {
+    let Some(db) = for_postgres_tests().await else {
         return;
     };
     let follower = PostgresStore::connect(&db.url).await.unwrap();

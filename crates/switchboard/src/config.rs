@@ -48,6 +48,16 @@ pub struct FileConfig {
     pub presence: Option<PresenceSection>,
     pub limits: Option<LimitsSection>,
     pub log: Option<LogSection>,
+    pub database: Option<DatabaseSection>,
+}
+
+/// Which database holds users, CDR, offline messages and presence.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSection {
+    /// `postgres://…` or `postgresql://…` for PostgreSQL; unset (or `sqlite:`) for SQLite
+    /// in the data directory. `--database` and `SWITCHBOARD_DATABASE` win over it.
+    pub url: Option<String>,
 }
 
 /// Per-source and per-user limits against abuse (all optional; see README).
@@ -172,6 +182,13 @@ impl FileConfig {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub data_dir: PathBuf,
+    /// The database URL, from `--database` or `SWITCHBOARD_DATABASE`, else the config
+    /// file's `[database] url`: `None` (or `sqlite:`) for SQLite in `data_dir`,
+    /// `postgres://…` or `postgresql://…` for PostgreSQL; what each form means is
+    /// `switchboard_store::Database::parse`, and `switchboard_store::data::open` opens it.
+    /// It may hold a password: show `Database::describe`, never the URL. (Serving on
+    /// PostgreSQL is not wired yet: `serve` refuses such a URL at startup.)
+    pub database: Option<String>,
     pub domains: Vec<String>,
     pub hostnames: Vec<String>,
     pub sip_udp: Listen,
@@ -204,6 +221,7 @@ impl ServerConfig {
         let any = |p| Listen::On(SocketAddr::from(([0, 0, 0, 0], p)));
         ServerConfig {
             data_dir,
+            database: None,
             domains: Vec::new(),
             hostnames: Vec::new(),
             sip_udp: any(5060),
@@ -234,6 +252,9 @@ impl ServerConfig {
 
     /// Applies a config file over the defaults.
     pub fn apply_file(&mut self, f: FileConfig) -> Result<()> {
+        if let Some(d) = f.database {
+            self.database = d.url.or(self.database.take());
+        }
         if let Some(d) = f.domains {
             self.domains = d;
         }
@@ -406,6 +427,24 @@ impl ServerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_database_comes_from_the_file() {
+        let mut c = ServerConfig::with_defaults(PathBuf::from("unused"));
+        assert_eq!(c.database, None, "SQLite in the data directory by default");
+        c.apply_file(toml::from_str("[database]\n").unwrap())
+            .unwrap();
+        assert_eq!(c.database, None);
+        let f: FileConfig =
+            toml::from_str("[database]\nurl = \"postgres://sb@db.example/switchboard\"\n").unwrap();
+        c.apply_file(f).unwrap();
+        assert_eq!(
+            c.database.as_deref(),
+            Some("postgres://sb@db.example/switchboard")
+        );
+        let unknown = toml::from_str::<FileConfig>("[database]\nuri = \"postgres://x\"\n");
+        assert!(unknown.unwrap_err().to_string().contains("unknown field"));
+    }
 
     #[test]
     fn im_caps_come_from_the_file() {

@@ -1,4 +1,7 @@
-//! The `switchboard` command: `serve` runs the server; `user` manages the directory.
+//! The `switchboard` command: `serve` runs the server; `user`, `cdr`, `contacts`,
+//! `presence` and `db` work on the database, through the data traits of whichever
+//! backend `--database` names (SQLite in the data directory when none), on a Tokio
+//! runtime of their own.
 
 use std::io::{BufRead as _, IsTerminal as _};
 use std::path::PathBuf;
@@ -6,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use switchboard::config::{FileConfig, Listen, ServerConfig};
-use switchboard_store::Address;
+use switchboard_store::{Address, Data, Database};
 
 mod presence_cli;
 
@@ -30,6 +33,16 @@ struct Cli {
         default_value = "./switchboard-data"
     )]
     data_dir: PathBuf,
+    /// The database: postgres://… or postgresql://… for PostgreSQL; unset (or sqlite:)
+    /// for SQLite in the data directory. Overrides the config file's [database] url.
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHBOARD_DATABASE",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    database: Option<String>,
     /// Log format.
     #[arg(long, global = true, value_enum, env = "SWITCHBOARD_LOG_FORMAT")]
     log_format: Option<LogFormat>,
@@ -62,6 +75,16 @@ enum Command {
     /// Set and show presence without a client (by hand, calendar, out of office).
     #[command(subcommand)]
     Presence(presence_cli::PresenceCommand),
+    /// Manage the database itself.
+    #[command(subcommand)]
+    Db(DbCommand),
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Apply every schema migration this build knows (the server and the other commands
+    /// do so too when they open the database) and print the schema version.
+    Migrate,
 }
 
 #[derive(Subcommand)]
@@ -222,18 +245,53 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    match cli.command {
-        Command::Serve(args) => serve(cli.data_dir, cli.log_format, cli.log_level, args),
-        Command::User(cmd) => user(&cli.data_dir, cmd),
-        Command::Cdr(cmd) => cdr(&cli.data_dir, cmd),
-        Command::Contacts(cmd) => presence_cli::contacts(&cli.data_dir, cmd),
-        Command::Presence(cmd) => presence_cli::presence(&cli.data_dir, cmd),
-    }
+    let command = match cli.command {
+        Command::Serve(args) => {
+            return serve(
+                cli.data_dir,
+                cli.database,
+                cli.log_format,
+                cli.log_level,
+                args,
+            )
+        }
+        other => other,
+    };
+    let db = Database::parse(cli.database.as_deref(), &cli.data_dir)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match command {
+            Command::Serve(_) => unreachable!("served above"),
+            Command::Db(DbCommand::Migrate) => migrate(&db).await,
+            Command::User(cmd) => user(&open(&db).await?, cmd).await,
+            Command::Cdr(cmd) => cdr(&open(&db).await?, cmd).await,
+            Command::Contacts(cmd) => presence_cli::contacts(&open(&db).await?, cmd).await,
+            Command::Presence(cmd) => presence_cli::presence(&open(&db).await?, cmd).await,
+        }
+    })
 }
 
-fn cdr(data_dir: &std::path::Path, cmd: CdrCommand) -> Result<()> {
-    let store = switchboard_store::ImStore::open(data_dir)
-        .with_context(|| format!("cannot open the data directory {}", data_dir.display()))?;
+/// Every data trait of the database (created and migrated if need be); a schema newer
+/// than this build knows is refused.
+async fn open(db: &Database) -> Result<Data> {
+    db.open()
+        .await
+        .with_context(|| format!("cannot open {}", db.describe()))
+}
+
+async fn migrate(db: &Database) -> Result<()> {
+    let (from, to) = db
+        .migrate()
+        .await
+        .with_context(|| format!("cannot migrate {}", db.describe()))?;
+    println!("schema version {to} (was {from})");
+    Ok(())
+}
+
+async fn cdr(data: &Data, cmd: CdrCommand) -> Result<()> {
+    let store = &data.cdr;
     match cmd {
         CdrCommand::List {
             since,
@@ -250,25 +308,33 @@ fn cdr(data_dir: &std::path::Path, cmd: CdrCommand) -> Result<()> {
                 participant,
                 limit: None,
             };
-            let sessions = store.sessions(&filter)?;
+            let sessions = store.sessions(&filter).await?;
             if json {
-                let rows: Vec<serde_json::Value> = sessions
-                    .iter()
-                    .map(|s| {
-                        let participants = store.session(&s.id).ok().flatten().map(|(_, p)| p).unwrap_or_default();
-                        serde_json::json!({
-                            "id": s.id, "kind": s.kind, "started": fmt_time(Some(s.started_at_ms)),
-                            "ended": s.ended_at_ms.map(|m| fmt_time(Some(m))), "end_reason": s.end_reason,
-                            "initiator": s.initiator, "organiser": s.organiser, "escalated_from": s.escalated_from,
-                            "participants": participants,
-                        })
-                    })
-                    .collect();
+                let mut rows: Vec<serde_json::Value> = Vec::with_capacity(sessions.len());
+                for s in &sessions {
+                    let participants = store
+                        .session(&s.id)
+                        .await
+                        .ok()
+                        .flatten()
+                        .map(|(_, p)| p)
+                        .unwrap_or_default();
+                    rows.push(serde_json::json!({
+                        "id": s.id, "kind": s.kind, "started": fmt_time(Some(s.started_at_ms)),
+                        "ended": s.ended_at_ms.map(|m| fmt_time(Some(m))), "end_reason": s.end_reason,
+                        "initiator": s.initiator, "organiser": s.organiser, "escalated_from": s.escalated_from,
+                        "participants": participants,
+                    }));
+                }
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else if csv {
                 println!("id,kind,started,ended,end_reason,initiator,participants,messages,bytes");
                 for s in &sessions {
-                    let ps = store.session(&s.id)?.map(|(_, p)| p).unwrap_or_default();
+                    let ps = store
+                        .session(&s.id)
+                        .await?
+                        .map(|(_, p)| p)
+                        .unwrap_or_default();
                     let names: Vec<&str> = ps.iter().map(|p| p.address.as_str()).collect();
                     println!(
                         "{},{},{},{},{},{},{},{},{}",
@@ -304,7 +370,7 @@ fn cdr(data_dir: &std::path::Path, cmd: CdrCommand) -> Result<()> {
             }
         }
         CdrCommand::Show { id, json } => {
-            let Some((s, ps)) = store.session(&id)? else {
+            let Some((s, ps)) = store.session(&id).await? else {
                 bail!("no session with id {id}")
             };
             if json {
@@ -354,6 +420,7 @@ fn cdr(data_dir: &std::path::Path, cmd: CdrCommand) -> Result<()> {
 
 fn serve(
     data_dir: PathBuf,
+    database: Option<String>,
     log_format: Option<LogFormat>,
     log_level: Option<String>,
     args: ServeArgs,
@@ -380,6 +447,18 @@ fn serve(
     );
     let mut cfg = ServerConfig::with_defaults(data_dir);
     cfg.apply_file(file)?;
+    // --database and SWITCHBOARD_DATABASE win over the file's [database] url.
+    if database.is_some() {
+        cfg.database = database;
+    }
+    let db = Database::parse(cfg.database.as_deref(), &cfg.data_dir)?;
+    if let Database::Postgres { .. } = db {
+        bail!(
+            "serving on PostgreSQL is not wired yet ({} was given); the CLI commands work on it, \
+             and serve runs on SQLite in the data directory when no database is given",
+            db.describe()
+        );
+    }
     cfg.domains.extend(args.domains);
     cfg.sip_udp = args.sip_udp.unwrap_or(cfg.sip_udp);
     cfg.sip_tcp = args.sip_tcp.unwrap_or(cfg.sip_tcp);
@@ -430,9 +509,8 @@ async fn wait_for_signal() {
     }
 }
 
-fn user(data_dir: &std::path::Path, cmd: UserCommand) -> Result<()> {
-    let dir = switchboard_store::open(data_dir)
-        .with_context(|| format!("cannot open the data directory {}", data_dir.display()))?;
+async fn user(data: &Data, cmd: UserCommand) -> Result<()> {
+    let dir = &data.directory;
     let parse = |a: &str| Address::parse(a).map_err(anyhow::Error::from);
     match cmd {
         UserCommand::Add {
@@ -442,11 +520,11 @@ fn user(data_dir: &std::path::Path, cmd: UserCommand) -> Result<()> {
         } => {
             let a = parse(&address)?;
             let pw = read_password(&password)?;
-            dir.add(&a, &pw, display_name.as_deref())?;
+            dir.add(&a, &pw, display_name.as_deref()).await?;
             println!("added sip:{a}");
         }
         UserCommand::List { json } => {
-            let users = dir.list()?;
+            let users = dir.list().await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&users)?);
             } else if users.is_empty() {
@@ -467,17 +545,17 @@ fn user(data_dir: &std::path::Path, cmd: UserCommand) -> Result<()> {
         UserCommand::Passwd { address, password } => {
             let a = parse(&address)?;
             let pw = read_password(&password)?;
-            dir.set_password(&a, &pw)?;
+            dir.set_password(&a, &pw).await?;
             println!("password changed for sip:{a}");
         }
         UserCommand::Disable { address } => {
             let a = parse(&address)?;
-            dir.set_enabled(&a, false)?;
+            dir.set_enabled(&a, false).await?;
             println!("disabled sip:{a}");
         }
         UserCommand::Enable { address } => {
             let a = parse(&address)?;
-            dir.set_enabled(&a, true)?;
+            dir.set_enabled(&a, true).await?;
             println!("enabled sip:{a}");
         }
         UserCommand::Import { file } => {
@@ -503,12 +581,12 @@ fn user(data_dir: &std::path::Path, cmd: UserCommand) -> Result<()> {
                 let a = parse(addr).with_context(|| format!("line {}", n + 1))?;
                 users.push((a, pw.to_owned(), fields.next().map(str::to_owned)));
             }
-            let n = dir.upsert_many(&users)?;
+            let n = dir.upsert_many(&users).await?;
             println!("imported {n} users");
         }
         UserCommand::Remove { address } => {
             let a = parse(&address)?;
-            dir.remove(&a)?;
+            dir.remove(&a).await?;
             println!("removed sip:{a}");
         }
     }

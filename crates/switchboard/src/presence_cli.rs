@@ -2,17 +2,16 @@
 //! state without a client. Changes go to the database and its change log, which the
 //! running server follows within a quarter second, so watchers are notified.
 //! `presence show` asks the running server (it alone knows the devices) over its HTTP
-//! API, and falls back to the stored state (all devices gone) when none runs.
+//! API, and falls back to the stored state (all devices gone) when none runs. Every
+//! command goes through the data traits, so each works on either backend alike.
 
 use std::io::{Read, Write};
-use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
-use switchboard_presence::{stored_view, AggregationRules, Availability, View};
+use switchboard_presence::{aggregate, AggregationRules, Audience, Availability, View};
 use switchboard_store::{
-    Address, CalendarEntry, CalendarKind, ContactCard, ManualState, PresenceStore, Relationship,
-    UserDirectory,
+    Address, CalendarEntry, CalendarKind, ContactCard, Data, ManualState, Relationship,
 };
 
 use crate::{fmt_time, parse_time};
@@ -111,36 +110,20 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-struct Stores {
-    users: UserDirectory,
-    presence: PresenceStore,
-}
-
-fn open(data_dir: &Path) -> Result<Stores> {
-    let ctx = || format!("cannot open the data directory {}", data_dir.display());
-    Ok(Stores {
-        users: switchboard_store::open(data_dir).with_context(ctx)?,
-        presence: PresenceStore::open(data_dir).with_context(ctx)?,
-    })
-}
-
-impl Stores {
-    /// An address that must be a user of this server.
-    fn user(&self, s: &str) -> Result<Address> {
-        let a = Address::parse(s)?;
-        if self.users.find(&a)?.is_none() {
-            bail!("no such user: {a}");
-        }
-        Ok(a)
+/// An address that must be a user of this server.
+async fn user(s: &Data, address: &str) -> Result<Address> {
+    let a = Address::parse(address)?;
+    if s.directory.find(&a).await?.is_none() {
+        bail!("no such user: {a}");
     }
+    Ok(a)
 }
 
-pub(crate) fn contacts(data_dir: &Path, cmd: ContactsCommand) -> Result<()> {
-    let s = open(data_dir)?;
+pub(crate) async fn contacts(s: &Data, cmd: ContactsCommand) -> Result<()> {
     match cmd {
         ContactsCommand::List { owner, json } => {
-            let owner = s.user(&owner)?;
-            let list = s.presence.contact_list(&owner.to_string())?;
+            let owner = user(s, &owner).await?;
+            let list = s.contacts.contact_list(&owner.to_string()).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
                 return Ok(());
@@ -170,7 +153,7 @@ pub(crate) fn contacts(data_dir: &Path, cmd: ContactsCommand) -> Result<()> {
             group,
             relationship,
         } => {
-            let owner = s.user(&owner)?;
+            let owner = user(s, &owner).await?;
             let contact = Address::parse(&contact)?;
             if owner == contact {
                 bail!("{owner} cannot be their own contact");
@@ -180,22 +163,26 @@ pub(crate) fn contacts(data_dir: &Path, cmd: ContactsCommand) -> Result<()> {
             }
             let default =
                 switchboard_presence::Audience::default_for(&owner.domain, &contact.domain);
-            let e = s.presence.add_contact(
-                &owner.to_string(),
-                &contact.to_string(),
-                group.as_deref().map(str::trim),
-                relationship,
-                default,
-                now_ms(),
-            )?;
+            let e = s
+                .contacts
+                .add_contact(
+                    &owner.to_string(),
+                    &contact.to_string(),
+                    group.as_deref().map(str::trim),
+                    relationship,
+                    default,
+                    now_ms(),
+                )
+                .await?;
             println!("{owner}: {} ({})", e.contact, e.relationship);
         }
         ContactsCommand::Remove { owner, contact } => {
-            let owner = s.user(&owner)?;
+            let owner = user(s, &owner).await?;
             let contact = Address::parse(&contact)?;
             if !s
-                .presence
-                .remove_contact(&owner.to_string(), &contact.to_string(), now_ms())?
+                .contacts
+                .remove_contact(&owner.to_string(), &contact.to_string(), now_ms())
+                .await?
             {
                 bail!("{contact} is not a contact of {owner}");
             }
@@ -205,8 +192,7 @@ pub(crate) fn contacts(data_dir: &Path, cmd: ContactsCommand) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn presence(data_dir: &Path, cmd: PresenceCommand) -> Result<()> {
-    let s = open(data_dir)?;
+pub(crate) async fn presence(s: &Data, cmd: PresenceCommand) -> Result<()> {
     let now = now_ms();
     match cmd {
         PresenceCommand::Set {
@@ -215,19 +201,17 @@ pub(crate) fn presence(data_dir: &Path, cmd: PresenceCommand) -> Result<()> {
             note,
             until,
         } => {
-            let a = s.user(&address)?;
+            let a = user(s, &address).await?;
             if until.is_some_and(|u| u <= now) {
                 bail!("--until is in the past");
             }
-            s.presence.set_manual(
-                &a.to_string(),
-                &ManualState {
-                    availability: availability.as_str().into(),
-                    note,
-                    until_ms: until,
-                    set_at_ms: now,
-                },
-            )?;
+            let state = ManualState {
+                availability: availability.as_str().into(),
+                note,
+                until_ms: until,
+                set_at_ms: now,
+            };
+            s.presence.set_manual(&a.to_string(), &state).await?;
             println!(
                 "{a}: {availability}{}",
                 until
@@ -236,8 +220,8 @@ pub(crate) fn presence(data_dir: &Path, cmd: PresenceCommand) -> Result<()> {
             );
         }
         PresenceCommand::Clear { address } => {
-            let a = s.user(&address)?;
-            if s.presence.clear_manual(&a.to_string(), now)? {
+            let a = user(s, &address).await?;
+            if s.presence.clear_manual(&a.to_string(), now).await? {
                 println!("{a}: availability set by hand cleared");
             } else {
                 println!("{a}: no availability was set by hand");
@@ -249,33 +233,39 @@ pub(crate) fn presence(data_dir: &Path, cmd: PresenceCommand) -> Result<()> {
             to,
             subject,
             location,
-        } => calendar(
-            &s,
-            &address,
-            CalendarKind::Meeting,
-            from,
-            to,
-            subject,
-            location,
-            None,
-            now,
-        )?,
+        } => {
+            calendar(
+                s,
+                &address,
+                CalendarKind::Meeting,
+                from,
+                to,
+                subject,
+                location,
+                None,
+                now,
+            )
+            .await?
+        }
         PresenceCommand::Oof {
             address,
             from,
             to,
             note,
-        } => calendar(
-            &s,
-            &address,
-            CalendarKind::OutOfOffice,
-            from,
-            to,
-            None,
-            None,
-            note,
-            now,
-        )?,
+        } => {
+            calendar(
+                s,
+                &address,
+                CalendarKind::OutOfOffice,
+                from,
+                to,
+                None,
+                None,
+                note,
+                now,
+            )
+            .await?
+        }
         PresenceCommand::Card {
             address,
             title,
@@ -283,17 +273,14 @@ pub(crate) fn presence(data_dir: &Path, cmd: PresenceCommand) -> Result<()> {
             work_phone,
             personal_phone,
         } => {
-            let a = s.user(&address)?;
-            s.presence.set_card(
-                &a.to_string(),
-                &ContactCard {
-                    title,
-                    email,
-                    work_phone,
-                    personal_phone,
-                },
-                now,
-            )?;
+            let a = user(s, &address).await?;
+            let card = ContactCard {
+                title,
+                email,
+                work_phone,
+                personal_phone,
+            };
+            s.presence.set_card(&a.to_string(), &card, now).await?;
             println!("{a}: contact card updated");
         }
         PresenceCommand::Show {
@@ -302,23 +289,20 @@ pub(crate) fn presence(data_dir: &Path, cmd: PresenceCommand) -> Result<()> {
             json,
             server,
         } => {
-            let a = s.user(&address)?;
+            let a = user(s, &address).await?;
             // No --as: the user themself, named explicitly (the API never assumes it).
             let w = match watcher.as_deref() {
                 Some(w) => Address::parse(w)?,
                 None => a.clone(),
             };
-            let (value, live) = match ask_server(&server, &a, &w) {
+            let asked = {
+                let (server, a, w) = (server.clone(), a.clone(), w.clone());
+                tokio::task::spawn_blocking(move || ask_server(&server, &a, &w)).await?
+            };
+            let (value, live) = match asked {
                 Ok(v) => (v, true),
                 Err(ServerAnswer::Unreachable) => {
-                    let v = stored_view(
-                        &s.presence,
-                        &s.users,
-                        &AggregationRules::default(),
-                        &format!("sip:{a}"),
-                        Some(&format!("sip:{w}")),
-                        now,
-                    );
+                    let v = stored_view(s, &a, &w, now).await?;
                     (serde_json::to_value(v)?, false)
                 }
                 Err(ServerAnswer::Error(e)) => bail!("{e}"),
@@ -331,6 +315,14 @@ pub(crate) fn presence(data_dir: &Path, cmd: PresenceCommand) -> Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&value)?);
             } else {
+                let mut value = value;
+                // A `View` leaves an empty device list out when written but needs it to be
+                // read back: no list means no devices (a stored view never has any).
+                if let Some(fields) = value.as_object_mut() {
+                    fields
+                        .entry("devices")
+                        .or_insert_with(|| serde_json::json!([]));
+                }
                 let v: View =
                     serde_json::from_value(value).context("unexpected answer from the server")?;
                 print_view(&v);
@@ -340,9 +332,36 @@ pub(crate) fn presence(data_dir: &Path, cmd: PresenceCommand) -> Result<()> {
     Ok(())
 }
 
+/// What `watcher` may see of `a` from the database alone, with no device online: the
+/// answer when no server runs (its devices are then all gone). The service's own
+/// `stored_view` reads the SQLite stores; this reads the data traits, so it answers on
+/// either backend, and reports a database that cannot answer instead of showing
+/// nothing.
+async fn stored_view(s: &Data, a: &Address, watcher: &Address, now: i64) -> Result<View> {
+    let (owner, w) = (a.to_string(), watcher.to_string());
+    let stored = s.presence.load(&owner, now).await?;
+    let display_name = s.directory.find(a).await?.and_then(|u| u.display_name);
+    let audience = if a == watcher {
+        Audience::Own
+    } else {
+        let given = s.contacts.relationship(&owner, &w).await?;
+        Audience::Watcher(
+            given.unwrap_or_else(|| Audience::default_for(&a.domain, &watcher.domain)),
+        )
+    };
+    let presence = aggregate(&[], &stored, &AggregationRules::default(), now);
+    Ok(View::of(
+        &format!("sip:{a}"),
+        &presence,
+        display_name.as_deref(),
+        &stored.card,
+        audience,
+    ))
+}
+
 #[allow(clippy::too_many_arguments)]
-fn calendar(
-    s: &Stores,
+async fn calendar(
+    s: &Data,
     address: &str,
     kind: CalendarKind,
     from: i64,
@@ -352,25 +371,24 @@ fn calendar(
     note: Option<String>,
     now: i64,
 ) -> Result<()> {
-    let a = s.user(address)?;
+    let a = user(s, address).await?;
     if to <= from {
         bail!("--to must be after --from");
     }
     if to <= now {
         bail!("--to is in the past");
     }
-    s.presence.add_calendar_entry(
-        &a.to_string(),
-        &CalendarEntry {
-            kind,
-            from_ms: from,
-            to_ms: to,
-            subject,
-            location,
-            note,
-        },
-        now,
-    )?;
+    let entry = CalendarEntry {
+        kind,
+        from_ms: from,
+        to_ms: to,
+        subject,
+        location,
+        note,
+    };
+    s.presence
+        .add_calendar_entry(&a.to_string(), &entry, now)
+        .await?;
     let what = match kind {
         CalendarKind::Meeting => "meeting",
         CalendarKind::OutOfOffice => "out of office",

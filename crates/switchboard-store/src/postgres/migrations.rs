@@ -205,3 +205,22 @@ pub(super) async fn apply(client: &mut Client) -> Result<i64, Failure> {
     tx.commit().await?;
     Ok(SCHEMA_VERSION)
 }
+
+/// The schema version the database is at, without migrating it: 0 for a database never
+/// migrated.
+pub(super) async fn version(client: &Client) -> Result<i64, Failure> {
+    let tracked: bool = client
+        .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
+        .await?
+        .try_get(0)?;
+    if !tracked {
+        return Ok(0);
+    }
+    Ok(client
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0)::BIGINT FROM schema_migrations",
+            &[],
+        )
+        .await?
+        .try_get(0)?)
+}

@@ -76,6 +76,14 @@ pub async fn migrate(url: &str) -> Result<i64, DataError> {
     Ok(migrations::apply(&mut client).await?)
 }
 
+/// The schema version the database at `url` is at (0 for a database never migrated),
+/// without migrating it: what `db migrate` reports it was.
+pub async fn schema_version(url: &str) -> Result<i64, DataError> {
+    let pool = pool(url, 1)?;
+    let client = pool.get().await.map_err(Failure::from)?;
+    Ok(migrations::version(&client).await?)
+}
+
 /// A pool of at most `size` connections to `url`, each checked out without a round
 /// trip (only whether its socket is still open is asked).
 fn pool(url: &str, size: usize) -> Result<Pool, DataError> {

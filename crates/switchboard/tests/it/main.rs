@@ -2,6 +2,7 @@
 //! over UDP, TCP and TLS. One test binary (fewer links on a 2-core machine).
 
 mod cli;
+mod cli_postgres;
 mod guard;
 mod http_edge;
 mod im;
