@@ -277,8 +277,9 @@ impl Association {
 #[tokio::test]
 async fn signed_requests_roaming_contacts_and_category_publish() {
     let s = TestServer::start(&["alice", "bob"]).await;
-    switchboard_store::PresenceStore::open(&s.data_dir())
-        .unwrap()
+    s.data()
+        .await
+        .contacts
         .add_contact(
             "alice@example.com",
             "bob@example.com",
@@ -287,6 +288,7 @@ async fn signed_requests_roaming_contacts_and_category_publish() {
             switchboard_store::Relationship::Colleagues,
             0,
         )
+        .await
         .unwrap();
     let mut c = s.client(Transport::Tcp, "alice").await;
     let (ok, sa) = sign_in(&mut c, "pw-alice").await;
@@ -487,8 +489,8 @@ async fn blocking_a_stranger_does_not_list_them() {
     let block = set(&mut c, &mut sa, "add");
     c.send(&block).await;
     assert_eq!(status(&c.final_response().await), 200);
-    let store = switchboard_store::PresenceStore::open(&s.data_dir()).unwrap();
-    let list = store.contact_list("alice@example.com").unwrap();
+    let store = s.data().await.contacts;
+    let list = store.contact_list("alice@example.com").await.unwrap();
     assert_eq!(list.contacts.len(), 1);
     assert_eq!(
         list.contacts[0].relationship,
@@ -523,6 +525,7 @@ async fn blocking_a_stranger_does_not_list_them() {
     assert_eq!(status(&c.final_response().await), 200);
     assert!(store
         .contact_list("alice@example.com")
+        .await
         .unwrap()
         .contacts
         .is_empty());

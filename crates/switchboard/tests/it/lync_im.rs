@@ -444,24 +444,17 @@ async fn lync_conference_shared_with_a_standard_client() {
     assert_eq!(status(&signed(&mut bob, &mut b_sa, again).await), 403);
 
     // The CDR: one conference organised by alice with the three of them.
-    let sessions = {
-        s.server.im.flush_records().await;
-        switchboard_store::ImStore::open(&s.data_dir())
-    }
-    .unwrap()
-    .sessions(&Default::default())
-    .unwrap();
+    let sessions = s
+        .data()
+        .await
+        .cdr
+        .sessions(&Default::default())
+        .await
+        .unwrap();
     let conf = sessions.iter().find(|x| x.kind == "conference").unwrap();
     assert_eq!(conf.organiser.as_deref(), Some(me.as_str()));
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let (_, people) = {
-        s.server.im.flush_records().await;
-        switchboard_store::ImStore::open(&s.data_dir())
-    }
-    .unwrap()
-    .session(&conf.id)
-    .unwrap()
-    .unwrap();
+    let (_, people) = s.data().await.cdr.session(&conf.id).await.unwrap().unwrap();
     let row = |who: &str| {
         people
             .iter()
@@ -531,15 +524,11 @@ async fn lync_session_to_a_pager_only_user_is_bridged() {
 
     // One two-party session, both sides counted.
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let store = {
-        s.server.im.flush_records().await;
-        switchboard_store::ImStore::open(&s.data_dir())
-    }
-    .unwrap();
-    let sessions = store.sessions(&Default::default()).unwrap();
+    let store = s.data().await.cdr;
+    let sessions = store.sessions(&Default::default()).await.unwrap();
     assert_eq!(sessions.len(), 1, "{sessions:?}");
     assert_eq!(sessions[0].kind, "two-party");
-    let (_, people) = store.session(&sessions[0].id).unwrap().unwrap();
+    let (_, people) = store.session(&sessions[0].id).await.unwrap().unwrap();
     let count = |who: &str| people.iter().find(|p| p.address == who).map(|p| p.messages);
     assert_eq!(count("sip:alice@example.com"), Some(2));
     assert_eq!(count("sip:carol@example.com"), Some(1));
@@ -683,15 +672,11 @@ async fn two_party_session_between_lync_clients() {
     assert_eq!(status(&alice.final_response().await), 200);
 
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let store = {
-        s.server.im.flush_records().await;
-        switchboard_store::ImStore::open(&s.data_dir())
-    }
-    .unwrap();
-    let sessions = store.sessions(&Default::default()).unwrap();
+    let store = s.data().await.cdr;
+    let sessions = store.sessions(&Default::default()).await.unwrap();
     assert_eq!(sessions.len(), 1, "{sessions:?}");
     assert_eq!(sessions[0].end_reason.as_deref(), Some("bye"));
-    let (_, people) = store.session(&sessions[0].id).unwrap().unwrap();
+    let (_, people) = store.session(&sessions[0].id).await.unwrap().unwrap();
     let count = |who: &str| people.iter().find(|p| p.address == who).map(|p| p.messages);
     assert_eq!(count("sip:alice@example.com"), Some(2), "{people:?}");
     assert_eq!(count("sip:bob@example.com"), Some(1), "{people:?}");

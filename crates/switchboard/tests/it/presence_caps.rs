@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use sip_message::{HeaderName, Message, NameAddr};
-use switchboard_store::{PresenceStore, Relationship};
+use switchboard_store::Relationship;
 
 use crate::support::*;
 
@@ -177,8 +177,8 @@ fn ghosts(n: usize) -> Vec<String> {
         .collect()
 }
 
-fn add_contacts(s: &TestServer, owner: &str, contacts: &[String]) {
-    let st = PresenceStore::open(&s.data_dir()).unwrap();
+async fn add_contacts(s: &TestServer, owner: &str, contacts: &[String]) {
+    let st = s.data().await.contacts;
     for c in contacts {
         st.add_contact(
             owner,
@@ -188,6 +188,7 @@ fn add_contacts(s: &TestServer, owner: &str, contacts: &[String]) {
             Relationship::Colleagues,
             now_ms(),
         )
+        .await
         .unwrap();
     }
 }
@@ -235,7 +236,7 @@ async fn unknown_list_entries_hold_nothing() {
     let s = TestServer::start_with(&["alice", "bob"], tweak(|_| {})).await;
     let mut entries = ghosts(60);
     entries.push("sip:bob@example.com".into());
-    add_contacts(&s, "alice@example.com", &entries);
+    add_contacts(&s, "alice@example.com", &entries).await;
     let mut a = registered(&s, Transport::Tcp, "alice").await;
     let before = presentities(&s);
 
@@ -335,7 +336,7 @@ async fn too_many_list_entries_are_refused() {
     assert_eq!(warning(&r), warned);
     // The RFC 4662 contact list counts the same way (once the service has followed the
     // change the store logged).
-    add_contacts(&s, "alice@example.com", &bob);
+    add_contacts(&s, "alice@example.com", &bob).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     let (_, r) = subscribe_list(&mut c, None).await;
     assert_eq!(status(&r), 403, "{r}");

@@ -61,12 +61,12 @@ async fn wrong_password_and_unknown_user_are_refused() {
 #[tokio::test]
 async fn disabled_user_is_refused_and_enabled_again() {
     let s = TestServer::start(&["alice"]).await;
-    let cli = switchboard_store::open(&s.data_dir()).unwrap();
+    let cli = s.data().await.directory;
     let alice = switchboard_store::Address::parse("alice@example.com").unwrap();
-    cli.set_enabled(&alice, false).unwrap();
+    cli.set_enabled(&alice, false).await.unwrap();
     let mut c = s.client(Transport::Tcp, "alice").await;
     assert_eq!(status(&c.register(None).await), 403);
-    cli.set_enabled(&alice, true).unwrap();
+    cli.set_enabled(&alice, true).await.unwrap();
     assert_eq!(status(&c.register(None).await), 200);
 }
 

@@ -195,12 +195,12 @@ async fn options_to_the_server() {
 async fn users_added_and_changed_by_another_process_are_seen_at_once() {
     let s = TestServer::start(&["alice"]).await;
     // The CLI opens its own connection to the same database, as here.
-    let cli = switchboard_store::open(&s.data_dir()).unwrap();
+    let cli = s.data().await.directory;
     let dave = switchboard_store::Address::parse("sip:dave@example.com").unwrap();
-    cli.add(&dave, "pw-dave", Some("Dave")).unwrap();
+    cli.add(&dave, "pw-dave", Some("Dave")).await.unwrap();
     let mut c = s.client(Transport::Udp, "dave").await;
     assert_eq!(status(&c.register(None).await), 200);
-    cli.set_password(&dave, "changed").unwrap();
+    cli.set_password(&dave, "changed").await.unwrap();
     assert_eq!(
         status(&c.register(None).await),
         403,
@@ -213,9 +213,9 @@ async fn users_added_and_changed_by_another_process_are_seen_at_once() {
     );
     // A new domain is served as soon as it has a user.
     let erin = switchboard_store::Address::parse("erin@second.example").unwrap();
-    cli.add(&erin, "pw-erin", None).unwrap();
+    cli.add(&erin, "pw-erin", None).await.unwrap();
     assert!(s.server.core.serves_domain("second.example").await.unwrap());
-    cli.remove(&dave).unwrap();
+    cli.remove(&dave).await.unwrap();
     assert_eq!(status(&c.register(None).await), 403);
 }
 

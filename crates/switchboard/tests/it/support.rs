@@ -19,8 +19,59 @@ pub const WAIT: Duration = Duration::from_secs(5);
 
 pub struct TestServer {
     pub server: RunningServer,
-    dir: Option<tempfile::TempDir>,
+    home: Option<Home>,
     crashed: bool,
+}
+
+/// Where a test server keeps its data: a data directory, and on a PostgreSQL test run
+/// (`SWITCHBOARD_TEST_SERVER_STORE=postgres`, with `SWITCHBOARD_TEST_PG_URL`) a fresh
+/// database of its own, dropped with it.
+pub struct Home {
+    pub dir: tempfile::TempDir,
+    pg: Option<switchboard_store::testing::PgDatabase>,
+}
+
+impl Home {
+    pub async fn new() -> Home {
+        Home::in_dir(tempfile::tempdir().unwrap()).await
+    }
+
+    /// A home in `dir`, with a database of its own on a PostgreSQL run.
+    pub async fn in_dir(dir: tempfile::TempDir) -> Home {
+        let pg = if on_postgres() {
+            Some(switchboard_store::testing::PgDatabase::create().await)
+        } else {
+            None
+        };
+        Home { dir, pg }
+    }
+
+    /// The `--database` the server gets: none on SQLite.
+    pub fn database(&self) -> Option<String> {
+        self.pg.as_ref().map(|p| p.url.clone())
+    }
+
+    /// The server's data, opened as another process (the CLI) would.
+    pub async fn data(&self) -> switchboard_store::data::Data {
+        switchboard_store::data::open(self.database().as_deref(), self.dir.path())
+            .await
+            .unwrap()
+    }
+}
+
+/// Whether this test run puts the servers on PostgreSQL.
+pub fn on_postgres() -> bool {
+    std::env::var("SWITCHBOARD_TEST_SERVER_STORE").is_ok_and(|v| v == "postgres")
+}
+
+/// For a test of SQLite itself (its file, its locks): skipped, with a note, on a
+/// PostgreSQL run.
+pub fn sqlite_only(test: &str) -> bool {
+    if on_postgres() {
+        eprintln!("skipped on PostgreSQL: {test} is about the SQLite database file");
+        return false;
+    }
+    true
 }
 
 impl TestServer {
@@ -30,23 +81,27 @@ impl TestServer {
 
     /// Users are `name@example.com` with password `pw-name`.
     pub async fn start_with(users: &[&str], tweak: impl FnOnce(&mut ServerConfig)) -> TestServer {
-        Self::start_in(tempfile::tempdir().unwrap(), users, tweak).await
+        Self::start_in(Home::new().await, users, tweak).await
     }
 
-    /// Starts a server over an existing data directory (a restart).
+    /// Starts a server over existing data (a restart).
     pub async fn start_in(
-        dir: tempfile::TempDir,
+        home: Home,
         users: &[&str],
         tweak: impl FnOnce(&mut ServerConfig),
     ) -> TestServer {
-        let store = switchboard_store::open(dir.path()).unwrap();
+        let data = home.data().await;
         for u in users {
             let a = switchboard_store::Address::parse(&format!("{u}@example.com")).unwrap();
-            if store.find(&a).unwrap().is_none() {
-                store.add(&a, &format!("pw-{u}"), None).unwrap();
+            if data.directory.find(&a).await.unwrap().is_none() {
+                data.directory
+                    .add(&a, &format!("pw-{u}"), None)
+                    .await
+                    .unwrap();
             }
         }
-        let mut cfg = ServerConfig::with_defaults(dir.path().to_path_buf());
+        let mut cfg = ServerConfig::with_defaults(home.dir.path().to_path_buf());
+        cfg.database = home.database();
         let lo = |p| Listen::On(SocketAddr::from(([127, 0, 0, 1], p)));
         cfg.sip_udp = lo(0);
         cfg.sip_tcp = lo(0);
@@ -56,20 +111,27 @@ impl TestServer {
         let server = switchboard::server::start(cfg).await.unwrap();
         TestServer {
             server,
-            dir: Some(dir),
+            home: Some(home),
             crashed: false,
         }
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.as_ref().unwrap().path().to_path_buf()
+        self.home.as_ref().unwrap().dir.path().to_path_buf()
     }
 
-    /// Stops as a crash would (IM sessions left open) and hands back the data directory.
-    pub fn crash(mut self) -> tempfile::TempDir {
+    /// The server's data as another process sees it, after every CDR write the IM
+    /// service has queued.
+    pub async fn data(&self) -> switchboard_store::data::Data {
+        self.server.im.flush_records().await;
+        self.home.as_ref().unwrap().data().await
+    }
+
+    /// Stops as a crash would (IM sessions left open) and hands back its data.
+    pub fn crash(mut self) -> Home {
         self.crashed = true;
         self.server.abort();
-        self.dir.take().unwrap()
+        self.home.take().unwrap()
     }
 
     pub fn addr(&self, t: Transport) -> SocketAddr {
