@@ -69,6 +69,27 @@ impl PgDatabase {
         admin(&self.url).await
     }
 
+    /// A failover in miniature: makes the database take no writes (as a standby does,
+    /// SQLSTATE 25006) or take them again, and ends every other session on it, so the
+    /// next ones find it so.
+    pub async fn set_read_only(&self, on: bool) {
+        let admin = self.client().await;
+        admin
+            .batch_execute(&format!(
+                "ALTER DATABASE {} SET default_transaction_read_only = {on}",
+                self.name
+            ))
+            .await
+            .unwrap();
+        admin
+            .batch_execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                  WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            )
+            .await
+            .unwrap();
+    }
+
     /// Runs `sql` (one or more statements) on this database, from a synchronous test.
     pub fn execute_blocking(&self, sql: &str) {
         let (url, statements) = (self.url.clone(), sql.to_owned());

@@ -869,21 +869,7 @@ async fn postgres_a_read_only_server_is_unavailable_until_writable_again() {
     store.add(&alice, "pw", None).await.unwrap();
     // A failover in miniature: the sessions end, and the server they come back to takes
     // no writes (a standby: 25006).
-    let admin = db.client().await;
-    let read_only = |on: bool| {
-        format!(
-            "ALTER DATABASE {} SET default_transaction_read_only = {on}",
-            db.name
-        )
-    };
-    admin.batch_execute(&read_only(true)).await.unwrap();
-    admin
-        .batch_execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-              WHERE datname = current_database() AND pid <> pg_backend_pid()",
-        )
-        .await
-        .unwrap();
+    db.set_read_only(true).await;
     let bob = addr("bob@example.com");
     for _ in 0..2 {
         let added = store.add(&bob, "pw", None).await;
@@ -895,7 +881,7 @@ async fn postgres_a_read_only_server_is_unavailable_until_writable_again() {
     );
     // The primary is writable again: the sessions that found it read-only were retired,
     // so the store soon writes again instead of failing for ever.
-    admin.batch_execute(&read_only(false)).await.unwrap();
+    db.set_read_only(false).await;
     let mut answers = Vec::new();
     for _ in 0..3 {
         let added = store.add(&bob, "pw", None).await;

@@ -1064,20 +1064,27 @@ async fn joining_a_conference_by_invite() {
 async fn a_message_the_im_service_cannot_record_is_refused_not_bypassed() {
     use sip_message::HeaderName;
     let s = TestServer::start_with(&["alice", "bob"], quick).await;
-    if !sqlite_only("a_message_the_im_service_cannot_record_is_refused_not_bypassed") {
-        return;
-    }
     let mut alice = registered(&s, "alice").await;
     let mut bob = registered(&s, "bob").await;
-    // Another process holds the database's write lock: the CDR cannot be written.
-    let blocker = rusqlite::Connection::open(s.data_dir().join("switchboard.db")).unwrap();
-    blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    // The database takes no CDR writes: on SQLite another process holds its write lock
+    // (the IM store gives up on it after a quarter second); on PostgreSQL it has failed
+    // over to a server that takes no writes.
+    let sqlite_lock = match s.home().pg() {
+        Some(pg) => {
+            pg.set_read_only(true).await;
+            None
+        }
+        None => {
+            let c = rusqlite::Connection::open(s.data_dir().join("switchboard.db")).unwrap();
+            c.execute_batch("BEGIN EXCLUSIVE").unwrap();
+            Some(c)
+        }
+    };
     let m = alice.message_to("bob", "unrecorded?");
     alice.send(&m).await;
     let ch = alice.final_response().await;
     let again = alice.with_credentials(&m, &ch, "pw-alice", "MD5", 1);
     alice.send(&again).await;
-    // The IM store gives up on the lock after a quarter second.
     let resp = alice
         .recv_within(Duration::from_secs(5))
         .await
@@ -1092,7 +1099,11 @@ async fn a_message_the_im_service_cannot_record_is_refused_not_bypassed() {
         bob.recv_within(Duration::from_millis(300)).await.is_none(),
         "not relayed around the IM service"
     );
-    blocker.execute_batch("ROLLBACK").unwrap();
+    match (&sqlite_lock, s.home().pg()) {
+        (Some(c), _) => c.execute_batch("ROLLBACK").unwrap(),
+        (None, Some(pg)) => pg.set_read_only(false).await,
+        (None, None) => unreachable!(),
+    }
     // Right after a failure new conversations are refused at once for a moment (503 with
     // Retry-After), then tried again: the chat goes through, recorded.
     let mut delivered = None;

@@ -46,6 +46,11 @@ impl Home {
         Home { dir, pg }
     }
 
+    /// The server's own PostgreSQL database, on a PostgreSQL run.
+    pub fn pg(&self) -> Option<&switchboard_store::testing::PgDatabase> {
+        self.pg.as_ref()
+    }
+
     /// The `--database` the server gets: none on SQLite.
     pub fn database(&self) -> Option<String> {
         self.pg.as_ref().map(|p| p.url.clone())
@@ -125,6 +130,10 @@ impl TestServer {
     pub async fn data(&self) -> switchboard_store::data::Data {
         self.server.im.flush_records().await;
         self.home.as_ref().unwrap().data().await
+    }
+
+    pub fn home(&self) -> &Home {
+        self.home.as_ref().unwrap()
     }
 
     /// Stops as a crash would (IM sessions left open) and hands back its data.
