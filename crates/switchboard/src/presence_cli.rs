@@ -311,12 +311,15 @@ pub(crate) fn presence(data_dir: &Path, cmd: PresenceCommand) -> Result<()> {
             let (value, live) = match ask_server(&server, &a, &w) {
                 Ok(v) => (v, true),
                 Err(ServerAnswer::Unreachable) => {
+                    // Shown only from whole reads: an error, never a guess.
+                    let addr = a.to_string();
                     let v = stored_view(
-                        &s.presence,
-                        &s.users,
                         &AggregationRules::default(),
                         &format!("sip:{a}"),
                         Some(&format!("sip:{w}")),
+                        s.presence.load(&addr, now)?,
+                        s.presence.contact_list(&addr)?,
+                        s.users.find(&a)?.and_then(|u| u.display_name),
                         now,
                     );
                     (serde_json::to_value(v)?, false)

@@ -8,10 +8,12 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use sip_transaction::{Timers, TransactionLayer};
 use sip_transport::{TransportKind, Transports, TransportsConfig};
+use switchboard_core::{ContactData, Directory, PresenceData};
 use switchboard_im::ImService;
 use switchboard_presence::PresenceService;
 use switchboard_proxy::{Core, Deliverer, ProxyConfig};
 use switchboard_registrar::Location;
+use switchboard_store::SqliteStore;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -103,6 +105,19 @@ fn route_secret(data_dir: &std::path::Path) -> Result<[u8; 32]> {
 
 /// Opens the store, binds every listener, and starts serving.
 pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
+    start_with_data(cfg, |store| store).await
+}
+
+/// [`start`], with the presence service's data (contact lists, presence state, the
+/// directory) seen through `wrap`: the SQLite store itself, or something in front of it
+/// (tests put a database that fails there).
+pub async fn start_with_data<D>(
+    cfg: ServerConfig,
+    wrap: impl FnOnce(Arc<SqliteStore>) -> Arc<D>,
+) -> Result<RunningServer>
+where
+    D: ContactData + PresenceData + Directory,
+{
     let users =
         Arc::new(switchboard_store::open(&cfg.data_dir).with_context(|| {
             format!("cannot open the data directory {}", cfg.data_dir.display())
@@ -198,7 +213,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
             format!("cannot open the data directory {}", cfg.data_dir.display())
         })?,
     );
-    let im = ImService::start(im_store, users.clone(), cfg.im.clone());
+    let im = ImService::start(im_store.clone(), users.clone(), cfg.im.clone());
     let location = Arc::new(Location::new(cfg.registrar.clone()));
     let core = Core::new(
         layer.clone(),
@@ -219,7 +234,15 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
             format!("cannot open the data directory {}", cfg.data_dir.display())
         })?,
     );
-    let presence = PresenceService::start(presence_store, users.clone(), cfg.presence.clone());
+    // One store behind every data trait the presence service reads, sharing the core's
+    // directory (and its cache) and the IM service's connection.
+    let data = wrap(Arc::new(SqliteStore {
+        users: users.clone(),
+        im: im_store.clone(),
+        presence: presence_store,
+    }));
+    let presence =
+        PresenceService::start(data.clone(), data.clone(), data, cfg.presence.clone()).await;
     core.set_event_hook(presence.clone());
     // Lync clients learn where to create conferences from their provisioning document.
     presence.set_focus_factory(Box::new(|aor: &str| {

@@ -10,6 +10,7 @@ use switchboard_store::{
 };
 
 use crate::support::*;
+use crate::test_data::{TestData, USER_READS};
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -281,12 +282,24 @@ async fn publish_etags_refresh_modify_remove_and_errors() {
     assert_eq!(st, 200);
     let alice = "sip:alice@example.com";
     assert_eq!(
-        s.server.presence.view(alice, None).availability.as_str(),
+        s.server
+            .presence
+            .view(alice, None)
+            .await
+            .unwrap()
+            .availability
+            .as_str(),
         "busy"
     );
     assert_eq!(publish(&mut a, None, t3.as_deref(), Some(0)).await.0, 200);
     assert_eq!(
-        s.server.presence.view(alice, None).availability.as_str(),
+        s.server
+            .presence
+            .view(alice, None)
+            .await
+            .unwrap()
+            .availability
+            .as_str(),
         "offline"
     );
     assert_eq!(
@@ -587,6 +600,8 @@ async fn idle_device_turns_inactive_then_away() {
         s.server
             .presence
             .view("sip:alice@example.com", None)
+            .await
+            .unwrap()
             .availability
             .as_str(),
         "inactive"
@@ -747,7 +762,9 @@ async fn each_relationship_level_sees_what_it_may() {
         let v = serde_json::to_string(
             &s.server
                 .presence
-                .view("sip:alice@example.com", Some(&watcher)),
+                .view("sip:alice@example.com", Some(&watcher))
+                .await
+                .unwrap(),
         )
         .unwrap();
         for x in hidden
@@ -1146,4 +1163,63 @@ async fn cli_contacts_and_presence() {
         .run(&["contacts", "remove", "alice@example.com", "bob@example.com"])
         .await;
     assert!(ok, "{out}");
+}
+
+/// The database cannot answer the presence service (its data layer is made to fail: the
+/// tests run as root, whom a read-only database file does not stop). A watcher Alice
+/// blocked gets 503 with Retry-After and never her presence, and neither does anyone
+/// else; once the database answers, a colleague sees her and Bob still sees her offline.
+#[tokio::test]
+async fn a_blocked_watcher_gets_nothing_while_the_database_fails() {
+    let mut layer = None;
+    let s = TestServer::start_over(
+        tempfile::tempdir().unwrap(),
+        &["alice", "bob", "carol"],
+        unpaced,
+        |store| {
+            let data = TestData::new(store);
+            layer = Some(data.clone());
+            data
+        },
+    )
+    .await;
+    let data = layer.unwrap();
+    store(&s)
+        .set_relationship(
+            "alice@example.com",
+            "bob@example.com",
+            Relationship::Blocked,
+            Relationship::Colleagues,
+            now_ms(),
+        )
+        .unwrap();
+    let mut a = registered(&s, "alice").await;
+    let mut b = registered(&s, "bob").await;
+    let mut c = registered(&s, "carol").await;
+    let open = pidf(&a.aor(), "open", "<dm:note>at the lake</dm:note>");
+
+    data.fail(USER_READS);
+    assert_eq!(publish(&mut a, Some(&open), None, Some(600)).await.0, 503);
+    let (r, sub) = subscribe_with(&mut b, "alice", "presence", &[], 600).await;
+    assert_eq!(status(&r), 503, "{r}");
+    assert!(
+        r.headers
+            .get(&HeaderName::from_wire("Retry-After"))
+            .is_some(),
+        "{r}"
+    );
+    assert!(sub.is_none());
+    if let Some(m) = b.recv_within(Duration::from_millis(500)).await {
+        panic!("nothing may reach Bob: {m}");
+    }
+
+    data.recover();
+    assert_eq!(publish(&mut a, Some(&open), None, Some(600)).await.0, 200);
+    subscribe(&mut c, "alice").await;
+    let n = notify_until(&mut c, "Alice open", |d| d.contains("<basic>open</basic>")).await;
+    assert!(body(&n).contains("at the lake"));
+    subscribe(&mut b, "alice").await;
+    let n = next_notify(&mut b).await;
+    assert!(body(&n).contains("<basic>closed</basic>"), "{n}");
+    assert!(!body(&n).contains("at the lake"), "{n}");
 }

@@ -12,6 +12,8 @@ use sha2::Sha256;
 use sip_message::{parse_datagram, parse_stream_message, AuthHeader, Frame, HeaderName, Message};
 use switchboard::config::{Listen, ServerConfig};
 use switchboard::server::RunningServer;
+use switchboard_core::{ContactData, Directory, PresenceData};
+use switchboard_store::SqliteStore;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
@@ -39,6 +41,20 @@ impl TestServer {
         users: &[&str],
         tweak: impl FnOnce(&mut ServerConfig),
     ) -> TestServer {
+        Self::start_over(dir, users, tweak, |store| store).await
+    }
+
+    /// [`TestServer::start_in`], with the presence service's data seen through `wrap`
+    /// (a layer that fails on demand).
+    pub async fn start_over<D>(
+        dir: tempfile::TempDir,
+        users: &[&str],
+        tweak: impl FnOnce(&mut ServerConfig),
+        wrap: impl FnOnce(Arc<SqliteStore>) -> Arc<D>,
+    ) -> TestServer
+    where
+        D: ContactData + PresenceData + Directory,
+    {
         let store = switchboard_store::open(dir.path()).unwrap();
         for u in users {
             let a = switchboard_store::Address::parse(&format!("{u}@example.com")).unwrap();
@@ -53,7 +69,9 @@ impl TestServer {
         cfg.sip_tls = lo(0);
         cfg.http = Listen::Off;
         tweak(&mut cfg);
-        let server = switchboard::server::start(cfg).await.unwrap();
+        let server = switchboard::server::start_with_data(cfg, wrap)
+            .await
+            .unwrap();
         TestServer {
             server,
             dir: Some(dir),
