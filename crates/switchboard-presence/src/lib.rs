@@ -28,8 +28,8 @@
 //!
 //! **No data call under a lock.** A request decides under the state lock which
 //! presentities it needs that are not held, releases the lock, reads them, and applies
-//! itself under the lock again (module `fetch`); a presentity another request loaded meanwhile
-//! is kept and the copy read for this one dropped (it holds no watcher and no
+//! itself under the lock again (module `fetch`); a presentity another request loaded
+//! meanwhile is kept and the copy read for this one dropped (it holds no watcher and no
 //! publication), and a copy read before the change log reported a change to that user
 //! is read again.
 //!
@@ -45,7 +45,8 @@
 //!   it again until it succeeds; then every watcher gets the view their relationship
 //!   allows again.
 //!
-//! Every [`DataError`] becomes that one answer in one place (`fetch::unavailable`).
+//! Every [`DataError`] becomes that one answer in one place (`fetch::unavailable`);
+//! [`PresenceService::view`] (the HTTP API) returns the error instead of a view.
 //!
 //! What one user can make the service hold is bounded ([`PresenceConfig`]): publications
 //! per user, distinct entries over a user's lists, presentities server-wide. A presentity
