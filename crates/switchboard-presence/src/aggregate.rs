@@ -20,7 +20,7 @@
 //!   availability, and its note replaces the personal note while it lasts.
 //! - **A8 note**: otherwise the note is the hand-set one, else the newest device note.
 
-use switchboard_store::{CalendarKind, StoredPresence};
+use switchboard_core::{CalendarKind, StoredPresence};
 
 use crate::model::{
     Activity, Availability, DeviceActivity, DeviceState, Meeting, Note, NoteKind, Presence,
@@ -236,7 +236,7 @@ pub fn aggregate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchboard_store::{CalendarEntry, ManualState};
+    use switchboard_core::{CalendarEntry, ManualState};
     use Activity::*;
     use Availability::*;
 

@@ -5,8 +5,8 @@
 
 use std::collections::{HashMap, HashSet};
 
+use switchboard_core::{Address, DataError};
 use switchboard_proxy::ServiceAnswer;
-use switchboard_store::{Address, StoreError};
 
 use crate::{bare, PresenceService, Presentity, State};
 
@@ -20,6 +20,16 @@ impl Known {
     /// Whether `resource` (as kept in a list, i.e. canonical when known) is a user.
     pub(crate) fn contains(&self, resource: &str) -> bool {
         self.0.contains_key(resource)
+    }
+
+    /// The users named, each once, in canonical form: the presentities a list of these
+    /// entries watches.
+    pub(crate) fn users(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(named, canonical)| named == canonical)
+            .map(|(_, canonical)| canonical.clone())
+            .collect()
     }
 
     /// The entries as a list keeps them: known users in canonical form (one presentity
@@ -49,11 +59,16 @@ pub(crate) fn with_warning(status: u16, text: &str) -> ServiceAnswer {
     a
 }
 
+/// 503 with Retry-After (RFC 3261 §21.5.4) and a Warning saying why.
+pub(crate) fn retry_later(text: &str, secs: u32) -> ServiceAnswer {
+    let mut a = with_warning(503, text);
+    a.headers.push(("Retry-After".into(), secs.to_string()));
+    a
+}
+
 /// The answer when the server holds as many presentities as it may.
 pub(crate) fn full_answer() -> ServiceAnswer {
-    let mut a = with_warning(503, "presence service at its limit of presentities");
-    a.headers.push(("Retry-After".into(), "60".into()));
-    a
+    retry_later("presence service at its limit of presentities", 60)
 }
 
 /// Distinct entries of all of `owner`'s lists if a list now naming `old` named `new`.
@@ -91,12 +106,9 @@ pub(crate) fn drop_entries(owner: &mut Presentity, entries: &[String]) {
 }
 
 impl PresenceService {
-    /// Which of `raw` name users the directory knows. Asked outside the presence lock:
-    /// the directory may have to read its database.
-    pub(crate) fn known_users<'a>(
-        &self,
-        raw: impl IntoIterator<Item = &'a str>,
-    ) -> Result<Known, StoreError> {
+    /// Which of `raw` name users the directory knows. Asked outside the presence lock
+    /// (no data call under a lock); an error when the directory cannot say.
+    pub(crate) async fn known_users(&self, raw: &[String]) -> Result<Known, DataError> {
         let mut known = HashMap::new();
         for r in raw {
             if known.contains_key(r) {
@@ -105,7 +117,7 @@ impl PresenceService {
             let Ok(addr) = Address::parse(bare(r)) else {
                 continue;
             };
-            if self.users.find(&addr)?.is_some() {
+            if self.directory.find(&addr).await?.is_some() {
                 let canonical = format!("sip:{addr}");
                 known.insert(r.to_owned(), canonical.clone());
                 known.insert(canonical.clone(), canonical);

@@ -20,10 +20,33 @@
 //! Blocking is polite (the Lync behaviour): a blocked watcher's subscription is accepted
 //! and sees the user offline, so it cannot tell it was blocked.
 //!
-//! Contact lists, hand-set and calendar state live in the database
-//! ([`switchboard_store::PresenceStore`]); the CLI writes there and appends to a change
-//! log this service follows, so watchers hear about CLI changes too. Publications and
+//! Contact lists, hand-set and calendar state live in the database, reached through the
+//! data traits of `switchboard-core` ([`ContactData`], [`PresenceData`], [`Directory`]):
+//! the service never names a backend. The CLI writes there and appends to a change log
+//! this service follows, so watchers hear about CLI changes too. Publications and
 //! subscriptions are kept in memory: clients refresh both.
+//!
+//! **No data call under a lock.** A request decides under the state lock which
+//! presentities it needs that are not held, releases the lock, reads them, and applies
+//! itself under the lock again (module `fetch`); a presentity another request loaded
+//! meanwhile is kept and the copy read for this one dropped (it holds no watcher and no
+//! publication), and a copy read before the change log reported a change to that user
+//! is read again.
+//!
+//! **Failing closed.** A presentity is built only from reads that all succeeded; nothing
+//! half-read is held. When its stored state, its owner's contact list or the directory
+//! cannot be read:
+//! - a SUBSCRIBE that needs it is answered **503 with `Retry-After`**, so the watcher
+//!   learns nothing, not even a default relationship's view (a blocked watcher would
+//!   otherwise be taken for a colleague); the same for PUBLISH, SERVICE and list
+//!   subscriptions that need data they cannot read, and for writes that fail;
+//! - a presentity already held whose re-read (after a change) fails shows **offline to
+//!   every watcher** but its owner, new SUBSCRIBEs to it get 503, and housekeeping reads
+//!   it again until it succeeds; then every watcher gets the view their relationship
+//!   allows again.
+//!
+//! Every [`DataError`] becomes that one answer in one place (`fetch::unavailable`);
+//! [`PresenceService::view`] (the HTTP API) returns the error instead of a view.
 //!
 //! What one user can make the service hold is bounded ([`PresenceConfig`]): publications
 //! per user, distinct entries over a user's lists, presentities server-wide. A presentity
@@ -34,6 +57,7 @@
 pub mod aggregate;
 mod caps;
 mod documents;
+mod fetch;
 mod lync;
 pub mod model;
 pub mod pidf;
@@ -48,10 +72,10 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use sip_message::Message;
 use sip_transport::Source;
-use switchboard_proxy::{Deliverer, EventHook, ServiceAnswer};
-use switchboard_store::{
-    Address, ContactList, PresenceStore, Relationship, StoredPresence, UserDirectory,
+use switchboard_core::{
+    ContactData, ContactList, DataError, Directory, PresenceData, Relationship, StoredPresence,
 };
+use switchboard_proxy::{Deliverer, EventHook, ServiceAnswer};
 use tokio::time::Instant;
 
 pub use aggregate::{aggregate, AggregationRules};
@@ -117,6 +141,8 @@ struct Presentity {
     display_name: Option<String>,
     /// The user's own contact list: the relationship they gave each contact.
     contacts: ContactList,
+    /// The user's contact groups with their stored ids (Lync numbers groups by them).
+    groups: Vec<(i64, String)>,
     presence: Presence,
     /// Subscriptions watching this user: presence, and lists that include them.
     watchers: Vec<u64>,
@@ -129,6 +155,10 @@ struct Presentity {
     /// The entries of this user's own list subscriptions, each with how many of those
     /// lists name it: what counts against `max_list_entries_per_user`.
     list_entries: HashMap<String, u32>,
+    /// The last read of the user's data failed: what is held may no longer be what they
+    /// allow (they may just have blocked someone), so every watcher but the user sees
+    /// them offline until a read succeeds (housekeeping keeps trying).
+    unreadable: bool,
 }
 
 impl Presentity {
@@ -204,79 +234,56 @@ fn domain_of(aor: &str) -> &str {
     bare(aor).rsplit_once('@').map(|(_, d)| d).unwrap_or("")
 }
 
-fn load_presentity(
-    store: &PresenceStore,
-    users: &UserDirectory,
-    rules: &AggregationRules,
-    aor: &str,
-    publications: Vec<Publication>,
-    now: i64,
-) -> Presentity {
-    let addr = bare(aor);
-    let stored = store.load(addr, now).unwrap_or_else(|e| {
-        tracing::error!(error = %e, aor, "cannot load presence state");
-        StoredPresence::default()
-    });
-    let contacts = store.contact_list(addr).unwrap_or_else(|e| {
-        tracing::error!(error = %e, aor, "cannot load contact list");
-        ContactList::default()
-    });
-    let display_name = Address::parse(addr)
-        .ok()
-        .and_then(|a| users.find(&a).ok().flatten())
-        .and_then(|u| u.display_name);
-    presentity(publications, stored, display_name, contacts, rules, now)
-}
-
 /// A presentity with nobody watching yet, its presence aggregated from what it has.
 fn presentity(
     publications: Vec<Publication>,
-    stored: StoredPresence,
-    display_name: Option<String>,
-    contacts: ContactList,
+    data: fetch::UserData,
     rules: &AggregationRules,
     now: i64,
 ) -> Presentity {
     let devices: Vec<DeviceState> = publications.iter().map(|p| p.state.clone()).collect();
-    let presence = aggregate(&devices, &stored, rules, now);
+    let presence = aggregate(&devices, &data.stored, rules, now);
     Presentity {
         publications,
-        stored,
-        display_name,
-        contacts,
+        stored: data.stored,
+        display_name: data.display_name,
+        contacts: data.contacts,
+        groups: data.groups,
         presence,
         watchers: Vec::new(),
         winfo: Vec::new(),
         lists: Vec::new(),
         lync: lync::LyncData::default(),
         list_entries: HashMap::new(),
+        unreadable: false,
     }
 }
 
 /// What stands for a list entry that names no user we know: offline with nothing stored,
 /// as such an entry has always been shown, but held nowhere (nothing per entry in memory).
 fn unknown_presentity(rules: &AggregationRules, now: i64) -> Presentity {
-    presentity(
-        Vec::new(),
-        StoredPresence::default(),
-        None,
-        ContactList::default(),
-        rules,
-        now,
-    )
+    presentity(Vec::new(), fetch::UserData::default(), rules, now)
 }
 
-/// What `watcher` may see of `aor` from the database alone, with no device online: the
-/// answer when no server is running (its devices are then all gone).
+/// What `watcher` may see of `aor` from what the database holds about them (read by the
+/// caller: `stored`, their contact list, their display name), with no device online:
+/// the answer when no server is running (its devices are then all gone).
 pub fn stored_view(
-    store: &PresenceStore,
-    users: &UserDirectory,
     rules: &AggregationRules,
     aor: &str,
     watcher: Option<&str>,
+    stored: StoredPresence,
+    contacts: ContactList,
+    display_name: Option<String>,
     now_ms: i64,
 ) -> View {
-    let p = load_presentity(store, users, rules, aor, Vec::new(), now_ms);
+    let data = fetch::UserData {
+        stored,
+        contacts,
+        groups: Vec::new(),
+        display_name,
+    };
+    let p = presentity(Vec::new(), data, rules, now_ms);
     View::of(
         aor,
         &p.presence,
@@ -290,11 +297,14 @@ pub fn stored_view(
 /// [`PresenceService::attach`].
 pub struct PresenceService {
     me: Weak<PresenceService>,
-    store: Arc<PresenceStore>,
-    users: Arc<UserDirectory>,
+    contacts: Arc<dyn ContactData>,
+    presence: Arc<dyn PresenceData>,
+    directory: Arc<dyn Directory>,
     config: PresenceConfig,
     clock: Clock,
     state: Mutex<State>,
+    /// Reads of presentities under way (never locked while `state` is awaited on).
+    reads: fetch::Reads,
     deliverer: OnceLock<Weak<dyn Deliverer>>,
     /// The change-log position already applied.
     change_seq: Mutex<i64>,
@@ -309,24 +319,30 @@ pub struct PresenceService {
 pub type FocusFactory = Box<dyn Fn(&str) -> String + Send + Sync>;
 
 impl PresenceService {
-    /// Opens the service and starts its housekeeping (expiry of publications and
-    /// subscriptions, time-driven changes, following the change log).
-    pub fn start(
-        store: Arc<PresenceStore>,
-        users: Arc<UserDirectory>,
+    /// Opens the service over its data and starts its housekeeping (expiry of
+    /// publications and subscriptions, time-driven changes, following the change log,
+    /// reading again what could not be read).
+    pub async fn start(
+        contacts: Arc<dyn ContactData>,
+        presence: Arc<dyn PresenceData>,
+        directory: Arc<dyn Directory>,
         config: PresenceConfig,
     ) -> Arc<PresenceService> {
-        let seq = store.latest_change().unwrap_or_else(|e| {
+        // Unreadable: follow from the start of the log (nothing is held yet, so that
+        // only costs a longer first read).
+        let seq = presence.latest_change().await.unwrap_or_else(|e| {
             tracing::error!(error = %e, "cannot read the presence change log");
             0
         });
         let svc = Arc::new_cyclic(|me| PresenceService {
             me: me.clone(),
-            store,
-            users,
+            contacts,
+            presence,
+            directory,
             config,
             clock: Clock::new(),
             state: Mutex::new(State::default()),
+            reads: fetch::Reads::default(),
             deliverer: OnceLock::new(),
             change_seq: Mutex::new(seq),
             pruned_at: Mutex::new(Instant::now()),
@@ -340,9 +356,10 @@ impl PresenceService {
             loop {
                 tick.tick().await;
                 let Some(svc) = weak.upgrade() else { return };
-                svc.follow_changes();
+                svc.follow_changes().await;
                 if n.is_multiple_of(4) {
-                    svc.expire();
+                    svc.expire().await;
+                    svc.read_unreadable().await;
                 }
                 n += 1;
             }
@@ -369,26 +386,6 @@ impl PresenceService {
         let st = self.state.lock();
         let pubs = st.presentities.values().map(|p| p.publications.len()).sum();
         (st.presentities.len(), pubs, st.subs.len())
-    }
-
-    /// Loads a user's stored state into memory if it is not there yet.
-    fn ensure<'a>(&self, st: &'a mut State, aor: &str) -> &'a mut Presentity {
-        if !st.presentities.contains_key(aor) {
-            let p = self.load(aor, Vec::new());
-            st.presentities.insert(Arc::from(aor), p);
-        }
-        st.presentities.get_mut(aor).expect("inserted above")
-    }
-
-    fn load(&self, aor: &str, publications: Vec<Publication>) -> Presentity {
-        load_presentity(
-            &self.store,
-            &self.users,
-            &self.config.rules,
-            aor,
-            publications,
-            self.now_ms(),
-        )
     }
 
     /// Recomputes a presentity's aggregate; when it changed, its watchers hear of it.
@@ -423,22 +420,33 @@ impl PresenceService {
     }
 
     /// What `watcher` (an AoR; `None` for the user themself) may see of `aor` now: the
-    /// path the HTTP API and the CLI use.
-    pub fn view(&self, aor: &str, watcher: Option<&str>) -> View {
-        let mut st = self.state.lock();
-        let held = st.presentities.contains_key(aor);
-        let p = self.ensure(&mut st, aor);
-        let v = self.view_of(aor, p, watcher.unwrap_or(aor));
-        if !held && p.watchers.is_empty() && p.publications.is_empty() {
-            // Nobody keeps it in memory: do not let API lookups fill the table.
-            st.presentities.remove(aor);
+    /// path the HTTP API and the CLI use. A user nobody holds is read for the answer and
+    /// not kept (API lookups must not fill the table); unreadable data is an error, not a
+    /// guess.
+    pub async fn view(&self, aor: &str, watcher: Option<&str>) -> Result<View, DataError> {
+        let watcher = watcher.unwrap_or(aor);
+        let held = {
+            let st = self.state.lock();
+            st.presentities
+                .get(aor)
+                .map(|p| self.view_of(aor, p, watcher))
+        };
+        if let Some(v) = held {
+            return Ok(v);
         }
-        v
+        let now = self.now_ms();
+        let data = self.read_user(aor, now).await?;
+        let p = presentity(Vec::new(), data, &self.config.rules, now);
+        Ok(self.view_of(aor, &p, watcher))
     }
 
     fn audience(aor: &str, p: &Presentity, watcher: &str) -> Audience {
         if bare(watcher) == bare(aor) {
             return Audience::Own;
+        }
+        if p.unreadable {
+            // Fail closed: what the user allows this watcher is not known now.
+            return Audience::Watcher(Relationship::Blocked);
         }
         Audience::Watcher(
             p.relationship_of(watcher)
@@ -458,121 +466,110 @@ impl PresenceService {
 
     /// Applies changes the CLI (or another process) logged: reloads each user's stored
     /// state and contact list and tells whoever is affected.
-    fn follow_changes(&self) {
+    async fn follow_changes(&self) {
         let since = *self.change_seq.lock();
-        let (last, changed) = match self.store.changes_since(since) {
+        let (last, changed) = match self.presence.changes_since(since).await {
             Ok(x) => x,
             Err(e) => {
+                // Read again from the same position next time: nothing is lost, and what
+                // is held was read whole.
                 tracing::warn!(error = %e, "cannot read the presence change log");
                 return;
             }
         };
         *self.change_seq.lock() = last;
         for addr in changed {
-            self.reload(&format!("sip:{addr}"));
+            let aor = format!("sip:{addr}");
+            // Reads under way may have read the user before this change: they read again.
+            self.reads.changed(&aor);
+            self.reload(&aor).await;
         }
     }
 
     /// Re-reads `aor`'s stored state and contact list (they changed in the database).
-    pub fn reload(&self, aor: &str) {
-        // The store and the directory are read outside the lock; only the swap is inside
-        // (a change written meanwhile is in the change log, so it is reloaded again).
-        let has_lists = match self.state.lock().presentities.get(aor) {
-            None => return,
-            Some(p) => !p.lists.is_empty(),
+    /// When that fails, watchers see the user offline until a read succeeds.
+    pub async fn reload(&self, aor: &str) {
+        if let Err(e) = self.try_reload(aor).await {
+            tracing::warn!(error = %e, aor, "cannot read presence data: watchers see offline until it is read");
+        }
+    }
+
+    /// Reads again every presentity whose last read failed, while reads succeed (one
+    /// failure means the data is still unavailable: the rest wait for the next round).
+    async fn read_unreadable(&self) {
+        let unreadable: Vec<String> = {
+            let st = self.state.lock();
+            st.presentities
+                .iter()
+                .filter(|(_, p)| p.unreadable)
+                .map(|(aor, _)| aor.to_string())
+                .collect()
         };
-        let mut fresh = self.load(aor, Vec::new());
-        let known = if has_lists {
-            // Contact-list subscriptions follow the list: which new entries are users.
-            let uris = listed_uris(&fresh.contacts);
-            self.known_users(uris.iter().map(String::as_str))
-                .unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, "user directory unavailable: new list entries show offline");
-                    caps::Known::default()
-                })
-        } else {
-            caps::Known::default()
-        };
-        let mut st = self.state.lock();
-        let Some(old) = st.presentities.remove(aor) else {
-            return;
-        };
-        fresh.publications = old.publications;
-        fresh.watchers = old.watchers;
-        fresh.winfo = old.winfo;
-        fresh.lists = old.lists;
-        fresh.lync = old.lync;
-        fresh.list_entries = old.list_entries;
-        let contacts_changed = fresh.contacts != old.contacts;
-        // Keep the old aggregate so reaggregate notices the change.
-        fresh.presence = old.presence;
-        st.presentities.insert(Arc::from(aor), fresh);
-        self.reaggregate(&mut st, aor);
-        if contacts_changed {
-            // Relationships changed what each watcher may see, the watcher list's
-            // pending/active states, and the user's own list subscriptions.
-            let p = &st.presentities[aor];
-            let ids: Vec<u64> = p.watchers.iter().chain(p.winfo.iter()).copied().collect();
-            let lists = p.lists.clone();
-            for id in ids {
-                self.changed(&mut st, id, Some(aor));
-            }
-            for id in lists {
-                self.list_membership_changed(&mut st, id, &known);
+        for aor in unreadable {
+            if self.try_reload(&aor).await.is_err() {
+                return;
             }
         }
     }
 
     /// Expires publications and subscriptions; applies time-driven changes.
-    fn expire(&self) {
+    async fn expire(&self) {
         let now = Instant::now();
         let now_ms = self.now_ms();
-        let mut st = self.state.lock();
-        let mut touched = Vec::new();
-        for (aor, p) in st.presentities.iter_mut() {
-            let before = p.publications.len();
-            p.publications.retain(|x| x.expires_at > now);
-            if p.publications.len() != before
-                || p.presence.next_change_ms.is_some_and(|t| t <= now_ms)
-            {
-                touched.push(aor.clone());
+        let last_active: Vec<(String, i64)> = {
+            let mut st = self.state.lock();
+            let mut touched = Vec::new();
+            for (aor, p) in st.presentities.iter_mut() {
+                let before = p.publications.len();
+                p.publications.retain(|x| x.expires_at > now);
+                if p.publications.len() != before
+                    || p.presence.next_change_ms.is_some_and(|t| t <= now_ms)
+                {
+                    touched.push(aor.clone());
+                }
+            }
+            for aor in touched {
+                self.reaggregate(&mut st, &aor);
+            }
+            let expired: Vec<u64> = st
+                .subs
+                .iter()
+                .filter(|(_, s)| s.expires_at <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in expired {
+                self.terminate(&mut st, id, "timeout");
+            }
+            // Forget users nobody watches and who publish nothing.
+            st.presentities.retain(|_, p| {
+                !p.publications.is_empty()
+                    || !p.watchers.is_empty()
+                    || !p.winfo.is_empty()
+                    || !p.lists.is_empty()
+            });
+            st.last_active.drain().collect()
+        };
+        if !last_active.is_empty() {
+            if let Err(e) = self.presence.set_last_active_many(&last_active).await {
+                tracing::warn!(error = %e, "cannot store last-active times: trying again later");
+                // Kept for the next round, unless a newer time was noted meanwhile.
+                let mut st = self.state.lock();
+                for (aor, at) in last_active {
+                    st.last_active.entry(aor).or_insert(at);
+                }
             }
         }
-        for aor in touched {
-            self.reaggregate(&mut st, &aor);
-        }
-        let expired: Vec<u64> = st
-            .subs
-            .iter()
-            .filter(|(_, s)| s.expires_at <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in expired {
-            self.terminate(&mut st, id, "timeout");
-        }
-        // Forget users nobody watches and who publish nothing.
-        st.presentities.retain(|_, p| {
-            !p.publications.is_empty()
-                || !p.watchers.is_empty()
-                || !p.winfo.is_empty()
-                || !p.lists.is_empty()
-        });
-        let last_active: Vec<(String, i64)> = st.last_active.drain().collect();
-        drop(st);
-        if !last_active.is_empty() {
-            let store = self.store.clone();
-            tokio::task::spawn_blocking(move || {
-                if let Err(e) = store.set_last_active_many(&last_active) {
-                    tracing::warn!(error = %e, "cannot store last-active times");
-                }
-            });
-        }
         // Once an hour: change-log rows older than a day, calendar entries that ended.
-        let mut pruned = self.pruned_at.lock();
-        if now.duration_since(*pruned) >= Duration::from_secs(3600) {
-            *pruned = now;
-            drop(pruned);
-            if let Err(e) = self.store.prune(now_ms - 86_400_000) {
+        let prune = {
+            let mut pruned = self.pruned_at.lock();
+            let due = now.duration_since(*pruned) >= Duration::from_secs(3600);
+            if due {
+                *pruned = now;
+            }
+            due
+        };
+        if prune {
+            if let Err(e) = self.presence.prune(now_ms - 86_400_000).await {
                 tracing::warn!(error = %e, "cannot prune presence change log");
             }
         }
@@ -601,9 +598,9 @@ impl EventHook for PresenceService {
 
     async fn handle(&self, msg: &Message, from: &str, to: &str, source: Source) -> ServiceAnswer {
         match msg.method() {
-            Some(sip_message::Method::Publish) => self.publish(msg, from, to),
-            Some(sip_message::Method::Subscribe) => self.subscribe(msg, from, to, source),
-            Some(sip_message::Method::Service) => self.service(msg, from, to, source),
+            Some(sip_message::Method::Publish) => self.publish(msg, from, to).await,
+            Some(sip_message::Method::Subscribe) => self.subscribe(msg, from, to, source).await,
+            Some(sip_message::Method::Service) => self.service(msg, from, to, source).await,
             _ => ServiceAnswer::status(405),
         }
     }

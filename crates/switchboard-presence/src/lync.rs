@@ -26,10 +26,11 @@ use msrtc::publish::{PublishedState, StateKind};
 use msrtc::{band, Band};
 use sip_message::Message;
 use sip_transport::{ConnectionId, Source};
+use switchboard_core::{DataError, ManualState, Relationship};
 use switchboard_proxy::ServiceAnswer;
-use switchboard_store::{ManualState, Relationship};
 use tokio::time::Instant;
 
+use crate::fetch::{self, Fetched};
 use crate::model::{Activity, Availability, DeviceState, NoteKind};
 use crate::privacy::{Audience, View};
 use crate::subscribe::Kind;
@@ -173,6 +174,70 @@ pub(crate) fn categories(v: &View, p: &Presentity) -> String {
     msrtc::categories::event_categories(&snapshot(v, p.lync.version.max(1)))
 }
 
+/// One SERVICE `msrtc-category-publish+xml`, as parsed.
+struct CategoryPublish<'a> {
+    aor: &'a str,
+    pubs: &'a [msrtc::publish::Publication],
+    source: Source,
+    now: i64,
+}
+
+/// What a category publication does to the hand-set state.
+enum HandSet {
+    Set(ManualState),
+    Clear,
+}
+
+/// Where a category publication stands after a look under the lock.
+enum Step {
+    Done(ServiceAnswer),
+    /// The hand-set state must be written to the store first (outside the lock).
+    Write(HandSet),
+}
+
+/// The hand-set state is the user's, kept with `presence set`'s: a client that signs in
+/// publishes "available" by hand, which must not undo a state set elsewhere, so only a
+/// change away from its own earlier state counts.
+fn hand_set_change(
+    p: &Presentity,
+    pubs: &[msrtc::publish::Publication],
+    now: i64,
+) -> Option<HandSet> {
+    let had_user_state = p.lync.categories.iter().any(|c| {
+        c.aggregation_state()
+            .is_some_and(|s| s.kind == StateKind::User)
+    });
+    let mut user_state: Option<Option<Band>> = None;
+    for x in pubs.iter().filter(|x| x.container == 2) {
+        if let Some(s) = msrtc::publish::read_state(x).filter(|s| s.kind == StateKind::User) {
+            user_state = Some(if x.remove {
+                None
+            } else {
+                s.availability.map(band)
+            });
+        }
+    }
+    match user_state {
+        Some(Some(b)) if b != Band::Available => {
+            let token = match availability_of(b) {
+                Availability::Busy => "busy",
+                Availability::DoNotDisturb => "dnd",
+                Availability::BeRightBack => "brb",
+                Availability::Offline => "offline",
+                _ => "away",
+            };
+            Some(HandSet::Set(ManualState {
+                availability: token.into(),
+                note: None,
+                until_ms: None,
+                set_at_ms: now,
+            }))
+        }
+        Some(_) if had_user_state => Some(HandSet::Clear),
+        _ => None,
+    }
+}
+
 impl PresenceService {
     /// `vnd-microsoft-provisioning-v2` is a fetch (`Expires: 0`): the answer carries the
     /// configuration itself (piggy-backed, MS-SIP §3.13) and no subscription is kept.
@@ -199,10 +264,6 @@ impl PresenceService {
     /// The owner's contact list as a Lync client numbers it: the default group `~` is 1,
     /// stored groups are their id + 1.
     pub(crate) fn lync_contact_list(&self, st: &State, owner: &str) -> msrtc::contacts::List {
-        let groups = self.store.contact_groups(bare(owner)).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "cannot read contact groups");
-            Vec::new()
-        });
         let Some(p) = st.presentities.get(owner) else {
             return msrtc::contacts::List {
                 delta: 1,
@@ -210,6 +271,8 @@ impl PresenceService {
                 contacts: Vec::new(),
             };
         };
+        // The groups as read with the list (read again whenever the list changes).
+        let groups = &p.groups;
         let id_of = |name: &str| {
             groups
                 .iter()
@@ -346,7 +409,7 @@ impl PresenceService {
     }
 
     /// SERVICE from a Lync client to its own address (MS-SIP §3.10, MS-PRES §3.7).
-    pub(crate) fn service(
+    pub(crate) async fn service(
         &self,
         msg: &Message,
         from: &str,
@@ -357,10 +420,14 @@ impl PresenceService {
             return with_warning(403, "only the user may change their own presence");
         }
         match crate::subscribe::content_type(msg).as_str() {
-            "application/msrtc-category-publish+xml" => self.publish_categories(msg, to, source),
-            "application/msrtc-setcontainermembers+xml" => self.set_container_members(msg, to),
-            "application/msrtc-presence-setsubscriber+xml" => self.set_subscribers(msg, to),
-            "application/soap+xml" => self.contact_edit(msg, to),
+            "application/msrtc-category-publish+xml" => {
+                self.publish_categories(msg, to, source).await
+            }
+            "application/msrtc-setcontainermembers+xml" => {
+                self.set_container_members(msg, to).await
+            }
+            "application/msrtc-presence-setsubscriber+xml" => self.set_subscribers(msg, to).await,
+            "application/soap+xml" => self.contact_edit(msg, to).await,
             _ => {
                 let mut a = ServiceAnswer::status(415);
                 a.headers.push((
@@ -372,7 +439,7 @@ impl PresenceService {
         }
     }
 
-    fn publish_categories(&self, msg: &Message, aor: &str, source: Source) -> ServiceAnswer {
+    async fn publish_categories(&self, msg: &Message, aor: &str, source: Source) -> ServiceAnswer {
         let pubs = match msrtc::publish::parse_publish(&msg.body) {
             Ok(p) => p,
             Err(e) => return with_warning(400, &e.to_string()),
@@ -380,14 +447,67 @@ impl PresenceService {
         if pubs.len() > 256 {
             return with_warning(413, "too many publications in one request");
         }
-        let now = self.now_ms();
-        let mut st = self.state.lock();
-        if !st.presentities.contains_key(aor) && self.full(&st, 1) {
-            return crate::caps::full_answer();
+        let req = CategoryPublish {
+            aor,
+            pubs: &pubs,
+            source,
+            now: self.now_ms(),
+        };
+        let aors = [aor.to_owned()];
+        let first = self
+            .with_presentities(&aors, |st, fetched| {
+                self.categories_step(st, fetched, &req, None)
+            })
+            .await;
+        let hand_set = match first {
+            Ok(Step::Done(answer)) => return answer,
+            Ok(Step::Write(h)) => h,
+            Err(e) => return fetch::unavailable(&e),
+        };
+        // The hand-set state is the user's, kept with `presence set`'s, in the store: it
+        // is written (outside the lock) before anything is applied, so a write that
+        // fails changes nothing and the client may send the same versions again.
+        let written = match &hand_set {
+            HandSet::Set(m) => self.presence.set_manual(bare(aor), m).await,
+            HandSet::Clear => self
+                .presence
+                .clear_manual(bare(aor), req.now)
+                .await
+                .map(|_| ()),
+        };
+        if let Err(e) = written {
+            return fetch::unavailable(&e);
         }
-        let p = self.ensure(&mut st, aor);
-        // MS-PRES §3.7.5.4: all or nothing; every stale version is named.
-        let stale: Vec<(usize, u32)> = pubs
+        // Checked again under the lock: another publication may have come first.
+        let second = self
+            .with_presentities(&aors, |st, fetched| {
+                self.categories_step(st, fetched, &req, Some(hand_set))
+            })
+            .await;
+        match second {
+            Ok(Step::Done(answer)) => answer,
+            Ok(Step::Write(_)) => unreachable!("the hand-set state was written"),
+            Err(e) => fetch::unavailable(&e),
+        }
+    }
+
+    /// A category publication under the state lock. MS-PRES §3.7.5.4: all or nothing,
+    /// every stale version named. Applied at once unless it changes the hand-set state
+    /// and that is not written yet (`written`: what was).
+    fn categories_step(
+        &self,
+        st: &mut State,
+        fetched: &mut Fetched<'_>,
+        req: &CategoryPublish<'_>,
+        written: Option<HandSet>,
+    ) -> Step {
+        let aor = req.aor;
+        if !st.presentities.contains_key(aor) && self.full(st, 1) {
+            return Step::Done(crate::caps::full_answer());
+        }
+        let p = self.ensure(st, fetched, aor);
+        let stale: Vec<(usize, u32)> = req
+            .pubs
             .iter()
             .enumerate()
             .filter_map(|(i, x)| {
@@ -405,29 +525,34 @@ impl PresenceService {
                 "application/msrtc-fault+xml".into(),
                 bytes::Bytes::from(msrtc::publish::wrong_delta_fault(&stale).into_bytes()),
             ));
-            return a;
+            return Step::Done(a);
         }
-        let had_user_state = p.lync.categories.iter().any(|c| {
-            c.aggregation_state()
-                .is_some_and(|s| s.kind == StateKind::User)
-        });
-        let mut user_state: Option<Option<Band>> = None;
-        for x in &pubs {
+        let hand_set = match written {
+            Some(h) => Some(h),
+            None => match hand_set_change(p, req.pubs, req.now) {
+                Some(h) => return Step::Write(h),
+                None => None,
+            },
+        };
+        Step::Done(self.apply_categories(st, req, hand_set))
+    }
+
+    /// Keeps the published instances (their versions checked), and the hand-set state
+    /// already written to the store; the 200 carries the roaming data.
+    fn apply_categories(
+        &self,
+        st: &mut State,
+        req: &CategoryPublish<'_>,
+        hand_set: Option<HandSet>,
+    ) -> ServiceAnswer {
+        let (aor, now) = (req.aor, req.now);
+        let p = st.presentities.get_mut(aor).expect("ensured");
+        for x in req.pubs {
             let pos = p.lync.categories.iter().position(|c| {
                 c.cat.name == x.category
                     && c.cat.instance == x.instance
                     && c.cat.container == x.container
             });
-            let state = msrtc::publish::read_state(x);
-            if let Some(s) = state.as_ref().filter(|s| s.kind == StateKind::User) {
-                if x.container == 2 {
-                    user_state = Some(if x.remove {
-                        None
-                    } else {
-                        s.availability.map(band)
-                    });
-                }
-            }
             if x.remove {
                 if let Some(i) = pos {
                     p.lync.categories.remove(i);
@@ -448,9 +573,9 @@ impl PresenceService {
                     payload: x.payload.clone(),
                 },
                 flow: (x.expire_type == "endpoint")
-                    .then_some(source.connection)
+                    .then_some(req.source.connection)
                     .flatten(),
-                state,
+                state: msrtc::publish::read_state(x),
                 note: msrtc::publish::read_note(x),
             };
             match pos {
@@ -461,6 +586,14 @@ impl PresenceService {
         p.lync.version += 1;
         let flows: Vec<ConnectionId> = p.lync.categories.iter().filter_map(|c| c.flow).collect();
         self.rebuild_lync_devices(p, now);
+        match hand_set {
+            Some(HandSet::Set(m)) => {
+                p.stored.manual = Some(m);
+                p.lync.client_manual_at = Some(now);
+            }
+            Some(HandSet::Clear) => p.stored.manual = None,
+            None => {}
+        }
         let key: Arc<str> = st
             .presentities
             .get_key_value(aor)
@@ -472,44 +605,10 @@ impl PresenceService {
                 owners.push(key.clone());
             }
         }
-        // The hand-set state is the user's, kept with `presence set`'s: a client that
-        // signs in publishes "available" by hand, which must not undo a state set
-        // elsewhere, so only a change away from its own earlier state counts.
-        match user_state {
-            Some(Some(b)) if b != Band::Available => {
-                let token = match availability_of(b) {
-                    Availability::Busy => "busy",
-                    Availability::DoNotDisturb => "dnd",
-                    Availability::BeRightBack => "brb",
-                    Availability::Offline => "offline",
-                    _ => "away",
-                };
-                let m = ManualState {
-                    availability: token.into(),
-                    note: None,
-                    until_ms: None,
-                    set_at_ms: now,
-                };
-                if let Err(e) = self.store.set_manual(bare(aor), &m) {
-                    tracing::warn!(error = %e, "cannot store the hand-set state");
-                }
-                let p = st.presentities.get_mut(aor).expect("ensured");
-                p.stored.manual = Some(m);
-                p.lync.client_manual_at = Some(now);
-            }
-            Some(_) if had_user_state => {
-                if let Err(e) = self.store.clear_manual(bare(aor), now) {
-                    tracing::warn!(error = %e, "cannot clear the hand-set state");
-                }
-                let p = st.presentities.get_mut(aor).expect("ensured");
-                p.stored.manual = None;
-            }
-            _ => {}
-        }
-        self.reaggregate(&mut st, aor);
-        self.kick_own(&mut st, aor);
+        self.reaggregate(st, aor);
+        self.kick_own(st, aor);
         // The 200 carries the roaming data, so the client learns the new versions now.
-        let (ctype, body) = self.roaming_self_body(&st, aor);
+        let (ctype, body) = self.roaming_self_body(st, aor);
         let mut a = ServiceAnswer::status(200);
         a.body = Some((ctype, bytes::Bytes::from(body.into_bytes())));
         a
@@ -568,7 +667,7 @@ impl PresenceService {
     }
 
     /// MS-PRES §3.7.4: users placed in containers are given that relationship.
-    fn set_container_members(&self, msg: &Message, aor: &str) -> ServiceAnswer {
+    async fn set_container_members(&self, msg: &Message, aor: &str) -> ServiceAnswer {
         let changes = match msrtc::publish::parse_set_container_members(&msg.body) {
             Ok(c) => c,
             Err(e) => return with_warning(400, &e.to_string()),
@@ -591,37 +690,44 @@ impl PresenceService {
                 (false, _) => default,
             };
             // A relationship, not a place on the list (MS-PRES §3.7.4.1).
-            if let Err(e) = self.store.set_relationship(owner, user, rel, default, now) {
-                tracing::warn!(error = %e, "cannot store a container member");
-                return ServiceAnswer::status(500);
+            if let Err(e) = self
+                .contacts
+                .set_relationship(owner, user, rel, default, now)
+                .await
+            {
+                return fetch::unavailable(&e);
             }
         }
         // Other member types (sameEnterprise, federated, …) are what our defaults are.
-        self.reload(aor);
+        self.reload(aor).await;
         let mut st = self.state.lock();
         self.kick_own(&mut st, aor);
         ServiceAnswer::status(200)
     }
 
-    fn set_subscribers(&self, msg: &Message, aor: &str) -> ServiceAnswer {
+    async fn set_subscribers(&self, msg: &Message, aor: &str) -> ServiceAnswer {
         let users = match msrtc::publish::parse_set_subscribers(&msg.body) {
             Ok(u) => u,
             Err(e) => return with_warning(400, &e.to_string()),
         };
-        let mut st = self.state.lock();
-        if !st.presentities.contains_key(aor) && self.full(&st, 1) {
-            return crate::caps::full_answer();
-        }
-        let p = self.ensure(&mut st, aor);
-        for u in users.into_iter().take(1000) {
-            p.lync.acknowledged.insert(u);
-        }
-        self.kick_own(&mut st, aor);
-        ServiceAnswer::status(200)
+        let applied = self
+            .with_presentities(&[aor.to_owned()], |st, fetched| {
+                if !st.presentities.contains_key(aor) && self.full(st, 1) {
+                    return crate::caps::full_answer();
+                }
+                let p = self.ensure(st, fetched, aor);
+                for u in users.into_iter().take(1000) {
+                    p.lync.acknowledged.insert(u);
+                }
+                self.kick_own(st, aor);
+                ServiceAnswer::status(200)
+            })
+            .await;
+        applied.unwrap_or_else(|e| fetch::unavailable(&e))
     }
 
     /// SOAP contact-list edits (MS-SIP §2.2.3); watchers of the list hear the delta.
-    fn contact_edit(&self, msg: &Message, aor: &str) -> ServiceAnswer {
+    async fn contact_edit(&self, msg: &Message, aor: &str) -> ServiceAnswer {
         let edit = match msrtc::contacts::parse_edit(&msg.body) {
             Ok(e) => e,
             Err(e) => return with_warning(400, &e.to_string()),
@@ -630,7 +736,7 @@ impl PresenceService {
             // Lync's MaxContacts: a contact list the user's list subscriptions could not
             // watch whole is not let grow (changing a contact already on it always works).
             let cap = self.config.max_list_entries_per_user;
-            match self.store.contact_list(bare(aor)) {
+            match self.contacts.contact_list(bare(aor)).await {
                 Ok(list) => {
                     let listed: Vec<&str> = list
                         .contacts
@@ -645,15 +751,12 @@ impl PresenceService {
                         );
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read a contact list");
-                    return ServiceAnswer::status(500);
-                }
+                Err(e) => return fetch::unavailable(&e),
             }
         }
-        match self.apply_edit(&edit, aor) {
+        match self.apply_edit(&edit, aor).await {
             Ok(answer) => {
-                self.reload(aor);
+                self.reload(aor).await;
                 let mut st = self.state.lock();
                 self.kick_own_kinds(&mut st, aor, &[Kind::RoamingContacts]);
                 let mut a = ServiceAnswer::status(200);
@@ -665,19 +768,16 @@ impl PresenceService {
                 }
                 a
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "contact list edit failed");
-                ServiceAnswer::status(500)
-            }
+            Err(e) => fetch::unavailable(&e),
         }
     }
 
     /// Carries out one contact-list edit; the answer body, for `addGroup`.
-    fn apply_edit(
+    async fn apply_edit(
         &self,
         edit: &msrtc::contacts::Edit,
         aor: &str,
-    ) -> Result<Option<String>, switchboard_store::StoreError> {
+    ) -> Result<Option<String>, DataError> {
         use msrtc::contacts::Edit;
         let owner = bare(aor);
         let now = self.now_ms();
@@ -686,30 +786,35 @@ impl PresenceService {
         match edit {
             Edit::SetContact { uri, groups, .. } => {
                 let default = Audience::default_for(domain_of(aor), domain_of(uri));
-                self.store
-                    .add_contact(owner, uri, None, None, default, now)?;
+                self.contacts
+                    .add_contact(owner, uri, None, None, default, now)
+                    .await?;
                 let ids: Vec<i64> = groups
                     .iter()
                     .filter(|i| **i > 1)
                     .map(|i| stored(*i))
                     .collect();
-                self.store.set_contact_groups(owner, uri, &ids, now)?;
+                self.contacts
+                    .set_contact_groups(owner, uri, &ids, now)
+                    .await?;
                 Ok(None)
             }
             Edit::DeleteContact { uri } => {
-                self.store.remove_contact(owner, uri, now)?;
+                self.contacts.remove_contact(owner, uri, now).await?;
                 Ok(None)
             }
             Edit::AddGroup { name } => {
-                let id = self.store.add_group(owner, name, now)?;
+                let id = self.contacts.add_group(owner, name, now).await?;
                 Ok(Some(msrtc::contacts::add_group_answer(id as u32 + 1)))
             }
             Edit::ModifyGroup { id, name } => {
-                self.store.rename_group(owner, stored(*id), name, now)?;
+                self.contacts
+                    .rename_group(owner, stored(*id), name, now)
+                    .await?;
                 Ok(None)
             }
             Edit::DeleteGroup { id } => {
-                self.store.delete_group(owner, stored(*id), now)?;
+                self.contacts.delete_group(owner, stored(*id), now).await?;
                 Ok(None)
             }
         }
@@ -723,6 +828,7 @@ impl PresenceService {
             return;
         };
         let now = self.now_ms();
+        let mut cleared = Vec::new();
         for aor in owners {
             let Some(p) = st.presentities.get_mut(&*aor) else {
                 continue;
@@ -737,12 +843,23 @@ impl PresenceService {
                 // Set by the client that just left (not since replaced by `presence set`).
                 p.lync.client_manual_at = None;
                 p.stored.manual = None;
-                if let Err(e) = self.store.clear_manual(bare(&aor), now) {
-                    tracing::warn!(error = %e, "cannot clear the hand-set state");
-                }
+                cleared.push(bare(&aor).to_owned());
             }
             self.reaggregate(&mut st, &aor);
             self.kick_own(&mut st, &aor);
         }
+        drop(st);
+        if cleared.is_empty() {
+            return;
+        }
+        // Written outside the lock, off the transport's path.
+        let presence = self.presence.clone();
+        tokio::spawn(async move {
+            for addr in cleared {
+                if let Err(e) = presence.clear_manual(&addr, now).await {
+                    tracing::warn!(error = %e, "cannot clear the hand-set state");
+                }
+            }
+        });
     }
 }

@@ -444,7 +444,7 @@ mod tests {
     fn what_we_write_we_read_back() {
         use crate::model::{Note, Presence};
         use crate::privacy::{Audience, View};
-        use switchboard_store::{ContactCard, Relationship};
+        use switchboard_core::{ContactCard, Relationship};
         for a in [
             Availability::Available,
             Availability::Busy,

@@ -11,7 +11,7 @@
 //! | friends (and family) | + personal phone |
 //! | self | everything, and the devices |
 
-use switchboard_store::{ContactCard, Relationship};
+use switchboard_core::{ContactCard, Relationship};
 
 use crate::model::{Activity, Availability, DeviceActivity, Meeting, Note, Presence};
 

@@ -8,6 +8,7 @@ use sip_message::{HeaderName, Message};
 use switchboard_proxy::ServiceAnswer;
 use tokio::time::Instant;
 
+use crate::fetch;
 use crate::{pidf, PresenceService, Publication};
 
 fn with_warning(status: u16, text: &str) -> ServiceAnswer {
@@ -22,7 +23,7 @@ fn new_etag() -> String {
 }
 
 impl PresenceService {
-    pub(crate) fn publish(&self, msg: &Message, from: &str, to: &str) -> ServiceAnswer {
+    pub(crate) async fn publish(&self, msg: &Message, from: &str, to: &str) -> ServiceAnswer {
         // Step 2: only the user publishes their own presence.
         if from != to {
             return with_warning(403, "only the user may publish their presence");
@@ -80,61 +81,65 @@ impl PresenceService {
             return with_warning(400, "initial PUBLISH without a body");
         }
         let now_ms = self.now_ms();
-        let mut st = self.state.lock();
-        if !st.presentities.contains_key(to) && self.full(&st, 1) {
-            return crate::caps::full_answer();
-        }
-        let p = self.ensure(&mut st, to);
-        let etag = new_etag();
-        match if_match {
-            Some(tag) => {
-                let Some(i) = p.publications.iter().position(|x| x.etag == tag) else {
-                    // §6 step 4: no such publication (expired, or never).
-                    drop(st);
-                    return ServiceAnswer::status(412);
-                };
-                if expires == 0 {
-                    p.publications.remove(i);
-                } else {
-                    let x = &mut p.publications[i];
-                    x.etag = etag.clone();
-                    x.expires_at = Instant::now() + Duration::from_secs(expires as u64);
-                    if let Some(state) = published {
-                        let device = std::mem::take(&mut x.state.device);
-                        x.state = state.into_device(device, now_ms);
+        // The user's stored state is read (outside the lock) if they are not held; a
+        // PUBLISH that cannot have it is refused, never applied to a half-read user.
+        let applied = self
+            .with_presentities(&[to.to_owned()], |st, fetched| {
+                if !st.presentities.contains_key(to) && self.full(st, 1) {
+                    return crate::caps::full_answer();
+                }
+                let p = self.ensure(st, fetched, to);
+                let etag = new_etag();
+                match if_match {
+                    Some(tag) => {
+                        let Some(i) = p.publications.iter().position(|x| x.etag == tag) else {
+                            // §6 step 4: no such publication (expired, or never).
+                            return ServiceAnswer::status(412);
+                        };
+                        if expires == 0 {
+                            p.publications.remove(i);
+                        } else {
+                            let x = &mut p.publications[i];
+                            x.etag = etag.clone();
+                            x.expires_at = Instant::now() + Duration::from_secs(expires as u64);
+                            if let Some(state) = published {
+                                let device = std::mem::take(&mut x.state.device);
+                                x.state = state.into_device(device, now_ms);
+                            }
+                        }
+                    }
+                    None => {
+                        if expires == 0 {
+                            // A publication that expires at once changes nothing.
+                            let mut a = ServiceAnswer::status(200);
+                            a.headers.push(("Expires".into(), "0".into()));
+                            return a;
+                        }
+                        // Each initial PUBLISH is one more device: a client that never refreshes
+                        // (a new entity tag every time) must not grow the user without bound.
+                        if p.publications.len() >= self.config.max_publications_per_user {
+                            return with_warning(403, "too many publications for this user");
+                        }
+                        let device = format!("{}#{}", device_name(msg), &etag[..6]);
+                        p.publications.push(Publication {
+                            etag: etag.clone(),
+                            state: published
+                                .expect("checked above")
+                                .into_device(device, now_ms),
+                            expires_at: Instant::now() + Duration::from_secs(expires as u64),
+                        });
                     }
                 }
-            }
-            None => {
-                if expires == 0 {
-                    // A publication that expires at once changes nothing.
-                    let mut a = ServiceAnswer::status(200);
-                    a.headers.push(("Expires".into(), "0".into()));
-                    return a;
+                self.reaggregate(st, to);
+                let mut a = ServiceAnswer::status(200);
+                if expires > 0 {
+                    a.headers.push(("SIP-ETag".into(), etag));
                 }
-                // Each initial PUBLISH is one more device: a client that never refreshes
-                // (a new entity tag every time) must not grow the user without bound.
-                if p.publications.len() >= self.config.max_publications_per_user {
-                    return with_warning(403, "too many publications for this user");
-                }
-                let device = format!("{}#{}", device_name(msg), &etag[..6]);
-                p.publications.push(Publication {
-                    etag: etag.clone(),
-                    state: published
-                        .expect("checked above")
-                        .into_device(device, now_ms),
-                    expires_at: Instant::now() + Duration::from_secs(expires as u64),
-                });
-            }
-        }
-        self.reaggregate(&mut st, to);
-        drop(st);
-        let mut a = ServiceAnswer::status(200);
-        if expires > 0 {
-            a.headers.push(("SIP-ETag".into(), etag));
-        }
-        a.headers.push(("Expires".into(), expires.to_string()));
-        a
+                a.headers.push(("Expires".into(), expires.to_string()));
+                a
+            })
+            .await;
+        applied.unwrap_or_else(|e| fetch::unavailable(&e))
     }
 }
 

@@ -13,8 +13,11 @@ use sip_transport::Source;
 use switchboard_proxy::{ServiceAnswer, SubscribeRequest};
 use tokio::time::Instant;
 
+use switchboard_core::DataError;
+
 use crate::caps::{self, Known};
 use crate::documents::{self, ListResource, WatcherEntry};
+use crate::fetch::{self, Fetched};
 use crate::{bare, pidf, PresenceService, State};
 
 /// What a subscription watches.
@@ -166,7 +169,7 @@ fn wants_categories(msg: &Message) -> bool {
 }
 
 impl PresenceService {
-    pub(crate) fn subscribe(
+    pub(crate) async fn subscribe(
         &self,
         msg: &Message,
         from: &str,
@@ -255,20 +258,17 @@ impl PresenceService {
             .and_then(|c| NameAddr::parse(c).ok())
             .map(|c| c.uri.to_string());
         // A list's entries are counted and looked up in the user directory before the
-        // lock is taken (the directory may read its database): only users who exist get
-        // a presentity.
+        // lock is taken (no data call under a lock): only users who exist get a
+        // presentity. What cannot be read refuses the SUBSCRIBE (fail closed).
         let cap = self.config.max_list_entries_per_user;
         let known = if kind == Kind::List {
             let stored;
             let raw: &[String] = match &adhoc {
                 Some(entries) => entries,
                 None if our_tag_in.is_none() => {
-                    stored = match self.store.contact_list(bare(to)) {
+                    stored = match self.contacts.contact_list(bare(to)).await {
                         Ok(list) => crate::listed_uris(&list),
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot read a contact list");
-                            return ServiceAnswer::status(500);
-                        }
+                        Err(e) => return fetch::unavailable(&e),
                     };
                     &stored
                 }
@@ -277,130 +277,146 @@ impl PresenceService {
             if caps::distinct(raw.iter().map(String::as_str)) > cap {
                 return too_many_entries(cap);
             }
-            match self.known_users(raw.iter().map(String::as_str)) {
+            match self.known_users(raw).await {
                 Ok(k) => k,
-                Err(e) => {
-                    tracing::error!(error = %e, "user directory unavailable");
-                    return ServiceAnswer::status(500);
-                }
+                Err(e) => return fetch::unavailable(&e),
             }
         } else {
             Known::default()
         };
         let adhoc = adhoc.map(|raw| known.entries(raw.iter().map(String::as_str)));
-        let mut st = self.state.lock();
-        let key = dialog_key(&st.hasher, from, call_id, &their_tag);
-        let existing = st.by_dialog.get(&key).copied().filter(|id| {
-            let s = &st.subs[id];
-            *s.call_id == *call_id && *s.their_tag == *their_tag && *s.watcher == *from
-        });
-        let id = match (our_tag_in, existing) {
-            (Some(tag), Some(id)) if format!("{:016x}", st.subs[&id].our_tag) == tag => id,
-            // RFC 6665 §4.2.1.2: a refresh of a subscription that does not exist (for
-            // this subscriber: someone else's dialog cannot be refreshed or ended).
-            (Some(_), _) => return ServiceAnswer::status(481),
-            // The same SUBSCRIBE again without our tag (its answer was lost): same dialog.
-            (None, Some(id)) => id,
-            (None, None) => {
-                let Some(target) = contact.clone() else {
-                    return ServiceAnswer::status(400);
-                };
-                if expires == 0 {
-                    // A fetch: one NOTIFY with the state, then the subscription is over.
-                } else if st.per_watcher.get(from).copied().unwrap_or(0)
-                    >= self.config.max_subscriptions_per_watcher
-                {
-                    return status_with(503, "Retry-After", "60".into());
-                }
-                if st.by_dialog.contains_key(&key) {
-                    // Two live dialogs whose (Call-ID, tag) hash alike: vanishingly rare;
-                    // the client retries with another Call-ID.
-                    return status_with(500, "Retry-After", "1".into());
-                }
-                let owner_held = st.presentities.contains_key(to);
-                let list = match (kind, adhoc.as_ref()) {
-                    (Kind::List, Some(entries)) => Some((entries.clone(), true)),
-                    (Kind::List, None) => {
-                        // The owner's contact list as held (loaded now if need be).
-                        if !owner_held && self.full(&st, 1) {
+        // The resource (or the list's owner) and the users the list names are read
+        // before the lock is taken again; whatever cannot be read answers 503.
+        let mut needed = vec![to.to_owned()];
+        needed.extend(known.users());
+        let answer = self
+            .with_presentities(&needed, |st, fetched| {
+                let key = dialog_key(&st.hasher, from, call_id, &their_tag);
+                let existing = st.by_dialog.get(&key).copied().filter(|id| {
+                    let s = &st.subs[id];
+                    *s.call_id == *call_id && *s.their_tag == *their_tag && *s.watcher == *from
+                });
+                let id = match (our_tag_in, existing) {
+                    (Some(tag), Some(id)) if format!("{:016x}", st.subs[&id].our_tag) == tag => id,
+                    // RFC 6665 §4.2.1.2: a refresh of a subscription that does not exist (for
+                    // this subscriber: someone else's dialog cannot be refreshed or ended).
+                    (Some(_), _) => return ServiceAnswer::status(481),
+                    // The same SUBSCRIBE again without our tag (its answer was lost): same dialog.
+                    (None, Some(id)) => id,
+                    (None, None) => {
+                        let Some(target) = contact.clone() else {
+                            return ServiceAnswer::status(400);
+                        };
+                        if kind == Kind::Presence
+                            && bare(from) != bare(to)
+                            && st.presentities.get(to).is_some_and(|p| p.unreadable)
+                        {
+                            // Fail closed: what the user allows this watcher cannot be read
+                            // now (their watchers already see them offline).
+                            return fetch::unavailable(&DataError::Unavailable(format!(
+                                "the last read of {to} failed"
+                            )));
+                        }
+                        if expires == 0 {
+                            // A fetch: one NOTIFY with the state, then the subscription is over.
+                        } else if st.per_watcher.get(from).copied().unwrap_or(0)
+                            >= self.config.max_subscriptions_per_watcher
+                        {
+                            return status_with(503, "Retry-After", "60".into());
+                        }
+                        if st.by_dialog.contains_key(&key) {
+                            // Two live dialogs whose (Call-ID, tag) hash alike: vanishingly rare;
+                            // the client retries with another Call-ID.
+                            return status_with(500, "Retry-After", "1".into());
+                        }
+                        let owner_held = st.presentities.contains_key(to);
+                        let list = match (kind, adhoc.as_ref()) {
+                            (Kind::List, Some(entries)) => Some((entries.clone(), true)),
+                            (Kind::List, None) => {
+                                // The owner's contact list as held (loaded now if need be).
+                                if !owner_held && self.full(st, 1) {
+                                    return caps::full_answer();
+                                }
+                                let owner = self.ensure(st, fetched, to);
+                                let uris = crate::listed_uris(&owner.contacts);
+                                Some((known.entries(uris.iter().map(String::as_str)), false))
+                            }
+                            _ => None,
+                        };
+                        if let Some((entries, _)) = &list {
+                            let total = match st.presentities.get(to) {
+                                Some(owner) => caps::entries_after(owner, &[], entries),
+                                None => entries.len(),
+                            };
+                            if total > cap {
+                                return too_many_entries(cap);
+                            }
+                        }
+                        let needed = usize::from(!st.presentities.contains_key(to))
+                            + list
+                                .as_ref()
+                                .map(|(e, _)| Self::new_presentities(st, e, &known))
+                                .unwrap_or(0);
+                        if self.full(st, needed) {
                             return caps::full_answer();
                         }
-                        let owner = self.ensure(&mut st, to);
-                        let uris = crate::listed_uris(&owner.contacts);
-                        Some((known.entries(uris.iter().map(String::as_str)), false))
+                        let dialog = (call_id.into(), their_tag.clone().into_boxed_str());
+                        let id = self.create(
+                            st, fetched, kind, to, from, &event, target, source, key, dialog, list,
+                            &known,
+                        );
+                        st.subs.get_mut(&id).expect("created").msrtc = msrtc;
+                        id
                     }
-                    _ => None,
                 };
-                if let Some((entries, _)) = &list {
-                    let total = match st.presentities.get(to) {
-                        Some(owner) => caps::entries_after(owner, &[], entries),
-                        None => entries.len(),
-                    };
-                    if total > cap {
-                        return too_many_entries(cap);
+                if let (Some(entries), true) = (adhoc, existing.is_some()) {
+                    // A batched SUBSCRIBE inside the dialog replaces the ad hoc list, within the
+                    // same bounds as a new one (refused: the list stays as it was).
+                    if let Some(answer) = self.check_replacement(st, id, &entries, &known) {
+                        return answer;
+                    }
+                    self.set_adhoc(st, fetched, id, entries, &known);
+                }
+                let s = st.subs.get_mut(&id).expect("present");
+                if let Some(c) = contact {
+                    // RFC 6665 §4.1.2.1: a refresh may update the remote target.
+                    s.target = c.into_boxed_str();
+                    s.flow = source;
+                }
+                s.expires_at = Instant::now() + Duration::from_secs(expires as u64);
+                s.ending = expires == 0;
+                // RFC 6665 §4.2.1.2: every accepted SUBSCRIBE gets a NOTIFY (sent after the 200).
+                s.dirty = true;
+                if s.kind == Kind::List {
+                    s.full = true;
+                }
+                let mut a = ServiceAnswer::status(200);
+                a.to_tag = Some(format!("{:016x}", s.our_tag));
+                a.headers.push(("Expires".into(), expires.to_string()));
+                a.headers.push(("Contact".into(), format!("<{to}>")));
+                a.headers
+                    .push(("Allow-Events".into(), crate::ALLOW_EVENTS.into()));
+                // MS-SIP §3.13: a Lync client that allows it gets the first NOTIFY's content in
+                // the 200 itself (one round trip less at sign-in, for three subscriptions).
+                if s.msrtc && expires > 0 && supports(msg, "ms-piggyback-first-notify") {
+                    let (ctype, body) = self.render(st, id).unwrap_or_default();
+                    let cseq = msg.cseq().map(|c| c.seq).unwrap_or(1);
+                    a.headers.push(("Event".into(), event.clone()));
+                    a.headers
+                        .push(("ms-piggyback-cseq".into(), cseq.to_string()));
+                    a.body = Some((ctype, bytes::Bytes::from(body.into_bytes())));
+                    let s = st.subs.get_mut(&id).expect("present");
+                    s.piggybacked = true;
+                    s.version += 1;
+                    s.full = false;
+                    if let Some(list) = s.list.as_mut() {
+                        list.pending.clear();
                     }
                 }
-                let needed = usize::from(!st.presentities.contains_key(to))
-                    + list
-                        .as_ref()
-                        .map(|(e, _)| Self::new_presentities(&st, e, &known))
-                        .unwrap_or(0);
-                if self.full(&st, needed) {
-                    return caps::full_answer();
-                }
-                let dialog = (call_id.into(), their_tag.clone().into_boxed_str());
-                let id = self.create(
-                    &mut st, kind, to, from, &event, target, source, key, dialog, list, &known,
-                );
-                st.subs.get_mut(&id).expect("created").msrtc = msrtc;
-                id
-            }
-        };
-        if let (Some(entries), true) = (adhoc, existing.is_some()) {
-            // A batched SUBSCRIBE inside the dialog replaces the ad hoc list, within the
-            // same bounds as a new one (refused: the list stays as it was).
-            if let Some(answer) = self.check_replacement(&st, id, &entries, &known) {
-                return answer;
-            }
-            self.set_adhoc(&mut st, id, entries, &known);
-        }
-        let s = st.subs.get_mut(&id).expect("present");
-        if let Some(c) = contact {
-            // RFC 6665 §4.1.2.1: a refresh may update the remote target.
-            s.target = c.into_boxed_str();
-            s.flow = source;
-        }
-        s.expires_at = Instant::now() + Duration::from_secs(expires as u64);
-        s.ending = expires == 0;
-        // RFC 6665 §4.2.1.2: every accepted SUBSCRIBE gets a NOTIFY (sent after the 200).
-        s.dirty = true;
-        if s.kind == Kind::List {
-            s.full = true;
-        }
-        let mut a = ServiceAnswer::status(200);
-        a.to_tag = Some(format!("{:016x}", s.our_tag));
-        a.headers.push(("Expires".into(), expires.to_string()));
-        a.headers.push(("Contact".into(), format!("<{to}>")));
-        a.headers
-            .push(("Allow-Events".into(), crate::ALLOW_EVENTS.into()));
-        // MS-SIP §3.13: a Lync client that allows it gets the first NOTIFY's content in
-        // the 200 itself (one round trip less at sign-in, for three subscriptions).
-        if s.msrtc && expires > 0 && supports(msg, "ms-piggyback-first-notify") {
-            let (ctype, body) = self.render(&mut st, id).unwrap_or_default();
-            let cseq = msg.cseq().map(|c| c.seq).unwrap_or(1);
-            a.headers.push(("Event".into(), event.clone()));
-            a.headers
-                .push(("ms-piggyback-cseq".into(), cseq.to_string()));
-            a.body = Some((ctype, bytes::Bytes::from(body.into_bytes())));
-            let s = st.subs.get_mut(&id).expect("present");
-            s.piggybacked = true;
-            s.version += 1;
-            s.full = false;
-            if let Some(list) = s.list.as_mut() {
-                list.pending.clear();
-            }
-        }
-        a
+                a
+            })
+            .await;
+        answer.unwrap_or_else(|e| fetch::unavailable(&e))
     }
 
     /// Why list subscription `id` may not name `entries` instead of what it names now:
@@ -427,7 +443,14 @@ impl PresenceService {
 
     /// A batched subscription's resources (MS-PRES §3.7.5.6): watched as a list. Only
     /// entries naming known users are linked to (and make) a presentity.
-    fn set_adhoc(&self, st: &mut State, id: u64, resources: Vec<String>, known: &Known) {
+    fn set_adhoc(
+        &self,
+        st: &mut State,
+        fetched: &mut Fetched<'_>,
+        id: u64,
+        resources: Vec<String>,
+        known: &Known,
+    ) {
         let Some(s) = st.subs.get_mut(&id) else {
             return;
         };
@@ -449,7 +472,7 @@ impl PresenceService {
         }
         for r in resources.iter().filter(|r| !old_set.contains(r.as_str())) {
             if known.contains(r) {
-                self.ensure(st, r).watchers.push(id);
+                self.ensure(st, fetched, r).watchers.push(id);
                 self.kick_winfo(st, r);
             }
         }
@@ -468,6 +491,7 @@ impl PresenceService {
     fn create(
         &self,
         st: &mut State,
+        fetched: &mut Fetched<'_>,
         kind: Kind,
         resource: &str,
         watcher: &str,
@@ -481,7 +505,7 @@ impl PresenceService {
     ) -> u64 {
         st.next_id += 1;
         let id = st.next_id;
-        self.ensure(st, resource);
+        self.ensure(st, fetched, resource);
         let resource: Arc<str> = st
             .presentities
             .get_key_value(resource)
@@ -535,20 +559,20 @@ impl PresenceService {
         );
         match kind {
             Kind::Presence => {
-                self.ensure(st, &resource).watchers.push(id);
+                self.ensure(st, fetched, &resource).watchers.push(id);
                 // The user's watcher list changed.
                 self.kick_winfo(st, &resource);
             }
             Kind::Winfo | Kind::RoamingContacts | Kind::RoamingSelf => {
-                self.ensure(st, &resource).winfo.push(id)
+                self.ensure(st, fetched, &resource).winfo.push(id)
             }
             Kind::List => {
-                let owner = self.ensure(st, &resource);
+                let owner = self.ensure(st, fetched, &resource);
                 owner.lists.push(id);
                 caps::add_entries(owner, &resources);
                 // Entries naming nobody we know hold nothing: they show offline.
                 for r in resources.iter().filter(|r| known.contains(r)) {
-                    self.ensure(st, r).watchers.push(id);
+                    self.ensure(st, fetched, r).watchers.push(id);
                     self.kick_winfo(st, r);
                 }
             }
@@ -613,8 +637,15 @@ impl PresenceService {
     }
 
     /// The owner's contact list changed: the list subscription follows it, full state next.
-    /// `known` says which of the list's entries are users (resolved outside the lock).
-    pub(crate) fn list_membership_changed(&self, st: &mut State, id: u64, known: &Known) {
+    /// `known` says which of the list's entries are users, `fetched` holds the new ones'
+    /// presentities (both read outside the lock).
+    pub(crate) fn list_membership_changed(
+        &self,
+        st: &mut State,
+        fetched: &mut Fetched<'_>,
+        id: u64,
+        known: &Known,
+    ) {
         let Some(owner) = st.subs.get(&id).map(|s| s.resource.clone()) else {
             return;
         };
@@ -664,7 +695,7 @@ impl PresenceService {
                 tracing::warn!(entry = %r, "presentity limit reached: list entry not watched");
                 continue;
             }
-            self.ensure(st, r).watchers.push(id);
+            self.ensure(st, fetched, r).watchers.push(id);
             self.kick_winfo(st, r);
         }
         if let Some(p) = st.presentities.get_mut(&*owner) {
@@ -749,9 +780,7 @@ impl PresenceService {
                     }
                     let (status, event) = match p.relationship_of(&w.watcher) {
                         None => ("pending", "subscribe"),
-                        Some(switchboard_store::Relationship::Blocked) => {
-                            ("terminated", "rejected")
-                        }
+                        Some(switchboard_core::Relationship::Blocked) => ("terminated", "rejected"),
                         Some(_) => ("active", "approved"),
                     };
                     entries.push(WatcherEntry {

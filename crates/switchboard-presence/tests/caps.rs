@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use sip_message::{parse_datagram, HeaderName, Message};
 use switchboard_presence::{PresenceConfig, PresenceService};
-use switchboard_proxy::{Deliverer, EventHook, ServiceAnswer};
-use switchboard_store::{Address, PresenceStore, Relationship};
+use switchboard_proxy::{EventHook, ServiceAnswer};
+use switchboard_store::{PresenceStore, Relationship};
 
 mod common;
 use common::{source, Captured};
@@ -58,23 +58,14 @@ async fn setup(
     Arc<Captured>,
     Arc<PresenceStore>,
 ) {
-    let dir = tempfile::tempdir().unwrap();
-    let users = Arc::new(switchboard_store::open(dir.path()).unwrap());
-    for u in ["alice@x.test", "bob@x.test", "carol@x.test"] {
-        users.add(&Address::parse(u).unwrap(), "pw", None).unwrap();
-    }
-    let store = Arc::new(PresenceStore::open(dir.path()).unwrap());
+    let (dir, store) = common::store_with(&["alice@x.test", "bob@x.test", "carol@x.test"]);
     let cfg = PresenceConfig {
         notify_interval: Duration::ZERO,
         max_list_entries_per_user: cap,
         ..Default::default()
     };
-    let svc = PresenceService::start(store.clone(), users, cfg);
-    let captured = Arc::new(Captured::default());
-    let d: Arc<dyn Deliverer> = captured.clone();
-    svc.attach(Arc::downgrade(&d));
-    std::mem::forget(d);
-    (dir, svc, captured, store)
+    let (svc, captured) = common::start(store.clone(), cfg).await;
+    (dir, svc, captured, store.presence.clone())
 }
 
 async fn settle() {
@@ -120,7 +111,7 @@ async fn a_contact_list_grown_past_the_limit_ends_its_subscription() {
     assert_eq!(svc.counts(), (2, 0, 1));
 
     add_contact(&store, "carol@x.test");
-    svc.reload(ALICE);
+    svc.reload(ALICE).await;
     settle().await;
     let n = notifies.take();
     assert_eq!(n.len(), 1, "carol joins the list");
@@ -128,7 +119,7 @@ async fn a_contact_list_grown_past_the_limit_ends_its_subscription() {
     assert_eq!(svc.counts().0, 3);
 
     add_contact(&store, "dave@x.test");
-    svc.reload(ALICE);
+    svc.reload(ALICE).await;
     settle().await;
     let n = notifies.take();
     assert_eq!(n.len(), 1);

@@ -6,25 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sip_message::{parse_datagram, HeaderName, Message};
+use sip_message::{HeaderName, Message};
 use switchboard_presence::{PresenceConfig, PresenceService};
-use switchboard_proxy::{Deliverer, EventHook};
-use switchboard_store::{Address, ManualState, PresenceStore};
+use switchboard_proxy::EventHook;
+use switchboard_store::{ManualState, PresenceStore};
 
 mod common;
-use common::{source, Captured};
-
-fn request(method: &str, from: &str, to: &str, extra: &str, body: &str) -> Message {
-    let text = format!(
-        "{method} sip:{to} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5099;branch=z9hG4bK{n}\r\nMax-Forwards: 70\r\n\
-         From: <sip:{from}>;tag=f{n}\r\nTo: <sip:{to}>\r\nCall-ID: c{n}@test\r\nCSeq: 1 {method}\r\n\
-         Contact: <sip:{user}@127.0.0.1:5099>\r\n{extra}Content-Length: {}\r\n\r\n{body}",
-        body.len(),
-        n = rand::random::<u32>(),
-        user = from.split('@').next().unwrap(),
-    );
-    parse_datagram(text.as_bytes()).unwrap()
-}
+use common::{request, source, Captured};
 
 const OPEN: &str = "<presence xmlns=\"urn:ietf:params:xml:ns:pidf\" entity=\"sip:alice@x.test\"><tuple id=\"t\"><status><basic>open</basic></status></tuple></presence>";
 
@@ -43,23 +31,13 @@ async fn setup() -> (
     Arc<Captured>,
     Arc<PresenceStore>,
 ) {
-    let dir = tempfile::tempdir().unwrap();
-    let users = Arc::new(switchboard_store::open(dir.path()).unwrap());
-    for u in ["alice@x.test", "bob@x.test"] {
-        users.add(&Address::parse(u).unwrap(), "pw", None).unwrap();
-    }
-    let store = Arc::new(PresenceStore::open(dir.path()).unwrap());
+    let (dir, store) = common::store_with(&["alice@x.test", "bob@x.test"]);
     let cfg = PresenceConfig {
         notify_interval: Duration::ZERO,
         ..Default::default()
     };
-    let svc = PresenceService::start(store.clone(), users, cfg);
-    let captured = Arc::new(Captured::default());
-    let d: Arc<dyn Deliverer> = captured.clone();
-    svc.attach(Arc::downgrade(&d));
-    // Keep the deliverer alive for the test's length.
-    std::mem::forget(d);
-    (dir, svc, captured, store)
+    let (svc, captured) = common::start(store.clone(), cfg).await;
+    (dir, svc, captured, store.presence.clone())
 }
 
 async fn settle() {

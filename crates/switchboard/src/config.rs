@@ -186,8 +186,7 @@ pub struct ServerConfig {
     /// file's `[database] url`: `None` (or `sqlite:`) for SQLite in `data_dir`,
     /// `postgres://…` or `postgresql://…` for PostgreSQL; what each form means is
     /// `switchboard_store::Database::parse`, and `switchboard_store::data::open` opens it.
-    /// It may hold a password: show `Database::describe`, never the URL. (Serving on
-    /// PostgreSQL is not wired yet: `serve` refuses such a URL at startup.)
+    /// It may hold a password: show `Database::describe`, never the URL.
     pub database: Option<String>,
     pub domains: Vec<String>,
     pub hostnames: Vec<String>,

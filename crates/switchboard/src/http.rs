@@ -180,9 +180,15 @@ async fn presence_of(
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
     // Always a named watcher: the service reads "no watcher" as the owner.
-    let view = s
+    let view = match s
         .presence
-        .view(&format!("sip:{addr}"), Some(&format!("sip:{watcher}")));
+        .view(&format!("sip:{addr}"), Some(&format!("sip:{watcher}")))
+        .await
+    {
+        Ok(v) => v,
+        // Fail closed: no view from data that could not be read.
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
     match serde_json::to_value(view) {
         Ok(v) => (StatusCode::OK, Json(v)),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

@@ -451,14 +451,8 @@ fn serve(
     if database.is_some() {
         cfg.database = database;
     }
-    let db = Database::parse(cfg.database.as_deref(), &cfg.data_dir)?;
-    if let Database::Postgres { .. } = db {
-        bail!(
-            "serving on PostgreSQL is not wired yet ({} was given); the CLI commands work on it, \
-             and serve runs on SQLite in the data directory when no database is given",
-            db.describe()
-        );
-    }
+    // A setting that names no database is refused before anything starts.
+    Database::parse(cfg.database.as_deref(), &cfg.data_dir)?;
     cfg.domains.extend(args.domains);
     cfg.sip_udp = args.sip_udp.unwrap_or(cfg.sip_udp);
     cfg.sip_tcp = args.sip_tcp.unwrap_or(cfg.sip_tcp);

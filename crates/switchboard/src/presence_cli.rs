@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
-use switchboard_presence::{aggregate, AggregationRules, Audience, Availability, View};
+use switchboard_presence::{AggregationRules, Availability, View};
 use switchboard_store::{
     Address, CalendarEntry, CalendarKind, ContactCard, Data, ManualState, Relationship,
 };
@@ -338,24 +338,16 @@ pub(crate) async fn presence(s: &Data, cmd: PresenceCommand) -> Result<()> {
 /// either backend, and reports a database that cannot answer instead of showing
 /// nothing.
 async fn stored_view(s: &Data, a: &Address, watcher: &Address, now: i64) -> Result<View> {
-    let (owner, w) = (a.to_string(), watcher.to_string());
-    let stored = s.presence.load(&owner, now).await?;
-    let display_name = s.directory.find(a).await?.and_then(|u| u.display_name);
-    let audience = if a == watcher {
-        Audience::Own
-    } else {
-        let given = s.contacts.relationship(&owner, &w).await?;
-        Audience::Watcher(
-            given.unwrap_or_else(|| Audience::default_for(&a.domain, &watcher.domain)),
-        )
-    };
-    let presence = aggregate(&[], &stored, &AggregationRules::default(), now);
-    Ok(View::of(
+    // Shown only from whole reads: an error, never a guess.
+    let owner = a.to_string();
+    Ok(switchboard_presence::stored_view(
+        &AggregationRules::default(),
         &format!("sip:{a}"),
-        &presence,
-        display_name.as_deref(),
-        &stored.card,
-        audience,
+        Some(&format!("sip:{watcher}")),
+        s.presence.load(&owner, now).await?,
+        s.contacts.contact_list(&owner).await?,
+        s.directory.find(a).await?.and_then(|u| u.display_name),
+        now,
     ))
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use sip_transaction::{Timers, TransactionLayer};
 use sip_transport::{TransportKind, Transports, TransportsConfig};
+use switchboard_core::{ContactData, Directory, PresenceData};
 use switchboard_im::ImService;
 use switchboard_presence::PresenceService;
 use switchboard_proxy::{Core, Deliverer, ProxyConfig};
@@ -110,15 +111,34 @@ fn route_secret(data_dir: &std::path::Path) -> Result<[u8; 32]> {
     Ok(key)
 }
 
-/// Opens the store, binds every listener, and starts serving.
+/// What the presence service reads and writes: contact lists, presence state, the user
+/// directory.
+pub struct PresenceSources {
+    pub contacts: Arc<dyn ContactData>,
+    pub presence: Arc<dyn PresenceData>,
+    pub directory: Arc<dyn Directory>,
+}
+
+/// Opens the data (SQLite in the data directory, or `cfg.database`), binds every
+/// listener, and starts serving.
 pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
-    // Every service's data, behind the traits of switchboard-core.
-    let data = Arc::new(
-        switchboard_store::SqliteStore::open(&cfg.data_dir).with_context(|| {
-            format!("cannot open the data directory {}", cfg.data_dir.display())
-        })?,
-    );
-    let users = data.users.clone();
+    start_with_data(cfg, |sources| sources).await
+}
+
+/// [`start`], with the presence service's data seen through `wrap`: the store itself, or
+/// something in front of it (tests put a database that fails there).
+pub async fn start_with_data(
+    cfg: ServerConfig,
+    wrap: impl FnOnce(PresenceSources) -> PresenceSources,
+) -> Result<RunningServer> {
+    // Every service's data, behind the traits of switchboard-core; the backend is
+    // chosen here and nowhere else.
+    let database = switchboard_store::data::Database::parse(cfg.database.as_deref(), &cfg.data_dir)
+        .context("cannot use the database setting")?;
+    let data = database
+        .open()
+        .await
+        .with_context(|| format!("cannot open {}", database.describe()))?;
     let guard = Arc::new(sip_guard::Guard::new(cfg.limits.clone()));
     let transports = Transports::with_guard(
         TransportsConfig {
@@ -187,7 +207,12 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
         (Some(_), None, None) => {
             let mut names: Vec<String> = cfg.hostnames.clone();
             names.extend(cfg.domains.iter().cloned());
-            names.extend(users.domains().unwrap_or_default());
+            names.extend(
+                data.directory
+                    .domains()
+                    .await
+                    .context("cannot read the served domains")?,
+            );
             names.extend(["localhost".into(), "127.0.0.1".into(), "::1".into()]);
             if let Listen::On(a) = cfg.sip_tls {
                 if !a.ip().is_unspecified() {
@@ -207,25 +232,23 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
 
     // This start of the server: the CDR sessions it records are its own, and those its
     // earlier runs left open are closed (never another server's).
-    let run = switchboard_core::CdrData::begin_run(
-        data.as_ref(),
-        switchboard_core::Run::STANDALONE,
-        now_ms(),
-    )
-    .await
-    .context("cannot record this server's start in the database")?;
+    let run = data
+        .cdr
+        .begin_run(switchboard_core::Run::STANDALONE, now_ms())
+        .await
+        .context("cannot record this server's start in the database")?;
     let im = ImService::start(
         run,
-        data.clone(),
-        data.clone(),
-        data.clone(),
+        data.cdr.clone(),
+        data.offline.clone(),
+        data.directory.clone(),
         cfg.im.clone(),
     )
     .await;
     let location = Arc::new(Location::new(cfg.registrar.clone()));
     let core = Core::new(
         layer.clone(),
-        data.clone(),
+        data.directory.clone(),
         location,
         ProxyConfig {
             domains: cfg.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
@@ -237,12 +260,18 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer> {
         },
         im.clone(),
     );
-    let presence_store = Arc::new(
-        switchboard_store::PresenceStore::open(&cfg.data_dir).with_context(|| {
-            format!("cannot open the data directory {}", cfg.data_dir.display())
-        })?,
-    );
-    let presence = PresenceService::start(presence_store, users.clone(), cfg.presence.clone());
+    let sources = wrap(PresenceSources {
+        contacts: data.contacts.clone(),
+        presence: data.presence.clone(),
+        directory: data.directory.clone(),
+    });
+    let presence = PresenceService::start(
+        sources.contacts,
+        sources.presence,
+        sources.directory,
+        cfg.presence.clone(),
+    )
+    .await;
     core.set_event_hook(presence.clone());
     // Lync clients learn where to create conferences from their provisioning document.
     presence.set_focus_factory(Box::new(|aor: &str| {

@@ -1,13 +1,48 @@
-//! What the presence service's hook tests share: a Deliverer that captures the requests
-//! the service would send, and the source of the test's requests.
+//! What the presence service's hook tests share: a store with users, a service over it
+//! whose NOTIFYs a Deliverer captures, the source of the test's requests, and a data
+//! layer that fails on demand ([`data`]).
+#![allow(dead_code)] // each test binary uses part of it
+
+pub mod data;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use parking_lot::Mutex;
-use sip_message::Message;
+use sip_message::{parse_datagram, Message};
 use sip_transport::{Source, TransportKind};
+use switchboard_core::{Address, ContactData, Directory, PresenceData};
+use switchboard_presence::{PresenceConfig, PresenceService};
 use switchboard_proxy::{Deliverer, Delivery};
+use switchboard_store::SqliteStore;
+
+/// A store in a new directory with these users (password `pw`).
+pub fn store_with(users: &[&str]) -> (tempfile::TempDir, Arc<SqliteStore>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+    for u in users {
+        store
+            .users
+            .add(&Address::parse(u).unwrap(), "pw", None)
+            .unwrap();
+    }
+    (dir, store)
+}
+
+/// The service over `data` (every trait from the one value), its NOTIFYs captured.
+pub async fn start<D>(data: Arc<D>, cfg: PresenceConfig) -> (Arc<PresenceService>, Arc<Captured>)
+where
+    D: ContactData + PresenceData + Directory,
+{
+    let svc = PresenceService::start(data.clone(), data.clone(), data, cfg).await;
+    let captured = Arc::new(Captured::default());
+    let d: Arc<dyn Deliverer> = captured.clone();
+    svc.attach(Arc::downgrade(&d));
+    // Keep the deliverer alive for the test's length.
+    std::mem::forget(d);
+    (svc, captured)
+}
 
 #[derive(Default)]
 pub struct Captured(Mutex<Vec<Message>>);
@@ -55,4 +90,17 @@ pub fn source() -> Source {
         local: "127.0.0.1:5060".parse().unwrap(),
         connection: None,
     }
+}
+
+/// A request from `from` to `to` (both `user@domain`) in a dialog of its own.
+pub fn request(method: &str, from: &str, to: &str, extra: &str, body: &str) -> Message {
+    let text = format!(
+        "{method} sip:{to} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5099;branch=z9hG4bK{n}\r\nMax-Forwards: 70\r\n\
+         From: <sip:{from}>;tag=f{n}\r\nTo: <sip:{to}>\r\nCall-ID: c{n}@test\r\nCSeq: 1 {method}\r\n\
+         Contact: <sip:{user}@127.0.0.1:5099>\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+        body.len(),
+        n = rand::random::<u32>(),
+        user = from.split('@').next().unwrap(),
+    );
+    parse_datagram(text.as_bytes()).unwrap()
 }

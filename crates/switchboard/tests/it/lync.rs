@@ -363,7 +363,12 @@ async fn signed_requests_roaming_contacts_and_category_publish() {
         .find(|c| c.inner.contains("aggregateState"))
         .unwrap();
     assert_eq!(aggregate.text_at("state/availability"), Some("6500"));
-    let view = s.server.presence.view("sip:alice@example.com", None);
+    let view = s
+        .server
+        .presence
+        .view("sip:alice@example.com", None)
+        .await
+        .unwrap();
     assert_eq!(view.availability.as_str(), "busy");
 
     // The same publish again carries stale versions: 409 WrongDelta naming both.
@@ -398,6 +403,8 @@ async fn signed_requests_roaming_contacts_and_category_publish() {
             .server
             .presence
             .view("sip:alice@example.com", None)
+            .await
+            .unwrap()
             .availability
             .as_str()
             .to_owned();
@@ -500,7 +507,9 @@ async fn blocking_a_stranger_does_not_list_them() {
     let seen = s
         .server
         .presence
-        .view("sip:alice@example.com", Some("sip:carol@example.com"));
+        .view("sip:alice@example.com", Some("sip:carol@example.com"))
+        .await
+        .unwrap();
     assert_eq!(
         seen.availability.as_str(),
         "offline",

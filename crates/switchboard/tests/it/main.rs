@@ -17,3 +17,6 @@ mod relay;
 mod robustness;
 mod routing;
 mod support;
+// The presence service's data layer that fails on demand, shared with its own tests.
+#[path = "../../../switchboard-presence/tests/common/data.rs"]
+mod test_data;

@@ -10,6 +10,8 @@ use switchboard_store::{
 };
 
 use crate::support::*;
+use crate::test_data::{TestData, USER_READS};
+use switchboard::server::PresenceSources;
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -203,6 +205,12 @@ fn sub_state(m: &Message) -> String {
         .to_owned()
 }
 
+/// What the service shows `aor` of their own availability.
+async fn own_availability(s: &TestServer, aor: &str) -> String {
+    let view = s.server.presence.view(aor, None).await.unwrap();
+    view.availability.as_str().to_owned()
+}
+
 fn store(s: &TestServer) -> PresenceStore {
     PresenceStore::open(&s.data_dir()).unwrap()
 }
@@ -280,15 +288,9 @@ async fn publish_etags_refresh_modify_remove_and_errors() {
     let (st, t3) = publish(&mut a, Some(&busy), Some(&t2), Some(600)).await;
     assert_eq!(st, 200);
     let alice = "sip:alice@example.com";
-    assert_eq!(
-        s.server.presence.view(alice, None).availability.as_str(),
-        "busy"
-    );
+    assert_eq!(own_availability(&s, alice).await, "busy");
     assert_eq!(publish(&mut a, None, t3.as_deref(), Some(0)).await.0, 200);
-    assert_eq!(
-        s.server.presence.view(alice, None).availability.as_str(),
-        "offline"
-    );
+    assert_eq!(own_availability(&s, alice).await, "offline");
     assert_eq!(
         publish(&mut a, None, t3.as_deref(), Some(600)).await.0,
         412,
@@ -584,11 +586,7 @@ async fn idle_device_turns_inactive_then_away() {
     publish_state(&mut a, "open", &idle(3)).await;
     // The away device and the inactive one: the more available (inactive) wins.
     assert_eq!(
-        s.server
-            .presence
-            .view("sip:alice@example.com", None)
-            .availability
-            .as_str(),
+        own_availability(&s, "sip:alice@example.com").await,
         "inactive"
     );
 }
@@ -747,7 +745,9 @@ async fn each_relationship_level_sees_what_it_may() {
         let v = serde_json::to_string(
             &s.server
                 .presence
-                .view("sip:alice@example.com", Some(&watcher)),
+                .view("sip:alice@example.com", Some(&watcher))
+                .await
+                .unwrap(),
         )
         .unwrap();
         for x in hidden
@@ -1146,4 +1146,71 @@ async fn cli_contacts_and_presence() {
         .run(&["contacts", "remove", "alice@example.com", "bob@example.com"])
         .await;
     assert!(ok, "{out}");
+}
+
+/// The database cannot answer the presence service (its data layer is made to fail: the
+/// tests run as root, whom a read-only database file does not stop). A watcher Alice
+/// blocked gets 503 with Retry-After and never her presence, and neither does anyone
+/// else; once the database answers, a colleague sees her and Bob still sees her offline.
+#[tokio::test]
+async fn a_blocked_watcher_gets_nothing_while_the_database_fails() {
+    let mut layer = None;
+    let s = TestServer::start_over(
+        Home::new().await,
+        &["alice", "bob", "carol"],
+        unpaced,
+        |sources| {
+            let data = TestData::over(sources.directory, sources.contacts, sources.presence);
+            layer = Some(data.clone());
+            PresenceSources {
+                directory: data.clone(),
+                contacts: data.clone(),
+                presence: data,
+            }
+        },
+    )
+    .await;
+    let data = layer.unwrap();
+    store(&s)
+        .set_relationship(
+            "alice@example.com",
+            "bob@example.com",
+            Relationship::Blocked,
+            Relationship::Colleagues,
+            now_ms(),
+        )
+        .unwrap();
+    let mut a = registered(&s, "alice").await;
+    let mut b = registered(&s, "bob").await;
+    let mut c = registered(&s, "carol").await;
+    let open = pidf(&a.aor(), "open", "<dm:note>at the lake</dm:note>");
+
+    data.fail(USER_READS);
+    let published = publish(&mut a, Some(&open), None, Some(600)).await.0;
+    let (r, sub) = subscribe_with(&mut b, "alice", "presence", &[], 600).await;
+    // Never more than offline, whatever the answers...
+    while let Some(m) = b.recv_within(Duration::from_millis(500)).await {
+        assert!(!body(&m).contains("<basic>open</basic>"), "{m}");
+        assert!(!body(&m).contains("at the lake"), "{m}");
+    }
+    // ...and here, nothing at all: both are told to try later.
+    assert_eq!(published, 503);
+    assert_eq!(status(&r), 503, "{r}");
+    assert!(
+        r.headers
+            .get(&HeaderName::from_wire("Retry-After"))
+            .is_some(),
+        "{r}"
+    );
+    assert!(sub.is_none());
+
+    data.recover();
+    assert_eq!(publish(&mut a, Some(&open), None, Some(600)).await.0, 200);
+    subscribe(&mut c, "alice").await;
+    let n = notify_until(&mut c, "Alice open", |d| d.contains("<basic>open</basic>")).await;
+    assert!(body(&n).contains("at the lake"));
+    subscribe(&mut b, "alice").await;
+    let n = next_notify(&mut b).await;
+    assert!(body(&n).contains("<basic>closed</basic>"), "{n}");
+    assert!(!body(&n).contains("at the lake"), "{n}");
 }

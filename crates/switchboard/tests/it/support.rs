@@ -11,7 +11,7 @@ use md5::{Digest as _, Md5};
 use sha2::Sha256;
 use sip_message::{parse_datagram, parse_stream_message, AuthHeader, Frame, HeaderName, Message};
 use switchboard::config::{Listen, ServerConfig};
-use switchboard::server::RunningServer;
+use switchboard::server::{PresenceSources, RunningServer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
@@ -95,6 +95,17 @@ impl TestServer {
         users: &[&str],
         tweak: impl FnOnce(&mut ServerConfig),
     ) -> TestServer {
+        Self::start_over(home, users, tweak, |sources| sources).await
+    }
+
+    /// [`TestServer::start_in`], with the presence service's data seen through `wrap`
+    /// (a layer that fails on demand).
+    pub async fn start_over(
+        home: Home,
+        users: &[&str],
+        tweak: impl FnOnce(&mut ServerConfig),
+        wrap: impl FnOnce(PresenceSources) -> PresenceSources,
+    ) -> TestServer {
         let data = home.data().await;
         for u in users {
             let a = switchboard_store::Address::parse(&format!("{u}@example.com")).unwrap();
@@ -113,7 +124,9 @@ impl TestServer {
         cfg.sip_tls = lo(0);
         cfg.http = Listen::Off;
         tweak(&mut cfg);
-        let server = switchboard::server::start(cfg).await.unwrap();
+        let server = switchboard::server::start_with_data(cfg, wrap)
+            .await
+            .unwrap();
         TestServer {
             server,
             home: Some(home),
