@@ -31,8 +31,10 @@ command -v cc >/dev/null || need+=(gcc)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 [ -e /usr/include/libxml2/libxml/parser.h ] || need+=(libxml2-dev)
 command -v python3 >/dev/null || need+=(python3)
-# The store's conformance suite runs again on a throwaway PostgreSQL cluster (scripts/pg-cluster.sh).
+# The store's conformance suite, the CLI, the IM/presence/Lync socket tests and one real-client
+# suite run again on a throwaway PostgreSQL cluster (scripts/pg-cluster.sh; psql makes databases).
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || command -v initdb >/dev/null || need+=(postgresql)
+command -v psql >/dev/null || need+=(postgresql-client)
 if ((${#need[@]})); then
   step "installing ${need[*]}"
   if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
@@ -53,9 +55,11 @@ else
   run "rust tests" cargo test --workspace --locked --no-fail-fast
 fi
 
-# 3b. The store's conformance suite and every CLI scenario (tests/it/cli_postgres.rs: each
-# command on PostgreSQL, printing what it prints on SQLite) on PostgreSQL: a throwaway
-# cluster on loopback, in a temporary directory, stopped at exit.
+# 3b. On PostgreSQL: the store's conformance suite, every CLI scenario
+# (tests/it/cli_postgres.rs: each command on PostgreSQL, printing what it prints on SQLite),
+# and the IM, presence and Lync socket tests with the server on PostgreSQL (each test server
+# on a fresh database). A throwaway cluster on loopback, in a temporary directory; it stays up
+# for one real-client suite in step 4 and is stopped at exit.
 PG_DIR=$(mktemp -d)
 trap '"$ROOT/scripts/pg-cluster.sh" stop "$PG_DIR"; rm -rf "$PG_DIR"' EXIT
 if PG_URL=$("$ROOT/scripts/pg-cluster.sh" start "$PG_DIR"); then
@@ -65,14 +69,22 @@ if PG_URL=$("$ROOT/scripts/pg-cluster.sh" start "$PG_DIR"); then
       cargo nextest run -p switchboard-store --test conformance --locked --no-fail-fast
     run "CLI on PostgreSQL (nextest)" "${pg_env[@]}" \
       cargo nextest run -p switchboard --test it --locked --no-fail-fast cli_postgres::
+    run "IM, presence and Lync socket tests, server on PostgreSQL (nextest)" \
+      "${pg_env[@]}" SWITCHBOARD_TEST_SERVER_STORE=postgres \
+      cargo nextest run -p switchboard --test it --locked --no-fail-fast \
+      -E 'test(/^(im|im_caps|presence|presence_caps|lync|lync_im|lync_guard)::/)'
   else
     run "store conformance on PostgreSQL" "${pg_env[@]}" \
       cargo test -p switchboard-store --test conformance --locked --no-fail-fast
     run "CLI on PostgreSQL" "${pg_env[@]}" \
       cargo test -p switchboard --test it --locked --no-fail-fast cli_postgres::
+    for m in im im_caps presence presence_caps lync lync_im lync_guard; do
+      run "$m socket tests, server on PostgreSQL" "${pg_env[@]}" SWITCHBOARD_TEST_SERVER_STORE=postgres \
+        cargo test -p switchboard --test it --locked --no-fail-fast "$m::"
+    done
   fi
-  "$ROOT/scripts/pg-cluster.sh" stop "$PG_DIR"
 else
+  PG_URL=
   step "store conformance and CLI on PostgreSQL"; echo "--- FAILED: no PostgreSQL cluster"
   failed+=("store conformance and CLI on PostgreSQL")
 fi
@@ -88,6 +100,13 @@ run "presence: linphonec and baresip watch a SIPp device" timeout 300 python3 te
 run "pidgin-sipe NTLM sign-in (Lync dialect)" timeout 300 python3 tests/interop/sipe_signin.py
 run "pidgin-sipe presence and IM with pidgin-sipe and baresip" timeout 300 python3 tests/interop/sipe_lync.py
 run "pidgin-sipe conference (C3P) with pidgin-sipe and baresip, and bridged IM" timeout 300 python3 tests/interop/sipe_conference.py
+# The same presence and IM among pidgin-sipe, baresip and linphonec, the server and its CLI on
+# PostgreSQL (a database of its own on the cluster of step 3b).
+if [ -n "$PG_URL" ]; then
+  run "pidgin-sipe, baresip and linphonec: presence and IM, server on PostgreSQL" \
+    env SB_TEST_PG_URL="$PG_URL" timeout 300 python3 tests/interop/sipe_lync.py
+fi
+"$ROOT/scripts/pg-cluster.sh" stop "$PG_DIR"
 
 # 5. Attacked from outside: every attack class, then the victim's health.
 run "hostile suite (attackers 127.0.0.2+, victim 127.0.0.1)" timeout 600 python3 tests/hostile/hostile.py

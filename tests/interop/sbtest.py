@@ -1,6 +1,6 @@
 """Shared helpers for the interop tests: start a Switchboard server on loopback with a
 fresh data directory, add users, and stop it by pid. Every wait is bounded."""
-import os, shutil, signal, socket, subprocess, tempfile, time
+import itertools, os, shutil, signal, socket, subprocess, tempfile, time, urllib.parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.environ.get('SWITCHBOARD_BIN', os.path.join(ROOT, 'target', 'debug', 'switchboard'))
@@ -43,12 +43,30 @@ def free_port(kind=socket.SOCK_STREAM, both=False):
     raise RuntimeError('no free port')
 
 
+# A PostgreSQL server (a URL): when given, each Server runs on a database of its own
+# there (created here), instead of SQLite in its data directory.
+PG_SERVER = os.environ.get('SB_TEST_PG_URL')
+_databases = itertools.count()
+
+
+def new_pg_database(server_url):
+    """A fresh, empty database on the PostgreSQL server `server_url`; its URL."""
+    name = 'sb_interop_%d_%d' % (os.getpid(), next(_databases))
+    subprocess.run(['psql', server_url, '-qc', 'CREATE DATABASE %s' % name], check=True,
+                   capture_output=True, timeout=30)
+    return urllib.parse.urlparse(server_url)._replace(path='/' + name).geturl()
+
+
 class Server:
-    """A switchboard process with its own data directory."""
+    """A switchboard process with its own data directory (and its own PostgreSQL
+    database when SB_TEST_PG_URL names a server)."""
 
     def __init__(self, users, domain='127.0.0.1', workdir=None, config=None):
         self.dir = workdir or tempfile.mkdtemp(prefix='sb-interop-')
         self.data = os.path.join(self.dir, 'data')
+        self.env = dict(os.environ)
+        if PG_SERVER:
+            self.env['SWITCHBOARD_DATABASE'] = new_pg_database(PG_SERVER)
         self.port = free_port(both=True)
         self.tls_port = free_port()
         self.http_port = free_port()
@@ -67,7 +85,7 @@ class Server:
             [BIN, '--data-dir', self.data, '--log-level', os.environ.get('SB_LOG', 'info'), 'serve',
              '--sip-udp', '127.0.0.1:%d' % self.port, '--sip-tcp', '127.0.0.1:%d' % self.port,
              '--sip-tls', '127.0.0.1:%d' % self.tls_port, '--http', '127.0.0.1:%d' % self.http_port] + extra,
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, env=self.env)
         deadline = time.time() + 20
         while time.time() < deadline:
             try:
@@ -82,7 +100,7 @@ class Server:
 
     def cli(self, *args):
         # SWITCHBOARD_HTTP: where `presence show` finds this server's API.
-        env = dict(os.environ, SWITCHBOARD_HTTP='127.0.0.1:%d' % self.http_port)
+        env = dict(self.env, SWITCHBOARD_HTTP='127.0.0.1:%d' % self.http_port)
         out = subprocess.run([BIN, '--data-dir', self.data] + list(args), capture_output=True, text=True, timeout=30,
                              env=env)
         if out.returncode != 0:

@@ -74,6 +74,12 @@ impl PgDatabase {
     /// next ones find it so.
     pub async fn set_read_only(&self, on: bool) {
         let admin = self.client().await;
+        // This session writes whatever the database's default is now (a statement of
+        // its own: several in one batch share one transaction, begun read-only).
+        admin
+            .batch_execute("SET default_transaction_read_only = off")
+            .await
+            .unwrap();
         admin
             .batch_execute(&format!(
                 "ALTER DATABASE {} SET default_transaction_read_only = {on}",

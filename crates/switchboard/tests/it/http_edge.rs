@@ -6,9 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use switchboard::config::Listen;
-use switchboard_store::{
-    CalendarEntry, CalendarKind, ContactCard, ManualState, PresenceStore, Relationship,
-};
+use switchboard_store::{CalendarEntry, CalendarKind, ContactCard, ManualState, Relationship};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 
@@ -49,8 +47,9 @@ async fn get(to: SocketAddr, from: Option<IpAddr>, path: &str) -> (u16, serde_js
 
 /// Alice's secrets, stored before the server starts: a note (colleagues and up), a
 /// meeting subject (workgroup and up), a personal phone (friends and up); carol blocked.
-fn alice_with_secrets(dir: &Path) {
-    let p = PresenceStore::open(dir).unwrap();
+async fn alice_with_secrets(home: &crate::support::Home) {
+    let data = home.data().await;
+    let (p, c) = (&data.presence, &data.contacts);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -65,6 +64,7 @@ fn alice_with_secrets(dir: &Path) {
             set_at_ms: now,
         },
     )
+    .await
     .unwrap();
     p.add_calendar_entry(
         alice,
@@ -78,6 +78,7 @@ fn alice_with_secrets(dir: &Path) {
         },
         now,
     )
+    .await
     .unwrap();
     p.set_card(
         alice,
@@ -87,8 +88,9 @@ fn alice_with_secrets(dir: &Path) {
         },
         now,
     )
+    .await
     .unwrap();
-    p.add_contact(
+    c.add_contact(
         alice,
         "carol@example.com",
         None,
@@ -96,19 +98,16 @@ fn alice_with_secrets(dir: &Path) {
         Relationship::Colleagues,
         now,
     )
+    .await
     .unwrap();
 }
 
 async fn server_with_http(ip: IpAddr) -> TestServer {
-    let dir = tempfile::tempdir().unwrap();
-    alice_with_secrets(dir.path());
-    TestServer::start_in(
-        crate::support::Home::in_dir(dir).await,
-        &["alice", "bob", "carol"],
-        |c| {
-            c.http = Listen::On(SocketAddr::new(ip, 0));
-        },
-    )
+    let home = crate::support::Home::new().await;
+    alice_with_secrets(&home).await;
+    TestServer::start_in(home, &["alice", "bob", "carol"], |c| {
+        c.http = Listen::On(SocketAddr::new(ip, 0));
+    })
     .await
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sip_message::{HeaderName, Message, NameAddr};
 use switchboard_store::{
-    Address, CalendarEntry, CalendarKind, ContactCard, ManualState, PresenceStore, Relationship,
+    Address, CalendarEntry, CalendarKind, ContactCard, ManualState, Relationship,
 };
 
 use crate::support::*;
@@ -211,8 +211,9 @@ async fn own_availability(s: &TestServer, aor: &str) -> String {
     view.availability.as_str().to_owned()
 }
 
-fn store(s: &TestServer) -> PresenceStore {
-    PresenceStore::open(&s.data_dir()).unwrap()
+/// The server's data, as the CLI writes it.
+async fn store(s: &TestServer) -> switchboard_store::data::Data {
+    s.data().await
 }
 
 #[tokio::test]
@@ -472,22 +473,24 @@ async fn two_devices_aggregate_into_one_presence() {
     assert!(body(&n).contains("<rpid:on-the-phone/>"));
 
     // A4: a meeting (from the calendar, through the change log) while otherwise available.
-    let st = store(&s);
+    let st = store(&s).await;
     let (st_tag, _) = publish(&mut phone, None, None, None).await; // 400: no body, no tag
     assert_eq!(st_tag, 400);
-    st.add_calendar_entry(
-        "alice@example.com",
-        &CalendarEntry {
-            kind: CalendarKind::Meeting,
-            from_ms: now_ms() - 60_000,
-            to_ms: now_ms() + 3_600_000,
-            subject: Some("Budget".into()),
-            location: Some("Room 4".into()),
-            note: None,
-        },
-        now_ms(),
-    )
-    .unwrap();
+    st.presence
+        .add_calendar_entry(
+            "alice@example.com",
+            &CalendarEntry {
+                kind: CalendarKind::Meeting,
+                from_ms: now_ms() - 60_000,
+                to_ms: now_ms() + 3_600_000,
+                subject: Some("Budget".into()),
+                location: Some("Room 4".into()),
+                note: None,
+            },
+            now_ms(),
+        )
+        .await
+        .unwrap();
     // The phone's call still wins over the meeting; when it ends, the meeting shows.
     let (st_mod, phone_tag) = publish(
         &mut phone,
@@ -507,20 +510,25 @@ async fn two_devices_aggregate_into_one_presence() {
     );
 
     // A5: by hand wins (and its note), until cleared.
-    st.set_manual(
-        "alice@example.com",
-        &ManualState {
-            availability: "dnd".into(),
-            note: Some("Deadline".into()),
-            until_ms: None,
-            set_at_ms: now_ms(),
-        },
-    )
-    .unwrap();
+    st.presence
+        .set_manual(
+            "alice@example.com",
+            &ManualState {
+                availability: "dnd".into(),
+                note: Some("Deadline".into()),
+                until_ms: None,
+                set_at_ms: now_ms(),
+            },
+        )
+        .await
+        .unwrap();
     let n = notify_until(&mut watcher, "dnd", |b| availability(b) == "dnd").await;
     assert!(body(&n).contains("Deadline"));
     assert!(!body(&n).contains("in-a-meeting"));
-    st.clear_manual("alice@example.com", now_ms()).unwrap();
+    st.presence
+        .clear_manual("alice@example.com", now_ms())
+        .await
+        .unwrap();
     notify_until(&mut watcher, "meeting again", |b| {
         b.contains("in-a-meeting")
     })
@@ -539,19 +547,21 @@ async fn two_devices_aggregate_into_one_presence() {
     assert!(body(&n).contains("last-active=\""), "{}", body(&n));
     assert!(body(&n).contains("<basic>closed</basic>"));
     // A7: out of office beside any availability, with its note.
-    st.add_calendar_entry(
-        "alice@example.com",
-        &CalendarEntry {
-            kind: CalendarKind::OutOfOffice,
-            from_ms: now_ms() - 1000,
-            to_ms: now_ms() + 86_400_000,
-            subject: None,
-            location: None,
-            note: Some("Back Monday".into()),
-        },
-        now_ms(),
-    )
-    .unwrap();
+    st.presence
+        .add_calendar_entry(
+            "alice@example.com",
+            &CalendarEntry {
+                kind: CalendarKind::OutOfOffice,
+                from_ms: now_ms() - 1000,
+                to_ms: now_ms() + 86_400_000,
+                subject: None,
+                location: None,
+                note: Some("Back Monday".into()),
+            },
+            now_ms(),
+        )
+        .await
+        .unwrap();
     let n = notify_until(&mut watcher, "out of office", |b| {
         b.contains("out-of-office")
     })
@@ -591,14 +601,17 @@ async fn idle_device_turns_inactive_then_away() {
     );
 }
 
-fn add_user(s: &TestServer, address: &str) {
-    let dir = switchboard_store::open(&s.data_dir()).unwrap();
-    dir.add(
-        &Address::parse(address).unwrap(),
-        &format!("pw-{}", address.split('@').next().unwrap()),
-        None,
-    )
-    .unwrap();
+async fn add_user(s: &TestServer, address: &str) {
+    s.data()
+        .await
+        .directory
+        .add(
+            &Address::parse(address).unwrap(),
+            &format!("pw-{}", address.split('@').next().unwrap()),
+            None,
+        )
+        .await
+        .unwrap();
 }
 
 /// Every relationship level, watching over a NOTIFY, sees its own fields and no more.
@@ -609,48 +622,54 @@ async fn each_relationship_level_sees_what_it_may() {
         unpaced,
     )
     .await;
-    add_user(&s, "outsider@other.org");
-    let st = store(&s);
+    add_user(&s, "outsider@other.org").await;
+    let st = store(&s).await;
     let now = now_ms();
     for (who, rel) in [
         ("blocked@example.com", Relationship::Blocked),
         ("workmate@example.com", Relationship::Workgroup),
         ("friend@example.com", Relationship::Friends),
     ] {
-        st.add_contact(
+        st.contacts
+            .add_contact(
+                "alice@example.com",
+                who,
+                None,
+                Some(rel),
+                Relationship::Colleagues,
+                now,
+            )
+            .await
+            .unwrap();
+    }
+    st.presence
+        .set_card(
             "alice@example.com",
-            who,
-            None,
-            Some(rel),
-            Relationship::Colleagues,
+            &ContactCard {
+                title: Some("Engineer".into()),
+                email: Some("alice@example.com".into()),
+                work_phone: Some("tel:+15550100".into()),
+                personal_phone: Some("tel:+15550199".into()),
+            },
             now,
         )
+        .await
         .unwrap();
-    }
-    st.set_card(
-        "alice@example.com",
-        &ContactCard {
-            title: Some("Engineer".into()),
-            email: Some("alice@example.com".into()),
-            work_phone: Some("tel:+15550100".into()),
-            personal_phone: Some("tel:+15550199".into()),
-        },
-        now,
-    )
-    .unwrap();
-    st.add_calendar_entry(
-        "alice@example.com",
-        &CalendarEntry {
-            kind: CalendarKind::Meeting,
-            from_ms: now - 60_000,
-            to_ms: now + 3_600_000,
-            subject: Some("Merger talks".into()),
-            location: Some("Board room".into()),
-            note: None,
-        },
-        now,
-    )
-    .unwrap();
+    st.presence
+        .add_calendar_entry(
+            "alice@example.com",
+            &CalendarEntry {
+                kind: CalendarKind::Meeting,
+                from_ms: now - 60_000,
+                to_ms: now + 3_600_000,
+                subject: Some("Merger talks".into()),
+                location: Some("Board room".into()),
+                note: None,
+            },
+            now,
+        )
+        .await
+        .unwrap();
     let mut a = registered(&s, "alice").await;
     publish_state(&mut a, "open", "<dm:note>Working on the launch</dm:note>").await;
 
@@ -764,36 +783,42 @@ async fn each_relationship_level_sees_what_it_may() {
 #[tokio::test]
 async fn resource_list_batches_full_then_partial() {
     let s = TestServer::start_with(&["alice", "bob", "carol"], unpaced).await;
-    let st = store(&s);
+    let st = store(&s).await;
     let now = now_ms();
-    st.add_contact(
-        "alice@example.com",
-        "bob@example.com",
-        Some("Team"),
-        None,
-        Relationship::Colleagues,
-        now,
-    )
-    .unwrap();
-    st.add_contact(
-        "alice@example.com",
-        "carol@example.com",
-        Some("Team"),
-        None,
-        Relationship::Colleagues,
-        now,
-    )
-    .unwrap();
+    st.contacts
+        .add_contact(
+            "alice@example.com",
+            "bob@example.com",
+            Some("Team"),
+            None,
+            Relationship::Colleagues,
+            now,
+        )
+        .await
+        .unwrap();
+    st.contacts
+        .add_contact(
+            "alice@example.com",
+            "carol@example.com",
+            Some("Team"),
+            None,
+            Relationship::Colleagues,
+            now,
+        )
+        .await
+        .unwrap();
     // Carol blocks Alice.
-    st.add_contact(
-        "carol@example.com",
-        "alice@example.com",
-        None,
-        Some(Relationship::Blocked),
-        Relationship::Colleagues,
-        now,
-    )
-    .unwrap();
+    st.contacts
+        .add_contact(
+            "carol@example.com",
+            "alice@example.com",
+            None,
+            Some(Relationship::Blocked),
+            Relationship::Colleagues,
+            now,
+        )
+        .await
+        .unwrap();
     let mut b = registered(&s, "bob").await;
     let mut c = registered(&s, "carol").await;
     publish_state(&mut c, "open", "<dm:note>carol's secret</dm:note>").await;
@@ -845,16 +870,18 @@ async fn resource_list_batches_full_then_partial() {
         "{doc}"
     );
     // A contact added to the list: full state again, with the new resource.
-    add_user(&s, "dave@example.com");
-    st.add_contact(
-        "alice@example.com",
-        "dave@example.com",
-        None,
-        None,
-        Relationship::Colleagues,
-        now_ms(),
-    )
-    .unwrap();
+    add_user(&s, "dave@example.com").await;
+    st.contacts
+        .add_contact(
+            "alice@example.com",
+            "dave@example.com",
+            None,
+            None,
+            Relationship::Colleagues,
+            now_ms(),
+        )
+        .await
+        .unwrap();
     let n = notify_until(&mut a, "dave", |d| d.contains("sip:dave@example.com")).await;
     assert!(body(&n).contains("fullState=\"true\""));
 }
@@ -879,29 +906,33 @@ async fn watcher_info_shows_pending_until_accepted() {
     let n = notify_until(&mut a, "bob pending", |d| d.contains("sip:bob@example.com")).await;
     assert!(body(&n).contains("status=\"pending\""), "{}", body(&n));
     // Accepting = placing the watcher in a relationship.
-    let st = store(&s);
-    st.add_contact(
-        "alice@example.com",
-        "bob@example.com",
-        None,
-        Some(Relationship::Friends),
-        Relationship::Colleagues,
-        now_ms(),
-    )
-    .unwrap();
+    let st = store(&s).await;
+    st.contacts
+        .add_contact(
+            "alice@example.com",
+            "bob@example.com",
+            None,
+            Some(Relationship::Friends),
+            Relationship::Colleagues,
+            now_ms(),
+        )
+        .await
+        .unwrap();
     notify_until(&mut a, "bob active", |d| {
         d.contains("status=\"active\"") && d.contains("event=\"approved\"")
     })
     .await;
-    st.add_contact(
-        "alice@example.com",
-        "bob@example.com",
-        None,
-        Some(Relationship::Blocked),
-        Relationship::Colleagues,
-        now_ms(),
-    )
-    .unwrap();
+    st.contacts
+        .add_contact(
+            "alice@example.com",
+            "bob@example.com",
+            None,
+            Some(Relationship::Blocked),
+            Relationship::Colleagues,
+            now_ms(),
+        )
+        .await
+        .unwrap();
     notify_until(&mut a, "bob rejected", |d| {
         d.contains("status=\"terminated\"")
     })
@@ -952,6 +983,7 @@ async fn notifies_are_paced_per_subscription() {
 /// The `switchboard` binary run against a test server's data directory and HTTP API.
 struct Cli {
     data_dir: std::path::PathBuf,
+    database: Option<String>,
     http: std::net::SocketAddr,
 }
 
@@ -963,6 +995,9 @@ impl Cli {
             .arg(&self.data_dir)
             .args(args)
             .env("SWITCHBOARD_HTTP", self.http.to_string());
+        if let Some(url) = &self.database {
+            cmd.env("SWITCHBOARD_DATABASE", url);
+        }
         let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
             .await
             .unwrap();
@@ -989,6 +1024,7 @@ async fn cli_contacts_and_presence() {
     .await;
     let cli = Cli {
         data_dir: s.data_dir(),
+        database: s.home().database(),
         http,
     };
     let mut b = registered(&s, "bob").await;
@@ -1172,6 +1208,8 @@ async fn a_blocked_watcher_gets_nothing_while_the_database_fails() {
     .await;
     let data = layer.unwrap();
     store(&s)
+        .await
+        .contacts
         .set_relationship(
             "alice@example.com",
             "bob@example.com",
@@ -1179,6 +1217,7 @@ async fn a_blocked_watcher_gets_nothing_while_the_database_fails() {
             Relationship::Colleagues,
             now_ms(),
         )
+        .await
         .unwrap();
     let mut a = registered(&s, "alice").await;
     let mut b = registered(&s, "bob").await;

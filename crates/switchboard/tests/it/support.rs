@@ -145,6 +145,17 @@ impl TestServer {
         self.home.as_ref().unwrap().data().await
     }
 
+    /// The `switchboard` command on this server's data (its data directory, and its
+    /// database on a PostgreSQL run), as an operator runs it beside the server.
+    pub fn cli(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        cmd.arg("--data-dir").arg(self.data_dir());
+        if let Some(url) = self.home().database() {
+            cmd.env("SWITCHBOARD_DATABASE", url);
+        }
+        cmd
+    }
+
     pub fn home(&self) -> &Home {
         self.home.as_ref().unwrap()
     }
