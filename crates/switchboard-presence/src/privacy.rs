@@ -79,7 +79,8 @@ pub struct View {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_active_ms: Option<i64>,
     pub card: Card,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    /// Left out when empty, and read back as empty when absent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<(String, DeviceActivity)>,
 }
 

@@ -315,14 +315,6 @@ pub(crate) async fn presence(s: &Data, cmd: PresenceCommand) -> Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&value)?);
             } else {
-                let mut value = value;
-                // A `View` leaves an empty device list out when written but needs it to be
-                // read back: no list means no devices (a stored view never has any).
-                if let Some(fields) = value.as_object_mut() {
-                    fields
-                        .entry("devices")
-                        .or_insert_with(|| serde_json::json!([]));
-                }
                 let v: View =
                     serde_json::from_value(value).context("unexpected answer from the server")?;
                 print_view(&v);
