@@ -72,13 +72,13 @@ if PG_URL=$("$ROOT/scripts/pg-cluster.sh" start "$PG_DIR"); then
     run "IM, presence and Lync socket tests, server on PostgreSQL (nextest)" \
       "${pg_env[@]}" SWITCHBOARD_TEST_SERVER_STORE=postgres \
       cargo nextest run -p switchboard --test it --locked --no-fail-fast \
-      -E 'test(/^(im|im_caps|presence|presence_caps|lync|lync_im|lync_guard)::/)'
+      -E 'test(/^(im|im_caps|presence|presence_caps|lync|lync_im|lync_guard|registration)::/)'
   else
     run "store conformance on PostgreSQL" "${pg_env[@]}" \
       cargo test -p switchboard-store --test conformance --locked --no-fail-fast
     run "CLI on PostgreSQL" "${pg_env[@]}" \
       cargo test -p switchboard --test it --locked --no-fail-fast cli_postgres::
-    for m in im im_caps presence presence_caps lync lync_im lync_guard; do
+    for m in im im_caps presence presence_caps lync lync_im lync_guard registration; do
       run "$m socket tests, server on PostgreSQL" "${pg_env[@]}" SWITCHBOARD_TEST_SERVER_STORE=postgres \
         cargo test -p switchboard --test it --locked --no-fail-fast "$m::"
     done

@@ -79,6 +79,16 @@ fn listen_error(what: &str, flag: &str, addr: SocketAddr, e: std::io::Error) -> 
     anyhow::anyhow!("cannot listen for {what} on {addr}: {e} ({hint})")
 }
 
+/// Creates `dir` (and its parents) owner-only if it is missing; an existing directory
+/// is left as the operator made it.
+fn make_data_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
 /// The key of the cookies in our Record-Route and Via branches, kept in the data
 /// directory (owner-only) so dialogs established before a restart still route after it.
 fn route_secret(data_dir: &std::path::Path) -> Result<[u8; 32]> {
@@ -131,6 +141,12 @@ pub async fn start_with_data(
     cfg: ServerConfig,
     wrap: impl FnOnce(PresenceSources) -> PresenceSources,
 ) -> Result<RunningServer> {
+    // The data directory holds the route secret and the generated TLS key whatever the
+    // database is: made owner-only when it does not exist yet (SQLite's opener does the
+    // same; on PostgreSQL nothing else would make it).
+    make_data_dir(&cfg.data_dir).with_context(|| {
+        format!("cannot create the data directory {}", cfg.data_dir.display())
+    })?;
     // Every service's data, behind the traits of switchboard-core; the backend is
     // chosen here and nowhere else.
     let database = switchboard_store::data::Database::parse(cfg.database.as_deref(), &cfg.data_dir)

@@ -279,3 +279,19 @@ async fn gruu_for_an_instance() {
         );
     }
 }
+
+/// A server starts from a data directory that does not exist yet (created owner-only),
+/// on either database: on PostgreSQL nothing but the server itself makes it.
+#[tokio::test]
+async fn a_server_starts_from_a_data_directory_not_made_yet() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = TestServer::start_with(&[], |c| c.data_dir = c.data_dir.join("not/made/yet")).await;
+    let dir = s.data_dir().join("not/made/yet");
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    assert!(dir.join("route-secret").exists());
+    let mut c = s.client(Transport::Udp, "nobody").await;
+    let ping = c.options_to("nobody");
+    c.send(&ping).await;
+    assert!(c.recv().await.is_some(), "the server answers");
+}
