@@ -145,7 +145,10 @@ pub async fn start_with_data(
     // database is: made owner-only when it does not exist yet (SQLite's opener does the
     // same; on PostgreSQL nothing else would make it).
     make_data_dir(&cfg.data_dir).with_context(|| {
-        format!("cannot create the data directory {}", cfg.data_dir.display())
+        format!(
+            "cannot create the data directory {}",
+            cfg.data_dir.display()
+        )
     })?;
     // Every service's data, behind the traits of switchboard-core; the backend is
     // chosen here and nowhere else.
