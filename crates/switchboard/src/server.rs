@@ -144,12 +144,8 @@ pub async fn start_with_data(
     // The data directory holds the route secret and the generated TLS key whatever the
     // database is: made owner-only when it does not exist yet (SQLite's opener does the
     // same; on PostgreSQL nothing else would make it).
-    make_data_dir(&cfg.data_dir).with_context(|| {
-        format!(
-            "cannot create the data directory {}",
-            cfg.data_dir.display()
-        )
-    })?;
+    make_data_dir(&cfg.data_dir)
+        .with_context(|| format!("cannot open the data directory {}", cfg.data_dir.display()))?;
     // Every service's data, behind the traits of switchboard-core; the backend is
     // chosen here and nowhere else.
     let database = switchboard_store::data::Database::parse(cfg.database.as_deref(), &cfg.data_dir)
