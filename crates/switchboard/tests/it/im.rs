@@ -957,24 +957,9 @@ async fn the_conference_roster_by_subscription() {
 async fn joining_a_conference_by_invite() {
     use sip_message::HeaderName;
     let s = TestServer::start_with(&["alice", "bob", "carol", "dave"], quick).await;
-    let mut alice = registered(&s, "alice").await;
-    let mut bob = registered(&s, "bob").await;
-    let mut carol = registered(&s, "carol").await;
+    let (mut alice, mut bob, mut carol, conf) = group_of_three(&s).await;
     let mut dave = s.client(Transport::Tcp, "dave").await;
     assert_eq!(status(&dave.register(None).await), 200);
-    assert_eq!(
-        write_to(
-            &mut alice,
-            "sip:bob@example.com",
-            "/invite carol@example.com"
-        )
-        .await,
-        200
-    );
-    let mut conf = String::new();
-    for c in [&mut alice, &mut bob, &mut carol] {
-        conf = take(c, 1).await[0].from_header().unwrap().uri.to_string();
-    }
     // Session mode: INVITE the conference with an m=message offer.
     let mut invite = dave.request("INVITE", &conf, &conf);
     invite
