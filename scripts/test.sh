@@ -11,12 +11,20 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 failed=()
+LOGS=$(mktemp -d)
+why=()  # per failed step: the lines that say what failed, repeated at the end
 
 step() { echo; echo "=== $*"; }
 run() {  # name, command...
   local name=$1; shift
   step "$name"
-  if "$@"; then echo "--- ok: $name"; else echo "--- FAILED: $name"; failed+=("$name"); fi
+  local log="$LOGS/step.log"
+  # The step's output goes to the screen and to a log; a failed step's FAIL and panic lines
+  # are printed again in the summary, since CI keeps only the end of a long run.
+  if "$@" 2>&1 | tee "$log"; then echo "--- ok: $name"; else
+    echo "--- FAILED: $name"; failed+=("$name")
+    why+=("$name:"$'\n'"$(grep -a -E '^(FAIL|not ok)|FAIL |panicked at|^error|Error:' "$log" | head -n 30)")
+  fi
 }
 
 # 1. System packages the interop tests drive (only what is missing is installed).
@@ -61,7 +69,7 @@ fi
 # on a fresh database). A throwaway cluster on loopback, in a temporary directory; it stays up
 # for one real-client suite in step 4 and is stopped at exit.
 PG_DIR=$(mktemp -d)
-trap '"$ROOT/scripts/pg-cluster.sh" stop "$PG_DIR"; rm -rf "$PG_DIR"' EXIT
+trap '"$ROOT/scripts/pg-cluster.sh" stop "$PG_DIR"; rm -rf "$PG_DIR" "$LOGS"' EXIT
 if PG_URL=$("$ROOT/scripts/pg-cluster.sh" start "$PG_DIR"); then
   pg_env=(env SWITCHBOARD_TEST_STORE=postgres SWITCHBOARD_TEST_PG_URL="$PG_URL")
   if cargo nextest --version >/dev/null 2>&1; then
@@ -113,6 +121,7 @@ run "hostile suite (attackers 127.0.0.2+, victim 127.0.0.1)" timeout 600 python3
 
 echo
 if ((${#failed[@]})); then
+  for w in "${why[@]}"; do echo "--- $w"; done
   echo "FAILED: ${failed[*]}"
   exit 1
 fi

@@ -19,7 +19,14 @@ for _ in range(200):
     try:
         u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); u.bind(("127.0.0.1",p)); u.close(); print(p); break
     except OSError: pass'; }
-result() { if [ "$1" = 0 ]; then echo "PASS sipp: $2"; passed=$((passed+1)); else echo "FAIL sipp: $2 (see $WORK)"; failed=$((failed+1)); fi; }
+last=  # the latest sipp_run, whose output a failure shows
+result() {
+  if [ "$1" = 0 ]; then echo "PASS sipp: $2"; passed=$((passed+1)); return; fi
+  echo "FAIL sipp: $2 (exit $1, see $WORK)"; failed=$((failed+1))
+  # What SIPp said, so a failure in CI (where $WORK is gone) can be diagnosed from the log.
+  [ -n "$last" ] && tail -n 12 "$WORK/$last.out" "$WORK/$last.err" 2>/dev/null | sed 's/^/  | /'
+  tail -n 5 "$WORK/server.log" | sed 's/^/  server| /'
+}
 
 for i in $(seq 0 9); do echo "u$i@$DOMAIN,pw-u$i"; done > "$WORK/users.csv"
 "$BIN" --data-dir "$WORK/data" user import "$WORK/users.csv" >/dev/null || { echo "FAIL sipp: user import"; exit 1; }
@@ -36,6 +43,7 @@ for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break;
 
 sipp_run() {  # name, then sipp arguments; bounded by timeout
   local name=$1; shift
+  last=$name
   timeout 60 sipp 127.0.0.1:$PORT -nostdin -timeout 30s -timeout_error -max_recv_loops 10000 \
     -trace_err -error_file "$WORK/$name.err" "$@" >"$WORK/$name.out" 2>&1
 }
@@ -59,7 +67,7 @@ for tr in u1 t1; do
   P3=$(free_port)
   sipp_run "message-$tr" -sf "$HERE/message_uac.xml" -inf "$WORK/msg.csv" -key domain $DOMAIN -p $P3 -t $tr -m $N -r 50
   result $? "$N MESSAGEs relayed and answered over $t"
-  wait $UASPID; result $? "the recipient got all $N MESSAGEs over $t"
+  wait $UASPID; rc=$?; last=uas-$tr; result $rc "the recipient got all $N MESSAGEs over $t"
 
   # Session-mode IM: INVITE m=message, MESSAGE in the dialog, BYE, all through the server.
   timeout 60 sipp -nostdin -sf "$HERE/session_uas.xml" -p $UAS -t $tr -m $NS -timeout 30s -timeout_error \
@@ -69,7 +77,7 @@ for tr in u1 t1; do
   P4=$(free_port)
   sipp_run "session-$tr" -sf "$HERE/session_uac.xml" -inf "$WORK/msg.csv" -key domain $DOMAIN -p $P4 -t $tr -m $NS -r 20
   result $? "$NS session-mode IM sessions (INVITE, MESSAGE, BYE) over $t"
-  wait $SUASPID; result $? "the callee side completed $NS sessions over $t"
+  wait $SUASPID; rc=$?; last=suas-$tr; result $rc "the callee side completed $NS sessions over $t"
 
   # Presence (RFC 3903, RFC 6665): publications, subscriptions answered with a NOTIFY,
   # and watchers notified when a publication comes and goes.

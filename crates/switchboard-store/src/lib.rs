@@ -102,8 +102,13 @@ pub(crate) fn connect(data_dir: &Path) -> Result<rusqlite::Connection, StoreErro
         path: data_dir.display().to_string(),
         source,
     })?;
-    let conn = rusqlite::Connection::open(&path)?;
+    let mut conn = rusqlite::Connection::open(&path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Every transaction here reads and then writes. A deferred one that read while another
+    // process (the CLI, a test) committed cannot upgrade to a writer: SQLite answers
+    // SQLITE_BUSY at once, without waiting on busy_timeout. IMMEDIATE takes the write lock
+    // at BEGIN, where the wait applies.
+    conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -218,5 +223,45 @@ mod tests {
         }
         assert_eq!(mode(dir.path()), 0o750);
         assert!(users.find(&a).unwrap().is_some(), "the data is intact");
+    }
+
+    /// A write transaction holds the write lock from BEGIN: another process's commit
+    /// cannot slip between its read and its write and make it fail at once with
+    /// "database is locked" (which the CLI adding a contact while the server wrote did).
+    #[test]
+    fn a_transaction_takes_the_write_lock_when_it_begins() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut first = super::connect(dir.path()).unwrap();
+        let second = super::connect(dir.path()).unwrap();
+        second
+            .busy_timeout(std::time::Duration::from_millis(20))
+            .unwrap();
+        let tx = first.transaction().unwrap();
+        let _: i64 = tx
+            .query_row("SELECT COUNT(*) FROM users", [], |r| r.get(0))
+            .unwrap();
+        let meanwhile = second.execute(
+            "INSERT INTO contact_groups (owner, name) VALUES ('a', 'b')",
+            [],
+        );
+        assert!(
+            matches!(&meanwhile, Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DatabaseBusy),
+            "the other writer waits for this transaction: {meanwhile:?}"
+        );
+        tx.execute(
+            "INSERT INTO contact_groups (owner, name) VALUES ('a', 'c')",
+            [],
+        )
+        .unwrap();
+        tx.commit().unwrap();
+        second
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .unwrap();
+        second
+            .execute(
+                "INSERT INTO contact_groups (owner, name) VALUES ('a', 'b')",
+                [],
+            )
+            .unwrap();
     }
 }
