@@ -152,7 +152,7 @@ impl TransactionLayer {
     /// The INVITE server transaction a CANCEL refers to (RFC 3261 §9.2: same key as the
     /// CANCEL but with method INVITE).
     pub fn invite_for_cancel(&self, cancel: &Message) -> Option<ServerTxHandle> {
-        let key = server_key(cancel, Method::Invite)?;
+        let key = server_key(cancel, &cancel.top_via().ok()?, Method::Invite)?;
         let tx = self.inner.server.get(&key)?;
         Some(ServerTxHandle {
             tx,
@@ -189,10 +189,10 @@ pub fn new_branch() -> String {
     format!("{BRANCH_COOKIE}{:024x}", rand::random::<u128>() >> 32)
 }
 
-/// RFC 3261 §17.2.3 matching key; `method` is the method to match (INVITE for ACK/CANCEL
-/// lookups).
-pub(crate) fn server_key(msg: &Message, method: Method) -> Option<TxKey> {
-    let via = msg.top_via().ok()?;
+/// RFC 3261 §17.2.3 matching key of `msg`, whose top Via is `via` (parsed once by the
+/// caller: parsing is most of the cost here); `method` is the method to match (INVITE for
+/// ACK/CANCEL lookups).
+pub(crate) fn server_key(msg: &Message, via: &Via, method: Method) -> Option<TxKey> {
     let sent_by = match via.port {
         Some(p) => format!("{}:{p}", via.host),
         None => via.host.to_string(),
@@ -287,7 +287,7 @@ impl Handler for TransactionLayer {
             Some(method) => {
                 let via = stamp_received(&mut message, &source)?;
                 if method == Method::Ack {
-                    if let Some(key) = server_key(&message, Method::Invite) {
+                    if let Some(key) = server_key(&message, &via, Method::Invite) {
                         let tx = self.inner.server.get(&key);
                         if tx.is_some_and(|tx| tx.on_ack()) {
                             return None;
@@ -299,7 +299,7 @@ impl Handler for TransactionLayer {
                     }
                     return None;
                 }
-                let key = server_key(&message, method.clone())?;
+                let key = server_key(&message, &via, method.clone())?;
                 let existing = self.inner.server.get(&key);
                 if let Some(tx) = existing {
                     // A retransmission (§17.2.1, §17.2.2).

@@ -32,8 +32,10 @@
 //! dialogs live in memory) that one datagram can pull again and again. Catching is sound
 //! here because shared state is behind `parking_lot` locks, which do not poison and are
 //! released while unwinding, and because one message's work does not leave another's
-//! half-done. Work a handler spawns with [`Transports::spawn_work`] (the handling of a
-//! request, which may wait on a database) is contained the same way, logged and counted:
+//! half-done. Work a handler hands a UDP receive loop runs there until it would wait, and
+//! then on a task of its own (`run_or_detach`); that, and work spawned with
+//! [`Transports::spawn_work`] (the handling of a request, which may wait on a database),
+//! is contained the same way, logged and counted:
 //! that request goes unanswered (its transaction times out at the peer) and its
 //! connection stays open. Other spawned tasks are contained by tokio (a panicking task
 //! ends, the runtime goes on). The count is in [`TransportStats::panics_contained`]: a
@@ -171,6 +173,35 @@ pub(crate) fn contain<T>(
             panic_caught(transports, remote, &panic);
             None
         }
+    }
+}
+
+/// Runs a handler's work on a UDP receive loop as far as it goes without waiting, and
+/// the rest of it (work that waits on a database, or the network) on a task of its own:
+/// the socket, shared by every peer, is never held up, and work that needs no wait (a
+/// challenge, a lookup and a send) costs no task and no wake-up of another worker. A
+/// future moved to another task after a first poll re-registers its waker when polled
+/// there (the `Future` contract), so nothing is lost by the move. Panics are contained as
+/// in [`contain_work`].
+pub(crate) async fn run_or_detach(transports: &Transports, remote: SocketAddr, work: Work) {
+    let mut work = Some(work);
+    let first = std::future::poll_fn(|cx| {
+        let Some(w) = work.as_mut() else {
+            return std::task::Poll::Ready(Ok(std::task::Poll::Ready(())));
+        };
+        std::task::Poll::Ready(std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+            || w.as_mut().poll(cx),
+        )))
+    })
+    .await;
+    match first {
+        Ok(std::task::Poll::Ready(())) => {}
+        Ok(std::task::Poll::Pending) => {
+            if let Some(w) = work.take() {
+                transports.spawn_work(remote, w);
+            }
+        }
+        Err(panic) => panic_caught(transports, remote, &panic),
     }
 }
 

@@ -6,7 +6,7 @@ use sip_guard::Admission;
 use sip_message::{parse_datagram, read_request_head};
 use tokio::net::UdpSocket;
 
-use crate::{contain, contain_work, Inbound, Source, Target, TransportKind, Transports};
+use crate::{contain, run_or_detach, Inbound, Source, Target, TransportKind, Transports};
 
 pub(crate) async fn receive_loop(transports: Transports, socket: Arc<UdpSocket>) {
     let mut buf = vec![0u8; 65_536];
@@ -67,7 +67,7 @@ pub(crate) async fn receive_loop(transports: Transports, socket: Arc<UdpSocket>)
                     h.on_message(Inbound { message, source })
                 });
                 if let Some(Some(w)) = work {
-                    contain_work(&transports, remote, w).await;
+                    run_or_detach(&transports, remote, w).await;
                 }
             }
             Err(rej) => {

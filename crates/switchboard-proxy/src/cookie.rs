@@ -93,16 +93,19 @@ impl Party {
 }
 
 pub(crate) struct Cookies {
-    key: [u8; 32],
+    /// HMAC-SHA256 keyed once; each cookie clones it (the key's pads are not hashed again).
+    keyed: Hmac<Sha256>,
 }
 
 impl Cookies {
     pub(crate) fn new(key: [u8; 32]) -> Cookies {
-        Cookies { key }
+        Cookies {
+            keyed: <Hmac<Sha256> as Mac>::new_from_slice(&key).expect("any key length"),
+        }
     }
 
     fn mac(&self, label: &str, parts: &[&str]) -> String {
-        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("any key length");
+        let mut m = self.keyed.clone();
         m.update(label.as_bytes());
         for p in parts {
             m.update(&(p.len() as u32).to_be_bytes());

@@ -568,23 +568,16 @@ impl Core {
 }
 
 impl TransactionUser for Core {
-    // Runs on the reading task: everything here is quick (lookups, one send) except
-    // forwarding, which `handle_routed` spawns.
+    // Handling may await the user directory and the services' data (a database that can
+    // be slow or failing over). A stream connection's requests are handled on its reading
+    // task, one after another: a client's requests keep their order (a Lync client's
+    // signed exchange depends on it), and a wait holds up only that connection. On a UDP
+    // socket, shared by everyone (datagrams have no order), the receive loop runs the
+    // handling until it would wait and hands the rest to a task of its own
+    // (sip-transport's `run_or_detach`); forwarding is always spawned by `handle_routed`.
     fn on_request(&self, request: ServerRequest) -> Option<Work> {
         let core = self.self_arc()?;
-        // Handling may await the user directory and the services' data (a database that
-        // can be slow or failing over). A stream connection's requests are handled on its
-        // reading task, one after another: a client's requests keep their order (a Lync
-        // client's signed exchange depends on it), and a wait holds up only that
-        // connection. A UDP socket is shared by everyone (and datagrams have no order):
-        // each request there gets a task of its own.
-        if request.source.connection.is_some() {
-            return Some(Box::pin(core.handle(request)));
-        }
-        let remote = request.source.remote;
-        let transports = core.layer.transports().clone();
-        transports.spawn_work(remote, Box::pin(core.handle(request)));
-        None
+        Some(Box::pin(core.handle(request)))
     }
 
     fn on_ack(&self, ack: Inbound) -> Option<Work> {

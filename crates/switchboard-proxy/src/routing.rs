@@ -103,6 +103,14 @@ impl Hop {
 impl Core {
     /// §16.3 step 4: one of the Vias is ours with the same loop hash → a loop, not a spiral.
     pub(crate) fn is_loop(&self, msg: &Message) -> bool {
+        // Most requests carry no branch of ours at all: say so without parsing a Via.
+        if !msg
+            .headers
+            .get_all(&HeaderName::Via)
+            .any(|v| v.contains(OUR_BRANCH))
+        {
+            return false;
+        }
         let Ok(vias) = msg.vias() else { return false };
         let mine: Vec<&Via> = vias
             .iter()
@@ -863,8 +871,9 @@ impl Core {
             req.tx.respond(&trying).await;
         }
         let cancel = Arc::new(Notify::new());
-        let key = invite_key(&req.message);
-        if is_invite {
+        // Only an INVITE can be cancelled (§9.1): only its key is worth a Via parse.
+        let key = is_invite.then(|| invite_key(&req.message));
+        if let Some(key) = &key {
             self.pending_invites
                 .lock()
                 .insert(key.clone(), cancel.clone());
@@ -952,8 +961,8 @@ impl Core {
             }
             best = Some(pick_best(best, resp));
         }
-        if is_invite {
-            self.pending_invites.lock().remove(&key);
+        if let Some(key) = &key {
+            self.pending_invites.lock().remove(key);
         }
         if got_2xx {
             return;

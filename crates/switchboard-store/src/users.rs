@@ -2,30 +2,48 @@
 
 use std::collections::HashMap;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::rows::{self, now_secs as now, user_columns};
 use crate::StoreError;
 use switchboard_core::{Address, Credentials, UserRecord};
 
+/// Identity of the write-ahead log file: (size, mtime, mtime_nsec, inode).
+type WalStamp = (u64, i64, i64, u64);
+
 struct Cache {
     data_version: i64,
     /// `users_version` (bumped by triggers on every change to `users`) when last read.
     users_version: i64,
-    /// (size, mtime, mtime_nsec, inode) of the WAL file when last checked.
-    wal_stamp: Option<(u64, i64, i64, u64)>,
+    /// The WAL file's identity when last checked.
+    wal_stamp: Option<WalStamp>,
     checked_at: std::time::Instant,
     users: HashMap<Address, Option<UserRecord>>,
     domains: Option<Vec<String>>,
 }
 
+impl Cache {
+    /// Whether nothing can have been committed since the cache was checked: the WAL is
+    /// the same file, unchanged, and the half-second backstop has not passed.
+    fn fresh(&self, stamp: Option<WalStamp>, now: std::time::Instant) -> bool {
+        stamp.is_some()
+            && stamp == self.wal_stamp
+            && now.duration_since(self.checked_at) < std::time::Duration::from_millis(500)
+    }
+}
+
 /// The user directory over one SQLite connection, with a lookup cache that is dropped
 /// whenever any connection (the CLI's included) commits a change to the users table.
+///
+/// Lookups are asked on every request, from async workers: a fresh cache answers under
+/// a read lock only, without the connection, so workers looking users up at the same
+/// time neither wait for each other nor fall back to a blocking thread. Lock order:
+/// the connection, then the cache; the cache is never held across an SQL statement.
 pub struct UserDirectory {
     wal_path: Option<std::path::PathBuf>,
     conn: Mutex<Connection>,
-    cache: Mutex<Cache>,
+    cache: RwLock<Cache>,
 }
 
 impl UserDirectory {
@@ -33,7 +51,7 @@ impl UserDirectory {
         UserDirectory {
             wal_path,
             conn: Mutex::new(conn),
-            cache: Mutex::new(Cache {
+            cache: RwLock::new(Cache {
                 data_version: -1,
                 users_version: -1,
                 wal_stamp: None,
@@ -44,41 +62,47 @@ impl UserDirectory {
         }
     }
 
+    /// Asking SQLite whether anything changed takes its shared lock (several fcntl calls,
+    /// ~10 % of a REGISTER's CPU), so first one `stat` of the write-ahead log: every
+    /// commit by any connection appends to it or rewrites it, changing its size or
+    /// modification time.
+    fn wal_stamp(&self) -> Option<WalStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(self.wal_path.as_ref()?).ok()?;
+        Some((m.size(), m.mtime(), m.mtime_nsec(), m.ino()))
+    }
+
     /// Drops the cache if the database changed since it was filled. `data_version` moves
-    /// on every commit by another connection (SQLite's documented contract).
-    ///
-    /// Asking SQLite takes its shared lock (several fcntl calls, ~10 % of a REGISTER's
-    /// CPU), so first one `stat` of the write-ahead log: every commit by any connection
-    /// appends to it or rewrites it, changing its size or modification time. Only when
-    /// that identity changed (or half a second passed, as a backstop) is SQLite asked.
-    fn revalidate(&self, conn: &Connection, cache: &mut Cache) -> Result<(), StoreError> {
-        let stamp = self
-            .wal_path
-            .as_ref()
-            .and_then(|p| std::fs::metadata(p).ok())
-            .map(|m| {
-                use std::os::unix::fs::MetadataExt;
-                (m.size(), m.mtime(), m.mtime_nsec(), m.ino())
-            });
+    /// on every commit by another connection (SQLite's documented contract). Only when
+    /// the WAL's identity changed (or half a second passed, as a backstop) is SQLite asked.
+    fn revalidate(&self, conn: &Connection) -> Result<(), StoreError> {
+        let stamp = self.wal_stamp();
         let now = std::time::Instant::now();
-        if stamp.is_some()
-            && stamp == cache.wal_stamp
-            && now.duration_since(cache.checked_at) < std::time::Duration::from_millis(500)
-        {
-            return Ok(());
-        }
-        cache.wal_stamp = stamp;
-        cache.checked_at = now;
+        let data_version = {
+            let cache = self.cache.read();
+            if cache.fresh(stamp, now) {
+                return Ok(());
+            }
+            cache.data_version
+        };
         let v: i64 = conn
             .prepare_cached("PRAGMA data_version")?
             .query_row([], |r| r.get(0))?;
-        if v != cache.data_version {
-            cache.data_version = v;
-            // Something was committed, maybe to another table (CDR, presence): the cache
-            // goes only when the users table itself changed.
-            let users: i64 = conn
-                .prepare_cached("SELECT version FROM users_version WHERE id = 1")?
-                .query_row([], |r| r.get(0))?;
+        // Something was committed, maybe to another table (CDR, presence): the cache
+        // goes only when the users table itself changed.
+        let users = if v != data_version {
+            Some(
+                conn.prepare_cached("SELECT version FROM users_version WHERE id = 1")?
+                    .query_row([], |r| r.get::<_, i64>(0))?,
+            )
+        } else {
+            None
+        };
+        let mut cache = self.cache.write();
+        cache.wal_stamp = stamp;
+        cache.checked_at = now;
+        cache.data_version = v;
+        if let Some(users) = users {
             if users != cache.users_version {
                 cache.users.clear();
                 cache.domains = None;
@@ -89,7 +113,7 @@ impl UserDirectory {
     }
 
     fn invalidate(&self) {
-        let mut c = self.cache.lock();
+        let mut c = self.cache.write();
         c.users.clear();
         c.domains = None;
     }
@@ -97,9 +121,8 @@ impl UserDirectory {
     /// Looks a user up (cached).
     pub fn find(&self, address: &Address) -> Result<Option<UserRecord>, StoreError> {
         let conn = self.conn.lock();
-        let mut cache = self.cache.lock();
-        self.revalidate(&conn, &mut cache)?;
-        if let Some(hit) = cache.users.get(address) {
+        self.revalidate(&conn)?;
+        if let Some(hit) = self.cache.read().users.get(address) {
             return Ok(hit.clone());
         }
         let user = conn
@@ -110,6 +133,7 @@ impl UserDirectory {
             ))?
             .query_row(params![address.user, address.domain], |r| rows::user(r))
             .optional()?;
+        let mut cache = self.cache.write();
         if cache.users.len() > 200_000 {
             cache.users.clear();
         }
@@ -117,26 +141,32 @@ impl UserDirectory {
         Ok(user)
     }
 
-    /// [`UserDirectory::find`] when it can answer at once from the cache: `None` when
-    /// the connection is busy (a write on another thread) or the user is not cached, so
-    /// the caller never waits here (an async worker may call it).
-    pub fn find_cached(&self, address: &Address) -> Option<Option<UserRecord>> {
+    /// Answers from the cache when it is fresh, under its read lock only; when it may be
+    /// stale, revalidates first if the connection is free. `None` when it cannot answer
+    /// at once (connection busy with a write on another thread, or not cached): the
+    /// caller, an async worker, then asks on a blocking thread instead of waiting here.
+    fn cached<T>(&self, read: impl Fn(&Cache) -> Option<T>) -> Option<T> {
+        let stamp = self.wal_stamp();
+        {
+            let cache = self.cache.try_read()?;
+            if cache.fresh(stamp, std::time::Instant::now()) {
+                return read(&cache);
+            }
+        }
         let conn = self.conn.try_lock()?;
-        let mut cache = self.cache.try_lock()?;
-        self.revalidate(&conn, &mut cache).ok()?;
-        cache.users.get(address).cloned()
+        self.revalidate(&conn).ok()?;
+        drop(conn);
+        read(&*self.cache.try_read()?)
     }
 
-    /// [`UserDirectory::has_domain`] when the domain list is cached; `None` otherwise
-    /// (see [`UserDirectory::find_cached`]).
+    /// [`UserDirectory::find`] when it can answer at once from the cache (see `cached`).
+    pub fn find_cached(&self, address: &Address) -> Option<Option<UserRecord>> {
+        self.cached(|c| c.users.get(address).cloned())
+    }
+
+    /// [`UserDirectory::has_domain`] when the domain list is cached (see `cached`).
     pub fn has_domain_cached(&self, domain: &str) -> Option<bool> {
-        let conn = self.conn.try_lock()?;
-        let mut cache = self.cache.try_lock()?;
-        self.revalidate(&conn, &mut cache).ok()?;
-        cache
-            .domains
-            .as_ref()
-            .map(|d| d.iter().any(|x| x == domain))
+        self.cached(|c| c.domains.as_ref().map(|d| d.iter().any(|x| x == domain)))
     }
 
     /// Every domain that has at least one user (cached).
@@ -152,17 +182,17 @@ impl UserDirectory {
 
     fn with_domains<T>(&self, f: impl FnOnce(&[String]) -> T) -> Result<T, StoreError> {
         let conn = self.conn.lock();
-        let mut cache = self.cache.lock();
-        self.revalidate(&conn, &mut cache)?;
-        if cache.domains.is_none() {
-            let mut stmt =
-                conn.prepare_cached("SELECT DISTINCT domain FROM users ORDER BY domain")?;
-            let d = stmt
-                .query_map([], |r| r.get(0))?
-                .collect::<Result<Vec<String>, _>>()?;
-            cache.domains = Some(d);
+        self.revalidate(&conn)?;
+        if let Some(d) = self.cache.read().domains.as_deref() {
+            return Ok(f(d));
         }
-        Ok(f(cache.domains.as_deref().unwrap_or_default()))
+        let mut stmt = conn.prepare_cached("SELECT DISTINCT domain FROM users ORDER BY domain")?;
+        let d = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        let out = f(&d);
+        self.cache.write().domains = Some(d);
+        Ok(out)
     }
 
     pub fn add(
