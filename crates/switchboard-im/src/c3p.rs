@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use msrtc::cccp::{self, Command, Outcome, Request, RosterUser};
 use sip_message::{HeaderName, Message, Method, NameAddr, Uri};
-use switchboard_proxy::{Flow, ServiceAnswer};
+use switchboard_core::seam::{Flow, ServiceAnswer};
 
 use crate::conference::{Conference, MemberDialog};
 use crate::{refused, ImService};
@@ -398,7 +398,7 @@ impl ImService {
         let bye = d.request(Method::Bye);
         let flow = d.flow;
         tokio::spawn(async move {
-            deliverer.send_in_dialog(bye, flow).await;
+            deliverer.send_request_on(bye, flow).await;
         });
     }
 
@@ -636,7 +636,7 @@ impl ImService {
         };
         tokio::spawn(async move {
             for r in requests {
-                deliverer.send_in_dialog(r, flow).await;
+                deliverer.send_request_on(r, flow).await;
             }
         });
     }

@@ -25,8 +25,8 @@ use std::sync::Weak;
 
 use bytes::Bytes;
 use sip_message::{HeaderName, Message};
+use switchboard_core::seam::{Delivery, Flow, HookDecision, ServiceAnswer};
 use switchboard_core::{Keep, OfflineMessage};
-use switchboard_proxy::{Delivery, Flow, HookDecision, ServiceAnswer};
 
 use crate::{count, now_ms, Conversation, ImService, Participant};
 
@@ -234,7 +234,7 @@ impl ImService {
                 let deliverer = deliverer.clone();
                 let flow = d.flow;
                 tokio::spawn(async move {
-                    let status = deliverer.send_in_dialog(m, flow).await;
+                    let status = deliverer.send_request_on(m, flow).await;
                     if status >= 300 {
                         tracing::debug!(status, "in-session conference message not accepted");
                     }
@@ -604,7 +604,7 @@ impl ImService {
                 for (call_id, request, flow) in in_session {
                     let deliverer = deliverer.clone();
                     tokio::spawn(async move {
-                        let status = deliverer.send_in_dialog(request, flow).await;
+                        let status = deliverer.send_request_on(request, flow).await;
                         tracing::debug!(status, call_id, "copy to the author's other endpoint");
                     });
                 }
@@ -615,7 +615,7 @@ impl ImService {
                     let deliverer = deliverer.clone();
                     let who = m.clone();
                     pending.push(tokio::spawn(async move {
-                        (who, call_id, deliverer.send_in_dialog(request, flow).await)
+                        (who, call_id, deliverer.send_request_on(request, flow).await)
                     }));
                 }
             } else if let Some(held) = waiting.get_mut(m) {
@@ -688,7 +688,7 @@ impl ImService {
                     })
             };
             if let Some((r, flow)) = report {
-                deliverer.send_in_dialog(r, flow).await;
+                deliverer.send_request_on(r, flow).await;
             }
         });
         message_id

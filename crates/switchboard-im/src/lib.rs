@@ -5,6 +5,8 @@
 //! two-party"). The service attaches to the SIP core as its [`ImHook`]: the core asks it
 //! before relaying each pager-mode MESSAGE (RFC 3428) and tells it the outcome; the
 //! service originates MESSAGEs through the core's [`Deliverer`] to deliver stored ones.
+//! Both seams are `switchboard-core`'s (`seam`): this crate depends on core, sip-message
+//! and msrtc, never on the router or a transport.
 //!
 //! What it does so far:
 //! - **Pager-mode conversations**: MESSAGEs between the same two users form one
@@ -61,11 +63,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use sip_message::{HeaderName, Message};
+use switchboard_core::seam::{Deliverer, Delivery, Flow, HookDecision, ImHook, ServiceAnswer};
 use switchboard_core::{
     CdrData, DataError, Directory, Keep, OfflineData, OfflineMessage, ParticipantRecord, Run,
     SessionRecord,
 };
-use switchboard_proxy::{Deliverer, Delivery, Flow, HookDecision, ImHook, ServiceAnswer};
 
 mod bridge;
 mod c3p;

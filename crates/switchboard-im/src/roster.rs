@@ -8,7 +8,7 @@ use std::sync::Weak;
 use std::time::Duration;
 
 use sip_message::{HeaderName, Message, Method, NameAddr, StartLine, Uri};
-use switchboard_proxy::{Flow, ServiceAnswer, SubscribeRequest};
+use switchboard_core::seam::{Flow, ServiceAnswer, SubscribeRequest};
 use tokio::time::Instant;
 
 use crate::conference::Conference;
@@ -110,7 +110,7 @@ impl ImService {
         m.body = bytes::Bytes::from(body.into_bytes());
         let flow = w.flow;
         tokio::spawn(async move {
-            let status = deliverer.send_in_dialog(m, flow).await;
+            let status = deliverer.send_request_on(m, flow).await;
             if status >= 300 {
                 tracing::debug!(status, "conference NOTIFY not accepted");
             }

@@ -17,6 +17,10 @@
 //!   lists who watches; watchers not on the user's contact list are `pending` until the
 //!   user places them (any relationship), blocked ones are `terminated`/`rejected`.
 //!
+//! The seam ([`EventHook`], and the [`Deliverer`] its NOTIFYs leave through) and the
+//! [`Flow`] a subscription's NOTIFYs go back over are `switchboard-core`'s: this crate
+//! depends on core, sip-message and msrtc, never on the router or a transport.
+//!
 //! Blocking is polite (the Lync behaviour): a blocked watcher's subscription is accepted
 //! and sees the user offline, so it cannot tell it was blocked.
 //!
@@ -71,11 +75,10 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use sip_message::Message;
-use sip_transport::Source;
+use switchboard_core::seam::{Connection, Deliverer, EventHook, Flow, ServiceAnswer};
 use switchboard_core::{
     ContactData, ContactList, DataError, Directory, PresenceData, Relationship, StoredPresence,
 };
-use switchboard_proxy::{Deliverer, EventHook, ServiceAnswer};
 use tokio::time::Instant;
 
 pub use aggregate::{aggregate, AggregationRules};
@@ -185,7 +188,7 @@ struct State {
     /// Last-active times not yet written (written in batches by housekeeping).
     last_active: HashMap<String, i64>,
     /// The users whose Lync endpoint instances each connection carries.
-    lync_flows: HashMap<sip_transport::ConnectionId, Vec<Arc<str>>>,
+    lync_flows: HashMap<Connection, Vec<Arc<str>>>,
     next_id: u64,
 }
 
@@ -596,7 +599,7 @@ impl EventHook for PresenceService {
         ALLOW_EVENTS.into()
     }
 
-    async fn handle(&self, msg: &Message, from: &str, to: &str, source: Source) -> ServiceAnswer {
+    async fn handle(&self, msg: &Message, from: &str, to: &str, source: Flow) -> ServiceAnswer {
         match msg.method() {
             Some(sip_message::Method::Publish) => self.publish(msg, from, to).await,
             Some(sip_message::Method::Subscribe) => self.subscribe(msg, from, to, source).await,
@@ -605,7 +608,7 @@ impl EventHook for PresenceService {
         }
     }
 
-    fn flow_closed(&self, id: sip_transport::ConnectionId) {
+    fn flow_closed(&self, id: Connection) {
         self.lync_flow_closed(id);
     }
 

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sip_message::{parse_datagram, HeaderName, Message};
+use switchboard_core::seam::{EventHook, ServiceAnswer};
 use switchboard_presence::{PresenceConfig, PresenceService};
-use switchboard_proxy::{EventHook, ServiceAnswer};
 use switchboard_store::{PresenceStore, Relationship};
 
 mod common;

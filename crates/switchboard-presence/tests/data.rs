@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sip_message::{HeaderName, Message};
+use switchboard_core::seam::{EventHook, ServiceAnswer};
 use switchboard_core::{ManualState, Relationship};
 use switchboard_presence::{PresenceConfig, PresenceService};
-use switchboard_proxy::{EventHook, ServiceAnswer};
 use tokio::task::JoinHandle;
 
 mod common;

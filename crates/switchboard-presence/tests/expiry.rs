@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sip_message::{HeaderName, Message};
+use switchboard_core::seam::EventHook;
 use switchboard_presence::{PresenceConfig, PresenceService};
-use switchboard_proxy::EventHook;
 use switchboard_store::{ManualState, PresenceStore};
 
 mod common;

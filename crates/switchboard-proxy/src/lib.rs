@@ -12,25 +12,23 @@
 //!    best response returned (§16.7).
 //!
 //! Pager-mode MESSAGE passes through an [`ImHook`], where the IM service attaches;
-//! SUBSCRIBE and PUBLISH for users go to an [`EventHook`], where presence attaches.
+//! SUBSCRIBE and PUBLISH for users go to an [`EventHook`], where presence attaches. Both
+//! seams, and the [`Deliverer`](switchboard_core::seam::Deliverer) this crate implements
+//! for them, live in [`switchboard_core::seam`]: the services never see this crate.
 //!
 //! ## Layout
 //! - `auth`: Digest challenges and verification.
 //! - `routing`: target selection, the forwarded request, the response context.
-//! - [`hook`]: the IM service seam.
+//! - `flow`: the transport's `Source`/`ConnectionId` turned into the core's `Flow` and
+//!   back, at this crate's edge.
 #![forbid(unsafe_code)]
 
 mod auth;
 mod cookie;
-pub mod hook;
+mod flow;
 mod ntlm_auth;
 mod originate;
 mod routing;
-
-pub use hook::{
-    Deliverer, Delivery, EventHook, Flow, HookDecision, ImHook, RelayAll, ServiceAnswer,
-    SubscribeRequest,
-};
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -43,6 +41,7 @@ use sip_digest::{Algorithm, NonceIssuer, ReplayGuard};
 use sip_message::{HeaderName, Host, Message, Method, Uri};
 use sip_transaction::{ServerRequest, TransactionLayer, TransactionUser};
 use sip_transport::{ConnectionId, Inbound, TransportKind, Work};
+use switchboard_core::seam::{EventHook, ImHook};
 use switchboard_core::{Address, DataError, Directory};
 use switchboard_registrar::{Location, RegisterError};
 use tokio::sync::Notify;
@@ -471,7 +470,10 @@ impl Core {
             return;
         }
         let aor = format!("sip:{aor_addr}");
-        match self.location.register(&aor, msg, req.source) {
+        match self
+            .location
+            .register(&aor, msg, flow::flow_of(&req.source))
+        {
             Ok(outcome) => {
                 let mut resp = self.response(msg, 200);
                 for c in self.location.contact_values(
@@ -602,9 +604,9 @@ impl TransactionUser for Core {
     fn on_connection_closed(&self, id: ConnectionId) {
         self.connection_gone(id);
         if let Some(events) = self.events.get() {
-            events.flow_closed(id);
+            events.flow_closed(flow::connection_of(id));
         }
-        let gone = self.location.flow_closed(id);
+        let gone = self.location.flow_closed(flow::connection_of(id));
         if !gone.is_empty() {
             tracing::debug!(?gone, "flow closed; bindings removed");
         }

@@ -556,8 +556,9 @@ impl crate::Core {
     }
 
     /// Does `flow` carry a Lync security association (its device speaks the Lync dialect)?
-    pub(crate) fn on_association(&self, flow: sip_transport::Source) -> bool {
-        flow.connection
+    pub(crate) fn on_association(&self, flow: switchboard_core::seam::Flow) -> bool {
+        crate::flow::source_of(flow)
+            .connection
             .is_some_and(|id| self.sa_flows.read().contains_key(&id))
     }
 

@@ -10,7 +10,9 @@ use sip_transaction::mailbox::mailbox;
 use sip_transaction::{new_branch, ClientEvent};
 use sip_transport::Source;
 
-use crate::hook::{Deliverer, Delivery};
+use switchboard_core::seam::{Deliverer, Delivery, Flow};
+
+use crate::flow::source_of;
 use crate::Core;
 
 impl Core {
@@ -262,10 +264,10 @@ impl Deliverer for Core {
     fn send_request_on(
         &self,
         request: Message,
-        flow: Source,
+        flow: Flow,
     ) -> Pin<Box<dyn std::future::Future<Output = u16> + Send>> {
         match self.me.upgrade() {
-            Some(core) => Box::pin(core.send_own_request_on(request, Some(flow))),
+            Some(core) => Box::pin(core.send_own_request_on(request, Some(source_of(flow)))),
             None => Box::pin(async { 503 }),
         }
     }

@@ -9,11 +9,14 @@ use sip_message::{HeaderName, Host, Message, Method, NameAddr, Uri, Via};
 use sip_transaction::mailbox::mailbox;
 use sip_transaction::{cancel_for, new_branch, ClientEvent, ServerRequest};
 use sip_transport::{Inbound, Source, Target, TransportKind};
+use switchboard_core::seam::Flow;
 use switchboard_core::Address;
 use switchboard_registrar::Binding;
 use tokio::sync::Notify;
 
-use crate::hook::HookDecision;
+use switchboard_core::seam::{HookDecision, ServiceAnswer};
+
+use crate::flow::{flow_of, kind_of, source_of, transport_of};
 use crate::ntlm_auth::{strip_hop_signatures, SignedRequest};
 use crate::Core;
 
@@ -339,7 +342,7 @@ impl Core {
         if self.hook.serves(&aor) {
             let answer = self
                 .hook
-                .to_service(msg, &from_aor, &aor, crate::hook::Flow(req.source))
+                .to_service(msg, &from_aor, &aor, flow_of(&req.source))
                 .await;
             let status = answer.status;
             self.answer_service(&req, answer).await;
@@ -391,7 +394,7 @@ impl Core {
                     &aor,
                     !bindings.is_empty(),
                     session_im,
-                    crate::hook::Flow(req.source),
+                    flow_of(&req.source),
                 )
                 .await;
             if let Some(answer) = answer {
@@ -410,7 +413,7 @@ impl Core {
     }
 
     /// Answers a request a service took, with the service's To tag, headers and body.
-    async fn answer_service(&self, req: &ServerRequest, answer: crate::ServiceAnswer) {
+    async fn answer_service(&self, req: &ServerRequest, answer: ServiceAnswer) {
         let msg = &req.message;
         let tag = answer.to_tag.unwrap_or_else(|| self.to_tag(msg));
         let mut resp = msg.response(answer.status, Some(&tag));
@@ -477,7 +480,7 @@ impl Core {
             }
         }
         let answer = events
-            .handle(&req.message, from_aor, &to_aor, req.source)
+            .handle(&req.message, from_aor, &to_aor, flow_of(&req.source))
             .await;
         let status = answer.status;
         self.answer_service(req, answer).await;
@@ -540,11 +543,13 @@ impl Core {
         flow: crate::cookie::FlowKey,
     ) -> Binding {
         let mut b = Self::unregistered_binding(ruri);
-        b.flow.transport = flow.transport;
-        b.flow.remote = flow.remote;
+        let mut conn = b.flow.conn();
+        conn.transport = transport_of(flow.transport);
+        conn.remote = flow.remote;
         if let Some(local) = self.layer.transports().listening(flow.transport) {
-            b.flow.local = local;
+            conn.local = local;
         }
+        b.flow = Flow::new(b.flow.fe(), conn);
         b.pinned = true;
         b
     }
@@ -602,8 +607,8 @@ impl Core {
     /// Contact. Over UDP: its Contact when that is on the address the REGISTER came from,
     /// else the REGISTER's source address (a Contact behind NAT, `;alias` style).
     pub(crate) fn hop_for(&self, b: &Binding) -> Hop {
-        let flow: Source = b.flow;
-        let contact = b.contact_addr();
+        let flow: Source = source_of(b.flow);
+        let contact = b.contact_addr().map(|(t, a)| (kind_of(t), a));
         let (target, transport) = match flow.connection {
             // Its flow's address (an open connection to it, or a new one), whatever the
             // Contact says.
@@ -675,7 +680,7 @@ impl Core {
             .params
             .set("transport", Some(flow.transport.param()));
         let mut b = Self::unregistered_binding(&via_flow);
-        b.flow = flow;
+        b.flow = flow_of(&flow);
         b
     }
 
@@ -702,12 +707,12 @@ impl Core {
             cseq: 0,
             instance: None,
             reg_id: None,
-            flow: Source {
+            flow: flow_of(&Source {
                 transport: TransportKind::Udp,
                 remote: SocketAddr::from(([0, 0, 0, 0], 0)),
                 local: SocketAddr::from(([0, 0, 0, 0], 0)),
                 connection: None,
-            },
+            }),
             temp_gruu: None,
             pinned: false,
         }

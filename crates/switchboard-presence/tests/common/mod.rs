@@ -11,10 +11,9 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use sip_message::{parse_datagram, Message};
-use sip_transport::{Source, TransportKind};
+use switchboard_core::seam::{Conn, Deliverer, Delivery, Flow, FrontEnd, Transport};
 use switchboard_core::{Address, ContactData, Directory, PresenceData};
 use switchboard_presence::{PresenceConfig, PresenceService};
-use switchboard_proxy::{Deliverer, Delivery};
 use switchboard_store::SqliteStore;
 
 /// A store in a new directory with these users (password `pw`).
@@ -58,7 +57,7 @@ impl Deliverer for Captured {
     fn send_request_on(
         &self,
         request: Message,
-        _flow: Source,
+        _flow: Flow,
     ) -> Pin<Box<dyn std::future::Future<Output = u16> + Send>> {
         self.send_request(request)
     }
@@ -82,14 +81,17 @@ impl Captured {
     }
 }
 
-pub fn source() -> Source {
+pub fn source() -> Flow {
     let a: SocketAddr = "127.0.0.1:5099".parse().unwrap();
-    Source {
-        transport: TransportKind::Udp,
-        remote: a,
-        local: "127.0.0.1:5060".parse().unwrap(),
-        connection: None,
-    }
+    Flow::new(
+        FrontEnd::LOCAL,
+        Conn {
+            transport: Transport::Udp,
+            remote: a,
+            local: "127.0.0.1:5060".parse().unwrap(),
+            number: None,
+        },
+    )
 }
 
 /// A request from `from` to `to` (both `user@domain`) in a dialog of its own.

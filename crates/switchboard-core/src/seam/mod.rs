@@ -1,6 +1,20 @@
-//! The seam where the IM service (the "IM MCU") attaches: every MESSAGE between users
-//! passes through [`ImHook`] before and after it is relayed, so the service can anchor
-//! conversations, count messages for CDR, and store messages for offline users.
+//! The seams between the router and the services.
+//!
+//! - [`ImHook`]: where the IM service (the "IM MCU") attaches. Every MESSAGE between
+//!   users passes through it before and after it is relayed, so the service can anchor
+//!   conversations, count messages for CDR, and store messages for offline users.
+//! - [`EventHook`]: where event-state services (presence) attach: SUBSCRIBE, PUBLISH and
+//!   SERVICE addressed to users.
+//! - [`Deliverer`]: the other way, requests a service originates (NOTIFYs, stored
+//!   messages, conference traffic), sent by the router's outbound side.
+//! - [`Flow`]: where a request came from, opaque to services.
+//!
+//! The router implements [`Deliverer`] and calls the hooks; the services implement the
+//! hooks and call a [`Deliverer`]. Neither names the other's crate.
+
+mod flow;
+
+pub use flow::{Conn, Connection, Flow, FrontEnd, Transport};
 
 use sip_message::Message;
 
@@ -133,20 +147,14 @@ pub trait EventHook: Send + Sync + 'static {
     /// The event packages served, for `Allow-Events`.
     fn allow_events(&self) -> String;
     /// An authenticated SUBSCRIBE, PUBLISH or SERVICE from `from` for `to` (both AoRs `sip:u@d`)
-    /// that arrived over `source`; returns how to answer it.
-    async fn handle(
-        &self,
-        msg: &Message,
-        from: &str,
-        to: &str,
-        source: sip_transport::Source,
-    ) -> ServiceAnswer;
+    /// that arrived over `flow`; returns how to answer it.
+    async fn handle(&self, msg: &Message, from: &str, to: &str, flow: Flow) -> ServiceAnswer;
     /// `msg` (which `handle` took, from `from`) has been answered with `status`: what
     /// must follow the answer (RFC 6665 §4.2.1.2: the NOTIFY after a 200) goes now.
     async fn answered(&self, _msg: &Message, _from: &str, _status: u16) {}
     /// A stream connection closed: state tied to the endpoint on it (a Lync client's
     /// endpoint publications) goes with it.
-    fn flow_closed(&self, _id: sip_transport::ConnectionId) {}
+    fn flow_closed(&self, _connection: Connection) {}
 }
 
 /// What every notifier reads from a SUBSCRIBE (RFC 6665 §4.2.1): the duration granted
@@ -192,12 +200,6 @@ impl SubscribeRequest {
     }
 }
 
-/// The hook used until the IM service is attached: relays everything.
-pub struct RelayAll;
-
-#[async_trait::async_trait]
-impl ImHook for RelayAll {}
-
 /// A MESSAGE the server itself sends to a user (a stored message delivered late).
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -215,13 +217,6 @@ pub struct Delivery {
     pub extra_headers: Vec<(String, String)>,
 }
 
-/// Where a dialog-creating request came from (the connection, or UDP address, it
-/// arrived over), opaque to the service: handed back with requests the service sends in
-/// that dialog, which then go over that flow and nowhere else (never to an address a
-/// client's Contact merely names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Flow(pub(crate) sip_transport::Source);
-
 /// Originates requests to users' devices; implemented by the SIP core for the IM service.
 pub trait Deliverer: Send + Sync + 'static {
     /// Sends a complete request (without Via, which the core adds) to its Request-URI: a
@@ -232,21 +227,13 @@ pub trait Deliverer: Send + Sync + 'static {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = u16> + Send>>;
     /// Like `send_request`, for a dialog the server holds with a client that may not be
     /// registered: when the Request-URI is no registered contact, the request goes back
-    /// over `flow`, the connection (or UDP address) the dialog was created from.
+    /// over `flow`, the connection (or UDP address) the dialog was created from, and
+    /// nowhere else (never to an address a client's Contact merely names).
     fn send_request_on(
         &self,
         request: Message,
-        flow: sip_transport::Source,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = u16> + Send>>;
-    /// `send_request_on` for a dialog the IM service holds, over the [`Flow`] the dialog
-    /// was created from.
-    fn send_in_dialog(
-        &self,
-        request: Message,
         flow: Flow,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = u16> + Send>> {
-        self.send_request_on(request, flow.0)
-    }
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = u16> + Send>>;
     /// Invites `to`'s Lync devices into a conference: an INVITE from `from` carrying the
     /// `ms-conf-invite` document `body` (its Contact is the conference's `focus`).
     /// Resolves to 200 when a device accepted (it then joins by itself), else the best
