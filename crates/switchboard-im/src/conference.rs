@@ -21,7 +21,6 @@
 //! the conference. A participant with no device signed in gets them as offline messages.
 
 use std::collections::HashMap;
-use std::sync::Weak;
 
 use bytes::Bytes;
 use sip_message::{HeaderName, Message};
@@ -213,9 +212,7 @@ impl ImService {
         text: String,
         author: Option<&str>,
     ) {
-        let Some(deliverer) = self.deliverer.get().and_then(Weak::upgrade) else {
-            return;
-        };
+        let deliverer = self.deliverer.clone();
         // A member who joined by INVITE gets it inside that session (on each endpoint).
         if let Some(ds) = self
             .member_dialogs
@@ -260,9 +257,7 @@ impl ImService {
     /// Delivers `d`; a recipient no device took it for gets it as an offline message
     /// (of CDR session `session_id`).
     pub(crate) async fn deliver_or_keep(&self, d: Delivery, session_id: Option<String>) {
-        let Some(deliverer) = self.deliverer.get().and_then(Weak::upgrade) else {
-            return;
-        };
+        let deliverer = self.deliverer.clone();
         let status = deliverer.deliver(d.clone()).await;
         if !(200..300).contains(&status) {
             let kept = OfflineMessage {
@@ -580,9 +575,7 @@ impl ImService {
             text: format!("{name}: {}", String::from_utf8_lossy(&msg.body).trim()),
             author: author.to_owned(),
         };
-        let Some(deliverer) = self.deliverer.get().and_then(Weak::upgrade) else {
-            return message_id;
-        };
+        let deliverer = self.deliverer.clone();
         let came_on = msg.call_id().unwrap_or("").to_owned();
         let mut pending = Vec::new();
         // Everyone else, and the author's other endpoints (so each of their clients shows

@@ -57,7 +57,7 @@
 #![forbid(unsafe_code)]
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -215,8 +215,8 @@ impl Conversation {
     }
 }
 
-/// The IM service. Create with [`ImService::start`], give it to the core as its hook,
-/// then [`ImService::attach`] the core as its deliverer.
+/// The IM service. Create with [`ImService::start`], giving it the router's outbound
+/// side as its [`Deliverer`], then give it to the router as its hook.
 pub struct ImService {
     /// CDR writes, applied in order behind the request path.
     cdr: cdr::CdrLog,
@@ -243,9 +243,13 @@ pub struct ImService {
     chat_places: caps::Places,
     /// Display names and user lookups (read outside locks, kept in memory).
     names: directory::Names,
-    deliverer: OnceLock<Weak<dyn Deliverer>>,
+    /// Where the requests the service originates leave (the router's outbound side,
+    /// which does not hold the service: no ring).
+    deliverer: Arc<dyn Deliverer>,
     /// AoRs whose stored messages are being delivered now.
     delivering: Mutex<HashSet<String>>,
+    /// Itself, for the tasks it spawns from `&self` (delayed releases, deliveries): they
+    /// end when the service is dropped.
     me: Weak<ImService>,
 }
 
@@ -377,13 +381,15 @@ fn new_session(
 impl ImService {
     /// Opens the service over its data for this server `run`, closing the sessions this
     /// server's earlier runs left open (a crash; never another server's), and starts its
-    /// housekeeping (counter flushes, idle ends, offline expiry).
+    /// housekeeping (counter flushes, idle ends, offline expiry). What it originates
+    /// (stored messages, conference traffic) leaves through `deliverer`.
     pub async fn start(
         run: Run,
         cdr: Arc<dyn CdrData>,
         offline: Arc<dyn OfflineData>,
         users: Arc<dyn Directory>,
         config: ImConfig,
+        deliverer: Arc<dyn Deliverer>,
     ) -> Arc<ImService> {
         match cdr
             .close_open_sessions(&run, now_ms(), "server restart")
@@ -408,7 +414,7 @@ impl ImService {
             session_places: Default::default(),
             chat_places: Default::default(),
             names: directory::Names::new(users),
-            deliverer: OnceLock::new(),
+            deliverer,
             delivering: Mutex::new(HashSet::new()),
         });
         let weak = Arc::downgrade(&svc);
@@ -425,11 +431,6 @@ impl ImService {
             }
         });
         svc
-    }
-
-    /// Gives the service the means to originate MESSAGEs (the SIP core).
-    pub fn attach(&self, deliverer: Weak<dyn Deliverer>) {
-        let _ = self.deliverer.set(deliverer);
     }
 
     /// Writes counters, ends idle conversations, drops expired offline messages.
@@ -624,35 +625,33 @@ impl ImService {
         if !self.delivering.lock().insert(aor.clone()) {
             return;
         }
-        let deliverer = self.deliverer.get().and_then(Weak::upgrade);
-        if let Some(deliverer) = deliverer {
-            match self.offline.offline_for(&aor).await {
-                Ok(waiting) => {
-                    for m in waiting {
-                        let status = deliverer
-                            .deliver(Delivery {
-                                from: m.sender.clone(),
-                                to: m.recipient.clone(),
-                                content_type: m.content_type.clone(),
-                                body: Bytes::from(m.body.clone()),
-                                sent_at_ms: m.received_at_ms,
-                                from_display: None,
-                                extra_headers: Vec::new(),
-                            })
-                            .await;
-                        if !(200..300).contains(&status) {
-                            // Kept for the next registration; order is preserved.
-                            tracing::info!(aor, status, "stored message not accepted; kept");
-                            break;
-                        }
-                        if let Err(e) = self.offline.delete_offline(m.id).await {
-                            tracing::error!(error = %e, "cannot delete a delivered message");
-                            break;
-                        }
+        match self.offline.offline_for(&aor).await {
+            Ok(waiting) => {
+                for m in waiting {
+                    let status = self
+                        .deliverer
+                        .deliver(Delivery {
+                            from: m.sender.clone(),
+                            to: m.recipient.clone(),
+                            content_type: m.content_type.clone(),
+                            body: Bytes::from(m.body.clone()),
+                            sent_at_ms: m.received_at_ms,
+                            from_display: None,
+                            extra_headers: Vec::new(),
+                        })
+                        .await;
+                    if !(200..300).contains(&status) {
+                        // Kept for the next registration; order is preserved.
+                        tracing::info!(aor, status, "stored message not accepted; kept");
+                        break;
+                    }
+                    if let Err(e) = self.offline.delete_offline(m.id).await {
+                        tracing::error!(error = %e, "cannot delete a delivered message");
+                        break;
                     }
                 }
-                Err(e) => tracing::error!(error = %e, "cannot read stored messages"),
             }
+            Err(e) => tracing::error!(error = %e, "cannot read stored messages"),
         }
         self.delivering.lock().remove(&aor);
     }

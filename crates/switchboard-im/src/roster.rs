@@ -4,7 +4,6 @@
 //! whenever someone joins or leaves, until it unsubscribes, the subscription expires or
 //! the conference ends (RFC 6665 §4.2 subscription lifecycle).
 
-use std::sync::Weak;
 use std::time::Duration;
 
 use sip_message::{HeaderName, Message, Method, NameAddr, StartLine, Uri};
@@ -68,9 +67,7 @@ impl ImService {
 
     /// Sends one NOTIFY to `w` (spawned; the subscriber's answer is not waited for).
     fn notify(&self, conf_aor: &str, conf: &Conference, w: &mut Watcher, state: String) {
-        let Some(deliverer) = self.deliverer.get().and_then(Weak::upgrade) else {
-            return;
-        };
+        let deliverer = self.deliverer.clone();
         w.cseq += 1;
         w.version += 1;
         let Ok(target) = Uri::parse(&w.target) else {

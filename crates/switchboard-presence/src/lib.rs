@@ -70,7 +70,7 @@ mod publish;
 mod subscribe;
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -296,9 +296,11 @@ pub fn stored_view(
     )
 }
 
-/// The presence service. Create with [`PresenceService::start`], give it the core with
-/// [`PresenceService::attach`].
+/// The presence service. Create with [`PresenceService::start`], giving it the router's
+/// outbound side as its [`Deliverer`], then give it to the router as its event hook.
 pub struct PresenceService {
+    /// Itself, for the tasks it spawns from `&self` (paced NOTIFYs): they end when the
+    /// service is dropped.
     me: Weak<PresenceService>,
     contacts: Arc<dyn ContactData>,
     presence: Arc<dyn PresenceData>,
@@ -308,14 +310,16 @@ pub struct PresenceService {
     state: Mutex<State>,
     /// Reads of presentities under way (never locked while `state` is awaited on).
     reads: fetch::Reads,
-    deliverer: OnceLock<Weak<dyn Deliverer>>,
+    /// Where NOTIFYs leave (the router's outbound side, which does not hold the service:
+    /// no ring).
+    deliverer: Arc<dyn Deliverer>,
     /// The change-log position already applied.
     change_seq: Mutex<i64>,
     /// When the store was last pruned.
     pruned_at: Mutex<Instant>,
     /// The conferencing focus factory's URI for a user, when conferences are offered
     /// (written in Lync provisioning).
-    focus_factory: OnceLock<FocusFactory>,
+    focus_factory: Option<FocusFactory>,
 }
 
 /// Names the focus factory for a user (`sip:…`).
@@ -324,12 +328,16 @@ pub type FocusFactory = Box<dyn Fn(&str) -> String + Send + Sync>;
 impl PresenceService {
     /// Opens the service over its data and starts its housekeeping (expiry of
     /// publications and subscriptions, time-driven changes, following the change log,
-    /// reading again what could not be read).
+    /// reading again what could not be read). NOTIFYs leave through `deliverer`;
+    /// `focus_factory`, when given, offers conferences to Lync clients (provisioning
+    /// names the focus factory it returns for a user).
     pub async fn start(
         contacts: Arc<dyn ContactData>,
         presence: Arc<dyn PresenceData>,
         directory: Arc<dyn Directory>,
         config: PresenceConfig,
+        deliverer: Arc<dyn Deliverer>,
+        focus_factory: Option<FocusFactory>,
     ) -> Arc<PresenceService> {
         // Unreadable: follow from the start of the log (nothing is held yet, so that
         // only costs a longer first read).
@@ -346,10 +354,10 @@ impl PresenceService {
             clock: Clock::new(),
             state: Mutex::new(State::default()),
             reads: fetch::Reads::default(),
-            deliverer: OnceLock::new(),
+            deliverer,
             change_seq: Mutex::new(seq),
             pruned_at: Mutex::new(Instant::now()),
-            focus_factory: OnceLock::new(),
+            focus_factory,
         });
         let weak = Arc::downgrade(&svc);
         tokio::spawn(async move {
@@ -370,18 +378,8 @@ impl PresenceService {
         svc
     }
 
-    /// Gives the service the means to send NOTIFYs (the SIP core).
-    pub fn attach(&self, deliverer: Weak<dyn Deliverer>) {
-        let _ = self.deliverer.set(deliverer);
-    }
-
     pub fn now_ms(&self) -> i64 {
         self.clock.now_ms()
-    }
-
-    /// Offers conferences to Lync clients: provisioning names this focus factory.
-    pub fn set_focus_factory(&self, f: FocusFactory) {
-        let _ = self.focus_factory.set(f);
     }
 
     /// Numbers for `/status`: presentities held, publications, subscriptions.

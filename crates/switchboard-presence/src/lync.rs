@@ -253,7 +253,7 @@ impl PresenceService {
         let cseq = msg.cseq().map(|c| c.seq).unwrap_or(1);
         a.headers
             .push(("ms-piggyback-cseq".into(), cseq.to_string()));
-        let focus = self.focus_factory.get().map(|f| f(to));
+        let focus = self.focus_factory.as_ref().map(|f| f(to));
         a.body = Some((
             "application/vnd-microsoft-roaming-provisioning-v2+xml".into(),
             bytes::Bytes::from(msrtc::provisioning::provisioning(focus.as_deref()).into_bytes()),

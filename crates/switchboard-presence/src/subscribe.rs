@@ -876,9 +876,7 @@ impl PresenceService {
 
     /// Sends the subscription's NOTIFY now, with the current state.
     fn send(&self, st: &mut State, id: u64) {
-        let Some(deliverer) = self.deliverer.get().and_then(std::sync::Weak::upgrade) else {
-            return;
-        };
+        let deliverer = self.deliverer.clone();
         let Some(body) = self.render(st, id) else {
             // Nothing to tell (a contact list without changes).
             st.subs.get_mut(&id).expect("present").dirty = false;
@@ -962,10 +960,7 @@ impl PresenceService {
 
     /// Ends a subscription with a final NOTIFY (`terminated;reason=...`, RFC 6665 §4.2.2).
     pub(crate) fn terminate(&self, st: &mut State, id: u64, reason: &str) {
-        let Some(deliverer) = self.deliverer.get().and_then(std::sync::Weak::upgrade) else {
-            self.remove(st, id);
-            return;
-        };
+        let deliverer = self.deliverer.clone();
         let Some(s) = st.subs.get_mut(&id) else {
             return;
         };

@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 
 use switchboard_core::seam::{HookDecision, ServiceAnswer};
 
-use crate::flow::{flow_of, kind_of, source_of, transport_of};
+use crate::flow::{flow_of, transport_of};
 use crate::ntlm_auth::{strip_hop_signatures, SignedRequest};
 use crate::Core;
 
@@ -87,9 +87,9 @@ struct Branch {
 
 pub(crate) struct Hop {
     pub(crate) target: Target,
-    transport: TransportKind,
+    pub(crate) transport: TransportKind,
     /// Our address on this path, for Via and Record-Route.
-    local: SocketAddr,
+    pub(crate) local: SocketAddr,
 }
 
 impl Hop {
@@ -116,7 +116,7 @@ impl Core {
         }
         let hash = loop_hash(msg);
         mine.iter().any(|v| {
-            self.is_own(&v.host, v.port)
+            self.out.is_own(&v.host, v.port)
                 && v.branch()
                     .is_some_and(|b| b[OUR_BRANCH.len()..].starts_with(&hash))
         })
@@ -154,7 +154,7 @@ impl Core {
         };
         // Requests addressed to the server itself (no user part).
         let addressed_to_us = ruri.user.is_none()
-            && (self.is_own(&ruri.host, ruri.port)
+            && (self.out.is_own(&ruri.host, ruri.port)
                 || match self.serves_domain(&ruri.host.to_string()).await {
                     Ok(served) => served,
                     Err(_) => {
@@ -356,10 +356,8 @@ impl Core {
         // service keeps is RFC 6665 §8.2.1 / RFC 3903 §6: 489 Bad Event.
         if !in_dialog && matches!(method, Method::Subscribe | Method::Publish) {
             let mut resp = self.response(msg, 489);
-            if let Some(events) = self.events.get() {
-                resp.headers
-                    .push(HeaderName::AllowEvents, events.allow_events());
-            }
+            resp.headers
+                .push(HeaderName::AllowEvents, self.events.allow_events());
             resp.headers.push(
                 HeaderName::Warning,
                 "399 switchboard \"event package not served\"",
@@ -385,7 +383,7 @@ impl Core {
             }
         }
         if method == Method::Invite && !in_dialog {
-            let session_im = bindings.iter().any(|b| self.on_association(b.flow));
+            let session_im = bindings.iter().any(|b| self.out.on_association(b.flow));
             let answer = self
                 .hook
                 .before_invite(
@@ -437,7 +435,7 @@ impl Core {
         ruri: &sip_message::SipUri,
         from_aor: &str,
     ) -> Option<()> {
-        let events = self.events.get()?;
+        let events = &self.events;
         let event = req
             .message
             .headers
@@ -542,7 +540,7 @@ impl Core {
         ruri: &sip_message::SipUri,
         flow: crate::cookie::FlowKey,
     ) -> Binding {
-        let mut b = Self::unregistered_binding(ruri);
+        let mut b = crate::outbound::Paths::unregistered_binding(ruri);
         let mut conn = b.flow.conn();
         conn.transport = transport_of(flow.transport);
         conn.remote = flow.remote;
@@ -578,7 +576,7 @@ impl Core {
             let Some(u) = r.uri.as_sip_mut() else {
                 continue;
             };
-            if !self.is_own(&u.host, u.port) {
+            if !self.out.is_own(&u.host, u.port) {
                 continue;
             }
             let Some(cookie) = u.params.value(crate::cookie::ROUTE_PARAM) else {
@@ -602,57 +600,6 @@ impl Core {
         resp
     }
 
-    /// The path to a binding. Over a stream: the connection it registered on while that is
-    /// open (connection reuse: the only way to reach NATed and TLS clients), else its
-    /// Contact. Over UDP: its Contact when that is on the address the REGISTER came from,
-    /// else the REGISTER's source address (a Contact behind NAT, `;alias` style).
-    pub(crate) fn hop_for(&self, b: &Binding) -> Hop {
-        let flow: Source = source_of(b.flow);
-        let contact = b.contact_addr().map(|(t, a)| (kind_of(t), a));
-        let (target, transport) = match flow.connection {
-            // Its flow's address (an open connection to it, or a new one), whatever the
-            // Contact says.
-            _ if b.pinned => (Target::Addr(flow.transport, flow.remote), flow.transport),
-            Some(id) => {
-                let fallback = contact.filter(|(_, a)| *a != flow.remote);
-                (Target::Connection { id, fallback }, flow.transport)
-            }
-            None => match contact {
-                // A stream contact that never registered over a connection (a dialog's
-                // remote target): an open connection to it, or a new one.
-                Some((kind, a)) if kind != TransportKind::Udp && flow.transport == kind => {
-                    (Target::Addr(kind, a), kind)
-                }
-                Some((TransportKind::Udp, a)) if a.ip() == flow.remote.ip() => {
-                    (Target::Addr(TransportKind::Udp, a), TransportKind::Udp)
-                }
-                _ => (
-                    Target::Addr(TransportKind::Udp, flow.remote),
-                    TransportKind::Udp,
-                ),
-            },
-        };
-        // Via and Record-Route name our listening address for the transport.
-        let listen = self
-            .layer
-            .transports()
-            .listening(transport)
-            .unwrap_or(flow.local);
-        let local = if listen.ip().is_unspecified() {
-            SocketAddr::new(
-                self.layer.transports().local_ip_for(flow.remote.ip()),
-                listen.port(),
-            )
-        } else {
-            listen
-        };
-        Hop {
-            target,
-            transport,
-            local,
-        }
-    }
-
     /// Carries out an IM hook's decision; true when the request was answered here.
     async fn answer_decision(&self, req: &ServerRequest, decision: HookDecision) -> bool {
         let (status, headers) = match decision {
@@ -666,64 +613,6 @@ impl Core {
         }
         req.tx.respond(&resp).await;
         true
-    }
-
-    /// A dialog's remote target reached over the flow the dialog came from (whatever
-    /// its Contact says: it may name no IP address at all, e.g. `*.invalid`).
-    pub(crate) fn flow_target(ruri: &sip_message::SipUri, flow: Source) -> Binding {
-        // Routed by the flow alone: a contact naming the flow's far end, so a Contact
-        // without a port (or naming a host of ours, like a GRUU) cannot send it elsewhere.
-        let mut via_flow = ruri.clone();
-        via_flow.host = host_of(flow.remote);
-        via_flow.port = Some(flow.remote.port());
-        via_flow
-            .params
-            .set("transport", Some(flow.transport.param()));
-        let mut b = Self::unregistered_binding(&via_flow);
-        b.flow = flow_of(&flow);
-        b
-    }
-
-    /// The registered device a GRUU (RFC 5627) Request-URI names, if it is one of ours.
-    pub(crate) fn gruu_binding(&self, ruri: &sip_message::SipUri) -> Option<Binding> {
-        let gr = ruri.params.get("gr");
-        let user = ruri.user_unescaped().unwrap_or_default();
-        if gr.is_none() && !user.starts_with("tgruu.") {
-            return None;
-        }
-        let aor = format!("sip:{user}@{}", ruri.host);
-        self.location
-            .lookup_gruu(&aor, gr.flatten(), &user)
-            .map(|(_, b)| b)
-    }
-
-    fn unregistered_binding(ruri: &sip_message::SipUri) -> Binding {
-        let contact = NameAddr::new(Uri::Sip(ruri.clone()));
-        Binding {
-            contact_key: contact.uri.to_string(),
-            contact,
-            expires_at: tokio::time::Instant::now(),
-            call_id: String::new(),
-            cseq: 0,
-            instance: None,
-            reg_id: None,
-            flow: flow_of(&Source {
-                transport: TransportKind::Udp,
-                remote: SocketAddr::from(([0, 0, 0, 0], 0)),
-                local: SocketAddr::from(([0, 0, 0, 0], 0)),
-                connection: None,
-            }),
-            temp_gruu: None,
-            pinned: false,
-        }
-    }
-
-    /// A Contact naming this server itself would make the request loop.
-    pub(crate) fn is_own_hop(&self, hop: &Hop) -> bool {
-        match hop.target {
-            Target::Addr(_, a) => self.is_own(&host_of(a), Some(a.port())),
-            Target::Connection { .. } => false,
-        }
     }
 
     /// §16.6: the request for one branch.
@@ -834,8 +723,8 @@ impl Core {
         let (ev_tx, mut ev_rx) = mailbox::<(usize, ClientEvent)>();
         let mut branches: Vec<Branch> = Vec::new();
         for b in &bindings {
-            let hop = self.hop_for(b);
-            if self.is_own_hop(&hop) {
+            let hop = self.out.hop_for(b);
+            if self.out.is_own_hop(&hop) {
                 continue;
             }
             let idx = branches.len();
@@ -1034,9 +923,9 @@ impl Core {
         let b = self
             .location
             .binding_for_contact(&Uri::Sip(uri.clone()), to_aor(&msg).as_deref())
-            .or_else(|| self.gruu_binding(&uri))
+            .or_else(|| self.out.gruu_binding(&uri))
             .unwrap_or_else(|| self.pinned_target(&uri, peer));
-        let hop = self.hop_for(&b);
+        let hop = self.out.hop_for(&b);
         let mf = msg
             .header_u32(&HeaderName::MaxForwards)
             .ok()
@@ -1083,7 +972,7 @@ impl Core {
         else {
             return;
         };
-        if !self.is_own(&top.host, top.port)
+        if !self.out.is_own(&top.host, top.port)
             || !crate::cookie::constant_eq(mac, &self.cookies.branch_mac(next))
         {
             tracing::debug!(source = %resp.source.remote, "stray response not ours dropped");
@@ -1133,7 +1022,7 @@ pub(crate) fn to_aor(msg: &Message) -> Option<String> {
         .map(|a| format!("sip:{a}"))
 }
 
-fn host_of(a: SocketAddr) -> Host {
+pub(crate) fn host_of(a: SocketAddr) -> Host {
     match a.ip() {
         std::net::IpAddr::V4(v) => Host::V4(v),
         std::net::IpAddr::V6(v) => Host::V6(v),

@@ -34,12 +34,16 @@ pub async fn start<D>(data: Arc<D>, cfg: PresenceConfig) -> (Arc<PresenceService
 where
     D: ContactData + PresenceData + Directory,
 {
-    let svc = PresenceService::start(data.clone(), data.clone(), data, cfg).await;
     let captured = Arc::new(Captured::default());
-    let d: Arc<dyn Deliverer> = captured.clone();
-    svc.attach(Arc::downgrade(&d));
-    // Keep the deliverer alive for the test's length.
-    std::mem::forget(d);
+    let svc = PresenceService::start(
+        data.clone(),
+        data.clone(),
+        data,
+        cfg,
+        captured.clone(),
+        None,
+    )
+    .await;
     (svc, captured)
 }
 
