@@ -63,7 +63,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use sip_message::{HeaderName, Message};
-use switchboard_core::seam::{Deliverer, Delivery, Flow, HookDecision, ImHook, ServiceAnswer};
+use switchboard_core::seam::{
+    Deliverer, Delivery, Flow, HookDecision, ImHook, Responder, ServiceAnswer,
+};
 use switchboard_core::{
     CdrData, DataError, Directory, Keep, OfflineData, OfflineMessage, ParticipantRecord, Run,
     SessionRecord,
@@ -657,6 +659,54 @@ impl ImService {
     }
 }
 
+impl ImService {
+    /// How to answer a request to one of the service's resources (see `to_service`).
+    async fn service_answer(
+        &self,
+        msg: &Message,
+        from: &str,
+        to: &str,
+        flow: Flow,
+    ) -> ServiceAnswer {
+        self.names.learn(&[from]).await;
+        let command = conference::command_of(msg);
+        let invited = self.names.invitee_of(command.as_deref()).await;
+        if let Some(answer) = self.bridged(msg, from, invited.clone()) {
+            return answer;
+        }
+        match c3p::part_of(msg) {
+            c3p::Part::FocusFactory => return self.focus_factory(msg, from),
+            c3p::Part::Focus => return self.to_focus(msg, from, to, flow),
+            c3p::Part::Chat => {}
+        }
+        match msg.method() {
+            Some(sip_message::Method::Message) => self.conference_message(msg, from, to, invited),
+            Some(sip_message::Method::Subscribe) => self.subscribe(msg, from, to, flow),
+            Some(sip_message::Method::Invite)
+                if msg
+                    .to_header()
+                    .ok()
+                    .and_then(|t| t.tag().map(str::to_owned))
+                    .is_none() =>
+            {
+                self.conference_invite(msg, from, to, flow)
+            }
+            Some(sip_message::Method::Bye) => self.conference_bye(msg, from, to),
+            // Typing notices in a member's chat session: accepted, not spread.
+            Some(sip_message::Method::Info)
+                if self
+                    .member_dialogs
+                    .lock()
+                    .contains_key(&(to.to_owned(), from.to_owned())) =>
+            {
+                ServiceAnswer::status(200)
+            }
+            // re-INVITE, INFO and the rest: not part of a group chat.
+            _ => ServiceAnswer::status(501),
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl ImHook for ImService {
     async fn before_message(
@@ -892,46 +942,17 @@ impl ImHook for ImService {
         None
     }
 
-    async fn to_service(&self, msg: &Message, from: &str, to: &str, flow: Flow) -> ServiceAnswer {
-        self.names.learn(&[from]).await;
-        let command = conference::command_of(msg);
-        let invited = self.names.invitee_of(command.as_deref()).await;
-        if let Some(answer) = self.bridged(msg, from, invited.clone()) {
-            return answer;
-        }
-        match c3p::part_of(msg) {
-            c3p::Part::FocusFactory => return self.focus_factory(msg, from),
-            c3p::Part::Focus => return self.to_focus(msg, from, to, flow),
-            c3p::Part::Chat => {}
-        }
-        match msg.method() {
-            Some(sip_message::Method::Message) => self.conference_message(msg, from, to, invited),
-            Some(sip_message::Method::Subscribe) => self.subscribe(msg, from, to, flow),
-            Some(sip_message::Method::Invite)
-                if msg
-                    .to_header()
-                    .ok()
-                    .and_then(|t| t.tag().map(str::to_owned))
-                    .is_none() =>
-            {
-                self.conference_invite(msg, from, to, flow)
-            }
-            Some(sip_message::Method::Bye) => self.conference_bye(msg, from, to),
-            // Typing notices in a member's chat session: accepted, not spread.
-            Some(sip_message::Method::Info)
-                if self
-                    .member_dialogs
-                    .lock()
-                    .contains_key(&(to.to_owned(), from.to_owned())) =>
-            {
-                ServiceAnswer::status(200)
-            }
-            // re-INVITE, INFO and the rest: not part of a group chat.
-            _ => ServiceAnswer::status(501),
-        }
-    }
-
-    async fn service_answered(&self, msg: &Message, from: &str, to: &str, status: u16) {
+    async fn to_service(
+        &self,
+        msg: &Message,
+        from: &str,
+        to: &str,
+        flow: Flow,
+        responder: Responder<'_>,
+    ) {
+        let status = responder
+            .send(self.service_answer(msg, from, to, flow).await)
+            .await;
         // A member just joined the chat by INVITE: what was held for them follows the 2xx.
         if msg.method() == Some(&sip_message::Method::Invite)
             && (200..300).contains(&status)

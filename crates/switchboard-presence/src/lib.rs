@@ -75,7 +75,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use sip_message::Message;
-use switchboard_core::seam::{Connection, Deliverer, EventHook, Flow, ServiceAnswer};
+use switchboard_core::seam::{Connection, Deliverer, EventHook, Flow, Responder, ServiceAnswer};
 use switchboard_core::{
     ContactData, ContactList, DataError, Directory, PresenceData, Relationship, StoredPresence,
 };
@@ -597,22 +597,28 @@ impl EventHook for PresenceService {
         ALLOW_EVENTS.into()
     }
 
-    async fn handle(&self, msg: &Message, from: &str, to: &str, source: Flow) -> ServiceAnswer {
-        match msg.method() {
+    async fn handle(
+        &self,
+        msg: &Message,
+        from: &str,
+        to: &str,
+        source: Flow,
+        responder: Responder<'_>,
+    ) {
+        let answer = match msg.method() {
             Some(sip_message::Method::Publish) => self.publish(msg, from, to).await,
             Some(sip_message::Method::Subscribe) => self.subscribe(msg, from, to, source).await,
             Some(sip_message::Method::Service) => self.service(msg, from, to, source).await,
             _ => ServiceAnswer::status(405),
+        };
+        let status = responder.send(answer).await;
+        // RFC 6665 §4.2.1.2: the first NOTIFY goes once the 200 has.
+        if (200..300).contains(&status) && msg.method() == Some(&sip_message::Method::Subscribe) {
+            self.answered_subscribe(msg, from);
         }
     }
 
     fn flow_closed(&self, id: Connection) {
         self.lync_flow_closed(id);
-    }
-
-    async fn answered(&self, msg: &Message, from: &str, status: u16) {
-        if (200..300).contains(&status) && msg.method() == Some(&sip_message::Method::Subscribe) {
-            self.answered_subscribe(msg, from);
-        }
     }
 }

@@ -14,7 +14,9 @@ use switchboard_core::Address;
 use switchboard_registrar::Binding;
 use tokio::sync::Notify;
 
-use switchboard_core::seam::{HookDecision, ServiceAnswer};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use switchboard_core::seam::{AnswerPort, HookDecision, Responder, ServiceAnswer};
 
 use crate::flow::{flow_of, transport_of};
 use crate::ntlm_auth::{strip_hop_signatures, SignedRequest};
@@ -73,6 +75,45 @@ struct Classified {
     domain_target: bool,
     /// In a dialog: the device (or the dialog's other party) it goes to.
     contact_binding: Option<Binding>,
+}
+
+/// The router's side of a [`Responder`] for `req`: the service's answer goes out as
+/// the final response, and [`Answering::finish`] answers 500 when there was none.
+struct Answering<'a> {
+    core: &'a Core,
+    req: &'a ServerRequest,
+    sent: AtomicBool,
+}
+
+impl<'a> Answering<'a> {
+    fn new(core: &'a Core, req: &'a ServerRequest) -> Self {
+        Answering {
+            core,
+            req,
+            sent: AtomicBool::new(false),
+        }
+    }
+
+    /// The service returned: a request it left unanswered gets 500 (never no answer).
+    async fn finish(self) {
+        if !self.sent.load(Ordering::Acquire) {
+            tracing::error!(
+                method = ?self.req.message.method(),
+                "a service returned without answering; answered 500"
+            );
+            self.core.respond(self.req, 500).await;
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl AnswerPort for Answering<'_> {
+    async fn answer(&self, answer: ServiceAnswer) -> u16 {
+        self.sent.store(true, Ordering::Release);
+        let status = answer.status;
+        self.core.answer_service(self.req, answer).await;
+        status
+    }
 }
 
 /// One branch of a forked request (§16.6): what was sent where, and how far it got.
@@ -340,16 +381,17 @@ impl Core {
             };
         }
         if self.hook.serves(&aor) {
-            let answer = self
-                .hook
-                .to_service(msg, &from_aor, &aor, flow_of(&req.source))
-                .await;
-            let status = answer.status;
-            self.answer_service(&req, answer).await;
+            let port = Answering::new(&self, &req);
             self.hook
-                .service_answered(msg, &from_aor, &aor, status)
+                .to_service(
+                    msg,
+                    &from_aor,
+                    &aor,
+                    flow_of(&req.source),
+                    Responder::new(&port),
+                )
                 .await;
-            return;
+            return port.finish().await;
         }
         // Event state (presence, and anything else published or subscribed to) is kept by
         // a service on the server, never forked to the user's own devices; an event no
@@ -477,12 +519,17 @@ impl Core {
                 return Some(());
             }
         }
-        let answer = events
-            .handle(&req.message, from_aor, &to_aor, flow_of(&req.source))
+        let port = Answering::new(self, req);
+        events
+            .handle(
+                &req.message,
+                from_aor,
+                &to_aor,
+                flow_of(&req.source),
+                Responder::new(&port),
+            )
             .await;
-        let status = answer.status;
-        self.answer_service(req, answer).await;
-        events.answered(&req.message, from_aor, status).await;
+        port.finish().await;
         Some(())
     }
 

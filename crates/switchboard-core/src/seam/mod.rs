@@ -98,19 +98,48 @@ pub trait ImHook: Send + Sync + 'static {
         false
     }
     /// An authenticated request from `from` to a resource `serves` claimed (in a dialog
-    /// with it or not), which arrived over `flow`; returns how to answer it.
+    /// with it or not), which arrived over `flow`. The service answers it through
+    /// `responder`, then sends what must follow the answer in the dialog (messages held
+    /// for a member who just joined).
     async fn to_service(
         &self,
         _msg: &Message,
         _from: &str,
         _to: &str,
         _flow: Flow,
-    ) -> ServiceAnswer {
-        ServiceAnswer::status(404)
+        responder: Responder<'_>,
+    ) {
+        responder.send(ServiceAnswer::status(404)).await;
     }
-    /// The answer `to_service` gave (`status`) has been sent: what must follow it in the
-    /// dialog (messages held for a member who just joined) can go now.
-    async fn service_answered(&self, _msg: &Message, _from: &str, _to: &str, _status: u16) {}
+}
+
+/// The router's side of a [`Responder`]: sends a service's answer as the final response
+/// to the request it holds.
+#[async_trait::async_trait]
+pub trait AnswerPort: Send + Sync {
+    /// Sends `answer`; returns its status.
+    async fn answer(&self, answer: ServiceAnswer) -> u16;
+}
+
+/// How a service answers a request the router handed it: once, with [`Responder::send`],
+/// which returns when the response has gone, so what must follow it (RFC 6665
+/// §4.2.1.2: the NOTIFY after the 200) can go next. A service that returns without
+/// answering leaves the request to the router, which answers 500: a transaction is never
+/// left unanswered.
+pub struct Responder<'a> {
+    port: &'a dyn AnswerPort,
+}
+
+impl<'a> Responder<'a> {
+    /// For the router: answers go to `port`.
+    pub fn new(port: &'a dyn AnswerPort) -> Self {
+        Responder { port }
+    }
+
+    /// Sends `answer` as the final response; returns its status once it has gone.
+    pub async fn send(self, answer: ServiceAnswer) -> u16 {
+        self.port.answer(answer).await
+    }
 }
 
 /// How the core answers a request the IM service took.
@@ -146,12 +175,17 @@ pub trait EventHook: Send + Sync + 'static {
     fn serves_event(&self, event: &str) -> bool;
     /// The event packages served, for `Allow-Events`.
     fn allow_events(&self) -> String;
-    /// An authenticated SUBSCRIBE, PUBLISH or SERVICE from `from` for `to` (both AoRs `sip:u@d`)
-    /// that arrived over `flow`; returns how to answer it.
-    async fn handle(&self, msg: &Message, from: &str, to: &str, flow: Flow) -> ServiceAnswer;
-    /// `msg` (which `handle` took, from `from`) has been answered with `status`: what
-    /// must follow the answer (RFC 6665 §4.2.1.2: the NOTIFY after a 200) goes now.
-    async fn answered(&self, _msg: &Message, _from: &str, _status: u16) {}
+    /// An authenticated SUBSCRIBE, PUBLISH or SERVICE from `from` for `to` (both AoRs
+    /// `sip:u@d`) that arrived over `flow`. The service answers it through `responder`,
+    /// then sends what must follow the answer (RFC 6665 §4.2.1.2: the NOTIFY after a 200).
+    async fn handle(
+        &self,
+        msg: &Message,
+        from: &str,
+        to: &str,
+        flow: Flow,
+        responder: Responder<'_>,
+    );
     /// A stream connection closed: state tied to the endpoint on it (a Lync client's
     /// endpoint publications) goes with it.
     fn flow_closed(&self, _connection: Connection) {}

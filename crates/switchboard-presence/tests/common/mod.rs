@@ -11,7 +11,10 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use sip_message::{parse_datagram, Message};
-use switchboard_core::seam::{Conn, Deliverer, Delivery, Flow, FrontEnd, Transport};
+use switchboard_core::seam::{
+    AnswerPort, Conn, Deliverer, Delivery, EventHook, Flow, FrontEnd, Responder, ServiceAnswer,
+    Transport,
+};
 use switchboard_core::{Address, ContactData, Directory, PresenceData};
 use switchboard_presence::{PresenceConfig, PresenceService};
 use switchboard_store::SqliteStore;
@@ -82,6 +85,29 @@ impl Deliverer for Captured {
 impl Captured {
     pub fn take(&self) -> Vec<Message> {
         std::mem::take(&mut *self.0.lock())
+    }
+}
+
+/// Hands `msg` from `from` to `to` to the service as the router does, over
+/// [`source`]; returns the answer it sent (what follows it, a NOTIFY, is captured).
+pub async fn handle(svc: &PresenceService, msg: &Message, from: &str, to: &str) -> ServiceAnswer {
+    let port = Answer::default();
+    svc.handle(msg, from, to, source(), Responder::new(&port))
+        .await;
+    let answer = port.0.lock().take();
+    answer.expect("the service answered")
+}
+
+/// Keeps the answer a service sent.
+#[derive(Default)]
+struct Answer(Mutex<Option<ServiceAnswer>>);
+
+#[async_trait::async_trait]
+impl AnswerPort for Answer {
+    async fn answer(&self, answer: ServiceAnswer) -> u16 {
+        let status = answer.status;
+        *self.0.lock() = Some(answer);
+        status
     }
 }
 
