@@ -24,7 +24,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use sip_message::{HeaderName, Message};
-use switchboard_core::seam::{Delivery, Flow, HookDecision, ServiceAnswer};
+use switchboard_core::seam::{Delivery, Flow, ServiceAnswer};
 use switchboard_core::{Keep, OfflineMessage};
 
 use crate::{count, now_ms, Conversation, ImService, Participant};
@@ -350,18 +350,18 @@ impl ImService {
         session_id: String,
         members: Vec<String>,
         third: Option<Result<String, String>>,
-    ) -> HookDecision {
+    ) -> crate::Decision {
         let third = match third {
-            None => return HookDecision::Respond(400),
+            None => return crate::Decision::Respond(400),
             Some(Ok(t)) => t,
-            Some(Err(_)) => return HookDecision::Respond(404),
+            Some(Err(_)) => return crate::Decision::Respond(404),
         };
         let mut all: Vec<&str> = members.iter().map(String::as_str).collect();
         if !all.contains(&third.as_str()) {
             all.push(&third);
         }
         match self.open_conference(from, Some(session_id), &all) {
-            Ok(_) => HookDecision::RespondWith(202, vec![("Refer-Sub".into(), "false".into())]),
+            Ok(_) => crate::Decision::RespondWith(202, vec![("Refer-Sub".into(), "false".into())]),
             Err(refusal) => crate::decision(refusal),
         }
     }

@@ -2,9 +2,10 @@
 //!
 //! Every instant message between users passes through here, which is what makes call
 //! detail records possible (the seed: "the IM MCU sits in the middle of every IM, even
-//! two-party"). The service attaches to the SIP core as its [`ImHook`]: the core asks it
-//! before relaying each pager-mode MESSAGE (RFC 3428) and tells it the outcome; the
-//! service originates MESSAGEs through the core's [`Deliverer`] to deliver stored ones.
+//! two-party"). The service attaches to the router as its [`ImHook`]: the router hands
+//! it each pager-mode MESSAGE (RFC 3428) with a [`Relay`], which the service answers or
+//! lets go on, learning the outcome in the same call; the service originates MESSAGEs
+//! through the router's [`Deliverer`] to deliver stored ones.
 //! Both seams are `switchboard-core`'s (`seam`): this crate depends on core, sip-message
 //! and msrtc, never on the router or a transport.
 //!
@@ -64,7 +65,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use sip_message::{HeaderName, Message};
 use switchboard_core::seam::{
-    Deliverer, Delivery, Flow, HookDecision, ImHook, Responder, ServiceAnswer,
+    Deliverer, Delivery, Flow, ImHook, Reach, Relay, Responder, ServiceAnswer,
 };
 use switchboard_core::{
     CdrData, DataError, Directory, Keep, OfflineData, OfflineMessage, ParticipantRecord, Run,
@@ -320,8 +321,34 @@ pub fn offers_message_media(invite: &Message) -> bool {
 }
 
 /// A refusal as the core's answer to a request the hook decides on.
-pub(crate) fn decision(a: ServiceAnswer) -> HookDecision {
-    HookDecision::RespondWith(a.status, a.headers)
+/// What the service decides about a request the router holds for it (a [`Relay`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// Let it go on its way.
+    Relay,
+    /// Answer it with this status instead (e.g. 202 when stored for later delivery).
+    Respond(u16),
+    /// Answer it with this status and these extra header fields.
+    RespondWith(u16, Vec<(String, String)>),
+}
+
+/// Carries out `decision` on `relay`: the final status when it was relayed.
+async fn carry_out(relay: Relay, decision: Decision) -> Option<u16> {
+    match decision {
+        Decision::Relay => relay.forward().await,
+        Decision::Respond(status) => {
+            relay.respond(status, Vec::new()).await;
+            None
+        }
+        Decision::RespondWith(status, headers) => {
+            relay.respond(status, headers).await;
+            None
+        }
+    }
+}
+
+pub(crate) fn decision(a: ServiceAnswer) -> Decision {
+    Decision::RespondWith(a.status, a.headers)
 }
 
 /// An answer refusing a request with `status` and a Warning saying why (RFC 3261 §20.43).
@@ -705,23 +732,15 @@ impl ImService {
             _ => ServiceAnswer::status(501),
         }
     }
-}
 
-#[async_trait::async_trait]
-impl ImHook for ImService {
-    async fn before_message(
-        &self,
-        msg: &Message,
-        from: &str,
-        to: &str,
-        online: bool,
-    ) -> HookDecision {
+    /// What to do with a pager-mode MESSAGE before it is relayed (see `message`).
+    async fn decide_message(&self, msg: &Message, from: &str, to: &str, online: bool) -> Decision {
         if let Some(command) = conference::command_of(msg) {
             // Chat commands are answered by the service, never delivered.
             self.names.learn(&[from, to]).await;
             let invited = self.names.invitee_of(Some(&command)).await;
             return match self.pair_command(from, to, command, invited) {
-                None => HookDecision::Respond(200),
+                None => Decision::Respond(200),
                 Some(refusal) => decision(refusal),
             };
         }
@@ -729,11 +748,11 @@ impl ImHook for ImService {
             if is_instant_message(msg) && !self.ensure_conversation(from, to).await {
                 return decision(Self::cannot_record());
             }
-            return HookDecision::Relay;
+            return Decision::Relay;
         }
         if !is_instant_message(msg) {
             // A receipt or typing notice for someone offline is not worth keeping.
-            return HookDecision::Respond(480);
+            return Decision::Respond(480);
         }
         let stored = OfflineMessage {
             id: 0,
@@ -760,7 +779,7 @@ impl ImHook for ImService {
             // RFC 3428 §7: 202 Accepted, the message will be delivered later.
             Ok(Keep::Kept) => {
                 self.record(from, to, device_of(msg), msg.body.len());
-                HookDecision::Respond(202)
+                Decision::Respond(202)
             }
             Ok(Keep::SenderFull) => {
                 let max = self.config.offline_max_per_sender;
@@ -789,9 +808,89 @@ impl ImHook for ImService {
         }
     }
 
-    async fn after_message(&self, msg: &Message, from: &str, to: &str, status: u16) {
+    /// A relayed MESSAGE got `status`: a delivered one counts.
+    fn count_message(&self, msg: &Message, from: &str, to: &str, status: u16) {
         if (200..300).contains(&status) && is_instant_message(msg) {
             self.record(from, to, device_of(msg), msg.body.len());
+        }
+    }
+
+    /// What to do with a request in a dialog before it is relayed (see `in_dialog`).
+    async fn decide_in_dialog(&self, msg: &Message, from: &str) -> Decision {
+        let Some(call_id) = msg.call_id() else {
+            return Decision::Relay;
+        };
+        let session = self.dialogs.lock().get(call_id).map(|c| {
+            (
+                c.id.clone(),
+                c.participants.keys().cloned().collect::<Vec<_>>(),
+            )
+        });
+        if let Some((session_id, members)) = session {
+            if msg.method() == Some(&sip_message::Method::Refer) {
+                let target = conference::refer_target(msg);
+                let third = match &target {
+                    Some(t) => Some(self.names.user(t.trim_start_matches("sip:")).await),
+                    None => None,
+                };
+                return self.refer(from, session_id, members, third);
+            }
+            return Decision::Relay;
+        }
+        if self.ended_dialogs.lock().contains_key(call_id) {
+            // RFC 3261 §12.2.2: the session is gone.
+            return Decision::Respond(481);
+        }
+        Decision::Relay
+    }
+
+    /// A relayed request in a dialog got `status`: messages count, a BYE ends the
+    /// session.
+    fn after_in_dialog(&self, msg: &Message, from: &str, status: u16) {
+        let Some(call_id) = msg.call_id() else { return };
+        let method = msg.method().cloned();
+        let mut dialogs = self.dialogs.lock();
+        let Some(conv) = dialogs.get_mut(call_id) else {
+            return;
+        };
+        match method {
+            Some(sip_message::Method::Message)
+                if (200..300).contains(&status) && is_instant_message(msg) =>
+            {
+                count(conv, from, device_of(msg), msg.body.len());
+            }
+            Some(sip_message::Method::Bye) if status >= 200 => {
+                let conv = dialogs.remove(call_id).expect("present above");
+                drop(dialogs);
+                self.ended_dialogs
+                    .lock()
+                    .insert(call_id.to_owned(), Instant::now());
+                self.finish(&conv.id, conv.records(None, false), now_ms(), "bye");
+            }
+            _ => conv.last_activity = Instant::now(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ImHook for ImService {
+    async fn message(&self, msg: &Message, from: &str, to: &str, reach: Reach, relay: Relay) {
+        let decision = match reach {
+            // A GRUU names one device: the message goes to it as addressed; only its
+            // outcome counts.
+            Reach::Device => Decision::Relay,
+            Reach::Online => self.decide_message(msg, from, to, true).await,
+            Reach::Offline => self.decide_message(msg, from, to, false).await,
+        };
+        if let Some(status) = carry_out(relay, decision).await {
+            self.count_message(msg, from, to, status);
+        }
+    }
+
+    async fn in_dialog(&self, msg: &Message, from: &str, relay: Relay) {
+        let decision = self.decide_in_dialog(msg, from).await;
+        if let Some(status) = carry_out(relay, decision).await {
+            self.after_in_dialog(msg, from, status);
         }
     }
 
@@ -857,59 +956,6 @@ impl ImHook for ImService {
     async fn invite_failed(&self, msg: &Message, from: &str, _to: &str) {
         if let Some(call_id) = msg.call_id() {
             self.release_invite_place(call_id, from);
-        }
-    }
-
-    async fn in_dialog(&self, msg: &Message, from: &str) -> HookDecision {
-        let Some(call_id) = msg.call_id() else {
-            return HookDecision::Relay;
-        };
-        let session = self.dialogs.lock().get(call_id).map(|c| {
-            (
-                c.id.clone(),
-                c.participants.keys().cloned().collect::<Vec<_>>(),
-            )
-        });
-        if let Some((session_id, members)) = session {
-            if msg.method() == Some(&sip_message::Method::Refer) {
-                let target = conference::refer_target(msg);
-                let third = match &target {
-                    Some(t) => Some(self.names.user(t.trim_start_matches("sip:")).await),
-                    None => None,
-                };
-                return self.refer(from, session_id, members, third);
-            }
-            return HookDecision::Relay;
-        }
-        if self.ended_dialogs.lock().contains_key(call_id) {
-            // RFC 3261 §12.2.2: the session is gone.
-            return HookDecision::Respond(481);
-        }
-        HookDecision::Relay
-    }
-
-    async fn after_in_dialog(&self, msg: &Message, from: &str, status: u16) {
-        let Some(call_id) = msg.call_id() else { return };
-        let method = msg.method().cloned();
-        let mut dialogs = self.dialogs.lock();
-        let Some(conv) = dialogs.get_mut(call_id) else {
-            return;
-        };
-        match method {
-            Some(sip_message::Method::Message)
-                if (200..300).contains(&status) && is_instant_message(msg) =>
-            {
-                count(conv, from, device_of(msg), msg.body.len());
-            }
-            Some(sip_message::Method::Bye) if status >= 200 => {
-                let conv = dialogs.remove(call_id).expect("present above");
-                drop(dialogs);
-                self.ended_dialogs
-                    .lock()
-                    .insert(call_id.to_owned(), Instant::now());
-                self.finish(&conv.id, conv.records(None, false), now_ms(), "bye");
-            }
-            _ => conv.last_activity = Instant::now(),
         }
     }
 

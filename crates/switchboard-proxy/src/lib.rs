@@ -33,6 +33,7 @@ mod cookie;
 mod flow;
 mod ntlm_auth;
 mod outbound;
+mod relay;
 mod routing;
 
 pub use outbound::Outbound;

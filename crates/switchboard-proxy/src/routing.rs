@@ -16,10 +16,11 @@ use tokio::sync::Notify;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use switchboard_core::seam::{AnswerPort, HookDecision, Responder, ServiceAnswer};
+use switchboard_core::seam::{AnswerPort, Reach, Responder, ServiceAnswer};
 
 use crate::flow::{flow_of, transport_of};
 use crate::ntlm_auth::{strip_hop_signatures, SignedRequest};
+use crate::relay::{Next, Settle};
 use crate::Core;
 
 /// Prefix of the branches we generate; the loop-detection hash follows it.
@@ -66,7 +67,7 @@ fn loop_hash(msg: &Message) -> String {
 
 /// Where an outbound request goes and what we say about ourselves on that path.
 /// What [`Core::classify`] found a routed request to be.
-struct Classified {
+pub(crate) struct Classified {
     method: Method,
     ruri: sip_message::SipUri,
     /// It carries a To tag.
@@ -326,36 +327,52 @@ impl Core {
         Some(format!("sip:{sender}"))
     }
 
-    /// Who takes it: an event service, the IM service, the dialog's other party, or the
-    /// target user's devices (forked, §16.6).
+    /// Who takes it: an event service, the IM service (which sees every request in a
+    /// dialog first), the dialog's other party, or the target user's devices.
     async fn dispatch(self: Arc<Self>, req: ServerRequest, target: Classified, from_aor: String) {
+        if matches!(
+            target.method,
+            Method::Subscribe | Method::Publish | Method::Service
+        ) && target.domain_target
+        {
+            if let Some(answered) = self.to_event_service(&req, &target.ruri, &from_aor).await {
+                return answered;
+            }
+        }
+        if target.in_dialog {
+            let (hook, msg, from) = (self.hook.clone(), req.message.clone(), from_aor.clone());
+            return self
+                .through_service(
+                    req,
+                    &from_aor,
+                    Next::Route(Box::new(target)),
+                    |relay| async move { hook.in_dialog(&msg, &from, relay).await },
+                )
+                .await;
+        }
+        self.route(req, target, from_aor, None).await
+    }
+
+    /// Routes a request no service answered: to a resource of the IM service, the
+    /// dialog's other party, or the target user's devices (forked, §16.6). `settle`
+    /// carries a relayed request's final status to the IM service holding it.
+    pub(crate) async fn route(
+        self: Arc<Self>,
+        req: ServerRequest,
+        target: Classified,
+        from_aor: String,
+        settle: Option<Settle>,
+    ) {
         let Classified {
             method,
             ruri,
             in_dialog,
-            domain_target,
+            domain_target: _,
             contact_binding,
         } = target;
         let msg = &req.message;
-        if matches!(
-            method,
-            Method::Subscribe | Method::Publish | Method::Service
-        ) && domain_target
-        {
-            if let Some(answered) = self.to_event_service(&req, &ruri, &from_aor).await {
-                return answered;
-            }
-        }
-
-        if in_dialog
-            && self
-                .answer_decision(&req, self.hook.in_dialog(msg, &from_aor).await)
-                .await
-        {
-            return;
-        }
         if let Some(b) = contact_binding {
-            return self.spawn_forward(req, vec![b], from_aor, None);
+            return self.spawn_forward(req, vec![b], from_aor, None, settle);
         }
 
         // Target: a GRUU (one device) or an AoR (all devices).
@@ -375,7 +392,16 @@ impl Core {
                             return self.answer_service(&req, refusal).await;
                         }
                     }
-                    self.spawn_forward(req, vec![b], from_aor, Some(aor))
+                    if method == Method::Message && !in_dialog {
+                        let next = Next::Fork {
+                            bindings: vec![b],
+                            to_aor: aor.clone(),
+                        };
+                        return self
+                            .message_to_service(req, from_aor, aor, Reach::Device, next)
+                            .await;
+                    }
+                    self.spawn_forward(req, vec![b], from_aor, Some(aor), settle)
                 }
                 None => self.respond(&req, 480).await,
             };
@@ -416,13 +442,18 @@ impl Core {
         }
         let bindings = self.location.lookup(&aor);
         if method == Method::Message && !in_dialog {
-            let decision = self
-                .hook
-                .before_message(msg, &from_aor, &aor, !bindings.is_empty())
+            let reach = if bindings.is_empty() {
+                Reach::Offline
+            } else {
+                Reach::Online
+            };
+            let next = Next::Fork {
+                bindings,
+                to_aor: aor.clone(),
+            };
+            return self
+                .message_to_service(req, from_aor, aor, reach, next)
                 .await;
-            if self.answer_decision(&req, decision).await {
-                return;
-            }
         }
         if method == Method::Invite && !in_dialog {
             let session_im = bindings.iter().any(|b| self.out.on_association(b.flow));
@@ -449,7 +480,24 @@ impl Core {
                 return self.answer_service(&req, refusal).await;
             }
         }
-        self.spawn_forward(req, bindings, from_aor, Some(aor))
+        self.spawn_forward(req, bindings, from_aor, Some(aor), settle)
+    }
+
+    /// A pager-mode MESSAGE to the user `to_aor`: the IM service relays it (`next`) or
+    /// answers it.
+    async fn message_to_service(
+        self: Arc<Self>,
+        req: ServerRequest,
+        from_aor: String,
+        to_aor: String,
+        reach: Reach,
+        next: Next,
+    ) {
+        let (hook, msg, from) = (self.hook.clone(), req.message.clone(), from_aor.clone());
+        self.through_service(req, &from_aor, next, |relay| async move {
+            hook.message(&msg, &from, &to_aor, reach, relay).await
+        })
+        .await
     }
 
     /// Answers a request a service took, with the service's To tag, headers and body.
@@ -647,21 +695,6 @@ impl Core {
         resp
     }
 
-    /// Carries out an IM hook's decision; true when the request was answered here.
-    async fn answer_decision(&self, req: &ServerRequest, decision: HookDecision) -> bool {
-        let (status, headers) = match decision {
-            HookDecision::Relay => return false,
-            HookDecision::Respond(status) => (status, Vec::new()),
-            HookDecision::RespondWith(status, headers) => (status, headers),
-        };
-        let mut resp = self.response(&req.message, status);
-        for (name, value) in headers {
-            resp.headers.push(HeaderName::from_wire(&name), value);
-        }
-        req.tx.respond(&resp).await;
-        true
-    }
-
     /// §16.6: the request for one branch.
     fn branch_request(
         &self,
@@ -744,23 +777,26 @@ impl Core {
 
     /// Forwarding waits for devices to answer: it runs as its own task so the connection
     /// it came from keeps being read.
-    fn spawn_forward(
+    pub(crate) fn spawn_forward(
         self: Arc<Self>,
         req: ServerRequest,
         bindings: Vec<Binding>,
         from_aor: String,
         to_aor: Option<String>,
+        settle: Option<Settle>,
     ) {
-        tokio::spawn(self.forward(req, bindings, from_aor, to_aor));
+        tokio::spawn(self.forward(req, bindings, from_aor, to_aor, settle));
     }
 
-    /// Forks `req` to `bindings` in parallel and returns the best response (§16.7).
+    /// Forks `req` to `bindings` in parallel and returns the best response (§16.7). A
+    /// non-INVITE's final status goes to the IM service holding it (`settle`) first.
     pub(crate) async fn forward(
         self: Arc<Self>,
         req: ServerRequest,
         bindings: Vec<Binding>,
         from_aor: String,
         to_aor: Option<String>,
+        mut settle: Option<Settle>,
     ) {
         let method = req.message.method().cloned().unwrap_or(Method::Options);
         let is_invite = method == Method::Invite;
@@ -878,8 +914,9 @@ impl Core {
                     }
                 }
                 if !is_invite && first {
-                    self.after_relay(&req.message, &from_aor, to_aor.as_deref(), status)
-                        .await;
+                    if let Some(settle) = settle.take() {
+                        settle.settled(status).await;
+                    }
                 }
                 if let Some(up) = strip_our_via(resp) {
                     if first || is_invite {
@@ -916,20 +953,11 @@ impl Core {
             resp = self.response(&req.message, 487);
         }
         if !is_invite {
-            self.after_relay(&req.message, &from_aor, to_aor.as_deref(), status)
-                .await;
-        }
-        req.tx.respond(&resp).await;
-    }
-
-    async fn after_relay(&self, msg: &Message, from: &str, to: Option<&str>, status: u16) {
-        if in_dialog_request(msg) {
-            self.hook.after_in_dialog(msg, from, status).await;
-        } else if msg.method() == Some(&Method::Message) {
-            if let Some(to) = to {
-                self.hook.after_message(msg, from, to, status).await;
+            if let Some(settle) = settle.take() {
+                settle.settled(status).await;
             }
         }
+        req.tx.respond(&resp).await;
     }
 
     fn cancel_branches(&self, branches: &mut [Branch]) {

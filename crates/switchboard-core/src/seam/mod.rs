@@ -1,10 +1,12 @@
 //! The seams between the router and the services.
 //!
 //! - [`ImHook`]: where the IM service (the "IM MCU") attaches. Every MESSAGE between
-//!   users passes through it before and after it is relayed, so the service can anchor
-//!   conversations, count messages for CDR, and store messages for offline users.
+//!   users, and every request in a dialog, is handed to it in one call with a [`Relay`]:
+//!   the service lets it go on (and learns the final status) or answers it, so it can
+//!   anchor conversations, count messages for CDR, and store messages for offline users.
+//!   Requests to its own resources (conferences) come with a [`Responder`].
 //! - [`EventHook`]: where event-state services (presence) attach: SUBSCRIBE, PUBLISH and
-//!   SERVICE addressed to users.
+//!   SERVICE addressed to users, each one call with a [`Responder`].
 //! - [`Deliverer`]: the other way, requests a service originates (NOTIFYs, stored
 //!   messages, conference traffic), sent by the router's outbound side.
 //! - [`Flow`]: where a request came from, opaque to services.
@@ -18,34 +20,28 @@ pub use flow::{Conn, Connection, Flow, FrontEnd, Transport};
 
 use sip_message::Message;
 
-/// What the hook decides about a request about to be relayed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HookDecision {
-    /// Relay it to the recipient's devices.
-    Relay,
-    /// Answer it with this status instead (e.g. 202 when stored for later delivery).
-    Respond(u16),
-    /// Answer it with this status and these extra header fields.
-    RespondWith(u16, Vec<(String, String)>),
+/// How the recipient of a pager-mode MESSAGE can be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// No registered device.
+    Offline,
+    /// Registered devices: the MESSAGE is forked to all of them.
+    Online,
+    /// The one device a GRUU (RFC 5627) names: the MESSAGE goes to it as addressed.
+    Device,
 }
 
 /// Observes and steers IM traffic. Each request is handled on a task of its own, so an
 /// implementation may await its data (never while holding a lock).
 #[async_trait::async_trait]
 pub trait ImHook: Send + Sync + 'static {
-    /// An authenticated pager-mode MESSAGE from `from` to `to` (both AoRs, `sip:u@d`).
-    /// `online` is false when the recipient has no registered device.
-    async fn before_message(
-        &self,
-        _msg: &Message,
-        _from: &str,
-        _to: &str,
-        _online: bool,
-    ) -> HookDecision {
-        HookDecision::Relay
+    /// An authenticated pager-mode MESSAGE from `from` to `to` (both AoRs, `sip:u@d`),
+    /// whose recipient is reached as `reach` says. The service relays it with
+    /// [`Relay::forward`] (and learns the final status the sender gets) or answers it
+    /// itself with [`Relay::respond`].
+    async fn message(&self, _msg: &Message, _from: &str, _to: &str, _reach: Reach, relay: Relay) {
+        relay.forward().await;
     }
-    /// The final status the sender got for a relayed MESSAGE.
-    async fn after_message(&self, _msg: &Message, _from: &str, _to: &str, _status: u16) {}
     /// `aor` registered a new device.
     fn on_registered(&self, _aor: &str) {}
     /// A dialog-creating INVITE from `caller` to `callee` was answered with `answer` (2xx).
@@ -86,13 +82,13 @@ pub trait ImHook: Send + Sync + 'static {
     /// A dialog-creating INVITE to the user `to` ended without a 2xx (refused,
     /// cancelled, timed out, or no device to fork it to).
     async fn invite_failed(&self, _msg: &Message, _from: &str, _to: &str) {}
-    /// A request inside a dialog (MESSAGE, INFO, BYE, re-INVITE...) from `from`, before it
-    /// is relayed. `Respond(481)` refuses a request for a session that no longer exists.
-    async fn in_dialog(&self, _msg: &Message, _from: &str) -> HookDecision {
-        HookDecision::Relay
+    /// A request inside a dialog (MESSAGE, INFO, BYE, re-INVITE...) from `from`. The
+    /// service lets it go on its way with [`Relay::forward`] (and learns the final
+    /// status the sender gets), or answers it itself with [`Relay::respond`] (481 for a
+    /// session that no longer exists).
+    async fn in_dialog(&self, _msg: &Message, _from: &str, relay: Relay) {
+        relay.forward().await;
     }
-    /// The final status the sender got for a relayed in-dialog request.
-    async fn after_in_dialog(&self, _msg: &Message, _from: &str, _status: u16) {}
     /// Is `aor` a resource of the IM service (a conference) rather than a user?
     fn serves(&self, _aor: &str) -> bool {
         false
@@ -110,6 +106,46 @@ pub trait ImHook: Send + Sync + 'static {
         responder: Responder<'_>,
     ) {
         responder.send(ServiceAnswer::status(404)).await;
+    }
+}
+
+/// The router's side of a [`Relay`].
+#[async_trait::async_trait]
+pub trait RelayPort: Send {
+    /// See [`Relay::forward`].
+    async fn forward(self: Box<Self>) -> Option<u16>;
+    /// See [`Relay::respond`].
+    async fn respond(self: Box<Self>, status: u16, headers: Vec<(String, String)>);
+}
+
+/// A request the router holds for the IM service, to let go on its way or to answer,
+/// once. A service that drops it unused leaves it to the router, which answers 500: a
+/// transaction is never left unanswered.
+pub struct Relay {
+    port: Box<dyn RelayPort>,
+}
+
+impl Relay {
+    /// For the router: the request behind `port`.
+    pub fn new(port: Box<dyn RelayPort>) -> Self {
+        Relay { port }
+    }
+
+    /// Lets the request go on its way as the router would route it without the service
+    /// (forked to the recipient's devices, or to the dialog's other party). Returns the
+    /// final status the sender gets when it was relayed to devices, the sender getting
+    /// it once the service's call returns, so what the service records for it comes
+    /// first. `None` when it was not relayed (the router answered it otherwise: a
+    /// resource of a service, no device), and for an INVITE, whose outcome comes
+    /// through `on_invite_answered`/`invite_failed`.
+    pub async fn forward(self) -> Option<u16> {
+        self.port.forward().await
+    }
+
+    /// Answers the request with `status` and these extra header fields instead (202
+    /// when stored for later delivery, 481 for a session that is gone...).
+    pub async fn respond(self, status: u16, headers: Vec<(String, String)>) {
+        self.port.respond(status, headers).await
     }
 }
 
