@@ -24,8 +24,14 @@
 //! - `routing`: target selection, the forwarded request, the response context.
 //! - `outbound`: requests the server originates for the services, and the path to a
 //!   binding that routing shares with them.
+//! - `relay`: a request the IM service holds while it decides (its `Relay`), and the
+//!   order kept around it.
 //! - `flow`: the transport's `Source`/`ConnectionId` turned into the core's `Flow` and
 //!   back, at this crate's edge.
+//!
+//! Arrows: depends on the SIP stack (sip-message, sip-digest, ntlm, sipae,
+//! sip-transport, sip-transaction), switchboard-core (domain, data traits, seams) and
+//! switchboard-registrar; only the binary depends on it. It names no service crate.
 #![forbid(unsafe_code)]
 
 mod auth;
