@@ -11,12 +11,17 @@
 //!   async, so a service awaits its data outside its locks, and implemented by the
 //!   store crate (SQLite by default, PostgreSQL for a pool). A service holds them as
 //!   `Arc<dyn …>` and never names a backend.
+//! - **Seams** ([`seam`]): how the router and the services talk without naming each
+//!   other — the hooks the services implement ([`seam::ImHook`], [`seam::EventHook`]),
+//!   the [`seam::Deliverer`] the router implements for requests services originate, and
+//!   [`seam::Flow`], where a request came from (a front end and a connection there),
+//!   opaque to services.
 //! - **[`DataError`]**: what a data trait reports. [`DataError::is_unavailable`] says the
 //!   database cannot answer now: services then fail **closed** (503 with Retry-After to
 //!   the requester, offline to a watcher), never open.
 //!
-//! Arrows: this crate depends only on the no-I/O wire crates (Digest and NTLM hashing,
-//! for [`Credentials::derive`]). Everything above — store, registrar, services, router,
+//! Arrows: this crate depends only on the no-I/O wire crates (sip-message for the
+//! seams' messages; Digest and NTLM hashing, for [`Credentials::derive`]). Everything above — store, registrar, services, router,
 //! binary — depends on it; it depends on none of them.
 #![forbid(unsafe_code)]
 
@@ -26,6 +31,7 @@ pub mod data;
 mod error;
 mod im;
 mod presence;
+pub mod seam;
 mod users;
 
 pub use address::{Address, AddressError};

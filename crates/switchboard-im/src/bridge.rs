@@ -12,7 +12,7 @@
 use base64::Engine;
 use bytes::Bytes;
 use sip_message::{HeaderName, Message, Method};
-use switchboard_proxy::{Delivery, Flow, ServiceAnswer};
+use switchboard_core::seam::{Delivery, Flow, ServiceAnswer};
 use tokio::time::Instant;
 
 use crate::conference::MemberDialog;

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use msrtc::cccp::{self, Command, Outcome, Request, RosterUser};
 use sip_message::{HeaderName, Message, Method, NameAddr, Uri};
-use switchboard_proxy::{Flow, ServiceAnswer};
+use switchboard_core::seam::{Flow, ServiceAnswer};
 
 use crate::conference::{Conference, MemberDialog};
 use crate::{refused, ImService};
@@ -391,14 +391,12 @@ impl ImService {
     }
 
     pub(crate) fn send_bye(&self, mut d: MemberDialog) {
-        let Some(deliverer) = self.deliverer.get().and_then(std::sync::Weak::upgrade) else {
-            return;
-        };
+        let deliverer = self.deliverer.clone();
         d.cseq += 1;
         let bye = d.request(Method::Bye);
         let flow = d.flow;
         tokio::spawn(async move {
-            deliverer.send_in_dialog(bye, flow).await;
+            deliverer.send_request_on(bye, flow).await;
         });
     }
 
@@ -561,12 +559,10 @@ impl ImService {
         who: &str,
         notice: String,
     ) {
-        let (Some(deliverer), Some(me)) = (
-            self.deliverer.get().and_then(std::sync::Weak::upgrade),
-            self.me.upgrade(),
-        ) else {
+        let Some(me) = self.me.upgrade() else {
             return;
         };
+        let deliverer = self.deliverer.clone();
         conf.focus.waiting.entry(who.to_owned()).or_default();
         let subject = if conf.focus.subject.is_empty() {
             "Group chat"
@@ -621,9 +617,7 @@ impl ImService {
         let Some(held) = conf.focus.waiting.remove(who) else {
             return;
         };
-        let Some(deliverer) = self.deliverer.get().and_then(std::sync::Weak::upgrade) else {
-            return;
-        };
+        let deliverer = self.deliverer.clone();
         let (requests, flow): (Vec<Message>, Flow) = {
             let mut dialogs = self.member_dialogs.lock();
             let Some(d) = dialogs
@@ -636,7 +630,7 @@ impl ImService {
         };
         tokio::spawn(async move {
             for r in requests {
-                deliverer.send_in_dialog(r, flow).await;
+                deliverer.send_request_on(r, flow).await;
             }
         });
     }

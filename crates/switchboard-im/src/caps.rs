@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 
 use parking_lot::Mutex;
-use switchboard_proxy::ServiceAnswer;
+use switchboard_core::seam::ServiceAnswer;
 use tokio::time::Instant;
 
 use crate::{refused, ImService};

@@ -21,12 +21,11 @@
 //! the conference. A participant with no device signed in gets them as offline messages.
 
 use std::collections::HashMap;
-use std::sync::Weak;
 
 use bytes::Bytes;
 use sip_message::{HeaderName, Message};
+use switchboard_core::seam::{Delivery, Flow, ServiceAnswer};
 use switchboard_core::{Keep, OfflineMessage};
-use switchboard_proxy::{Delivery, Flow, HookDecision, ServiceAnswer};
 
 use crate::{count, now_ms, Conversation, ImService, Participant};
 
@@ -213,9 +212,7 @@ impl ImService {
         text: String,
         author: Option<&str>,
     ) {
-        let Some(deliverer) = self.deliverer.get().and_then(Weak::upgrade) else {
-            return;
-        };
+        let deliverer = self.deliverer.clone();
         // A member who joined by INVITE gets it inside that session (on each endpoint).
         if let Some(ds) = self
             .member_dialogs
@@ -234,7 +231,7 @@ impl ImService {
                 let deliverer = deliverer.clone();
                 let flow = d.flow;
                 tokio::spawn(async move {
-                    let status = deliverer.send_in_dialog(m, flow).await;
+                    let status = deliverer.send_request_on(m, flow).await;
                     if status >= 300 {
                         tracing::debug!(status, "in-session conference message not accepted");
                     }
@@ -260,9 +257,7 @@ impl ImService {
     /// Delivers `d`; a recipient no device took it for gets it as an offline message
     /// (of CDR session `session_id`).
     pub(crate) async fn deliver_or_keep(&self, d: Delivery, session_id: Option<String>) {
-        let Some(deliverer) = self.deliverer.get().and_then(Weak::upgrade) else {
-            return;
-        };
+        let deliverer = self.deliverer.clone();
         let status = deliverer.deliver(d.clone()).await;
         if !(200..300).contains(&status) {
             let kept = OfflineMessage {
@@ -355,18 +350,18 @@ impl ImService {
         session_id: String,
         members: Vec<String>,
         third: Option<Result<String, String>>,
-    ) -> HookDecision {
+    ) -> crate::Decision {
         let third = match third {
-            None => return HookDecision::Respond(400),
+            None => return crate::Decision::Respond(400),
             Some(Ok(t)) => t,
-            Some(Err(_)) => return HookDecision::Respond(404),
+            Some(Err(_)) => return crate::Decision::Respond(404),
         };
         let mut all: Vec<&str> = members.iter().map(String::as_str).collect();
         if !all.contains(&third.as_str()) {
             all.push(&third);
         }
         match self.open_conference(from, Some(session_id), &all) {
-            Ok(_) => HookDecision::RespondWith(202, vec![("Refer-Sub".into(), "false".into())]),
+            Ok(_) => crate::Decision::RespondWith(202, vec![("Refer-Sub".into(), "false".into())]),
             Err(refusal) => crate::decision(refusal),
         }
     }
@@ -580,9 +575,7 @@ impl ImService {
             text: format!("{name}: {}", String::from_utf8_lossy(&msg.body).trim()),
             author: author.to_owned(),
         };
-        let Some(deliverer) = self.deliverer.get().and_then(Weak::upgrade) else {
-            return message_id;
-        };
+        let deliverer = self.deliverer.clone();
         let came_on = msg.call_id().unwrap_or("").to_owned();
         let mut pending = Vec::new();
         // Everyone else, and the author's other endpoints (so each of their clients shows
@@ -604,7 +597,7 @@ impl ImService {
                 for (call_id, request, flow) in in_session {
                     let deliverer = deliverer.clone();
                     tokio::spawn(async move {
-                        let status = deliverer.send_in_dialog(request, flow).await;
+                        let status = deliverer.send_request_on(request, flow).await;
                         tracing::debug!(status, call_id, "copy to the author's other endpoint");
                     });
                 }
@@ -615,7 +608,7 @@ impl ImService {
                     let deliverer = deliverer.clone();
                     let who = m.clone();
                     pending.push(tokio::spawn(async move {
-                        (who, call_id, deliverer.send_in_dialog(request, flow).await)
+                        (who, call_id, deliverer.send_request_on(request, flow).await)
                     }));
                 }
             } else if let Some(held) = waiting.get_mut(m) {
@@ -688,7 +681,7 @@ impl ImService {
                     })
             };
             if let Some((r, flow)) = report {
-                deliverer.send_in_dialog(r, flow).await;
+                deliverer.send_request_on(r, flow).await;
             }
         });
         message_id

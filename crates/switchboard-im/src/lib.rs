@@ -2,9 +2,12 @@
 //!
 //! Every instant message between users passes through here, which is what makes call
 //! detail records possible (the seed: "the IM MCU sits in the middle of every IM, even
-//! two-party"). The service attaches to the SIP core as its [`ImHook`]: the core asks it
-//! before relaying each pager-mode MESSAGE (RFC 3428) and tells it the outcome; the
-//! service originates MESSAGEs through the core's [`Deliverer`] to deliver stored ones.
+//! two-party"). The service attaches to the router as its [`ImHook`]: the router hands
+//! it each pager-mode MESSAGE (RFC 3428) with a [`Relay`], which the service answers or
+//! lets go on, learning the outcome in the same call; the service originates MESSAGEs
+//! through the router's [`Deliverer`] to deliver stored ones.
+//! Both seams are `switchboard-core`'s (`seam`): this crate depends on core, sip-message
+//! and msrtc, never on the router or a transport.
 //!
 //! What it does so far:
 //! - **Pager-mode conversations**: MESSAGEs between the same two users form one
@@ -55,17 +58,19 @@
 #![forbid(unsafe_code)]
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 use sip_message::{HeaderName, Message};
+use switchboard_core::seam::{
+    Deliverer, Delivery, Flow, ImHook, Reach, Relay, Responder, ServiceAnswer,
+};
 use switchboard_core::{
     CdrData, DataError, Directory, Keep, OfflineData, OfflineMessage, ParticipantRecord, Run,
     SessionRecord,
 };
-use switchboard_proxy::{Deliverer, Delivery, Flow, HookDecision, ImHook, ServiceAnswer};
 
 mod bridge;
 mod c3p;
@@ -213,8 +218,8 @@ impl Conversation {
     }
 }
 
-/// The IM service. Create with [`ImService::start`], give it to the core as its hook,
-/// then [`ImService::attach`] the core as its deliverer.
+/// The IM service. Create with [`ImService::start`], giving it the router's outbound
+/// side as its [`Deliverer`], then give it to the router as its hook.
 pub struct ImService {
     /// CDR writes, applied in order behind the request path.
     cdr: cdr::CdrLog,
@@ -241,9 +246,13 @@ pub struct ImService {
     chat_places: caps::Places,
     /// Display names and user lookups (read outside locks, kept in memory).
     names: directory::Names,
-    deliverer: OnceLock<Weak<dyn Deliverer>>,
+    /// Where the requests the service originates leave (the router's outbound side,
+    /// which does not hold the service: no ring).
+    deliverer: Arc<dyn Deliverer>,
     /// AoRs whose stored messages are being delivered now.
     delivering: Mutex<HashSet<String>>,
+    /// Itself, for the tasks it spawns from `&self` (delayed releases, deliveries): they
+    /// end when the service is dropped.
     me: Weak<ImService>,
 }
 
@@ -312,8 +321,34 @@ pub fn offers_message_media(invite: &Message) -> bool {
 }
 
 /// A refusal as the core's answer to a request the hook decides on.
-pub(crate) fn decision(a: ServiceAnswer) -> HookDecision {
-    HookDecision::RespondWith(a.status, a.headers)
+/// What the service decides about a request the router holds for it (a [`Relay`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// Let it go on its way.
+    Relay,
+    /// Answer it with this status instead (e.g. 202 when stored for later delivery).
+    Respond(u16),
+    /// Answer it with this status and these extra header fields.
+    RespondWith(u16, Vec<(String, String)>),
+}
+
+/// Carries out `decision` on `relay`: the final status when it was relayed.
+async fn carry_out(relay: Relay, decision: Decision) -> Option<u16> {
+    match decision {
+        Decision::Relay => relay.forward().await,
+        Decision::Respond(status) => {
+            relay.respond(status, Vec::new()).await;
+            None
+        }
+        Decision::RespondWith(status, headers) => {
+            relay.respond(status, headers).await;
+            None
+        }
+    }
+}
+
+pub(crate) fn decision(a: ServiceAnswer) -> Decision {
+    Decision::RespondWith(a.status, a.headers)
 }
 
 /// An answer refusing a request with `status` and a Warning saying why (RFC 3261 §20.43).
@@ -375,13 +410,15 @@ fn new_session(
 impl ImService {
     /// Opens the service over its data for this server `run`, closing the sessions this
     /// server's earlier runs left open (a crash; never another server's), and starts its
-    /// housekeeping (counter flushes, idle ends, offline expiry).
+    /// housekeeping (counter flushes, idle ends, offline expiry). What it originates
+    /// (stored messages, conference traffic) leaves through `deliverer`.
     pub async fn start(
         run: Run,
         cdr: Arc<dyn CdrData>,
         offline: Arc<dyn OfflineData>,
         users: Arc<dyn Directory>,
         config: ImConfig,
+        deliverer: Arc<dyn Deliverer>,
     ) -> Arc<ImService> {
         match cdr
             .close_open_sessions(&run, now_ms(), "server restart")
@@ -406,7 +443,7 @@ impl ImService {
             session_places: Default::default(),
             chat_places: Default::default(),
             names: directory::Names::new(users),
-            deliverer: OnceLock::new(),
+            deliverer,
             delivering: Mutex::new(HashSet::new()),
         });
         let weak = Arc::downgrade(&svc);
@@ -423,11 +460,6 @@ impl ImService {
             }
         });
         svc
-    }
-
-    /// Gives the service the means to originate MESSAGEs (the SIP core).
-    pub fn attach(&self, deliverer: Weak<dyn Deliverer>) {
-        let _ = self.deliverer.set(deliverer);
     }
 
     /// Writes counters, ends idle conversations, drops expired offline messages.
@@ -622,55 +654,93 @@ impl ImService {
         if !self.delivering.lock().insert(aor.clone()) {
             return;
         }
-        let deliverer = self.deliverer.get().and_then(Weak::upgrade);
-        if let Some(deliverer) = deliverer {
-            match self.offline.offline_for(&aor).await {
-                Ok(waiting) => {
-                    for m in waiting {
-                        let status = deliverer
-                            .deliver(Delivery {
-                                from: m.sender.clone(),
-                                to: m.recipient.clone(),
-                                content_type: m.content_type.clone(),
-                                body: Bytes::from(m.body.clone()),
-                                sent_at_ms: m.received_at_ms,
-                                from_display: None,
-                                extra_headers: Vec::new(),
-                            })
-                            .await;
-                        if !(200..300).contains(&status) {
-                            // Kept for the next registration; order is preserved.
-                            tracing::info!(aor, status, "stored message not accepted; kept");
-                            break;
-                        }
-                        if let Err(e) = self.offline.delete_offline(m.id).await {
-                            tracing::error!(error = %e, "cannot delete a delivered message");
-                            break;
-                        }
+        match self.offline.offline_for(&aor).await {
+            Ok(waiting) => {
+                for m in waiting {
+                    let status = self
+                        .deliverer
+                        .deliver(Delivery {
+                            from: m.sender.clone(),
+                            to: m.recipient.clone(),
+                            content_type: m.content_type.clone(),
+                            body: Bytes::from(m.body.clone()),
+                            sent_at_ms: m.received_at_ms,
+                            from_display: None,
+                            extra_headers: Vec::new(),
+                        })
+                        .await;
+                    if !(200..300).contains(&status) {
+                        // Kept for the next registration; order is preserved.
+                        tracing::info!(aor, status, "stored message not accepted; kept");
+                        break;
+                    }
+                    if let Err(e) = self.offline.delete_offline(m.id).await {
+                        tracing::error!(error = %e, "cannot delete a delivered message");
+                        break;
                     }
                 }
-                Err(e) => tracing::error!(error = %e, "cannot read stored messages"),
             }
+            Err(e) => tracing::error!(error = %e, "cannot read stored messages"),
         }
         self.delivering.lock().remove(&aor);
     }
 }
 
-#[async_trait::async_trait]
-impl ImHook for ImService {
-    async fn before_message(
+impl ImService {
+    /// How to answer a request to one of the service's resources (see `to_service`).
+    async fn service_answer(
         &self,
         msg: &Message,
         from: &str,
         to: &str,
-        online: bool,
-    ) -> HookDecision {
+        flow: Flow,
+    ) -> ServiceAnswer {
+        self.names.learn(&[from]).await;
+        let command = conference::command_of(msg);
+        let invited = self.names.invitee_of(command.as_deref()).await;
+        if let Some(answer) = self.bridged(msg, from, invited.clone()) {
+            return answer;
+        }
+        match c3p::part_of(msg) {
+            c3p::Part::FocusFactory => return self.focus_factory(msg, from),
+            c3p::Part::Focus => return self.to_focus(msg, from, to, flow),
+            c3p::Part::Chat => {}
+        }
+        match msg.method() {
+            Some(sip_message::Method::Message) => self.conference_message(msg, from, to, invited),
+            Some(sip_message::Method::Subscribe) => self.subscribe(msg, from, to, flow),
+            Some(sip_message::Method::Invite)
+                if msg
+                    .to_header()
+                    .ok()
+                    .and_then(|t| t.tag().map(str::to_owned))
+                    .is_none() =>
+            {
+                self.conference_invite(msg, from, to, flow)
+            }
+            Some(sip_message::Method::Bye) => self.conference_bye(msg, from, to),
+            // Typing notices in a member's chat session: accepted, not spread.
+            Some(sip_message::Method::Info)
+                if self
+                    .member_dialogs
+                    .lock()
+                    .contains_key(&(to.to_owned(), from.to_owned())) =>
+            {
+                ServiceAnswer::status(200)
+            }
+            // re-INVITE, INFO and the rest: not part of a group chat.
+            _ => ServiceAnswer::status(501),
+        }
+    }
+
+    /// What to do with a pager-mode MESSAGE before it is relayed (see `message`).
+    async fn decide_message(&self, msg: &Message, from: &str, to: &str, online: bool) -> Decision {
         if let Some(command) = conference::command_of(msg) {
             // Chat commands are answered by the service, never delivered.
             self.names.learn(&[from, to]).await;
             let invited = self.names.invitee_of(Some(&command)).await;
             return match self.pair_command(from, to, command, invited) {
-                None => HookDecision::Respond(200),
+                None => Decision::Respond(200),
                 Some(refusal) => decision(refusal),
             };
         }
@@ -678,11 +748,11 @@ impl ImHook for ImService {
             if is_instant_message(msg) && !self.ensure_conversation(from, to).await {
                 return decision(Self::cannot_record());
             }
-            return HookDecision::Relay;
+            return Decision::Relay;
         }
         if !is_instant_message(msg) {
             // A receipt or typing notice for someone offline is not worth keeping.
-            return HookDecision::Respond(480);
+            return Decision::Respond(480);
         }
         let stored = OfflineMessage {
             id: 0,
@@ -709,7 +779,7 @@ impl ImHook for ImService {
             // RFC 3428 §7: 202 Accepted, the message will be delivered later.
             Ok(Keep::Kept) => {
                 self.record(from, to, device_of(msg), msg.body.len());
-                HookDecision::Respond(202)
+                Decision::Respond(202)
             }
             Ok(Keep::SenderFull) => {
                 let max = self.config.offline_max_per_sender;
@@ -738,9 +808,89 @@ impl ImHook for ImService {
         }
     }
 
-    async fn after_message(&self, msg: &Message, from: &str, to: &str, status: u16) {
+    /// A relayed MESSAGE got `status`: a delivered one counts.
+    fn count_message(&self, msg: &Message, from: &str, to: &str, status: u16) {
         if (200..300).contains(&status) && is_instant_message(msg) {
             self.record(from, to, device_of(msg), msg.body.len());
+        }
+    }
+
+    /// What to do with a request in a dialog before it is relayed (see `in_dialog`).
+    async fn decide_in_dialog(&self, msg: &Message, from: &str) -> Decision {
+        let Some(call_id) = msg.call_id() else {
+            return Decision::Relay;
+        };
+        let session = self.dialogs.lock().get(call_id).map(|c| {
+            (
+                c.id.clone(),
+                c.participants.keys().cloned().collect::<Vec<_>>(),
+            )
+        });
+        if let Some((session_id, members)) = session {
+            if msg.method() == Some(&sip_message::Method::Refer) {
+                let target = conference::refer_target(msg);
+                let third = match &target {
+                    Some(t) => Some(self.names.user(t.trim_start_matches("sip:")).await),
+                    None => None,
+                };
+                return self.refer(from, session_id, members, third);
+            }
+            return Decision::Relay;
+        }
+        if self.ended_dialogs.lock().contains_key(call_id) {
+            // RFC 3261 §12.2.2: the session is gone.
+            return Decision::Respond(481);
+        }
+        Decision::Relay
+    }
+
+    /// A relayed request in a dialog got `status`: messages count, a BYE ends the
+    /// session.
+    fn after_in_dialog(&self, msg: &Message, from: &str, status: u16) {
+        let Some(call_id) = msg.call_id() else { return };
+        let method = msg.method().cloned();
+        let mut dialogs = self.dialogs.lock();
+        let Some(conv) = dialogs.get_mut(call_id) else {
+            return;
+        };
+        match method {
+            Some(sip_message::Method::Message)
+                if (200..300).contains(&status) && is_instant_message(msg) =>
+            {
+                count(conv, from, device_of(msg), msg.body.len());
+            }
+            Some(sip_message::Method::Bye) if status >= 200 => {
+                let conv = dialogs.remove(call_id).expect("present above");
+                drop(dialogs);
+                self.ended_dialogs
+                    .lock()
+                    .insert(call_id.to_owned(), Instant::now());
+                self.finish(&conv.id, conv.records(None, false), now_ms(), "bye");
+            }
+            _ => conv.last_activity = Instant::now(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ImHook for ImService {
+    async fn message(&self, msg: &Message, from: &str, to: &str, reach: Reach, relay: Relay) {
+        let decision = match reach {
+            // A GRUU names one device: the message goes to it as addressed; only its
+            // outcome counts.
+            Reach::Device => Decision::Relay,
+            Reach::Online => self.decide_message(msg, from, to, true).await,
+            Reach::Offline => self.decide_message(msg, from, to, false).await,
+        };
+        if let Some(status) = carry_out(relay, decision).await {
+            self.count_message(msg, from, to, status);
+        }
+    }
+
+    async fn in_dialog(&self, msg: &Message, from: &str, relay: Relay) {
+        let decision = self.decide_in_dialog(msg, from).await;
+        if let Some(status) = carry_out(relay, decision).await {
+            self.after_in_dialog(msg, from, status);
         }
     }
 
@@ -809,59 +959,6 @@ impl ImHook for ImService {
         }
     }
 
-    async fn in_dialog(&self, msg: &Message, from: &str) -> HookDecision {
-        let Some(call_id) = msg.call_id() else {
-            return HookDecision::Relay;
-        };
-        let session = self.dialogs.lock().get(call_id).map(|c| {
-            (
-                c.id.clone(),
-                c.participants.keys().cloned().collect::<Vec<_>>(),
-            )
-        });
-        if let Some((session_id, members)) = session {
-            if msg.method() == Some(&sip_message::Method::Refer) {
-                let target = conference::refer_target(msg);
-                let third = match &target {
-                    Some(t) => Some(self.names.user(t.trim_start_matches("sip:")).await),
-                    None => None,
-                };
-                return self.refer(from, session_id, members, third);
-            }
-            return HookDecision::Relay;
-        }
-        if self.ended_dialogs.lock().contains_key(call_id) {
-            // RFC 3261 §12.2.2: the session is gone.
-            return HookDecision::Respond(481);
-        }
-        HookDecision::Relay
-    }
-
-    async fn after_in_dialog(&self, msg: &Message, from: &str, status: u16) {
-        let Some(call_id) = msg.call_id() else { return };
-        let method = msg.method().cloned();
-        let mut dialogs = self.dialogs.lock();
-        let Some(conv) = dialogs.get_mut(call_id) else {
-            return;
-        };
-        match method {
-            Some(sip_message::Method::Message)
-                if (200..300).contains(&status) && is_instant_message(msg) =>
-            {
-                count(conv, from, device_of(msg), msg.body.len());
-            }
-            Some(sip_message::Method::Bye) if status >= 200 => {
-                let conv = dialogs.remove(call_id).expect("present above");
-                drop(dialogs);
-                self.ended_dialogs
-                    .lock()
-                    .insert(call_id.to_owned(), Instant::now());
-                self.finish(&conv.id, conv.records(None, false), now_ms(), "bye");
-            }
-            _ => conv.last_activity = Instant::now(),
-        }
-    }
-
     fn serves(&self, aor: &str) -> bool {
         conference::is_service_aor(aor)
     }
@@ -891,46 +988,17 @@ impl ImHook for ImService {
         None
     }
 
-    async fn to_service(&self, msg: &Message, from: &str, to: &str, flow: Flow) -> ServiceAnswer {
-        self.names.learn(&[from]).await;
-        let command = conference::command_of(msg);
-        let invited = self.names.invitee_of(command.as_deref()).await;
-        if let Some(answer) = self.bridged(msg, from, invited.clone()) {
-            return answer;
-        }
-        match c3p::part_of(msg) {
-            c3p::Part::FocusFactory => return self.focus_factory(msg, from),
-            c3p::Part::Focus => return self.to_focus(msg, from, to, flow),
-            c3p::Part::Chat => {}
-        }
-        match msg.method() {
-            Some(sip_message::Method::Message) => self.conference_message(msg, from, to, invited),
-            Some(sip_message::Method::Subscribe) => self.subscribe(msg, from, to, flow),
-            Some(sip_message::Method::Invite)
-                if msg
-                    .to_header()
-                    .ok()
-                    .and_then(|t| t.tag().map(str::to_owned))
-                    .is_none() =>
-            {
-                self.conference_invite(msg, from, to, flow)
-            }
-            Some(sip_message::Method::Bye) => self.conference_bye(msg, from, to),
-            // Typing notices in a member's chat session: accepted, not spread.
-            Some(sip_message::Method::Info)
-                if self
-                    .member_dialogs
-                    .lock()
-                    .contains_key(&(to.to_owned(), from.to_owned())) =>
-            {
-                ServiceAnswer::status(200)
-            }
-            // re-INVITE, INFO and the rest: not part of a group chat.
-            _ => ServiceAnswer::status(501),
-        }
-    }
-
-    async fn service_answered(&self, msg: &Message, from: &str, to: &str, status: u16) {
+    async fn to_service(
+        &self,
+        msg: &Message,
+        from: &str,
+        to: &str,
+        flow: Flow,
+        responder: Responder<'_>,
+    ) {
+        let status = responder
+            .send(self.service_answer(msg, from, to, flow).await)
+            .await;
         // A member just joined the chat by INVITE: what was held for them follows the 2xx.
         if msg.method() == Some(&sip_message::Method::Invite)
             && (200..300).contains(&status)

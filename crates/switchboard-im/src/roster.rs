@@ -4,11 +4,10 @@
 //! whenever someone joins or leaves, until it unsubscribes, the subscription expires or
 //! the conference ends (RFC 6665 §4.2 subscription lifecycle).
 
-use std::sync::Weak;
 use std::time::Duration;
 
 use sip_message::{HeaderName, Message, Method, NameAddr, StartLine, Uri};
-use switchboard_proxy::{Flow, ServiceAnswer, SubscribeRequest};
+use switchboard_core::seam::{Flow, ServiceAnswer, SubscribeRequest};
 use tokio::time::Instant;
 
 use crate::conference::Conference;
@@ -68,9 +67,7 @@ impl ImService {
 
     /// Sends one NOTIFY to `w` (spawned; the subscriber's answer is not waited for).
     fn notify(&self, conf_aor: &str, conf: &Conference, w: &mut Watcher, state: String) {
-        let Some(deliverer) = self.deliverer.get().and_then(Weak::upgrade) else {
-            return;
-        };
+        let deliverer = self.deliverer.clone();
         w.cseq += 1;
         w.version += 1;
         let Ok(target) = Uri::parse(&w.target) else {
@@ -110,7 +107,7 @@ impl ImService {
         m.body = bytes::Bytes::from(body.into_bytes());
         let flow = w.flow;
         tokio::spawn(async move {
-            let status = deliverer.send_in_dialog(m, flow).await;
+            let status = deliverer.send_request_on(m, flow).await;
             if status >= 300 {
                 tracing::debug!(status, "conference NOTIFY not accepted");
             }

@@ -5,8 +5,8 @@
 
 use std::collections::{HashMap, HashSet};
 
+use switchboard_core::seam::ServiceAnswer;
 use switchboard_core::{Address, DataError};
-use switchboard_proxy::ServiceAnswer;
 
 use crate::{bare, PresenceService, Presentity, State};
 

@@ -20,8 +20,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use switchboard_core::seam::ServiceAnswer;
 use switchboard_core::{Address, ContactList, DataError, StoredPresence};
-use switchboard_proxy::ServiceAnswer;
 use tokio::task::JoinSet;
 
 use crate::caps::{self, Known};

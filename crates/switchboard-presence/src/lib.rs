@@ -17,6 +17,10 @@
 //!   lists who watches; watchers not on the user's contact list are `pending` until the
 //!   user places them (any relationship), blocked ones are `terminated`/`rejected`.
 //!
+//! The seam ([`EventHook`], and the [`Deliverer`] its NOTIFYs leave through) and the
+//! [`Flow`] a subscription's NOTIFYs go back over are `switchboard-core`'s: this crate
+//! depends on core, sip-message and msrtc, never on the router or a transport.
+//!
 //! Blocking is polite (the Lync behaviour): a blocked watcher's subscription is accepted
 //! and sees the user offline, so it cannot tell it was blocked.
 //!
@@ -66,16 +70,15 @@ mod publish;
 mod subscribe;
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use sip_message::Message;
-use sip_transport::Source;
+use switchboard_core::seam::{Connection, Deliverer, EventHook, Flow, Responder, ServiceAnswer};
 use switchboard_core::{
     ContactData, ContactList, DataError, Directory, PresenceData, Relationship, StoredPresence,
 };
-use switchboard_proxy::{Deliverer, EventHook, ServiceAnswer};
 use tokio::time::Instant;
 
 pub use aggregate::{aggregate, AggregationRules};
@@ -185,7 +188,7 @@ struct State {
     /// Last-active times not yet written (written in batches by housekeeping).
     last_active: HashMap<String, i64>,
     /// The users whose Lync endpoint instances each connection carries.
-    lync_flows: HashMap<sip_transport::ConnectionId, Vec<Arc<str>>>,
+    lync_flows: HashMap<Connection, Vec<Arc<str>>>,
     next_id: u64,
 }
 
@@ -293,9 +296,11 @@ pub fn stored_view(
     )
 }
 
-/// The presence service. Create with [`PresenceService::start`], give it the core with
-/// [`PresenceService::attach`].
+/// The presence service. Create with [`PresenceService::start`], giving it the router's
+/// outbound side as its [`Deliverer`], then give it to the router as its event hook.
 pub struct PresenceService {
+    /// Itself, for the tasks it spawns from `&self` (paced NOTIFYs): they end when the
+    /// service is dropped.
     me: Weak<PresenceService>,
     contacts: Arc<dyn ContactData>,
     presence: Arc<dyn PresenceData>,
@@ -305,14 +310,16 @@ pub struct PresenceService {
     state: Mutex<State>,
     /// Reads of presentities under way (never locked while `state` is awaited on).
     reads: fetch::Reads,
-    deliverer: OnceLock<Weak<dyn Deliverer>>,
+    /// Where NOTIFYs leave (the router's outbound side, which does not hold the service:
+    /// no ring).
+    deliverer: Arc<dyn Deliverer>,
     /// The change-log position already applied.
     change_seq: Mutex<i64>,
     /// When the store was last pruned.
     pruned_at: Mutex<Instant>,
     /// The conferencing focus factory's URI for a user, when conferences are offered
     /// (written in Lync provisioning).
-    focus_factory: OnceLock<FocusFactory>,
+    focus_factory: Option<FocusFactory>,
 }
 
 /// Names the focus factory for a user (`sip:…`).
@@ -321,12 +328,16 @@ pub type FocusFactory = Box<dyn Fn(&str) -> String + Send + Sync>;
 impl PresenceService {
     /// Opens the service over its data and starts its housekeeping (expiry of
     /// publications and subscriptions, time-driven changes, following the change log,
-    /// reading again what could not be read).
+    /// reading again what could not be read). NOTIFYs leave through `deliverer`;
+    /// `focus_factory`, when given, offers conferences to Lync clients (provisioning
+    /// names the focus factory it returns for a user).
     pub async fn start(
         contacts: Arc<dyn ContactData>,
         presence: Arc<dyn PresenceData>,
         directory: Arc<dyn Directory>,
         config: PresenceConfig,
+        deliverer: Arc<dyn Deliverer>,
+        focus_factory: Option<FocusFactory>,
     ) -> Arc<PresenceService> {
         // Unreadable: follow from the start of the log (nothing is held yet, so that
         // only costs a longer first read).
@@ -343,10 +354,10 @@ impl PresenceService {
             clock: Clock::new(),
             state: Mutex::new(State::default()),
             reads: fetch::Reads::default(),
-            deliverer: OnceLock::new(),
+            deliverer,
             change_seq: Mutex::new(seq),
             pruned_at: Mutex::new(Instant::now()),
-            focus_factory: OnceLock::new(),
+            focus_factory,
         });
         let weak = Arc::downgrade(&svc);
         tokio::spawn(async move {
@@ -367,18 +378,8 @@ impl PresenceService {
         svc
     }
 
-    /// Gives the service the means to send NOTIFYs (the SIP core).
-    pub fn attach(&self, deliverer: Weak<dyn Deliverer>) {
-        let _ = self.deliverer.set(deliverer);
-    }
-
     pub fn now_ms(&self) -> i64 {
         self.clock.now_ms()
-    }
-
-    /// Offers conferences to Lync clients: provisioning names this focus factory.
-    pub fn set_focus_factory(&self, f: FocusFactory) {
-        let _ = self.focus_factory.set(f);
     }
 
     /// Numbers for `/status`: presentities held, publications, subscriptions.
@@ -596,22 +597,28 @@ impl EventHook for PresenceService {
         ALLOW_EVENTS.into()
     }
 
-    async fn handle(&self, msg: &Message, from: &str, to: &str, source: Source) -> ServiceAnswer {
-        match msg.method() {
+    async fn handle(
+        &self,
+        msg: &Message,
+        from: &str,
+        to: &str,
+        source: Flow,
+        responder: Responder<'_>,
+    ) {
+        let answer = match msg.method() {
             Some(sip_message::Method::Publish) => self.publish(msg, from, to).await,
             Some(sip_message::Method::Subscribe) => self.subscribe(msg, from, to, source).await,
             Some(sip_message::Method::Service) => self.service(msg, from, to, source).await,
             _ => ServiceAnswer::status(405),
-        }
-    }
-
-    fn flow_closed(&self, id: sip_transport::ConnectionId) {
-        self.lync_flow_closed(id);
-    }
-
-    async fn answered(&self, msg: &Message, from: &str, status: u16) {
+        };
+        let status = responder.send(answer).await;
+        // RFC 6665 §4.2.1.2: the first NOTIFY goes once the 200 has.
         if (200..300).contains(&status) && msg.method() == Some(&sip_message::Method::Subscribe) {
             self.answered_subscribe(msg, from);
         }
+    }
+
+    fn flow_closed(&self, id: Connection) {
+        self.lync_flow_closed(id);
     }
 }

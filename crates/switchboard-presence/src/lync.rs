@@ -25,9 +25,9 @@ use msrtc::categories::{Category, Container, Snapshot, Subscriber};
 use msrtc::publish::{PublishedState, StateKind};
 use msrtc::{band, Band};
 use sip_message::Message;
-use sip_transport::{ConnectionId, Source};
+use switchboard_core::seam::ServiceAnswer;
+use switchboard_core::seam::{Connection, Flow};
 use switchboard_core::{DataError, ManualState, Relationship};
-use switchboard_proxy::ServiceAnswer;
 use tokio::time::Instant;
 
 use crate::fetch::{self, Fetched};
@@ -58,7 +58,7 @@ pub(crate) struct LyncData {
 pub(crate) struct StoredCategory {
     cat: Category,
     /// The connection of the endpoint that published it (`endpoint` instances end with it).
-    flow: Option<ConnectionId>,
+    flow: Option<Connection>,
     /// What a `state` instance says, read once when published.
     state: Option<PublishedState>,
     /// What a `note` instance says (text, out of office).
@@ -178,7 +178,7 @@ pub(crate) fn categories(v: &View, p: &Presentity) -> String {
 struct CategoryPublish<'a> {
     aor: &'a str,
     pubs: &'a [msrtc::publish::Publication],
-    source: Source,
+    source: Flow,
     now: i64,
 }
 
@@ -253,7 +253,7 @@ impl PresenceService {
         let cseq = msg.cseq().map(|c| c.seq).unwrap_or(1);
         a.headers
             .push(("ms-piggyback-cseq".into(), cseq.to_string()));
-        let focus = self.focus_factory.get().map(|f| f(to));
+        let focus = self.focus_factory.as_ref().map(|f| f(to));
         a.body = Some((
             "application/vnd-microsoft-roaming-provisioning-v2+xml".into(),
             bytes::Bytes::from(msrtc::provisioning::provisioning(focus.as_deref()).into_bytes()),
@@ -414,7 +414,7 @@ impl PresenceService {
         msg: &Message,
         from: &str,
         to: &str,
-        source: Source,
+        source: Flow,
     ) -> ServiceAnswer {
         if from != to {
             return with_warning(403, "only the user may change their own presence");
@@ -439,7 +439,7 @@ impl PresenceService {
         }
     }
 
-    async fn publish_categories(&self, msg: &Message, aor: &str, source: Source) -> ServiceAnswer {
+    async fn publish_categories(&self, msg: &Message, aor: &str, source: Flow) -> ServiceAnswer {
         let pubs = match msrtc::publish::parse_publish(&msg.body) {
             Ok(p) => p,
             Err(e) => return with_warning(400, &e.to_string()),
@@ -573,7 +573,7 @@ impl PresenceService {
                     payload: x.payload.clone(),
                 },
                 flow: (x.expire_type == "endpoint")
-                    .then_some(req.source.connection)
+                    .then_some(req.source.connection())
                     .flatten(),
                 state: msrtc::publish::read_state(x),
                 note: msrtc::publish::read_note(x),
@@ -584,7 +584,7 @@ impl PresenceService {
             }
         }
         p.lync.version += 1;
-        let flows: Vec<ConnectionId> = p.lync.categories.iter().filter_map(|c| c.flow).collect();
+        let flows: Vec<Connection> = p.lync.categories.iter().filter_map(|c| c.flow).collect();
         self.rebuild_lync_devices(p, now);
         match hand_set {
             Some(HandSet::Set(m)) => {
@@ -822,7 +822,7 @@ impl PresenceService {
 
     /// An endpoint's connection closed: its endpoint instances (and the device they
     /// stand for) are gone (MS-PRES §3.7.5.1: `expireType="endpoint"`).
-    pub(crate) fn lync_flow_closed(&self, id: ConnectionId) {
+    pub(crate) fn lync_flow_closed(&self, id: Connection) {
         let mut st = self.state.lock();
         let Some(owners) = st.lync_flows.remove(&id) else {
             return;

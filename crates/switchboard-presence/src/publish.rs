@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use sip_message::{HeaderName, Message};
-use switchboard_proxy::ServiceAnswer;
+use switchboard_core::seam::ServiceAnswer;
 use tokio::time::Instant;
 
 use crate::fetch;

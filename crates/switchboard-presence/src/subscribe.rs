@@ -9,8 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sip_message::{HeaderName, Message, Method, NameAddr, StartLine, Uri};
-use sip_transport::Source;
-use switchboard_proxy::{ServiceAnswer, SubscribeRequest};
+use switchboard_core::seam::{Flow, ServiceAnswer, SubscribeRequest};
 use tokio::time::Instant;
 
 use switchboard_core::DataError;
@@ -48,7 +47,7 @@ pub(crate) struct Subscription {
     event: Option<Box<str>>,
     /// The subscriber's Contact, and the flow the SUBSCRIBE came over.
     target: Box<str>,
-    flow: Source,
+    flow: Flow,
     call_id: Box<str>,
     their_tag: Box<str>,
     our_tag: u64,
@@ -174,7 +173,7 @@ impl PresenceService {
         msg: &Message,
         from: &str,
         to: &str,
-        source: Source,
+        source: Flow,
     ) -> ServiceAnswer {
         let event = msg
             .headers
@@ -497,7 +496,7 @@ impl PresenceService {
         watcher: &str,
         event: &str,
         target: String,
-        flow: Source,
+        flow: Flow,
         key: u64,
         dialog: (Box<str>, Box<str>),
         list: Option<(Vec<String>, bool)>,
@@ -877,9 +876,7 @@ impl PresenceService {
 
     /// Sends the subscription's NOTIFY now, with the current state.
     fn send(&self, st: &mut State, id: u64) {
-        let Some(deliverer) = self.deliverer.get().and_then(std::sync::Weak::upgrade) else {
-            return;
-        };
+        let deliverer = self.deliverer.clone();
         let Some(body) = self.render(st, id) else {
             // Nothing to tell (a contact list without changes).
             st.subs.get_mut(&id).expect("present").dirty = false;
@@ -963,10 +960,7 @@ impl PresenceService {
 
     /// Ends a subscription with a final NOTIFY (`terminated;reason=...`, RFC 6665 §4.2.2).
     pub(crate) fn terminate(&self, st: &mut State, id: u64, reason: &str) {
-        let Some(deliverer) = self.deliverer.get().and_then(std::sync::Weak::upgrade) else {
-            self.remove(st, id);
-            return;
-        };
+        let deliverer = self.deliverer.clone();
         let Some(s) = st.subs.get_mut(&id) else {
             return;
         };

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sip_message::{parse_datagram, HeaderName, Message};
+use switchboard_core::seam::ServiceAnswer;
 use switchboard_presence::{PresenceConfig, PresenceService};
-use switchboard_proxy::{EventHook, ServiceAnswer};
 use switchboard_store::{PresenceStore, Relationship};
 
 mod common;
-use common::{source, Captured};
+use common::Captured;
 
 const ALICE: &str = "sip:alice@x.test";
 
@@ -102,9 +102,8 @@ async fn a_contact_list_grown_past_the_limit_ends_its_subscription() {
     add_contact(&store, "bob@x.test");
     add_contact(&store, "nobody@x.test");
     let sub = request("SUBSCRIBE", "l1", None, EVENTLIST, "");
-    let a = svc.handle(&sub, ALICE, ALICE, source()).await;
+    let a = common::handle(&svc, &sub, ALICE, ALICE).await;
     assert_eq!(a.status, 200);
-    svc.answered(&sub, ALICE, 200).await;
     settle().await;
     assert_eq!(notifies.take().len(), 1);
     // Alice and Bob; the nobody holds nothing.
@@ -127,7 +126,7 @@ async fn a_contact_list_grown_past_the_limit_ends_its_subscription() {
     assert_eq!(svc.counts().2, 0);
 
     let again = request("SUBSCRIBE", "l2", None, EVENTLIST, "");
-    let a = svc.handle(&again, ALICE, ALICE, source()).await;
+    let a = common::handle(&svc, &again, ALICE, ALICE).await;
     assert_eq!(a.status, 403);
     assert_eq!(
         warning(&a),
@@ -147,10 +146,9 @@ async fn a_batched_list_replaced_in_its_dialog_keeps_the_bounds() {
         BATCHED,
         &batch(&["sip:bob@x.test", "sip:ghost@x.test"]),
     );
-    let a = svc.handle(&first, ALICE, ALICE, source()).await;
+    let a = common::handle(&svc, &first, ALICE, ALICE).await;
     assert_eq!(a.status, 200);
     let tag = a.to_tag.clone().unwrap();
-    svc.answered(&first, ALICE, 200).await;
     settle().await;
     notifies.take();
     assert_eq!(svc.counts().0, 2);
@@ -162,16 +160,15 @@ async fn a_batched_list_replaced_in_its_dialog_keeps_the_bounds() {
         "sip:ghost2@x.test",
     ]);
     let over = request("SUBSCRIBE", "b1", Some(&tag), BATCHED, &four);
-    let a = svc.handle(&over, ALICE, ALICE, source()).await;
+    let a = common::handle(&svc, &over, ALICE, ALICE).await;
     assert_eq!(a.status, 403);
     assert_eq!(svc.counts().0, 2, "carol not watched");
 
     // Three, one of them new and real: Carol is watched, Bob no longer.
     let three = batch(&["sip:carol@x.test", "sip:ghost@x.test", "sip:ghost2@x.test"]);
     let within = request("SUBSCRIBE", "b1", Some(&tag), BATCHED, &three);
-    let a = svc.handle(&within, ALICE, ALICE, source()).await;
+    let a = common::handle(&svc, &within, ALICE, ALICE).await;
     assert_eq!(a.status, 200);
-    svc.answered(&within, ALICE, 200).await;
     settle().await;
     let n = notifies.take();
     let doc = String::from_utf8_lossy(&n.last().unwrap().body).into_owned();
@@ -197,9 +194,9 @@ async fn a_lync_contact_list_does_not_grow_past_the_limit() {
     };
     let soap = "Content-Type: application/SOAP+xml\r\n";
     let bob = request("SERVICE", "s1", None, soap, &set_contact("bob@x.test"));
-    assert_eq!(svc.handle(&bob, ALICE, ALICE, source()).await.status, 200);
+    assert_eq!(common::handle(&svc, &bob, ALICE, ALICE).await.status, 200);
     let carol = request("SERVICE", "s2", None, soap, &set_contact("carol@x.test"));
-    let a = svc.handle(&carol, ALICE, ALICE, source()).await;
+    let a = common::handle(&svc, &carol, ALICE, ALICE).await;
     assert_eq!(a.status, 403);
     assert_eq!(
         warning(&a),
@@ -207,7 +204,7 @@ async fn a_lync_contact_list_does_not_grow_past_the_limit() {
     );
     let bob_again = request("SERVICE", "s3", None, soap, &set_contact("bob@x.test"));
     assert_eq!(
-        svc.handle(&bob_again, ALICE, ALICE, source()).await.status,
+        common::handle(&svc, &bob_again, ALICE, ALICE).await.status,
         200
     );
     let list = store.contact_list("alice@x.test").unwrap();

@@ -9,14 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sip_message::{HeaderName, Message};
+use switchboard_core::seam::ServiceAnswer;
 use switchboard_core::{ManualState, Relationship};
 use switchboard_presence::{PresenceConfig, PresenceService};
-use switchboard_proxy::{EventHook, ServiceAnswer};
 use tokio::task::JoinHandle;
 
 mod common;
 use common::data::{Gate, TestData, USER_READS};
-use common::{request, source, Captured};
+use common::{request, Captured};
 
 const ALICE: &str = "alice@x.test";
 const BOB: &str = "bob@x.test";
@@ -62,19 +62,14 @@ async fn setup() -> (
 async fn publish(svc: &PresenceService, user: &str) -> ServiceAnswer {
     let m = request("PUBLISH", user, user, PUBLISH, &open_with_note(user));
     let to = format!("sip:{user}");
-    svc.handle(&m, &to, &to, source()).await
+    common::handle(svc, &m, &to, &to).await
 }
 
-/// A SUBSCRIBE from `watcher` to `user`, answered (and, when accepted, told so).
+/// A SUBSCRIBE from `watcher` to `user`, answered (and, when accepted, notified).
 async fn subscribe(svc: &PresenceService, watcher: &str, user: &str) -> ServiceAnswer {
     let m = request("SUBSCRIBE", watcher, user, SUBSCRIBE, "");
     let from = format!("sip:{watcher}");
-    let a = svc
-        .handle(&m, &from, &format!("sip:{user}"), source())
-        .await;
-    if a.status == 200 {
-        svc.answered(&m, &from, 200).await;
-    }
+    let a = common::handle(svc, &m, &from, &format!("sip:{user}")).await;
     a
 }
 
@@ -181,7 +176,7 @@ async fn a_blocked_watcher_sees_nothing_while_the_data_cannot_be_read() {
     );
     let alice = format!("sip:{ALICE}");
     assert_try_later(
-        &svc.handle(&edit, &alice, &alice, source()).await,
+        &common::handle(&svc, &edit, &alice, &alice).await,
         "SERVICE",
     );
     assert!(

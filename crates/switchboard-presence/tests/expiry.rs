@@ -8,11 +8,10 @@ use std::time::Duration;
 
 use sip_message::{HeaderName, Message};
 use switchboard_presence::{PresenceConfig, PresenceService};
-use switchboard_proxy::EventHook;
 use switchboard_store::{ManualState, PresenceStore};
 
 mod common;
-use common::{request, source, Captured};
+use common::{request, Captured};
 
 const OPEN: &str = "<presence xmlns=\"urn:ietf:params:xml:ns:pidf\" entity=\"sip:alice@x.test\"><tuple id=\"t\"><status><basic>open</basic></status></tuple></presence>";
 
@@ -57,9 +56,7 @@ async fn publications_and_subscriptions_expire() {
         "Event: presence\r\nExpires: 60\r\nContent-Type: application/pidf+xml\r\n",
         OPEN,
     );
-    let a = svc
-        .handle(&publish, "sip:alice@x.test", "sip:alice@x.test", source())
-        .await;
+    let a = common::handle(&svc, &publish, "sip:alice@x.test", "sip:alice@x.test").await;
     assert_eq!(a.status, 200);
     let sub = request(
         "SUBSCRIBE",
@@ -68,11 +65,8 @@ async fn publications_and_subscriptions_expire() {
         "Event: presence\r\nExpires: 120\r\n",
         "",
     );
-    let a = svc
-        .handle(&sub, "sip:bob@x.test", "sip:alice@x.test", source())
-        .await;
+    let a = common::handle(&svc, &sub, "sip:bob@x.test", "sip:alice@x.test").await;
     assert_eq!(a.status, 200);
-    svc.answered(&sub, "sip:bob@x.test", 200).await;
     settle().await;
     let n = notifies.take();
     assert_eq!(n.len(), 1);
@@ -107,7 +101,7 @@ async fn a_hand_set_state_runs_out_at_its_time() {
         OPEN,
     );
     assert_eq!(
-        svc.handle(&publish, "sip:alice@x.test", "sip:alice@x.test", source())
+        common::handle(&svc, &publish, "sip:alice@x.test", "sip:alice@x.test")
             .await
             .status,
         200
@@ -120,12 +114,11 @@ async fn a_hand_set_state_runs_out_at_its_time() {
         "",
     );
     assert_eq!(
-        svc.handle(&sub, "sip:bob@x.test", "sip:alice@x.test", source())
+        common::handle(&svc, &sub, "sip:bob@x.test", "sip:alice@x.test")
             .await
             .status,
         200
     );
-    svc.answered(&sub, "sip:bob@x.test", 200).await;
     settle().await;
     notifies.take();
     let now = svc.now_ms();

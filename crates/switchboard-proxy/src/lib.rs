@@ -12,37 +12,49 @@
 //!    best response returned (§16.7).
 //!
 //! Pager-mode MESSAGE passes through an [`ImHook`], where the IM service attaches;
-//! SUBSCRIBE and PUBLISH for users go to an [`EventHook`], where presence attaches.
+//! SUBSCRIBE and PUBLISH for users go to an [`EventHook`], where presence attaches. Both
+//! seams, and the [`Deliverer`](switchboard_core::seam::Deliverer) this crate's
+//! [`Outbound`] side implements for them, live in [`switchboard_core::seam`]: the
+//! services never see this crate. [`Outbound`] is built first and given to the services;
+//! [`Core`] is built last, from the outbound side and the services, so nothing the
+//! router calls holds the router.
 //!
 //! ## Layout
 //! - `auth`: Digest challenges and verification.
 //! - `routing`: target selection, the forwarded request, the response context.
-//! - [`hook`]: the IM service seam.
+//! - `outbound`: requests the server originates for the services, and the path to a
+//!   binding that routing shares with them.
+//! - `relay`: a request the IM service holds while it decides (its `Relay`), and the
+//!   order kept around it.
+//! - `flow`: the transport's `Source`/`ConnectionId` turned into the core's `Flow` and
+//!   back, at this crate's edge.
+//!
+//! Arrows: depends on the SIP stack (sip-message, sip-digest, ntlm, sipae,
+//! sip-transport, sip-transaction), switchboard-core (domain, data traits, seams) and
+//! switchboard-registrar; only the binary depends on it. It names no service crate.
 #![forbid(unsafe_code)]
 
 mod auth;
 mod cookie;
-pub mod hook;
+mod flow;
 mod ntlm_auth;
-mod originate;
+mod outbound;
+mod relay;
 mod routing;
 
-pub use hook::{
-    Deliverer, Delivery, EventHook, Flow, HookDecision, ImHook, RelayAll, ServiceAnswer,
-    SubscribeRequest,
-};
+pub use outbound::Outbound;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use md5::{Digest as _, Md5};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use sip_digest::{Algorithm, NonceIssuer, ReplayGuard};
-use sip_message::{HeaderName, Host, Message, Method, Uri};
+use sip_message::{HeaderName, Message, Method, Uri};
 use sip_transaction::{ServerRequest, TransactionLayer, TransactionUser};
-use sip_transport::{ConnectionId, Inbound, TransportKind, Work};
+use sip_transport::{ConnectionId, Inbound, Work};
+use switchboard_core::seam::{EventHook, ImHook};
 use switchboard_core::{Address, DataError, Directory};
 use switchboard_registrar::{Location, RegisterError};
 use tokio::sync::Notify;
@@ -81,7 +93,8 @@ impl Default for ProxyConfig {
     }
 }
 
-/// The SIP core. Create with [`Core::new`] and attach with [`Core::attach`].
+/// The SIP core (the router). Create with [`Core::new`] around the [`Outbound`] side the
+/// services were given and the services themselves, then [`Core::attach`] it.
 pub struct Core {
     pub(crate) layer: TransactionLayer,
     pub(crate) users: Arc<dyn Directory>,
@@ -92,18 +105,14 @@ pub struct Core {
     pub(crate) hook: Arc<dyn ImHook>,
     /// NTLM security associations of Lync-dialect clients, by `opaque`.
     pub(crate) ntlm: Mutex<ntlm_auth::NtlmState>,
-    /// The association each signed-in Lync connection signs on (by `opaque`).
-    pub(crate) sa_flows: RwLock<HashMap<ConnectionId, String>>,
-    /// The event-state service (presence), once attached.
-    pub(crate) events: std::sync::OnceLock<Arc<dyn EventHook>>,
+    /// The event-state service (presence).
+    pub(crate) events: Arc<dyn EventHook>,
+    /// The outbound side, whose paths (and Lync connections) the router shares.
+    pub(crate) out: Outbound,
     epoch: tokio::time::Instant,
-    /// Addresses that are "us" (learned from listeners and connections).
-    pub(crate) own_addrs: RwLock<Vec<SocketAddr>>,
     /// INVITEs being forwarded, by (branch, Call-ID), so CANCEL can reach them.
     pub(crate) pending_invites: Mutex<HashMap<(String, String), Arc<Notify>>>,
     pub(crate) me: Weak<Core>,
-    /// Which IP addresses are this host's (asked of the kernel once each).
-    local_ips: Mutex<HashMap<IpAddr, bool>>,
     pub(crate) cookies: cookie::Cookies,
 }
 
@@ -117,31 +126,31 @@ pub(crate) struct OwnRoute {
 }
 
 impl Core {
+    /// The router over `out` (whose transaction layer and location service it uses),
+    /// handing IM to `hook` and event state to `events`.
     pub fn new(
-        layer: TransactionLayer,
         users: Arc<dyn Directory>,
-        location: Arc<Location>,
         config: ProxyConfig,
+        out: Outbound,
         hook: Arc<dyn ImHook>,
+        events: Arc<dyn EventHook>,
     ) -> Arc<Core> {
         let lifetime = config.nonce_lifetime.as_secs();
         let cookies = cookie::Cookies::new(config.route_secret.unwrap_or_else(rand::random));
         Arc::new_cyclic(|me| Core {
             cookies,
             me: me.clone(),
-            local_ips: Mutex::new(HashMap::new()),
-            layer,
+            layer: out.layer.clone(),
+            location: out.location.clone(),
+            out,
             users,
-            location,
             nonces: NonceIssuer::new(lifetime),
             replay: ReplayGuard::new(lifetime),
             config,
             hook,
-            events: std::sync::OnceLock::new(),
+            events,
             ntlm: Mutex::new(Default::default()),
-            sa_flows: RwLock::new(HashMap::new()),
             epoch: tokio::time::Instant::now(),
-            own_addrs: RwLock::new(Vec::new()),
             pending_invites: Mutex::new(HashMap::new()),
         })
     }
@@ -151,11 +160,7 @@ impl Core {
     pub fn attach(self: &Arc<Self>) {
         self.layer.set_user(self.clone());
         self.layer.set_signer(self.clone());
-        for kind in [TransportKind::Udp, TransportKind::Tcp, TransportKind::Tls] {
-            if let Some(a) = self.layer.transports().listening(kind) {
-                self.own_addrs.write().push(a);
-            }
-        }
+        self.out.learn_listeners();
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -170,11 +175,6 @@ impl Core {
                 }
             }
         });
-    }
-
-    /// Attaches the service that answers SUBSCRIBE and PUBLISH for users (once).
-    pub fn set_event_hook(&self, events: Arc<dyn EventHook>) {
-        let _ = self.events.set(events);
     }
 
     /// The user directory the core authenticates and routes against.
@@ -226,51 +226,6 @@ impl Core {
         self.users.has_domain(&d).await.inspect_err(|e| {
             tracing::error!(error = %e, "user directory unavailable");
         })
-    }
-
-    /// Does this host (and port) name this server itself?
-    pub(crate) fn is_own(&self, host: &Host, port: Option<u16>) -> bool {
-        let ip: Option<IpAddr> = match host {
-            Host::V4(a) => Some(IpAddr::V4(*a)),
-            Host::V6(a) => Some(IpAddr::V6(*a)),
-            Host::Domain(d) => {
-                if self
-                    .config
-                    .hostnames
-                    .iter()
-                    .any(|h| h.eq_ignore_ascii_case(d))
-                {
-                    return port.is_none()
-                        || self.own_addrs.read().iter().any(|a| Some(a.port()) == port);
-                }
-                None
-            }
-        };
-        let Some(ip) = ip else { return false };
-        let addrs = self.own_addrs.read();
-        addrs.iter().any(|a| {
-            let ip_ok = a.ip() == ip
-                || (a.ip().is_unspecified() && (ip.is_loopback() || self.is_local_ip(ip)));
-            let port_ok = match port {
-                Some(p) => a.port() == p,
-                None => a.port() == 5060 || a.port() == 5061,
-            };
-            ip_ok && port_ok
-        })
-    }
-
-    fn is_local_ip(&self, ip: IpAddr) -> bool {
-        if let Some(known) = self.local_ips.lock().get(&ip) {
-            return *known;
-        }
-        // An address of one of our interfaces: binding a socket to it succeeds.
-        let local = std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok();
-        let mut cache = self.local_ips.lock();
-        if cache.len() > 4096 {
-            cache.clear();
-        }
-        cache.insert(ip, local);
-        local
     }
 
     async fn respond(&self, req: &ServerRequest, status: u16) {
@@ -337,7 +292,11 @@ impl Core {
             let Some(first) = routes.first() else {
                 return out;
             };
-            let Some(uri) = first.uri.as_sip().filter(|u| self.is_own(&u.host, u.port)) else {
+            let Some(uri) = first
+                .uri
+                .as_sip()
+                .filter(|u| self.out.is_own(&u.host, u.port))
+            else {
                 return out;
             };
             if out.cookie.is_none() {
@@ -471,7 +430,10 @@ impl Core {
             return;
         }
         let aor = format!("sip:{aor_addr}");
-        match self.location.register(&aor, msg, req.source) {
+        match self
+            .location
+            .register(&aor, msg, flow::flow_of(&req.source))
+        {
             Ok(outcome) => {
                 let mut resp = self.response(msg, 200);
                 for c in self.location.contact_values(
@@ -536,12 +498,10 @@ impl Core {
         resp.headers
             .push(HeaderName::Supported, "msrtc-event-categories");
         resp.headers.push(HeaderName::Supported, "adhoclist");
-        if let Some(events) = self.events.get() {
-            resp.headers.push(
-                HeaderName::AllowEvents,
-                events.allow_events().replace(", ", ","),
-            );
-        }
+        resp.headers.push(
+            HeaderName::AllowEvents,
+            self.events.allow_events().replace(", ", ","),
+        );
         resp.headers.push(
             HeaderName::from_wire("ms-keep-alive"),
             "UAS; tcp=no; hop-hop=yes; end-end=no; timeout=300",
@@ -594,10 +554,8 @@ impl TransactionUser for Core {
 
     fn on_connection_closed(&self, id: ConnectionId) {
         self.connection_gone(id);
-        if let Some(events) = self.events.get() {
-            events.flow_closed(id);
-        }
-        let gone = self.location.flow_closed(id);
+        self.events.flow_closed(flow::connection_of(id));
+        let gone = self.location.flow_closed(flow::connection_of(id));
         if !gone.is_empty() {
             tracing::debug!(?gone, "flow closed; bindings removed");
         }

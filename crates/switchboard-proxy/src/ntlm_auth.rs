@@ -533,7 +533,11 @@ impl crate::Core {
 
     /// From now on, messages over `connection` are signed on association `opaque`.
     pub(crate) fn bind_association(&self, connection: ConnectionId, opaque: &str) {
-        let replaced = self.sa_flows.write().insert(connection, opaque.to_owned());
+        let replaced = self
+            .out
+            .sa_flows
+            .write()
+            .insert(connection, opaque.to_owned());
         // A re-authentication (MS-SIPAE §3.2.2) supersedes the connection's old
         // association: it signs and verifies nothing any more.
         if let Some(old) = replaced.filter(|o| o != opaque) {
@@ -544,7 +548,7 @@ impl crate::Core {
     /// The connection closed: its association ends with it (the client signs in again
     /// over a new connection).
     pub(crate) fn connection_gone(&self, connection: ConnectionId) {
-        let gone = self.sa_flows.write().remove(&connection);
+        let gone = self.out.sa_flows.write().remove(&connection);
         let mut st = self.ntlm.lock();
         if let Some(opaque) = gone {
             st.associations.remove(&opaque);
@@ -555,16 +559,10 @@ impl crate::Core {
         }
     }
 
-    /// Does `flow` carry a Lync security association (its device speaks the Lync dialect)?
-    pub(crate) fn on_association(&self, flow: sip_transport::Source) -> bool {
-        flow.connection
-            .is_some_and(|id| self.sa_flows.read().contains_key(&id))
-    }
-
     /// The association of the connection a request came over, if any.
     pub(crate) fn association_of(&self, req: &ServerRequest) -> Option<String> {
         let id = req.source.connection?;
-        let flows = self.sa_flows.read();
+        let flows = self.out.sa_flows.read();
         if flows.is_empty() {
             return None;
         }
@@ -660,7 +658,7 @@ impl OutboundSigner for crate::Core {
             return true;
         };
         let opaque = {
-            let flows = self.sa_flows.read();
+            let flows = self.out.sa_flows.read();
             if flows.is_empty() {
                 return true;
             }
@@ -685,7 +683,7 @@ impl OutboundSigner for crate::Core {
             return None;
         };
         let opaque = {
-            let flows = self.sa_flows.read();
+            let flows = self.out.sa_flows.read();
             if flows.is_empty() {
                 return None;
             }

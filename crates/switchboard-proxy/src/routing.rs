@@ -9,12 +9,18 @@ use sip_message::{HeaderName, Host, Message, Method, NameAddr, Uri, Via};
 use sip_transaction::mailbox::mailbox;
 use sip_transaction::{cancel_for, new_branch, ClientEvent, ServerRequest};
 use sip_transport::{Inbound, Source, Target, TransportKind};
+use switchboard_core::seam::Flow;
 use switchboard_core::Address;
 use switchboard_registrar::Binding;
 use tokio::sync::Notify;
 
-use crate::hook::HookDecision;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use switchboard_core::seam::{AnswerPort, Reach, Responder, ServiceAnswer};
+
+use crate::flow::{flow_of, transport_of};
 use crate::ntlm_auth::{strip_hop_signatures, SignedRequest};
+use crate::relay::{Next, Settle};
 use crate::Core;
 
 /// Prefix of the branches we generate; the loop-detection hash follows it.
@@ -61,7 +67,7 @@ fn loop_hash(msg: &Message) -> String {
 
 /// Where an outbound request goes and what we say about ourselves on that path.
 /// What [`Core::classify`] found a routed request to be.
-struct Classified {
+pub(crate) struct Classified {
     method: Method,
     ruri: sip_message::SipUri,
     /// It carries a To tag.
@@ -70,6 +76,45 @@ struct Classified {
     domain_target: bool,
     /// In a dialog: the device (or the dialog's other party) it goes to.
     contact_binding: Option<Binding>,
+}
+
+/// The router's side of a [`Responder`] for `req`: the service's answer goes out as
+/// the final response, and [`Answering::finish`] answers 500 when there was none.
+struct Answering<'a> {
+    core: &'a Core,
+    req: &'a ServerRequest,
+    sent: AtomicBool,
+}
+
+impl<'a> Answering<'a> {
+    fn new(core: &'a Core, req: &'a ServerRequest) -> Self {
+        Answering {
+            core,
+            req,
+            sent: AtomicBool::new(false),
+        }
+    }
+
+    /// The service returned: a request it left unanswered gets 500 (never no answer).
+    async fn finish(self) {
+        if !self.sent.load(Ordering::Acquire) {
+            tracing::error!(
+                method = ?self.req.message.method(),
+                "a service returned without answering; answered 500"
+            );
+            self.core.respond(self.req, 500).await;
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl AnswerPort for Answering<'_> {
+    async fn answer(&self, answer: ServiceAnswer) -> u16 {
+        self.sent.store(true, Ordering::Release);
+        let status = answer.status;
+        self.core.answer_service(self.req, answer).await;
+        status
+    }
 }
 
 /// One branch of a forked request (§16.6): what was sent where, and how far it got.
@@ -84,9 +129,9 @@ struct Branch {
 
 pub(crate) struct Hop {
     pub(crate) target: Target,
-    transport: TransportKind,
+    pub(crate) transport: TransportKind,
     /// Our address on this path, for Via and Record-Route.
-    local: SocketAddr,
+    pub(crate) local: SocketAddr,
 }
 
 impl Hop {
@@ -121,7 +166,7 @@ impl Core {
         }
         let hash = loop_hash(msg);
         mine.iter().any(|v| {
-            self.is_own(&v.host, v.port)
+            self.out.is_own(&v.host, v.port)
                 && v.branch()
                     .is_some_and(|b| b[OUR_BRANCH.len()..].starts_with(&hash))
         })
@@ -159,7 +204,7 @@ impl Core {
         };
         // Requests addressed to the server itself (no user part).
         let addressed_to_us = ruri.user.is_none()
-            && (self.is_own(&ruri.host, ruri.port)
+            && (self.out.is_own(&ruri.host, ruri.port)
                 || match self.serves_domain(&ruri.host.to_string()).await {
                     Ok(served) => served,
                     Err(_) => {
@@ -290,36 +335,52 @@ impl Core {
         Some(format!("sip:{sender}"))
     }
 
-    /// Who takes it: an event service, the IM service, the dialog's other party, or the
-    /// target user's devices (forked, §16.6).
+    /// Who takes it: an event service, the IM service (which sees every request in a
+    /// dialog first), the dialog's other party, or the target user's devices.
     async fn dispatch(self: Arc<Self>, req: ServerRequest, target: Classified, from_aor: String) {
+        if matches!(
+            target.method,
+            Method::Subscribe | Method::Publish | Method::Service
+        ) && target.domain_target
+        {
+            if let Some(answered) = self.to_event_service(&req, &target.ruri, &from_aor).await {
+                return answered;
+            }
+        }
+        if target.in_dialog {
+            let (hook, msg, from) = (self.hook.clone(), req.message.clone(), from_aor.clone());
+            return self
+                .through_service(
+                    req,
+                    &from_aor,
+                    Next::Route(Box::new(target)),
+                    |relay| async move { hook.in_dialog(&msg, &from, relay).await },
+                )
+                .await;
+        }
+        self.route(req, target, from_aor, None).await
+    }
+
+    /// Routes a request no service answered: to a resource of the IM service, the
+    /// dialog's other party, or the target user's devices (forked, §16.6). `settle`
+    /// carries a relayed request's final status to the IM service holding it.
+    pub(crate) async fn route(
+        self: Arc<Self>,
+        req: ServerRequest,
+        target: Classified,
+        from_aor: String,
+        settle: Option<Settle>,
+    ) {
         let Classified {
             method,
             ruri,
             in_dialog,
-            domain_target,
+            domain_target: _,
             contact_binding,
         } = target;
         let msg = &req.message;
-        if matches!(
-            method,
-            Method::Subscribe | Method::Publish | Method::Service
-        ) && domain_target
-        {
-            if let Some(answered) = self.to_event_service(&req, &ruri, &from_aor).await {
-                return answered;
-            }
-        }
-
-        if in_dialog
-            && self
-                .answer_decision(&req, self.hook.in_dialog(msg, &from_aor).await)
-                .await
-        {
-            return;
-        }
         if let Some(b) = contact_binding {
-            return self.spawn_forward(req, vec![b], from_aor, None);
+            return self.spawn_forward(req, vec![b], from_aor, None, settle);
         }
 
         // Target: a GRUU (one device) or an AoR (all devices).
@@ -339,32 +400,40 @@ impl Core {
                             return self.answer_service(&req, refusal).await;
                         }
                     }
-                    self.spawn_forward(req, vec![b], from_aor, Some(aor))
+                    if method == Method::Message && !in_dialog {
+                        let next = Next::Fork {
+                            bindings: vec![b],
+                            to_aor: aor.clone(),
+                        };
+                        return self
+                            .message_to_service(req, from_aor, aor, Reach::Device, next)
+                            .await;
+                    }
+                    self.spawn_forward(req, vec![b], from_aor, Some(aor), settle)
                 }
                 None => self.respond(&req, 480).await,
             };
         }
         if self.hook.serves(&aor) {
-            let answer = self
-                .hook
-                .to_service(msg, &from_aor, &aor, crate::hook::Flow(req.source))
-                .await;
-            let status = answer.status;
-            self.answer_service(&req, answer).await;
+            let port = Answering::new(&self, &req);
             self.hook
-                .service_answered(msg, &from_aor, &aor, status)
+                .to_service(
+                    msg,
+                    &from_aor,
+                    &aor,
+                    flow_of(&req.source),
+                    Responder::new(&port),
+                )
                 .await;
-            return;
+            return port.finish().await;
         }
         // Event state (presence, and anything else published or subscribed to) is kept by
         // a service on the server, never forked to the user's own devices; an event no
         // service keeps is RFC 6665 §8.2.1 / RFC 3903 §6: 489 Bad Event.
         if !in_dialog && matches!(method, Method::Subscribe | Method::Publish) {
             let mut resp = self.response(msg, 489);
-            if let Some(events) = self.events.get() {
-                resp.headers
-                    .push(HeaderName::AllowEvents, events.allow_events());
-            }
+            resp.headers
+                .push(HeaderName::AllowEvents, self.events.allow_events());
             resp.headers.push(
                 HeaderName::Warning,
                 "399 switchboard \"event package not served\"",
@@ -381,16 +450,21 @@ impl Core {
         }
         let bindings = self.location.lookup(&aor);
         if method == Method::Message && !in_dialog {
-            let decision = self
-                .hook
-                .before_message(msg, &from_aor, &aor, !bindings.is_empty())
+            let reach = if bindings.is_empty() {
+                Reach::Offline
+            } else {
+                Reach::Online
+            };
+            let next = Next::Fork {
+                bindings,
+                to_aor: aor.clone(),
+            };
+            return self
+                .message_to_service(req, from_aor, aor, reach, next)
                 .await;
-            if self.answer_decision(&req, decision).await {
-                return;
-            }
         }
         if method == Method::Invite && !in_dialog {
-            let session_im = bindings.iter().any(|b| self.on_association(b.flow));
+            let session_im = bindings.iter().any(|b| self.out.on_association(b.flow));
             let answer = self
                 .hook
                 .before_invite(
@@ -399,7 +473,7 @@ impl Core {
                     &aor,
                     !bindings.is_empty(),
                     session_im,
-                    crate::hook::Flow(req.source),
+                    flow_of(&req.source),
                 )
                 .await;
             if let Some(answer) = answer {
@@ -414,11 +488,28 @@ impl Core {
                 return self.answer_service(&req, refusal).await;
             }
         }
-        self.spawn_forward(req, bindings, from_aor, Some(aor))
+        self.spawn_forward(req, bindings, from_aor, Some(aor), settle)
+    }
+
+    /// A pager-mode MESSAGE to the user `to_aor`: the IM service relays it (`next`) or
+    /// answers it.
+    async fn message_to_service(
+        self: Arc<Self>,
+        req: ServerRequest,
+        from_aor: String,
+        to_aor: String,
+        reach: Reach,
+        next: Next,
+    ) {
+        let (hook, msg, from) = (self.hook.clone(), req.message.clone(), from_aor.clone());
+        self.through_service(req, &from_aor, next, |relay| async move {
+            hook.message(&msg, &from, &to_aor, reach, relay).await
+        })
+        .await
     }
 
     /// Answers a request a service took, with the service's To tag, headers and body.
-    async fn answer_service(&self, req: &ServerRequest, answer: crate::ServiceAnswer) {
+    async fn answer_service(&self, req: &ServerRequest, answer: ServiceAnswer) {
         let msg = &req.message;
         let tag = answer.to_tag.unwrap_or_else(|| self.to_tag(msg));
         let mut resp = msg.response(answer.status, Some(&tag));
@@ -442,7 +533,7 @@ impl Core {
         ruri: &sip_message::SipUri,
         from_aor: &str,
     ) -> Option<()> {
-        let events = self.events.get()?;
+        let events = &self.events;
         let event = req
             .message
             .headers
@@ -484,12 +575,17 @@ impl Core {
                 return Some(());
             }
         }
-        let answer = events
-            .handle(&req.message, from_aor, &to_aor, req.source)
+        let port = Answering::new(self, req);
+        events
+            .handle(
+                &req.message,
+                from_aor,
+                &to_aor,
+                flow_of(&req.source),
+                Responder::new(&port),
+            )
             .await;
-        let status = answer.status;
-        self.answer_service(req, answer).await;
-        events.answered(&req.message, from_aor, status).await;
+        port.finish().await;
         Some(())
     }
 
@@ -547,12 +643,14 @@ impl Core {
         ruri: &sip_message::SipUri,
         flow: crate::cookie::FlowKey,
     ) -> Binding {
-        let mut b = Self::unregistered_binding(ruri);
-        b.flow.transport = flow.transport;
-        b.flow.remote = flow.remote;
+        let mut b = crate::outbound::Paths::unregistered_binding(ruri);
+        let mut conn = b.flow.conn();
+        conn.transport = transport_of(flow.transport);
+        conn.remote = flow.remote;
         if let Some(local) = self.layer.transports().listening(flow.transport) {
-            b.flow.local = local;
+            conn.local = local;
         }
+        b.flow = Flow::new(b.flow.fe(), conn);
         b.pinned = true;
         b
     }
@@ -581,7 +679,7 @@ impl Core {
             let Some(u) = r.uri.as_sip_mut() else {
                 continue;
             };
-            if !self.is_own(&u.host, u.port) {
+            if !self.out.is_own(&u.host, u.port) {
                 continue;
             }
             let Some(cookie) = u.params.value(crate::cookie::ROUTE_PARAM) else {
@@ -603,130 +701,6 @@ impl Core {
             }
         }
         resp
-    }
-
-    /// The path to a binding. Over a stream: the connection it registered on while that is
-    /// open (connection reuse: the only way to reach NATed and TLS clients), else its
-    /// Contact. Over UDP: its Contact when that is on the address the REGISTER came from,
-    /// else the REGISTER's source address (a Contact behind NAT, `;alias` style).
-    pub(crate) fn hop_for(&self, b: &Binding) -> Hop {
-        let flow: Source = b.flow;
-        let contact = b.contact_addr();
-        let (target, transport) = match flow.connection {
-            // Its flow's address (an open connection to it, or a new one), whatever the
-            // Contact says.
-            _ if b.pinned => (Target::Addr(flow.transport, flow.remote), flow.transport),
-            Some(id) => {
-                let fallback = contact.filter(|(_, a)| *a != flow.remote);
-                (Target::Connection { id, fallback }, flow.transport)
-            }
-            None => match contact {
-                // A stream contact that never registered over a connection (a dialog's
-                // remote target): an open connection to it, or a new one.
-                Some((kind, a)) if kind != TransportKind::Udp && flow.transport == kind => {
-                    (Target::Addr(kind, a), kind)
-                }
-                Some((TransportKind::Udp, a)) if a.ip() == flow.remote.ip() => {
-                    (Target::Addr(TransportKind::Udp, a), TransportKind::Udp)
-                }
-                _ => (
-                    Target::Addr(TransportKind::Udp, flow.remote),
-                    TransportKind::Udp,
-                ),
-            },
-        };
-        // Via and Record-Route name our listening address for the transport.
-        let listen = self
-            .layer
-            .transports()
-            .listening(transport)
-            .unwrap_or(flow.local);
-        let local = if listen.ip().is_unspecified() {
-            SocketAddr::new(
-                self.layer.transports().local_ip_for(flow.remote.ip()),
-                listen.port(),
-            )
-        } else {
-            listen
-        };
-        Hop {
-            target,
-            transport,
-            local,
-        }
-    }
-
-    /// Carries out an IM hook's decision; true when the request was answered here.
-    async fn answer_decision(&self, req: &ServerRequest, decision: HookDecision) -> bool {
-        let (status, headers) = match decision {
-            HookDecision::Relay => return false,
-            HookDecision::Respond(status) => (status, Vec::new()),
-            HookDecision::RespondWith(status, headers) => (status, headers),
-        };
-        let mut resp = self.response(&req.message, status);
-        for (name, value) in headers {
-            resp.headers.push(HeaderName::from_wire(&name), value);
-        }
-        req.tx.respond(&resp).await;
-        true
-    }
-
-    /// A dialog's remote target reached over the flow the dialog came from (whatever
-    /// its Contact says: it may name no IP address at all, e.g. `*.invalid`).
-    pub(crate) fn flow_target(ruri: &sip_message::SipUri, flow: Source) -> Binding {
-        // Routed by the flow alone: a contact naming the flow's far end, so a Contact
-        // without a port (or naming a host of ours, like a GRUU) cannot send it elsewhere.
-        let mut via_flow = ruri.clone();
-        via_flow.host = host_of(flow.remote);
-        via_flow.port = Some(flow.remote.port());
-        via_flow
-            .params
-            .set("transport", Some(flow.transport.param()));
-        let mut b = Self::unregistered_binding(&via_flow);
-        b.flow = flow;
-        b
-    }
-
-    /// The registered device a GRUU (RFC 5627) Request-URI names, if it is one of ours.
-    pub(crate) fn gruu_binding(&self, ruri: &sip_message::SipUri) -> Option<Binding> {
-        let gr = ruri.params.get("gr");
-        let user = ruri.user_unescaped().unwrap_or_default();
-        if gr.is_none() && !user.starts_with("tgruu.") {
-            return None;
-        }
-        let aor = format!("sip:{user}@{}", ruri.host);
-        self.location
-            .lookup_gruu(&aor, gr.flatten(), &user)
-            .map(|(_, b)| b)
-    }
-
-    fn unregistered_binding(ruri: &sip_message::SipUri) -> Binding {
-        let contact = NameAddr::new(Uri::Sip(ruri.clone()));
-        Binding {
-            contact_key: contact.uri.to_string(),
-            contact,
-            expires_at: tokio::time::Instant::now(),
-            call_id: String::new(),
-            cseq: 0,
-            instance: None,
-            reg_id: None,
-            flow: Source {
-                transport: TransportKind::Udp,
-                remote: SocketAddr::from(([0, 0, 0, 0], 0)),
-                local: SocketAddr::from(([0, 0, 0, 0], 0)),
-                connection: None,
-            },
-            temp_gruu: None,
-            pinned: false,
-        }
-    }
-
-    /// A Contact naming this server itself would make the request loop.
-    pub(crate) fn is_own_hop(&self, hop: &Hop) -> bool {
-        match hop.target {
-            Target::Addr(_, a) => self.is_own(&host_of(a), Some(a.port())),
-            Target::Connection { .. } => false,
-        }
     }
 
     /// §16.6: the request for one branch.
@@ -811,23 +785,26 @@ impl Core {
 
     /// Forwarding waits for devices to answer: it runs as its own task so the connection
     /// it came from keeps being read.
-    fn spawn_forward(
+    pub(crate) fn spawn_forward(
         self: Arc<Self>,
         req: ServerRequest,
         bindings: Vec<Binding>,
         from_aor: String,
         to_aor: Option<String>,
+        settle: Option<Settle>,
     ) {
-        tokio::spawn(self.forward(req, bindings, from_aor, to_aor));
+        tokio::spawn(self.forward(req, bindings, from_aor, to_aor, settle));
     }
 
-    /// Forks `req` to `bindings` in parallel and returns the best response (§16.7).
+    /// Forks `req` to `bindings` in parallel and returns the best response (§16.7). A
+    /// non-INVITE's final status goes to the IM service holding it (`settle`) first.
     pub(crate) async fn forward(
         self: Arc<Self>,
         req: ServerRequest,
         bindings: Vec<Binding>,
         from_aor: String,
         to_aor: Option<String>,
+        mut settle: Option<Settle>,
     ) {
         let method = req.message.method().cloned().unwrap_or(Method::Options);
         let is_invite = method == Method::Invite;
@@ -837,8 +814,8 @@ impl Core {
         let (ev_tx, mut ev_rx) = mailbox::<(usize, ClientEvent)>();
         let mut branches: Vec<Branch> = Vec::new();
         for b in &bindings {
-            let hop = self.hop_for(b);
-            if self.is_own_hop(&hop) {
+            let hop = self.out.hop_for(b);
+            if self.out.is_own_hop(&hop) {
                 continue;
             }
             let idx = branches.len();
@@ -946,8 +923,9 @@ impl Core {
                     }
                 }
                 if !is_invite && first {
-                    self.after_relay(&req.message, &from_aor, to_aor.as_deref(), status)
-                        .await;
+                    if let Some(settle) = settle.take() {
+                        settle.settled(status).await;
+                    }
                 }
                 if let Some(up) = strip_our_via(resp) {
                     if first || is_invite {
@@ -984,20 +962,11 @@ impl Core {
             resp = self.response(&req.message, 487);
         }
         if !is_invite {
-            self.after_relay(&req.message, &from_aor, to_aor.as_deref(), status)
-                .await;
-        }
-        req.tx.respond(&resp).await;
-    }
-
-    async fn after_relay(&self, msg: &Message, from: &str, to: Option<&str>, status: u16) {
-        if in_dialog_request(msg) {
-            self.hook.after_in_dialog(msg, from, status).await;
-        } else if msg.method() == Some(&Method::Message) {
-            if let Some(to) = to {
-                self.hook.after_message(msg, from, to, status).await;
+            if let Some(settle) = settle.take() {
+                settle.settled(status).await;
             }
         }
+        req.tx.respond(&resp).await;
     }
 
     fn cancel_branches(&self, branches: &mut [Branch]) {
@@ -1038,9 +1007,9 @@ impl Core {
         let b = self
             .location
             .binding_for_contact(&Uri::Sip(uri.clone()), to_aor(&msg).as_deref())
-            .or_else(|| self.gruu_binding(&uri))
+            .or_else(|| self.out.gruu_binding(&uri))
             .unwrap_or_else(|| self.pinned_target(&uri, peer));
-        let hop = self.hop_for(&b);
+        let hop = self.out.hop_for(&b);
         let mf = msg
             .header_u32(&HeaderName::MaxForwards)
             .ok()
@@ -1087,7 +1056,7 @@ impl Core {
         else {
             return;
         };
-        if !self.is_own(&top.host, top.port)
+        if !self.out.is_own(&top.host, top.port)
             || !crate::cookie::constant_eq(mac, &self.cookies.branch_mac(next))
         {
             tracing::debug!(source = %resp.source.remote, "stray response not ours dropped");
@@ -1137,7 +1106,7 @@ pub(crate) fn to_aor(msg: &Message) -> Option<String> {
         .map(|a| format!("sip:{a}"))
 }
 
-fn host_of(a: SocketAddr) -> Host {
+pub(crate) fn host_of(a: SocketAddr) -> Host {
     match a.ip() {
         std::net::IpAddr::V4(v) => Host::V4(v),
         std::net::IpAddr::V6(v) => Host::V6(v),

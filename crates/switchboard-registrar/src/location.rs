@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use parking_lot::RwLock;
 use sip_message::{quote, ContactValue, HeaderName, Host, Message, NameAddr, Scheme, Uri};
-use sip_transport::{ConnectionId, Source, TransportKind};
+use switchboard_core::seam::{Connection, Flow, Transport};
 use tokio::time::Instant;
 
 /// Registrar limits.
@@ -47,7 +47,7 @@ pub struct Binding {
     pub instance: Option<String>,
     pub reg_id: Option<u32>,
     /// The flow the REGISTER arrived on: requests for this binding go back over it.
-    pub flow: Source,
+    pub flow: Flow,
     /// RFC 5627 temporary GRUU user part, if one was issued.
     pub temp_gruu: Option<String>,
     /// Reached over `flow` only, never at the address its Contact names: set on a
@@ -63,7 +63,7 @@ impl Binding {
 
     /// The contact's transport (`transport=` parameter; UDP by default for `sip:`,
     /// RFC 3263 §4.1 without DNS) and socket address, when its host is an IP address.
-    pub fn contact_addr(&self) -> Option<(TransportKind, SocketAddr)> {
+    pub fn contact_addr(&self) -> Option<(Transport, SocketAddr)> {
         let uri = self.contact.uri.as_sip()?;
         let ip: IpAddr = match &uri.host {
             Host::V4(a) => IpAddr::V4(*a),
@@ -71,15 +71,11 @@ impl Binding {
             Host::Domain(_) => return None,
         };
         let kind = match uri.transport() {
-            Some(t) => TransportKind::from_name(&t)?,
-            None if uri.scheme == Scheme::Sips => TransportKind::Tls,
-            None => TransportKind::Udp,
+            Some(t) => Transport::from_name(&t)?,
+            None if uri.scheme == Scheme::Sips => Transport::Tls,
+            None => Transport::Udp,
         };
-        let default_port = if kind == TransportKind::Tls {
-            5061
-        } else {
-            5060
-        };
+        let default_port = if kind == Transport::Tls { 5061 } else { 5060 };
         Some((kind, SocketAddr::new(ip, uri.port.unwrap_or(default_port))))
     }
 
@@ -89,7 +85,7 @@ impl Binding {
     /// TLS) or an RFC 5626 outbound registration (reg-id) cannot.
     pub fn reachable_without_flow(&self) -> bool {
         self.reg_id.is_none()
-            && matches!(self.contact_addr(), Some((TransportKind::Tcp, a)) if a != self.flow.remote)
+            && matches!(self.contact_addr(), Some((Transport::Tcp, a)) if a != self.flow.remote())
     }
 }
 
@@ -176,7 +172,7 @@ impl Location {
         &self,
         aor: &str,
         req: &Message,
-        flow: Source,
+        flow: Flow,
     ) -> Result<RegisterOutcome, RegisterError> {
         let now = Instant::now();
         let call_id = req.call_id().unwrap_or("").to_owned();
@@ -427,7 +423,7 @@ impl Location {
     /// RFC 5626 §5.4: a flow that failed makes its bindings unusable; they are removed,
     /// unless their Contact can be reached another way.
     /// Returns the AoRs that lost bindings.
-    pub fn flow_closed(&self, id: ConnectionId) -> Vec<String> {
+    pub fn flow_closed(&self, connection: Connection) -> Vec<String> {
         let mut affected = Vec::new();
         let mut gone = Vec::new();
         let mut gruus = Vec::new();
@@ -435,7 +431,7 @@ impl Location {
         aors.retain(|aor, list| {
             let before = list.len();
             list.retain(|b| {
-                let keep = b.flow.connection != Some(id) || b.reachable_without_flow();
+                let keep = b.flow.connection() != Some(connection) || b.reachable_without_flow();
                 if !keep {
                     gone.push((aor.clone(), b.contact_key.clone()));
                     gruus.extend(b.temp_gruu.clone());
@@ -541,18 +537,28 @@ fn same_binding(b: &Binding, key: &str, inst: &Option<String>, c: &NameAddr) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sip_transport::TransportKind;
+    use switchboard_core::seam::{Conn, FrontEnd};
 
-    fn flow(port: u16, conn: Option<u64>) -> Source {
-        Source {
-            transport: if conn.is_some() {
-                TransportKind::Tcp
-            } else {
-                TransportKind::Udp
+    fn flow(port: u16, conn: Option<u64>) -> Flow {
+        Flow::new(
+            FrontEnd::LOCAL,
+            Conn {
+                transport: if conn.is_some() {
+                    Transport::Tcp
+                } else {
+                    Transport::Udp
+                },
+                remote: SocketAddr::from(([127, 0, 0, 1], port)),
+                local: SocketAddr::from(([127, 0, 0, 1], 5060)),
+                number: conn,
             },
-            remote: SocketAddr::from(([127, 0, 0, 1], port)),
-            local: SocketAddr::from(([127, 0, 0, 1], 5060)),
-            connection: conn.map(ConnectionId),
+        )
+    }
+
+    fn connection(number: u64) -> Connection {
+        Connection {
+            fe: FrontEnd::LOCAL,
+            number,
         }
     }
 
@@ -678,9 +684,9 @@ mod tests {
         loc.register(AOR, &r, flow(40001, Some(8))).unwrap();
         let uri = Uri::parse("sip:bob@127.0.0.1:40000;transport=tcp").unwrap();
         assert!(loc.binding_for_contact(&uri, None).is_some());
-        assert_eq!(loc.flow_closed(ConnectionId(7)), vec![AOR.to_string()]);
+        assert_eq!(loc.flow_closed(connection(7)), vec![AOR.to_string()]);
         assert!(loc.binding_for_contact(&uri, None).is_none());
-        assert!(loc.flow_closed(ConnectionId(8)).is_empty());
+        assert!(loc.flow_closed(connection(8)).is_empty());
         assert_eq!(loc.lookup(AOR).len(), 1);
         // '*' removes everything and the index follows.
         let star = register("b", 2, &["*"], Some(0));

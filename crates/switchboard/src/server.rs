@@ -8,10 +8,11 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use sip_transaction::{Timers, TransactionLayer};
 use sip_transport::{TransportKind, Transports, TransportsConfig};
+use switchboard_core::seam::Deliverer;
 use switchboard_core::{ContactData, Directory, PresenceData};
 use switchboard_im::ImService;
-use switchboard_presence::PresenceService;
-use switchboard_proxy::{Core, Deliverer, ProxyConfig};
+use switchboard_presence::{FocusFactory, PresenceService};
+use switchboard_proxy::{Core, Outbound, ProxyConfig};
 use switchboard_registrar::Location;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -252,50 +253,55 @@ pub async fn start_with_data(
         .begin_run(switchboard_core::Run::STANDALONE, now_ms())
         .await
         .context("cannot record this server's start in the database")?;
+    // The wiring, in one place and one direction: the router's outbound side first
+    // (what the services originate leaves through it), then the services over it, then
+    // the router around both. Nothing holds the router but the transaction layer.
+    let proxy_config = ProxyConfig {
+        domains: cfg.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+        digest_algorithms: cfg.digest_algorithms.clone(),
+        nonce_lifetime: Duration::from_secs(cfg.nonce_lifetime_secs),
+        hostnames: cfg.hostnames.clone(),
+        route_secret: Some(route_secret(&cfg.data_dir)?),
+        ..Default::default()
+    };
+    let location = Arc::new(Location::new(cfg.registrar.clone()));
+    let outbound = Outbound::new(layer.clone(), location, &proxy_config);
+    let deliverer: Arc<dyn Deliverer> = Arc::new(outbound.clone());
     let im = ImService::start(
         run,
         data.cdr.clone(),
         data.offline.clone(),
         data.directory.clone(),
         cfg.im.clone(),
+        deliverer.clone(),
     )
     .await;
-    let location = Arc::new(Location::new(cfg.registrar.clone()));
-    let core = Core::new(
-        layer.clone(),
-        data.directory.clone(),
-        location,
-        ProxyConfig {
-            domains: cfg.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
-            digest_algorithms: cfg.digest_algorithms.clone(),
-            nonce_lifetime: Duration::from_secs(cfg.nonce_lifetime_secs),
-            hostnames: cfg.hostnames.clone(),
-            route_secret: Some(route_secret(&cfg.data_dir)?),
-            ..Default::default()
-        },
-        im.clone(),
-    );
     let sources = wrap(PresenceSources {
         contacts: data.contacts.clone(),
         presence: data.presence.clone(),
         directory: data.directory.clone(),
+    });
+    // Lync clients learn where to create conferences from their provisioning document.
+    let focus_factory: FocusFactory = Box::new(|aor: &str| {
+        let domain = aor.rsplit_once('@').map(|(_, d)| d).unwrap_or(aor);
+        switchboard_im::focus_factory_uri(domain)
     });
     let presence = PresenceService::start(
         sources.contacts,
         sources.presence,
         sources.directory,
         cfg.presence.clone(),
+        deliverer,
+        Some(focus_factory),
     )
     .await;
-    core.set_event_hook(presence.clone());
-    // Lync clients learn where to create conferences from their provisioning document.
-    presence.set_focus_factory(Box::new(|aor: &str| {
-        let domain = aor.rsplit_once('@').map(|(_, d)| d).unwrap_or(aor);
-        switchboard_im::focus_factory_uri(domain)
-    }));
-    let deliverer: Arc<dyn Deliverer> = core.clone();
-    im.attach(Arc::downgrade(&deliverer));
-    presence.attach(Arc::downgrade(&deliverer));
+    let core = Core::new(
+        data.directory.clone(),
+        proxy_config,
+        outbound,
+        im.clone(),
+        presence.clone(),
+    );
     let sip_udp = match udp {
         Some(s) => Some(transports.add_udp(s)?),
         None => None,

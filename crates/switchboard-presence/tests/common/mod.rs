@@ -11,10 +11,12 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use sip_message::{parse_datagram, Message};
-use sip_transport::{Source, TransportKind};
+use switchboard_core::seam::{
+    AnswerPort, Conn, Deliverer, Delivery, EventHook, Flow, FrontEnd, Responder, ServiceAnswer,
+    Transport,
+};
 use switchboard_core::{Address, ContactData, Directory, PresenceData};
 use switchboard_presence::{PresenceConfig, PresenceService};
-use switchboard_proxy::{Deliverer, Delivery};
 use switchboard_store::SqliteStore;
 
 /// A store in a new directory with these users (password `pw`).
@@ -35,12 +37,16 @@ pub async fn start<D>(data: Arc<D>, cfg: PresenceConfig) -> (Arc<PresenceService
 where
     D: ContactData + PresenceData + Directory,
 {
-    let svc = PresenceService::start(data.clone(), data.clone(), data, cfg).await;
     let captured = Arc::new(Captured::default());
-    let d: Arc<dyn Deliverer> = captured.clone();
-    svc.attach(Arc::downgrade(&d));
-    // Keep the deliverer alive for the test's length.
-    std::mem::forget(d);
+    let svc = PresenceService::start(
+        data.clone(),
+        data.clone(),
+        data,
+        cfg,
+        captured.clone(),
+        None,
+    )
+    .await;
     (svc, captured)
 }
 
@@ -58,7 +64,7 @@ impl Deliverer for Captured {
     fn send_request_on(
         &self,
         request: Message,
-        _flow: Source,
+        _flow: Flow,
     ) -> Pin<Box<dyn std::future::Future<Output = u16> + Send>> {
         self.send_request(request)
     }
@@ -82,14 +88,40 @@ impl Captured {
     }
 }
 
-pub fn source() -> Source {
-    let a: SocketAddr = "127.0.0.1:5099".parse().unwrap();
-    Source {
-        transport: TransportKind::Udp,
-        remote: a,
-        local: "127.0.0.1:5060".parse().unwrap(),
-        connection: None,
+/// Hands `msg` from `from` to `to` to the service as the router does, over
+/// [`source`]; returns the answer it sent (what follows it, a NOTIFY, is captured).
+pub async fn handle(svc: &PresenceService, msg: &Message, from: &str, to: &str) -> ServiceAnswer {
+    let port = Answer::default();
+    svc.handle(msg, from, to, source(), Responder::new(&port))
+        .await;
+    let answer = port.0.lock().take();
+    answer.expect("the service answered")
+}
+
+/// Keeps the answer a service sent.
+#[derive(Default)]
+struct Answer(Mutex<Option<ServiceAnswer>>);
+
+#[async_trait::async_trait]
+impl AnswerPort for Answer {
+    async fn answer(&self, answer: ServiceAnswer) -> u16 {
+        let status = answer.status;
+        *self.0.lock() = Some(answer);
+        status
     }
+}
+
+pub fn source() -> Flow {
+    let a: SocketAddr = "127.0.0.1:5099".parse().unwrap();
+    Flow::new(
+        FrontEnd::LOCAL,
+        Conn {
+            transport: Transport::Udp,
+            remote: a,
+            local: "127.0.0.1:5060".parse().unwrap(),
+            number: None,
+        },
+    )
 }
 
 /// A request from `from` to `to` (both `user@domain`) in a dialog of its own.

@@ -1,37 +1,47 @@
-//! The seam where the IM service (the "IM MCU") attaches: every MESSAGE between users
-//! passes through [`ImHook`] before and after it is relayed, so the service can anchor
-//! conversations, count messages for CDR, and store messages for offline users.
+//! The seams between the router and the services.
+//!
+//! - [`ImHook`]: where the IM service (the "IM MCU") attaches. Every MESSAGE between
+//!   users, and every request in a dialog, is handed to it in one call with a [`Relay`]:
+//!   the service lets it go on (and learns the final status) or answers it, so it can
+//!   anchor conversations, count messages for CDR, and store messages for offline users.
+//!   Requests to its own resources (conferences) come with a [`Responder`].
+//! - [`EventHook`]: where event-state services (presence) attach: SUBSCRIBE, PUBLISH and
+//!   SERVICE addressed to users, each one call with a [`Responder`].
+//! - [`Deliverer`]: the other way, requests a service originates (NOTIFYs, stored
+//!   messages, conference traffic), sent by the router's outbound side.
+//! - [`Flow`]: where a request came from, opaque to services.
+//!
+//! The router implements [`Deliverer`] and calls the hooks; the services implement the
+//! hooks and call a [`Deliverer`]. Neither names the other's crate.
+
+mod flow;
+
+pub use flow::{Conn, Connection, Flow, FrontEnd, Transport};
 
 use sip_message::Message;
 
-/// What the hook decides about a request about to be relayed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HookDecision {
-    /// Relay it to the recipient's devices.
-    Relay,
-    /// Answer it with this status instead (e.g. 202 when stored for later delivery).
-    Respond(u16),
-    /// Answer it with this status and these extra header fields.
-    RespondWith(u16, Vec<(String, String)>),
+/// How the recipient of a pager-mode MESSAGE can be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// No registered device.
+    Offline,
+    /// Registered devices: the MESSAGE is forked to all of them.
+    Online,
+    /// The one device a GRUU (RFC 5627) names: the MESSAGE goes to it as addressed.
+    Device,
 }
 
 /// Observes and steers IM traffic. Each request is handled on a task of its own, so an
 /// implementation may await its data (never while holding a lock).
 #[async_trait::async_trait]
 pub trait ImHook: Send + Sync + 'static {
-    /// An authenticated pager-mode MESSAGE from `from` to `to` (both AoRs, `sip:u@d`).
-    /// `online` is false when the recipient has no registered device.
-    async fn before_message(
-        &self,
-        _msg: &Message,
-        _from: &str,
-        _to: &str,
-        _online: bool,
-    ) -> HookDecision {
-        HookDecision::Relay
+    /// An authenticated pager-mode MESSAGE from `from` to `to` (both AoRs, `sip:u@d`),
+    /// whose recipient is reached as `reach` says. The service relays it with
+    /// [`Relay::forward`] (and learns the final status the sender gets) or answers it
+    /// itself with [`Relay::respond`].
+    async fn message(&self, _msg: &Message, _from: &str, _to: &str, _reach: Reach, relay: Relay) {
+        relay.forward().await;
     }
-    /// The final status the sender got for a relayed MESSAGE.
-    async fn after_message(&self, _msg: &Message, _from: &str, _to: &str, _status: u16) {}
     /// `aor` registered a new device.
     fn on_registered(&self, _aor: &str) {}
     /// A dialog-creating INVITE from `caller` to `callee` was answered with `answer` (2xx).
@@ -72,31 +82,100 @@ pub trait ImHook: Send + Sync + 'static {
     /// A dialog-creating INVITE to the user `to` ended without a 2xx (refused,
     /// cancelled, timed out, or no device to fork it to).
     async fn invite_failed(&self, _msg: &Message, _from: &str, _to: &str) {}
-    /// A request inside a dialog (MESSAGE, INFO, BYE, re-INVITE...) from `from`, before it
-    /// is relayed. `Respond(481)` refuses a request for a session that no longer exists.
-    async fn in_dialog(&self, _msg: &Message, _from: &str) -> HookDecision {
-        HookDecision::Relay
+    /// A request inside a dialog (MESSAGE, INFO, BYE, re-INVITE...) from `from`. The
+    /// service lets it go on its way with [`Relay::forward`] (and learns the final
+    /// status the sender gets), or answers it itself with [`Relay::respond`] (481 for a
+    /// session that no longer exists).
+    async fn in_dialog(&self, _msg: &Message, _from: &str, relay: Relay) {
+        relay.forward().await;
     }
-    /// The final status the sender got for a relayed in-dialog request.
-    async fn after_in_dialog(&self, _msg: &Message, _from: &str, _status: u16) {}
     /// Is `aor` a resource of the IM service (a conference) rather than a user?
     fn serves(&self, _aor: &str) -> bool {
         false
     }
     /// An authenticated request from `from` to a resource `serves` claimed (in a dialog
-    /// with it or not), which arrived over `flow`; returns how to answer it.
+    /// with it or not), which arrived over `flow`. The service answers it through
+    /// `responder`, then sends what must follow the answer in the dialog (messages held
+    /// for a member who just joined).
     async fn to_service(
         &self,
         _msg: &Message,
         _from: &str,
         _to: &str,
         _flow: Flow,
-    ) -> ServiceAnswer {
-        ServiceAnswer::status(404)
+        responder: Responder<'_>,
+    ) {
+        responder.send(ServiceAnswer::status(404)).await;
     }
-    /// The answer `to_service` gave (`status`) has been sent: what must follow it in the
-    /// dialog (messages held for a member who just joined) can go now.
-    async fn service_answered(&self, _msg: &Message, _from: &str, _to: &str, _status: u16) {}
+}
+
+/// The router's side of a [`Relay`].
+#[async_trait::async_trait]
+pub trait RelayPort: Send {
+    /// See [`Relay::forward`].
+    async fn forward(self: Box<Self>) -> Option<u16>;
+    /// See [`Relay::respond`].
+    async fn respond(self: Box<Self>, status: u16, headers: Vec<(String, String)>);
+}
+
+/// A request the router holds for the IM service, to let go on its way or to answer,
+/// once. A service that drops it unused leaves it to the router, which answers 500: a
+/// transaction is never left unanswered.
+pub struct Relay {
+    port: Box<dyn RelayPort>,
+}
+
+impl Relay {
+    /// For the router: the request behind `port`.
+    pub fn new(port: Box<dyn RelayPort>) -> Self {
+        Relay { port }
+    }
+
+    /// Lets the request go on its way as the router would route it without the service
+    /// (forked to the recipient's devices, or to the dialog's other party). Returns the
+    /// final status the sender gets when it was relayed to devices, the sender getting
+    /// it once the service's call returns, so what the service records for it comes
+    /// first. `None` when it was not relayed (the router answered it otherwise: a
+    /// resource of a service, no device), and for an INVITE, whose outcome comes
+    /// through `on_invite_answered`/`invite_failed`.
+    pub async fn forward(self) -> Option<u16> {
+        self.port.forward().await
+    }
+
+    /// Answers the request with `status` and these extra header fields instead (202
+    /// when stored for later delivery, 481 for a session that is gone...).
+    pub async fn respond(self, status: u16, headers: Vec<(String, String)>) {
+        self.port.respond(status, headers).await
+    }
+}
+
+/// The router's side of a [`Responder`]: sends a service's answer as the final response
+/// to the request it holds.
+#[async_trait::async_trait]
+pub trait AnswerPort: Send + Sync {
+    /// Sends `answer`; returns its status.
+    async fn answer(&self, answer: ServiceAnswer) -> u16;
+}
+
+/// How a service answers a request the router handed it: once, with [`Responder::send`],
+/// which returns when the response has gone, so what must follow it (RFC 6665
+/// §4.2.1.2: the NOTIFY after the 200) can go next. A service that returns without
+/// answering leaves the request to the router, which answers 500: a transaction is never
+/// left unanswered.
+pub struct Responder<'a> {
+    port: &'a dyn AnswerPort,
+}
+
+impl<'a> Responder<'a> {
+    /// For the router: answers go to `port`.
+    pub fn new(port: &'a dyn AnswerPort) -> Self {
+        Responder { port }
+    }
+
+    /// Sends `answer` as the final response; returns its status once it has gone.
+    pub async fn send(self, answer: ServiceAnswer) -> u16 {
+        self.port.answer(answer).await
+    }
 }
 
 /// How the core answers a request the IM service took.
@@ -132,21 +211,20 @@ pub trait EventHook: Send + Sync + 'static {
     fn serves_event(&self, event: &str) -> bool;
     /// The event packages served, for `Allow-Events`.
     fn allow_events(&self) -> String;
-    /// An authenticated SUBSCRIBE, PUBLISH or SERVICE from `from` for `to` (both AoRs `sip:u@d`)
-    /// that arrived over `source`; returns how to answer it.
+    /// An authenticated SUBSCRIBE, PUBLISH or SERVICE from `from` for `to` (both AoRs
+    /// `sip:u@d`) that arrived over `flow`. The service answers it through `responder`,
+    /// then sends what must follow the answer (RFC 6665 §4.2.1.2: the NOTIFY after a 200).
     async fn handle(
         &self,
         msg: &Message,
         from: &str,
         to: &str,
-        source: sip_transport::Source,
-    ) -> ServiceAnswer;
-    /// `msg` (which `handle` took, from `from`) has been answered with `status`: what
-    /// must follow the answer (RFC 6665 §4.2.1.2: the NOTIFY after a 200) goes now.
-    async fn answered(&self, _msg: &Message, _from: &str, _status: u16) {}
+        flow: Flow,
+        responder: Responder<'_>,
+    );
     /// A stream connection closed: state tied to the endpoint on it (a Lync client's
     /// endpoint publications) goes with it.
-    fn flow_closed(&self, _id: sip_transport::ConnectionId) {}
+    fn flow_closed(&self, _connection: Connection) {}
 }
 
 /// What every notifier reads from a SUBSCRIBE (RFC 6665 §4.2.1): the duration granted
@@ -192,12 +270,6 @@ impl SubscribeRequest {
     }
 }
 
-/// The hook used until the IM service is attached: relays everything.
-pub struct RelayAll;
-
-#[async_trait::async_trait]
-impl ImHook for RelayAll {}
-
 /// A MESSAGE the server itself sends to a user (a stored message delivered late).
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -215,13 +287,6 @@ pub struct Delivery {
     pub extra_headers: Vec<(String, String)>,
 }
 
-/// Where a dialog-creating request came from (the connection, or UDP address, it
-/// arrived over), opaque to the service: handed back with requests the service sends in
-/// that dialog, which then go over that flow and nowhere else (never to an address a
-/// client's Contact merely names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Flow(pub(crate) sip_transport::Source);
-
 /// Originates requests to users' devices; implemented by the SIP core for the IM service.
 pub trait Deliverer: Send + Sync + 'static {
     /// Sends a complete request (without Via, which the core adds) to its Request-URI: a
@@ -232,21 +297,13 @@ pub trait Deliverer: Send + Sync + 'static {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = u16> + Send>>;
     /// Like `send_request`, for a dialog the server holds with a client that may not be
     /// registered: when the Request-URI is no registered contact, the request goes back
-    /// over `flow`, the connection (or UDP address) the dialog was created from.
+    /// over `flow`, the connection (or UDP address) the dialog was created from, and
+    /// nowhere else (never to an address a client's Contact merely names).
     fn send_request_on(
         &self,
         request: Message,
-        flow: sip_transport::Source,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = u16> + Send>>;
-    /// `send_request_on` for a dialog the IM service holds, over the [`Flow`] the dialog
-    /// was created from.
-    fn send_in_dialog(
-        &self,
-        request: Message,
         flow: Flow,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = u16> + Send>> {
-        self.send_request_on(request, flow.0)
-    }
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = u16> + Send>>;
     /// Invites `to`'s Lync devices into a conference: an INVITE from `from` carrying the
     /// `ms-conf-invite` document `body` (its Contact is the conference's `focus`).
     /// Resolves to 200 when a device accepted (it then joins by itself), else the best
