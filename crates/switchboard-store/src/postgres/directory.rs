@@ -1,6 +1,8 @@
-//! The user directory in PostgreSQL. Nothing is cached: `find` runs on every SIP
-//! request as one round trip (a statement prepared once per connection), so a user the
-//! CLI added, disabled or removed is seen by the next request, on every server.
+//! The user directory in PostgreSQL. `find` and `has_domain` run on every SIP request,
+//! so their answers are cached (`directory_cache`: kept true by LISTEN/NOTIFY, off
+//! while it cannot listen); a miss is one round trip (a statement prepared once per
+//! connection). A user the CLI or another server added, disabled or removed is seen once
+//! the change's notification arrives; one this store changed, at once.
 
 use std::time::Duration;
 
@@ -33,11 +35,17 @@ pub(super) const PIPELINE: usize = 256;
 #[async_trait]
 impl Directory for PostgresStore {
     async fn find(&self, address: &Address) -> Result<Option<UserRecord>, DataError> {
-        on_connection!(self, |c| {
+        let ticket = match self.users.user(address) {
+            Ok(hit) => return Ok(hit),
+            Err(ticket) => ticket,
+        };
+        let user = on_connection!(self, |c| {
             let st = c.prepare_cached(FIND).await?;
             let row = c.query_opt(&st, &[&address.user, &address.domain]).await?;
             Ok(row.as_ref().map(rows::user).transpose()?)
-        })
+        })?;
+        self.users.remember_user(ticket, address, &user);
+        Ok(user)
     }
 
     async fn domains(&self) -> Result<Vec<String>, DataError> {
@@ -54,12 +62,18 @@ impl Directory for PostgresStore {
     }
 
     async fn has_domain(&self, domain: &str) -> Result<bool, DataError> {
-        on_connection!(self, |c| {
+        let ticket = match self.users.domain(domain) {
+            Ok(hit) => return Ok(hit),
+            Err(ticket) => ticket,
+        };
+        let served = on_connection!(self, |c| {
             let st = c
                 .prepare_cached("SELECT EXISTS (SELECT 1 FROM users WHERE domain = $1)")
                 .await?;
             Ok(c.query_one(&st, &[&domain]).await?.try_get(0)?)
-        })
+        })?;
+        self.users.remember_domain(ticket, domain, served);
+        Ok(served)
     }
 
     async fn add(
@@ -88,7 +102,10 @@ impl Directory for PostgresStore {
                 )
                 .await;
             match row {
-                Ok(row) => Ok(rows::user(&row)?),
+                Ok(row) => {
+                    self.users.changed();
+                    Ok(rows::user(&row)?)
+                }
                 Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
                     Err(DataError::UserExists(address.to_string()).into())
                 }
@@ -181,6 +198,7 @@ impl Directory for PostgresStore {
                 n += written.iter().sum::<u64>();
             }
             tx.commit().await?;
+            self.users.changed();
             Ok(super::count(n))
         })
     }
@@ -202,6 +220,7 @@ impl PostgresStore {
             if c.execute(&st, &all).await? == 0 {
                 return Err(DataError::NoSuchUser(address.to_string()).into());
             }
+            self.users.changed();
             Ok(())
         })
     }

@@ -155,6 +155,15 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE cdr_sessions ADD COLUMN owner TEXT COLLATE "C" NOT NULL DEFAULT 'standalone';
     ALTER TABLE cdr_sessions ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0;
     CREATE INDEX cdr_sessions_open ON cdr_sessions (owner, epoch) WHERE ended_at_ms IS NULL;"#,
+    // 8: every change to users is also notified (one notice per transaction: PostgreSQL
+    // folds identical ones), so servers caching lookups drop them (directory_cache).
+    r#"CREATE OR REPLACE FUNCTION users_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        UPDATE users_version SET version = version + 1 WHERE id = 1;
+        PERFORM pg_notify('switchboard_users', '');
+        RETURN NULL;
+    END
+    $$;"#,
 ];
 
 /// The schema version this build migrates to.

@@ -11,13 +11,15 @@
 //! - **Migrations** ([`migrate`], and on [`PostgresStore::connect`]): numbered like
 //!   SQLite's, so `schema_version` means the same on both; applied in one transaction
 //!   under an advisory lock, so servers starting together migrate once.
-//! - **No cache**: every `find` asks the database (one round trip, a prepared statement
-//!   cached per connection), so what the CLI changed is seen by the next request.
+//! - **User lookups cached, kept true by LISTEN/NOTIFY** (`directory_cache`): what the
+//!   CLI or another front end changed is seen once its notification arrives; while the
+//!   listening connection is down nothing is cached and every lookup asks the database.
 //! - **Failover**: a connection that failed in a way that leaves it unusable (lost,
 //!   timed out, or now talking to a standby) is dropped from the pool, so the next call
 //!   connects afresh, to the new primary.
 
 mod directory;
+mod directory_cache;
 mod im;
 mod migrations;
 mod presence;
@@ -49,17 +51,22 @@ const XACT_LOCK: &str = "SELECT pg_advisory_xact_lock($1, hashtext($2))";
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: Pool,
+    users: std::sync::Arc<directory_cache::DirectoryCache>,
 }
 
 impl PostgresStore {
-    /// Connects to the database at `url` and migrates it to this build's schema.
+    /// Connects to the database at `url` and migrates it to this build's schema; the
+    /// user directory's cache starts listening for changes.
     pub async fn connect(url: &str) -> Result<PostgresStore, DataError> {
-        let store = PostgresStore {
-            pool: pool(url, POOL_SIZE)?,
-        };
-        let mut client = store.connection().await?;
+        let config = config(url)?;
+        let pool = pool_of(config.clone(), POOL_SIZE)?;
+        let mut client = pool.get().await.map_err(Failure::from)?;
         migrations::apply(&mut client).await?;
-        Ok(store)
+        drop(client);
+        Ok(PostgresStore {
+            pool,
+            users: std::sync::Arc::new(directory_cache::DirectoryCache::start(config)),
+        })
     }
 
     /// A connection from the pool.
@@ -84,9 +91,14 @@ pub async fn schema_version(url: &str) -> Result<i64, DataError> {
     Ok(migrations::version(&client).await?)
 }
 
-/// A pool of at most `size` connections to `url`, each checked out without a round
-/// trip (only whether its socket is still open is asked).
+/// A pool of at most `size` connections to `url` (see [`pool_of`]).
 fn pool(url: &str, size: usize) -> Result<Pool, DataError> {
+    pool_of(config(url)?, size)
+}
+
+/// What `url` says, with our defaults where it is silent: the connect timeout and the
+/// application name.
+fn config(url: &str) -> Result<tokio_postgres::Config, DataError> {
     let mut config: tokio_postgres::Config = url
         .parse()
         .map_err(|e| DataError::Backend(format!("not a PostgreSQL URL: {e}")))?;
@@ -98,6 +110,16 @@ fn pool(url: &str, size: usize) -> Result<Pool, DataError> {
     if config.get_application_name().is_none() {
         config.application_name("switchboard");
     }
+    Ok(config)
+}
+
+/// A pool of at most `size` connections, each checked out without a round trip (only
+/// whether its socket is still open is asked).
+fn pool_of(config: tokio_postgres::Config, size: usize) -> Result<Pool, DataError> {
+    let connect = config
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(CONNECT_TIMEOUT);
     // The connect timeout holds per host tried, and the sign-in after it takes a moment
     // too: a dead first host must leave time for the next.
     let hosts = config.get_hosts().len().max(1) as u32;
