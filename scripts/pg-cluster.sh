@@ -9,6 +9,9 @@
 # the newest), else from PATH. Run as root, the cluster belongs to the `postgres` user
 # (initdb refuses root) and DIR is handed to it. Trust authentication, loopback only: no
 # password, no other address, the unix socket inside DIR. Nothing outside DIR is written.
+# TLS is offered too, with a certificate for 127.0.0.1 from a throwaway authority in
+# DIR/tls/ca.crt (what a test trusts to reach it with sslmode=verify-full); plaintext
+# stays allowed, and the URL printed asks for none.
 set -euo pipefail
 
 usage() { echo "usage: $0 start|stop DIR" >&2; exit 2; }
@@ -70,11 +73,24 @@ start() {
       "host  all all 127.0.0.1/32 trust" >"$DATA/pg_hba.conf"
     as_owner mkdir -p "$DIR/socket"
   fi
+  if [ ! -f "$DIR/tls/server.key" ]; then
+    command -v openssl >/dev/null || die "no openssl (install the openssl package)"
+    as_owner mkdir -p "$DIR/tls"
+    as_owner openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=pg-cluster test CA" \
+      -keyout "$DIR/tls/ca.key" -out "$DIR/tls/ca.crt" >/dev/null 2>&1 || die "cannot make a test CA"
+    as_owner openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+      -keyout "$DIR/tls/server.key" -out "$DIR/tls/server.csr" >/dev/null 2>&1 || die "cannot make a key"
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$DIR/tls/san.ext"
+    as_owner openssl x509 -req -in "$DIR/tls/server.csr" -CA "$DIR/tls/ca.crt" -CAkey "$DIR/tls/ca.key" \
+      -CAcreateserial -days 2 -extfile "$DIR/tls/san.ext" -out "$DIR/tls/server.crt" >/dev/null 2>&1 \
+      || die "cannot sign the server certificate"
+    chmod 600 "$DIR/tls/server.key"
+  fi
   # The port is free when picked and may be taken before the server binds it: try again.
   for _ in 1 2 3; do
     port=$(free_port)
     if as_owner "$bin/pg_ctl" -D "$DATA" -l "$DIR/server.log" -w -t 60 start \
-      -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$DIR/socket" \
+      -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$DIR/socket -c ssl=on -c ssl_cert_file=$DIR/tls/server.crt -c ssl_key_file=$DIR/tls/server.key" \
       >/dev/null; then
       url="postgres://postgres@127.0.0.1:$port/postgres"
       echo "$url"

@@ -72,7 +72,8 @@ fi
 PG_DIR=$(mktemp -d)
 trap '"$ROOT/scripts/pg-cluster.sh" stop "$PG_DIR"; rm -rf "$PG_DIR" "$LOGS"' EXIT
 if PG_URL=$("$ROOT/scripts/pg-cluster.sh" start "$PG_DIR"); then
-  pg_env=(env SWITCHBOARD_TEST_STORE=postgres SWITCHBOARD_TEST_PG_URL="$PG_URL")
+  pg_env=(env SWITCHBOARD_TEST_STORE=postgres SWITCHBOARD_TEST_PG_URL="$PG_URL"
+          SWITCHBOARD_TEST_PG_CA="$PG_DIR/tls/ca.crt")
   if cargo nextest --version >/dev/null 2>&1; then
     run "store conformance and store unit tests on PostgreSQL (nextest)" "${pg_env[@]}" \
       cargo nextest run -p switchboard-store --lib --test conformance --locked --no-fail-fast

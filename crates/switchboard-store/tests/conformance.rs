@@ -976,3 +976,48 @@ async fn postgres_followers_miss_no_change() {
     seen.extend(rest);
     assert_eq!(seen.len(), total, "every change reached the follower");
 }
+
+/// TLS when the URL asks for it, with the server's certificate verified: trusted through
+/// `sslrootcert` it connects (and the session is encrypted); not trusted, it is refused.
+/// Needs the test cluster's authority (`SWITCHBOARD_TEST_PG_CA`, as scripts/test.sh sets
+/// from scripts/pg-cluster.sh); passes without a word otherwise.
+#[tokio::test]
+async fn postgres_tls_when_asked_and_only_to_a_trusted_server() {
+    let Some(db) = for_postgres_tests().await else {
+        return;
+    };
+    let Some(ca) = std::env::var("SWITCHBOARD_TEST_PG_CA")
+        .ok()
+        .filter(|c| !c.is_empty())
+    else {
+        eprintln!("SWITCHBOARD_TEST_PG_CA not set: skipped");
+        return;
+    };
+    let sep = if db.url.contains('?') { '&' } else { '?' };
+    let trusted = format!("{}{sep}sslmode=verify-full&sslrootcert={ca}", db.url);
+    let store = PostgresStore::connect(&trusted).await.unwrap();
+    let alice = addr("alice@example.com");
+    store.add(&alice, "pw", None).await.unwrap();
+    assert!(store.find(&alice).await.unwrap().is_some());
+    let encrypted: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT COUNT(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid)
+              WHERE ssl AND datname = current_database() AND application_name = 'switchboard'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(encrypted >= 1, "the store's sessions are encrypted");
+    // The same server, checked against the system's trust store (no sslrootcert), which
+    // does not know the cluster's throwaway authority: refused, never used unverified.
+    let untrusted = format!("{}{sep}sslmode=require&connect_timeout=2", db.url);
+    let refused = PostgresStore::connect(&untrusted).await;
+    let why = refused.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        why.contains("certificate"),
+        "an untrusted server was used: {why:?}"
+    );
+}

@@ -26,6 +26,8 @@ use parking_lot::Mutex;
 use switchboard_core::{Address, UserRecord};
 use tokio_postgres::{AsyncMessage, NoTls};
 
+use super::tls::Link;
+
 /// The channel the `users` trigger notifies on.
 const CHANNEL: &str = "switchboard_users";
 /// Entries beyond which the cache starts afresh (a bound on memory, not an eviction
@@ -65,10 +67,10 @@ pub(crate) struct Ticket(Option<u64>);
 
 impl DirectoryCache {
     /// Starts the listener on a connection of its own to the database `config` names.
-    pub(crate) fn start(config: tokio_postgres::Config) -> DirectoryCache {
+    pub(crate) fn start(config: tokio_postgres::Config, link: Link) -> DirectoryCache {
         let state = Arc::new(Mutex::new(State::default()));
         let (stop, stopped) = tokio::sync::watch::channel(());
-        tokio::spawn(listen(config, Arc::downgrade(&state), stopped));
+        tokio::spawn(listen(config, link, Arc::downgrade(&state), stopped));
         DirectoryCache { state, _stop: stop }
     }
 
@@ -130,13 +132,14 @@ impl DirectoryCache {
 /// Listens for changes until the cache is dropped, reconnecting with backoff.
 async fn listen(
     config: tokio_postgres::Config,
+    link: Link,
     state: std::sync::Weak<Mutex<State>>,
     mut stopped: tokio::sync::watch::Receiver<()>,
 ) {
     let mut wait = RETRY_FIRST;
     loop {
         let outcome = tokio::select! {
-            r = listen_once(&config, &state) => r,
+            r = listen_once(&config, &link, &state) => r,
             _ = stopped.changed() => return,
         };
         // Whatever happened, notifications may have been missed: nothing cached stays.
@@ -166,9 +169,30 @@ async fn listen(
 /// every notification until the connection ends.
 async fn listen_once(
     config: &tokio_postgres::Config,
+    link: &Link,
     state: &std::sync::Weak<Mutex<State>>,
 ) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = config.connect(NoTls).await?;
+    match link {
+        Link::Plain => {
+            let (client, connection) = config.connect(NoTls).await?;
+            listen_on(client, connection, state).await
+        }
+        Link::Tls(tls) => {
+            let (client, connection) = config.connect(tls.clone()).await?;
+            listen_on(client, connection, state).await
+        }
+    }
+}
+
+async fn listen_on<S, T>(
+    client: tokio_postgres::Client,
+    mut connection: tokio_postgres::Connection<S, T>,
+    state: &std::sync::Weak<Mutex<State>>,
+) -> Result<(), tokio_postgres::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (ended_tx, mut ended) = tokio::sync::oneshot::channel();
     let notices = state.clone();
     // The connection's messages, notifications among them, are read by polling it.

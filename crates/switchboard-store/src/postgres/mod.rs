@@ -23,6 +23,7 @@ mod directory_cache;
 mod im;
 mod migrations;
 mod presence;
+mod tls;
 
 use std::time::Duration;
 
@@ -58,14 +59,14 @@ impl PostgresStore {
     /// Connects to the database at `url` and migrates it to this build's schema; the
     /// user directory's cache starts listening for changes.
     pub async fn connect(url: &str) -> Result<PostgresStore, DataError> {
-        let config = config(url)?;
-        let pool = pool_of(config.clone(), POOL_SIZE)?;
+        let (config, link) = config(url)?;
+        let pool = pool_of(config.clone(), link.clone(), POOL_SIZE)?;
         let mut client = pool.get().await.map_err(Failure::from)?;
         migrations::apply(&mut client).await?;
         drop(client);
         Ok(PostgresStore {
             pool,
-            users: std::sync::Arc::new(directory_cache::DirectoryCache::start(config)),
+            users: std::sync::Arc::new(directory_cache::DirectoryCache::start(config, link)),
         })
     }
 
@@ -93,12 +94,14 @@ pub async fn schema_version(url: &str) -> Result<i64, DataError> {
 
 /// A pool of at most `size` connections to `url` (see [`pool_of`]).
 fn pool(url: &str, size: usize) -> Result<Pool, DataError> {
-    pool_of(config(url)?, size)
+    let (config, link) = config(url)?;
+    pool_of(config, link, size)
 }
 
-/// What `url` says, with our defaults where it is silent: the connect timeout and the
-/// application name.
-fn config(url: &str) -> Result<tokio_postgres::Config, DataError> {
+/// What `url` says, with our defaults where it is silent (the connect timeout and the
+/// application name), and how to reach the server (TLS or not, see `tls`).
+fn config(url: &str) -> Result<(tokio_postgres::Config, tls::Link), DataError> {
+    let (url, link) = tls::read(url)?;
     let mut config: tokio_postgres::Config = url
         .parse()
         .map_err(|e| DataError::Backend(format!("not a PostgreSQL URL: {e}")))?;
@@ -110,12 +113,16 @@ fn config(url: &str) -> Result<tokio_postgres::Config, DataError> {
     if config.get_application_name().is_none() {
         config.application_name("switchboard");
     }
-    Ok(config)
+    Ok((config, link))
 }
 
 /// A pool of at most `size` connections, each checked out without a round trip (only
 /// whether its socket is still open is asked).
-fn pool_of(config: tokio_postgres::Config, size: usize) -> Result<Pool, DataError> {
+fn pool_of(
+    config: tokio_postgres::Config,
+    link: tls::Link,
+    size: usize,
+) -> Result<Pool, DataError> {
     let connect = config
         .get_connect_timeout()
         .copied()
@@ -124,13 +131,13 @@ fn pool_of(config: tokio_postgres::Config, size: usize) -> Result<Pool, DataErro
     // too: a dead first host must leave time for the next.
     let hosts = config.get_hosts().len().max(1) as u32;
     let create = connect * (hosts + 1);
-    let manager = Manager::from_config(
-        config,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
+    let manager_config = ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let manager = match link {
+        tls::Link::Plain => Manager::from_config(config, NoTls, manager_config),
+        tls::Link::Tls(tls) => Manager::from_config(config, tls, manager_config),
+    };
     Pool::builder(manager)
         .max_size(size)
         .runtime(Runtime::Tokio1)
