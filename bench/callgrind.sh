@@ -18,7 +18,9 @@
 # and the functions with the most inclusive instructions, from callgrind_annotate.
 # Knobs: TEST (message|register|subscribe|publish), TRANSPORT (udp|tcp), N (1000),
 # WARM (200), RATE (100), BIN, WORK (/tmp/sb-callgrind), TOP (25), TOOL (callgrind|cpu),
-# LEGACY (1: an empty config file, for builds older than the [limits] section).
+# LEGACY (1: an empty config file, for builds older than the [limits] section),
+# DATABASE (a postgres:// URL: the server on that database instead of SQLite; its own
+# CPU is not counted).
 # Everything listens on 127.0.0.1; the server is stopped by pid.
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -56,12 +58,13 @@ u() { printf 'b%04d' "$1"; }
 { echo SEQUENTIAL; for i in $(seq 0 99); do echo "$(u $i);pw;$(u $((100 + (i * 7) % 100)))"; done; } > "$WORK/msg.csv"
 : > "$WORK/sb.toml"
 [ "$LEGACY" = 1 ] || printf '[presence]\nnotify_interval_ms = 0\n[limits]\nsource_requests_per_sec = 0\nmax_connections_per_source = 0\n' > "$WORK/sb.toml"
-"$BIN" --data-dir "$WORK/data" user import "$WORK/users.csv" >/dev/null || exit 1
+db=(); [ -n "${DATABASE:-}" ] && db=(--database "$DATABASE")
+"$BIN" --data-dir "$WORK/data" "${db[@]}" user import "$WORK/users.csv" >/dev/null || exit 1
 
 PORT=$(free_port); UAS=$(free_port); C1=$(free_port); C2=$(free_port)
 t=$([ "$TRANSPORT" = udp ] && echo u1 || echo t1)
 run=(); [ "$TOOL" = callgrind ] && run=(valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out.%p")
-"${run[@]}" "$BIN" --data-dir "$WORK/data" --log-level warn serve --config "$WORK/sb.toml" \
+"${run[@]}" "$BIN" --data-dir "$WORK/data" "${db[@]}" --log-level warn serve --config "$WORK/sb.toml" \
   --sip-udp 127.0.0.1:$PORT --sip-tcp 127.0.0.1:$PORT --sip-tls off --http off >"$WORK/server.log" 2>&1 &
 SERVER=$!
 cleanup() {
