@@ -76,6 +76,7 @@ impl Core {
     {
         let (release, released) = oneshot::channel();
         let (done_tx, done) = oneshot::channel();
+        let remote = req.source.remote;
         let relay = Relay::new(Box::new(Relaying {
             core: self.clone(),
             req: Some(req),
@@ -85,10 +86,15 @@ impl Core {
             done: Some(done),
         }));
         let service = call(relay);
-        tokio::spawn(async move {
-            service.await;
-            let _ = done_tx.send(());
-        });
+        // On a task of the transports' (a panic in the service is contained, logged and
+        // counted as the crate header of sip-transport says; the relay's Drop answers 500).
+        self.layer.transports().spawn_work(
+            remote,
+            Box::pin(async move {
+                service.await;
+                let _ = done_tx.send(());
+            }),
+        );
         // Err: the service dropped the relay; its Drop answered 500.
         let _ = released.await;
     }
