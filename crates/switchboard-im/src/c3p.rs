@@ -496,7 +496,7 @@ impl ImService {
         let Some(conf_aor) = conference_of(&inv.focus_uri) else {
             return Some(refused(404, "no such conference"));
         };
-        let escalated_from = self.two_party_session(from, to);
+        let escalated_from = self.sessions.two_party(from, to);
         let mut confs = self.conferences.lock();
         let Some(conf) = confs.get_mut(&conf_aor) else {
             return Some(refused(404, "no such conference"));
@@ -633,19 +633,6 @@ impl ImService {
                 deliverer.send_request_on(r, flow).await;
             }
         });
-    }
-
-    /// The open session-mode two-party session between `a` and `b`, if any.
-    fn two_party_session(&self, a: &str, b: &str) -> Option<String> {
-        self.dialogs
-            .lock()
-            .values()
-            .find(|c| {
-                c.participants.len() == 2
-                    && c.participants.contains_key(a)
-                    && c.participants.contains_key(b)
-            })
-            .map(|c| c.id.clone())
     }
 }
 

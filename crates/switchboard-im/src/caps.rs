@@ -15,7 +15,6 @@ use std::collections::HashMap;
 
 use parking_lot::Mutex;
 use switchboard_core::seam::ServiceAnswer;
-use tokio::time::Instant;
 
 use crate::{refused, ImService};
 
@@ -80,24 +79,8 @@ impl ImService {
     /// Each map is read under its own lock in turn (the caller holds none of them).
     /// This runs once per dialog-creating INVITE, never per message.
     pub(crate) fn open_sessions(&self, user: &str) -> usize {
-        let relayed = self
-            .dialogs
-            .lock()
-            .values()
-            .filter(|c| c.initiator == user)
-            .count();
-        let on_the_way = self
-            .pending_invites
-            .lock()
-            .keys()
-            .filter(|(_, caller)| caller == user)
-            .count();
-        let bridged = self
-            .bridges
-            .lock()
-            .values()
-            .filter(|b| b.caller == user)
-            .count();
+        let relayed_or_on_the_way = self.sessions.opened_by(user);
+        let bridged = self.bridges.opened_by(user);
         let chats: usize = self
             .member_dialogs
             .lock()
@@ -112,21 +95,15 @@ impl ImService {
             .filter_map(|c| c.focus.joined.get(user))
             .map(Vec::len)
             .sum();
-        relayed + on_the_way + bridged + chats + focus
+        relayed_or_on_the_way + bridged + chats + focus
     }
 
     /// A place for one more session-mode session of `user`, or the 403 that refuses it.
     /// Call it holding no service lock.
     pub(crate) fn session_place(&self, user: &str) -> Result<Place<'_>, ServiceAnswer> {
-        let max = self.config.max_sessions_per_user;
-        self.session_places
-            .take(user, max, || self.open_sessions(user))
-            .ok_or_else(|| {
-                tracing::info!(user, max, "IM session refused: the user's cap is reached");
-                refused(
-                    403,
-                    &format!("too many open IM sessions for this user (limit {max})"),
-                )
+        self.sessions
+            .place(user, self.config.max_sessions_per_user, || {
+                self.open_sessions(user)
             })
     }
 
@@ -153,20 +130,6 @@ impl ImService {
                     &format!("too many open group chats organised by this user (limit {max})"),
                 )
             })
-    }
-
-    /// An INVITE of `caller`'s let through now holds its place here until its outcome.
-    pub(crate) fn hold_invite_place(&self, call_id: &str, caller: &str) {
-        self.pending_invites
-            .lock()
-            .insert((call_id.to_owned(), caller.to_owned()), Instant::now());
-    }
-
-    /// The INVITE's outcome is known: its place is given back.
-    pub(crate) fn release_invite_place(&self, call_id: &str, caller: &str) {
-        self.pending_invites
-            .lock()
-            .remove(&(call_id.to_owned(), caller.to_owned()));
     }
 }
 

@@ -25,7 +25,6 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use sip_message::{HeaderName, Message};
 use switchboard_core::seam::{Delivery, Flow, ServiceAnswer};
-use switchboard_core::{Keep, OfflineMessage};
 
 use crate::{count, now_ms, Conversation, ImService, Participant};
 
@@ -239,54 +238,20 @@ impl ImService {
             }
             return;
         }
-        let Some(me) = self.me.upgrade() else { return };
         let d = group_delivery(from, display, to, text, author);
-        tokio::spawn(async move { me.deliver_or_keep(d, None).await });
+        let offline = self.offline.clone();
+        tokio::spawn(async move { offline.deliver_or_keep(d, None).await });
     }
 
     /// Sends `text` from the conference to `who` as a pager MESSAGE now (in order with
     /// others awaited the same way), or keeps it for them.
     pub(crate) async fn say_now(&self, conf: &str, who: &str, text: String, author: Option<&str>) {
-        self.deliver_or_keep(
-            group_delivery(conf, Some("Group chat"), who, text, author),
-            None,
-        )
-        .await;
-    }
-
-    /// Delivers `d`; a recipient no device took it for gets it as an offline message
-    /// (of CDR session `session_id`).
-    pub(crate) async fn deliver_or_keep(&self, d: Delivery, session_id: Option<String>) {
-        let deliverer = self.deliverer.clone();
-        let status = deliverer.deliver(d.clone()).await;
-        if !(200..300).contains(&status) {
-            let kept = OfflineMessage {
-                id: 0,
-                recipient: d.to.clone(),
-                sender: d.from.clone(),
-                content_type: d.content_type.clone(),
-                body: d.body.to_vec(),
-                received_at_ms: d.sent_at_ms,
-                session_id,
-            };
-            // The same bounds as a user's own MESSAGE to someone offline: the sender here
-            // (a Lync user bridged, a group chat, the service) cannot fill the mailbox.
-            match self
-                .offline
-                .store_offline(
-                    &kept,
-                    self.config.offline_max_per_user,
-                    self.config.offline_max_per_sender,
-                )
-                .await
-            {
-                Ok(Keep::Kept) => {}
-                Ok(full) => {
-                    tracing::info!(to = %d.to, from = %d.from, ?full, "undelivered message not kept")
-                }
-                Err(e) => tracing::error!(error = %e, "cannot keep an undelivered message"),
-            }
-        }
+        self.offline
+            .deliver_or_keep(
+                group_delivery(conf, Some("Group chat"), who, text, author),
+                None,
+            )
+            .await;
     }
 
     fn reply(&self, to: &str, text: String) {
@@ -377,7 +342,7 @@ impl ImService {
         subject: Option<String>,
     ) -> Result<String, ServiceAnswer> {
         if !self.cdr.accepting() {
-            return Err(Self::cannot_record());
+            return Err(crate::cannot_record());
         }
         // Held until the conference is in `conferences`, where it counts from then on.
         let _place = self.group_chat_place(organiser)?;
@@ -387,7 +352,7 @@ impl ImService {
             domain_of(organiser)
         );
         let parts: Vec<(&str, String)> = members.iter().map(|m| (*m, String::new())).collect();
-        let conv = self.begin_session(
+        let conv = self.cdr.begin(
             "conference",
             organiser,
             Some(organiser.to_owned()),
@@ -769,7 +734,7 @@ impl ImService {
             let conf = confs.remove(conf_aor).expect("present above");
             drop(confs);
             let now = now_ms();
-            self.finish(
+            self.cdr.finish(
                 &conf.conv.id,
                 conf.conv.records(Some(now), false),
                 now,

@@ -61,15 +61,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use parking_lot::Mutex;
 use sip_message::{HeaderName, Message};
-use switchboard_core::seam::{
-    Deliverer, Delivery, Flow, ImHook, Reach, Relay, Responder, ServiceAnswer,
-};
+use switchboard_core::seam::{Deliverer, Flow, ImHook, Reach, Relay, Responder, ServiceAnswer};
 use switchboard_core::{
-    CdrData, DataError, Directory, Keep, OfflineData, OfflineMessage, ParticipantRecord, Run,
-    SessionRecord,
+    CdrData, DataError, Directory, OfflineData, OfflineMessage, ParticipantRecord, Run,
 };
 
 mod bridge;
@@ -78,8 +74,10 @@ mod caps;
 mod cdr;
 mod conference;
 mod directory;
+mod offline;
 mod pager;
 mod roster;
+mod session;
 
 pub use c3p::focus_factory_uri;
 
@@ -223,34 +221,27 @@ impl Conversation {
 pub struct ImService {
     /// CDR writes, applied in order behind the request path.
     cdr: cdr::CdrLog,
-    offline: Arc<dyn OfflineData>,
+    /// Offline messages: kept, delivered on registration, expired.
+    offline: Arc<offline::Offline>,
     config: ImConfig,
     /// Two-party pager conversations.
     pager: pager::Pager,
-    /// Session-mode IM sessions (INVITE `m=message`) by Call-ID.
-    dialogs: Mutex<HashMap<String, Conversation>>,
-    /// Call-IDs of recently ended sessions: later requests in them get 481.
-    ended_dialogs: Mutex<HashMap<String, Instant>>,
+    /// Session-mode IM sessions, the ended ones' Call-IDs, INVITEs on the way.
+    sessions: session::Sessions,
     /// Conferences by their AoR.
     conferences: Mutex<HashMap<String, conference::Conference>>,
     /// Members' session-mode dialogs, by (conference AoR, member AoR): one per endpoint
     /// the member is in the chat from (never an empty list).
     member_dialogs: Mutex<HashMap<(String, String), Vec<conference::MemberDialog>>>,
-    /// Lync sessions the service answers for pager-only users, by Call-ID.
-    bridges: Mutex<HashMap<String, bridge::Bridge>>,
-    /// Session-mode INVITEs let through and not yet answered, by (Call-ID, caller), with
-    /// when they were: each holds its caller's place under `max_sessions_per_user`.
-    pending_invites: Mutex<HashMap<(String, String), Instant>>,
-    /// Places being taken under `max_sessions_per_user` and `max_group_chats_per_user`.
-    session_places: caps::Places,
+    /// Lync sessions the service answers for pager-only users.
+    bridges: bridge::Bridges,
+    /// Places being taken under `max_group_chats_per_user`.
     chat_places: caps::Places,
     /// Display names and user lookups (read outside locks, kept in memory).
     names: directory::Names,
     /// Where the requests the service originates leave (the router's outbound side,
     /// which does not hold the service: no ring).
     deliverer: Arc<dyn Deliverer>,
-    /// AoRs whose stored messages are being delivered now.
-    delivering: Mutex<HashSet<String>>,
     /// Itself, for the tasks it spawns from `&self` (delayed releases, deliveries): they
     /// end when the service is dropped.
     me: Weak<ImService>,
@@ -361,50 +352,29 @@ pub(crate) fn refused(status: u16, why: &str) -> ServiceAnswer {
     a
 }
 
+/// The service cannot record a new conversation now: 503 with Retry-After.
+pub(crate) fn cannot_record() -> ServiceAnswer {
+    let mut a = refused(503, "the IM service cannot record this conversation now");
+    a.headers.push(("Retry-After".into(), "10".into()));
+    a
+}
+
+/// The IM service's data cannot answer: 503 with Retry-After (fail closed).
+pub(crate) fn data_unavailable(e: &DataError) -> ServiceAnswer {
+    tracing::error!(error = %e, "IM data unavailable");
+    let mut a = refused(
+        503,
+        "the IM service's data is unavailable; try again shortly",
+    );
+    a.headers.push(("Retry-After".into(), "10".into()));
+    a
+}
+
 fn device_of(msg: &Message) -> String {
     msg.headers
         .get(&HeaderName::UserAgent)
         .map(|ua| ua.chars().take(120).collect())
         .unwrap_or_default()
-}
-
-/// A new session of `kind` and the CDR write that records its start.
-fn new_session(
-    kind: &str,
-    initiator: &str,
-    organiser: Option<String>,
-    escalated_from: Option<String>,
-    participants: &[(&str, String)],
-) -> (Conversation, cdr::CdrWrite) {
-    let id = format!("{:032x}", rand::random::<u128>());
-    let at = now_ms();
-    let participants = participants
-        .iter()
-        .map(|(a, device)| ((*a).to_owned(), Participant::new(device.clone(), at)))
-        .collect();
-    let rec = SessionRecord {
-        id: id.clone(),
-        kind: kind.into(),
-        started_at_ms: at,
-        ended_at_ms: None,
-        end_reason: None,
-        initiator: initiator.to_owned(),
-        organiser,
-        escalated_from,
-    };
-    let conv = Conversation {
-        id,
-        initiator: initiator.to_owned(),
-        last_activity: Instant::now(),
-        participants,
-    };
-    let rows: Vec<ParticipantRecord> = conv
-        .records(None, false)
-        .into_iter()
-        .map(|(_, p)| p)
-        .collect();
-    tracing::debug!(session = %rec.id, kind, initiator, "IM session started");
-    (conv, cdr::CdrWrite::Start(rec, rows))
 }
 
 impl ImService {
@@ -431,20 +401,16 @@ impl ImService {
         let svc = Arc::new_cyclic(|me| ImService {
             me: me.clone(),
             cdr: cdr::CdrLog::start(cdr, run),
-            offline,
+            offline: Arc::new(offline::Offline::new(offline, deliverer.clone(), &config)),
             config,
             pager: Default::default(),
-            dialogs: Mutex::new(HashMap::new()),
-            ended_dialogs: Mutex::new(HashMap::new()),
+            sessions: Default::default(),
             conferences: Mutex::new(HashMap::new()),
             member_dialogs: Mutex::new(HashMap::new()),
-            bridges: Mutex::new(HashMap::new()),
-            pending_invites: Mutex::new(HashMap::new()),
-            session_places: Default::default(),
+            bridges: Default::default(),
             chat_places: Default::default(),
             names: directory::Names::new(users),
             deliverer,
-            delivering: Mutex::new(HashSet::new()),
         });
         let weak = Arc::downgrade(&svc);
         tokio::spawn(async move {
@@ -469,29 +435,9 @@ impl ImService {
         let mut ended = Vec::new();
         self.pager
             .sweep(now, self.config.pager_idle, &mut ended, &mut dirty);
-        {
-            let mut dialogs = self.dialogs.lock();
-            let gone = sweep(
-                &mut dialogs,
-                now,
-                self.config.session_idle,
-                &mut ended,
-                &mut dirty,
-            );
-            drop(dialogs);
-            let mut ended_dialogs = self.ended_dialogs.lock();
-            for g in gone {
-                ended_dialogs.insert(g, now);
-            }
-            ended_dialogs.retain(|_, at| now.duration_since(*at) < Duration::from_secs(300));
-        }
-        self.bridges
-            .lock()
-            .retain(|_, b| now.duration_since(b.last_activity) < self.config.session_idle);
-        // The core reports every INVITE's outcome; this only clears one it never did.
-        self.pending_invites
-            .lock()
-            .retain(|_, at| now.duration_since(*at) < caps::PENDING_INVITE_MAX);
+        self.sessions
+            .sweep(now, self.config.session_idle, &mut ended, &mut dirty);
+        self.bridges.sweep(now, self.config.session_idle);
         {
             // Conferences with members in chat sessions, gathered once (not once per
             // conference over every member's dialog).
@@ -532,22 +478,9 @@ impl ImService {
         }
         let at = now_ms();
         for (id, rows) in ended {
-            self.finish(&id, rows, at, "timeout");
+            self.cdr.finish(&id, rows, at, "timeout");
         }
-        let max_age = self.config.offline_max_age.as_millis() as i64;
-        if let Err(e) = self.offline.expire_offline(at - max_age).await {
-            tracing::error!(error = %e, "cannot expire offline messages");
-        }
-    }
-
-    fn finish(&self, id: &str, rows: Vec<(String, ParticipantRecord)>, at: i64, reason: &str) {
-        tracing::debug!(session = id, reason, "IM session ended");
-        self.cdr.write(cdr::CdrWrite::End {
-            id: id.to_owned(),
-            rows,
-            at_ms: at,
-            reason: reason.to_owned(),
-        });
+        self.offline.expire(at).await;
     }
 
     /// Ends every open conversation (graceful stop) and waits, at most five seconds, for
@@ -562,11 +495,11 @@ impl ImService {
     /// Ends every open conversation without waiting for the CDR writes.
     pub fn end_all(&self, reason: &str) {
         let mut convs = self.pager.drain();
-        convs.extend(self.dialogs.lock().drain().map(|(_, c)| c));
+        convs.extend(self.sessions.drain());
         convs.extend(self.conferences.lock().drain().map(|(_, c)| c.conv));
         let at = now_ms();
         for c in convs {
-            self.finish(&c.id, c.records(None, false), at, reason);
+            self.cdr.finish(&c.id, c.records(None, false), at, reason);
         }
     }
 
@@ -575,114 +508,9 @@ impl ImService {
         self.cdr.flush(Duration::from_secs(30)).await;
     }
 
-    /// Counts a message from `from` to `to` in their conversation, starting one if needed.
-    /// Returns the session id.
-    fn record(&self, from: &str, to: &str, device: String, bytes: usize) -> String {
-        self.pager.count(from, to, device, bytes, || {
-            self.begin(from, &[(from, String::new()), (to, String::new())])
-        })
-    }
-
-    /// A new two-party session, its start queued for the CDR.
-    fn begin(&self, initiator: &str, participants: &[(&str, String)]) -> Conversation {
-        self.begin_session("two-party", initiator, None, None, participants)
-    }
-
-    /// A new session of `kind`, its start queued for the CDR. Whoever may refuse it asks
-    /// [`cdr::CdrLog::accepting`] first.
-    fn begin_session(
-        &self,
-        kind: &str,
-        initiator: &str,
-        organiser: Option<String>,
-        escalated_from: Option<String>,
-        participants: &[(&str, String)],
-    ) -> Conversation {
-        let (conv, start) = new_session(kind, initiator, organiser, escalated_from, participants);
-        self.cdr.write(start);
-        conv
-    }
-
-    /// Makes sure the pair has an open conversation; `false` when a new one cannot be
-    /// recorded now (the CDR is failing or backed up): then the message is refused rather
-    /// than relayed unrecorded, so the IM service is never bypassed.
-    async fn ensure_conversation(&self, from: &str, to: &str) -> bool {
-        if self.pager.has(from, to) {
-            return true;
-        }
-        if !self.cdr.accepting() {
-            return false;
-        }
-        let parts = [(from, String::new()), (to, String::new())];
-        let (conv, start) = new_session("two-party", from, None, None, &parts);
-        // Written before the first message goes anywhere.
-        if let Err(e) = self.cdr.write_now(start).await {
-            tracing::error!(error = %e, from, to, "cannot record a new conversation; message refused");
-            return false;
-        }
-        if let Some(conv) = self.pager.keep(from, to, conv) {
-            // Another message of the pair started one meanwhile: that one holds the chat.
-            self.finish(&conv.id, conv.records(None, false), now_ms(), "superseded");
-        }
-        true
-    }
-
-    /// The service cannot record a new conversation now: 503 with Retry-After.
-    pub(crate) fn cannot_record() -> ServiceAnswer {
-        let mut a = refused(503, "the IM service cannot record this conversation now");
-        a.headers.push(("Retry-After".into(), "10".into()));
-        a
-    }
-
-    /// The IM service's data cannot answer: 503 with Retry-After (fail closed).
-    pub(crate) fn data_unavailable(e: &DataError) -> ServiceAnswer {
-        tracing::error!(error = %e, "IM data unavailable");
-        let mut a = refused(
-            503,
-            "the IM service's data is unavailable; try again shortly",
-        );
-        a.headers.push(("Retry-After".into(), "10".into()));
-        a
-    }
-
     /// The open conversation between two users, if any (for tests and the status page).
     pub fn conversation_id(&self, a: &str, b: &str) -> Option<String> {
         self.pager.id(a, b)
-    }
-
-    async fn deliver_stored(self: Arc<Self>, aor: String) {
-        if !self.delivering.lock().insert(aor.clone()) {
-            return;
-        }
-        match self.offline.offline_for(&aor).await {
-            Ok(waiting) => {
-                for m in waiting {
-                    let status = self
-                        .deliverer
-                        .deliver(Delivery {
-                            from: m.sender.clone(),
-                            to: m.recipient.clone(),
-                            content_type: m.content_type.clone(),
-                            body: Bytes::from(m.body.clone()),
-                            sent_at_ms: m.received_at_ms,
-                            from_display: None,
-                            extra_headers: Vec::new(),
-                        })
-                        .await;
-                    if !(200..300).contains(&status) {
-                        // Kept for the next registration; order is preserved.
-                        tracing::info!(aor, status, "stored message not accepted; kept");
-                        break;
-                    }
-                    if let Err(e) = self.offline.delete_offline(m.id).await {
-                        tracing::error!(error = %e, "cannot delete a delivered message");
-                        break;
-                    }
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "cannot read stored messages"),
-        }
-        self.delivering.lock().remove(&aor);
     }
 }
 
@@ -698,8 +526,19 @@ impl ImService {
         self.names.learn(&[from]).await;
         let command = conference::command_of(msg);
         let invited = self.names.invitee_of(command.as_deref()).await;
-        if let Some(answer) = self.bridged(msg, from, invited.clone()) {
-            return answer;
+        match self.bridges.request(msg, from, self.to_pager()) {
+            None => {}
+            Some(bridge::Step::Answer(a)) => return a,
+            Some(bridge::Step::Ended) => {
+                // RFC 3261 §12.2.2: later requests in this dialog get 481.
+                self.sessions.mark_ended(msg.call_id().unwrap_or(""));
+                return ServiceAnswer::status(200);
+            }
+            Some(bridge::Step::Command { callee, command }) => {
+                return self
+                    .pair_command(from, &callee, command, invited)
+                    .unwrap_or(ServiceAnswer::status(200));
+            }
         }
         match c3p::part_of(msg) {
             c3p::Part::FocusFactory => return self.focus_factory(msg, from),
@@ -745,8 +584,8 @@ impl ImService {
             };
         }
         if online {
-            if is_instant_message(msg) && !self.ensure_conversation(from, to).await {
-                return decision(Self::cannot_record());
+            if is_instant_message(msg) && !self.pager.ensure(&self.cdr, from, to).await {
+                return decision(cannot_record());
             }
             return Decision::Relay;
         }
@@ -767,51 +606,22 @@ impl ImService {
             received_at_ms: now_ms(),
             session_id: self.conversation_id(from, to),
         };
-        match self
-            .offline
-            .store_offline(
-                &stored,
-                self.config.offline_max_per_user,
-                self.config.offline_max_per_sender,
-            )
-            .await
-        {
+        match self.offline.keep(&stored).await {
             // RFC 3428 §7: 202 Accepted, the message will be delivered later.
-            Ok(Keep::Kept) => {
-                self.record(from, to, device_of(msg), msg.body.len());
+            Ok(()) => {
+                self.pager
+                    .record(&self.cdr, from, to, device_of(msg), msg.body.len());
                 Decision::Respond(202)
             }
-            Ok(Keep::SenderFull) => {
-                let max = self.config.offline_max_per_sender;
-                tracing::info!(
-                    to,
-                    from,
-                    max,
-                    "mailbox full for this sender; message refused"
-                );
-                decision(refused(
-                    480,
-                    &format!(
-                        "the recipient's mailbox is full for messages from this sender (limit {max})"
-                    ),
-                ))
-            }
-            Ok(Keep::MailboxFull) => {
-                let max = self.config.offline_max_per_user;
-                tracing::info!(to, max, "mailbox full; message refused");
-                decision(refused(
-                    480,
-                    &format!("the recipient's mailbox is full (limit {max})"),
-                ))
-            }
-            Err(e) => decision(Self::data_unavailable(&e)),
+            Err(refusal) => decision(refusal),
         }
     }
 
     /// A relayed MESSAGE got `status`: a delivered one counts.
     fn count_message(&self, msg: &Message, from: &str, to: &str, status: u16) {
         if (200..300).contains(&status) && is_instant_message(msg) {
-            self.record(from, to, device_of(msg), msg.body.len());
+            self.pager
+                .record(&self.cdr, from, to, device_of(msg), msg.body.len());
         }
     }
 
@@ -820,13 +630,7 @@ impl ImService {
         let Some(call_id) = msg.call_id() else {
             return Decision::Relay;
         };
-        let session = self.dialogs.lock().get(call_id).map(|c| {
-            (
-                c.id.clone(),
-                c.participants.keys().cloned().collect::<Vec<_>>(),
-            )
-        });
-        if let Some((session_id, members)) = session {
+        if let Some((session_id, members)) = self.sessions.find(call_id) {
             if msg.method() == Some(&sip_message::Method::Refer) {
                 let target = conference::refer_target(msg);
                 let third = match &target {
@@ -837,7 +641,7 @@ impl ImService {
             }
             return Decision::Relay;
         }
-        if self.ended_dialogs.lock().contains_key(call_id) {
+        if self.sessions.has_ended(call_id) {
             // RFC 3261 §12.2.2: the session is gone.
             return Decision::Respond(481);
         }
@@ -847,27 +651,18 @@ impl ImService {
     /// A relayed request in a dialog got `status`: messages count, a BYE ends the
     /// session.
     fn after_in_dialog(&self, msg: &Message, from: &str, status: u16) {
-        let Some(call_id) = msg.call_id() else { return };
-        let method = msg.method().cloned();
-        let mut dialogs = self.dialogs.lock();
-        let Some(conv) = dialogs.get_mut(call_id) else {
-            return;
-        };
-        match method {
-            Some(sip_message::Method::Message)
-                if (200..300).contains(&status) && is_instant_message(msg) =>
-            {
-                count(conv, from, device_of(msg), msg.body.len());
-            }
-            Some(sip_message::Method::Bye) if status >= 200 => {
-                let conv = dialogs.remove(call_id).expect("present above");
-                drop(dialogs);
-                self.ended_dialogs
-                    .lock()
-                    .insert(call_id.to_owned(), Instant::now());
-                self.finish(&conv.id, conv.records(None, false), now_ms(), "bye");
-            }
-            _ => conv.last_activity = Instant::now(),
+        if let Some(conv) = self.sessions.after(msg, from, status) {
+            self.cdr
+                .finish(&conv.id, conv.records(None, false), now_ms(), "bye");
+        }
+    }
+
+    /// The pager side a bridged session writes to.
+    fn to_pager(&self) -> bridge::ToPager<'_> {
+        bridge::ToPager {
+            pager: &self.pager,
+            cdr: &self.cdr,
+            offline: &self.offline,
         }
     }
 }
@@ -915,7 +710,7 @@ impl ImHook for ImService {
             .unwrap_or_default();
         self.names.learn(&[caller, callee]).await;
         // Already answered: recorded whatever the CDR's state (it holds the write).
-        let mut conv = self.begin(
+        let mut conv = self.cdr.begin_two_party(
             caller,
             &[(caller, device_of(invite)), (callee, callee_device)],
         );
@@ -933,9 +728,7 @@ impl ImHook for ImService {
         if let (true, Some((_, body))) = (took_first, first) {
             count(&mut conv, caller, device_of(invite), body.len());
         }
-        self.dialogs.lock().insert(call_id.to_owned(), conv);
-        // Released only after the insert above, so the session is counted all along.
-        self.release_invite_place(call_id, caller);
+        self.sessions.answered(call_id, caller, conv);
     }
 
     async fn admit_invite(&self, msg: &Message, from: &str, _to: &str) -> Option<ServiceAnswer> {
@@ -948,14 +741,14 @@ impl ImHook for ImService {
             Err(refusal) => return Some(refusal),
         };
         // Until the answer, the INVITE itself holds the place (`pending_invites`).
-        self.hold_invite_place(call_id, from);
+        self.sessions.hold_invite(call_id, from);
         drop(place);
         None
     }
 
     async fn invite_failed(&self, msg: &Message, from: &str, _to: &str) {
         if let Some(call_id) = msg.call_id() {
-            self.release_invite_place(call_id, from);
+            self.sessions.release_invite(call_id, from);
         }
     }
 
@@ -983,7 +776,18 @@ impl ImHook for ImService {
             return self.conference_invitation(msg, from, to, session_im);
         }
         if online && !session_im && offers_message_media(msg) && bridge::lync_style(msg) {
-            return Some(self.bridge_invite(msg, from, to, flow).await);
+            let answer = self
+                .bridges
+                .invite(
+                    msg,
+                    from,
+                    to,
+                    flow,
+                    || self.session_place(from),
+                    self.to_pager(),
+                )
+                .await;
+            return Some(answer);
         }
         None
     }
@@ -1011,7 +815,6 @@ impl ImHook for ImService {
     }
 
     fn on_registered(&self, aor: &str) {
-        let Some(me) = self.me.upgrade() else { return };
-        tokio::spawn(me.deliver_stored(aor.to_owned()));
+        tokio::spawn(self.offline.clone().deliver_stored(aor.to_owned()));
     }
 }
