@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use parking_lot::Mutex;
 use switchboard_core::seam::ServiceAnswer;
 
-use crate::{refused, ImService};
+use crate::ImService;
 
 /// How long an INVITE let through (`admit_invite`) may hold its place without an outcome
 /// from the core: far longer than any INVITE transaction (Timer B, 64·T1 = 32 s), so it
@@ -79,23 +79,9 @@ impl ImService {
     /// Each map is read under its own lock in turn (the caller holds none of them).
     /// This runs once per dialog-creating INVITE, never per message.
     pub(crate) fn open_sessions(&self, user: &str) -> usize {
-        let relayed_or_on_the_way = self.sessions.opened_by(user);
-        let bridged = self.bridges.opened_by(user);
-        let chats: usize = self
-            .member_dialogs
-            .lock()
-            .iter()
-            .filter(|((_, member), _)| member == user)
-            .map(|(_, ds)| ds.len())
-            .sum();
-        let focus: usize = self
-            .conferences
-            .lock()
-            .values()
-            .filter_map(|c| c.focus.joined.get(user))
-            .map(Vec::len)
-            .sum();
-        relayed_or_on_the_way + bridged + chats + focus
+        self.sessions.opened_by(user)
+            + self.bridges.opened_by(user)
+            + self.conferences.sessions_of(user)
     }
 
     /// A place for one more session-mode session of `user`, or the 403 that refuses it.
@@ -104,31 +90,6 @@ impl ImService {
         self.sessions
             .place(user, self.config.max_sessions_per_user, || {
                 self.open_sessions(user)
-            })
-    }
-
-    /// A place for one more group chat organised by `organiser`, or the 403 that refuses
-    /// it. Call it holding no service lock.
-    pub(crate) fn group_chat_place(&self, organiser: &str) -> Result<Place<'_>, ServiceAnswer> {
-        let max = self.config.max_group_chats_per_user;
-        self.chat_places
-            .take(organiser, max, || {
-                self.conferences
-                    .lock()
-                    .values()
-                    .filter(|c| c.organiser == organiser)
-                    .count()
-            })
-            .ok_or_else(|| {
-                tracing::info!(
-                    organiser,
-                    max,
-                    "group chat refused: the user's cap is reached"
-                );
-                refused(
-                    403,
-                    &format!("too many open group chats organised by this user (limit {max})"),
-                )
             })
     }
 }

@@ -57,11 +57,10 @@
 //! as an endpoint (the conference URI), because there it really is one party of many.
 #![forbid(unsafe_code)]
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Weak};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use parking_lot::Mutex;
 use sip_message::{HeaderName, Message};
 use switchboard_core::seam::{Deliverer, Flow, ImHook, Reach, Relay, Responder, ServiceAnswer};
 use switchboard_core::{
@@ -69,27 +68,25 @@ use switchboard_core::{
 };
 
 mod bridge;
-mod c3p;
 mod caps;
 mod cdr;
 mod conference;
 mod directory;
 mod offline;
 mod pager;
-mod roster;
 mod session;
 
-pub use c3p::focus_factory_uri;
+pub use conference::c3p::focus_factory_uri;
 
 /// The readers of untrusted input that are otherwise private to this crate, for the fuzz
 /// targets in `fuzz/`. Not an API.
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::bridge::first_message;
-    pub use crate::c3p::conference_of;
+    pub use crate::conference::c3p::conference_of;
     pub use crate::conference::command_of;
+    pub use crate::conference::roster::roster_document;
     pub use crate::offers_message_media;
-    pub use crate::roster::roster_document;
 }
 use tokio::time::Instant;
 
@@ -220,7 +217,7 @@ impl Conversation {
 /// side as its [`Deliverer`], then give it to the router as its hook.
 pub struct ImService {
     /// CDR writes, applied in order behind the request path.
-    cdr: cdr::CdrLog,
+    cdr: Arc<cdr::CdrLog>,
     /// Offline messages: kept, delivered on registration, expired.
     offline: Arc<offline::Offline>,
     config: ImConfig,
@@ -228,23 +225,12 @@ pub struct ImService {
     pager: pager::Pager,
     /// Session-mode IM sessions, the ended ones' Call-IDs, INVITEs on the way.
     sessions: session::Sessions,
-    /// Conferences by their AoR.
-    conferences: Mutex<HashMap<String, conference::Conference>>,
-    /// Members' session-mode dialogs, by (conference AoR, member AoR): one per endpoint
-    /// the member is in the chat from (never an empty list).
-    member_dialogs: Mutex<HashMap<(String, String), Vec<conference::MemberDialog>>>,
+    /// Group chats: conferences, members' dialogs with them, Lync conferencing.
+    conferences: Arc<conference::Conferences>,
     /// Lync sessions the service answers for pager-only users.
     bridges: bridge::Bridges,
-    /// Places being taken under `max_group_chats_per_user`.
-    chat_places: caps::Places,
     /// Display names and user lookups (read outside locks, kept in memory).
-    names: directory::Names,
-    /// Where the requests the service originates leave (the router's outbound side,
-    /// which does not hold the service: no ring).
-    deliverer: Arc<dyn Deliverer>,
-    /// Itself, for the tasks it spawns from `&self` (delayed releases, deliveries): they
-    /// end when the service is dropped.
-    me: Weak<ImService>,
+    names: Arc<directory::Names>,
 }
 
 type Rows = Vec<(String, ParticipantRecord)>;
@@ -398,19 +384,26 @@ impl ImService {
             Ok(n) => tracing::info!(sessions = n, "closed IM sessions left open by the last run"),
             Err(e) => tracing::error!(error = %e, "cannot close IM sessions of the last run"),
         }
-        let svc = Arc::new_cyclic(|me| ImService {
-            me: me.clone(),
-            cdr: cdr::CdrLog::start(cdr, run),
-            offline: Arc::new(offline::Offline::new(offline, deliverer.clone(), &config)),
+        // The parts, each given what it needs of the others (no part holds the service).
+        let cdr = Arc::new(cdr::CdrLog::start(cdr, run));
+        let names = Arc::new(directory::Names::new(users));
+        let offline = Arc::new(offline::Offline::new(offline, deliverer.clone(), &config));
+        let conferences = conference::Conferences::new(
+            config.clone(),
+            cdr.clone(),
+            names.clone(),
+            offline.clone(),
+            deliverer,
+        );
+        let svc = Arc::new(ImService {
+            cdr,
+            offline,
             config,
             pager: Default::default(),
             sessions: Default::default(),
-            conferences: Mutex::new(HashMap::new()),
-            member_dialogs: Mutex::new(HashMap::new()),
+            conferences,
             bridges: Default::default(),
-            chat_places: Default::default(),
-            names: directory::Names::new(users),
-            deliverer,
+            names,
         });
         let weak = Arc::downgrade(&svc);
         tokio::spawn(async move {
@@ -438,41 +431,7 @@ impl ImService {
         self.sessions
             .sweep(now, self.config.session_idle, &mut ended, &mut dirty);
         self.bridges.sweep(now, self.config.session_idle);
-        {
-            // Conferences with members in chat sessions, gathered once (not once per
-            // conference over every member's dialog).
-            let with_chat_sessions: HashSet<String> = self
-                .member_dialogs
-                .lock()
-                .keys()
-                .map(|(conf, _)| conf.clone())
-                .collect();
-            let mut confs = self.conferences.lock();
-            confs.retain(|aor, c| {
-                // Members in sessions (Lync focus and chat dialogs) are connected; only
-                // silence as long as a session's idle time means they are gone.
-                let in_sessions =
-                    !c.focus.joined.is_empty() || with_chat_sessions.contains(aor.as_str());
-                let idle = if in_sessions {
-                    self.config.session_idle
-                } else {
-                    self.config.pager_idle
-                };
-                if now.duration_since(c.conv.last_activity) >= idle {
-                    self.end_watchers(aor, c, "noresource");
-                    self.end_sessions(aor, c);
-                    ended.push((c.conv.id.clone(), c.conv.records(None, false)));
-                    false
-                } else {
-                    self.expire_watchers(aor, c);
-                    dirty.extend(c.conv.records(None, true));
-                    for p in c.conv.participants.values_mut() {
-                        p.dirty = false;
-                    }
-                    true
-                }
-            });
-        }
+        self.conferences.sweep(now, &mut ended, &mut dirty);
         if !dirty.is_empty() {
             self.cdr.write(cdr::CdrWrite::Participants(dirty));
         }
@@ -496,7 +455,7 @@ impl ImService {
     pub fn end_all(&self, reason: &str) {
         let mut convs = self.pager.drain();
         convs.extend(self.sessions.drain());
-        convs.extend(self.conferences.lock().drain().map(|(_, c)| c.conv));
+        convs.extend(self.conferences.drain());
         let at = now_ms();
         for c in convs {
             self.cdr.finish(&c.id, c.records(None, false), at, reason);
@@ -511,6 +470,16 @@ impl ImService {
     /// The open conversation between two users, if any (for tests and the status page).
     pub fn conversation_id(&self, a: &str, b: &str) -> Option<String> {
         self.pager.id(a, b)
+    }
+
+    /// The AoRs of a conference's active members (for tests and status).
+    pub fn conference_members(&self, aor: &str) -> Option<Vec<String>> {
+        self.conferences.conference_members(aor)
+    }
+
+    /// The conferences open now.
+    pub fn conferences(&self) -> Vec<String> {
+        self.conferences.conferences()
     }
 }
 
@@ -535,41 +504,15 @@ impl ImService {
                 return ServiceAnswer::status(200);
             }
             Some(bridge::Step::Command { callee, command }) => {
+                let pair_session = self.pager.id(from, &callee);
                 return self
-                    .pair_command(from, &callee, command, invited)
+                    .conferences
+                    .pair_command(from, &callee, command, invited, pair_session)
                     .unwrap_or(ServiceAnswer::status(200));
             }
         }
-        match c3p::part_of(msg) {
-            c3p::Part::FocusFactory => return self.focus_factory(msg, from),
-            c3p::Part::Focus => return self.to_focus(msg, from, to, flow),
-            c3p::Part::Chat => {}
-        }
-        match msg.method() {
-            Some(sip_message::Method::Message) => self.conference_message(msg, from, to, invited),
-            Some(sip_message::Method::Subscribe) => self.subscribe(msg, from, to, flow),
-            Some(sip_message::Method::Invite)
-                if msg
-                    .to_header()
-                    .ok()
-                    .and_then(|t| t.tag().map(str::to_owned))
-                    .is_none() =>
-            {
-                self.conference_invite(msg, from, to, flow)
-            }
-            Some(sip_message::Method::Bye) => self.conference_bye(msg, from, to),
-            // Typing notices in a member's chat session: accepted, not spread.
-            Some(sip_message::Method::Info)
-                if self
-                    .member_dialogs
-                    .lock()
-                    .contains_key(&(to.to_owned(), from.to_owned())) =>
-            {
-                ServiceAnswer::status(200)
-            }
-            // re-INVITE, INFO and the rest: not part of a group chat.
-            _ => ServiceAnswer::status(501),
-        }
+        self.conferences
+            .answer(msg, from, to, flow, invited, || self.session_place(from))
     }
 
     /// What to do with a pager-mode MESSAGE before it is relayed (see `message`).
@@ -578,7 +521,11 @@ impl ImService {
             // Chat commands are answered by the service, never delivered.
             self.names.learn(&[from, to]).await;
             let invited = self.names.invitee_of(Some(&command)).await;
-            return match self.pair_command(from, to, command, invited) {
+            let pair_session = self.pager.id(from, to);
+            return match self
+                .conferences
+                .pair_command(from, to, command, invited, pair_session)
+            {
                 None => Decision::Respond(200),
                 Some(refusal) => decision(refusal),
             };
@@ -637,7 +584,7 @@ impl ImService {
                     Some(t) => Some(self.names.user(t.trim_start_matches("sip:")).await),
                     None => None,
                 };
-                return self.refer(from, session_id, members, third);
+                return self.conferences.refer(from, session_id, members, third);
             }
             return Decision::Relay;
         }
@@ -773,7 +720,14 @@ impl ImHook for ImService {
             .to_ascii_lowercase();
         self.names.learn(&[from, to]).await;
         if content_type.starts_with("application/ms-conf-invite+xml") {
-            return self.conference_invitation(msg, from, to, session_im);
+            let escalated_from = self.sessions.two_party(from, to);
+            return self.conferences.conference_invitation(
+                msg,
+                from,
+                to,
+                session_im,
+                escalated_from,
+            );
         }
         if online && !session_im && offers_message_media(msg) && bridge::lync_style(msg) {
             let answer = self
@@ -806,11 +760,10 @@ impl ImHook for ImService {
         // A member just joined the chat by INVITE: what was held for them follows the 2xx.
         if msg.method() == Some(&sip_message::Method::Invite)
             && (200..300).contains(&status)
-            && c3p::part_of(msg) == c3p::Part::Chat
+            && conference::c3p::part_of(msg) == conference::c3p::Part::Chat
         {
-            if let Some(conf) = self.conferences.lock().get_mut(to) {
-                self.replay_held(to, conf, from, msg.call_id().unwrap_or(""));
-            }
+            self.conferences
+                .joined_by_invite(to, from, msg.call_id().unwrap_or(""));
         }
     }
 

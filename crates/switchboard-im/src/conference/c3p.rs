@@ -25,8 +25,10 @@ use msrtc::cccp::{self, Command, Outcome, Request, RosterUser};
 use sip_message::{HeaderName, Message, Method, NameAddr, Uri};
 use switchboard_core::seam::{Flow, ServiceAnswer};
 
+use super::Conferences;
+use crate::caps::Place;
 use crate::conference::{Conference, MemberDialog};
-use crate::{refused, ImService};
+use crate::refused;
 
 const CCCP: &str = "application/cccp+xml";
 /// People in one conference at a time (Lync Server 2013's shared-pool figure).
@@ -159,7 +161,7 @@ fn read_request(msg: &Message) -> Result<Request, ServiceAnswer> {
     cccp::parse_request(&msg.body).map_err(|e| refused(400, &e.to_string()))
 }
 
-impl ImService {
+impl Conferences {
     /// Whether `who` is a presenter of `conf`.
     fn is_presenter(conf: &Conference, who: &str) -> bool {
         conf.focus.roles.get(who).copied() == Some(PRESENTER)
@@ -205,12 +207,13 @@ impl ImService {
     }
 
     /// A request to a conference's focus (MS-CONFBAS §3.3.5).
-    pub(crate) fn to_focus(
+    pub(super) fn to_focus<'p>(
         &self,
         msg: &Message,
         from: &str,
         conf_aor: &str,
         flow: Flow,
+        place: impl FnOnce() -> Result<Place<'p>, ServiceAnswer>,
     ) -> ServiceAnswer {
         let in_dialog = msg
             .to_header()
@@ -218,7 +221,7 @@ impl ImService {
             .and_then(|t| t.tag().map(str::to_owned))
             .is_some();
         match msg.method() {
-            Some(Method::Invite) if !in_dialog => self.focus_join(msg, from, conf_aor, flow),
+            Some(Method::Invite) if !in_dialog => self.focus_join(msg, from, conf_aor, flow, place),
             Some(Method::Subscribe) => self.subscribe(msg, from, conf_aor, flow),
             Some(Method::Info) => self.focus_info(msg, from, conf_aor),
             Some(Method::Bye) => self.focus_bye(msg, from, conf_aor),
@@ -230,7 +233,14 @@ impl ImService {
     }
 
     /// INVITE `addUser`: `from` joins the conference; the focus dialog is created.
-    fn focus_join(&self, msg: &Message, from: &str, conf_aor: &str, flow: Flow) -> ServiceAnswer {
+    fn focus_join<'p>(
+        &self,
+        msg: &Message,
+        from: &str,
+        conf_aor: &str,
+        flow: Flow,
+        place: impl FnOnce() -> Result<Place<'p>, ServiceAnswer>,
+    ) -> ServiceAnswer {
         let req = match read_request(msg) {
             Ok(r) => r,
             Err(a) => return a,
@@ -246,7 +256,7 @@ impl ImService {
         };
         // A focus dialog is a session the service holds for the user: taken before the
         // lock below (see `Place`), held until the dialog is kept.
-        let _place = match self.session_place(from) {
+        let _place = match place() {
             Ok(p) => p,
             Err(refusal) => return refusal,
         };
@@ -481,13 +491,15 @@ impl ImService {
     /// An `ms-conf-invite` INVITE from `from` to `to` (MS-CONFIM §3.2.5.1). A user with a
     /// Lync device gets it and joins by themselves (`None`: relay it). A user with only
     /// standard devices is put in the chat by the service, in pager mode, and the INVITE
-    /// is answered for them.
+    /// is answered for them. `escalated_from` is the open session-mode session between
+    /// the two, which the conference then grew out of.
     pub(crate) fn conference_invitation(
         &self,
         msg: &Message,
         from: &str,
         to: &str,
         session_im: bool,
+        escalated_from: Option<String>,
     ) -> Option<ServiceAnswer> {
         let inv = match cccp::parse_conf_invite(&msg.body) {
             Ok(i) => i,
@@ -496,7 +508,6 @@ impl ImService {
         let Some(conf_aor) = conference_of(&inv.focus_uri) else {
             return Some(refused(404, "no such conference"));
         };
-        let escalated_from = self.sessions.two_party(from, to);
         let mut confs = self.conferences.lock();
         let Some(conf) = confs.get_mut(&conf_aor) else {
             return Some(refused(404, "no such conference"));

@@ -20,13 +20,25 @@
 //! Replies to commands come from `sip:switchboard@<domain>` (a service identity) or from
 //! the conference. A participant with no device signed in gets them as offline messages.
 
+pub(crate) mod c3p;
+pub(crate) mod roster;
+
 use std::collections::HashMap;
 
 use bytes::Bytes;
 use sip_message::{HeaderName, Message};
 use switchboard_core::seam::{Delivery, Flow, ServiceAnswer};
 
-use crate::{count, now_ms, Conversation, ImService, Participant};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
+use switchboard_core::seam::Deliverer;
+
+use crate::caps::{Place, Places};
+use crate::cdr::CdrLog;
+use crate::directory::Names;
+use crate::offline::Offline;
+use crate::{count, now_ms, Conversation, ImConfig, Participant, Rows};
 
 /// The user part of the service identity that answers commands.
 pub(crate) const SERVICE_USER: &str = "switchboard";
@@ -81,7 +93,7 @@ impl MemberDialog {
 
     /// Our next MESSAGE carrying group message `h`: as written for a Lync client (which
     /// names the author from `Ms-Sender`), headed by the author's name for others.
-    pub(crate) fn group_message(&mut self, h: &crate::c3p::Held) -> Message {
+    pub(crate) fn group_message(&mut self, h: &crate::conference::c3p::Held) -> Message {
         self.cseq += 1;
         if self.ms_sender {
             self.message(&h.content_type, h.body.clone(), Some(&h.author))
@@ -109,17 +121,17 @@ impl MemberDialog {
 pub(crate) struct Conference {
     pub(crate) conv: Conversation,
     /// Subscriptions to the roster (RFC 4575).
-    pub(crate) watchers: Vec<crate::roster::Watcher>,
+    pub(crate) watchers: Vec<crate::conference::roster::Watcher>,
     pub(crate) organiser: String,
     /// The two-party session this conference grew out of, once known.
     pub(crate) escalated_from: Option<String>,
     /// The Lync (C3P) side: focus members, roles, lock.
-    pub(crate) focus: crate::c3p::Focus,
+    pub(crate) focus: crate::conference::c3p::Focus,
 }
 
 impl Conference {
     /// Whether `who` is in, or may come in without the conference going over
-    /// [`crate::c3p::MAX_PARTICIPANTS`].
+    /// [`crate::conference::c3p::MAX_PARTICIPANTS`].
     pub(crate) fn has_room_for(&self, who: &str) -> bool {
         let active = self
             .conv
@@ -133,7 +145,7 @@ impl Conference {
             .get(who)
             .is_some_and(|p| p.left_at_ms.is_none())
             || self.focus.joined.contains_key(who);
-        inside || active.max(self.focus.joined.len()) < crate::c3p::MAX_PARTICIPANTS
+        inside || active.max(self.focus.joined.len()) < crate::conference::c3p::MAX_PARTICIPANTS
     }
 
     pub(crate) fn members(&self) -> Vec<String> {
@@ -145,6 +157,50 @@ impl Conference {
             .collect();
         m.sort_by_key(|(a, p)| (p.joined_at_ms, (*a).clone()));
         m.into_iter().map(|(a, _)| a.clone()).collect()
+    }
+}
+
+/// The group chats (see the module header): conferences by AoR, members' dialogs with
+/// them, and the places being taken under `max_group_chats_per_user`. What it needs of
+/// the rest of the service it holds as shared handles (the CDR log, names, the offline
+/// store, the deliverer), never the service itself.
+pub(crate) struct Conferences {
+    /// Conferences by their AoR.
+    conferences: Mutex<HashMap<String, Conference>>,
+    /// Members' session-mode dialogs, by (conference AoR, member AoR): one per endpoint
+    /// the member is in the chat from (never an empty list).
+    member_dialogs: Mutex<HashMap<(String, String), Vec<MemberDialog>>>,
+    /// Places being taken under `max_group_chats_per_user`.
+    chat_places: Places,
+    config: ImConfig,
+    cdr: Arc<CdrLog>,
+    names: Arc<Names>,
+    offline: Arc<Offline>,
+    /// Where the requests the conferences originate leave.
+    deliverer: Arc<dyn Deliverer>,
+    /// Itself, for the tasks it spawns from `&self` (held messages, delivery reports).
+    me: Weak<Conferences>,
+}
+
+impl Conferences {
+    pub(crate) fn new(
+        config: ImConfig,
+        cdr: Arc<CdrLog>,
+        names: Arc<Names>,
+        offline: Arc<Offline>,
+        deliverer: Arc<dyn Deliverer>,
+    ) -> Arc<Conferences> {
+        Arc::new_cyclic(|me| Conferences {
+            conferences: Mutex::new(HashMap::new()),
+            member_dialogs: Mutex::new(HashMap::new()),
+            chat_places: Places::default(),
+            config,
+            cdr,
+            names,
+            offline,
+            deliverer,
+            me: me.clone(),
+        })
     }
 }
 
@@ -196,7 +252,7 @@ fn group_delivery(
     }
 }
 
-impl ImService {
+impl Conferences {
     /// `aor`'s display name as last read from the directory, or its user part.
     pub(crate) fn display_name(&self, aor: &str) -> String {
         self.names.display(aor)
@@ -261,13 +317,15 @@ impl ImService {
 
     /// A command typed in the two-party chat between `from` and `to`; `invited` is what
     /// the directory said of an `/invite` target. Returns the answer refusing it, if it
-    /// is refused (a group chat over the organiser's cap).
+    /// is refused (a group chat over the organiser's cap). `pair_session` is the pair's
+    /// open conversation, which a group chat started by `/invite` grows out of.
     pub(crate) fn pair_command(
         &self,
         from: &str,
         to: &str,
         command: String,
         invited: Option<Result<String, String>>,
+        pair_session: Option<String>,
     ) -> Option<ServiceAnswer> {
         let mut words = command.split_whitespace();
         match (words.next(), words.next(), invited) {
@@ -277,9 +335,8 @@ impl ImService {
                     format!("{} is already in this chat.", self.display_name(&third)),
                 ),
                 Ok(third) => {
-                    let escalated_from = self.conversation_id(from, to);
                     if let Err(refusal) =
-                        self.open_conference(from, escalated_from, &[from, to, &third])
+                        self.open_conference(from, pair_session, &[from, to, &third])
                     {
                         return Some(refusal);
                     }
@@ -359,7 +416,7 @@ impl ImService {
             escalated_from.clone(),
             &parts,
         );
-        let mut focus = crate::c3p::Focus {
+        let mut focus = crate::conference::c3p::Focus {
             subject: subject.unwrap_or_default(),
             ..Default::default()
         };
@@ -527,10 +584,10 @@ impl ImService {
         name: &str,
         msg: &Message,
         members: &[String],
-        waiting: &mut HashMap<String, Vec<crate::c3p::Held>>,
+        waiting: &mut HashMap<String, Vec<crate::conference::c3p::Held>>,
     ) -> String {
         let message_id = format!("{:016x}", rand::random::<u64>());
-        let group = crate::c3p::Held {
+        let group = crate::conference::c3p::Held {
             content_type: msg
                 .headers
                 .get(&HeaderName::ContentType)
@@ -745,12 +802,13 @@ impl ImService {
 
     /// INVITE to a conference (session mode): the service answers as the conference's
     /// endpoint, holds the dialog, and sends the member the group's messages inside it.
-    pub(crate) fn conference_invite(
+    fn conference_invite<'p>(
         &self,
         msg: &Message,
         from: &str,
         to: &str,
         flow: Flow,
+        place: impl FnOnce() -> Result<Place<'p>, ServiceAnswer>,
     ) -> ServiceAnswer {
         if !crate::offers_message_media(msg) {
             return ServiceAnswer::status(488);
@@ -759,7 +817,7 @@ impl ImService {
             return ServiceAnswer::status(400);
         };
         // Taken before the lock below (see `Place`); held until the dialog is kept.
-        let _place = match self.session_place(from) {
+        let _place = match place() {
             Ok(p) => p,
             Err(refusal) => return refusal,
         };
@@ -813,6 +871,157 @@ impl ImService {
         ServiceAnswer::status(200)
     }
 
+    /// Answers a request to one of the service's resources (`to`: a conference, its
+    /// focus or MCU, or the focus factory). `invited` is what the directory said of an
+    /// `/invite` target in it; `place` takes the sender's place under the sessions cap
+    /// when the request opens a dialog.
+    pub(crate) fn answer<'p>(
+        &self,
+        msg: &Message,
+        from: &str,
+        to: &str,
+        flow: Flow,
+        invited: Option<Result<String, String>>,
+        place: impl FnOnce() -> Result<Place<'p>, ServiceAnswer>,
+    ) -> ServiceAnswer {
+        match c3p::part_of(msg) {
+            c3p::Part::FocusFactory => return self.focus_factory(msg, from),
+            c3p::Part::Focus => return self.to_focus(msg, from, to, flow, place),
+            c3p::Part::Chat => {}
+        }
+        match msg.method() {
+            Some(sip_message::Method::Message) => self.conference_message(msg, from, to, invited),
+            Some(sip_message::Method::Subscribe) => self.subscribe(msg, from, to, flow),
+            Some(sip_message::Method::Invite)
+                if msg
+                    .to_header()
+                    .ok()
+                    .and_then(|t| t.tag().map(str::to_owned))
+                    .is_none() =>
+            {
+                self.conference_invite(msg, from, to, flow, place)
+            }
+            Some(sip_message::Method::Bye) => self.conference_bye(msg, from, to),
+            // Typing notices in a member's chat session: accepted, not spread.
+            Some(sip_message::Method::Info)
+                if self
+                    .member_dialogs
+                    .lock()
+                    .contains_key(&(to.to_owned(), from.to_owned())) =>
+            {
+                ServiceAnswer::status(200)
+            }
+            // re-INVITE, INFO and the rest: not part of a group chat.
+            _ => ServiceAnswer::status(501),
+        }
+    }
+
+    /// `from` just joined the chat `to` by the INVITE `call_id` (answered 2xx): what was
+    /// held for them follows.
+    pub(crate) fn joined_by_invite(&self, to: &str, from: &str, call_id: &str) {
+        if let Some(conf) = self.conferences.lock().get_mut(to) {
+            self.replay_held(to, conf, from, call_id);
+        }
+    }
+
+    /// Session-mode dialogs `user` holds with conferences: chat sessions and Lync focus
+    /// dialogs, one per endpoint (for the sessions cap, `caps.rs`).
+    pub(crate) fn sessions_of(&self, user: &str) -> usize {
+        let chats: usize = self
+            .member_dialogs
+            .lock()
+            .iter()
+            .filter(|((_, member), _)| member == user)
+            .map(|(_, ds)| ds.len())
+            .sum();
+        let focus: usize = self
+            .conferences
+            .lock()
+            .values()
+            .filter_map(|c| c.focus.joined.get(user))
+            .map(Vec::len)
+            .sum();
+        chats + focus
+    }
+
+    /// A place for one more group chat organised by `organiser`, or the 403 that refuses
+    /// it. Call it holding no lock.
+    pub(crate) fn group_chat_place(&self, organiser: &str) -> Result<Place<'_>, ServiceAnswer> {
+        let max = self.config.max_group_chats_per_user;
+        self.chat_places
+            .take(organiser, max, || {
+                self.conferences
+                    .lock()
+                    .values()
+                    .filter(|c| c.organiser == organiser)
+                    .count()
+            })
+            .ok_or_else(|| {
+                tracing::info!(
+                    organiser,
+                    max,
+                    "group chat refused: the user's cap is reached"
+                );
+                crate::refused(
+                    403,
+                    &format!("too many open group chats organised by this user (limit {max})"),
+                )
+            })
+    }
+
+    /// Ends the conferences idle long enough (final rows into `ended`, their watchers
+    /// and sessions ended), expires roster subscriptions and collects the others'
+    /// changed counters into `dirty`.
+    pub(crate) fn sweep(
+        &self,
+        now: tokio::time::Instant,
+        ended: &mut Vec<(String, Rows)>,
+        dirty: &mut Rows,
+    ) {
+        // Conferences with members in chat sessions, gathered once (not once per
+        // conference over every member's dialog).
+        let with_chat_sessions: std::collections::HashSet<String> = self
+            .member_dialogs
+            .lock()
+            .keys()
+            .map(|(conf, _)| conf.clone())
+            .collect();
+        let mut confs = self.conferences.lock();
+        confs.retain(|aor, c| {
+            // Members in sessions (Lync focus and chat dialogs) are connected; only
+            // silence as long as a session's idle time means they are gone.
+            let in_sessions =
+                !c.focus.joined.is_empty() || with_chat_sessions.contains(aor.as_str());
+            let idle = if in_sessions {
+                self.config.session_idle
+            } else {
+                self.config.pager_idle
+            };
+            if now.duration_since(c.conv.last_activity) >= idle {
+                self.end_watchers(aor, c, "noresource");
+                self.end_sessions(aor, c);
+                ended.push((c.conv.id.clone(), c.conv.records(None, false)));
+                false
+            } else {
+                self.expire_watchers(aor, c);
+                dirty.extend(c.conv.records(None, true));
+                for p in c.conv.participants.values_mut() {
+                    p.dirty = false;
+                }
+                true
+            }
+        });
+    }
+
+    /// Every open conference's session, taken out (a stop).
+    pub(crate) fn drain(&self) -> Vec<Conversation> {
+        self.conferences
+            .lock()
+            .drain()
+            .map(|(_, c)| c.conv)
+            .collect()
+    }
+
     /// The AoRs of a conference's active members (for tests and status).
     pub fn conference_members(&self, aor: &str) -> Option<Vec<String>> {
         self.conferences.lock().get(aor).map(Conference::members)
@@ -857,7 +1066,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_conference_has_room_only_for_those_in_it() {
-        let max = crate::c3p::MAX_PARTICIPANTS;
+        let max = crate::conference::c3p::MAX_PARTICIPANTS;
         assert!(conference_of(max - 1).has_room_for("sip:new@x"));
         let mut full = conference_of(max);
         assert!(!full.has_room_for("sip:new@x"));
