@@ -22,24 +22,49 @@
 //!   that a crash left open are closed with reason `server restart` at the next start; a
 //!   graceful stop closes them with `server shutdown` and waits for the writes.
 //!
+//! ## Layout: one part per concern, each with its own state
+//! [`ImService`] owns no map of its own: it builds the parts, implements the router's
+//! [`ImHook`] by dispatching to them, runs the periodic sweep (each part's `sweep`) and
+//! the shutdown. Each part owns its state behind its own lock:
+//! - `pager.rs` `pager::Pager`: two-party pager conversations, by pair.
+//! - `session.rs` `session::Sessions`: session-mode dialogs by Call-ID, the Call-IDs
+//!   of ended ones (481), INVITEs on the way and the places under the sessions cap.
+//! - `offline.rs` `offline::Offline`: keeping, delivering and expiring offline
+//!   messages, and who is being delivered to now.
+//! - `bridge.rs` `bridge::Bridges`: Lync sessions bridged to pager-only users.
+//! - `conference/` `conference::Conferences`: group chats (`mod.rs`), Lync
+//!   conferencing (`c3p.rs`) and the roster (`roster.rs`): conferences, members'
+//!   dialogs, the places under the group-chat cap.
+//! - `cdr.rs` `cdr::CdrLog`: the ordered CDR writer; `directory.rs`
+//!   `directory::Names`: display names and user lookups; `caps.rs`: the per-user caps.
+//!
+//! Parts never hold the service: what one needs of another comes in as an argument (a
+//! `&CdrLog`, the pager side of a bridge, a closure taking a sessions-cap place) or as a
+//! shared handle (`Arc<CdrLog>`, `Arc<Names>`, `Arc<Offline>`, the deliverer).
+//!
 //! ## Its data, and its locks
 //! The service holds its data as the traits of switchboard-core (`CdrData`,
 //! `OfflineData`, `Directory`), never a store or SQL crate, and it never awaits them
-//! while holding one of its locks: CDR writes are queued (`cdr.rs`), offline messages
-//! are read and written at the service's async entry points, and what it needs of the
+//! while holding a lock: CDR writes are queued (`cdr.rs`), offline messages are read
+//! and written at the async entry points (`offline.rs`), and what it needs of the
 //! directory (display names, whether an `/invite` target is a user) is looked up there
-//! and kept in memory (`directory.rs`). Its state is in memory, by concern (pager
-//! conversations, session-mode dialogs, conferences, member dialogs, bridges).
+//! and kept in memory (`directory.rs`). Lock rule: a part takes only its own lock, holds
+//! it only to decide or apply (never across an await, a data call or a network send:
+//! sends are spawned after), and calls no other part's method while holding it, except
+//! the in-memory `directory::Names` cache and the CDR queue, which take no other
+//! lock. The two exceptions are written in their headers: `caps.rs` places (their lock
+//! is taken first, the parts' locks only inside the count) and `conference/` (two maps,
+//! always conferences before member dialogs).
 //! - **Offline messages**: a MESSAGE to a known user with no device signed in is kept
 //!   (answered 202 Accepted), bounded per user and in age, and delivered in order, once
 //!   (deleted only after a device accepted it), when the user next registers.
 //!
 //! - **Session-mode IM** (INVITE `m=message`, MESSAGE in the dialog, BYE): a two-party
 //!   session per dialog, counted per sender; 481 for requests in an ended session.
-//! - **Conferences** (`conference.rs`) with their own URIs, joined by MESSAGE or INVITE,
-//!   escalated from two-party chats by `/invite` or REFER, and their roster by
-//!   subscription (RFC 4575, `roster.rs`).
-//! - **Lync conferencing** (C3P, `c3p.rs`): focus factory, focus and IM MCU over the same
+//! - **Conferences** (`conference/mod.rs`) with their own URIs, joined by MESSAGE or
+//!   INVITE, escalated from two-party chats by `/invite` or REFER, and their roster by
+//!   subscription (RFC 4575, `conference/roster.rs`).
+//! - **Lync conferencing** (C3P, `conference/c3p.rs`): focus factory, focus and IM MCU over the same
 //!   conferences, so Lync and standard users share one group chat.
 //! - **Bridging** (`bridge.rs`): a Lync user's session-mode chat with a user whose devices
 //!   only do pager mode.

@@ -1,5 +1,5 @@
 //! Lync conferencing (C3P: MS-CONFBAS, MS-CONFIM) over the group chats of
-//! `conference.rs`: one conference is one group chat, whichever dialect its members speak.
+//! `mod.rs`: one conference is one group chat, whichever dialect its members speak.
 //!
 //! - **Focus factory** `sip:switchboard@<domain>;gruu;opaque=app:conf:focusfactory`
 //!   (named in provisioning-v2): SERVICE `getConferencingCapabilities` (we host `chat`)
@@ -9,7 +9,7 @@
 //!   conference document naming the IM MCU; INFO carries `deleteUser`, `modifyUserRoles`
 //!   and `modifyConferenceLock`; BYE leaves the conference.
 //! - **IM MCU** `sip:chat-<id>@<domain>;gruu;opaque=app:conf:chat:id:<id>`: the group
-//!   chat itself (`conference.rs`): INVITE `m=message` joins the chat, MESSAGEs fan out
+//!   chat itself (`mod.rs`): INVITE `m=message` joins the chat, MESSAGEs fan out
 //!   with `Ms-Sender`, failed deliveries come back as `ms-imdn` reports.
 //! - Standard clients use the plain `sip:chat-<id>@<domain>` of the same conference: a
 //!   Lync user's `ms-conf-invite` to a user with no Lync device adds that user to the chat
@@ -17,6 +17,8 @@
 //!
 //! The organiser is a presenter (leader), everyone else an attendee until a presenter
 //! promotes them; only presenters eject others or lock the conference.
+//!
+//! Methods of [`Conferences`] (`mod.rs`): its state and its lock rule are there.
 
 use std::collections::HashMap;
 

@@ -19,6 +19,19 @@
 //!
 //! Replies to commands come from `sip:switchboard@<domain>` (a service identity) or from
 //! the conference. A participant with no device signed in gets them as offline messages.
+//!
+//! Owns, in [`Conferences`]: the conferences by AoR (each with its CDR conversation,
+//! roster watchers and Lync focus state), the members' dialogs with them, and the places
+//! under `max_group_chats_per_user`. `c3p.rs` and `roster.rs` are more of its methods.
+//! It holds the CDR log, the names, the offline store and the deliverer as shared
+//! handles; what it needs of other parts (the pair's pager conversation, a two-party
+//! session, a place under the sessions cap) comes in as arguments.
+//!
+//! Lock rule: two locks, `conferences` then `member_dialogs`, never the other way
+//! round, and `member_dialogs` alone for dialog-only lookups. Neither is held across an
+//! await, a data call or a network send: messages, NOTIFYs and BYEs are built under the
+//! lock and sent from spawned tasks, and undelivered ones are kept by `Offline` in those
+//! tasks. Under the lock it calls only the in-memory `Names` cache and the CDR queue.
 
 pub(crate) mod c3p;
 pub(crate) mod roster;

@@ -3,6 +3,10 @@
 //! `application/conference-info+xml`, full state each time (RFC 4575 §4.3 allows it),
 //! whenever someone joins or leaves, until it unsubscribes, the subscription expires or
 //! the conference ends (RFC 6665 §4.2 subscription lifecycle).
+//!
+//! Methods of [`Conferences`] (`mod.rs`): the watchers live in each conference, under
+//! its lock (see the lock rule there); NOTIFYs are rendered under it and sent from
+//! spawned tasks.
 
 use std::time::Duration;
 
