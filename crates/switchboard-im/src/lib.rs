@@ -9,19 +9,6 @@
 //! Both seams are `switchboard-core`'s (`seam`): this crate depends on core, sip-message
 //! and msrtc, never on the router or a transport.
 //!
-//! What it does so far:
-//! - **Pager-mode conversations**: MESSAGEs between the same two users form one
-//!   conversation (a two-party session) until it has been idle for `pager_idle`. Each has
-//!   a CDR: start, end, end reason, initiator, every participant with device, join and
-//!   leave times, messages and bytes per participant. Message content is never recorded.
-//! - **CDR durability** (`cdr.rs`): a pager conversation's session row is written
-//!   before its first message is relayed (a failure refuses the message with 503 and
-//!   Retry-After: the service is never bypassed); counters are flushed every
-//!   `flush_interval`; the end is written when it ends. Those later writes go through
-//!   one ordered writer task that retries while the database cannot answer. Sessions
-//!   that a crash left open are closed with reason `server restart` at the next start; a
-//!   graceful stop closes them with `server shutdown` and waits for the writes.
-//!
 //! ## Layout: one part per concern, each with its own state
 //! [`ImService`] owns no map of its own: it builds the parts, implements the router's
 //! [`ImHook`] by dispatching to them, runs the periodic sweep (each part's `sweep`) and
@@ -33,8 +20,8 @@
 //!   messages, and who is being delivered to now.
 //! - `bridge.rs` `bridge::Bridges`: Lync sessions bridged to pager-only users.
 //! - `conference/` `conference::Conferences`: group chats (`mod.rs`), Lync
-//!   conferencing (`c3p.rs`) and the roster (`roster.rs`): conferences, members'
-//!   dialogs, the places under the group-chat cap.
+//!   conferencing (`c3p.rs`) and the roster (`roster.rs`): conferences with their
+//!   members' dialogs, the places under the group-chat cap.
 //! - `cdr.rs` `cdr::CdrLog`: the ordered CDR writer; `directory.rs`
 //!   `directory::Names`: display names and user lookups; `caps.rs`: the per-user caps.
 //!
@@ -52,20 +39,33 @@
 //! it only to decide or apply (never across an await, a data call or a network send:
 //! sends are spawned after), and calls no other part's method while holding it, except
 //! the in-memory `directory::Names` cache and the CDR queue, which take no other
-//! lock. The two exceptions are written in their headers: `caps.rs` places (their lock
-//! is taken first, the parts' locks only inside the count) and `conference/` (two maps,
-//! always conferences before member dialogs).
+//! lock. One exception, written in its header: a place under a per-user cap (`caps.rs`)
+//! is taken under the places' lock, with the parts' locks taken only inside its count.
+//!
+//! ## What it does
+//! - **Pager-mode conversations**: MESSAGEs between the same two users form one
+//!   conversation (a two-party session) until it has been idle for `pager_idle`. Each has
+//!   a CDR: start, end, end reason, initiator, every participant with device, join and
+//!   leave times, messages and bytes per participant. Message content is never recorded.
+//! - **CDR durability** (`cdr.rs`): a pager conversation's session row is written
+//!   before its first message is relayed (a failure refuses the message with 503 and
+//!   Retry-After: the service is never bypassed); counters are flushed every
+//!   `flush_interval`; the end is written when it ends. Those later writes go through
+//!   one ordered writer task that retries while the database cannot answer. Sessions
+//!   that a crash left open are closed with reason `server restart` at the next start; a
+//!   graceful stop closes them with `server shutdown` and waits for the writes.
 //! - **Offline messages**: a MESSAGE to a known user with no device signed in is kept
 //!   (answered 202 Accepted), bounded per user and in age, and delivered in order, once
-//!   (deleted only after a device accepted it), when the user next registers.
-//!
-//! - **Session-mode IM** (INVITE `m=message`, MESSAGE in the dialog, BYE): a two-party
-//!   session per dialog, counted per sender; 481 for requests in an ended session.
+//!   (deleted only after a device accepted it), when the user next registers
+//!   (`offline.rs`).
+//! - **Session-mode IM** (`session.rs`; INVITE `m=message`, MESSAGE in the dialog,
+//!   BYE): a two-party session per dialog, counted per sender; 481 for requests in an
+//!   ended session.
 //! - **Conferences** (`conference/mod.rs`) with their own URIs, joined by MESSAGE or
 //!   INVITE, escalated from two-party chats by `/invite` or REFER, and their roster by
 //!   subscription (RFC 4575, `conference/roster.rs`).
-//! - **Lync conferencing** (C3P, `conference/c3p.rs`): focus factory, focus and IM MCU over the same
-//!   conferences, so Lync and standard users share one group chat.
+//! - **Lync conferencing** (C3P, `conference/c3p.rs`): focus factory, focus and IM MCU
+//!   over the same conferences, so Lync and standard users share one group chat.
 //! - **Bridging** (`bridge.rs`): a Lync user's session-mode chat with a user whose devices
 //!   only do pager mode.
 //! - **Per-user caps** (`caps.rs`): group chats a user organises, session-mode sessions a

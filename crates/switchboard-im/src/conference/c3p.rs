@@ -364,11 +364,7 @@ impl Conferences {
         for d in conf.focus.joined.remove(who).unwrap_or_default() {
             self.send_bye(d);
         }
-        let chat = self
-            .member_dialogs
-            .lock()
-            .remove(&(conf_aor.to_owned(), who.to_owned()));
-        for d in chat.unwrap_or_default() {
+        for d in conf.dialogs.remove(who).unwrap_or_default() {
             self.send_bye(d);
         }
         if conf.members().iter().any(|m| m == who) {
@@ -381,23 +377,11 @@ impl Conferences {
 
     /// The conference is ending: every focus and chat dialog members hold with it is
     /// ended by BYE, so their clients close the conversation.
-    pub(crate) fn end_sessions(&self, conf_aor: &str, conf: &mut Conference) {
+    pub(crate) fn end_sessions(&self, conf: &mut Conference) {
         for d in conf.focus.joined.drain().flat_map(|(_, ds)| ds) {
             self.send_bye(d);
         }
-        let chats: Vec<MemberDialog> = {
-            let mut dialogs = self.member_dialogs.lock();
-            let keys: Vec<(String, String)> = dialogs
-                .keys()
-                .filter(|(a, _)| a == conf_aor)
-                .cloned()
-                .collect();
-            keys.iter()
-                .filter_map(|k| dialogs.remove(k))
-                .flatten()
-                .collect()
-        };
-        for d in chats {
+        for d in conf.dialogs.drain().flat_map(|(_, ds)| ds) {
             self.send_bye(d);
         }
     }
@@ -433,14 +417,12 @@ impl Conferences {
         let in_focus = conf.focus.joined.contains_key(from);
         // The same endpoint's chat session (same Contact) ends with it.
         let in_chat = {
-            let mut dialogs = self.member_dialogs.lock();
-            let key = (conf_aor.to_owned(), from.to_owned());
-            let left = dialogs.get_mut(&key).map(|ds| {
+            let left = conf.dialogs.get_mut(from).map(|ds| {
                 ds.retain(|d| d.target != endpoint);
                 ds.len()
             });
             if left == Some(0) {
-                dialogs.remove(&key);
+                conf.dialogs.remove(from);
             }
             left.unwrap_or(0) > 0
         };
@@ -546,7 +528,7 @@ impl Conferences {
             .collect();
         self.say(
             &conf_aor,
-            Some("Group chat"),
+            conf,
             to,
             format!(
                 "*** {} added you to a group chat with {}. Reply here to talk to everyone; /help for commands.",
@@ -620,21 +602,15 @@ impl Conferences {
     }
 
     /// Replays what was held for `who` in the chat session (`call_id`) they just opened.
-    pub(crate) fn replay_held(
-        &self,
-        conf_aor: &str,
-        conf: &mut Conference,
-        who: &str,
-        call_id: &str,
-    ) {
+    pub(crate) fn replay_held(&self, conf: &mut Conference, who: &str, call_id: &str) {
         let Some(held) = conf.focus.waiting.remove(who) else {
             return;
         };
         let deliverer = self.deliverer.clone();
         let (requests, flow): (Vec<Message>, Flow) = {
-            let mut dialogs = self.member_dialogs.lock();
-            let Some(d) = dialogs
-                .get_mut(&(conf_aor.to_owned(), who.to_owned()))
+            let Some(d) = conf
+                .dialogs
+                .get_mut(who)
                 .and_then(|ds| ds.iter_mut().find(|d| d.call_id == call_id))
             else {
                 return;

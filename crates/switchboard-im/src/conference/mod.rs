@@ -21,17 +21,18 @@
 //! the conference. A participant with no device signed in gets them as offline messages.
 //!
 //! Owns, in [`Conferences`]: the conferences by AoR (each with its CDR conversation,
-//! roster watchers and Lync focus state), the members' dialogs with them, and the places
-//! under `max_group_chats_per_user`. `c3p.rs` and `roster.rs` are more of its methods.
+//! roster watchers, Lync focus state and the members' chat dialogs with it), and the
+//! places under `max_group_chats_per_user`. `c3p.rs` and `roster.rs` are more of its methods.
 //! It holds the CDR log, the names, the offline store and the deliverer as shared
 //! handles; what it needs of other parts (the pair's pager conversation, a two-party
 //! session, a place under the sessions cap) comes in as arguments.
 //!
-//! Lock rule: two locks, `conferences` then `member_dialogs`, never the other way
-//! round, and `member_dialogs` alone for dialog-only lookups. Neither is held across an
-//! await, a data call or a network send: messages, NOTIFYs and BYEs are built under the
-//! lock and sent from spawned tasks, and undelivered ones are kept by `Offline` in those
-//! tasks. Under the lock it calls only the in-memory `Names` cache and the CDR queue.
+//! Lock rule: one lock (`conferences`), taken at the entry points only; the helpers
+//! that work on a conference are handed it (`&mut Conference`) and never lock. It is not
+//! held across an await, a data call or a network send: messages, NOTIFYs and BYEs are
+//! built under it and sent from spawned tasks, and undelivered ones are kept by
+//! `Offline` in those tasks. Under it the part calls only the in-memory `Names` cache
+//! and the CDR queue. The group-chat places (`caps.rs`) are taken before it.
 
 pub(crate) mod c3p;
 pub(crate) mod roster;
@@ -140,9 +141,20 @@ pub(crate) struct Conference {
     pub(crate) escalated_from: Option<String>,
     /// The Lync (C3P) side: focus members, roles, lock.
     pub(crate) focus: crate::conference::c3p::Focus,
+    /// Members' session-mode dialogs with it, by member AoR: one per endpoint the
+    /// member is in the chat from (never an empty list).
+    pub(crate) dialogs: HashMap<String, Vec<MemberDialog>>,
 }
 
 impl Conference {
+    /// Whether `who` is in the chat with a Lync client (which learns of comings and
+    /// goings from its roster, not from notices).
+    pub(crate) fn in_lync_session(&self, who: &str) -> bool {
+        self.dialogs
+            .get(who)
+            .is_some_and(|ds| ds.iter().any(|d| d.ms_sender))
+    }
+
     /// Whether `who` is in, or may come in without the conference going over
     /// [`crate::conference::c3p::MAX_PARTICIPANTS`].
     pub(crate) fn has_room_for(&self, who: &str) -> bool {
@@ -173,16 +185,13 @@ impl Conference {
     }
 }
 
-/// The group chats (see the module header): conferences by AoR, members' dialogs with
-/// them, and the places being taken under `max_group_chats_per_user`. What it needs of
+/// The group chats (see the module header): conferences by AoR, with the members'
+/// dialogs in each, and the places being taken under `max_group_chats_per_user`. What it needs of
 /// the rest of the service it holds as shared handles (the CDR log, names, the offline
 /// store, the deliverer), never the service itself.
 pub(crate) struct Conferences {
     /// Conferences by their AoR.
     conferences: Mutex<HashMap<String, Conference>>,
-    /// Members' session-mode dialogs, by (conference AoR, member AoR): one per endpoint
-    /// the member is in the chat from (never an empty list).
-    member_dialogs: Mutex<HashMap<(String, String), Vec<MemberDialog>>>,
     /// Places being taken under `max_group_chats_per_user`.
     chat_places: Places,
     config: ImConfig,
@@ -205,7 +214,6 @@ impl Conferences {
     ) -> Arc<Conferences> {
         Arc::new_cyclic(|me| Conferences {
             conferences: Mutex::new(HashMap::new()),
-            member_dialogs: Mutex::new(HashMap::new()),
             chat_places: Places::default(),
             config,
             cdr,
@@ -271,8 +279,44 @@ impl Conferences {
         self.names.display(aor)
     }
 
-    /// Sends `text` to `to` from `from` (a conference or the service), or keeps it for them.
+    /// Sends `text` from the conference `conf_aor` to `to`: inside `to`'s chat sessions
+    /// with it (each endpoint) when they joined by INVITE, else as a pager MESSAGE, or
+    /// kept for them.
     pub(crate) fn say(
+        &self,
+        conf_aor: &str,
+        conf: &mut Conference,
+        to: &str,
+        text: String,
+        author: Option<&str>,
+    ) {
+        let Some(ds) = conf.dialogs.get_mut(to) else {
+            self.deliver_later(conf_aor, Some("Group chat"), to, text, author);
+            return;
+        };
+        for d in ds.iter_mut() {
+            d.cseq += 1;
+            // A Lync client needs an author for every message: the conference itself.
+            let author = author.or(d.ms_sender.then_some(conf_aor));
+            let m = d.message(
+                "text/plain;charset=UTF-8",
+                Bytes::from(text.clone().into_bytes()),
+                author,
+            );
+            let deliverer = self.deliverer.clone();
+            let flow = d.flow;
+            tokio::spawn(async move {
+                let status = deliverer.send_request_on(m, flow).await;
+                if status >= 300 {
+                    tracing::debug!(status, "in-session conference message not accepted");
+                }
+            });
+        }
+    }
+
+    /// Sends `text` to `to` from `from` (a conference or the service) as a pager MESSAGE,
+    /// from a task, or keeps it for them.
+    fn deliver_later(
         &self,
         from: &str,
         display: Option<&str>,
@@ -280,33 +324,6 @@ impl Conferences {
         text: String,
         author: Option<&str>,
     ) {
-        let deliverer = self.deliverer.clone();
-        // A member who joined by INVITE gets it inside that session (on each endpoint).
-        if let Some(ds) = self
-            .member_dialogs
-            .lock()
-            .get_mut(&(from.to_owned(), to.to_owned()))
-        {
-            for d in ds.iter_mut() {
-                d.cseq += 1;
-                // A Lync client needs an author for every message: the conference itself.
-                let author = author.or(d.ms_sender.then_some(from));
-                let m = d.message(
-                    "text/plain;charset=UTF-8",
-                    Bytes::from(text.clone().into_bytes()),
-                    author,
-                );
-                let deliverer = deliverer.clone();
-                let flow = d.flow;
-                tokio::spawn(async move {
-                    let status = deliverer.send_request_on(m, flow).await;
-                    if status >= 300 {
-                        tracing::debug!(status, "in-session conference message not accepted");
-                    }
-                });
-            }
-            return;
-        }
         let d = group_delivery(from, display, to, text, author);
         let offline = self.offline.clone();
         tokio::spawn(async move { offline.deliver_or_keep(d, None).await });
@@ -325,7 +342,7 @@ impl Conferences {
 
     fn reply(&self, to: &str, text: String) {
         let service = format!("sip:{SERVICE_USER}@{}", domain_of(to));
-        self.say(&service, Some("Switchboard"), to, text, None);
+        self.deliver_later(&service, Some("Switchboard"), to, text, None);
     }
 
     /// A command typed in the two-party chat between `from` and `to`; `invited` is what
@@ -444,6 +461,7 @@ impl Conferences {
                 organiser: organiser.to_owned(),
                 escalated_from,
                 focus,
+                dialogs: HashMap::new(),
             },
         );
         Ok(aor)
@@ -471,22 +489,19 @@ impl Conferences {
         Ok(aor)
     }
 
-    /// Whether `who` is in `conf`'s chat with a Lync client (which learns of comings and
-    /// goings from its roster, not from notices).
-    pub(crate) fn in_lync_session(&self, conf: &str, who: &str) -> bool {
-        self.member_dialogs
-            .lock()
-            .get(&(conf.to_owned(), who.to_owned()))
-            .is_some_and(|ds| ds.iter().any(|d| d.ms_sender))
-    }
-
     /// Sends a notice to every active member except `except`.
-    fn notice(&self, conf: &str, members: &[String], except: Option<&str>, text: &str) {
-        for m in members
-            .iter()
-            .filter(|m| Some(m.as_str()) != except && !self.in_lync_session(conf, m))
-        {
-            self.say(conf, Some("Group chat"), m, format!("*** {text}"), None);
+    fn notice(
+        &self,
+        conf_aor: &str,
+        conf: &mut Conference,
+        members: &[String],
+        except: Option<&str>,
+        text: &str,
+    ) {
+        for m in members {
+            if Some(m.as_str()) != except && !conf.in_lync_session(m) {
+                self.say(conf_aor, conf, m, format!("*** {text}"), None);
+            }
         }
     }
 
@@ -527,18 +542,14 @@ impl Conferences {
             (Some("/invite"), Some(target), Some(invited)) => match invited {
                 Ok(who) if members.contains(&who) => self.say(
                     to,
-                    Some("Group chat"),
+                    conf,
                     from,
                     format!("*** {} is already here.", self.display_name(&who)),
                     None,
                 ),
-                Ok(_) if !conf.has_room_for("") => self.say(
-                    to,
-                    Some("Group chat"),
-                    from,
-                    "*** This group chat is full.".into(),
-                    None,
-                ),
+                Ok(_) if !conf.has_room_for("") => {
+                    self.say(to, conf, from, "*** This group chat is full.".into(), None)
+                }
                 Ok(who) => {
                     conf.conv.admit(&who);
                     conf.focus.saw(&who);
@@ -546,14 +557,14 @@ impl Conferences {
                         "{name} added {}. Reply here to talk to everyone.",
                         self.display_name(&who)
                     );
-                    self.notice(to, &members, None, &text);
+                    self.notice(to, conf, &members, None, &text);
                     self.bring_in(to, conf, &who, format!("*** {text}"));
                     members.push(who.clone());
                     self.notify_roster(to, conf);
                 }
                 Err(e) => self.say(
                     to,
-                    Some("Group chat"),
+                    conf,
                     from,
                     format!("*** Cannot invite {target}: {e}."),
                     None,
@@ -563,7 +574,7 @@ impl Conferences {
                 let names: Vec<String> = members.iter().map(|m| self.display_name(m)).collect();
                 self.say(
                     to,
-                    Some("Group chat"),
+                    conf,
                     from,
                     format!("*** In this group chat: {}.", names.join(", ")),
                     None,
@@ -573,12 +584,12 @@ impl Conferences {
                 drop(confs);
                 self.leave_conference(to, from);
             }
-            (Some(_), _, _) => self.say(to, Some("Group chat"), from, HELP.into(), None),
+            (Some(_), _, _) => self.say(to, conf, from, HELP.into(), None),
             (None, _, _) => {
                 count(&mut conf.conv, from, crate::device_of(msg), msg.body.len());
-                let id = self.fan_out(to, from, &name, msg, &members, &mut conf.focus.waiting);
+                let id = self.fan_out(to, conf, from, &name, msg, &members);
                 // MS-CONFIM §3.2.5.2: the id a later delivery report refers to.
-                if self.in_lync_session(to, from) {
+                if conf.in_lync_session(from) {
                     answer.headers.push(("Message-Id".into(), id));
                 }
             }
@@ -592,12 +603,12 @@ impl Conferences {
     /// `ms-imdn` report (MS-CONFIM §3.2.5.3); pager members' messages are kept for them.
     fn fan_out(
         &self,
-        conf: &str,
+        conf_aor: &str,
+        conf: &mut Conference,
         author: &str,
         name: &str,
         msg: &Message,
         members: &[String],
-        waiting: &mut HashMap<String, Vec<crate::conference::c3p::Held>>,
     ) -> String {
         let message_id = format!("{:016x}", rand::random::<u64>());
         let group = crate::conference::c3p::Held {
@@ -616,18 +627,16 @@ impl Conferences {
         // Everyone else, and the author's other endpoints (so each of their clients shows
         // the conversation whole).
         for m in members.iter() {
-            let in_session: Vec<(String, Message, Flow)> = {
-                let mut dialogs = self.member_dialogs.lock();
-                dialogs
-                    .get_mut(&(conf.to_owned(), m.clone()))
-                    .map(|ds| {
-                        ds.iter_mut()
-                            .filter(|d| m != author || d.call_id != came_on)
-                            .map(|d| (d.call_id.clone(), d.group_message(&group), d.flow))
-                            .collect()
-                    })
-                    .unwrap_or_default()
-            };
+            let in_session: Vec<(String, Message, Flow)> = conf
+                .dialogs
+                .get_mut(m)
+                .map(|ds| {
+                    ds.iter_mut()
+                        .filter(|d| m != author || d.call_id != came_on)
+                        .map(|d| (d.call_id.clone(), d.group_message(&group), d.flow))
+                        .collect()
+                })
+                .unwrap_or_default();
             if m == author {
                 for (call_id, request, flow) in in_session {
                     let deliverer = deliverer.clone();
@@ -646,12 +655,13 @@ impl Conferences {
                         (who, call_id, deliverer.send_request_on(request, flow).await)
                     }));
                 }
-            } else if let Some(held) = waiting.get_mut(m) {
+            } else if let Some(held) = conf.focus.waiting.get_mut(m) {
                 // On their way in: held until they join (or are given it as pager).
                 held.push(group.clone());
             } else {
-                self.say(
-                    conf,
+                // Not in a session (checked above): a pager MESSAGE.
+                self.deliver_later(
+                    conf_aor,
                     Some("Group chat"),
                     m,
                     group.text.clone(),
@@ -659,20 +669,18 @@ impl Conferences {
                 );
             }
         }
-        let report_to = {
-            let dialogs = self.member_dialogs.lock();
-            dialogs
-                .get(&(conf.to_owned(), author.to_owned()))
-                .and_then(|ds| ds.iter().find(|d| d.call_id == came_on && d.ms_sender))
-                .map(|d| (d.call_id.clone(), d.our_tag.clone()))
-        };
+        let report_to = conf
+            .dialogs
+            .get(author)
+            .and_then(|ds| ds.iter().find(|d| d.call_id == came_on && d.ms_sender))
+            .map(|d| (d.call_id.clone(), d.our_tag.clone()));
         // Pager members were handed to `say`; only session deliveries have outcomes to
         // wait for.
         let Some(me) = self.me.upgrade().filter(|_| !pending.is_empty()) else {
             return message_id;
         };
         let id = message_id.clone();
-        let conf = conf.to_owned();
+        let conf = conf_aor.to_owned();
         let author = author.to_owned();
         tokio::spawn(async move {
             // Per member: delivered if any endpoint took it, else the best failure.
@@ -697,10 +705,11 @@ impl Conferences {
                 return;
             };
             let report = {
-                let mut dialogs = me.member_dialogs.lock();
+                let mut confs = me.conferences.lock();
                 // The same session still (not a new one since).
-                dialogs
-                    .get_mut(&(conf.clone(), author.clone()))
+                confs
+                    .get_mut(&conf)
+                    .and_then(|c| c.dialogs.get_mut(&author))
                     .and_then(|ds| {
                         ds.iter_mut()
                             .find(|d| d.call_id == call_id && d.our_tag == tag)
@@ -726,14 +735,16 @@ impl Conferences {
     /// the chat when it was their last endpoint in it.
     pub(crate) fn drop_endpoint(&self, conf: &str, who: &str, call_id: &str) {
         let last = {
-            let mut dialogs = self.member_dialogs.lock();
-            let key = (conf.to_owned(), who.to_owned());
-            match dialogs.get_mut(&key) {
+            let mut confs = self.conferences.lock();
+            let Some(c) = confs.get_mut(conf) else {
+                return;
+            };
+            match c.dialogs.get_mut(who) {
                 Some(ds) => {
                     ds.retain(|d| d.call_id != call_id);
                     let empty = ds.is_empty();
                     if empty {
-                        dialogs.remove(&key);
+                        c.dialogs.remove(who);
                     }
                     empty
                 }
@@ -753,6 +764,7 @@ impl Conferences {
             let members = conf.members();
             self.notice(
                 conf_aor,
+                conf,
                 &members,
                 Some(who),
                 &format!("{} joined", self.display_name(who)),
@@ -773,14 +785,13 @@ impl Conferences {
                 was_in = true;
             }
         }
-        self.member_dialogs
-            .lock()
-            .remove(&(conf_aor.to_owned(), who.to_owned()));
+        conf.dialogs.remove(who);
         self.notify_roster(conf_aor, conf);
         let rest = conf.members();
         if was_in {
             self.notice(
                 conf_aor,
+                conf,
                 &rest,
                 None,
                 &format!("{} left", self.display_name(who)),
@@ -846,9 +857,8 @@ impl Conferences {
         conf.focus.saw(from);
         let our_tag = dialog.our_tag.clone();
         // One entry per endpoint of the user (MPOP): each has its own session.
-        self.member_dialogs
-            .lock()
-            .entry((to.to_owned(), from.to_owned()))
+        conf.dialogs
+            .entry(from.to_owned())
             .or_default()
             .push(dialog);
         self.join(to, conf, from);
@@ -865,19 +875,18 @@ impl Conferences {
     /// user, when it was their last).
     pub(crate) fn conference_bye(&self, msg: &Message, from: &str, to: &str) -> ServiceAnswer {
         let call_id = msg.call_id().unwrap_or("");
-        let known = self
-            .member_dialogs
-            .lock()
-            .get(&(to.to_owned(), from.to_owned()))
-            .is_some_and(|ds| ds.iter().any(|d| d.call_id == call_id));
+        let (known, was_in) = match self.conferences.lock().get(to) {
+            Some(c) => (
+                c.dialogs
+                    .get(from)
+                    .is_some_and(|ds| ds.iter().any(|d| d.call_id == call_id)),
+                c.conv.participants.contains_key(from),
+            ),
+            None => (false, false),
+        };
         if !known {
             // Leaving the focus first (a Lync client's BYE order) already took this
             // endpoint out of the chat: this BYE ends nothing more, and is no error.
-            let was_in = self
-                .conferences
-                .lock()
-                .get(to)
-                .is_some_and(|c| c.conv.participants.contains_key(from));
             return ServiceAnswer::status(if was_in { 200 } else { 481 });
         }
         self.drop_endpoint(to, from, call_id);
@@ -918,9 +927,10 @@ impl Conferences {
             // Typing notices in a member's chat session: accepted, not spread.
             Some(sip_message::Method::Info)
                 if self
-                    .member_dialogs
+                    .conferences
                     .lock()
-                    .contains_key(&(to.to_owned(), from.to_owned())) =>
+                    .get(to)
+                    .is_some_and(|c| c.dialogs.contains_key(from)) =>
             {
                 ServiceAnswer::status(200)
             }
@@ -933,28 +943,22 @@ impl Conferences {
     /// held for them follows.
     pub(crate) fn joined_by_invite(&self, to: &str, from: &str, call_id: &str) {
         if let Some(conf) = self.conferences.lock().get_mut(to) {
-            self.replay_held(to, conf, from, call_id);
+            self.replay_held(conf, from, call_id);
         }
     }
 
     /// Session-mode dialogs `user` holds with conferences: chat sessions and Lync focus
     /// dialogs, one per endpoint (for the sessions cap, `caps.rs`).
     pub(crate) fn sessions_of(&self, user: &str) -> usize {
-        let chats: usize = self
-            .member_dialogs
-            .lock()
-            .iter()
-            .filter(|((_, member), _)| member == user)
-            .map(|(_, ds)| ds.len())
-            .sum();
-        let focus: usize = self
-            .conferences
+        self.conferences
             .lock()
             .values()
-            .filter_map(|c| c.focus.joined.get(user))
-            .map(Vec::len)
-            .sum();
-        chats + focus
+            .map(|c| {
+                let chats = c.dialogs.get(user).map_or(0, Vec::len);
+                let focus = c.focus.joined.get(user).map_or(0, Vec::len);
+                chats + focus
+            })
+            .sum()
     }
 
     /// A place for one more group chat organised by `organiser`, or the 403 that refuses
@@ -991,20 +995,11 @@ impl Conferences {
         ended: &mut Vec<(String, Rows)>,
         dirty: &mut Rows,
     ) {
-        // Conferences with members in chat sessions, gathered once (not once per
-        // conference over every member's dialog).
-        let with_chat_sessions: std::collections::HashSet<String> = self
-            .member_dialogs
-            .lock()
-            .keys()
-            .map(|(conf, _)| conf.clone())
-            .collect();
         let mut confs = self.conferences.lock();
         confs.retain(|aor, c| {
             // Members in sessions (Lync focus and chat dialogs) are connected; only
             // silence as long as a session's idle time means they are gone.
-            let in_sessions =
-                !c.focus.joined.is_empty() || with_chat_sessions.contains(aor.as_str());
+            let in_sessions = !c.focus.joined.is_empty() || !c.dialogs.is_empty();
             let idle = if in_sessions {
                 self.config.session_idle
             } else {
@@ -1012,7 +1007,7 @@ impl Conferences {
             };
             if now.duration_since(c.conv.last_activity) >= idle {
                 self.end_watchers(aor, c, "noresource");
-                self.end_sessions(aor, c);
+                self.end_sessions(c);
                 ended.push((c.conv.id.clone(), c.conv.records(None, false)));
                 false
             } else {
@@ -1074,6 +1069,7 @@ mod tests {
             organiser: "sip:u0@x".into(),
             escalated_from: None,
             focus: Default::default(),
+            dialogs: HashMap::new(),
         }
     }
 
