@@ -5,8 +5,9 @@
 //! hold without end. (The third cap, messages kept for one recipient from one sender, is
 //! counted by the store: `OfflineData::store_offline`.)
 //!
-//! What is open is counted from the service's own maps, so nothing can drift out of step
-//! with them. A request that would open one more first takes a [`Place`]: counted with
+//! What is open is counted from the parts' own maps (`ImService::open_sessions` adds
+//! up sessions, bridges and conference dialogs; `Conferences::group_chat_place` counts
+//! conferences), so nothing can drift out of step with them. A request that would open one more first takes a [`Place`]: counted with
 //! what is open, under one lock, so two requests racing for a user's last place cannot
 //! both have it, while the work that makes it real (a CDR write) runs outside every
 //! service lock. The place is given back once what it opened is in the maps.
@@ -14,9 +15,6 @@
 use std::collections::HashMap;
 
 use parking_lot::Mutex;
-use switchboard_core::seam::ServiceAnswer;
-
-use crate::ImService;
 
 /// How long an INVITE let through (`admit_invite`) may hold its place without an outcome
 /// from the core: far longer than any INVITE transaction (Timer B, 64·T1 = 32 s), so it
@@ -66,31 +64,6 @@ impl Drop for Place<'_> {
                 taken.remove(&self.user);
             }
         }
-    }
-}
-
-impl ImService {
-    /// Session-mode dialogs `user` opened that the service tracks or holds: two-party
-    /// sessions relayed, INVITEs of theirs still on the way, sessions bridged to a pager
-    /// user, and their endpoints' chat and focus dialogs with conferences. A session
-    /// counts against whoever sent the INVITE, so nobody can use up another user's
-    /// allowance by inviting them.
-    ///
-    /// Each map is read under its own lock in turn (the caller holds none of them).
-    /// This runs once per dialog-creating INVITE, never per message.
-    pub(crate) fn open_sessions(&self, user: &str) -> usize {
-        self.sessions.opened_by(user)
-            + self.bridges.opened_by(user)
-            + self.conferences.sessions_of(user)
-    }
-
-    /// A place for one more session-mode session of `user`, or the 403 that refuses it.
-    /// Call it holding no service lock.
-    pub(crate) fn session_place(&self, user: &str) -> Result<Place<'_>, ServiceAnswer> {
-        self.sessions
-            .place(user, self.config.max_sessions_per_user, || {
-                self.open_sessions(user)
-            })
     }
 }
 

@@ -629,6 +629,29 @@ impl ImService {
         }
     }
 
+    /// Session-mode dialogs `user` opened that the service tracks or holds: two-party
+    /// sessions relayed, INVITEs of theirs still on the way, sessions bridged to a pager
+    /// user, and their endpoints' chat and focus dialogs with conferences. A session
+    /// counts against whoever sent the INVITE, so nobody can use up another user's
+    /// allowance by inviting them.
+    ///
+    /// Each map is read under its own lock in turn (the caller holds none of them).
+    /// This runs once per dialog-creating INVITE, never per message.
+    pub(crate) fn open_sessions(&self, user: &str) -> usize {
+        self.sessions.opened_by(user)
+            + self.bridges.opened_by(user)
+            + self.conferences.sessions_of(user)
+    }
+
+    /// A place for one more session-mode session of `user`, or the 403 that refuses it.
+    /// Call it holding no service lock.
+    pub(crate) fn session_place(&self, user: &str) -> Result<caps::Place<'_>, ServiceAnswer> {
+        self.sessions
+            .place(user, self.config.max_sessions_per_user, || {
+                self.open_sessions(user)
+            })
+    }
+
     /// The pager side a bridged session writes to.
     fn to_pager(&self) -> bridge::ToPager<'_> {
         bridge::ToPager {
