@@ -8,25 +8,41 @@
 //! MESSAGE (RFC 3428) from the Lync user; the callee's pager replies reach the Lync client
 //! as they would anyway. Both directions count in one two-party CDR session, the same one
 //! a pager conversation between the two has.
+//!
+//! Owns the bridged sessions ([`Bridges`]); the pager side it writes to (conversation,
+//! CDR, offline store) is passed in by the caller ([`ToPager`]).
+//!
+//! Lock rule: one lock (`open`), held only to read or change the map, never across an
+//! await or a call into another part: a request is decided under it, and what it sends
+//! on is done after it is released.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
+use parking_lot::Mutex;
 use sip_message::{HeaderName, Message, Method};
 use switchboard_core::seam::{Delivery, Flow, ServiceAnswer};
 use tokio::time::Instant;
 
+use crate::caps::Place;
+use crate::cdr::CdrLog;
 use crate::conference::MemberDialog;
-use crate::{device_of, now_ms, ImService};
+use crate::offline::Offline;
+use crate::pager::Pager;
+use crate::{device_of, now_ms};
 
 /// Bridged sessions one user may have open at a time: the service answers these INVITEs
 /// itself, so nothing but this bounds what one client can make it hold.
 const MAX_BRIDGES_PER_CALLER: usize = 100;
 
 /// A Lync user's session-mode dialog with the service, standing in for a pager user.
-pub(crate) struct Bridge {
-    pub(crate) caller: String,
+struct Bridge {
+    caller: String,
     callee: String,
-    pub(crate) last_activity: Instant,
+    last_activity: Instant,
 }
 
 /// Is this INVITE in the Lync style (MS-SIP): the first message in `ms-text-format`, or
@@ -76,38 +92,89 @@ pub fn first_message(header: &str) -> Option<(String, Vec<u8>)> {
     Some((ct, body))
 }
 
-impl ImService {
-    /// Answers a Lync INVITE to `to` (who has no Lync device) as the other end.
-    pub(crate) async fn bridge_invite(
+/// The service's side of a bridged session: where a Lync user's messages go on as
+/// pager mode (the pair's conversation, its CDR, and delivery or keeping).
+pub(crate) struct ToPager<'a> {
+    pub(crate) pager: &'a Pager,
+    pub(crate) cdr: &'a CdrLog,
+    pub(crate) offline: &'a Arc<Offline>,
+}
+
+impl ToPager<'_> {
+    /// Delivers one message as pager mode, counting it; kept for later if no device
+    /// takes it.
+    fn relay(&self, from: &str, to: &str, content_type: String, body: Vec<u8>, device: String) {
+        self.pager.record(self.cdr, from, to, device, body.len());
+        let d = Delivery {
+            from: from.to_owned(),
+            to: to.to_owned(),
+            content_type,
+            body: Bytes::from(body),
+            sent_at_ms: now_ms(),
+            from_display: None,
+            extra_headers: Vec::new(),
+        };
+        let session_id = self.pager.id(from, to);
+        let offline = self.offline.clone();
+        tokio::spawn(async move { offline.deliver_or_keep(d, session_id).await });
+    }
+}
+
+/// What a request in a bridged dialog comes to, beyond what [`Bridges::request`] did.
+pub(crate) enum Step {
+    /// Answer it so.
+    Answer(ServiceAnswer),
+    /// A chat command typed in the session with `callee`: for the service, as in pager
+    /// mode.
+    Command { callee: String, command: String },
+    /// A BYE ended the session (answered 200; the caller remembers the Call-ID).
+    Ended,
+}
+
+/// The Lync sessions the service answers for pager-only users, by Call-ID.
+#[derive(Default)]
+pub(crate) struct Bridges {
+    open: Mutex<HashMap<String, Bridge>>,
+}
+
+impl Bridges {
+    /// Bridged sessions `caller` opened.
+    pub(crate) fn opened_by(&self, caller: &str) -> usize {
+        self.open
+            .lock()
+            .values()
+            .filter(|b| b.caller == caller)
+            .count()
+    }
+
+    /// Answers a Lync INVITE to `to` (who has no Lync device) as the other end. `place`
+    /// takes the caller's place under the sessions cap (or refuses).
+    pub(crate) async fn invite<'p>(
         &self,
         msg: &Message,
         from: &str,
         to: &str,
         flow: Flow,
+        place: impl FnOnce() -> Result<Place<'p>, ServiceAnswer>,
+        side: ToPager<'_>,
     ) -> ServiceAnswer {
         let (Some(dialog), Some(call_id)) = (MemberDialog::from_invite(msg, flow), msg.call_id())
         else {
             return ServiceAnswer::status(400);
         };
-        // Held until the bridge is in `bridges`, where it counts from then on.
-        let place = match self.session_place(from) {
+        // Held until the bridge is in `open`, where it counts from then on.
+        let place = match place() {
             Ok(p) => p,
             Err(refusal) => return refusal,
         };
-        let open = self
-            .bridges
-            .lock()
-            .values()
-            .filter(|b| b.caller == from)
-            .count();
-        if open >= MAX_BRIDGES_PER_CALLER {
+        if self.opened_by(from) >= MAX_BRIDGES_PER_CALLER {
             return crate::refused(
                 403,
                 "too many open chats with users who have no Lync device",
             );
         }
-        if !self.ensure_conversation(from, to).await {
-            return Self::cannot_record();
+        if !side.pager.ensure(side.cdr, from, to).await {
+            return crate::cannot_record();
         }
         let first = msg
             .headers
@@ -115,9 +182,9 @@ impl ImService {
             .and_then(first_message);
         let took_first = first.is_some();
         if let Some((content_type, body)) = first {
-            self.relay_to_pager(from, to, content_type, body, device_of(msg));
+            side.relay(from, to, content_type, body, device_of(msg));
         }
-        self.bridges.lock().insert(
+        self.open.lock().insert(
             call_id.to_owned(),
             Bridge {
                 caller: from.to_owned(),
@@ -144,76 +211,45 @@ impl ImService {
         a
     }
 
-    /// A request in a bridged dialog, if `msg` belongs to one; `invited` is what the
-    /// directory said of an `/invite` target in it.
-    pub(crate) fn bridged(
-        &self,
-        msg: &Message,
-        from: &str,
-        invited: Option<Result<String, String>>,
-    ) -> Option<ServiceAnswer> {
+    /// A request in a bridged dialog, if `msg` belongs to one: decided under the lock,
+    /// its message (if any) carried on after it.
+    pub(crate) fn request(&self, msg: &Message, from: &str, side: ToPager<'_>) -> Option<Step> {
         let call_id = msg.call_id()?;
-        let mut bridges = self.bridges.lock();
-        let b = bridges.get_mut(call_id)?;
-        if b.caller != from {
-            return Some(ServiceAnswer::status(403));
-        }
-        b.last_activity = Instant::now();
-        let callee = b.callee.clone();
-        match msg.method() {
-            Some(Method::Message) => {
-                drop(bridges);
-                if let Some(command) = crate::conference::command_of(msg) {
-                    // Chat commands are for the service, as in pager mode.
-                    if let Some(refusal) = self.pair_command(from, &callee, command, invited) {
-                        return Some(refusal);
-                    }
-                } else if crate::is_instant_message(msg) {
-                    let ct = msg
-                        .headers
-                        .get(&HeaderName::ContentType)
-                        .unwrap_or("text/plain")
-                        .to_owned();
-                    self.relay_to_pager(from, &callee, ct, msg.body.to_vec(), device_of(msg));
-                }
-                Some(ServiceAnswer::status(200))
+        let callee = {
+            let mut open = self.open.lock();
+            let b = open.get_mut(call_id)?;
+            if b.caller != from {
+                return Some(Step::Answer(ServiceAnswer::status(403)));
             }
-            Some(Method::Bye) => {
-                bridges.remove(call_id);
-                drop(bridges);
-                // RFC 3261 §12.2.2: later requests in this dialog get 481.
-                self.ended_dialogs
-                    .lock()
-                    .insert(call_id.to_owned(), Instant::now());
-                Some(ServiceAnswer::status(200))
+            b.last_activity = Instant::now();
+            if msg.method() == Some(&Method::Bye) {
+                open.remove(call_id);
+                return Some(Step::Ended);
             }
-            // Typing notices (INFO), keep-alive re-INVITEs, OPTIONS: nothing to carry.
-            _ => Some(ServiceAnswer::status(200)),
+            b.callee.clone()
+        };
+        if msg.method() == Some(&Method::Message) {
+            if let Some(command) = crate::conference::command_of(msg) {
+                return Some(Step::Command { callee, command });
+            }
+            if crate::is_instant_message(msg) {
+                let ct = msg
+                    .headers
+                    .get(&HeaderName::ContentType)
+                    .unwrap_or("text/plain")
+                    .to_owned();
+                side.relay(from, &callee, ct, msg.body.to_vec(), device_of(msg));
+            }
         }
+        // Typing notices (INFO), keep-alive re-INVITEs, OPTIONS: nothing to carry.
+        Some(Step::Answer(ServiceAnswer::status(200)))
     }
 
-    /// Delivers one message as pager mode, counting it; kept for later if no device takes it.
-    fn relay_to_pager(
-        &self,
-        from: &str,
-        to: &str,
-        content_type: String,
-        body: Vec<u8>,
-        device: String,
-    ) {
-        self.record(from, to, device, body.len());
-        let Some(me) = self.me.upgrade() else { return };
-        let d = Delivery {
-            from: from.to_owned(),
-            to: to.to_owned(),
-            content_type,
-            body: Bytes::from(body),
-            sent_at_ms: now_ms(),
-            from_display: None,
-            extra_headers: Vec::new(),
-        };
-        let session_id = self.conversation_id(from, to);
-        tokio::spawn(async move { me.deliver_or_keep(d, session_id).await });
+    /// Forgets the bridges idle for `idle`.
+    pub(crate) fn sweep(&self, now: Instant, idle: Duration) {
+        self.open
+            .lock()
+            .retain(|_, b| now.duration_since(b.last_activity) < idle);
     }
 }
 

@@ -5,8 +5,9 @@
 //! hold without end. (The third cap, messages kept for one recipient from one sender, is
 //! counted by the store: `OfflineData::store_offline`.)
 //!
-//! What is open is counted from the service's own maps, so nothing can drift out of step
-//! with them. A request that would open one more first takes a [`Place`]: counted with
+//! What is open is counted from the parts' own maps (`ImService::open_sessions` adds
+//! up sessions, bridges and conference dialogs; `Conferences::group_chat_place` counts
+//! conferences), so nothing can drift out of step with them. A request that would open one more first takes a [`Place`]: counted with
 //! what is open, under one lock, so two requests racing for a user's last place cannot
 //! both have it, while the work that makes it real (a CDR write) runs outside every
 //! service lock. The place is given back once what it opened is in the maps.
@@ -14,10 +15,6 @@
 use std::collections::HashMap;
 
 use parking_lot::Mutex;
-use switchboard_core::seam::ServiceAnswer;
-use tokio::time::Instant;
-
-use crate::{refused, ImService};
 
 /// How long an INVITE let through (`admit_invite`) may hold its place without an outcome
 /// from the core: far longer than any INVITE transaction (Timer B, 64·T1 = 32 s), so it
@@ -67,106 +64,6 @@ impl Drop for Place<'_> {
                 taken.remove(&self.user);
             }
         }
-    }
-}
-
-impl ImService {
-    /// Session-mode dialogs `user` opened that the service tracks or holds: two-party
-    /// sessions relayed, INVITEs of theirs still on the way, sessions bridged to a pager
-    /// user, and their endpoints' chat and focus dialogs with conferences. A session
-    /// counts against whoever sent the INVITE, so nobody can use up another user's
-    /// allowance by inviting them.
-    ///
-    /// Each map is read under its own lock in turn (the caller holds none of them).
-    /// This runs once per dialog-creating INVITE, never per message.
-    pub(crate) fn open_sessions(&self, user: &str) -> usize {
-        let relayed = self
-            .dialogs
-            .lock()
-            .values()
-            .filter(|c| c.initiator == user)
-            .count();
-        let on_the_way = self
-            .pending_invites
-            .lock()
-            .keys()
-            .filter(|(_, caller)| caller == user)
-            .count();
-        let bridged = self
-            .bridges
-            .lock()
-            .values()
-            .filter(|b| b.caller == user)
-            .count();
-        let chats: usize = self
-            .member_dialogs
-            .lock()
-            .iter()
-            .filter(|((_, member), _)| member == user)
-            .map(|(_, ds)| ds.len())
-            .sum();
-        let focus: usize = self
-            .conferences
-            .lock()
-            .values()
-            .filter_map(|c| c.focus.joined.get(user))
-            .map(Vec::len)
-            .sum();
-        relayed + on_the_way + bridged + chats + focus
-    }
-
-    /// A place for one more session-mode session of `user`, or the 403 that refuses it.
-    /// Call it holding no service lock.
-    pub(crate) fn session_place(&self, user: &str) -> Result<Place<'_>, ServiceAnswer> {
-        let max = self.config.max_sessions_per_user;
-        self.session_places
-            .take(user, max, || self.open_sessions(user))
-            .ok_or_else(|| {
-                tracing::info!(user, max, "IM session refused: the user's cap is reached");
-                refused(
-                    403,
-                    &format!("too many open IM sessions for this user (limit {max})"),
-                )
-            })
-    }
-
-    /// A place for one more group chat organised by `organiser`, or the 403 that refuses
-    /// it. Call it holding no service lock.
-    pub(crate) fn group_chat_place(&self, organiser: &str) -> Result<Place<'_>, ServiceAnswer> {
-        let max = self.config.max_group_chats_per_user;
-        self.chat_places
-            .take(organiser, max, || {
-                self.conferences
-                    .lock()
-                    .values()
-                    .filter(|c| c.organiser == organiser)
-                    .count()
-            })
-            .ok_or_else(|| {
-                tracing::info!(
-                    organiser,
-                    max,
-                    "group chat refused: the user's cap is reached"
-                );
-                refused(
-                    403,
-                    &format!("too many open group chats organised by this user (limit {max})"),
-                )
-            })
-    }
-
-    /// An INVITE of `caller`'s let through now holds its place here until its outcome.
-    pub(crate) fn hold_invite_place(&self, call_id: &str, caller: &str) {
-        self.pending_invites
-            .lock()
-            .insert((call_id.to_owned(), caller.to_owned()), Instant::now());
-    }
-
-    /// The INVITE's outcome is known: its place is given back.
-    pub(crate) fn release_invite_place(&self, call_id: &str, caller: &str) {
-        self.pending_invites
-            .lock()
-            .remove(&(call_id.to_owned(), caller.to_owned()));
     }
 }
 

@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use switchboard_core::{CdrData, DataError, ParticipantRecord, Run, SessionRecord};
+
+use crate::{now_ms, Conversation, Participant};
 use tokio::sync::{mpsc, oneshot};
 
 /// Queued writes beyond which sessions are not started and counter updates dropped.
@@ -36,6 +38,45 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 const REFUSE_AFTER_FAILURE: Duration = Duration::from_secs(2);
 /// How long a session's start may wait on the database.
 const START_WAIT: Duration = Duration::from_secs(5);
+
+/// A new session of `kind` and the CDR write that records its start.
+pub(crate) fn new_session(
+    kind: &str,
+    initiator: &str,
+    organiser: Option<String>,
+    escalated_from: Option<String>,
+    participants: &[(&str, String)],
+) -> (Conversation, CdrWrite) {
+    let id = format!("{:032x}", rand::random::<u128>());
+    let at = now_ms();
+    let participants = participants
+        .iter()
+        .map(|(a, device)| ((*a).to_owned(), Participant::new(device.clone(), at)))
+        .collect();
+    let rec = SessionRecord {
+        id: id.clone(),
+        kind: kind.into(),
+        started_at_ms: at,
+        ended_at_ms: None,
+        end_reason: None,
+        initiator: initiator.to_owned(),
+        organiser,
+        escalated_from,
+    };
+    let conv = Conversation {
+        id,
+        initiator: initiator.to_owned(),
+        last_activity: tokio::time::Instant::now(),
+        participants,
+    };
+    let rows: Vec<ParticipantRecord> = conv
+        .records(None, false)
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    tracing::debug!(session = %rec.id, kind, initiator, "IM session started");
+    (conv, CdrWrite::Start(rec, rows))
+}
 
 /// One CDR write.
 #[derive(Debug, Clone)]
@@ -123,6 +164,47 @@ impl CdrLog {
             // later (a session with no messages), never a message relayed unrecorded.
             _ => Err(DataError::Unavailable("the CDR writes are held up".into())),
         }
+    }
+
+    /// A new session of `kind`, its start queued. Whoever may refuse it asks
+    /// [`CdrLog::accepting`] first.
+    pub(crate) fn begin(
+        &self,
+        kind: &str,
+        initiator: &str,
+        organiser: Option<String>,
+        escalated_from: Option<String>,
+        participants: &[(&str, String)],
+    ) -> Conversation {
+        let (conv, start) = new_session(kind, initiator, organiser, escalated_from, participants);
+        self.write(start);
+        conv
+    }
+
+    /// A new two-party session, its start queued.
+    pub(crate) fn begin_two_party(
+        &self,
+        initiator: &str,
+        participants: &[(&str, String)],
+    ) -> Conversation {
+        self.begin("two-party", initiator, None, None, participants)
+    }
+
+    /// Queues the end of session `id` with its final `rows`.
+    pub(crate) fn finish(
+        &self,
+        id: &str,
+        rows: Vec<(String, ParticipantRecord)>,
+        at: i64,
+        reason: &str,
+    ) {
+        tracing::debug!(session = id, reason, "IM session ended");
+        self.write(CdrWrite::End {
+            id: id.to_owned(),
+            rows,
+            at_ms: at,
+            reason: reason.to_owned(),
+        });
     }
 
     /// Queues `w` (see the module header for what an over-long queue drops).

@@ -9,7 +9,40 @@
 //! Both seams are `switchboard-core`'s (`seam`): this crate depends on core, sip-message
 //! and msrtc, never on the router or a transport.
 //!
-//! What it does so far:
+//! ## Layout: one part per concern, each with its own state
+//! [`ImService`] owns no map of its own: it builds the parts, implements the router's
+//! [`ImHook`] by dispatching to them, runs the periodic sweep (each part's `sweep`) and
+//! the shutdown. Each part owns its state behind its own lock:
+//! - `pager.rs` `pager::Pager`: two-party pager conversations, by pair.
+//! - `session.rs` `session::Sessions`: session-mode dialogs by Call-ID, the Call-IDs
+//!   of ended ones (481), INVITEs on the way and the places under the sessions cap.
+//! - `offline.rs` `offline::Offline`: keeping, delivering and expiring offline
+//!   messages, and who is being delivered to now.
+//! - `bridge.rs` `bridge::Bridges`: Lync sessions bridged to pager-only users.
+//! - `conference/` `conference::Conferences`: group chats (`mod.rs`), Lync
+//!   conferencing (`c3p.rs`) and the roster (`roster.rs`): conferences with their
+//!   members' dialogs, the places under the group-chat cap.
+//! - `cdr.rs` `cdr::CdrLog`: the ordered CDR writer; `directory.rs`
+//!   `directory::Names`: display names and user lookups; `caps.rs`: the per-user caps.
+//!
+//! Parts never hold the service: what one needs of another comes in as an argument (a
+//! `&CdrLog`, the pager side of a bridge, a closure taking a sessions-cap place) or as a
+//! shared handle (`Arc<CdrLog>`, `Arc<Names>`, `Arc<Offline>`, the deliverer).
+//!
+//! ## Its data, and its locks
+//! The service holds its data as the traits of switchboard-core (`CdrData`,
+//! `OfflineData`, `Directory`), never a store or SQL crate, and it never awaits them
+//! while holding a lock: CDR writes are queued (`cdr.rs`), offline messages are read
+//! and written at the async entry points (`offline.rs`), and what it needs of the
+//! directory (display names, whether an `/invite` target is a user) is looked up there
+//! and kept in memory (`directory.rs`). Lock rule: a part takes only its own lock, holds
+//! it only to decide or apply (never across an await, a data call or a network send:
+//! sends are spawned after), and calls no other part's method while holding it, except
+//! the in-memory `directory::Names` cache and the CDR queue, which take no other
+//! lock. One exception, written in its header: a place under a per-user cap (`caps.rs`)
+//! is taken under the places' lock, with the parts' locks taken only inside its count.
+//!
+//! ## What it does
 //! - **Pager-mode conversations**: MESSAGEs between the same two users form one
 //!   conversation (a two-party session) until it has been idle for `pager_idle`. Each has
 //!   a CDR: start, end, end reason, initiator, every participant with device, join and
@@ -21,26 +54,18 @@
 //!   one ordered writer task that retries while the database cannot answer. Sessions
 //!   that a crash left open are closed with reason `server restart` at the next start; a
 //!   graceful stop closes them with `server shutdown` and waits for the writes.
-//!
-//! ## Its data, and its locks
-//! The service holds its data as the traits of switchboard-core (`CdrData`,
-//! `OfflineData`, `Directory`), never a store or SQL crate, and it never awaits them
-//! while holding one of its locks: CDR writes are queued (`cdr.rs`), offline messages
-//! are read and written at the service's async entry points, and what it needs of the
-//! directory (display names, whether an `/invite` target is a user) is looked up there
-//! and kept in memory (`directory.rs`). Its state is in memory, by concern (pager
-//! conversations, session-mode dialogs, conferences, member dialogs, bridges).
 //! - **Offline messages**: a MESSAGE to a known user with no device signed in is kept
 //!   (answered 202 Accepted), bounded per user and in age, and delivered in order, once
-//!   (deleted only after a device accepted it), when the user next registers.
-//!
-//! - **Session-mode IM** (INVITE `m=message`, MESSAGE in the dialog, BYE): a two-party
-//!   session per dialog, counted per sender; 481 for requests in an ended session.
-//! - **Conferences** (`conference.rs`) with their own URIs, joined by MESSAGE or INVITE,
-//!   escalated from two-party chats by `/invite` or REFER, and their roster by
-//!   subscription (RFC 4575, `roster.rs`).
-//! - **Lync conferencing** (C3P, `c3p.rs`): focus factory, focus and IM MCU over the same
-//!   conferences, so Lync and standard users share one group chat.
+//!   (deleted only after a device accepted it), when the user next registers
+//!   (`offline.rs`).
+//! - **Session-mode IM** (`session.rs`; INVITE `m=message`, MESSAGE in the dialog,
+//!   BYE): a two-party session per dialog, counted per sender; 481 for requests in an
+//!   ended session.
+//! - **Conferences** (`conference/mod.rs`) with their own URIs, joined by MESSAGE or
+//!   INVITE, escalated from two-party chats by `/invite` or REFER, and their roster by
+//!   subscription (RFC 4575, `conference/roster.rs`).
+//! - **Lync conferencing** (C3P, `conference/c3p.rs`): focus factory, focus and IM MCU
+//!   over the same conferences, so Lync and standard users share one group chat.
 //! - **Bridging** (`bridge.rs`): a Lync user's session-mode chat with a user whose devices
 //!   only do pager mode.
 //! - **Per-user caps** (`caps.rs`): group chats a user organises, session-mode sessions a
@@ -57,41 +82,36 @@
 //! as an endpoint (the conference URI), because there it really is one party of many.
 #![forbid(unsafe_code)]
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Weak};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use parking_lot::Mutex;
 use sip_message::{HeaderName, Message};
-use switchboard_core::seam::{
-    Deliverer, Delivery, Flow, ImHook, Reach, Relay, Responder, ServiceAnswer,
-};
+use switchboard_core::seam::{Deliverer, Flow, ImHook, Reach, Relay, Responder, ServiceAnswer};
 use switchboard_core::{
-    CdrData, DataError, Directory, Keep, OfflineData, OfflineMessage, ParticipantRecord, Run,
-    SessionRecord,
+    CdrData, DataError, Directory, OfflineData, OfflineMessage, ParticipantRecord, Run,
 };
 
 mod bridge;
-mod c3p;
 mod caps;
 mod cdr;
 mod conference;
 mod directory;
+mod offline;
 mod pager;
-mod roster;
+mod session;
 
-pub use c3p::focus_factory_uri;
+pub use conference::c3p::focus_factory_uri;
 
 /// The readers of untrusted input that are otherwise private to this crate, for the fuzz
 /// targets in `fuzz/`. Not an API.
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::bridge::first_message;
-    pub use crate::c3p::conference_of;
+    pub use crate::conference::c3p::conference_of;
     pub use crate::conference::command_of;
+    pub use crate::conference::roster::roster_document;
     pub use crate::offers_message_media;
-    pub use crate::roster::roster_document;
 }
 use tokio::time::Instant;
 
@@ -222,38 +242,20 @@ impl Conversation {
 /// side as its [`Deliverer`], then give it to the router as its hook.
 pub struct ImService {
     /// CDR writes, applied in order behind the request path.
-    cdr: cdr::CdrLog,
-    offline: Arc<dyn OfflineData>,
+    cdr: Arc<cdr::CdrLog>,
+    /// Offline messages: kept, delivered on registration, expired.
+    offline: Arc<offline::Offline>,
     config: ImConfig,
     /// Two-party pager conversations.
     pager: pager::Pager,
-    /// Session-mode IM sessions (INVITE `m=message`) by Call-ID.
-    dialogs: Mutex<HashMap<String, Conversation>>,
-    /// Call-IDs of recently ended sessions: later requests in them get 481.
-    ended_dialogs: Mutex<HashMap<String, Instant>>,
-    /// Conferences by their AoR.
-    conferences: Mutex<HashMap<String, conference::Conference>>,
-    /// Members' session-mode dialogs, by (conference AoR, member AoR): one per endpoint
-    /// the member is in the chat from (never an empty list).
-    member_dialogs: Mutex<HashMap<(String, String), Vec<conference::MemberDialog>>>,
-    /// Lync sessions the service answers for pager-only users, by Call-ID.
-    bridges: Mutex<HashMap<String, bridge::Bridge>>,
-    /// Session-mode INVITEs let through and not yet answered, by (Call-ID, caller), with
-    /// when they were: each holds its caller's place under `max_sessions_per_user`.
-    pending_invites: Mutex<HashMap<(String, String), Instant>>,
-    /// Places being taken under `max_sessions_per_user` and `max_group_chats_per_user`.
-    session_places: caps::Places,
-    chat_places: caps::Places,
+    /// Session-mode IM sessions, the ended ones' Call-IDs, INVITEs on the way.
+    sessions: session::Sessions,
+    /// Group chats: conferences, members' dialogs with them, Lync conferencing.
+    conferences: Arc<conference::Conferences>,
+    /// Lync sessions the service answers for pager-only users.
+    bridges: bridge::Bridges,
     /// Display names and user lookups (read outside locks, kept in memory).
-    names: directory::Names,
-    /// Where the requests the service originates leave (the router's outbound side,
-    /// which does not hold the service: no ring).
-    deliverer: Arc<dyn Deliverer>,
-    /// AoRs whose stored messages are being delivered now.
-    delivering: Mutex<HashSet<String>>,
-    /// Itself, for the tasks it spawns from `&self` (delayed releases, deliveries): they
-    /// end when the service is dropped.
-    me: Weak<ImService>,
+    names: Arc<directory::Names>,
 }
 
 type Rows = Vec<(String, ParticipantRecord)>;
@@ -361,50 +363,29 @@ pub(crate) fn refused(status: u16, why: &str) -> ServiceAnswer {
     a
 }
 
+/// The service cannot record a new conversation now: 503 with Retry-After.
+pub(crate) fn cannot_record() -> ServiceAnswer {
+    let mut a = refused(503, "the IM service cannot record this conversation now");
+    a.headers.push(("Retry-After".into(), "10".into()));
+    a
+}
+
+/// The IM service's data cannot answer: 503 with Retry-After (fail closed).
+pub(crate) fn data_unavailable(e: &DataError) -> ServiceAnswer {
+    tracing::error!(error = %e, "IM data unavailable");
+    let mut a = refused(
+        503,
+        "the IM service's data is unavailable; try again shortly",
+    );
+    a.headers.push(("Retry-After".into(), "10".into()));
+    a
+}
+
 fn device_of(msg: &Message) -> String {
     msg.headers
         .get(&HeaderName::UserAgent)
         .map(|ua| ua.chars().take(120).collect())
         .unwrap_or_default()
-}
-
-/// A new session of `kind` and the CDR write that records its start.
-fn new_session(
-    kind: &str,
-    initiator: &str,
-    organiser: Option<String>,
-    escalated_from: Option<String>,
-    participants: &[(&str, String)],
-) -> (Conversation, cdr::CdrWrite) {
-    let id = format!("{:032x}", rand::random::<u128>());
-    let at = now_ms();
-    let participants = participants
-        .iter()
-        .map(|(a, device)| ((*a).to_owned(), Participant::new(device.clone(), at)))
-        .collect();
-    let rec = SessionRecord {
-        id: id.clone(),
-        kind: kind.into(),
-        started_at_ms: at,
-        ended_at_ms: None,
-        end_reason: None,
-        initiator: initiator.to_owned(),
-        organiser,
-        escalated_from,
-    };
-    let conv = Conversation {
-        id,
-        initiator: initiator.to_owned(),
-        last_activity: Instant::now(),
-        participants,
-    };
-    let rows: Vec<ParticipantRecord> = conv
-        .records(None, false)
-        .into_iter()
-        .map(|(_, p)| p)
-        .collect();
-    tracing::debug!(session = %rec.id, kind, initiator, "IM session started");
-    (conv, cdr::CdrWrite::Start(rec, rows))
 }
 
 impl ImService {
@@ -428,23 +409,26 @@ impl ImService {
             Ok(n) => tracing::info!(sessions = n, "closed IM sessions left open by the last run"),
             Err(e) => tracing::error!(error = %e, "cannot close IM sessions of the last run"),
         }
-        let svc = Arc::new_cyclic(|me| ImService {
-            me: me.clone(),
-            cdr: cdr::CdrLog::start(cdr, run),
+        // The parts, each given what it needs of the others (no part holds the service).
+        let cdr = Arc::new(cdr::CdrLog::start(cdr, run));
+        let names = Arc::new(directory::Names::new(users));
+        let offline = Arc::new(offline::Offline::new(offline, deliverer.clone(), &config));
+        let conferences = conference::Conferences::new(
+            config.clone(),
+            cdr.clone(),
+            names.clone(),
+            offline.clone(),
+            deliverer,
+        );
+        let svc = Arc::new(ImService {
+            cdr,
             offline,
             config,
             pager: Default::default(),
-            dialogs: Mutex::new(HashMap::new()),
-            ended_dialogs: Mutex::new(HashMap::new()),
-            conferences: Mutex::new(HashMap::new()),
-            member_dialogs: Mutex::new(HashMap::new()),
-            bridges: Mutex::new(HashMap::new()),
-            pending_invites: Mutex::new(HashMap::new()),
-            session_places: Default::default(),
-            chat_places: Default::default(),
-            names: directory::Names::new(users),
-            deliverer,
-            delivering: Mutex::new(HashSet::new()),
+            sessions: Default::default(),
+            conferences,
+            bridges: Default::default(),
+            names,
         });
         let weak = Arc::downgrade(&svc);
         tokio::spawn(async move {
@@ -469,85 +453,18 @@ impl ImService {
         let mut ended = Vec::new();
         self.pager
             .sweep(now, self.config.pager_idle, &mut ended, &mut dirty);
-        {
-            let mut dialogs = self.dialogs.lock();
-            let gone = sweep(
-                &mut dialogs,
-                now,
-                self.config.session_idle,
-                &mut ended,
-                &mut dirty,
-            );
-            drop(dialogs);
-            let mut ended_dialogs = self.ended_dialogs.lock();
-            for g in gone {
-                ended_dialogs.insert(g, now);
-            }
-            ended_dialogs.retain(|_, at| now.duration_since(*at) < Duration::from_secs(300));
-        }
-        self.bridges
-            .lock()
-            .retain(|_, b| now.duration_since(b.last_activity) < self.config.session_idle);
-        // The core reports every INVITE's outcome; this only clears one it never did.
-        self.pending_invites
-            .lock()
-            .retain(|_, at| now.duration_since(*at) < caps::PENDING_INVITE_MAX);
-        {
-            // Conferences with members in chat sessions, gathered once (not once per
-            // conference over every member's dialog).
-            let with_chat_sessions: HashSet<String> = self
-                .member_dialogs
-                .lock()
-                .keys()
-                .map(|(conf, _)| conf.clone())
-                .collect();
-            let mut confs = self.conferences.lock();
-            confs.retain(|aor, c| {
-                // Members in sessions (Lync focus and chat dialogs) are connected; only
-                // silence as long as a session's idle time means they are gone.
-                let in_sessions =
-                    !c.focus.joined.is_empty() || with_chat_sessions.contains(aor.as_str());
-                let idle = if in_sessions {
-                    self.config.session_idle
-                } else {
-                    self.config.pager_idle
-                };
-                if now.duration_since(c.conv.last_activity) >= idle {
-                    self.end_watchers(aor, c, "noresource");
-                    self.end_sessions(aor, c);
-                    ended.push((c.conv.id.clone(), c.conv.records(None, false)));
-                    false
-                } else {
-                    self.expire_watchers(aor, c);
-                    dirty.extend(c.conv.records(None, true));
-                    for p in c.conv.participants.values_mut() {
-                        p.dirty = false;
-                    }
-                    true
-                }
-            });
-        }
+        self.sessions
+            .sweep(now, self.config.session_idle, &mut ended, &mut dirty);
+        self.bridges.sweep(now, self.config.session_idle);
+        self.conferences.sweep(now, &mut ended, &mut dirty);
         if !dirty.is_empty() {
             self.cdr.write(cdr::CdrWrite::Participants(dirty));
         }
         let at = now_ms();
         for (id, rows) in ended {
-            self.finish(&id, rows, at, "timeout");
+            self.cdr.finish(&id, rows, at, "timeout");
         }
-        let max_age = self.config.offline_max_age.as_millis() as i64;
-        if let Err(e) = self.offline.expire_offline(at - max_age).await {
-            tracing::error!(error = %e, "cannot expire offline messages");
-        }
-    }
-
-    fn finish(&self, id: &str, rows: Vec<(String, ParticipantRecord)>, at: i64, reason: &str) {
-        tracing::debug!(session = id, reason, "IM session ended");
-        self.cdr.write(cdr::CdrWrite::End {
-            id: id.to_owned(),
-            rows,
-            at_ms: at,
-            reason: reason.to_owned(),
-        });
+        self.offline.expire(at).await;
     }
 
     /// Ends every open conversation (graceful stop) and waits, at most five seconds, for
@@ -562,11 +479,11 @@ impl ImService {
     /// Ends every open conversation without waiting for the CDR writes.
     pub fn end_all(&self, reason: &str) {
         let mut convs = self.pager.drain();
-        convs.extend(self.dialogs.lock().drain().map(|(_, c)| c));
-        convs.extend(self.conferences.lock().drain().map(|(_, c)| c.conv));
+        convs.extend(self.sessions.drain());
+        convs.extend(self.conferences.drain());
         let at = now_ms();
         for c in convs {
-            self.finish(&c.id, c.records(None, false), at, reason);
+            self.cdr.finish(&c.id, c.records(None, false), at, reason);
         }
     }
 
@@ -575,114 +492,19 @@ impl ImService {
         self.cdr.flush(Duration::from_secs(30)).await;
     }
 
-    /// Counts a message from `from` to `to` in their conversation, starting one if needed.
-    /// Returns the session id.
-    fn record(&self, from: &str, to: &str, device: String, bytes: usize) -> String {
-        self.pager.count(from, to, device, bytes, || {
-            self.begin(from, &[(from, String::new()), (to, String::new())])
-        })
-    }
-
-    /// A new two-party session, its start queued for the CDR.
-    fn begin(&self, initiator: &str, participants: &[(&str, String)]) -> Conversation {
-        self.begin_session("two-party", initiator, None, None, participants)
-    }
-
-    /// A new session of `kind`, its start queued for the CDR. Whoever may refuse it asks
-    /// [`cdr::CdrLog::accepting`] first.
-    fn begin_session(
-        &self,
-        kind: &str,
-        initiator: &str,
-        organiser: Option<String>,
-        escalated_from: Option<String>,
-        participants: &[(&str, String)],
-    ) -> Conversation {
-        let (conv, start) = new_session(kind, initiator, organiser, escalated_from, participants);
-        self.cdr.write(start);
-        conv
-    }
-
-    /// Makes sure the pair has an open conversation; `false` when a new one cannot be
-    /// recorded now (the CDR is failing or backed up): then the message is refused rather
-    /// than relayed unrecorded, so the IM service is never bypassed.
-    async fn ensure_conversation(&self, from: &str, to: &str) -> bool {
-        if self.pager.has(from, to) {
-            return true;
-        }
-        if !self.cdr.accepting() {
-            return false;
-        }
-        let parts = [(from, String::new()), (to, String::new())];
-        let (conv, start) = new_session("two-party", from, None, None, &parts);
-        // Written before the first message goes anywhere.
-        if let Err(e) = self.cdr.write_now(start).await {
-            tracing::error!(error = %e, from, to, "cannot record a new conversation; message refused");
-            return false;
-        }
-        if let Some(conv) = self.pager.keep(from, to, conv) {
-            // Another message of the pair started one meanwhile: that one holds the chat.
-            self.finish(&conv.id, conv.records(None, false), now_ms(), "superseded");
-        }
-        true
-    }
-
-    /// The service cannot record a new conversation now: 503 with Retry-After.
-    pub(crate) fn cannot_record() -> ServiceAnswer {
-        let mut a = refused(503, "the IM service cannot record this conversation now");
-        a.headers.push(("Retry-After".into(), "10".into()));
-        a
-    }
-
-    /// The IM service's data cannot answer: 503 with Retry-After (fail closed).
-    pub(crate) fn data_unavailable(e: &DataError) -> ServiceAnswer {
-        tracing::error!(error = %e, "IM data unavailable");
-        let mut a = refused(
-            503,
-            "the IM service's data is unavailable; try again shortly",
-        );
-        a.headers.push(("Retry-After".into(), "10".into()));
-        a
-    }
-
     /// The open conversation between two users, if any (for tests and the status page).
     pub fn conversation_id(&self, a: &str, b: &str) -> Option<String> {
         self.pager.id(a, b)
     }
 
-    async fn deliver_stored(self: Arc<Self>, aor: String) {
-        if !self.delivering.lock().insert(aor.clone()) {
-            return;
-        }
-        match self.offline.offline_for(&aor).await {
-            Ok(waiting) => {
-                for m in waiting {
-                    let status = self
-                        .deliverer
-                        .deliver(Delivery {
-                            from: m.sender.clone(),
-                            to: m.recipient.clone(),
-                            content_type: m.content_type.clone(),
-                            body: Bytes::from(m.body.clone()),
-                            sent_at_ms: m.received_at_ms,
-                            from_display: None,
-                            extra_headers: Vec::new(),
-                        })
-                        .await;
-                    if !(200..300).contains(&status) {
-                        // Kept for the next registration; order is preserved.
-                        tracing::info!(aor, status, "stored message not accepted; kept");
-                        break;
-                    }
-                    if let Err(e) = self.offline.delete_offline(m.id).await {
-                        tracing::error!(error = %e, "cannot delete a delivered message");
-                        break;
-                    }
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "cannot read stored messages"),
-        }
-        self.delivering.lock().remove(&aor);
+    /// The AoRs of a conference's active members (for tests and status).
+    pub fn conference_members(&self, aor: &str) -> Option<Vec<String>> {
+        self.conferences.conference_members(aor)
+    }
+
+    /// The conferences open now.
+    pub fn conferences(&self) -> Vec<String> {
+        self.conferences.conferences()
     }
 }
 
@@ -698,39 +520,24 @@ impl ImService {
         self.names.learn(&[from]).await;
         let command = conference::command_of(msg);
         let invited = self.names.invitee_of(command.as_deref()).await;
-        if let Some(answer) = self.bridged(msg, from, invited.clone()) {
-            return answer;
-        }
-        match c3p::part_of(msg) {
-            c3p::Part::FocusFactory => return self.focus_factory(msg, from),
-            c3p::Part::Focus => return self.to_focus(msg, from, to, flow),
-            c3p::Part::Chat => {}
-        }
-        match msg.method() {
-            Some(sip_message::Method::Message) => self.conference_message(msg, from, to, invited),
-            Some(sip_message::Method::Subscribe) => self.subscribe(msg, from, to, flow),
-            Some(sip_message::Method::Invite)
-                if msg
-                    .to_header()
-                    .ok()
-                    .and_then(|t| t.tag().map(str::to_owned))
-                    .is_none() =>
-            {
-                self.conference_invite(msg, from, to, flow)
+        match self.bridges.request(msg, from, self.to_pager()) {
+            None => {}
+            Some(bridge::Step::Answer(a)) => return a,
+            Some(bridge::Step::Ended) => {
+                // RFC 3261 §12.2.2: later requests in this dialog get 481.
+                self.sessions.mark_ended(msg.call_id().unwrap_or(""));
+                return ServiceAnswer::status(200);
             }
-            Some(sip_message::Method::Bye) => self.conference_bye(msg, from, to),
-            // Typing notices in a member's chat session: accepted, not spread.
-            Some(sip_message::Method::Info)
-                if self
-                    .member_dialogs
-                    .lock()
-                    .contains_key(&(to.to_owned(), from.to_owned())) =>
-            {
-                ServiceAnswer::status(200)
+            Some(bridge::Step::Command { callee, command }) => {
+                let pair_session = self.pager.id(from, &callee);
+                return self
+                    .conferences
+                    .pair_command(from, &callee, command, invited, pair_session)
+                    .unwrap_or(ServiceAnswer::status(200));
             }
-            // re-INVITE, INFO and the rest: not part of a group chat.
-            _ => ServiceAnswer::status(501),
         }
+        self.conferences
+            .answer(msg, from, to, flow, invited, || self.session_place(from))
     }
 
     /// What to do with a pager-mode MESSAGE before it is relayed (see `message`).
@@ -739,14 +546,18 @@ impl ImService {
             // Chat commands are answered by the service, never delivered.
             self.names.learn(&[from, to]).await;
             let invited = self.names.invitee_of(Some(&command)).await;
-            return match self.pair_command(from, to, command, invited) {
+            let pair_session = self.pager.id(from, to);
+            return match self
+                .conferences
+                .pair_command(from, to, command, invited, pair_session)
+            {
                 None => Decision::Respond(200),
                 Some(refusal) => decision(refusal),
             };
         }
         if online {
-            if is_instant_message(msg) && !self.ensure_conversation(from, to).await {
-                return decision(Self::cannot_record());
+            if is_instant_message(msg) && !self.pager.ensure(&self.cdr, from, to).await {
+                return decision(cannot_record());
             }
             return Decision::Relay;
         }
@@ -767,51 +578,22 @@ impl ImService {
             received_at_ms: now_ms(),
             session_id: self.conversation_id(from, to),
         };
-        match self
-            .offline
-            .store_offline(
-                &stored,
-                self.config.offline_max_per_user,
-                self.config.offline_max_per_sender,
-            )
-            .await
-        {
+        match self.offline.keep(&stored).await {
             // RFC 3428 §7: 202 Accepted, the message will be delivered later.
-            Ok(Keep::Kept) => {
-                self.record(from, to, device_of(msg), msg.body.len());
+            Ok(()) => {
+                self.pager
+                    .record(&self.cdr, from, to, device_of(msg), msg.body.len());
                 Decision::Respond(202)
             }
-            Ok(Keep::SenderFull) => {
-                let max = self.config.offline_max_per_sender;
-                tracing::info!(
-                    to,
-                    from,
-                    max,
-                    "mailbox full for this sender; message refused"
-                );
-                decision(refused(
-                    480,
-                    &format!(
-                        "the recipient's mailbox is full for messages from this sender (limit {max})"
-                    ),
-                ))
-            }
-            Ok(Keep::MailboxFull) => {
-                let max = self.config.offline_max_per_user;
-                tracing::info!(to, max, "mailbox full; message refused");
-                decision(refused(
-                    480,
-                    &format!("the recipient's mailbox is full (limit {max})"),
-                ))
-            }
-            Err(e) => decision(Self::data_unavailable(&e)),
+            Err(refusal) => decision(refusal),
         }
     }
 
     /// A relayed MESSAGE got `status`: a delivered one counts.
     fn count_message(&self, msg: &Message, from: &str, to: &str, status: u16) {
         if (200..300).contains(&status) && is_instant_message(msg) {
-            self.record(from, to, device_of(msg), msg.body.len());
+            self.pager
+                .record(&self.cdr, from, to, device_of(msg), msg.body.len());
         }
     }
 
@@ -820,24 +602,18 @@ impl ImService {
         let Some(call_id) = msg.call_id() else {
             return Decision::Relay;
         };
-        let session = self.dialogs.lock().get(call_id).map(|c| {
-            (
-                c.id.clone(),
-                c.participants.keys().cloned().collect::<Vec<_>>(),
-            )
-        });
-        if let Some((session_id, members)) = session {
+        if let Some((session_id, members)) = self.sessions.find(call_id) {
             if msg.method() == Some(&sip_message::Method::Refer) {
                 let target = conference::refer_target(msg);
                 let third = match &target {
                     Some(t) => Some(self.names.user(t.trim_start_matches("sip:")).await),
                     None => None,
                 };
-                return self.refer(from, session_id, members, third);
+                return self.conferences.refer(from, session_id, members, third);
             }
             return Decision::Relay;
         }
-        if self.ended_dialogs.lock().contains_key(call_id) {
+        if self.sessions.has_ended(call_id) {
             // RFC 3261 §12.2.2: the session is gone.
             return Decision::Respond(481);
         }
@@ -847,27 +623,41 @@ impl ImService {
     /// A relayed request in a dialog got `status`: messages count, a BYE ends the
     /// session.
     fn after_in_dialog(&self, msg: &Message, from: &str, status: u16) {
-        let Some(call_id) = msg.call_id() else { return };
-        let method = msg.method().cloned();
-        let mut dialogs = self.dialogs.lock();
-        let Some(conv) = dialogs.get_mut(call_id) else {
-            return;
-        };
-        match method {
-            Some(sip_message::Method::Message)
-                if (200..300).contains(&status) && is_instant_message(msg) =>
-            {
-                count(conv, from, device_of(msg), msg.body.len());
-            }
-            Some(sip_message::Method::Bye) if status >= 200 => {
-                let conv = dialogs.remove(call_id).expect("present above");
-                drop(dialogs);
-                self.ended_dialogs
-                    .lock()
-                    .insert(call_id.to_owned(), Instant::now());
-                self.finish(&conv.id, conv.records(None, false), now_ms(), "bye");
-            }
-            _ => conv.last_activity = Instant::now(),
+        if let Some(conv) = self.sessions.after(msg, from, status) {
+            self.cdr
+                .finish(&conv.id, conv.records(None, false), now_ms(), "bye");
+        }
+    }
+
+    /// Session-mode dialogs `user` opened that the service tracks or holds: two-party
+    /// sessions relayed, INVITEs of theirs still on the way, sessions bridged to a pager
+    /// user, and their endpoints' chat and focus dialogs with conferences. A session
+    /// counts against whoever sent the INVITE, so nobody can use up another user's
+    /// allowance by inviting them.
+    ///
+    /// Each map is read under its own lock in turn (the caller holds none of them).
+    /// This runs once per dialog-creating INVITE, never per message.
+    pub(crate) fn open_sessions(&self, user: &str) -> usize {
+        self.sessions.opened_by(user)
+            + self.bridges.opened_by(user)
+            + self.conferences.sessions_of(user)
+    }
+
+    /// A place for one more session-mode session of `user`, or the 403 that refuses it.
+    /// Call it holding no service lock.
+    pub(crate) fn session_place(&self, user: &str) -> Result<caps::Place<'_>, ServiceAnswer> {
+        self.sessions
+            .place(user, self.config.max_sessions_per_user, || {
+                self.open_sessions(user)
+            })
+    }
+
+    /// The pager side a bridged session writes to.
+    fn to_pager(&self) -> bridge::ToPager<'_> {
+        bridge::ToPager {
+            pager: &self.pager,
+            cdr: &self.cdr,
+            offline: &self.offline,
         }
     }
 }
@@ -915,7 +705,7 @@ impl ImHook for ImService {
             .unwrap_or_default();
         self.names.learn(&[caller, callee]).await;
         // Already answered: recorded whatever the CDR's state (it holds the write).
-        let mut conv = self.begin(
+        let mut conv = self.cdr.begin_two_party(
             caller,
             &[(caller, device_of(invite)), (callee, callee_device)],
         );
@@ -933,9 +723,7 @@ impl ImHook for ImService {
         if let (true, Some((_, body))) = (took_first, first) {
             count(&mut conv, caller, device_of(invite), body.len());
         }
-        self.dialogs.lock().insert(call_id.to_owned(), conv);
-        // Released only after the insert above, so the session is counted all along.
-        self.release_invite_place(call_id, caller);
+        self.sessions.answered(call_id, caller, conv);
     }
 
     async fn admit_invite(&self, msg: &Message, from: &str, _to: &str) -> Option<ServiceAnswer> {
@@ -948,14 +736,14 @@ impl ImHook for ImService {
             Err(refusal) => return Some(refusal),
         };
         // Until the answer, the INVITE itself holds the place (`pending_invites`).
-        self.hold_invite_place(call_id, from);
+        self.sessions.hold_invite(call_id, from);
         drop(place);
         None
     }
 
     async fn invite_failed(&self, msg: &Message, from: &str, _to: &str) {
         if let Some(call_id) = msg.call_id() {
-            self.release_invite_place(call_id, from);
+            self.sessions.release_invite(call_id, from);
         }
     }
 
@@ -980,10 +768,28 @@ impl ImHook for ImService {
             .to_ascii_lowercase();
         self.names.learn(&[from, to]).await;
         if content_type.starts_with("application/ms-conf-invite+xml") {
-            return self.conference_invitation(msg, from, to, session_im);
+            let escalated_from = self.sessions.two_party(from, to);
+            return self.conferences.conference_invitation(
+                msg,
+                from,
+                to,
+                session_im,
+                escalated_from,
+            );
         }
         if online && !session_im && offers_message_media(msg) && bridge::lync_style(msg) {
-            return Some(self.bridge_invite(msg, from, to, flow).await);
+            let answer = self
+                .bridges
+                .invite(
+                    msg,
+                    from,
+                    to,
+                    flow,
+                    || self.session_place(from),
+                    self.to_pager(),
+                )
+                .await;
+            return Some(answer);
         }
         None
     }
@@ -1002,16 +808,14 @@ impl ImHook for ImService {
         // A member just joined the chat by INVITE: what was held for them follows the 2xx.
         if msg.method() == Some(&sip_message::Method::Invite)
             && (200..300).contains(&status)
-            && c3p::part_of(msg) == c3p::Part::Chat
+            && conference::c3p::part_of(msg) == conference::c3p::Part::Chat
         {
-            if let Some(conf) = self.conferences.lock().get_mut(to) {
-                self.replay_held(to, conf, from, msg.call_id().unwrap_or(""));
-            }
+            self.conferences
+                .joined_by_invite(to, from, msg.call_id().unwrap_or(""));
         }
     }
 
     fn on_registered(&self, aor: &str) {
-        let Some(me) = self.me.upgrade() else { return };
-        tokio::spawn(me.deliver_stored(aor.to_owned()));
+        tokio::spawn(self.offline.clone().deliver_stored(aor.to_owned()));
     }
 }

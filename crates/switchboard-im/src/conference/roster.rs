@@ -3,6 +3,10 @@
 //! `application/conference-info+xml`, full state each time (RFC 4575 §4.3 allows it),
 //! whenever someone joins or leaves, until it unsubscribes, the subscription expires or
 //! the conference ends (RFC 6665 §4.2 subscription lifecycle).
+//!
+//! Methods of [`Conferences`] (`mod.rs`): the watchers live in each conference, under
+//! its lock (see the lock rule there); NOTIFYs are rendered under it and sent from
+//! spawned tasks.
 
 use std::time::Duration;
 
@@ -10,8 +14,8 @@ use sip_message::{HeaderName, Message, Method, NameAddr, StartLine, Uri};
 use switchboard_core::seam::{Flow, ServiceAnswer, SubscribeRequest};
 use tokio::time::Instant;
 
+use super::Conferences;
 use crate::conference::Conference;
-use crate::ImService;
 // The Lync documents' escape: it also keeps out the characters XML does not allow.
 use msrtc::escape as xml_escape;
 
@@ -55,7 +59,7 @@ pub fn roster_document(conf_aor: &str, members: &[(&str, String)], version: u32)
     xml
 }
 
-impl ImService {
+impl Conferences {
     /// RFC 4575 §5: the conference-info document, full state.
     fn roster_xml(&self, conf_aor: &str, members: &[String], version: u32) -> String {
         let named: Vec<(&str, String)> = members
@@ -74,7 +78,7 @@ impl ImService {
             return;
         };
         let entity = if w.lync {
-            crate::c3p::focus_uri(conf_aor)
+            crate::conference::c3p::focus_uri(conf_aor)
         } else {
             conf_aor.to_owned()
         };
@@ -184,7 +188,7 @@ impl ImService {
             // In a dialog for a conference that is gone: the subscription does not exist.
             return ServiceAnswer::status(if our_tag_in.is_some() { 481 } else { 404 });
         };
-        let lync = crate::c3p::part_of(msg) == crate::c3p::Part::Focus;
+        let lync = crate::conference::c3p::part_of(msg) == crate::conference::c3p::Part::Focus;
         let existing = conf
             .watchers
             .iter()
@@ -234,7 +238,7 @@ impl ImService {
             conf.watchers.insert(i, w);
         }
         let contact = if lync {
-            crate::c3p::focus_uri(conf_aor)
+            crate::conference::c3p::focus_uri(conf_aor)
         } else {
             conf_aor.to_owned()
         };

@@ -19,15 +19,40 @@
 //!
 //! Replies to commands come from `sip:switchboard@<domain>` (a service identity) or from
 //! the conference. A participant with no device signed in gets them as offline messages.
+//!
+//! Owns, in [`Conferences`]: the conferences by AoR (each with its CDR conversation,
+//! roster watchers, Lync focus state and the members' chat dialogs with it), and the
+//! places under `max_group_chats_per_user`. `c3p.rs` and `roster.rs` are more of its methods.
+//! It holds the CDR log, the names, the offline store and the deliverer as shared
+//! handles; what it needs of other parts (the pair's pager conversation, a two-party
+//! session, a place under the sessions cap) comes in as arguments.
+//!
+//! Lock rule: one lock (`conferences`), taken at the entry points only; the helpers
+//! that work on a conference are handed it (`&mut Conference`) and never lock. It is not
+//! held across an await, a data call or a network send: messages, NOTIFYs and BYEs are
+//! built under it and sent from spawned tasks, and undelivered ones are kept by
+//! `Offline` in those tasks. Under it the part calls only the in-memory `Names` cache
+//! and the CDR queue. The group-chat places (`caps.rs`) are taken before it.
+
+pub(crate) mod c3p;
+pub(crate) mod roster;
 
 use std::collections::HashMap;
 
 use bytes::Bytes;
 use sip_message::{HeaderName, Message};
 use switchboard_core::seam::{Delivery, Flow, ServiceAnswer};
-use switchboard_core::{Keep, OfflineMessage};
 
-use crate::{count, now_ms, Conversation, ImService, Participant};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
+use switchboard_core::seam::Deliverer;
+
+use crate::caps::{Place, Places};
+use crate::cdr::CdrLog;
+use crate::directory::Names;
+use crate::offline::Offline;
+use crate::{count, now_ms, Conversation, ImConfig, Participant, Rows};
 
 /// The user part of the service identity that answers commands.
 pub(crate) const SERVICE_USER: &str = "switchboard";
@@ -82,7 +107,7 @@ impl MemberDialog {
 
     /// Our next MESSAGE carrying group message `h`: as written for a Lync client (which
     /// names the author from `Ms-Sender`), headed by the author's name for others.
-    pub(crate) fn group_message(&mut self, h: &crate::c3p::Held) -> Message {
+    pub(crate) fn group_message(&mut self, h: &crate::conference::c3p::Held) -> Message {
         self.cseq += 1;
         if self.ms_sender {
             self.message(&h.content_type, h.body.clone(), Some(&h.author))
@@ -110,17 +135,28 @@ impl MemberDialog {
 pub(crate) struct Conference {
     pub(crate) conv: Conversation,
     /// Subscriptions to the roster (RFC 4575).
-    pub(crate) watchers: Vec<crate::roster::Watcher>,
+    pub(crate) watchers: Vec<crate::conference::roster::Watcher>,
     pub(crate) organiser: String,
     /// The two-party session this conference grew out of, once known.
     pub(crate) escalated_from: Option<String>,
     /// The Lync (C3P) side: focus members, roles, lock.
-    pub(crate) focus: crate::c3p::Focus,
+    pub(crate) focus: crate::conference::c3p::Focus,
+    /// Members' session-mode dialogs with it, by member AoR: one per endpoint the
+    /// member is in the chat from (never an empty list).
+    pub(crate) dialogs: HashMap<String, Vec<MemberDialog>>,
 }
 
 impl Conference {
+    /// Whether `who` is in the chat with a Lync client (which learns of comings and
+    /// goings from its roster, not from notices).
+    pub(crate) fn in_lync_session(&self, who: &str) -> bool {
+        self.dialogs
+            .get(who)
+            .is_some_and(|ds| ds.iter().any(|d| d.ms_sender))
+    }
+
     /// Whether `who` is in, or may come in without the conference going over
-    /// [`crate::c3p::MAX_PARTICIPANTS`].
+    /// [`crate::conference::c3p::MAX_PARTICIPANTS`].
     pub(crate) fn has_room_for(&self, who: &str) -> bool {
         let active = self
             .conv
@@ -134,7 +170,7 @@ impl Conference {
             .get(who)
             .is_some_and(|p| p.left_at_ms.is_none())
             || self.focus.joined.contains_key(who);
-        inside || active.max(self.focus.joined.len()) < crate::c3p::MAX_PARTICIPANTS
+        inside || active.max(self.focus.joined.len()) < crate::conference::c3p::MAX_PARTICIPANTS
     }
 
     pub(crate) fn members(&self) -> Vec<String> {
@@ -146,6 +182,46 @@ impl Conference {
             .collect();
         m.sort_by_key(|(a, p)| (p.joined_at_ms, (*a).clone()));
         m.into_iter().map(|(a, _)| a.clone()).collect()
+    }
+}
+
+/// The group chats (see the module header): conferences by AoR, with the members'
+/// dialogs in each, and the places being taken under `max_group_chats_per_user`. What it needs of
+/// the rest of the service it holds as shared handles (the CDR log, names, the offline
+/// store, the deliverer), never the service itself.
+pub(crate) struct Conferences {
+    /// Conferences by their AoR.
+    conferences: Mutex<HashMap<String, Conference>>,
+    /// Places being taken under `max_group_chats_per_user`.
+    chat_places: Places,
+    config: ImConfig,
+    cdr: Arc<CdrLog>,
+    names: Arc<Names>,
+    offline: Arc<Offline>,
+    /// Where the requests the conferences originate leave.
+    deliverer: Arc<dyn Deliverer>,
+    /// Itself, for the tasks it spawns from `&self` (held messages, delivery reports).
+    me: Weak<Conferences>,
+}
+
+impl Conferences {
+    pub(crate) fn new(
+        config: ImConfig,
+        cdr: Arc<CdrLog>,
+        names: Arc<Names>,
+        offline: Arc<Offline>,
+        deliverer: Arc<dyn Deliverer>,
+    ) -> Arc<Conferences> {
+        Arc::new_cyclic(|me| Conferences {
+            conferences: Mutex::new(HashMap::new()),
+            chat_places: Places::default(),
+            config,
+            cdr,
+            names,
+            offline,
+            deliverer,
+            me: me.clone(),
+        })
     }
 }
 
@@ -197,14 +273,50 @@ fn group_delivery(
     }
 }
 
-impl ImService {
+impl Conferences {
     /// `aor`'s display name as last read from the directory, or its user part.
     pub(crate) fn display_name(&self, aor: &str) -> String {
         self.names.display(aor)
     }
 
-    /// Sends `text` to `to` from `from` (a conference or the service), or keeps it for them.
+    /// Sends `text` from the conference `conf_aor` to `to`: inside `to`'s chat sessions
+    /// with it (each endpoint) when they joined by INVITE, else as a pager MESSAGE, or
+    /// kept for them.
     pub(crate) fn say(
+        &self,
+        conf_aor: &str,
+        conf: &mut Conference,
+        to: &str,
+        text: String,
+        author: Option<&str>,
+    ) {
+        let Some(ds) = conf.dialogs.get_mut(to) else {
+            self.deliver_later(conf_aor, Some("Group chat"), to, text, author);
+            return;
+        };
+        for d in ds.iter_mut() {
+            d.cseq += 1;
+            // A Lync client needs an author for every message: the conference itself.
+            let author = author.or(d.ms_sender.then_some(conf_aor));
+            let m = d.message(
+                "text/plain;charset=UTF-8",
+                Bytes::from(text.clone().into_bytes()),
+                author,
+            );
+            let deliverer = self.deliverer.clone();
+            let flow = d.flow;
+            tokio::spawn(async move {
+                let status = deliverer.send_request_on(m, flow).await;
+                if status >= 300 {
+                    tracing::debug!(status, "in-session conference message not accepted");
+                }
+            });
+        }
+    }
+
+    /// Sends `text` to `to` from `from` (a conference or the service) as a pager MESSAGE,
+    /// from a task, or keeps it for them.
+    fn deliver_later(
         &self,
         from: &str,
         display: Option<&str>,
@@ -212,97 +324,38 @@ impl ImService {
         text: String,
         author: Option<&str>,
     ) {
-        let deliverer = self.deliverer.clone();
-        // A member who joined by INVITE gets it inside that session (on each endpoint).
-        if let Some(ds) = self
-            .member_dialogs
-            .lock()
-            .get_mut(&(from.to_owned(), to.to_owned()))
-        {
-            for d in ds.iter_mut() {
-                d.cseq += 1;
-                // A Lync client needs an author for every message: the conference itself.
-                let author = author.or(d.ms_sender.then_some(from));
-                let m = d.message(
-                    "text/plain;charset=UTF-8",
-                    Bytes::from(text.clone().into_bytes()),
-                    author,
-                );
-                let deliverer = deliverer.clone();
-                let flow = d.flow;
-                tokio::spawn(async move {
-                    let status = deliverer.send_request_on(m, flow).await;
-                    if status >= 300 {
-                        tracing::debug!(status, "in-session conference message not accepted");
-                    }
-                });
-            }
-            return;
-        }
-        let Some(me) = self.me.upgrade() else { return };
         let d = group_delivery(from, display, to, text, author);
-        tokio::spawn(async move { me.deliver_or_keep(d, None).await });
+        let offline = self.offline.clone();
+        tokio::spawn(async move { offline.deliver_or_keep(d, None).await });
     }
 
     /// Sends `text` from the conference to `who` as a pager MESSAGE now (in order with
     /// others awaited the same way), or keeps it for them.
     pub(crate) async fn say_now(&self, conf: &str, who: &str, text: String, author: Option<&str>) {
-        self.deliver_or_keep(
-            group_delivery(conf, Some("Group chat"), who, text, author),
-            None,
-        )
-        .await;
-    }
-
-    /// Delivers `d`; a recipient no device took it for gets it as an offline message
-    /// (of CDR session `session_id`).
-    pub(crate) async fn deliver_or_keep(&self, d: Delivery, session_id: Option<String>) {
-        let deliverer = self.deliverer.clone();
-        let status = deliverer.deliver(d.clone()).await;
-        if !(200..300).contains(&status) {
-            let kept = OfflineMessage {
-                id: 0,
-                recipient: d.to.clone(),
-                sender: d.from.clone(),
-                content_type: d.content_type.clone(),
-                body: d.body.to_vec(),
-                received_at_ms: d.sent_at_ms,
-                session_id,
-            };
-            // The same bounds as a user's own MESSAGE to someone offline: the sender here
-            // (a Lync user bridged, a group chat, the service) cannot fill the mailbox.
-            match self
-                .offline
-                .store_offline(
-                    &kept,
-                    self.config.offline_max_per_user,
-                    self.config.offline_max_per_sender,
-                )
-                .await
-            {
-                Ok(Keep::Kept) => {}
-                Ok(full) => {
-                    tracing::info!(to = %d.to, from = %d.from, ?full, "undelivered message not kept")
-                }
-                Err(e) => tracing::error!(error = %e, "cannot keep an undelivered message"),
-            }
-        }
+        self.offline
+            .deliver_or_keep(
+                group_delivery(conf, Some("Group chat"), who, text, author),
+                None,
+            )
+            .await;
     }
 
     fn reply(&self, to: &str, text: String) {
         let service = format!("sip:{SERVICE_USER}@{}", domain_of(to));
-        self.say(&service, Some("Switchboard"), to, text, None);
+        self.deliver_later(&service, Some("Switchboard"), to, text, None);
     }
 
     /// A command typed in the two-party chat between `from` and `to`; `invited` is what
     /// the directory said of an `/invite` target. Returns the answer refusing it, if it
-    /// is refused (a group chat over the organiser's cap).
+    /// is refused (a group chat over the organiser's cap). `pair_session` is the pair's
+    /// open conversation, which a group chat started by `/invite` grows out of.
     pub(crate) fn pair_command(
         &self,
         from: &str,
         to: &str,
         command: String,
         invited: Option<Result<String, String>>,
+        pair_session: Option<String>,
     ) -> Option<ServiceAnswer> {
         let mut words = command.split_whitespace();
         match (words.next(), words.next(), invited) {
@@ -312,9 +365,8 @@ impl ImService {
                     format!("{} is already in this chat.", self.display_name(&third)),
                 ),
                 Ok(third) => {
-                    let escalated_from = self.conversation_id(from, to);
                     if let Err(refusal) =
-                        self.open_conference(from, escalated_from, &[from, to, &third])
+                        self.open_conference(from, pair_session, &[from, to, &third])
                     {
                         return Some(refusal);
                     }
@@ -377,7 +429,7 @@ impl ImService {
         subject: Option<String>,
     ) -> Result<String, ServiceAnswer> {
         if !self.cdr.accepting() {
-            return Err(Self::cannot_record());
+            return Err(crate::cannot_record());
         }
         // Held until the conference is in `conferences`, where it counts from then on.
         let _place = self.group_chat_place(organiser)?;
@@ -387,14 +439,14 @@ impl ImService {
             domain_of(organiser)
         );
         let parts: Vec<(&str, String)> = members.iter().map(|m| (*m, String::new())).collect();
-        let conv = self.begin_session(
+        let conv = self.cdr.begin(
             "conference",
             organiser,
             Some(organiser.to_owned()),
             escalated_from.clone(),
             &parts,
         );
-        let mut focus = crate::c3p::Focus {
+        let mut focus = crate::conference::c3p::Focus {
             subject: subject.unwrap_or_default(),
             ..Default::default()
         };
@@ -409,6 +461,7 @@ impl ImService {
                 organiser: organiser.to_owned(),
                 escalated_from,
                 focus,
+                dialogs: HashMap::new(),
             },
         );
         Ok(aor)
@@ -436,22 +489,19 @@ impl ImService {
         Ok(aor)
     }
 
-    /// Whether `who` is in `conf`'s chat with a Lync client (which learns of comings and
-    /// goings from its roster, not from notices).
-    pub(crate) fn in_lync_session(&self, conf: &str, who: &str) -> bool {
-        self.member_dialogs
-            .lock()
-            .get(&(conf.to_owned(), who.to_owned()))
-            .is_some_and(|ds| ds.iter().any(|d| d.ms_sender))
-    }
-
     /// Sends a notice to every active member except `except`.
-    fn notice(&self, conf: &str, members: &[String], except: Option<&str>, text: &str) {
-        for m in members
-            .iter()
-            .filter(|m| Some(m.as_str()) != except && !self.in_lync_session(conf, m))
-        {
-            self.say(conf, Some("Group chat"), m, format!("*** {text}"), None);
+    fn notice(
+        &self,
+        conf_aor: &str,
+        conf: &mut Conference,
+        members: &[String],
+        except: Option<&str>,
+        text: &str,
+    ) {
+        for m in members {
+            if Some(m.as_str()) != except && !conf.in_lync_session(m) {
+                self.say(conf_aor, conf, m, format!("*** {text}"), None);
+            }
         }
     }
 
@@ -492,18 +542,14 @@ impl ImService {
             (Some("/invite"), Some(target), Some(invited)) => match invited {
                 Ok(who) if members.contains(&who) => self.say(
                     to,
-                    Some("Group chat"),
+                    conf,
                     from,
                     format!("*** {} is already here.", self.display_name(&who)),
                     None,
                 ),
-                Ok(_) if !conf.has_room_for("") => self.say(
-                    to,
-                    Some("Group chat"),
-                    from,
-                    "*** This group chat is full.".into(),
-                    None,
-                ),
+                Ok(_) if !conf.has_room_for("") => {
+                    self.say(to, conf, from, "*** This group chat is full.".into(), None)
+                }
                 Ok(who) => {
                     conf.conv.admit(&who);
                     conf.focus.saw(&who);
@@ -511,14 +557,14 @@ impl ImService {
                         "{name} added {}. Reply here to talk to everyone.",
                         self.display_name(&who)
                     );
-                    self.notice(to, &members, None, &text);
+                    self.notice(to, conf, &members, None, &text);
                     self.bring_in(to, conf, &who, format!("*** {text}"));
                     members.push(who.clone());
                     self.notify_roster(to, conf);
                 }
                 Err(e) => self.say(
                     to,
-                    Some("Group chat"),
+                    conf,
                     from,
                     format!("*** Cannot invite {target}: {e}."),
                     None,
@@ -528,7 +574,7 @@ impl ImService {
                 let names: Vec<String> = members.iter().map(|m| self.display_name(m)).collect();
                 self.say(
                     to,
-                    Some("Group chat"),
+                    conf,
                     from,
                     format!("*** In this group chat: {}.", names.join(", ")),
                     None,
@@ -538,12 +584,12 @@ impl ImService {
                 drop(confs);
                 self.leave_conference(to, from);
             }
-            (Some(_), _, _) => self.say(to, Some("Group chat"), from, HELP.into(), None),
+            (Some(_), _, _) => self.say(to, conf, from, HELP.into(), None),
             (None, _, _) => {
                 count(&mut conf.conv, from, crate::device_of(msg), msg.body.len());
-                let id = self.fan_out(to, from, &name, msg, &members, &mut conf.focus.waiting);
+                let id = self.fan_out(to, conf, from, &name, msg, &members);
                 // MS-CONFIM §3.2.5.2: the id a later delivery report refers to.
-                if self.in_lync_session(to, from) {
+                if conf.in_lync_session(from) {
                     answer.headers.push(("Message-Id".into(), id));
                 }
             }
@@ -557,15 +603,15 @@ impl ImService {
     /// `ms-imdn` report (MS-CONFIM §3.2.5.3); pager members' messages are kept for them.
     fn fan_out(
         &self,
-        conf: &str,
+        conf_aor: &str,
+        conf: &mut Conference,
         author: &str,
         name: &str,
         msg: &Message,
         members: &[String],
-        waiting: &mut HashMap<String, Vec<crate::c3p::Held>>,
     ) -> String {
         let message_id = format!("{:016x}", rand::random::<u64>());
-        let group = crate::c3p::Held {
+        let group = crate::conference::c3p::Held {
             content_type: msg
                 .headers
                 .get(&HeaderName::ContentType)
@@ -581,18 +627,16 @@ impl ImService {
         // Everyone else, and the author's other endpoints (so each of their clients shows
         // the conversation whole).
         for m in members.iter() {
-            let in_session: Vec<(String, Message, Flow)> = {
-                let mut dialogs = self.member_dialogs.lock();
-                dialogs
-                    .get_mut(&(conf.to_owned(), m.clone()))
-                    .map(|ds| {
-                        ds.iter_mut()
-                            .filter(|d| m != author || d.call_id != came_on)
-                            .map(|d| (d.call_id.clone(), d.group_message(&group), d.flow))
-                            .collect()
-                    })
-                    .unwrap_or_default()
-            };
+            let in_session: Vec<(String, Message, Flow)> = conf
+                .dialogs
+                .get_mut(m)
+                .map(|ds| {
+                    ds.iter_mut()
+                        .filter(|d| m != author || d.call_id != came_on)
+                        .map(|d| (d.call_id.clone(), d.group_message(&group), d.flow))
+                        .collect()
+                })
+                .unwrap_or_default();
             if m == author {
                 for (call_id, request, flow) in in_session {
                     let deliverer = deliverer.clone();
@@ -611,12 +655,13 @@ impl ImService {
                         (who, call_id, deliverer.send_request_on(request, flow).await)
                     }));
                 }
-            } else if let Some(held) = waiting.get_mut(m) {
+            } else if let Some(held) = conf.focus.waiting.get_mut(m) {
                 // On their way in: held until they join (or are given it as pager).
                 held.push(group.clone());
             } else {
-                self.say(
-                    conf,
+                // Not in a session (checked above): a pager MESSAGE.
+                self.deliver_later(
+                    conf_aor,
                     Some("Group chat"),
                     m,
                     group.text.clone(),
@@ -624,20 +669,18 @@ impl ImService {
                 );
             }
         }
-        let report_to = {
-            let dialogs = self.member_dialogs.lock();
-            dialogs
-                .get(&(conf.to_owned(), author.to_owned()))
-                .and_then(|ds| ds.iter().find(|d| d.call_id == came_on && d.ms_sender))
-                .map(|d| (d.call_id.clone(), d.our_tag.clone()))
-        };
+        let report_to = conf
+            .dialogs
+            .get(author)
+            .and_then(|ds| ds.iter().find(|d| d.call_id == came_on && d.ms_sender))
+            .map(|d| (d.call_id.clone(), d.our_tag.clone()));
         // Pager members were handed to `say`; only session deliveries have outcomes to
         // wait for.
         let Some(me) = self.me.upgrade().filter(|_| !pending.is_empty()) else {
             return message_id;
         };
         let id = message_id.clone();
-        let conf = conf.to_owned();
+        let conf = conf_aor.to_owned();
         let author = author.to_owned();
         tokio::spawn(async move {
             // Per member: delivered if any endpoint took it, else the best failure.
@@ -662,10 +705,11 @@ impl ImService {
                 return;
             };
             let report = {
-                let mut dialogs = me.member_dialogs.lock();
+                let mut confs = me.conferences.lock();
                 // The same session still (not a new one since).
-                dialogs
-                    .get_mut(&(conf.clone(), author.clone()))
+                confs
+                    .get_mut(&conf)
+                    .and_then(|c| c.dialogs.get_mut(&author))
                     .and_then(|ds| {
                         ds.iter_mut()
                             .find(|d| d.call_id == call_id && d.our_tag == tag)
@@ -691,14 +735,16 @@ impl ImService {
     /// the chat when it was their last endpoint in it.
     pub(crate) fn drop_endpoint(&self, conf: &str, who: &str, call_id: &str) {
         let last = {
-            let mut dialogs = self.member_dialogs.lock();
-            let key = (conf.to_owned(), who.to_owned());
-            match dialogs.get_mut(&key) {
+            let mut confs = self.conferences.lock();
+            let Some(c) = confs.get_mut(conf) else {
+                return;
+            };
+            match c.dialogs.get_mut(who) {
                 Some(ds) => {
                     ds.retain(|d| d.call_id != call_id);
                     let empty = ds.is_empty();
                     if empty {
-                        dialogs.remove(&key);
+                        c.dialogs.remove(who);
                     }
                     empty
                 }
@@ -718,6 +764,7 @@ impl ImService {
             let members = conf.members();
             self.notice(
                 conf_aor,
+                conf,
                 &members,
                 Some(who),
                 &format!("{} joined", self.display_name(who)),
@@ -738,14 +785,13 @@ impl ImService {
                 was_in = true;
             }
         }
-        self.member_dialogs
-            .lock()
-            .remove(&(conf_aor.to_owned(), who.to_owned()));
+        conf.dialogs.remove(who);
         self.notify_roster(conf_aor, conf);
         let rest = conf.members();
         if was_in {
             self.notice(
                 conf_aor,
+                conf,
                 &rest,
                 None,
                 &format!("{} left", self.display_name(who)),
@@ -769,7 +815,7 @@ impl ImService {
             let conf = confs.remove(conf_aor).expect("present above");
             drop(confs);
             let now = now_ms();
-            self.finish(
+            self.cdr.finish(
                 &conf.conv.id,
                 conf.conv.records(Some(now), false),
                 now,
@@ -780,12 +826,13 @@ impl ImService {
 
     /// INVITE to a conference (session mode): the service answers as the conference's
     /// endpoint, holds the dialog, and sends the member the group's messages inside it.
-    pub(crate) fn conference_invite(
+    fn conference_invite<'p>(
         &self,
         msg: &Message,
         from: &str,
         to: &str,
         flow: Flow,
+        place: impl FnOnce() -> Result<Place<'p>, ServiceAnswer>,
     ) -> ServiceAnswer {
         if !crate::offers_message_media(msg) {
             return ServiceAnswer::status(488);
@@ -794,7 +841,7 @@ impl ImService {
             return ServiceAnswer::status(400);
         };
         // Taken before the lock below (see `Place`); held until the dialog is kept.
-        let _place = match self.session_place(from) {
+        let _place = match place() {
             Ok(p) => p,
             Err(refusal) => return refusal,
         };
@@ -810,9 +857,8 @@ impl ImService {
         conf.focus.saw(from);
         let our_tag = dialog.our_tag.clone();
         // One entry per endpoint of the user (MPOP): each has its own session.
-        self.member_dialogs
-            .lock()
-            .entry((to.to_owned(), from.to_owned()))
+        conf.dialogs
+            .entry(from.to_owned())
             .or_default()
             .push(dialog);
         self.join(to, conf, from);
@@ -829,23 +875,159 @@ impl ImService {
     /// user, when it was their last).
     pub(crate) fn conference_bye(&self, msg: &Message, from: &str, to: &str) -> ServiceAnswer {
         let call_id = msg.call_id().unwrap_or("");
-        let known = self
-            .member_dialogs
-            .lock()
-            .get(&(to.to_owned(), from.to_owned()))
-            .is_some_and(|ds| ds.iter().any(|d| d.call_id == call_id));
+        let (known, was_in) = match self.conferences.lock().get(to) {
+            Some(c) => (
+                c.dialogs
+                    .get(from)
+                    .is_some_and(|ds| ds.iter().any(|d| d.call_id == call_id)),
+                c.conv.participants.contains_key(from),
+            ),
+            None => (false, false),
+        };
         if !known {
             // Leaving the focus first (a Lync client's BYE order) already took this
             // endpoint out of the chat: this BYE ends nothing more, and is no error.
-            let was_in = self
-                .conferences
-                .lock()
-                .get(to)
-                .is_some_and(|c| c.conv.participants.contains_key(from));
             return ServiceAnswer::status(if was_in { 200 } else { 481 });
         }
         self.drop_endpoint(to, from, call_id);
         ServiceAnswer::status(200)
+    }
+
+    /// Answers a request to one of the service's resources (`to`: a conference, its
+    /// focus or MCU, or the focus factory). `invited` is what the directory said of an
+    /// `/invite` target in it; `place` takes the sender's place under the sessions cap
+    /// when the request opens a dialog.
+    pub(crate) fn answer<'p>(
+        &self,
+        msg: &Message,
+        from: &str,
+        to: &str,
+        flow: Flow,
+        invited: Option<Result<String, String>>,
+        place: impl FnOnce() -> Result<Place<'p>, ServiceAnswer>,
+    ) -> ServiceAnswer {
+        match c3p::part_of(msg) {
+            c3p::Part::FocusFactory => return self.focus_factory(msg, from),
+            c3p::Part::Focus => return self.to_focus(msg, from, to, flow, place),
+            c3p::Part::Chat => {}
+        }
+        match msg.method() {
+            Some(sip_message::Method::Message) => self.conference_message(msg, from, to, invited),
+            Some(sip_message::Method::Subscribe) => self.subscribe(msg, from, to, flow),
+            Some(sip_message::Method::Invite)
+                if msg
+                    .to_header()
+                    .ok()
+                    .and_then(|t| t.tag().map(str::to_owned))
+                    .is_none() =>
+            {
+                self.conference_invite(msg, from, to, flow, place)
+            }
+            Some(sip_message::Method::Bye) => self.conference_bye(msg, from, to),
+            // Typing notices in a member's chat session: accepted, not spread.
+            Some(sip_message::Method::Info)
+                if self
+                    .conferences
+                    .lock()
+                    .get(to)
+                    .is_some_and(|c| c.dialogs.contains_key(from)) =>
+            {
+                ServiceAnswer::status(200)
+            }
+            // re-INVITE, INFO and the rest: not part of a group chat.
+            _ => ServiceAnswer::status(501),
+        }
+    }
+
+    /// `from` just joined the chat `to` by the INVITE `call_id` (answered 2xx): what was
+    /// held for them follows.
+    pub(crate) fn joined_by_invite(&self, to: &str, from: &str, call_id: &str) {
+        if let Some(conf) = self.conferences.lock().get_mut(to) {
+            self.replay_held(conf, from, call_id);
+        }
+    }
+
+    /// Session-mode dialogs `user` holds with conferences: chat sessions and Lync focus
+    /// dialogs, one per endpoint (for the sessions cap, `caps.rs`).
+    pub(crate) fn sessions_of(&self, user: &str) -> usize {
+        self.conferences
+            .lock()
+            .values()
+            .map(|c| {
+                let chats = c.dialogs.get(user).map_or(0, Vec::len);
+                let focus = c.focus.joined.get(user).map_or(0, Vec::len);
+                chats + focus
+            })
+            .sum()
+    }
+
+    /// A place for one more group chat organised by `organiser`, or the 403 that refuses
+    /// it. Call it holding no lock.
+    pub(crate) fn group_chat_place(&self, organiser: &str) -> Result<Place<'_>, ServiceAnswer> {
+        let max = self.config.max_group_chats_per_user;
+        self.chat_places
+            .take(organiser, max, || {
+                self.conferences
+                    .lock()
+                    .values()
+                    .filter(|c| c.organiser == organiser)
+                    .count()
+            })
+            .ok_or_else(|| {
+                tracing::info!(
+                    organiser,
+                    max,
+                    "group chat refused: the user's cap is reached"
+                );
+                crate::refused(
+                    403,
+                    &format!("too many open group chats organised by this user (limit {max})"),
+                )
+            })
+    }
+
+    /// Ends the conferences idle long enough (final rows into `ended`, their watchers
+    /// and sessions ended), expires roster subscriptions and collects the others'
+    /// changed counters into `dirty`.
+    pub(crate) fn sweep(
+        &self,
+        now: tokio::time::Instant,
+        ended: &mut Vec<(String, Rows)>,
+        dirty: &mut Rows,
+    ) {
+        let mut confs = self.conferences.lock();
+        confs.retain(|aor, c| {
+            // Members in sessions (Lync focus and chat dialogs) are connected; only
+            // silence as long as a session's idle time means they are gone.
+            let in_sessions = !c.focus.joined.is_empty() || !c.dialogs.is_empty();
+            let idle = if in_sessions {
+                self.config.session_idle
+            } else {
+                self.config.pager_idle
+            };
+            if now.duration_since(c.conv.last_activity) >= idle {
+                self.end_watchers(aor, c, "noresource");
+                self.end_sessions(c);
+                ended.push((c.conv.id.clone(), c.conv.records(None, false)));
+                false
+            } else {
+                self.expire_watchers(aor, c);
+                dirty.extend(c.conv.records(None, true));
+                for p in c.conv.participants.values_mut() {
+                    p.dirty = false;
+                }
+                true
+            }
+        });
+    }
+
+    /// Every open conference's session, taken out (a stop).
+    pub(crate) fn drain(&self) -> Vec<Conversation> {
+        self.conferences
+            .lock()
+            .drain()
+            .map(|(_, c)| c.conv)
+            .collect()
     }
 
     /// The AoRs of a conference's active members (for tests and status).
@@ -887,12 +1069,13 @@ mod tests {
             organiser: "sip:u0@x".into(),
             escalated_from: None,
             focus: Default::default(),
+            dialogs: HashMap::new(),
         }
     }
 
     #[tokio::test]
     async fn a_full_conference_has_room_only_for_those_in_it() {
-        let max = crate::c3p::MAX_PARTICIPANTS;
+        let max = crate::conference::c3p::MAX_PARTICIPANTS;
         assert!(conference_of(max - 1).has_room_for("sip:new@x"));
         let mut full = conference_of(max);
         assert!(!full.has_room_for("sip:new@x"));

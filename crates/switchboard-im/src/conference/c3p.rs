@@ -1,5 +1,5 @@
 //! Lync conferencing (C3P: MS-CONFBAS, MS-CONFIM) over the group chats of
-//! `conference.rs`: one conference is one group chat, whichever dialect its members speak.
+//! `mod.rs`: one conference is one group chat, whichever dialect its members speak.
 //!
 //! - **Focus factory** `sip:switchboard@<domain>;gruu;opaque=app:conf:focusfactory`
 //!   (named in provisioning-v2): SERVICE `getConferencingCapabilities` (we host `chat`)
@@ -9,7 +9,7 @@
 //!   conference document naming the IM MCU; INFO carries `deleteUser`, `modifyUserRoles`
 //!   and `modifyConferenceLock`; BYE leaves the conference.
 //! - **IM MCU** `sip:chat-<id>@<domain>;gruu;opaque=app:conf:chat:id:<id>`: the group
-//!   chat itself (`conference.rs`): INVITE `m=message` joins the chat, MESSAGEs fan out
+//!   chat itself (`mod.rs`): INVITE `m=message` joins the chat, MESSAGEs fan out
 //!   with `Ms-Sender`, failed deliveries come back as `ms-imdn` reports.
 //! - Standard clients use the plain `sip:chat-<id>@<domain>` of the same conference: a
 //!   Lync user's `ms-conf-invite` to a user with no Lync device adds that user to the chat
@@ -17,6 +17,8 @@
 //!
 //! The organiser is a presenter (leader), everyone else an attendee until a presenter
 //! promotes them; only presenters eject others or lock the conference.
+//!
+//! Methods of [`Conferences`] (`mod.rs`): its state and its lock rule are there.
 
 use std::collections::HashMap;
 
@@ -25,8 +27,10 @@ use msrtc::cccp::{self, Command, Outcome, Request, RosterUser};
 use sip_message::{HeaderName, Message, Method, NameAddr, Uri};
 use switchboard_core::seam::{Flow, ServiceAnswer};
 
+use super::Conferences;
+use crate::caps::Place;
 use crate::conference::{Conference, MemberDialog};
-use crate::{refused, ImService};
+use crate::refused;
 
 const CCCP: &str = "application/cccp+xml";
 /// People in one conference at a time (Lync Server 2013's shared-pool figure).
@@ -159,7 +163,7 @@ fn read_request(msg: &Message) -> Result<Request, ServiceAnswer> {
     cccp::parse_request(&msg.body).map_err(|e| refused(400, &e.to_string()))
 }
 
-impl ImService {
+impl Conferences {
     /// Whether `who` is a presenter of `conf`.
     fn is_presenter(conf: &Conference, who: &str) -> bool {
         conf.focus.roles.get(who).copied() == Some(PRESENTER)
@@ -205,12 +209,13 @@ impl ImService {
     }
 
     /// A request to a conference's focus (MS-CONFBAS §3.3.5).
-    pub(crate) fn to_focus(
+    pub(super) fn to_focus<'p>(
         &self,
         msg: &Message,
         from: &str,
         conf_aor: &str,
         flow: Flow,
+        place: impl FnOnce() -> Result<Place<'p>, ServiceAnswer>,
     ) -> ServiceAnswer {
         let in_dialog = msg
             .to_header()
@@ -218,7 +223,7 @@ impl ImService {
             .and_then(|t| t.tag().map(str::to_owned))
             .is_some();
         match msg.method() {
-            Some(Method::Invite) if !in_dialog => self.focus_join(msg, from, conf_aor, flow),
+            Some(Method::Invite) if !in_dialog => self.focus_join(msg, from, conf_aor, flow, place),
             Some(Method::Subscribe) => self.subscribe(msg, from, conf_aor, flow),
             Some(Method::Info) => self.focus_info(msg, from, conf_aor),
             Some(Method::Bye) => self.focus_bye(msg, from, conf_aor),
@@ -230,7 +235,14 @@ impl ImService {
     }
 
     /// INVITE `addUser`: `from` joins the conference; the focus dialog is created.
-    fn focus_join(&self, msg: &Message, from: &str, conf_aor: &str, flow: Flow) -> ServiceAnswer {
+    fn focus_join<'p>(
+        &self,
+        msg: &Message,
+        from: &str,
+        conf_aor: &str,
+        flow: Flow,
+        place: impl FnOnce() -> Result<Place<'p>, ServiceAnswer>,
+    ) -> ServiceAnswer {
         let req = match read_request(msg) {
             Ok(r) => r,
             Err(a) => return a,
@@ -246,7 +258,7 @@ impl ImService {
         };
         // A focus dialog is a session the service holds for the user: taken before the
         // lock below (see `Place`), held until the dialog is kept.
-        let _place = match self.session_place(from) {
+        let _place = match place() {
             Ok(p) => p,
             Err(refusal) => return refusal,
         };
@@ -352,11 +364,7 @@ impl ImService {
         for d in conf.focus.joined.remove(who).unwrap_or_default() {
             self.send_bye(d);
         }
-        let chat = self
-            .member_dialogs
-            .lock()
-            .remove(&(conf_aor.to_owned(), who.to_owned()));
-        for d in chat.unwrap_or_default() {
+        for d in conf.dialogs.remove(who).unwrap_or_default() {
             self.send_bye(d);
         }
         if conf.members().iter().any(|m| m == who) {
@@ -369,23 +377,11 @@ impl ImService {
 
     /// The conference is ending: every focus and chat dialog members hold with it is
     /// ended by BYE, so their clients close the conversation.
-    pub(crate) fn end_sessions(&self, conf_aor: &str, conf: &mut Conference) {
+    pub(crate) fn end_sessions(&self, conf: &mut Conference) {
         for d in conf.focus.joined.drain().flat_map(|(_, ds)| ds) {
             self.send_bye(d);
         }
-        let chats: Vec<MemberDialog> = {
-            let mut dialogs = self.member_dialogs.lock();
-            let keys: Vec<(String, String)> = dialogs
-                .keys()
-                .filter(|(a, _)| a == conf_aor)
-                .cloned()
-                .collect();
-            keys.iter()
-                .filter_map(|k| dialogs.remove(k))
-                .flatten()
-                .collect()
-        };
-        for d in chats {
+        for d in conf.dialogs.drain().flat_map(|(_, ds)| ds) {
             self.send_bye(d);
         }
     }
@@ -421,14 +417,12 @@ impl ImService {
         let in_focus = conf.focus.joined.contains_key(from);
         // The same endpoint's chat session (same Contact) ends with it.
         let in_chat = {
-            let mut dialogs = self.member_dialogs.lock();
-            let key = (conf_aor.to_owned(), from.to_owned());
-            let left = dialogs.get_mut(&key).map(|ds| {
+            let left = conf.dialogs.get_mut(from).map(|ds| {
                 ds.retain(|d| d.target != endpoint);
                 ds.len()
             });
             if left == Some(0) {
-                dialogs.remove(&key);
+                conf.dialogs.remove(from);
             }
             left.unwrap_or(0) > 0
         };
@@ -481,13 +475,15 @@ impl ImService {
     /// An `ms-conf-invite` INVITE from `from` to `to` (MS-CONFIM §3.2.5.1). A user with a
     /// Lync device gets it and joins by themselves (`None`: relay it). A user with only
     /// standard devices is put in the chat by the service, in pager mode, and the INVITE
-    /// is answered for them.
+    /// is answered for them. `escalated_from` is the open session-mode session between
+    /// the two, which the conference then grew out of.
     pub(crate) fn conference_invitation(
         &self,
         msg: &Message,
         from: &str,
         to: &str,
         session_im: bool,
+        escalated_from: Option<String>,
     ) -> Option<ServiceAnswer> {
         let inv = match cccp::parse_conf_invite(&msg.body) {
             Ok(i) => i,
@@ -496,7 +492,6 @@ impl ImService {
         let Some(conf_aor) = conference_of(&inv.focus_uri) else {
             return Some(refused(404, "no such conference"));
         };
-        let escalated_from = self.two_party_session(from, to);
         let mut confs = self.conferences.lock();
         let Some(conf) = confs.get_mut(&conf_aor) else {
             return Some(refused(404, "no such conference"));
@@ -533,7 +528,7 @@ impl ImService {
             .collect();
         self.say(
             &conf_aor,
-            Some("Group chat"),
+            conf,
             to,
             format!(
                 "*** {} added you to a group chat with {}. Reply here to talk to everyone; /help for commands.",
@@ -607,21 +602,15 @@ impl ImService {
     }
 
     /// Replays what was held for `who` in the chat session (`call_id`) they just opened.
-    pub(crate) fn replay_held(
-        &self,
-        conf_aor: &str,
-        conf: &mut Conference,
-        who: &str,
-        call_id: &str,
-    ) {
+    pub(crate) fn replay_held(&self, conf: &mut Conference, who: &str, call_id: &str) {
         let Some(held) = conf.focus.waiting.remove(who) else {
             return;
         };
         let deliverer = self.deliverer.clone();
         let (requests, flow): (Vec<Message>, Flow) = {
-            let mut dialogs = self.member_dialogs.lock();
-            let Some(d) = dialogs
-                .get_mut(&(conf_aor.to_owned(), who.to_owned()))
+            let Some(d) = conf
+                .dialogs
+                .get_mut(who)
                 .and_then(|ds| ds.iter_mut().find(|d| d.call_id == call_id))
             else {
                 return;
@@ -633,19 +622,6 @@ impl ImService {
                 deliverer.send_request_on(r, flow).await;
             }
         });
-    }
-
-    /// The open session-mode two-party session between `a` and `b`, if any.
-    fn two_party_session(&self, a: &str, b: &str) -> Option<String> {
-        self.dialogs
-            .lock()
-            .values()
-            .find(|c| {
-                c.participants.len() == 2
-                    && c.participants.contains_key(a)
-                    && c.participants.contains_key(b)
-            })
-            .map(|c| c.id.clone())
     }
 }
 
