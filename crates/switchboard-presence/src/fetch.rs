@@ -163,7 +163,7 @@ impl PresenceService {
             };
             let (aor, now, read) =
                 done.map_err(|e| DataError::Backend(format!("a presence read failed: {e}")))?;
-            let p = presentity(Vec::new(), read?, &self.config.rules, now);
+            let p = presentity(read?, &self.config.rules, now);
             let ticket = tickets.remove(&aor).expect("registered when spawned");
             out.push((aor, ticket, p));
         }
@@ -287,7 +287,7 @@ impl PresenceService {
         } else {
             Known::default()
         };
-        Ok((presentity(Vec::new(), data, &self.config.rules, now), known))
+        Ok((presentity(data, &self.config.rules, now), known))
     }
 
     /// Puts `fresh` in place of `aor`'s presentity, with its publications and

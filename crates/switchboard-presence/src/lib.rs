@@ -64,10 +64,10 @@ mod documents;
 mod fetch;
 mod lync;
 pub mod model;
+mod notifier;
 pub mod pidf;
 pub mod privacy;
-mod publish;
-mod subscribe;
+mod publications;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -84,8 +84,6 @@ use tokio::time::Instant;
 pub use aggregate::{aggregate, AggregationRules};
 pub use model::{Activity, Availability, DeviceState, Presence};
 pub use privacy::{Audience, View};
-
-use subscribe::Subscription;
 
 /// The event packages the service keeps state for (the Lync ones are its own
 /// roaming data, contact list and provisioning, MS-SIP §2.2.2).
@@ -130,16 +128,9 @@ impl Default for PresenceConfig {
     }
 }
 
-/// One publication: one device's state and its entity tag (RFC 3903 §4.1).
-struct Publication {
-    etag: String,
-    state: DeviceState,
-    expires_at: Instant,
-}
-
 /// Everything the service holds about one user while anyone looks at them.
 struct Presentity {
-    publications: Vec<Publication>,
+    publications: publications::Publications,
     stored: StoredPresence,
     display_name: Option<String>,
     /// The user's own contact list: the relationship they gave each contact.
@@ -175,21 +166,23 @@ impl Presentity {
     }
 }
 
+/// Everything behind the service's one state lock, each concern in its own part.
+///
+/// One lock remains because a change and the notifications it triggers are decided
+/// together: a PUBLISH re-aggregates and marks every watcher's subscription dirty in one
+/// step, so no watcher can be sent a state older than one it was already sent. The parts
+/// never lock anything themselves and never await.
 #[derive(Default)]
-struct State {
+pub(crate) struct State {
+    /// The users held, each with their publications ([`publications::Publications`]),
+    /// stored data and Lync data ([`lync::LyncData`]).
     presentities: HashMap<Arc<str>, Presentity>,
-    subs: HashMap<u64, Subscription>,
-    /// Hash of (subscriber, Call-ID, subscriber's tag) → subscription
-    /// ([`subscribe::dialog_key`]).
-    by_dialog: HashMap<u64, u64>,
-    hasher: std::collections::hash_map::RandomState,
-    /// Subscriptions each watcher holds, for the per-watcher limit.
-    per_watcher: HashMap<Arc<str>, usize>,
+    /// Subscriptions and their dialogs (RFC 6665).
+    notifier: notifier::Notifier,
+    /// The users whose Lync endpoint instances each connection carries.
+    lync_flows: lync::EndpointFlows,
     /// Last-active times not yet written (written in batches by housekeeping).
     last_active: HashMap<String, i64>,
-    /// The users whose Lync endpoint instances each connection carries.
-    lync_flows: HashMap<Connection, Vec<Arc<str>>>,
-    next_id: u64,
 }
 
 /// A clock in milliseconds since the epoch that follows tokio time, so tests that pause
@@ -238,14 +231,9 @@ fn domain_of(aor: &str) -> &str {
 }
 
 /// A presentity with nobody watching yet, its presence aggregated from what it has.
-fn presentity(
-    publications: Vec<Publication>,
-    data: fetch::UserData,
-    rules: &AggregationRules,
-    now: i64,
-) -> Presentity {
-    let devices: Vec<DeviceState> = publications.iter().map(|p| p.state.clone()).collect();
-    let presence = aggregate(&devices, &data.stored, rules, now);
+fn presentity(data: fetch::UserData, rules: &AggregationRules, now: i64) -> Presentity {
+    let publications = publications::Publications::default();
+    let presence = publications.aggregate(&data.stored, rules, now);
     Presentity {
         publications,
         stored: data.stored,
@@ -265,7 +253,7 @@ fn presentity(
 /// What stands for a list entry that names no user we know: offline with nothing stored,
 /// as such an entry has always been shown, but held nowhere (nothing per entry in memory).
 fn unknown_presentity(rules: &AggregationRules, now: i64) -> Presentity {
-    presentity(Vec::new(), fetch::UserData::default(), rules, now)
+    presentity(fetch::UserData::default(), rules, now)
 }
 
 /// What `watcher` may see of `aor` from what the database holds about them (read by the
@@ -286,7 +274,7 @@ pub fn stored_view(
         groups: Vec::new(),
         display_name,
     };
-    let p = presentity(Vec::new(), data, rules, now_ms);
+    let p = presentity(data, rules, now_ms);
     View::of(
         aor,
         &p.presence,
@@ -386,7 +374,7 @@ impl PresenceService {
     pub fn counts(&self) -> (usize, usize, usize) {
         let st = self.state.lock();
         let pubs = st.presentities.values().map(|p| p.publications.len()).sum();
-        (st.presentities.len(), pubs, st.subs.len())
+        (st.presentities.len(), pubs, st.notifier.len())
     }
 
     /// Recomputes a presentity's aggregate; when it changed, its watchers hear of it.
@@ -395,7 +383,7 @@ impl PresenceService {
         let Some(p) = st.presentities.get_mut(aor) else {
             return;
         };
-        let devices: Vec<DeviceState> = p.publications.iter().map(|x| x.state.clone()).collect();
+        let devices = p.publications.devices();
         let fresh = aggregate(&devices, &p.stored, &self.config.rules, now);
         let was_online = p.presence.availability.is_online() && !p.presence.manual;
         let gone = was_online && devices.iter().all(|d| !d.availability.is_online());
@@ -437,7 +425,7 @@ impl PresenceService {
         }
         let now = self.now_ms();
         let data = self.read_user(aor, now).await?;
-        let p = presentity(Vec::new(), data, &self.config.rules, now);
+        let p = presentity(data, &self.config.rules, now);
         Ok(self.view_of(aor, &p, watcher))
     }
 
@@ -521,23 +509,15 @@ impl PresenceService {
             let mut st = self.state.lock();
             let mut touched = Vec::new();
             for (aor, p) in st.presentities.iter_mut() {
-                let before = p.publications.len();
-                p.publications.retain(|x| x.expires_at > now);
-                if p.publications.len() != before
-                    || p.presence.next_change_ms.is_some_and(|t| t <= now_ms)
-                {
+                let expired = p.publications.expire(now);
+                if expired || p.presence.next_change_ms.is_some_and(|t| t <= now_ms) {
                     touched.push(aor.clone());
                 }
             }
             for aor in touched {
                 self.reaggregate(&mut st, &aor);
             }
-            let expired: Vec<u64> = st
-                .subs
-                .iter()
-                .filter(|(_, s)| s.expires_at <= now)
-                .map(|(id, _)| *id)
-                .collect();
+            let expired = st.notifier.expired(now);
             for id in expired {
                 self.terminate(&mut st, id, "timeout");
             }
@@ -580,7 +560,7 @@ impl PresenceService {
     /// would make clients give up, so `deactivated` invites them to resubscribe.
     pub fn shutdown(&self) {
         let mut st = self.state.lock();
-        let ids: Vec<u64> = st.subs.keys().copied().collect();
+        let ids: Vec<u64> = st.notifier.ids();
         for id in ids {
             self.terminate(&mut st, id, "deactivated");
         }

@@ -3,7 +3,7 @@
 //! notifier that paces NOTIFYs per subscription.
 
 use std::collections::hash_map::RandomState;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,6 +81,99 @@ struct ListState {
     /// An ad hoc list named in the SUBSCRIBE body (MS-PRES batched subscription), not
     /// the subscriber's contact list.
     adhoc: bool,
+}
+
+/// The subscriptions (RFC 6665 dialogs) and their indexes: by dialog, and per watcher
+/// for the per-watcher limit. Owns no presentity: which users a subscription watches is
+/// linked from the presentities (`watchers`, `winfo`, `lists`).
+#[derive(Default)]
+pub(crate) struct Notifier {
+    subs: HashMap<u64, Subscription>,
+    /// Hash of (subscriber, Call-ID, subscriber's tag) → subscription ([`dialog_key`]).
+    by_dialog: HashMap<u64, u64>,
+    hasher: RandomState,
+    /// Subscriptions each watcher holds, for the per-watcher limit.
+    per_watcher: HashMap<Arc<str>, usize>,
+    next_id: u64,
+}
+
+impl Notifier {
+    pub(crate) fn len(&self) -> usize {
+        self.subs.len()
+    }
+
+    pub(crate) fn get(&self, id: &u64) -> Option<&Subscription> {
+        self.subs.get(id)
+    }
+
+    pub(crate) fn get_mut(&mut self, id: &u64) -> Option<&mut Subscription> {
+        self.subs.get_mut(id)
+    }
+
+    /// Every subscription's id.
+    pub(crate) fn ids(&self) -> Vec<u64> {
+        self.subs.keys().copied().collect()
+    }
+
+    /// The subscriptions whose lifetime is over at `now`.
+    pub(crate) fn expired(&self, now: Instant) -> Vec<u64> {
+        self.subs
+            .iter()
+            .filter(|(_, s)| s.expires_at <= now)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    fn key(&self, watcher: &str, call_id: &str, their_tag: &str) -> u64 {
+        dialog_key(&self.hasher, watcher, call_id, their_tag)
+    }
+
+    /// The subscription of this dialog, checked against the hash's collisions.
+    fn find(&self, watcher: &str, call_id: &str, their_tag: &str) -> Option<u64> {
+        let key = self.key(watcher, call_id, their_tag);
+        self.by_dialog.get(&key).copied().filter(|id| {
+            let s = &self.subs[id];
+            *s.call_id == *call_id && *s.their_tag == *their_tag && *s.watcher == *watcher
+        })
+    }
+
+    /// How many subscriptions `watcher` holds.
+    fn held_by(&self, watcher: &str) -> usize {
+        self.per_watcher.get(watcher).copied().unwrap_or(0)
+    }
+
+    /// Files a new subscription under its dialog and its watcher; its id.
+    fn insert(&mut self, key: u64, s: Subscription) -> u64 {
+        self.next_id += 1;
+        let id = self.next_id;
+        *self.per_watcher.entry(s.watcher.clone()).or_default() += 1;
+        self.by_dialog.insert(key, id);
+        self.subs.insert(id, s);
+        id
+    }
+
+    /// The watcher's name as the per-watcher table shares it (one allocation per watcher).
+    fn watcher_key(&self, watcher: &str) -> Arc<str> {
+        match self.per_watcher.get_key_value(watcher) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(watcher),
+        }
+    }
+
+    /// Takes a subscription out of the subscription tables (the presentities' links are
+    /// the caller's to undo).
+    fn take(&mut self, id: u64) -> Option<Subscription> {
+        let s = self.subs.remove(&id)?;
+        let key = self.key(&s.watcher, &s.call_id, &s.their_tag);
+        self.by_dialog.remove(&key);
+        if let Some(n) = self.per_watcher.get_mut(&*s.watcher) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_watcher.remove(&*s.watcher);
+            }
+        }
+        Some(s)
+    }
 }
 
 /// Subscriptions are found by (subscriber, Call-ID, subscriber's tag): a dialog is its
@@ -290,13 +383,14 @@ impl PresenceService {
         needed.extend(known.users());
         let answer = self
             .with_presentities(&needed, |st, fetched| {
-                let key = dialog_key(&st.hasher, from, call_id, &their_tag);
-                let existing = st.by_dialog.get(&key).copied().filter(|id| {
-                    let s = &st.subs[id];
-                    *s.call_id == *call_id && *s.their_tag == *their_tag && *s.watcher == *from
-                });
+                let key = st.notifier.key(from, call_id, &their_tag);
+                let existing = st.notifier.find(from, call_id, &their_tag);
                 let id = match (our_tag_in, existing) {
-                    (Some(tag), Some(id)) if format!("{:016x}", st.subs[&id].our_tag) == tag => id,
+                    (Some(tag), Some(id))
+                        if format!("{:016x}", st.notifier.subs[&id].our_tag) == tag =>
+                    {
+                        id
+                    }
                     // RFC 6665 §4.2.1.2: a refresh of a subscription that does not exist (for
                     // this subscriber: someone else's dialog cannot be refreshed or ended).
                     (Some(_), _) => return ServiceAnswer::status(481),
@@ -318,12 +412,12 @@ impl PresenceService {
                         }
                         if expires == 0 {
                             // A fetch: one NOTIFY with the state, then the subscription is over.
-                        } else if st.per_watcher.get(from).copied().unwrap_or(0)
+                        } else if st.notifier.held_by(from)
                             >= self.config.max_subscriptions_per_watcher
                         {
                             return status_with(503, "Retry-After", "60".into());
                         }
-                        if st.by_dialog.contains_key(&key) {
+                        if st.notifier.by_dialog.contains_key(&key) {
                             // Two live dialogs whose (Call-ID, tag) hash alike: vanishingly rare;
                             // the client retries with another Call-ID.
                             return status_with(500, "Retry-After", "1".into());
@@ -364,7 +458,7 @@ impl PresenceService {
                             st, fetched, kind, to, from, &event, target, source, key, dialog, list,
                             &known,
                         );
-                        st.subs.get_mut(&id).expect("created").msrtc = msrtc;
+                        st.notifier.subs.get_mut(&id).expect("created").msrtc = msrtc;
                         id
                     }
                 };
@@ -376,7 +470,7 @@ impl PresenceService {
                     }
                     self.set_adhoc(st, fetched, id, entries, &known);
                 }
-                let s = st.subs.get_mut(&id).expect("present");
+                let s = st.notifier.subs.get_mut(&id).expect("present");
                 if let Some(c) = contact {
                     // RFC 6665 §4.1.2.1: a refresh may update the remote target.
                     s.target = c.into_boxed_str();
@@ -404,7 +498,7 @@ impl PresenceService {
                     a.headers
                         .push(("ms-piggyback-cseq".into(), cseq.to_string()));
                     a.body = Some((ctype, bytes::Bytes::from(body.into_bytes())));
-                    let s = st.subs.get_mut(&id).expect("present");
+                    let s = st.notifier.subs.get_mut(&id).expect("present");
                     s.piggybacked = true;
                     s.version += 1;
                     s.full = false;
@@ -427,7 +521,7 @@ impl PresenceService {
         entries: &[String],
         known: &Known,
     ) -> Option<ServiceAnswer> {
-        let s = st.subs.get(&id)?;
+        let s = st.notifier.subs.get(&id)?;
         let list = s.list.as_ref()?;
         let owner = st.presentities.get(&*s.resource)?;
         let cap = self.config.max_list_entries_per_user;
@@ -450,7 +544,7 @@ impl PresenceService {
         resources: Vec<String>,
         known: &Known,
     ) {
-        let Some(s) = st.subs.get_mut(&id) else {
+        let Some(s) = st.notifier.subs.get_mut(&id) else {
             return;
         };
         let Some(list) = s.list.as_mut() else {
@@ -479,7 +573,7 @@ impl PresenceService {
             caps::drop_entries(p, &old);
             caps::add_entries(p, &resources);
         }
-        let s = st.subs.get_mut(&id).expect("present");
+        let s = st.notifier.subs.get_mut(&id).expect("present");
         if let Some(list) = s.list.as_mut() {
             list.resources = resources;
         }
@@ -502,8 +596,6 @@ impl PresenceService {
         list: Option<(Vec<String>, bool)>,
         known: &Known,
     ) -> u64 {
-        st.next_id += 1;
-        let id = st.next_id;
         self.ensure(st, fetched, resource);
         let resource: Arc<str> = st
             .presentities
@@ -523,14 +615,9 @@ impl PresenceService {
             .as_ref()
             .map(|l| l.resources.clone())
             .unwrap_or_default();
-        let watcher: Arc<str> = match st.per_watcher.get_key_value(watcher) {
-            Some((k, _)) => k.clone(),
-            None => Arc::from(watcher),
-        };
-        *st.per_watcher.entry(watcher.clone()).or_default() += 1;
-        st.by_dialog.insert(key, id);
-        st.subs.insert(
-            id,
+        let watcher = st.notifier.watcher_key(watcher);
+        let id = st.notifier.insert(
+            key,
             Subscription {
                 kind,
                 resource: resource.clone(),
@@ -585,18 +672,18 @@ impl PresenceService {
             return;
         };
         let mut st = self.state.lock();
-        let key = dialog_key(&st.hasher, watcher, call_id, from.tag().unwrap_or(""));
-        let Some(&id) = st.by_dialog.get(&key) else {
+        let key = st.notifier.key(watcher, call_id, from.tag().unwrap_or(""));
+        let Some(&id) = st.notifier.by_dialog.get(&key) else {
             return;
         };
-        if st.subs[&id].ending {
+        if st.notifier.subs[&id].ending {
             self.terminate(&mut st, id, "timeout");
-        } else if std::mem::take(&mut st.subs.get_mut(&id).expect("present").piggybacked) {
+        } else if std::mem::take(&mut st.notifier.subs.get_mut(&id).expect("present").piggybacked) {
             // Its content went in the 200.
-            st.subs.get_mut(&id).expect("present").dirty = false;
+            st.notifier.subs.get_mut(&id).expect("present").dirty = false;
         } else {
             // First NOTIFY (or the one after a refresh) is not held back by pacing.
-            let s = st.subs.get_mut(&id).expect("present");
+            let s = st.notifier.subs.get_mut(&id).expect("present");
             s.last_sent = None;
             self.kick(&mut st, id);
         }
@@ -616,7 +703,12 @@ impl PresenceService {
             .map(|p| p.winfo.clone())
             .unwrap_or_default();
         for id in ids {
-            if st.subs.get(&id).is_some_and(|s| kinds.contains(&s.kind)) {
+            if st
+                .notifier
+                .subs
+                .get(&id)
+                .is_some_and(|s| kinds.contains(&s.kind))
+            {
                 self.kick(st, id);
             }
         }
@@ -624,7 +716,7 @@ impl PresenceService {
 
     /// Something subscription `id` shows changed (`resource`, for a list).
     pub(crate) fn changed(&self, st: &mut State, id: u64, resource: Option<&str>) {
-        let Some(s) = st.subs.get_mut(&id) else {
+        let Some(s) = st.notifier.subs.get_mut(&id) else {
             return;
         };
         if let (Some(list), Some(r)) = (s.list.as_mut(), resource) {
@@ -645,7 +737,7 @@ impl PresenceService {
         id: u64,
         known: &Known,
     ) {
-        let Some(owner) = st.subs.get(&id).map(|s| s.resource.clone()) else {
+        let Some(owner) = st.notifier.subs.get(&id).map(|s| s.resource.clone()) else {
             return;
         };
         let Some(owner_p) = st.presentities.get(&*owner) else {
@@ -656,7 +748,7 @@ impl PresenceService {
                 .iter()
                 .map(String::as_str),
         );
-        let Some(list) = st.subs.get(&id).and_then(|s| s.list.as_ref()) else {
+        let Some(list) = st.notifier.subs.get(&id).and_then(|s| s.list.as_ref()) else {
             return;
         };
         if list.adhoc {
@@ -672,6 +764,7 @@ impl PresenceService {
             return;
         }
         let list = st
+            .notifier
             .subs
             .get_mut(&id)
             .and_then(|s| s.list.as_mut())
@@ -701,7 +794,7 @@ impl PresenceService {
             caps::drop_entries(p, &old);
             caps::add_entries(p, &fresh);
         }
-        let s = st.subs.get_mut(&id).expect("present");
+        let s = st.notifier.subs.get_mut(&id).expect("present");
         if let Some(list) = s.list.as_mut() {
             list.resources = fresh;
         }
@@ -713,7 +806,7 @@ impl PresenceService {
     /// NOTIFY in flight is answered; the state sent is the newest at that moment.
     pub(crate) fn kick(&self, st: &mut State, id: u64) {
         let interval = self.config.notify_interval;
-        let Some(s) = st.subs.get_mut(&id) else {
+        let Some(s) = st.notifier.subs.get_mut(&id) else {
             return;
         };
         s.dirty = true;
@@ -732,7 +825,7 @@ impl PresenceService {
             tokio::time::sleep_until(due).await;
             let Some(svc) = me.upgrade() else { return };
             let mut st = svc.state.lock();
-            if let Some(s) = st.subs.get_mut(&id) {
+            if let Some(s) = st.notifier.subs.get_mut(&id) {
                 s.timer_armed = false;
                 if s.dirty && !s.in_flight {
                     svc.send(&mut st, id);
@@ -744,7 +837,7 @@ impl PresenceService {
     /// The next NOTIFY body of subscription `id`, recorded as sent where that matters
     /// (contact-list deltas); `None` when there is nothing new to send.
     fn render(&self, st: &mut State, id: u64) -> Option<(String, String)> {
-        let s = st.subs.get(&id)?;
+        let s = st.notifier.subs.get(&id)?;
         if s.kind == Kind::RoamingContacts {
             return self.next_contacts_document(st, id);
         }
@@ -773,7 +866,9 @@ impl PresenceService {
                 let p = &st.presentities[&*s.resource];
                 let mut entries: Vec<WatcherEntry> = Vec::new();
                 for wid in &p.watchers {
-                    let Some(w) = st.subs.get(wid) else { continue };
+                    let Some(w) = st.notifier.subs.get(wid) else {
+                        continue;
+                    };
                     if entries.iter().any(|e| *e.uri == *w.watcher) || w.watcher == s.resource {
                         continue;
                     }
@@ -879,11 +974,11 @@ impl PresenceService {
         let deliverer = self.deliverer.clone();
         let Some(body) = self.render(st, id) else {
             // Nothing to tell (a contact list without changes).
-            st.subs.get_mut(&id).expect("present").dirty = false;
+            st.notifier.subs.get_mut(&id).expect("present").dirty = false;
             return;
         };
         let now = Instant::now();
-        let s = st.subs.get_mut(&id).expect("present");
+        let s = st.notifier.subs.get_mut(&id).expect("present");
         s.cseq += 1;
         s.dirty = false;
         s.in_flight = true;
@@ -912,7 +1007,7 @@ impl PresenceService {
     /// subscription; otherwise the next NOTIFY may go.
     fn notify_answered(&self, id: u64, status: u16) {
         let mut st = self.state.lock();
-        let Some(s) = st.subs.get_mut(&id) else {
+        let Some(s) = st.notifier.subs.get_mut(&id) else {
             return;
         };
         s.in_flight = false;
@@ -928,15 +1023,7 @@ impl PresenceService {
 
     /// Takes a subscription out of every table.
     fn remove(&self, st: &mut State, id: u64) -> Option<Subscription> {
-        let s = st.subs.remove(&id)?;
-        let key = dialog_key(&st.hasher, &s.watcher, &s.call_id, &s.their_tag);
-        st.by_dialog.remove(&key);
-        if let Some(n) = st.per_watcher.get_mut(&*s.watcher) {
-            *n -= 1;
-            if *n == 0 {
-                st.per_watcher.remove(&*s.watcher);
-            }
-        }
+        let s = st.notifier.take(id)?;
         let watched: Vec<String> = match (&s.kind, &s.list) {
             (Kind::Presence, _) => vec![s.resource.to_string()],
             (Kind::List, Some(list)) => list.resources.clone(),
@@ -961,13 +1048,13 @@ impl PresenceService {
     /// Ends a subscription with a final NOTIFY (`terminated;reason=...`, RFC 6665 §4.2.2).
     pub(crate) fn terminate(&self, st: &mut State, id: u64, reason: &str) {
         let deliverer = self.deliverer.clone();
-        let Some(s) = st.subs.get_mut(&id) else {
+        let Some(s) = st.notifier.subs.get_mut(&id) else {
             return;
         };
         s.full = true;
         s.cseq += 1;
         let body = {
-            let s = &st.subs[&id];
+            let s = &st.notifier.subs[&id];
             self.body(st, s)
         };
         let Some(s) = self.remove(st, id) else { return };
