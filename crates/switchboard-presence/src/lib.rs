@@ -172,11 +172,10 @@ impl Presentity {
 /// together: a PUBLISH re-aggregates and marks every watcher's subscription dirty in one
 /// step, so no watcher can be sent a state older than one it was already sent. The parts
 /// never lock anything themselves and never await.
-#[derive(Default)]
 pub(crate) struct State {
     /// The users held, each with their publications ([`publications::Publications`]),
     /// stored data and Lync data ([`lync::LyncData`]).
-    presentities: HashMap<Arc<str>, Presentity>,
+    presentities: Presentities,
     /// Subscriptions and their dialogs (RFC 6665).
     notifier: notifier::Notifier,
     /// The users whose Lync endpoint instances each connection carries.
@@ -185,9 +184,39 @@ pub(crate) struct State {
     last_active: HashMap<String, i64>,
 }
 
+/// The users held, by address.
+pub(crate) type Presentities = HashMap<Arc<str>, Presentity>;
+
+impl State {
+    /// Recomputes `aor`'s aggregate from its publications; when it changed, its
+    /// watchers and its owner's Lync endpoints hear of it.
+    fn reaggregate(&mut self, aor: &str, rules: &AggregationRules, now: i64) {
+        let Some(p) = self.presentities.get_mut(aor) else {
+            return;
+        };
+        let devices = p.publications.devices();
+        let fresh = aggregate(&devices, &p.stored, rules, now);
+        let was_online = p.presence.availability.is_online() && !p.presence.manual;
+        let gone = was_online && devices.iter().all(|d| !d.availability.is_online());
+        if fresh == p.presence {
+            return;
+        }
+        p.presence = fresh;
+        if gone {
+            // A6: remember when the last device went away (written by housekeeping, off
+            // the request path, a batch at a time).
+            p.stored.last_active_ms = Some(now);
+            p.presence.last_active_ms = Some(now);
+            self.last_active.insert(bare(aor).to_owned(), now);
+        }
+        self.notifier.presence_changed(&mut self.presentities, aor);
+    }
+}
+
 /// A clock in milliseconds since the epoch that follows tokio time, so tests that pause
 /// time move calendar and expiry together.
-struct Clock {
+#[derive(Clone, Copy)]
+pub(crate) struct Clock {
     wall_at_start_ms: i64,
     start: Instant,
 }
@@ -256,6 +285,33 @@ fn unknown_presentity(rules: &AggregationRules, now: i64) -> Presentity {
     presentity(fetch::UserData::default(), rules, now)
 }
 
+/// Whom `watcher` counts as for `aor`: the user themself, or their relationship (the
+/// default one for the domains when the user gave none).
+fn audience(aor: &str, p: &Presentity, watcher: &str) -> Audience {
+    if bare(watcher) == bare(aor) {
+        return Audience::Own;
+    }
+    if p.unreadable {
+        // Fail closed: what the user allows this watcher is not known now.
+        return Audience::Watcher(Relationship::Blocked);
+    }
+    Audience::Watcher(
+        p.relationship_of(watcher)
+            .unwrap_or_else(|| Audience::default_for(domain_of(aor), domain_of(watcher))),
+    )
+}
+
+/// What `watcher` may see of `aor`, held as `p`.
+fn view_of(aor: &str, p: &Presentity, watcher: &str) -> View {
+    View::of(
+        aor,
+        &p.presence,
+        p.display_name.as_deref(),
+        &p.stored.card,
+        audience(aor, p, watcher),
+    )
+}
+
 /// What `watcher` may see of `aor` from what the database holds about them (read by the
 /// caller: `stored`, their contact list, their display name), with no device online:
 /// the answer when no server is running (its devices are then all gone).
@@ -280,7 +336,7 @@ pub fn stored_view(
         &p.presence,
         p.display_name.as_deref(),
         &p.stored.card,
-        PresenceService::audience(aor, &p, watcher.unwrap_or(aor)),
+        audience(aor, &p, watcher.unwrap_or(aor)),
     )
 }
 
@@ -295,12 +351,10 @@ pub struct PresenceService {
     directory: Arc<dyn Directory>,
     config: PresenceConfig,
     clock: Clock,
-    state: Mutex<State>,
+    /// The one state lock (see [`State`]); shared with the notifier's paced NOTIFYs.
+    state: Arc<Mutex<State>>,
     /// Reads of presentities under way (never locked while `state` is awaited on).
     reads: fetch::Reads,
-    /// Where NOTIFYs leave (the router's outbound side, which does not hold the service:
-    /// no ring).
-    deliverer: Arc<dyn Deliverer>,
     /// The change-log position already applied.
     change_seq: Mutex<i64>,
     /// When the store was last pruned.
@@ -333,16 +387,26 @@ impl PresenceService {
             tracing::error!(error = %e, "cannot read the presence change log");
             0
         });
+        let clock = Clock::new();
+        // NOTIFYs leave through the router's outbound side, which does not hold the
+        // service (no ring); paced ones take the state lock when they fire.
+        let state = Arc::new_cyclic(|weak| {
+            Mutex::new(State {
+                presentities: HashMap::new(),
+                notifier: notifier::Notifier::new(config.clone(), clock, deliverer, weak.clone()),
+                lync_flows: lync::EndpointFlows::default(),
+                last_active: HashMap::new(),
+            })
+        });
         let svc = Arc::new_cyclic(|me| PresenceService {
             me: me.clone(),
             contacts,
             presence,
             directory,
             config,
-            clock: Clock::new(),
-            state: Mutex::new(State::default()),
+            clock,
+            state,
             reads: fetch::Reads::default(),
-            deliverer,
             change_seq: Mutex::new(seq),
             pruned_at: Mutex::new(Instant::now()),
             focus_factory,
@@ -377,37 +441,6 @@ impl PresenceService {
         (st.presentities.len(), pubs, st.notifier.len())
     }
 
-    /// Recomputes a presentity's aggregate; when it changed, its watchers hear of it.
-    fn reaggregate(&self, st: &mut State, aor: &str) {
-        let now = self.now_ms();
-        let Some(p) = st.presentities.get_mut(aor) else {
-            return;
-        };
-        let devices = p.publications.devices();
-        let fresh = aggregate(&devices, &p.stored, &self.config.rules, now);
-        let was_online = p.presence.availability.is_online() && !p.presence.manual;
-        let gone = was_online && devices.iter().all(|d| !d.availability.is_online());
-        if fresh == p.presence {
-            return;
-        }
-        p.presence = fresh;
-        if gone {
-            // A6: remember when the last device went away (written by housekeeping, off
-            // the request path, a batch at a time).
-            p.stored.last_active_ms = Some(now);
-            p.presence.last_active_ms = Some(now);
-        }
-        let watchers = p.watchers.clone();
-        if gone {
-            st.last_active.insert(bare(aor).to_owned(), now);
-        }
-        for id in watchers {
-            self.changed(st, id, Some(aor));
-        }
-        // The owner's Lync endpoints show the aggregate as their own status.
-        self.kick_own(st, aor);
-    }
-
     /// What `watcher` (an AoR; `None` for the user themself) may see of `aor` now: the
     /// path the HTTP API and the CLI use. A user nobody holds is read for the answer and
     /// not kept (API lookups must not fill the table); unreadable data is an error, not a
@@ -416,9 +449,7 @@ impl PresenceService {
         let watcher = watcher.unwrap_or(aor);
         let held = {
             let st = self.state.lock();
-            st.presentities
-                .get(aor)
-                .map(|p| self.view_of(aor, p, watcher))
+            st.presentities.get(aor).map(|p| view_of(aor, p, watcher))
         };
         if let Some(v) = held {
             return Ok(v);
@@ -426,31 +457,7 @@ impl PresenceService {
         let now = self.now_ms();
         let data = self.read_user(aor, now).await?;
         let p = presentity(data, &self.config.rules, now);
-        Ok(self.view_of(aor, &p, watcher))
-    }
-
-    fn audience(aor: &str, p: &Presentity, watcher: &str) -> Audience {
-        if bare(watcher) == bare(aor) {
-            return Audience::Own;
-        }
-        if p.unreadable {
-            // Fail closed: what the user allows this watcher is not known now.
-            return Audience::Watcher(Relationship::Blocked);
-        }
-        Audience::Watcher(
-            p.relationship_of(watcher)
-                .unwrap_or_else(|| Audience::default_for(domain_of(aor), domain_of(watcher))),
-        )
-    }
-
-    fn view_of(&self, aor: &str, p: &Presentity, watcher: &str) -> View {
-        View::of(
-            aor,
-            &p.presence,
-            p.display_name.as_deref(),
-            &p.stored.card,
-            Self::audience(aor, p, watcher),
-        )
+        Ok(view_of(aor, &p, watcher))
     }
 
     /// Applies changes the CLI (or another process) logged: reloads each user's stored
@@ -506,7 +513,8 @@ impl PresenceService {
         let now = Instant::now();
         let now_ms = self.now_ms();
         let last_active: Vec<(String, i64)> = {
-            let mut st = self.state.lock();
+            let mut guard = self.state.lock();
+            let st = &mut *guard;
             let mut touched = Vec::new();
             for (aor, p) in st.presentities.iter_mut() {
                 let expired = p.publications.expire(now);
@@ -515,11 +523,11 @@ impl PresenceService {
                 }
             }
             for aor in touched {
-                self.reaggregate(&mut st, &aor);
+                st.reaggregate(&aor, &self.config.rules, now_ms);
             }
             let expired = st.notifier.expired(now);
             for id in expired {
-                self.terminate(&mut st, id, "timeout");
+                st.notifier.terminate(&mut st.presentities, id, "timeout");
             }
             // Forget users nobody watches and who publish nothing.
             st.presentities.retain(|_, p| {
@@ -559,10 +567,11 @@ impl PresenceService {
     /// Ends every subscription (the server is stopping): RFC 6665 §4.2.2 `noresource`
     /// would make clients give up, so `deactivated` invites them to resubscribe.
     pub fn shutdown(&self) {
-        let mut st = self.state.lock();
-        let ids: Vec<u64> = st.notifier.ids();
-        for id in ids {
-            self.terminate(&mut st, id, "deactivated");
+        let mut guard = self.state.lock();
+        let st = &mut *guard;
+        for id in st.notifier.ids() {
+            st.notifier
+                .terminate(&mut st.presentities, id, "deactivated");
         }
     }
 }
@@ -594,7 +603,10 @@ impl EventHook for PresenceService {
         let status = responder.send(answer).await;
         // RFC 6665 §4.2.1.2: the first NOTIFY goes once the 200 has.
         if (200..300).contains(&status) && msg.method() == Some(&sip_message::Method::Subscribe) {
-            self.answered_subscribe(msg, from);
+            let mut guard = self.state.lock();
+            let st = &mut *guard;
+            st.notifier
+                .answered_subscribe(&mut st.presentities, msg, from);
         }
     }
 

@@ -5,11 +5,12 @@
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use sip_message::{HeaderName, Message, Method, NameAddr, StartLine, Uri};
-use switchboard_core::seam::{Flow, ServiceAnswer, SubscribeRequest};
+use switchboard_core::seam::{Deliverer, Flow, ServiceAnswer, SubscribeRequest};
 use tokio::time::Instant;
 
 use switchboard_core::DataError;
@@ -17,7 +18,9 @@ use switchboard_core::DataError;
 use crate::caps::{self, Known};
 use crate::documents::{self, ListResource, WatcherEntry};
 use crate::fetch::{self, Fetched};
-use crate::{bare, pidf, PresenceService, State};
+use crate::{
+    bare, pidf, view_of, Clock, PresenceConfig, PresenceService, Presentities, Presentity, State,
+};
 
 /// What a subscription watches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,11 +86,19 @@ struct ListState {
     adhoc: bool,
 }
 
-/// The subscriptions (RFC 6665 dialogs) and their indexes: by dialog, and per watcher
-/// for the per-watcher limit. Owns no presentity: which users a subscription watches is
-/// linked from the presentities (`watchers`, `winfo`, `lists`).
-#[derive(Default)]
+/// The subscriptions (RFC 6665 dialogs) and their indexes (by dialog, and per watcher
+/// for the per-watcher limit), their NOTIFY pacing and where NOTIFYs leave. Owns no
+/// presentity: which users a subscription watches is linked from the presentities
+/// (`watchers`, `winfo`, `lists`), which its methods are given.
 pub(crate) struct Notifier {
+    config: PresenceConfig,
+    clock: Clock,
+    /// Where NOTIFYs leave (the router's outbound side).
+    deliverer: Arc<dyn Deliverer>,
+    /// The state lock this notifier sits behind, for its paced NOTIFYs and the answers
+    /// to those in flight: they take the lock when they fire, and end when the service
+    /// is gone.
+    state: Weak<Mutex<State>>,
     subs: HashMap<u64, Subscription>,
     /// Hash of (subscriber, Call-ID, subscriber's tag) → subscription ([`dialog_key`]).
     by_dialog: HashMap<u64, u64>,
@@ -98,6 +109,25 @@ pub(crate) struct Notifier {
 }
 
 impl Notifier {
+    pub(crate) fn new(
+        config: PresenceConfig,
+        clock: Clock,
+        deliverer: Arc<dyn Deliverer>,
+        state: Weak<Mutex<State>>,
+    ) -> Notifier {
+        Notifier {
+            config,
+            clock,
+            deliverer,
+            state,
+            subs: HashMap::new(),
+            by_dialog: HashMap::new(),
+            hasher: RandomState::new(),
+            per_watcher: HashMap::new(),
+            next_id: 0,
+        }
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.subs.len()
     }
@@ -106,13 +136,25 @@ impl Notifier {
         self.subs.get(id)
     }
 
-    pub(crate) fn get_mut(&mut self, id: &u64) -> Option<&mut Subscription> {
-        self.subs.get_mut(id)
-    }
-
     /// Every subscription's id.
     pub(crate) fn ids(&self) -> Vec<u64> {
         self.subs.keys().copied().collect()
+    }
+
+    /// `aor`'s presentity, put in `ps` from `fetched` if it is not held (see
+    /// [`fetch::ensure`]).
+    fn ensure<'p>(
+        &self,
+        ps: &'p mut Presentities,
+        fetched: &mut Fetched<'_>,
+        aor: &str,
+    ) -> &'p mut Presentity {
+        fetch::ensure(ps, fetched, aor, &self.config.rules, self.clock.now_ms())
+    }
+
+    /// Whether holding `needed` more presentities would pass `max_presentities`.
+    fn full(&self, ps: &Presentities, needed: usize) -> bool {
+        caps::full(ps, needed, self.config.max_presentities)
     }
 
     /// The subscriptions whose lifetime is over at `now`.
@@ -174,6 +216,28 @@ impl Notifier {
         }
         Some(s)
     }
+}
+
+/// A SUBSCRIBE as read and checked with no lock held, to be decided under it.
+struct NewSubscribe<'m> {
+    msg: &'m Message,
+    kind: Kind,
+    from: &'m str,
+    to: &'m str,
+    event: String,
+    call_id: &'m str,
+    their_tag: String,
+    /// Our tag, when the SUBSCRIBE is inside a dialog.
+    our_tag: Option<String>,
+    contact: Option<String>,
+    expires: u32,
+    source: Flow,
+    /// The subscriber reads MS-PRES categories.
+    msrtc: bool,
+    /// A batched subscription's entries (MS-PRES §3.7.5.6), canonical.
+    adhoc: Option<Vec<String>>,
+    /// Which list entries are users.
+    known: Known,
 }
 
 /// Subscriptions are found by (subscriber, Call-ID, subscriber's tag): a dialog is its
@@ -381,154 +445,194 @@ impl PresenceService {
         // before the lock is taken again; whatever cannot be read answers 503.
         let mut needed = vec![to.to_owned()];
         needed.extend(known.users());
+        let req = NewSubscribe {
+            msg,
+            kind,
+            from,
+            to,
+            event,
+            call_id,
+            their_tag,
+            our_tag: our_tag_in,
+            contact,
+            expires,
+            source,
+            msrtc,
+            adhoc,
+            known,
+        };
         let answer = self
             .with_presentities(&needed, |st, fetched| {
-                let key = st.notifier.key(from, call_id, &their_tag);
-                let existing = st.notifier.find(from, call_id, &their_tag);
-                let id = match (our_tag_in, existing) {
-                    (Some(tag), Some(id))
-                        if format!("{:016x}", st.notifier.subs[&id].our_tag) == tag =>
-                    {
-                        id
-                    }
-                    // RFC 6665 §4.2.1.2: a refresh of a subscription that does not exist (for
-                    // this subscriber: someone else's dialog cannot be refreshed or ended).
-                    (Some(_), _) => return ServiceAnswer::status(481),
-                    // The same SUBSCRIBE again without our tag (its answer was lost): same dialog.
-                    (None, Some(id)) => id,
-                    (None, None) => {
-                        let Some(target) = contact.clone() else {
-                            return ServiceAnswer::status(400);
-                        };
-                        if kind == Kind::Presence
-                            && bare(from) != bare(to)
-                            && st.presentities.get(to).is_some_and(|p| p.unreadable)
-                        {
-                            // Fail closed: what the user allows this watcher cannot be read
-                            // now (their watchers already see them offline).
-                            return fetch::unavailable(&DataError::Unavailable(format!(
-                                "the last read of {to} failed"
-                            )));
-                        }
-                        if expires == 0 {
-                            // A fetch: one NOTIFY with the state, then the subscription is over.
-                        } else if st.notifier.held_by(from)
-                            >= self.config.max_subscriptions_per_watcher
-                        {
-                            return status_with(503, "Retry-After", "60".into());
-                        }
-                        if st.notifier.by_dialog.contains_key(&key) {
-                            // Two live dialogs whose (Call-ID, tag) hash alike: vanishingly rare;
-                            // the client retries with another Call-ID.
-                            return status_with(500, "Retry-After", "1".into());
-                        }
-                        let owner_held = st.presentities.contains_key(to);
-                        let list = match (kind, adhoc.as_ref()) {
-                            (Kind::List, Some(entries)) => Some((entries.clone(), true)),
-                            (Kind::List, None) => {
-                                // The owner's contact list as held (loaded now if need be).
-                                if !owner_held && self.full(st, 1) {
-                                    return caps::full_answer();
-                                }
-                                let owner = self.ensure(st, fetched, to);
-                                let uris = crate::listed_uris(&owner.contacts);
-                                Some((known.entries(uris.iter().map(String::as_str)), false))
-                            }
-                            _ => None,
-                        };
-                        if let Some((entries, _)) = &list {
-                            let total = match st.presentities.get(to) {
-                                Some(owner) => caps::entries_after(owner, &[], entries),
-                                None => entries.len(),
-                            };
-                            if total > cap {
-                                return too_many_entries(cap);
-                            }
-                        }
-                        let needed = usize::from(!st.presentities.contains_key(to))
-                            + list
-                                .as_ref()
-                                .map(|(e, _)| Self::new_presentities(st, e, &known))
-                                .unwrap_or(0);
-                        if self.full(st, needed) {
-                            return caps::full_answer();
-                        }
-                        let dialog = (call_id.into(), their_tag.clone().into_boxed_str());
-                        let id = self.create(
-                            st, fetched, kind, to, from, &event, target, source, key, dialog, list,
-                            &known,
-                        );
-                        st.notifier.subs.get_mut(&id).expect("created").msrtc = msrtc;
-                        id
-                    }
-                };
-                if let (Some(entries), true) = (adhoc, existing.is_some()) {
-                    // A batched SUBSCRIBE inside the dialog replaces the ad hoc list, within the
-                    // same bounds as a new one (refused: the list stays as it was).
-                    if let Some(answer) = self.check_replacement(st, id, &entries, &known) {
-                        return answer;
-                    }
-                    self.set_adhoc(st, fetched, id, entries, &known);
-                }
-                let s = st.notifier.subs.get_mut(&id).expect("present");
-                if let Some(c) = contact {
-                    // RFC 6665 §4.1.2.1: a refresh may update the remote target.
-                    s.target = c.into_boxed_str();
-                    s.flow = source;
-                }
-                s.expires_at = Instant::now() + Duration::from_secs(expires as u64);
-                s.ending = expires == 0;
-                // RFC 6665 §4.2.1.2: every accepted SUBSCRIBE gets a NOTIFY (sent after the 200).
-                s.dirty = true;
-                if s.kind == Kind::List {
-                    s.full = true;
-                }
-                let mut a = ServiceAnswer::status(200);
-                a.to_tag = Some(format!("{:016x}", s.our_tag));
-                a.headers.push(("Expires".into(), expires.to_string()));
-                a.headers.push(("Contact".into(), format!("<{to}>")));
-                a.headers
-                    .push(("Allow-Events".into(), crate::ALLOW_EVENTS.into()));
-                // MS-SIP §3.13: a Lync client that allows it gets the first NOTIFY's content in
-                // the 200 itself (one round trip less at sign-in, for three subscriptions).
-                if s.msrtc && expires > 0 && supports(msg, "ms-piggyback-first-notify") {
-                    let (ctype, body) = self.render(st, id).unwrap_or_default();
-                    let cseq = msg.cseq().map(|c| c.seq).unwrap_or(1);
-                    a.headers.push(("Event".into(), event.clone()));
-                    a.headers
-                        .push(("ms-piggyback-cseq".into(), cseq.to_string()));
-                    a.body = Some((ctype, bytes::Bytes::from(body.into_bytes())));
-                    let s = st.notifier.subs.get_mut(&id).expect("present");
-                    s.piggybacked = true;
-                    s.version += 1;
-                    s.full = false;
-                    if let Some(list) = s.list.as_mut() {
-                        list.pending.clear();
-                    }
-                }
-                a
+                st.notifier.subscribe(&mut st.presentities, fetched, req)
             })
             .await;
         answer.unwrap_or_else(|e| fetch::unavailable(&e))
+    }
+}
+
+impl Notifier {
+    /// A SUBSCRIBE under the state lock (RFC 6665 §4.2.1): a new dialog, a refresh, or
+    /// the end of one; the answer. Its first NOTIFY goes once the 200 has
+    /// ([`Notifier::answered_subscribe`]), unless it went in the 200 itself.
+    fn subscribe(
+        &mut self,
+        ps: &mut Presentities,
+        fetched: &mut Fetched<'_>,
+        req: NewSubscribe<'_>,
+    ) -> ServiceAnswer {
+        let NewSubscribe {
+            msg,
+            kind,
+            from,
+            to,
+            event,
+            call_id,
+            their_tag,
+            our_tag: our_tag_in,
+            contact,
+            expires,
+            source,
+            msrtc,
+            adhoc,
+            known,
+        } = req;
+        let cap = self.config.max_list_entries_per_user;
+        let key = self.key(from, call_id, &their_tag);
+        let existing = self.find(from, call_id, &their_tag);
+        let id = match (our_tag_in, existing) {
+            (Some(tag), Some(id)) if format!("{:016x}", self.subs[&id].our_tag) == tag => id,
+            // RFC 6665 §4.2.1.2: a refresh of a subscription that does not exist (for
+            // this subscriber: someone else's dialog cannot be refreshed or ended).
+            (Some(_), _) => return ServiceAnswer::status(481),
+            // The same SUBSCRIBE again without our tag (its answer was lost): same dialog.
+            (None, Some(id)) => id,
+            (None, None) => {
+                let Some(target) = contact.clone() else {
+                    return ServiceAnswer::status(400);
+                };
+                if kind == Kind::Presence
+                    && bare(from) != bare(to)
+                    && ps.get(to).is_some_and(|p| p.unreadable)
+                {
+                    // Fail closed: what the user allows this watcher cannot be read
+                    // now (their watchers already see them offline).
+                    return fetch::unavailable(&DataError::Unavailable(format!(
+                        "the last read of {to} failed"
+                    )));
+                }
+                if expires == 0 {
+                    // A fetch: one NOTIFY with the state, then the subscription is over.
+                } else if self.held_by(from) >= self.config.max_subscriptions_per_watcher {
+                    return status_with(503, "Retry-After", "60".into());
+                }
+                if self.by_dialog.contains_key(&key) {
+                    // Two live dialogs whose (Call-ID, tag) hash alike: vanishingly rare;
+                    // the client retries with another Call-ID.
+                    return status_with(500, "Retry-After", "1".into());
+                }
+                let owner_held = ps.contains_key(to);
+                let list = match (kind, adhoc.as_ref()) {
+                    (Kind::List, Some(entries)) => Some((entries.clone(), true)),
+                    (Kind::List, None) => {
+                        // The owner's contact list as held (loaded now if need be).
+                        if !owner_held && self.full(ps, 1) {
+                            return caps::full_answer();
+                        }
+                        let owner = self.ensure(ps, fetched, to);
+                        let uris = crate::listed_uris(&owner.contacts);
+                        Some((known.entries(uris.iter().map(String::as_str)), false))
+                    }
+                    _ => None,
+                };
+                if let Some((entries, _)) = &list {
+                    let total = match ps.get(to) {
+                        Some(owner) => caps::entries_after(owner, &[], entries),
+                        None => entries.len(),
+                    };
+                    if total > cap {
+                        return too_many_entries(cap);
+                    }
+                }
+                let needed = usize::from(!ps.contains_key(to))
+                    + list
+                        .as_ref()
+                        .map(|(e, _)| caps::new_presentities(ps, e, &known))
+                        .unwrap_or(0);
+                if self.full(ps, needed) {
+                    return caps::full_answer();
+                }
+                let dialog = (call_id.into(), their_tag.clone().into_boxed_str());
+                let id = self.create(
+                    ps, fetched, kind, to, from, &event, target, source, key, dialog, list, &known,
+                );
+                self.subs.get_mut(&id).expect("created").msrtc = msrtc;
+                id
+            }
+        };
+        if let (Some(entries), true) = (adhoc, existing.is_some()) {
+            // A batched SUBSCRIBE inside the dialog replaces the ad hoc list, within the
+            // same bounds as a new one (refused: the list stays as it was).
+            if let Some(answer) = self.check_replacement(ps, id, &entries, &known) {
+                return answer;
+            }
+            self.set_adhoc(ps, fetched, id, entries, &known);
+        }
+        let s = self.subs.get_mut(&id).expect("present");
+        if let Some(c) = contact {
+            // RFC 6665 §4.1.2.1: a refresh may update the remote target.
+            s.target = c.into_boxed_str();
+            s.flow = source;
+        }
+        s.expires_at = Instant::now() + Duration::from_secs(expires as u64);
+        s.ending = expires == 0;
+        // RFC 6665 §4.2.1.2: every accepted SUBSCRIBE gets a NOTIFY (sent after the 200).
+        s.dirty = true;
+        if s.kind == Kind::List {
+            s.full = true;
+        }
+        let mut a = ServiceAnswer::status(200);
+        a.to_tag = Some(format!("{:016x}", s.our_tag));
+        a.headers.push(("Expires".into(), expires.to_string()));
+        a.headers.push(("Contact".into(), format!("<{to}>")));
+        a.headers
+            .push(("Allow-Events".into(), crate::ALLOW_EVENTS.into()));
+        // MS-SIP §3.13: a Lync client that allows it gets the first NOTIFY's content in
+        // the 200 itself (one round trip less at sign-in, for three subscriptions).
+        if s.msrtc && expires > 0 && supports(msg, "ms-piggyback-first-notify") {
+            let (ctype, body) = self.render(ps, id).unwrap_or_default();
+            let cseq = msg.cseq().map(|c| c.seq).unwrap_or(1);
+            a.headers.push(("Event".into(), event.clone()));
+            a.headers
+                .push(("ms-piggyback-cseq".into(), cseq.to_string()));
+            a.body = Some((ctype, bytes::Bytes::from(body.into_bytes())));
+            let s = self.subs.get_mut(&id).expect("present");
+            s.piggybacked = true;
+            s.version += 1;
+            s.full = false;
+            if let Some(list) = s.list.as_mut() {
+                list.pending.clear();
+            }
+        }
+        a
     }
 
     /// Why list subscription `id` may not name `entries` instead of what it names now:
     /// too many entries for its owner (403), or no room for their presentities (503).
     fn check_replacement(
         &self,
-        st: &State,
+        ps: &Presentities,
         id: u64,
         entries: &[String],
         known: &Known,
     ) -> Option<ServiceAnswer> {
-        let s = st.notifier.subs.get(&id)?;
+        let s = self.subs.get(&id)?;
         let list = s.list.as_ref()?;
-        let owner = st.presentities.get(&*s.resource)?;
+        let owner = ps.get(&*s.resource)?;
         let cap = self.config.max_list_entries_per_user;
         if caps::entries_after(owner, &list.resources, entries) > cap {
             return Some(too_many_entries(cap));
         }
-        if self.full(st, Self::new_presentities(st, entries, known)) {
+        if self.full(ps, caps::new_presentities(ps, entries, known)) {
             return Some(caps::full_answer());
         }
         None
@@ -537,14 +641,14 @@ impl PresenceService {
     /// A batched subscription's resources (MS-PRES §3.7.5.6): watched as a list. Only
     /// entries naming known users are linked to (and make) a presentity.
     fn set_adhoc(
-        &self,
-        st: &mut State,
+        &mut self,
+        ps: &mut Presentities,
         fetched: &mut Fetched<'_>,
         id: u64,
         resources: Vec<String>,
         known: &Known,
     ) {
-        let Some(s) = st.notifier.subs.get_mut(&id) else {
+        let Some(s) = self.subs.get_mut(&id) else {
             return;
         };
         let Some(list) = s.list.as_mut() else {
@@ -558,22 +662,22 @@ impl PresenceService {
         let new_set: HashSet<&str> = resources.iter().map(String::as_str).collect();
         let old_set: HashSet<&str> = old.iter().map(String::as_str).collect();
         for r in old.iter().filter(|r| !new_set.contains(r.as_str())) {
-            if let Some(p) = st.presentities.get_mut(r.as_str()) {
+            if let Some(p) = ps.get_mut(r.as_str()) {
                 p.watchers.retain(|w| *w != id);
             }
-            self.kick_winfo(st, r);
+            self.kick_winfo(ps, r);
         }
         for r in resources.iter().filter(|r| !old_set.contains(r.as_str())) {
             if known.contains(r) {
-                self.ensure(st, fetched, r).watchers.push(id);
-                self.kick_winfo(st, r);
+                self.ensure(ps, fetched, r).watchers.push(id);
+                self.kick_winfo(ps, r);
             }
         }
-        if let Some(p) = st.presentities.get_mut(&*owner) {
+        if let Some(p) = ps.get_mut(&*owner) {
             caps::drop_entries(p, &old);
             caps::add_entries(p, &resources);
         }
-        let s = st.notifier.subs.get_mut(&id).expect("present");
+        let s = self.subs.get_mut(&id).expect("present");
         if let Some(list) = s.list.as_mut() {
             list.resources = resources;
         }
@@ -582,8 +686,8 @@ impl PresenceService {
 
     #[allow(clippy::too_many_arguments)]
     fn create(
-        &self,
-        st: &mut State,
+        &mut self,
+        ps: &mut Presentities,
         fetched: &mut Fetched<'_>,
         kind: Kind,
         resource: &str,
@@ -596,9 +700,8 @@ impl PresenceService {
         list: Option<(Vec<String>, bool)>,
         known: &Known,
     ) -> u64 {
-        self.ensure(st, fetched, resource);
-        let resource: Arc<str> = st
-            .presentities
+        self.ensure(ps, fetched, resource);
+        let resource: Arc<str> = ps
             .get_key_value(resource)
             .map(|(k, _)| k.clone())
             .expect("ensured");
@@ -615,8 +718,8 @@ impl PresenceService {
             .as_ref()
             .map(|l| l.resources.clone())
             .unwrap_or_default();
-        let watcher = st.notifier.watcher_key(watcher);
-        let id = st.notifier.insert(
+        let watcher = self.watcher_key(watcher);
+        let id = self.insert(
             key,
             Subscription {
                 kind,
@@ -645,21 +748,21 @@ impl PresenceService {
         );
         match kind {
             Kind::Presence => {
-                self.ensure(st, fetched, &resource).watchers.push(id);
+                self.ensure(ps, fetched, &resource).watchers.push(id);
                 // The user's watcher list changed.
-                self.kick_winfo(st, &resource);
+                self.kick_winfo(ps, &resource);
             }
             Kind::Winfo | Kind::RoamingContacts | Kind::RoamingSelf => {
-                self.ensure(st, fetched, &resource).winfo.push(id)
+                self.ensure(ps, fetched, &resource).winfo.push(id)
             }
             Kind::List => {
-                let owner = self.ensure(st, fetched, &resource);
+                let owner = self.ensure(ps, fetched, &resource);
                 owner.lists.push(id);
                 caps::add_entries(owner, &resources);
                 // Entries naming nobody we know hold nothing: they show offline.
                 for r in resources.iter().filter(|r| known.contains(r)) {
-                    self.ensure(st, fetched, r).watchers.push(id);
-                    self.kick_winfo(st, r);
+                    self.ensure(ps, fetched, r).watchers.push(id);
+                    self.kick_winfo(ps, r);
                 }
             }
         }
@@ -667,56 +770,66 @@ impl PresenceService {
     }
 
     /// Called once the SUBSCRIBE was answered 2xx: the NOTIFY it calls for goes now.
-    pub(crate) fn answered_subscribe(&self, msg: &Message, watcher: &str) {
+    pub(crate) fn answered_subscribe(
+        &mut self,
+        ps: &mut Presentities,
+        msg: &Message,
+        watcher: &str,
+    ) {
         let (Some(call_id), Ok(from)) = (msg.call_id(), msg.from_header()) else {
             return;
         };
-        let mut st = self.state.lock();
-        let key = st.notifier.key(watcher, call_id, from.tag().unwrap_or(""));
-        let Some(&id) = st.notifier.by_dialog.get(&key) else {
+        let key = self.key(watcher, call_id, from.tag().unwrap_or(""));
+        let Some(&id) = self.by_dialog.get(&key) else {
             return;
         };
-        if st.notifier.subs[&id].ending {
-            self.terminate(&mut st, id, "timeout");
-        } else if std::mem::take(&mut st.notifier.subs.get_mut(&id).expect("present").piggybacked) {
+        if self.subs[&id].ending {
+            self.terminate(ps, id, "timeout");
+        } else if std::mem::take(&mut self.subs.get_mut(&id).expect("present").piggybacked) {
             // Its content went in the 200.
-            st.notifier.subs.get_mut(&id).expect("present").dirty = false;
+            self.subs.get_mut(&id).expect("present").dirty = false;
         } else {
             // First NOTIFY (or the one after a refresh) is not held back by pacing.
-            let s = st.notifier.subs.get_mut(&id).expect("present");
+            let s = self.subs.get_mut(&id).expect("present");
             s.last_sent = None;
-            self.kick(&mut st, id);
+            self.kick(ps, id);
         }
+    }
+
+    /// `aor`'s aggregate changed: its watchers hear of it, and so do the owner's Lync
+    /// endpoints, which show it as their own status.
+    pub(crate) fn presence_changed(&mut self, ps: &mut Presentities, aor: &str) {
+        let watchers = ps.get(aor).map(|p| p.watchers.clone()).unwrap_or_default();
+        for id in watchers {
+            self.changed(ps, id, Some(aor));
+        }
+        self.kick_own(ps, aor);
+    }
+
+    /// The user's own roaming-self subscriptions (every endpoint) hear of a change.
+    pub(crate) fn kick_own(&mut self, ps: &mut Presentities, aor: &str) {
+        self.kick_own_kinds(ps, aor, &[Kind::RoamingSelf]);
     }
 
     /// The user's watchers changed: watcher-information and roaming-self subscriptions
     /// (which list watchers) hear of it.
-    fn kick_winfo(&self, st: &mut State, aor: &str) {
-        self.kick_own_kinds(st, aor, &[Kind::Winfo, Kind::RoamingSelf]);
+    fn kick_winfo(&mut self, ps: &mut Presentities, aor: &str) {
+        self.kick_own_kinds(ps, aor, &[Kind::Winfo, Kind::RoamingSelf]);
     }
 
     /// Kicks `aor`'s own subscriptions (watcher info, roaming data) of these kinds.
-    pub(crate) fn kick_own_kinds(&self, st: &mut State, aor: &str, kinds: &[Kind]) {
-        let ids = st
-            .presentities
-            .get(aor)
-            .map(|p| p.winfo.clone())
-            .unwrap_or_default();
+    pub(crate) fn kick_own_kinds(&mut self, ps: &mut Presentities, aor: &str, kinds: &[Kind]) {
+        let ids = ps.get(aor).map(|p| p.winfo.clone()).unwrap_or_default();
         for id in ids {
-            if st
-                .notifier
-                .subs
-                .get(&id)
-                .is_some_and(|s| kinds.contains(&s.kind))
-            {
-                self.kick(st, id);
+            if self.subs.get(&id).is_some_and(|s| kinds.contains(&s.kind)) {
+                self.kick(ps, id);
             }
         }
     }
 
     /// Something subscription `id` shows changed (`resource`, for a list).
-    pub(crate) fn changed(&self, st: &mut State, id: u64, resource: Option<&str>) {
-        let Some(s) = st.notifier.subs.get_mut(&id) else {
+    pub(crate) fn changed(&mut self, ps: &mut Presentities, id: u64, resource: Option<&str>) {
+        let Some(s) = self.subs.get_mut(&id) else {
             return;
         };
         if let (Some(list), Some(r)) = (s.list.as_mut(), resource) {
@@ -724,23 +837,23 @@ impl PresenceService {
                 list.pending.push(r.to_owned());
             }
         }
-        self.kick(st, id);
+        self.kick(ps, id);
     }
 
     /// The owner's contact list changed: the list subscription follows it, full state next.
     /// `known` says which of the list's entries are users, `fetched` holds the new ones'
     /// presentities (both read outside the lock).
     pub(crate) fn list_membership_changed(
-        &self,
-        st: &mut State,
+        &mut self,
+        ps: &mut Presentities,
         fetched: &mut Fetched<'_>,
         id: u64,
         known: &Known,
     ) {
-        let Some(owner) = st.notifier.subs.get(&id).map(|s| s.resource.clone()) else {
+        let Some(owner) = self.subs.get(&id).map(|s| s.resource.clone()) else {
             return;
         };
-        let Some(owner_p) = st.presentities.get(&*owner) else {
+        let Some(owner_p) = ps.get(&*owner) else {
             return;
         };
         let fresh = known.entries(
@@ -748,7 +861,7 @@ impl PresenceService {
                 .iter()
                 .map(String::as_str),
         );
-        let Some(list) = st.notifier.subs.get(&id).and_then(|s| s.list.as_ref()) else {
+        let Some(list) = self.subs.get(&id).and_then(|s| s.list.as_ref()) else {
             return;
         };
         if list.adhoc {
@@ -760,11 +873,10 @@ impl PresenceService {
             // The list grew past the limit (the CLI does not enforce it): the client is
             // invited to subscribe again, and that SUBSCRIBE gets the 403 that says why.
             tracing::info!(owner = %bare(&owner), cap, "contact list over the entry limit: list subscription ended");
-            self.terminate(st, id, "deactivated");
+            self.terminate(ps, id, "deactivated");
             return;
         }
-        let list = st
-            .notifier
+        let list = self
             .subs
             .get_mut(&id)
             .and_then(|s| s.list.as_mut())
@@ -773,40 +885,40 @@ impl PresenceService {
         let new_set: HashSet<&str> = fresh.iter().map(String::as_str).collect();
         let old_set: HashSet<&str> = old.iter().map(String::as_str).collect();
         for r in old.iter().filter(|r| !new_set.contains(r.as_str())) {
-            if let Some(p) = st.presentities.get_mut(r.as_str()) {
+            if let Some(p) = ps.get_mut(r.as_str()) {
                 p.watchers.retain(|w| *w != id);
             }
-            self.kick_winfo(st, r);
+            self.kick_winfo(ps, r);
         }
         for r in fresh.iter().filter(|r| !old_set.contains(r.as_str())) {
             if !known.contains(r) {
                 continue;
             }
-            if !st.presentities.contains_key(r.as_str()) && self.full(st, 1) {
+            if !ps.contains_key(r.as_str()) && self.full(ps, 1) {
                 // No room: the entry shows offline, as one naming nobody does.
                 tracing::warn!(entry = %r, "presentity limit reached: list entry not watched");
                 continue;
             }
-            self.ensure(st, fetched, r).watchers.push(id);
-            self.kick_winfo(st, r);
+            self.ensure(ps, fetched, r).watchers.push(id);
+            self.kick_winfo(ps, r);
         }
-        if let Some(p) = st.presentities.get_mut(&*owner) {
+        if let Some(p) = ps.get_mut(&*owner) {
             caps::drop_entries(p, &old);
             caps::add_entries(p, &fresh);
         }
-        let s = st.notifier.subs.get_mut(&id).expect("present");
+        let s = self.subs.get_mut(&id).expect("present");
         if let Some(list) = s.list.as_mut() {
             list.resources = fresh;
         }
         s.full = true;
-        self.kick(st, id);
+        self.kick(ps, id);
     }
 
     /// RFC 6665 §4.2.2 pacing: send now, or when the interval is over, or when the
     /// NOTIFY in flight is answered; the state sent is the newest at that moment.
-    pub(crate) fn kick(&self, st: &mut State, id: u64) {
+    pub(crate) fn kick(&mut self, ps: &mut Presentities, id: u64) {
         let interval = self.config.notify_interval;
-        let Some(s) = st.notifier.subs.get_mut(&id) else {
+        let Some(s) = self.subs.get_mut(&id) else {
             return;
         };
         s.dirty = true;
@@ -816,19 +928,20 @@ impl PresenceService {
         let now = Instant::now();
         let due = s.last_sent.map(|t| t + interval).unwrap_or(now);
         if due <= now {
-            self.send(st, id);
+            self.send(ps, id);
             return;
         }
         s.timer_armed = true;
-        let me = self.me.clone();
+        let state = self.state.clone();
         tokio::spawn(async move {
             tokio::time::sleep_until(due).await;
-            let Some(svc) = me.upgrade() else { return };
-            let mut st = svc.state.lock();
+            let Some(state) = state.upgrade() else { return };
+            let mut guard = state.lock();
+            let st = &mut *guard;
             if let Some(s) = st.notifier.subs.get_mut(&id) {
                 s.timer_armed = false;
                 if s.dirty && !s.in_flight {
-                    svc.send(&mut st, id);
+                    st.notifier.send(&mut st.presentities, id);
                 }
             }
         });
@@ -836,37 +949,37 @@ impl PresenceService {
 
     /// The next NOTIFY body of subscription `id`, recorded as sent where that matters
     /// (contact-list deltas); `None` when there is nothing new to send.
-    fn render(&self, st: &mut State, id: u64) -> Option<(String, String)> {
-        let s = st.notifier.subs.get(&id)?;
+    fn render(&mut self, ps: &Presentities, id: u64) -> Option<(String, String)> {
+        let s = self.subs.get_mut(&id)?;
         if s.kind == Kind::RoamingContacts {
-            return self.next_contacts_document(st, id);
+            return crate::lync::next_contacts_document(ps, s);
         }
-        Some(self.body(st, s))
+        Some(self.body(ps, &self.subs[&id]))
     }
 
     /// The NOTIFY body for a subscription as things stand: (Content-Type, body).
-    pub(crate) fn body(&self, st: &State, s: &Subscription) -> (String, String) {
+    pub(crate) fn body(&self, ps: &Presentities, s: &Subscription) -> (String, String) {
         match s.kind {
-            Kind::RoamingContacts => self.contacts_document(st, &s.resource),
-            Kind::RoamingSelf => self.roaming_self_body(st, &s.resource),
+            Kind::RoamingContacts => crate::lync::contacts_document(ps, &s.resource),
+            Kind::RoamingSelf => crate::lync::roaming_self_body(ps, self, &s.resource),
             Kind::Presence if s.msrtc => {
-                let p = &st.presentities[&*s.resource];
-                let v = self.view_of(&s.resource, p, &s.watcher);
+                let p = &ps[&*s.resource];
+                let v = view_of(&s.resource, p, &s.watcher);
                 (
                     crate::lync::CATEGORIES.into(),
                     crate::lync::categories(&v, p),
                 )
             }
             Kind::Presence => {
-                let p = &st.presentities[&*s.resource];
-                let v = self.view_of(&s.resource, p, &s.watcher);
+                let p = &ps[&*s.resource];
+                let v = view_of(&s.resource, p, &s.watcher);
                 ("application/pidf+xml".into(), pidf::render(&v))
             }
             Kind::Winfo => {
-                let p = &st.presentities[&*s.resource];
+                let p = &ps[&*s.resource];
                 let mut entries: Vec<WatcherEntry> = Vec::new();
                 for wid in &p.watchers {
-                    let Some(w) = st.notifier.subs.get(wid) else {
+                    let Some(w) = self.subs.get(wid) else {
                         continue;
                     };
                     if entries.iter().any(|e| *e.uri == *w.watcher) || w.watcher == s.resource {
@@ -904,13 +1017,13 @@ impl PresenceService {
                 // have no presentity: they show offline, built here and held nowhere.
                 let absent = shown
                     .iter()
-                    .any(|r| !st.presentities.contains_key(r.as_str()))
-                    .then(|| crate::unknown_presentity(&self.config.rules, self.now_ms()));
+                    .any(|r| !ps.contains_key(r.as_str()))
+                    .then(|| crate::unknown_presentity(&self.config.rules, self.clock.now_ms()));
                 let resources: Vec<ListResource> = shown
                     .into_iter()
                     .filter_map(|r| {
-                        let p = st.presentities.get(r.as_str()).or(absent.as_ref())?;
-                        let v = self.view_of(r, p, &s.watcher);
+                        let p = ps.get(r.as_str()).or(absent.as_ref())?;
+                        let v = view_of(r, p, &s.watcher);
                         let (content_type, body) = if s.msrtc {
                             (crate::lync::CATEGORIES, crate::lync::categories(&v, p))
                         } else {
@@ -929,12 +1042,7 @@ impl PresenceService {
         }
     }
 
-    fn notify_request(
-        &self,
-        s: &Subscription,
-        state: String,
-        body: (String, String),
-    ) -> Option<Message> {
+    fn notify_request(s: &Subscription, state: String, body: (String, String)) -> Option<Message> {
         let target = Uri::parse(&s.target).ok()?;
         let mut m = Message::request(Method::Notify, target.clone());
         m.start = StartLine::Request {
@@ -970,21 +1078,21 @@ impl PresenceService {
     }
 
     /// Sends the subscription's NOTIFY now, with the current state.
-    fn send(&self, st: &mut State, id: u64) {
+    fn send(&mut self, ps: &mut Presentities, id: u64) {
         let deliverer = self.deliverer.clone();
-        let Some(body) = self.render(st, id) else {
+        let Some(body) = self.render(ps, id) else {
             // Nothing to tell (a contact list without changes).
-            st.notifier.subs.get_mut(&id).expect("present").dirty = false;
+            self.subs.get_mut(&id).expect("present").dirty = false;
             return;
         };
         let now = Instant::now();
-        let s = st.notifier.subs.get_mut(&id).expect("present");
+        let s = self.subs.get_mut(&id).expect("present");
         s.cseq += 1;
         s.dirty = false;
         s.in_flight = true;
         s.last_sent = Some(now);
         let left = s.expires_at.saturating_duration_since(now).as_secs();
-        let Some(m) = self.notify_request(s, format!("active;expires={left}"), body) else {
+        let Some(m) = Self::notify_request(s, format!("active;expires={left}"), body) else {
             s.in_flight = false;
             return;
         };
@@ -994,48 +1102,50 @@ impl PresenceService {
             list.pending.clear();
         }
         let flow = s.flow;
-        let me = self.me.clone();
+        let state = self.state.clone();
         tokio::spawn(async move {
             let status = deliverer.send_request_on(m, flow).await;
-            if let Some(svc) = me.upgrade() {
-                svc.notify_answered(id, status);
+            if let Some(state) = state.upgrade() {
+                let mut guard = state.lock();
+                let st = &mut *guard;
+                st.notifier
+                    .notify_answered(&mut st.presentities, id, status);
             }
         });
     }
 
     /// RFC 6665 §4.2.2: a NOTIFY answered 481 or not answered at all ends the
     /// subscription; otherwise the next NOTIFY may go.
-    fn notify_answered(&self, id: u64, status: u16) {
-        let mut st = self.state.lock();
-        let Some(s) = st.notifier.subs.get_mut(&id) else {
+    fn notify_answered(&mut self, ps: &mut Presentities, id: u64, status: u16) {
+        let Some(s) = self.subs.get_mut(&id) else {
             return;
         };
         s.in_flight = false;
         if status >= 300 && !matches!(status, 491 | 500) {
             tracing::debug!(status, watcher = %s.watcher, "NOTIFY refused: subscription removed");
-            self.remove(&mut st, id);
+            self.remove(ps, id);
             return;
         }
         if s.dirty {
-            self.kick(&mut st, id);
+            self.kick(ps, id);
         }
     }
 
     /// Takes a subscription out of every table.
-    fn remove(&self, st: &mut State, id: u64) -> Option<Subscription> {
-        let s = st.notifier.take(id)?;
+    fn remove(&mut self, ps: &mut Presentities, id: u64) -> Option<Subscription> {
+        let s = self.take(id)?;
         let watched: Vec<String> = match (&s.kind, &s.list) {
             (Kind::Presence, _) => vec![s.resource.to_string()],
             (Kind::List, Some(list)) => list.resources.clone(),
             _ => Vec::new(),
         };
         for r in &watched {
-            if let Some(p) = st.presentities.get_mut(r.as_str()) {
+            if let Some(p) = ps.get_mut(r.as_str()) {
                 p.watchers.retain(|w| *w != id);
             }
-            self.kick_winfo(st, r);
+            self.kick_winfo(ps, r);
         }
-        if let Some(p) = st.presentities.get_mut(&*s.resource) {
+        if let Some(p) = ps.get_mut(&*s.resource) {
             p.winfo.retain(|w| *w != id);
             p.lists.retain(|w| *w != id);
             if let Some(list) = &s.list {
@@ -1046,19 +1156,19 @@ impl PresenceService {
     }
 
     /// Ends a subscription with a final NOTIFY (`terminated;reason=...`, RFC 6665 §4.2.2).
-    pub(crate) fn terminate(&self, st: &mut State, id: u64, reason: &str) {
+    pub(crate) fn terminate(&mut self, ps: &mut Presentities, id: u64, reason: &str) {
         let deliverer = self.deliverer.clone();
-        let Some(s) = st.notifier.subs.get_mut(&id) else {
+        let Some(s) = self.subs.get_mut(&id) else {
             return;
         };
         s.full = true;
         s.cseq += 1;
         let body = {
-            let s = &st.notifier.subs[&id];
-            self.body(st, s)
+            let s = &self.subs[&id];
+            self.body(ps, s)
         };
-        let Some(s) = self.remove(st, id) else { return };
-        let Some(m) = self.notify_request(&s, format!("terminated;reason={reason}"), body) else {
+        let Some(s) = self.remove(ps, id) else { return };
+        let Some(m) = Self::notify_request(&s, format!("terminated;reason={reason}"), body) else {
             return;
         };
         tracing::debug!(watcher = %bare(&s.watcher), reason, "subscription ended");

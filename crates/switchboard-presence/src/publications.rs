@@ -244,7 +244,7 @@ impl PresenceService {
                     Ok(Applied::Removed) => None,
                     Ok(Applied::Kept(etag)) => Some(etag),
                 };
-                self.reaggregate(st, to);
+                st.reaggregate(to, &self.config.rules, self.now_ms());
                 let mut a = ServiceAnswer::status(200);
                 if let Some(etag) = etag {
                     a.headers.push(("SIP-ETag".into(), etag));

@@ -3,84 +3,84 @@
 //! (written to the contact data outside the lock, then re-read and its watchers told).
 
 use super::*;
+use crate::notifier::Subscription;
+use crate::Presentities;
+
+/// The owner's contact list as a Lync client numbers it: the default group `~` is 1,
+/// stored groups are their id + 1.
+fn lync_contact_list(ps: &Presentities, owner: &str) -> msrtc::contacts::List {
+    let Some(p) = ps.get(owner) else {
+        return msrtc::contacts::List {
+            delta: 1,
+            groups: Vec::new(),
+            contacts: Vec::new(),
+        };
+    };
+    // The groups as read with the list (read again whenever the list changes).
+    let groups = &p.groups;
+    let id_of = |name: &str| {
+        groups
+            .iter()
+            .find(|(_, n)| n == name)
+            .map(|(id, _)| *id as u32 + 1)
+    };
+    let mut list_groups = vec![msrtc::contacts::Group {
+        id: 1,
+        name: "~".into(),
+    }];
+    list_groups.extend(groups.iter().map(|(id, name)| msrtc::contacts::Group {
+        id: *id as u32 + 1,
+        name: name.clone(),
+    }));
+    let contacts = p
+        .contacts
+        .contacts
+        .iter()
+        .filter(|c| c.listed)
+        .map(|c| {
+            let mut ids: Vec<u32> = c.groups.iter().filter_map(|g| id_of(g)).collect();
+            if ids.is_empty() {
+                ids.push(1);
+            }
+            msrtc::contacts::Contact {
+                uri: c.contact.clone(),
+                name: None,
+                groups: ids,
+            }
+        })
+        .collect();
+    msrtc::contacts::List {
+        delta: p.contacts.version as u64 + 1,
+        groups: list_groups,
+        contacts,
+    }
+}
+
+/// The next roaming-contacts document for subscription `s`, recorded as sent: the
+/// whole list first, then deltas; `None` when the list has not changed since.
+pub(crate) fn next_contacts_document(
+    ps: &Presentities,
+    s: &mut Subscription,
+) -> Option<(String, String)> {
+    let now = lync_contact_list(ps, &s.resource);
+    let body = match s.sent_contacts.as_deref() {
+        Some(old) => msrtc::contacts::contact_delta(old, &now)?,
+        None => msrtc::contacts::contact_list(&now),
+    };
+    s.sent_contacts = Some(Box::new(now));
+    Some((ROAMING_CONTACTS.into(), body))
+}
+
+/// The whole contact list (what a subscription's last NOTIFY carries).
+pub(crate) fn contacts_document(ps: &Presentities, owner: &str) -> (String, String) {
+    let list = lync_contact_list(ps, owner);
+    (
+        ROAMING_CONTACTS.into(),
+        msrtc::contacts::contact_list(&list),
+    )
+}
 
 impl PresenceService {
-    /// The owner's contact list as a Lync client numbers it: the default group `~` is 1,
-    /// stored groups are their id + 1.
-    pub(crate) fn lync_contact_list(&self, st: &State, owner: &str) -> msrtc::contacts::List {
-        let Some(p) = st.presentities.get(owner) else {
-            return msrtc::contacts::List {
-                delta: 1,
-                groups: Vec::new(),
-                contacts: Vec::new(),
-            };
-        };
-        // The groups as read with the list (read again whenever the list changes).
-        let groups = &p.groups;
-        let id_of = |name: &str| {
-            groups
-                .iter()
-                .find(|(_, n)| n == name)
-                .map(|(id, _)| *id as u32 + 1)
-        };
-        let mut list_groups = vec![msrtc::contacts::Group {
-            id: 1,
-            name: "~".into(),
-        }];
-        list_groups.extend(groups.iter().map(|(id, name)| msrtc::contacts::Group {
-            id: *id as u32 + 1,
-            name: name.clone(),
-        }));
-        let contacts = p
-            .contacts
-            .contacts
-            .iter()
-            .filter(|c| c.listed)
-            .map(|c| {
-                let mut ids: Vec<u32> = c.groups.iter().filter_map(|g| id_of(g)).collect();
-                if ids.is_empty() {
-                    ids.push(1);
-                }
-                msrtc::contacts::Contact {
-                    uri: c.contact.clone(),
-                    name: None,
-                    groups: ids,
-                }
-            })
-            .collect();
-        msrtc::contacts::List {
-            delta: p.contacts.version as u64 + 1,
-            groups: list_groups,
-            contacts,
-        }
-    }
-
-    /// The next roaming-contacts document for subscription `id`, recorded as sent: the
-    /// whole list first, then deltas; `None` when the list has not changed since.
-    pub(crate) fn next_contacts_document(
-        &self,
-        st: &mut State,
-        id: u64,
-    ) -> Option<(String, String)> {
-        let s = st.notifier.get(&id)?;
-        let now = self.lync_contact_list(st, &s.resource);
-        let body = match s.sent_contacts.as_deref() {
-            Some(old) => msrtc::contacts::contact_delta(old, &now)?,
-            None => msrtc::contacts::contact_list(&now),
-        };
-        st.notifier.get_mut(&id)?.sent_contacts = Some(Box::new(now));
-        Some((ROAMING_CONTACTS.into(), body))
-    }
-
-    /// The whole contact list (what a subscription's last NOTIFY carries).
-    pub(crate) fn contacts_document(&self, st: &State, owner: &str) -> (String, String) {
-        let list = self.lync_contact_list(st, owner);
-        (
-            ROAMING_CONTACTS.into(),
-            msrtc::contacts::contact_list(&list),
-        )
-    }
-
     /// SOAP contact-list edits (MS-SIP §2.2.3); watchers of the list hear the delta.
     pub(super) async fn contact_edit(&self, msg: &Message, aor: &str) -> ServiceAnswer {
         let edit = match msrtc::contacts::parse_edit(&msg.body) {
@@ -112,8 +112,10 @@ impl PresenceService {
         match self.apply_edit(&edit, aor).await {
             Ok(answer) => {
                 self.reload(aor).await;
-                let mut st = self.state.lock();
-                self.kick_own_kinds(&mut st, aor, &[Kind::RoamingContacts]);
+                let mut guard = self.state.lock();
+                let st = &mut *guard;
+                st.notifier
+                    .kick_own_kinds(&mut st.presentities, aor, &[Kind::RoamingContacts]);
                 let mut a = ServiceAnswer::status(200);
                 if let Some(body) = answer {
                     a.body = Some((

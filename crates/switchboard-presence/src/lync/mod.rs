@@ -30,6 +30,9 @@ mod contacts;
 mod publish;
 mod roaming;
 
+pub(crate) use contacts::{contacts_document, next_contacts_document};
+pub(crate) use roaming::roaming_self_body;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -257,10 +260,5 @@ impl PresenceService {
                 a
             }
         }
-    }
-
-    /// The user's own roaming-self subscriptions (every endpoint) hear of a change.
-    pub(crate) fn kick_own(&self, st: &mut State, aor: &str) {
-        self.kick_own_kinds(st, aor, &[Kind::RoamingSelf]);
     }
 }

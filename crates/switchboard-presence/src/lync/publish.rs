@@ -307,10 +307,10 @@ impl PresenceService {
         for f in flows {
             st.lync_flows.record(f, &key);
         }
-        self.reaggregate(st, aor);
-        self.kick_own(st, aor);
+        st.reaggregate(aor, &self.config.rules, self.now_ms());
+        st.notifier.kick_own(&mut st.presentities, aor);
         // The 200 carries the roaming data, so the client learns the new versions now.
-        let (ctype, body) = self.roaming_self_body(st, aor);
+        let (ctype, body) = roaming_self_body(&st.presentities, &st.notifier, aor);
         let mut a = ServiceAnswer::status(200);
         a.body = Some((ctype, bytes::Bytes::from(body.into_bytes())));
         a
@@ -330,7 +330,7 @@ impl PresenceService {
                 for u in users.into_iter().take(1000) {
                     p.lync.acknowledged.insert(u);
                 }
-                self.kick_own(st, aor);
+                st.notifier.kick_own(&mut st.presentities, aor);
                 ServiceAnswer::status(200)
             })
             .await;
@@ -340,7 +340,8 @@ impl PresenceService {
     /// An endpoint's connection closed: its endpoint instances (and the device they
     /// stand for) are gone (MS-PRES §3.7.5.1: `expireType="endpoint"`).
     pub(crate) fn lync_flow_closed(&self, id: Connection) {
-        let mut st = self.state.lock();
+        let mut guard = self.state.lock();
+        let st = &mut *guard;
         let Some(owners) = st.lync_flows.take(id) else {
             return;
         };
@@ -360,10 +361,10 @@ impl PresenceService {
                 p.stored.manual = None;
                 cleared.push(bare(&aor).to_owned());
             }
-            self.reaggregate(&mut st, &aor);
-            self.kick_own(&mut st, &aor);
+            st.reaggregate(&aor, &self.config.rules, now);
+            st.notifier.kick_own(&mut st.presentities, &aor);
         }
-        drop(st);
+        drop(guard);
         if cleared.is_empty() {
             return;
         }
