@@ -2,7 +2,8 @@
 //!
 //! Keeps one presence model per user ([`model`]) fed by every device's publications, the
 //! state a user sets by hand and their calendar, aggregates it by written rules
-//! ([`aggregate`]), and shows each watcher what their relationship allows ([`privacy`]).
+//! ([`aggregate`](mod@aggregate)), and shows each watcher what their relationship allows
+//! ([`privacy`]).
 //!
 //! Standard SIP/SIMPLE on top, attached to the SIP core as its [`EventHook`]:
 //! - PUBLISH (RFC 3903) of PIDF/RPID ([`pidf`]): ETags, refresh, modify, remove, expiry;
@@ -29,6 +30,38 @@
 //! the service never names a backend. The CLI writes there and appends to a change log
 //! this service follows, so watchers hear about CLI changes too. Publications and
 //! subscriptions are kept in memory: clients refresh both.
+//!
+//! **Layout.** Each concern is a struct that owns its state, behind one state lock
+//! (`State`):
+//! - `publications` — `publications::Publications`, one user's RFC 3903 publications
+//!   (entity tags, expiry, the per-user cap) and what they aggregate to; the PUBLISH
+//!   handler;
+//! - `notifier` — `notifier::Notifier`, subscriptions and their dialogs (RFC 6665),
+//!   watcher lists (RFC 3857), resource lists (RFC 4662), NOTIFY pacing, rendering and
+//!   delivery over each subscription's flow; the SUBSCRIBE handler;
+//! - `lync` — MS-PRES category publications and endpoint flows (`lync/publish.rs`),
+//!   roaming-self and containers (`lync/roaming.rs`), roaming contacts and SOAP edits
+//!   (`lync/contacts.rs`), provisioning and the SERVICE dispatch (`lync/mod.rs`);
+//! - `fetch` — loading presentities outside the lock and failing closed; `caps` — the
+//!   bounds on what one user can make the service hold;
+//! - pure, no state: [`model`], [`aggregate`](mod@aggregate), [`privacy`], [`pidf`],
+//!   `documents`.
+//!
+//! [`PresenceService`] keeps the wiring, the [`EventHook`] that dispatches to the parts,
+//! housekeeping and shutdown. The parts never hold the service: the notifier's paced
+//! NOTIFYs hold a weak reference to the state lock, and a part that needs another's
+//! state is given it as an argument (the notifier is given the presentities it renders).
+//!
+//! **One state lock.** A change and the notifications it triggers are decided together:
+//! a PUBLISH re-aggregates and marks every watcher's subscription in the same step, so a
+//! watcher is never sent a state older than one it was already sent, and a subscription
+//! and the presentity links it makes appear at once. So presentities, publications,
+//! subscriptions and Lync flows share one `parking_lot` mutex, each part's state a field
+//! of it. The rule under it: decide under the lock, await outside it, apply. Never held
+//! across an await, a data call, or a deliverer (network) call: NOTIFYs are handed to
+//! spawned tasks, and their answers take the lock again. The only other locks
+//! (`fetch::Reads`, the change-log position, the prune time) are never taken while
+//! waiting for this one and never take it.
 //!
 //! **No data call under a lock.** A request decides under the state lock which
 //! presentities it needs that are not held, releases the lock, reads them, and applies
@@ -173,7 +206,7 @@ impl Presentity {
 /// step, so no watcher can be sent a state older than one it was already sent. The parts
 /// never lock anything themselves and never await.
 pub(crate) struct State {
-    /// The users held, each with their publications ([`publications::Publications`]),
+    /// The users held, each with their publications (`publications::Publications`),
     /// stored data and Lync data ([`lync::LyncData`]).
     presentities: Presentities,
     /// Subscriptions and their dialogs (RFC 6665).

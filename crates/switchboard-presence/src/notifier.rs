@@ -1,7 +1,18 @@
-//! SUBSCRIBE and NOTIFY (RFC 6665 §4.2, RFC 3856 §6): subscriptions to a user's presence,
-//! to one's own contact list (RFC 4662) and to one's watchers (RFC 3857), and the
-//! notifier that paces NOTIFYs per subscription.
-
+//! The notifier (RFC 6665 §4.2, RFC 3856 §6): subscriptions to a user's presence, to
+//! one's own contact list (RFC 4662) and to one's watchers (RFC 3857), and the Lync
+//! roaming subscriptions (MS-SIP §2.2.2).
+//!
+//! [`Notifier`] owns the subscriptions, their dialog and per-watcher indexes, NOTIFY
+//! pacing (at most one in flight, at most one per `notify_interval`, the newest state)
+//! and delivery through the [`Deliverer`]. It sits in the service's state, beside the
+//! presentities, which its methods are given: a subscription is linked from the
+//! presentities it watches (`watchers`, `winfo`, `lists`). Bodies are rendered under the
+//! lock and sent by a spawned task; the answer takes the lock again. Timers and answers
+//! hold a weak reference to the state lock, never the service.
+//!
+//! The SUBSCRIBE handler reads and checks the request, resolves list entries against
+//! the directory and reads the presentities it needs with no lock held, then decides
+//! under the lock ([`Notifier::subscribe`]); the first NOTIFY goes once the 200 has.
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hash, Hasher};

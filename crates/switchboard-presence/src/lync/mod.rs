@@ -17,7 +17,6 @@
 //!   over SERVICE change it.
 //! - `setContainerMembers` puts users in containers, which are our relationships:
 //!   100 external, 200 colleagues, 300 workgroup, 400 friends, 32000 blocked.
-
 //!
 //! Layout: this file holds what a user's Lync clients published ([`LyncData`], one per
 //! presentity, and [`EndpointFlows`], which users each connection carries) and how the
