@@ -491,26 +491,10 @@ impl Notifier {
         fetched: &mut Fetched<'_>,
         req: NewSubscribe<'_>,
     ) -> ServiceAnswer {
-        let NewSubscribe {
-            msg,
-            kind,
-            from,
-            to,
-            event,
-            call_id,
-            their_tag,
-            our_tag: our_tag_in,
-            contact,
-            expires,
-            source,
-            msrtc,
-            adhoc,
-            known,
-        } = req;
         let cap = self.config.max_list_entries_per_user;
-        let key = self.key(from, call_id, &their_tag);
-        let existing = self.find(from, call_id, &their_tag);
-        let id = match (our_tag_in, existing) {
+        let key = self.key(req.from, req.call_id, &req.their_tag);
+        let existing = self.find(req.from, req.call_id, &req.their_tag);
+        let id = match (req.our_tag, existing) {
             (Some(tag), Some(id)) if format!("{:016x}", self.subs[&id].our_tag) == tag => id,
             // RFC 6665 §4.2.1.2: a refresh of a subscription that does not exist (for
             // this subscriber: someone else's dialog cannot be refreshed or ended).
@@ -518,22 +502,23 @@ impl Notifier {
             // The same SUBSCRIBE again without our tag (its answer was lost): same dialog.
             (None, Some(id)) => id,
             (None, None) => {
-                let Some(target) = contact.clone() else {
+                let Some(target) = req.contact.clone() else {
                     return ServiceAnswer::status(400);
                 };
-                if kind == Kind::Presence
-                    && bare(from) != bare(to)
-                    && ps.get(to).is_some_and(|p| p.unreadable)
+                if req.kind == Kind::Presence
+                    && bare(req.from) != bare(req.to)
+                    && ps.get(req.to).is_some_and(|p| p.unreadable)
                 {
                     // Fail closed: what the user allows this watcher cannot be read
                     // now (their watchers already see them offline).
                     return fetch::unavailable(&DataError::Unavailable(format!(
-                        "the last read of {to} failed"
+                        "the last read of {} failed",
+                        req.to
                     )));
                 }
-                if expires == 0 {
+                if req.expires == 0 {
                     // A fetch: one NOTIFY with the state, then the subscription is over.
-                } else if self.held_by(from) >= self.config.max_subscriptions_per_watcher {
+                } else if self.held_by(req.from) >= self.config.max_subscriptions_per_watcher {
                     return status_with(503, "Retry-After", "60".into());
                 }
                 if self.by_dialog.contains_key(&key) {
@@ -541,22 +526,22 @@ impl Notifier {
                     // the client retries with another Call-ID.
                     return status_with(500, "Retry-After", "1".into());
                 }
-                let owner_held = ps.contains_key(to);
-                let list = match (kind, adhoc.as_ref()) {
+                let owner_held = ps.contains_key(req.to);
+                let list = match (req.kind, req.adhoc.as_ref()) {
                     (Kind::List, Some(entries)) => Some((entries.clone(), true)),
                     (Kind::List, None) => {
                         // The owner's contact list as held (loaded now if need be).
                         if !owner_held && self.full(ps, 1) {
                             return caps::full_answer();
                         }
-                        let owner = self.ensure(ps, fetched, to);
+                        let owner = self.ensure(ps, fetched, req.to);
                         let uris = crate::listed_uris(&owner.contacts);
-                        Some((known.entries(uris.iter().map(String::as_str)), false))
+                        Some((req.known.entries(uris.iter().map(String::as_str)), false))
                     }
                     _ => None,
                 };
                 if let Some((entries, _)) = &list {
-                    let total = match ps.get(to) {
+                    let total = match ps.get(req.to) {
                         Some(owner) => caps::entries_after(owner, &[], entries),
                         None => entries.len(),
                     };
@@ -564,38 +549,39 @@ impl Notifier {
                         return too_many_entries(cap);
                     }
                 }
-                let needed = usize::from(!ps.contains_key(to))
+                let needed = usize::from(!ps.contains_key(req.to))
                     + list
                         .as_ref()
-                        .map(|(e, _)| caps::new_presentities(ps, e, &known))
+                        .map(|(e, _)| caps::new_presentities(ps, e, &req.known))
                         .unwrap_or(0);
                 if self.full(ps, needed) {
                     return caps::full_answer();
                 }
-                let dialog = (call_id.into(), their_tag.clone().into_boxed_str());
+                let dialog = (req.call_id.into(), req.their_tag.clone().into_boxed_str());
                 let id = self.create(
-                    ps, fetched, kind, to, from, &event, target, source, key, dialog, list, &known,
+                    ps, fetched, req.kind, req.to, req.from, &req.event, target, req.source, key,
+                    dialog, list, &req.known,
                 );
-                self.subs.get_mut(&id).expect("created").msrtc = msrtc;
+                self.subs.get_mut(&id).expect("created").msrtc = req.msrtc;
                 id
             }
         };
-        if let (Some(entries), true) = (adhoc, existing.is_some()) {
+        if let (Some(entries), true) = (req.adhoc, existing.is_some()) {
             // A batched SUBSCRIBE inside the dialog replaces the ad hoc list, within the
             // same bounds as a new one (refused: the list stays as it was).
-            if let Some(answer) = self.check_replacement(ps, id, &entries, &known) {
+            if let Some(answer) = self.check_replacement(ps, id, &entries, &req.known) {
                 return answer;
             }
-            self.set_adhoc(ps, fetched, id, entries, &known);
+            self.set_adhoc(ps, fetched, id, entries, &req.known);
         }
         let s = self.subs.get_mut(&id).expect("present");
-        if let Some(c) = contact {
+        if let Some(c) = req.contact {
             // RFC 6665 §4.1.2.1: a refresh may update the remote target.
             s.target = c.into_boxed_str();
-            s.flow = source;
+            s.flow = req.source;
         }
-        s.expires_at = Instant::now() + Duration::from_secs(expires as u64);
-        s.ending = expires == 0;
+        s.expires_at = Instant::now() + Duration::from_secs(req.expires as u64);
+        s.ending = req.expires == 0;
         // RFC 6665 §4.2.1.2: every accepted SUBSCRIBE gets a NOTIFY (sent after the 200).
         s.dirty = true;
         if s.kind == Kind::List {
@@ -603,16 +589,16 @@ impl Notifier {
         }
         let mut a = ServiceAnswer::status(200);
         a.to_tag = Some(format!("{:016x}", s.our_tag));
-        a.headers.push(("Expires".into(), expires.to_string()));
-        a.headers.push(("Contact".into(), format!("<{to}>")));
+        a.headers.push(("Expires".into(), req.expires.to_string()));
+        a.headers.push(("Contact".into(), format!("<{}>", req.to)));
         a.headers
             .push(("Allow-Events".into(), crate::ALLOW_EVENTS.into()));
         // MS-SIP §3.13: a Lync client that allows it gets the first NOTIFY's content in
         // the 200 itself (one round trip less at sign-in, for three subscriptions).
-        if s.msrtc && expires > 0 && supports(msg, "ms-piggyback-first-notify") {
+        if s.msrtc && req.expires > 0 && supports(req.msg, "ms-piggyback-first-notify") {
             let (ctype, body) = self.render(ps, id).unwrap_or_default();
-            let cseq = msg.cseq().map(|c| c.seq).unwrap_or(1);
-            a.headers.push(("Event".into(), event.clone()));
+            let cseq = req.msg.cseq().map(|c| c.seq).unwrap_or(1);
+            a.headers.push(("Event".into(), req.event.clone()));
             a.headers
                 .push(("ms-piggyback-cseq".into(), cseq.to_string()));
             a.body = Some((ctype, bytes::Bytes::from(body.into_bytes())));
@@ -659,18 +645,36 @@ impl Notifier {
         resources: Vec<String>,
         known: &Known,
     ) {
-        let Some(s) = self.subs.get_mut(&id) else {
-            return;
-        };
-        let Some(list) = s.list.as_mut() else {
+        let Some(list) = self.subs.get_mut(&id).and_then(|s| s.list.as_mut()) else {
             // Not a list dialog: the body has nothing to replace (and nothing may be
             // linked that removing the subscription would not unlink).
             return;
         };
         list.adhoc = true;
-        let old = std::mem::take(&mut list.resources);
+        self.relink(ps, fetched, id, resources, known);
+    }
+
+    /// List subscription `id` names `fresh` from now on: entries it no longer names are
+    /// unlinked, new ones naming known users linked (a presentity each, while there is
+    /// room: otherwise they show offline, as entries naming nobody do), its owner's
+    /// entry count follows, and its next NOTIFY carries full state.
+    fn relink(
+        &mut self,
+        ps: &mut Presentities,
+        fetched: &mut Fetched<'_>,
+        id: u64,
+        fresh: Vec<String>,
+        known: &Known,
+    ) {
+        let Some(s) = self.subs.get_mut(&id) else {
+            return;
+        };
         let owner = s.resource.clone();
-        let new_set: HashSet<&str> = resources.iter().map(String::as_str).collect();
+        let Some(list) = s.list.as_mut() else {
+            return;
+        };
+        let old = std::mem::take(&mut list.resources);
+        let new_set: HashSet<&str> = fresh.iter().map(String::as_str).collect();
         let old_set: HashSet<&str> = old.iter().map(String::as_str).collect();
         for r in old.iter().filter(|r| !new_set.contains(r.as_str())) {
             if let Some(p) = ps.get_mut(r.as_str()) {
@@ -678,19 +682,24 @@ impl Notifier {
             }
             self.kick_winfo(ps, r);
         }
-        for r in resources.iter().filter(|r| !old_set.contains(r.as_str())) {
-            if known.contains(r) {
-                self.ensure(ps, fetched, r).watchers.push(id);
-                self.kick_winfo(ps, r);
+        for r in fresh.iter().filter(|r| !old_set.contains(r.as_str())) {
+            if !known.contains(r) {
+                continue;
             }
+            if !ps.contains_key(r.as_str()) && self.full(ps, 1) {
+                tracing::warn!(entry = %r, "presentity limit reached: list entry not watched");
+                continue;
+            }
+            self.ensure(ps, fetched, r).watchers.push(id);
+            self.kick_winfo(ps, r);
         }
         if let Some(p) = ps.get_mut(&*owner) {
             caps::drop_entries(p, &old);
-            caps::add_entries(p, &resources);
+            caps::add_entries(p, &fresh);
         }
         let s = self.subs.get_mut(&id).expect("present");
         if let Some(list) = s.list.as_mut() {
-            list.resources = resources;
+            list.resources = fresh;
         }
         s.full = true;
     }
@@ -887,41 +896,7 @@ impl Notifier {
             self.terminate(ps, id, "deactivated");
             return;
         }
-        let list = self
-            .subs
-            .get_mut(&id)
-            .and_then(|s| s.list.as_mut())
-            .expect("checked above");
-        let old = std::mem::take(&mut list.resources);
-        let new_set: HashSet<&str> = fresh.iter().map(String::as_str).collect();
-        let old_set: HashSet<&str> = old.iter().map(String::as_str).collect();
-        for r in old.iter().filter(|r| !new_set.contains(r.as_str())) {
-            if let Some(p) = ps.get_mut(r.as_str()) {
-                p.watchers.retain(|w| *w != id);
-            }
-            self.kick_winfo(ps, r);
-        }
-        for r in fresh.iter().filter(|r| !old_set.contains(r.as_str())) {
-            if !known.contains(r) {
-                continue;
-            }
-            if !ps.contains_key(r.as_str()) && self.full(ps, 1) {
-                // No room: the entry shows offline, as one naming nobody does.
-                tracing::warn!(entry = %r, "presentity limit reached: list entry not watched");
-                continue;
-            }
-            self.ensure(ps, fetched, r).watchers.push(id);
-            self.kick_winfo(ps, r);
-        }
-        if let Some(p) = ps.get_mut(&*owner) {
-            caps::drop_entries(p, &old);
-            caps::add_entries(p, &fresh);
-        }
-        let s = self.subs.get_mut(&id).expect("present");
-        if let Some(list) = s.list.as_mut() {
-            list.resources = fresh;
-        }
-        s.full = true;
+        self.relink(ps, fetched, id, fresh, known);
         self.kick(ps, id);
     }
 
