@@ -6,6 +6,7 @@
 //! and the publication applied after, checked again.
 
 use super::*;
+use crate::{AggregationRules, Clock, PresenceConfig};
 
 /// One SERVICE `msrtc-category-publish+xml`, as parsed.
 struct CategoryPublish<'a> {
@@ -13,6 +14,78 @@ struct CategoryPublish<'a> {
     pubs: &'a [msrtc::publish::Publication],
     source: Flow,
     now: i64,
+    config: &'a PresenceConfig,
+    clock: Clock,
+}
+
+impl CategoryPublish<'_> {
+    /// A category publication under the state lock. MS-PRES §3.7.5.4: all or nothing,
+    /// every stale version named. Applied at once unless it changes the hand-set state
+    /// and that is not written yet (`written`: what was).
+    fn step(&self, st: &mut State, fetched: &mut Fetched<'_>, written: Option<HandSet>) -> Step {
+        let (aor, req) = (self.aor, self);
+        if !st.presentities.contains_key(aor)
+            && crate::caps::full(&st.presentities, 1, req.config.max_presentities)
+        {
+            return Step::Done(crate::caps::full_answer());
+        }
+        let p = fetch::ensure(
+            &mut st.presentities,
+            fetched,
+            aor,
+            &req.config.rules,
+            req.clock.now_ms(),
+        );
+        let stale = p.lync.stale(req.pubs);
+        if !stale.is_empty() {
+            let mut a = ServiceAnswer::status(409);
+            a.body = Some((
+                "application/msrtc-fault+xml".into(),
+                bytes::Bytes::from(msrtc::publish::wrong_delta_fault(&stale).into_bytes()),
+            ));
+            return Step::Done(a);
+        }
+        let hand_set = match written {
+            Some(h) => Some(h),
+            None => match hand_set_change(p, req.pubs, req.now) {
+                Some(h) => return Step::Write(h),
+                None => None,
+            },
+        };
+        Step::Done(self.apply(st, hand_set))
+    }
+
+    /// Keeps the published instances (their versions checked), and the hand-set state
+    /// already written to the store; the 200 carries the roaming data.
+    fn apply(&self, st: &mut State, hand_set: Option<HandSet>) -> ServiceAnswer {
+        let (aor, now, req) = (self.aor, self.now, self);
+        let p = st.presentities.get_mut(aor).expect("ensured");
+        let flows = p.lync.apply(req.pubs, req.source.connection(), now);
+        rebuild_devices(p, now);
+        match hand_set {
+            Some(HandSet::Set(m)) => {
+                p.stored.manual = Some(m);
+                p.lync.client_manual_at = Some(now);
+            }
+            Some(HandSet::Clear) => p.stored.manual = None,
+            None => {}
+        }
+        let key: Arc<str> = st
+            .presentities
+            .get_key_value(aor)
+            .map(|(k, _)| k.clone())
+            .expect("ensured");
+        for f in flows {
+            st.lync_flows.record(f, &key);
+        }
+        st.reaggregate(aor, &req.config.rules, req.clock.now_ms());
+        st.notifier.kick_own(&mut st.presentities, aor);
+        // The 200 carries the roaming data, so the client learns the new versions now.
+        let (ctype, body) = roaming_self_body(&st.presentities, &st.notifier, aor);
+        let mut a = ServiceAnswer::status(200);
+        a.body = Some((ctype, bytes::Bytes::from(body.into_bytes())));
+        a
+    }
 }
 
 /// What a category publication does to the hand-set state.
@@ -206,12 +279,12 @@ impl PresenceService {
             pubs: &pubs,
             source,
             now: self.now_ms(),
+            config: &self.config,
+            clock: self.clock,
         };
         let aors = [aor.to_owned()];
         let first = self
-            .with_presentities(&aors, |st, fetched| {
-                self.categories_step(st, fetched, &req, None)
-            })
+            .with_presentities(&aors, |st, fetched| req.step(st, fetched, None))
             .await;
         let hand_set = match first {
             Ok(Step::Done(answer)) => return answer,
@@ -234,86 +307,13 @@ impl PresenceService {
         }
         // Checked again under the lock: another publication may have come first.
         let second = self
-            .with_presentities(&aors, |st, fetched| {
-                self.categories_step(st, fetched, &req, Some(hand_set))
-            })
+            .with_presentities(&aors, |st, fetched| req.step(st, fetched, Some(hand_set)))
             .await;
         match second {
             Ok(Step::Done(answer)) => answer,
             Ok(Step::Write(_)) => unreachable!("the hand-set state was written"),
             Err(e) => fetch::unavailable(&e),
         }
-    }
-
-    /// A category publication under the state lock. MS-PRES §3.7.5.4: all or nothing,
-    /// every stale version named. Applied at once unless it changes the hand-set state
-    /// and that is not written yet (`written`: what was).
-    fn categories_step(
-        &self,
-        st: &mut State,
-        fetched: &mut Fetched<'_>,
-        req: &CategoryPublish<'_>,
-        written: Option<HandSet>,
-    ) -> Step {
-        let aor = req.aor;
-        if !st.presentities.contains_key(aor) && self.full(st, 1) {
-            return Step::Done(crate::caps::full_answer());
-        }
-        let p = self.ensure(st, fetched, aor);
-        let stale = p.lync.stale(req.pubs);
-        if !stale.is_empty() {
-            let mut a = ServiceAnswer::status(409);
-            a.body = Some((
-                "application/msrtc-fault+xml".into(),
-                bytes::Bytes::from(msrtc::publish::wrong_delta_fault(&stale).into_bytes()),
-            ));
-            return Step::Done(a);
-        }
-        let hand_set = match written {
-            Some(h) => Some(h),
-            None => match hand_set_change(p, req.pubs, req.now) {
-                Some(h) => return Step::Write(h),
-                None => None,
-            },
-        };
-        Step::Done(self.apply_categories(st, req, hand_set))
-    }
-
-    /// Keeps the published instances (their versions checked), and the hand-set state
-    /// already written to the store; the 200 carries the roaming data.
-    fn apply_categories(
-        &self,
-        st: &mut State,
-        req: &CategoryPublish<'_>,
-        hand_set: Option<HandSet>,
-    ) -> ServiceAnswer {
-        let (aor, now) = (req.aor, req.now);
-        let p = st.presentities.get_mut(aor).expect("ensured");
-        let flows = p.lync.apply(req.pubs, req.source.connection(), now);
-        rebuild_devices(p, now);
-        match hand_set {
-            Some(HandSet::Set(m)) => {
-                p.stored.manual = Some(m);
-                p.lync.client_manual_at = Some(now);
-            }
-            Some(HandSet::Clear) => p.stored.manual = None,
-            None => {}
-        }
-        let key: Arc<str> = st
-            .presentities
-            .get_key_value(aor)
-            .map(|(k, _)| k.clone())
-            .expect("ensured");
-        for f in flows {
-            st.lync_flows.record(f, &key);
-        }
-        st.reaggregate(aor, &self.config.rules, self.now_ms());
-        st.notifier.kick_own(&mut st.presentities, aor);
-        // The 200 carries the roaming data, so the client learns the new versions now.
-        let (ctype, body) = roaming_self_body(&st.presentities, &st.notifier, aor);
-        let mut a = ServiceAnswer::status(200);
-        a.body = Some((ctype, bytes::Bytes::from(body.into_bytes())));
-        a
     }
 
     pub(super) async fn set_subscribers(&self, msg: &Message, aor: &str) -> ServiceAnswer {
@@ -340,31 +340,11 @@ impl PresenceService {
     /// An endpoint's connection closed: its endpoint instances (and the device they
     /// stand for) are gone (MS-PRES §3.7.5.1: `expireType="endpoint"`).
     pub(crate) fn lync_flow_closed(&self, id: Connection) {
-        let mut guard = self.state.lock();
-        let st = &mut *guard;
-        let Some(owners) = st.lync_flows.take(id) else {
-            return;
-        };
         let now = self.now_ms();
-        let mut cleared = Vec::new();
-        for aor in owners {
-            let Some(p) = st.presentities.get_mut(&*aor) else {
-                continue;
-            };
-            let last_endpoint = p.lync.drop_flow(id);
-            rebuild_devices(p, now);
-            let clients_state = p.lync.client_manual_at.is_some()
-                && p.stored.manual.as_ref().map(|m| m.set_at_ms) == p.lync.client_manual_at;
-            if last_endpoint && clients_state {
-                // Set by the client that just left (not since replaced by `presence set`).
-                p.lync.client_manual_at = None;
-                p.stored.manual = None;
-                cleared.push(bare(&aor).to_owned());
-            }
-            st.reaggregate(&aor, &self.config.rules, now);
-            st.notifier.kick_own(&mut st.presentities, &aor);
-        }
-        drop(guard);
+        let cleared = {
+            let mut guard = self.state.lock();
+            endpoint_gone(&mut guard, id, &self.config.rules, now)
+        };
         if cleared.is_empty() {
             return;
         }
@@ -378,4 +358,38 @@ impl PresenceService {
             }
         });
     }
+}
+
+/// Connection `id` closed: the endpoint instances it carried go, and with them the
+/// devices they stood for. A hand-set state the user's last endpoint set goes too (as in
+/// Lync, signing out of the last one shows offline whatever was set): the users whose
+/// stored hand-set state is to be cleared (outside the lock).
+fn endpoint_gone(
+    st: &mut State,
+    id: Connection,
+    rules: &AggregationRules,
+    now: i64,
+) -> Vec<String> {
+    let Some(owners) = st.lync_flows.take(id) else {
+        return Vec::new();
+    };
+    let mut cleared = Vec::new();
+    for aor in owners {
+        let Some(p) = st.presentities.get_mut(&*aor) else {
+            continue;
+        };
+        let last_endpoint = p.lync.drop_flow(id);
+        rebuild_devices(p, now);
+        let clients_state = p.lync.client_manual_at.is_some()
+            && p.stored.manual.as_ref().map(|m| m.set_at_ms) == p.lync.client_manual_at;
+        if last_endpoint && clients_state {
+            // Set by the client that just left (not since replaced by `presence set`).
+            p.lync.client_manual_at = None;
+            p.stored.manual = None;
+            cleared.push(bare(&aor).to_owned());
+        }
+        st.reaggregate(&aor, rules, now);
+        st.notifier.kick_own(&mut st.presentities, &aor);
+    }
+    cleared
 }
