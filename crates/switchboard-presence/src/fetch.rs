@@ -294,6 +294,7 @@ impl PresenceService {
         let Some((key, old)) = st.presentities.remove_entry(aor) else {
             return;
         };
+        // With the publications comes the old aggregate, so reaggregate notices the change.
         fresh.publications = old.publications;
         fresh.watchers = old.watchers;
         fresh.winfo = old.winfo;
@@ -303,8 +304,6 @@ impl PresenceService {
         // What watchers may see changed with the relationships, or when it is known
         // again after a failed read (they were shown offline meanwhile).
         let audiences_changed = fresh.contacts != old.contacts || old.unreadable;
-        // Keep the old aggregate so reaggregate notices the change.
-        fresh.presence = old.presence;
         st.presentities.insert(key, fresh);
         st.reaggregate(aor, &self.config.rules, self.now_ms());
         if audiences_changed {

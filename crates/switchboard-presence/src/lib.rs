@@ -170,7 +170,6 @@ struct Presentity {
     contacts: ContactList,
     /// The user's contact groups with their stored ids (Lync numbers groups by them).
     groups: Vec<(i64, String)>,
-    presence: Presence,
     /// Subscriptions watching this user: presence, and lists that include them.
     watchers: Vec<u64>,
     /// This user's own watcher-information subscriptions.
@@ -227,19 +226,13 @@ impl State {
         let Some(p) = self.presentities.get_mut(aor) else {
             return;
         };
-        let devices = p.publications.devices();
-        let fresh = aggregate(&devices, &p.stored, rules, now);
-        let was_online = p.presence.availability.is_online() && !p.presence.manual;
-        let gone = was_online && devices.iter().all(|d| !d.availability.is_online());
-        if fresh == p.presence {
+        let Some(publications::Gone(gone)) = p.publications.reaggregate(&mut p.stored, rules, now)
+        else {
             return;
-        }
-        p.presence = fresh;
+        };
         if gone {
             // A6: remember when the last device went away (written by housekeeping, off
             // the request path, a batch at a time).
-            p.stored.last_active_ms = Some(now);
-            p.presence.last_active_ms = Some(now);
             self.last_active.insert(bare(aor).to_owned(), now);
         }
         self.notifier.presence_changed(&mut self.presentities, aor);
@@ -294,15 +287,12 @@ fn domain_of(aor: &str) -> &str {
 
 /// A presentity with nobody watching yet, its presence aggregated from what it has.
 fn presentity(data: fetch::UserData, rules: &AggregationRules, now: i64) -> Presentity {
-    let publications = publications::Publications::default();
-    let presence = publications.aggregate(&data.stored, rules, now);
     Presentity {
-        publications,
+        publications: publications::Publications::new(&data.stored, rules, now),
         stored: data.stored,
         display_name: data.display_name,
         contacts: data.contacts,
         groups: data.groups,
-        presence,
         watchers: Vec::new(),
         winfo: Vec::new(),
         lists: Vec::new(),
@@ -338,7 +328,7 @@ fn audience(aor: &str, p: &Presentity, watcher: &str) -> Audience {
 fn view_of(aor: &str, p: &Presentity, watcher: &str) -> View {
     View::of(
         aor,
-        &p.presence,
+        p.publications.presence(),
         p.display_name.as_deref(),
         &p.stored.card,
         audience(aor, p, watcher),
@@ -366,7 +356,7 @@ pub fn stored_view(
     let p = presentity(data, rules, now_ms);
     View::of(
         aor,
-        &p.presence,
+        p.publications.presence(),
         p.display_name.as_deref(),
         &p.stored.card,
         audience(aor, &p, watcher.unwrap_or(aor)),
@@ -551,7 +541,12 @@ impl PresenceService {
             let mut touched = Vec::new();
             for (aor, p) in st.presentities.iter_mut() {
                 let expired = p.publications.expire(now);
-                if expired || p.presence.next_change_ms.is_some_and(|t| t <= now_ms) {
+                if expired
+                    || p.publications
+                        .presence()
+                        .next_change_ms
+                        .is_some_and(|t| t <= now_ms)
+                {
                     touched.push(aor.clone());
                 }
             }

@@ -29,10 +29,13 @@ struct Publication {
     expires_at: Instant,
 }
 
-/// One user's publications: PUBLISHed devices and the devices their Lync endpoints stand
-/// for.
-#[derive(Default)]
-pub(crate) struct Publications(Vec<Publication>);
+/// One user's publications (PUBLISHed devices and the devices their Lync endpoints
+/// stand for) and the presence they aggregate to with the user's stored state.
+pub(crate) struct Publications {
+    list: Vec<Publication>,
+    /// The aggregate as of the last [`Publications::reaggregate`].
+    presence: Presence,
+}
 
 /// A PUBLISH as read, to be applied to the user's [`Publications`].
 pub(crate) struct PublishRequest {
@@ -46,44 +49,71 @@ pub(crate) struct PublishRequest {
 }
 
 impl Publications {
+    /// No publication yet: the aggregate is the stored state's alone.
+    pub(crate) fn new(stored: &StoredPresence, rules: &AggregationRules, now: i64) -> Self {
+        Publications {
+            list: Vec::new(),
+            presence: aggregate(&[], stored, rules, now),
+        }
+    }
+
+    /// The user's aggregated presence.
+    pub(crate) fn presence(&self) -> &Presence {
+        &self.presence
+    }
+
+    /// Aggregates again (publications, stored state or time changed): whether the
+    /// aggregate changed. When the user's last device went away, the time is noted in
+    /// the aggregate and in `stored` (A6), and `gone` says so.
+    pub(crate) fn reaggregate(
+        &mut self,
+        stored: &mut StoredPresence,
+        rules: &AggregationRules,
+        now: i64,
+    ) -> Option<Gone> {
+        let devices = self.devices();
+        let fresh = aggregate(&devices, stored, rules, now);
+        let was_online = self.presence.availability.is_online() && !self.presence.manual;
+        let gone = was_online && devices.iter().all(|d| !d.availability.is_online());
+        if fresh == self.presence {
+            return None;
+        }
+        self.presence = fresh;
+        if gone {
+            stored.last_active_ms = Some(now);
+            self.presence.last_active_ms = Some(now);
+        }
+        Some(Gone(gone))
+    }
+
     pub(crate) fn len(&self) -> usize {
-        self.0.len()
+        self.list.len()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.list.is_empty()
     }
 
     /// Each publication's device state, the input of the aggregation.
     pub(crate) fn devices(&self) -> Vec<DeviceState> {
-        self.0.iter().map(|p| p.state.clone()).collect()
-    }
-
-    /// What the publications add up to with the stored state, by the rules.
-    pub(crate) fn aggregate(
-        &self,
-        stored: &StoredPresence,
-        rules: &AggregationRules,
-        now: i64,
-    ) -> Presence {
-        aggregate(&self.devices(), stored, rules, now)
+        self.list.iter().map(|p| p.state.clone()).collect()
     }
 
     /// Drops the publications whose lifetime is over (RFC 3903 §6 step 5); whether any
     /// was.
     pub(crate) fn expire(&mut self, now: Instant) -> bool {
-        let before = self.0.len();
-        self.0.retain(|x| x.expires_at > now);
-        self.0.len() != before
+        let before = self.list.len();
+        self.list.retain(|x| x.expires_at > now);
+        self.list.len() != before
     }
 
     /// Puts `devices` in place of those whose names start with `prefix` (the devices a
     /// user's Lync endpoints stand for, rebuilt whenever their categories change). They
     /// last as long as the endpoint's connection, not a PUBLISH lifetime.
     pub(crate) fn set_devices(&mut self, prefix: &str, devices: Vec<DeviceState>) {
-        self.0.retain(|x| !x.etag.starts_with(prefix));
+        self.list.retain(|x| !x.etag.starts_with(prefix));
         for d in devices {
-            self.0.push(Publication {
+            self.list.push(Publication {
                 etag: d.device.clone(),
                 state: d,
                 expires_at: Instant::now() + Duration::from_secs(86_400),
@@ -97,15 +127,15 @@ impl Publications {
         let expires_at = Instant::now() + Duration::from_secs(req.expires as u64);
         match req.if_match {
             Some(tag) => {
-                let Some(i) = self.0.iter().position(|x| x.etag == tag) else {
+                let Some(i) = self.list.iter().position(|x| x.etag == tag) else {
                     // §6 step 4: no such publication (expired, or never).
                     return Err(ServiceAnswer::status(412));
                 };
                 if req.expires == 0 {
-                    self.0.remove(i);
+                    self.list.remove(i);
                     return Ok(Applied::Removed);
                 }
-                let x = &mut self.0[i];
+                let x = &mut self.list[i];
                 x.etag = etag.clone();
                 x.expires_at = expires_at;
                 if let Some(state) = req.published {
@@ -120,14 +150,14 @@ impl Publications {
                 }
                 // Each initial PUBLISH is one more device: a client that never refreshes
                 // (a new entity tag every time) must not grow the user without bound.
-                if self.0.len() >= cap {
+                if self.list.len() >= cap {
                     return Err(with_warning(403, "too many publications for this user"));
                 }
                 let Some(published) = req.published else {
                     return Err(with_warning(400, "initial PUBLISH without a body"));
                 };
                 let device = format!("{}#{}", req.device, &etag[..6]);
-                self.0.push(Publication {
+                self.list.push(Publication {
                     etag: etag.clone(),
                     state: published.into_device(device, req.now_ms),
                     expires_at,
@@ -137,6 +167,9 @@ impl Publications {
         Ok(Applied::Kept(etag))
     }
 }
+
+/// The aggregate changed; whether that was the user's last device going away.
+pub(crate) struct Gone(pub(crate) bool);
 
 /// What a PUBLISH did to the publications.
 enum Applied {
