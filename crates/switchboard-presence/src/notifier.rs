@@ -370,24 +370,14 @@ impl PresenceService {
             Kind::Winfo | Kind::RoamingContacts | Kind::RoamingSelf
         ) && from != to
         {
-            let mut a = ServiceAnswer::status(403);
-            a.headers.push((
-                "Warning".into(),
-                "399 switchboard \"only the user may subscribe to their own data\"".into(),
-            ));
-            return a;
+            return caps::with_warning(403, "only the user may subscribe to their own data");
         }
         let msrtc = matches!(kind, Kind::RoamingContacts | Kind::RoamingSelf)
             || (matches!(kind, Kind::Presence | Kind::List) && (batched || wants_categories(msg)));
         let adhoc: Option<Vec<String>> = if batched {
             match msrtc::publish::parse_batch_subscribe(&msg.body) {
                 Ok(b) => Some(b.resources),
-                Err(e) => {
-                    let mut a = ServiceAnswer::status(400);
-                    a.headers
-                        .push(("Warning".into(), format!("399 switchboard \"{e}\"")));
-                    return a;
-                }
+                Err(e) => return caps::with_warning(400, &e.to_string()),
             }
         } else {
             None

@@ -17,10 +17,11 @@ use switchboard_core::seam::ServiceAnswer;
 use switchboard_core::StoredPresence;
 use tokio::time::Instant;
 
+use crate::caps::with_warning;
 use crate::fetch;
 use crate::model::{DeviceState, Presence};
 use crate::pidf::Published;
-use crate::{aggregate, pidf, AggregationRules, PresenceService};
+use crate::{aggregate, pidf, AggregationRules, Clock, PresenceConfig, PresenceService};
 
 /// One publication: one device's state and its entity tag (RFC 3903 §4.1).
 struct Publication {
@@ -180,42 +181,46 @@ enum Applied {
     Nothing,
 }
 
-fn with_warning(status: u16, text: &str) -> ServiceAnswer {
-    let mut a = ServiceAnswer::status(status);
-    a.headers
-        .push(("Warning".into(), format!("399 switchboard \"{text}\"")));
-    a
-}
-
 fn new_etag() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
-impl PresenceService {
-    pub(crate) async fn publish(&self, msg: &Message, from: &str, to: &str) -> ServiceAnswer {
+impl PublishRequest {
+    /// Reads and checks a PUBLISH (RFC 3903 §6 steps 2-6; step 3, the event package,
+    /// was checked by the core): the request to apply, or the answer that refuses it.
+    fn read(
+        msg: &Message,
+        from: &str,
+        to: &str,
+        config: &PresenceConfig,
+        clock: &Clock,
+    ) -> Result<PublishRequest, ServiceAnswer> {
         // Step 2: only the user publishes their own presence.
         if from != to {
-            return with_warning(403, "only the user may publish their presence");
+            return Err(with_warning(
+                403,
+                "only the user may publish their presence",
+            ));
         }
         // Step 3 (event package) was checked by the core; here the presence package only.
         let event = msg.headers.get(&HeaderName::Event).unwrap_or("");
         if !event.trim().to_ascii_lowercase().starts_with("presence") || event.contains("winfo") {
             let mut a = ServiceAnswer::status(489);
             a.headers.push(("Allow-Events".into(), "presence".into()));
-            return a;
+            return Err(a);
         }
         // Step 5: expiration.
         let requested = match msg.header_u32(&HeaderName::Expires) {
-            Ok(e) => e.unwrap_or(self.config.max_expires),
-            Err(_) => return with_warning(400, "bad Expires"),
+            Ok(e) => e.unwrap_or(config.max_expires),
+            Err(_) => return Err(with_warning(400, "bad Expires")),
         };
-        if requested != 0 && requested < self.config.min_expires {
+        if requested != 0 && requested < config.min_expires {
             let mut a = ServiceAnswer::status(423);
             a.headers
-                .push(("Min-Expires".into(), self.config.min_expires.to_string()));
-            return a;
+                .push(("Min-Expires".into(), config.min_expires.to_string()));
+            return Err(a);
         }
-        let expires = requested.min(self.config.max_expires);
+        let expires = requested.min(config.max_expires);
         let if_match = msg
             .headers
             .get(&HeaderName::from_wire("SIP-If-Match"))
@@ -236,26 +241,38 @@ impl PresenceService {
                 let mut a = ServiceAnswer::status(415);
                 a.headers
                     .push(("Accept".into(), "application/pidf+xml".into()));
-                return a;
+                return Err(a);
             }
-            match pidf::parse(&msg.body, self.now_ms()) {
+            match pidf::parse(&msg.body, clock.now_ms()) {
                 Ok(p) => Some(p),
-                Err(e) => return with_warning(400, &format!("PIDF refused: {e}")),
+                Err(e) => return Err(with_warning(400, &format!("PIDF refused: {e}"))),
             }
         } else {
             None
         };
         if if_match.is_none() && published.is_none() {
             // §6 step 6: an initial publication must carry state.
-            return with_warning(400, "initial PUBLISH without a body");
+            return Err(with_warning(400, "initial PUBLISH without a body"));
         }
-        let req = PublishRequest {
+        Ok(PublishRequest {
             if_match,
             expires,
             published,
             device: device_name(msg),
-            now_ms: self.now_ms(),
+            now_ms: clock.now_ms(),
+        })
+    }
+}
+
+impl PresenceService {
+    /// A PUBLISH to `to`'s presence: read and checked with no lock held, the user read
+    /// if they are not held, then applied and re-aggregated under the lock.
+    pub(crate) async fn publish(&self, msg: &Message, from: &str, to: &str) -> ServiceAnswer {
+        let req = match PublishRequest::read(msg, from, to, &self.config, &self.clock) {
+            Ok(req) => req,
+            Err(refused) => return refused,
         };
+        let expires = req.expires;
         // The user's stored state is read (outside the lock) if they are not held; a
         // PUBLISH that cannot have it is refused, never applied to a half-read user.
         let applied = self

@@ -43,6 +43,7 @@ use switchboard_core::seam::ServiceAnswer;
 use switchboard_core::seam::{Connection, Flow};
 use switchboard_core::{DataError, ManualState, Relationship};
 
+use crate::caps::with_warning;
 use crate::fetch::{self, Fetched};
 use crate::model::{Activity, Availability, DeviceState, NoteKind};
 use crate::notifier::Kind;
@@ -104,13 +105,6 @@ impl StoredCategory {
     fn aggregation_state(&self) -> Option<&PublishedState> {
         self.state.as_ref().filter(|_| self.cat.container == 2)
     }
-}
-
-fn with_warning(status: u16, text: &str) -> ServiceAnswer {
-    let mut a = ServiceAnswer::status(status);
-    a.headers
-        .push(("Warning".into(), format!("399 switchboard \"{text}\"")));
-    a
 }
 
 fn availability_of(b: Band) -> Availability {
