@@ -362,7 +362,10 @@ impl PresenceService {
             "presence.winfo" => Kind::Winfo,
             "vnd-microsoft-roaming-contacts" => Kind::RoamingContacts,
             "vnd-microsoft-roaming-self" => Kind::RoamingSelf,
-            "vnd-microsoft-provisioning-v2" => return self.provisioning(msg, from, to),
+            "vnd-microsoft-provisioning-v2" => {
+                let focus = self.focus_factory.as_ref().map(|f| f(to));
+                return crate::lync::provisioning(msg, from, to, focus);
+            }
             _ => return status_with(489, "Allow-Events", crate::ALLOW_EVENTS.into()),
         };
         if matches!(

@@ -5,6 +5,7 @@
 use super::*;
 use crate::notifier::Subscription;
 use crate::Presentities;
+use switchboard_core::ContactData;
 
 /// The owner's contact list as a Lync client numbers it: the default group `~` is 1,
 /// stored groups are their id + 1.
@@ -109,7 +110,7 @@ impl PresenceService {
                 Err(e) => return fetch::unavailable(&e),
             }
         }
-        match self.apply_edit(&edit, aor).await {
+        match apply_edit(self.contacts.as_ref(), &edit, aor, self.now_ms()).await {
             Ok(answer) => {
                 self.reload(aor).await;
                 let mut guard = self.state.lock();
@@ -128,52 +129,48 @@ impl PresenceService {
             Err(e) => fetch::unavailable(&e),
         }
     }
+}
 
-    /// Carries out one contact-list edit; the answer body, for `addGroup`.
-    async fn apply_edit(
-        &self,
-        edit: &msrtc::contacts::Edit,
-        aor: &str,
-    ) -> Result<Option<String>, DataError> {
-        use msrtc::contacts::Edit;
-        let owner = bare(aor);
-        let now = self.now_ms();
-        // Client group ids are stored ids + 1 (1 is the default group).
-        let stored = |id: u32| id as i64 - 1;
-        match edit {
-            Edit::SetContact { uri, groups, .. } => {
-                let default = Audience::default_for(domain_of(aor), domain_of(uri));
-                self.contacts
-                    .add_contact(owner, uri, None, None, default, now)
-                    .await?;
-                let ids: Vec<i64> = groups
-                    .iter()
-                    .filter(|i| **i > 1)
-                    .map(|i| stored(*i))
-                    .collect();
-                self.contacts
-                    .set_contact_groups(owner, uri, &ids, now)
-                    .await?;
-                Ok(None)
-            }
-            Edit::DeleteContact { uri } => {
-                self.contacts.remove_contact(owner, uri, now).await?;
-                Ok(None)
-            }
-            Edit::AddGroup { name } => {
-                let id = self.contacts.add_group(owner, name, now).await?;
-                Ok(Some(msrtc::contacts::add_group_answer(id as u32 + 1)))
-            }
-            Edit::ModifyGroup { id, name } => {
-                self.contacts
-                    .rename_group(owner, stored(*id), name, now)
-                    .await?;
-                Ok(None)
-            }
-            Edit::DeleteGroup { id } => {
-                self.contacts.delete_group(owner, stored(*id), now).await?;
-                Ok(None)
-            }
+/// Carries out one contact-list edit; the answer body, for `addGroup`.
+async fn apply_edit(
+    contacts: &dyn ContactData,
+    edit: &msrtc::contacts::Edit,
+    aor: &str,
+    now: i64,
+) -> Result<Option<String>, DataError> {
+    use msrtc::contacts::Edit;
+    let owner = bare(aor);
+    // Client group ids are stored ids + 1 (1 is the default group).
+    let stored = |id: u32| id as i64 - 1;
+    match edit {
+        Edit::SetContact { uri, groups, .. } => {
+            let default = Audience::default_for(domain_of(aor), domain_of(uri));
+            contacts
+                .add_contact(owner, uri, None, None, default, now)
+                .await?;
+            let ids: Vec<i64> = groups
+                .iter()
+                .filter(|i| **i > 1)
+                .map(|i| stored(*i))
+                .collect();
+            contacts.set_contact_groups(owner, uri, &ids, now).await?;
+            Ok(None)
+        }
+        Edit::DeleteContact { uri } => {
+            contacts.remove_contact(owner, uri, now).await?;
+            Ok(None)
+        }
+        Edit::AddGroup { name } => {
+            let id = contacts.add_group(owner, name, now).await?;
+            Ok(Some(msrtc::contacts::add_group_answer(id as u32 + 1)))
+        }
+        Edit::ModifyGroup { id, name } => {
+            contacts.rename_group(owner, stored(*id), name, now).await?;
+            Ok(None)
+        }
+        Edit::DeleteGroup { id } => {
+            contacts.delete_group(owner, stored(*id), now).await?;
+            Ok(None)
         }
     }
 }

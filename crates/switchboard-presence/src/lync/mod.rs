@@ -201,29 +201,33 @@ pub(crate) fn categories(v: &View, p: &Presentity) -> String {
     msrtc::categories::event_categories(&snapshot(v, p.lync.version.max(1)))
 }
 
-impl PresenceService {
-    /// `vnd-microsoft-provisioning-v2` is a fetch (`Expires: 0`): the answer carries the
-    /// configuration itself (piggy-backed, MS-SIP §3.13) and no subscription is kept.
-    pub(crate) fn provisioning(&self, msg: &Message, from: &str, to: &str) -> ServiceAnswer {
-        if from != to {
-            return with_warning(403, "only the user may read their own provisioning");
-        }
-        let mut a = ServiceAnswer::status(200);
-        a.to_tag = Some(format!("{:016x}", rand::random::<u64>()));
-        a.headers.push(("Expires".into(), "0".into()));
-        a.headers
-            .push(("Event".into(), "vnd-microsoft-provisioning-v2".into()));
-        let cseq = msg.cseq().map(|c| c.seq).unwrap_or(1);
-        a.headers
-            .push(("ms-piggyback-cseq".into(), cseq.to_string()));
-        let focus = self.focus_factory.as_ref().map(|f| f(to));
-        a.body = Some((
-            "application/vnd-microsoft-roaming-provisioning-v2+xml".into(),
-            bytes::Bytes::from(msrtc::provisioning::provisioning(focus.as_deref()).into_bytes()),
-        ));
-        a
+/// `vnd-microsoft-provisioning-v2` is a fetch (`Expires: 0`): the answer carries the
+/// configuration itself (piggy-backed, MS-SIP §3.13) and no subscription is kept.
+pub(crate) fn provisioning(
+    msg: &Message,
+    from: &str,
+    to: &str,
+    focus: Option<String>,
+) -> ServiceAnswer {
+    if from != to {
+        return with_warning(403, "only the user may read their own provisioning");
     }
+    let mut a = ServiceAnswer::status(200);
+    a.to_tag = Some(format!("{:016x}", rand::random::<u64>()));
+    a.headers.push(("Expires".into(), "0".into()));
+    a.headers
+        .push(("Event".into(), "vnd-microsoft-provisioning-v2".into()));
+    let cseq = msg.cseq().map(|c| c.seq).unwrap_or(1);
+    a.headers
+        .push(("ms-piggyback-cseq".into(), cseq.to_string()));
+    a.body = Some((
+        "application/vnd-microsoft-roaming-provisioning-v2+xml".into(),
+        bytes::Bytes::from(msrtc::provisioning::provisioning(focus.as_deref()).into_bytes()),
+    ));
+    a
+}
 
+impl PresenceService {
     /// SERVICE from a Lync client to its own address (MS-SIP §3.10, MS-PRES §3.7).
     pub(crate) async fn service(
         &self,
