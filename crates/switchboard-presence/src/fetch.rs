@@ -2,8 +2,8 @@
 //!
 //! A request says which presentities it needs ([`PresenceService::with_presentities`]):
 //! those not held are read with the state lock released, then the request runs under the
-//! lock with them at hand, and [`PresenceService::ensure`] puts in the table only those it
-//! uses. Two requests that read the same user meanwhile do not make two presentities: the
+//! lock with them at hand, and [`PresenceService::ensure`] (or [`ensure`], for a part
+//! given the presentities, as the notifier is) puts in the table only those it uses. Two requests that read the same user meanwhile do not make two presentities: the
 //! first to take the lock puts its copy in, the other finds it held and drops its own
 //! (a copy just read holds no watcher and no publication, so nothing is lost or doubled).
 //!

@@ -2,13 +2,15 @@
 //! user's publications (one device each, with its entity tag and expiry) and applies a
 //! PUBLISH to them: initial publication (body, no `SIP-If-Match`), refresh
 //! (`SIP-If-Match`, no body), modify (both), remove (`Expires: 0`); every success answers
-//! a new entity tag. The per-user cap on publications is kept here; what the
-//! publications add up to is [`Publications::aggregate`] (the pure rules of
-//! [`crate::aggregate`]).
+//! a new entity tag. The per-user cap on publications is kept here, and so is what the
+//! publications add up to with the user's stored state ([`Publications::presence`],
+//! kept current by [`Publications::reaggregate`] with the pure rules of
+//! [`crate::aggregate()`]).
 //!
-//! The PUBLISH handler reads and checks the request with no lock held, reads the user if
-//! they are not held (module `fetch`), then applies it under the state lock and
-//! re-aggregates there, so watchers are told in the same step (the notifier's part).
+//! The PUBLISH handler reads and checks the request with no lock held
+//! ([`PublishRequest::read`]), reads the user if they are not held (module `fetch`),
+//! then applies it under the state lock and re-aggregates there, so watchers are told in
+//! the same step (the notifier's part). Nothing here awaits or locks.
 
 use std::time::Duration;
 
