@@ -366,8 +366,8 @@ pub fn stored_view(
 /// The presence service. Create with [`PresenceService::start`], giving it the router's
 /// outbound side as its [`Deliverer`], then give it to the router as its event hook.
 pub struct PresenceService {
-    /// Itself, for the tasks it spawns from `&self` (paced NOTIFYs): they end when the
-    /// service is dropped.
+    /// Itself, for the presentity reads it spawns from `&self` (module `fetch`); they
+    /// end when the service is dropped.
     me: Weak<PresenceService>,
     contacts: Arc<dyn ContactData>,
     presence: Arc<dyn PresenceData>,

@@ -236,7 +236,7 @@ struct NewSubscribe<'m> {
     from: &'m str,
     to: &'m str,
     event: String,
-    call_id: &'m str,
+    call_id: String,
     their_tag: String,
     /// Our tag, when the SUBSCRIBE is inside a dialog.
     our_tag: Option<String>,
@@ -247,7 +247,8 @@ struct NewSubscribe<'m> {
     msrtc: bool,
     /// A batched subscription's entries (MS-PRES §3.7.5.6), canonical.
     adhoc: Option<Vec<String>>,
-    /// Which list entries are users.
+    /// Which list entries are users: resolved against the directory after reading,
+    /// before the lock is taken.
     known: Known,
 }
 
@@ -335,14 +336,18 @@ fn wants_categories(msg: &Message) -> bool {
     })
 }
 
-impl PresenceService {
-    pub(crate) async fn subscribe(
-        &self,
-        msg: &Message,
-        from: &str,
-        to: &str,
+impl<'m> NewSubscribe<'m> {
+    /// Reads and checks a SUBSCRIBE (RFC 6665 §4.2.1.1, RFC 3856 §6.1): which package and
+    /// kind of subscription, the dialog, the lifetime. `None` for a provisioning fetch
+    /// (`vnd-microsoft-provisioning-v2`, answered at once, no subscription kept); a
+    /// request that cannot be served gets its answer.
+    fn read(
+        msg: &'m Message,
+        from: &'m str,
+        to: &'m str,
         source: Flow,
-    ) -> ServiceAnswer {
+        config: &PresenceConfig,
+    ) -> Result<Option<NewSubscribe<'m>>, ServiceAnswer> {
         let event = msg
             .headers
             .get(&HeaderName::Event)
@@ -362,25 +367,25 @@ impl PresenceService {
             "presence.winfo" => Kind::Winfo,
             "vnd-microsoft-roaming-contacts" => Kind::RoamingContacts,
             "vnd-microsoft-roaming-self" => Kind::RoamingSelf,
-            "vnd-microsoft-provisioning-v2" => {
-                let focus = self.focus_factory.as_ref().map(|f| f(to));
-                return crate::lync::provisioning(msg, from, to, focus);
-            }
-            _ => return status_with(489, "Allow-Events", crate::ALLOW_EVENTS.into()),
+            "vnd-microsoft-provisioning-v2" => return Ok(None),
+            _ => return Err(status_with(489, "Allow-Events", crate::ALLOW_EVENTS.into())),
         };
         if matches!(
             kind,
             Kind::Winfo | Kind::RoamingContacts | Kind::RoamingSelf
         ) && from != to
         {
-            return caps::with_warning(403, "only the user may subscribe to their own data");
+            return Err(caps::with_warning(
+                403,
+                "only the user may subscribe to their own data",
+            ));
         }
         let msrtc = matches!(kind, Kind::RoamingContacts | Kind::RoamingSelf)
             || (matches!(kind, Kind::Presence | Kind::List) && (batched || wants_categories(msg)));
         let adhoc: Option<Vec<String>> = if batched {
             match msrtc::publish::parse_batch_subscribe(&msg.body) {
                 Ok(b) => Some(b.resources),
-                Err(e) => return caps::with_warning(400, &e.to_string()),
+                Err(e) => return Err(caps::with_warning(400, &e.to_string())),
             }
         } else {
             None
@@ -398,34 +403,66 @@ impl PresenceService {
         };
         if !accepts(msg, types) {
             // RFC 6665 §4.2.1.1: none of the Accept types can be produced.
-            return status_with(406, "Accept", types.join(", "));
+            return Err(status_with(406, "Accept", types.join(", ")));
         }
-        let req =
-            match SubscribeRequest::read(msg, self.config.min_expires, self.config.max_expires) {
-                Ok(r) => r,
-                Err(answer) => return answer,
-            };
+        let req = SubscribeRequest::read(msg, config.min_expires, config.max_expires)?;
         let SubscribeRequest {
             expires,
             call_id,
             their_tag,
             our_tag: our_tag_in,
         } = req;
-        let call_id = call_id.as_str();
         let contact = msg
             .headers
             .get(&HeaderName::Contact)
             .and_then(|c| NameAddr::parse(c).ok())
             .map(|c| c.uri.to_string());
+        Ok(Some(NewSubscribe {
+            msg,
+            kind,
+            from,
+            to,
+            event,
+            call_id,
+            their_tag,
+            our_tag: our_tag_in,
+            contact,
+            expires,
+            source,
+            msrtc,
+            adhoc,
+            known: Known::default(),
+        }))
+    }
+}
+
+impl PresenceService {
+    /// A SUBSCRIBE: read and checked, its list entries resolved and the presentities it
+    /// needs read with no lock held, then decided under the lock by the notifier.
+    pub(crate) async fn subscribe(
+        &self,
+        msg: &Message,
+        from: &str,
+        to: &str,
+        source: Flow,
+    ) -> ServiceAnswer {
+        let mut req = match NewSubscribe::read(msg, from, to, source, &self.config) {
+            Ok(Some(req)) => req,
+            Ok(None) => {
+                let focus = self.focus_factory.as_ref().map(|f| f(to));
+                return crate::lync::provisioning(msg, from, to, focus);
+            }
+            Err(refused) => return refused,
+        };
         // A list's entries are counted and looked up in the user directory before the
         // lock is taken (no data call under a lock): only users who exist get a
         // presentity. What cannot be read refuses the SUBSCRIBE (fail closed).
         let cap = self.config.max_list_entries_per_user;
-        let known = if kind == Kind::List {
+        req.known = if req.kind == Kind::List {
             let stored;
-            let raw: &[String] = match &adhoc {
+            let raw: &[String] = match &req.adhoc {
                 Some(entries) => entries,
-                None if our_tag_in.is_none() => {
+                None if req.our_tag.is_none() => {
                     stored = match self.contacts.contact_list(bare(to)).await {
                         Ok(list) => crate::listed_uris(&list),
                         Err(e) => return fetch::unavailable(&e),
@@ -444,27 +481,15 @@ impl PresenceService {
         } else {
             Known::default()
         };
-        let adhoc = adhoc.map(|raw| known.entries(raw.iter().map(String::as_str)));
+        let known = &req.known;
+        req.adhoc = req
+            .adhoc
+            .take()
+            .map(|raw| known.entries(raw.iter().map(String::as_str)));
         // The resource (or the list's owner) and the users the list names are read
         // before the lock is taken again; whatever cannot be read answers 503.
         let mut needed = vec![to.to_owned()];
-        needed.extend(known.users());
-        let req = NewSubscribe {
-            msg,
-            kind,
-            from,
-            to,
-            event,
-            call_id,
-            their_tag,
-            our_tag: our_tag_in,
-            contact,
-            expires,
-            source,
-            msrtc,
-            adhoc,
-            known,
-        };
+        needed.extend(req.known.users());
         let answer = self
             .with_presentities(&needed, |st, fetched| {
                 st.notifier.subscribe(&mut st.presentities, fetched, req)
@@ -485,8 +510,8 @@ impl Notifier {
         req: NewSubscribe<'_>,
     ) -> ServiceAnswer {
         let cap = self.config.max_list_entries_per_user;
-        let key = self.key(req.from, req.call_id, &req.their_tag);
-        let existing = self.find(req.from, req.call_id, &req.their_tag);
+        let key = self.key(req.from, &req.call_id, &req.their_tag);
+        let existing = self.find(req.from, &req.call_id, &req.their_tag);
         let id = match (req.our_tag, existing) {
             (Some(tag), Some(id)) if format!("{:016x}", self.subs[&id].our_tag) == tag => id,
             // RFC 6665 §4.2.1.2: a refresh of a subscription that does not exist (for
