@@ -48,7 +48,9 @@
 //!   `documents`.
 //!
 //! [`PresenceService`] keeps the wiring, the [`EventHook`] that dispatches to the parts,
-//! housekeeping and shutdown. The parts never hold the service: the notifier's paced
+//! housekeeping, shutdown and the loading of presentities (`fetch`); so its request
+//! handlers stay with it, each thin: read the request (a part's function), await what
+//! it needs, then hand it to the part under the lock. The parts never hold the service: the notifier's paced
 //! NOTIFYs hold a weak reference to the state lock, and a part that needs another's
 //! state is given it as an argument (the notifier is given the presentities it renders).
 //!
@@ -59,9 +61,9 @@
 //! subscriptions and Lync flows share one `parking_lot` mutex, each part's state a field
 //! of it. The rule under it: decide under the lock, await outside it, apply. Never held
 //! across an await, a data call, or a deliverer (network) call: NOTIFYs are handed to
-//! spawned tasks, and their answers take the lock again. The only other locks
-//! (`fetch::Reads`, the change-log position, the prune time) are never taken while
-//! waiting for this one and never take it.
+//! spawned tasks, and their answers take the lock again. The only other locks are
+//! leaves: `fetch::Reads` is asked briefly under this one and never takes it; the
+//! change-log position and the prune time are never held with it.
 //!
 //! **No data call under a lock.** A request decides under the state lock which
 //! presentities it needs that are not held, releases the lock, reads them, and applies
