@@ -38,7 +38,8 @@
 //!   handler;
 //! - `notifier` — `notifier::Notifier`, subscriptions and their dialogs (RFC 6665),
 //!   watcher lists (RFC 3857), resource lists (RFC 4662), NOTIFY pacing, rendering and
-//!   delivery over each subscription's flow; the SUBSCRIBE handler;
+//!   delivery over each subscription's flow (`notifier/mod.rs`); the SUBSCRIBE handler
+//!   and list membership (`notifier/subscribe.rs`); NOTIFY bodies (`notifier/render.rs`);
 //! - `lync` — MS-PRES category publications and endpoint flows (`lync/publish.rs`),
 //!   roaming-self and containers (`lync/roaming.rs`), roaming contacts and SOAP edits
 //!   (`lync/contacts.rs`), provisioning and the SERVICE dispatch (`lync/mod.rs`);
