@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use switchboard_core::seam::ServiceAnswer;
 use switchboard_core::{Address, DataError};
 
-use crate::{bare, PresenceService, Presentity, State};
+use crate::{bare, PresenceService, Presentities, Presentity, State};
 
 /// List entries that name users the directory knows, each with its canonical form
 /// (`sip:user@domain`, lower case). Canonical forms map to themselves, so "is this
@@ -128,14 +128,19 @@ impl PresenceService {
 
     /// Whether holding `needed` more presentities would pass `max_presentities`.
     pub(crate) fn full(&self, st: &State, needed: usize) -> bool {
-        needed > 0 && st.presentities.len() + needed > self.config.max_presentities
+        full(&st.presentities, needed, self.config.max_presentities)
     }
+}
 
-    /// Presentities that watching `entries` (known users only) would add.
-    pub(crate) fn new_presentities(st: &State, entries: &[String], known: &Known) -> usize {
-        entries
-            .iter()
-            .filter(|r| known.contains(r) && !st.presentities.contains_key(r.as_str()))
-            .count()
-    }
+/// Whether holding `needed` more presentities than `ps` would pass `max`.
+pub(crate) fn full(ps: &Presentities, needed: usize, max: usize) -> bool {
+    needed > 0 && ps.len() + needed > max
+}
+
+/// Presentities that watching `entries` (known users only) would add.
+pub(crate) fn new_presentities(ps: &Presentities, entries: &[String], known: &Known) -> usize {
+    entries
+        .iter()
+        .filter(|r| known.contains(r) && !ps.contains_key(r.as_str()))
+        .count()
 }

@@ -2,8 +2,8 @@
 //!
 //! A request says which presentities it needs ([`PresenceService::with_presentities`]):
 //! those not held are read with the state lock released, then the request runs under the
-//! lock with them at hand, and [`PresenceService::ensure`] puts in the table only those it
-//! uses. Two requests that read the same user meanwhile do not make two presentities: the
+//! lock with them at hand, and [`PresenceService::ensure`] (or [`ensure`], for a part
+//! given the presentities, as the notifier is) puts in the table only those it uses. Two requests that read the same user meanwhile do not make two presentities: the
 //! first to take the lock puts its copy in, the other finds it held and drops its own
 //! (a copy just read holds no watcher and no publication, so nothing is lost or doubled).
 //!
@@ -25,7 +25,10 @@ use switchboard_core::{Address, ContactList, DataError, StoredPresence};
 use tokio::task::JoinSet;
 
 use crate::caps::{self, Known};
-use crate::{bare, listed_uris, presentity, PresenceService, Presentity, State};
+use crate::{
+    bare, listed_uris, presentity, AggregationRules, PresenceService, Presentities, Presentity,
+    State,
+};
 
 /// How long a client waits before asking again when the data cannot be read: a database
 /// failing over or restarting is back within seconds.
@@ -163,7 +166,7 @@ impl PresenceService {
             };
             let (aor, now, read) =
                 done.map_err(|e| DataError::Backend(format!("a presence read failed: {e}")))?;
-            let p = presentity(Vec::new(), read?, &self.config.rules, now);
+            let p = presentity(read?, &self.config.rules, now);
             let ticket = tickets.remove(&aor).expect("registered when spawned");
             out.push((aor, ticket, p));
         }
@@ -201,33 +204,21 @@ impl PresenceService {
         }
     }
 
-    /// `aor`'s presentity, put in the table from `fetched` if it is not held. A request
-    /// names what it needs before the lock is taken; one that did not find it here gets
-    /// a presentity shown offline to every watcher, read by housekeeping later (never a
-    /// read under the lock, never a default relationship).
+    /// `aor`'s presentity, put in the table from `fetched` if it is not held (see
+    /// [`ensure`]).
     pub(crate) fn ensure<'s>(
         &self,
         st: &'s mut State,
         fetched: &mut Fetched<'_>,
         aor: &str,
     ) -> &'s mut Presentity {
-        if !st.presentities.contains_key(aor) {
-            let p = match fetched.0.remove(aor) {
-                Some((_ticket, p)) => p,
-                None => {
-                    debug_assert!(false, "presentity {aor} not read before it was needed");
-                    tracing::error!(
-                        aor,
-                        "presentity not read before it was needed: offline to watchers until read"
-                    );
-                    let mut p = crate::unknown_presentity(&self.config.rules, self.now_ms());
-                    p.unreadable = true;
-                    p
-                }
-            };
-            st.presentities.insert(Arc::from(aor), p);
-        }
-        st.presentities.get_mut(aor).expect("inserted above")
+        ensure(
+            &mut st.presentities,
+            fetched,
+            aor,
+            &self.config.rules,
+            self.now_ms(),
+        )
     }
 
     /// Reads `aor` again and puts what was read in place of what is held, keeping its
@@ -287,7 +278,7 @@ impl PresenceService {
         } else {
             Known::default()
         };
-        Ok((presentity(Vec::new(), data, &self.config.rules, now), known))
+        Ok((presentity(data, &self.config.rules, now), known))
     }
 
     /// Puts `fresh` in place of `aor`'s presentity, with its publications and
@@ -303,6 +294,7 @@ impl PresenceService {
         let Some((key, old)) = st.presentities.remove_entry(aor) else {
             return;
         };
+        // With the publications comes the old aggregate, so reaggregate notices the change.
         fresh.publications = old.publications;
         fresh.watchers = old.watchers;
         fresh.winfo = old.winfo;
@@ -312,10 +304,8 @@ impl PresenceService {
         // What watchers may see changed with the relationships, or when it is known
         // again after a failed read (they were shown offline meanwhile).
         let audiences_changed = fresh.contacts != old.contacts || old.unreadable;
-        // Keep the old aggregate so reaggregate notices the change.
-        fresh.presence = old.presence;
         st.presentities.insert(key, fresh);
-        self.reaggregate(st, aor);
+        st.reaggregate(aor, &self.config.rules, self.now_ms());
         if audiences_changed {
             // Relationships changed what each watcher may see, the watcher list's
             // pending/active states, and the user's own list subscriptions.
@@ -323,17 +313,19 @@ impl PresenceService {
             let ids: Vec<u64> = p.watchers.iter().chain(p.winfo.iter()).copied().collect();
             let lists = p.lists.clone();
             for id in ids {
-                self.changed(st, id, Some(aor));
+                st.notifier.changed(&mut st.presentities, id, Some(aor));
             }
             for id in lists {
-                self.list_membership_changed(st, fetched, id, known);
+                st.notifier
+                    .list_membership_changed(&mut st.presentities, fetched, id, known);
             }
         }
     }
 
     /// A read of `aor` failed: until one succeeds, its watchers see it offline.
     fn set_unreadable(&self, aor: &str) {
-        let mut st = self.state.lock();
+        let mut guard = self.state.lock();
+        let st = &mut *guard;
         let Some(p) = st.presentities.get_mut(aor) else {
             return;
         };
@@ -342,7 +334,37 @@ impl PresenceService {
         }
         let watchers = p.watchers.clone();
         for id in watchers {
-            self.changed(&mut st, id, Some(aor));
+            st.notifier.changed(&mut st.presentities, id, Some(aor));
         }
     }
+}
+
+/// `aor`'s presentity, put in `ps` from `fetched` if it is not held. A request names
+/// what it needs before the lock is taken; one that did not find it here gets a
+/// presentity shown offline to every watcher, read by housekeeping later (never a read
+/// under the lock, never a default relationship).
+pub(crate) fn ensure<'p>(
+    ps: &'p mut Presentities,
+    fetched: &mut Fetched<'_>,
+    aor: &str,
+    rules: &AggregationRules,
+    now: i64,
+) -> &'p mut Presentity {
+    if !ps.contains_key(aor) {
+        let p = match fetched.0.remove(aor) {
+            Some((_ticket, p)) => p,
+            None => {
+                debug_assert!(false, "presentity {aor} not read before it was needed");
+                tracing::error!(
+                    aor,
+                    "presentity not read before it was needed: offline to watchers until read"
+                );
+                let mut p = crate::unknown_presentity(rules, now);
+                p.unreadable = true;
+                p
+            }
+        };
+        ps.insert(Arc::from(aor), p);
+    }
+    ps.get_mut(aor).expect("inserted above")
 }

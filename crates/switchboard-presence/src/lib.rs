@@ -2,7 +2,8 @@
 //!
 //! Keeps one presence model per user ([`model`]) fed by every device's publications, the
 //! state a user sets by hand and their calendar, aggregates it by written rules
-//! ([`aggregate`]), and shows each watcher what their relationship allows ([`privacy`]).
+//! ([`aggregate`](mod@aggregate)), and shows each watcher what their relationship allows
+//! ([`privacy`]).
 //!
 //! Standard SIP/SIMPLE on top, attached to the SIP core as its [`EventHook`]:
 //! - PUBLISH (RFC 3903) of PIDF/RPID ([`pidf`]): ETags, refresh, modify, remove, expiry;
@@ -29,6 +30,41 @@
 //! the service never names a backend. The CLI writes there and appends to a change log
 //! this service follows, so watchers hear about CLI changes too. Publications and
 //! subscriptions are kept in memory: clients refresh both.
+//!
+//! **Layout.** Each concern is a struct that owns its state, behind one state lock
+//! (`State`):
+//! - `publications` — `publications::Publications`, one user's RFC 3903 publications
+//!   (entity tags, expiry, the per-user cap) and what they aggregate to; the PUBLISH
+//!   handler;
+//! - `notifier` — `notifier::Notifier`, subscriptions and their dialogs (RFC 6665),
+//!   watcher lists (RFC 3857), resource lists (RFC 4662), NOTIFY pacing, rendering and
+//!   delivery over each subscription's flow (`notifier/mod.rs`); the SUBSCRIBE handler
+//!   and list membership (`notifier/subscribe.rs`); NOTIFY bodies (`notifier/render.rs`);
+//! - `lync` — MS-PRES category publications and endpoint flows (`lync/publish.rs`),
+//!   roaming-self and containers (`lync/roaming.rs`), roaming contacts and SOAP edits
+//!   (`lync/contacts.rs`), provisioning and the SERVICE dispatch (`lync/mod.rs`);
+//! - `fetch` — loading presentities outside the lock and failing closed; `caps` — the
+//!   bounds on what one user can make the service hold;
+//! - pure, no state: [`model`], [`aggregate`](mod@aggregate), [`privacy`], [`pidf`],
+//!   `documents`.
+//!
+//! [`PresenceService`] keeps the wiring, the [`EventHook`] that dispatches to the parts,
+//! housekeeping, shutdown and the loading of presentities (`fetch`); so its request
+//! handlers stay with it, each thin: read the request (a part's function), await what
+//! it needs, then hand it to the part under the lock. The parts never hold the service: the notifier's paced
+//! NOTIFYs hold a weak reference to the state lock, and a part that needs another's
+//! state is given it as an argument (the notifier is given the presentities it renders).
+//!
+//! **One state lock.** A change and the notifications it triggers are decided together:
+//! a PUBLISH re-aggregates and marks every watcher's subscription in the same step, so a
+//! watcher is never sent a state older than one it was already sent, and a subscription
+//! and the presentity links it makes appear at once. So presentities, publications,
+//! subscriptions and Lync flows share one `parking_lot` mutex, each part's state a field
+//! of it. The rule under it: decide under the lock, await outside it, apply. Never held
+//! across an await, a data call, or a deliverer (network) call: NOTIFYs are handed to
+//! spawned tasks, and their answers take the lock again. The only other locks are
+//! leaves: `fetch::Reads` is asked briefly under this one and never takes it; the
+//! change-log position and the prune time are never held with it.
 //!
 //! **No data call under a lock.** A request decides under the state lock which
 //! presentities it needs that are not held, releases the lock, reads them, and applies
@@ -64,10 +100,10 @@ mod documents;
 mod fetch;
 mod lync;
 pub mod model;
+mod notifier;
 pub mod pidf;
 pub mod privacy;
-mod publish;
-mod subscribe;
+mod publications;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -84,8 +120,6 @@ use tokio::time::Instant;
 pub use aggregate::{aggregate, AggregationRules};
 pub use model::{Activity, Availability, DeviceState, Presence};
 pub use privacy::{Audience, View};
-
-use subscribe::Subscription;
 
 /// The event packages the service keeps state for (the Lync ones are its own
 /// roaming data, contact list and provisioning, MS-SIP §2.2.2).
@@ -130,23 +164,15 @@ impl Default for PresenceConfig {
     }
 }
 
-/// One publication: one device's state and its entity tag (RFC 3903 §4.1).
-struct Publication {
-    etag: String,
-    state: DeviceState,
-    expires_at: Instant,
-}
-
 /// Everything the service holds about one user while anyone looks at them.
 struct Presentity {
-    publications: Vec<Publication>,
+    publications: publications::Publications,
     stored: StoredPresence,
     display_name: Option<String>,
     /// The user's own contact list: the relationship they gave each contact.
     contacts: ContactList,
     /// The user's contact groups with their stored ids (Lync numbers groups by them).
     groups: Vec<(i64, String)>,
-    presence: Presence,
     /// Subscriptions watching this user: presence, and lists that include them.
     watchers: Vec<u64>,
     /// This user's own watcher-information subscriptions.
@@ -175,26 +201,51 @@ impl Presentity {
     }
 }
 
-#[derive(Default)]
-struct State {
-    presentities: HashMap<Arc<str>, Presentity>,
-    subs: HashMap<u64, Subscription>,
-    /// Hash of (subscriber, Call-ID, subscriber's tag) → subscription
-    /// ([`subscribe::dialog_key`]).
-    by_dialog: HashMap<u64, u64>,
-    hasher: std::collections::hash_map::RandomState,
-    /// Subscriptions each watcher holds, for the per-watcher limit.
-    per_watcher: HashMap<Arc<str>, usize>,
+/// Everything behind the service's one state lock, each concern in its own part.
+///
+/// One lock remains because a change and the notifications it triggers are decided
+/// together: a PUBLISH re-aggregates and marks every watcher's subscription dirty in one
+/// step, so no watcher can be sent a state older than one it was already sent. The parts
+/// never lock anything themselves and never await.
+pub(crate) struct State {
+    /// The users held, each with their publications (`publications::Publications`),
+    /// stored data and Lync data ([`lync::LyncData`]).
+    presentities: Presentities,
+    /// Subscriptions and their dialogs (RFC 6665).
+    notifier: notifier::Notifier,
+    /// The users whose Lync endpoint instances each connection carries.
+    lync_flows: lync::EndpointFlows,
     /// Last-active times not yet written (written in batches by housekeeping).
     last_active: HashMap<String, i64>,
-    /// The users whose Lync endpoint instances each connection carries.
-    lync_flows: HashMap<Connection, Vec<Arc<str>>>,
-    next_id: u64,
+}
+
+/// The users held, by address.
+pub(crate) type Presentities = HashMap<Arc<str>, Presentity>;
+
+impl State {
+    /// Recomputes `aor`'s aggregate from its publications; when it changed, its
+    /// watchers and its owner's Lync endpoints hear of it.
+    fn reaggregate(&mut self, aor: &str, rules: &AggregationRules, now: i64) {
+        let Some(p) = self.presentities.get_mut(aor) else {
+            return;
+        };
+        let Some(publications::Gone(gone)) = p.publications.reaggregate(&mut p.stored, rules, now)
+        else {
+            return;
+        };
+        if gone {
+            // A6: remember when the last device went away (written by housekeeping, off
+            // the request path, a batch at a time).
+            self.last_active.insert(bare(aor).to_owned(), now);
+        }
+        self.notifier.presence_changed(&mut self.presentities, aor);
+    }
 }
 
 /// A clock in milliseconds since the epoch that follows tokio time, so tests that pause
 /// time move calendar and expiry together.
-struct Clock {
+#[derive(Clone, Copy)]
+pub(crate) struct Clock {
     wall_at_start_ms: i64,
     start: Instant,
 }
@@ -238,21 +289,13 @@ fn domain_of(aor: &str) -> &str {
 }
 
 /// A presentity with nobody watching yet, its presence aggregated from what it has.
-fn presentity(
-    publications: Vec<Publication>,
-    data: fetch::UserData,
-    rules: &AggregationRules,
-    now: i64,
-) -> Presentity {
-    let devices: Vec<DeviceState> = publications.iter().map(|p| p.state.clone()).collect();
-    let presence = aggregate(&devices, &data.stored, rules, now);
+fn presentity(data: fetch::UserData, rules: &AggregationRules, now: i64) -> Presentity {
     Presentity {
-        publications,
+        publications: publications::Publications::new(&data.stored, rules, now),
         stored: data.stored,
         display_name: data.display_name,
         contacts: data.contacts,
         groups: data.groups,
-        presence,
         watchers: Vec::new(),
         winfo: Vec::new(),
         lists: Vec::new(),
@@ -265,7 +308,34 @@ fn presentity(
 /// What stands for a list entry that names no user we know: offline with nothing stored,
 /// as such an entry has always been shown, but held nowhere (nothing per entry in memory).
 fn unknown_presentity(rules: &AggregationRules, now: i64) -> Presentity {
-    presentity(Vec::new(), fetch::UserData::default(), rules, now)
+    presentity(fetch::UserData::default(), rules, now)
+}
+
+/// Whom `watcher` counts as for `aor`: the user themself, or their relationship (the
+/// default one for the domains when the user gave none).
+fn audience(aor: &str, p: &Presentity, watcher: &str) -> Audience {
+    if bare(watcher) == bare(aor) {
+        return Audience::Own;
+    }
+    if p.unreadable {
+        // Fail closed: what the user allows this watcher is not known now.
+        return Audience::Watcher(Relationship::Blocked);
+    }
+    Audience::Watcher(
+        p.relationship_of(watcher)
+            .unwrap_or_else(|| Audience::default_for(domain_of(aor), domain_of(watcher))),
+    )
+}
+
+/// What `watcher` may see of `aor`, held as `p`.
+fn view_of(aor: &str, p: &Presentity, watcher: &str) -> View {
+    View::of(
+        aor,
+        p.publications.presence(),
+        p.display_name.as_deref(),
+        &p.stored.card,
+        audience(aor, p, watcher),
+    )
 }
 
 /// What `watcher` may see of `aor` from what the database holds about them (read by the
@@ -286,33 +356,31 @@ pub fn stored_view(
         groups: Vec::new(),
         display_name,
     };
-    let p = presentity(Vec::new(), data, rules, now_ms);
+    let p = presentity(data, rules, now_ms);
     View::of(
         aor,
-        &p.presence,
+        p.publications.presence(),
         p.display_name.as_deref(),
         &p.stored.card,
-        PresenceService::audience(aor, &p, watcher.unwrap_or(aor)),
+        audience(aor, &p, watcher.unwrap_or(aor)),
     )
 }
 
 /// The presence service. Create with [`PresenceService::start`], giving it the router's
 /// outbound side as its [`Deliverer`], then give it to the router as its event hook.
 pub struct PresenceService {
-    /// Itself, for the tasks it spawns from `&self` (paced NOTIFYs): they end when the
-    /// service is dropped.
+    /// Itself, for the presentity reads it spawns from `&self` (module `fetch`); they
+    /// end when the service is dropped.
     me: Weak<PresenceService>,
     contacts: Arc<dyn ContactData>,
     presence: Arc<dyn PresenceData>,
     directory: Arc<dyn Directory>,
     config: PresenceConfig,
     clock: Clock,
-    state: Mutex<State>,
+    /// The one state lock (see [`State`]); shared with the notifier's paced NOTIFYs.
+    state: Arc<Mutex<State>>,
     /// Reads of presentities under way (never locked while `state` is awaited on).
     reads: fetch::Reads,
-    /// Where NOTIFYs leave (the router's outbound side, which does not hold the service:
-    /// no ring).
-    deliverer: Arc<dyn Deliverer>,
     /// The change-log position already applied.
     change_seq: Mutex<i64>,
     /// When the store was last pruned.
@@ -345,16 +413,26 @@ impl PresenceService {
             tracing::error!(error = %e, "cannot read the presence change log");
             0
         });
+        let clock = Clock::new();
+        // NOTIFYs leave through the router's outbound side, which does not hold the
+        // service (no ring); paced ones take the state lock when they fire.
+        let state = Arc::new_cyclic(|weak| {
+            Mutex::new(State {
+                presentities: HashMap::new(),
+                notifier: notifier::Notifier::new(config.clone(), clock, deliverer, weak.clone()),
+                lync_flows: lync::EndpointFlows::default(),
+                last_active: HashMap::new(),
+            })
+        });
         let svc = Arc::new_cyclic(|me| PresenceService {
             me: me.clone(),
             contacts,
             presence,
             directory,
             config,
-            clock: Clock::new(),
-            state: Mutex::new(State::default()),
+            clock,
+            state,
             reads: fetch::Reads::default(),
-            deliverer,
             change_seq: Mutex::new(seq),
             pruned_at: Mutex::new(Instant::now()),
             focus_factory,
@@ -386,38 +464,7 @@ impl PresenceService {
     pub fn counts(&self) -> (usize, usize, usize) {
         let st = self.state.lock();
         let pubs = st.presentities.values().map(|p| p.publications.len()).sum();
-        (st.presentities.len(), pubs, st.subs.len())
-    }
-
-    /// Recomputes a presentity's aggregate; when it changed, its watchers hear of it.
-    fn reaggregate(&self, st: &mut State, aor: &str) {
-        let now = self.now_ms();
-        let Some(p) = st.presentities.get_mut(aor) else {
-            return;
-        };
-        let devices: Vec<DeviceState> = p.publications.iter().map(|x| x.state.clone()).collect();
-        let fresh = aggregate(&devices, &p.stored, &self.config.rules, now);
-        let was_online = p.presence.availability.is_online() && !p.presence.manual;
-        let gone = was_online && devices.iter().all(|d| !d.availability.is_online());
-        if fresh == p.presence {
-            return;
-        }
-        p.presence = fresh;
-        if gone {
-            // A6: remember when the last device went away (written by housekeeping, off
-            // the request path, a batch at a time).
-            p.stored.last_active_ms = Some(now);
-            p.presence.last_active_ms = Some(now);
-        }
-        let watchers = p.watchers.clone();
-        if gone {
-            st.last_active.insert(bare(aor).to_owned(), now);
-        }
-        for id in watchers {
-            self.changed(st, id, Some(aor));
-        }
-        // The owner's Lync endpoints show the aggregate as their own status.
-        self.kick_own(st, aor);
+        (st.presentities.len(), pubs, st.notifier.len())
     }
 
     /// What `watcher` (an AoR; `None` for the user themself) may see of `aor` now: the
@@ -428,41 +475,15 @@ impl PresenceService {
         let watcher = watcher.unwrap_or(aor);
         let held = {
             let st = self.state.lock();
-            st.presentities
-                .get(aor)
-                .map(|p| self.view_of(aor, p, watcher))
+            st.presentities.get(aor).map(|p| view_of(aor, p, watcher))
         };
         if let Some(v) = held {
             return Ok(v);
         }
         let now = self.now_ms();
         let data = self.read_user(aor, now).await?;
-        let p = presentity(Vec::new(), data, &self.config.rules, now);
-        Ok(self.view_of(aor, &p, watcher))
-    }
-
-    fn audience(aor: &str, p: &Presentity, watcher: &str) -> Audience {
-        if bare(watcher) == bare(aor) {
-            return Audience::Own;
-        }
-        if p.unreadable {
-            // Fail closed: what the user allows this watcher is not known now.
-            return Audience::Watcher(Relationship::Blocked);
-        }
-        Audience::Watcher(
-            p.relationship_of(watcher)
-                .unwrap_or_else(|| Audience::default_for(domain_of(aor), domain_of(watcher))),
-        )
-    }
-
-    fn view_of(&self, aor: &str, p: &Presentity, watcher: &str) -> View {
-        View::of(
-            aor,
-            &p.presence,
-            p.display_name.as_deref(),
-            &p.stored.card,
-            Self::audience(aor, p, watcher),
-        )
+        let p = presentity(data, &self.config.rules, now);
+        Ok(view_of(aor, &p, watcher))
     }
 
     /// Applies changes the CLI (or another process) logged: reloads each user's stored
@@ -518,28 +539,26 @@ impl PresenceService {
         let now = Instant::now();
         let now_ms = self.now_ms();
         let last_active: Vec<(String, i64)> = {
-            let mut st = self.state.lock();
+            let mut guard = self.state.lock();
+            let st = &mut *guard;
             let mut touched = Vec::new();
             for (aor, p) in st.presentities.iter_mut() {
-                let before = p.publications.len();
-                p.publications.retain(|x| x.expires_at > now);
-                if p.publications.len() != before
-                    || p.presence.next_change_ms.is_some_and(|t| t <= now_ms)
+                let expired = p.publications.expire(now);
+                if expired
+                    || p.publications
+                        .presence()
+                        .next_change_ms
+                        .is_some_and(|t| t <= now_ms)
                 {
                     touched.push(aor.clone());
                 }
             }
             for aor in touched {
-                self.reaggregate(&mut st, &aor);
+                st.reaggregate(&aor, &self.config.rules, now_ms);
             }
-            let expired: Vec<u64> = st
-                .subs
-                .iter()
-                .filter(|(_, s)| s.expires_at <= now)
-                .map(|(id, _)| *id)
-                .collect();
+            let expired = st.notifier.expired(now);
             for id in expired {
-                self.terminate(&mut st, id, "timeout");
+                st.notifier.terminate(&mut st.presentities, id, "timeout");
             }
             // Forget users nobody watches and who publish nothing.
             st.presentities.retain(|_, p| {
@@ -579,10 +598,11 @@ impl PresenceService {
     /// Ends every subscription (the server is stopping): RFC 6665 §4.2.2 `noresource`
     /// would make clients give up, so `deactivated` invites them to resubscribe.
     pub fn shutdown(&self) {
-        let mut st = self.state.lock();
-        let ids: Vec<u64> = st.subs.keys().copied().collect();
-        for id in ids {
-            self.terminate(&mut st, id, "deactivated");
+        let mut guard = self.state.lock();
+        let st = &mut *guard;
+        for id in st.notifier.ids() {
+            st.notifier
+                .terminate(&mut st.presentities, id, "deactivated");
         }
     }
 }
@@ -614,7 +634,10 @@ impl EventHook for PresenceService {
         let status = responder.send(answer).await;
         // RFC 6665 §4.2.1.2: the first NOTIFY goes once the 200 has.
         if (200..300).contains(&status) && msg.method() == Some(&sip_message::Method::Subscribe) {
-            self.answered_subscribe(msg, from);
+            let mut guard = self.state.lock();
+            let st = &mut *guard;
+            st.notifier
+                .answered_subscribe(&mut st.presentities, msg, from);
         }
     }
 
