@@ -58,6 +58,14 @@ pub trait CdrData: Send + Sync + 'static {
         session: &SessionRecord,
         participants: &[ParticipantRecord],
     ) -> Result<(), DataError>;
+    /// [`CdrData::start_session`] for several sessions in one transaction (a group
+    /// commit: when many conversations start at once, each need not wait for its own):
+    /// all are recorded or none.
+    async fn start_sessions(
+        &self,
+        run: &Run,
+        sessions: &[(SessionRecord, Vec<ParticipantRecord>)],
+    ) -> Result<(), DataError>;
     /// Adds or updates participants: `(session id, participant)`, one row per session
     /// and address (an update replaces device, times and counts).
     async fn update_participants(

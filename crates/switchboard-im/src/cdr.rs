@@ -36,6 +36,8 @@ const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 /// After a failed write, new sessions are refused at once for this long.
 const REFUSE_AFTER_FAILURE: Duration = Duration::from_secs(2);
+/// Sessions' starts written in one transaction at most.
+const START_BATCH: usize = 256;
 /// How long a session's start may wait on the database.
 const START_WAIT: Duration = Duration::from_secs(5);
 
@@ -241,20 +243,48 @@ async fn writer(
     queued: Arc<AtomicUsize>,
     health: Arc<Health>,
 ) {
-    while let Some(job) = rx.recv().await {
+    // A job taken off the queue while gathering starts, to be handled next (in order).
+    let mut carried: Option<Job> = None;
+    loop {
+        let job = match carried.take() {
+            Some(job) => job,
+            None => match rx.recv().await {
+                Some(job) => job,
+                None => return,
+            },
+        };
         let w = match job {
             Job::Write(w) => w,
+            Job::WriteNow(CdrWrite::Start(s, parts), done) => {
+                // Group commit: the starts queued right behind this one (many pairs
+                // beginning at once, a server just started) go in one transaction, each
+                // waiter answered with its outcome, instead of one transaction each.
+                let mut starts = vec![(s, parts)];
+                let mut waiters = vec![done];
+                while starts.len() < START_BATCH {
+                    match rx.try_recv() {
+                        Ok(Job::WriteNow(CdrWrite::Start(s, parts), done)) => {
+                            starts.push((s, parts));
+                            waiters.push(done);
+                        }
+                        Ok(other) => {
+                            carried = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let r = data.start_sessions(&run, &starts).await;
+                note_outcome(&health, &r);
+                for done in waiters {
+                    let _ = done.send(r.clone());
+                    queued.fetch_sub(1, Ordering::Relaxed);
+                }
+                continue;
+            }
             Job::WriteNow(w, done) => {
                 let r = apply(data.as_ref(), &run, &w).await;
-                match &r {
-                    Ok(()) => {
-                        if health.recovered() {
-                            tracing::info!("CDR writes go through again");
-                        }
-                    }
-                    Err(e) if e.is_unavailable() => health.failed(),
-                    Err(_) => {}
-                }
+                note_outcome(&health, &r);
                 let _ = done.send(r);
                 queued.fetch_sub(1, Ordering::Relaxed);
                 continue;
@@ -291,6 +321,19 @@ async fn writer(
             }
         }
         queued.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What a write tried once says of the database's health.
+fn note_outcome(health: &Health, r: &Result<(), DataError>) {
+    match r {
+        Ok(()) => {
+            if health.recovered() {
+                tracing::info!("CDR writes go through again");
+            }
+        }
+        Err(e) if e.is_unavailable() => health.failed(),
+        Err(_) => {}
     }
 }
 

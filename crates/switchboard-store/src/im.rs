@@ -50,16 +50,27 @@ impl ImStore {
         s: &SessionRecord,
         participants: &[ParticipantRecord],
     ) -> Result<(), StoreError> {
+        self.start_sessions(run, std::iter::once((s, participants)))
+    }
+
+    /// Several sessions' starts in one transaction.
+    pub fn start_sessions<'a>(
+        &self,
+        run: &Run,
+        sessions: impl IntoIterator<Item = (&'a SessionRecord, &'a [ParticipantRecord])>,
+    ) -> Result<(), StoreError> {
         let mut conn = self.conn.lock();
         let tx = conn.transaction()?;
-        tx.execute(
-            "INSERT INTO cdr_sessions (id, kind, started_at_ms, ended_at_ms, end_reason, initiator, organiser, escalated_from, owner, epoch)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-             ON CONFLICT (id) DO NOTHING",
-            params![s.id, s.kind, s.started_at_ms, s.ended_at_ms, s.end_reason, s.initiator, s.organiser, s.escalated_from, run.owner, run.epoch],
-        )?;
-        for p in participants {
-            upsert_participant(&tx, &s.id, p)?;
+        for (s, participants) in sessions {
+            tx.prepare_cached(
+                "INSERT INTO cdr_sessions (id, kind, started_at_ms, ended_at_ms, end_reason, initiator, organiser, escalated_from, owner, epoch)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                 ON CONFLICT (id) DO NOTHING",
+            )?
+            .execute(params![s.id, s.kind, s.started_at_ms, s.ended_at_ms, s.end_reason, s.initiator, s.organiser, s.escalated_from, run.owner, run.epoch])?;
+            for p in participants {
+                upsert_participant(&tx, &s.id, p)?;
+            }
         }
         tx.commit()?;
         Ok(())

@@ -152,6 +152,14 @@ impl CdrData for SqliteStore {
         );
         blocking(move || im.start_session(&r, &s, &p)).await
     }
+    async fn start_sessions(
+        &self,
+        run: &Run,
+        sessions: &[(SessionRecord, Vec<ParticipantRecord>)],
+    ) -> Result<(), DataError> {
+        let (im, r, all) = (self.im.clone(), run.clone(), sessions.to_vec());
+        blocking(move || im.start_sessions(&r, all.iter().map(|(s, p)| (s, p.as_slice())))).await
+    }
     async fn update_participants(
         &self,
         rows: &[(String, ParticipantRecord)],

@@ -281,6 +281,48 @@ async fn cdr_sessions_start_once_grow_and_end_once() {
     assert_eq!(c.session("s-9").await.unwrap(), None);
 }
 
+/// Several starts in one call (the CDR writer's group commit): all recorded, each with its
+/// participants, idempotent as one start is, and owned by the run that wrote them.
+#[tokio::test]
+async fn cdr_sessions_start_together() {
+    let b = backend().await;
+    let c = &b.cdr;
+    let run = c.begin_run(Run::STANDALONE, 500).await.unwrap();
+    let batch: Vec<(SessionRecord, Vec<ParticipantRecord>)> = (0..40)
+        .map(|i| {
+            let who = format!("u{i}@example.com");
+            (
+                session(&format!("g-{i}"), 1_000 + i, &who),
+                vec![
+                    participant(&who, 1_000 + i),
+                    participant("bob@example.com", 1_000 + i),
+                ],
+            )
+        })
+        .collect();
+    c.start_sessions(&run, &batch).await.unwrap();
+    // Replayed with one new session among them: the old keep their first record.
+    let mut replay = batch[..3].to_vec();
+    replay[0].0.initiator = "mallory@example.com".into();
+    replay.push((session("g-new", 9_000, "carol@example.com"), vec![]));
+    c.start_sessions(&run, &replay).await.unwrap();
+    for (s, parts) in &batch {
+        let (got, got_parts) = c.session(&s.id).await.unwrap().unwrap();
+        assert_eq!(&got, s);
+        assert_eq!(got_parts.len(), parts.len(), "{}", s.id);
+    }
+    assert!(c.session("g-new").await.unwrap().is_some());
+    c.start_sessions(&run, &[]).await.unwrap();
+    let next = c.begin_run(Run::STANDALONE, 9_500).await.unwrap();
+    assert_eq!(
+        c.close_open_sessions(&next, 10_000, "restart")
+            .await
+            .unwrap(),
+        41,
+        "the earlier run's sessions, all of them"
+    );
+}
+
 /// A restarted server closes what its own earlier runs left open, and nothing else:
 /// not another server's live sessions (the pool), not its own current run's.
 #[tokio::test]

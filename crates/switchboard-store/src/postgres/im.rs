@@ -77,6 +77,15 @@ impl CdrData for PostgresStore {
         s: &SessionRecord,
         participants: &[ParticipantRecord],
     ) -> Result<(), DataError> {
+        self.start_sessions(run, &[(s.clone(), participants.to_vec())])
+            .await
+    }
+
+    async fn start_sessions(
+        &self,
+        run: &Run,
+        sessions: &[(SessionRecord, Vec<ParticipantRecord>)],
+    ) -> Result<(), DataError> {
         on_connection!(self, |c| {
             let tx = c.transaction().await?;
             let st = tx
@@ -87,23 +96,30 @@ impl CdrData for PostgresStore {
                      ON CONFLICT (id) DO NOTHING"
                 ))
                 .await?;
-            tx.execute(
-                &st,
-                &[
-                    &s.id,
-                    &s.kind,
-                    &s.started_at_ms,
-                    &s.ended_at_ms,
-                    &s.end_reason,
-                    &s.initiator,
-                    &s.organiser,
-                    &s.escalated_from,
-                    &run.owner,
-                    &run.epoch,
-                ],
-            )
+            // Sent together, answers awaited after (pipelined, one transaction).
+            try_join_all(sessions.iter().map(|(s, _)| {
+                tx.execute_raw(
+                    &st,
+                    [
+                        &s.id as &(dyn ToSql + Sync),
+                        &s.kind,
+                        &s.started_at_ms,
+                        &s.ended_at_ms,
+                        &s.end_reason,
+                        &s.initiator,
+                        &s.organiser,
+                        &s.escalated_from,
+                        &run.owner,
+                        &run.epoch,
+                    ],
+                )
+            }))
             .await?;
-            upsert_participants(&tx, participants.iter().map(|p| (s.id.as_str(), p))).await?;
+            let rows: Vec<(&str, &ParticipantRecord)> = sessions
+                .iter()
+                .flat_map(|(s, ps)| ps.iter().map(|p| (s.id.as_str(), p)))
+                .collect();
+            upsert_participants(&tx, rows.into_iter()).await?;
             tx.commit().await?;
             Ok(())
         })
