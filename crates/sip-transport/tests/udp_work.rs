@@ -4,8 +4,10 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
+mod common;
+
+use common::{eventually, request};
 use sip_transport::{Handler, Inbound, Transports, TransportsConfig, Work};
 use tokio::net::UdpSocket;
 use tokio::sync::Notify;
@@ -38,25 +40,6 @@ impl Handler for Waiting {
             }
         }))
     }
-}
-
-fn request(call_id: &str) -> Vec<u8> {
-    format!(
-        "OPTIONS sip:x@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bK{call_id}\r\n\
-         From: <sip:a@example.com>;tag=1\r\nTo: <sip:x@example.com>\r\nCall-ID: {call_id}\r\n\
-         CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
-    )
-    .into_bytes()
-}
-
-async fn eventually(what: &str, f: impl Fn() -> bool) {
-    for _ in 0..500 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("never: {what}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
