@@ -58,6 +58,11 @@ command -v kamailio >/dev/null || need+=(kamailio)
 [ -e /usr/lib/x86_64-linux-gnu/kamailio/modules/presence.so ] || need+=(kamailio-presence-modules)
 command -v sipp >/dev/null || need+=(sip-tester)
 command -v sqlite3 >/dev/null || need+=(sqlite3)
+# switchboard-pg: scripts/pg-cluster.sh (PostgreSQL, and openssl for its TLS certificate).
+if [[ " $SERVERS " == *" switchboard-pg "* ]]; then
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
+  command -v openssl >/dev/null || need+=(openssl)
+fi
 if ((${#need[@]})); then
   log "installing ${need[*]}"
   DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null && \

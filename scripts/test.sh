@@ -43,6 +43,8 @@ command -v python3 >/dev/null || need+=(python3)
 # suite run again on a throwaway PostgreSQL cluster (scripts/pg-cluster.sh; psql makes databases).
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || command -v initdb >/dev/null || need+=(postgresql)
 command -v psql >/dev/null || need+=(postgresql-client)
+# scripts/pg-cluster.sh makes the test cluster's TLS certificate with openssl.
+command -v openssl >/dev/null || need+=(openssl)
 if ((${#need[@]})); then
   step "installing ${need[*]}"
   if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
