@@ -162,6 +162,20 @@ pub fn with_database(url: &str, name: &str) -> String {
     format!("{root}/{name}{query}")
 }
 
+/// Asks `f` until it holds, at most 5 s; panics naming `what` otherwise. For what another
+/// connection wrote: on SQLite it is seen at the next read, on PostgreSQL a cached lookup
+/// sees it once the change's notification arrives (a moment later).
+pub async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(5) {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!("never: {what}");
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -22,7 +22,7 @@ use switchboard_core::{
     SessionRecord,
 };
 use switchboard_store::postgres::{self, PostgresStore};
-use switchboard_store::testing::PgDatabase;
+use switchboard_store::testing::{eventually, PgDatabase};
 use switchboard_store::Data;
 
 /// The backend under test, opened as every caller opens it ([`Data`]: each trait as
@@ -634,19 +634,6 @@ async fn presence_state_without_a_client_and_its_change_log() {
     p.prune(i64::MAX).await.unwrap();
 }
 
-/// Asks `f` until it holds (at most 5 s): on SQLite another process's commit is seen at
-/// the next lookup, on PostgreSQL once its notification reaches the cache (a moment).
-async fn soon(what: &str, mut f: impl AsyncFnMut() -> bool) {
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(5) {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("never seen: {what}");
-}
-
 #[tokio::test]
 async fn directory_sees_writes_made_by_another_process() {
     let b = backend().await;
@@ -656,24 +643,24 @@ async fn directory_sees_writes_made_by_another_process() {
     // A miss, cached where lookups are cached: what follows must replace it.
     assert_eq!(server.find(&alice).await.unwrap(), None);
     cli.add(&alice, "pw-1", None).await.unwrap();
-    soon("added", async || {
+    eventually("added", async || {
         server.find(&alice).await.unwrap().is_some()
     })
     .await;
     assert!(server.has_domain("example.com").await.unwrap());
     cli.set_password(&alice, "pw-2").await.unwrap();
     let new = switchboard_core::Credentials::derive(&alice, "pw-2");
-    soon("the new password", async || {
+    eventually("the new password", async || {
         server.find(&alice).await.unwrap().unwrap().credentials == new
     })
     .await;
     cli.set_enabled(&alice, false).await.unwrap();
-    soon("disabled", async || {
+    eventually("disabled", async || {
         !server.find(&alice).await.unwrap().unwrap().enabled
     })
     .await;
     cli.remove(&alice).await.unwrap();
-    soon("removed", async || {
+    eventually("removed", async || {
         server.find(&alice).await.unwrap().is_none()
     })
     .await;

@@ -231,18 +231,8 @@ where
 mod tests {
     use super::*;
     use crate::postgres::PostgresStore;
-    use crate::testing::{pg_server, PgDatabase};
+    use crate::testing::{eventually, pg_server, PgDatabase};
     use switchboard_core::Directory;
-
-    async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
-        for _ in 0..500 {
-            if f().await {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("never: {what}");
-    }
 
     /// Runs with a test server only (`SWITCHBOARD_TEST_PG_URL`, as scripts/test.sh sets).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,22 +33,20 @@ pub(super) enum Link {
 /// Reads the TLS wishes out of `url`: the URL as tokio-postgres takes it, and the link.
 pub(super) fn read(url: &str) -> Result<(String, Link), DataError> {
     let (rest, mode, root) = strip(url);
-    let tls = match mode.as_deref() {
-        None | Some("prefer") | Some("disable") => {
-            if root.is_some() {
-                return Err(bad("sslrootcert needs sslmode=verify-full (or require)"));
-            }
-            None
+    match mode.as_deref() {
+        None | Some("prefer" | "disable") if root.is_some() => {
+            Err(bad("sslrootcert needs sslmode=verify-full (or require)"))
         }
-        Some("require" | "verify-ca" | "verify-full") => Some(root),
-        Some(other) => return Err(bad(&format!("unknown sslmode {other:?}"))),
-    };
-    let Some(root) = tls else {
-        return Ok((rest, Link::Plain));
-    };
-    let url = with_param(&rest, "sslmode", "require");
-    let file = root.unwrap_or_else(|| PathBuf::from(SYSTEM_ROOTS));
-    Ok((url, Link::Tls(connector(&file)?)))
+        None | Some("prefer" | "disable") => Ok((rest, Link::Plain)),
+        Some("require" | "verify-ca" | "verify-full") => {
+            let file = root.unwrap_or_else(|| PathBuf::from(SYSTEM_ROOTS));
+            Ok((
+                with_param(&rest, "sslmode", "require"),
+                Link::Tls(connector(&file)?),
+            ))
+        }
+        Some(other) => Err(bad(&format!("unknown sslmode {other:?}"))),
+    }
 }
 
 /// A rustls connector trusting the authorities in `file`.
@@ -83,7 +81,8 @@ fn bad(what: &str) -> DataError {
 /// forms tokio-postgres reads are handled: `postgres://…?k=v&…` and `k=v k=v`.
 fn strip(url: &str) -> (String, Option<String>, Option<PathBuf>) {
     let (mut mode, mut root) = (None, None);
-    let mut take = |pair: &str| -> bool {
+    // Takes our two parameters' values; says whether `pair` stays for tokio-postgres.
+    let mut keep = |pair: &str| -> bool {
         match pair.split_once('=') {
             Some(("sslmode", v)) => mode = Some(decode(v)),
             Some(("sslrootcert", v)) => root = Some(PathBuf::from(decode(v))),
@@ -94,7 +93,7 @@ fn strip(url: &str) -> (String, Option<String>, Option<PathBuf>) {
     let rest = if url.contains("://") {
         match url.split_once('?') {
             Some((base, query)) => {
-                let kept: Vec<&str> = query.split('&').filter(|p| take(p)).collect();
+                let kept: Vec<&str> = query.split('&').filter(|p| keep(p)).collect();
                 if kept.is_empty() {
                     base.to_owned()
                 } else {
@@ -104,7 +103,7 @@ fn strip(url: &str) -> (String, Option<String>, Option<PathBuf>) {
             None => url.to_owned(),
         }
     } else {
-        let kept: Vec<&str> = url.split_whitespace().filter(|p| take(p)).collect();
+        let kept: Vec<&str> = url.split_whitespace().filter(|p| keep(p)).collect();
         kept.join(" ")
     };
     (rest, mode, root)
