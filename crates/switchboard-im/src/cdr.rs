@@ -276,8 +276,21 @@ async fn writer(
                 }
                 let r = data.start_sessions(&run, &starts).await;
                 note_outcome(&health, &r);
-                for done in waiters {
-                    let _ = done.send(r.clone());
+                let outcomes = match r {
+                    // The database refused the batch itself (not a passing failure): one
+                    // bad row must not refuse the conversations batched with it, so each
+                    // is tried alone.
+                    Err(e) if !e.is_unavailable() && starts.len() > 1 => {
+                        let mut each = Vec::with_capacity(starts.len());
+                        for (s, parts) in &starts {
+                            each.push(data.start_session(&run, s, parts).await);
+                        }
+                        each
+                    }
+                    r => vec![r; starts.len()],
+                };
+                for (done, r) in waiters.into_iter().zip(outcomes) {
+                    let _ = done.send(r);
                     queued.fetch_sub(1, Ordering::Relaxed);
                 }
                 continue;
@@ -351,5 +364,131 @@ async fn apply(data: &dyn CdrData, run: &Run, w: &CdrWrite) -> Result<(), DataEr
             data.update_participants(rows).await?;
             data.end_session(id, *at_ms, reason).await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchboard_core::SessionFilter;
+
+    /// Records starts; refuses (not transiently) any batch or start of the initiator
+    /// "bad@x"; holds every counter update until `gate` opens, so starts queue up behind.
+    #[derive(Default)]
+    struct Fake {
+        gate: tokio::sync::Notify,
+        batches: Mutex<Vec<usize>>,
+        started: Mutex<Vec<String>>,
+    }
+
+    fn refused(s: &SessionRecord) -> bool {
+        s.initiator == "bad@x"
+    }
+
+    #[async_trait::async_trait]
+    impl CdrData for Fake {
+        async fn begin_run(&self, owner: &str, _: i64) -> Result<Run, DataError> {
+            Ok(Run {
+                owner: owner.into(),
+                epoch: 1,
+            })
+        }
+        async fn start_session(
+            &self,
+            _: &Run,
+            s: &SessionRecord,
+            _: &[ParticipantRecord],
+        ) -> Result<(), DataError> {
+            if refused(s) {
+                return Err(DataError::Backend("refused".into()));
+            }
+            self.started.lock().push(s.initiator.clone());
+            Ok(())
+        }
+        async fn start_sessions(
+            &self,
+            _: &Run,
+            all: &[(SessionRecord, Vec<ParticipantRecord>)],
+        ) -> Result<(), DataError> {
+            self.batches.lock().push(all.len());
+            if all.iter().any(|(s, _)| refused(s)) {
+                return Err(DataError::Backend("refused".into()));
+            }
+            self.started
+                .lock()
+                .extend(all.iter().map(|(s, _)| s.initiator.clone()));
+            Ok(())
+        }
+        async fn update_participants(
+            &self,
+            _: &[(String, ParticipantRecord)],
+        ) -> Result<(), DataError> {
+            self.gate.notified().await;
+            Ok(())
+        }
+        async fn set_escalated_from(&self, _: &str, _: &str) -> Result<(), DataError> {
+            Ok(())
+        }
+        async fn end_session(&self, _: &str, _: i64, _: &str) -> Result<(), DataError> {
+            Ok(())
+        }
+        async fn close_open_sessions(&self, _: &Run, _: i64, _: &str) -> Result<usize, DataError> {
+            Ok(0)
+        }
+        async fn sessions(&self, _: &SessionFilter) -> Result<Vec<SessionRecord>, DataError> {
+            Ok(Vec::new())
+        }
+        async fn session(
+            &self,
+            _: &str,
+        ) -> Result<Option<(SessionRecord, Vec<ParticipantRecord>)>, DataError> {
+            Ok(None)
+        }
+    }
+
+    fn start(initiator: &str) -> CdrWrite {
+        new_session(
+            "two-party",
+            initiator,
+            None,
+            None,
+            &[(initiator, "d".into())],
+        )
+        .1
+    }
+
+    /// Starts queued together go in one batch; a batch the database refuses is tried one
+    /// start at a time, so only the refused start fails.
+    #[tokio::test]
+    async fn queued_starts_are_written_together_and_one_refusal_stays_its_own() {
+        let fake = Arc::new(Fake::default());
+        let log = Arc::new(CdrLog::start(
+            fake.clone(),
+            Run {
+                owner: Run::STANDALONE.into(),
+                epoch: 1,
+            },
+        ));
+        // The writer is held on a counter update while the starts queue behind it.
+        log.write(CdrWrite::Participants(Vec::new()));
+        let mut waiting = Vec::new();
+        for who in ["a@x", "b@x", "bad@x", "c@x"] {
+            let log = log.clone();
+            waiting.push(tokio::spawn(async move { log.write_now(start(who)).await }));
+        }
+        tokio::task::yield_now().await;
+        while log.queued.load(Ordering::Relaxed) < 5 {
+            tokio::task::yield_now().await;
+        }
+        fake.gate.notify_one();
+        let mut outcomes = Vec::new();
+        for w in waiting {
+            outcomes.push(w.await.unwrap().is_ok());
+        }
+        assert_eq!(outcomes, [true, true, false, true]);
+        assert_eq!(*fake.batches.lock(), [4], "one batch of every queued start");
+        let mut started = fake.started.lock().clone();
+        started.sort();
+        assert_eq!(started, ["a@x", "b@x", "c@x"]);
     }
 }
