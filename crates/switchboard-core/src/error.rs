@@ -14,6 +14,13 @@ pub enum DataError {
     NoSuchUser(String),
     #[error("database schema version {found} is newer than this program knows ({known}); upgrade switchboard")]
     SchemaTooNew { found: i64, known: i64 },
+    /// A pool front end wrote under a membership that is gone (it was reaped, or
+    /// restarted elsewhere): it must fence itself and rejoin.
+    #[error("front end {fe} (epoch {epoch}) is no longer a member of the pool")]
+    NotMember { fe: u32, epoch: i64 },
+    /// A front end id that another live process holds (its heartbeat is fresh).
+    #[error("{0}")]
+    MemberAlive(String),
     /// Anything else the backend reported: not transient (a constraint, corruption, a
     /// bug). Services fail closed on it too.
     #[error("database error: {0}")]

@@ -11,6 +11,9 @@
 //!   async, so a service awaits its data outside its locks, and implemented by the
 //!   store crate (SQLite by default, PostgreSQL for a pool). A service holds them as
 //!   `Arc<dyn …>` and never names a backend.
+//! - **Pool state** ([`pool`]): an Enterprise pool's membership (front ends, epochs,
+//!   heartbeats) and where each user's devices are connected, tied to (front end,
+//!   epoch) so a dead front end's rows go in one statement.
 //! - **Seams** ([`seam`]): how the router and the services talk without naming each
 //!   other — the hooks the services implement ([`seam::ImHook`], [`seam::EventHook`]),
 //!   the [`seam::Deliverer`] the router implements for requests services originate, and
@@ -30,6 +33,7 @@ mod contacts;
 pub mod data;
 mod error;
 mod im;
+pub mod pool;
 mod presence;
 pub mod seam;
 mod users;

@@ -15,6 +15,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use switchboard_core::pool::{MembershipData, PoolLocationData};
 use switchboard_core::{CdrData, ContactData, DataError, Directory, OfflineData, PresenceData};
 
 use crate::postgres::{self, PostgresStore};
@@ -182,18 +183,35 @@ pub struct Data {
     pub offline: Arc<dyn OfflineData>,
     pub contacts: Arc<dyn ContactData>,
     pub presence: Arc<dyn PresenceData>,
+    /// An Enterprise pool's shared state: on PostgreSQL only (`None` on SQLite, which
+    /// serves one Standard Edition server).
+    pub pool: Option<PoolData>,
     pub backend: Backend,
+}
+
+/// The data of an Enterprise pool (see [`switchboard_core::pool`]).
+#[derive(Clone)]
+pub struct PoolData {
+    pub membership: Arc<dyn MembershipData>,
+    pub location: Arc<dyn PoolLocationData>,
 }
 
 impl Data {
     fn of(backend: Backend) -> Data {
         match &backend {
-            Backend::Sqlite(s) => Data::traits_of(Arc::new(s.clone()), backend),
-            Backend::Postgres(s) => Data::traits_of(Arc::new(s.clone()), backend),
+            Backend::Sqlite(s) => Data::traits_of(Arc::new(s.clone()), None, backend),
+            Backend::Postgres(s) => {
+                let store = Arc::new(s.clone());
+                let pool = PoolData {
+                    membership: store.clone(),
+                    location: store.clone(),
+                };
+                Data::traits_of(store, Some(pool), backend)
+            }
         }
     }
 
-    fn traits_of<S>(s: Arc<S>, backend: Backend) -> Data
+    fn traits_of<S>(s: Arc<S>, pool: Option<PoolData>, backend: Backend) -> Data
     where
         S: Directory + CdrData + OfflineData + ContactData + PresenceData,
     {
@@ -203,6 +221,7 @@ impl Data {
             offline: s.clone(),
             contacts: s.clone(),
             presence: s,
+            pool,
             backend,
         }
     }

@@ -50,7 +50,7 @@ mod sqlite;
 pub mod testing;
 mod users;
 
-pub use data::{Backend, Data, Database, SCHEMA_VERSION};
+pub use data::{Backend, Data, Database, PoolData, SCHEMA_VERSION};
 pub use im::ImStore;
 pub use postgres::PostgresStore;
 pub use presence::PresenceStore;

@@ -148,6 +148,9 @@ const MIGRATIONS: &[&str] = &[
     // connection sees a commit through the WAL and users_version, so nothing changes.
     // Numbered all the same: a schema version means the same on both backends.
     "SELECT 1;",
+    // 9: an Enterprise pool's membership and shared registrations live in PostgreSQL
+    // only (a Standard Edition has no pool); numbered all the same.
+    "SELECT 1;",
 ];
 
 /// The schema version this build migrates to.

@@ -164,6 +164,39 @@ const MIGRATIONS: &[&str] = &[
         RETURN NULL;
     END
     $$;"#,
+    // 9: an Enterprise pool. Its members (one row per running front end: each start is
+    // a new epoch, a server run of owner 'fe-N', so its CDR sessions are known by it),
+    // the key pool-internal requests are authenticated with, and where every device is
+    // connected. Registrations cascade from their member's (id, epoch): one DELETE
+    // removes a dead front end's, and a front end reaped while it slept cannot insert
+    // under its old epoch again. High-churn rows leave room for HOT updates.
+    r#"CREATE TABLE pool_members (
+        fe_id           INTEGER PRIMARY KEY,
+        epoch           BIGINT NOT NULL UNIQUE,
+        sip_addr        TEXT NOT NULL,
+        joined_at       TIMESTAMPTZ NOT NULL DEFAULT now(),
+        heartbeat_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
+        connections     BIGINT NOT NULL DEFAULT 0,
+        registered      BIGINT NOT NULL DEFAULT 0,
+        subscriptions   BIGINT NOT NULL DEFAULT 0,
+        UNIQUE (fe_id, epoch)
+    ) WITH (fillfactor = 50);
+    CREATE TABLE pool_secret (
+        id              INTEGER PRIMARY KEY CHECK (id = 1),
+        secret          BYTEA NOT NULL
+    );
+    CREATE TABLE pool_bindings (
+        aor             TEXT COLLATE "C" NOT NULL,
+        fe_id           INTEGER NOT NULL,
+        epoch           BIGINT NOT NULL,
+        connection      BIGINT NOT NULL,
+        contact         TEXT NOT NULL,
+        expires_at      TIMESTAMPTZ NOT NULL,
+        lync            BOOLEAN NOT NULL,
+        FOREIGN KEY (fe_id, epoch) REFERENCES pool_members (fe_id, epoch) ON DELETE CASCADE
+    ) WITH (fillfactor = 80);
+    CREATE INDEX pool_bindings_aor ON pool_bindings (aor);
+    CREATE INDEX pool_bindings_member ON pool_bindings (fe_id, epoch);"#,
 ];
 
 /// The schema version this build migrates to.

@@ -22,6 +22,7 @@ mod directory;
 mod directory_cache;
 mod im;
 mod migrations;
+mod pool;
 mod presence;
 mod tls;
 
@@ -52,6 +53,9 @@ const XACT_LOCK: &str = "SELECT pg_advisory_xact_lock($1, hashtext($2))";
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: Pool,
+    /// A pool front end's heartbeats and reaper, apart from the busy main pool (see
+    /// `pool`); its two connections are opened only when used.
+    control: Control,
     users: std::sync::Arc<directory_cache::DirectoryCache>,
 }
 
@@ -66,6 +70,7 @@ impl PostgresStore {
         drop(client);
         Ok(PostgresStore {
             pool,
+            control: Control(pool_of(config.clone(), link.clone(), 2)?),
             users: std::sync::Arc::new(directory_cache::DirectoryCache::start(config, link)),
         })
     }
@@ -73,6 +78,21 @@ impl PostgresStore {
     /// A connection from the pool.
     async fn connection(&self) -> Result<Object, Failure> {
         Ok(self.pool.get().await?)
+    }
+
+    /// The connections of pool membership (see `pool`).
+    fn control(&self) -> &Control {
+        &self.control
+    }
+}
+
+/// A small connection pool kept apart from the main one (see `pool`).
+#[derive(Clone)]
+struct Control(Pool);
+
+impl Control {
+    async fn connection(&self) -> Result<Object, Failure> {
+        Ok(self.0.get().await?)
     }
 }
 
@@ -153,7 +173,8 @@ fn pool_of(
 /// unusable is taken out of the pool rather than handed to the next caller.
 macro_rules! on_connection {
     ($store:expr, $deadline:expr, |$c:ident| $body:block) => {{
-        let store: &$crate::postgres::PostgresStore = $store;
+        // The store, or another set of connections with a `connection()` of its own.
+        let store = $store;
         let deadline: std::time::Duration = $deadline;
         let answer: Result<_, $crate::postgres::Failure> = async {
             #[allow(unused_mut)]
