@@ -339,6 +339,9 @@ pub struct Guard {
     auth_lockouts: AtomicU64,
     auth_refused_locked: AtomicU64,
     last_sweep: Mutex<Option<Instant>>,
+    /// Other servers of the same pool: exempt like `exempt`, but learned at run time
+    /// (front ends join and leave). Their requests were limited where they entered.
+    peers: parking_lot::RwLock<Vec<IpAddr>>,
 }
 
 impl Guard {
@@ -357,7 +360,14 @@ impl Guard {
             auth_lockouts: AtomicU64::new(0),
             auth_refused_locked: AtomicU64::new(0),
             last_sweep: Mutex::new(None),
+            peers: parking_lot::RwLock::new(Vec::new()),
         }
+    }
+
+    /// The addresses of the other servers of this server's pool (replacing those before):
+    /// exempt from every limit.
+    pub fn set_peers(&self, peers: Vec<IpAddr>) {
+        *self.peers.write() = peers;
     }
 
     /// No limits at all (tests and tools that need a guard but no policy).
@@ -378,7 +388,8 @@ impl Guard {
     }
 
     fn exempt(&self, ip: IpAddr) -> bool {
-        !self.cfg.exempt.is_empty() && self.cfg.exempt.iter().any(|n| n.contains(ip))
+        (!self.cfg.exempt.is_empty() && self.cfg.exempt.iter().any(|n| n.contains(ip)))
+            || self.peers.read().contains(&ip)
     }
 
     /// Runs `f` on the source's entry, creating it (or using the overflow entry when the

@@ -241,6 +241,16 @@ impl Transports {
         });
     }
 
+    /// Closes every open connection, listeners staying open (a fenced pool front end:
+    /// its clients reconnect and register again). Returns how many.
+    pub fn close_connections(&self) -> usize {
+        let conns = self.inner.conns.read();
+        for c in conns.values() {
+            let _ = c.close.send(true);
+        }
+        conns.len()
+    }
+
     pub fn connection_count(&self) -> usize {
         self.inner.conns.read().len()
     }

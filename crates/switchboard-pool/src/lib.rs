@@ -119,6 +119,8 @@ struct Inner {
     /// The members as last read, by id.
     members: RwLock<Vec<MemberRecord>>,
     health: Mutex<Health>,
+    /// Left the pool: the heartbeat stops (and never rejoins).
+    left: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -155,6 +157,7 @@ impl Pool {
                     last_ok: Instant::now(),
                     healthy_since: None,
                 }),
+                left: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -249,7 +252,22 @@ impl Pool {
 
     /// Leaves the pool (a clean stop): this member's rows go at once.
     pub async fn leave(&self, reason: &str) -> Result<(), DataError> {
+        self.inner
+            .left
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.inner.data.leave(self.member(), reason, now_ms()).await
+    }
+
+    /// Stops heartbeating without leaving, as a crash would: the pool reaps this front
+    /// end once its heartbeat is stale (for tests).
+    pub fn halt(&self) {
+        self.inner
+            .left
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn has_left(&self) -> bool {
+        self.inner.left.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     async fn heartbeats(
@@ -263,7 +281,7 @@ impl Pool {
         let mut failing_since: Option<Instant> = None;
         loop {
             tick.tick().await;
-            if events.is_closed() {
+            if events.is_closed() || self.has_left() {
                 return;
             }
             let member = self.member();
@@ -285,6 +303,7 @@ impl Pool {
                         );
                     }
                 }
+                Ok(false) if self.has_left() => return,
                 Ok(false) => {
                     self.fence(member, &events).await;
                     continue;

@@ -39,10 +39,12 @@ mod cookie;
 mod flow;
 mod ntlm_auth;
 mod outbound;
+mod pool;
 mod relay;
 mod routing;
 
 pub use outbound::Outbound;
+pub use pool::PoolLink;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -123,6 +125,9 @@ pub(crate) struct OwnRoute {
     pub(crate) popped: bool,
     /// The dialog cookie our Record-Route carried.
     pub(crate) cookie: Option<String>,
+    /// The flow token of a request another front end of the pool proxied to a device
+    /// here (see `pool`).
+    pub(crate) pool_flow: Option<String>,
 }
 
 impl Core {
@@ -302,6 +307,9 @@ impl Core {
             if out.cookie.is_none() {
                 out.cookie = uri.params.value(cookie::ROUTE_PARAM).map(str::to_owned);
             }
+            if out.pool_flow.is_none() {
+                out.pool_flow = uri.params.value(pool::FLOW_PARAM).map(str::to_owned);
+            }
             msg.headers.pop_first_value(&HeaderName::Route);
             out.popped = true;
         }
@@ -467,6 +475,12 @@ impl Core {
                         }
                     }
                 }
+                // In a pool, the device is found from every front end before the client
+                // hears it is registered.
+                if let Err(e) = self.out.publish_bindings(&aor).await {
+                    tracing::warn!(error = %e, aor, "registration not written to the pool");
+                    return self.respond_unavailable(&req).await;
+                }
                 req.tx.respond(&resp).await;
                 if outcome.added {
                     tracing::info!(aor, devices = outcome.bindings.len(), "registered");
@@ -558,6 +572,7 @@ impl TransactionUser for Core {
         let gone = self.location.flow_closed(flow::connection_of(id));
         if !gone.is_empty() {
             tracing::debug!(?gone, "flow closed; bindings removed");
+            self.out.unpublish(gone);
         }
     }
 }

@@ -47,6 +47,10 @@ pub struct Paths {
     /// The association each signed-in Lync connection signs on (by `opaque`): the router
     /// writes it at sign-in, and Lync-only requests go to those connections only.
     pub(crate) sa_flows: RwLock<HashMap<ConnectionId, String>>,
+    /// The pool this front end belongs to (none: a standalone server).
+    pub(crate) pool: Option<crate::pool::PoolLink>,
+    /// This front end's registrations not yet written to the pool.
+    pub(crate) registrations: Arc<crate::pool::Registrations>,
 }
 
 impl Deref for Outbound {
@@ -57,15 +61,35 @@ impl Deref for Outbound {
 }
 
 impl Outbound {
-    pub fn new(layer: TransactionLayer, location: Arc<Location>, config: &ProxyConfig) -> Self {
-        Outbound(Arc::new(Paths {
+    /// The outbound side of a standalone server (`pool` none) or of a pool's front end.
+    pub fn new(
+        layer: TransactionLayer,
+        location: Arc<Location>,
+        config: &ProxyConfig,
+        pool: Option<crate::pool::PoolLink>,
+    ) -> Self {
+        let out = Outbound(Arc::new(Paths {
             layer,
             location,
             hostnames: config.hostnames.clone(),
             own_addrs: RwLock::new(Vec::new()),
             local_ips: Mutex::new(HashMap::new()),
             sa_flows: RwLock::new(HashMap::new()),
-        }))
+            pool,
+            registrations: Default::default(),
+        }));
+        if out.pool.is_some() {
+            tokio::spawn(crate::pool::write_registrations(
+                Arc::downgrade(&out.0),
+                out.registrations.clone(),
+            ));
+        }
+        out
+    }
+
+    /// This front end's pool, if it is one.
+    pub fn pool(&self) -> Option<&switchboard_pool::Pool> {
+        self.pool.as_ref().map(|l| &l.pool)
     }
 
     /// Learns our listening addresses (once the listeners are bound): they are "us".
@@ -74,6 +98,9 @@ impl Outbound {
             if let Some(a) = self.layer.transports().listening(kind) {
                 self.own_addrs.write().push(a);
             }
+        }
+        if let Some(link) = &self.pool {
+            self.own_addrs.write().push(link.pool.config().sip_addr);
         }
     }
 }
@@ -84,6 +111,9 @@ impl Paths {
     /// Contact. Over UDP: its Contact when that is on the address the REGISTER came from,
     /// else the REGISTER's source address (a Contact behind NAT, `;alias` style).
     pub(crate) fn hop_for(&self, b: &Binding) -> Hop {
+        if let Some(hop) = self.path_hop(b) {
+            return hop;
+        }
         let flow: Source = source_of(b.flow);
         let contact = b.contact_addr().map(|(t, a)| (kind_of(t), a));
         let (target, transport) = match flow.connection {
@@ -127,12 +157,42 @@ impl Paths {
             target,
             transport,
             local,
+            path: None,
+        }
+    }
+
+    /// A binding reached through another front end (its path): over TCP to that front
+    /// end's pool-internal address.
+    fn path_hop(&self, b: &Binding) -> Option<Hop> {
+        let path = b.path.as_ref()?;
+        let addr = b.flow.conn().remote;
+        let local = self
+            .pool
+            .as_ref()
+            .map(|l| l.pool.config().sip_addr)
+            .or_else(|| self.layer.transports().listening(TransportKind::Tcp))
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        Some(Hop {
+            target: Target::Addr(TransportKind::Tcp, addr),
+            transport: TransportKind::Tcp,
+            local,
+            path: Some(path.clone()),
+        })
+    }
+
+    /// Puts the Route to a binding's path (a device on another front end) on `m`.
+    pub(crate) fn route_path(&self, hop: &Hop, m: &mut Message) {
+        if let Some(path) = &hop.path {
+            if let Some(route) = self.path_route(path, m.call_id().unwrap_or("")) {
+                m.headers.push_front(HeaderName::Route, route);
+            }
         }
     }
 
     /// A Contact naming this server itself would make the request loop.
     pub(crate) fn is_own_hop(&self, hop: &Hop) -> bool {
         match hop.target {
+            Target::Addr(_, _) if hop.path.is_some() => false,
             Target::Addr(_, a) => self.is_own(&host_of(a), Some(a.port())),
             Target::Connection { .. } => false,
         }
@@ -185,6 +245,7 @@ impl Paths {
             }),
             temp_gruu: None,
             pinned: false,
+            path: None,
         }
     }
 
@@ -240,7 +301,10 @@ impl Outbound {
     /// Sends `d` to every device of `d.to` in parallel; the first 2xx wins, else the
     /// lowest final status (408 for no answer, 480 for no device).
     pub async fn originate_message(self, d: Delivery) -> u16 {
-        let bindings = self.location.lookup(&d.to);
+        let bindings = match self.all_bindings(&d.to).await {
+            Ok(b) => b,
+            Err(_) => return 503,
+        };
         let (tx, mut rx) = mailbox::<(usize, ClientEvent)>();
         let call_id = format!("{:032x}@switchboard", rand::random::<u128>());
         let from_tag = format!("{:016x}", rand::random::<u64>());
@@ -282,6 +346,7 @@ impl Outbound {
                 m.headers.push(HeaderName::from_wire(name), value.clone());
             }
             m.body = d.body.clone();
+            self.route_path(&hop, &mut m);
             self.layer
                 .send_request_tagged(m, hop.target, sent, tx.clone());
             sent += 1;
@@ -369,12 +434,13 @@ impl Outbound {
         focus: String,
         body: bytes::Bytes,
     ) -> u16 {
-        let bindings: Vec<_> = self
-            .location
-            .lookup(&to)
-            .into_iter()
-            .filter(|b| self.on_association(b.flow))
-            .collect();
+        let bindings: Vec<_> = match self.all_bindings(&to).await {
+            Ok(b) => b,
+            Err(_) => return 503,
+        }
+        .into_iter()
+        .filter(|b| self.speaks_lync(b))
+        .collect();
         let (tx, mut rx) = mailbox::<(usize, ClientEvent)>();
         let call_id = format!("{:032x}@switchboard", rand::random::<u128>());
         let from_tag = format!("{:016x}", rand::random::<u64>());
@@ -400,6 +466,7 @@ impl Outbound {
             m.headers
                 .push(HeaderName::ContentType, "application/ms-conf-invite+xml");
             m.body = body.clone();
+            self.route_path(&hop, &mut m);
             self.layer
                 .send_request_tagged(m, hop.target, hops.len(), tx.clone());
             hops.push(hop);
@@ -433,6 +500,7 @@ impl Outbound {
                                 }
                             }
                             ack.headers.push(HeaderName::CSeq, "1 ACK");
+                            self.route_path(hop, &mut ack);
                             self.layer.send_stateless(hop.target, &ack).await;
                         }
                         accepted = true;

@@ -132,6 +132,9 @@ pub(crate) struct Hop {
     pub(crate) transport: TransportKind,
     /// Our address on this path, for Via and Record-Route.
     pub(crate) local: SocketAddr,
+    /// The binding's path (a device on another front end): the request carries a Route
+    /// to it (see `pool`).
+    pub(crate) path: Option<String>,
 }
 
 impl Hop {
@@ -179,6 +182,9 @@ impl Core {
         req: ServerRequest,
         own_route: crate::OwnRoute,
     ) {
+        if let Some(token) = &own_route.pool_flow {
+            return self.from_pool_member(req, token).await;
+        }
         let Some(target) = self.classify(&req, &own_route).await else {
             return;
         };
@@ -448,7 +454,13 @@ impl Core {
                 return self.respond_unavailable(&req).await;
             }
         }
-        let bindings = self.location.lookup(&aor);
+        let bindings = match self.out.all_bindings(&aor).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "pool location unavailable");
+                return self.respond_unavailable(&req).await;
+            }
+        };
         if method == Method::Message && !in_dialog {
             let reach = if bindings.is_empty() {
                 Reach::Offline
@@ -464,7 +476,7 @@ impl Core {
                 .await;
         }
         if method == Method::Invite && !in_dialog {
-            let session_im = bindings.iter().any(|b| self.out.on_association(b.flow));
+            let session_im = bindings.iter().any(|b| self.out.speaks_lync(b));
             let answer = self
                 .hook
                 .before_invite(
@@ -777,6 +789,7 @@ impl Core {
             .unwrap_or_default();
         let branch = format!("{OUR_BRANCH}{hash}.{idx}.{mac}");
         out.headers.push_front(HeaderName::Via, hop.via(&branch));
+        self.out.route_path(hop, &mut out);
         // Credentials for our realm stop here (§22.3): the next hop cannot use them.
         out.headers.remove(&HeaderName::ProxyAuthorization);
         strip_hop_signatures(&mut out);
@@ -993,6 +1006,23 @@ impl Core {
         let own_route = self.pop_own_routes(&mut msg);
         if msg.headers.has(&HeaderName::Route) {
             return;
+        }
+        if let Some(token) = &own_route.pool_flow {
+            // An ACK a member sent to a device here (it has no transaction to answer).
+            let Some(b) = self.pool_target(&msg, token) else {
+                return;
+            };
+            let hop = self.out.hop_for(&b);
+            msg.headers.push_front(
+                HeaderName::Via,
+                format!(
+                    "SIP/2.0/{} {};branch={}",
+                    hop.transport.via_name(),
+                    fmt_addr(hop.local),
+                    new_branch()
+                ),
+            );
+            return self.layer.send_stateless(hop.target, &msg).await;
         }
         let Some(Uri::Sip(uri)) = msg.request_uri().cloned() else {
             return;

@@ -54,6 +54,10 @@ pub struct Binding {
     /// dialog's remote target that the proxy proved by the flow it came from (a
     /// registration's binding is reached at its Contact when its connection is gone).
     pub pinned: bool,
+    /// The first hop a request for this binding takes (RFC 3327 Path), when it is not
+    /// this server's own: a device connected to another front end of a pool is reached
+    /// through that front end, at this URI (see switchboard-proxy's `pool`).
+    pub path: Option<String>,
 }
 
 impl Binding {
@@ -285,6 +289,7 @@ impl Location {
                         flow,
                         temp_gruu: None,
                         pinned: false,
+                        path: None,
                     };
                     match pos {
                         Some(p) => {
@@ -479,6 +484,18 @@ impl Location {
         self.forget_gruus(&gruus);
         self.unindex_all(&gone);
         gone.len()
+    }
+
+    /// Forgets every binding (a pool front end fenced: its registrations are no longer
+    /// its own); returns the AoRs that had one.
+    pub fn clear(&self) -> Vec<String> {
+        let gone: Vec<String> = {
+            let mut aors = self.aors.write();
+            aors.drain().map(|(aor, _)| aor).collect()
+        };
+        self.temp_gruus.write().clear();
+        self.by_contact.write().clear();
+        gone
     }
 
     /// Number of AoRs and bindings.

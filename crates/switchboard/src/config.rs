@@ -49,6 +49,7 @@ pub struct FileConfig {
     pub limits: Option<LimitsSection>,
     pub log: Option<LogSection>,
     pub database: Option<DatabaseSection>,
+    pub pool: Option<PoolSection>,
 }
 
 /// Which database holds users, CDR, offline messages and presence.
@@ -178,6 +179,17 @@ impl FileConfig {
     }
 }
 
+/// `[pool]`: this server as a front end of an Enterprise pool (PostgreSQL only).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSection {
+    /// This front end's id in the pool (1 or more; `--front-end`).
+    pub front_end: Option<u32>,
+    /// Where other front ends reach this one over SIP/TCP (`--pool-listen`); the SIP TCP
+    /// listener's address when unset.
+    pub listen: Option<SocketAddr>,
+}
+
 /// Everything `serve` needs, after file and flags are merged.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -212,6 +224,10 @@ pub struct ServerConfig {
     pub tls_handshake_secs: u64,
     /// Bytes waiting to be written to one connection at most.
     pub write_queue_bytes: usize,
+    /// This server's id as a front end of an Enterprise pool (`None`: standalone).
+    pub front_end: Option<u32>,
+    /// Its pool-internal SIP/TCP address (default: the SIP TCP listener's).
+    pub pool_listen: Option<SocketAddr>,
 }
 
 impl ServerConfig {
@@ -246,6 +262,8 @@ impl ServerConfig {
             message_secs: 30,
             tls_handshake_secs: 10,
             write_queue_bytes: 2 << 20,
+            front_end: None,
+            pool_listen: None,
         }
     }
 
@@ -253,6 +271,10 @@ impl ServerConfig {
     pub fn apply_file(&mut self, f: FileConfig) -> Result<()> {
         if let Some(d) = f.database {
             self.database = d.url.or(self.database.take());
+        }
+        if let Some(p) = f.pool {
+            self.front_end = p.front_end.or(self.front_end);
+            self.pool_listen = p.listen.or(self.pool_listen);
         }
         if let Some(d) = f.domains {
             self.domains = d;

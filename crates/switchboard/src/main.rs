@@ -1,5 +1,6 @@
-//! The `switchboard` command: `serve` runs the server; `user`, `cdr`, `contacts`,
-//! `presence` and `db` work on the database, through the data traits of whichever
+//! The `switchboard` command: `serve` runs the server (`--front-end` makes it a front
+//! end of an Enterprise pool); `user`, `cdr`, `contacts`, `presence`, `pool` and `db`
+//! work on the database, through the data traits of whichever
 //! backend `--database` names (SQLite in the data directory when none), on a Tokio
 //! runtime of their own.
 
@@ -78,6 +79,19 @@ enum Command {
     /// Manage the database itself.
     #[command(subcommand)]
     Db(DbCommand),
+    /// An Enterprise pool's front ends (PostgreSQL).
+    #[command(subcommand)]
+    Pool(PoolCommand),
+}
+
+#[derive(Subcommand)]
+enum PoolCommand {
+    /// Every front end of the pool: epoch, address, last heartbeat, connections,
+    /// registered users and subscriptions.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -148,6 +162,14 @@ struct ServeArgs {
     /// HTTP status endpoints: ADDR or off [default 127.0.0.1:8060].
     #[arg(long)]
     http: Option<Listen>,
+    /// Join an Enterprise pool as front end ID (1 or more, unique in the pool); needs a
+    /// PostgreSQL --database shared by every front end.
+    #[arg(long, value_name = "ID", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    front_end: Option<u32>,
+    /// The pool-internal SIP/TCP address other front ends reach this one at [default:
+    /// the --sip-tcp address].
+    #[arg(long, value_name = "ADDR")]
+    pool_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args)]
@@ -269,6 +291,7 @@ fn run(cli: Cli) -> Result<()> {
             Command::Cdr(cmd) => cdr(&open(&db).await?, cmd).await,
             Command::Contacts(cmd) => presence_cli::contacts(&open(&db).await?, cmd).await,
             Command::Presence(cmd) => presence_cli::presence(&open(&db).await?, cmd).await,
+            Command::Pool(PoolCommand::Status { json }) => pool_status(&db, json).await,
         }
     })
 }
@@ -279,6 +302,58 @@ async fn open(db: &Database) -> Result<Data> {
     db.open()
         .await
         .with_context(|| format!("cannot open {}", db.describe()))
+}
+
+/// `pool status`: one line per front end (or JSON).
+async fn pool_status(db: &Database, json: bool) -> Result<()> {
+    let data = open(db).await?;
+    let Some(pool) = &data.pool else {
+        bail!(
+            "{} is SQLite: a Standard Edition server, not a pool (a pool's front ends share a \
+             PostgreSQL database: --database postgres://…)",
+            db.describe()
+        );
+    };
+    let members = pool.membership.members().await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "members": members }))?
+        );
+        return Ok(());
+    }
+    if members.is_empty() {
+        println!("no front end is running (start one with: switchboard --database URL serve --front-end 1)");
+        return Ok(());
+    }
+    println!(
+        "{:>5} {:>8} {:<24} {:<24} {:>10} {:>11} {:>10} {:>13}",
+        "FE",
+        "EPOCH",
+        "ADDRESS",
+        "JOINED",
+        "HEARTBEAT",
+        "CONNECTIONS",
+        "REGISTERED",
+        "SUBSCRIPTIONS"
+    );
+    for m in &members {
+        let joined = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(m.joined_at_ms.max(0) as u64),
+        );
+        println!(
+            "{:>5} {:>8} {:<24} {:<24} {:>10} {:>11} {:>10} {:>13}",
+            m.fe,
+            m.epoch,
+            m.sip_addr,
+            joined.to_string(),
+            format!("{:.1} s ago", m.heartbeat_age_ms as f64 / 1000.0),
+            m.load.connections,
+            m.load.registered,
+            m.load.subscriptions
+        );
+    }
+    Ok(())
 }
 
 async fn migrate(db: &Database) -> Result<()> {
@@ -458,6 +533,8 @@ fn serve(
     cfg.sip_tcp = args.sip_tcp.unwrap_or(cfg.sip_tcp);
     cfg.sip_tls = args.sip_tls.unwrap_or(cfg.sip_tls);
     cfg.http = args.http.unwrap_or(cfg.http);
+    cfg.front_end = args.front_end.or(cfg.front_end);
+    cfg.pool_listen = args.pool_listen.or(cfg.pool_listen);
     if [cfg.sip_udp, cfg.sip_tcp, cfg.sip_tls]
         .iter()
         .all(|l| *l == Listen::Off)

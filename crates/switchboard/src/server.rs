@@ -30,6 +30,8 @@ pub struct RunningServer {
     pub core: Arc<Core>,
     pub im: Arc<ImService>,
     pub presence: Arc<PresenceService>,
+    /// This server's pool membership, when it is a front end of one.
+    pub pool: Option<switchboard_pool::Pool>,
     transports: Transports,
     stop: watch::Sender<bool>,
 }
@@ -48,6 +50,12 @@ impl RunningServer {
         self.presence.shutdown();
         self.transports.shutdown();
         self.im.shutdown().await;
+        if let Some(pool) = &self.pool {
+            // Its registrations go now, rather than when the reaper finds it silent.
+            if let Err(e) = pool.leave("server shutdown").await {
+                tracing::warn!(error = %e, "could not leave the pool; the reaper will remove this front end");
+            }
+        }
         let _ = self.stop.send(true);
     }
 
@@ -59,8 +67,12 @@ impl RunningServer {
         let _ = self.stop.send(true);
     }
 
-    /// Stops serving without ending IM sessions, as a crash would (for tests).
+    /// Stops serving without ending IM sessions, as a crash would (for tests): a pool
+    /// front end stops heartbeating without leaving.
     pub fn abort(&self) {
+        if let Some(pool) = &self.pool {
+            pool.halt();
+        }
         self.transports.shutdown();
         let _ = self.stop.send(true);
     }
@@ -207,6 +219,34 @@ pub async fn start_with_data(
         ),
         Listen::Off => None,
     };
+    // A pool front end: where the other front ends reach it (the SIP TCP listener unless
+    // --pool-listen names another address, which then gets a listener of its own).
+    let pool_addr = match (cfg.front_end, cfg.pool_listen, &tcp) {
+        (None, _, _) => None,
+        (Some(_), Some(a), _) => Some(a),
+        // The address bound (a port 0 in the settings is the one the kernel chose).
+        (Some(_), None, Some(l)) => Some(l.local_addr()?),
+        (Some(_), None, None) => anyhow::bail!(
+            "a pool front end needs SIP over TCP for the pool link: turn on --sip-tcp, or give --pool-listen ADDR"
+        ),
+    };
+    if let Some(a) = pool_addr {
+        if a.ip().is_unspecified() || a.port() == 0 {
+            anyhow::bail!(
+                "the pool-internal address {a} is not one other front ends can reach: give --pool-listen IP:PORT (or --sip-tcp on a concrete address)"
+            );
+        }
+    }
+    let tcp_addr = tcp.as_ref().map(|l| l.local_addr()).transpose()?;
+    let pool_listener = match (pool_addr, tcp_addr) {
+        (Some(a), Some(tcp)) if tcp == a => None,
+        (Some(a), _) => Some(
+            TcpListener::bind(a)
+                .await
+                .map_err(|e| listen_error("the pool link", "--pool-listen", a, e))?,
+        ),
+        (None, _) => None,
+    };
     let http = match cfg.http {
         Listen::On(a) => Some(
             TcpListener::bind(a)
@@ -246,13 +286,38 @@ pub async fn start_with_data(
         _ => anyhow::bail!("TLS needs both tls.certificate and tls.private_key in the config (or neither, to use a generated one)"),
     };
 
+    // A front end joins its pool first: its epoch is also its CDR run.
+    let pool = match (cfg.front_end, pool_addr) {
+        (Some(fe), Some(addr)) => {
+            let Some(pool_data) = data.pool.clone() else {
+                anyhow::bail!(
+                    "--front-end needs a PostgreSQL database shared by the pool's front ends (--database postgres://…); {} is SQLite, which serves one Standard Edition server",
+                    database.describe()
+                );
+            };
+            let pool = switchboard_pool::Pool::join(
+                switchboard_pool::PoolConfig::new(fe, addr),
+                pool_data.membership.clone(),
+            )
+            .await
+            .context("cannot join the pool")?;
+            Some((pool, pool_data.location))
+        }
+        _ => None,
+    };
     // This start of the server: the CDR sessions it records are its own, and those its
     // earlier runs left open are closed (never another server's).
-    let run = data
-        .cdr
-        .begin_run(switchboard_core::Run::STANDALONE, now_ms())
-        .await
-        .context("cannot record this server's start in the database")?;
+    let run = match &pool {
+        Some((p, _)) => switchboard_core::Run {
+            owner: switchboard_core::pool::cdr_owner(p.member().fe),
+            epoch: p.member().epoch,
+        },
+        None => data
+            .cdr
+            .begin_run(switchboard_core::Run::STANDALONE, now_ms())
+            .await
+            .context("cannot record this server's start in the database")?,
+    };
     // The wiring, in one place and one direction: the router's outbound side first
     // (what the services originate leaves through it), then the services over it, then
     // the router around both. Nothing holds the router but the transaction layer.
@@ -265,7 +330,16 @@ pub async fn start_with_data(
         ..Default::default()
     };
     let location = Arc::new(Location::new(cfg.registrar.clone()));
-    let outbound = Outbound::new(layer.clone(), location, &proxy_config);
+    let outbound = Outbound::new(
+        layer.clone(),
+        location.clone(),
+        &proxy_config,
+        pool.as_ref()
+            .map(|(pool, location)| switchboard_proxy::PoolLink {
+                pool: pool.clone(),
+                location: location.clone(),
+            }),
+    );
     let deliverer: Arc<dyn Deliverer> = Arc::new(outbound.clone());
     let im = ImService::start(
         run,
@@ -316,7 +390,14 @@ pub async fn start_with_data(
         }
         _ => None,
     };
+    if let Some(l) = pool_listener {
+        transports.add_tcp_listener(l)?;
+    }
     core.attach();
+    let pool = pool.map(|(p, _)| p);
+    if let Some(p) = &pool {
+        run_pool(p, &transports, &location, &presence, &guard);
+    }
 
     let (stop, stop_rx) = watch::channel(false);
     let http_addr = match http {
@@ -352,9 +433,64 @@ pub async fn start_with_data(
         core,
         im,
         presence,
+        pool,
         transports,
         stop,
     })
+}
+
+/// Starts the pool heartbeat, and acts on what it says: fenced, this front end closes
+/// every client connection and forgets its registrations (its clients register again,
+/// on whichever front end they reach); the other members are exempt from per-source
+/// limits.
+fn run_pool(
+    pool: &switchboard_pool::Pool,
+    transports: &Transports,
+    location: &Arc<Location>,
+    presence: &Arc<PresenceService>,
+    guard: &Arc<sip_guard::Guard>,
+) {
+    let load = {
+        let (transports, location, presence) = (
+            transports.clone(),
+            location.clone(),
+            Arc::downgrade(presence),
+        );
+        move || switchboard_core::pool::MemberLoad {
+            connections: transports.connection_count() as u64,
+            registered: location.counts().0 as u64,
+            subscriptions: presence.upgrade().map_or(0, |p| p.counts().2 as u64),
+        }
+    };
+    let mut events = pool.run(load);
+    let (transports, location, guard) = (transports.clone(), location.clone(), guard.clone());
+    let me = pool.member().fe;
+    tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            match event {
+                switchboard_pool::PoolEvent::Fenced { .. } => {
+                    let closed = transports.close_connections();
+                    let users = location.clear().len();
+                    tracing::warn!(
+                        closed,
+                        users,
+                        "fenced: client connections closed, registrations forgotten"
+                    );
+                }
+                switchboard_pool::PoolEvent::Members(members) => {
+                    let peers = members
+                        .iter()
+                        .filter(|m| m.fe != me)
+                        .filter_map(|m| m.sip_addr.parse::<SocketAddr>().ok())
+                        .map(|a| a.ip())
+                        .collect();
+                    guard.set_peers(peers);
+                }
+                switchboard_pool::PoolEvent::Rejoined { .. }
+                | switchboard_pool::PoolEvent::Reaped(_) => {}
+            }
+        }
+    });
 }
 
 fn now_ms() -> i64 {

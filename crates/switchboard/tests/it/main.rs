@@ -10,6 +10,7 @@ mod im_caps;
 mod lync;
 mod lync_guard;
 mod lync_im;
+mod pool;
 mod presence;
 mod presence_caps;
 mod registration;

@@ -46,6 +46,15 @@ impl Home {
         Home { dir, pg }
     }
 
+    /// A data directory alone: the server is given its database by the test (a pool's
+    /// front ends share one).
+    pub fn dir_only() -> Home {
+        Home {
+            dir: tempfile::tempdir().unwrap(),
+            pg: None,
+        }
+    }
+
     /// The server's own PostgreSQL database, on a PostgreSQL run.
     pub fn pg(&self) -> Option<&switchboard_store::testing::PgDatabase> {
         self.pg.as_ref()

@@ -1,0 +1,287 @@
+//! The router as a front end of an Enterprise pool (see switchboard-pool).
+//!
+//! - **Registrations are published** to the pool's location table: after a REGISTER
+//!   changes a user's bindings here (or a connection closes), the user is marked, and
+//!   one writer sends every marked user's bindings *as they are at write time* in one
+//!   transaction (a group commit: under load many REGISTERs share one round trip, and a
+//!   later write never carries an older state). A REGISTER is answered once its write
+//!   is committed, so any front end can find the device when the client sees 200.
+//! - **Devices on other front ends** are read from that table per request and become
+//!   bindings whose *path* (RFC 3327) is that front end's pool-internal address, with a
+//!   flow parameter naming the member, epoch and connection. The request for them is
+//!   forked like any other, with a Route to that front end carrying a flow token (RFC
+//!   5626 §5.2 style) whose HMAC, under the pool secret, covers the Call-ID.
+//! - **A request arriving with a flow token** for this front end and epoch was sent by a
+//!   member: the sending front end authenticated its sender, ran the IM service (so CDR,
+//!   pager state and offline storage happen once, there) and chose the device; this one
+//!   only relays it to that device. A token for another epoch (this front end restarted
+//!   or was fenced since) or with a bad MAC is refused with 403.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
+use sip_message::{NameAddr, Uri};
+use switchboard_core::pool::{OwnBinding, PoolLocationData};
+use switchboard_core::seam::{Conn, Flow, FrontEnd, Transport};
+use switchboard_core::DataError;
+use switchboard_pool::Pool;
+use switchboard_registrar::Binding;
+use tokio::sync::{oneshot, Notify};
+
+use crate::outbound::Paths;
+use crate::routing::to_aor;
+use crate::Core;
+
+/// The Route (and path) URI parameter naming a device's flow on another front end.
+pub(crate) const FLOW_PARAM: &str = "sbf";
+/// The path URI parameter marking a device that speaks the Lync dialect.
+const LYNC_PARAM: &str = "sblync";
+/// Users whose bindings one transaction writes at most.
+const BATCH: usize = 512;
+
+/// A front end's link to its pool: its membership and the shared location table.
+#[derive(Clone)]
+pub struct PoolLink {
+    pub pool: Pool,
+    pub location: Arc<dyn PoolLocationData>,
+}
+
+/// Who waits for a user's bindings to be written (a REGISTER's answer).
+type Waiter = oneshot::Sender<Result<(), DataError>>;
+
+/// Users whose bindings changed here and are not yet written, with who waits for it.
+#[derive(Default)]
+pub(crate) struct Registrations {
+    dirty: Mutex<HashMap<String, Vec<Waiter>>>,
+    wake: Notify,
+}
+
+impl Paths {
+    /// Marks `aor`'s bindings here as changed and waits until they are written to the
+    /// pool (at once, without a pool).
+    pub(crate) async fn publish_bindings(&self, aor: &str) -> Result<(), DataError> {
+        if self.pool.is_none() {
+            return Ok(());
+        }
+        let (tx, rx) = oneshot::channel();
+        self.registrations
+            .dirty
+            .lock()
+            .entry(aor.to_owned())
+            .or_default()
+            .push(tx);
+        self.registrations.wake.notify_one();
+        rx.await
+            .unwrap_or_else(|_| Err(DataError::Unavailable("the pool writer stopped".into())))
+    }
+
+    /// [`Paths::publish_bindings`] for users whose devices went away (nobody waits).
+    pub(crate) fn unpublish(&self, aors: impl IntoIterator<Item = String>) {
+        if self.pool.is_none() {
+            return;
+        }
+        let mut dirty = self.registrations.dirty.lock();
+        for aor in aors {
+            dirty.entry(aor).or_default();
+        }
+        drop(dirty);
+        self.registrations.wake.notify_one();
+    }
+
+    /// The devices of `aor` connected to other front ends of the pool (none without a
+    /// pool).
+    pub(crate) async fn remote_bindings(&self, aor: &str) -> Result<Vec<Binding>, DataError> {
+        let Some(link) = &self.pool else {
+            return Ok(Vec::new());
+        };
+        let me = link.pool.member().fe;
+        let rows = link.location.bindings(aor).await?;
+        let now = tokio::time::Instant::now();
+        Ok(rows
+            .into_iter()
+            .filter(|r| r.fe != me)
+            .filter_map(|r| {
+                let contact = NameAddr::parse(&r.contact).ok()?;
+                let fe_addr: SocketAddr = r.fe_addr.parse().ok()?;
+                let mut path = format!(
+                    "sip:{fe_addr};transport=tcp;lr;{FLOW_PARAM}={}.{}.{}",
+                    r.fe, r.epoch, r.connection
+                );
+                if r.lync {
+                    path.push_str(&format!(";{LYNC_PARAM}"));
+                }
+                Some(Binding {
+                    contact_key: contact.uri.to_string(),
+                    instance: contact.params.value("+sip.instance").map(str::to_owned),
+                    contact,
+                    expires_at: now + std::time::Duration::from_secs(r.expires_in.into()),
+                    call_id: String::new(),
+                    cseq: 0,
+                    reg_id: None,
+                    flow: Flow::new(
+                        FrontEnd(r.fe),
+                        Conn {
+                            transport: Transport::Tcp,
+                            remote: fe_addr,
+                            local: SocketAddr::from(([0, 0, 0, 0], 0)),
+                            number: None,
+                        },
+                    ),
+                    temp_gruu: None,
+                    pinned: false,
+                    path: Some(path),
+                })
+            })
+            .collect())
+    }
+
+    /// Every device of `aor`: this front end's, then the pool's others. Only this front
+    /// end's when the pool's table cannot be read (logged): a device here is still
+    /// reached.
+    pub(crate) async fn all_bindings(&self, aor: &str) -> Result<Vec<Binding>, DataError> {
+        let mut bindings = self.location.lookup(aor);
+        bindings.extend(self.remote_bindings(aor).await?);
+        Ok(bindings)
+    }
+
+    /// Whether `b` is a device that speaks the Lync dialect (signed in over a security
+    /// association), here or on another front end.
+    pub(crate) fn speaks_lync(&self, b: &Binding) -> bool {
+        match &b.path {
+            Some(path) => path.split(';').any(|p| p == LYNC_PARAM),
+            None => self.on_association(b.flow),
+        }
+    }
+
+    /// The Route a request for a binding with `path` carries: the path with the flow
+    /// token completed for `call_id`.
+    pub(crate) fn path_route(&self, path: &str, call_id: &str) -> Option<String> {
+        let link = self.pool.as_ref()?;
+        let mut uri = match Uri::parse(path).ok()? {
+            Uri::Sip(u) => u,
+            _ => return None,
+        };
+        let flow = uri.params.value(FLOW_PARAM)?.to_owned();
+        let mut parts = flow.split('.');
+        let fe: u32 = parts.next()?.parse().ok()?;
+        let epoch: i64 = parts.next()?.parse().ok()?;
+        let connection: u64 = parts.next()?.parse().ok()?;
+        let token = link.pool.flow_token(fe, epoch, connection, call_id);
+        uri.params.set(FLOW_PARAM, Some(&token));
+        uri.params.remove(LYNC_PARAM);
+        Some(format!("<{uri}>"))
+    }
+
+    /// This front end's bindings of `aor` as the pool's table holds them.
+    fn own_bindings(&self, aor: &str) -> Vec<OwnBinding> {
+        let now = tokio::time::Instant::now();
+        self.location
+            .lookup(aor)
+            .into_iter()
+            .filter(|b| b.flow.fe() == FrontEnd::LOCAL)
+            .map(|b| OwnBinding {
+                connection: b.flow.conn().number.unwrap_or(0),
+                contact: b.contact.to_string(),
+                expires_in: b.remaining(now),
+                lync: self.on_association(b.flow),
+            })
+            .collect()
+    }
+}
+
+/// The writer of [`Registrations`]: runs while the outbound side lives.
+pub(crate) async fn write_registrations(paths: Weak<Paths>, reg: Arc<Registrations>) {
+    loop {
+        // A mark made while the last batch was written left a permit: nothing is missed.
+        reg.wake.notified().await;
+        loop {
+            let batch: Vec<(String, Vec<Waiter>)> = {
+                let mut dirty = reg.dirty.lock();
+                let keys: Vec<String> = dirty.keys().take(BATCH).cloned().collect();
+                keys.into_iter()
+                    .filter_map(|k| dirty.remove_entry(&k))
+                    .collect()
+            };
+            if batch.is_empty() {
+                break;
+            }
+            let Some(p) = paths.upgrade() else { return };
+            let Some(link) = p.pool.clone() else { return };
+            // Read as they are now: a change after this is marked again and written next.
+            let updates: Vec<(String, Vec<OwnBinding>)> = batch
+                .iter()
+                .map(|(aor, _)| (aor.clone(), p.own_bindings(aor)))
+                .collect();
+            let member = link.pool.member();
+            drop(p);
+            let result = link.location.set_bindings(member, &updates).await;
+            if let Err(e) = &result {
+                tracing::warn!(error = %e, users = updates.len(), "registrations not written to the pool");
+            }
+            let unavailable = result.as_ref().is_err_and(DataError::is_unavailable);
+            for (aor, waiters) in batch {
+                if unavailable && waiters.is_empty() {
+                    // Nobody waits to be told (a device went away): try again later,
+                    // or the pool would keep routing to it until it expires.
+                    reg.dirty.lock().entry(aor).or_default();
+                }
+                for w in waiters {
+                    let _ = w.send(result.clone());
+                }
+            }
+            if unavailable {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+impl Core {
+    /// A request a member proxied to a device here (its Route carried `token`): relayed
+    /// to that device, or refused (see the module header).
+    pub(crate) async fn from_pool_member(
+        self: Arc<Self>,
+        req: sip_transaction::ServerRequest,
+        token: &str,
+    ) {
+        let Some(b) = self.pool_target(&req.message, token) else {
+            return self
+                .respond_warning(&req, 403, "pool flow token refused or device gone")
+                .await;
+        };
+        let from = req
+            .message
+            .from_header()
+            .map(|f| f.uri.to_string())
+            .unwrap_or_default();
+        self.spawn_forward(req, vec![b], from, None, None);
+    }
+
+    /// The device a flow token names for `msg`: its registration here (by the contact
+    /// the Request-URI names), else the connection the token names while it is open.
+    /// `None` when the token is not this front end's, for this epoch and call.
+    pub(crate) fn pool_target(&self, msg: &sip_message::Message, token: &str) -> Option<Binding> {
+        let pool = self.out.pool()?;
+        let connection = pool.open_flow_token(token, msg.call_id().unwrap_or(""))?;
+        let ruri = msg.request_uri()?.as_sip()?.clone();
+        if let Some(b) = self
+            .location
+            .binding_for_contact(&Uri::Sip(ruri.clone()), to_aor(msg).as_deref())
+        {
+            return Some(b);
+        }
+        let (kind, remote, _) = self
+            .layer
+            .transports()
+            .connection(sip_transport::ConnectionId(connection))?;
+        Some(self.pinned_target(
+            &ruri,
+            crate::cookie::FlowKey {
+                transport: kind,
+                remote,
+            },
+        ))
+    }
+}

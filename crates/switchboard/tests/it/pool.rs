@@ -1,0 +1,359 @@
+//! Front ends of an Enterprise pool, in one process, sharing one PostgreSQL database
+//! (on the server `SWITCHBOARD_TEST_PG_URL` names; `scripts/test.sh` starts one; without
+//! it each test says it was skipped and passes). Front end N listens on 127.0.0.(N+1),
+//! as the pool's processes would on separate hosts; its pool link is its SIP TCP
+//! listener. Killing and stopping whole processes is `tests/pool/` (a harness of
+//! processes); here a "crash" stops a front end's transports and heartbeat without
+//! leaving the pool.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sip_message::HeaderName;
+use switchboard::config::Listen;
+use switchboard_store::testing::{eventually, pg_server, PgDatabase};
+use switchboard_store::SessionFilter;
+
+use crate::support::*;
+
+struct Pool {
+    db: PgDatabase,
+    fes: Vec<Option<TestServer>>,
+}
+
+impl Pool {
+    /// `n` front ends (ids 1..=n) over a fresh database with `users` (`pw-<name>`).
+    async fn start(test: &str, n: u32, users: &[&str]) -> Option<Pool> {
+        if pg_server().is_none() {
+            eprintln!("skipped: {test} needs SWITCHBOARD_TEST_PG_URL (a PostgreSQL server)");
+            return None;
+        }
+        let db = PgDatabase::create().await;
+        let data = switchboard_store::data::open(Some(&db.url), std::path::Path::new("unused"))
+            .await
+            .unwrap();
+        for u in users {
+            let a = switchboard_store::Address::parse(&format!("{u}@example.com")).unwrap();
+            data.directory
+                .add(&a, &format!("pw-{u}"), None)
+                .await
+                .unwrap();
+        }
+        let mut fes = Vec::new();
+        for id in 1..=n {
+            fes.push(Some(Self::front_end(&db.url, id).await));
+        }
+        Some(Pool { db, fes })
+    }
+
+    async fn front_end(url: &str, id: u32) -> TestServer {
+        let ip = [127, 0, 0, id as u8 + 1];
+        let url = url.to_owned();
+        TestServer::start_in(Home::dir_only(), &[], move |c| {
+            c.database = Some(url);
+            c.front_end = Some(id);
+            c.sip_udp = Listen::On(SocketAddr::from((ip, 0)));
+            c.sip_tcp = Listen::On(SocketAddr::from((ip, 0)));
+            c.sip_tls = Listen::On(SocketAddr::from((ip, 0)));
+        })
+        .await
+    }
+
+    fn fe(&self, id: u32) -> &TestServer {
+        self.fes[id as usize - 1].as_ref().expect("running")
+    }
+
+    async fn data(&self) -> switchboard_store::Data {
+        switchboard_store::data::open(Some(&self.db.url), std::path::Path::new("unused"))
+            .await
+            .unwrap()
+    }
+
+    /// `user` registered over TCP on front end `id`.
+    async fn client(&self, id: u32, user: &str) -> Client {
+        let mut c = self.fe(id).client(Transport::Tcp, user).await;
+        assert_eq!(status(&c.register(Some(600)).await), 200);
+        c
+    }
+}
+
+/// Sends `m`, answers the challenge, and leaves the final response to be read (after
+/// the recipient answered).
+async fn send_challenged(from: &mut Client, m: sip_message::Message) {
+    from.send(&m).await;
+    let ch = from.final_response().await;
+    let pw = format!("pw-{}", from.user);
+    let again = from.with_credentials(&m, &ch, &pw, "MD5", 1);
+    from.send(&again).await;
+}
+
+#[tokio::test]
+async fn a_message_reaches_a_device_on_another_front_end_and_is_recorded_once() {
+    let Some(pool) = Pool::start("pool::a_message_reaches…", 3, &["alice", "bob", "carol"]).await
+    else {
+        return;
+    };
+    let mut alice = pool.client(1, "alice").await;
+    let mut bob = pool.client(2, "bob").await;
+    // Bob has a second device, on front end 3: both get it (forked across the pool).
+    let mut bob2 = pool.client(3, "bob").await;
+    let m = alice.message_to("bob", "hello across the pool");
+    send_challenged(&mut alice, m).await;
+    let got = bob
+        .answer_next_request(200)
+        .await
+        .expect("bob's device on FE 2");
+    let got2 = bob2
+        .answer_next_request(200)
+        .await
+        .expect("bob's device on FE 3");
+    assert_eq!(status(&alice.final_response().await), 200);
+    for g in [&got, &got2] {
+        assert_eq!(&g.body[..], b"hello across the pool");
+        assert!(
+            g.headers
+                .get(&HeaderName::From)
+                .unwrap()
+                .contains("alice@example.com"),
+            "{g}"
+        );
+        // The pool's Route and token stop at the front end that holds the device.
+        assert!(!g.to_string().contains("sbf="), "{g}");
+    }
+    // One CDR session for the conversation, started by front end 1, none by 2 or 3.
+    let data = pool.data().await;
+    eventually("one CDR session", async || {
+        data.cdr
+            .sessions(&SessionFilter::default())
+            .await
+            .unwrap()
+            .len()
+            == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sessions = data.cdr.sessions(&SessionFilter::default()).await.unwrap();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_eq!(sessions[0].initiator, "sip:alice@example.com");
+    // The devices are where the pool says: 2 users, bob on two front ends.
+    let rows = data
+        .pool
+        .as_ref()
+        .unwrap()
+        .location
+        .bindings("sip:bob@example.com")
+        .await
+        .unwrap();
+    assert_eq!(rows.iter().map(|r| r.fe).collect::<Vec<_>>(), [2, 3]);
+}
+
+#[tokio::test]
+async fn a_forged_or_stale_flow_token_is_refused() {
+    let Some(pool) = Pool::start("pool::a_forged_or_stale_flow_token…", 2, &["alice", "bob"]).await
+    else {
+        return;
+    };
+    let mut bob = pool.client(2, "bob").await;
+    let fe2 = pool.fe(2);
+    let member = fe2.server.pool.as_ref().unwrap().member();
+    // A stranger (not a front end) aims a request at bob's connection with a made-up
+    // token, straight at front end 2.
+    let mut stranger = fe2.client(Transport::Tcp, "alice").await;
+    let mut m = stranger.message_to("bob", "forged");
+    m.headers.push_front(
+        HeaderName::Route,
+        format!(
+            "<sip:{};transport=tcp;lr;sbf={}.{}.1.0123456789abcdef>",
+            fe2.addr(Transport::Tcp),
+            member.fe,
+            member.epoch
+        ),
+    );
+    stranger.send(&m).await;
+    let r = stranger.final_response().await;
+    assert_eq!(status(&r), 403, "{r}");
+    assert!(bob.recv_within(Duration::from_millis(300)).await.is_none());
+}
+
+#[tokio::test]
+async fn a_crashed_front_end_is_reaped_its_devices_forgotten_and_its_sessions_closed() {
+    let Some(mut pool) = Pool::start("pool::a_crashed_front_end…", 3, &["alice", "bob"]).await
+    else {
+        return;
+    };
+    let mut alice = pool.client(1, "alice").await;
+    let mut bob = pool.client(2, "bob").await;
+    // Bob (on front end 2) writes to alice: a session front end 2 records.
+    let m = bob.message_to("alice", "before the crash");
+    send_challenged(&mut bob, m).await;
+    alice.answer_next_request(200).await.expect("delivered");
+    assert_eq!(status(&bob.final_response().await), 200);
+    let data = pool.data().await;
+    eventually("front end 2's session recorded", async || {
+        data.cdr
+            .sessions(&SessionFilter::default())
+            .await
+            .unwrap()
+            .len()
+            == 1
+    })
+    .await;
+    let fe2_epoch = pool.fe(2).server.pool.as_ref().unwrap().member().epoch;
+    // Front end 2 dies: no heartbeat, no goodbye.
+    pool.fes[1].take().unwrap().crash();
+    let crashed = std::time::Instant::now();
+    let membership = &data.pool.as_ref().unwrap().membership;
+    loop {
+        let ids: Vec<u32> = membership
+            .members()
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.fe)
+            .collect();
+        if ids == [1, 3] {
+            break;
+        }
+        assert!(
+            crashed.elapsed() < Duration::from_secs(8),
+            "front end 2 not reaped within 8 s: {ids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Detected within the timeout (5 s) and a heartbeat or two after its last one.
+    assert!(
+        crashed.elapsed() >= Duration::from_secs(4),
+        "{:?}",
+        crashed.elapsed()
+    );
+    let sessions = data.cdr.sessions(&SessionFilter::default()).await.unwrap();
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0].end_reason.as_deref(), Some("front end lost"));
+    assert!(sessions[0].ended_at_ms.is_some());
+    // Bob's device went with it: a MESSAGE to him is kept for when he is back.
+    assert!(data
+        .pool
+        .as_ref()
+        .unwrap()
+        .location
+        .bindings("sip:bob@example.com")
+        .await
+        .unwrap()
+        .is_empty());
+    let m = alice.message_to("bob", "while you were away");
+    let r = alice.send_authenticated(m).await;
+    assert_eq!(status(&r), 202, "stored for later: {r}");
+    // Bob comes back on front end 3 and gets it, once.
+    let mut bob_again = pool.fe(3).client(Transport::Tcp, "bob").await;
+    assert_eq!(status(&bob_again.register(Some(600)).await), 200);
+    let got = match bob_again.inbox.pop_front() {
+        Some(m) => m,
+        None => bob_again
+            .answer_next_request(200)
+            .await
+            .expect("the stored message"),
+    };
+    assert_eq!(&got.body[..], b"while you were away");
+    assert!(bob_again
+        .recv_within(Duration::from_millis(500))
+        .await
+        .is_none());
+    // Front end 2's epoch is gone for good: nothing can be written under it.
+    assert!(data
+        .pool
+        .as_ref()
+        .unwrap()
+        .location
+        .set_bindings(
+            switchboard_core::pool::Membership {
+                fe: 2,
+                epoch: fe2_epoch
+            },
+            &[(
+                "sip:bob@example.com".into(),
+                vec![switchboard_core::pool::OwnBinding {
+                    connection: 1,
+                    contact: "<sip:bob@192.0.2.1>".into(),
+                    expires_in: 600,
+                    lync: false,
+                }]
+            )]
+        )
+        .await
+        .is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_status_lists_every_front_end_with_its_load() {
+    let Some(pool) = Pool::start("pool::pool_status…", 3, &["alice"]).await else {
+        return;
+    };
+    let _alice = pool.client(3, "alice").await;
+    let bin = env!("CARGO_BIN_EXE_switchboard");
+    let status_json = || {
+        let out = std::process::Command::new(bin)
+            .args(["--database", &pool.db.url, "pool", "status", "--json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    // Within a heartbeat or two front end 3 reports alice registered there.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let v = loop {
+        let v = status_json();
+        if v["members"][2]["load"]["registered"] == 1 {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let members = v["members"].as_array().unwrap();
+    assert_eq!(members.len(), 3);
+    for (i, m) in members.iter().enumerate() {
+        assert_eq!(m["fe"], i as u64 + 1);
+        let addr = pool.fe(i as u32 + 1).addr(Transport::Tcp).to_string();
+        assert_eq!(m["sip_addr"], addr.as_str());
+        assert!(m["heartbeat_age_ms"].as_i64().unwrap() < 3_000, "{m}");
+    }
+    assert!(members[2]["load"]["connections"].as_u64().unwrap() >= 1);
+    // The table for people.
+    let out = std::process::Command::new(bin)
+        .args(["--database", &pool.db.url, "pool", "status"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("   FE    EPOCH ADDRESS"), "{text}");
+    assert_eq!(text.lines().count(), 4, "{text}");
+    // SQLite has no pool, and says so.
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["--data-dir", dir.path().to_str().unwrap(), "pool", "status"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a pool"), "{err}");
+}
+
+#[tokio::test]
+async fn a_front_end_on_sqlite_is_refused_with_a_reason() {
+    let home = Home::dir_only();
+    let mut cfg = switchboard::config::ServerConfig::with_defaults(home.dir.path().to_path_buf());
+    cfg.front_end = Some(1);
+    let lo = Listen::On(SocketAddr::from(([127, 0, 0, 1], 0)));
+    (cfg.sip_udp, cfg.sip_tcp, cfg.sip_tls, cfg.http) = (lo, lo, lo, Listen::Off);
+    let err = switchboard::server::start(cfg)
+        .await
+        .err()
+        .expect("refused");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("--front-end needs a PostgreSQL database"),
+        "{text}"
+    );
+}
