@@ -68,8 +68,9 @@ fi
 # 3b. On PostgreSQL: the store's conformance suite and its unit tests (those that need a
 # server, such as the user cache's LISTEN/NOTIFY, skip without one), every CLI scenario
 # (tests/it/cli_postgres.rs: each command on PostgreSQL, printing what it prints on SQLite),
-# and the IM, presence and Lync socket tests with the server on PostgreSQL (each test server
-# on a fresh database). A throwaway cluster on loopback, in a temporary directory; it stays up
+# the IM, presence and Lync socket tests with the server on PostgreSQL (each test server
+# on a fresh database), and the Enterprise pool's (tests/it/pool.rs: front ends sharing one
+# database; the store's tests/pool.rs for its tables). A throwaway cluster on loopback, in a temporary directory; it stays up
 # for one real-client suite in step 4 and is stopped at exit.
 PG_DIR=$(mktemp -d)
 trap '"$ROOT/scripts/pg-cluster.sh" stop "$PG_DIR"; rm -rf "$PG_DIR" "$LOGS"' EXIT
@@ -77,8 +78,10 @@ if PG_URL=$("$ROOT/scripts/pg-cluster.sh" start "$PG_DIR"); then
   pg_env=(env SWITCHBOARD_TEST_STORE=postgres SWITCHBOARD_TEST_PG_URL="$PG_URL"
           SWITCHBOARD_TEST_PG_CA="$PG_DIR/tls/ca.crt")
   if cargo nextest --version >/dev/null 2>&1; then
-    run "store conformance and store unit tests on PostgreSQL (nextest)" "${pg_env[@]}" \
-      cargo nextest run -p switchboard-store --lib --test conformance --locked --no-fail-fast
+    run "store conformance, pool data and store unit tests on PostgreSQL (nextest)" "${pg_env[@]}" \
+      cargo nextest run -p switchboard-store --lib --test conformance --test pool --locked --no-fail-fast
+    run "Enterprise pool: three front ends on PostgreSQL (nextest)" "${pg_env[@]}" \
+      cargo nextest run -p switchboard --test it --locked --no-fail-fast pool::
     run "CLI on PostgreSQL (nextest)" "${pg_env[@]}" \
       cargo nextest run -p switchboard --test it --locked --no-fail-fast cli_postgres::
     run "IM, presence and Lync socket tests, server on PostgreSQL (nextest)" \
@@ -86,8 +89,10 @@ if PG_URL=$("$ROOT/scripts/pg-cluster.sh" start "$PG_DIR"); then
       cargo nextest run -p switchboard --test it --locked --no-fail-fast \
       -E 'test(/^(im|im_caps|presence|presence_caps|lync|lync_im|lync_guard|registration)::/)'
   else
-    run "store conformance and store unit tests on PostgreSQL" "${pg_env[@]}" \
-      cargo test -p switchboard-store --lib --test conformance --locked --no-fail-fast
+    run "store conformance, pool data and store unit tests on PostgreSQL" "${pg_env[@]}" \
+      cargo test -p switchboard-store --lib --test conformance --test pool --locked --no-fail-fast
+    run "Enterprise pool: three front ends on PostgreSQL" "${pg_env[@]}" \
+      cargo test -p switchboard --test it --locked --no-fail-fast pool::
     run "CLI on PostgreSQL" "${pg_env[@]}" \
       cargo test -p switchboard --test it --locked --no-fail-fast cli_postgres::
     for m in im im_caps presence presence_caps lync lync_im lync_guard registration; do
