@@ -86,7 +86,7 @@ impl PoolConfig {
 pub enum PoolError {
     #[error("front end ids start at 1 (0 means a standalone server)")]
     BadId,
-    #[error("{0}")]
+    #[error(transparent)]
     Data(#[from] DataError),
 }
 
@@ -241,6 +241,47 @@ impl Pool {
                 .fold(0u8, |d, (a, b)| d | (a ^ b))
                 == 0;
         same.then_some(connection)
+    }
+
+    /// An HMAC under the pool secret of `parts` (each length-prefixed, so no two lists
+    /// give the same input), for what one member vouches for to another.
+    pub fn mac(&self, parts: &[&str]) -> String {
+        let mut m = self.inner.mac.clone();
+        for p in parts {
+            m.update(&(p.len() as u64).to_be_bytes());
+            m.update(p.as_bytes());
+        }
+        hex::encode(&m.finalize().into_bytes()[..12])
+    }
+
+    /// Whether `mac` is [`Pool::mac`] of `parts` (compared without an early exit).
+    pub fn mac_ok(&self, parts: &[&str], mac: &str) -> bool {
+        let expected = self.mac(parts);
+        mac.len() == expected.len()
+            && mac
+                .bytes()
+                .zip(expected.bytes())
+                .fold(0u8, |d, (a, b)| d | (a ^ b))
+                == 0
+    }
+
+    /// Of the members as last read, the one that keeps `key` (rendezvous hashing: every
+    /// member computes the same owner from the same list, and a member joining or
+    /// leaving moves only the keys it wins or held). Its id and address.
+    pub fn owner_of(&self, key: &str) -> Option<(u32, String)> {
+        use sha2::Digest as _;
+        self.inner
+            .members
+            .read()
+            .iter()
+            .max_by_key(|m| {
+                let h = Sha256::new()
+                    .chain_update(key.as_bytes())
+                    .chain_update(m.fe.to_be_bytes())
+                    .finalize();
+                u64::from_be_bytes(h[..8].try_into().expect("8 bytes"))
+            })
+            .map(|m| (m.fe, m.sip_addr.clone()))
     }
 
     fn token_mac(&self, fe: u32, epoch: i64, connection: u64, call_id: &str) -> String {

@@ -116,6 +116,8 @@ pub struct Core {
     pub(crate) pending_invites: Mutex<HashMap<(String, String), Arc<Notify>>>,
     pub(crate) me: Weak<Core>,
     pub(crate) cookies: cookie::Cookies,
+    /// Part of every loop hash: this front end's own (see `routing::loop_hash`).
+    pub(crate) loop_salt: String,
 }
 
 /// What the Route entries naming us said (see [`Core::pop_own_routes`]).
@@ -142,8 +144,13 @@ impl Core {
     ) -> Arc<Core> {
         let lifetime = config.nonce_lifetime.as_secs();
         let cookies = cookie::Cookies::new(config.route_secret.unwrap_or_else(rand::random));
+        let loop_salt = out
+            .pool()
+            .map(|p| format!("fe{}", p.config().fe))
+            .unwrap_or_default();
         Arc::new_cyclic(|me| Core {
             cookies,
+            loop_salt,
             me: me.clone(),
             layer: out.layer.clone(),
             location: out.location.clone(),

@@ -11,6 +11,15 @@
 //!   flow parameter naming the member, epoch and connection. The request for them is
 //!   forked like any other, with a Route to that front end carrying a flow token (RFC
 //!   5626 §5.2 style) whose HMAC, under the pool secret, covers the Call-ID.
+//! - **A member vouches for a sender**: a request one front end passes to another for
+//!   the other to handle (a pager conversation another front end keeps, a conference
+//!   it hosts) carries `Sb-Pool-Sender: <aor>;fe=N;mac=…`, an HMAC under the pool
+//!   secret of the sender, the member and the request's Call-ID, CSeq and From tag. The
+//!   receiving front end takes the sender as authenticated (the member challenged it,
+//!   or checked its Lync signature); the header never leaves the pool.
+//! - **One front end keeps each pager conversation** (its state and its CDR): the one
+//!   the pair hashes to among the members (rendezvous hashing, the same answer on every
+//!   front end). A MESSAGE that entered elsewhere is passed there first, vouched for.
 //! - **A request arriving with a flow token** for this front end and epoch was sent by a
 //!   member: the sending front end authenticated its sender, ran the IM service (so CDR,
 //!   pager state and offline storage happen once, there) and chose the device; this one
@@ -38,6 +47,8 @@ use crate::Core;
 pub(crate) const FLOW_PARAM: &str = "sbf";
 /// The path URI parameter marking a device that speaks the Lync dialect.
 const LYNC_PARAM: &str = "sblync";
+/// The header in which a member vouches for the sender it authenticated.
+const SENDER_HEADER: &str = "Sb-Pool-Sender";
 /// Users whose bindings one transaction writes at most.
 const BATCH: usize = 512;
 
@@ -283,5 +294,118 @@ impl Core {
                 remote,
             },
         ))
+    }
+}
+
+/// What a request's [`SENDER_HEADER`] says.
+pub(crate) enum Vouched {
+    /// None (or no pool: the header means nothing here and is dropped).
+    None,
+    /// A member vouches for this sender.
+    Sender(String),
+    /// A header no member made.
+    Forged,
+}
+
+/// What a member's MAC covers for `aor` on `msg`.
+fn vouched_parts(msg: &sip_message::Message) -> [String; 3] {
+    let cseq = msg
+        .cseq()
+        .map(|c| format!("{} {}", c.seq, c.method))
+        .unwrap_or_default();
+    let from_tag = msg
+        .from_header()
+        .ok()
+        .and_then(|f| f.tag().map(str::to_owned))
+        .unwrap_or_default();
+    [msg.call_id().unwrap_or("").to_owned(), cseq, from_tag]
+}
+
+impl Core {
+    /// The sender another member vouches for on `msg` (see the module header). The
+    /// header is taken off either way.
+    pub(crate) fn pool_sender(&self, msg: &mut sip_message::Message) -> Vouched {
+        let name = sip_message::HeaderName::from_wire(SENDER_HEADER);
+        let Some(value) = msg.headers.get(&name).map(str::to_owned) else {
+            return Vouched::None;
+        };
+        msg.headers.remove(&name);
+        let Some(pool) = self.out.pool() else {
+            return Vouched::None;
+        };
+        let Ok(claim) = NameAddr::parse(&value) else {
+            return Vouched::Forged;
+        };
+        let (Some(fe), Some(mac)) = (claim.params.value("fe"), claim.params.value("mac")) else {
+            return Vouched::Forged;
+        };
+        let aor = claim.uri.to_string();
+        let [call_id, cseq, tag] = vouched_parts(msg);
+        let me = pool.config().fe.to_string();
+        if fe == me || !pool.mac_ok(&[&aor, fe, &me, &call_id, &cseq, &tag], mac) {
+            tracing::warn!(%aor, fe, "pool sender assertion refused");
+            return Vouched::Forged;
+        }
+        Vouched::Sender(aor)
+    }
+
+    /// The member that keeps the pager conversation of `from` and `to`, when it is not
+    /// this front end.
+    pub(crate) fn pager_owner(&self, from: &str, to: &str) -> Option<(u32, String)> {
+        let pool = self.out.pool()?;
+        let pair = if from <= to {
+            format!("pager|{from}|{to}")
+        } else {
+            format!("pager|{to}|{from}")
+        };
+        let (fe, addr) = pool.owner_of(&pair)?;
+        (fe != pool.config().fe).then_some((fe, addr))
+    }
+
+    /// Passes `req` (from `from_aor`, authenticated here) to member `owner` to handle,
+    /// vouching for its sender; the member's answer goes back to the sender.
+    pub(crate) fn to_member(
+        self: Arc<Self>,
+        mut req: sip_transaction::ServerRequest,
+        owner: (u32, String),
+        from_aor: String,
+    ) {
+        let (Some(pool), Ok(addr)) = (self.out.pool(), owner.1.parse::<SocketAddr>()) else {
+            return;
+        };
+        let Some(ruri) = req.message.request_uri().cloned() else {
+            return;
+        };
+        let [call_id, cseq, tag] = vouched_parts(&req.message);
+        let fe = pool.config().fe.to_string();
+        let to = owner.0.to_string();
+        let mac = pool.mac(&[&from_aor, &fe, &to, &call_id, &cseq, &tag]);
+        req.message.headers.push(
+            sip_message::HeaderName::from_wire(SENDER_HEADER),
+            format!("<{from_aor}>;fe={fe};mac={mac}"),
+        );
+        let contact = NameAddr::new(ruri);
+        let member = Binding {
+            contact_key: contact.uri.to_string(),
+            contact,
+            expires_at: tokio::time::Instant::now(),
+            call_id: String::new(),
+            cseq: 0,
+            instance: None,
+            reg_id: None,
+            flow: Flow::new(
+                FrontEnd(owner.0),
+                Conn {
+                    transport: Transport::Tcp,
+                    remote: addr,
+                    local: SocketAddr::from(([0, 0, 0, 0], 0)),
+                    number: None,
+                },
+            ),
+            temp_gruu: None,
+            pinned: false,
+            path: Some(format!("sip:{addr};transport=tcp;lr")),
+        };
+        self.spawn_forward(req, vec![member], from_aor, None, None);
     }
 }

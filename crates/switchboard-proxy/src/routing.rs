@@ -38,8 +38,12 @@ pub(crate) fn invite_key(msg: &Message) -> (String, String) {
 
 /// §16.6 step 8: the part of our branch that is the same each time the same request
 /// passes through (Request-URI as received, tags, Call-ID, CSeq number).
-fn loop_hash(msg: &Message) -> String {
+///
+/// `salt` tells this server's branches from those of another front end of its pool,
+/// which computes the same hash for a request it proxied here.
+fn loop_hash(msg: &Message, salt: &str) -> String {
     let mut h = Md5::new();
+    h.update(salt.as_bytes());
     h.update(
         msg.request_uri()
             .map(|u| u.to_string())
@@ -76,6 +80,9 @@ pub(crate) struct Classified {
     domain_target: bool,
     /// In a dialog: the device (or the dialog's other party) it goes to.
     contact_binding: Option<Binding>,
+    /// Another member of the pool passed it here to handle, vouching for its sender:
+    /// handled here, never passed on again.
+    vouched: bool,
 }
 
 /// The router's side of a [`Responder`] for `req`: the service's answer goes out as
@@ -167,7 +174,7 @@ impl Core {
         if mine.is_empty() {
             return false;
         }
-        let hash = loop_hash(msg);
+        let hash = loop_hash(msg, &self.loop_salt);
         mine.iter().any(|v| {
             self.out.is_own(&v.host, v.port)
                 && v.branch()
@@ -179,17 +186,31 @@ impl Core {
     /// what it is and where it may go, who sent it, then who takes it.
     pub(crate) async fn handle_routed(
         self: Arc<Self>,
-        req: ServerRequest,
+        mut req: ServerRequest,
         own_route: crate::OwnRoute,
     ) {
         if let Some(token) = &own_route.pool_flow {
             return self.from_pool_member(req, token).await;
         }
-        let Some(target) = self.classify(&req, &own_route).await else {
+        let Some(mut target) = self.classify(&req, &own_route).await else {
             return;
         };
-        let Some(from_aor) = self.authenticate_sender(&req).await else {
-            return;
+        // A member of the pool vouches for a sender it authenticated; anyone else
+        // answers for themselves.
+        let from_aor = match self.pool_sender(&mut req.message) {
+            crate::pool::Vouched::Sender(aor) => {
+                target.vouched = true;
+                aor
+            }
+            crate::pool::Vouched::Forged => {
+                return self
+                    .respond_warning(&req, 403, "pool sender assertion refused")
+                    .await
+            }
+            crate::pool::Vouched::None => match self.authenticate_sender(&req).await {
+                Some(aor) => aor,
+                None => return,
+            },
         };
         self.dispatch(req, target, from_aor).await
     }
@@ -278,6 +299,7 @@ impl Core {
             in_dialog,
             domain_target,
             contact_binding,
+            vouched: false,
         })
     }
 
@@ -383,6 +405,7 @@ impl Core {
             in_dialog,
             domain_target: _,
             contact_binding,
+            vouched,
         } = target;
         let msg = &req.message;
         if let Some(b) = contact_binding {
@@ -445,6 +468,13 @@ impl Core {
                 "399 switchboard \"event package not served\"",
             );
             return req.tx.respond(&resp).await;
+        }
+        // In a pool one front end keeps each pair's conversation (its pager state and
+        // CDR): a message that entered elsewhere goes there first.
+        if method == Method::Message && !in_dialog && !vouched {
+            if let Some(owner) = self.pager_owner(&from_aor, &aor) {
+                return self.to_member(req, owner, from_aor);
+            }
         }
         match self.users.find(&aor_addr).await {
             Ok(Some(u)) if u.enabled => {}
@@ -823,7 +853,7 @@ impl Core {
         let is_invite = method == Method::Invite;
         let record_routed = !in_dialog_request(&req.message)
             && matches!(method, Method::Invite | Method::Subscribe | Method::Refer);
-        let hash = loop_hash(&req.message);
+        let hash = loop_hash(&req.message, &self.loop_salt);
         let (ev_tx, mut ev_rx) = mailbox::<(usize, ClientEvent)>();
         let mut branches: Vec<Branch> = Vec::new();
         for b in &bindings {

@@ -43,6 +43,15 @@ impl Pool {
         for id in 1..=n {
             fes.push(Some(Self::front_end(&db.url, id).await));
         }
+        // Each front end learns the others at its next heartbeat.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        for fe in fes.iter().flatten() {
+            let pool = fe.server.pool.as_ref().unwrap();
+            while pool.members().len() < n as usize {
+                assert!(std::time::Instant::now() < deadline, "members never seen");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
         Some(Pool { db, fes })
     }
 
@@ -52,6 +61,8 @@ impl Pool {
         TestServer::start_in(Home::dir_only(), &[], move |c| {
             c.database = Some(url);
             c.front_end = Some(id);
+            // CDR counts are written within a tenth of a second.
+            c.im.flush_interval = Duration::from_millis(100);
             c.sip_udp = Listen::On(SocketAddr::from((ip, 0)));
             c.sip_tcp = Listen::On(SocketAddr::from((ip, 0)));
             c.sip_tls = Listen::On(SocketAddr::from((ip, 0)));
@@ -120,21 +131,40 @@ async fn a_message_reaches_a_device_on_another_front_end_and_is_recorded_once() 
         // The pool's Route and token stop at the front end that holds the device.
         assert!(!g.to_string().contains("sbf="), "{g}");
     }
-    // One CDR session for the conversation, started by front end 1, none by 2 or 3.
-    let data = pool.data().await;
-    eventually("one CDR session", async || {
-        data.cdr
-            .sessions(&SessionFilter::default())
+    // Bob answers from front end 2, twice; alice gets both.
+    for text in ["hi alice", "from FE 2"] {
+        let m = bob.message_to("alice", text);
+        send_challenged(&mut bob, m).await;
+        let got = alice
+            .answer_next_request(200)
             .await
-            .unwrap()
-            .len()
-            == 1
+            .expect("alice's device on FE 1");
+        assert_eq!(&got.body[..], text.as_bytes());
+        assert_eq!(status(&bob.final_response().await), 200);
+    }
+    // One conversation, one CDR session, kept by one front end (whichever the pair
+    // hashes to), with both directions counted: not one per front end.
+    let data = pool.data().await;
+    eventually("one CDR session with three messages", async || {
+        let sessions = data.cdr.sessions(&SessionFilter::default()).await.unwrap();
+        match sessions.as_slice() {
+            [s] => data
+                .cdr
+                .session(&s.id)
+                .await
+                .unwrap()
+                .is_some_and(|(_, ps)| ps.iter().map(|p| p.messages).sum::<i64>() == 3),
+            _ => false,
+        }
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let sessions = data.cdr.sessions(&SessionFilter::default()).await.unwrap();
     assert_eq!(sessions.len(), 1, "{sessions:?}");
     assert_eq!(sessions[0].initiator, "sip:alice@example.com");
+    let (_, ps) = data.cdr.session(&sessions[0].id).await.unwrap().unwrap();
+    let count = |who: &str| ps.iter().find(|p| p.address == who).map(|p| p.messages);
+    assert_eq!(count("sip:alice@example.com"), Some(1));
+    assert_eq!(count("sip:bob@example.com"), Some(2));
     // The devices are where the pool says: 2 users, bob on two front ends.
     let rows = data
         .pool
@@ -177,19 +207,31 @@ async fn a_forged_or_stale_flow_token_is_refused() {
 
 #[tokio::test]
 async fn a_crashed_front_end_is_reaped_its_devices_forgotten_and_its_sessions_closed() {
-    let Some(mut pool) = Pool::start("pool::a_crashed_front_end…", 3, &["alice", "bob"]).await
+    let Some(mut pool) =
+        Pool::start("pool::a_crashed_front_end…", 3, &["alice", "bob", "carol"]).await
     else {
         return;
     };
-    let mut alice = pool.client(1, "alice").await;
-    let mut bob = pool.client(2, "bob").await;
-    // Bob (on front end 2) writes to alice: a session front end 2 records.
+    // The front end that keeps alice and bob's conversation dies; alice and bob are on
+    // the other two, carol on the one that dies.
+    let (owner, _) = pool
+        .fe(1)
+        .server
+        .pool
+        .as_ref()
+        .unwrap()
+        .owner_of("pager|sip:alice@example.com|sip:bob@example.com")
+        .unwrap();
+    let others: Vec<u32> = (1..=3).filter(|&id| id != owner).collect();
+    let mut alice = pool.client(others[0], "alice").await;
+    let mut bob = pool.client(others[1], "bob").await;
+    let _carol = pool.client(owner, "carol").await;
     let m = bob.message_to("alice", "before the crash");
     send_challenged(&mut bob, m).await;
     alice.answer_next_request(200).await.expect("delivered");
     assert_eq!(status(&bob.final_response().await), 200);
     let data = pool.data().await;
-    eventually("front end 2's session recorded", async || {
+    eventually("the conversation's session recorded", async || {
         data.cdr
             .sessions(&SessionFilter::default())
             .await
@@ -198,9 +240,9 @@ async fn a_crashed_front_end_is_reaped_its_devices_forgotten_and_its_sessions_cl
             == 1
     })
     .await;
-    let fe2_epoch = pool.fe(2).server.pool.as_ref().unwrap().member().epoch;
-    // Front end 2 dies: no heartbeat, no goodbye.
-    pool.fes[1].take().unwrap().crash();
+    let dead_epoch = pool.fe(owner).server.pool.as_ref().unwrap().member().epoch;
+    // It dies: no heartbeat, no goodbye.
+    pool.fes[owner as usize - 1].take().unwrap().crash();
     let crashed = std::time::Instant::now();
     let membership = &data.pool.as_ref().unwrap().membership;
     loop {
@@ -211,16 +253,16 @@ async fn a_crashed_front_end_is_reaped_its_devices_forgotten_and_its_sessions_cl
             .iter()
             .map(|m| m.fe)
             .collect();
-        if ids == [1, 3] {
+        if ids == others {
             break;
         }
         assert!(
             crashed.elapsed() < Duration::from_secs(8),
-            "front end 2 not reaped within 8 s: {ids:?}"
+            "front end {owner} not reaped within 8 s: {ids:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Detected within the timeout (5 s) and a heartbeat or two after its last one.
+    // Detected after the timeout (5 s) since its last heartbeat, not before.
     assert!(
         crashed.elapsed() >= Duration::from_secs(4),
         "{:?}",
@@ -230,55 +272,65 @@ async fn a_crashed_front_end_is_reaped_its_devices_forgotten_and_its_sessions_cl
     assert_eq!(sessions.len(), 1);
     assert_eq!(sessions[0].end_reason.as_deref(), Some("front end lost"));
     assert!(sessions[0].ended_at_ms.is_some());
-    // Bob's device went with it: a MESSAGE to him is kept for when he is back.
+    // Carol's device went with it.
     assert!(data
         .pool
         .as_ref()
         .unwrap()
         .location
-        .bindings("sip:bob@example.com")
+        .bindings("sip:carol@example.com")
         .await
         .unwrap()
         .is_empty());
-    let m = alice.message_to("bob", "while you were away");
+    // The survivors learn the pool has two members (at their next heartbeat).
+    for id in &others {
+        let p = pool.fe(*id).server.pool.as_ref().unwrap();
+        eventually("the survivors see two members", async || {
+            p.members().len() == 2
+        })
+        .await;
+    }
+    // A message to carol is kept for when she is back...
+    let m = alice.message_to("carol", "while you were away");
     let r = alice.send_authenticated(m).await;
     assert_eq!(status(&r), 202, "stored for later: {r}");
-    // Bob comes back on front end 3 and gets it, once.
-    let mut bob_again = pool.fe(3).client(Transport::Tcp, "bob").await;
-    assert_eq!(status(&bob_again.register(Some(600)).await), 200);
-    let got = match bob_again.inbox.pop_front() {
+    // ...and alice and bob's next message opens a new session on a survivor.
+    let m = bob.message_to("alice", "after the crash");
+    send_challenged(&mut bob, m).await;
+    alice.answer_next_request(200).await.expect("delivered");
+    assert_eq!(status(&bob.final_response().await), 200);
+    // Carol comes back on another front end and gets it, once.
+    let mut carol = pool.fe(others[1]).client(Transport::Tcp, "carol").await;
+    assert_eq!(status(&carol.register(Some(600)).await), 200);
+    let got = match carol.inbox.pop_front() {
         Some(m) => m,
-        None => bob_again
+        None => carol
             .answer_next_request(200)
             .await
             .expect("the stored message"),
     };
     assert_eq!(&got.body[..], b"while you were away");
-    assert!(bob_again
+    assert!(carol
         .recv_within(Duration::from_millis(500))
         .await
         .is_none());
-    // Front end 2's epoch is gone for good: nothing can be written under it.
+    // The dead front end's epoch is gone for good: nothing can be written under it.
+    let stale = switchboard_core::pool::Membership {
+        fe: owner,
+        epoch: dead_epoch,
+    };
+    let device = switchboard_core::pool::OwnBinding {
+        connection: 1,
+        contact: "<sip:carol@192.0.2.1>".into(),
+        expires_in: 600,
+        lync: false,
+    };
     assert!(data
         .pool
         .as_ref()
         .unwrap()
         .location
-        .set_bindings(
-            switchboard_core::pool::Membership {
-                fe: 2,
-                epoch: fe2_epoch
-            },
-            &[(
-                "sip:bob@example.com".into(),
-                vec![switchboard_core::pool::OwnBinding {
-                    connection: 1,
-                    contact: "<sip:bob@192.0.2.1>".into(),
-                    expires_in: 600,
-                    lync: false,
-                }]
-            )]
-        )
+        .set_bindings(stale, &[("sip:carol@example.com".into(), vec![device])])
         .await
         .is_err());
 }
