@@ -16,6 +16,15 @@
 # (scripts/pg-cluster.sh, in WORK, stopped at the end); its CPU column is Switchboard's
 # alone (PostgreSQL's own processes are not counted).
 #
+# `kamailio-pg` is the database-backed registrar anchor: bench/kamailio.cfg with WITH_PGSQL,
+# usrloc in db_mode 3 (DB-only) and auth_db on a `kamailio` database of the same throwaway
+# cluster (one cluster when both -pg servers run; the `location` table is emptied before
+# each trial, as a restarted in-memory registrar is empty). Its CPU column is Kamailio's
+# processes alone too; PostgreSQL's CPU in each trial (same time base) is logged and kept in the trial's
+# directory (pg_cpu.txt), with the rows left in `location` (location_rows.txt).
+#   TESTS="register message" TRANSPORTS=udp SERVERS="kamailio kamailio-pg" bench/run.sh
+# A run with kamailio-pg and no Switchboard server builds no Switchboard.
+#
 # Knobs: TESTS ("register message subscribe publish"), TRANSPORTS ("udp tcp"),
 # SERVERS ("kamailio switchboard"), DUR (10 s per trial), PAR (2 SIPp client instances),
 # MAX_TRIALS (7), LAT_MAX_MS (500), START_register (4000), START_message (2000),
@@ -58,18 +67,32 @@ command -v kamailio >/dev/null || need+=(kamailio)
 [ -e /usr/lib/x86_64-linux-gnu/kamailio/modules/presence.so ] || need+=(kamailio-presence-modules)
 command -v sipp >/dev/null || need+=(sip-tester)
 command -v sqlite3 >/dev/null || need+=(sqlite3)
-# switchboard-pg: scripts/pg-cluster.sh (PostgreSQL, and openssl for its TLS certificate).
-if [[ " $SERVERS " == *" switchboard-pg "* ]]; then
+# switchboard-pg, kamailio-pg: scripts/pg-cluster.sh (PostgreSQL, and openssl for its TLS
+# certificate).
+PG_SERVERS=0
+[[ " $SERVERS " == *" switchboard-pg "* || " $SERVERS " == *" kamailio-pg "* ]] && PG_SERVERS=1
+if [ "$PG_SERVERS" = 1 ]; then
   compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
   command -v openssl >/dev/null || need+=(openssl)
+fi
+# kamailio-pg: db_postgres and the PostgreSQL schema (/usr/share/kamailio/postgres), psql.
+if [[ " $SERVERS " == *" kamailio-pg "* ]]; then
+  [ -e /usr/lib/x86_64-linux-gnu/kamailio/modules/db_postgres.so ] || need+=(kamailio-postgres-modules)
+  command -v psql >/dev/null || need+=(postgresql-client)
 fi
 if ((${#need[@]})); then
   log "installing ${need[*]}"
   DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null && \
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null || { log "apt-get failed"; exit 1; }
 fi
-log "building switchboard (release)"
-(cd "$ROOT" && cargo build --release -q -p switchboard) || exit 1
+# Switchboard is built (and its users imported below) unless the run is Kamailio only and
+# asks for kamailio-pg; without kamailio-pg this is as it always was.
+SB_NEEDED=1
+[[ " $SERVERS " == *" kamailio-pg "* && " $SERVERS " != *" switchboard"* ]] && SB_NEEDED=0
+if [ "$SB_NEEDED" = 1 ]; then
+  log "building switchboard (release)"
+  (cd "$ROOT" && cargo build --release -q -p switchboard) || exit 1
+fi
 
 DATA=$WORK/data
 rm -rf "$DATA"; mkdir -p "$DATA"
@@ -89,14 +112,39 @@ done
 # One SIPp host plays thousands of users: the per-source request rate (a flood guard for
 # the internet, which Kamailio here runs without too) is lifted; it is still accounted.
 printf '[presence]\nnotify_interval_ms = 0\n[limits]\nsource_requests_per_sec = 0\nmax_connections_per_source = 0\n' > "$DATA/sb.toml"
-"$BIN" --data-dir "$DATA/sb" user import "$DATA/users.csv" >/dev/null || exit 1
+[ "$SB_NEEDED" = 1 ] && { "$BIN" --data-dir "$DATA/sb" user import "$DATA/users.csv" >/dev/null || exit 1; }
 PGURL=
-if [[ " $SERVERS " == *" switchboard-pg "* ]]; then
+if [ "$PG_SERVERS" = 1 ]; then
   rm -rf "$WORK/pg"; mkdir -p "$WORK/pg"
   PGURL=$("$ROOT/scripts/pg-cluster.sh" start "$WORK/pg") || { log "cannot start PostgreSQL"; exit 1; }
   trap '"$ROOT/scripts/pg-cluster.sh" stop "$WORK/pg"' EXIT
+fi
+if [[ " $SERVERS " == *" switchboard-pg "* ]]; then
   "$BIN" --data-dir "$DATA/sbpg" --database "$PGURL" user import "$DATA/users.csv" >/dev/null || exit 1
 fi
+# kamailio-pg: its own database on the cluster, Kamailio's PostgreSQL schema (version table,
+# location, subscriber) and the same subscribers as the SQLite database below.
+KAMURL=
+if [[ " $SERVERS " == *" kamailio-pg "* ]]; then
+  KAMURL=${PGURL%/*}/kamailio
+  psql -q -X -v ON_ERROR_STOP=1 "$PGURL" -c 'CREATE DATABASE kamailio' >/dev/null || { log "cannot create the kamailio database"; exit 1; }
+  PGSQL=/usr/share/kamailio/postgres
+  { cat "$PGSQL/standard-create.sql" "$PGSQL/usrloc-create.sql" "$PGSQL/auth_db-create.sql"
+    echo "BEGIN;"
+    for i in $(seq 0 1999); do echo "INSERT INTO subscriber (username, domain, password) VALUES ('$(u $i)', '$DOMAIN', 'pw');"; done
+    echo "COMMIT;"; } | psql -q -X -v ON_ERROR_STOP=1 "$KAMURL" >/dev/null || { log "cannot load the kamailio schema"; exit 1; }
+fi
+kam_sql() { psql -q -X -t -A -v ON_ERROR_STOP=1 "$KAMURL" -c "$1"; }
+pg_ticks() {  # total utime+stime of the PostgreSQL cluster's processes (postmaster and children)
+  local pm t=0 p s
+  pm=$(head -n 1 "$WORK/pg/data/postmaster.pid" 2>/dev/null) || { echo 0; return; }
+  for p in $pm $(ps -o pid= --ppid "$pm" 2>/dev/null); do
+    s=$(cat /proc/$p/stat 2>/dev/null) || continue
+    s=${s##*) }; set -- $s
+    t=$((t + ${12} + ${13}))
+  done
+  echo $t
+}
 SQL=/usr/share/kamailio/db_sqlite
 { cat "$SQL/standard-create.sql" "$SQL/auth_db-create.sql"
   echo "BEGIN;"
@@ -120,11 +168,17 @@ cpu_ticks() {  # total utime+stime of the server's processes
   echo $t
 }
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
-start_server() {  # $1 = kamailio|switchboard, $2 = log, $3 = Switchboard's HTTP address (off)
+start_server() {  # $1 = kamailio|kamailio-pg|switchboard|switchboard-pg, $2 = log, $3 = Switchboard's HTTP address (off)
   case $1 in
     kamailio)
       kamailio -f "$HERE/kamailio.cfg" -DD -E -m 512 -M 16 -P "$WORK/run/kamailio.pid" -Y "$WORK/run" \
         -A "DBURL=\"sqlite://$DATA/kamailio.sqlite\"" -A "DOMAIN=\"$DOMAIN\"" -A "ADDR=127.0.0.1" -A "PORT=$PORT" \
+        -A "UDPWORKERS=4" -A "TCPWORKERS=4" >"$2" 2>&1 &
+      ;;
+    kamailio-pg)  # a fresh start: no registrations left from the previous trial
+      kam_sql 'TRUNCATE location, location_attrs' >/dev/null || { log "cannot empty the location table"; return 1; }
+      kamailio -f "$HERE/kamailio.cfg" -DD -E -m 512 -M 16 -P "$WORK/run/kamailio.pid" -Y "$WORK/run" \
+        -A WITH_PGSQL -A "DBURL=\"$KAMURL\"" -A "DOMAIN=\"$DOMAIN\"" -A "ADDR=127.0.0.1" -A "PORT=$PORT" \
         -A "UDPWORKERS=4" -A "TCPWORKERS=4" >"$2" 2>&1 &
       ;;
     switchboard)
@@ -237,7 +291,8 @@ trial() {  # server test transport rate
   [ "$test" = subscribe ] && scen=$SCN/subscribe.xml inf=$DATA/msg.csv
   [ "$test" = publish ] && scen=$SCN/publish.xml inf=$DATA/pub.csv
   local per=$(( (rate + PAR - 1) / PAR )) calls=$(( rate * DUR / PAR )) pids=() i
-  local c0 t0 c1 t1
+  local c0 t0 c1 t1 pg0=0 pg1=0
+  [ "$srv" = kamailio-pg ] && pg0=$(pg_ticks)
   c0=$(cpu_ticks); t0=$(date +%s.%N)
   for i in $(seq 1 "$PAR"); do
     local p=$((5100 + i))
@@ -250,6 +305,7 @@ trial() {  # server test transport rate
   done
   for p in "${pids[@]}"; do wait "$p"; done
   t1=$(date +%s.%N); c1=$(cpu_ticks)
+  [ "$srv" = kamailio-pg ] && pg1=$(pg_ticks)
   [ -n "$uas" ] && { kill "$uas" 2>/dev/null; wait "$uas" 2>/dev/null; }
   local notified=-1
   if [ -n "$watcher" ]; then
@@ -267,6 +323,13 @@ trial() {  # server test transport rate
     bad=$((bad + $(stat_field "$f" 'FailedCall(C)')))
     slow=$((slow + $(slow_calls "$f")))
   done
+  if [ "$srv" = kamailio-pg ]; then  # PostgreSQL's share (same time base as the server's), and
+    # proof that the registrar wrote there
+    python3 -c 'import sys; p0, p1, t0, t1, tck, n, r = map(float, sys.argv[1:]); print(round((p1 - p0) / tck / min(max(t1 - t0, 0.001), max(n / max(r, 1), 0.001)) * 100))' \
+      "$pg0" "$pg1" "$t0" "$t1" "$CLK_TCK" "$((calls * PAR))" "$rate_sum" > "$dir/pg_cpu.txt"
+    kam_sql 'SELECT count(*) FROM location' > "$dir/location_rows.txt" 2>&1
+    log "kamailio-pg $test/$tr target $rate/s: PostgreSQL CPU $(cat "$dir/pg_cpu.txt") %, $(cat "$dir/location_rows.txt") rows in location"
+  fi
   python3 - "$ok" "$bad" "$slow" "$rate" "$t0" "$t1" "$c0" "$c1" "$CLK_TCK" "$((calls * PAR))" "$rate_sum" "$notified" <<'PY'
 import sys
 ok, bad, slow, rate = map(int, sys.argv[1:5]); t0, t1 = float(sys.argv[5]), float(sys.argv[6])
@@ -347,9 +410,12 @@ rows = list(csv.DictReader(open(sys.argv[1])))
 best = {(r['server'], r['test'], r['transport']): (int(r['best_rate']), int(r['server_cpu_pct'])) for r in rows}
 keys = sorted({(r['test'], r['transport']) for r in rows})
 pg = any(r['server'] == 'switchboard-pg' for r in rows)
+kpg = any(r['server'] == 'kamailio-pg' for r in rows)
 extra_h = ' Switchboard on PostgreSQL calls/s | its CPU | PostgreSQL rate ratio |' if pg else ''
+extra_h += ' Kamailio db_mode=3 on PostgreSQL calls/s | its CPU |' if kpg else ''
+extra_h += ' Switchboard-pg / Kamailio-pg rate ratio | per-core ratio |' if pg and kpg else ''
 print('| test | transport | Kamailio calls/s | Kamailio CPU | Switchboard calls/s | Switchboard CPU | rate ratio | per-core ratio |' + extra_h)
-print('|---|---|---|---|---|---|---|---|' + ('---|---|---|' if pg else ''))
+print('|---|---|---|---|---|---|---|---|' + ('---|---|---|' if pg else '') + ('---|---|' if kpg else '') + ('---|---|' if pg and kpg else ''))
 for t, tr in keys:
     k = best.get(('kamailio', t, tr), (0, 0)); s = best.get(('switchboard', t, tr), (0, 0))
     ratio = s[0] / k[0] if k[0] else float('nan')
@@ -358,6 +424,12 @@ for t, tr in keys:
     if pg:
         q = best.get(('switchboard-pg', t, tr), (0, 0))
         extra = f' {q[0]} | {q[1]} % | {q[0] / k[0] if k[0] else float("nan"):.2f} |'
+    if kpg:
+        kp = best.get(('kamailio-pg', t, tr), (0, 0))
+        extra += f' {kp[0]} | {kp[1]} % |'
+        if pg:
+            extra += f' {q[0] / kp[0] if kp[0] else float("nan"):.2f} |'
+            extra += f' {(q[0] / max(q[1], 1)) / (kp[0] / max(kp[1], 1)) if kp[0] and q[0] else float("nan"):.2f} |'
     print(f'| {t} | {tr} | {k[0]} | {k[1]} % | {s[0]} | {s[1]} % | {ratio:.2f} | {per_core:.2f} |' + extra)
 PY
 log "results in $OUT"
