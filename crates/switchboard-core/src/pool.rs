@@ -134,6 +134,24 @@ pub trait PoolLocationData: Send + Sync + 'static {
     async fn bindings(&self, aor: &str) -> Result<Vec<PoolBinding>, DataError>;
 }
 
+/// The presence a front end's devices publish, shared with the pool: every front end
+/// holding a user reads the others' in `crate::StoredPresence::pool_devices`, and hears
+/// of a change through the presence change log (`crate::PresenceData::changes_since`),
+/// which every write here appends to.
+#[async_trait]
+pub trait PoolPresenceData: Send + Sync + 'static {
+    /// For each `(address, devices)`, replaces what `member` publishes for the user
+    /// (`address` as `user@domain`; `devices` the presence service's JSON, `None` when
+    /// the user has no device here any more) and notes the change in the log; all in
+    /// one transaction. [`DataError::NotMember`] when the membership is gone.
+    async fn set_devices(
+        &self,
+        member: Membership,
+        updates: &[(String, Option<String>)],
+        at_ms: i64,
+    ) -> Result<(), DataError>;
+}
+
 /// The CDR owner id of front end `fe` (its runs and sessions carry it).
 pub fn cdr_owner(fe: u32) -> String {
     format!("fe-{fe}")

@@ -56,4 +56,8 @@ pub struct StoredPresence {
     pub calendar: Vec<CalendarEntry>,
     pub card: ContactCard,
     pub last_active_ms: Option<i64>,
+    /// In an Enterprise pool: the devices this user has on each front end, as that
+    /// front end wrote them (`crate::pool::PoolPresenceData`): `(front end, devices)`,
+    /// the devices as the presence service's JSON. Empty outside a pool.
+    pub pool_devices: Vec<(u32, String)>,
 }

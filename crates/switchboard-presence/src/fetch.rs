@@ -121,7 +121,12 @@ impl PresenceService {
     /// (a presentity is built from whole reads only).
     pub(crate) async fn read_user(&self, aor: &str, now: i64) -> Result<UserData, DataError> {
         let addr = bare(aor);
-        let stored = self.presence.load(addr, now).await?;
+        let mut stored = self.presence.load(addr, now).await?;
+        // This front end's own devices are the ones it holds, not what it last wrote.
+        if let Some(pool) = &self.pool {
+            let me = (pool.member)().fe;
+            stored.pool_devices.retain(|(fe, _)| *fe != me);
+        }
         let contacts = self.contacts.contact_list(addr).await?;
         let groups = self.contacts.contact_groups(addr).await?;
         let display_name = match Address::parse(addr) {

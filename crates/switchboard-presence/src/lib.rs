@@ -102,6 +102,7 @@ mod lync;
 pub mod model;
 mod notifier;
 pub mod pidf;
+mod pool;
 pub mod privacy;
 mod publications;
 
@@ -217,6 +218,9 @@ pub(crate) struct State {
     lync_flows: lync::EndpointFlows,
     /// Last-active times not yet written (written in batches by housekeeping).
     last_active: HashMap<String, i64>,
+    /// In a pool: users (`user@domain`) whose devices here changed and are not yet
+    /// written for the other front ends (JSON; `None`: no device here any more).
+    pool_dirty: Option<HashMap<String, Option<String>>>,
 }
 
 /// The users held, by address.
@@ -229,6 +233,18 @@ impl State {
         let Some(p) = self.presentities.get_mut(aor) else {
             return;
         };
+        if let Some(dirty) = &mut self.pool_dirty {
+            // The other front ends of the pool hear of what changed here (`pool`).
+            let devices = p.publications.devices();
+            let json =
+                (!devices.is_empty()).then(|| serde_json::to_string(&devices).unwrap_or_default());
+            if json != p.publications.pool_written
+                && (json.is_some() || p.publications.pool_written.is_some())
+            {
+                p.publications.pool_written = json.clone();
+                dirty.insert(bare(aor).to_owned(), json);
+            }
+        }
         let Some(publications::Gone(gone)) = p.publications.reaggregate(&mut p.stored, rules, now)
         else {
             return;
@@ -388,6 +404,16 @@ pub struct PresenceService {
     /// The conferencing focus factory's URI for a user, when conferences are offered
     /// (written in Lync provisioning).
     focus_factory: Option<FocusFactory>,
+    /// This server's Enterprise pool, when it is a front end of one.
+    pool: Option<PoolPresence>,
+}
+
+/// A front end's share of its pool's presence: its users' devices are written for the
+/// other front ends, and theirs are read with each user's stored state (see `pool`).
+pub struct PoolPresence {
+    pub data: Arc<dyn switchboard_core::pool::PoolPresenceData>,
+    /// This front end's membership now (its epoch changes when it rejoins).
+    pub member: Arc<dyn Fn() -> switchboard_core::pool::Membership + Send + Sync>,
 }
 
 /// Names the focus factory for a user (`sip:…`).
@@ -406,6 +432,7 @@ impl PresenceService {
         config: PresenceConfig,
         deliverer: Arc<dyn Deliverer>,
         focus_factory: Option<FocusFactory>,
+        pool: Option<PoolPresence>,
     ) -> Arc<PresenceService> {
         // Unreadable: follow from the start of the log (nothing is held yet, so that
         // only costs a longer first read).
@@ -422,6 +449,7 @@ impl PresenceService {
                 notifier: notifier::Notifier::new(config.clone(), clock, deliverer, weak.clone()),
                 lync_flows: lync::EndpointFlows::default(),
                 last_active: HashMap::new(),
+                pool_dirty: pool.is_some().then(HashMap::new),
             })
         });
         let svc = Arc::new_cyclic(|me| PresenceService {
@@ -436,7 +464,11 @@ impl PresenceService {
             change_seq: Mutex::new(seq),
             pruned_at: Mutex::new(Instant::now()),
             focus_factory,
+            pool,
         });
+        if svc.pool.is_some() {
+            tokio::spawn(pool::write_devices(Arc::downgrade(&svc)));
+        }
         let weak = Arc::downgrade(&svc);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(250));

@@ -117,8 +117,9 @@ impl Activity {
     }
 }
 
-/// What one device (one publication) says about its user.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What one device (one publication) says about its user. Serialized (JSON) when an
+/// Enterprise pool's front ends share their users' devices.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DeviceState {
     /// Names the device: the publication's ETag chain, or a Lync endpoint id.
     pub device: String,

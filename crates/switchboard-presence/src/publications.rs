@@ -38,6 +38,19 @@ pub(crate) struct Publications {
     list: Vec<Publication>,
     /// The aggregate as of the last [`Publications::reaggregate`].
     presence: Presence,
+    /// In a pool: these devices as last handed to the pool (JSON), so only a change is
+    /// written.
+    pub(crate) pool_written: Option<String>,
+}
+
+/// The devices other front ends of a pool hold for the user (`stored.pool_devices`, this
+/// front end's own left out when read); a row that does not parse counts as none.
+fn pool_devices(stored: &StoredPresence) -> Vec<DeviceState> {
+    stored
+        .pool_devices
+        .iter()
+        .flat_map(|(_, json)| serde_json::from_str::<Vec<DeviceState>>(json).unwrap_or_default())
+        .collect()
 }
 
 /// A PUBLISH as read, to be applied to the user's [`Publications`].
@@ -56,7 +69,8 @@ impl Publications {
     pub(crate) fn new(stored: &StoredPresence, rules: &AggregationRules, now: i64) -> Self {
         Publications {
             list: Vec::new(),
-            presence: aggregate(&[], stored, rules, now),
+            presence: aggregate(&pool_devices(stored), stored, rules, now),
+            pool_written: None,
         }
     }
 
@@ -74,7 +88,8 @@ impl Publications {
         rules: &AggregationRules,
         now: i64,
     ) -> Option<Gone> {
-        let devices = self.devices();
+        let mut devices = self.devices();
+        devices.extend(pool_devices(stored));
         let fresh = aggregate(&devices, stored, rules, now);
         let was_online = self.presence.availability.is_online() && !self.presence.manual;
         let gone = was_online && devices.iter().all(|d| !d.availability.is_online());

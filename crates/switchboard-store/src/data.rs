@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use switchboard_core::pool::{MembershipData, PoolLocationData};
+use switchboard_core::pool::{MembershipData, PoolLocationData, PoolPresenceData};
 use switchboard_core::{CdrData, ContactData, DataError, Directory, OfflineData, PresenceData};
 
 use crate::postgres::{self, PostgresStore};
@@ -194,6 +194,7 @@ pub struct Data {
 pub struct PoolData {
     pub membership: Arc<dyn MembershipData>,
     pub location: Arc<dyn PoolLocationData>,
+    pub presence: Arc<dyn PoolPresenceData>,
 }
 
 impl Data {
@@ -205,6 +206,7 @@ impl Data {
                 let pool = PoolData {
                     membership: store.clone(),
                     location: store.clone(),
+                    presence: store.clone(),
                 };
                 Data::traits_of(store, Some(pool), backend)
             }

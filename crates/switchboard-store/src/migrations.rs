@@ -151,6 +151,8 @@ const MIGRATIONS: &[&str] = &[
     // 9: an Enterprise pool's membership and shared registrations live in PostgreSQL
     // only (a Standard Edition has no pool); numbered all the same.
     "SELECT 1;",
+    // 10: the pool's shared presence devices: PostgreSQL only, as 9.
+    "SELECT 1;",
 ];
 
 /// The schema version this build migrates to.

@@ -410,6 +410,8 @@ impl PresenceStore {
             calendar,
             card,
             last_active_ms,
+            // A Standard Edition has no pool.
+            pool_devices: Vec::new(),
         })
     }
 

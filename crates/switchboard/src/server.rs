@@ -367,6 +367,15 @@ pub async fn start_with_data(
         cfg.presence.clone(),
         deliverer,
         Some(focus_factory),
+        pool.as_ref().and_then(|(p, _)| {
+            let p = p.clone();
+            data.pool
+                .as_ref()
+                .map(|d| switchboard_presence::PoolPresence {
+                    data: d.presence.clone(),
+                    member: Arc::new(move || p.member()),
+                })
+        }),
     )
     .await;
     let core = Core::new(

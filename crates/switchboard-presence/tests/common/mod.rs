@@ -45,6 +45,7 @@ where
         cfg,
         captured.clone(),
         None,
+        None,
     )
     .await;
     (svc, captured)

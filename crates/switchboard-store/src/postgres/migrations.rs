@@ -197,6 +197,18 @@ const MIGRATIONS: &[&str] = &[
     ) WITH (fillfactor = 80);
     CREATE INDEX pool_bindings_aor ON pool_bindings (aor);
     CREATE INDEX pool_bindings_member ON pool_bindings (fe_id, epoch);"#,
+    // 10: the devices each front end publishes for a user (JSON, the presence service's),
+    // tied to the member like registrations. Every write also appends to
+    // presence_changes, which every front end follows.
+    r#"CREATE TABLE pool_presence (
+        address         TEXT COLLATE "C" NOT NULL,
+        fe_id           INTEGER NOT NULL,
+        epoch           BIGINT NOT NULL,
+        devices         TEXT NOT NULL,
+        PRIMARY KEY (address, fe_id),
+        FOREIGN KEY (fe_id, epoch) REFERENCES pool_members (fe_id, epoch) ON DELETE CASCADE
+    ) WITH (fillfactor = 70);
+    CREATE INDEX pool_presence_member ON pool_presence (fe_id, epoch);"#,
 ];
 
 /// The schema version this build migrates to.

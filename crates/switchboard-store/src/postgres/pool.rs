@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use futures_util::future::try_join_all;
 use switchboard_core::pool::{
     cdr_owner, MemberLoad, MemberRecord, Membership, MembershipData, OwnBinding, PoolBinding,
-    PoolLocationData, ReapedMember,
+    PoolLocationData, PoolPresenceData, ReapedMember,
 };
 use switchboard_core::DataError;
 use tokio_postgres::types::ToSql;
@@ -40,6 +40,14 @@ async fn remove_member(
     reason: &str,
     at_ms: i64,
 ) -> Result<(Vec<String>, usize), Failure> {
+    // Every front end holding a user whose devices were here re-reads them (the
+    // presence change log), and sees what is left.
+    tx.execute(
+        "INSERT INTO presence_changes (address, at_ms)
+         SELECT address, $3 FROM pool_presence WHERE fe_id = $1 AND epoch = $2",
+        &[&fe, &epoch, &at_ms],
+    )
+    .await?;
     let users = tx
         .query(
             "SELECT DISTINCT aor FROM pool_bindings WHERE fe_id = $1 AND epoch = $2 ORDER BY aor",
@@ -346,5 +354,54 @@ impl PoolLocationData for PostgresStore {
                 })
                 .collect()
         })
+    }
+}
+
+#[async_trait]
+impl PoolPresenceData for PostgresStore {
+    async fn set_devices(
+        &self,
+        member: Membership,
+        updates: &[(String, Option<String>)],
+        at_ms: i64,
+    ) -> Result<(), DataError> {
+        let id = fe_id(member.fe)?;
+        let written = on_connection!(self, |c| {
+            let tx = c.transaction().await?;
+            let (upsert, delete, changed) = futures_util::future::try_join3(
+                tx.prepare_cached(
+                    "INSERT INTO pool_presence (address, fe_id, epoch, devices) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (address, fe_id) DO UPDATE
+                       SET epoch = excluded.epoch, devices = excluded.devices",
+                ),
+                tx.prepare_cached(
+                    "DELETE FROM pool_presence WHERE address = $1 AND fe_id = $2 AND epoch = $3",
+                ),
+                tx.prepare_cached("INSERT INTO presence_changes (address, at_ms) VALUES ($1, $2)"),
+            )
+            .await?;
+            for chunk in updates.chunks(PIPELINE) {
+                try_join_all(chunk.iter().map(|(address, devices)| async {
+                    match devices {
+                        Some(d) => {
+                            tx.execute(&upsert, &[address, &id, &member.epoch, d])
+                                .await?
+                        }
+                        None => tx.execute(&delete, &[address, &id, &member.epoch]).await?,
+                    };
+                    tx.execute(&changed, &[address, &at_ms]).await
+                }))
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        });
+        match written {
+            Err(DataError::Backend(what)) if what.contains("23503") => Err(DataError::NotMember {
+                fe: member.fe,
+                epoch: member.epoch,
+            }),
+            other => other,
+        }
     }
 }

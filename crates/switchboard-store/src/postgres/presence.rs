@@ -555,13 +555,25 @@ impl PresenceData for PostgresStore {
                 c.prepare_cached("SELECT at_ms FROM presence_last_active WHERE address = $1"),
             )
             .await?;
-            let (manual, calendar, card, last_active) = try_join4(
-                c.query_opt(&manual, &[&address]),
-                c.query(&calendar, &[&address, &now_ms]),
-                c.query_opt(&card, &[&address]),
-                c.query_opt(&last_active, &[&address]),
+            let pool = c
+                .prepare_cached(
+                    "SELECT fe_id, devices FROM pool_presence WHERE address = $1 ORDER BY fe_id",
+                )
+                .await?;
+            let ((manual, calendar, card, last_active), pool) = futures_util::future::try_join(
+                try_join4(
+                    c.query_opt(&manual, &[&address]),
+                    c.query(&calendar, &[&address, &now_ms]),
+                    c.query_opt(&card, &[&address]),
+                    c.query_opt(&last_active, &[&address]),
+                ),
+                c.query(&pool, &[&address]),
             )
             .await?;
+            let pool_devices = pool
+                .iter()
+                .map(|r| Ok((r.try_get::<_, i32>(0)? as u32, r.try_get(1)?)))
+                .collect::<Result<Vec<(u32, String)>, tokio_postgres::Error>>()?;
             Ok(StoredPresence {
                 manual: manual.as_ref().map(rows::manual).transpose()?,
                 calendar: all(calendar, rows::calendar_entry)?,
@@ -571,6 +583,7 @@ impl PresenceData for PostgresStore {
                     .transpose()?
                     .unwrap_or_default(),
                 last_active_ms: last_active.map(|r| r.try_get(0)).transpose()?,
+                pool_devices,
             })
         })
     }

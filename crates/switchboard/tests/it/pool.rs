@@ -335,6 +335,46 @@ async fn a_crashed_front_end_is_reaped_its_devices_forgotten_and_its_sessions_cl
         .is_err());
 }
 
+#[tokio::test]
+async fn a_watcher_sees_presence_published_on_another_front_end_and_its_loss() {
+    use crate::presence::{availability, notify_until, publish_state, subscribe};
+    let Some(mut pool) = Pool::start("pool::a_watcher_sees_presence…", 3, &["alice", "bob"]).await
+    else {
+        return;
+    };
+    let mut alice = pool.client(1, "alice").await;
+    let mut bob = pool.client(2, "bob").await;
+    let mut bob3 = pool.client(3, "bob").await;
+    // Alice, on front end 1, watches bob: offline at first.
+    let _sub = subscribe(&mut alice, "bob").await;
+    notify_until(&mut alice, "bob offline", |d| availability(d) == "offline").await;
+    // Bob's device on front end 2 publishes: alice sees it (one re-read on front end 1).
+    publish_state(
+        &mut bob,
+        "open",
+        "<rpid:activities><rpid:busy/></rpid:activities>",
+    )
+    .await;
+    notify_until(&mut alice, "bob busy", |d| availability(d) == "busy").await;
+    // His device on front end 3 says available: the aggregate across front ends.
+    publish_state(&mut bob3, "open", "").await;
+    notify_until(&mut alice, "bob available", |d| {
+        availability(d) == "available"
+    })
+    .await;
+    // Front end 3 dies: its device goes with it, bob is busy again for alice.
+    pool.fes[2].take().unwrap().crash();
+    let crashed = std::time::Instant::now();
+    // (Reaped five seconds after its last heartbeat: the client waits five per NOTIFY.)
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    notify_until(&mut alice, "bob busy again", |d| availability(d) == "busy").await;
+    assert!(
+        crashed.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        crashed.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_status_lists_every_front_end_with_its_load() {
     let Some(pool) = Pool::start("pool::pool_status…", 3, &["alice"]).await else {

@@ -31,14 +31,14 @@ async fn registered(s: &TestServer, user: &str) -> Client {
     c
 }
 
-fn pidf(entity: &str, basic: &str, person: &str) -> String {
+pub(crate) fn pidf(entity: &str, basic: &str, person: &str) -> String {
     format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<presence xmlns=\"urn:ietf:params:xml:ns:pidf\" xmlns:dm=\"urn:ietf:params:xml:ns:pidf:data-model\" xmlns:rpid=\"urn:ietf:params:xml:ns:pidf:rpid\" entity=\"{entity}\"><tuple id=\"t\"><status><basic>{basic}</basic></status></tuple><dm:person id=\"p\">{person}</dm:person></presence>"
     )
 }
 
 /// A PUBLISH of the client's own presence: body (PIDF) and/or SIP-If-Match.
-fn publish_request(
+pub(crate) fn publish_request(
     c: &mut Client,
     body: Option<&str>,
     etag: Option<&str>,
@@ -62,7 +62,7 @@ fn publish_request(
     m
 }
 
-async fn publish(
+pub(crate) async fn publish(
     c: &mut Client,
     body: Option<&str>,
     etag: Option<&str>,
@@ -78,7 +78,7 @@ async fn publish(
     )
 }
 
-async fn publish_state(c: &mut Client, basic: &str, person: &str) -> String {
+pub(crate) async fn publish_state(c: &mut Client, basic: &str, person: &str) -> String {
     let body = pidf(&c.aor(), basic, person);
     let (st, etag) = publish(c, Some(&body), None, Some(600)).await;
     assert_eq!(st, 200);
@@ -86,12 +86,12 @@ async fn publish_state(c: &mut Client, basic: &str, person: &str) -> String {
 }
 
 /// A subscription as the subscriber holds it.
-struct Sub {
+pub(crate) struct Sub {
     request: Message,
     to_tag: String,
 }
 
-async fn subscribe_with(
+pub(crate) async fn subscribe_with(
     c: &mut Client,
     to_user: &str,
     event: &str,
@@ -123,7 +123,7 @@ async fn subscribe_with(
     (r, sub)
 }
 
-async fn subscribe(c: &mut Client, to_user: &str) -> Sub {
+pub(crate) async fn subscribe(c: &mut Client, to_user: &str) -> Sub {
     let (r, sub) = subscribe_with(c, to_user, "presence", &[], 600).await;
     assert_eq!(status(&r), 200, "{r}");
     sub.unwrap()
@@ -151,7 +151,7 @@ async fn resubscribe(c: &mut Client, sub: &Sub, expires: u32) -> Message {
 }
 
 /// The next NOTIFY (answered `answer`), from what arrived meanwhile or the wire.
-async fn next_notify_answered(c: &mut Client, answer: u16) -> Option<Message> {
+pub(crate) async fn next_notify_answered(c: &mut Client, answer: u16) -> Option<Message> {
     if let Some(i) = c
         .inbox
         .iter()
@@ -175,12 +175,16 @@ async fn next_notify(c: &mut Client) -> Message {
     next_notify_answered(c, 200).await.expect("a NOTIFY")
 }
 
-fn body(m: &Message) -> String {
+pub(crate) fn body(m: &Message) -> String {
     String::from_utf8_lossy(&m.body).into_owned()
 }
 
 /// NOTIFYs until one whose body satisfies `pred` (state changes may arrive in steps).
-async fn notify_until(c: &mut Client, what: &str, pred: impl Fn(&str) -> bool) -> Message {
+pub(crate) async fn notify_until(
+    c: &mut Client,
+    what: &str,
+    pred: impl Fn(&str) -> bool,
+) -> Message {
     for _ in 0..10 {
         let n = next_notify_answered(c, 200)
             .await
@@ -192,7 +196,7 @@ async fn notify_until(c: &mut Client, what: &str, pred: impl Fn(&str) -> bool) -
     panic!("no NOTIFY showing {what}");
 }
 
-fn availability(doc: &str) -> &str {
+pub(crate) fn availability(doc: &str) -> &str {
     let i = doc.find("availability=\"").expect("sb:state") + 14;
     let j = doc[i..].find('"').unwrap();
     &doc[i..i + j]
