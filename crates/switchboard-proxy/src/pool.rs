@@ -370,22 +370,59 @@ impl Core {
         owner: (u32, String),
         from_aor: String,
     ) {
-        let (Some(pool), Ok(addr)) = (self.out.pool(), owner.1.parse::<SocketAddr>()) else {
+        let Ok(addr) = owner.1.parse::<SocketAddr>() else {
             return;
         };
         let Some(ruri) = req.message.request_uri().cloned() else {
             return;
         };
-        let [call_id, cseq, tag] = vouched_parts(&req.message);
-        let fe = pool.config().fe.to_string();
-        let to = owner.0.to_string();
-        let mac = pool.mac(&[&from_aor, &fe, &to, &call_id, &cseq, &tag]);
-        req.message.headers.push(
+        self.vouch(&mut req.message, &from_aor, owner.0);
+        let Uri::Sip(ruri) = ruri else { return };
+        let member = self.peer_binding(&ruri, &(owner.0, addr));
+        self.spawn_forward(req, vec![member], from_aor, None, None);
+    }
+
+    /// Says to member `fe`, on `msg`, that this front end authenticated `from_aor`.
+    pub(crate) fn vouch(&self, msg: &mut sip_message::Message, from_aor: &str, fe: u32) {
+        let Some(pool) = self.out.pool() else { return };
+        let [call_id, cseq, tag] = vouched_parts(msg);
+        let me = pool.config().fe.to_string();
+        let to = fe.to_string();
+        let mac = pool.mac(&[from_aor, &me, &to, &call_id, &cseq, &tag]);
+        msg.headers.push(
             sip_message::HeaderName::from_wire(SENDER_HEADER),
-            format!("<{from_aor}>;fe={fe};mac={mac}"),
+            format!("<{from_aor}>;fe={me};mac={mac}"),
         );
-        let contact = NameAddr::new(ruri);
-        let member = Binding {
+    }
+
+    /// The member the first Route names, when it names one (its id and address).
+    pub(crate) fn peer_route(&self, msg: &sip_message::Message) -> Option<(u32, SocketAddr)> {
+        let pool = self.out.pool()?;
+        let routes = msg.name_addrs(&sip_message::HeaderName::Route).ok()?;
+        let uri = routes.first()?.uri.as_sip()?.clone();
+        let ip: std::net::IpAddr = match uri.host {
+            sip_message::Host::V4(a) => a.into(),
+            sip_message::Host::V6(a) => a.into(),
+            sip_message::Host::Domain(_) => return None,
+        };
+        let addr = SocketAddr::new(ip, uri.port.unwrap_or(5060));
+        pool.members()
+            .iter()
+            .find(|m| {
+                m.fe != pool.config().fe && m.sip_addr.parse::<SocketAddr>().ok() == Some(addr)
+            })
+            .map(|m| (m.fe, addr))
+    }
+
+    /// A request for `ruri` (unchanged) sent on to member `peer`.
+    pub(crate) fn peer_binding(
+        &self,
+        ruri: &sip_message::SipUri,
+        peer: &(u32, SocketAddr),
+    ) -> Binding {
+        let (fe, addr) = *peer;
+        let contact = NameAddr::new(Uri::Sip(ruri.clone()));
+        Binding {
             contact_key: contact.uri.to_string(),
             contact,
             expires_at: tokio::time::Instant::now(),
@@ -394,7 +431,7 @@ impl Core {
             instance: None,
             reg_id: None,
             flow: Flow::new(
-                FrontEnd(owner.0),
+                FrontEnd(fe),
                 Conn {
                     transport: Transport::Tcp,
                     remote: addr,
@@ -405,7 +442,6 @@ impl Core {
             temp_gruu: None,
             pinned: false,
             path: Some(format!("sip:{addr};transport=tcp;lr")),
-        };
-        self.spawn_forward(req, vec![member], from_aor, None, None);
+        }
     }
 }

@@ -83,6 +83,8 @@ pub(crate) struct Classified {
     /// Another member of the pool passed it here to handle, vouching for its sender:
     /// handled here, never passed on again.
     vouched: bool,
+    /// Its route set goes on through this member of the pool, which is told who sent it.
+    via_peer: Option<u32>,
 }
 
 /// The router's side of a [`Responder`] for `req`: the service's answer goes out as
@@ -263,11 +265,19 @@ impl Core {
             }
         }
         // Routes that remain after ours were removed point elsewhere: we relay nothing
-        // off this server.
-        if msg.headers.has(&HeaderName::Route) {
-            self.respond_warning(req, 403, "relaying denied").await;
-            return None;
-        }
+        // off this server, but for a dialog whose route set goes on through another front
+        // end of our pool (both record-routed it).
+        let peer_route = if msg.headers.has(&HeaderName::Route) {
+            match self.peer_route(msg) {
+                Some(peer) if own_route.popped => Some(peer),
+                _ => {
+                    self.respond_warning(req, 403, "relaying denied").await;
+                    return None;
+                }
+            }
+        } else {
+            None
+        };
         // In-dialog request to a registered contact: send it over that device's flow.
         let in_dialog = msg.to_header().ok().is_some_and(|t| t.tag().is_some());
         let domain_target = ruri.user.is_some()
@@ -281,7 +291,9 @@ impl Core {
         // In a dialog: the device's registered contact, or else, when our Record-Route's
         // cookie proves the Request-URI is a remote target this dialog established, that
         // target itself (a caller that never registered). Nothing else is relayed.
-        let contact_binding = if in_dialog && !domain_target {
+        let contact_binding = if let Some(peer) = &peer_route {
+            Some(self.peer_binding(&ruri, peer))
+        } else if in_dialog && !domain_target {
             self.location
                 .binding_for_contact(&Uri::Sip(ruri.clone()), to_aor(msg).as_deref())
                 .or_else(|| self.proven_peer(msg, &ruri, own_route))
@@ -300,6 +312,7 @@ impl Core {
             domain_target,
             contact_binding,
             vouched: false,
+            via_peer: peer_route.map(|(fe, _)| fe),
         })
     }
 
@@ -406,11 +419,16 @@ impl Core {
             domain_target: _,
             contact_binding,
             vouched,
+            via_peer,
         } = target;
-        let msg = &req.message;
         if let Some(b) = contact_binding {
+            let mut req = req;
+            if let Some(fe) = via_peer {
+                self.vouch(&mut req.message, &from_aor, fe);
+            }
             return self.spawn_forward(req, vec![b], from_aor, None, settle);
         }
+        let msg = &req.message;
 
         // Target: a GRUU (one device) or an AoR (all devices).
         let user = ruri.user_unescaped().unwrap_or_default();
@@ -1035,7 +1053,28 @@ impl Core {
         let mut msg = ack.message;
         let own_route = self.pop_own_routes(&mut msg);
         if msg.headers.has(&HeaderName::Route) {
-            return;
+            // The dialog's route set goes on through another front end of the pool: on
+            // to it, when our cookie proves the dialog.
+            let Some(peer) = self.peer_route(&msg) else {
+                return;
+            };
+            if self.cookie_peer_flow(&msg, &own_route).is_none() {
+                return;
+            }
+            let Some(Uri::Sip(ruri)) = msg.request_uri().cloned() else {
+                return;
+            };
+            let hop = self.out.hop_for(&self.peer_binding(&ruri, &peer));
+            msg.headers.push_front(
+                HeaderName::Via,
+                format!(
+                    "SIP/2.0/{} {};branch={}",
+                    hop.transport.via_name(),
+                    fmt_addr(hop.local),
+                    new_branch()
+                ),
+            );
+            return self.layer.send_stateless(hop.target, &msg).await;
         }
         if let Some(token) = &own_route.pool_flow {
             // An ACK a member sent to a device here (it has no transaction to answer).

@@ -177,6 +177,169 @@ async fn a_message_reaches_a_device_on_another_front_end_and_is_recorded_once() 
     assert_eq!(rows.iter().map(|r| r.fe).collect::<Vec<_>>(), [2, 3]);
 }
 
+/// A request in a dialog, written out by hand, with the dialog's route set.
+#[allow(clippy::too_many_arguments)]
+fn in_dialog(
+    c: &Client,
+    method: &str,
+    target: &str,
+    routes: &[String],
+    from: &str,
+    to: &str,
+    call_id: &str,
+    cseq: u32,
+    body: &str,
+) -> sip_message::Message {
+    let text = format!(
+        "{method} {target} SIP/2.0\r\nVia: SIP/2.0/TCP {}:{};branch=z9hG4bK{};rport\r\nRoute: {}\r\n\
+         Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n\
+         Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        c.local.ip(),
+        c.local.port(),
+        rand_hex(),
+        routes.join(", "),
+        body.len()
+    );
+    sip_message::parse_datagram(text.as_bytes()).unwrap()
+}
+
+/// Sends an in-dialog request, answers its challenge, lets `peer` accept it; what the
+/// peer got.
+async fn through(
+    sender: &mut Client,
+    peer: &mut Client,
+    m: sip_message::Message,
+) -> sip_message::Message {
+    send_challenged(sender, m).await;
+    let got = peer
+        .answer_next_request(200)
+        .await
+        .expect("relayed to the peer");
+    assert_eq!(status(&sender.final_response().await), 200);
+    got
+}
+
+#[tokio::test]
+async fn a_session_crosses_front_ends_both_ways_and_is_recorded_once() {
+    let Some(pool) = Pool::start("pool::a_session_crosses…", 2, &["alice", "bob"]).await else {
+        return;
+    };
+    let mut alice = pool.client(1, "alice").await;
+    let mut bob = pool.client(2, "bob").await;
+    let to = "sip:bob@example.com";
+    let mut invite = alice.request("INVITE", to, to);
+    invite
+        .headers
+        .push(HeaderName::ContentType, "application/sdp");
+    invite.body = bytes::Bytes::from_static(
+        b"v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=session\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=message 5060 sip null\r\n",
+    );
+    send_challenged(&mut alice, invite.clone()).await;
+    let got = loop {
+        let m = bob
+            .recv()
+            .await
+            .expect("the INVITE reaches bob on front end 2");
+        if m.is_request() {
+            break m;
+        }
+    };
+    // Both front ends record-route it; the token never reaches the device.
+    let rr: Vec<String> = got
+        .headers
+        .get_all(&HeaderName::RecordRoute)
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(rr.len(), 2, "{got}");
+    assert!(!got.to_string().contains("sbf="), "{got}");
+    let mut ok = got.response(200, Some("bobtag"));
+    for r in &rr {
+        ok.headers.push(HeaderName::RecordRoute, r.clone());
+    }
+    ok.headers.push(HeaderName::Contact, bob.contact());
+    bob.send(&ok).await;
+    let answer = alice.final_response().await;
+    assert_eq!(status(&answer), 200, "{answer}");
+    let mut alice_routes: Vec<String> = answer
+        .headers
+        .get_all(&HeaderName::RecordRoute)
+        .map(str::to_owned)
+        .collect();
+    alice_routes.reverse();
+    let bob_routes = rr;
+    let from = got.headers.get(&HeaderName::From).unwrap().to_owned();
+    let to_hdr = answer.headers.get(&HeaderName::To).unwrap().to_owned();
+    let call_id = got.call_id().unwrap().to_owned();
+    let bob_target = bob.contact().trim_matches(['<', '>']).to_owned();
+    let alice_target = alice.contact().trim_matches(['<', '>']).to_owned();
+    let ack = in_dialog(
+        &alice,
+        "ACK",
+        &bob_target,
+        &alice_routes,
+        &from,
+        &to_hdr,
+        &call_id,
+        2,
+        "",
+    );
+    alice.send(&ack).await;
+    let got_ack = bob.recv().await.expect("the ACK crosses the pool");
+    assert_eq!(got_ack.method(), Some(&sip_message::Method::Ack));
+    // MESSAGE in the dialog, each way, across the two front ends.
+    let m = in_dialog(
+        &alice,
+        "MESSAGE",
+        &bob_target,
+        &alice_routes,
+        &from,
+        &to_hdr,
+        &call_id,
+        3,
+        "hello in session",
+    );
+    assert_eq!(
+        &through(&mut alice, &mut bob, m).await.body[..],
+        b"hello in session"
+    );
+    let m = in_dialog(
+        &bob,
+        "MESSAGE",
+        &alice_target,
+        &bob_routes,
+        &to_hdr,
+        &from,
+        &call_id,
+        1,
+        "hi back",
+    );
+    assert_eq!(&through(&mut bob, &mut alice, m).await.body[..], b"hi back");
+    let bye = in_dialog(
+        &alice,
+        "BYE",
+        &bob_target,
+        &alice_routes,
+        &from,
+        &to_hdr,
+        &call_id,
+        5,
+        "",
+    );
+    through(&mut alice, &mut bob, bye).await;
+    // One session, recorded once, both directions counted, ended by the BYE.
+    let data = pool.data().await;
+    eventually("the session recorded and ended", async || {
+        let sessions = data.cdr.sessions(&SessionFilter::default()).await.unwrap();
+        sessions.len() == 1 && sessions[0].end_reason.as_deref() == Some("bye")
+    })
+    .await;
+    let sessions = data.cdr.sessions(&SessionFilter::default()).await.unwrap();
+    let (_, ps) = data.cdr.session(&sessions[0].id).await.unwrap().unwrap();
+    let count = |who: &str| ps.iter().find(|p| p.address == who).map(|p| p.messages);
+    assert_eq!(count("sip:alice@example.com"), Some(1), "{ps:?}");
+    assert_eq!(count("sip:bob@example.com"), Some(1), "{ps:?}");
+}
+
 #[tokio::test]
 async fn a_forged_or_stale_flow_token_is_refused() {
     let Some(pool) = Pool::start("pool::a_forged_or_stale_flow_token…", 2, &["alice", "bob"]).await
