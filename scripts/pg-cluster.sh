@@ -5,6 +5,8 @@
 #                                          postgres://postgres@127.0.0.1:PORT/postgres
 #        scripts/pg-cluster.sh stop DIR    stop the server DIR's postmaster.pid names
 #                                          (pg_ctl stop -m fast; then signals if it stays)
+#        PG_PORT=N scripts/pg-cluster.sh start DIR   start on port N (a restart of a cluster
+#                                          stopped before, on the port its clients know)
 # The server binaries come from the Debian `postgresql` package (/usr/lib/postgresql/*/bin,
 # the newest), else from PATH. Run as root, the cluster belongs to the `postgres` user
 # (initdb refuses root) and DIR is handed to it. Trust authentication, loopback only: no
@@ -88,7 +90,7 @@ start() {
   fi
   # The port is free when picked and may be taken before the server binds it: try again.
   for _ in 1 2 3; do
-    port=$(free_port)
+    port=${PG_PORT:-$(free_port)}
     if as_owner "$bin/pg_ctl" -D "$DATA" -l "$DIR/server.log" -w -t 60 start \
       -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$DIR/socket -c ssl=on -c ssl_cert_file=$DIR/tls/server.crt -c ssl_key_file=$DIR/tls/server.key" \
       >/dev/null; then

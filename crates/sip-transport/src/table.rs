@@ -241,6 +241,11 @@ impl Transports {
         });
     }
 
+    /// Whether a connection to `addr` over `kind` is open.
+    pub fn has_connection(&self, kind: TransportKind, addr: SocketAddr) -> bool {
+        self.inner.by_remote.read().contains_key(&(kind, addr))
+    }
+
     /// Closes every open connection, listeners staying open (a fenced pool front end:
     /// its clients reconnect and register again). Returns how many.
     pub fn close_connections(&self) -> usize {

@@ -118,6 +118,8 @@ struct Inner {
     mac: Hmac<Sha256>,
     /// The members as last read, by id.
     members: RwLock<Vec<MemberRecord>>,
+    /// When `members` was read.
+    members_read: Mutex<Instant>,
     health: Mutex<Health>,
     /// Left the pool: the heartbeat stops (and never rejoins).
     left: std::sync::atomic::AtomicBool,
@@ -153,6 +155,7 @@ impl Pool {
                 member: RwLock::new(member),
                 mac,
                 members: RwLock::new(members),
+                members_read: Mutex::new(Instant::now()),
                 health: Mutex::new(Health {
                     last_ok: Instant::now(),
                     healthy_since: None,
@@ -268,19 +271,24 @@ impl Pool {
     /// Of the members as last read, the one that keeps `key` (rendezvous hashing: every
     /// member computes the same owner from the same list, and a member joining or
     /// leaving moves only the keys it wins or held). Its id and address.
+    ///
+    /// A member whose heartbeat is older than half the timeout (as last read, plus the
+    /// time since) is passed over: it may be dead and not reaped yet, and a key moved a
+    /// moment early costs less than requests sent to a front end that does not answer.
     pub fn owner_of(&self, key: &str) -> Option<(u32, String)> {
-        use sha2::Digest as _;
-        self.inner
-            .members
-            .read()
+        let since_read = self.inner.members_read.lock().elapsed().as_millis() as i64;
+        let fresh_within = (self.inner.config.dead_after / 2).as_millis() as i64;
+        let me = self.inner.config.fe;
+        let members = self.inner.members.read();
+        let ids: Vec<u32> = members
             .iter()
-            .max_by_key(|m| {
-                let h = Sha256::new()
-                    .chain_update(key.as_bytes())
-                    .chain_update(m.fe.to_be_bytes())
-                    .finalize();
-                u64::from_be_bytes(h[..8].try_into().expect("8 bytes"))
-            })
+            .filter(|m| m.fe == me || m.heartbeat_age_ms + since_read < fresh_within)
+            .map(|m| m.fe)
+            .collect();
+        let owner = rendezvous_owner(key, &ids)?;
+        members
+            .iter()
+            .find(|m| m.fe == owner)
             .map(|m| (m.fe, m.sip_addr.clone()))
     }
 
@@ -439,6 +447,7 @@ impl Pool {
         };
         let changed = key(&self.inner.members.read()) != key(&now);
         *self.inner.members.write() = now.clone();
+        *self.inner.members_read.lock() = Instant::now();
         if changed {
             let _ = events.send(PoolEvent::Members(now));
         }
@@ -466,6 +475,28 @@ async fn join_waiting(
             other => return Ok(other?),
         }
     }
+}
+
+/// The key of the pager conversation of two users (either order).
+pub fn pager_pair(a: &str, b: &str) -> String {
+    if a <= b {
+        format!("pager|{a}|{b}")
+    } else {
+        format!("pager|{b}|{a}")
+    }
+}
+
+/// Which of the front ends `ids` keeps `key` (rendezvous, or highest-random-weight,
+/// hashing): the one whose hash with the key is highest.
+pub fn rendezvous_owner(key: &str, ids: &[u32]) -> Option<u32> {
+    use sha2::Digest as _;
+    ids.iter().copied().max_by_key(|fe| {
+        let h = Sha256::new()
+            .chain_update(key.as_bytes())
+            .chain_update(fe.to_be_bytes())
+            .finalize();
+        u64::from_be_bytes(h[..8].try_into().expect("8 bytes"))
+    })
 }
 
 fn now_ms() -> i64 {

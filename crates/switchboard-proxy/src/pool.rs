@@ -353,13 +353,32 @@ impl Core {
     /// this front end.
     pub(crate) fn pager_owner(&self, from: &str, to: &str) -> Option<(u32, String)> {
         let pool = self.out.pool()?;
-        let pair = if from <= to {
-            format!("pager|{from}|{to}")
-        } else {
-            format!("pager|{to}|{from}")
-        };
+        let pair = switchboard_pool::pager_pair(from, to);
         let (fe, addr) = pool.owner_of(&pair)?;
         (fe != pool.config().fe).then_some((fe, addr))
+    }
+
+    /// Whether member `owner` can be reached: a connection to it is open, or one can be
+    /// opened within a second (a front end that just died refuses it).
+    pub(crate) async fn member_reachable(&self, owner: &(u32, String)) -> bool {
+        let Ok(addr) = owner.1.parse::<SocketAddr>() else {
+            return false;
+        };
+        if self
+            .layer
+            .transports()
+            .has_connection(sip_transport::TransportKind::Tcp, addr)
+        {
+            return true;
+        }
+        matches!(
+            tokio::time::timeout(
+                std::time::Duration::from_secs(1),
+                tokio::net::TcpStream::connect(addr)
+            )
+            .await,
+            Ok(Ok(_))
+        )
     }
 
     /// Passes `req` (from `from_aor`, authenticated here) to member `owner` to handle,

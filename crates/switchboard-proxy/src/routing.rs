@@ -491,7 +491,15 @@ impl Core {
         // CDR): a message that entered elsewhere goes there first.
         if method == Method::Message && !in_dialog && !vouched {
             if let Some(owner) = self.pager_owner(&from_aor, &aor) {
-                return self.to_member(req, owner, from_aor);
+                if self.member_reachable(&owner).await {
+                    return self.to_member(req, owner, from_aor);
+                }
+                // It does not take connections (it died a moment ago, and is not reaped
+                // yet): this front end keeps the conversation instead.
+                tracing::info!(
+                    fe = owner.0,
+                    "pager conversation's keeper unreachable; kept here"
+                );
             }
         }
         match self.users.find(&aor_addr).await {

@@ -11,6 +11,7 @@ mod lync;
 mod lync_guard;
 mod lync_im;
 mod pool;
+mod pool_faults;
 mod presence;
 mod presence_caps;
 mod registration;

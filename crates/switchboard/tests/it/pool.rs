@@ -383,7 +383,10 @@ async fn a_crashed_front_end_is_reaped_its_devices_forgotten_and_its_sessions_cl
         .pool
         .as_ref()
         .unwrap()
-        .owner_of("pager|sip:alice@example.com|sip:bob@example.com")
+        .owner_of(&switchboard_pool::pager_pair(
+            "sip:alice@example.com",
+            "sip:bob@example.com",
+        ))
         .unwrap();
     let others: Vec<u32> = (1..=3).filter(|&id| id != owner).collect();
     let mut alice = pool.client(others[0], "alice").await;

@@ -244,6 +244,8 @@ pub struct Client {
     /// Signs the responses this client sends (a Lync client on its security association
     /// signs everything, MS-SIPAE §3.3.5.2).
     pub response_signer: Option<ResponseSigner>,
+    /// The server closed the stream (or it failed).
+    pub closed: bool,
 }
 
 /// Signs a response in place.
@@ -256,6 +258,20 @@ pub fn rand_hex() -> String {
 impl Client {
     pub async fn connect(server: &TestServer, t: Transport, user: &str) -> Client {
         Self::connect_from(server, t, user, [127, 0, 0, 1].into()).await
+    }
+
+    /// A TCP client of a server at `addr` (a process the test started).
+    pub async fn connect_tcp(addr: SocketAddr, user: &str) -> std::io::Result<Client> {
+        let s = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        let local = s.local_addr()?;
+        Ok(Self::over(
+            Conn::Stream(Box::new(s), Vec::new()),
+            Transport::Tcp,
+            user,
+            local,
+        ))
     }
 
     /// A TCP client over a stream the test set up itself (socket options).
@@ -280,6 +296,7 @@ impl Client {
             contact_port: local.port(),
             inbox: Default::default(),
             response_signer: None,
+            closed: false,
         }
     }
 
@@ -390,8 +407,12 @@ impl Client {
                     }
                     Frame::Incomplete => {
                         let mut chunk = [0u8; 8192];
-                        let n = s.read(&mut chunk).await.ok()?;
+                        let n = match s.read(&mut chunk).await {
+                            Ok(n) => n,
+                            Err(_) => 0,
+                        };
                         if n == 0 {
+                            self.closed = true;
                             return None;
                         }
                         buf.extend_from_slice(&chunk[..n]);
