@@ -6,7 +6,7 @@
 /// than any run's before it). Sessions are recorded with the run that started them, so
 /// a restarted server closes what *its own* earlier runs left open, never another
 /// server's live sessions.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Run {
     pub owner: String,
     pub epoch: i64,
@@ -18,7 +18,7 @@ impl Run {
 }
 
 /// One IM session as recorded.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SessionRecord {
     pub id: String,
     /// `two-party` or `conference`.
@@ -32,7 +32,7 @@ pub struct SessionRecord {
 }
 
 /// One participant of a session.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ParticipantRecord {
     pub address: String,
     pub device: String,

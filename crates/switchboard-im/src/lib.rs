@@ -22,8 +22,9 @@
 //! - `conference/` `conference::Conferences`: group chats (`mod.rs`), Lync
 //!   conferencing (`c3p.rs`) and the roster (`roster.rs`): conferences with their
 //!   members' dialogs, the places under the group-chat cap.
-//! - `cdr.rs` `cdr::CdrLog`: the ordered CDR writer; `directory.rs`
-//!   `directory::Names`: display names and user lookups; `caps.rs`: the per-user caps.
+//! - `cdr.rs` `cdr::CdrLog`: the ordered CDR writer, and `spool.rs` its local spool;
+//!   `directory.rs` `directory::Names`: display names and user lookups; `caps.rs`: the
+//!   per-user caps.
 //!
 //! Parts never hold the service: what one needs of another comes in as an argument (a
 //! `&CdrLog`, the pager side of a bridge, a closure taking a sessions-cap place) or as a
@@ -51,7 +52,10 @@
 //!   before its first message is relayed (a failure refuses the message with 503 and
 //!   Retry-After: the service is never bypassed); counters are flushed every
 //!   `flush_interval`; the end is written when it ends. Those later writes go through
-//!   one ordered writer task that retries while the database cannot answer. Sessions
+//!   one ordered writer task. While the database cannot answer, writes (a new
+//!   conversation's start too, which then is not refused) go to a local fsync'd spool
+//!   (`spool.rs`, `ImConfig::cdr_spool`), replayed in order when it answers again and at
+//!   the next start; without a spool they are retried in memory. Sessions
 //!   that a crash left open are closed with reason `server restart` at the next start; a
 //!   graceful stop closes them with `server shutdown` and waits for the writes.
 //! - **Offline messages**: a MESSAGE to a known user with no device signed in is kept
@@ -83,6 +87,7 @@
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -100,6 +105,7 @@ mod directory;
 mod offline;
 mod pager;
 mod session;
+mod spool;
 
 pub use conference::c3p::focus_factory_uri;
 
@@ -138,6 +144,10 @@ pub struct ImConfig {
     pub offline_max_age: Duration,
     /// How often message counters are written to the CDR.
     pub flush_interval: Duration,
+    /// The local file CDR writes are spooled to (fsync'd) while the database cannot take
+    /// them, replayed when it can and at the next start. `None`: they are held in memory
+    /// only, and a new conversation is refused while the database is down.
+    pub cdr_spool: Option<PathBuf>,
 }
 
 impl Default for ImConfig {
@@ -151,6 +161,7 @@ impl Default for ImConfig {
             max_sessions_per_user: 200,
             offline_max_age: Duration::from_secs(14 * 24 * 3600),
             flush_interval: Duration::from_secs(1),
+            cdr_spool: None,
         }
     }
 }
@@ -389,7 +400,8 @@ fn device_of(msg: &Message) -> String {
 }
 
 impl ImService {
-    /// Opens the service over its data for this server `run`, closing the sessions this
+    /// Opens the service over its data for this server `run`, replaying the CDR spool an
+    /// earlier run left (if `config.cdr_spool` names one), closing the sessions this
     /// server's earlier runs left open (a crash; never another server's), and starts its
     /// housekeeping (counter flushes, idle ends, offline expiry). What it originates
     /// (stored messages, conference traffic) leaves through `deliverer`.
@@ -401,16 +413,14 @@ impl ImService {
         config: ImConfig,
         deliverer: Arc<dyn Deliverer>,
     ) -> Arc<ImService> {
-        match cdr
-            .close_open_sessions(&run, now_ms(), "server restart")
-            .await
-        {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(sessions = n, "closed IM sessions left open by the last run"),
-            Err(e) => tracing::error!(error = %e, "cannot close IM sessions of the last run"),
-        }
+        // A spool a crashed run left is replayed before its sessions are closed.
+        let spool = config
+            .cdr_spool
+            .clone()
+            .map(|path| Arc::new(spool::Spool::new(path)));
+        cdr::recover(cdr.as_ref(), &run, spool.as_ref()).await;
         // The parts, each given what it needs of the others (no part holds the service).
-        let cdr = Arc::new(cdr::CdrLog::start(cdr, run));
+        let cdr = Arc::new(cdr::CdrLog::start(cdr, run, spool));
         let names = Arc::new(directory::Names::new(users));
         let offline = Arc::new(offline::Offline::new(offline, deliverer.clone(), &config));
         let conferences = conference::Conferences::new(

@@ -341,12 +341,15 @@ pub async fn start_with_data(
             }),
     );
     let deliverer: Arc<dyn Deliverer> = Arc::new(outbound.clone());
+    // CDR writes the database cannot take now wait, fsync'd, in the data directory.
+    let mut im_config = cfg.im.clone();
+    im_config.cdr_spool = Some(cfg.data_dir.join("cdr-spool"));
     let im = ImService::start(
         run,
         data.cdr.clone(),
         data.offline.clone(),
         data.directory.clone(),
-        cfg.im.clone(),
+        im_config,
         deliverer.clone(),
     )
     .await;
