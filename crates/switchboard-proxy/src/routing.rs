@@ -487,9 +487,10 @@ impl Core {
             );
             return req.tx.respond(&resp).await;
         }
-        // In a pool one front end keeps each pair's conversation (its pager state and
-        // CDR): a message that entered elsewhere goes there first.
-        if method == Method::Message && !in_dialog && !vouched {
+        // In a pool one front end keeps each pair's conversation (its pager state, its
+        // sessions, a Lync session bridged to pager mode, and their CDR): a MESSAGE or
+        // INVITE that entered elsewhere goes there first.
+        if matches!(method, Method::Message | Method::Invite) && !in_dialog && !vouched {
             if let Some(owner) = self.pager_owner(&from_aor, &aor) {
                 if self.member_reachable(&owner).await {
                     return self.to_member(req, owner, from_aor);

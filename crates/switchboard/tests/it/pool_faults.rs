@@ -388,7 +388,7 @@ async fn a_stopped_front_end_is_reaped_then_fences_itself_and_rejoins() {
     }
     let db = PgDatabase::create().await;
     add_users(&db.url, &["alice", "bob"]);
-    let fes = vec![
+    let fes = [
         FrontEnd::start(&db.url, 1).await,
         FrontEnd::start(&db.url, 2).await,
     ];
@@ -515,7 +515,7 @@ async fn the_pool_rides_out_a_database_outage_without_losing_an_acknowledged_mes
     }
     let pg = OwnCluster::start();
     add_users(&pg.url, &["alice", "bob"]);
-    let fes = vec![
+    let fes = [
         FrontEnd::start(&pg.url, 1).await,
         FrontEnd::start(&pg.url, 2).await,
     ];

@@ -407,10 +407,7 @@ impl Client {
                     }
                     Frame::Incomplete => {
                         let mut chunk = [0u8; 8192];
-                        let n = match s.read(&mut chunk).await {
-                            Ok(n) => n,
-                            Err(_) => 0,
-                        };
+                        let n = s.read(&mut chunk).await.unwrap_or_default();
                         if n == 0 {
                             self.closed = true;
                             return None;
