@@ -122,6 +122,10 @@ run "pidgin-sipe conference (C3P) with pidgin-sipe and baresip, and bridged IM" 
 if [ -n "$PG_URL" ]; then
   run "pidgin-sipe, baresip and linphonec: presence and IM, server on PostgreSQL" \
     env SB_TEST_PG_URL="$PG_URL" timeout 300 python3 tests/interop/sipe_lync.py
+  # An Enterprise pool: three front ends (127.0.0.2-4) on one database of that cluster, the
+  # same clients each signed in to a different one, and one of them killed.
+  run "real clients on three front ends of a pool" \
+    env SB_TEST_PG_URL="$PG_URL" timeout 300 python3 tests/interop/pool_clients.py
 fi
 "$ROOT/scripts/pg-cluster.sh" stop "$PG_DIR"
 

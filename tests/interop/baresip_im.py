@@ -91,6 +91,7 @@ class Baresip:
         os.makedirs(self.dir, exist_ok=True)
         sip, self.ctrl_port, self.cons_port = free_port(both=True), free_port(), free_port()
         port = server.tls_port if transport == 'tls' else server.port
+        host = getattr(server, 'host', '127.0.0.1')  # a pool's front end has an address of its own
         with open(os.path.join(self.dir, 'config'), 'w') as f:
             f.write('\n'.join([
                 'poll_method epoll', 'sip_listen 127.0.0.1:%d' % sip, 'sip_trans_def %s' % transport,
@@ -103,8 +104,8 @@ class Baresip:
                 'module_app presence.so' if presence else '',
                 'dns_server 127.0.0.1:53', '']))
         with open(os.path.join(self.dir, 'accounts'), 'w') as f:
-            f.write('<sip:%s@%s>;auth_user=%s;auth_pass=pw-%s;outbound="sip:127.0.0.1:%d;transport=%s";regint=600%s\n'
-                    % (user, domain, user, user, port, transport, ';pubint=300' if presence else ''))
+            f.write('<sip:%s@%s>;auth_user=%s;auth_pass=pw-%s;outbound="sip:%s:%d;transport=%s";regint=600%s\n'
+                    % (user, domain, user, user, host, port, transport, ';pubint=300' if presence else ''))
         with open(os.path.join(self.dir, 'contacts'), 'w') as f:
             for c in contacts:
                 # A user name, or a whole address (a conference's).

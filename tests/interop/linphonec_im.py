@@ -19,13 +19,14 @@ class Linphonec:
         os.makedirs(os.path.join(self.home, '.local/share/linphone'), exist_ok=True)  # its chat database
         rc = os.path.join(self.home, 'linphonerc')
         sip, rtp = free_port(both=True), free_port(kind=2)
+        host = getattr(server, 'host', '127.0.0.1')  # a pool's front end has an address of its own
         with open(rc, 'w') as f:
             # publish=1: PUBLISH "online" at registration; friends: SUBSCRIBE to their presence.
             f.write('\n'.join([
                 '[sip]', 'sip_port=%d' % sip, 'sip_tcp_port=-1', 'sip_tls_port=-1', 'bind_address=127.0.0.1',
                 'default_proxy=0', '[rtp]', 'audio_rtp_port=%d' % rtp, 'video_rtp_port=%d' % (rtp + 2),
-                '[proxy_0]', 'reg_proxy=<sip:127.0.0.1:%d;transport=udp>' % server.port,
-                'reg_route=<sip:127.0.0.1:%d;transport=udp;lr>' % server.port,
+                '[proxy_0]', 'reg_proxy=<sip:%s:%d;transport=udp>' % (host, server.port),
+                'reg_route=<sip:%s:%d;transport=udp;lr>' % (host, server.port),
                 'reg_identity=sip:%s@%s' % (user, domain), 'reg_expires=600', 'reg_sendregister=1', 'publish=%d' % publish, 'publish_expires=600',
                 '[auth_info_0]', 'username=%s' % user, 'passwd=pw-%s' % user, 'realm=%s' % domain, 'domain=%s' % domain]
                 + sum((['[friend_%d]' % i, 'url="%s" <sip:%s@%s>' % (f, f, domain), 'pol=accept', 'subscribe=1']

@@ -76,9 +76,9 @@ class Sipe:
             self.buf += data
         return None
 
-    def sign_in(self, address, password, port, transport='tcp'):
+    def sign_in(self, address, password, port, transport='tcp', host='127.0.0.1'):
         self.command('account add sipe %s %s' % (address, password))
-        self.command('account sipe set server 127.0.0.1:%d' % port)
+        self.command('account sipe set server %s:%d' % (host, port))
         self.command('account sipe set transport %s' % transport)
         self.command('account sipe set authentication ntlm')
         self.command('account sipe on')
