@@ -27,7 +27,8 @@
 //!   already held keep working without the database. The front end learns whether it
 //!   was reaped from its first heartbeat that gets through, and fences then if it was.
 //! - **Reaper**: every front end runs it, after each heartbeat, and removes members
-//!   whose heartbeat is older than [`PoolConfig::dead_after`] (5 s), with their
+//!   whose heartbeat is older than [`PoolConfig::dead_after`] (4 s: with the reaper
+//!   running every second, a dead front end is gone within 5 s of its last heartbeat), with their
 //!   registrations and subscription rows, closing their open CDR sessions as `front end
 //!   lost` — in one transaction that exactly one reaper wins. A front end reaps only
 //!   after its own heartbeats have succeeded for the whole timeout: when the database
@@ -76,7 +77,7 @@ impl PoolConfig {
             fe,
             sip_addr,
             heartbeat: Duration::from_secs(1),
-            dead_after: Duration::from_secs(5),
+            dead_after: Duration::from_secs(4),
         }
     }
 }

@@ -428,9 +428,10 @@ async fn a_crashed_front_end_is_reaped_its_devices_forgotten_and_its_sessions_cl
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Detected after the timeout (5 s) since its last heartbeat, not before.
+    // Detected after the timeout (4 s) since its last heartbeat (at most a second before
+    // the crash), not before.
     assert!(
-        crashed.elapsed() >= Duration::from_secs(4),
+        crashed.elapsed() >= Duration::from_secs(3),
         "{:?}",
         crashed.elapsed()
     );
@@ -531,7 +532,8 @@ async fn a_watcher_sees_presence_published_on_another_front_end_and_its_loss() {
     // Front end 3 dies: its device goes with it, bob is busy again for alice.
     pool.fes[2].take().unwrap().crash();
     let crashed = std::time::Instant::now();
-    // (Reaped five seconds after its last heartbeat: the client waits five per NOTIFY.)
+    // (Reaped within five seconds of its last heartbeat: the client waits five per
+    // NOTIFY.)
     tokio::time::sleep(Duration::from_secs(3)).await;
     notify_until(&mut alice, "bob busy again", |d| availability(d) == "busy").await;
     assert!(

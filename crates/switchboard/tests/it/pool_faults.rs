@@ -321,7 +321,8 @@ async fn a_killed_front_end_is_reaped_its_watchers_told_its_clients_back_its_ses
     assert_ne!(now_on, 1);
     publish_state(&mut bob.c, "open", "").await;
     let bob_back = killed.elapsed();
-    // The pool reaps front end 2 within its timeout (5 s) of its last heartbeat.
+    // The pool reaps front end 2 within 5 s of its last heartbeat (its timeout, 4 s, and
+    // a reaper's second).
     let detected = members_become(&db.url, &[1, 3], Duration::from_secs(10)).await;
     assert!(
         detected <= Duration::from_secs(7),
