@@ -294,9 +294,16 @@ impl Writer {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Job>) {
         if let Some(s) = &mut self.spool {
             let file = s.file.clone();
-            // A spool that cannot even be looked at is taken to hold records: the drain
-            // finds out.
-            s.pending = !matches!(blocking(move || file.is_empty()).await, Ok(true));
+            // A spool that cannot even be looked at holds nothing this run can replay:
+            // writes go to the database, and only when it fails too is a conversation
+            // refused (taking it for a spool with records would refuse them all, forever).
+            s.pending = match blocking(move || file.is_empty()).await {
+                Ok(empty) => !empty,
+                Err(e) => {
+                    tracing::error!(error = %e, path = %s.file.path().display(), "cannot read the CDR spool; it is not used until it can be");
+                    false
+                }
+            };
         }
         // A job taken off the queue while gathering others, to be handled next (in order).
         let mut carried: Option<Job> = None;

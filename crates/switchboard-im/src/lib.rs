@@ -148,6 +148,9 @@ pub struct ImConfig {
     /// them, replayed when it can and at the next start. `None`: they are held in memory
     /// only, and a new conversation is refused while the database is down.
     pub cdr_spool: Option<PathBuf>,
+    /// This server's id as a front end of an Enterprise pool: the conferences it creates
+    /// carry it in their address, so every front end routes them here.
+    pub front_end: Option<u32>,
 }
 
 impl Default for ImConfig {
@@ -162,6 +165,7 @@ impl Default for ImConfig {
             offline_max_age: Duration::from_secs(14 * 24 * 3600),
             flush_interval: Duration::from_secs(1),
             cdr_spool: None,
+            front_end: None,
         }
     }
 }
@@ -759,6 +763,10 @@ impl ImHook for ImService {
 
     fn serves(&self, aor: &str) -> bool {
         conference::is_service_aor(aor)
+    }
+
+    fn home_of(&self, aor: &str) -> Option<u32> {
+        conference::home_of(aor)
     }
 
     async fn before_invite(

@@ -84,6 +84,12 @@ impl Spool {
     /// Whether the file holds nothing (or is not there).
     pub(crate) fn is_empty(&self) -> Result<bool, SpoolError> {
         match std::fs::metadata(&self.path) {
+            // Something else in its place (a directory) is no spool: an error.
+            Ok(m) if !m.is_file() => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the spool's path is not a file",
+            )
+            .into()),
             Ok(m) => Ok(m.len() == 0),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
             Err(e) => Err(e.into()),

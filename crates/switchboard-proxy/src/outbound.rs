@@ -399,6 +399,16 @@ impl Outbound {
             .or_else(|| flow.map(|f| Paths::flow_target(&target, f)));
         let Some(b) = binding else { return 480 };
         let hop = self.hop_for(&b);
+        // Over a link to another front end of the pool (the dialog came through it): that
+        // front end is told this service sends it.
+        if let Some(fe) = self.member_at(b.flow.remote().ip()) {
+            let from = request
+                .from_header()
+                .map(|f| f.uri.to_string())
+                .unwrap_or_default();
+            self.vouch(&mut request, &from, fe);
+        }
+        self.route_path(&hop, &mut request);
         request
             .headers
             .push_front(HeaderName::Via, hop.via(&new_branch()));

@@ -70,6 +70,33 @@ pub(crate) struct Registrations {
 }
 
 impl Paths {
+    /// Says to member `fe`, on `msg`, that this front end authenticated `from_aor` (or
+    /// that a service here sends it, in its own name).
+    pub(crate) fn vouch(&self, msg: &mut sip_message::Message, from_aor: &str, fe: u32) {
+        let Some(pool) = self.pool.as_ref().map(|l| &l.pool) else {
+            return;
+        };
+        let [call_id, cseq, tag] = vouched_parts(msg);
+        let me = pool.config().fe.to_string();
+        let to = fe.to_string();
+        let mac = pool.mac(&[from_aor, &me, &to, &call_id, &cseq, &tag]);
+        msg.headers.push(
+            sip_message::HeaderName::from_wire(SENDER_HEADER),
+            format!("<{from_aor}>;fe={me};mac={mac}"),
+        );
+    }
+
+    /// The member at `ip` (another front end of the pool), if one is.
+    pub(crate) fn member_at(&self, ip: std::net::IpAddr) -> Option<u32> {
+        let pool = &self.pool.as_ref()?.pool;
+        let me = pool.config().fe;
+        pool.members()
+            .iter()
+            .filter(|m| m.fe != me)
+            .find(|m| m.sip_addr.parse::<SocketAddr>().is_ok_and(|a| a.ip() == ip))
+            .map(|m| m.fe)
+    }
+
     /// Marks `aor`'s bindings here as changed and waits until they are written to the
     /// pool (at once, without a pool).
     pub(crate) async fn publish_bindings(&self, aor: &str) -> Result<(), DataError> {
@@ -403,15 +430,19 @@ impl Core {
 
     /// Says to member `fe`, on `msg`, that this front end authenticated `from_aor`.
     pub(crate) fn vouch(&self, msg: &mut sip_message::Message, from_aor: &str, fe: u32) {
-        let Some(pool) = self.out.pool() else { return };
-        let [call_id, cseq, tag] = vouched_parts(msg);
-        let me = pool.config().fe.to_string();
-        let to = fe.to_string();
-        let mac = pool.mac(&[from_aor, &me, &to, &call_id, &cseq, &tag]);
-        msg.headers.push(
-            sip_message::HeaderName::from_wire(SENDER_HEADER),
-            format!("<{from_aor}>;fe={me};mac={mac}"),
-        );
+        self.out.vouch(msg, from_aor, fe);
+    }
+
+    /// The front end hosting the resource `aor` (a conference), when it is another
+    /// member's: its id and address. `None` when it is this front end's, or nobody's
+    /// the address names.
+    pub(crate) fn elsewhere(&self, aor: &str) -> Option<Result<(u32, String), u32>> {
+        let pool = self.out.pool()?;
+        let fe = self.hook.home_of(aor)?;
+        if fe == pool.config().fe {
+            return None;
+        }
+        Some(pool.member_addr(fe).map(|a| (fe, a)).ok_or(fe))
     }
 
     /// The member the first Route names, when it names one (its id and address).

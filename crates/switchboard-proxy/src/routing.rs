@@ -379,6 +379,19 @@ impl Core {
     /// Who takes it: an event service, the IM service (which sees every request in a
     /// dialog first), the dialog's other party, or the target user's devices.
     async fn dispatch(self: Arc<Self>, req: ServerRequest, target: Classified, from_aor: String) {
+        // A conference another front end of the pool hosts: everything for it goes there.
+        if target.domain_target && !target.vouched {
+            let aor = target.ruri.aor();
+            match self.elsewhere(&aor) {
+                Some(Ok(home)) => return self.to_member(req, home, from_aor),
+                Some(Err(fe)) => {
+                    return self
+                        .respond_warning(&req, 480, &format!("front end {fe} hosting it is gone"))
+                        .await
+                }
+                None => {}
+            }
+        }
         if matches!(
             target.method,
             Method::Subscribe | Method::Publish | Method::Service

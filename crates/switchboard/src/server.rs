@@ -344,6 +344,7 @@ pub async fn start_with_data(
     // CDR writes the database cannot take now wait, fsync'd, in the data directory.
     let mut im_config = cfg.im.clone();
     im_config.cdr_spool = Some(cfg.data_dir.join("cdr-spool"));
+    im_config.front_end = pool.as_ref().map(|(p, _)| p.member().fe);
     let im = ImService::start(
         run,
         data.cdr.clone(),

@@ -93,6 +93,11 @@ pub trait ImHook: Send + Sync + 'static {
     fn serves(&self, _aor: &str) -> bool {
         false
     }
+    /// The front end of a pool that hosts the resource `aor` (a conference is hosted by
+    /// the front end that created it), when the address says; `None` for any other.
+    fn home_of(&self, _aor: &str) -> Option<u32> {
+        None
+    }
     /// An authenticated request from `from` to a resource `serves` claimed (in a dialog
     /// with it or not), which arrived over `flow`. The service answers it through
     /// `responder`, then sends what must follow the answer in the dialog (messages held

@@ -246,6 +246,13 @@ pub(crate) fn is_service_aor(aor: &str) -> bool {
         .is_some_and(|(user, _)| user == SERVICE_USER || user.starts_with(CONF_PREFIX))
 }
 
+/// The pool front end a conference address names (`sip:chat-f<fe>-<id>@domain`).
+pub(crate) fn home_of(aor: &str) -> Option<u32> {
+    let user = aor.strip_prefix("sip:")?.split('@').next()?;
+    let rest = user.strip_prefix(CONF_PREFIX)?.strip_prefix('f')?;
+    rest.split_once('-')?.0.parse().ok()
+}
+
 fn domain_of(aor: &str) -> &str {
     aor.rsplit_once('@').map(|(_, d)| d).unwrap_or("localhost")
 }
@@ -433,11 +440,19 @@ impl Conferences {
         }
         // Held until the conference is in `conferences`, where it counts from then on.
         let _place = self.group_chat_place(organiser)?;
-        let aor = format!(
-            "sip:{CONF_PREFIX}{:08x}@{}",
-            rand::random::<u32>(),
-            domain_of(organiser)
-        );
+        // In a pool the address names the front end hosting it (`home_of`).
+        let aor = match self.config.front_end {
+            Some(fe) => format!(
+                "sip:{CONF_PREFIX}f{fe}-{:08x}@{}",
+                rand::random::<u32>(),
+                domain_of(organiser)
+            ),
+            None => format!(
+                "sip:{CONF_PREFIX}{:08x}@{}",
+                rand::random::<u32>(),
+                domain_of(organiser)
+            ),
+        };
         let parts: Vec<(&str, String)> = members.iter().map(|m| (*m, String::new())).collect();
         let conv = self.cdr.begin(
             "conference",

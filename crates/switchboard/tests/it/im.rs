@@ -1022,9 +1022,86 @@ async fn joining_a_conference_by_invite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_is_recorded_before_it_is_relayed_even_while_the_database_is_away() {
+    let s = TestServer::start_with(&["alice", "bob"], quick).await;
+    let mut alice = registered(&s, "alice").await;
+    let mut bob = registered(&s, "bob").await;
+    // The database takes no CDR writes (as in the test below).
+    let sqlite_lock = match s.home().pg() {
+        Some(pg) => {
+            pg.set_read_only(true).await;
+            None
+        }
+        None => {
+            let c = rusqlite::Connection::open(s.data_dir().join("switchboard.db")).unwrap();
+            c.execute_batch("BEGIN EXCLUSIVE").unwrap();
+            Some(c)
+        }
+    };
+    // The conversation's start goes to the spool in the data directory (fsync'd) first,
+    // and then the message is relayed. (A 503 before the challenge: a session a
+    // failover ended answered it, then retired; asked again.)
+    let mut challenged = None;
+    for _ in 0..20 {
+        let m = alice.message_to("bob", "spooled first");
+        alice.send(&m).await;
+        let ch = alice.final_response().await;
+        if status(&ch) != 503 {
+            challenged = Some((m, ch));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (m, ch) = challenged.expect("a challenge");
+    let again = alice.with_credentials(&m, &ch, "pw-alice", "MD5", 1);
+    alice.send(&again).await;
+    let got = bob.answer_next_request(200).await.expect("relayed");
+    assert_eq!(&got.body[..], b"spooled first");
+    assert_eq!(status(&alice.final_response().await), 200);
+    let spool = s.data_dir().join("cdr-spool");
+    assert!(
+        std::fs::metadata(&spool).is_ok_and(|m| m.len() > 0),
+        "the start waits in the spool"
+    );
+    match (&sqlite_lock, s.home().pg()) {
+        (Some(c), _) => c.execute_batch("ROLLBACK").unwrap(),
+        (None, Some(pg)) => pg.set_read_only(false).await,
+        (None, None) => unreachable!(),
+    }
+    // Once the database takes writes again the spool is drained into it.
+    settle(&s, async |st| {
+        let sessions = st.cdr.sessions(&SessionFilter::default()).await.unwrap();
+        match sessions.as_slice() {
+            [one] => st
+                .cdr
+                .session(&one.id)
+                .await
+                .unwrap()
+                .is_some_and(|(_, ps)| {
+                    ps.iter()
+                        .any(|p| p.address.contains("alice") && p.messages == 1)
+                }),
+            _ => false,
+        }
+    })
+    .await;
+    for _ in 0..100 {
+        if !spool.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!spool.exists(), "the spool is gone once drained");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_the_im_service_cannot_record_is_refused_not_bypassed() {
     use sip_message::HeaderName;
-    let s = TestServer::start_with(&["alice", "bob"], quick).await;
+    // Neither the database nor the spool takes the record: the spool's place in the
+    // data directory is taken by a directory.
+    let home = Home::new().await;
+    std::fs::create_dir_all(home.dir.path().join("cdr-spool")).unwrap();
+    let s = TestServer::start_in(home, &["alice", "bob"], quick).await;
     let mut alice = registered(&s, "alice").await;
     let mut bob = registered(&s, "bob").await;
     // The database takes no CDR writes: on SQLite another process holds its write lock

@@ -340,6 +340,121 @@ async fn a_session_crosses_front_ends_both_ways_and_is_recorded_once() {
     assert_eq!(count("sip:bob@example.com"), Some(1), "{ps:?}");
 }
 
+/// The next `n` requests `c` gets (each answered 200).
+async fn take(c: &mut Client, n: usize) -> Vec<sip_message::Message> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        if let Some(m) = c.inbox.pop_front() {
+            got.push(m);
+            continue;
+        }
+        let m = c.recv().await.expect("a request");
+        if m.is_request() {
+            c.send(&m.response(200, Some("t"))).await;
+            got.push(m);
+        }
+    }
+    got
+}
+
+/// Sends a MESSAGE to `uri` (a user or a conference); the final status.
+async fn write_to(c: &mut Client, uri: &str, text: &str) -> u16 {
+    let mut m = c.message_to("x", text);
+    m.start = sip_message::StartLine::Request {
+        method: sip_message::Method::Message,
+        uri: sip_message::Uri::parse(uri).unwrap(),
+    };
+    m.headers.set(HeaderName::To, format!("<{uri}>"));
+    status(&c.send_authenticated(m).await)
+}
+
+#[tokio::test]
+async fn a_group_chat_with_members_on_three_front_ends_lives_on_one() {
+    let Some(pool) = Pool::start("pool::a_group_chat…", 3, &["alice", "bob", "carol"]).await
+    else {
+        return;
+    };
+    let mut alice = pool.client(1, "alice").await;
+    let mut bob = pool.client(2, "bob").await;
+    let mut carol = pool.client(3, "carol").await;
+    let m = alice.message_to("bob", "hi bob");
+    send_challenged(&mut alice, m).await;
+    assert_eq!(&take(&mut bob, 1).await[0].body[..], b"hi bob");
+    assert_eq!(status(&alice.final_response().await), 200);
+    // alice makes it a group chat with carol: it lives on the front end that keeps the
+    // alice-bob conversation, and its address says which.
+    assert_eq!(
+        write_to(
+            &mut alice,
+            "sip:bob@example.com",
+            "/invite carol@example.com"
+        )
+        .await,
+        200
+    );
+    let mut conf = String::new();
+    for c in [&mut alice, &mut bob, &mut carol] {
+        let got = take(c, 1).await;
+        let text = String::from_utf8_lossy(&got[0].body).into_owned();
+        assert!(text.contains("started a group chat"), "{text}");
+        conf = got[0].from_header().unwrap().uri.to_string();
+    }
+    let keeper = pool
+        .fe(1)
+        .server
+        .pool
+        .as_ref()
+        .unwrap()
+        .owner_of(&switchboard_pool::pager_pair(
+            "sip:alice@example.com",
+            "sip:bob@example.com",
+        ))
+        .unwrap()
+        .0;
+    assert!(conf.starts_with(&format!("sip:chat-f{keeper}-")), "{conf}");
+    // Each member writes to it from their own front end; the others get it once.
+    let mut members = [("alice", alice), ("bob", bob), ("carol", carol)];
+    for i in 0..3 {
+        let text = format!("from {}", members[i].0);
+        assert_eq!(write_to(&mut members[i].1, &conf, &text).await, 200);
+        for (j, (_, c)) in members.iter_mut().enumerate() {
+            if j == i {
+                continue;
+            }
+            let got = take(c, 1).await;
+            assert_eq!(
+                String::from_utf8_lossy(&got[0].body),
+                format!("{}: {text}", ["alice", "bob", "carol"][i])
+            );
+        }
+    }
+    for (_, c) in members.iter_mut() {
+        assert!(
+            c.recv_within(Duration::from_millis(300)).await.is_none(),
+            "no echo, no double"
+        );
+    }
+    // The CDR: the pair's session and the conference grown from it, once each.
+    let data = pool.data().await;
+    eventually("the conference's counts", async || {
+        let sessions = data.cdr.sessions(&SessionFilter::default()).await.unwrap();
+        let Some(c) = sessions.iter().find(|s| s.kind == "conference") else {
+            return false;
+        };
+        data.cdr
+            .session(&c.id)
+            .await
+            .unwrap()
+            .is_some_and(|(_, ps)| ps.iter().map(|p| p.messages).sum::<i64>() == 3)
+    })
+    .await;
+    let sessions = data.cdr.sessions(&SessionFilter::default()).await.unwrap();
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    let conference = sessions.iter().find(|s| s.kind == "conference").unwrap();
+    let pair = sessions.iter().find(|s| s.kind == "two-party").unwrap();
+    assert_eq!(conference.escalated_from.as_deref(), Some(pair.id.as_str()));
+}
+
 #[tokio::test]
 async fn a_forged_or_stale_flow_token_is_refused() {
     let Some(pool) = Pool::start("pool::a_forged_or_stale_flow_token…", 2, &["alice", "bob"]).await
