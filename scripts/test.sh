@@ -70,7 +70,8 @@ fi
 # (tests/it/cli_postgres.rs: each command on PostgreSQL, printing what it prints on SQLite),
 # the IM, presence and Lync socket tests with the server on PostgreSQL (each test server
 # on a fresh database), and the Enterprise pool's (tests/it/pool.rs: front ends sharing one
-# database; the store's tests/pool.rs for its tables). A throwaway cluster on loopback, in a temporary directory; it stays up
+# database; tests/it/pool_faults.rs: front end processes killed and stopped, and a cluster of
+# its own stopped for ten seconds; the store's tests/pool.rs for its tables). A throwaway cluster on loopback, in a temporary directory; it stays up
 # for one real-client suite in step 4 and is stopped at exit.
 PG_DIR=$(mktemp -d)
 trap '"$ROOT/scripts/pg-cluster.sh" stop "$PG_DIR"; rm -rf "$PG_DIR" "$LOGS"' EXIT
@@ -81,7 +82,7 @@ if PG_URL=$("$ROOT/scripts/pg-cluster.sh" start "$PG_DIR"); then
     run "store conformance, pool data and store unit tests on PostgreSQL (nextest)" "${pg_env[@]}" \
       cargo nextest run -p switchboard-store --lib --test conformance --test pool --locked --no-fail-fast
     run "Enterprise pool: three front ends on PostgreSQL (nextest)" "${pg_env[@]}" \
-      cargo nextest run -p switchboard --test it --locked --no-fail-fast pool::
+      cargo nextest run -p switchboard --test it --locked --no-fail-fast pool:: pool_faults::
     run "CLI on PostgreSQL (nextest)" "${pg_env[@]}" \
       cargo nextest run -p switchboard --test it --locked --no-fail-fast cli_postgres::
     run "IM, presence and Lync socket tests, server on PostgreSQL (nextest)" \
@@ -92,7 +93,7 @@ if PG_URL=$("$ROOT/scripts/pg-cluster.sh" start "$PG_DIR"); then
     run "store conformance, pool data and store unit tests on PostgreSQL" "${pg_env[@]}" \
       cargo test -p switchboard-store --lib --test conformance --test pool --locked --no-fail-fast
     run "Enterprise pool: three front ends on PostgreSQL" "${pg_env[@]}" \
-      cargo test -p switchboard --test it --locked --no-fail-fast pool::
+      cargo test -p switchboard --test it --locked --no-fail-fast pool
     run "CLI on PostgreSQL" "${pg_env[@]}" \
       cargo test -p switchboard --test it --locked --no-fail-fast cli_postgres::
     for m in im im_caps presence presence_caps lync lync_im lync_guard registration; do
