@@ -471,27 +471,17 @@ impl Core {
         peer: &(u32, SocketAddr),
     ) -> Binding {
         let (fe, addr) = *peer;
-        let contact = NameAddr::new(Uri::Sip(ruri.clone()));
-        Binding {
-            contact_key: contact.uri.to_string(),
-            contact,
-            expires_at: tokio::time::Instant::now(),
-            call_id: String::new(),
-            cseq: 0,
-            instance: None,
-            reg_id: None,
-            flow: Flow::new(
-                FrontEnd(fe),
-                Conn {
-                    transport: Transport::Tcp,
-                    remote: addr,
-                    local: SocketAddr::from(([0, 0, 0, 0], 0)),
-                    number: None,
-                },
-            ),
-            temp_gruu: None,
-            pinned: false,
-            path: Some(format!("sip:{addr};transport=tcp;lr")),
-        }
+        let mut b = Paths::unregistered_binding(ruri);
+        b.flow = Flow::new(
+            FrontEnd(fe),
+            Conn {
+                transport: Transport::Tcp,
+                remote: addr,
+                local: SocketAddr::from(([0, 0, 0, 0], 0)),
+                number: None,
+            },
+        );
+        b.path = Some(format!("sip:{addr};transport=tcp;lr"));
+        b
     }
 }

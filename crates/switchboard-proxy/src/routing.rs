@@ -1074,62 +1074,10 @@ impl Core {
     pub(crate) async fn forward_ack(&self, ack: Inbound) {
         let mut msg = ack.message;
         let own_route = self.pop_own_routes(&mut msg);
-        if msg.headers.has(&HeaderName::Route) {
-            // The dialog's route set goes on through another front end of the pool: on
-            // to it, when our cookie proves the dialog.
-            let Some(peer) = self.peer_route(&msg) else {
-                return;
-            };
-            if self.cookie_peer_flow(&msg, &own_route).is_none() {
-                return;
-            }
-            let Some(Uri::Sip(ruri)) = msg.request_uri().cloned() else {
-                return;
-            };
-            let hop = self.out.hop_for(&self.peer_binding(&ruri, &peer));
-            msg.headers.push_front(
-                HeaderName::Via,
-                format!(
-                    "SIP/2.0/{} {};branch={}",
-                    hop.transport.via_name(),
-                    fmt_addr(hop.local),
-                    new_branch()
-                ),
-            );
-            return self.layer.send_stateless(hop.target, &msg).await;
-        }
-        if let Some(token) = &own_route.pool_flow {
-            // An ACK a member sent to a device here (it has no transaction to answer).
-            let Some(b) = self.pool_target(&msg, token) else {
-                return;
-            };
-            let hop = self.out.hop_for(&b);
-            msg.headers.push_front(
-                HeaderName::Via,
-                format!(
-                    "SIP/2.0/{} {};branch={}",
-                    hop.transport.via_name(),
-                    fmt_addr(hop.local),
-                    new_branch()
-                ),
-            );
-            return self.layer.send_stateless(hop.target, &msg).await;
-        }
-        let Some(Uri::Sip(uri)) = msg.request_uri().cloned() else {
-            return;
-        };
-        // The cookie must prove the dialog and name the callee's flow (sealed into the
-        // 2xx's Record-Route): a cookie of one dialog opens no other door.
-        let Some(peer) = self.cookie_peer_flow(&msg, &own_route) else {
+        let Some(b) = self.ack_target(&msg, &own_route) else {
             tracing::debug!(source = %ack.source.remote, "ACK for no dialog of ours dropped");
             return;
         };
-        // A registered contact over its flow, or else the callee's flow.
-        let b = self
-            .location
-            .binding_for_contact(&Uri::Sip(uri.clone()), to_aor(&msg).as_deref())
-            .or_else(|| self.out.gruu_binding(&uri))
-            .unwrap_or_else(|| self.pinned_target(&uri, peer));
         let hop = self.out.hop_for(&b);
         let mf = msg
             .header_u32(&HeaderName::MaxForwards)
@@ -1152,6 +1100,32 @@ impl Core {
             ),
         );
         self.layer.send_stateless(hop.target, &msg).await;
+    }
+
+    /// Where an ACK goes, when anything proves it may: on to another front end of the
+    /// pool when the dialog's route set goes on through it and our cookie proves the
+    /// dialog; to a device here a member's flow token names; else to a registered contact
+    /// or the callee's flow our cookie names (sealed into the 2xx's Record-Route: a cookie
+    /// of one dialog opens no other door).
+    fn ack_target(&self, msg: &Message, own_route: &crate::OwnRoute) -> Option<Binding> {
+        let Some(Uri::Sip(ruri)) = msg.request_uri().cloned() else {
+            return None;
+        };
+        if msg.headers.has(&HeaderName::Route) {
+            let peer = self.peer_route(msg)?;
+            self.cookie_peer_flow(msg, own_route)?;
+            return Some(self.peer_binding(&ruri, &peer));
+        }
+        if let Some(token) = &own_route.pool_flow {
+            return self.pool_target(msg, token);
+        }
+        let peer = self.cookie_peer_flow(msg, own_route)?;
+        Some(
+            self.location
+                .binding_for_contact(&Uri::Sip(ruri.clone()), to_aor(msg).as_deref())
+                .or_else(|| self.out.gruu_binding(&ruri))
+                .unwrap_or_else(|| self.pinned_target(&ruri, peer)),
+        )
     }
 
     /// A response with no client transaction (a retransmitted 2xx to an INVITE, the only

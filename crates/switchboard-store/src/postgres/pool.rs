@@ -71,6 +71,18 @@ async fn remove_member(
     Ok((users, super::count(closed)))
 }
 
+/// A write under `member` that failed the foreign key to its membership (23503: the
+/// member row is gone, reaped or replaced by a newer start) is a fenced front end's.
+fn fenced_if_gone(member: Membership, written: Result<(), DataError>) -> Result<(), DataError> {
+    match written {
+        Err(DataError::Backend(what)) if what.contains("23503") => Err(DataError::NotMember {
+            fe: member.fe,
+            epoch: member.epoch,
+        }),
+        other => other,
+    }
+}
+
 fn fe_id(fe: u32) -> Result<i32, DataError> {
     i32::try_from(fe).map_err(|_| DataError::Backend(format!("front end id {fe} is too large")))
 }
@@ -317,14 +329,7 @@ impl PoolLocationData for PostgresStore {
             tx.commit().await?;
             Ok(())
         });
-        match written {
-            // 23503: the member row is gone (reaped, or a newer start): fenced.
-            Err(DataError::Backend(what)) if what.contains("23503") => Err(DataError::NotMember {
-                fe: member.fe,
-                epoch: member.epoch,
-            }),
-            other => other,
-        }
+        fenced_if_gone(member, written)
     }
 
     async fn bindings(&self, aor: &str) -> Result<Vec<PoolBinding>, DataError> {
@@ -396,12 +401,6 @@ impl PoolPresenceData for PostgresStore {
             tx.commit().await?;
             Ok(())
         });
-        match written {
-            Err(DataError::Backend(what)) if what.contains("23503") => Err(DataError::NotMember {
-                fe: member.fe,
-                epoch: member.epoch,
-            }),
-            other => other,
-        }
+        fenced_if_gone(member, written)
     }
 }

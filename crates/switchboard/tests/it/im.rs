@@ -550,26 +550,6 @@ async fn session_mode_im_is_anchored_recorded_and_481_after_bye() {
     assert_eq!((count("alice"), count("bob")), (1, 1));
 }
 
-/// Answers 200 to the next `n` requests this client receives and returns them.
-async fn take(c: &mut Client, n: usize) -> Vec<sip_message::Message> {
-    let mut got: Vec<sip_message::Message> = Vec::new();
-    while got.len() < n {
-        if let Some(m) = c.inbox.pop_front() {
-            got.push(m);
-            continue;
-        }
-        let m = c
-            .recv()
-            .await
-            .unwrap_or_else(|| panic!("{} of {n} requests arrived", got.len()));
-        if m.is_request() {
-            c.send(&m.response(200, Some("t"))).await;
-            got.push(m);
-        }
-    }
-    got
-}
-
 fn body(m: &sip_message::Message) -> String {
     String::from_utf8_lossy(&m.body).into_owned()
 }
@@ -594,24 +574,6 @@ async fn group_of_three(s: &TestServer) -> (Client, Client, Client, String) {
         conf = take(c, 1).await[0].from_header().unwrap().uri.to_string();
     }
     (alice, bob, carol, conf)
-}
-
-/// Sends a MESSAGE to `uri` (a user or a conference) and returns the final status.
-async fn write_to(c: &mut Client, uri: &str, text: &str) -> u16 {
-    let user = uri
-        .trim_start_matches("sip:")
-        .split('@')
-        .next()
-        .unwrap()
-        .to_owned();
-    let mut m = c.message_to(&user, text);
-    m.start = sip_message::StartLine::Request {
-        method: sip_message::Method::Message,
-        uri: sip_message::Uri::parse(uri).unwrap(),
-    };
-    m.headers
-        .set(sip_message::HeaderName::To, format!("<{uri}>"));
-    status(&c.send_authenticated(m).await)
 }
 
 #[tokio::test]
@@ -1021,13 +983,11 @@ async fn joining_a_conference_by_invite() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_message_is_recorded_before_it_is_relayed_even_while_the_database_is_away() {
-    let s = TestServer::start_with(&["alice", "bob"], quick).await;
-    let mut alice = registered(&s, "alice").await;
-    let mut bob = registered(&s, "bob").await;
-    // The database takes no CDR writes (as in the test below).
-    let sqlite_lock = match s.home().pg() {
+/// Makes the database take no CDR writes: on SQLite another process holds its write lock
+/// (the IM store gives up on it after a quarter second); on PostgreSQL it has failed over
+/// to a server that takes no writes. Undone by [`unlock_database`].
+async fn lock_database(s: &TestServer) -> Option<rusqlite::Connection> {
+    match s.home().pg() {
         Some(pg) => {
             pg.set_read_only(true).await;
             None
@@ -1037,7 +997,23 @@ async fn a_message_is_recorded_before_it_is_relayed_even_while_the_database_is_a
             c.execute_batch("BEGIN EXCLUSIVE").unwrap();
             Some(c)
         }
-    };
+    }
+}
+
+async fn unlock_database(s: &TestServer, sqlite_lock: Option<rusqlite::Connection>) {
+    match (&sqlite_lock, s.home().pg()) {
+        (Some(c), _) => c.execute_batch("ROLLBACK").unwrap(),
+        (None, Some(pg)) => pg.set_read_only(false).await,
+        (None, None) => unreachable!(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_is_recorded_before_it_is_relayed_even_while_the_database_is_away() {
+    let s = TestServer::start_with(&["alice", "bob"], quick).await;
+    let mut alice = registered(&s, "alice").await;
+    let mut bob = registered(&s, "bob").await;
+    let sqlite_lock = lock_database(&s).await;
     // The conversation's start goes to the spool in the data directory (fsync'd) first,
     // and then the message is relayed. (A 503 before the challenge: a session a
     // failover ended answered it, then retired; asked again.)
@@ -1063,11 +1039,7 @@ async fn a_message_is_recorded_before_it_is_relayed_even_while_the_database_is_a
         std::fs::metadata(&spool).is_ok_and(|m| m.len() > 0),
         "the start waits in the spool"
     );
-    match (&sqlite_lock, s.home().pg()) {
-        (Some(c), _) => c.execute_batch("ROLLBACK").unwrap(),
-        (None, Some(pg)) => pg.set_read_only(false).await,
-        (None, None) => unreachable!(),
-    }
+    unlock_database(&s, sqlite_lock).await;
     // Once the database takes writes again the spool is drained into it.
     settle(&s, async |st| {
         let sessions = st.cdr.sessions(&SessionFilter::default()).await.unwrap();
@@ -1104,20 +1076,7 @@ async fn a_message_the_im_service_cannot_record_is_refused_not_bypassed() {
     let s = TestServer::start_in(home, &["alice", "bob"], quick).await;
     let mut alice = registered(&s, "alice").await;
     let mut bob = registered(&s, "bob").await;
-    // The database takes no CDR writes: on SQLite another process holds its write lock
-    // (the IM store gives up on it after a quarter second); on PostgreSQL it has failed
-    // over to a server that takes no writes.
-    let sqlite_lock = match s.home().pg() {
-        Some(pg) => {
-            pg.set_read_only(true).await;
-            None
-        }
-        None => {
-            let c = rusqlite::Connection::open(s.data_dir().join("switchboard.db")).unwrap();
-            c.execute_batch("BEGIN EXCLUSIVE").unwrap();
-            Some(c)
-        }
-    };
+    let sqlite_lock = lock_database(&s).await;
     // Sessions a failover ended may answer a request or two with 503 (then retired):
     // asked again until the challenge comes.
     let mut challenged = None;
@@ -1148,11 +1107,7 @@ async fn a_message_the_im_service_cannot_record_is_refused_not_bypassed() {
         bob.recv_within(Duration::from_millis(300)).await.is_none(),
         "not relayed around the IM service"
     );
-    match (&sqlite_lock, s.home().pg()) {
-        (Some(c), _) => c.execute_batch("ROLLBACK").unwrap(),
-        (None, Some(pg)) => pg.set_read_only(false).await,
-        (None, None) => unreachable!(),
-    }
+    unlock_database(&s, sqlite_lock).await;
     // Right after a failure new conversations are refused at once for a moment (503 with
     // Retry-After), then tried again: the chat goes through, recorded.
     let mut delivered = None;

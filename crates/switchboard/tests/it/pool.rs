@@ -88,16 +88,6 @@ impl Pool {
     }
 }
 
-/// Sends `m`, answers the challenge, and leaves the final response to be read (after
-/// the recipient answered).
-async fn send_challenged(from: &mut Client, m: sip_message::Message) {
-    from.send(&m).await;
-    let ch = from.final_response().await;
-    let pw = format!("pw-{}", from.user);
-    let again = from.with_credentials(&m, &ch, &pw, "MD5", 1);
-    from.send(&again).await;
-}
-
 #[tokio::test]
 async fn a_message_reaches_a_device_on_another_front_end_and_is_recorded_once() {
     let Some(pool) = Pool::start("pool::a_message_reaches…", 3, &["alice", "bob", "carol"]).await
@@ -338,34 +328,6 @@ async fn a_session_crosses_front_ends_both_ways_and_is_recorded_once() {
     let count = |who: &str| ps.iter().find(|p| p.address == who).map(|p| p.messages);
     assert_eq!(count("sip:alice@example.com"), Some(1), "{ps:?}");
     assert_eq!(count("sip:bob@example.com"), Some(1), "{ps:?}");
-}
-
-/// The next `n` requests `c` gets (each answered 200).
-async fn take(c: &mut Client, n: usize) -> Vec<sip_message::Message> {
-    let mut got = Vec::new();
-    while got.len() < n {
-        if let Some(m) = c.inbox.pop_front() {
-            got.push(m);
-            continue;
-        }
-        let m = c.recv().await.expect("a request");
-        if m.is_request() {
-            c.send(&m.response(200, Some("t"))).await;
-            got.push(m);
-        }
-    }
-    got
-}
-
-/// Sends a MESSAGE to `uri` (a user or a conference); the final status.
-async fn write_to(c: &mut Client, uri: &str, text: &str) -> u16 {
-    let mut m = c.message_to("x", text);
-    m.start = sip_message::StartLine::Request {
-        method: sip_message::Method::Message,
-        uri: sip_message::Uri::parse(uri).unwrap(),
-    };
-    m.headers.set(HeaderName::To, format!("<{uri}>"));
-    status(&c.send_authenticated(m).await)
 }
 
 #[tokio::test]

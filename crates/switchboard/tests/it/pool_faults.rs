@@ -237,15 +237,6 @@ fn users_kept_by(fe: u32, ids: &[u32], with: &str, prefix: &str, n: usize) -> Ve
         .collect()
 }
 
-/// Sends `m`, answers the challenge, and leaves the final response to be read.
-async fn send_challenged(from: &mut Client, m: sip_message::Message) {
-    from.send(&m).await;
-    let ch = from.final_response().await;
-    let pw = format!("pw-{}", from.user);
-    let again = from.with_credentials(&m, &ch, &pw, "MD5", 1);
-    from.send(&again).await;
-}
-
 /// The next MESSAGE `c` gets (answered 200), answering whatever else comes first.
 async fn next_message(c: &mut Client) -> sip_message::Message {
     let is_message = |m: &sip_message::Message| m.method() == Some(&sip_message::Method::Message);

@@ -624,6 +624,53 @@ impl Client {
     }
 }
 
+/// The next `n` requests `c` gets (each answered 200), those already in its inbox first.
+pub async fn take(c: &mut Client, n: usize) -> Vec<Message> {
+    let mut got: Vec<Message> = Vec::new();
+    while got.len() < n {
+        if let Some(m) = c.inbox.pop_front() {
+            got.push(m);
+            continue;
+        }
+        let m = c
+            .recv()
+            .await
+            .unwrap_or_else(|| panic!("{} of {n} requests arrived", got.len()));
+        if m.is_request() {
+            c.send(&m.response(200, Some("t"))).await;
+            got.push(m);
+        }
+    }
+    got
+}
+
+/// Sends a MESSAGE to `uri` (a user or a conference) and returns the final status.
+pub async fn write_to(c: &mut Client, uri: &str, text: &str) -> u16 {
+    let user = uri
+        .trim_start_matches("sip:")
+        .split('@')
+        .next()
+        .unwrap()
+        .to_owned();
+    let mut m = c.message_to(&user, text);
+    m.start = sip_message::StartLine::Request {
+        method: sip_message::Method::Message,
+        uri: sip_message::Uri::parse(uri).unwrap(),
+    };
+    m.headers.set(HeaderName::To, format!("<{uri}>"));
+    status(&c.send_authenticated(m).await)
+}
+
+/// Sends `m`, answers its challenge, and leaves the final response to be read (after
+/// the recipient answered).
+pub async fn send_challenged(from: &mut Client, m: Message) {
+    from.send(&m).await;
+    let ch = from.final_response().await;
+    let pw = format!("pw-{}", from.user);
+    let again = from.with_credentials(&m, &ch, &pw, "MD5", 1);
+    from.send(&again).await;
+}
+
 /// A response to a malformed request echoes the malformed headers, so it may not parse
 /// strictly; the status line is what the tests need.
 fn status_only(data: &[u8]) -> Message {
