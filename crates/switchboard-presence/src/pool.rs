@@ -12,6 +12,26 @@
 //! When a front end dies, the reaper's transaction deletes its rows and appends their
 //! users to the same log: the others see those devices gone.
 //!
+//! **Why the change log rather than a watcher index and pokes** (the design note's
+//! §4.3: a `subscription(presentity, fe)` index and one internal request per interested
+//! front end). The log already exists, is written in the same transaction as the
+//! change, and every front end already follows it (the CLI's edits reach watchers that
+//! way), so:
+//! - nothing is lost between a change and its notice: a poke sent while its target
+//!   restarts, or reconnects its pool link, is gone, while the log is read from the
+//!   position the front end reached;
+//! - no index to keep true across crashes (rows for watchers a dead front end held, or a
+//!   subscription that moved), and no front end ever deletes another's subscriptions
+//!   (OpenSIPS #2170);
+//! - it costs one read of the log every 250 ms per front end, whatever the load, plus one
+//!   read of each changed user a front end holds: what the pokes would have cost, with
+//!   the same one-per-front-end fan-out, never one per watcher (Kamailio #4252).
+//!
+//! The log's sequence number is the per-presentity version: a front end applies a
+//! user's state as read after the entry that announced it, so an older state never
+//! replaces a newer one. The price is latency (up to a quarter second more than a
+//! poke) and the log's growth, which housekeeping prunes.
+//!
 //! Writes leave the state lock as a batch (`State::pool_dirty`), written by one task;
 //! one that fails while the database is away is kept and tried again, unless a newer
 //! state of that user replaced it meanwhile.

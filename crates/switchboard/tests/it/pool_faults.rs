@@ -283,6 +283,13 @@ async fn a_killed_front_end_is_reaped_its_watchers_told_its_clients_back_its_ses
     let _s2 = subscribe(&mut alice.c, &carol).await;
     publish_state(&mut bob.c, "open", "").await;
     publish_state(&mut carol_c.c, "open", "").await;
+    // bob, on front end 2, watches alice (front end 1).
+    publish_state(&mut alice.c, "open", "").await;
+    let _s3 = subscribe(&mut bob.c, "alice").await;
+    notify_until(&mut bob.c, "alice available", |d| {
+        availability(d) == "available"
+    })
+    .await;
     notify_until(&mut alice.c, "both available", |d| {
         d.contains("sip:bob@example.com") && availability(d) == "available"
     })
@@ -306,11 +313,18 @@ async fn a_killed_front_end_is_reaped_its_watchers_told_its_clients_back_its_ses
     // SIGKILL front end 2.
     fes[1].kill();
     let killed = Instant::now();
-    // bob's client sees its connection drop and signs in on the next front end.
+    // bob's client sees its connection drop, signs in on the next front end and
+    // subscribes there again.
     assert!(bob.dropped_within(Duration::from_secs(5)).await);
     let now_on = bob.fail_over().await;
     assert_ne!(now_on, 1);
     publish_state(&mut bob.c, "open", "").await;
+    // His subscription died with front end 2: he subscribes again where he is now.
+    let _s4 = subscribe(&mut bob.c, "alice").await;
+    notify_until(&mut bob.c, "alice available again", |d| {
+        availability(d) == "available"
+    })
+    .await;
     let bob_back = killed.elapsed();
     // The pool reaps front end 2 within 5 s of its last heartbeat (its timeout, 4 s, and
     // a reaper's second).
