@@ -629,6 +629,28 @@ impl PresenceService {
 
     /// Ends every subscription (the server is stopping): RFC 6665 §4.2.2 `noresource`
     /// would make clients give up, so `deactivated` invites them to resubscribe.
+    /// This front end was fenced out of its pool (reaped while it could not heartbeat):
+    /// the publications its devices made are no longer the pool's (its clients reconnect
+    /// and publish again, here or elsewhere), so they go, and its users are aggregated
+    /// from what the pool holds. Their subscriptions went with the connections.
+    pub fn fenced(&self) {
+        let now_ms = self.now_ms();
+        let mut guard = self.state.lock();
+        let st = &mut *guard;
+        let held: Vec<Arc<str>> = st.presentities.keys().cloned().collect();
+        for aor in held {
+            if let Some(p) = st.presentities.get_mut(&aor) {
+                p.publications.clear();
+                // Written again under the new epoch once devices publish here again.
+                p.publications.pool_written = None;
+            }
+            st.reaggregate(&aor, &self.config.rules, now_ms);
+        }
+        if let Some(dirty) = &mut st.pool_dirty {
+            dirty.clear();
+        }
+    }
+
     pub fn shutdown(&self) {
         let mut guard = self.state.lock();
         let st = &mut *guard;

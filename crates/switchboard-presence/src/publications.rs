@@ -117,6 +117,11 @@ impl Publications {
         self.list.iter().map(|p| p.state.clone()).collect()
     }
 
+    /// Drops every publication (a fenced pool front end's devices are no longer its own).
+    pub(crate) fn clear(&mut self) {
+        self.list.clear();
+    }
+
     /// Drops the publications whose lifetime is over (RFC 3903 §6 step 5); whether any
     /// was.
     pub(crate) fn expire(&mut self, now: Instant) -> bool {

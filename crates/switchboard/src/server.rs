@@ -453,8 +453,8 @@ pub async fn start_with_data(
 }
 
 /// Starts the pool heartbeat, and acts on what it says: fenced, this front end closes
-/// every client connection and forgets its registrations (its clients register again,
-/// on whichever front end they reach); the other members are exempt from per-source
+/// every client connection and forgets its registrations and its devices' publications
+/// (its clients register and publish again, on whichever front end they reach); the other members are exempt from per-source
 /// limits.
 fn run_pool(
     pool: &switchboard_pool::Pool,
@@ -477,6 +477,7 @@ fn run_pool(
     };
     let mut events = pool.run(load);
     let (transports, location, guard) = (transports.clone(), location.clone(), guard.clone());
+    let presence = Arc::downgrade(presence);
     let me = pool.member().fe;
     tokio::spawn(async move {
         while let Some(event) = events.recv().await {
@@ -484,6 +485,9 @@ fn run_pool(
                 switchboard_pool::PoolEvent::Fenced { .. } => {
                     let closed = transports.close_connections();
                     let users = location.clear().len();
+                    if let Some(p) = presence.upgrade() {
+                        p.fenced();
+                    }
                     tracing::warn!(
                         closed,
                         users,
