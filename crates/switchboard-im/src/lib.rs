@@ -765,8 +765,8 @@ impl ImHook for ImService {
         conference::is_service_aor(aor)
     }
 
-    fn home_of(&self, aor: &str) -> Option<u32> {
-        conference::home_of(aor)
+    fn home_of(&self, msg: &Message, to: &str) -> Option<u32> {
+        conference::home_of(to).or_else(|| conference::invitation_home(msg))
     }
 
     async fn before_invite(

@@ -548,6 +548,7 @@ impl crate::Core {
     /// The connection closed: its association ends with it (the client signs in again
     /// over a new connection).
     pub(crate) fn connection_gone(&self, connection: ConnectionId) {
+        self.out.member_links.write().remove(&connection);
         let gone = self.out.sa_flows.write().remove(&connection);
         let mut st = self.ntlm.lock();
         if let Some(opaque) = gone {

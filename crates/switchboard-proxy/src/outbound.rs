@@ -47,6 +47,9 @@ pub struct Paths {
     /// The association each signed-in Lync connection signs on (by `opaque`): the router
     /// writes it at sign-in, and Lync-only requests go to those connections only.
     pub(crate) sa_flows: RwLock<HashMap<ConnectionId, String>>,
+    /// Connections another member of the pool sent vouched-for requests over, with its
+    /// id: requests a service here sends back over one are vouched for to that member.
+    pub(crate) member_links: RwLock<HashMap<ConnectionId, u32>>,
     /// The pool this front end belongs to (none: a standalone server).
     pub(crate) pool: Option<crate::pool::PoolLink>,
     /// This front end's registrations not yet written to the pool.
@@ -75,6 +78,7 @@ impl Outbound {
             own_addrs: RwLock::new(Vec::new()),
             local_ips: Mutex::new(HashMap::new()),
             sa_flows: RwLock::new(HashMap::new()),
+            member_links: RwLock::new(HashMap::new()),
             pool,
             registrations: Default::default(),
         }));
@@ -401,7 +405,7 @@ impl Outbound {
         let hop = self.hop_for(&b);
         // Over a link to another front end of the pool (the dialog came through it): that
         // front end is told this service sends it.
-        if let Some(fe) = self.member_at(b.flow.remote().ip()) {
+        if let Some(fe) = self.member_on(b.flow) {
             let from = request
                 .from_header()
                 .map(|f| f.uri.to_string())

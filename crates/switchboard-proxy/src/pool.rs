@@ -86,10 +86,20 @@ impl Paths {
         );
     }
 
-    /// The member at `ip` (another front end of the pool), if one is.
-    pub(crate) fn member_at(&self, ip: std::net::IpAddr) -> Option<u32> {
+    /// The member at the far end of `flow`: a connection a member sent vouched-for
+    /// requests over, or an address of a member's host.
+    pub(crate) fn member_on(&self, flow: Flow) -> Option<u32> {
         let pool = &self.pool.as_ref()?.pool;
+        if let Some(fe) = flow.conn().number.and_then(|n| {
+            self.member_links
+                .read()
+                .get(&sip_transport::ConnectionId(n))
+                .copied()
+        }) {
+            return Some(fe);
+        }
         let me = pool.config().fe;
+        let ip = flow.remote().ip();
         pool.members()
             .iter()
             .filter(|m| m.fe != me)
@@ -349,9 +359,14 @@ fn vouched_parts(msg: &sip_message::Message) -> [String; 3] {
 }
 
 impl Core {
-    /// The sender another member vouches for on `msg` (see the module header). The
-    /// header is taken off either way.
-    pub(crate) fn pool_sender(&self, msg: &mut sip_message::Message) -> Vouched {
+    /// The sender another member vouches for on `msg`, which came over `source` (see the
+    /// module header); that connection is then known as the member's link. The header is
+    /// taken off either way.
+    pub(crate) fn pool_sender(
+        &self,
+        msg: &mut sip_message::Message,
+        source: &sip_transport::Source,
+    ) -> Vouched {
         let name = sip_message::HeaderName::from_wire(SENDER_HEADER);
         let Some(value) = msg.headers.get(&name).map(str::to_owned) else {
             return Vouched::None;
@@ -372,6 +387,9 @@ impl Core {
         if fe == me || !pool.mac_ok(&[&aor, fe, &me, &call_id, &cseq, &tag], mac) {
             tracing::warn!(%aor, fe, "pool sender assertion refused");
             return Vouched::Forged;
+        }
+        if let (Some(id), Ok(fe)) = (source.connection, fe.parse::<u32>()) {
+            self.out.member_links.write().insert(id, fe);
         }
         Vouched::Sender(aor)
     }
@@ -433,12 +451,16 @@ impl Core {
         self.out.vouch(msg, from_aor, fe);
     }
 
-    /// The front end hosting the resource `aor` (a conference), when it is another
-    /// member's: its id and address. `None` when it is this front end's, or nobody's
-    /// the address names.
-    pub(crate) fn elsewhere(&self, aor: &str) -> Option<Result<(u32, String), u32>> {
+    /// The front end that must handle `msg` for `aor` (a conference's), when it is
+    /// another member: its id and address (or, when that member is gone, its id). `None`
+    /// when it is this front end, or the request names none.
+    pub(crate) fn elsewhere(
+        &self,
+        msg: &sip_message::Message,
+        aor: &str,
+    ) -> Option<Result<(u32, String), u32>> {
         let pool = self.out.pool()?;
-        let fe = self.hook.home_of(aor)?;
+        let fe = self.hook.home_of(msg, aor)?;
         if fe == pool.config().fe {
             return None;
         }

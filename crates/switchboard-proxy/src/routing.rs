@@ -199,7 +199,7 @@ impl Core {
         };
         // A member of the pool vouches for a sender it authenticated; anyone else
         // answers for themselves.
-        let from_aor = match self.pool_sender(&mut req.message) {
+        let from_aor = match self.pool_sender(&mut req.message, &req.source) {
             crate::pool::Vouched::Sender(aor) => {
                 target.vouched = true;
                 aor
@@ -382,7 +382,7 @@ impl Core {
         // A conference another front end of the pool hosts: everything for it goes there.
         if target.domain_target && !target.vouched {
             let aor = target.ruri.aor();
-            match self.elsewhere(&aor) {
+            match self.elsewhere(&req.message, &aor) {
                 Some(Ok(home)) => return self.to_member(req, home, from_aor),
                 Some(Err(fe)) => {
                     return self
@@ -503,7 +503,13 @@ impl Core {
         // In a pool one front end keeps each pair's conversation (its pager state, its
         // sessions, a Lync session bridged to pager mode, and their CDR): a MESSAGE or
         // INVITE that entered elsewhere goes there first.
-        if matches!(method, Method::Message | Method::Invite) && !in_dialog && !vouched {
+        if matches!(method, Method::Message | Method::Invite)
+            && !in_dialog
+            && !vouched
+            // An invitation into a conference belongs where the conference is (and that
+            // is here, or it would not have been routed here).
+            && self.hook.home_of(msg, &aor).is_none()
+        {
             if let Some(owner) = self.pager_owner(&from_aor, &aor) {
                 if self.member_reachable(&owner).await {
                     return self.to_member(req, owner, from_aor);

@@ -93,9 +93,11 @@ pub trait ImHook: Send + Sync + 'static {
     fn serves(&self, _aor: &str) -> bool {
         false
     }
-    /// The front end of a pool that hosts the resource `aor` (a conference is hosted by
-    /// the front end that created it), when the address says; `None` for any other.
-    fn home_of(&self, _aor: &str) -> Option<u32> {
+    /// The front end of a pool that must handle `msg`, addressed to `to`, when the
+    /// request says: a conference is hosted by the front end that created it, and its
+    /// address (or, for an invitation into it, the focus its body names) says which.
+    /// `None` for any other request.
+    fn home_of(&self, _msg: &Message, _to: &str) -> Option<u32> {
         None
     }
     /// An authenticated request from `from` to a resource `serves` claimed (in a dialog

@@ -253,6 +253,22 @@ pub(crate) fn home_of(aor: &str) -> Option<u32> {
     rest.split_once('-')?.0.parse().ok()
 }
 
+/// For an invitation into a conference (`application/ms-conf-invite+xml`, MS-CONFIM
+/// §2.2.1), the front end hosting the conference its focus names.
+pub(crate) fn invitation_home(msg: &sip_message::Message) -> Option<u32> {
+    let invitation = msg
+        .headers
+        .get(&sip_message::HeaderName::ContentType)?
+        .trim()
+        .to_ascii_lowercase()
+        .starts_with("application/ms-conf-invite+xml");
+    if !invitation {
+        return None;
+    }
+    let focus = msrtc::cccp::parse_conf_invite(&msg.body).ok()?.focus_uri;
+    home_of(&c3p::conference_of(&focus)?)
+}
+
 fn domain_of(aor: &str) -> &str {
     aor.rsplit_once('@').map(|(_, d)| d).unwrap_or("localhost")
 }

@@ -17,21 +17,26 @@ use crate::support::*;
 const SDP: &str = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=session\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=message 5060 sip null\r\na=accept-types:text/plain\r\n";
 
 /// A new dialog-creating (or out-of-dialog) request with its own Call-ID.
-fn fresh(c: &mut Client, method: &str, uri: &str, to: &str) -> Message {
+pub(crate) fn fresh(c: &mut Client, method: &str, uri: &str, to: &str) -> Message {
     let mut m = c.request(method, uri, to);
     m.headers
         .set(HeaderName::CallId, format!("{}@test", rand_hex()));
     m
 }
 
-fn with_body(mut m: Message, content_type: &str, body: &str) -> Message {
+pub(crate) fn with_body(mut m: Message, content_type: &str, body: &str) -> Message {
     m.headers.push(HeaderName::ContentType, content_type);
     m.body = bytes::Bytes::from(body.as_bytes().to_vec());
     m
 }
 
 /// A request inside the dialog `first` created (answered by `answer`).
-fn in_dialog(c: &mut Client, first: &Message, answer: &Message, method: &str) -> Message {
+pub(crate) fn in_dialog(
+    c: &mut Client,
+    first: &Message,
+    answer: &Message,
+    method: &str,
+) -> Message {
     let target = NameAddr::parse(answer.headers.get(&HeaderName::Contact).unwrap())
         .unwrap()
         .uri
@@ -46,7 +51,7 @@ fn in_dialog(c: &mut Client, first: &Message, answer: &Message, method: &str) ->
 }
 
 /// Sends a signed request and returns its signed final response.
-async fn signed(c: &mut Client, sa: &mut Association, mut m: Message) -> Message {
+pub(crate) async fn signed(c: &mut Client, sa: &mut Association, mut m: Message) -> Message {
     sa.sign(&mut m);
     c.send(&m).await;
     let r = c.final_response().await;
@@ -57,7 +62,7 @@ async fn signed(c: &mut Client, sa: &mut Association, mut m: Message) -> Message
 /// The next request `pick` accepts: from those already answered 200 while waiting, or
 /// else the next to arrive (answered `status`, or not at all with `None`). Other
 /// requests meanwhile are answered 200.
-async fn next_request(
+pub(crate) async fn next_request(
     c: &mut Client,
     pick: impl Fn(&Message) -> bool,
     status: Option<u16>,
@@ -82,15 +87,15 @@ async fn next_request(
     }
 }
 
-fn is(method: &'static str) -> impl Fn(&Message) -> bool {
+pub(crate) fn is(method: &'static str) -> impl Fn(&Message) -> bool {
     move |m| m.method().is_some_and(|x| x.to_string() == method)
 }
 
-fn body(m: &Message) -> msrtc::Element {
+pub(crate) fn body(m: &Message) -> msrtc::Element {
     msrtc::tree::parse(&m.body).unwrap_or_else(|e| panic!("{e}: {m}"))
 }
 
-fn cccp(op: &str, to: &str, from: &str, inner: &str) -> String {
+pub(crate) fn cccp(op: &str, to: &str, from: &str, inner: &str) -> String {
     format!("<?xml version=\"1.0\"?><request xmlns=\"urn:ietf:params:xml:ns:cccp\" C3PVersion=\"1\" to=\"{to}\" from=\"{from}\" requestId=\"7\"><{op}>{inner}</{op}></request>")
 }
 
@@ -108,7 +113,7 @@ fn chat_invite(c: &mut Client, to: &str, text: &str) -> Message {
 }
 
 /// Creates a conference at the focus factory as `c`; returns its focus URI.
-async fn create_conference(c: &mut Client, sa: &mut Association) -> String {
+pub(crate) async fn create_conference(c: &mut Client, sa: &mut Association) -> String {
     let me = c.aor();
     let factory = "sip:switchboard@example.com;gruu;opaque=app:conf:focusfactory";
     let add = with_body(
@@ -141,7 +146,7 @@ async fn expect_both_ended(c: &mut Client, sa: &Association, chat: &Message, foc
 }
 
 /// Joins the focus and the chat as a Lync client does; returns the chat INVITE and answer.
-async fn join(
+pub(crate) async fn join(
     c: &mut Client,
     sa: &mut Association,
     focus: &str,

@@ -418,6 +418,95 @@ async fn a_group_chat_with_members_on_three_front_ends_lives_on_one() {
 }
 
 #[tokio::test]
+async fn a_lync_conference_on_one_front_end_with_members_on_three() {
+    use crate::lync::lync_client;
+    use crate::lync_im::{
+        body, create_conference, fresh, in_dialog, is, join, next_request, signed, with_body,
+    };
+    let Some(pool) = Pool::start("pool::a_lync_conference…", 3, &["alice", "bob", "carol"]).await
+    else {
+        return;
+    };
+    let (mut alice, mut a_sa) = lync_client(pool.fe(1), "alice").await;
+    let (mut bob, mut b_sa) = lync_client(pool.fe(2), "bob").await;
+    let mut carol = pool.client(3, "carol").await;
+    let me = alice.aor();
+    // alice creates a conference at the focus factory (on her front end): its address
+    // says front end 1 hosts it.
+    let focus = create_conference(&mut alice, &mut a_sa).await;
+    let conf_aor = focus.split(';').next().unwrap().to_owned();
+    assert!(conf_aor.starts_with("sip:chat-f1-"), "{focus}");
+    let (_, _, a_chat, a_answer) = join(&mut alice, &mut a_sa, &focus, None).await;
+    let mcu = a_chat.request_uri().unwrap().to_string();
+    // She invites bob (Lync, front end 2): he gets the invitation, signed by his front
+    // end, and joins; his requests for the conference go to front end 1.
+    let invite_xml = msrtc::cccp::conf_invite(&focus, "Plans");
+    let inv = with_body(
+        fresh(&mut alice, "INVITE", &bob.aor(), &bob.aor()),
+        "application/ms-conf-invite+xml",
+        &invite_xml,
+    );
+    let mut inv_signed = inv.clone();
+    a_sa.sign(&mut inv_signed);
+    alice.send(&inv_signed).await;
+    let got = next_request(&mut bob, is("INVITE"), Some(200)).await;
+    b_sa.check(&got);
+    assert_eq!(status(&alice.final_response().await), 200);
+    let (_, _, b_chat, _) = join(&mut bob, &mut b_sa, &focus, Some(&mcu)).await;
+    // And carol (standard, front end 3): the conference answers for her and puts her in
+    // the chat in pager mode.
+    let inv = with_body(
+        fresh(&mut alice, "INVITE", &carol.aor(), &carol.aor()),
+        "application/ms-conf-invite+xml",
+        &invite_xml,
+    );
+    let r = signed(&mut alice, &mut a_sa, inv).await;
+    assert_eq!(status(&r), 200, "{r}");
+    let told = next_request(&mut carol, is("MESSAGE"), Some(200)).await;
+    assert!(String::from_utf8_lossy(&told.body).contains("added you to a group chat"));
+    // alice writes in the chat: bob gets it in his chat session (signed by front end 2),
+    // carol as pager text (through front end 3).
+    let msg = with_body(
+        in_dialog(&mut alice, &a_chat, &a_answer, "MESSAGE"),
+        "text/plain; charset=UTF-8",
+        "hello both",
+    );
+    assert_eq!(status(&signed(&mut alice, &mut a_sa, msg).await), 200);
+    let got = next_request(&mut bob, is("MESSAGE"), Some(200)).await;
+    b_sa.check(&got);
+    assert_eq!(&got.body[..], b"hello both");
+    assert_eq!(got.call_id(), b_chat.call_id(), "inside bob's chat session");
+    let got = next_request(&mut carol, is("MESSAGE"), Some(200)).await;
+    assert_eq!(&got.body[..], b"alice: hello both");
+    // carol writes to the conference from front end 3: both Lync members get it.
+    assert_eq!(write_to(&mut carol, &conf_aor, "carol here").await, 200);
+    for (c, sa) in [(&mut alice, &a_sa), (&mut bob, &b_sa)] {
+        let got = next_request(c, is("MESSAGE"), Some(200)).await;
+        sa.check(&got);
+        assert_eq!(&got.body[..], b"carol here");
+    }
+    // One conference in the CDR, organised by alice, with the three of them.
+    let data = pool.data().await;
+    eventually("the conference's counts", async || {
+        let sessions = data.cdr.sessions(&SessionFilter::default()).await.unwrap();
+        let Some(c) = sessions.iter().find(|s| s.kind == "conference") else {
+            return false;
+        };
+        data.cdr
+            .session(&c.id)
+            .await
+            .unwrap()
+            .is_some_and(|(_, ps)| ps.len() == 3 && ps.iter().map(|p| p.messages).sum::<i64>() == 2)
+    })
+    .await;
+    let sessions = data.cdr.sessions(&SessionFilter::default()).await.unwrap();
+    let conferences: Vec<_> = sessions.iter().filter(|s| s.kind == "conference").collect();
+    assert_eq!(conferences.len(), 1, "{sessions:?}");
+    assert_eq!(conferences[0].organiser.as_deref(), Some(me.as_str()));
+    let _ = body;
+}
+
+#[tokio::test]
 async fn a_forged_or_stale_flow_token_is_refused() {
     let Some(pool) = Pool::start("pool::a_forged_or_stale_flow_token…", 2, &["alice", "bob"]).await
     else {
