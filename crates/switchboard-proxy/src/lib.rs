@@ -181,9 +181,11 @@ impl Core {
                 let Some(core) = weak.upgrade() else { return };
                 core.ntlm.lock().sweep(std::time::Instant::now());
                 core.replay.sweep(core.now_secs());
-                let n = core.location.sweep();
-                if n > 0 {
-                    tracing::debug!(expired = n, "bindings expired");
+                let gone = core.location.sweep();
+                if !gone.is_empty() {
+                    tracing::debug!(users = gone.len(), "bindings expired");
+                    // In a pool, the pool's table forgets them too.
+                    core.out.unpublish(gone);
                 }
             }
         });

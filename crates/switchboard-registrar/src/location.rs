@@ -463,8 +463,8 @@ impl Location {
         }
     }
 
-    /// Drops expired bindings; returns how many. Run periodically.
-    pub fn sweep(&self) -> usize {
+    /// Drops expired bindings; returns the AoRs that lost one. Run periodically.
+    pub fn sweep(&self) -> Vec<String> {
         let now = Instant::now();
         let mut gone = Vec::new();
         let mut gruus = Vec::new();
@@ -483,7 +483,9 @@ impl Location {
         drop(aors);
         self.forget_gruus(&gruus);
         self.unindex_all(&gone);
-        gone.len()
+        let mut users: Vec<String> = gone.into_iter().map(|(aor, _)| aor).collect();
+        users.dedup();
+        users
     }
 
     /// Forgets every binding (a pool front end fenced: its registrations are no longer
@@ -645,7 +647,7 @@ mod tests {
         assert_eq!(loc.lookup(AOR)[0].remaining(Instant::now()), 1);
         tokio::time::advance(Duration::from_secs(2)).await;
         assert!(loc.lookup(AOR).is_empty());
-        assert_eq!(loc.sweep(), 1);
+        assert_eq!(loc.sweep().len(), 1);
         assert_eq!(loc.counts(), (0, 0));
     }
 
