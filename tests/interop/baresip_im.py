@@ -89,6 +89,22 @@ class Baresip:
     def __init__(self, workdir, name, user, server, transport, contacts, presence=False, domain='127.0.0.1'):
         self.dir = os.path.join(workdir, name)
         os.makedirs(self.dir, exist_ok=True)
+        # A port picked free may be taken before baresip binds it (other programs open
+        # connections meanwhile): then baresip does not come up, and it is started again
+        # on fresh ports.
+        for attempt in range(3):
+            try:
+                self._start(user, server, transport, contacts, presence, domain)
+                break
+            except OSError:
+                self.proc.kill()
+                self.proc.wait()
+                self.log.close()
+                if attempt == 2:
+                    raise
+        self.aor = 'sip:%s@%s' % (user, domain)
+
+    def _start(self, user, server, transport, contacts, presence, domain):
         sip, self.ctrl_port, self.cons_port = free_port(both=True), free_port(), free_port()
         port = server.tls_port if transport == 'tls' else server.port
         host = getattr(server, 'host', '127.0.0.1')  # a pool's front end has an address of its own
@@ -116,7 +132,6 @@ class Baresip:
                                      stderr=subprocess.STDOUT, start_new_session=True)
         self.ctrl = Ctrl(self.ctrl_port)
         self.cons = Console(self.cons_port)
-        self.aor = 'sip:%s@%s' % (user, domain)
 
     def registered(self, timeout=10):
         end = time.time() + timeout
