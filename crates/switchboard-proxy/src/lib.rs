@@ -196,6 +196,11 @@ impl Core {
         &self.users
     }
 
+    /// This front end's pool membership, when it is one.
+    pub fn pool(&self) -> Option<&switchboard_pool::Pool> {
+        self.out.pool()
+    }
+
     pub fn location(&self) -> &Location {
         &self.location
     }

@@ -52,6 +52,16 @@ async fn status(State(s): State<AppState>) -> Json<serde_json::Value> {
         "subscriptions": subscriptions,
         "nonce_counts_remembered": s.core.nonce_counts_remembered(),
         "protection": protection(&s),
+        "pool": s.core.pool().map(|p| {
+            let member = p.member();
+            json!({
+                "front_end": member.fe,
+                "epoch": member.epoch,
+                // Its last heartbeat got through within the timeout: it is a member.
+                "in_good_standing": p.in_good_standing(),
+                "members": p.members().iter().map(|m| m.fe).collect::<Vec<_>>(),
+            })
+        }),
     }))
 }
 

@@ -23,6 +23,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 struct FrontEnd {
     id: u32,
     addr: SocketAddr,
+    /// Its HTTP status endpoint.
+    http: SocketAddr,
     child: Child,
     dir: tempfile::TempDir,
 }
@@ -32,23 +34,31 @@ impl FrontEnd {
     /// it takes connections.
     async fn start(url: &str, id: u32) -> FrontEnd {
         let ip = std::net::Ipv4Addr::new(127, 0, 0, id as u8 + 1);
-        let port = std::net::TcpListener::bind((ip, 0))
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = SocketAddr::from((ip, port));
+        let free = || {
+            std::net::TcpListener::bind((ip, 0))
+                .unwrap()
+                .local_addr()
+                .unwrap()
+        };
+        let (addr, http) = (free(), free());
         let dir = tempfile::tempdir().unwrap();
-        Self::spawn(url, id, addr, dir).await
+        Self::spawn(url, id, addr, http, dir).await
     }
 
-    async fn spawn(url: &str, id: u32, addr: SocketAddr, dir: tempfile::TempDir) -> FrontEnd {
+    async fn spawn(
+        url: &str,
+        id: u32,
+        addr: SocketAddr,
+        http: SocketAddr,
+        dir: tempfile::TempDir,
+    ) -> FrontEnd {
         let log = std::fs::File::create(dir.path().join("log")).unwrap();
         let child = Command::new(BIN)
             .args(["--data-dir", dir.path().join("data").to_str().unwrap()])
             .args(["--database", url, "--log-level", "info", "serve"])
             .args(["--front-end", &id.to_string()])
-            .args(["--sip-udp", "off", "--sip-tls", "off", "--http", "off"])
+            .args(["--sip-udp", "off", "--sip-tls", "off"])
+            .args(["--http", &http.to_string()])
             .args(["--sip-tcp", &addr.to_string()])
             .stdout(Stdio::null())
             .stderr(log)
@@ -57,6 +67,7 @@ impl FrontEnd {
         let fe = FrontEnd {
             id,
             addr,
+            http,
             child,
             dir,
         };
@@ -83,6 +94,19 @@ impl FrontEnd {
             .unwrap()
             .success();
         assert!(ok, "kill {sig} front end {}", self.id);
+    }
+
+    /// Its `/status`, as JSON.
+    async fn status(&self) -> serde_json::Value {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut s = tokio::net::TcpStream::connect(self.http).await.unwrap();
+        s.write_all(b"GET /status HTTP/1.0\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).await.unwrap();
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"))
     }
 
     fn kill(&mut self) {
@@ -633,4 +657,48 @@ async fn the_pool_rides_out_a_database_outage_without_losing_an_acknowledged_mes
     eprintln!(
         "database outage: {acked} acknowledged, {unavailable} answered 503, {delivered} delivered"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_front_end_stopped_cleanly_leaves_at_once() {
+    if pg_server().is_none() {
+        eprintln!("skipped: pool_faults needs SWITCHBOARD_TEST_PG_URL (a PostgreSQL server)");
+        return;
+    }
+    let db = PgDatabase::create().await;
+    add_users(&db.url, &["alice", "bob"]);
+    let mut fes = [
+        FrontEnd::start(&db.url, 1).await,
+        FrontEnd::start(&db.url, 2).await,
+    ];
+    members_become(&db.url, &[1, 2], Duration::from_secs(5)).await;
+    // /status says where each stands in the pool.
+    let st = fes[1].status().await;
+    assert_eq!(st["pool"]["front_end"], 2, "{st}");
+    assert_eq!(st["pool"]["in_good_standing"], true, "{st}");
+    assert_eq!(st["pool"]["members"], serde_json::json!([1, 2]), "{st}");
+    let addrs: Vec<SocketAddr> = fes.iter().map(|f| f.addr).collect();
+    let mut alice = Roaming::sign_in("alice", &addrs, 0).await;
+    let mut bob = Roaming::sign_in("bob", &addrs, 1).await;
+    publish_state(&mut bob.c, "open", "").await;
+    let _sub = subscribe(&mut alice.c, "bob").await;
+    notify_until(&mut alice.c, "bob available", |d| {
+        availability(d) == "available"
+    })
+    .await;
+    // SIGTERM: front end 2 leaves the pool on its way out, without waiting to be reaped.
+    fes[1].signal("-TERM");
+    let stopped = Instant::now();
+    let gone = members_become(&db.url, &[1], Duration::from_secs(3)).await;
+    notify_until(&mut alice.c, "bob offline", |d| {
+        availability(d) == "offline"
+    })
+    .await;
+    let offline = stopped.elapsed();
+    assert!(offline < Duration::from_secs(3), "{offline:?}");
+    // Its clients are closed and find the other front end.
+    assert!(bob.dropped_within(Duration::from_secs(5)).await);
+    assert_eq!(bob.fail_over().await, 0);
+    let _ = fes[1].child.wait();
+    eprintln!("clean stop: left the pool after {gone:?}, watcher told after {offline:?}");
 }
