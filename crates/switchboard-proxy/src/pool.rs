@@ -190,8 +190,46 @@ impl Paths {
     /// reached.
     pub(crate) async fn all_bindings(&self, aor: &str) -> Result<Vec<Binding>, DataError> {
         let mut bindings = self.location.lookup(aor);
-        bindings.extend(self.remote_bindings(aor).await?);
+        let mut remote = self.remote_bindings(aor).await?;
+        // A front end that takes no connections (it died a moment ago and is not reaped
+        // yet) reaches none of its devices: they are left out, so a user with no other
+        // device is offline (a message is kept for them) rather than unreachable.
+        let mut down: Vec<u32> = Vec::new();
+        let mut up: Vec<u32> = Vec::new();
+        for b in &remote {
+            let fe = b.flow.fe().0;
+            if down.contains(&fe) || up.contains(&fe) {
+                continue;
+            }
+            if self.member_reachable(b.flow.conn().remote).await {
+                up.push(fe);
+            } else {
+                down.push(fe);
+            }
+        }
+        remote.retain(|b| !down.contains(&b.flow.fe().0));
+        bindings.extend(remote);
         Ok(bindings)
+    }
+
+    /// Whether the member at `addr` can be reached: a connection to it is open, or one
+    /// can be opened within a second (a front end that just died refuses it).
+    pub(crate) async fn member_reachable(&self, addr: SocketAddr) -> bool {
+        if self
+            .layer
+            .transports()
+            .has_connection(sip_transport::TransportKind::Tcp, addr)
+        {
+            return true;
+        }
+        matches!(
+            tokio::time::timeout(
+                std::time::Duration::from_secs(1),
+                tokio::net::TcpStream::connect(addr)
+            )
+            .await,
+            Ok(Ok(_))
+        )
     }
 
     /// Whether `b` is a device that speaks the Lync dialect (signed in over a security
@@ -401,29 +439,6 @@ impl Core {
         let pair = switchboard_pool::pager_pair(from, to);
         let (fe, addr) = pool.owner_of(&pair)?;
         (fe != pool.config().fe).then_some((fe, addr))
-    }
-
-    /// Whether member `owner` can be reached: a connection to it is open, or one can be
-    /// opened within a second (a front end that just died refuses it).
-    pub(crate) async fn member_reachable(&self, owner: &(u32, String)) -> bool {
-        let Ok(addr) = owner.1.parse::<SocketAddr>() else {
-            return false;
-        };
-        if self
-            .layer
-            .transports()
-            .has_connection(sip_transport::TransportKind::Tcp, addr)
-        {
-            return true;
-        }
-        matches!(
-            tokio::time::timeout(
-                std::time::Duration::from_secs(1),
-                tokio::net::TcpStream::connect(addr)
-            )
-            .await,
-            Ok(Ok(_))
-        )
     }
 
     /// Passes `req` (from `from_aor`, authenticated here) to member `owner` to handle,

@@ -511,7 +511,11 @@ impl Core {
             && self.hook.home_of(msg, &aor).is_none()
         {
             if let Some(owner) = self.pager_owner(&from_aor, &aor) {
-                if self.member_reachable(&owner).await {
+                let reachable = match owner.1.parse() {
+                    Ok(addr) => self.out.member_reachable(addr).await,
+                    Err(_) => false,
+                };
+                if reachable {
                     return self.to_member(req, owner, from_aor);
                 }
                 // It does not take connections (it died a moment ago, and is not reaped
