@@ -21,7 +21,9 @@
 # Knobs: N (1000 clients, u0000@bench.local ... with password pw), KILLS (10), DUR (25 s from
 # one kill to the next), TALK_INTERVAL (3 s between a talker's messages), WARMUP (10 s of
 # talk before the first kill), SETTLE (5 s after the talkers stop, before the CDR is read),
-# PORT (5070), WORK (/tmp/sb-failover), SEED (1: the clients' address orders).
+# PORT (5070), WORK (/tmp/sb-failover), SEED (1: the clients' address orders), RESTART_AT
+# (reaped: a killed front end is restarted once pool status no longer lists it; back: as soon
+# as its clients are all back, before it is reaped, so the new run finds its old row alive).
 # Loopback only; everything started here is stopped by pid (trap). The results go to
 # WORK/results/<stamp>/ (results.json, summary.txt, the front ends' logs).
 set -uo pipefail
@@ -36,6 +38,7 @@ SETTLE=${SETTLE:-5}
 PORT=${PORT:-5070}
 WORK=${WORK:-/tmp/sb-failover}
 SEED=${SEED:-1}
+RESTART_AT=${RESTART_AT:-reaped}
 DOMAIN=bench.local
 BIN=$ROOT/target/release/switchboard
 STAMP=$(date +%Y%m%d-%H%M%S)
@@ -98,13 +101,13 @@ done
 log "pool of three formed; $N clients"
 
 {
-  echo "bench/failover.sh: N=$N KILLS=$KILLS DUR=$DUR TALK_INTERVAL=$TALK_INTERVAL WARMUP=$WARMUP SETTLE=$SETTLE"
+  echo "bench/failover.sh: N=$N KILLS=$KILLS RESTART_AT=$RESTART_AT DUR=$DUR TALK_INTERVAL=$TALK_INTERVAL WARMUP=$WARMUP SETTLE=$SETTLE"
   echo "commit $(cd "$ROOT" && git rev-parse --short HEAD), $(nproc) cores, $(date -u '+%F %T UTC')"
 } > "$OUT/summary.txt"
 python3 "$HERE/failover_clients.py" --bin "$BIN" --db "$PGURL" --run-dir "$RUN" --out "$OUT/results.json" \
   --fe 1=127.0.0.2:$PORT --fe 2=127.0.0.3:$PORT --fe 3=127.0.0.4:$PORT \
   --n "$N" --kills "$KILLS" --dur "$DUR" --talk-interval "$TALK_INTERVAL" --warmup "$WARMUP" \
-  --settle "$SETTLE" --seed "$SEED" | tee -a "$OUT/summary.txt"
+  --settle "$SETTLE" --seed "$SEED" --restart-at "$RESTART_AT" | tee -a "$OUT/summary.txt"
 rc=${PIPESTATUS[0]}
 # What the database says, kept with the results.
 psql "$PGURL" -c "SELECT owner, epoch, COALESCE(end_reason, '(open)') AS end_reason, count(*) FROM cdr_sessions GROUP BY 1, 2, 3 ORDER BY 1, 2, 3" \

@@ -500,7 +500,27 @@ class Driver:
             os.kill(pid, signal.SIGKILL)
             log(f"kill {k}: front end {fe} (pid {pid}, epoch {old_epoch}), {on_it} clients on it, "
                 f"heartbeat {hb_age} ms old {1000 * (t_kill - t_poll):.0f} ms before the kill")
-            # Detection: until pool status no longer lists its epoch (polled every 100 ms).
+            async def wait_back():
+                # Clients back: every one that dropped because of this kill.
+                deadline = t_kill + a.back_limit
+                while now() < deadline:
+                    dropped = {d[1] for d in self.stats.drops if d[0] == k}
+                    back = {b[1] for b in self.stats.backs if b[0] == k}
+                    if len(dropped) >= on_it and dropped <= back:
+                        break
+                    await asyncio.sleep(0.1)
+
+            def restart():
+                # Same id, same address.
+                subprocess.run([os.path.join(a.run_dir, "start-fe.sh"), str(fe)], check=True)
+                return now()
+
+            t_rs = None
+            if a.restart_at == "back":
+                await wait_back()
+                t_rs = restart()
+            # Detection: until pool status no longer lists its epoch (polled every 100 ms);
+            # restarted before that (RESTART_AT=back), the new run may replace it first.
             detected = None
             while now() - t_kill < a.detect_limit:
                 st = await self.pool_status()
@@ -508,21 +528,15 @@ class Driver:
                     detected = now() - t_kill
                     break
                 await asyncio.sleep(0.1)
-            # Clients back: every one that dropped because of this kill.
-            deadline = t_kill + a.back_limit
-            while now() < deadline:
-                dropped = {d[1] for d in self.stats.drops if d[0] == k}
-                back = {b[1] for b in self.stats.backs if b[0] == k}
-                if len(dropped) >= on_it and dropped <= back:
-                    break
-                await asyncio.sleep(0.1)
+            if a.restart_at != "back":
+                await wait_back()
             dropped = [d for d in self.stats.drops if d[0] == k]
             backs = sorted(b[3] for b in self.stats.backs if b[0] == k)
             kb = [b for b in self.stats.backs if b[0] == k]
             lq1 = listen_counters()
-            # Restart it (same id, same address); time until pool status lists it again.
-            t_rs = now()
-            subprocess.run([os.path.join(a.run_dir, "start-fe.sh"), str(fe)], check=True)
+            if t_rs is None:
+                t_rs = restart()
+            # The time from the restart until pool status lists all of them again.
             joined = None
             new_epoch = None
             while now() - t_rs < a.join_limit:
@@ -719,6 +733,8 @@ def main():
     ap.add_argument("--domain", default="bench.local")
     ap.add_argument("--password", default="pw")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--restart-at", choices=["reaped", "back"], default="reaped",
+                    help="restart a killed front end once it is reaped, or as soon as its clients are back")
     a = ap.parse_args()
     drv = Driver(a)
     t0 = time.time()
