@@ -172,6 +172,7 @@ class Stats:
         self.msg_status = {}      # status -> count
         self.pair = {}            # talker index -> {"acked", "unanswered", "refused", "ack_times"}
         self.received = 0
+        self.bodies = set()       # the bodies of every MESSAGE the clients got (unique per send)
         self.last_kill = None     # the latest kill, kept after it is over
         self.refusals = []        # non-2xx answers to MESSAGEs, with when and where
 
@@ -213,6 +214,7 @@ class Client:
                 if m.is_request():
                     if m.start.startswith("MESSAGE"):
                         self.drv.stats.received += 1
+                        self.drv.stats.bodies.add(m.body)
                     if not m.start.startswith("ACK"):
                         w.write(response_to(m, 200, "OK"))
                     continue
@@ -380,9 +382,10 @@ class Client:
         while not self.drv.talk_stop:
             if self.registered and self.writer is not None:
                 n += 1
+                body = f"m{n} from {self.user}".encode()
                 at_send = (now(), self.fe, partner.fe, partner.registered)
                 try:
-                    r = await self.authed("MESSAGE", to, to, body=f"m{n} from {self.user}".encode(),
+                    r = await self.authed("MESSAGE", to, to, body=body,
                                           ctype="text/plain", timeout=10)
                     s = r.status()
                     self.drv.stats.msg_status[s] = self.drv.stats.msg_status.get(s, 0) + 1
@@ -394,7 +397,7 @@ class Client:
                         st = self.drv.stats
                         last = st.last_kill
                         st.refusals.append({
-                            "status": s, "reason": r.start, "warning": r.get("warning"),
+                            "status": s, "reason": r.start, "body": body.decode(), "warning": r.get("warning"),
                             "since_kill_s": round(now() - last[2], 3) if last else None,
                             "kill": last[0] if last else None, "killed_fe": last[1] if last else None,
                             "sender_on": self.fe,
@@ -760,6 +763,7 @@ def main():
         "unanswered_messages": sum(r["unanswered"] for r in st.pair.values()),
         "messages_received": st.received,
         "refusals": st.refusals,
+        "refused_yet_delivered": sum(1 for r in st.refusals if r["body"].encode() in st.bodies),
         "cdr": cdr,
     }
     with open(a.out, "w") as f:
@@ -783,7 +787,8 @@ def main():
           f"REGISTER failures while failing over {summary['register_failures_during_failover']}")
     print(f"driver CPU {summary['driver_cpu_s']} s over {summary['driver_wall_s']} s")
     print(f"MESSAGE answers {summary['message_status']}, unanswered {summary['unanswered_messages']}, "
-          f"delivered to partners {summary['messages_received']}")
+          f"delivered to partners {summary['messages_received']}; of the non-2xx ones, delivered anyway "
+          f"(at once or later, by the end of the run): {summary['refused_yet_delivered']}")
     by = {}
     for r in st.refusals:
         key = (r["status"], r["warning"], r["kill"], r["killed_fe"] == r["keeper"],
