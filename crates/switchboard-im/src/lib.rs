@@ -142,7 +142,9 @@ pub struct ImConfig {
     pub max_sessions_per_user: usize,
     /// Kept messages older than this are dropped undelivered.
     pub offline_max_age: Duration,
-    /// How often message counters are written to the CDR.
+    /// How often message counters are written to the CDR: what a crash (a front end
+    /// killed) can lose of them, at most. Session rows are written before their first
+    /// message and are never lost.
     pub flush_interval: Duration,
     /// The local file CDR writes are spooled to (fsync'd) while the database cannot take
     /// them, replayed when it can and at the next start. `None`: they are held in memory
@@ -163,7 +165,10 @@ impl Default for ImConfig {
             max_group_chats_per_user: 100,
             max_sessions_per_user: 200,
             offline_max_age: Duration::from_secs(14 * 24 * 3600),
-            flush_interval: Duration::from_secs(1),
+            // A quarter second: a killed front end loses at most that much of its
+            // conversations' counts (measured at 1 s: 0.4–1 % of messages over ten kills),
+            // for four small batched writes a second.
+            flush_interval: Duration::from_millis(250),
             cdr_spool: None,
             front_end: None,
         }

@@ -17,9 +17,17 @@
 //!   secret of the sender, the member and the request's Call-ID, CSeq and From tag. The
 //!   receiving front end takes the sender as authenticated (the member challenged it,
 //!   or checked its Lync signature); the header never leaves the pool.
-//! - **One front end keeps each pager conversation** (its state and its CDR): the one
-//!   the pair hashes to among the members (rendezvous hashing, the same answer on every
-//!   front end). A MESSAGE that entered elsewhere is passed there first, vouched for.
+//! - **One front end keeps each pair's conversation** (pager mode, sessions, a Lync
+//!   session bridged to pager mode, and their CDR): the one the pair hashes to among the
+//!   members whose heartbeat is fresh (rendezvous hashing, the same answer on every front
+//!   end). A MESSAGE or INVITE that entered elsewhere is passed there first, vouched for;
+//!   when that member refuses connections (it just died) the conversation is kept where
+//!   the request entered.
+//! - **A conference lives on the front end that created it** (its address, or an
+//!   invitation's focus, says which: `ImHook::home_of`); everything for it is passed
+//!   there, vouched for, and what it sends back over a member's link is vouched for too.
+//! - **A front end that takes no connections** (dead, not reaped yet) reaches none of its
+//!   devices: they are left out of a fork, so a user with no other device is offline.
 //! - **A request arriving with a flow token** for this front end and epoch was sent by a
 //!   member: the sending front end authenticated its sender, ran the IM service (so CDR,
 //!   pager state and offline storage happen once, there) and chose the device; this one
