@@ -25,11 +25,28 @@
 #   TESTS="register message" TRANSPORTS=udp SERVERS="kamailio kamailio-pg" bench/run.sh
 # A run with kamailio-pg and no Switchboard server builds no Switchboard.
 #
+# `switchboard-pool` is the Enterprise pool: three front ends (`serve --front-end 1|2|3`) on
+# one database of that same cluster, front end 1 on 127.0.0.1:PORT (where SIPp goes by
+# default), 2 on 127.0.0.3:PORT, 3 on 127.0.0.4:PORT (the pool link is each one's SIP TCP
+# address). Every trial gets a fresh database (a copy of a template holding the imported
+# users, dropped after the trial) and starts the three afresh, waiting until `pool status`
+# lists all three. REGISTER: SIPp instance i goes to front end i (mod 3). MESSAGE: the
+# recipients register on front end 2 and the senders send to front end 1, so every MESSAGE
+# crosses front ends. Its CPU column is the three front ends' together; PostgreSQL's CPU is
+# kept per trial (pg_cpu.txt), and so are the database's commits and rows written per second
+# over the trial (pg_stats.txt; pg_stat_database.xact_commit and pg_stat_user_tables'
+# n_tup_ins + n_tup_upd + n_tup_del, read POOL_SETTLE s after the load stops so that every
+# backend has flushed its counters; the pool's idle background is measured once and shown
+# beside them) and, after a REGISTER trial, the rows of pool_bindings, pool_members and
+# pool_presence (pool_rows.txt). All of it is in pool_pg.csv and the summary.
+#   SERVERS="kamailio kamailio-pg switchboard switchboard-pool" TESTS="register message" TRANSPORTS=udp bench/run.sh
+#
 # Knobs: TESTS ("register message subscribe publish"), TRANSPORTS ("udp tcp"),
 # SERVERS ("kamailio switchboard"), DUR (10 s per trial), PAR (2 SIPp client instances),
 # MAX_TRIALS (7), LAT_MAX_MS (500), START_register (4000), START_message (2000),
 # START_subscribe (4000), START_publish (2000), MEM_SUBS (100000: Switchboard's memory per
-# subscription at that many subscriptions; 0 skips it), WORK (/tmp/sb-bench).
+# subscription at that many subscriptions; 0 skips it), WORK (/tmp/sb-bench), POOL_SETTLE
+# (11 s: PostgreSQL backends flush their statistics within 10 s of going idle).
 # The PUBLISH test passes only if the watchers got at least 99 % of the NOTIFYs due (two
 # per publish-and-remove). Switchboard runs with notify_interval_ms = 0 here (Kamailio does
 # not pace NOTIFYs either).
@@ -71,6 +88,10 @@ command -v sqlite3 >/dev/null || need+=(sqlite3)
 # certificate).
 PG_SERVERS=0
 [[ " $SERVERS " == *" switchboard-pg "* || " $SERVERS " == *" kamailio-pg "* ]] && PG_SERVERS=1
+POOL=0
+[[ " $SERVERS " == *" switchboard-pool "* ]] && POOL=1 PG_SERVERS=1
+POOL_IPS=(127.0.0.1 127.0.0.3 127.0.0.4)   # front ends 1, 2, 3
+POOL_SETTLE=${POOL_SETTLE:-11}
 if [ "$PG_SERVERS" = 1 ]; then
   compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
   command -v openssl >/dev/null || need+=(openssl)
@@ -80,6 +101,8 @@ if [[ " $SERVERS " == *" kamailio-pg "* ]]; then
   [ -e /usr/lib/x86_64-linux-gnu/kamailio/modules/db_postgres.so ] || need+=(kamailio-postgres-modules)
   command -v psql >/dev/null || need+=(postgresql-client)
 fi
+# switchboard-pool: psql (its databases and statistics).
+[ "$POOL" = 1 ] && ! command -v psql >/dev/null && need+=(postgresql-client)
 if ((${#need[@]})); then
   log "installing ${need[*]}"
   DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null && \
@@ -122,6 +145,31 @@ fi
 if [[ " $SERVERS " == *" switchboard-pg "* ]]; then
   "$BIN" --data-dir "$DATA/sbpg" --database "$PGURL" user import "$DATA/users.csv" >/dev/null || exit 1
 fi
+# switchboard-pool: a template database with the same users (imported as switchboard-pg's);
+# each trial runs on a fresh copy of it. The front ends' addresses must be free.
+POOL_DB= POOLURL=
+if [ "$POOL" = 1 ]; then
+  for ip in "${POOL_IPS[@]}"; do
+    python3 - "$ip" "$PORT" <<'PY' || { log "$ip:$PORT (UDP or TCP) is in use: switchboard-pool needs it"; exit 1; }
+import socket, sys
+for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+    s = socket.socket(socket.AF_INET, kind)
+    s.bind((sys.argv[1], int(sys.argv[2])))
+    s.close()
+PY
+  done
+  psql -q -X -v ON_ERROR_STOP=1 "$PGURL" -c 'CREATE DATABASE sbpool_tmpl' >/dev/null || { log "cannot create the pool's database"; exit 1; }
+  "$BIN" --data-dir "$DATA/sbpool0" --database "${PGURL%/*}/sbpool_tmpl" user import "$DATA/users.csv" >/dev/null || exit 1
+fi
+pool_sql() { psql -q -X -t -A -F ' ' -v ON_ERROR_STOP=1 "$POOLURL" -c "$1"; }
+pool_members() { "$BIN" --data-dir "$DATA/sbpool0" --database "$POOLURL" pool status --json 2>/dev/null |
+  python3 -c 'import json, sys; print(len(json.load(sys.stdin)["members"]))' 2>/dev/null || echo 0; }
+pool_pgstat() {  # seconds since the epoch, commits, rows written (insert+update+delete) in the pool's database
+  pool_sql "SELECT extract(epoch FROM clock_timestamp()),
+    (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()),
+    (SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) FROM pg_stat_user_tables)"
+}
+pool_tables() { pool_sql "SELECT relname, n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_user_tables ORDER BY relname"; }
 # kamailio-pg: its own database on the cluster, Kamailio's PostgreSQL schema (version table,
 # location, subscriber) and the same subscribers as the SQLite database below.
 KAMURL=
@@ -152,11 +200,14 @@ SQL=/usr/share/kamailio/db_sqlite
   echo "COMMIT;"; } | sqlite3 "$DATA/kamailio.sqlite" || exit 1
 
 # ---------------------------------------------------------------- servers
-SERVER_PID=
+SERVER_PID=   # the server's pid; switchboard-pool: its three front ends' pids
 server_pids() {
   [ -n "$SERVER_PID" ] || return
-  echo "$SERVER_PID"
-  ps -o pid= --ppid "$SERVER_PID" 2>/dev/null
+  local p
+  for p in $SERVER_PID; do
+    echo "$p"
+    ps -o pid= --ppid "$p" 2>/dev/null
+  done
 }
 cpu_ticks() {  # total utime+stime of the server's processes
   local t=0 p s
@@ -167,9 +218,28 @@ cpu_ticks() {  # total utime+stime of the server's processes
   done
   echo $t
 }
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
-start_server() {  # $1 = kamailio|kamailio-pg|switchboard|switchboard-pg, $2 = log, $3 = Switchboard's HTTP address (off)
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/${1:-127.0.0.1}/$PORT) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+start_pool() {  # $1 = log (front end n logs to ${1%.log}-fe$n.log)
+  # A fresh database, a copy of the template with the users: no registrations, presence,
+  # conversations or members from the previous trial.
+  POOL_DB=sbpool_$(date +%s%N); POOLURL=${PGURL%/*}/$POOL_DB
+  psql -q -X -v ON_ERROR_STOP=1 "$PGURL" -c "CREATE DATABASE $POOL_DB TEMPLATE sbpool_tmpl" >/dev/null 2>&1 ||
+    { log "cannot create $POOL_DB"; return 1; }
+  local n ip pids=
+  for n in 1 2 3; do
+    ip=${POOL_IPS[n - 1]}
+    "$BIN" --data-dir "$DATA/sbpool$n" --database "$POOLURL" --log-level warn serve --config "$DATA/sb.toml" \
+      --front-end $n --sip-udp $ip:$PORT --sip-tcp $ip:$PORT --sip-tls off --http off >"${1%.log}-fe$n.log" 2>&1 &
+    pids="$pids $!"
+  done
+  SERVER_PID=${pids# }
+  for ip in "${POOL_IPS[@]}"; do wait_port "$ip" || { log "switchboard-pool: no front end on $ip:$PORT (see ${1%.log}-fe*.log)"; return 1; }; done
+  for _ in $(seq 150); do [ "$(pool_members)" = 3 ] && return 0; sleep 0.2; done
+  log "switchboard-pool: pool status does not list three front ends (see ${1%.log}-fe*.log)"; return 1
+}
+start_server() {  # $1 = kamailio|kamailio-pg|switchboard|switchboard-pg|switchboard-pool, $2 = log, $3 = Switchboard's HTTP address (off)
   case $1 in
+    switchboard-pool) start_pool "$2"; return ;;
     kamailio)
       kamailio -f "$HERE/kamailio.cfg" -DD -E -m 512 -M 16 -P "$WORK/run/kamailio.pid" -Y "$WORK/run" \
         -A "DBURL=\"sqlite://$DATA/kamailio.sqlite\"" -A "DOMAIN=\"$DOMAIN\"" -A "ADDR=127.0.0.1" -A "PORT=$PORT" \
@@ -195,10 +265,17 @@ start_server() {  # $1 = kamailio|kamailio-pg|switchboard|switchboard-pg, $2 = l
 }
 stop_server() {
   [ -n "$SERVER_PID" ] || return
-  kill "$SERVER_PID" 2>/dev/null
-  for _ in $(seq 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-  kill -9 "$SERVER_PID" 2>/dev/null; wait "$SERVER_PID" 2>/dev/null
+  local p
+  kill $SERVER_PID 2>/dev/null
+  for p in $SERVER_PID; do
+    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null
+  done
   SERVER_PID=
+  if [ -n "$POOL_DB" ]; then  # switchboard-pool: its trial's database goes
+    psql -q -X "$PGURL" -c "DROP DATABASE IF EXISTS $POOL_DB WITH (FORCE)" >/dev/null 2>&1
+    POOL_DB=
+  fi
 }
 
 # ---------------------------------------------------------------- one trial
@@ -261,10 +338,15 @@ trial() {  # server test transport rate
   local srv=$1 test=$2 tr=$3 rate=$4 dir=$OUT/$1-$2-$3-$4
   mkdir -p "$dir"
   local t=$([ "$tr" = udp ] && echo u1 || echo t1)
-  start_server "$srv" "$dir/server.log" || { echo "0 0 0 100 0 0"; return; }
+  start_server "$srv" "$dir/server.log" || { stop_server; echo "0 0 0 100 0 0"; return; }
+  # Where SIPp goes: 127.0.0.1 (front end 1 of switchboard-pool). switchboard-pool: the
+  # MESSAGE recipients register on front end 2 (the senders stay on front end 1), and
+  # REGISTER instance i goes to front end i (mod 3).
+  local rcpt_host=127.0.0.1
+  [ "$srv" = switchboard-pool ] && rcpt_host=${POOL_IPS[1]}
   local uas=
   if [ "$test" = message ]; then
-    timeout 60 sipp 127.0.0.1:$PORT -nostdin -sf "$SCN/register.xml" -inf "$DATA/rcpt.csv" -key domain $DOMAIN \
+    timeout 60 sipp $rcpt_host:$PORT -nostdin -sf "$SCN/register.xml" -inf "$DATA/rcpt.csv" -key domain $DOMAIN \
       -key expires 3600 -key cport $UAS_PORT -p 5092 -t $t -m 1000 -r 2000 -timeout 30s >"$dir/rcpt.out" 2>&1
     timeout $((DUR + 40)) sipp -nostdin -sf "$SCN/message_uas.xml" -p $UAS_PORT -t $t -timeout $((DUR + 30))s \
       -max_recv_loops 100000 >"$dir/uas.out" 2>&1 &
@@ -291,13 +373,18 @@ trial() {  # server test transport rate
   [ "$test" = subscribe ] && scen=$SCN/subscribe.xml inf=$DATA/msg.csv
   [ "$test" = publish ] && scen=$SCN/publish.xml inf=$DATA/pub.csv
   local per=$(( (rate + PAR - 1) / PAR )) calls=$(( rate * DUR / PAR )) pids=() i
-  local c0 t0 c1 t1 pg0=0 pg1=0
-  [ "$srv" = kamailio-pg ] && pg0=$(pg_ticks)
+  local c0 t0 c1 t1 pg0=0 pg1=0 st0= st1= host
+  if [ "$srv" = switchboard-pool ]; then  # the database's counters, once every backend flushed its own
+    sleep "$POOL_SETTLE"; st0=$(pool_pgstat); pool_tables > "$dir/pg_tables_before.txt"
+  fi
+  [ "$srv" = kamailio-pg ] || [ "$srv" = switchboard-pool ] && pg0=$(pg_ticks)
   c0=$(cpu_ticks); t0=$(date +%s.%N)
   for i in $(seq 1 "$PAR"); do
     local p=$((5100 + i))
     [ "$test" = publish ] && inf=$DATA/pub$i.csv
-    timeout $((DUR + 60)) sipp 127.0.0.1:$PORT -nostdin -sf "$scen" -inf "$inf" -key domain $DOMAIN -key expires 3600 \
+    host=127.0.0.1
+    [ "$srv" = switchboard-pool ] && [ "$test" = register ] && host=${POOL_IPS[(i - 1) % 3]}
+    timeout $((DUR + 60)) sipp $host:$PORT -nostdin -sf "$scen" -inf "$inf" -key domain $DOMAIN -key expires 3600 \
       -key cport $p -p $p -t $t -r $per -m $calls -l $((per * 2)) -timeout $((DUR + 30))s -recv_timeout 5000 \
       -max_recv_loops 100000 \
       -trace_stat -stf "$dir/stat$i.csv" -fd 1 >"$dir/sipp$i.out" 2>&1 &
@@ -305,7 +392,12 @@ trial() {  # server test transport rate
   done
   for p in "${pids[@]}"; do wait "$p"; done
   t1=$(date +%s.%N); c1=$(cpu_ticks)
-  [ "$srv" = kamailio-pg ] && pg1=$(pg_ticks)
+  [ "$srv" = kamailio-pg ] || [ "$srv" = switchboard-pool ] && pg1=$(pg_ticks)
+  if [ "$srv" = switchboard-pool ]; then
+    sleep "$POOL_SETTLE"; st1=$(pool_pgstat); pool_tables > "$dir/pg_tables_after.txt"
+    [ "$test" = register ] && pool_sql "SELECT (SELECT count(*) FROM pool_bindings), (SELECT count(*) FROM pool_members),
+      (SELECT count(*) FROM pool_presence), (SELECT count(DISTINCT aor) FROM pool_bindings)" > "$dir/pool_rows.txt" 2>&1
+  fi
   [ -n "$uas" ] && { kill "$uas" 2>/dev/null; wait "$uas" 2>/dev/null; }
   local notified=-1
   if [ -n "$watcher" ]; then
@@ -330,6 +422,29 @@ trial() {  # server test transport rate
     kam_sql 'SELECT count(*) FROM location' > "$dir/location_rows.txt" 2>&1
     log "kamailio-pg $test/$tr target $rate/s: PostgreSQL CPU $(cat "$dir/pg_cpu.txt") %, $(cat "$dir/location_rows.txt") rows in location"
   fi
+  if [ "$srv" = switchboard-pool ]; then  # PostgreSQL's CPU (as kamailio-pg's), commits and rows written
+    python3 -c 'import sys; p0, p1, t0, t1, tck, n, r = map(float, sys.argv[1:]); print(round((p1 - p0) / tck / min(max(t1 - t0, 0.001), max(n / max(r, 1), 0.001)) * 100))' \
+      "$pg0" "$pg1" "$t0" "$t1" "$CLK_TCK" "$((calls * PAR))" "$rate_sum" > "$dir/pg_cpu.txt"
+    python3 - "$st0" "$st1" "$t0" "$t1" "$((calls * PAR))" "$rate_sum" "$ok" "$POOL_BG" "$(cat "$dir/pool_rows.txt" 2>/dev/null)" > "$dir/pg_stats.txt" <<'PY'
+import sys
+a, b = sys.argv[1].split(), sys.argv[2].split()
+t0, t1, total, achieved, ok = float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
+bg = [float(x) for x in sys.argv[8].split()] or [0.0, 0.0]
+rows = sys.argv[9].split() + ['', '', '', '']
+# The load's duration: as for the CPU, calls / achieved rate (the tail after the last call is idle).
+dur = min(max(t1 - t0, 0.001), max(total / max(achieved, 1), 0.001))
+span = float(b[0]) - float(a[0])           # between the two readings (the settle included)
+commits, written = int(b[1]) - int(a[1]), int(b[2]) - int(a[2])
+net_c, net_w = commits - bg[0] * span, written - bg[1] * span   # less the idle pool's background
+print(f'duration_s={dur:.2f} between_readings_s={span:.2f} successful_calls={ok} achieved_per_s={achieved}')
+print(f'commits={commits} rows_written={written} background_commits_per_s={bg[0]:.1f} background_rows_per_s={bg[1]:.1f}')
+print(f'commits_per_s={net_c / dur:.0f} rows_written_per_s={net_w / dur:.0f}')
+print(f'commits_per_1000_calls={1000 * net_c / max(ok, 1):.0f} rows_written_per_1000_calls={1000 * net_w / max(ok, 1):.0f}')
+if rows[0]:
+    print(f'pool_bindings={rows[0]} pool_members={rows[1]} pool_presence={rows[2]} distinct_aors_bound={rows[3]}')
+PY
+    log "switchboard-pool $test/$tr target $rate/s: PostgreSQL CPU $(cat "$dir/pg_cpu.txt") %, $(tr '\n' ' ' < "$dir/pg_stats.txt")"
+  fi
   python3 - "$ok" "$bad" "$slow" "$rate" "$t0" "$t1" "$c0" "$c1" "$CLK_TCK" "$((calls * PAR))" "$rate_sum" "$notified" <<'PY'
 import sys
 ok, bad, slow, rate = map(int, sys.argv[1:5]); t0, t1 = float(sys.argv[5]), float(sys.argv[6])
@@ -348,19 +463,52 @@ print(int(passed), round(achieved), round(cpu), round(failed_pct, 2), round(slow
 PY
 }
 
+# ---------------------------------------------------------------- the pool's background
+# What the idle pool writes (heartbeats, the reaper, the presence change log followed):
+# commits and rows written per second, subtracted from each trial's figures.
+POOL_BG="0 0"
+POOL_COLS=target,achieved,passed,pg_cpu_pct,commits_per_s,rows_written_per_s,commits_per_1000_calls,rows_written_per_1000_calls,pool_bindings,pool_members,pool_presence
+pool_row() {  # trial directory -> the POOL_COLS after test,transport (pg_cpu.txt, pg_stats.txt)
+  python3 - "$1" "$POOL_COLS" <<'PY'
+import sys
+d, cols = sys.argv[1], sys.argv[2].split(',')
+kv = {}
+try:
+    for line in open(d + '/pg_stats.txt'):
+        kv.update(w.split('=', 1) for w in line.split() if '=' in w)
+    kv['pg_cpu_pct'] = open(d + '/pg_cpu.txt').read().strip()
+except OSError:
+    pass
+print(','.join(kv.get(c, '') for c in cols[3:]))
+PY
+}
+if [ "$POOL" = 1 ]; then
+  dir=$OUT/switchboard-pool-idle; mkdir -p "$dir"
+  if start_server switchboard-pool "$dir/server.log"; then
+    sleep "$POOL_SETTLE"; a=$(pool_pgstat); sleep 20; b=$(pool_pgstat)
+    POOL_BG=$(python3 -c 'import sys; a, b = sys.argv[1].split(), sys.argv[2].split(); s = float(b[0]) - float(a[0]); print(f"{(int(b[1]) - int(a[1])) / s:.1f} {(int(b[2]) - int(a[2])) / s:.1f}")' "$a" "$b")
+    echo "$POOL_BG" > "$OUT/pool_background.txt"
+    log "switchboard-pool idle: $POOL_BG (commits/s, rows written/s) in the background"
+  fi
+  stop_server
+  echo "test,transport,$POOL_COLS" > "$OUT/pool_pg.csv"
+  echo "test,transport,$POOL_COLS" > "$OUT/pool_pg_summary.csv"
+fi
+
 # ---------------------------------------------------------------- search
 echo "server,test,transport,target,achieved,server_cpu_pct,failed_pct,slow_pct,passed" > "$OUT/trials.csv"
 echo "server,test,transport,best_rate,server_cpu_pct" > "$OUT/summary.csv"
 for test in $TESTS; do
   for tr in $TRANSPORTS; do
     for srv in $SERVERS; do
-      start=START_$test; rate=${!start}; best=0; best_cpu=0; fail=0
+      start=START_$test; rate=${!start}; best=0; best_cpu=0; fail=0; best_target=0
       for n in $(seq 1 "$MAX_TRIALS"); do
         read -r passed achieved cpu failed slow < <(trial "$srv" "$test" "$tr" "$rate")
         log "$srv $test/$tr target $rate/s: achieved $achieved/s, server CPU $cpu %, failed $failed %, slow $slow % -> $([ "$passed" = 1 ] && echo pass || echo fail)"
         echo "$srv,$test,$tr,$rate,$achieved,$cpu,$failed,$slow,$passed" >> "$OUT/trials.csv"
+        [ "$srv" = switchboard-pool ] && echo "$test,$tr,$rate,$achieved,$passed,$(pool_row "$OUT/$srv-$test-$tr-$rate")" >> "$OUT/pool_pg.csv"
         if [ "$passed" = 1 ]; then
-          best=$achieved; best_cpu=$cpu
+          best=$achieved; best_cpu=$cpu; best_target=$rate
           if [ "$fail" = 0 ]; then rate=$((rate * 13 / 10)); else rate=$(((rate + fail) / 2)); fi
         else
           fail=$rate
@@ -369,6 +517,8 @@ for test in $TESTS; do
         if [ "$best" != 0 ] && [ "$fail" != 0 ] && [ $((fail * 100)) -le $((best * 108)) ]; then break; fi
       done
       echo "$srv,$test,$tr,$best,$best_cpu" >> "$OUT/summary.csv"
+      [ "$srv" = switchboard-pool ] && [ "$best_target" != 0 ] &&
+        echo "$test,$tr,$best_target,$best,1,$(pool_row "$OUT/$srv-$test-$tr-$best_target")" >> "$OUT/pool_pg_summary.csv"
     done
   done
 done
@@ -404,18 +554,23 @@ PY
 fi
 
 # ---------------------------------------------------------------- report
-python3 - "$OUT/summary.csv" <<'PY' | tee "$OUT/results.txt"
-import csv, sys
+python3 - "$OUT/summary.csv" "$OUT/pool_pg_summary.csv" "$OUT/pool_background.txt" <<'PY' | tee "$OUT/results.txt"
+import csv, os, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 best = {(r['server'], r['test'], r['transport']): (int(r['best_rate']), int(r['server_cpu_pct'])) for r in rows}
 keys = sorted({(r['test'], r['transport']) for r in rows})
 pg = any(r['server'] == 'switchboard-pg' for r in rows)
 kpg = any(r['server'] == 'kamailio-pg' for r in rows)
+pool = any(r['server'] == 'switchboard-pool' for r in rows)
 extra_h = ' Switchboard on PostgreSQL calls/s | its CPU | PostgreSQL rate ratio |' if pg else ''
 extra_h += ' Kamailio db_mode=3 on PostgreSQL calls/s | its CPU |' if kpg else ''
 extra_h += ' Switchboard-pg / Kamailio-pg rate ratio | per-core ratio |' if pg and kpg else ''
+extra_h += ' pool of 3 calls/s | its CPU (3 front ends) | pool / Kamailio rate ratio |' if pool else ''
+extra_h += ' pool / Kamailio-pg per-core ratio |' if pool and kpg else ''
 print('| test | transport | Kamailio calls/s | Kamailio CPU | Switchboard calls/s | Switchboard CPU | rate ratio | per-core ratio |' + extra_h)
-print('|---|---|---|---|---|---|---|---|' + ('---|---|---|' if pg else '') + ('---|---|' if kpg else '') + ('---|---|' if pg and kpg else ''))
+print('|---|---|---|---|---|---|---|---|' + ('---|---|---|' if pg else '') + ('---|---|' if kpg else '') + ('---|---|' if pg and kpg else '')
+      + ('---|---|---|' if pool else '') + ('---|' if pool and kpg else ''))
+pcr = lambda a, b: (a[0] / max(a[1], 1)) / (b[0] / max(b[1], 1)) if a[0] and b[0] else float('nan')
 for t, tr in keys:
     k = best.get(('kamailio', t, tr), (0, 0)); s = best.get(('switchboard', t, tr), (0, 0))
     ratio = s[0] / k[0] if k[0] else float('nan')
@@ -430,6 +585,33 @@ for t, tr in keys:
         if pg:
             extra += f' {q[0] / kp[0] if kp[0] else float("nan"):.2f} |'
             extra += f' {(q[0] / max(q[1], 1)) / (kp[0] / max(kp[1], 1)) if kp[0] and q[0] else float("nan"):.2f} |'
+    if pool:
+        pl = best.get(('switchboard-pool', t, tr), (0, 0))
+        extra += f' {pl[0]} | {pl[1]} % | {pl[0] / k[0] if k[0] else float("nan"):.2f} |'
+        if kpg:
+            extra += f' {pcr(pl, best.get(("kamailio-pg", t, tr), (0, 0))):.2f} |'
     print(f'| {t} | {tr} | {k[0]} | {k[1]} % | {s[0]} | {s[1]} % | {ratio:.2f} | {per_core:.2f} |' + extra)
+if pool:
+    # The Enterprise pool's goals: REGISTER per server CPU-second at least twice Kamailio's on
+    # PostgreSQL (db_mode=3), and MESSAGE across front ends at least Kamailio's single-node rate.
+    print()
+    for t, tr in keys:
+        pl = best.get(('switchboard-pool', t, tr), (0, 0))
+        if t == 'register' and kpg:
+            kp = best.get(("kamailio-pg", t, tr), (0, 0)); v = pcr(pl, kp)
+            print(f'(a) REGISTER/{tr} per server CPU-second: pool {pl[0] / max(pl[1], 1) * 100:.0f}, Kamailio-pg '
+                  f'{kp[0] / max(kp[1], 1) * 100 if kp[0] else 0:.0f}: ratio {v:.2f} (goal >= 2: {"met" if v >= 2 else "NOT met"})')
+        if t == 'message':
+            k = best.get(('kamailio', t, tr), (0, 0)); v = pl[0] / k[0] if k[0] else float('nan')
+            print(f'(b) MESSAGE/{tr} across front ends: pool {pl[0]}/s, Kamailio {k[0]}/s: ratio {v:.2f} '
+                  f'(goal >= 1: {"met" if v >= 1 else "NOT met"})')
+    if os.path.exists(sys.argv[2]):
+        bg = open(sys.argv[3]).read().split() if os.path.exists(sys.argv[3]) else ['?', '?']
+        print(f'\nswitchboard-pool on PostgreSQL, at the best passing rate (less the idle pool: {bg[0]} commits/s, {bg[1]} rows/s):')
+        print('| test | transport | calls/s | PostgreSQL CPU | commits/s | rows written/s | commits per 1000 calls | rows per 1000 calls | pool_bindings | pool_members | pool_presence |')
+        print('|---|---|---|---|---|---|---|---|---|---|---|')
+        for r in csv.DictReader(open(sys.argv[2])):
+            print(f"| {r['test']} | {r['transport']} | {r['achieved']} | {r['pg_cpu_pct']} % | {r['commits_per_s']} | {r['rows_written_per_s']} | "
+                  f"{r['commits_per_1000_calls']} | {r['rows_written_per_1000_calls']} | {r['pool_bindings']} | {r['pool_members']} | {r['pool_presence']} |")
 PY
 log "results in $OUT"
