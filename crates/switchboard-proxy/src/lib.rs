@@ -489,17 +489,29 @@ impl Core {
                         }
                     }
                 }
-                // In a pool, the device is found from every front end before the client
-                // hears it is registered.
-                if let Err(e) = self.out.publish_bindings(&aor).await {
-                    tracing::warn!(error = %e, aor, "registration not written to the pool");
-                    return self.respond_unavailable(&req).await;
+                let (added, devices) = (outcome.added, outcome.bindings.len());
+                if self.out.pool.is_some() {
+                    // In a pool, the device is found from every front end before the
+                    // client hears it is registered. The commit is waited for on a task
+                    // of its own, so a connection's next requests are not held up behind
+                    // it (they are read in order; the group commit then takes many).
+                    let Some(core) = self.self_arc() else { return };
+                    let remote = req.source.remote;
+                    self.layer.transports().spawn_work(
+                        remote,
+                        Box::pin(async move {
+                            if let Err(e) = core.out.publish_bindings(&aor).await {
+                                tracing::warn!(error = %e, aor, "registration not written to the pool");
+                                return core.respond_unavailable(&req).await;
+                            }
+                            req.tx.respond(&resp).await;
+                            core.registered(&aor, added, devices);
+                        }),
+                    );
+                    return;
                 }
                 req.tx.respond(&resp).await;
-                if outcome.added {
-                    tracing::info!(aor, devices = outcome.bindings.len(), "registered");
-                    self.hook.on_registered(&aor);
-                }
+                self.registered(&aor, added, devices);
             }
             Err(e) => {
                 let mut resp = self.response(msg, e.status());
@@ -512,6 +524,14 @@ impl Core {
                 }
                 req.tx.respond(&resp).await;
             }
+        }
+    }
+
+    /// A REGISTER was answered 200: a new device is logged and the IM service told.
+    fn registered(&self, aor: &str, added: bool, devices: usize) {
+        if added {
+            tracing::info!(aor, devices, "registered");
+            self.hook.on_registered(aor);
         }
     }
 
