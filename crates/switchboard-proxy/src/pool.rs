@@ -340,44 +340,67 @@ impl Core {
         req: sip_transaction::ServerRequest,
         token: &str,
     ) {
-        let Some(b) = self.pool_target(&req.message, token) else {
-            return self
-                .respond_warning(&req, 403, "pool flow token refused or device gone")
-                .await;
+        let b = match self.pool_target(&req.message, token) {
+            PoolTarget::Device(b) => b,
+            PoolTarget::Refused => {
+                return self
+                    .respond_warning(&req, 403, "pool flow token refused")
+                    .await
+            }
+            // The sending member forks on to the user's other devices, or keeps the
+            // message: this one is just not reachable any more.
+            PoolTarget::Gone => return self.respond(&req, 480).await,
         };
         let from = req
             .message
             .from_header()
             .map(|f| f.uri.to_string())
             .unwrap_or_default();
-        self.spawn_forward(req, vec![b], from, None, None);
+        self.spawn_forward(req, vec![*b], from, None, None);
     }
 
     /// The device a flow token names for `msg`: its registration here (by the contact
     /// the Request-URI names), else the connection the token names while it is open.
-    /// `None` when the token is not this front end's, for this epoch and call.
-    pub(crate) fn pool_target(&self, msg: &sip_message::Message, token: &str) -> Option<Binding> {
-        let pool = self.out.pool()?;
-        let connection = pool.open_flow_token(token, msg.call_id().unwrap_or(""))?;
-        let ruri = msg.request_uri()?.as_sip()?.clone();
+    pub(crate) fn pool_target(&self, msg: &sip_message::Message, token: &str) -> PoolTarget {
+        let Some(pool) = self.out.pool() else {
+            return PoolTarget::Refused;
+        };
+        let Some(connection) = pool.open_flow_token(token, msg.call_id().unwrap_or("")) else {
+            return PoolTarget::Refused;
+        };
+        let Some(ruri) = msg.request_uri().and_then(Uri::as_sip).cloned() else {
+            return PoolTarget::Refused;
+        };
         if let Some(b) = self
             .location
             .binding_for_contact(&Uri::Sip(ruri.clone()), to_aor(msg).as_deref())
         {
-            return Some(b);
+            return PoolTarget::Device(Box::new(b));
         }
-        let (kind, remote, _) = self
+        match self
             .layer
             .transports()
-            .connection(sip_transport::ConnectionId(connection))?;
-        Some(self.pinned_target(
-            &ruri,
-            crate::cookie::FlowKey {
-                transport: kind,
-                remote,
-            },
-        ))
+            .connection(sip_transport::ConnectionId(connection))
+        {
+            Some((kind, remote, _)) => PoolTarget::Device(Box::new(self.pinned_target(
+                &ruri,
+                crate::cookie::FlowKey {
+                    transport: kind,
+                    remote,
+                },
+            ))),
+            None => PoolTarget::Gone,
+        }
     }
+}
+
+/// Where a request a member sent with a flow token goes.
+pub(crate) enum PoolTarget {
+    /// The token is not this front end's, for this epoch and call: no member made it.
+    Refused,
+    /// A genuine token, but the device has gone from here.
+    Gone,
+    Device(Box<Binding>),
 }
 
 /// What a request's [`SENDER_HEADER`] says.

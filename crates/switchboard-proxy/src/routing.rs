@@ -503,7 +503,8 @@ impl Core {
         // In a pool one front end keeps each pair's conversation (its pager state, its
         // sessions, a Lync session bridged to pager mode, and their CDR): a MESSAGE or
         // INVITE that entered elsewhere goes there first.
-        if matches!(method, Method::Message | Method::Invite)
+        if self.out.pool.is_some()
+            && matches!(method, Method::Message | Method::Invite)
             && !in_dialog
             && !vouched
             // An invitation into a conference belongs where the conference is (and that
@@ -1127,7 +1128,10 @@ impl Core {
             return Some(self.peer_binding(&ruri, &peer));
         }
         if let Some(token) = &own_route.pool_flow {
-            return self.pool_target(msg, token);
+            return match self.pool_target(msg, token) {
+                crate::pool::PoolTarget::Device(b) => Some(*b),
+                _ => None,
+            };
         }
         let peer = self.cookie_peer_flow(msg, own_route)?;
         Some(

@@ -465,8 +465,8 @@ pub async fn start_with_data(
 
 /// Starts the pool heartbeat, and acts on what it says: fenced, this front end closes
 /// every client connection and forgets its registrations and its devices' publications
-/// (its clients register and publish again, on whichever front end they reach); the other members are exempt from per-source
-/// limits.
+/// (its clients register and publish again, on whichever front end they reach); the
+/// other members are exempt from per-source limits.
 fn run_pool(
     pool: &switchboard_pool::Pool,
     transports: &Transports,
