@@ -130,8 +130,15 @@ pub trait PoolLocationData: Send + Sync + 'static {
         member: Membership,
         updates: &[(String, Vec<OwnBinding>)],
     ) -> Result<(), DataError>;
-    /// Every unexpired device of `aor` on every live front end.
+    /// Every unexpired device of `aor` on every live front end. A store may answer from
+    /// a cache kept true by notifications: a change made on another front end may then
+    /// be seen a moment (milliseconds) late.
     async fn bindings(&self, aor: &str) -> Result<Vec<PoolBinding>, DataError>;
+    /// As [`PoolLocationData::bindings`], never from a cache: for a decision a late
+    /// answer must not make (taking a user with no device for offline).
+    async fn fresh_bindings(&self, aor: &str) -> Result<Vec<PoolBinding>, DataError> {
+        self.bindings(aor).await
+    }
 }
 
 /// The presence a front end's devices publish, shared with the pool: every front end

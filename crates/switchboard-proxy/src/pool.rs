@@ -149,11 +149,20 @@ impl Paths {
     /// The devices of `aor` connected to other front ends of the pool (none without a
     /// pool).
     pub(crate) async fn remote_bindings(&self, aor: &str) -> Result<Vec<Binding>, DataError> {
+        self.remote_bindings_as(aor, false).await
+    }
+
+    /// As [`Paths::remote_bindings`]; `fresh`: asked of the database, not of its cache.
+    async fn remote_bindings_as(&self, aor: &str, fresh: bool) -> Result<Vec<Binding>, DataError> {
         let Some(link) = &self.pool else {
             return Ok(Vec::new());
         };
         let me = link.pool.member().fe;
-        let rows = link.location.bindings(aor).await?;
+        let rows = if fresh {
+            link.location.fresh_bindings(aor).await?
+        } else {
+            link.location.bindings(aor).await?
+        };
         let now = tokio::time::Instant::now();
         Ok(rows
             .into_iter()
@@ -199,6 +208,11 @@ impl Paths {
     pub(crate) async fn all_bindings(&self, aor: &str) -> Result<Vec<Binding>, DataError> {
         let mut bindings = self.location.lookup(aor);
         let mut remote = self.remote_bindings(aor).await?;
+        // A device registered elsewhere a moment ago may not be in the cache yet: before
+        // the user is taken for offline (a message kept for later), the database is asked.
+        if bindings.is_empty() && remote.is_empty() && self.pool.is_some() {
+            remote = self.remote_bindings_as(aor, true).await?;
+        }
         // A front end that takes no connections (it died a moment ago and is not reaped
         // yet) reaches none of its devices: they are left out, so a user with no other
         // device is offline (a message is kept for them) rather than unreachable.

@@ -153,6 +153,8 @@ const MIGRATIONS: &[&str] = &[
     "SELECT 1;",
     // 10: the pool's shared presence devices: PostgreSQL only, as 9.
     "SELECT 1;",
+    // 11: PostgreSQL notifies changes to the pool's registrations: PostgreSQL only, as 9.
+    "SELECT 1;",
 ];
 
 /// The schema version this build migrates to.

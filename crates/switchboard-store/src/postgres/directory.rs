@@ -35,7 +35,7 @@ pub(super) const PIPELINE: usize = 256;
 #[async_trait]
 impl Directory for PostgresStore {
     async fn find(&self, address: &Address) -> Result<Option<UserRecord>, DataError> {
-        let ticket = match self.users.user(address) {
+        let ticket = match self.caches.users.user(address) {
             Ok(hit) => return Ok(hit),
             Err(ticket) => ticket,
         };
@@ -44,7 +44,7 @@ impl Directory for PostgresStore {
             let row = c.query_opt(&st, &[&address.user, &address.domain]).await?;
             Ok(row.as_ref().map(rows::user).transpose()?)
         })?;
-        self.users.remember_user(ticket, address, &user);
+        self.caches.users.remember_user(ticket, address, &user);
         Ok(user)
     }
 
@@ -62,7 +62,7 @@ impl Directory for PostgresStore {
     }
 
     async fn has_domain(&self, domain: &str) -> Result<bool, DataError> {
-        let ticket = match self.users.domain(domain) {
+        let ticket = match self.caches.users.domain(domain) {
             Ok(hit) => return Ok(hit),
             Err(ticket) => ticket,
         };
@@ -72,7 +72,7 @@ impl Directory for PostgresStore {
                 .await?;
             Ok(c.query_one(&st, &[&domain]).await?.try_get(0)?)
         })?;
-        self.users.remember_domain(ticket, domain, served);
+        self.caches.users.remember_domain(ticket, domain, served);
         Ok(served)
     }
 
@@ -103,7 +103,7 @@ impl Directory for PostgresStore {
                 .await;
             match row {
                 Ok(row) => {
-                    self.users.changed();
+                    self.caches.users.changed();
                     Ok(rows::user(&row)?)
                 }
                 Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
@@ -198,7 +198,7 @@ impl Directory for PostgresStore {
                 n += written.iter().sum::<u64>();
             }
             tx.commit().await?;
-            self.users.changed();
+            self.caches.users.changed();
             Ok(super::count(n))
         })
     }
@@ -220,7 +220,7 @@ impl PostgresStore {
             if c.execute(&st, &all).await? == 0 {
                 return Err(DataError::NoSuchUser(address.to_string()).into());
             }
-            self.users.changed();
+            self.caches.users.changed();
             Ok(())
         })
     }

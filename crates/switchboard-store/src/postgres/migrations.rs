@@ -209,6 +209,23 @@ const MIGRATIONS: &[&str] = &[
         FOREIGN KEY (fe_id, epoch) REFERENCES pool_members (fe_id, epoch) ON DELETE CASCADE
     ) WITH (fillfactor = 70);
     CREATE INDEX pool_presence_member ON pool_presence (fe_id, epoch);"#,
+    // 11: every change to a registration in the pool notifies its address of record
+    // (PostgreSQL folds identical notices of one transaction), so front ends caching
+    // lookups drop them (bindings_cache). A trigger, not the writer, so that a reaped
+    // member's registrations, gone by cascade, are notified too.
+    r#"CREATE FUNCTION pool_bindings_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP <> 'INSERT' THEN
+            PERFORM pg_notify('switchboard_pool_bindings', OLD.aor);
+        END IF;
+        IF TG_OP <> 'DELETE' THEN
+            PERFORM pg_notify('switchboard_pool_bindings', NEW.aor);
+        END IF;
+        RETURN NULL;
+    END
+    $$;
+    CREATE TRIGGER pool_bindings_changed AFTER INSERT OR UPDATE OR DELETE ON pool_bindings
+        FOR EACH ROW EXECUTE FUNCTION pool_bindings_changed();"#,
 ];
 
 /// The schema version this build migrates to.

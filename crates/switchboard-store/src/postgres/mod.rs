@@ -11,16 +11,19 @@
 //! - **Migrations** ([`migrate`], and on [`PostgresStore::connect`]): numbered like
 //!   SQLite's, so `schema_version` means the same on both; applied in one transaction
 //!   under an advisory lock, so servers starting together migrate once.
-//! - **User lookups cached, kept true by LISTEN/NOTIFY** (`directory_cache`): what the
+//! - **User lookups and the pool's registrations cached, kept true by LISTEN/NOTIFY**
+//!   (`directory_cache`, `bindings_cache`, one `listener` connection for both): what the
 //!   CLI or another front end changed is seen once its notification arrives; while the
 //!   listening connection is down nothing is cached and every lookup asks the database.
 //! - **Failover**: a connection that failed in a way that leaves it unusable (lost,
 //!   timed out, or now talking to a standby) is dropped from the pool, so the next call
 //!   connects afresh, to the new primary.
 
+mod bindings_cache;
 mod directory;
 mod directory_cache;
 mod im;
+mod listener;
 mod migrations;
 mod pool;
 mod presence;
@@ -56,22 +59,55 @@ pub struct PostgresStore {
     /// A pool front end's heartbeats and reaper, apart from the busy main pool (see
     /// `pool`); its two connections are opened only when used.
     control: Control,
-    users: std::sync::Arc<directory_cache::DirectoryCache>,
+    caches: std::sync::Arc<Caches>,
+    /// Stops the caches' listener when the last clone is dropped.
+    _listener: std::sync::Arc<tokio::sync::watch::Sender<()>>,
+}
+
+/// The lookups a store caches, emptied by the notifications of its listener.
+#[derive(Default)]
+struct Caches {
+    users: directory_cache::DirectoryCache,
+    bindings: bindings_cache::BindingsCache,
+}
+
+impl listener::Follower for Caches {
+    fn listening(&self, up: bool) {
+        self.users.listening(up);
+        self.bindings.listening(up);
+    }
+
+    fn notified(&self, channel: &str, payload: &str) {
+        match channel {
+            directory_cache::CHANNEL => self.users.changed(),
+            bindings_cache::CHANNEL => self.bindings.changed(payload),
+            _ => {}
+        }
+    }
 }
 
 impl PostgresStore {
     /// Connects to the database at `url` and migrates it to this build's schema; the
-    /// user directory's cache starts listening for changes.
+    /// caches start listening for changes.
     pub async fn connect(url: &str) -> Result<PostgresStore, DataError> {
         let (config, link) = config(url)?;
         let pool = pool_of(config.clone(), link.clone(), POOL_SIZE)?;
         let mut client = pool.get().await.map_err(Failure::from)?;
         migrations::apply(&mut client).await?;
         drop(client);
+        let caches = std::sync::Arc::new(Caches::default());
+        let follower: std::sync::Arc<dyn listener::Follower> = caches.clone();
+        let listener = listener::start(
+            config.clone(),
+            link.clone(),
+            &[directory_cache::CHANNEL, bindings_cache::CHANNEL],
+            std::sync::Arc::downgrade(&follower),
+        );
         Ok(PostgresStore {
             pool,
-            control: Control(pool_of(config.clone(), link.clone(), 2)?),
-            users: std::sync::Arc::new(directory_cache::DirectoryCache::start(config, link)),
+            control: Control(pool_of(config, link, 2)?),
+            caches,
+            _listener: std::sync::Arc::new(listener),
         })
     }
 

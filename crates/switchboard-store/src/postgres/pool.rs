@@ -176,7 +176,7 @@ impl MembershipData for PostgresStore {
         reason: &str,
         at_ms: i64,
     ) -> Result<Vec<ReapedMember>, DataError> {
-        on_connection!(self.control(), CONTROL_DEADLINE, |c| {
+        let reaped = on_connection!(self.control(), CONTROL_DEADLINE, |c| {
             let tx = c.transaction().await?;
             // Locked and skipped when locked: two reapers never take the same member,
             // and a member heartbeating right now is left to its heartbeat.
@@ -201,17 +201,24 @@ impl MembershipData for PostgresStore {
             }
             tx.commit().await?;
             Ok(reaped)
-        })
+        });
+        // Seen here at once, not only when the notices come back.
+        if !matches!(&reaped, Ok(r) if r.is_empty()) {
+            self.caches.bindings.forget_all();
+        }
+        reaped
     }
 
     async fn leave(&self, member: Membership, reason: &str, at_ms: i64) -> Result<(), DataError> {
         let id = fe_id(member.fe)?;
-        on_connection!(self.control(), CONTROL_DEADLINE, |c| {
+        let left = on_connection!(self.control(), CONTROL_DEADLINE, |c| {
             let tx = c.transaction().await?;
             remove_member(&tx, id, member.epoch, reason, at_ms).await?;
             tx.commit().await?;
             Ok(())
-        })
+        });
+        self.caches.bindings.forget_all();
+        left
     }
 
     async fn members(&self) -> Result<Vec<MemberRecord>, DataError> {
@@ -329,10 +336,33 @@ impl PoolLocationData for PostgresStore {
             tx.commit().await?;
             Ok(())
         });
+        // This store's own writes are seen here at once (or, not knowing whether a
+        // failed write committed, asked of the database again).
+        for (aor, _) in updates {
+            self.caches.bindings.changed(aor);
+        }
         fenced_if_gone(member, written)
     }
 
     async fn bindings(&self, aor: &str) -> Result<Vec<PoolBinding>, DataError> {
+        let ticket = match self.caches.bindings.bindings(aor) {
+            Ok(hit) => return Ok(hit),
+            Err(ticket) => ticket,
+        };
+        let asked = std::time::Instant::now();
+        let rows = self.read_bindings(aor).await?;
+        self.caches.bindings.remember(ticket, aor, asked, &rows);
+        Ok(rows)
+    }
+
+    async fn fresh_bindings(&self, aor: &str) -> Result<Vec<PoolBinding>, DataError> {
+        self.read_bindings(aor).await
+    }
+}
+
+impl PostgresStore {
+    /// The bindings of `aor` in force, as the database has them (see `bindings_cache`).
+    async fn read_bindings(&self, aor: &str) -> Result<Vec<PoolBinding>, DataError> {
         on_connection!(self, |c| {
             let st = c
                 .prepare_cached(
