@@ -401,7 +401,9 @@ class Client:
                             "since_kill_s": round(now() - last[2], 3) if last else None,
                             "kill": last[0] if last else None, "killed_fe": last[1] if last else None,
                             "sender_on": self.fe,
-                            "keeper": owner_of(pager_pair(self.aor, to), sorted(self.drv.fes)),
+                            "keeper": owner_of(pager_pair(self.aor, to),
+                                              sorted({f for f in (self.fe, partner.fe) if f is not None})
+                                              or sorted(self.drv.fes)),
                             "partner_on": partner.fe,
                             "sent_since_kill_s": round(at_send[0] - last[2], 3) if last else None,
                             "sender_on_at_send": at_send[1], "partner_on_at_send": at_send[2],

@@ -151,7 +151,8 @@ class PoolFrontEnd:
 
 def pager_owner(a, b, members):
     """For diagnosis only: the member that keeps the pager conversation of a and b, computed
-    as switchboard_pool's owner_of does (rendezvous hashing of "pager|A|B" over member ids)."""
+    as switchboard_pool's keeper_among does (rendezvous hashing of "pager|A|B" over the ids
+    of the members holding either user's devices)."""
     import hashlib
     key = ('pager|%s|%s' % tuple(sorted((a, b)))).encode()
     return max(members, key=lambda fe: hashlib.sha256(key + fe.to_bytes(4, 'big')).digest()[:8])
@@ -262,7 +263,7 @@ def main():
         # Lync INVITE is bridged on her front end; the pager side's replies go through the
         # member that keeps the pair's pager conversation: printed to tell the cases apart.)
         print('pager conversation owners: alice-bob FE %d, alice-carol FE %d' % (
-            pager_owner(ALICE, BOB, [1, 2, 3]), pager_owner(ALICE, CAROL, [1, 2, 3])), flush=True)
+            pager_owner(ALICE, BOB, [1, 2]), pager_owner(ALICE, CAROL, [1, 3])), flush=True)
         ab, everything = pair_sessions(pool, ALICE, BOB)
         counts = message_counts(ab[0]) if ab else {}
         r.check('CDR: one alice-bob session, alice 1 message, bob 1',

@@ -277,15 +277,24 @@ impl Pool {
     /// time since) is passed over: it may be dead and not reaped yet, and a key moved a
     /// moment early costs less than requests sent to a front end that does not answer.
     pub fn owner_of(&self, key: &str) -> Option<(u32, String)> {
+        self.keeper_among(key, &[])
+    }
+
+    /// As [`Pool::owner_of`], among the members `candidates` only (those of them that
+    /// are live); among all of them when none of `candidates` is.
+    pub fn keeper_among(&self, key: &str, candidates: &[u32]) -> Option<(u32, String)> {
         let since_read = self.inner.members_read.lock().elapsed().as_millis() as i64;
         let fresh_within = (self.inner.config.dead_after / 2).as_millis() as i64;
         let me = self.inner.config.fe;
         let members = self.inner.members.read();
-        let ids: Vec<u32> = members
+        let mut ids: Vec<u32> = members
             .iter()
             .filter(|m| m.fe == me || m.heartbeat_age_ms + since_read < fresh_within)
             .map(|m| m.fe)
             .collect();
+        if ids.iter().any(|fe| candidates.contains(fe)) {
+            ids.retain(|fe| candidates.contains(fe));
+        }
         let owner = rendezvous_owner(key, &ids)?;
         members
             .iter()

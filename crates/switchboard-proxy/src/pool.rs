@@ -19,8 +19,9 @@
 //!   or checked its Lync signature); the header never leaves the pool.
 //! - **One front end keeps each pair's conversation** (pager mode, sessions, a Lync
 //!   session bridged to pager mode, and their CDR): the one the pair hashes to among the
-//!   members whose heartbeat is fresh (rendezvous hashing, the same answer on every front
-//!   end). A MESSAGE or INVITE that entered elsewhere is passed there first, vouched for;
+//!   members with a fresh heartbeat that hold either user's devices (rendezvous hashing,
+//!   the same answer on every front end; see `Core::pager_owner` for why among theirs).
+//!   A MESSAGE or INVITE that entered elsewhere is passed there first, vouched for;
 //!   when that member refuses connections (it just died) the conversation is kept where
 //!   the request entered.
 //! - **A conference lives on the front end that created it** (its address, or an
@@ -478,12 +479,34 @@ impl Core {
     }
 
     /// The member that keeps the pager conversation of `from` and `to`, when it is not
-    /// this front end.
-    pub(crate) fn pager_owner(&self, from: &str, to: &str) -> Option<(u32, String)> {
+    /// this front end: of the members holding a device of either (any member when
+    /// neither has one), the pair's by rendezvous hashing.
+    ///
+    /// Why among theirs: a message then crosses the pool once (the sender's front end,
+    /// then the recipient's keeping the conversation, or the other way round), not
+    /// through a third front end as well, which a hash over the whole pool would choose
+    /// for most pairs of a large pool. What it costs: the keeper moves when a user's
+    /// devices move to other front ends; the conversation then goes on in a new session
+    /// there (its CDR a second session, each message counted once) while the old one
+    /// ends when idle. Both directions agree as long as both front ends see the same
+    /// registrations, which they do within a notification's delay (`bindings_cache`).
+    pub(crate) async fn pager_owner(&self, from: &str, to: &str) -> Option<(u32, String)> {
         let pool = self.out.pool()?;
+        let me = pool.config().fe;
+        let mut fes = Vec::new();
+        for aor in [from, to] {
+            if !self.out.location.lookup(aor).is_empty() {
+                fes.push(me);
+            }
+            // Unreadable (the database is away): that user's front ends are not known,
+            // and the request is answered 503 further on wherever it goes.
+            if let Ok(remote) = self.out.remote_bindings(aor).await {
+                fes.extend(remote.iter().map(|b| b.flow.fe().0));
+            }
+        }
         let pair = switchboard_pool::pager_pair(from, to);
-        let (fe, addr) = pool.owner_of(&pair)?;
-        (fe != pool.config().fe).then_some((fe, addr))
+        let (fe, addr) = pool.keeper_among(&pair, &fes)?;
+        (fe != me).then_some((fe, addr))
     }
 
     /// Passes `req` (from `from_aor`, authenticated here) to member `owner` to handle,

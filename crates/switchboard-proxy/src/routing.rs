@@ -511,7 +511,7 @@ impl Core {
             // is here, or it would not have been routed here).
             && self.hook.home_of(msg, &aor).is_none()
         {
-            if let Some(owner) = self.pager_owner(&from_aor, &aor) {
+            if let Some(owner) = self.pager_owner(&from_aor, &aor).await {
                 let reachable = match owner.1.parse() {
                     Ok(addr) => self.out.member_reachable(addr).await,
                     Err(_) => false,

@@ -80,6 +80,23 @@ impl Pool {
             .unwrap()
     }
 
+    /// The front end that keeps the conversation of `a` and `b` whose devices are on
+    /// the front ends `on` (every front end computes the same).
+    fn keeper(&self, a: &str, b: &str, on: &[u32]) -> u32 {
+        let pair = switchboard_pool::pager_pair(
+            &format!("sip:{a}@example.com"),
+            &format!("sip:{b}@example.com"),
+        );
+        let p = self.fes.iter().flatten().next().expect("a front end runs");
+        p.server
+            .pool
+            .as_ref()
+            .unwrap()
+            .keeper_among(&pair, on)
+            .unwrap()
+            .0
+    }
+
     /// `user` registered over TCP on front end `id`.
     async fn client(&self, id: u32, user: &str) -> Client {
         let mut c = self.fe(id).client(Transport::Tcp, user).await;
@@ -165,6 +182,53 @@ async fn a_message_reaches_a_device_on_another_front_end_and_is_recorded_once() 
         .await
         .unwrap();
     assert_eq!(rows.iter().map(|r| r.fe).collect::<Vec<_>>(), [2, 3]);
+}
+
+#[tokio::test]
+async fn a_pair_on_two_front_ends_is_kept_by_one_of_them_never_a_third() {
+    let users = ["alice", "r0", "r1", "r2", "r3", "r4", "r5"];
+    let Some(pool) = Pool::start("pool::a_pair_on_two_front_ends…", 3, &users).await else {
+        return;
+    };
+    // alice on front end 1 writes to six users, on front ends 2 and 3 by turns.
+    let mut alice = pool.client(1, "alice").await;
+    let mut kept = Vec::new();
+    for (i, r) in users[1..].iter().enumerate() {
+        let fe = 2 + (i as u32 % 2);
+        let mut c = pool.client(fe, r).await;
+        let m = alice.message_to(r, "hello");
+        send_challenged(&mut alice, m).await;
+        c.answer_next_request(200).await.expect("delivered");
+        assert_eq!(status(&alice.final_response().await), 200);
+        kept.push((
+            format!("sip:{r}@example.com"),
+            pool.keeper("alice", r, &[1, fe]),
+            fe,
+        ));
+    }
+    // Each conversation's session is kept by front end 1 or the recipient's: the message
+    // crossed the pool once, never through the third front end.
+    let db = pool.db.client().await;
+    let owners = async || {
+        let rows = db
+            .query(
+                "SELECT p.address, s.owner FROM cdr_sessions s
+                   JOIN cdr_participants p ON p.session_id = s.id
+                  WHERE p.address <> 'sip:alice@example.com' ORDER BY p.address",
+                &[],
+            )
+            .await
+            .unwrap();
+        rows.iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+            .collect::<Vec<_>>()
+    };
+    eventually("six sessions recorded", async || owners().await.len() == 6).await;
+    for ((aor, owner), (expected_aor, keeper, fe)) in owners().await.into_iter().zip(&kept) {
+        assert_eq!(&aor, expected_aor);
+        assert_eq!(owner, format!("fe-{keeper}"), "{aor} on front end {fe}");
+        assert!(*keeper == 1 || keeper == fe);
+    }
 }
 
 /// A request in a dialog, written out by hand, with the dialog's route set.
@@ -361,18 +425,8 @@ async fn a_group_chat_with_members_on_three_front_ends_lives_on_one() {
         assert!(text.contains("started a group chat"), "{text}");
         conf = got[0].from_header().unwrap().uri.to_string();
     }
-    let keeper = pool
-        .fe(1)
-        .server
-        .pool
-        .as_ref()
-        .unwrap()
-        .owner_of(&switchboard_pool::pager_pair(
-            "sip:alice@example.com",
-            "sip:bob@example.com",
-        ))
-        .unwrap()
-        .0;
+    // (Of the front ends holding their devices: 1 and 2.)
+    let keeper = pool.keeper("alice", "bob", &[1, 2]);
     assert!(conf.starts_with(&format!("sip:chat-f{keeper}-")), "{conf}");
     // Each member writes to it from their own front end; the others get it once.
     let mut members = [("alice", alice), ("bob", bob), ("carol", carol)];
@@ -541,22 +595,12 @@ async fn a_crashed_front_end_is_reaped_its_devices_forgotten_and_its_sessions_cl
     else {
         return;
     };
-    // The front end that keeps alice and bob's conversation dies; alice and bob are on
-    // the other two, carol on the one that dies.
-    let (owner, _) = pool
-        .fe(1)
-        .server
-        .pool
-        .as_ref()
-        .unwrap()
-        .owner_of(&switchboard_pool::pager_pair(
-            "sip:alice@example.com",
-            "sip:bob@example.com",
-        ))
-        .unwrap();
+    // alice is on front end 1, bob on 2; the one of the two that keeps their
+    // conversation dies, with carol on it too. Its user comes back on front end 3.
+    let owner = pool.keeper("alice", "bob", &[1, 2]);
     let others: Vec<u32> = (1..=3).filter(|&id| id != owner).collect();
-    let mut alice = pool.client(others[0], "alice").await;
-    let mut bob = pool.client(others[1], "bob").await;
+    let mut alice = pool.client(1, "alice").await;
+    let mut bob = pool.client(2, "bob").await;
     let _carol = pool.client(owner, "carol").await;
     let m = bob.message_to("alice", "before the crash");
     send_challenged(&mut bob, m).await;
@@ -623,6 +667,12 @@ async fn a_crashed_front_end_is_reaped_its_devices_forgotten_and_its_sessions_cl
         })
         .await;
     }
+    // Whichever of alice and bob was on it signs in on front end 3.
+    if owner == 1 {
+        alice = pool.client(3, "alice").await;
+    } else {
+        bob = pool.client(3, "bob").await;
+    }
     // A message to carol is kept for when she is back...
     let m = alice.message_to("carol", "while you were away");
     let r = alice.send_authenticated(m).await;
@@ -633,7 +683,7 @@ async fn a_crashed_front_end_is_reaped_its_devices_forgotten_and_its_sessions_cl
     alice.answer_next_request(200).await.expect("delivered");
     assert_eq!(status(&bob.final_response().await), 200);
     // Carol comes back on another front end and gets it, once.
-    let mut carol = pool.fe(others[1]).client(Transport::Tcp, "carol").await;
+    let mut carol = pool.fe(3).client(Transport::Tcp, "carol").await;
     assert_eq!(status(&carol.register(Some(600)).await), 200);
     let got = match carol.inbox.pop_front() {
         Some(m) => m,
