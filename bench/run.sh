@@ -46,7 +46,11 @@
 # MAX_TRIALS (7), LAT_MAX_MS (500), START_register (4000), START_message (2000),
 # START_subscribe (4000), START_publish (2000), MEM_SUBS (100000: Switchboard's memory per
 # subscription at that many subscriptions; 0 skips it), WORK (/tmp/sb-bench), POOL_SETTLE
-# (11 s: PostgreSQL backends flush their statistics within 10 s of going idle).
+# (11 s: PostgreSQL backends flush their statistics within 10 s of going idle), WARM (0; 1:
+# before a MESSAGE trial is measured, every sender writes once to its recipient at
+# WARM_RATE (500) calls/s, so the trial measures conversations under way, as on a server
+# that has been up a while, not the start of a thousand new ones in its first second;
+# done for every server alike, outside the measured time and counters).
 # The PUBLISH test passes only if the watchers got at least 99 % of the NOTIFYs due (two
 # per publish-and-remove). Switchboard runs with notify_interval_ms = 0 here (Kamailio does
 # not pace NOTIFYs either).
@@ -92,6 +96,8 @@ POOL=0
 [[ " $SERVERS " == *" switchboard-pool "* ]] && POOL=1 PG_SERVERS=1
 POOL_IPS=(127.0.0.1 127.0.0.3 127.0.0.4)   # front ends 1, 2, 3
 POOL_SETTLE=${POOL_SETTLE:-11}
+WARM=${WARM:-0}
+WARM_RATE=${WARM_RATE:-500}
 if [ "$PG_SERVERS" = 1 ]; then
   compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
   command -v openssl >/dev/null || need+=(openssl)
@@ -124,6 +130,7 @@ u() { printf 'b%04d' "$1"; }
 { echo RANDOM; for i in $(seq 0 999); do echo "$(u $i);pw"; done; } > "$DATA/reg.csv"
 { echo SEQUENTIAL; for i in $(seq 1000 1999); do echo "$(u $i);pw"; done; } > "$DATA/rcpt.csv"
 { echo RANDOM; for i in $(seq 0 999); do echo "$(u $i);pw;$(u $((1000 + (i * 7) % 1000)))"; done; } > "$DATA/msg.csv"
+sed 1s/RANDOM/SEQUENTIAL/ "$DATA/msg.csv" > "$DATA/warm.csv"
 { echo RANDOM; for i in $(seq 1000 1999); do echo "$(u $i);pw"; done; } > "$DATA/pub.csv"
 { echo SEQUENTIAL; for i in $(seq 0 999); do echo "$(u $i);pw;$(u $((1000 + i)))"; done; } > "$DATA/watch.csv"
 # PUBLISH: each SIPp instance cycles through its own presentities in order, so no two
@@ -368,6 +375,11 @@ trial() {  # server test transport rate
         notif0=$(notify_count "$dir/watch"); [ "$notif0" -ge 1000 ] && break; sleep 0.2
       done ;;
   esac
+  if [ "$test" = message ] && [ "$WARM" = 1 ]; then
+    timeout 60 sipp 127.0.0.1:$PORT -nostdin -sf "$SCN/message_uac.xml" -inf "$DATA/warm.csv" -key domain $DOMAIN \
+      -key expires 3600 -key cport 5100 -p 5100 -t $t -m 1000 -r "$WARM_RATE" -timeout 30s \
+      >"$dir/warm.out" 2>&1
+  fi
   local scen=$SCN/register.xml inf=$DATA/reg.csv
   [ "$test" = message ] && scen=$SCN/message_uac.xml inf=$DATA/msg.csv
   [ "$test" = subscribe ] && scen=$SCN/subscribe.xml inf=$DATA/msg.csv

@@ -49,6 +49,8 @@ const REFUSE_AFTER_FAILURE: Duration = Duration::from_secs(2);
 const START_BATCH: usize = 256;
 /// How long a session's start may wait on the database.
 const START_WAIT: Duration = Duration::from_secs(5);
+/// How often closing an earlier run's sessions is tried again while it fails.
+const CLOSE_RETRY: Duration = Duration::from_secs(5);
 /// Spooled records read at once.
 const REPLAY_CHUNK: usize = 512;
 /// Spooled records applied before the writer turns to the jobs queued meanwhile.
@@ -119,6 +121,9 @@ enum Job {
     /// Answered once every write queued before it was applied, spooled (safe on disk) or
     /// given up.
     Flush(oneshot::Sender<()>),
+    /// What follows is recorded under this run (a pool front end rejoined after being
+    /// fenced); sessions its earlier runs left open are closed.
+    NewRun(Run),
 }
 
 /// The ordered CDR writer (see the module header).
@@ -171,9 +176,16 @@ impl CdrLog {
                 next_drain: tokio::time::Instant::now(),
                 wait: RETRY_FIRST,
             }),
+            close_due: None,
         };
         tokio::spawn(writer.run(rx));
         CdrLog { tx, queued, health }
+    }
+
+    /// Records what follows under `run` (a pool front end's new epoch after a fence),
+    /// after everything queued before; then closes what earlier runs left open.
+    pub(crate) fn new_run(&self, run: Run) {
+        let _ = self.tx.send(Job::NewRun(run));
     }
 
     /// Whether a new session may be started now: no write failed a moment ago and the
@@ -288,6 +300,8 @@ struct Writer {
     queued: Arc<AtomicUsize>,
     health: Arc<Health>,
     spool: Option<Spooling>,
+    /// When to close the sessions earlier runs left open (after a new run, until done).
+    close_due: Option<tokio::time::Instant>,
 }
 
 impl Writer {
@@ -311,9 +325,19 @@ impl Writer {
             if self.drain_due() {
                 self.drain().await;
             }
+            if self
+                .close_due
+                .is_some_and(|at| at <= tokio::time::Instant::now())
+            {
+                self.close_earlier_runs().await;
+            }
             let job = match carried.take() {
                 Some(job) => job,
-                None => match self.next_drain() {
+                None => match [self.next_drain(), self.close_due]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                {
                     Some(at) => tokio::select! {
                         job = rx.recv() => match job {
                             Some(job) => job,
@@ -331,14 +355,18 @@ impl Writer {
                 Job::Flush(done) => {
                     let _ = done.send(());
                 }
+                Job::NewRun(run) => {
+                    self.run = run;
+                    self.close_due = Some(tokio::time::Instant::now());
+                }
                 job if self.spooling() => {
                     // Everything queued goes to the spool behind what waits there, in one
                     // append (one fsync) for as many writes as are queued.
                     let mut jobs = vec![job];
                     while jobs.len() < START_BATCH {
                         match rx.try_recv() {
-                            Ok(Job::Flush(done)) => {
-                                carried = Some(Job::Flush(done));
+                            Ok(job @ (Job::Flush(_) | Job::NewRun(_))) => {
+                                carried = Some(job);
                                 break;
                             }
                             Ok(job) => jobs.push(job),
@@ -388,6 +416,31 @@ impl Writer {
         }
     }
 
+    /// Closes the sessions this owner's earlier runs left open (a fenced front end's:
+    /// the reaper closed those it knew of; any begun while it was being fenced are
+    /// closed here). Retried every few seconds while the database cannot answer.
+    async fn close_earlier_runs(&mut self) {
+        match self
+            .data
+            .close_open_sessions(&self.run, now_ms(), "front end fenced")
+            .await
+        {
+            Ok(n) => {
+                self.close_due = None;
+                if n > 0 {
+                    tracing::info!(
+                        sessions = n,
+                        "closed IM sessions of the run before the fence"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot close the IM sessions of the run before the fence yet");
+                self.close_due = Some(tokio::time::Instant::now() + CLOSE_RETRY);
+            }
+        }
+    }
+
     /// Writes sessions' starts in one transaction; when the database cannot answer, to
     /// the spool. One outcome per start.
     async fn start_now(
@@ -433,10 +486,11 @@ impl Writer {
                     writes.push(w);
                     waiters.push(Some(done));
                 }
-                // Never gathered (it is carried instead).
+                // Never gathered (they are carried instead).
                 Job::Flush(done) => {
                     let _ = done.send(());
                 }
+                Job::NewRun(_) => {}
             }
         }
         let r = self.append(&writes).await;

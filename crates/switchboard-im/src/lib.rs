@@ -506,6 +506,20 @@ impl ImService {
         }
     }
 
+    /// This pool front end was fenced (reaped while it could not heartbeat): its
+    /// conversations end here, as the reaper ended their sessions (whose end stays the
+    /// reaper's; the counts are written).
+    pub fn fenced(&self) {
+        self.end_all("front end fenced");
+    }
+
+    /// This pool front end rejoined after a fence: what it records from now on is
+    /// `run`'s (its new epoch), and sessions its earlier runs left open (begun while it
+    /// was being fenced) are closed.
+    pub fn rejoined(&self, run: Run) {
+        self.cdr.new_run(run);
+    }
+
     /// Waits until every CDR write queued so far is applied (tests, status).
     pub async fn flush_records(&self) {
         self.cdr.flush(Duration::from_secs(30)).await;

@@ -420,7 +420,7 @@ pub async fn start_with_data(
     core.attach();
     let pool = pool.map(|(p, _)| p);
     if let Some(p) = &pool {
-        run_pool(p, &transports, &location, &presence, &guard);
+        run_pool(p, &transports, &location, &presence, &im, &guard);
     }
 
     let (stop, stop_rx) = watch::channel(false);
@@ -472,6 +472,7 @@ fn run_pool(
     transports: &Transports,
     location: &Arc<Location>,
     presence: &Arc<PresenceService>,
+    im: &Arc<ImService>,
     guard: &Arc<sip_guard::Guard>,
 ) {
     let load = {
@@ -489,6 +490,7 @@ fn run_pool(
     let mut events = pool.run(load);
     let (transports, location, guard) = (transports.clone(), location.clone(), guard.clone());
     let presence = Arc::downgrade(presence);
+    let im = Arc::downgrade(im);
     let me = pool.member().fe;
     tokio::spawn(async move {
         while let Some(event) = events.recv().await {
@@ -499,10 +501,13 @@ fn run_pool(
                     if let Some(p) = presence.upgrade() {
                         p.fenced();
                     }
+                    if let Some(im) = im.upgrade() {
+                        im.fenced();
+                    }
                     tracing::warn!(
                         closed,
                         users,
-                        "fenced: client connections closed, registrations forgotten"
+                        "fenced: client connections closed, registrations and conversations forgotten"
                     );
                 }
                 switchboard_pool::PoolEvent::Members(members) => {
@@ -514,8 +519,15 @@ fn run_pool(
                         .collect();
                     guard.set_peers(peers);
                 }
-                switchboard_pool::PoolEvent::Rejoined { .. }
-                | switchboard_pool::PoolEvent::Reaped(_) => {}
+                switchboard_pool::PoolEvent::Rejoined { new } => {
+                    if let Some(im) = im.upgrade() {
+                        im.rejoined(switchboard_core::Run {
+                            owner: switchboard_core::pool::cdr_owner(new.fe),
+                            epoch: new.epoch,
+                        });
+                    }
+                }
+                switchboard_pool::PoolEvent::Reaped(_) => {}
             }
         }
     });

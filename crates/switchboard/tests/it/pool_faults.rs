@@ -109,6 +109,33 @@ impl FrontEnd {
         serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"))
     }
 
+    /// Waits until this front end's view of the pool (read at its heartbeats) lists
+    /// exactly `ids`: which member keeps what is computed from it.
+    async fn knows_members(&self, ids: &[u32]) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let s = self.status().await;
+            let known: Vec<u32> = s["pool"]["members"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_u64())
+                        .map(|v| v as u32)
+                        .collect()
+                })
+                .unwrap_or_default();
+            if known == ids {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "front end {} knows {known:?}, not {ids:?}",
+                self.id
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -299,6 +326,9 @@ async fn a_killed_front_end_is_reaped_its_watchers_told_its_clients_back_its_ses
         fes.push(FrontEnd::start(&db.url, id).await);
     }
     members_become(&db.url, &[1, 2, 3], Duration::from_secs(5)).await;
+    for f in &fes {
+        f.knows_members(&[1, 2, 3]).await;
+    }
     let addrs: Vec<SocketAddr> = fes.iter().map(|f| f.addr).collect();
     let mut alice = Roaming::sign_in("alice", &addrs, 0).await;
     let mut bob = Roaming::sign_in("bob", &addrs, 1).await;
@@ -418,15 +448,45 @@ async fn a_stopped_front_end_is_reaped_then_fences_itself_and_rejoins() {
         return;
     }
     let db = PgDatabase::create().await;
-    add_users(&db.url, &["alice", "bob"]);
+    // alice on front end 1, bob on 2, which keeps their conversation.
+    let bob_name = users_kept_by(2, &[1, 2], "alice", "bob", 1).remove(0);
+    add_users(&db.url, &["alice", &bob_name]);
     let fes = [
         FrontEnd::start(&db.url, 1).await,
         FrontEnd::start(&db.url, 2).await,
     ];
     members_become(&db.url, &[1, 2], Duration::from_secs(5)).await;
+    for f in &fes {
+        f.knows_members(&[1, 2]).await;
+    }
     let addrs: Vec<SocketAddr> = fes.iter().map(|f| f.addr).collect();
-    let mut bob = Roaming::sign_in("bob", &addrs, 1).await;
+    let mut bob = Roaming::sign_in(&bob_name, &addrs, 1).await;
+    let mut alice = Roaming::sign_in("alice", &addrs, 0).await;
     let old_epoch = members(&db.url).iter().find(|m| m.0 == 2).unwrap().1;
+    let m = alice.c.message_to(&bob_name, "before the fence");
+    send_challenged(&mut alice.c, m).await;
+    next_message(&mut bob.c).await;
+    assert_eq!(status(&alice.c.final_response().await), 200);
+    let session_of = |epoch: i64| {
+        format!("SELECT count(*) FROM cdr_sessions WHERE owner = 'fe-2' AND epoch = {epoch}")
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sql_count(&db, &session_of(old_epoch)).await != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "front end 2 never recorded the session (epoch {old_epoch}): {:?}\n{}",
+            db.client()
+                .await
+                .query("SELECT owner, epoch FROM cdr_sessions", &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
+                .collect::<Vec<_>>(),
+            fes[0].log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // Front end 2 hangs (SIGSTOP) past the timeout: the pool reaps it.
     fes[1].signal("-STOP");
     members_become(&db.url, &[1], Duration::from_secs(10)).await;
@@ -465,12 +525,50 @@ async fn a_stopped_front_end_is_reaped_then_fences_itself_and_rejoins() {
     // from front end 1.
     bob.at = 0;
     assert_eq!(bob.fail_over().await, 1);
-    let mut alice = Roaming::sign_in("alice", &addrs, 0).await;
-    let m = alice.c.message_to("bob", "after the fence");
+    let m = alice.c.message_to(&bob_name, "after the fence");
     send_challenged(&mut alice.c, m).await;
     let got = next_message(&mut bob.c).await;
     assert_eq!(&got.body[..], b"after the fence");
     assert_eq!(status(&alice.c.final_response().await), 200);
+    // bob answers: front end 2 keeps the pair (whatever front end 1's view of the pool
+    // is this second). The conversation went with the fence: the one before it stays
+    // closed as the reaper closed it, and this is a new session of the new epoch (which
+    // the pool closes if this front end dies later), never one under the reaped epoch.
+    let m = bob.c.message_to("alice", "kept by front end 2");
+    send_challenged(&mut bob.c, m).await;
+    let got = next_message(&mut alice.c).await;
+    assert_eq!(&got.body[..], b"kept by front end 2");
+    assert_eq!(status(&bob.c.final_response().await), 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sql_count(&db, &session_of(new_epoch)).await != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "no session under the new epoch:\n{}",
+            fes[1].log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        sql_count(
+            &db,
+            "SELECT count(*) FROM cdr_sessions s WHERE ended_at_ms IS NULL AND NOT EXISTS
+               (SELECT 1 FROM pool_members m WHERE 'fe-' || m.fe_id = s.owner AND m.epoch = s.epoch)"
+        )
+        .await,
+        0,
+        "a session open under a run that is no member"
+    );
+    assert_eq!(
+        sql_count(
+            &db,
+            &format!(
+                "SELECT count(*) FROM cdr_sessions WHERE epoch = {old_epoch}
+                  AND end_reason = 'front end lost' AND ended_at_ms IS NOT NULL"
+            )
+        )
+        .await,
+        1
+    );
 }
 
 /// A throwaway cluster of this test's own, which it stops and starts again.
