@@ -180,7 +180,7 @@ impl Paths {
                 }
                 Some(Binding {
                     contact_key: contact.uri.to_string(),
-                    instance: contact.params.value("+sip.instance").map(str::to_owned),
+                    instance: switchboard_registrar::instance_of(&contact),
                     contact,
                     expires_at: now + std::time::Duration::from_secs(r.expires_in.into()),
                     call_id: String::new(),
@@ -201,6 +201,22 @@ impl Paths {
                 })
             })
             .collect())
+    }
+
+    /// The device of `aor` with the instance `instance` (a public GRUU, RFC 5627 §3.1)
+    /// connected to another front end of the pool, if there is one.
+    pub(crate) async fn remote_gruu(
+        &self,
+        aor: &str,
+        instance: &str,
+    ) -> Result<Option<Binding>, DataError> {
+        let wanted = sip_message::uri::unescape(instance);
+        let wanted = wanted.trim_matches(['<', '>']);
+        Ok(self
+            .remote_bindings(aor)
+            .await?
+            .into_iter()
+            .find(|b| b.instance.as_deref().map(|i| i.trim_matches(['<', '>'])) == Some(wanted)))
     }
 
     /// Every device of `aor`: this front end's, then the pool's others. Only this front

@@ -453,7 +453,21 @@ impl Core {
         let aor = format!("sip:{aor_addr}");
         let gr = ruri.params.get("gr");
         if gr.is_some() || user.starts_with("tgruu.") {
-            return match self.location.lookup_gruu(&aor, gr.flatten(), &user) {
+            let mut found = self.location.lookup_gruu(&aor, gr.flatten(), &user);
+            // A public GRUU names its device wherever it is connected; a temporary one is
+            // known only to the front end that made it.
+            if let (None, Some(Some(instance))) = (&found, gr) {
+                if !instance.is_empty() && !user.starts_with("tgruu.") {
+                    match self.out.remote_gruu(&aor, instance).await {
+                        Ok(b) => found = b.map(|b| (aor.clone(), b)),
+                        Err(e) => {
+                            tracing::error!(error = %e, "pool location unavailable");
+                            return self.respond_unavailable(&req).await;
+                        }
+                    }
+                }
+            }
+            return match found {
                 Some((aor, b)) => {
                     if method == Method::Invite && !in_dialog {
                         if let Some(refusal) = self.hook.admit_invite(msg, &from_aor, &aor).await {

@@ -17,4 +17,6 @@
 
 mod location;
 
-pub use location::{Binding, Location, RegisterError, RegisterOutcome, RegistrarConfig};
+pub use location::{
+    instance_of, Binding, Location, RegisterError, RegisterOutcome, RegistrarConfig,
+};

@@ -145,7 +145,8 @@ fn unindex(index: &mut HashMap<String, Vec<String>>, key: &str, aor: &str) {
     }
 }
 
-fn instance_of(c: &NameAddr) -> Option<String> {
+/// The `+sip.instance` of a Contact, unquoted (as [`Binding::instance`] holds it).
+pub fn instance_of(c: &NameAddr) -> Option<String> {
     c.params
         .value("+sip.instance")
         .map(|v| sip_message::unquote(v.trim_matches('"')))

@@ -231,6 +231,56 @@ async fn a_pair_on_two_front_ends_is_kept_by_one_of_them_never_a_third() {
     }
 }
 
+#[tokio::test]
+async fn a_public_gruu_reaches_its_device_on_another_front_end_only() {
+    let Some(pool) = Pool::start("pool::a_public_gruu…", 3, &["alice", "bob"]).await else {
+        return;
+    };
+    // bob's device with an instance id on front end 2, another device on front end 3.
+    let mut b1 = pool.fe(2).client(Transport::Tcp, "bob").await;
+    let mut r = b1.register_request(Some(600));
+    r.headers.set(
+        HeaderName::Contact,
+        format!(
+            "{};+sip.instance=\"<urn:uuid:00000000-0000-0000-0000-0000000000b1>\"",
+            b1.contact()
+        ),
+    );
+    r.headers.push(HeaderName::Supported, "gruu");
+    assert_eq!(status(&b1.send_authenticated(r).await), 200);
+    let mut b2 = pool.client(3, "bob").await;
+    let mut alice = pool.client(1, "alice").await;
+    let gruu = "sip:bob@example.com;gr=urn:uuid:00000000-0000-0000-0000-0000000000b1";
+    let mut m = alice.message_to("bob", "just device 1");
+    m.start = sip_message::StartLine::Request {
+        method: sip_message::Method::Message,
+        uri: sip_message::Uri::parse(gruu).unwrap(),
+    };
+    send_challenged(&mut alice, m).await;
+    let Some(got) = b1.answer_next_request(200).await else {
+        panic!(
+            "device 1 got nothing; alice got {}",
+            alice.final_response().await
+        );
+    };
+    assert_eq!(&got.body[..], b"just device 1");
+    assert_eq!(status(&alice.final_response().await), 200);
+    assert!(
+        b2.recv_within(Duration::from_millis(300)).await.is_none(),
+        "device 2 must not"
+    );
+    // An instance nobody registered: no such device, anywhere.
+    let mut m = alice.message_to("bob", "nobody");
+    m.start = sip_message::StartLine::Request {
+        method: sip_message::Method::Message,
+        uri: sip_message::Uri::parse(
+            "sip:bob@example.com;gr=urn:uuid:00000000-0000-0000-0000-0000000000ff",
+        )
+        .unwrap(),
+    };
+    assert_eq!(status(&alice.send_authenticated(m).await), 480);
+}
+
 /// A request in a dialog, written out by hand, with the dialog's route set.
 #[allow(clippy::too_many_arguments)]
 fn in_dialog(
