@@ -12,13 +12,16 @@ database on the server SB_TEST_PG_URL names, each client told only its own front
   (alice's Lync INVITE bridged to the pager-mode clients), each delivered once;
 - the CDR (written by whichever front end owns each conversation) holds exactly one
   two-party session per pair, with each side's message count;
+- SIPp: five recipients register on front end 2, five senders send 20 MESSAGEs through front
+  end 1; every one is answered 200 and reaches its recipient once, and the CDR holds one
+  session per pair with the 20 counted once;
 - front end 2 is killed (SIGKILL): alice sees bob offline within 8 s (5 s reap timeout +
   heartbeat + presence follow interval) and `pool status` lists front ends 1 and 3 only;
   bob's baresip is started again on front end 3, alice sees him available again and her
   next message reaches him.
 
 Usage: SB_TEST_PG_URL=postgres://... pool_clients.py
-(needs bitlbee-libpurple, pidgin-sipe, baresip, linphonec, psql and the switchboard binary)
+(needs bitlbee-libpurple, pidgin-sipe, baresip, linphonec, sipp, psql and the switchboard binary)
 """
 import json, os, re, signal, socket, subprocess, sys, tempfile, time
 
@@ -38,6 +41,9 @@ FRONT_ENDS = {1: '127.0.0.2', 2: '127.0.0.3', 3: '127.0.0.4'}
 # at their next follow of the presence change log.
 LOSS_DEADLINE = 8.0
 NOTHING = r'(?!)'  # a pattern that never matches: waiting on it just reads for a while
+SIPP_SCENARIOS = os.path.join(os.path.dirname(HERE), 'sipp')
+SIPP_PAIRS = 5      # s0..s4 write to s5..s9
+SIPP_MESSAGES = 20
 
 
 def free_port_on(ip, both=False, taken=()):
@@ -166,6 +172,62 @@ def pair_sessions(pool, a, b):
             and {p['address'] for p in s['participants']} == {a, b}], sessions
 
 
+def sipp_across(pool, fes, r):
+    """SIPp recipients registered on front end 2 (UDP), SIPp senders through front end 1: every
+    MESSAGE crosses the pool. Checks the answers, the deliveries and the CDR."""
+    work = os.path.join(pool.dir, 'sipp')
+    os.makedirs(work)
+    senders = ['s%d' % i for i in range(SIPP_PAIRS)]
+    rcpts = ['s%d' % (i + SIPP_PAIRS) for i in range(SIPP_PAIRS)]
+    with open(os.path.join(work, 'rcpt.csv'), 'w') as f:
+        f.write('SEQUENTIAL\n' + ''.join('%s;pw-%s\n' % (u, u) for u in rcpts))
+    with open(os.path.join(work, 'msg.csv'), 'w') as f:
+        f.write('SEQUENTIAL\n' + ''.join('%s;pw-%s;%s\n' % (a, a, b) for a, b in zip(senders, rcpts)))
+    taken = set()
+    def port():
+        p = free_port_on('127.0.0.1', both=True, taken=tuple(taken))
+        taken.add(p)
+        return p
+    uas_port, reg_port, uac_port = port(), port(), port()
+    common = ['-nostdin', '-timeout', '30s', '-timeout_error', '-max_recv_loops', '10000',
+              '-i', '127.0.0.1', '-t', 'u1', '-key', 'domain', DOMAIN]
+    def run(name, target, args):
+        with open(os.path.join(work, name + '.out'), 'w') as out:
+            rc = subprocess.call(['timeout', '60', 'sipp', target] + args + common,
+                                 stdout=out, stderr=subprocess.STDOUT)
+        return rc, open(os.path.join(work, name + '.out'), errors='replace').read()[-1500:]
+    rc, out = run('register', '%s:%d' % (fes[2].host, fes[2].port),
+                  ['-sf', os.path.join(SIPP_SCENARIOS, 'register.xml'), '-inf', os.path.join(work, 'rcpt.csv'),
+                   '-key', 'expires', '300', '-key', 'cport', str(uas_port), '-p', str(reg_port),
+                   '-m', str(SIPP_PAIRS)])
+    r.check('SIPp: %d recipients register on front end 2' % SIPP_PAIRS, rc == 0, out)
+    uas_out = open(os.path.join(work, 'uas.out'), 'w')
+    uas = subprocess.Popen(['timeout', '60', 'sipp', '-sf', os.path.join(SIPP_SCENARIOS, 'message_uas.xml'),
+                            '-p', str(uas_port), '-m', str(SIPP_MESSAGES), '-nostdin', '-timeout', '30s',
+                            '-timeout_error', '-i', '127.0.0.1', '-t', 'u1'],
+                           stdout=uas_out, stderr=subprocess.STDOUT)
+    time.sleep(0.3)
+    rc, out = run('message', '%s:%d' % (fes[1].host, fes[1].port),
+                  ['-sf', os.path.join(SIPP_SCENARIOS, 'message_uac.xml'), '-inf', os.path.join(work, 'msg.csv'),
+                   '-p', str(uac_port), '-m', str(SIPP_MESSAGES), '-r', '20'])
+    r.check('SIPp: %d MESSAGEs sent through front end 1 answered 200' % SIPP_MESSAGES, rc == 0, out)
+    try:
+        uas_rc = uas.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        uas.kill()
+        uas_rc = -1
+    uas_out.close()
+    r.check('SIPp: the recipients on front end 2 got all %d, once' % SIPP_MESSAGES, uas_rc == 0,
+            open(os.path.join(work, 'uas.out'), errors='replace').read()[-1500:])
+    time.sleep(1.5)  # the counters' next write
+    sessions = json.loads(pool.cli('cdr', 'list', '--json'))
+    pairs = {frozenset(('sip:%s@%s' % (a, DOMAIN), 'sip:%s@%s' % (b, DOMAIN))) for a, b in zip(senders, rcpts)}
+    ours = [s for s in sessions if frozenset(p['address'] for p in s['participants']) in pairs]
+    counted = sum(m for s in ours for m in message_counts(s).values())
+    r.check('SIPp: CDR holds one session per pair and the %d MESSAGEs counted once' % SIPP_MESSAGES,
+            len(ours) == SIPP_PAIRS and counted == SIPP_MESSAGES, json.dumps(ours))
+
+
 def main():
     r = Results('pool-clients')
     server_url = os.environ.get('SB_TEST_PG_URL')
@@ -175,7 +237,7 @@ def main():
         raise SystemExit(2)
     started = time.time()
     pool = Pool(server_url)
-    for u in ('alice', 'bob', 'carol'):
+    for u in ['alice', 'bob', 'carol'] + ['s%d' % i for i in range(2 * SIPP_PAIRS)]:
         pool.cli('user', 'add', '%s@%s' % (u, DOMAIN), '--password', 'pw-' + u)
     pool.cli('contacts', 'add', 'alice@' + DOMAIN, 'bob@' + DOMAIN, '--group', 'Team')
     pool.cli('contacts', 'add', 'alice@' + DOMAIN, 'carol@' + DOMAIN)
@@ -273,6 +335,9 @@ def main():
         r.check('CDR: one alice-carol session, alice 1 message, carol 1',
                 len(ac) == 1 and counts == {ALICE: 1, CAROL: 1}, json.dumps(ac))
         r.check('CDR: no other session', len(everything) == 2, json.dumps(everything))
+
+        # 4b. SIPp across front ends, 20 MESSAGEs.
+        sipp_across(pool, fes, r)
 
         # 5. Front end 2 (bob's) dies without a word.
         fes[2].kill()
