@@ -1262,6 +1262,43 @@ mod tests {
         );
     }
 
+    /// A fenced front end's new run: what follows is recorded under it, and sessions of
+    /// earlier runs still open are closed, retried while the database cannot answer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_run_records_under_it_and_closes_what_earlier_runs_left_open() {
+        let db = Arc::new(Db::default());
+        let log = CdrLog::start(db.clone(), run(1), None);
+        let a = start("a@x");
+        log.write_now(a.clone()).await.unwrap();
+        db.set_down(true);
+        log.new_run(run(2));
+        // Tried at once, refused; tried again a few seconds later, once it can be.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        db.set_down(false);
+        let b = start("b@x");
+        log.write_now(b.clone()).await.unwrap();
+        until("the earlier run is closed", || {
+            db.log().last().map(String::as_str) == Some("closed run2")
+        })
+        .await;
+        assert_eq!(
+            db.log(),
+            [
+                format!("start {} run1", id(&a)),
+                format!("start {} run2", id(&b)),
+                format!("end {} front end fenced", id(&a)),
+                "closed run2".into(),
+            ]
+        );
+        assert_eq!(
+            db.sessions(),
+            [
+                (id(&a), 1, Some("front end fenced".into())),
+                (id(&b), 2, None)
+            ]
+        );
+    }
+
     /// A crash mid-append leaves a torn last line: the replay applies the whole records and
     /// skips it, without a panic.
     #[tokio::test]
