@@ -238,15 +238,7 @@ async fn a_public_gruu_reaches_its_device_on_another_front_end_only() {
     };
     // bob's device with an instance id on front end 2, another device on front end 3.
     let mut b1 = pool.fe(2).client(Transport::Tcp, "bob").await;
-    let mut r = b1.register_request(Some(600));
-    r.headers.set(
-        HeaderName::Contact,
-        format!(
-            "{};+sip.instance=\"<urn:uuid:00000000-0000-0000-0000-0000000000b1>\"",
-            b1.contact()
-        ),
-    );
-    r.headers.push(HeaderName::Supported, "gruu");
+    let r = b1.gruu_register_request(Some(600), "00000000-0000-0000-0000-0000000000b1");
     assert_eq!(status(&b1.send_authenticated(r).await), 200);
     let mut b2 = pool.client(3, "bob").await;
     let mut alice = pool.client(1, "alice").await;

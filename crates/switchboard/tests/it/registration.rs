@@ -250,15 +250,7 @@ async fn gruu_for_an_instance() {
     let s = TestServer::start(&["alice", "bob"]).await;
     let mut b1 = s.client(Transport::Udp, "bob").await;
     let mut b2 = s.client(Transport::Udp, "bob").await;
-    let mut r = b1.register_request(None);
-    r.headers.set(
-        HeaderName::Contact,
-        format!(
-            "{};+sip.instance=\"<urn:uuid:00000000-0000-0000-0000-0000000000b1>\"",
-            b1.contact()
-        ),
-    );
-    r.headers.push(HeaderName::Supported, "gruu");
+    let r = b1.gruu_register_request(None, "00000000-0000-0000-0000-0000000000b1");
     let ok = b1.send_authenticated(r).await;
     assert_eq!(status(&ok), 200);
     let ContactValue::List(list) = ok.contacts().unwrap() else {

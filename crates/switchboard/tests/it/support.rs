@@ -468,6 +468,18 @@ impl Client {
         parse_datagram(text.as_bytes()).unwrap()
     }
 
+    /// A REGISTER for a device with the instance id `urn:uuid:<uuid>` that asks for GRUUs
+    /// (RFC 5627 §4.1).
+    pub fn gruu_register_request(&mut self, expires: Option<u32>, uuid: &str) -> Message {
+        let mut r = self.register_request(expires);
+        r.headers.set(
+            HeaderName::Contact,
+            format!("{};+sip.instance=\"<urn:uuid:{uuid}>\"", self.contact()),
+        );
+        r.headers.push(HeaderName::Supported, "gruu");
+        r
+    }
+
     pub fn register_request(&mut self, expires: Option<u32>) -> Message {
         let aor = self.aor();
         let mut m = self.request("REGISTER", "sip:example.com", &aor);
