@@ -77,7 +77,7 @@ for _ in $(seq 600); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break;
 
 sipp_calls() {  # name calls rate scenario inf [args]
   local name=$1 calls=$2 rate=$3 scen=$4 inf=$5; shift 5
-  timeout 600 sipp 127.0.0.1:$PORT -nostdin -sf "$scen" -inf "$inf" -key domain $DOMAIN -key expires 3600 \
+  timeout 600 sipp 127.0.0.1:$PORT -nostdin -i 127.0.0.1 -sf "$scen" -inf "$inf" -key domain $DOMAIN -key expires 3600 \
     -p "$C1" -t $t -m "$calls" -r "$rate" -timeout 500s -timeout_error -max_recv_loops 100000 "$@" \
     >"$WORK/$name.out" 2>&1 || { log "$name: SIPp failed (see $WORK/$name.out)"; exit 1; }
 }
@@ -85,7 +85,7 @@ scen=$SCN/register.xml inf=$WORK/reg.csv
 case $TEST in
   message)
     sipp_calls recipients 100 200 "$SCN/register.xml" "$WORK/rcpt.csv" -key cport "$UAS"
-    timeout 900 sipp -nostdin -sf "$SCN/message_uas.xml" -p "$UAS" -t $t -timeout 800s -max_recv_loops 100000 \
+    timeout 900 sipp -nostdin -i 127.0.0.1 -sf "$SCN/message_uas.xml" -p "$UAS" -t $t -timeout 800s -max_recv_loops 100000 \
       >"$WORK/uas.out" 2>&1 &
     UASPID=$!
     sleep 0.5

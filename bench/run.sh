@@ -353,9 +353,9 @@ trial() {  # server test transport rate
   [ "$srv" = switchboard-pool ] && rcpt_host=${POOL_IPS[1]}
   local uas=
   if [ "$test" = message ]; then
-    timeout 60 sipp $rcpt_host:$PORT -nostdin -sf "$SCN/register.xml" -inf "$DATA/rcpt.csv" -key domain $DOMAIN \
+    timeout 60 sipp $rcpt_host:$PORT -nostdin -i 127.0.0.1 -sf "$SCN/register.xml" -inf "$DATA/rcpt.csv" -key domain $DOMAIN \
       -key expires 3600 -key cport $UAS_PORT -p 5092 -t $t -m 1000 -r 2000 -timeout 30s >"$dir/rcpt.out" 2>&1
-    timeout $((DUR + 40)) sipp -nostdin -sf "$SCN/message_uas.xml" -p $UAS_PORT -t $t -timeout $((DUR + 30))s \
+    timeout $((DUR + 40)) sipp -nostdin -i 127.0.0.1 -sf "$SCN/message_uas.xml" -p $UAS_PORT -t $t -timeout $((DUR + 30))s \
       -max_recv_loops 100000 >"$dir/uas.out" 2>&1 &
     uas=$!
     sleep 0.3
@@ -363,11 +363,11 @@ trial() {  # server test transport rate
   local watcher= notif0=0
   case $test in
     subscribe)  # the presentities publish once; each call subscribes to one of them
-      timeout 60 sipp 127.0.0.1:$PORT -nostdin -sf "$SCN/publish_once.xml" -inf "$DATA/pub.csv" -key domain $DOMAIN \
+      timeout 60 sipp 127.0.0.1:$PORT -nostdin -i 127.0.0.1 -sf "$SCN/publish_once.xml" -inf "$DATA/pub.csv" -key domain $DOMAIN \
         -key expires 3600 -p 5092 -t $t -m 1000 -r 2000 -timeout 30s >"$dir/seed.out" 2>&1 ;;
     publish)    # one long-lived watcher per presentity, counting its NOTIFYs
       mkdir -p "$dir/watch"
-      (cd "$dir/watch" && exec timeout $((DUR + 90)) sipp 127.0.0.1:$PORT -nostdin -sf "$SCN/watcher.xml" \
+      (cd "$dir/watch" && exec timeout $((DUR + 90)) sipp 127.0.0.1:$PORT -nostdin -i 127.0.0.1 -sf "$SCN/watcher.xml" \
         -inf "$DATA/watch.csv" -key domain $DOMAIN -key expires 3600 -p $WATCH_PORT -t $t -m 1000 -r 2000 -l 1000 \
         -trace_counts -fd 1 -timeout $((DUR + 80))s -max_recv_loops 100000 >out 2>&1) &
       watcher=$!
@@ -376,7 +376,7 @@ trial() {  # server test transport rate
       done ;;
   esac
   if [ "$test" = message ] && [ "$WARM" = 1 ]; then
-    timeout 60 sipp 127.0.0.1:$PORT -nostdin -sf "$SCN/message_uac.xml" -inf "$DATA/warm.csv" -key domain $DOMAIN \
+    timeout 60 sipp 127.0.0.1:$PORT -nostdin -i 127.0.0.1 -sf "$SCN/message_uac.xml" -inf "$DATA/warm.csv" -key domain $DOMAIN \
       -key expires 3600 -key cport 5100 -p 5100 -t $t -m 1000 -r "$WARM_RATE" -timeout 30s \
       >"$dir/warm.out" 2>&1
   fi
@@ -396,7 +396,7 @@ trial() {  # server test transport rate
     [ "$test" = publish ] && inf=$DATA/pub$i.csv
     host=127.0.0.1
     [ "$srv" = switchboard-pool ] && [ "$test" = register ] && host=${POOL_IPS[(i - 1) % 3]}
-    timeout $((DUR + 60)) sipp $host:$PORT -nostdin -sf "$scen" -inf "$inf" -key domain $DOMAIN -key expires 3600 \
+    timeout $((DUR + 60)) sipp $host:$PORT -nostdin -i 127.0.0.1 -sf "$scen" -inf "$inf" -key domain $DOMAIN -key expires 3600 \
       -key cport $p -p $p -t $t -r $per -m $calls -l $((per * 2)) -timeout $((DUR + 30))s -recv_timeout 5000 \
       -max_recv_loops 100000 \
       -trace_stat -stf "$dir/stat$i.csv" -fd 1 >"$dir/sipp$i.out" 2>&1 &
@@ -540,14 +540,14 @@ if [ "$MEM_SUBS" -gt 0 ] && [[ " $SERVERS " == *" switchboard "* ]]; then
   dir=$OUT/memory; mkdir -p "$dir"
   start_server switchboard "$dir/server.log" 127.0.0.1:5094 || exit 1
   rss() { awk '/^VmRSS/ {print $2}' /proc/$SERVER_PID/status; }
-  timeout 60 sipp 127.0.0.1:$PORT -nostdin -sf "$SCN/publish_once.xml" -inf "$DATA/pub.csv" -key domain $DOMAIN \
+  timeout 60 sipp 127.0.0.1:$PORT -nostdin -i 127.0.0.1 -sf "$SCN/publish_once.xml" -inf "$DATA/pub.csv" -key domain $DOMAIN \
     -key expires 3600 -p 5092 -t u1 -m 1000 -r 2000 -timeout 30s >"$dir/seed.out" 2>&1
   sleep 1; rss0=$(rss)
   # Unanswered calls are still subscriptions on the server; SIPp's verdict is not needed.
   # Two halves, each followed by 40 s so that finished transactions (Timer J: 32 s) are
   # gone: the second half's growth is the memory a subscription itself takes.
   subscribe_half() {
-    timeout 300 sipp 127.0.0.1:$PORT -nostdin -sf "$SCN/subscribe.xml" -inf "$DATA/msg.csv" -key domain $DOMAIN \
+    timeout 300 sipp 127.0.0.1:$PORT -nostdin -i 127.0.0.1 -sf "$SCN/subscribe.xml" -inf "$DATA/msg.csv" -key domain $DOMAIN \
       -key expires 3600 -p 5101 -t u1 -m $((MEM_SUBS / 2)) -r 4000 -l 8000 -timeout 240s -max_recv_loops 100000 \
       >>"$dir/subscribe.out" 2>&1
     sleep 40

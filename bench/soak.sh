@@ -64,12 +64,12 @@ for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break;
 
 sipp_bg() {  # name, seconds, sipp arguments...
   local name=$1 secs=$2; shift 2
-  (cd "$OUT" && exec timeout "$secs" sipp 127.0.0.1:$PORT -nostdin -t $t -key domain $DOMAIN -max_recv_loops 100000 \
+  (cd "$OUT" && exec timeout "$secs" sipp 127.0.0.1:$PORT -nostdin -i 127.0.0.1 -t $t -key domain $DOMAIN -max_recv_loops 100000 \
     -trace_stat -stf "$OUT/$name.csv" -fd 10 "$@" >"$OUT/$name.out" 2>&1) &
   pids+=($!)
 }
 # Recipients (registered, answering 200 to every MESSAGE for the whole run).
-timeout 60 sipp 127.0.0.1:$PORT -nostdin -sf "$SCN/register.xml" -inf "$OUT/rcpt.csv" -key domain $DOMAIN \
+timeout 60 sipp 127.0.0.1:$PORT -nostdin -i 127.0.0.1 -sf "$SCN/register.xml" -inf "$OUT/rcpt.csv" -key domain $DOMAIN \
   -key expires 7200 -key cport $UAS_PORT -p 5192 -t $t -m 1000 -r 2000 -timeout 30s >"$OUT/rcpt.out" 2>&1
 sipp_bg uas $((DUR + 60)) -sf "$SCN/message_uas.xml" -p $UAS_PORT -timeout $((DUR + 50))s
 # Long-lived watchers (they answer every NOTIFY), then publishers changing presence.

@@ -44,7 +44,7 @@ for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break;
 sipp_run() {  # name, then sipp arguments; bounded by timeout
   local name=$1; shift
   last=$name
-  timeout 60 sipp 127.0.0.1:$PORT -nostdin -timeout 30s -timeout_error -max_recv_loops 10000 \
+  timeout 60 sipp 127.0.0.1:$PORT -nostdin -i 127.0.0.1 -timeout 30s -timeout_error -max_recv_loops 10000 \
     -trace_err -error_file "$WORK/$name.err" "$@" >"$WORK/$name.out" 2>&1
 }
 
@@ -60,7 +60,7 @@ for tr in u1 t1; do
   sipp_run "rcpt-$tr" -sf "$HERE/register.xml" -inf "$WORK/rcpt.csv" -key domain $DOMAIN -key expires 300 \
     -key cport $UAS -p $P2 -t $tr -m 5
   result $? "recipients registered over $t"
-  timeout 60 sipp -nostdin -sf "$HERE/message_uas.xml" -p $UAS -t $tr -m $N -timeout 30s -timeout_error \
+  timeout 60 sipp -nostdin -i 127.0.0.1 -sf "$HERE/message_uas.xml" -p $UAS -t $tr -m $N -timeout 30s -timeout_error \
     > "$WORK/uas-$tr.out" 2>&1 &
   UASPID=$!
   sleep 0.3
@@ -70,7 +70,7 @@ for tr in u1 t1; do
   wait $UASPID; rc=$?; last=uas-$tr; result $rc "the recipient got all $N MESSAGEs over $t"
 
   # Session-mode IM: INVITE m=message, MESSAGE in the dialog, BYE, all through the server.
-  timeout 60 sipp -nostdin -sf "$HERE/session_uas.xml" -p $UAS -t $tr -m $NS -timeout 30s -timeout_error \
+  timeout 60 sipp -nostdin -i 127.0.0.1 -sf "$HERE/session_uas.xml" -p $UAS -t $tr -m $NS -timeout 30s -timeout_error \
     > "$WORK/suas-$tr.out" 2>&1 &
   SUASPID=$!
   sleep 0.3
@@ -89,7 +89,7 @@ for tr in u1 t1; do
     -p $P5 -t $tr -m $N -r 50
   result $? "$N SUBSCRIBEs, each followed by its NOTIFY, over $t"
   mkdir -p "$WORK/watch-$tr"
-  (cd "$WORK/watch-$tr" && exec timeout 30 sipp 127.0.0.1:$PORT -nostdin -sf "$HERE/watcher.xml" -inf "$WORK/msg.csv" \
+  (cd "$WORK/watch-$tr" && exec timeout 30 sipp 127.0.0.1:$PORT -nostdin -i 127.0.0.1 -sf "$HERE/watcher.xml" -inf "$WORK/msg.csv" \
     -key domain $DOMAIN -key expires 120 -p $PW -t $tr -m 5 -trace_counts -fd 1 -timeout 8s >out 2>&1) &
   WPID=$!
   sleep 1

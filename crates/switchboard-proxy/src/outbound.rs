@@ -112,7 +112,7 @@ impl Outbound {
 impl Paths {
     /// The path to a binding. Over a stream: the connection it registered on while that is
     /// open (connection reuse: the only way to reach NATed and TLS clients), else its
-    /// Contact. Over UDP: its Contact when that is on the address the REGISTER came from,
+    /// Contact when that is on the host the REGISTER came from. Over UDP: its Contact when that is on the address the REGISTER came from,
     /// else the REGISTER's source address (a Contact behind NAT, `;alias` style).
     pub(crate) fn hop_for(&self, b: &Binding) -> Hop {
         if let Some(hop) = self.path_hop(b) {
@@ -125,7 +125,10 @@ impl Paths {
             // Contact says.
             _ if b.pinned => (Target::Addr(flow.transport, flow.remote), flow.transport),
             Some(id) => {
-                let fallback = contact.filter(|(_, a)| *a != flow.remote);
+                // Never another host than the one that registered (see
+                // `Binding::reachable_without_flow`).
+                let fallback =
+                    contact.filter(|(_, a)| *a != flow.remote && a.ip() == flow.remote.ip());
                 (Target::Connection { id, fallback }, flow.transport)
             }
             None => match contact {

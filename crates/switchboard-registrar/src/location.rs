@@ -88,8 +88,12 @@ impl Binding {
     /// Contact equal to the connection's own address, a TLS Contact (we open no outbound
     /// TLS) or an RFC 5626 outbound registration (reg-id) cannot.
     pub fn reachable_without_flow(&self) -> bool {
+        let from = self.flow.remote();
+        // Only on the host the REGISTER came from: a Contact naming another host would
+        // have this server connect wherever a user asked (a reflector, a port scanner).
         self.reg_id.is_none()
-            && matches!(self.contact_addr(), Some((Transport::Tcp, a)) if a != self.flow.remote())
+            && matches!(self.contact_addr(),
+                Some((Transport::Tcp, a)) if a != from && a.ip() == from.ip())
     }
 }
 
@@ -707,6 +711,11 @@ mod tests {
         assert_eq!(loc.flow_closed(connection(7)), vec![AOR.to_string()]);
         assert!(loc.binding_for_contact(&uri, None).is_none());
         assert!(loc.flow_closed(connection(8)).is_empty());
+        assert_eq!(loc.lookup(AOR).len(), 1);
+        // A listening Contact on another host is not: the server never connects there.
+        let r = register("c", 1, &["<sip:bob@192.0.2.7:5080;transport=tcp>"], None);
+        loc.register(AOR, &r, flow(40002, Some(9))).unwrap();
+        assert_eq!(loc.flow_closed(connection(9)), vec![AOR.to_string()]);
         assert_eq!(loc.lookup(AOR).len(), 1);
         // '*' removes everything and the index follows.
         let star = register("b", 2, &["*"], Some(0));
