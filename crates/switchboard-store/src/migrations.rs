@@ -155,6 +155,8 @@ const MIGRATIONS: &[&str] = &[
     "SELECT 1;",
     // 11: PostgreSQL notifies changes to the pool's registrations: PostgreSQL only, as 9.
     "SELECT 1;",
+    // 12: PostgreSQL's notices of user changes name the user: nothing to do here, as 8.
+    "SELECT 1;",
 ];
 
 /// The schema version this build migrates to.

@@ -2,9 +2,10 @@
 //!
 //! Every SIP request looks its sender (and often its recipient) up; a round trip each
 //! would make the database the bottleneck of every front end. So lookups are cached in
-//! memory, and a trigger on `users` (migration 8) sends a notification on channel
-//! [`CHANNEL`] with every committed change, whoever made it: the CLI, another front end,
-//! this process. The store's listener (`listener`) empties the cache on each.
+//! memory, and a trigger on `users` (migrations 8 and 12) sends a notification on channel
+//! [`CHANNEL`] naming the user of every committed change, whoever made it: the CLI,
+//! another front end, this process. The store's listener (`listener`) drops that user's
+//! entry (and their domain's) on each; one change does not empty the cache for all.
 //!
 //! - **Seen within a moment**: a change is seen once its notification arrives (after
 //!   the writer's commit, typically within milliseconds), not at the very next request
@@ -112,6 +113,21 @@ impl DirectoryCache {
         self.state.lock().clear();
     }
 
+    /// A notice: the user `payload` names changed (migration 12), or, with a payload
+    /// that names nobody, anything may have. Answers being asked now are not kept
+    /// either way (the generation moves).
+    pub(crate) fn notified(&self, payload: &str) {
+        let mut s = self.state.lock();
+        match Address::parse(payload) {
+            Ok(user) => {
+                s.generation += 1;
+                s.domains.remove(&user.domain);
+                s.users.remove(&user);
+            }
+            Err(_) => s.clear(),
+        }
+    }
+
     /// Whether the cache is in use (the listener is up), for tests and status.
     #[cfg(test)]
     pub(crate) fn is_live(&self) -> bool {
@@ -162,6 +178,20 @@ mod tests {
                 .is_some_and(|u| !u.enabled)
         })
         .await;
+
+        // A notice names its user: another user's change leaves alice's entry alone.
+        assert!(matches!(server.caches.users.user(&alice), Ok(Some(_))));
+        let carol = Address::parse("carol@example.com").unwrap();
+        assert_eq!(server.find(&carol).await.unwrap(), None);
+        cli.add(&carol, "pw", None).await.unwrap();
+        eventually("carol is seen", async || {
+            server.find(&carol).await.unwrap().is_some()
+        })
+        .await;
+        assert!(
+            matches!(server.caches.users.user(&alice), Ok(Some(_))),
+            "alice's entry went with carol's change"
+        );
 
         // An answer asked while a notice came in is not cached: it may predate the change.
         let bob = Address::parse("bob@example.com").unwrap();

@@ -226,6 +226,21 @@ const MIGRATIONS: &[&str] = &[
     $$;
     CREATE TRIGGER pool_bindings_changed AFTER INSERT OR UPDATE OR DELETE ON pool_bindings
         FOR EACH ROW EXECUTE FUNCTION pool_bindings_changed();"#,
+    // 12: a notice of a user change names the user (`user@domain`), so caches drop that
+    // user alone rather than every user (directory_cache): one change by an operator
+    // must not send every front end's lookups to the database at once.
+    r#"CREATE OR REPLACE FUNCTION users_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        UPDATE users_version SET version = version + 1 WHERE id = 1;
+        IF TG_OP <> 'INSERT' THEN
+            PERFORM pg_notify('switchboard_users', OLD.username || '@' || OLD.domain);
+        END IF;
+        IF TG_OP <> 'DELETE' THEN
+            PERFORM pg_notify('switchboard_users', NEW.username || '@' || NEW.domain);
+        END IF;
+        RETURN NULL;
+    END
+    $$;"#,
 ];
 
 /// The schema version this build migrates to.

@@ -79,7 +79,7 @@ impl listener::Follower for Caches {
 
     fn notified(&self, channel: &str, payload: &str) {
         match channel {
-            directory_cache::CHANNEL => self.users.changed(),
+            directory_cache::CHANNEL => self.users.notified(payload),
             bindings_cache::CHANNEL => self.bindings.changed(payload),
             _ => {}
         }
