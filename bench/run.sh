@@ -97,6 +97,7 @@ POOL=0
 POOL_IPS=(127.0.0.1 127.0.0.3 127.0.0.4)   # front ends 1, 2, 3
 POOL_SETTLE=${POOL_SETTLE:-11}
 WARM=${WARM:-0}
+SB_LOG=${SB_LOG:-warn}  # the pool's front ends' log level (their logs are kept per trial)
 WARM_RATE=${WARM_RATE:-500}
 if [ "$PG_SERVERS" = 1 ]; then
   compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
@@ -235,7 +236,7 @@ start_pool() {  # $1 = log (front end n logs to ${1%.log}-fe$n.log)
   local n ip pids=
   for n in 1 2 3; do
     ip=${POOL_IPS[n - 1]}
-    "$BIN" --data-dir "$DATA/sbpool$n" --database "$POOLURL" --log-level warn serve --config "$DATA/sb.toml" \
+    "$BIN" --data-dir "$DATA/sbpool$n" --database "$POOLURL" --log-level "$SB_LOG" serve --config "$DATA/sb.toml" \
       --front-end $n --sip-udp $ip:$PORT --sip-tcp $ip:$PORT --sip-tls off --http off >"${1%.log}-fe$n.log" 2>&1 &
     pids="$pids $!"
   done

@@ -395,7 +395,13 @@ impl Writer {
                             Err(_) => break,
                         }
                     }
+                    let (batch, began) = (starts.len(), Instant::now());
                     let outcomes = self.start_now(starts).await;
+                    tracing::debug!(
+                        batch,
+                        ms = began.elapsed().as_millis() as u64,
+                        "CDR starts written"
+                    );
                     for (done, r) in waiters.into_iter().zip(outcomes) {
                         let _ = done.send(r);
                         self.queued.fetch_sub(1, Ordering::Relaxed);
@@ -518,7 +524,15 @@ impl Writer {
         let mut told = false;
         while let Some(w) = ws.front() {
             if !self.spooling() {
+                let began = Instant::now();
                 let r = apply(self.data.as_ref(), &self.run, w).await;
+                if let CdrWrite::Participants(rows) = w {
+                    tracing::debug!(
+                        rows = rows.len(),
+                        ms = began.elapsed().as_millis() as u64,
+                        "CDR counters written"
+                    );
+                }
                 match r {
                     Ok(()) => {
                         note_outcome(&self.health, &r);
