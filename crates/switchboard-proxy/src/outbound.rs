@@ -54,6 +54,8 @@ pub struct Paths {
     pub(crate) pool: Option<crate::pool::PoolLink>,
     /// This front end's registrations not yet written to the pool.
     pub(crate) registrations: Arc<crate::pool::Registrations>,
+    /// What probing other members found (`Paths::member_reachable`).
+    pub(crate) probes: crate::pool::Probes,
 }
 
 impl Deref for Outbound {
@@ -81,6 +83,7 @@ impl Outbound {
             member_links: RwLock::new(HashMap::new()),
             pool,
             registrations: Default::default(),
+            probes: Default::default(),
         }));
         if out.pool.is_some() {
             tokio::spawn(crate::pool::write_registrations(

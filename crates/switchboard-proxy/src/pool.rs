@@ -253,22 +253,52 @@ impl Paths {
 
     /// Whether the member at `addr` can be reached: a connection to it is open, or one
     /// can be opened within a second (a front end that just died refuses it).
+    ///
+    /// A probe's answer stands for [`PROBE_FRESH`], and callers asking while one runs
+    /// wait for it: a burst of new conversations before the first connection to a member
+    /// is open would otherwise open (and drop) a connection each, and a member that
+    /// refuses them would be probed by every request.
     pub(crate) async fn member_reachable(&self, addr: SocketAddr) -> bool {
-        if self
-            .layer
-            .transports()
-            .has_connection(sip_transport::TransportKind::Tcp, addr)
-        {
+        let connected = || {
+            self.layer
+                .transports()
+                .has_connection(sip_transport::TransportKind::Tcp, addr)
+        };
+        if connected() {
             return true;
         }
-        matches!(
-            tokio::time::timeout(
-                std::time::Duration::from_secs(1),
-                tokio::net::TcpStream::connect(addr)
-            )
-            .await,
-            Ok(Ok(_))
-        )
+        let (mut running, mine) = {
+            let mut probes = self.probes.0.lock();
+            match probes.get(&addr) {
+                Some(Probe::Done { at, reachable }) if at.elapsed() < PROBE_FRESH => {
+                    return *reachable
+                }
+                // Its prober is still at it (a prober that went away left a closed one).
+                Some(Probe::Running(rx)) if rx.has_changed().is_ok() => (rx.clone(), None),
+                _ => {
+                    let (tx, rx) = tokio::sync::watch::channel(None);
+                    probes.insert(addr, Probe::Running(rx.clone()));
+                    (rx, Some(tx))
+                }
+            }
+        };
+        let Some(tx) = mine else {
+            if let Ok(answer) = running.wait_for(Option::is_some).await {
+                return answer.unwrap_or(false);
+            }
+            // The prober went away before it knew: ask for ourselves.
+            return connected() || probe(addr).await;
+        };
+        let reachable = connected() || probe(addr).await;
+        self.probes.0.lock().insert(
+            addr,
+            Probe::Done {
+                at: std::time::Instant::now(),
+                reachable,
+            },
+        );
+        let _ = tx.send(Some(reachable));
+        reachable
     }
 
     /// Whether `b` is a device that speaks the Lync dialect (signed in over a security
@@ -314,6 +344,34 @@ impl Paths {
             })
             .collect()
     }
+}
+
+/// How long a probe's answer about a member stands (see [`Paths::member_reachable`]).
+const PROBE_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The last probe of each member's address, or the one running.
+#[derive(Default)]
+pub(crate) struct Probes(Mutex<HashMap<SocketAddr, Probe>>);
+
+enum Probe {
+    /// Its answer, when it comes, is sent here.
+    Running(tokio::sync::watch::Receiver<Option<bool>>),
+    Done {
+        at: std::time::Instant,
+        reachable: bool,
+    },
+}
+
+/// Whether a TCP connection to `addr` opens within a second (then dropped).
+async fn probe(addr: SocketAddr) -> bool {
+    matches!(
+        tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            tokio::net::TcpStream::connect(addr)
+        )
+        .await,
+        Ok(Ok(_))
+    )
 }
 
 /// The writer of [`Registrations`]: runs while the outbound side lives.
