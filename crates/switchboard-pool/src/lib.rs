@@ -273,9 +273,13 @@ impl Pool {
     /// member computes the same owner from the same list, and a member joining or
     /// leaving moves only the keys it wins or held). Its id and address.
     ///
-    /// A member whose heartbeat is older than half the timeout (as last read, plus the
-    /// time since) is passed over: it may be dead and not reaped yet, and a key moved a
-    /// moment early costs less than requests sent to a front end that does not answer.
+    /// A member whose heartbeat is older than the timeout less one heartbeat interval
+    /// (as last read, plus the time since) is passed over: it may be dead and not reaped
+    /// yet, and a key moved a moment early costs less than requests sent to a front end
+    /// that does not answer. Not sooner: a live member's heartbeat is up to one interval
+    /// old when read, and the view up to one interval old when used, so two intervals
+    /// are normal (with half the 4 s timeout as the bound, busy front ends passed over
+    /// live members and split a pair's conversation in two).
     pub fn owner_of(&self, key: &str) -> Option<(u32, String)> {
         self.keeper_among(key, &[])
     }
@@ -284,7 +288,13 @@ impl Pool {
     /// are live); among all of them when none of `candidates` is.
     pub fn keeper_among(&self, key: &str, candidates: &[u32]) -> Option<(u32, String)> {
         let since_read = self.inner.members_read.lock().elapsed().as_millis() as i64;
-        let fresh_within = (self.inner.config.dead_after / 2).as_millis() as i64;
+        let fresh_within = self
+            .inner
+            .config
+            .dead_after
+            .saturating_sub(self.inner.config.heartbeat)
+            .max(self.inner.config.heartbeat * 2)
+            .as_millis() as i64;
         let me = self.inner.config.fe;
         let members = self.inner.members.read();
         let mut ids: Vec<u32> = members
@@ -294,6 +304,12 @@ impl Pool {
             .collect();
         if ids.iter().any(|fe| candidates.contains(fe)) {
             ids.retain(|fe| candidates.contains(fe));
+        } else if !candidates.is_empty() {
+            tracing::debug!(
+                ?candidates,
+                since_read,
+                "no candidate keeper is live; any member keeps it"
+            );
         }
         let owner = rendezvous_owner(key, &ids)?;
         members

@@ -90,13 +90,13 @@ impl MembershipData for Fake {
         let mut v: Vec<MemberRecord> = s
             .members
             .iter()
-            .map(|(fe, (epoch, _))| MemberRecord {
+            .map(|(fe, (epoch, at))| MemberRecord {
                 fe: *fe,
                 epoch: *epoch,
                 sip_addr: format!("127.0.0.{}:5060", fe + 1),
                 joined_at_ms: 0,
                 heartbeat_at_ms: 0,
-                heartbeat_age_ms: 0,
+                heartbeat_age_ms: at.elapsed().as_millis() as i64,
                 load: MemberLoad::default(),
             })
             .collect();
@@ -244,4 +244,22 @@ async fn flow_tokens_open_only_for_this_epoch_and_call() {
     assert_eq!(pool.open_flow_token(&other_fe, "abc@host"), None);
     assert_eq!(pool.open_flow_token("garbage", "abc@host"), None);
     assert_eq!(pool.open_flow_token("3.1.2.00.extra", "abc@host"), None);
+}
+
+/// A live member's heartbeat is up to an interval old when read, and the view up to an
+/// interval old when used: such a member still keeps what it keeps. One that has been
+/// silent for most of the timeout is passed over before it is reaped.
+#[tokio::test(start_paused = true)]
+async fn a_member_is_passed_over_as_keeper_only_when_nearly_dead() {
+    let data = Arc::new(Fake::default());
+    let pool = Pool::join(config(1), data.clone()).await.unwrap();
+    // Front end 2 joins and then says nothing more (its process hangs).
+    data.join(2, "x", Duration::ZERO).await.unwrap();
+    let _events = pool.run(MemberLoad::default);
+    // 2.5 s of silence: as busy front ends see a live one at worst.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(pool.keeper_among("pair", &[2]).map(|k| k.0), Some(2));
+    // 3.6 s: most of the 4 s timeout; passed over, the pair goes to a live member.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(pool.keeper_among("pair", &[2]).map(|k| k.0), Some(1));
 }
