@@ -627,8 +627,6 @@ impl PresenceService {
         }
     }
 
-    /// Ends every subscription (the server is stopping): RFC 6665 §4.2.2 `noresource`
-    /// would make clients give up, so `deactivated` invites them to resubscribe.
     /// This front end was fenced out of its pool (reaped while it could not heartbeat):
     /// the publications its devices made are no longer the pool's (its clients reconnect
     /// and publish again, here or elsewhere), so they go, and its users are aggregated
@@ -651,6 +649,8 @@ impl PresenceService {
         }
     }
 
+    /// Ends every subscription (the server is stopping): RFC 6665 §4.2.2 `noresource`
+    /// would make clients give up, so `deactivated` invites them to resubscribe.
     pub fn shutdown(&self) {
         let mut guard = self.state.lock();
         let st = &mut *guard;

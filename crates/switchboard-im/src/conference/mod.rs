@@ -457,18 +457,16 @@ impl Conferences {
         // Held until the conference is in `conferences`, where it counts from then on.
         let _place = self.group_chat_place(organiser)?;
         // In a pool the address names the front end hosting it (`home_of`).
-        let aor = match self.config.front_end {
-            Some(fe) => format!(
-                "sip:{CONF_PREFIX}f{fe}-{:08x}@{}",
-                rand::random::<u32>(),
-                domain_of(organiser)
-            ),
-            None => format!(
-                "sip:{CONF_PREFIX}{:08x}@{}",
-                rand::random::<u32>(),
-                domain_of(organiser)
-            ),
-        };
+        let home = self
+            .config
+            .front_end
+            .map(|fe| format!("f{fe}-"))
+            .unwrap_or_default();
+        let aor = format!(
+            "sip:{CONF_PREFIX}{home}{:08x}@{}",
+            rand::random::<u32>(),
+            domain_of(organiser)
+        );
         let parts: Vec<(&str, String)> = members.iter().map(|m| (*m, String::new())).collect();
         let conv = self.cdr.begin(
             "conference",
