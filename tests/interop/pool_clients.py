@@ -27,7 +27,7 @@ import json, os, re, signal, socket, subprocess, sys, tempfile, time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from sbtest import BIN, Results, new_pg_database, message_counts
+from sbtest import BIN, Results, new_pg_database, message_counts, stop_process, log_tail
 from sipe import Sipe
 from baresip_im import Baresip
 from linphonec_im import Linphonec
@@ -141,18 +141,10 @@ class PoolFrontEnd:
             self.proc.wait()
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+        stop_process(self.proc, self.log)
 
     def tail(self, n=60):
-        with open(self.log_path, errors='replace') as f:
-            return ''.join(f.readlines()[-n:])
+        return log_tail(self.log_path, n)
 
 
 def pager_owner(a, b, members):

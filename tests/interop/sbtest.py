@@ -108,18 +108,28 @@ class Server:
         return out.stdout
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+        stop_process(self.proc, self.log)
 
     def tail(self, n=40):
-        with open(self.log_path) as f:
-            return ''.join(f.readlines()[-n:])
+        return log_tail(self.log_path, n)
+
+
+def stop_process(proc, log):
+    """SIGTERM (a clean stop), SIGKILL after 10 s; then closes its log."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    log.close()
+
+
+def log_tail(path, n):
+    """The last n lines of the log at path."""
+    with open(path, errors='replace') as f:
+        return ''.join(f.readlines()[-n:])
 
 
 def stop_all(server, clients):

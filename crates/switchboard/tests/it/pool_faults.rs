@@ -197,6 +197,16 @@ async fn members_become(url: &str, ids: &[u32], limit: Duration) -> Duration {
     }
 }
 
+/// A database of the test's own on the server `SWITCHBOARD_TEST_PG_URL` names; `None`
+/// (the test is skipped, and says so) without one.
+async fn database() -> Option<PgDatabase> {
+    if pg_server().is_none() {
+        eprintln!("skipped: pool_faults needs SWITCHBOARD_TEST_PG_URL (a PostgreSQL server)");
+        return None;
+    }
+    Some(PgDatabase::create().await)
+}
+
 fn add_users(url: &str, users: &[&str]) {
     for u in users {
         let out = Command::new(BIN)
@@ -312,11 +322,7 @@ async fn sql_count(db: &PgDatabase, sql: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_front_end_is_reaped_its_watchers_told_its_clients_back_its_sessions_closed() {
-    if pg_server().is_none() {
-        eprintln!("skipped: pool_faults needs SWITCHBOARD_TEST_PG_URL (a PostgreSQL server)");
-        return;
-    }
-    let db = PgDatabase::create().await;
+    let Some(db) = database().await else { return };
     // carol's conversation with alice (on front ends 2 and 1) is kept by front end 2,
     // the one that dies.
     let carol = users_kept_by(2, &[1, 2], "alice", "carol", 1).remove(0);
@@ -435,7 +441,6 @@ async fn a_killed_front_end_is_reaped_its_watchers_told_its_clients_back_its_ses
     send_challenged(&mut alice.c, m).await;
     let got = next_message(&mut bob.c).await;
     assert_eq!(&got.body[..], b"found you");
-    let _ = fes[0].log();
     eprintln!(
         "front end lost: reaped after {detected:?}, carol offline for watchers after {offline_seen:?}, bob back after {bob_back:?}"
     );
@@ -443,11 +448,7 @@ async fn a_killed_front_end_is_reaped_its_watchers_told_its_clients_back_its_ses
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_front_end_is_reaped_then_fences_itself_and_rejoins() {
-    if pg_server().is_none() {
-        eprintln!("skipped: pool_faults needs SWITCHBOARD_TEST_PG_URL (a PostgreSQL server)");
-        return;
-    }
-    let db = PgDatabase::create().await;
+    let Some(db) = database().await else { return };
     // alice on front end 1, bob on 2, which keeps their conversation.
     let bob_name = users_kept_by(2, &[1, 2], "alice", "bob", 1).remove(0);
     add_users(&db.url, &["alice", &bob_name]);
@@ -760,11 +761,7 @@ async fn the_pool_rides_out_a_database_outage_without_losing_an_acknowledged_mes
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_front_end_stopped_cleanly_leaves_at_once() {
-    if pg_server().is_none() {
-        eprintln!("skipped: pool_faults needs SWITCHBOARD_TEST_PG_URL (a PostgreSQL server)");
-        return;
-    }
-    let db = PgDatabase::create().await;
+    let Some(db) = database().await else { return };
     add_users(&db.url, &["alice", "bob"]);
     let mut fes = [
         FrontEnd::start(&db.url, 1).await,
